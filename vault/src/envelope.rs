@@ -1,0 +1,359 @@
+//! The envelope: how one encrypted record is laid out in the store.
+//!
+//! ```text
+//! version (1) | data-key id (u32 BE) | nonce (12) | ciphertext (n) | tag (16)
+//! ```
+//!
+//! AES-256-GCM under a data key. The AAD binds the record to its place:
+//! `"plico-envelope" | version | purpose tag | data-key id | subject length (u16 BE) | subject`,
+//! where the subject is the card serial (or whatever identity the record's owner names). A
+//! record copied to another card, relabelled with another key id, or opened for another purpose
+//! fails with [`Error::Integrity`], as does any flipped byte.
+//!
+//! # Why nonces never repeat under one key
+//!
+//! Nonces are deterministic (NIST SP 800-38D §8.2.1): 4 zero bytes then a 64-bit counter. Only a
+//! [`Sealer`] encrypts, a `Sealer` can only be built from a [`FreshDataKey`] — a key the HSM has
+//! just generated, which is consumed by the sealer — and the sealer's counter only goes up. Keys
+//! that come back from the store are unwrapped as plain [`DataKey`]s, which build only an
+//! [`Opener`]. So each data key has exactly one counter in its whole life, and every nonce under
+//! it is distinct. A sealer also stops at [`SEALER_LIMIT`] encryptions, far below the AES-GCM
+//! limits of SP 800-38D.
+
+use crate::error::{Error, Result};
+use crate::hsm::KeyPurpose;
+use crate::secret::{DataKey, FreshDataKey, Plaintext};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// The layout version written by this code.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Bytes before the ciphertext: version, key id, nonce.
+pub const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+/// AES-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Encryptions one data key may perform (2^31), well below the 2^32 of SP 800-38D.
+pub const SEALER_LIMIT: u64 = 1 << 31;
+
+const AAD_LABEL: &[u8] = b"plico-envelope";
+
+/// Identifies a data key in the keyring; written into every envelope it encrypts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DataKeyId(pub u32);
+
+impl fmt::Display for DataKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data key {}", self.0)
+    }
+}
+
+/// A sealed record: public bytes, safe to store and copy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope(Vec<u8>);
+
+impl Envelope {
+    /// Wraps stored bytes; nothing is checked until [`Opener::open`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Envelope(bytes)
+    }
+
+    /// The stored form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The data key this envelope names, to find its opener.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] if the bytes are too short or of an unknown version.
+    pub fn key_id(&self) -> Result<DataKeyId> {
+        let b = &self.0;
+        if b.len() < HEADER_LEN + TAG_LEN || b[0] != ENVELOPE_VERSION {
+            return Err(Error::Integrity);
+        }
+        Ok(DataKeyId(u32::from_be_bytes([b[1], b[2], b[3], b[4]])))
+    }
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Envelope({} bytes)", self.0.len())
+    }
+}
+
+fn aad(purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<Vec<u8>> {
+    let subject_len = u16::try_from(subject.len())
+        .map_err(|_| Error::Refused(format!("record subject is {} bytes, at most 65535", subject.len())))?;
+    let mut a = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
+    a.extend_from_slice(AAD_LABEL);
+    a.push(ENVELOPE_VERSION);
+    a.push(purpose.tag());
+    a.extend_from_slice(&key.0.to_be_bytes());
+    a.extend_from_slice(&subject_len.to_be_bytes());
+    a.extend_from_slice(subject.as_bytes());
+    Ok(a)
+}
+
+fn aead_key(key: &DataKey) -> Result<LessSafeKey> {
+    UnboundKey::new(&AES_256_GCM, key.expose_secret())
+        .map(LessSafeKey::new)
+        .map_err(|_| Error::Provider("aes-256-gcm key setup"))
+}
+
+/// Encrypts records under one fresh data key, with counter nonces. See the module docs for why
+/// nonces cannot repeat.
+pub struct Sealer {
+    key: LessSafeKey,
+    id: DataKeyId,
+    purpose: KeyPurpose,
+    next: u64,
+}
+
+impl Sealer {
+    /// Takes ownership of a freshly generated data key.
+    ///
+    /// # Errors
+    /// [`Error::Provider`] if the AEAD context cannot be built.
+    pub fn new(id: DataKeyId, purpose: KeyPurpose, key: FreshDataKey) -> Result<Self> {
+        let key = key.into_key();
+        Ok(Sealer {
+            key: aead_key(&key)?,
+            id,
+            purpose,
+            next: 0,
+        })
+    }
+
+    /// The key this sealer encrypts under.
+    pub fn key_id(&self) -> DataKeyId {
+        self.id
+    }
+
+    /// Encryptions performed so far (for the keyring's cryptoperiod accounting).
+    pub fn encryptions(&self) -> u64 {
+        self.next
+    }
+
+    /// Encrypts one record bound to `subject` (the card serial).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] once [`SEALER_LIMIT`] is reached or for a subject over 64 KiB.
+    pub fn seal(&mut self, subject: &str, plaintext: &Plaintext) -> Result<Envelope> {
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        self.seal_into(subject, plaintext.expose_secret(), &mut out)?;
+        Ok(Envelope(out))
+    }
+
+    /// Appends one envelope to `out` (for bulk writers that pack many records in one buffer).
+    ///
+    /// # Errors
+    /// As [`Sealer::seal`]; `out` is unchanged on error.
+    pub fn seal_into(&mut self, subject: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if self.next >= SEALER_LIMIT {
+            return Err(Error::Refused(format!(
+                "{} reached its limit of {} encryptions; use a new data key",
+                self.id, SEALER_LIMIT
+            )));
+        }
+        let aad = aad(self.purpose, self.id, subject)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        let start = out.len();
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&self.id.0.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let sealed = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad),
+            &mut out[start + HEADER_LEN..],
+        );
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                self.next += 1;
+                Ok(())
+            }
+            Err(_) => {
+                // Never leave clear bytes behind in the caller's buffer.
+                zeroize::Zeroize::zeroize(&mut out[start..]);
+                out.truncate(start);
+                Err(Error::Provider("aes-256-gcm seal"))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Sealer({}, {} purpose, {} encryptions, key <redacted>)",
+            self.id, self.purpose, self.next
+        )
+    }
+}
+
+/// Decrypts records of one data key and purpose.
+pub struct Opener {
+    key: LessSafeKey,
+    id: DataKeyId,
+    purpose: KeyPurpose,
+}
+
+impl Opener {
+    /// Builds an opener from an unwrapped data key.
+    ///
+    /// # Errors
+    /// [`Error::Provider`] if the AEAD context cannot be built.
+    pub fn new(id: DataKeyId, purpose: KeyPurpose, key: &DataKey) -> Result<Self> {
+        Ok(Opener {
+            key: aead_key(key)?,
+            id,
+            purpose,
+        })
+    }
+
+    /// The key this opener decrypts with.
+    pub fn key_id(&self) -> DataKeyId {
+        self.id
+    }
+
+    /// Decrypts an envelope that must belong to `subject`.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] for anything that does not verify: another card, another key,
+    /// another purpose, a flipped byte, an unknown version or a truncated record.
+    pub fn open(&self, subject: &str, envelope: &Envelope) -> Result<Plaintext> {
+        let b = envelope.as_bytes();
+        if envelope.key_id()? != self.id {
+            return Err(Error::Integrity);
+        }
+        let aad = aad(self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&b[5..HEADER_LEN]);
+        let mut buf = Zeroizing::new(b[HEADER_LEN..].to_vec());
+        let len = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut buf[..])
+            .map_err(|_| Error::Integrity)?
+            .len();
+        buf.truncate(len);
+        Ok(Plaintext::new(buf))
+    }
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Opener({}, {} purpose, key <redacted>)", self.id, self.purpose)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::DataKey;
+
+    fn key(byte: u8) -> DataKey {
+        DataKey::from_bytes([byte; 32])
+    }
+
+    fn sealer(byte: u8, id: u32) -> Sealer {
+        Sealer::new(DataKeyId(id), KeyPurpose::Code, FreshDataKey::from_generated(key(byte))).unwrap()
+    }
+
+    /// Vectors computed independently with Python's `cryptography` (AESGCM), from the layout in
+    /// the module docs:
+    /// key = 00 01 .. 1f, id 7, purpose code, subject "8039000000000000001", counter 0 and 1.
+    #[test]
+    fn known_answer_vectors() {
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut s = Sealer::new(
+            DataKeyId(7),
+            KeyPurpose::Code,
+            FreshDataKey::from_generated(DataKey::from_bytes(k)),
+        )
+        .unwrap();
+        let e0 = s
+            .seal("8039000000000000001", &Plaintext::from_slice(b"12345|87654321"))
+            .unwrap();
+        let e1 = s.seal("8039000000000000001", &Plaintext::from_slice(b"")).unwrap();
+        assert_eq!(hex::encode(e0.as_bytes()), KAT_0);
+        assert_eq!(hex::encode(e1.as_bytes()), KAT_1);
+        let o = Opener::new(DataKeyId(7), KeyPurpose::Code, &DataKey::from_bytes(k)).unwrap();
+        let p = o
+            .open("8039000000000000001", &Envelope::from_bytes(hex::decode(KAT_0).unwrap()))
+            .unwrap();
+        assert_eq!(p.expose_secret(), b"12345|87654321");
+    }
+
+    const KAT_0: &str = "01000000070000000000000000000000003f8e86ea8050bb8a3e9d9d062a1d5af8963ecfe25a7f87dddd2366271420";
+    const KAT_1: &str = "010000000700000000000000000000000106584bec97cff4ada05122bdc7455f93";
+
+    #[test]
+    fn round_trip_and_counter_nonces() {
+        let mut s = sealer(1, 3);
+        let a = s.seal("A1", &Plaintext::from_slice(b"same")).unwrap();
+        let b = s.seal("A1", &Plaintext::from_slice(b"same")).unwrap();
+        assert_ne!(a, b, "two seals of the same record must differ (distinct nonces)");
+        assert_eq!(&a.as_bytes()[5..17], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b.as_bytes()[5..17], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(s.encryptions(), 2);
+        let o = Opener::new(DataKeyId(3), KeyPurpose::Code, &key(1)).unwrap();
+        assert_eq!(o.open("A1", &a).unwrap().expose_secret(), b"same");
+        assert_eq!(o.open("A1", &b).unwrap().expose_secret(), b"same");
+    }
+
+    #[test]
+    fn moved_record_does_not_decrypt() {
+        let mut s = sealer(1, 3);
+        let e = s.seal("CARD-1", &Plaintext::from_slice(b"12345|12345678")).unwrap();
+        // Another card.
+        let o = Opener::new(DataKeyId(3), KeyPurpose::Code, &key(1)).unwrap();
+        assert!(matches!(o.open("CARD-2", &e), Err(Error::Integrity)));
+        // Another key id, same key bytes (relabelled record).
+        let mut relabelled = e.as_bytes().to_vec();
+        relabelled[1..5].copy_from_slice(&4u32.to_be_bytes());
+        let o4 = Opener::new(DataKeyId(4), KeyPurpose::Code, &key(1)).unwrap();
+        assert!(matches!(o4.open("CARD-1", &Envelope::from_bytes(relabelled)), Err(Error::Integrity)));
+        // Another key.
+        let other = Opener::new(DataKeyId(3), KeyPurpose::Code, &key(2)).unwrap();
+        assert!(matches!(other.open("CARD-1", &e), Err(Error::Integrity)));
+        // Another purpose.
+        let holder = Opener::new(DataKeyId(3), KeyPurpose::Holder, &key(1)).unwrap();
+        assert!(matches!(holder.open("CARD-1", &e), Err(Error::Integrity)));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_an_integrity_error() {
+        let mut s = sealer(9, 11);
+        let e = s.seal("X", &Plaintext::from_slice(b"54321|11223344")).unwrap();
+        let o = Opener::new(DataKeyId(11), KeyPurpose::Code, &key(9)).unwrap();
+        for i in 0..e.as_bytes().len() {
+            for bit in [0x01u8, 0x80] {
+                let mut t = e.as_bytes().to_vec();
+                t[i] ^= bit;
+                let r = o.open("X", &Envelope::from_bytes(t));
+                assert!(matches!(r, Err(Error::Integrity)), "byte {i} bit {bit:#x}: {r:?}");
+            }
+        }
+        for n in 0..e.as_bytes().len() {
+            let t = e.as_bytes()[..n].to_vec();
+            assert!(matches!(o.open("X", &Envelope::from_bytes(t)), Err(Error::Integrity)));
+        }
+    }
+
+    #[test]
+    fn sealer_and_opener_debug_show_no_key() {
+        let s = sealer(0xA5, 1);
+        let o = Opener::new(DataKeyId(1), KeyPurpose::Code, &key(0xA5)).unwrap();
+        let all = format!("{s:?} {o:?} {s:#?}");
+        assert!(!all.to_lowercase().contains("a5a5") && !all.contains("165"), "{all}");
+    }
+}

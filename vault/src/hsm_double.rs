@@ -1,0 +1,157 @@
+//! A minimal in-memory [`Hsm`] for this crate's unit tests. Not a model of custody: no shares,
+//! no persistence. The real simulator is the `hsm-sim` crate.
+
+use crate::error::{Error, Result};
+use crate::hsm::{
+    HsmStatus, Hsm, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
+    UnsealProgress, WrappedKey,
+};
+use crate::kcv::Kcv;
+use crate::secret::{DataKey, FreshDataKey};
+use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded, AES_256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+use std::sync::Mutex;
+
+#[derive(Debug)]
+pub(crate) struct DoubleHsm {
+    terms: Mutex<Vec<(TermInfo, Option<[u8; 32]>)>>,
+}
+
+impl DoubleHsm {
+    pub(crate) fn new() -> Self {
+        let h = DoubleHsm {
+            terms: Mutex::new(Vec::new()),
+        };
+        h.rotate().unwrap();
+        h
+    }
+
+    fn purpose_kek(kek: &[u8; 32], purpose: KeyPurpose) -> [u8; 32] {
+        let mut k = *kek;
+        k[0] ^= purpose.tag();
+        k
+    }
+
+    fn kek(&self, term: TermId) -> Result<[u8; 32]> {
+        let terms = self.terms.lock().unwrap();
+        terms
+            .iter()
+            .find(|(t, _)| t.id == term)
+            .and_then(|(_, k)| *k)
+            .ok_or_else(|| Error::NotFound(term.to_string()))
+    }
+
+    fn active(&self) -> (TermId, [u8; 32]) {
+        let terms = self.terms.lock().unwrap();
+        let (t, k) = terms.iter().find(|(t, _)| t.state == TermState::Active).unwrap();
+        (t.id, k.unwrap())
+    }
+
+    fn wrap(term: TermId, kek: &[u8; 32], purpose: KeyPurpose, key: &DataKey) -> WrappedKey {
+        let mut out = [0u8; 48];
+        let n = AesKek::new(&AES_256, &Self::purpose_kek(kek, purpose))
+            .unwrap()
+            .wrap_with_padding(key.expose_secret(), &mut out)
+            .unwrap()
+            .len();
+        WrappedKey {
+            term,
+            purpose,
+            kcv: key.kcv(),
+            bytes: out[..n].to_vec(),
+        }
+    }
+}
+
+impl Hsm for DoubleHsm {
+    fn status(&self) -> HsmStatus {
+        HsmStatus {
+            provider: "test-double",
+            sealed: false,
+            progress: 0,
+            threshold: 1,
+            shares: 1,
+            share_set: String::new(),
+            dev: true,
+            root_kcv: Kcv::from_bytes([0; 3]),
+            terms: self.terms.lock().unwrap().iter().map(|(t, _)| t.clone()).collect(),
+        }
+    }
+    fn unseal(&self, _share: &SecretString) -> Result<UnsealProgress> {
+        Err(Error::Refused("the test double has no shares".into()))
+    }
+    fn reset_unseal(&self) {}
+    fn seal(&self) {}
+    fn generate_data_key(&self, purpose: KeyPurpose) -> Result<(FreshDataKey, WrappedKey)> {
+        let mut k = [0u8; 32];
+        self.fill_random(&mut k)?;
+        let key = DataKey::from_bytes(k);
+        let (term, kek) = self.active();
+        let wrapped = Self::wrap(term, &kek, purpose, &key);
+        Ok((FreshDataKey::from_generated(key), wrapped))
+    }
+    fn unwrap_data_key(&self, w: &WrappedKey) -> Result<DataKey> {
+        let kek = self.kek(w.term)?;
+        let mut out = [0u8; 48];
+        let plain = AesKek::new(&AES_256, &Self::purpose_kek(&kek, w.purpose))
+            .unwrap()
+            .unwrap_with_padding(&w.bytes, &mut out)
+            .map_err(|_| Error::Integrity)?;
+        let key = DataKey::from_bytes(plain.try_into().map_err(|_| Error::Integrity)?);
+        if key.kcv() != w.kcv {
+            return Err(Error::Integrity);
+        }
+        Ok(key)
+    }
+    fn rewrap_data_key(&self, w: &WrappedKey) -> Result<WrappedKey> {
+        let key = self.unwrap_data_key(w)?;
+        let (term, kek) = self.active();
+        Ok(Self::wrap(term, &kek, w.purpose, &key))
+    }
+    fn rotate(&self) -> Result<TermInfo> {
+        let mut kek = [0u8; 32];
+        self.fill_random(&mut kek)?;
+        let mut terms = self.terms.lock().unwrap();
+        for (t, _) in terms.iter_mut() {
+            if t.state == TermState::Active {
+                t.state = TermState::DecryptOnly;
+            }
+        }
+        let info = TermInfo {
+            id: TermId(terms.len() as u32 + 1),
+            state: TermState::Active,
+            kcv: Kcv::of_aes256(&kek),
+            created_unix: 0,
+        };
+        terms.push((info.clone(), Some(kek)));
+        Ok(info)
+    }
+    fn retire_term(&self, term: TermId) -> Result<()> {
+        let mut terms = self.terms.lock().unwrap();
+        let (t, k) = terms
+            .iter_mut()
+            .find(|(t, _)| t.id == term)
+            .ok_or_else(|| Error::NotFound(term.to_string()))?;
+        if t.state == TermState::Active {
+            return Err(Error::Refused("active".into()));
+        }
+        t.state = TermState::Retired;
+        *k = None;
+        Ok(())
+    }
+    fn rekey(
+        &self,
+        _: &[SecretString],
+        _: u8,
+        _: u8,
+        _: &mut ShareDelivery<'_>,
+    ) -> Result<RekeyOutcome> {
+        Err(Error::Refused("the test double has no shares".into()))
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
+        SystemRandom::new()
+            .fill(buf)
+            .map_err(|_| Error::Provider("random"))
+    }
+}

@@ -1,0 +1,254 @@
+//! The keyring: the data keys of the vault, each stored wrapped under a KEK term.
+//!
+//! The keyring is public metadata — ids, purposes, wrapped bytes, KCVs, counts — and can be
+//! stored and shown as it is. Clear keys exist only while an [`Opener`] or [`Sealer`] is alive.
+//! Terms themselves live in the HSM; the keyring knows which term wraps each data key, so it can
+//! rewrap the stragglers after a rotation and refuse to retire a term that still wraps a key.
+
+use crate::envelope::{DataKeyId, Opener, Sealer};
+use crate::error::{Error, Result};
+use crate::hsm::{Hsm, KeyPurpose, TermId, TermState, WrappedKey};
+use crate::kcv::Kcv;
+use crate::secret::DataKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One data key as the keyring records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKeyRecord {
+    /// Its id, written into every envelope it seals.
+    pub id: DataKeyId,
+    /// Its one purpose.
+    pub purpose: KeyPurpose,
+    /// The key wrapped under a KEK term.
+    pub wrapped: WrappedKey,
+    /// Created at, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Records sealed under it (from [`Keyring::record_encryptions`]).
+    pub encryptions: u64,
+}
+
+impl DataKeyRecord {
+    /// The key check value of the clear key.
+    pub fn kcv(&self) -> Kcv {
+        self.wrapped.kcv
+    }
+}
+
+/// All data keys of a vault.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyring {
+    keys: BTreeMap<DataKeyId, DataKeyRecord>,
+    next_id: u32,
+}
+
+/// What a rewrap pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RewrapReport {
+    /// The term every data key is now wrapped under.
+    pub active: TermId,
+    /// Data keys rewrapped by this pass.
+    pub rewrapped: usize,
+    /// Data keys that were already under the active term.
+    pub unchanged: usize,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Keyring {
+    /// An empty keyring.
+    pub fn new() -> Self {
+        Keyring::default()
+    }
+
+    /// Asks the HSM for a new data key, records its wrapped form and returns the only sealer that
+    /// will ever encrypt under it.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] and provider errors from the HSM; [`Error::Refused`] when the id space
+    /// is exhausted.
+    pub fn create(&mut self, hsm: &dyn Hsm, purpose: KeyPurpose) -> Result<Sealer> {
+        let id = DataKeyId(self.next_id.checked_add(1).ok_or_else(|| {
+            Error::Refused("the keyring has used every data key id".to_string())
+        })?);
+        let (key, wrapped) = hsm.generate_data_key(purpose)?;
+        let sealer = Sealer::new(id, purpose, key)?;
+        self.keys.insert(
+            id,
+            DataKeyRecord {
+                id,
+                purpose,
+                wrapped,
+                created_unix: now_unix(),
+                encryptions: 0,
+            },
+        );
+        self.next_id = id.0;
+        Ok(sealer)
+    }
+
+    /// Adds a sealer's count of encryptions to its key's record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown key.
+    pub fn record_encryptions(&mut self, sealer: &Sealer) -> Result<()> {
+        let rec = self
+            .keys
+            .get_mut(&sealer.key_id())
+            .ok_or_else(|| Error::NotFound(sealer.key_id().to_string()))?;
+        rec.encryptions = rec.encryptions.max(sealer.encryptions());
+        Ok(())
+    }
+
+    /// One key's record.
+    pub fn get(&self, id: DataKeyId) -> Option<&DataKeyRecord> {
+        self.keys.get(&id)
+    }
+
+    /// Every key, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &DataKeyRecord> {
+        self.keys.values()
+    }
+
+    /// Number of data keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when there are no data keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Unwraps a data key (for HMAC purposes or to build an opener).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown key; HSM errors from unwrapping.
+    pub fn unwrap(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<DataKey> {
+        let rec = self.keys.get(&id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        hsm.unwrap_data_key(&rec.wrapped)
+    }
+
+    /// An opener for the records sealed under `id`.
+    ///
+    /// # Errors
+    /// As [`Keyring::unwrap`].
+    pub fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
+        let rec = self.keys.get(&id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let key = hsm.unwrap_data_key(&rec.wrapped)?;
+        Opener::new(id, rec.purpose, &key)
+    }
+
+    /// How many data keys each term wraps.
+    pub fn count_by_term(&self) -> BTreeMap<TermId, usize> {
+        let mut m = BTreeMap::new();
+        for rec in self.keys.values() {
+            *m.entry(rec.wrapped.term).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Rewraps, inside the HSM, every data key not yet under the active term.
+    ///
+    /// The keyring is updated key by key, so a pass interrupted by an error leaves every key
+    /// wrapped under either its old or the active term — both unwrap — and can simply be run
+    /// again.
+    ///
+    /// # Errors
+    /// HSM errors; [`Error::Refused`] if the HSM reports no active term.
+    pub fn rewrap_to_active(&mut self, hsm: &dyn Hsm) -> Result<RewrapReport> {
+        let active = hsm
+            .status()
+            .terms
+            .iter()
+            .find(|t| t.state == TermState::Active)
+            .map(|t| t.id)
+            .ok_or_else(|| Error::Refused("the hsm has no active term".to_string()))?;
+        let mut report = RewrapReport {
+            active,
+            rewrapped: 0,
+            unchanged: 0,
+        };
+        for rec in self.keys.values_mut() {
+            if rec.wrapped.term == active {
+                report.unchanged += 1;
+                continue;
+            }
+            rec.wrapped = hsm.rewrap_data_key(&rec.wrapped)?;
+            report.rewrapped += 1;
+        }
+        Ok(report)
+    }
+
+    /// Retires `term` in the HSM once no data key of this keyring is wrapped under it.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] naming how many data keys still use the term; HSM errors.
+    pub fn retire_term(&self, hsm: &dyn Hsm, term: TermId) -> Result<()> {
+        let in_use = self.count_by_term().get(&term).copied().unwrap_or(0);
+        if in_use > 0 {
+            return Err(Error::Refused(format!(
+                "{term} still wraps {in_use} data key(s); rewrap them first"
+            )));
+        }
+        hsm.retire_term(term)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm_double::DoubleHsm;
+    use crate::secret::Plaintext;
+
+    #[test]
+    fn create_seal_open_through_the_keyring() {
+        let hsm = DoubleHsm::new();
+        let mut ring = Keyring::new();
+        let mut sealer = ring.create(&hsm, KeyPurpose::Code).unwrap();
+        let e = sealer.seal("S1", &Plaintext::from_slice(b"11111|22222222")).unwrap();
+        ring.record_encryptions(&sealer).unwrap();
+        assert_eq!(ring.get(sealer.key_id()).unwrap().encryptions, 1);
+        let opener = ring.opener(&hsm, e.key_id().unwrap()).unwrap();
+        assert_eq!(opener.open("S1", &e).unwrap().expose_secret(), b"11111|22222222");
+        let key = ring.unwrap(&hsm, sealer.key_id()).unwrap();
+        assert_eq!(key.kcv(), ring.get(sealer.key_id()).unwrap().kcv());
+    }
+
+    #[test]
+    fn rewrap_then_retire() {
+        let hsm = DoubleHsm::new();
+        let mut ring = Keyring::new();
+        let a = ring.create(&hsm, KeyPurpose::Code).unwrap().key_id();
+        let b = ring.create(&hsm, KeyPurpose::Index).unwrap().key_id();
+        let kcv_a = ring.unwrap(&hsm, a).unwrap().kcv();
+        let old = hsm.status().terms[0].id;
+        hsm.rotate().unwrap();
+        // Old-term keys still unwrap before the rewrap.
+        assert_eq!(ring.unwrap(&hsm, a).unwrap().kcv(), kcv_a);
+        let refused = ring.retire_term(&hsm, old).unwrap_err().to_string();
+        assert!(refused.contains("2 data key(s)"), "{refused}");
+        let report = ring.rewrap_to_active(&hsm).unwrap();
+        assert_eq!((report.rewrapped, report.unchanged), (2, 0));
+        ring.retire_term(&hsm, old).unwrap();
+        assert_eq!(ring.unwrap(&hsm, a).unwrap().kcv(), kcv_a);
+        assert!(ring.unwrap(&hsm, b).is_ok());
+        assert_eq!(ring.rewrap_to_active(&hsm).unwrap().rewrapped, 0);
+    }
+
+    #[test]
+    fn keyring_round_trips_through_json() {
+        let hsm = DoubleHsm::new();
+        let mut ring = Keyring::new();
+        ring.create(&hsm, KeyPurpose::Audit).unwrap();
+        let json = serde_json::to_string(&ring).unwrap();
+        let back: Keyring = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ring);
+    }
+}

@@ -1,0 +1,41 @@
+//! # vault — PIN/PUK records under an HSM-style key hierarchy
+//!
+//! The vault owns everything that touches a code or a key on the host side:
+//!
+//! - [`secret`]: the secret carriers [`Pin`], [`Puk`], [`DataKey`], [`Plaintext`] — zeroized on
+//!   drop, redacted in `Debug`, never `Display` or `Serialize`;
+//! - [`policy`]: the code policy (digits only, lengths by configuration);
+//! - [`hsm`]: the [`Hsm`] trait, the custody seam; root key and KEK terms stay behind it;
+//! - [`keyring`]: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
+//! - [`envelope`]: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
+//!   serial, the data-key id and the purpose).
+//!
+//! ```text
+//! custodian shares ─▶ unseal key ─▶ root key ─▶ KEK terms ─▶ data keys ─▶ records
+//! └──────────────── inside the Hsm ────────────────────────┘   (wrapped)   (envelopes)
+//! ```
+//!
+//! What it does not do: networking, async, HTTP, configuration files. It is synchronous and is
+//! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
+//! software HSM lives in the `hsm-sim` crate, which depends on this one.
+
+pub mod envelope;
+pub mod error;
+pub mod hsm;
+#[cfg(test)]
+mod hsm_double;
+pub mod kcv;
+pub mod keyring;
+pub mod policy;
+pub mod secret;
+
+pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
+pub use error::{Error, Result};
+pub use hsm::{
+    Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
+    UnsealProgress, WrappedKey,
+};
+pub use kcv::Kcv;
+pub use keyring::{DataKeyRecord, Keyring, RewrapReport};
+pub use policy::{CodeError, CodeKind, CodePolicy, LengthBounds};
+pub use secret::{DataKey, FreshDataKey, Pin, Plaintext, Puk, KEY_LEN};
