@@ -85,8 +85,12 @@ impl fmt::Debug for Envelope {
 }
 
 fn aad(purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<Vec<u8>> {
-    let subject_len = u16::try_from(subject.len())
-        .map_err(|_| Error::Refused(format!("record subject is {} bytes, at most 65535", subject.len())))?;
+    let subject_len = u16::try_from(subject.len()).map_err(|_| {
+        Error::Refused(format!(
+            "record subject is {} bytes, at most 65535",
+            subject.len()
+        ))
+    })?;
     let mut a = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
     a.extend_from_slice(AAD_LABEL);
     a.push(ENVELOPE_VERSION);
@@ -238,7 +242,11 @@ impl Opener {
         let mut buf = Zeroizing::new(b[HEADER_LEN..].to_vec());
         let len = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut buf[..])
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut buf[..],
+            )
             .map_err(|_| Error::Integrity)?
             .len();
         buf.truncate(len);
@@ -248,7 +256,11 @@ impl Opener {
 
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Opener({}, {} purpose, key <redacted>)", self.id, self.purpose)
+        write!(
+            f,
+            "Opener({}, {} purpose, key <redacted>)",
+            self.id, self.purpose
+        )
     }
 }
 
@@ -262,7 +274,12 @@ mod tests {
     }
 
     fn sealer(byte: u8, id: u32) -> Sealer {
-        Sealer::new(DataKeyId(id), KeyPurpose::Code, FreshDataKey::from_generated(key(byte))).unwrap()
+        Sealer::new(
+            DataKeyId(id),
+            KeyPurpose::Code,
+            FreshDataKey::from_generated(key(byte)),
+        )
+        .unwrap()
     }
 
     /// Vectors computed independently with Python's `cryptography` (AESGCM), from the layout in
@@ -281,14 +298,22 @@ mod tests {
         )
         .unwrap();
         let e0 = s
-            .seal("8039000000000000001", &Plaintext::from_slice(b"12345|87654321"))
+            .seal(
+                "8039000000000000001",
+                &Plaintext::from_slice(b"12345|87654321"),
+            )
             .unwrap();
-        let e1 = s.seal("8039000000000000001", &Plaintext::from_slice(b"")).unwrap();
+        let e1 = s
+            .seal("8039000000000000001", &Plaintext::from_slice(b""))
+            .unwrap();
         assert_eq!(hex::encode(e0.as_bytes()), KAT_0);
         assert_eq!(hex::encode(e1.as_bytes()), KAT_1);
         let o = Opener::new(DataKeyId(7), KeyPurpose::Code, &DataKey::from_bytes(k)).unwrap();
         let p = o
-            .open("8039000000000000001", &Envelope::from_bytes(hex::decode(KAT_0).unwrap()))
+            .open(
+                "8039000000000000001",
+                &Envelope::from_bytes(hex::decode(KAT_0).unwrap()),
+            )
             .unwrap();
         assert_eq!(p.expose_secret(), b"12345|87654321");
     }
@@ -301,7 +326,10 @@ mod tests {
         let mut s = sealer(1, 3);
         let a = s.seal("A1", &Plaintext::from_slice(b"same")).unwrap();
         let b = s.seal("A1", &Plaintext::from_slice(b"same")).unwrap();
-        assert_ne!(a, b, "two seals of the same record must differ (distinct nonces)");
+        assert_ne!(
+            a, b,
+            "two seals of the same record must differ (distinct nonces)"
+        );
         assert_eq!(&a.as_bytes()[5..17], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b.as_bytes()[5..17], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(s.encryptions(), 2);
@@ -313,7 +341,9 @@ mod tests {
     #[test]
     fn moved_record_does_not_decrypt() {
         let mut s = sealer(1, 3);
-        let e = s.seal("CARD-1", &Plaintext::from_slice(b"12345|12345678")).unwrap();
+        let e = s
+            .seal("CARD-1", &Plaintext::from_slice(b"12345|12345678"))
+            .unwrap();
         // Another card.
         let o = Opener::new(DataKeyId(3), KeyPurpose::Code, &key(1)).unwrap();
         assert!(matches!(o.open("CARD-2", &e), Err(Error::Integrity)));
@@ -321,7 +351,10 @@ mod tests {
         let mut relabelled = e.as_bytes().to_vec();
         relabelled[1..5].copy_from_slice(&4u32.to_be_bytes());
         let o4 = Opener::new(DataKeyId(4), KeyPurpose::Code, &key(1)).unwrap();
-        assert!(matches!(o4.open("CARD-1", &Envelope::from_bytes(relabelled)), Err(Error::Integrity)));
+        assert!(matches!(
+            o4.open("CARD-1", &Envelope::from_bytes(relabelled)),
+            Err(Error::Integrity)
+        ));
         // Another key.
         let other = Opener::new(DataKeyId(3), KeyPurpose::Code, &key(2)).unwrap();
         assert!(matches!(other.open("CARD-1", &e), Err(Error::Integrity)));
@@ -333,19 +366,27 @@ mod tests {
     #[test]
     fn every_flipped_byte_is_an_integrity_error() {
         let mut s = sealer(9, 11);
-        let e = s.seal("X", &Plaintext::from_slice(b"54321|11223344")).unwrap();
+        let e = s
+            .seal("X", &Plaintext::from_slice(b"54321|11223344"))
+            .unwrap();
         let o = Opener::new(DataKeyId(11), KeyPurpose::Code, &key(9)).unwrap();
         for i in 0..e.as_bytes().len() {
             for bit in [0x01u8, 0x80] {
                 let mut t = e.as_bytes().to_vec();
                 t[i] ^= bit;
                 let r = o.open("X", &Envelope::from_bytes(t));
-                assert!(matches!(r, Err(Error::Integrity)), "byte {i} bit {bit:#x}: {r:?}");
+                assert!(
+                    matches!(r, Err(Error::Integrity)),
+                    "byte {i} bit {bit:#x}: {r:?}"
+                );
             }
         }
         for n in 0..e.as_bytes().len() {
             let t = e.as_bytes()[..n].to_vec();
-            assert!(matches!(o.open("X", &Envelope::from_bytes(t)), Err(Error::Integrity)));
+            assert!(matches!(
+                o.open("X", &Envelope::from_bytes(t)),
+                Err(Error::Integrity)
+            ));
         }
     }
 
@@ -354,6 +395,9 @@ mod tests {
         let s = sealer(0xA5, 1);
         let o = Opener::new(DataKeyId(1), KeyPurpose::Code, &key(0xA5)).unwrap();
         let all = format!("{s:?} {o:?} {s:#?}");
-        assert!(!all.to_lowercase().contains("a5a5") && !all.contains("165"), "{all}");
+        assert!(
+            !all.to_lowercase().contains("a5a5") && !all.contains("165"),
+            "{all}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::hsm::{
-    HsmStatus, Hsm, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
+    Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
     UnsealProgress, WrappedKey,
 };
 use crate::kcv::Kcv;
@@ -44,7 +44,10 @@ impl DoubleHsm {
 
     fn active(&self) -> (TermId, [u8; 32]) {
         let terms = self.terms.lock().unwrap();
-        let (t, k) = terms.iter().find(|(t, _)| t.state == TermState::Active).unwrap();
+        let (t, k) = terms
+            .iter()
+            .find(|(t, _)| t.state == TermState::Active)
+            .unwrap();
         (t.id, k.unwrap())
     }
 
@@ -75,7 +78,13 @@ impl Hsm for DoubleHsm {
             share_set: String::new(),
             dev: true,
             root_kcv: Kcv::from_bytes([0; 3]),
-            terms: self.terms.lock().unwrap().iter().map(|(t, _)| t.clone()).collect(),
+            terms: self
+                .terms
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect(),
         }
     }
     fn unseal(&self, _share: &SecretString) -> Result<UnsealProgress> {

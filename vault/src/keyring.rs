@@ -74,9 +74,10 @@ impl Keyring {
     /// [`Error::Sealed`] and provider errors from the HSM; [`Error::Refused`] when the id space
     /// is exhausted.
     pub fn create(&mut self, hsm: &dyn Hsm, purpose: KeyPurpose) -> Result<Sealer> {
-        let id = DataKeyId(self.next_id.checked_add(1).ok_or_else(|| {
-            Error::Refused("the keyring has used every data key id".to_string())
-        })?);
+        let id =
+            DataKeyId(self.next_id.checked_add(1).ok_or_else(|| {
+                Error::Refused("the keyring has used every data key id".to_string())
+            })?);
         let (key, wrapped) = hsm.generate_data_key(purpose)?;
         let sealer = Sealer::new(id, purpose, key)?;
         self.keys.insert(
@@ -131,7 +132,10 @@ impl Keyring {
     /// # Errors
     /// [`Error::NotFound`] for an unknown key; HSM errors from unwrapping.
     pub fn unwrap(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<DataKey> {
-        let rec = self.keys.get(&id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self
+            .keys
+            .get(&id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         hsm.unwrap_data_key(&rec.wrapped)
     }
 
@@ -140,7 +144,10 @@ impl Keyring {
     /// # Errors
     /// As [`Keyring::unwrap`].
     pub fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
-        let rec = self.keys.get(&id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self
+            .keys
+            .get(&id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let key = hsm.unwrap_data_key(&rec.wrapped)?;
         Opener::new(id, rec.purpose, &key)
     }
@@ -212,11 +219,16 @@ mod tests {
         let hsm = DoubleHsm::new();
         let mut ring = Keyring::new();
         let mut sealer = ring.create(&hsm, KeyPurpose::Code).unwrap();
-        let e = sealer.seal("S1", &Plaintext::from_slice(b"11111|22222222")).unwrap();
+        let e = sealer
+            .seal("S1", &Plaintext::from_slice(b"11111|22222222"))
+            .unwrap();
         ring.record_encryptions(&sealer).unwrap();
         assert_eq!(ring.get(sealer.key_id()).unwrap().encryptions, 1);
         let opener = ring.opener(&hsm, e.key_id().unwrap()).unwrap();
-        assert_eq!(opener.open("S1", &e).unwrap().expose_secret(), b"11111|22222222");
+        assert_eq!(
+            opener.open("S1", &e).unwrap().expose_secret(),
+            b"11111|22222222"
+        );
         let key = ring.unwrap(&hsm, sealer.key_id()).unwrap();
         assert_eq!(key.kcv(), ring.get(sealer.key_id()).unwrap().kcv());
     }

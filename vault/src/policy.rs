@@ -130,7 +130,9 @@ pub enum CodeError {
         position: usize,
     },
     /// The policy's own bounds are unusable.
-    #[error("code policy for {kind} is invalid: min {min}, max {max} (need 1 <= min <= max <= 16)")]
+    #[error(
+        "code policy for {kind} is invalid: min {min}, max {max} (need 1 <= min <= max <= 16)"
+    )]
     Policy {
         /// Which code.
         kind: CodeKind,
@@ -169,7 +171,13 @@ mod tests {
             pin: LengthBounds { min: 6, max: 5 },
             ..CodePolicy::CNS
         };
-        assert!(matches!(bad.validate(), Err(CodeError::Policy { kind: CodeKind::Pin, .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(CodeError::Policy {
+                kind: CodeKind::Pin,
+                ..
+            })
+        ));
         let bad = CodePolicy {
             puk: LengthBounds { min: 1, max: 17 },
             ..CodePolicy::CNS

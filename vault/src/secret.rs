@@ -22,10 +22,7 @@ impl Digits {
         let bytes = text.as_bytes();
         if let Some(i) = bytes.iter().position(|b| !b.is_ascii_digit()) {
             // A multi-byte character counts as one position for the person reading the error.
-            let position = text
-                .char_indices()
-                .take_while(|(at, _)| *at <= i)
-                .count();
+            let position = text.char_indices().take_while(|(at, _)| *at <= i).count();
             return Err(CodeError::NonDigit { kind, position });
         }
         let bounds = policy.bounds(kind);
@@ -86,7 +83,11 @@ macro_rules! code_type {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "(<redacted>, {} digits)"), self.len())
+                write!(
+                    f,
+                    concat!(stringify!($name), "(<redacted>, {} digits)"),
+                    self.len()
+                )
             }
         }
     };
@@ -244,7 +245,9 @@ mod tests {
         let fresh = FreshDataKey::from_generated(DataKey::from_bytes([0x5A; KEY_LEN]));
         let plain = Plaintext::from_slice(b"24680|13579135");
         let all = format!("{pin:?} {puk:?} {key:?} {fresh:?} {plain:?} {pin:#?} {key:#?}");
-        for needle in ["24680", "13579135", "a5a5", "A5A5", "5a5a", "5A5A", "165, 165", "90, 90"] {
+        for needle in [
+            "24680", "13579135", "a5a5", "A5A5", "5a5a", "5A5A", "165, 165", "90, 90",
+        ] {
             assert!(!all.contains(needle), "debug output leaked {needle}: {all}");
         }
         assert!(all.contains("<redacted>"));

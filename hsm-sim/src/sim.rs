@@ -1,0 +1,759 @@
+//! The simulated HSM: unseal, data keys, terms, rekey, seal.
+//!
+//! One [`SimulatedHsm`] owns one state directory. Every change of state (init, rotate, retire,
+//! rekey) is built on a copy of the state, written atomically, and only then adopted in memory:
+//! a failed write changes nothing, and a crash leaves the old or the new file.
+//!
+//! Key derivations (HKDF-SHA256), each with its own label:
+//!
+//! | key | from | label |
+//! |---|---|---|
+//! | unseal key | combined shares, salt = set id | `plico-hsm unseal v1` |
+//! | state MAC key | root key | `plico-hsm state-mac v1` |
+//! | wrapping key of a purpose | term KEK | `plico-hsm wrap v1 <purpose>` |
+//!
+//! Wrapping each purpose under its own key binds the purpose into every wrapped data key: a code
+//! key presented as an audit key fails to unwrap.
+
+use crate::shamir;
+use crate::share::{constant_time_eq, Share, PAYLOAD_LEN};
+use crate::state::{ShareSet, StateBody, StateFile, TermRecord, FORMAT, VERSION};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::hkdf::{KeyType, Salt, HKDF_SHA256};
+use aws_lc_rs::hmac;
+use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded, AES_256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use vault::{
+    DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome, Result,
+    ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
+};
+use zeroize::Zeroizing;
+
+type Key = Zeroizing<[u8; KEY_LEN]>;
+
+/// Options of [`SimulatedHsm::init`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Shares to issue (n).
+    pub shares: u8,
+    /// Shares needed to unseal (m); at least 2 unless `dev`.
+    pub threshold: u8,
+    /// Development mode: allows a threshold of 1. Recorded in the state file for good.
+    pub dev: bool,
+}
+
+/// What [`SimulatedHsm::init`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// Key check value of the new root key.
+    pub root_kcv: Kcv,
+    /// Id of the share set.
+    pub share_set: String,
+    /// Key check value of the first KEK term.
+    pub first_term_kcv: Kcv,
+}
+
+/// A named point inside a state write where a crash test can stop the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// The new state is built in memory, nothing written.
+    BeforeWrite,
+    /// Half of the temporary file is written.
+    TempHalfWritten,
+    /// The temporary file is written, not yet synced.
+    TempWritten,
+    /// The temporary file is synced, not yet renamed.
+    TempSynced,
+    /// Renamed over the old state, directory not yet synced.
+    Renamed,
+    /// Fully committed.
+    Committed,
+}
+
+impl FaultPoint {
+    /// Every point, in the order a write passes them.
+    pub const ALL: [FaultPoint; 6] = [
+        FaultPoint::BeforeWrite,
+        FaultPoint::TempHalfWritten,
+        FaultPoint::TempWritten,
+        FaultPoint::TempSynced,
+        FaultPoint::Renamed,
+        FaultPoint::Committed,
+    ];
+}
+
+/// A callback run at each [`FaultPoint`]; tests use it to abort the process.
+pub type FaultHook = Arc<dyn Fn(FaultPoint) + Send + Sync>;
+
+/// Keys held while unsealed. Dropping it wipes them.
+struct Unsealed {
+    root: Key,
+    keks: BTreeMap<u32, Key>,
+}
+
+struct Inner {
+    file: StateFile,
+    unsealed: Option<Unsealed>,
+    pending: Vec<Share>,
+}
+
+/// A software HSM sealed by custodian shares. See the crate docs.
+pub struct SimulatedHsm {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    rng: SystemRandom,
+    fault: Option<FaultHook>,
+}
+
+impl fmt::Debug for SimulatedHsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sealed = self.lock().unsealed.is_none();
+        write!(f, "SimulatedHsm({}, sealed: {sealed})", self.dir.display())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Len32;
+impl KeyType for Len32 {
+    fn len(&self) -> usize {
+        KEY_LEN
+    }
+}
+
+fn hkdf32(ikm: &[u8], salt: &[u8], label: &str) -> Result<Key> {
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    let info = [label.as_bytes()];
+    Salt::new(HKDF_SHA256, salt)
+        .extract(ikm)
+        .expand(&info, Len32)
+        .and_then(|okm| okm.fill(&mut out[..]))
+        .map_err(|_| Error::Provider("hkdf"))?;
+    Ok(out)
+}
+
+fn gcm_seal(rng: &SystemRandom, key: &[u8; KEY_LEN], aad: &[u8], plain: &[u8]) -> Result<String> {
+    let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Provider("aes-gcm key"))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce)
+        .map_err(|_| Error::Provider("random"))?;
+    let mut buf = Zeroizing::new(plain.to_vec());
+    let tag = LessSafeKey::new(k)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf[..],
+        )
+        .map_err(|_| Error::Provider("aes-gcm seal"))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(tag.as_ref());
+    Ok(hex::encode(out))
+}
+
+fn gcm_open(key: &[u8; KEY_LEN], aad: &[u8], sealed_hex: &str) -> Result<Key> {
+    let sealed = hex::decode(sealed_hex).map_err(|_| Error::Integrity)?;
+    if sealed.len() != NONCE_LEN + KEY_LEN + 16 {
+        return Err(Error::Integrity);
+    }
+    let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Provider("aes-gcm key"))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+    let mut buf = Zeroizing::new(sealed[NONCE_LEN..].to_vec());
+    let plain = LessSafeKey::new(k)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf[..],
+        )
+        .map_err(|_| Error::Integrity)?;
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    out.copy_from_slice(plain);
+    Ok(out)
+}
+
+fn root_aad(set_id: &str) -> Vec<u8> {
+    format!("plico-hsm root v1 set {set_id}").into_bytes()
+}
+
+fn kek_aad(term: u32) -> Vec<u8> {
+    format!("plico-hsm kek v1 term {term}").into_bytes()
+}
+
+fn state_mac(root: &[u8; KEY_LEN], body: &StateBody) -> Result<String> {
+    let mac_key = hkdf32(root, &[], "plico-hsm state-mac v1")?;
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, &mac_key[..]),
+        &body.mac_input()?,
+    );
+    Ok(hex::encode(tag.as_ref()))
+}
+
+fn wrapping_key(kek: &[u8; KEY_LEN], purpose: KeyPurpose) -> Result<Key> {
+    hkdf32(kek, &[], &format!("plico-hsm wrap v1 {}", purpose.as_str()))
+}
+
+struct NewShareSet {
+    set: ShareSet,
+    shares: Vec<Share>,
+    unseal_key: Key,
+}
+
+fn random_key(rng: &SystemRandom) -> Result<Key> {
+    let mut k = Zeroizing::new([0u8; KEY_LEN]);
+    rng.fill(&mut k[..])
+        .map_err(|_| Error::Provider("random"))?;
+    Ok(k)
+}
+
+/// Makes a new share set: id, shares, digests, and the unseal key they combine to.
+fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Result<NewShareSet> {
+    if threshold < 2 && !dev {
+        return Err(Error::Refused(format!(
+            "a threshold of {threshold} is only allowed for a development hsm (--dev); use 2 or more"
+        )));
+    }
+    if shares == 0 || threshold == 0 || threshold > shares {
+        return Err(Error::Refused(format!(
+            "threshold {threshold} of {shares} shares: need 1 <= threshold <= shares <= 255"
+        )));
+    }
+    let mut set_id = [0u8; 8];
+    rng.fill(&mut set_id)
+        .map_err(|_| Error::Provider("random"))?;
+    let secret = random_key(rng)?;
+    let parts = shamir::split(&secret[..], shares, threshold, &mut |b| {
+        rng.fill(b)
+            .map_err(|_| "random generator failed".to_string())
+    })
+    .map_err(Error::Refused)?;
+    let mut out = Vec::with_capacity(parts.len());
+    let mut digests = BTreeMap::new();
+    for (x, y) in parts {
+        let mut payload = Zeroizing::new([0u8; PAYLOAD_LEN]);
+        payload.copy_from_slice(&y);
+        let share = Share::new(set_id, x, threshold, shares, &payload);
+        digests.insert(x, hex::encode(share.digest()));
+        out.push(share);
+    }
+    let id = hex::encode(set_id);
+    let unseal_key = hkdf32(&secret[..], &set_id, "plico-hsm unseal v1")?;
+    Ok(NewShareSet {
+        set: ShareSet {
+            id,
+            threshold,
+            shares,
+            digests,
+        },
+        shares: out,
+        unseal_key,
+    })
+}
+
+impl SimulatedHsm {
+    /// Name of the state file inside the HSM's directory.
+    pub const STATE_FILE: &'static str = "hsm-state.json";
+
+    /// True if `dir` holds an HSM state file.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(Self::STATE_FILE).exists()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-changed: every change is
+        // built on a copy and swapped in after the write. So a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fault_hook(&self) -> impl Fn(FaultPoint) + '_ {
+        move |p| {
+            if let Some(h) = &self.fault {
+                h(p)
+            }
+        }
+    }
+
+    /// Creates a new HSM in `dir` (which must exist and hold no state file): a root key, a first
+    /// KEK term, and `opts.shares` custodian shares handed to `deliver` before the state is
+    /// written. Returns the HSM sealed.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a state that already exists or unusable options; whatever
+    /// `deliver` returns; [`Error::Storage`] if the state cannot be written.
+    pub fn init(
+        dir: &Path,
+        opts: InitOptions,
+        deliver: &mut ShareDelivery<'_>,
+    ) -> Result<(Self, InitReport)> {
+        Self::init_with_fault_hook(dir, opts, deliver, None)
+    }
+
+    /// [`SimulatedHsm::init`] with a fault hook (for crash tests).
+    ///
+    /// # Errors
+    /// As [`SimulatedHsm::init`].
+    pub fn init_with_fault_hook(
+        dir: &Path,
+        opts: InitOptions,
+        deliver: &mut ShareDelivery<'_>,
+        fault: Option<FaultHook>,
+    ) -> Result<(Self, InitReport)> {
+        if Self::exists(dir) {
+            return Err(Error::Refused(format!(
+                "{} already holds an hsm state; refusing to overwrite it",
+                dir.join(Self::STATE_FILE).display()
+            )));
+        }
+        StateFile::remove_leftover(dir, Self::STATE_FILE)?;
+        let rng = SystemRandom::new();
+        let set = new_share_set(&rng, opts.shares, opts.threshold, opts.dev)?;
+        let root = random_key(&rng)?;
+        let kek = random_key(&rng)?;
+        let term = TermRecord {
+            id: 1,
+            state: TermState::Active,
+            kcv: Kcv::of_aes256(&kek),
+            created_unix: now_unix(),
+            sealed_kek: Some(gcm_seal(&rng, &root, &kek_aad(1), &kek[..])?),
+        };
+        let body = StateBody {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            generation: 1,
+            dev: opts.dev,
+            root_kcv: Kcv::of_aes256(&root),
+            sealed_root: gcm_seal(&rng, &set.unseal_key, &root_aad(&set.set.id), &root[..])?,
+            share_set: set.set.clone(),
+            terms: vec![term.clone()],
+        };
+        let file = StateFile {
+            mac: state_mac(&root, &body)?,
+            body,
+        };
+        let texts: Vec<SecretString> = set.shares.iter().map(Share::to_text).collect();
+        deliver(&texts)?;
+        let hsm = SimulatedHsm {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                file,
+                unsealed: None,
+                pending: Vec::new(),
+            }),
+            rng,
+            fault,
+        };
+        let report = {
+            let inner = hsm.lock();
+            inner
+                .file
+                .write_atomic(dir, Self::STATE_FILE, &hsm.fault_hook())?;
+            InitReport {
+                root_kcv: inner.file.body.root_kcv,
+                share_set: inner.file.body.share_set.id.clone(),
+                first_term_kcv: term.kcv,
+            }
+        };
+        Ok((hsm, report))
+    }
+
+    /// Opens an existing HSM, sealed. Removes a temporary file left by an interrupted write.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the state file is missing, unreadable or not a state file.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_fault_hook(dir, None)
+    }
+
+    /// [`SimulatedHsm::open`] with a fault hook (for crash tests).
+    ///
+    /// # Errors
+    /// As [`SimulatedHsm::open`].
+    pub fn open_with_fault_hook(dir: &Path, fault: Option<FaultHook>) -> Result<Self> {
+        StateFile::remove_leftover(dir, Self::STATE_FILE)?;
+        let file = StateFile::load(dir, Self::STATE_FILE)?;
+        Ok(SimulatedHsm {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                file,
+                unsealed: None,
+                pending: Vec::new(),
+            }),
+            rng: SystemRandom::new(),
+            fault,
+        })
+    }
+
+    /// The directory holding the state file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checks a share against the current set; returns it parsed.
+    fn admit(file: &StateFile, text: &SecretString) -> Result<Share> {
+        let share = Share::parse(text).map_err(Error::Share)?;
+        let set = &file.body.share_set;
+        let got = hex::encode(share.set);
+        if got != set.id {
+            return Err(Error::Share(format!(
+                "this share belongs to share set {got}, but this hsm uses set {}: it is from \
+                 another hsm or from before a rekey",
+                set.id
+            )));
+        }
+        if share.threshold != set.threshold || share.shares != set.shares {
+            return Err(Error::Share(format!(
+                "share {} says {} of {}, but set {} is {} of {}",
+                share.x, share.threshold, share.shares, set.id, set.threshold, set.shares
+            )));
+        }
+        let issued = set
+            .digests
+            .get(&share.x)
+            .ok_or_else(|| Error::Share(format!("set {} has no share {}", set.id, share.x)))?;
+        if !constant_time_eq(hex::encode(share.digest()).as_bytes(), issued.as_bytes()) {
+            return Err(Error::Share(format!(
+                "share {} of set {} is not the share this hsm issued",
+                share.x, set.id
+            )));
+        }
+        Ok(share)
+    }
+
+    /// Rebuilds the unseal key from a quorum and opens the root key, the MAC and the KEKs.
+    fn open_keys(file: &StateFile, shares: &[Share]) -> Result<Unsealed> {
+        let parts: Vec<(u8, &[u8])> = shares
+            .iter()
+            .map(|s| (s.x, &s.expose_payload()[..]))
+            .collect();
+        let secret = shamir::combine(&parts).map_err(Error::Share)?;
+        let set_id = hex::decode(&file.body.share_set.id).map_err(|_| Error::Integrity)?;
+        let unseal_key = hkdf32(&secret, &set_id, "plico-hsm unseal v1")?;
+        let root = gcm_open(
+            &unseal_key,
+            &root_aad(&file.body.share_set.id),
+            &file.body.sealed_root,
+        )
+        .map_err(|_| {
+            Error::Share("the shares do not open the root key (state file damaged?)".to_string())
+        })?;
+        let mac = state_mac(&root, &file.body)?;
+        if !constant_time_eq(mac.as_bytes(), file.mac.as_bytes()) {
+            return Err(Error::Integrity);
+        }
+        let mut keks = BTreeMap::new();
+        for t in &file.body.terms {
+            if let Some(sealed) = &t.sealed_kek {
+                keks.insert(t.id, gcm_open(&root, &kek_aad(t.id), sealed)?);
+            }
+        }
+        Ok(Unsealed { root, keks })
+    }
+
+    /// Writes `file` atomically and, only if that worked, adopts it with `keys`.
+    fn commit(&self, inner: &mut Inner, mut file: StateFile, keys: Unsealed) -> Result<()> {
+        file.body.generation = inner.file.body.generation + 1;
+        file.mac = state_mac(&keys.root, &file.body)?;
+        file.write_atomic(&self.dir, Self::STATE_FILE, &self.fault_hook())?;
+        inner.file = file;
+        inner.unsealed = Some(keys);
+        Ok(())
+    }
+
+    fn wrap(
+        &self,
+        kek: &[u8; KEY_LEN],
+        term: u32,
+        key: &DataKey,
+        purpose: KeyPurpose,
+    ) -> Result<WrappedKey> {
+        let wk = wrapping_key(kek, purpose)?;
+        let mut out = [0u8; KEY_LEN + 16];
+        let n = AesKek::new(&AES_256, &wk[..])
+            .and_then(|k| k.wrap_with_padding(key.expose_secret(), &mut out))
+            .map_err(|_| Error::Provider("aes key wrap"))?
+            .len();
+        Ok(WrappedKey {
+            term: TermId(term),
+            purpose,
+            kcv: key.kcv(),
+            bytes: out[..n].to_vec(),
+        })
+    }
+
+    fn unwrap_with(keys: &Unsealed, w: &WrappedKey) -> Result<DataKey> {
+        let kek = keys
+            .keks
+            .get(&w.term.0)
+            .ok_or_else(|| Error::NotFound(format!("{} (retired or unknown)", w.term)))?;
+        let wk = wrapping_key(kek, w.purpose)?;
+        let mut out = Zeroizing::new([0u8; KEY_LEN + 16]);
+        let plain = AesKek::new(&AES_256, &wk[..])
+            .and_then(|k| k.unwrap_with_padding(&w.bytes, &mut out[..]))
+            .map_err(|_| Error::Integrity)?;
+        let bytes: [u8; KEY_LEN] = plain.try_into().map_err(|_| Error::Integrity)?;
+        let key = DataKey::from_bytes(bytes);
+        if key.kcv() != w.kcv {
+            return Err(Error::Integrity);
+        }
+        Ok(key)
+    }
+
+    fn active_term(file: &StateFile) -> Result<u32> {
+        file.body
+            .terms
+            .iter()
+            .find(|t| t.state == TermState::Active)
+            .map(|t| t.id)
+            .ok_or_else(|| Error::Storage("the hsm state has no active term".to_string()))
+    }
+
+    fn copy_keys(keys: &Unsealed) -> Unsealed {
+        Unsealed {
+            root: keys.root.clone(),
+            keks: keys.keks.clone(),
+        }
+    }
+}
+
+impl Hsm for SimulatedHsm {
+    fn status(&self) -> HsmStatus {
+        let inner = self.lock();
+        let b = &inner.file.body;
+        HsmStatus {
+            provider: "simulated",
+            sealed: inner.unsealed.is_none(),
+            progress: u8::try_from(inner.pending.len()).unwrap_or(u8::MAX),
+            threshold: b.share_set.threshold,
+            shares: b.share_set.shares,
+            share_set: b.share_set.id.clone(),
+            dev: b.dev,
+            root_kcv: b.root_kcv,
+            terms: b
+                .terms
+                .iter()
+                .map(|t| TermInfo {
+                    id: TermId(t.id),
+                    state: t.state,
+                    kcv: t.kcv,
+                    created_unix: t.created_unix,
+                })
+                .collect(),
+        }
+    }
+
+    fn unseal(&self, text: &SecretString) -> Result<UnsealProgress> {
+        let mut inner = self.lock();
+        let threshold = inner.file.body.share_set.threshold;
+        if inner.unsealed.is_some() {
+            return Ok(UnsealProgress {
+                sealed: false,
+                progress: 0,
+                threshold,
+            });
+        }
+        let share = Self::admit(&inner.file, text)?;
+        if inner.pending.iter().any(|s| s.x == share.x) {
+            return Err(Error::Share(format!(
+                "share {} was already submitted; {} more distinct share(s) needed",
+                share.x,
+                usize::from(threshold).saturating_sub(inner.pending.len())
+            )));
+        }
+        inner.pending.push(share);
+        if inner.pending.len() < usize::from(threshold) {
+            return Ok(UnsealProgress {
+                sealed: true,
+                progress: u8::try_from(inner.pending.len()).unwrap_or(u8::MAX),
+                threshold,
+            });
+        }
+        let pending = std::mem::take(&mut inner.pending);
+        let keys = Self::open_keys(&inner.file, &pending)?;
+        inner.unsealed = Some(keys);
+        Ok(UnsealProgress {
+            sealed: false,
+            progress: 0,
+            threshold,
+        })
+    }
+
+    fn reset_unseal(&self) {
+        self.lock().pending.clear();
+    }
+
+    fn seal(&self) {
+        let mut inner = self.lock();
+        inner.unsealed = None;
+        inner.pending.clear();
+    }
+
+    fn generate_data_key(&self, purpose: KeyPurpose) -> Result<(FreshDataKey, WrappedKey)> {
+        let inner = self.lock();
+        let keys = inner.unsealed.as_ref().ok_or(Error::Sealed)?;
+        let term = Self::active_term(&inner.file)?;
+        let kek = keys
+            .keks
+            .get(&term)
+            .ok_or_else(|| Error::Storage(format!("active term {term} has no key")))?;
+        let bytes = random_key(&self.rng)?;
+        let key = DataKey::from_bytes(*bytes);
+        let wrapped = self.wrap(kek, term, &key, purpose)?;
+        Ok((FreshDataKey::from_generated(key), wrapped))
+    }
+
+    fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        let inner = self.lock();
+        let keys = inner.unsealed.as_ref().ok_or(Error::Sealed)?;
+        Self::unwrap_with(keys, wrapped)
+    }
+
+    fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey> {
+        let inner = self.lock();
+        let keys = inner.unsealed.as_ref().ok_or(Error::Sealed)?;
+        let key = Self::unwrap_with(keys, wrapped)?;
+        let term = Self::active_term(&inner.file)?;
+        let kek = keys
+            .keks
+            .get(&term)
+            .ok_or_else(|| Error::Storage(format!("active term {term} has no key")))?;
+        self.wrap(kek, term, &key, wrapped.purpose)
+    }
+
+    fn rotate(&self) -> Result<TermInfo> {
+        let mut inner = self.lock();
+        let mut keys = Self::copy_keys(inner.unsealed.as_ref().ok_or(Error::Sealed)?);
+        let mut file = inner.file.clone();
+        let id = file.body.terms.iter().map(|t| t.id).max().unwrap_or(0) + 1;
+        let kek = random_key(&self.rng)?;
+        for t in &mut file.body.terms {
+            if t.state == TermState::Active {
+                t.state = TermState::DecryptOnly;
+            }
+        }
+        let record = TermRecord {
+            id,
+            state: TermState::Active,
+            kcv: Kcv::of_aes256(&kek),
+            created_unix: now_unix(),
+            sealed_kek: Some(gcm_seal(&self.rng, &keys.root, &kek_aad(id), &kek[..])?),
+        };
+        file.body.terms.push(record.clone());
+        keys.keks.insert(id, kek);
+        self.commit(&mut inner, file, keys)?;
+        Ok(TermInfo {
+            id: TermId(id),
+            state: record.state,
+            kcv: record.kcv,
+            created_unix: record.created_unix,
+        })
+    }
+
+    fn retire_term(&self, term: TermId) -> Result<()> {
+        let mut inner = self.lock();
+        let mut keys = Self::copy_keys(inner.unsealed.as_ref().ok_or(Error::Sealed)?);
+        let mut file = inner.file.clone();
+        let t = file
+            .body
+            .terms
+            .iter_mut()
+            .find(|t| t.id == term.0)
+            .ok_or_else(|| Error::NotFound(term.to_string()))?;
+        match t.state {
+            TermState::Active => {
+                return Err(Error::Refused(format!(
+                    "{term} is the active term; rotate to a new term before retiring it"
+                )))
+            }
+            TermState::Retired => return Err(Error::Refused(format!("{term} is already retired"))),
+            TermState::DecryptOnly => {}
+        }
+        t.state = TermState::Retired;
+        t.sealed_kek = None;
+        keys.keks.remove(&term.0);
+        self.commit(&mut inner, file, keys)
+    }
+
+    fn rekey(
+        &self,
+        current: &[SecretString],
+        shares: u8,
+        threshold: u8,
+        deliver: &mut ShareDelivery<'_>,
+    ) -> Result<RekeyOutcome> {
+        let mut inner = self.lock();
+        let held = Self::copy_keys(
+            inner
+                .unsealed
+                .as_ref()
+                .ok_or_else(|| Error::Refused("unseal the hsm before a rekey".to_string()))?,
+        );
+        let need = usize::from(inner.file.body.share_set.threshold);
+        let mut admitted: Vec<Share> = Vec::new();
+        for text in current {
+            let share = Self::admit(&inner.file, text)?;
+            if admitted.iter().any(|s| s.x == share.x) {
+                return Err(Error::Share(format!("share {} was given twice", share.x)));
+            }
+            admitted.push(share);
+        }
+        if admitted.len() < need {
+            return Err(Error::Share(format!(
+                "a rekey needs {need} current shares, {} given",
+                admitted.len()
+            )));
+        }
+        let opened = Self::open_keys(&inner.file, &admitted)?;
+        if !constant_time_eq(&opened.root[..], &held.root[..]) {
+            return Err(Error::Share(
+                "the shares do not reconstruct the current root key".to_string(),
+            ));
+        }
+        let dev = inner.file.body.dev;
+        let set = new_share_set(&self.rng, shares, threshold, dev)?;
+        let root = random_key(&self.rng)?;
+        let mut file = inner.file.clone();
+        file.body.share_set = set.set.clone();
+        file.body.root_kcv = Kcv::of_aes256(&root);
+        file.body.sealed_root = gcm_seal(
+            &self.rng,
+            &set.unseal_key,
+            &root_aad(&set.set.id),
+            &root[..],
+        )?;
+        for t in &mut file.body.terms {
+            if let Some(kek) = held.keks.get(&t.id) {
+                t.sealed_kek = Some(gcm_seal(&self.rng, &root, &kek_aad(t.id), &kek[..])?);
+            }
+        }
+        let texts: Vec<SecretString> = set.shares.iter().map(Share::to_text).collect();
+        deliver(&texts)?;
+        let outcome = RekeyOutcome {
+            share_set: set.set.id.clone(),
+            shares,
+            threshold,
+            root_kcv: file.body.root_kcv,
+        };
+        let keys = Unsealed {
+            root,
+            keks: held.keks,
+        };
+        self.commit(&mut inner, file, keys)?;
+        inner.pending.clear();
+        Ok(outcome)
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
+        self.rng.fill(buf).map_err(|_| Error::Provider("random"))
+    }
+}
