@@ -589,3 +589,28 @@ fn crash_at_every_fault_point_leaves_old_or_new_state() {
         }
     }
 }
+
+#[test]
+fn debug_output_of_an_unsealed_hsm_carries_no_key_or_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init(dir.path(), 2, 2);
+    hsm.unseal(&shares[0]).unwrap();
+    let half = format!("{hsm:?} {:?}", hsm.status());
+    hsm.unseal(&shares[1]).unwrap();
+    let (fresh, wrapped) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
+    let key = hsm.unwrap_data_key(&wrapped).unwrap();
+    let all = format!("{half} {hsm:?} {hsm:#?} {fresh:?} {key:?} {wrapped:?} {:?}", hsm.status());
+    let key_hex = hex::encode(key.expose_secret());
+    assert!(!all.contains(&key_hex), "{all}");
+    for s in &shares {
+        let payload = s.expose_secret().split(':').nth(6).unwrap().to_string();
+        assert!(!all.contains(&payload), "{all}");
+    }
+    // No long hex run (a key or share payload) appears anywhere.
+    let longest_hex_run = all
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest_hex_run < 32, "{all}");
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs plico's whole test suite on a fresh machine: installs what the tests need, checks
+# formatting and lints, then runs every test of the workspace.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -- NAME    # only tests whose name contains NAME (after the checks)
+#
+# Test peers (SoftHSM2, smtp-sink, Kannel…) are installed here as later capabilities need
+# them, and each test starts and stops its own peer on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the tests need. Empty for now: the foundation needs no external peer.
+DEBIAN_PACKAGES=()
+
+install_debian_packages() {
+  local missing=()
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_debian_packages
+
+filter=()
+if [ "${1:-}" = "--" ]; then
+  shift
+  filter=("$@")
+fi
+
+log "cargo fmt --check"
+cargo fmt --all --check
+
+log "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked -- "${filter[@]}"
