@@ -599,7 +599,10 @@ fn debug_output_of_an_unsealed_hsm_carries_no_key_or_share() {
     hsm.unseal(&shares[1]).unwrap();
     let (fresh, wrapped) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     let key = hsm.unwrap_data_key(&wrapped).unwrap();
-    let all = format!("{half} {hsm:?} {hsm:#?} {fresh:?} {key:?} {wrapped:?} {:?}", hsm.status());
+    let all = format!(
+        "{half} {hsm:?} {hsm:#?} {fresh:?} {key:?} {wrapped:?} {:?}",
+        hsm.status()
+    );
     let key_hex = hex::encode(key.expose_secret());
     assert!(!all.contains(&key_hex), "{all}");
     for s in &shares {

@@ -1,0 +1,195 @@
+//! `ApiError`: the single mapping from domain errors to HTTP status and a stable error code.
+//!
+//! Every error response has the body `{"error": {"code": "<stable_code>", "message": "..."}}`.
+//! The code is part of the API contract and never changes meaning; the message is for people.
+//!
+//! What a client may learn is decided here. Storage and provider failures are logged in full
+//! and answered with a plain `internal` message; an integrity failure says only that a check
+//! failed. No variant carries a share, a code or key bytes: vault errors are built not to, and
+//! handlers that hold a secret check the message before it gets here (see the unseal handler).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// An error answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with an explicit status, stable code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `400 bad_request`: the request is malformed; the message says what and where.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `500 internal`, with details left to the server log.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+
+    /// The error for a bare status produced outside a handler (a limit, the router).
+    pub fn from_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                "body_too_large",
+                format!("request body is larger than {} bytes", super::BODY_LIMIT),
+            ),
+            StatusCode::REQUEST_TIMEOUT => (
+                "timeout",
+                format!(
+                    "request took longer than {} seconds",
+                    super::REQUEST_TIMEOUT.as_secs()
+                ),
+            ),
+            StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "method not allowed on this endpoint".to_owned(),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "expected content-type application/json".to_owned(),
+            ),
+            s if s.is_server_error() => ("internal", "internal error; see the server log".into()),
+            s => (
+                "bad_request",
+                s.canonical_reason().unwrap_or("bad request").to_lowercase(),
+            ),
+        };
+        Self::new(status, code, message)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message shown to the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<vault::Error> for ApiError {
+    fn from(e: vault::Error) -> Self {
+        use vault::Error as E;
+        match e {
+            E::Sealed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sealed",
+                "the hsm is sealed",
+            ),
+            E::Share(why) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "share_refused",
+                format!("share refused: {why}"),
+            ),
+            E::Refused(why) => {
+                Self::new(StatusCode::CONFLICT, "refused", format!("refused: {why}"))
+            }
+            E::NotFound(what) => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("not found: {what}"),
+            ),
+            E::Code(why) => Self::new(StatusCode::BAD_REQUEST, "invalid_code", why.to_string()),
+            E::Integrity => {
+                tracing::warn!("integrity check failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "integrity",
+                    "integrity check failed",
+                )
+            }
+            other => {
+                // Storage and provider failures (and any variant added later): the details
+                // name files and libraries, which is for operators, not clients.
+                tracing::error!(error = %other, "vault error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_errors_map_to_status_and_code() {
+        let cases = [
+            (vault::Error::Sealed, 503, "sealed"),
+            (
+                vault::Error::Share("duplicate".into()),
+                400,
+                "share_refused",
+            ),
+            (vault::Error::Refused("term in use".into()), 409, "refused"),
+            (vault::Error::NotFound("term 7".into()), 404, "not_found"),
+            (vault::Error::Integrity, 500, "integrity"),
+            (
+                vault::Error::Storage("/x/hsm-state.json: eio".into()),
+                500,
+                "internal",
+            ),
+            (vault::Error::Provider("rng"), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e);
+            assert_eq!(api.status().as_u16(), status);
+            assert_eq!(api.code(), code);
+        }
+    }
+
+    #[test]
+    fn storage_details_stay_in_the_log() {
+        let api = ApiError::from(vault::Error::Storage("/secret/path: eio".into()));
+        assert!(!api.message().contains("/secret/path"));
+    }
+}

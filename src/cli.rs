@@ -1,0 +1,85 @@
+//! The command line: argument definitions and one module per subcommand.
+//!
+//! - `init` creates an HSM and writes its custodian shares to files (offline: no server).
+//! - `serve` opens the HSM sealed and runs the HTTP API.
+//! - `unseal` and `status` talk to a running server over HTTP(S); they never open the data
+//!   directory, which belongs to the server while it runs.
+//!
+//! `anyhow` is the error type here and in `main.rs` only.
+
+mod client;
+mod files;
+mod init;
+mod serve;
+mod status;
+mod unseal;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use plico::config::LogFormat;
+
+/// plico: a hardened PIN/PUK vault.
+#[derive(Debug, Parser)]
+#[command(name = "plico", version, about, propagate_version = true)]
+pub struct Args {
+    /// Log format on stderr [default: plain, or `[log] format` of the serve config file].
+    #[arg(long, global = true, value_enum, env = "PLICO_LOG_FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(a: LogFormatArg) -> Self {
+        match a {
+            LogFormatArg::Plain => LogFormat::Plain,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new simulated HSM and write its custodian shares, one file each.
+    Init(init::InitArgs),
+    /// Run the HTTP API (the HSM starts sealed unless --dev).
+    Serve(serve::ServeArgs),
+    /// Submit custodian share files to a running server.
+    Unseal(unseal::UnsealArgs),
+    /// Show a running server's HSM status (seal state, share set, key check values).
+    Status(status::StatusArgs),
+}
+
+/// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
+/// `[log] format`, else plain. A config file that does not load is reported by `serve` itself.
+pub fn log_format(args: &Args) -> Option<LogFormat> {
+    match (&args.log_format, &args.command) {
+        (Some(f), _) => Some((*f).into()),
+        (None, Command::Serve(s)) => s.configured_log_format(),
+        (None, _) => None,
+    }
+}
+
+/// Runs the chosen subcommand.
+///
+/// # Errors
+/// Whatever the subcommand reports; the message is printed by `main`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Unseal(a) => unseal::run(a),
+        Command::Status(a) => status::run(a),
+    }
+}

@@ -1,0 +1,75 @@
+//! Private files and directories: the data directory (0700), share files (0600, written
+//! durably, never overwritten) and reading a share file back.
+//!
+//! A share file holds one line: the share's text as hsm-sim formats it, and a newline.
+
+use anyhow::{bail, Context, Result};
+use secrecy::SecretString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// Creates `dir` (and its parents) with mode 0700, or tightens an existing one to 0700.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("{} exists and is not a directory", dir.display());
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set mode 0700 on {}", dir.display()))?;
+    } else {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` and a newline to a new file at `path`, mode 0600, and syncs it to disk.
+/// Refuses to replace an existing file. The caller syncs the directory.
+pub fn write_secret_line(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Syncs a directory, so that files created in it survive a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a share file: exactly one non-empty line. Errors name the file, never its content.
+pub fn read_share(path: &Path) -> Result<SecretString> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "share file is accessible to group or others; chmod 600 it"
+            );
+        }
+    }
+    let text = Zeroizing::new(
+        fs::read_to_string(path)
+            .with_context(|| format!("cannot read share file {}", path.display()))?,
+    );
+    let line = text.trim();
+    if line.is_empty() {
+        bail!("share file {} is empty", path.display());
+    }
+    if line.contains(['\n', '\r']) {
+        bail!(
+            "share file {} holds more than one line; a share file holds exactly one share",
+            path.display()
+        );
+    }
+    Ok(SecretString::from(line.to_owned()))
+}

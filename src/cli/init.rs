@@ -1,0 +1,163 @@
+//! `plico init`: creates a simulated HSM and hands each custodian share to its own file.
+//!
+//! The shares are written (0600, fsync'd, never overwriting a file) before the HSM commits
+//! its state: if writing fails, no HSM exists that nobody could unseal. Shares are never
+//! printed; stdout shows only the file names, the share set id and the root key's KCV.
+
+use super::files;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hsm_sim::{InitOptions, SimulatedHsm};
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `plico init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory for the HSM state (created, or restricted, to mode 0700; must not hold an HSM
+    /// yet).
+    #[arg(long = "data", value_name = "DIR")]
+    data: PathBuf,
+    /// Number of custodian shares to issue (n).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    shares: u8,
+    /// Shares needed to unseal (m); at least 2 unless --dev.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u8).range(1..))]
+    threshold: u8,
+    /// Directory for the share files (created, or restricted, to mode 0700), one file per
+    /// custodian.
+    #[arg(long, value_name = "SDIR")]
+    share_dir: PathBuf,
+    /// Development HSM: allows a threshold of 1. NOT FOR PRODUCTION.
+    #[arg(long)]
+    dev: bool,
+}
+
+/// Runs `plico init`.
+pub fn run(args: InitArgs) -> Result<()> {
+    if args.threshold > args.shares {
+        bail!(
+            "--threshold {} is more than --shares {}",
+            args.threshold,
+            args.shares
+        );
+    }
+    if args.threshold < 2 && !args.dev {
+        bail!("--threshold must be at least 2 (a threshold of 1 is allowed only with --dev)");
+    }
+
+    files::private_dir(&args.data)?;
+    if SimulatedHsm::exists(&args.data) {
+        bail!(
+            "{} already holds an HSM ({}); refusing to replace it",
+            args.data.display(),
+            SimulatedHsm::STATE_FILE
+        );
+    }
+    files::private_dir(&args.share_dir)?;
+    if same_dir(&args.data, &args.share_dir) {
+        if args.dev {
+            tracing::warn!("share files are written into the data directory (--dev)");
+        } else {
+            bail!(
+                "--share-dir is the data directory: shares must leave the machine that holds \
+                 the HSM state; choose another directory"
+            );
+        }
+    }
+
+    let paths: Vec<PathBuf> = (1..=args.shares)
+        .map(|i| {
+            args.share_dir
+                .join(format!("share-{i}-of-{}.txt", args.shares))
+        })
+        .collect();
+    if let Some(existing) = paths.iter().find(|p| p.exists()) {
+        bail!(
+            "{} already exists; refusing to overwrite a share file",
+            existing.display()
+        );
+    }
+
+    let mut written: Vec<PathBuf> = Vec::new();
+    let opts = InitOptions {
+        shares: args.shares,
+        threshold: args.threshold,
+        dev: args.dev,
+    };
+    let result = SimulatedHsm::init(&args.data, opts, &mut |shares: &[SecretString]| {
+        write_shares(&args.share_dir, &paths, shares, &mut written)
+    });
+    let (_hsm, report) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            if SimulatedHsm::exists(&args.data) {
+                // The state may have been committed: the shares are the only way in.
+                eprintln!("plico: the HSM state exists despite the error; keep the share files");
+            } else {
+                for p in &written {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            return Err(e).context(format!("cannot create the HSM in {}", args.data.display()));
+        }
+    };
+
+    println!(
+        "created a simulated HSM in {} ({} of {} shares needed to unseal)",
+        args.data.display(),
+        args.threshold,
+        args.shares
+    );
+    println!("share set: {}", report.share_set);
+    println!("root key KCV: {}", report.root_kcv);
+    println!("term 1 KCV: {}", report.first_term_kcv);
+    println!("share files (give each to a different custodian and remove it from this machine):");
+    for p in &paths {
+        println!("  {}", p.display());
+    }
+    if args.dev {
+        println!("WARNING: this is a development HSM (--dev); never use it for real codes");
+    }
+    Ok(())
+}
+
+/// The delivery callback: one file per share, all durable before returning `Ok`. On failure
+/// the files written so far are removed, so a retry starts clean.
+fn write_shares(
+    dir: &Path,
+    paths: &[PathBuf],
+    shares: &[SecretString],
+    written: &mut Vec<PathBuf>,
+) -> vault::Result<()> {
+    if shares.len() != paths.len() {
+        return Err(vault::Error::Refused(format!(
+            "expected {} shares, the hsm produced {}",
+            paths.len(),
+            shares.len()
+        )));
+    }
+    let outcome = paths.iter().zip(shares).try_for_each(|(path, share)| {
+        files::write_secret_line(path, share.expose_secret())
+            .map_err(|e| vault::Error::Storage(format!("share file {}: {e}", path.display())))?;
+        written.push(path.clone());
+        Ok(())
+    });
+    let outcome = outcome.and_then(|()| {
+        files::sync_dir(dir)
+            .map_err(|e| vault::Error::Storage(format!("share directory {}: {e}", dir.display())))
+    });
+    if outcome.is_err() {
+        for p in written.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    outcome
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

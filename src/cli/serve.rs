@@ -1,0 +1,224 @@
+//! `plico serve`: opens the HSM sealed and runs the HTTP API until SIGINT or SIGTERM.
+//!
+//! Refusals come before anything is opened: plain HTTP only on loopback, TLS files that load,
+//! a data directory that holds an HSM, and no development HSM without `--dev`.
+//!
+//! `--dev` is the one-command local start: data in `./plico-data`, listener forced onto
+//! loopback, and a 1-of-1 HSM whose only share is kept beside the data
+//! (`./plico-data/dev-share.txt`) so it can unseal itself at start. It says so loudly.
+
+use super::files;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hsm_sim::{InitOptions, SimulatedHsm};
+use plico::config::{Config, LogFormat};
+use plico::tls::TlsConfig;
+use plico::AppState;
+use secrecy::{ExposeSecret, SecretString};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vault::Hsm;
+
+/// Data directory of `--dev`.
+const DEV_DATA_DIR: &str = "./plico-data";
+/// The dev share's file name inside the data directory.
+const DEV_SHARE_FILE: &str = "dev-share.txt";
+
+/// Arguments of `plico serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory holding the HSM state [config: data_dir; env: PLICO_DATA_DIR].
+    #[arg(long = "data", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8200; plain HTTP only on loopback [config: listen;
+    /// env: PLICO_LISTEN; default 127.0.0.1:8200].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "PLICO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: ./plico-data, loopback only, self-unsealing 1-of-1 HSM with its
+    /// share on disk. NOT FOR PRODUCTION.
+    #[arg(long)]
+    dev: bool,
+}
+
+impl ServeArgs {
+    /// The config file's `[log] format`, if the configuration loads.
+    pub fn configured_log_format(&self) -> Option<LogFormat> {
+        Config::load(self.config.as_deref())
+            .ok()
+            .map(|c| c.log.format)
+    }
+}
+
+/// Runs `plico serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(data) = args.data {
+        config.data_dir = Some(data);
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.dev {
+        config
+            .data_dir
+            .get_or_insert_with(|| PathBuf::from(DEV_DATA_DIR));
+        if !config.listen.ip().is_loopback() {
+            let forced = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), config.listen.port());
+            tracing::warn!(asked = %config.listen, using = %forced, "--dev listens on loopback only");
+            config.listen = forced;
+        }
+    }
+
+    let tls = match config.tls_files() {
+        Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
+        None => None,
+    };
+    plico::check_listen(config.listen, tls.is_some())?;
+    let Some(data_dir) = config.data_dir.clone() else {
+        bail!("no data directory: pass --data DIR, or set data_dir in the config file or PLICO_DATA_DIR");
+    };
+
+    let hsm: Arc<SimulatedHsm> = Arc::new(if args.dev {
+        open_dev(&data_dir)?
+    } else {
+        open_production(&data_dir)?
+    });
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    if args.dev {
+        print_dev_banner(&data_dir);
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("plico: listening on {scheme}://{bound}");
+    std::io::stdout().flush()?;
+
+    let state = AppState {
+        hsm: hsm.clone(),
+        codes: config.code_policy(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(plico::serve(listener, state, tls, plico::shutdown_signal()));
+    hsm.seal();
+    tracing::info!("hsm sealed");
+    served?;
+    Ok(())
+}
+
+fn open_production(dir: &Path) -> Result<SimulatedHsm> {
+    if !SimulatedHsm::exists(dir) {
+        bail!(
+            "no HSM in {}: create one with `plico init --data {} ...` (or use `plico serve --dev` \
+             for a local development start)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let hsm = SimulatedHsm::open(dir)
+        .with_context(|| format!("cannot open the HSM in {}", dir.display()))?;
+    if hsm.status().dev {
+        bail!(
+            "the HSM in {} is a development HSM (1-of-1 share, made with --dev): serve it with \
+             `plico serve --dev`, or create a production HSM with `plico init` (threshold >= 2)",
+            dir.display()
+        );
+    }
+    tracing::info!(data = %dir.display(), "hsm opened sealed; waiting for custodian shares");
+    Ok(hsm)
+}
+
+/// Opens (creating it on first use) the development HSM in `dir` and unseals it with the dev
+/// share kept beside it.
+fn open_dev(dir: &Path) -> Result<SimulatedHsm> {
+    let share_path = dir.join(DEV_SHARE_FILE);
+    let hsm = if SimulatedHsm::exists(dir) {
+        SimulatedHsm::open(dir)
+            .with_context(|| format!("cannot open the HSM in {}", dir.display()))?
+    } else {
+        files::private_dir(dir)?;
+        if share_path.exists() {
+            bail!(
+                "{} exists but there is no HSM beside it; remove the stale dev share first",
+                share_path.display()
+            );
+        }
+        let opts = InitOptions {
+            shares: 1,
+            threshold: 1,
+            dev: true,
+        };
+        let (hsm, report) = SimulatedHsm::init(dir, opts, &mut |shares: &[SecretString]| {
+            let [share] = shares else {
+                return Err(vault::Error::Refused(format!(
+                    "a dev hsm has one share, got {}",
+                    shares.len()
+                )));
+            };
+            files::write_secret_line(&share_path, share.expose_secret())
+                .and_then(|()| files::sync_dir(dir))
+                .map_err(|e| {
+                    vault::Error::Storage(format!("dev share {}: {e}", share_path.display()))
+                })
+        })
+        .with_context(|| format!("cannot create the dev HSM in {}", dir.display()))?;
+        tracing::info!(
+            share_set = %report.share_set,
+            root_kcv = %report.root_kcv,
+            "created a development hsm"
+        );
+        hsm
+    };
+    let status = hsm.status();
+    if !status.dev {
+        bail!(
+            "{} holds a production HSM: serve it without --dev and unseal it with its custodian \
+             shares",
+            dir.display()
+        );
+    }
+    if status.sealed {
+        let share = files::read_share(&share_path)
+            .with_context(|| format!("the dev HSM in {} cannot unseal itself", dir.display()))?;
+        let progress = hsm
+            .unseal(&share)
+            .with_context(|| format!("dev share {} refused", share_path.display()))?;
+        if progress.sealed {
+            bail!("the dev share did not unseal the dev HSM");
+        }
+    }
+    Ok(hsm)
+}
+
+fn print_dev_banner(dir: &Path) {
+    let share = dir.join(DEV_SHARE_FILE);
+    let banner = format!(
+        "\n\
+         ==================================================================\n\
+         !!  plico is running in DEVELOPMENT mode (--dev)                !!\n\
+         !!  NOT FOR PRODUCTION. NEVER STORE REAL CODES HERE.            !!\n\
+         !!                                                              !!\n\
+         !!  - the HSM has a single 1-of-1 custodian share, kept ON DISK !!\n\
+         !!    beside the data: anyone who can read the data directory   !!\n\
+         !!    can unseal it                                             !!\n\
+         !!  - it unsealed itself at start                               !!\n\
+         ==================================================================\n\
+         data:      {}\n\
+         dev share: {}\n",
+        dir.display(),
+        share.display()
+    );
+    eprintln!("{banner}");
+    tracing::warn!(
+        data = %dir.display(),
+        "development mode: self-unsealing 1-of-1 hsm with its share on disk; not for production"
+    );
+}

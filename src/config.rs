@@ -1,0 +1,358 @@
+//! Service configuration: one TOML file plus `PLICO_*` environment overrides.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config FILE`), environment
+//! variables, then command-line flags (applied by the caller on the returned [`Config`]).
+//!
+//! ```toml
+//! data_dir = "/var/lib/plico"
+//! listen = "0.0.0.0:8200"
+//!
+//! [tls]
+//! cert = "/etc/plico/tls/cert.pem"   # PEM chain, leaf first
+//! key = "/etc/plico/tls/key.pem"
+//!
+//! [log]
+//! format = "json"                    # or "plain"
+//!
+//! [codes]                            # digits of PIN and PUK; CNS default 5 and 8
+//! pin_min = 5
+//! pin_max = 5
+//! puk_min = 8
+//! puk_max = 8
+//! ```
+//!
+//! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
+//! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_CODES_PIN_MIN`
+//! and so on. Other `PLICO_*` variables (such as `PLICO_ADDR`, used by the client commands) are
+//! not configuration and are ignored here. Unknown keys in the file are errors, so a typo is
+//! not silently a default. Errors name the file (or variable) and the field.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use vault::{CodePolicy, LengthBounds};
+
+/// Where the service listens when nothing says otherwise (loopback: plain HTTP is allowed
+/// there).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8200);
+
+/// Environment variables and the configuration key each one sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("PLICO_DATA_DIR", "data_dir"),
+    ("PLICO_LISTEN", "listen"),
+    ("PLICO_TLS_CERT", "tls.cert"),
+    ("PLICO_TLS_KEY", "tls.key"),
+    ("PLICO_LOG_FORMAT", "log.format"),
+    ("PLICO_CODES_PIN_MIN", "codes.pin_min"),
+    ("PLICO_CODES_PIN_MAX", "codes.pin_max"),
+    ("PLICO_CODES_PUK_MIN", "codes.puk_min"),
+    ("PLICO_CODES_PUK_MAX", "codes.puk_max"),
+];
+
+/// The service configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the HSM state and, later, the store.
+    pub data_dir: Option<PathBuf>,
+    /// Address and port of the HTTP listener.
+    pub listen: SocketAddr,
+    /// Certificate and key of the listener; without them only loopback addresses are allowed.
+    pub tls: Option<TlsFiles>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Lengths of PINs and PUKs.
+    pub codes: CodesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            listen: DEFAULT_LISTEN,
+            tls: None,
+            log: LogConfig::default(),
+            codes: CodesConfig::default(),
+        }
+    }
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[codes]` table: inclusive digit counts, turned into a [`CodePolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodesConfig {
+    /// Fewest PIN digits.
+    pub pin_min: u8,
+    /// Most PIN digits.
+    pub pin_max: u8,
+    /// Fewest PUK digits.
+    pub puk_min: u8,
+    /// Most PUK digits.
+    pub puk_max: u8,
+}
+
+impl Default for CodesConfig {
+    fn default() -> Self {
+        let cns = CodePolicy::CNS;
+        CodesConfig {
+            pin_min: cns.pin.min,
+            pin_max: cns.pin.max,
+            puk_min: cns.puk.min,
+            puk_max: cns.puk.max,
+        }
+    }
+}
+
+impl CodesConfig {
+    /// The policy these bounds describe (not yet validated).
+    pub fn policy(&self) -> CodePolicy {
+        CodePolicy {
+            pin: LengthBounds {
+                min: self.pin_min,
+                max: self.pin_max,
+            },
+            puk: LengthBounds {
+                min: self.puk_min,
+                max: self.puk_max,
+            },
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads the defaults, then `file` if given, then the environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file or variable and the field: a missing file, a TOML
+    /// syntax error, an unknown key, a value of the wrong type, or an invalid combination
+    /// (see [`Config::validate`]).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("PLICO_"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {}: no such file",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = env.filter_map(|key| {
+            ENV_VARS
+                .iter()
+                .find(|(var, _)| {
+                    var.strip_prefix("PLICO_")
+                        .is_some_and(|v| v.eq_ignore_ascii_case(key.as_str()))
+                })
+                .map(|(_, path)| (*path).into())
+        });
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|e| describe(e, file))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks combinations that types cannot: the code policy's bounds, and that `[tls]` has
+    /// both files or neither.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the table and field.
+    pub fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let origin = origin(file);
+        self.codes
+            .policy()
+            .validate()
+            .map_err(|e| ConfigError(format!("{origin}: [codes]: {e}")))?;
+        if let Some(tls) = &self.tls {
+            match (&tls.cert, &tls.key) {
+                (Some(_), Some(_)) | (None, None) => {}
+                (Some(_), None) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: [tls]: `cert` is set but `key` is missing"
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: [tls]: `key` is set but `cert` is missing"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The validated code policy.
+    pub fn code_policy(&self) -> CodePolicy {
+        self.codes.policy()
+    }
+
+    /// The certificate and key paths, when both are configured.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        let tls = self.tls.as_ref()?;
+        Some((tls.cert.as_deref()?, tls.key.as_deref()?))
+    }
+}
+
+fn origin(file: Option<&Path>) -> String {
+    match file {
+        Some(f) => format!("config file {} (or PLICO_* environment)", f.display()),
+        None => "configuration (PLICO_* environment)".to_owned(),
+    }
+}
+
+/// Turns figment's errors into lines that name the source and the field.
+fn describe(errors: figment::Error, file: Option<&Path>) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let field = e.path.join(".");
+            let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => format!("config file {}", path.display()),
+                _ => match e.metadata.as_ref() {
+                    Some(m) if m.name.contains("environment") => {
+                        let var = ENV_VARS
+                            .iter()
+                            .find(|(_, path)| *path == field)
+                            .map_or("a PLICO_* variable", |(var, _)| var);
+                        format!("environment variable {var}")
+                    }
+                    _ => origin(file),
+                },
+            };
+            if field.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("{source}: field `{field}`: {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError(lines.join("\n"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn no_env() -> Env {
+        Env::prefixed("PLICO_TEST_UNUSED_PREFIX_")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.code_policy(), CodePolicy::CNS);
+        assert_eq!(c.log.format, LogFormat::Plain);
+        assert!(c.tls_files().is_none());
+    }
+
+    #[test]
+    fn full_file() {
+        let f = file(
+            r#"
+            data_dir = "/var/lib/plico"
+            listen = "0.0.0.0:8443"
+            [tls]
+            cert = "/c.pem"
+            key = "/k.pem"
+            [log]
+            format = "json"
+            [codes]
+            pin_min = 8
+            pin_max = 8
+            "#,
+        );
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/plico")));
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.code_policy(), CodePolicy::CIE);
+        assert_eq!(
+            c.tls_files(),
+            Some((Path::new("/c.pem"), Path::new("/k.pem")))
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let f = file("[codes]\npin_min = \"five\"\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        assert!(e.contains("codes.pin_min"), "{e}");
+
+        let f = file("listn = \"127.0.0.1:1\"\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn"), "{e}");
+
+        let f = file("[codes]\npin_min = 9\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[codes]") && e.contains("pin"), "{e}");
+
+        let f = file("[tls]\ncert = \"/c.pem\"\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`key` is missing"), "{e}");
+
+        let e = Config::load_from(Some(Path::new("/nonexistent/plico.toml")), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/plico.toml"), "{e}");
+    }
+}

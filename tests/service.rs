@@ -1,0 +1,823 @@
+//! The service end to end: the HTTP API through `app(state).oneshot(..)` without a socket, and
+//! the `plico` binary on real sockets (init, serve, unseal, status, TLS, graceful shutdown, the
+//! refusals of `serve`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use hsm_sim::{InitOptions, SimulatedHsm};
+use http_body_util::BodyExt;
+use plico::{app, AppState};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use vault::Hsm;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn init_hsm(dir: &Path, shares: u8, threshold: u8) -> (Arc<SimulatedHsm>, Vec<SecretString>) {
+    let mut out = Vec::new();
+    let (hsm, _) = SimulatedHsm::init(
+        dir,
+        InitOptions {
+            shares,
+            threshold,
+            dev: threshold < 2,
+        },
+        &mut |s: &[SecretString]| {
+            out = s.to_vec();
+            Ok(())
+        },
+    )
+    .unwrap();
+    (Arc::new(hsm), out)
+}
+
+fn router(hsm: Arc<SimulatedHsm>) -> Router {
+    app(AppState::new(hsm))
+}
+
+struct Answer {
+    status: StatusCode,
+    json: Value,
+    text: String,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer { status, json, text }
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post_json(app: &Router, uri: &str, body: String) -> Answer {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    send(app, req).await
+}
+
+async fn unseal(app: &Router, share: &SecretString) -> Answer {
+    let body = json!({ "share": share.expose_secret() }).to_string();
+    post_json(app, "/v1/sys/unseal", body).await
+}
+
+fn assert_error(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "body: {}", a.text);
+    assert_eq!(a.json["error"]["code"], code, "body: {}", a.text);
+    assert!(a.json["error"]["message"].is_string(), "body: {}", a.text);
+}
+
+/// The payload-bearing part of a share: what must never show up anywhere.
+fn secret_part(share: &SecretString) -> String {
+    let s = share.expose_secret();
+    let longest = s.split(':').max_by_key(|f| f.len()).unwrap();
+    assert!(
+        longest.len() >= 32,
+        "share format changed? {} chars",
+        longest.len()
+    );
+    longest.to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API without a socket
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unseal_two_of_three_through_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init_hsm(dir.path(), 3, 2);
+    let app = router(hsm);
+
+    assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
+    assert_error(
+        &get(&app, "/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sealed",
+    );
+
+    let a = unseal(&app, &shares[0]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json,
+        json!({"sealed": true, "progress": 1, "threshold": 2})
+    );
+    assert_eq!(
+        get(&app, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The same share again is refused and changes nothing.
+    let a = unseal(&app, &shares[0]).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "share_refused");
+    assert!(!a.text.contains(&secret_part(&shares[0])));
+    let status = get(&app, "/v1/sys/status").await;
+    assert_eq!(status.json["sealed"], true);
+    assert_eq!(status.json["progress"], 1);
+    assert_eq!(
+        get(&app, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let a = unseal(&app, &shares[2]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["sealed"], false);
+    assert_eq!(get(&app, "/readyz").await.status, StatusCode::OK);
+
+    // Once unsealed, another share is harmless.
+    let a = unseal(&app, &shares[1]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["sealed"], false);
+}
+
+#[tokio::test]
+async fn status_shows_key_check_values_and_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init_hsm(dir.path(), 3, 2);
+    let expected = hsm.status();
+    let app = router(hsm);
+    unseal(&app, &shares[0]).await;
+    unseal(&app, &shares[1]).await;
+
+    let a = get(&app, "/v1/sys/status").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["sealed"], false);
+    assert_eq!(a.json["threshold"], 2);
+    assert_eq!(a.json["shares"], 3);
+    assert_eq!(a.json["dev"], false);
+    assert_eq!(a.json["share_set"], expected.share_set);
+    assert_eq!(a.json["root_kcv"], expected.root_kcv.to_string());
+    let terms = a.json["terms"].as_array().unwrap();
+    assert_eq!(terms.len(), expected.terms.len());
+    assert_eq!(terms[0]["id"], 1);
+    assert_eq!(terms[0]["state"], "active");
+    assert_eq!(terms[0]["kcv"], expected.terms[0].kcv.to_string());
+    for s in &shares {
+        assert!(!a.text.contains(s.expose_secret()));
+        assert!(!a.text.contains(&secret_part(s)));
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_tampered_shares_are_refused_without_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init_hsm(dir.path(), 3, 2);
+    let app = router(hsm);
+
+    let garbage = SecretString::from("SECRET-GARBAGE-0123456789-abcdefghijklmnop".to_owned());
+    let a = unseal(&app, &garbage).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "share_refused");
+    assert!(!a.text.contains("SECRET-GARBAGE"), "{}", a.text);
+    assert!(!a.text.contains("0123456789-abcdef"), "{}", a.text);
+
+    // A real share with one payload digit changed.
+    let real = shares[0].expose_secret();
+    let secret = secret_part(&shares[0]);
+    let at = real.find(&secret).unwrap() + 5;
+    let mut bytes = real.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
+    let tampered = SecretString::from(String::from_utf8(bytes).unwrap());
+    let a = unseal(&app, &tampered).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "share_refused");
+    assert!(!a.text.contains(&secret[..24]), "{}", a.text);
+
+    // A share in the wrong JSON type is described by position, not quoted.
+    let a = post_json(
+        &app,
+        "/v1/sys/unseal",
+        json!({"reset": shares[1].expose_secret()}).to_string(),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(!a.text.contains(&secret_part(&shares[1])), "{}", a.text);
+
+    let status = get(&app, "/v1/sys/status").await;
+    assert_eq!(status.json["sealed"], true);
+    assert_eq!(status.json["progress"], 0);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, _) = init_hsm(dir.path(), 3, 2);
+    let app = router(hsm);
+    let big = json!({ "share": "x".repeat(100 * 1024) }).to_string();
+
+    // Without a content-length: cut off while reading.
+    let a = post_json(&app, "/v1/sys/unseal", big.clone()).await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+
+    // With a content-length: refused before reading.
+    let req = Request::post("/v1/sys/unseal")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, big.len())
+        .body(Body::from(big))
+        .unwrap();
+    let a = send(&app, req).await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init_hsm(dir.path(), 3, 2);
+    let app = router(hsm);
+
+    let req = Request::post("/v1/sys/unseal")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(shares[0].expose_secret().to_owned()))
+        .unwrap();
+    assert_error(
+        &send(&app, req).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+
+    let a = post_json(&app, "/v1/sys/unseal", "{not json".into()).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let a = post_json(&app, "/v1/sys/unseal", "{}".into()).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let both = json!({"share": shares[0].expose_secret(), "reset": true}).to_string();
+    assert_error(
+        &post_json(&app, "/v1/sys/unseal", both).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
+    assert_error(
+        &get(&app, "/v1/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let req = Request::builder()
+        .method(Method::DELETE)
+        .uri("/v1/sys/status")
+        .body(Body::empty())
+        .unwrap();
+    assert_error(
+        &send(&app, req).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[tokio::test]
+async fn reset_forgets_submitted_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init_hsm(dir.path(), 3, 2);
+    let app = router(hsm);
+    assert_eq!(unseal(&app, &shares[0]).await.json["progress"], 1);
+    let a = post_json(&app, "/v1/sys/unseal", r#"{"reset": true}"#.into()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json,
+        json!({"sealed": true, "progress": 0, "threshold": 2})
+    );
+    // The first share counts again.
+    assert_eq!(unseal(&app, &shares[0]).await.json["progress"], 1);
+}
+
+#[test]
+fn every_route_is_in_the_table() {
+    let table: Vec<(String, &str)> = plico::api::endpoints()
+        .iter()
+        .map(|e| (e.method.to_string(), e.path))
+        .collect();
+    for (m, p) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/v1/sys/status"),
+        ("POST", "/v1/sys/unseal"),
+    ] {
+        assert!(table.contains(&(m.to_owned(), p)), "{m} {p} missing");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary on real sockets
+// ---------------------------------------------------------------------------------------------
+
+fn plico() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_plico"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PLICO_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "info");
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A running `plico serve`; killed if the test fails before stopping it.
+struct Server {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Server {
+    /// Starts `cmd` and waits for its "listening on URL" line.
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("plico: listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Server {
+                child: Some(child),
+                url,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "serve did not start\nstderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// The process id.
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(_status) = child.try_wait().unwrap() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+async fn status_code(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [&[][..], &["init"], &["serve"], &["unseal"], &["status"]] {
+        let out = run_ok(plico().args(sub).arg("--help"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}
+
+#[test]
+fn init_writes_private_share_files_and_prints_no_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sdir = tmp.path().join("shares");
+    let out = run_ok(
+        plico()
+            .args(["init", "--shares", "3", "--threshold", "2"])
+            .args([
+                "--data".as_ref(),
+                data.as_os_str(),
+                "--share-dir".as_ref(),
+                sdir.as_os_str(),
+            ]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(SimulatedHsm::exists(&data));
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&sdir), 0o700);
+    let status = SimulatedHsm::open(&data).unwrap().status();
+    assert!(stdout.contains(&status.share_set), "{stdout}");
+    assert!(stdout.contains(&status.root_kcv.to_string()), "{stdout}");
+    for i in 1..=3 {
+        let f = sdir.join(format!("share-{i}-of-3.txt"));
+        assert!(stdout.contains(&f.display().to_string()), "{stdout}");
+        assert_eq!(mode(&f), 0o600);
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let share = SecretString::from(text.trim().to_owned());
+        let secret = secret_part(&share);
+        assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
+    }
+
+    // A second init refuses to replace the HSM, and another one refuses to overwrite shares.
+    let e = run_fails(
+        plico()
+            .args(["init", "--shares", "3", "--threshold", "2"])
+            .args([
+                "--data".as_ref(),
+                data.as_os_str(),
+                "--share-dir".as_ref(),
+                tmp.path().join("other").as_os_str(),
+            ]),
+    );
+    assert!(e.contains("already holds an HSM"), "{e}");
+    let e = run_fails(
+        plico()
+            .args(["init", "--shares", "3", "--threshold", "2"])
+            .args([
+                "--data".as_ref(),
+                tmp.path().join("data2").as_os_str(),
+                "--share-dir".as_ref(),
+                sdir.as_os_str(),
+            ]),
+    );
+    assert!(e.contains("refusing to overwrite"), "{e}");
+    assert!(!SimulatedHsm::exists(&tmp.path().join("data2")));
+
+    // A threshold of 1 needs --dev.
+    let e = run_fails(
+        plico()
+            .args(["init", "--shares", "1", "--threshold", "1"])
+            .args([
+                "--data".as_ref(),
+                tmp.path().join("data3").as_os_str(),
+                "--share-dir".as_ref(),
+                tmp.path().join("s3").as_os_str(),
+            ]),
+    );
+    assert!(e.contains("--dev"), "{e}");
+}
+
+fn init_with_binary(tmp: &Path, dev: bool) -> (PathBuf, Vec<PathBuf>) {
+    let data = tmp.join("data");
+    let sdir = tmp.join("shares");
+    let (n, m) = if dev { ("1", "1") } else { ("3", "2") };
+    let mut cmd = plico();
+    cmd.args(["init", "--shares", n, "--threshold", m]).args([
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--share-dir".as_ref(),
+        sdir.as_os_str(),
+    ]);
+    if dev {
+        cmd.arg("--dev");
+    }
+    run_ok(&mut cmd);
+    let files = (1..=n.parse::<u8>().unwrap())
+        .map(|i| sdir.join(format!("share-{i}-of-{n}.txt")))
+        .collect();
+    (data, files)
+}
+
+#[tokio::test]
+async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, share_files) = init_with_binary(tmp.path(), false);
+
+    let mut cmd = plico();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    let server = Server::start(cmd);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    // Hardened at start: no core dumps.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    let client = http_client(None);
+    let readyz = format!("{}/readyz", server.url);
+    assert_eq!(
+        status_code(&client, &format!("{}/healthz", server.url)).await,
+        200
+    );
+    assert_eq!(status_code(&client, &readyz).await, 503);
+
+    let out = run_ok(
+        plico()
+            .args(["unseal", "--addr", &server.url])
+            .arg(&share_files[0])
+            .arg(&share_files[2]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 of 2"), "{stdout}");
+    assert!(stdout.contains("unsealed"), "{stdout}");
+    for f in &share_files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let secret = secret_part(&SecretString::from(text.trim().to_owned()));
+        assert!(!stdout.contains(&secret));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(&secret));
+    }
+    assert_eq!(status_code(&client, &readyz).await, 200);
+
+    let out = run_ok(plico().args(["status", "--addr", &server.url]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sealed:     no"), "{stdout}");
+    let kcv = SimulatedHsm::open(&data).unwrap().status().root_kcv;
+    assert!(stdout.contains(&kcv.to_string()), "{stdout}");
+
+    let out = run_ok(
+        plico()
+            .args(["unseal", "--addr", &server.url])
+            .arg(&share_files[1]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already unsealed"));
+
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "exit {status:?}\nstderr: {stderr}");
+    for f in &share_files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(!stderr.contains(&secret_part(&SecretString::from(text.trim().to_owned()))));
+    }
+}
+
+#[test]
+fn serve_refuses_plain_http_beyond_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _) = init_with_binary(tmp.path(), false);
+    let e = run_fails(
+        plico()
+            .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+            .arg(&data),
+    );
+    assert!(e.contains("without tls"), "{e}");
+    assert!(e.contains("0.0.0.0"), "{e}");
+
+    // The same through the environment.
+    let e = run_fails(
+        plico()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .env("PLICO_LISTEN", "0.0.0.0:0"),
+    );
+    assert!(e.contains("without tls"), "{e}");
+}
+
+#[test]
+fn serve_refuses_a_dev_hsm_without_dev_and_a_missing_hsm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _) = init_with_binary(tmp.path(), true);
+    let e = run_fails(
+        plico()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data),
+    );
+    assert!(e.contains("development HSM") && e.contains("--dev"), "{e}");
+
+    let e = run_fails(
+        plico()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(tmp.path().join("nothing")),
+    );
+    assert!(e.contains("plico init"), "{e}");
+}
+
+#[test]
+fn serve_reports_config_errors_with_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("plico.toml");
+    std::fs::write(&cfg, "[codes]\npin_min = 9\npin_max = 4\n").unwrap();
+    let e = run_fails(plico().arg("serve").arg("--config").arg(&cfg));
+    assert!(
+        e.contains(&cfg.display().to_string()) && e.contains("[codes]"),
+        "{e}"
+    );
+
+    std::fs::write(&cfg, "listen = \"not an address\"\n").unwrap();
+    let e = run_fails(plico().arg("serve").arg("--config").arg(&cfg));
+    assert!(
+        e.contains(&cfg.display().to_string()) && e.contains("listen"),
+        "{e}"
+    );
+
+    let e = run_fails(
+        plico()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("PLICO_CODES_PUK_MAX", "99"),
+    );
+    assert!(e.contains("puk"), "{e}");
+}
+
+#[tokio::test]
+async fn dev_mode_self_unseals_on_loopback_and_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let mut cmd = plico();
+        // Asked for every interface: --dev still listens on loopback.
+        cmd.args(["serve", "--dev", "--listen", "0.0.0.0:0"])
+            .current_dir(tmp.path());
+        let server = Server::start(cmd);
+        assert!(
+            server.url.starts_with("http://127.0.0.1:"),
+            "{}",
+            server.url
+        );
+        let client = http_client(None);
+        assert_eq!(
+            status_code(&client, &format!("{}/readyz", server.url)).await,
+            200,
+            "round {round}"
+        );
+        let share = tmp.path().join("plico-data/dev-share.txt");
+        assert_eq!(mode(&share), 0o600);
+        assert_eq!(mode(&tmp.path().join("plico-data")), 0o700);
+        let (status, stderr) = server.terminate();
+        assert!(status.success(), "{stderr}");
+        assert!(stderr.contains("NOT FOR PRODUCTION"), "{stderr}");
+        let text = std::fs::read_to_string(&share).unwrap();
+        assert!(!stderr.contains(&secret_part(&SecretString::from(text.trim().to_owned()))));
+    }
+}
+
+/// A private CA and a leaf for 127.0.0.1 and localhost, written as PEM files.
+fn make_ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "plico test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "plico test server");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+
+    let ca_path = dir.join("ca.pem");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+#[tokio::test]
+async fn tls_listener_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, share_files) = init_with_binary(tmp.path(), false);
+    let (ca, cert, key) = make_ca_and_leaf(tmp.path());
+    let cfg = tmp.path().join("plico.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[log]\nformat = \"json\"\n",
+            data.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let mut cmd = plico();
+    cmd.arg("serve").arg("--config").arg(&cfg);
+    let server = Server::start(cmd);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+
+    let client = http_client(Some(&ca));
+    assert_eq!(
+        status_code(&client, &format!("{}/healthz", server.url)).await,
+        200
+    );
+    // Without the CA the server is not trusted.
+    assert!(http_client(None)
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .is_err());
+
+    let out = run_ok(
+        plico()
+            .args(["unseal", "--addr", &server.url, "--ca-cert"])
+            .arg(&ca)
+            .args(&share_files[..2]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unsealed"));
+    assert_eq!(
+        status_code(&client, &format!("{}/readyz", server.url)).await,
+        200
+    );
+
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    // [log] format = "json": every log line is a JSON object.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("serving https"))
+        .unwrap();
+    assert!(serde_json::from_str::<Value>(line).is_ok(), "{line}");
+}
+
+#[test]
+fn unseal_refuses_plain_http_to_a_remote_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("share.txt");
+    std::fs::write(&f, "plico-share:v1:whatever\n").unwrap();
+    let e = run_fails(
+        plico()
+            .args(["unseal", "--addr", "http://192.0.2.1:8200"])
+            .arg(&f),
+    );
+    assert!(e.contains("plain http"), "{e}");
+    assert!(!e.contains("whatever"), "{e}");
+}
