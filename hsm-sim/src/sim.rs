@@ -531,7 +531,7 @@ impl Hsm for SimulatedHsm {
         let inner = self.lock();
         let b = &inner.file.body;
         HsmStatus {
-            provider: "simulated",
+            provider: "simulated".to_string(),
             sealed: inner.unsealed.is_none(),
             progress: u8::try_from(inner.pending.len()).unwrap_or(u8::MAX),
             threshold: b.share_set.threshold,

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vault::{Kcv, TermInfo};
 
 /// Connection options shared by the client commands.
 #[derive(Debug, clap::Args)]
@@ -38,26 +37,10 @@ pub struct Client {
 }
 
 /// `GET /v1/sys/status`, as the client reads it.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct Status {
-    pub provider: String,
-    pub sealed: bool,
-    pub progress: u8,
-    pub threshold: u8,
-    pub shares: u8,
-    pub share_set: String,
-    pub dev: bool,
-    pub root_kcv: Kcv,
-    pub terms: Vec<TermInfo>,
-}
+pub type Status = vault::HsmStatus;
 
 /// `POST /v1/sys/unseal`'s answer.
-#[derive(Debug, Deserialize)]
-pub struct Progress {
-    pub sealed: bool,
-    pub progress: u8,
-    pub threshold: u8,
-}
+pub type Progress = vault::UnsealProgress;
 
 #[derive(Deserialize)]
 struct ErrorBody {

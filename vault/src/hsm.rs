@@ -117,10 +117,10 @@ pub struct TermInfo {
 }
 
 /// Where an HSM stands: sealed or not, how far an unseal has come, and its terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HsmStatus {
     /// Which provider this is (e.g. `simulated`).
-    pub provider: &'static str,
+    pub provider: String,
     /// True while the HSM holds no usable keys.
     pub sealed: bool,
     /// Distinct valid shares submitted towards the current unseal.
@@ -140,7 +140,7 @@ pub struct HsmStatus {
 }
 
 /// The answer to one submitted share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnsealProgress {
     /// Still sealed after this share?
     pub sealed: bool,

@@ -70,7 +70,7 @@ impl DoubleHsm {
 impl Hsm for DoubleHsm {
     fn status(&self) -> HsmStatus {
         HsmStatus {
-            provider: "test-double",
+            provider: "test-double".to_string(),
             sealed: false,
             progress: 0,
             threshold: 1,
