@@ -28,6 +28,7 @@ pub mod kcv;
 pub mod keyring;
 pub mod policy;
 pub mod secret;
+pub mod store;
 
 pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
 pub use error::{Error, Result};

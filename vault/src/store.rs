@@ -1,0 +1,182 @@
+//! The store seam: named trees of sorted byte keys, and atomic batches across them.
+//!
+//! Everything the vault persists goes through [`Store`]: accounts, the audit chain, the keyring.
+//! A [`Batch`] is applied all or nothing, across trees, so a change and the audit event that
+//! records it land together or not at all. `apply` returns only once the batch is durable.
+//!
+//! Implementations: [`sled::SledStore`] (the embedded default, the only file that names sled),
+//! [`memory::MemoryStore`] (tests, and a model to compare against), and [`memory::FailingStore`]
+//! (refuses writes on demand, to test that a failed write changes nothing).
+
+pub mod memory;
+pub mod sled;
+
+use crate::error::Result;
+use std::fmt;
+
+/// The trees of the store. Their names are persisted: never rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tree {
+    /// Small singletons: the store's format version, the keyring, the audit head.
+    Meta,
+    /// Accounts by id.
+    Accounts,
+    /// Audit events by sequence number (u64 big-endian).
+    Audit,
+    /// Audit checkpoints by the sequence number they cover (u64 big-endian).
+    AuditCheckpoints,
+}
+
+impl Tree {
+    /// Every tree, in a fixed order.
+    pub const ALL: [Tree; 4] = [
+        Tree::Meta,
+        Tree::Accounts,
+        Tree::Audit,
+        Tree::AuditCheckpoints,
+    ];
+
+    /// The persisted name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Accounts => "accounts",
+            Tree::Audit => "audit",
+            Tree::AuditCheckpoints => "audit_checkpoints",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Tree::Meta => 0,
+            Tree::Accounts => 1,
+            Tree::Audit => 2,
+            Tree::AuditCheckpoints => 3,
+        }
+    }
+}
+
+impl fmt::Display for Tree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key` (no error if absent).
+    Delete(Vec<u8>),
+}
+
+/// Writes to apply together, all or nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<(Tree, Op)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((tree, Op::Put(key.into(), value.into())));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push((tree, Op::Delete(key.into())));
+    }
+
+    /// The writes, in order.
+    pub fn ops(&self) -> &[(Tree, Op)] {
+        &self.ops
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Key/value pairs read from a tree, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A persistent, ordered key/value store with atomic multi-tree batches.
+///
+/// # Errors
+/// Every method returns [`crate::Error::Storage`] naming the tree and what failed; a damaged
+/// store is an error, never a panic.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The value at `key`.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries with `from <= key` (and `key < to` when given), ascending.
+    fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Entries>;
+
+    /// The entry with the greatest key.
+    fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+
+    /// Applies `batch` atomically and durably: when this returns `Ok`, every write is on disk;
+    /// when it returns `Err`, none is visible.
+    fn apply(&self, batch: &Batch) -> Result<()>;
+}
+
+/// Encodes a sequence number as a key that sorts numerically.
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The behaviour every [`Store`] must show; run against each implementation.
+    use super::*;
+
+    pub(crate) fn run(store: &dyn Store) {
+        assert_eq!(store.get(Tree::Meta, b"x").unwrap(), None);
+        assert_eq!(store.last(Tree::Audit).unwrap(), None);
+
+        let mut b = Batch::new();
+        b.put(Tree::Meta, b"x".to_vec(), b"1".to_vec());
+        for i in [3u64, 1, 2, 10] {
+            b.put(Tree::Audit, seq_key(i).to_vec(), i.to_string().into_bytes());
+        }
+        store.apply(&b).unwrap();
+        assert_eq!(store.get(Tree::Meta, b"x").unwrap(), Some(b"1".to_vec()));
+        // Trees are separate namespaces.
+        assert_eq!(store.get(Tree::Accounts, b"x").unwrap(), None);
+
+        let all = store.range(Tree::Audit, &seq_key(0), None, 100).unwrap();
+        let keys: Vec<u64> = all
+            .iter()
+            .map(|(k, _)| u64::from_be_bytes(k[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(keys, vec![1, 2, 3, 10]);
+        let some = store
+            .range(Tree::Audit, &seq_key(2), Some(&seq_key(10)), 100)
+            .unwrap();
+        assert_eq!(some.len(), 2);
+        assert_eq!(
+            store
+                .range(Tree::Audit, &seq_key(0), None, 2)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(store.last(Tree::Audit).unwrap().unwrap().1, b"10".to_vec());
+
+        let mut d = Batch::new();
+        d.delete(Tree::Audit, seq_key(10).to_vec());
+        d.delete(Tree::Audit, seq_key(99).to_vec());
+        d.put(Tree::Meta, b"x".to_vec(), b"2".to_vec());
+        store.apply(&d).unwrap();
+        assert_eq!(store.last(Tree::Audit).unwrap().unwrap().1, b"3".to_vec());
+        assert_eq!(store.get(Tree::Meta, b"x").unwrap(), Some(b"2".to_vec()));
+        store.apply(&Batch::new()).unwrap();
+    }
+}
