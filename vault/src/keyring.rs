@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::hsm::{Hsm, KeyPurpose, TermId, TermState, WrappedKey};
 use crate::kcv::Kcv;
 use crate::secret::DataKey;
+use crate::store::{Batch, Store, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,10 +62,41 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Key of the keyring in [`Tree::Meta`].
+const KEYRING_KEY: &[u8] = b"keyring";
+
 impl Keyring {
     /// An empty keyring.
     pub fn new() -> Self {
         Keyring::default()
+    }
+
+    /// Reads the keyring from the store (empty if none was saved yet).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] if the stored keyring is unreadable.
+    pub fn load(store: &dyn Store) -> Result<Self> {
+        match store.get(Tree::Meta, KEYRING_KEY)? {
+            None => Ok(Keyring::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Storage(format!("the stored keyring is unreadable: {e}"))),
+        }
+    }
+
+    /// Adds the write of this keyring to `batch` (so it lands with the change that made it).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if it cannot be encoded.
+    pub fn save_into(&self, batch: &mut Batch) -> Result<()> {
+        let bytes = serde_json::to_vec(self)
+            .map_err(|e| Error::Storage(format!("cannot encode the keyring: {e}")))?;
+        batch.put(Tree::Meta, KEYRING_KEY.to_vec(), bytes);
+        Ok(())
+    }
+
+    /// The single key of a single-key purpose (index, audit, import): the newest one.
+    pub fn newest(&self, purpose: KeyPurpose) -> Option<&DataKeyRecord> {
+        self.keys.values().rev().find(|r| r.purpose == purpose)
     }
 
     /// Asks the HSM for a new data key, records its wrapped form and returns the only sealer that

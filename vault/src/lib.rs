@@ -19,6 +19,7 @@
 //! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
 //! software HSM lives in the `hsm-sim` crate, which depends on this one.
 
+pub mod audit;
 pub mod envelope;
 pub mod error;
 pub mod hsm;

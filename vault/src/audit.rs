@@ -1,0 +1,826 @@
+//! The audit chain: an append-only, hash-linked log of every state change and every code
+//! revealed or sent.
+//!
+//! ```text
+//! event n = JSON { seq, time, actor, role, action, subject, outcome, request_id, details,
+//!                  personal (HMACs), prev = SHA-256(stored bytes of event n-1) }
+//! head    = { seq, hash, mac }            rewritten with every append (tree meta)
+//! checkpoint every N events and at shutdown = { seq, hash, mac }   (tree audit_checkpoints)
+//! mac     = HMAC-SHA256(audit key, "plico-audit-mark v1" | seq | hash)
+//! ```
+//!
+//! - An event is appended **in the same store batch** as the change it records
+//!   ([`AuditLog::commit`]); if the batch cannot be written, neither is.
+//! - Personal data (codice fiscale, names, addresses, phone numbers, e-mail) is never stored in
+//!   clear: [`NewEvent::personal`] values are replaced by HMAC-SHA256 under the audit key, which
+//!   is a single-purpose key ([`crate::KeyPurpose::Audit`]) of the hierarchy. No field can hold
+//!   a code.
+//! - The hash chain finds a changed, removed, inserted or reordered event; the MAC'd head and
+//!   checkpoints find a truncated tail, and stop someone who holds only the store from
+//!   rewriting the chain and re-hashing it. While the HSM is sealed there is no audit key:
+//!   events are still chained, and the head is MAC'd again at the first append after unseal.
+//!
+//! [`AuditLog::verify`] walks all of it and names the first broken link.
+
+use crate::error::{Error, Result};
+use crate::hsm::{Hsm, KeyPurpose};
+use crate::keyring::Keyring;
+use crate::secret::DataKey;
+use crate::store::{seq_key, Batch, Store, Tree};
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::hmac;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Key of the head mark in [`Tree::Meta`].
+const HEAD_KEY: &[u8] = b"audit_head";
+/// Default number of events between checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const ZERO_HASH: [u8; 32] = [0u8; 32];
+
+/// How an audited call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Refused: wrong state, wrong role, bad input.
+    Refused,
+    /// Attempted and failed.
+    Failed,
+}
+
+/// An event to append. Built with [`NewEvent::new`] and the `with_…` methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    actor: String,
+    role: String,
+    action: String,
+    subject: String,
+    outcome: Outcome,
+    request_id: String,
+    details: BTreeMap<String, String>,
+    personal: BTreeMap<String, String>,
+}
+
+impl NewEvent {
+    /// An event for `action` (dotted, e.g. `account.create`) on `subject` (a card serial, batch
+    /// id, account id, key term…), by the system, outcome ok.
+    pub fn new(action: &str, subject: impl Into<String>) -> Self {
+        NewEvent {
+            actor: "system".to_string(),
+            role: "-".to_string(),
+            action: action.to_string(),
+            subject: subject.into(),
+            outcome: Outcome::Ok,
+            request_id: String::new(),
+            details: BTreeMap::new(),
+            personal: BTreeMap::new(),
+        }
+    }
+
+    /// Who did it: an account id and its role.
+    pub fn by(mut self, actor: impl Into<String>, role: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self.role = role.into();
+        self
+    }
+
+    /// How it ended.
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    /// The request id it belongs to.
+    pub fn request(mut self, id: impl Into<String>) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
+    /// A non-personal, non-secret detail (a role name, a count, a reason code).
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// A personal-data field (codice fiscale, name, address, phone, e-mail). Stored only as
+    /// HMAC-SHA256 under the audit key, keyed by field name; needs the HSM unsealed.
+    pub fn personal(mut self, field: &str, value: &str) -> Self {
+        self.personal.insert(field.to_string(), value.to_string());
+        self
+    }
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Account id, or `system`.
+    pub actor: String,
+    /// The actor's role, or `-`.
+    pub role: String,
+    /// What was done, e.g. `account.create`.
+    pub action: String,
+    /// What it was done to.
+    pub subject: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The request it belongs to.
+    pub request_id: String,
+    /// Non-personal details.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+    /// Personal data fields as hex HMAC-SHA256 under the audit key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub personal: BTreeMap<String, String>,
+    /// Hex SHA-256 of the stored bytes of the previous event (zeros for the first).
+    pub prev: String,
+}
+
+/// A MAC'd pointer to the chain: the head (after every append) or a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The last event covered.
+    pub seq: u64,
+    /// Hex SHA-256 of its stored bytes.
+    pub hash: String,
+    /// Hex HMAC-SHA256 under the audit key; absent if written while sealed.
+    pub mac: Option<String>,
+}
+
+/// What [`AuditLog::query`] looks for. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Events at or after this time (ms since the epoch).
+    pub from_ms: Option<u64>,
+    /// Events before this time.
+    pub to_ms: Option<u64>,
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// Exact action, or a prefix ending in `.` (`account.` matches `account.create`).
+    pub action: Option<String>,
+    /// Exact subject.
+    pub subject: Option<String>,
+    /// Only events with a greater sequence number (the paging cursor).
+    pub after: u64,
+    /// Most events to return (capped at [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// Largest page [`AuditLog::query`] returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    /// Matching events, oldest first.
+    pub events: Vec<Event>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<u64>,
+}
+
+/// What kind of damage [`AuditLog::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Damage {
+    /// An event's content differs from what the next link (or the head) recorded.
+    Changed,
+    /// Events are missing from the middle of the chain.
+    Missing,
+    /// An event that was never appended sits in the chain.
+    Inserted,
+    /// Events are out of order.
+    Reordered,
+    /// Events are missing from the end of the chain.
+    Truncated,
+    /// A stored event cannot be read.
+    Unreadable,
+    /// A head or checkpoint MAC does not verify: the chain was rewritten.
+    BadMac,
+}
+
+/// The first broken link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What happened.
+    pub damage: Damage,
+    /// The event it concerns.
+    pub seq: u64,
+    /// A sentence for the auditor.
+    pub message: String,
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Events read.
+    pub events: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    /// Whether MACs were checked (they need the audit key, i.e. an unsealed HSM).
+    pub macs_checked: bool,
+    /// The first broken link, if any.
+    pub problem: Option<Problem>,
+    /// Things that are not damage but deserve a look.
+    pub warnings: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True if no damage was found.
+    pub fn intact(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+struct Chain {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    since_checkpoint: u64,
+}
+
+/// The audit chain over a [`Store`].
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    chain: Mutex<Chain>,
+    key: RwLock<Option<hmac::Key>>,
+    checkpoint_every: u64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AuditLog(checkpoint every {}, key <redacted>)",
+            self.checkpoint_every
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+fn mark_mac(key: &hmac::Key, seq: u64, hash_hex: &str) -> String {
+    let mut msg = b"plico-audit-mark v1".to_vec();
+    msg.extend_from_slice(&seq.to_be_bytes());
+    msg.extend_from_slice(hash_hex.as_bytes());
+    hex::encode(hmac::sign(key, &msg).as_ref())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Storage(format!("cannot encode audit record: {e}")))
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
+impl AuditLog {
+    /// Opens the chain in `store`, continuing after its head.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the store cannot be read or the head is unreadable.
+    pub fn open(store: Arc<dyn Store>, checkpoint_every: u64) -> Result<Self> {
+        let (next_seq, last_hash) = match store.get(Tree::Meta, HEAD_KEY)? {
+            Some(bytes) => {
+                let head: Mark = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Storage(format!("audit head is unreadable: {e}")))?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&head.hash, &mut h)
+                    .map_err(|_| Error::Storage("audit head hash is not hex".to_string()))?;
+                (head.seq + 1, h)
+            }
+            None => (1, ZERO_HASH),
+        };
+        Ok(AuditLog {
+            store,
+            chain: Mutex::new(Chain {
+                next_seq,
+                last_hash,
+                since_checkpoint: 0,
+            }),
+            key: RwLock::new(None),
+            checkpoint_every: checkpoint_every.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Chain> {
+        // Chain is updated only after a successful write, in one assignment block.
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self) -> std::sync::RwLockReadGuard<'_, Option<hmac::Key>> {
+        self.key.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Installs the audit key (at unseal) or removes it (`None`, at seal). Installing it also
+    /// MACs the head, which may have been written while sealed.
+    ///
+    /// # Errors
+    /// Store errors from rewriting the head.
+    pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
+        {
+            let mut slot = self.key.write().unwrap_or_else(|p| p.into_inner());
+            *slot = key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k.expose_secret()));
+        }
+        if key.is_some() {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Unwraps the audit key from the keyring in the store and installs it; on the first unseal
+    /// of a new store, creates the key first (the keyring write and a `key.create` event land in
+    /// one batch). Call once the HSM is unsealed.
+    ///
+    /// # Errors
+    /// HSM and store errors.
+    pub fn unlock(&self, hsm: &dyn Hsm) -> Result<()> {
+        let mut ring = Keyring::load(&*self.store)?;
+        let id = match ring.newest(KeyPurpose::Audit) {
+            Some(rec) => rec.id,
+            None => {
+                let sealer = ring.create(hsm, KeyPurpose::Audit)?;
+                let id = sealer.key_id();
+                let kcv = ring
+                    .get(id)
+                    .map(|r| r.kcv().to_string())
+                    .unwrap_or_default();
+                let mut batch = Batch::new();
+                ring.save_into(&mut batch)?;
+                self.commit(
+                    batch,
+                    NewEvent::new("key.create", id.to_string())
+                        .detail("purpose", KeyPurpose::Audit.as_str())
+                        .detail("kcv", kcv),
+                )?;
+                id
+            }
+        };
+        let key = ring.unwrap(hsm, id)?;
+        self.set_key(Some(&key))
+    }
+
+    /// True while the audit key is installed.
+    pub fn has_key(&self) -> bool {
+        self.key().is_some()
+    }
+
+    /// The HMAC under which a personal-data `value` of `field` is stored, to search for it.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] without the audit key.
+    pub fn personal_hmac(&self, field: &str, value: &str) -> Result<String> {
+        let key = self.key();
+        let key = key.as_ref().ok_or(Error::Sealed)?;
+        let mut msg = b"plico-audit-personal v1:".to_vec();
+        msg.extend_from_slice(field.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(value.as_bytes());
+        Ok(hex::encode(hmac::sign(key, &msg).as_ref()))
+    }
+
+    /// Appends `event` to `batch` and applies both atomically. Returns the event's sequence
+    /// number. If the write fails, neither the change nor the event is stored.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] for an event with personal data while the audit key is absent; store
+    /// errors.
+    pub fn commit(&self, mut batch: Batch, event: NewEvent) -> Result<u64> {
+        let mut personal = BTreeMap::new();
+        for (field, value) in &event.personal {
+            personal.insert(field.clone(), self.personal_hmac(field, value)?);
+        }
+        let key = self.key();
+        let mut chain = self.lock();
+        let seq = chain.next_seq;
+        let stored = Event {
+            seq,
+            time_ms: now_ms(),
+            actor: event.actor,
+            role: event.role,
+            action: event.action,
+            subject: event.subject,
+            outcome: event.outcome,
+            request_id: event.request_id,
+            details: event.details,
+            personal,
+            prev: hex::encode(chain.last_hash),
+        };
+        let bytes = encode(&stored)?;
+        let hash = sha256(&bytes);
+        let hash_hex = hex::encode(hash);
+        let mark = Mark {
+            seq,
+            mac: key.as_ref().map(|k| mark_mac(k, seq, &hash_hex)),
+            hash: hash_hex,
+        };
+        batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
+        batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&mark)?);
+        let checkpoint = key.is_some() && chain.since_checkpoint + 1 >= self.checkpoint_every;
+        if checkpoint {
+            batch.put(
+                Tree::AuditCheckpoints,
+                seq_key(seq).to_vec(),
+                encode(&mark)?,
+            );
+        }
+        self.store.apply(&batch)?;
+        chain.next_seq = seq + 1;
+        chain.last_hash = hash;
+        chain.since_checkpoint = if checkpoint {
+            0
+        } else {
+            chain.since_checkpoint + 1
+        };
+        Ok(seq)
+    }
+
+    /// Appends an event with no other change.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit`].
+    pub fn append(&self, event: NewEvent) -> Result<u64> {
+        self.commit(Batch::new(), event)
+    }
+
+    /// Writes a MAC'd checkpoint (and head) for the last event, if there is one and the audit
+    /// key is installed. Called after unseal and at shutdown.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn checkpoint(&self) -> Result<()> {
+        let key = self.key();
+        let Some(key) = key.as_ref() else {
+            return Ok(());
+        };
+        let mut chain = self.lock();
+        let seq = chain.next_seq - 1;
+        if seq == 0 {
+            return Ok(());
+        }
+        let hash_hex = hex::encode(chain.last_hash);
+        let mark = Mark {
+            seq,
+            mac: Some(mark_mac(key, seq, &hash_hex)),
+            hash: hash_hex,
+        };
+        let bytes = encode(&mark)?;
+        let mut batch = Batch::new();
+        batch.put(Tree::Meta, HEAD_KEY.to_vec(), bytes.clone());
+        batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), bytes);
+        self.store.apply(&batch)?;
+        chain.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Events matching `q`, oldest first, one page at a time.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for an unreadable event.
+    pub fn query(&self, q: &Query) -> Result<Page> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        let mut events = Vec::new();
+        let mut from = q.after.saturating_add(1);
+        loop {
+            let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
+            let Some((last_key, _)) = chunk.last() else {
+                break;
+            };
+            let last = seq_of(last_key).unwrap_or(u64::MAX);
+            for (k, v) in &chunk {
+                let e: Event = serde_json::from_slice(v).map_err(|_| {
+                    Error::Storage(format!(
+                        "audit event {} is unreadable; run audit verify",
+                        seq_of(k).unwrap_or(0)
+                    ))
+                })?;
+                if matches(q, &e) {
+                    events.push(e);
+                    if events.len() == limit {
+                        let next = events.last().map(|e| e.seq);
+                        return Ok(Page { events, next });
+                    }
+                }
+            }
+            if last == u64::MAX {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(Page { events, next: None })
+    }
+
+    /// Writes every stored event as one JSON line, exactly as stored (so hashes can be
+    /// recomputed from the export). Returns the number of events.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] if `out` fails.
+    pub fn export(&self, out: &mut dyn Write) -> Result<u64> {
+        let mut n = 0u64;
+        let mut from = 0u64;
+        loop {
+            let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
+            let Some((last_key, _)) = chunk.last() else {
+                break;
+            };
+            let last = seq_of(last_key).unwrap_or(u64::MAX);
+            for (_, v) in &chunk {
+                out.write_all(v)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| Error::Storage(format!("audit export: cannot write: {e}")))?;
+                n += 1;
+            }
+            if last == u64::MAX {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(n)
+    }
+
+    /// Walks the whole chain, the head and the checkpoints, and reports the first broken link.
+    ///
+    /// # Errors
+    /// Store errors only; damage is reported in the [`VerifyReport`].
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let key = self.key();
+        verify_chain(&*self.store, key.as_ref())
+    }
+}
+
+fn matches(q: &Query, e: &Event) -> bool {
+    q.from_ms.is_none_or(|t| e.time_ms >= t)
+        && q.to_ms.is_none_or(|t| e.time_ms < t)
+        && q.actor.as_ref().is_none_or(|a| &e.actor == a)
+        && q.subject.as_ref().is_none_or(|s| &e.subject == s)
+        && q.action.as_ref().is_none_or(|a| {
+            if a.ends_with('.') {
+                e.action.starts_with(a.as_str())
+            } else {
+                &e.action == a
+            }
+        })
+}
+
+fn problem(damage: Damage, seq: u64, message: String) -> Option<Problem> {
+    Some(Problem {
+        damage,
+        seq,
+        message,
+    })
+}
+
+fn check_mark(
+    key: Option<&hmac::Key>,
+    mark: &Mark,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Option<Problem> {
+    let Some(key) = key else { return None };
+    match &mark.mac {
+        None => {
+            warnings.push(format!(
+                "{what} at event {} carries no MAC (written while sealed)",
+                mark.seq
+            ));
+            None
+        }
+        Some(mac) => {
+            let expected = mark_mac(key, mark.seq, &mark.hash);
+            if aws_lc_rs::constant_time::verify_slices_are_equal(
+                expected.as_bytes(),
+                mac.as_bytes(),
+            )
+            .is_ok()
+            {
+                None
+            } else {
+                problem(
+                    Damage::BadMac,
+                    mark.seq,
+                    format!(
+                        "the {what} MAC at event {} does not verify: the chain was rewritten",
+                        mark.seq
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        events: 0,
+        checkpoints: 0,
+        macs_checked: key.is_some(),
+        problem: None,
+        warnings: Vec::new(),
+    };
+    // Checkpoints are few: load them all first and check each as the walk reaches it.
+    let mut checkpoints: BTreeMap<u64, Mark> = BTreeMap::new();
+    for (k, v) in store.range(Tree::AuditCheckpoints, &[], None, usize::MAX)? {
+        let seq = seq_of(&k).unwrap_or(0);
+        match serde_json::from_slice::<Mark>(&v) {
+            Ok(m) if m.seq == seq => {
+                checkpoints.insert(seq, m);
+            }
+            _ => {
+                report.problem = problem(
+                    Damage::Unreadable,
+                    seq,
+                    format!("checkpoint at event {seq} is unreadable"),
+                );
+                return Ok(report);
+            }
+        }
+    }
+
+    let mut expected = 1u64;
+    let mut prev = ZERO_HASH;
+    let mut prev_prev: Option<[u8; 32]> = None;
+    let mut from = 0u64;
+    let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut done = false;
+    loop {
+        if pending.len() < 2 && !done {
+            let chunk = store.range(Tree::Audit, &seq_key(from), None, 1024)?;
+            match chunk.last() {
+                Some((k, _)) => from = seq_of(k).map_or(u64::MAX, |s| s.saturating_add(1)),
+                None => done = true,
+            }
+            if chunk.len() < 1024 {
+                done = true;
+            }
+            pending.extend(chunk);
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let (k, bytes) = pending.remove(0);
+        let at = seq_of(&k).unwrap_or(0);
+        if at != expected {
+            report.problem = if at > expected {
+                problem(
+                    Damage::Missing,
+                    expected,
+                    if at == expected + 1 {
+                        format!("event {expected} is missing (deleted)")
+                    } else {
+                        format!("events {expected} to {} are missing (deleted)", at - 1)
+                    },
+                )
+            } else {
+                problem(
+                    Damage::Unreadable,
+                    at,
+                    format!("a record with a bad key sits before event {expected}"),
+                )
+            };
+            return Ok(report);
+        }
+        let Ok(event) = serde_json::from_slice::<Event>(&bytes) else {
+            report.problem = problem(
+                Damage::Unreadable,
+                at,
+                format!("event {at} is not readable"),
+            );
+            return Ok(report);
+        };
+        let prev_hex = hex::encode(prev);
+        if event.prev != prev_hex {
+            let next_hash = pending.first().map(|(_, b)| hex::encode(sha256(b)));
+            report.problem = if prev_prev.is_some_and(|pp| event.prev == hex::encode(pp)) {
+                problem(
+                    Damage::Inserted,
+                    at - 1,
+                    format!("event {} was inserted: event {at} links past it", at - 1),
+                )
+            } else if next_hash.as_deref() == Some(event.prev.as_str()) {
+                problem(
+                    Damage::Reordered,
+                    at,
+                    format!("events {at} and {} are out of order", at + 1),
+                )
+            } else if at == 1 {
+                problem(
+                    Damage::Changed,
+                    at,
+                    "event 1 does not start the chain: it was changed".to_string(),
+                )
+            } else {
+                problem(
+                    Damage::Changed,
+                    at - 1,
+                    format!(
+                        "event {} does not match the hash recorded in event {at}: it was changed",
+                        at - 1
+                    ),
+                )
+            };
+            return Ok(report);
+        }
+        if event.seq != at {
+            report.problem = problem(
+                Damage::Reordered,
+                at,
+                format!("the event stored as {at} says it is event {}", event.seq),
+            );
+            return Ok(report);
+        }
+        let hash = sha256(&bytes);
+        if let Some(cp) = checkpoints.get(&at) {
+            report.checkpoints += 1;
+            if cp.hash != hex::encode(hash) {
+                report.problem = problem(
+                    Damage::Changed,
+                    at,
+                    format!("event {at} does not match its checkpoint: it was changed"),
+                );
+                return Ok(report);
+            }
+            if let Some(p) = check_mark(key, cp, "checkpoint", &mut report.warnings) {
+                report.problem = Some(p);
+                return Ok(report);
+            }
+        }
+        prev_prev = Some(prev);
+        prev = hash;
+        expected += 1;
+        report.events += 1;
+    }
+    let last = expected - 1;
+
+    if let Some((&cp_seq, _)) = checkpoints.range(expected..).next() {
+        report.problem = problem(
+            Damage::Truncated,
+            last + 1,
+            format!("the chain ends at event {last} but a checkpoint covers event {cp_seq}: events were removed from the end"),
+        );
+        return Ok(report);
+    }
+    match store.get(Tree::Meta, HEAD_KEY)? {
+        None if last > 0 => {
+            report.problem = problem(
+                Damage::Truncated,
+                last,
+                "the chain has no head record".to_string(),
+            );
+        }
+        None => {}
+        Some(bytes) => {
+            let Ok(head) = serde_json::from_slice::<Mark>(&bytes) else {
+                report.problem = problem(
+                    Damage::Unreadable,
+                    last,
+                    "the head record is unreadable".to_string(),
+                );
+                return Ok(report);
+            };
+            if head.seq > last {
+                report.problem = problem(
+                    Damage::Truncated,
+                    last + 1,
+                    format!(
+                        "the chain ends at event {last} but the head records event {}: events were removed from the end",
+                        head.seq
+                    ),
+                );
+            } else if head.seq < last {
+                report.problem = problem(
+                    Damage::Inserted,
+                    head.seq + 1,
+                    format!(
+                        "events after {} were added behind the head's back",
+                        head.seq
+                    ),
+                );
+            } else if head.hash != hex::encode(prev) {
+                report.problem = problem(
+                    Damage::Changed,
+                    last,
+                    format!("event {last} does not match the head: it was changed"),
+                );
+            } else {
+                report.problem = check_mark(key, &head, "head", &mut report.warnings);
+            }
+        }
+    }
+    Ok(report)
+}
