@@ -587,21 +587,19 @@ fn problem(damage: Damage, seq: u64, message: String) -> Option<Problem> {
     })
 }
 
-fn check_mark(
-    key: Option<&hmac::Key>,
-    mark: &Mark,
-    what: &str,
-    warnings: &mut Vec<String>,
-) -> Option<Problem> {
-    let Some(key) = key else { return None };
+fn check_mark(key: Option<&hmac::Key>, mark: &Mark, what: &str) -> Option<Problem> {
+    let key = key?;
     match &mark.mac {
-        None => {
-            warnings.push(format!(
-                "{what} at event {} carries no MAC (written while sealed)",
+        // Marks without a MAC are written only while sealed, and installing the key MACs the
+        // head at once: with the key installed, a bare mark was not written by plico.
+        None => problem(
+            Damage::BadMac,
+            mark.seq,
+            format!(
+                "the {what} at event {} carries no MAC: it was not written by plico",
                 mark.seq
-            ));
-            None
-        }
+            ),
+        ),
         Some(mac) => {
             let expected = mark_mac(key, mark.seq, &mark.hash);
             if aws_lc_rs::constant_time::verify_slices_are_equal(
@@ -633,6 +631,12 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
         problem: None,
         warnings: Vec::new(),
     };
+    if key.is_none() {
+        report.warnings.push(
+            "the audit key is not loaded (hsm sealed): hashes were checked, MACs were not"
+                .to_string(),
+        );
+    }
     // Checkpoints are few: load them all first and check each as the walk reaches it.
     let mut checkpoints: BTreeMap<u64, Mark> = BTreeMap::new();
     for (k, v) in store.range(Tree::AuditCheckpoints, &[], None, usize::MAX)? {
@@ -755,7 +759,7 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
                 );
                 return Ok(report);
             }
-            if let Some(p) = check_mark(key, cp, "checkpoint", &mut report.warnings) {
+            if let Some(p) = check_mark(key, cp, "checkpoint") {
                 report.problem = Some(p);
                 return Ok(report);
             }
@@ -818,9 +822,369 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
                     format!("event {last} does not match the head: it was changed"),
                 );
             } else {
-                report.problem = check_mark(key, &head, "head", &mut report.warnings);
+                report.problem = check_mark(key, &head, "head");
             }
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm_double::DoubleHsm;
+    use crate::store::memory::{FailingStore, MemoryStore};
+    use crate::store::sled::SledStore;
+
+    fn key() -> DataKey {
+        DataKey::from_bytes([0x42; 32])
+    }
+
+    /// A chain of `n` events in a fresh sled store, with the audit key installed.
+    fn chain(dir: &std::path::Path, n: u64, every: u64) -> (Arc<dyn Store>, AuditLog) {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
+        let log = AuditLog::open(store.clone(), every).unwrap();
+        log.set_key(Some(&key())).unwrap();
+        for i in 1..=n {
+            log.append(
+                NewEvent::new("card.activate", format!("SERIAL{i:04}"))
+                    .by("acc_op", "operator")
+                    .request(format!("req-{i}"))
+                    .personal("codice_fiscale", "RSSMRA80A01H501U"),
+            )
+            .unwrap();
+        }
+        (store, log)
+    }
+
+    fn raw(store: &dyn Store, seq: u64) -> Vec<u8> {
+        store.get(Tree::Audit, &seq_key(seq)).unwrap().unwrap()
+    }
+
+    fn put(store: &dyn Store, seq: u64, bytes: Vec<u8>) {
+        let mut b = Batch::new();
+        b.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
+        store.apply(&b).unwrap();
+    }
+
+    fn delete(store: &dyn Store, seq: u64) {
+        let mut b = Batch::new();
+        b.delete(Tree::Audit, seq_key(seq).to_vec());
+        store.apply(&b).unwrap();
+    }
+
+    fn damage(log: &AuditLog) -> (Damage, u64, String) {
+        let r = log.verify().unwrap();
+        let p = r.problem.expect("damage should be found");
+        (p.damage, p.seq, p.message)
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, log) = chain(dir.path(), 25, 10);
+        let r = log.verify().unwrap();
+        assert!(r.intact(), "{r:?}");
+        assert_eq!((r.events, r.checkpoints, r.macs_checked), (25, 2, true));
+        assert!(r.warnings.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_changed_event_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        let text = String::from_utf8(raw(&*store, 7)).unwrap();
+        put(
+            &*store,
+            7,
+            text.replace("\"ok\"", "\"refused\"").into_bytes(),
+        );
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Changed, 7), "{msg}");
+        assert!(msg.contains("event 7") && msg.contains("changed"), "{msg}");
+    }
+
+    #[test]
+    fn a_changed_last_event_is_found_through_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        let text = String::from_utf8(raw(&*store, 20)).unwrap();
+        put(
+            &*store,
+            20,
+            text.replace("SERIAL0020", "SERIAL9999").into_bytes(),
+        );
+        assert_eq!(damage(&log).0, Damage::Changed);
+        assert_eq!(damage(&log).1, 20);
+    }
+
+    #[test]
+    fn a_deleted_event_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        delete(&*store, 12);
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Missing, 12), "{msg}");
+        assert!(msg.contains("event 12 is missing"), "{msg}");
+    }
+
+    #[test]
+    fn an_inserted_event_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        // Shift events 9..=20 up by one and forge a well-linked event 9 in the gap.
+        for seq in (9..=20).rev() {
+            put(&*store, seq + 1, raw(&*store, seq));
+        }
+        let forged = Event {
+            seq: 9,
+            time_ms: 1,
+            actor: "acc_intruder".into(),
+            role: "admin".into(),
+            action: "account.create".into(),
+            subject: "acc_backdoor".into(),
+            outcome: Outcome::Ok,
+            request_id: String::new(),
+            details: BTreeMap::new(),
+            personal: BTreeMap::new(),
+            prev: hex::encode(sha256(&raw(&*store, 8))),
+        };
+        put(&*store, 9, serde_json::to_vec(&forged).unwrap());
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Inserted, 9), "{msg}");
+        assert!(msg.contains("event 9 was inserted"), "{msg}");
+    }
+
+    #[test]
+    fn reordered_events_are_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        let (a, b) = (raw(&*store, 5), raw(&*store, 6));
+        put(&*store, 5, b);
+        put(&*store, 6, a);
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Reordered, 5), "{msg}");
+        assert!(msg.contains("out of order"), "{msg}");
+    }
+
+    #[test]
+    fn a_truncated_tail_is_found_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 100);
+        for seq in 17..=20 {
+            delete(&*store, seq);
+        }
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Truncated, 17), "{msg}");
+        assert!(
+            msg.contains("ends at event 16") && msg.contains("event 20"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_tail_below_a_checkpoint_is_found_even_with_the_head_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 5);
+        for seq in 12..=20 {
+            delete(&*store, seq);
+        }
+        // The intruder points the head at event 11 (without the key, its MAC cannot be made).
+        let mark = Mark {
+            seq: 11,
+            hash: hex::encode(sha256(&raw(&*store, 11))),
+            mac: None,
+        };
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&mark).unwrap(),
+        );
+        store.apply(&b).unwrap();
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Truncated, 12), "{msg}");
+    }
+
+    #[test]
+    fn a_rehashed_chain_fails_the_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 10, 1000);
+        // Rewrite event 4 and re-link every later event and the head, as someone holding only
+        // the store could: the hashes agree again, the MAC cannot.
+        let mut prev = sha256(&raw(&*store, 3));
+        for seq in 4..=10 {
+            let mut e: Event = serde_json::from_slice(&raw(&*store, seq)).unwrap();
+            if seq == 4 {
+                e.outcome = Outcome::Refused;
+            }
+            e.prev = hex::encode(prev);
+            let bytes = serde_json::to_vec(&e).unwrap();
+            prev = sha256(&bytes);
+            put(&*store, seq, bytes);
+        }
+        let forged_head = Mark {
+            seq: 10,
+            hash: hex::encode(prev),
+            mac: Some("00".repeat(32)),
+        };
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&forged_head).unwrap(),
+        );
+        store.apply(&b).unwrap();
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::BadMac, 10), "{msg}");
+    }
+
+    #[test]
+    fn personal_data_is_stored_only_as_hmac() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 3, 100);
+        let mut out = Vec::new();
+        assert_eq!(log.export(&mut out).unwrap(), 3);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("RSSMRA80A01H501U"), "{text}");
+        assert_eq!(text.lines().count(), 3);
+        let h = log
+            .personal_hmac("codice_fiscale", "RSSMRA80A01H501U")
+            .unwrap();
+        assert!(text.contains(&h));
+        // Without the key, an event with personal data cannot be written.
+        log.set_key(None).unwrap();
+        let r = log.append(NewEvent::new("holder.search", "x").personal("surname", "Rossi"));
+        assert!(matches!(r, Err(Error::Sealed)));
+        assert!(store.get(Tree::Audit, &seq_key(4)).unwrap().is_none());
+    }
+
+    #[test]
+    fn events_written_while_sealed_are_chained_and_macd_at_unseal() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(store.clone(), 1000).unwrap();
+        log.append(NewEvent::new("hsm.unseal_share", "hsm").outcome(Outcome::Refused))
+            .unwrap();
+        log.append(NewEvent::new("hsm.unseal_share", "hsm"))
+            .unwrap();
+        let r = log.verify().unwrap();
+        assert!(
+            r.intact() && !r.macs_checked && r.warnings.len() == 1,
+            "{r:?}"
+        );
+        log.set_key(Some(&key())).unwrap();
+        let r = log.verify().unwrap();
+        assert!(
+            r.intact() && r.macs_checked && r.warnings.is_empty(),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_stores_neither_change_nor_event() {
+        let failing = Arc::new(FailingStore::new());
+        let store: Arc<dyn Store> = failing.clone();
+        let log = AuditLog::open(store.clone(), 1000).unwrap();
+        log.append(NewEvent::new("a", "1")).unwrap();
+        failing.fail_writes(true);
+        let mut change = Batch::new();
+        change.put(Tree::Accounts, b"acc_1".to_vec(), b"{}".to_vec());
+        assert!(log
+            .commit(change, NewEvent::new("account.create", "acc_1"))
+            .is_err());
+        failing.fail_writes(false);
+        assert!(store.get(Tree::Accounts, b"acc_1").unwrap().is_none());
+        // The chain continues without a gap.
+        assert_eq!(log.append(NewEvent::new("b", "2")).unwrap(), 2);
+        assert!(log.verify().unwrap().intact());
+    }
+
+    #[test]
+    fn reopening_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_, log) = chain(dir.path(), 5, 100);
+            log.checkpoint().unwrap();
+        }
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let log = AuditLog::open(store, 100).unwrap();
+        log.set_key(Some(&key())).unwrap();
+        assert_eq!(log.append(NewEvent::new("x", "y")).unwrap(), 6);
+        let r = log.verify().unwrap();
+        assert!(r.intact() && r.events == 6, "{r:?}");
+    }
+
+    #[test]
+    fn query_filters_and_pages() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let log = AuditLog::open(store, 1000).unwrap();
+        for i in 0..30u32 {
+            let action = if i % 3 == 0 {
+                "account.create"
+            } else {
+                "card.activate"
+            };
+            log.append(
+                NewEvent::new(action, format!("S{}", i % 5)).by(format!("acc_{}", i % 2), "cms"),
+            )
+            .unwrap();
+        }
+        let q = Query {
+            action: Some("account.".into()),
+            limit: 4,
+            ..Query::default()
+        };
+        let p1 = log.query(&q).unwrap();
+        assert_eq!(p1.events.len(), 4);
+        assert!(p1.events.iter().all(|e| e.action == "account.create"));
+        let p2 = log
+            .query(&Query {
+                after: p1.next.unwrap(),
+                ..q.clone()
+            })
+            .unwrap();
+        assert_eq!(p2.events.len(), 4);
+        let p3 = log
+            .query(&Query {
+                after: p2.next.unwrap(),
+                ..q.clone()
+            })
+            .unwrap();
+        assert_eq!(p3.events.len(), 2);
+        assert_eq!(p3.next, None);
+        let by_subject = log
+            .query(&Query {
+                subject: Some("S2".into()),
+                actor: Some("acc_0".into()),
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(by_subject.events.len(), 3);
+        let none = log
+            .query(&Query {
+                to_ms: Some(1),
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        assert!(none.events.is_empty());
+    }
+
+    #[test]
+    fn unlock_creates_the_audit_key_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hsm = DoubleHsm::new();
+        let log = AuditLog::open(store.clone(), 1000).unwrap();
+        log.unlock(&hsm).unwrap();
+        assert!(log.has_key());
+        let h1 = log.personal_hmac("name", "Maria").unwrap();
+        let log2 = AuditLog::open(store.clone(), 1000).unwrap();
+        log2.unlock(&hsm).unwrap();
+        assert_eq!(log2.personal_hmac("name", "Maria").unwrap(), h1);
+        let ring = Keyring::load(&*store).unwrap();
+        assert_eq!(ring.len(), 1);
+        let r = log2.verify().unwrap();
+        assert!(r.intact() && r.events == 1, "{r:?}");
+    }
 }
