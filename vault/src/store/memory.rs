@@ -22,7 +22,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
-        // Batches are applied to a copy and swapped in, so a poisoned lock holds a whole state.
+        // A batch is applied under the lock without any step that can panic midway.
         self.trees.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -52,10 +52,11 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<()> {
+        // In-memory writes cannot fail, and the lock is held throughout: readers see all of the
+        // batch or none of it.
         let mut trees = self.lock();
-        let mut next = trees.clone();
         for (tree, op) in batch.ops() {
-            let t = next.entry(*tree).or_default();
+            let t = trees.entry(*tree).or_default();
             match op {
                 Op::Put(k, v) => {
                     t.insert(k.clone(), v.clone());
@@ -65,7 +66,6 @@ impl Store for MemoryStore {
                 }
             }
         }
-        *trees = next;
         Ok(())
     }
 }
