@@ -396,8 +396,10 @@ impl AuditLog {
         Ok(hex::encode(hmac::sign(key, &msg).as_ref()))
     }
 
-    /// Appends `event` to `batch` and applies both atomically. Returns the event's sequence
-    /// number. If the write fails, neither the change nor the event is stored.
+    /// Appends `event` to `batch` and applies both atomically, then flushes. Returns the event's
+    /// sequence number once both are durable. If the write fails, neither the change nor the
+    /// event is stored; if only the flush fails (a failing disk), both are in the store's
+    /// memory but may not survive a crash, and the error says so.
     ///
     /// # Errors
     /// [`Error::Sealed`] for an event with personal data while the audit key is absent; store
@@ -441,7 +443,7 @@ impl AuditLog {
                 encode(&mark)?,
             );
         }
-        self.store.apply(&batch)?;
+        self.store.write(&batch)?;
         chain.next_seq = seq + 1;
         chain.last_hash = hash;
         chain.since_checkpoint = if checkpoint {
@@ -449,6 +451,10 @@ impl AuditLog {
         } else {
             chain.since_checkpoint + 1
         };
+        drop(chain);
+        drop(key);
+        // Flushed outside the lock: appenders that queued meanwhile share this flush.
+        self.store.flush()?;
         Ok(seq)
     }
 

@@ -46,12 +46,14 @@ impl Tree {
         }
     }
 
-    fn index(self) -> usize {
+    /// One-byte tag, used as a key prefix by stores that keep every tree in one keyspace.
+    /// Persisted: never renumber.
+    pub fn tag(self) -> u8 {
         match self {
-            Tree::Meta => 0,
-            Tree::Accounts => 1,
-            Tree::Audit => 2,
-            Tree::AuditCheckpoints => 3,
+            Tree::Meta => 1,
+            Tree::Accounts => 2,
+            Tree::Audit => 3,
+            Tree::AuditCheckpoints => 4,
         }
     }
 }
@@ -122,9 +124,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The entry with the greatest key.
     fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
 
-    /// Applies `batch` atomically and durably: when this returns `Ok`, every write is on disk;
-    /// when it returns `Err`, none is visible.
-    fn apply(&self, batch: &Batch) -> Result<()>;
+    /// Applies `batch` atomically: when this returns `Ok`, every write is visible to readers;
+    /// when it returns `Err`, none is. Not yet durable: see [`Store::flush`].
+    fn write(&self, batch: &Batch) -> Result<()>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+
+    /// [`Store::write`] then [`Store::flush`]: when this returns `Ok`, the batch is on disk.
+    ///
+    /// A caller that serialises writes under a lock can instead `write` under the lock and
+    /// `flush` after releasing it, so that concurrent callers share one flush.
+    fn apply(&self, batch: &Batch) -> Result<()> {
+        self.write(batch)?;
+        self.flush()
+    }
 }
 
 /// Encodes a sequence number as a key that sorts numerically.

@@ -51,7 +51,7 @@ impl Store for MemoryStore {
             .and_then(|t| t.iter().next_back().map(|(k, v)| (k.clone(), v.clone()))))
     }
 
-    fn apply(&self, batch: &Batch) -> Result<()> {
+    fn write(&self, batch: &Batch) -> Result<()> {
         // In-memory writes cannot fail, and the lock is held throughout: readers see all of the
         // batch or none of it.
         let mut trees = self.lock();
@@ -66,6 +66,10 @@ impl Store for MemoryStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
         Ok(())
     }
 }
@@ -100,11 +104,14 @@ impl Store for FailingStore {
     fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.inner.last(tree)
     }
-    fn apply(&self, batch: &Batch) -> Result<()> {
+    fn write(&self, batch: &Batch) -> Result<()> {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected write failure".to_string()));
         }
-        self.inner.apply(batch)
+        self.inner.write(batch)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
     }
 }
 
