@@ -2,23 +2,30 @@
 //! the synchronous vault and HSM.
 //!
 //! Each resource lives in its own module and lists its endpoints as [`Endpoint`] rows: method,
-//! path, handler and an [`Access`] level. [`router`] folds the rows into one axum router, so
-//! per-route authorisation (accounts and roles) can be enforced at that single fold, from the
-//! table, without touching the handlers.
+//! path, handler, an [`Access`] rule and a [`RateClass`]. [`router`] folds the rows into one
+//! axum router and enforces authorisation at that single fold, from the table, without
+//! touching the handlers ([`auth`]): a role-protected route checks the bearer token (401),
+//! the role (403), that the audit key is there (503 while sealed) and the per-account rate
+//! of sensitive routes (429), then hands the handler a [`Caller`].
 //!
-//! Every route is wrapped, outermost first, in: request tracing, a rewrite of bare error
+//! Every route is wrapped, outermost first, in: a fresh request id ([`RequestId`], returned
+//! as `x-request-id` and written into audit events), request tracing, a rewrite of bare error
 //! responses into the JSON error shape of [`ApiError`], a request body size limit
 //! ([`BODY_LIMIT`]) and a request timeout ([`REQUEST_TIMEOUT`]).
 //!
 //! Handlers never call the vault or the HSM directly on the async runtime: they go through
 //! [`blocking`], which runs the call on tokio's blocking pool and maps its error.
 
+pub mod accounts;
+pub mod audit;
+pub mod auth;
 pub mod error;
 mod extract;
 mod health;
 mod status;
 mod unseal;
 
+pub use auth::{Caller, RateLimits, RequestId};
 pub use error::ApiError;
 
 use crate::AppState;
@@ -31,6 +38,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
+use vault::Role;
 
 /// Largest request body accepted, in bytes. Shares and, later, API calls are small; bulk
 /// uploads will get their own streaming routes with their own limit.
@@ -39,16 +47,35 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a request may take before the client gets `408`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Who may call an endpoint.
+/// Who may call an endpoint: the one rule each row of the route table declares.
 ///
-/// There are no accounts yet: every endpoint is [`Access::Public`]. Roles (manufacturer,
-/// cms, operator, officer, auditor) become further variants, checked in [`router`].
+/// A row starts [`Access::Undeclared`]: forgetting to declare a rule is representable, and
+/// [`check_rules`] (run by the route-table test) names every such row, while [`router`] lets
+/// nobody call it (`403 no_access_rule`) — an omission fails closed, never open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Access {
-    /// Anyone who can reach the listener: probes, seal status, and unseal (where the share
-    /// itself is the credential).
+    /// No rule was declared: refused to everyone, and reported by [`check_rules`].
+    Undeclared,
+    /// Anyone who can reach the listener, without a token. Only for the probes, the seal
+    /// status and unseal: custodians are not accounts (they must be able to unseal before
+    /// any account can be checked — the audit key is locked until then), and for unseal the
+    /// share itself is the credential.
     Public,
+    /// An enabled account with a bearer token and one of these roles. Needs the audit key (an
+    /// unsealed HSM): every such call may write audit events.
+    Roles(&'static [Role]),
+}
+
+/// How a route is rate-limited per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateClass {
+    /// Only the global limits (body size, timeout).
+    #[default]
+    Normal,
+    /// Reveals a secret (a token, later a code) or sends a code: limited per account to
+    /// `[limits] sensitive_per_minute`, answering `429` beyond.
+    Sensitive,
 }
 
 /// One row of the route table.
@@ -60,22 +87,40 @@ pub struct Endpoint {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// Its rate limit class.
+    pub rate: RateClass,
     handler: MethodRouter<AppState>,
 }
 
 impl Endpoint {
-    fn new(
-        method: Method,
-        path: &'static str,
-        access: Access,
-        handler: MethodRouter<AppState>,
-    ) -> Self {
+    /// A row with no access rule yet ([`Access::Undeclared`]); declare one with
+    /// [`Endpoint::public`] or [`Endpoint::roles`].
+    pub fn new(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
         Endpoint {
             method,
             path,
-            access,
+            access: Access::Undeclared,
+            rate: RateClass::Normal,
             handler,
         }
+    }
+
+    /// Callable without a token (see [`Access::Public`] for which endpoints may be).
+    pub fn public(mut self) -> Self {
+        self.access = Access::Public;
+        self
+    }
+
+    /// Callable by accounts with one of `roles`.
+    pub fn roles(mut self, roles: &'static [Role]) -> Self {
+        self.access = Access::Roles(roles);
+        self
+    }
+
+    /// Rate-limited per account as [`RateClass::Sensitive`].
+    pub fn sensitive(mut self) -> Self {
+        self.rate = RateClass::Sensitive;
+        self
     }
 }
 
@@ -85,17 +130,49 @@ pub fn endpoints() -> Vec<Endpoint> {
         health::endpoints(),
         status::endpoints(),
         unseal::endpoints(),
+        accounts::endpoints(),
+        audit::endpoints(),
     ]
     .into_iter()
     .flatten()
     .collect()
 }
 
+/// The rows of `endpoints` that declare no usable rule (undeclared, or an empty role list;
+/// a sensitive route that is public, which cannot be limited per account), as
+/// `"METHOD path: why"`.
+pub fn check_rules(endpoints: &[Endpoint]) -> Vec<String> {
+    endpoints
+        .iter()
+        .filter_map(|e| {
+            let why = match (e.access, e.rate) {
+                (Access::Undeclared, _) => "declares no access rule",
+                (Access::Roles([]), _) => "allows an empty list of roles",
+                (Access::Public, RateClass::Sensitive) => {
+                    "is sensitive but public: it cannot be rate-limited per account"
+                }
+                _ => return None,
+            };
+            Some(format!("{} {}: {why}", e.method, e.path))
+        })
+        .collect()
+}
+
 /// Builds the router from [`endpoints`] and applies the limits to every route.
 pub fn router(state: AppState) -> Router {
+    router_from(state, endpoints())
+}
+
+/// Builds a router from the given rows (the route table, or a test's own): each route gets
+/// the check its [`Access`] needs, then every route gets the limits and a request id.
+pub fn router_from(state: AppState, endpoints: Vec<Endpoint>) -> Router {
+    for problem in check_rules(&endpoints) {
+        tracing::error!(endpoint = %problem, "route table: endpoint refused to every caller");
+    }
     let mut routes = Router::new();
-    for e in endpoints() {
-        routes = routes.route(e.path, guard(e.access, e.handler));
+    for e in endpoints {
+        let handler = guard(&state, &e);
+        routes = routes.route(e.path, handler);
     }
     routes
         .fallback(no_such_endpoint)
@@ -110,14 +187,27 @@ pub fn router(state: AppState) -> Router {
             // Failures that matter are logged where they happen (see `ApiError`).
             TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
+        .layer(axum::middleware::from_fn(auth::request_id))
         .with_state(state)
 }
 
-/// Wraps a handler in the check its access level needs. Public endpoints need none; role
-/// checks become `route_layer`s here.
-fn guard(access: Access, handler: MethodRouter<AppState>) -> MethodRouter<AppState> {
-    match access {
-        Access::Public => handler,
+/// Wraps a handler in the check its access level needs: none for public endpoints, the
+/// bearer-token, role, seal and rate checks for role-protected ones, and a refusal for a row
+/// without a usable rule.
+fn guard(state: &AppState, e: &Endpoint) -> MethodRouter<AppState> {
+    let handler = e.handler.clone();
+    match (e.access, e.rate) {
+        (Access::Public, RateClass::Normal) => handler,
+        (Access::Roles(roles), rate) if !roles.is_empty() => {
+            let rule = auth::Rule {
+                state: state.clone(),
+                roles,
+                rate,
+                path: e.path,
+            };
+            handler.route_layer(axum::middleware::from_fn_with_state(rule, auth::authorize))
+        }
+        _ => handler.route_layer(axum::middleware::from_fn(auth::no_rule)),
     }
 }
 

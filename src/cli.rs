@@ -1,12 +1,17 @@
 //! The command line: argument definitions and one module per subcommand.
 //!
-//! - `init` creates an HSM and writes its custodian shares to files (offline: no server).
-//! - `serve` opens the HSM sealed and runs the HTTP API.
-//! - `unseal` and `status` talk to a running server over HTTP(S); they never open the data
-//!   directory, which belongs to the server while it runs.
+//! - `init` creates an HSM and writes its custodian shares to files, creates the store and the
+//!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
+//! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
+//! - `unseal`, `status`, `accounts` and `audit` talk to a running server over HTTP(S); they
+//!   never open the data directory, which belongs to the server while it runs (sled locks
+//!   it).
 //!
 //! `anyhow` is the error type here and in `main.rs` only.
 
+mod accounts;
+mod audit;
+mod bootstrap;
 mod client;
 mod files;
 mod init;
@@ -59,6 +64,10 @@ pub enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a running server's HSM status (seal state, share set, key check values).
     Status(status::StatusArgs),
+    /// Manage accounts on a running server (admin token).
+    Accounts(accounts::AccountsArgs),
+    /// Verify or export the audit chain of a running server (auditor token).
+    Audit(audit::AuditArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -81,5 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Unseal(a) => unseal::run(a),
         Command::Status(a) => status::run(a),
+        Command::Accounts(a) => accounts::run(a),
+        Command::Audit(a) => audit::run(a),
     }
 }

@@ -19,11 +19,17 @@
 //! pin_max = 5
 //! puk_min = 8
 //! puk_max = 8
+//!
+//! [audit]
+//! checkpoint_every = 1000            # events between MAC'd checkpoints
+//!
+//! [limits]
+//! sensitive_per_minute = 30          # per account, on routes that reveal tokens or codes
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
 //! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_CODES_PIN_MIN`
-//! and so on. Other `PLICO_*` variables (such as `PLICO_ADDR`, used by the client commands) are
+//! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`. Other `PLICO_*` variables (such as `PLICO_ADDR`, used by the client commands) are
 //! not configuration and are ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
 
@@ -50,6 +56,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_CODES_PIN_MAX", "codes.pin_max"),
     ("PLICO_CODES_PUK_MIN", "codes.puk_min"),
     ("PLICO_CODES_PUK_MAX", "codes.puk_max"),
+    ("PLICO_AUDIT_CHECKPOINT_EVERY", "audit.checkpoint_every"),
+    (
+        "PLICO_LIMITS_SENSITIVE_PER_MINUTE",
+        "limits.sensitive_per_minute",
+    ),
 ];
 
 /// The service configuration.
@@ -66,6 +77,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Lengths of PINs and PUKs.
     pub codes: CodesConfig,
+    /// The audit chain.
+    pub audit: AuditConfig,
+    /// Rate limits.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -76,6 +91,41 @@ impl Default for Config {
             tls: None,
             log: LogConfig::default(),
             codes: CodesConfig::default(),
+            audit: AuditConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Events between MAC'd checkpoints (a checkpoint is also written at shutdown); at least 1.
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every: vault::audit::DEFAULT_CHECKPOINT_EVERY,
+        }
+    }
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls per minute and account on sensitive routes (those that reveal tokens or codes);
+    /// at least 1.
+    pub sensitive_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            sensitive_per_minute: crate::DEFAULT_SENSITIVE_PER_MINUTE.get(),
         }
     }
 }
@@ -205,6 +255,16 @@ impl Config {
             .policy()
             .validate()
             .map_err(|e| ConfigError(format!("{origin}: [codes]: {e}")))?;
+        if self.audit.checkpoint_every == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [audit]: `checkpoint_every` must be at least 1"
+            )));
+        }
+        if self.limits.sensitive_per_minute == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [limits]: `sensitive_per_minute` must be at least 1"
+            )));
+        }
         if let Some(tls) = &self.tls {
             match (&tls.cert, &tls.key) {
                 (Some(_), Some(_)) | (None, None) => {}
@@ -226,6 +286,16 @@ impl Config {
     /// The validated code policy.
     pub fn code_policy(&self) -> CodePolicy {
         self.codes.policy()
+    }
+
+    /// The settings of the service's state.
+    pub fn settings(&self) -> crate::Settings {
+        crate::Settings {
+            codes: self.code_policy(),
+            checkpoint_every: self.audit.checkpoint_every.max(1),
+            sensitive_per_minute: std::num::NonZeroU32::new(self.limits.sensitive_per_minute)
+                .unwrap_or(crate::DEFAULT_SENSITIVE_PER_MINUTE),
+        }
     }
 
     /// The certificate and key paths, when both are configured.
@@ -294,6 +364,22 @@ mod tests {
         assert_eq!(c.code_policy(), CodePolicy::CNS);
         assert_eq!(c.log.format, LogFormat::Plain);
         assert!(c.tls_files().is_none());
+        assert_eq!(c.audit.checkpoint_every, 1000);
+        assert_eq!(c.limits.sensitive_per_minute, 30);
+        assert_eq!(c.settings().sensitive_per_minute.get(), 30);
+    }
+
+    #[test]
+    fn audit_and_limits() {
+        let f = file("[audit]\ncheckpoint_every = 10\n[limits]\nsensitive_per_minute = 5\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(c.settings().checkpoint_every, 10);
+        assert_eq!(c.settings().sensitive_per_minute.get(), 5);
+        let f = file("[limits]\nsensitive_per_minute = 0\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sensitive_per_minute"), "{e}");
     }
 
     #[test]

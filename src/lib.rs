@@ -9,7 +9,11 @@
 //!   shutdown future resolves ([`shutdown_signal`]: SIGINT or SIGTERM), then drains in-flight
 //!   requests.
 //! - [`config`] reads the TOML file and `PLICO_*` environment overrides.
-//! - [`api`] holds one module per resource and the single [`api::ApiError`].
+//! - [`api`] holds one module per resource and the single [`api::ApiError`]; its route table
+//!   declares, for every endpoint, who may call it (public, or a list of roles).
+//! - [`AppState`] holds the HSM, the store (sled in production), the audit chain and the
+//!   accounts. When the HSM becomes unsealed, [`AppState::unsealed`] installs the audit key;
+//!   at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
 //!
 //! The command line (`src/main.rs` and `src/cli/`) is the binary's own and is not part of
 //! this library.
@@ -21,33 +25,135 @@ pub mod tls;
 use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vault::account::{Accounts, Actor};
+use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::store::Store;
 use vault::{CodePolicy, Hsm};
 
 /// What every request handler can reach.
 ///
-/// Cheap to clone: the HSM is shared behind an `Arc` and chosen at start-up (the simulator
-/// today, a PKCS#11 token later).
+/// Cheap to clone: everything is shared behind an `Arc` and chosen at start-up (the
+/// simulator today, a PKCS#11 token later; sled, or an in-memory store in tests).
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The custody seam.
     pub hsm: Arc<dyn Hsm>,
     /// Lengths of PINs and PUKs accepted by this installation.
     pub codes: CodePolicy,
+    /// The store (opened once per process: sled locks its directory).
+    pub store: Arc<dyn Store>,
+    /// The audit chain over [`AppState::store`].
+    pub audit: Arc<AuditLog>,
+    /// Accounts over [`AppState::store`], audited in [`AppState::audit`].
+    pub accounts: Arc<Accounts>,
+    /// Per-account rate limits.
+    pub limits: Arc<api::RateLimits>,
+    /// Serialises unseal submissions, so that the audit key is installed exactly once per
+    /// unseal.
+    unseal_lock: Arc<Mutex<()>>,
 }
 
-impl AppState {
-    /// State over `hsm` with the default (CNS) code policy.
-    pub fn new(hsm: Arc<dyn Hsm>) -> Self {
-        AppState {
-            hsm,
+/// Settings of an [`AppState`] that come from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Code lengths.
+    pub codes: CodePolicy,
+    /// Audit events between MAC'd checkpoints.
+    pub checkpoint_every: u64,
+    /// Calls per minute and account on sensitive routes (those that reveal tokens or codes).
+    pub sensitive_per_minute: NonZeroU32,
+}
+
+/// Sensitive calls per minute and account when nothing says otherwise.
+pub const DEFAULT_SENSITIVE_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(30) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
             codes: CodePolicy::default(),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            sensitive_per_minute: DEFAULT_SENSITIVE_PER_MINUTE,
         }
     }
 }
 
-/// The whole HTTP API as a router, with its limits (body size, timeout) applied to every route.
+impl AppState {
+    /// State over `hsm` and `store` with the default settings.
+    ///
+    /// # Errors
+    /// As [`AppState::with_settings`].
+    pub fn new(hsm: Arc<dyn Hsm>, store: Arc<dyn Store>) -> vault::Result<Self> {
+        Self::with_settings(hsm, store, &Settings::default())
+    }
+
+    /// State over `hsm` and `store`: opens the audit chain and the accounts in the store.
+    ///
+    /// If the HSM is already unsealed (a self-unsealed dev HSM, or in tests), call
+    /// [`AppState::unsealed`] next, so that the audit key is installed.
+    ///
+    /// # Errors
+    /// [`vault::Error::Storage`] if the store cannot be read (its audit head is damaged).
+    pub fn with_settings(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn Store>,
+        settings: &Settings,
+    ) -> vault::Result<Self> {
+        let audit = Arc::new(AuditLog::open(store.clone(), settings.checkpoint_every)?);
+        let accounts = Arc::new(Accounts::new(store.clone(), audit.clone()));
+        Ok(AppState {
+            hsm,
+            codes: settings.codes,
+            store,
+            audit,
+            accounts,
+            limits: Arc::new(api::RateLimits::new(settings.sensitive_per_minute)),
+            unseal_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// To be called once the HSM has become unsealed: unwraps (creating it on first use) the
+    /// audit key, installs it, and records an `hsm.unseal` event by `actor`.
+    ///
+    /// # Errors
+    /// HSM and store errors. The caller should seal the HSM again: an unsealed service that
+    /// cannot audit must not work.
+    pub fn unsealed(&self, actor: &Actor, how: &str) -> vault::Result<()> {
+        self.audit.unlock(&*self.hsm)?;
+        self.audit.append(
+            NewEvent::new("hsm.unseal", "hsm")
+                .by(actor.id.clone(), actor.role.clone())
+                .request(actor.request_id.clone())
+                .detail("how", how),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `f` while no other unseal submission runs.
+    pub(crate) fn with_unseal_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        // The lock guards no data, only the ordering of submissions: poison is harmless.
+        let _guard = self.unseal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// At shutdown: a MAC'd checkpoint of the audit chain, then the audit key is dropped.
+    ///
+    /// # Errors
+    /// Store errors from writing the checkpoint.
+    pub fn shut_down(&self) -> vault::Result<()> {
+        let checkpoint = self.audit.checkpoint();
+        let dropped = self.audit.set_key(None);
+        checkpoint.and(dropped)
+    }
+}
+
+/// The whole HTTP API as a router, with its limits (body size, timeout, authentication, rate)
+/// applied to every route.
 pub fn app(state: AppState) -> Router {
     api::router(state)
 }

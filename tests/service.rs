@@ -1,7 +1,12 @@
 //! The service end to end: the HTTP API through `app(state).oneshot(..)` without a socket, and
-//! the `plico` binary on real sockets (init, serve, unseal, status, TLS, graceful shutdown, the
-//! refusals of `serve`).
+//! the `plico` binary on real sockets (init, serve, unseal, status, accounts, audit, TLS,
+//! graceful shutdown, the refusals of `serve`).
+//!
+//! Accounts, roles, rate limits and the audit chain over HTTP are in `service/accounts.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "service/accounts.rs"]
+mod accounts;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -43,7 +48,7 @@ fn init_hsm(dir: &Path, shares: u8, threshold: u8) -> (Arc<SimulatedHsm>, Vec<Se
 }
 
 fn router(hsm: Arc<SimulatedHsm>) -> Router {
-    app(AppState::new(hsm))
+    app(AppState::new(hsm, Arc::new(vault::store::memory::MemoryStore::new())).unwrap())
 }
 
 struct Answer {
@@ -444,7 +449,21 @@ async fn status_code(client: &reqwest::Client, url: &str) -> u16 {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in [&[][..], &["init"], &["serve"], &["unseal"], &["status"]] {
+    for sub in [
+        &[][..],
+        &["init"],
+        &["serve"],
+        &["unseal"],
+        &["status"],
+        &["accounts"],
+        &["accounts", "create"],
+        &["accounts", "list"],
+        &["accounts", "disable"],
+        &["accounts", "rotate-token"],
+        &["audit"],
+        &["audit", "verify"],
+        &["audit", "export"],
+    ] {
         let out = run_ok(plico().args(sub).arg("--help"));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
@@ -483,6 +502,19 @@ fn init_writes_private_share_files_and_prints_no_share() {
         let secret = secret_part(&share);
         assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
     }
+    // The first admin's token: a 0600 file in the data directory, never printed.
+    let token_file = data.join("admin-token.txt");
+    assert_eq!(mode(&token_file), 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let token = token.trim();
+    assert!(token.starts_with("plico_"), "token file holds no token");
+    assert!(
+        stdout.contains(&token_file.display().to_string()),
+        "{stdout}"
+    );
+    let token_secret = token.rsplit('_').next().unwrap();
+    assert!(!stdout.contains(token_secret) && !stderr.contains(token_secret));
+    assert!(data.join("store").is_dir());
 
     // A second init refuses to replace the HSM, and another one refuses to overwrite shares.
     let e = run_fails(
@@ -607,6 +639,149 @@ async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("already unsealed"));
 
+    // Accounts and audit through the CLI, with the admin token that init wrote.
+    let admin_token = data.join("admin-token.txt");
+    let auditor_token = tmp.path().join("auditor-token.txt");
+    let out = run_ok(
+        plico()
+            .args(["accounts", "create", "--addr", &server.url])
+            .args(["--name", "Anna Revisora", "--role", "auditor"])
+            .arg("--token-file")
+            .arg(&admin_token)
+            .arg("--token-out")
+            .arg(&auditor_token),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created account"));
+    assert_eq!(mode(&auditor_token), 0o600);
+    let auditor_text = std::fs::read_to_string(&auditor_token).unwrap();
+    let auditor_secret = auditor_text.trim().rsplit('_').next().unwrap().to_owned();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&auditor_secret));
+    // Without --token-out the token is printed once, with a warning.
+    let out = run_ok(
+        plico()
+            .args(["accounts", "create", "--addr", &server.url])
+            .args(["--name", "Carlo", "--role", "cms"])
+            .env(
+                "PLICO_TOKEN",
+                std::fs::read_to_string(&admin_token).unwrap().trim(),
+            ),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("plico_"), "{printed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only this once"));
+    let out = run_ok(
+        plico()
+            .args(["accounts", "list", "--addr", &server.url])
+            .arg("--token-file")
+            .arg(&admin_token),
+    );
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        list.contains("Anna Revisora") && list.contains("auditor"),
+        "{list}"
+    );
+    assert!(!list.contains(&auditor_secret), "{list}");
+    let cms_id = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("created account "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    run_ok(
+        plico()
+            .args(["accounts", "rotate-token", &cms_id, "--addr", &server.url])
+            .arg("--token-file")
+            .arg(&admin_token)
+            .arg("--token-out")
+            .arg(tmp.path().join("cms-token.txt")),
+    );
+    run_ok(
+        plico()
+            .args(["accounts", "disable", &cms_id, "--addr", &server.url])
+            .arg("--token-file")
+            .arg(&admin_token),
+    );
+    // The admin may not read the audit chain: a role error, not a crash.
+    let e = run_fails(
+        plico()
+            .args(["audit", "verify", "--addr", &server.url])
+            .arg("--token-file")
+            .arg(&admin_token),
+    );
+    assert!(e.contains("forbidden"), "{e}");
+    let out = run_ok(
+        plico()
+            .args(["audit", "verify", "--addr", &server.url])
+            .arg("--token-file")
+            .arg(&auditor_token),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+    let export = tmp.path().join("audit.jsonl");
+    run_ok(
+        plico()
+            .args(["audit", "export", "--addr", &server.url, "--out"])
+            .arg(&export)
+            .arg("--token-file")
+            .arg(&auditor_token),
+    );
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let actions: Vec<String> = exported
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for a in [
+        "key.create",
+        "hsm.init",
+        "hsm.unseal",
+        "hsm.unseal_share",
+        "account.create",
+        "account.rotate_token",
+        "account.disable",
+        "audit.verify",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
+    }
+    assert!(!exported.contains("Anna Revisora"));
+
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "exit {status:?}\nstderr: {stderr}");
+    assert!(!stderr.contains(&auditor_secret));
+
+    // Damage the stored chain while no server holds the store: verify names it and exits 1.
+    {
+        use vault::store::{seq_key, Batch, Store, Tree};
+        let store = vault::store::sled::SledStore::open(&data.join("store")).unwrap();
+        let raw = store.get(Tree::Audit, &seq_key(2)).unwrap().unwrap();
+        let changed = String::from_utf8(raw)
+            .unwrap()
+            .replace("\"ok\"", "\"failed\"");
+        let mut b = Batch::new();
+        b.put(Tree::Audit, seq_key(2).to_vec(), changed.into_bytes());
+        store.apply(&b).unwrap();
+    }
+    let mut cmd = plico();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    let server = Server::start(cmd);
+    run_ok(
+        plico()
+            .args(["unseal", "--addr", &server.url])
+            .args(&share_files[..2]),
+    );
+    let out = plico()
+        .args(["audit", "verify", "--addr", &server.url])
+        .arg("--token-file")
+        .arg(&auditor_token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("damaged") && e.contains("event 2"), "{e}");
     let (status, stderr) = server.terminate();
     assert!(status.success(), "exit {status:?}\nstderr: {stderr}");
     for f in &share_files {
@@ -685,6 +860,7 @@ fn serve_reports_config_errors_with_file_and_field() {
 #[tokio::test]
 async fn dev_mode_self_unseals_on_loopback_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
+    let mut first_token = String::new();
     for round in 0..2 {
         let mut cmd = plico();
         // Asked for every interface: --dev still listens on loopback.
@@ -704,10 +880,27 @@ async fn dev_mode_self_unseals_on_loopback_and_restarts() {
         );
         let share = tmp.path().join("plico-data/dev-share.txt");
         assert_eq!(mode(&share), 0o600);
+        let token_file = tmp.path().join("plico-data/admin-token.txt");
+        assert_eq!(mode(&token_file), 0o600);
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        if round == 0 {
+            first_token = token.clone();
+        }
+        // Made once, on the first run; and it works.
+        assert_eq!(token, first_token);
+        let res = client
+            .get(format!("{}/v1/accounts", server.url))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
         assert_eq!(mode(&tmp.path().join("plico-data")), 0o700);
         let (status, stderr) = server.terminate();
         assert!(status.success(), "{stderr}");
         assert!(stderr.contains("NOT FOR PRODUCTION"), "{stderr}");
+        assert!(stderr.contains("admin-token.txt"), "{stderr}");
+        assert!(!stderr.contains(first_token.trim()), "{stderr}");
         let text = std::fs::read_to_string(&share).unwrap();
         assert!(!stderr.contains(&secret_part(&SecretString::from(text.trim().to_owned()))));
     }

@@ -8,7 +8,7 @@
 //! failed. No variant carries a share, a code or key bytes: vault errors are built not to, and
 //! handlers that hold a secret check the message before it gets here (see the unseal handler).
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -19,6 +19,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` (rate limits).
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -39,7 +41,35 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// `401 unauthorized` (with `WWW-Authenticate: Bearer`): no token, or one that is unknown,
+    /// wrong or of a disabled account. The message does not say which.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
+    }
+
+    /// `403 forbidden`: the account's role may not call this endpoint.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// `429 rate_limited`, with `Retry-After` in whole seconds (at least 1).
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let secs = retry_after_secs.max(1);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {secs} s"),
+        );
+        e.retry_after = Some(secs);
+        e
     }
 
     /// `400 bad_request`: the request is malformed; the message says what and where.
@@ -71,6 +101,11 @@ impl ApiError {
                 ),
             ),
             StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
+            StatusCode::UNAUTHORIZED => (
+                "unauthorized",
+                "a valid bearer token is required".to_owned(),
+            ),
+            StatusCode::FORBIDDEN => ("forbidden", "not allowed".to_owned()),
             StatusCode::METHOD_NOT_ALLOWED => (
                 "method_not_allowed",
                 "method not allowed on this endpoint".to_owned(),
@@ -153,7 +188,18 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"plico\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
     }
 }
 

@@ -1,7 +1,7 @@
 //! Probes: `GET /healthz` (the process is up) and `GET /readyz` (the HSM is unsealed, so the
 //! service can do its work).
 
-use super::{blocking, Access, ApiError, Endpoint};
+use super::{blocking, ApiError, Endpoint};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::Method;
@@ -11,8 +11,8 @@ use serde::Serialize;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new(Method::GET, "/healthz", Access::Public, get(healthz)),
-        Endpoint::new(Method::GET, "/readyz", Access::Public, get(readyz)),
+        Endpoint::new(Method::GET, "/healthz", get(healthz)).public(),
+        Endpoint::new(Method::GET, "/readyz", get(readyz)).public(),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! set, the root key's and each term's key check value. Never key bytes: [`vault::HsmStatus`]
 //! has none to show.
 
-use super::{blocking, Access, ApiError, Endpoint};
+use super::{blocking, ApiError, Endpoint};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::Method;
@@ -11,12 +11,7 @@ use axum::Json;
 use vault::HsmStatus;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
-    vec![Endpoint::new(
-        Method::GET,
-        "/v1/sys/status",
-        Access::Public,
-        get(status),
-    )]
+    vec![Endpoint::new(Method::GET, "/v1/sys/status", get(status)).public()]
 }
 
 async fn status(State(state): State<AppState>) -> Result<Json<HsmStatus>, ApiError> {

@@ -7,9 +7,17 @@
 //!
 //! The share is held as a `SecretString` from parsing on, and is never logged. As a last guard
 //! the provider's refusal message is checked not to contain the share before it is returned.
+//!
+//! The route is public: custodians are not accounts, and the share is the credential. Every
+//! submission is an audit event (`hsm.unseal_share`, outcome ok or refused, with the progress
+//! or the refusal's reason — never share content), and so is a reset. When a share completes
+//! the unseal, the audit key is installed ([`AppState::unsealed`], which records
+//! `hsm.unseal`). If a submission cannot be recorded it does not count: the progress is reset,
+//! or the HSM sealed again; an HSM unsealed without a working audit chain would be an
+//! unaudited service. Submissions are serialised so the audit key is installed exactly once.
 
 use super::extract::JsonBody;
-use super::{blocking, Access, ApiError, Endpoint};
+use super::{blocking, ApiError, Endpoint, RequestId};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::Method;
@@ -17,15 +25,12 @@ use axum::routing::post;
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use vault::account::Actor;
+use vault::audit::{NewEvent, Outcome};
 use vault::UnsealProgress;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
-    vec![Endpoint::new(
-        Method::POST,
-        "/v1/sys/unseal",
-        Access::Public,
-        post(unseal),
-    )]
+    vec![Endpoint::new(Method::POST, "/v1/sys/unseal", post(unseal)).public()]
 }
 
 #[derive(Deserialize)]
@@ -37,18 +42,42 @@ struct UnsealRequest {
     reset: bool,
 }
 
+/// The actor of unseal events: custodians have no accounts.
+fn custodian(request_id: &str) -> Actor {
+    Actor {
+        id: "custodian".to_owned(),
+        role: "custodian".to_owned(),
+        request_id: request_id.to_owned(),
+    }
+}
+
+fn event(actor: &Actor, action: &str, outcome: Outcome) -> NewEvent {
+    NewEvent::new(action, "hsm")
+        .by(actor.id.clone(), actor.role.clone())
+        .request(actor.request_id.clone())
+        .outcome(outcome)
+}
+
 async fn unseal(
     State(state): State<AppState>,
+    RequestId(request_id): RequestId,
     JsonBody(req): JsonBody<UnsealRequest>,
 ) -> Result<Json<UnsealProgress>, ApiError> {
-    let hsm = state.hsm.clone();
+    let actor = custodian(&request_id);
     let progress = match (req.share, req.reset) {
-        (Some(share), false) => blocking(move || submit(&*hsm, &share)).await?,
+        (Some(share), false) => {
+            blocking(move || state.with_unseal_lock(|| submit_audited(&state, &share, &actor)))
+                .await?
+        }
         (None, true) => {
             blocking(move || {
+                let hsm = &state.hsm;
                 hsm.reset_unseal();
                 let s = hsm.status();
                 tracing::info!("unseal progress reset");
+                state
+                    .audit
+                    .append(event(&actor, "hsm.unseal_reset", Outcome::Ok))?;
                 Ok(UnsealProgress {
                     sealed: s.sealed,
                     progress: s.progress,
@@ -69,6 +98,49 @@ async fn unseal(
         }
     };
     Ok(Json(progress))
+}
+
+/// Submits a share and records it; installs the audit key when the HSM becomes unsealed.
+fn submit_audited(
+    state: &AppState,
+    share: &SecretString,
+    actor: &Actor,
+) -> vault::Result<UnsealProgress> {
+    match submit(&*state.hsm, share) {
+        Ok(p) => {
+            let recorded = state.audit.append(
+                event(actor, "hsm.unseal_share", Outcome::Ok)
+                    .detail("progress", p.progress.to_string())
+                    .detail("threshold", p.threshold.to_string())
+                    .detail("sealed", p.sealed.to_string()),
+            );
+            let installed = recorded.and_then(|_| {
+                if p.sealed || state.audit.has_key() {
+                    Ok(())
+                } else {
+                    state.unsealed(actor, "custodian shares")
+                }
+            });
+            if let Err(e) = installed {
+                tracing::error!("an unseal share could not be audited; it does not count");
+                if p.sealed {
+                    state.hsm.reset_unseal();
+                } else if !state.audit.has_key() {
+                    state.hsm.seal();
+                }
+                return Err(e);
+            }
+            Ok(p)
+        }
+        Err(vault::Error::Share(why)) => {
+            // `why` has been checked by `submit` not to echo the share.
+            state.audit.append(
+                event(actor, "hsm.unseal_share", Outcome::Refused).detail("reason", why.clone()),
+            )?;
+            Err(vault::Error::Share(why))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn submit(hsm: &dyn vault::Hsm, share: &SecretString) -> vault::Result<UnsealProgress> {

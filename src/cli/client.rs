@@ -1,8 +1,12 @@
 //! The HTTP client of the CLI commands that talk to a running server.
 //!
 //! It trusts the usual web roots plus, with `--ca-cert`, a private CA. It follows no
-//! redirects (a redirect must never carry a share elsewhere), uses no proxy for plain HTTP,
-//! and turns the API's error body into a readable error.
+//! redirects (a redirect must never carry a share or a token elsewhere), uses no proxy for
+//! plain HTTP, and turns the API's error body into a readable error.
+//!
+//! Commands that need an account take its bearer token from `--token-file FILE` or the
+//! `PLICO_TOKEN` environment variable ([`AuthArgs`]); the token is never printed, and is sent
+//! only over HTTPS or to a loopback address.
 
 use anyhow::{bail, Context, Result};
 use reqwest::{Method, StatusCode, Url};
@@ -19,14 +23,39 @@ pub struct ServerArgs {
     /// Base URL of the running server.
     #[arg(
         long,
+        global = true,
         value_name = "URL",
         env = "PLICO_ADDR",
         default_value = "http://127.0.0.1:8200"
     )]
     pub addr: String,
     /// PEM file of a CA to trust for the server's certificate (a private CA).
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+}
+
+/// The bearer token of the commands that act as an account.
+#[derive(Debug, clap::Args)]
+pub struct AuthArgs {
+    /// File holding your bearer token, one line (else the PLICO_TOKEN environment variable).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The environment variable a token may come from.
+pub const TOKEN_ENV: &str = "PLICO_TOKEN";
+
+impl AuthArgs {
+    /// The token: from `--token-file`, else from `PLICO_TOKEN`.
+    pub fn token(&self) -> Result<SecretString> {
+        if let Some(path) = &self.token_file {
+            return super::files::read_token(path);
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => Ok(SecretString::from(t.trim().to_owned())),
+            _ => bail!("no token: pass --token-file FILE or set {TOKEN_ENV}"),
+        }
+    }
 }
 
 /// A client bound to one server.
@@ -34,6 +63,7 @@ pub struct ServerArgs {
 pub struct Client {
     http: reqwest::Client,
     base: Url,
+    token: Option<SecretString>,
 }
 
 /// `GET /v1/sys/status`, as the client reads it.
@@ -86,7 +116,25 @@ impl Client {
             builder = builder.add_root_certificate(load_ca(ca)?);
         }
         let http = builder.build().context("cannot set up the HTTP client")?;
-        Ok(Client { http, base })
+        Ok(Client {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// A client for `server` that authenticates with the token of `auth`.
+    pub fn with_token(server: &ServerArgs, auth: &AuthArgs) -> Result<Self> {
+        let mut client = Client::new(server)?;
+        if !client.is_private_channel() {
+            bail!(
+                "refusing to send a token over plain http to {}: use https (and --ca-cert for a \
+                 private CA)",
+                client.base
+            );
+        }
+        client.token = Some(auth.token()?);
+        Ok(client)
     }
 
     /// True if requests stay on this machine or are encrypted.
@@ -128,14 +176,51 @@ impl Client {
         .await
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    /// `GET path`, answer as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// `POST path` with a JSON body, answer as JSON.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `GET path`, the answer's body copied to `out` as it arrives. Returns the bytes copied.
+    pub async fn download(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let (url, mut res) = self.send(Method::GET, path, None::<&()>).await?;
+        if !res.status().is_success() {
+            let status = res.status();
+            let bytes = res.bytes().await.unwrap_or_default();
+            return Err(Self::error(&url, status, &bytes));
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .with_context(|| format!("reading the answer of {url} (transfer broken)"))?
+        {
+            out.write_all(&chunk).context("cannot write the output")?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T> {
+    ) -> Result<(Url, reqwest::Response)> {
         let url = self.base.join(path).context("bad request path")?;
         let mut req = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose_secret());
+        }
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -143,6 +228,16 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
+        Ok((url, res))
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let (url, res) = self.send(method, path, body).await?;
         let status = res.status();
         let bytes = res
             .bytes()
@@ -152,17 +247,21 @@ impl Client {
             return serde_json::from_slice(&bytes)
                 .with_context(|| format!("unexpected answer from {url}"));
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => bail!(
+        Err(Self::error(&url, status, &bytes))
+    }
+
+    fn error(url: &Url, status: StatusCode, bytes: &[u8]) -> anyhow::Error {
+        match serde_json::from_slice::<ErrorBody>(bytes) {
+            Ok(e) => anyhow::anyhow!(
                 "server: {} ({}, HTTP {})",
                 e.error.message,
                 e.error.code,
                 status.as_u16()
             ),
             Err(_) if status == StatusCode::NOT_FOUND => {
-                bail!("{url}: not found; is --addr a plico server?")
+                anyhow::anyhow!("{url}: not found; is --addr a plico server?")
             }
-            Err(_) => bail!("{url}: HTTP {status}"),
+            Err(_) => anyhow::anyhow!("{url}: HTTP {status}"),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Private files and directories: the data directory (0700), share files (0600, written
 //! durably, never overwritten) and reading a share file back.
 //!
-//! A share file holds one line: the share's text as hsm-sim formats it, and a newline.
+//! A share file holds one line: the share's text as hsm-sim formats it, and a newline. A token
+//! file (the first admin's, or one written by `plico accounts create --token-out`) is the
+//! same: one line, mode 0600.
 
 use anyhow::{bail, Context, Result};
 use secrecy::SecretString;
@@ -49,27 +51,45 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Reads a share file: exactly one non-empty line. Errors name the file, never its content.
 pub fn read_share(path: &Path) -> Result<SecretString> {
+    read_secret_line(path, "share file", "a share file holds exactly one share")
+}
+
+/// Reads a token file: exactly one non-empty line. Errors name the file, never its content.
+pub fn read_token(path: &Path) -> Result<SecretString> {
+    read_secret_line(path, "token file", "a token file holds exactly one token")
+}
+
+/// Writes a token to a new 0600 file and syncs its directory.
+pub fn write_token(path: &Path, token: &SecretString) -> Result<()> {
+    use secrecy::ExposeSecret;
+    write_secret_line(path, token.expose_secret())
+        .with_context(|| format!("cannot write token file {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    sync_dir(dir).with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+fn read_secret_line(path: &Path, what: &str, rule: &str) -> Result<SecretString> {
     if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
                 file = %path.display(),
-                "share file is accessible to group or others; chmod 600 it"
+                "{what} is accessible to group or others; chmod 600 it"
             );
         }
     }
     let text = Zeroizing::new(
         fs::read_to_string(path)
-            .with_context(|| format!("cannot read share file {}", path.display()))?,
+            .with_context(|| format!("cannot read {what} {}", path.display()))?,
     );
     let line = text.trim();
     if line.is_empty() {
-        bail!("share file {} is empty", path.display());
+        bail!("{what} {} is empty", path.display());
     }
     if line.contains(['\n', '\r']) {
-        bail!(
-            "share file {} holds more than one line; a share file holds exactly one share",
-            path.display()
-        );
+        bail!("{what} {} holds more than one line; {rule}", path.display());
     }
     Ok(SecretString::from(line.to_owned()))
 }

@@ -3,13 +3,24 @@
 //! The shares are written (0600, fsync'd, never overwriting a file) before the HSM commits
 //! its state: if writing fails, no HSM exists that nobody could unseal. Shares are never
 //! printed; stdout shows only the file names, the share set id and the root key's KCV.
+//!
+//! Then, in this process, the fresh HSM is unsealed with a quorum of the shares just made, the
+//! store is created in `DATA/store` with the audit key and the chain's first events
+//! (`key.create`, `hsm.init`, `hsm.unseal`), the first admin account is created and its token
+//! written to a 0600 file (`--admin-token-file`, default `DATA/admin-token.txt`), and the HSM
+//! is sealed again. The token is never printed or logged.
 
-use super::files;
+use super::{bootstrap, files};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hsm_sim::{InitOptions, SimulatedHsm};
+use hsm_sim::{InitOptions, InitReport, SimulatedHsm};
+use plico::AppState;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vault::account::Actor;
+use vault::audit::NewEvent;
+use vault::Hsm;
 
 /// Arguments of `plico init`.
 #[derive(Debug, Args)]
@@ -31,6 +42,9 @@ pub struct InitArgs {
     /// Development HSM: allows a threshold of 1. NOT FOR PRODUCTION.
     #[arg(long)]
     dev: bool,
+    /// New file (mode 0600) for the first admin account's token [default: DATA/admin-token.txt].
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Runs `plico init`.
@@ -52,6 +66,23 @@ pub fn run(args: InitArgs) -> Result<()> {
             "{} already holds an HSM ({}); refusing to replace it",
             args.data.display(),
             SimulatedHsm::STATE_FILE
+        );
+    }
+    let token_file = args
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| args.data.join(bootstrap::ADMIN_TOKEN_FILE));
+    if token_file.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a token file",
+            token_file.display()
+        );
+    }
+    let store_dir = bootstrap::store_dir(&args.data);
+    if store_dir.exists() {
+        bail!(
+            "{} exists but there is no HSM beside it; a store belongs to one HSM: remove it first",
+            store_dir.display()
         );
     }
     files::private_dir(&args.share_dir)?;
@@ -80,15 +111,23 @@ pub fn run(args: InitArgs) -> Result<()> {
     }
 
     let mut written: Vec<PathBuf> = Vec::new();
+    // A quorum of the shares, kept (zeroizing) only until the HSM has been unsealed below.
+    let mut quorum: Vec<SecretString> = Vec::new();
     let opts = InitOptions {
         shares: args.shares,
         threshold: args.threshold,
         dev: args.dev,
     };
     let result = SimulatedHsm::init(&args.data, opts, &mut |shares: &[SecretString]| {
-        write_shares(&args.share_dir, &paths, shares, &mut written)
+        write_shares(&args.share_dir, &paths, shares, &mut written)?;
+        quorum = shares
+            .iter()
+            .take(usize::from(args.threshold))
+            .cloned()
+            .collect();
+        Ok(())
     });
-    let (_hsm, report) = match result {
+    let (hsm, report) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if SimulatedHsm::exists(&args.data) {
@@ -103,6 +142,17 @@ pub fn run(args: InitArgs) -> Result<()> {
         }
     };
 
+    let hsm = Arc::new(hsm);
+    let admin = first_unseal(hsm.clone(), &args.data, &report, &quorum, &token_file);
+    drop(quorum);
+    hsm.seal();
+    let admin = admin.with_context(|| {
+        format!(
+            "the HSM in {} was created (keep the share files), but its store could not be set up",
+            args.data.display()
+        )
+    })?;
+
     println!(
         "created a simulated HSM in {} ({} of {} shares needed to unseal)",
         args.data.display(),
@@ -116,10 +166,60 @@ pub fn run(args: InitArgs) -> Result<()> {
     for p in &paths {
         println!("  {}", p.display());
     }
+    println!("store: {}", store_dir.display());
+    println!(
+        "first admin account {admin}: token written to {} (mode 0600); move it somewhere safe",
+        token_file.display()
+    );
     if args.dev {
         println!("WARNING: this is a development HSM (--dev); never use it for real codes");
     }
     Ok(())
+}
+
+/// Unseals the new HSM with `quorum`, creates the store with its audit key and first events,
+/// and the first admin account. Returns the admin's account id. The caller seals the HSM.
+fn first_unseal(
+    hsm: Arc<SimulatedHsm>,
+    data: &Path,
+    report: &InitReport,
+    quorum: &[SecretString],
+    token_file: &Path,
+) -> Result<String> {
+    let store = bootstrap::open_store(data)?;
+    let state = AppState::new(hsm.clone(), store).context("cannot open the new store")?;
+    for share in quorum {
+        hsm.unseal(share)
+            .context("the new HSM refused its own share")?;
+    }
+    if hsm.status().sealed {
+        bail!("the new HSM did not unseal with its own shares");
+    }
+    let actor = Actor::system("init");
+    let status = hsm.status();
+    state
+        .audit
+        .unlock(&*hsm)
+        .context("cannot create the audit key")?;
+    state
+        .audit
+        .append(
+            NewEvent::new("hsm.init", "hsm")
+                .request("init")
+                .detail("share_set", report.share_set.to_string())
+                .detail("shares", status.shares.to_string())
+                .detail("threshold", status.threshold.to_string())
+                .detail("root_kcv", report.root_kcv.to_string())
+                .detail("dev", status.dev.to_string()),
+        )
+        .context("cannot write the first audit event")?;
+    state.unsealed(&actor, "init")?;
+    let admin = bootstrap::bootstrap_admin(&state, token_file)?
+        .context("the new store already holds accounts")?;
+    state
+        .shut_down()
+        .context("cannot checkpoint the audit chain")?;
+    Ok(admin)
 }
 
 /// The delivery callback: one file per share, all durable before returning `Ok`. On failure

@@ -1,13 +1,19 @@
-//! `plico serve`: opens the HSM sealed and runs the HTTP API until SIGINT or SIGTERM.
+//! `plico serve`: opens the HSM sealed and the store, and runs the HTTP API until SIGINT or
+//! SIGTERM.
 //!
 //! Refusals come before anything is opened: plain HTTP only on loopback, TLS files that load,
-//! a data directory that holds an HSM, and no development HSM without `--dev`.
+//! a data directory that holds an HSM, and no development HSM without `--dev`. The store
+//! (`DATA/store`, sled) is opened once, for the life of the process; a damaged store, or one
+//! locked by another process, is an error at start. At shutdown the audit chain gets a MAC'd
+//! checkpoint and the HSM is sealed.
 //!
 //! `--dev` is the one-command local start: data in `./plico-data`, listener forced onto
 //! loopback, and a 1-of-1 HSM whose only share is kept beside the data
-//! (`./plico-data/dev-share.txt`) so it can unseal itself at start. It says so loudly.
+//! (`./plico-data/dev-share.txt`) so it can unseal itself at start. On the first run it also
+//! creates the first admin account, with its token in `./plico-data/admin-token.txt`. It says
+//! so loudly.
 
-use super::files;
+use super::{bootstrap, files};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hsm_sim::{InitOptions, SimulatedHsm};
@@ -19,6 +25,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use vault::account::Actor;
 use vault::Hsm;
 
 /// Data directory of `--dev`.
@@ -89,25 +96,49 @@ pub fn run(args: ServeArgs) -> Result<()> {
         open_production(&data_dir)?
     });
 
+    let store = bootstrap::open_store(&data_dir)?;
+    let state = AppState::with_settings(hsm.clone(), store, &config.settings())
+        .context("cannot open the audit chain in the store")?;
+    let mut admin_token = None;
+    if args.dev {
+        state
+            .unsealed(&Actor::system("serve-dev"), "dev share")
+            .context("cannot install the audit key of the dev HSM")?;
+        let token_file = data_dir.join(bootstrap::ADMIN_TOKEN_FILE);
+        if let Some(id) = bootstrap::bootstrap_admin(&state, &token_file)? {
+            println!(
+                "plico: created the first admin account {id}; its token is in {}",
+                token_file.display()
+            );
+        }
+        if token_file.exists() {
+            admin_token = Some(token_file);
+        }
+    }
+
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
     if args.dev {
-        print_dev_banner(&data_dir);
+        print_dev_banner(&data_dir, admin_token.as_deref());
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("plico: listening on {scheme}://{bound}");
     std::io::stdout().flush()?;
 
-    let state = AppState {
-        hsm: hsm.clone(),
-        codes: config.code_policy(),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(plico::serve(listener, state, tls, plico::shutdown_signal()));
+    let served = runtime.block_on(plico::serve(
+        listener,
+        state.clone(),
+        tls,
+        plico::shutdown_signal(),
+    ));
+    if let Err(e) = state.shut_down() {
+        tracing::error!(error = %e, "could not checkpoint the audit chain at shutdown");
+    }
     hsm.seal();
     tracing::info!("hsm sealed");
     served?;
@@ -198,8 +229,12 @@ fn open_dev(dir: &Path) -> Result<SimulatedHsm> {
     Ok(hsm)
 }
 
-fn print_dev_banner(dir: &Path) {
+fn print_dev_banner(dir: &Path, admin_token: Option<&Path>) {
     let share = dir.join(DEV_SHARE_FILE);
+    let token = admin_token.map_or_else(
+        || "(none: the first admin's token file was moved away)".to_owned(),
+        |p| p.display().to_string(),
+    );
     let banner = format!(
         "\n\
          ==================================================================\n\
@@ -211,10 +246,12 @@ fn print_dev_banner(dir: &Path) {
          !!    can unseal it                                             !!\n\
          !!  - it unsealed itself at start                               !!\n\
          ==================================================================\n\
-         data:      {}\n\
-         dev share: {}\n",
+         data:        {}\n\
+         dev share:   {}\n\
+         admin token: {}\n",
         dir.display(),
-        share.display()
+        share.display(),
+        token
     );
     eprintln!("{banner}");
     tracing::warn!(

@@ -19,6 +19,7 @@
 //! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
 //! software HSM lives in the `hsm-sim` crate, which depends on this one.
 
+pub mod account;
 pub mod audit;
 pub mod envelope;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod policy;
 pub mod secret;
 pub mod store;
 
+pub use account::{Account, AccountView, Accounts, Actor, Role};
 pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
 pub use error::{Error, Result};
 pub use hsm::{

@@ -1,0 +1,252 @@
+//! The audit chain over HTTP: search, verify and export for the `auditor`, and the history of
+//! one card for the counter and the service centre.
+//!
+//! | method and path                | roles                 | answer                        |
+//! |--------------------------------|-----------------------|-------------------------------|
+//! | `GET /v1/audit`                | auditor               | a page of events              |
+//! | `GET /v1/audit/verify`         | auditor               | the verification report       |
+//! | `GET /v1/audit/export`         | auditor               | every event, JSON lines       |
+//! | `GET /v1/cards/{serial}/history` | operator, support, cms | a page of the card's events |
+//!
+//! `GET /v1/audit` takes `from_ms`, `to_ms` (ms since the epoch, `to_ms` exclusive), `actor`,
+//! `action` (exact, or a prefix ending in `.`), `subject`, `after` (the paging cursor: the
+//! `next` of the previous page) and `limit` (default 100, at most 1000).
+//!
+//! Reading the chain is itself audited (`audit.query`, `audit.verify`, `audit.export`,
+//! `card.history`), and the event is written before the answer: a read that cannot be
+//! recorded is not served. Events hold personal data only as HMACs, so nothing here shows a
+//! name or a codice fiscale in clear.
+
+use super::{blocking, ApiError, Caller, Endpoint};
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde::Deserialize;
+use std::io::Write;
+use vault::audit::{self, Outcome, Page, VerifyReport};
+use vault::Role;
+
+/// Events per page when the caller does not say.
+pub const DEFAULT_PAGE: usize = 100;
+
+const AUDITOR: &[Role] = &[Role::Auditor];
+const CARD_HISTORY: &[Role] = &[Role::Operator, Role::Support, Role::Cms];
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::GET, "/v1/audit", get(query)).roles(AUDITOR),
+        Endpoint::new(Method::GET, "/v1/audit/verify", get(verify)).roles(AUDITOR),
+        Endpoint::new(Method::GET, "/v1/audit/export", get(export)).roles(AUDITOR),
+        Endpoint::new(Method::GET, "/v1/cards/{serial}/history", get(card_history))
+            .roles(CARD_HISTORY),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryParams {
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    actor: Option<String>,
+    action: Option<String>,
+    subject: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=audit::MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit: between 1 and {}, got {n}",
+            audit::MAX_PAGE
+        ))),
+    }
+}
+
+async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(p): Query<QueryParams>,
+) -> Result<Json<Page>, ApiError> {
+    let q = audit::Query {
+        from_ms: p.from_ms,
+        to_ms: p.to_ms,
+        actor: p.actor,
+        action: p.action,
+        subject: p.subject,
+        after: p.after.unwrap_or(0),
+        limit: limit(p.limit)?,
+    };
+    let mut event = caller.event("audit.query", "audit");
+    for (k, v) in [
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("subject", &q.subject),
+    ] {
+        if let Some(v) = v {
+            event = event.detail(k, v.clone());
+        }
+    }
+    for (k, v) in [("from_ms", q.from_ms), ("to_ms", q.to_ms)] {
+        if let Some(v) = v {
+            event = event.detail(k, v.to_string());
+        }
+    }
+    let audit = state.audit.clone();
+    let page = blocking(move || {
+        audit.append(event)?;
+        audit.query(&q)
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let audit = state.audit.clone();
+    let report = blocking(move || {
+        let report = audit.verify()?;
+        let mut event = caller
+            .event("audit.verify", "audit")
+            .detail("events", report.events.to_string())
+            .detail("macs_checked", report.macs_checked.to_string());
+        if let Some(p) = &report.problem {
+            event = event
+                .outcome(Outcome::Failed)
+                .detail("problem_seq", p.seq.to_string());
+        }
+        audit.append(event)?;
+        Ok(report)
+    })
+    .await?;
+    if let Some(p) = &report.problem {
+        tracing::error!(seq = p.seq, problem = %p.message, "audit chain verification failed");
+    }
+    Ok(Json(report))
+}
+
+/// Chunks of the export travel from the blocking writer to the response body through this
+/// channel, so the chain is streamed, never held whole in memory.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let audit = state.audit.clone();
+    let event = caller.event("audit.export", "audit");
+    blocking(move || audit.append(event).map(|_| ())).await?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let audit = state.audit.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let outcome = audit
+            .export(&mut w)
+            .map_err(|e| e.to_string())
+            .and_then(|n| w.flush().map(|()| n).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(n) => tracing::info!(events = n, "audit chain exported"),
+            Err(e) => {
+                // The status line is gone already: end the body with an error, so the client
+                // sees a broken transfer rather than a short, seemingly complete file.
+                tracing::error!(error = %e, "audit export failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other("audit export failed")));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut res = Body::from_stream(stream).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(res)
+}
+
+/// A card serial as it may appear in a path: 1 to 64 letters, digits, `-` or `_`.
+fn check_serial(serial: &str) -> Result<(), ApiError> {
+    let ok = !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "serial: 1 to 64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+async fn card_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Page>, ApiError> {
+    check_serial(&serial)?;
+    let q = audit::Query {
+        subject: Some(serial.clone()),
+        after: p.after.unwrap_or(0),
+        limit: limit(p.limit)?,
+        ..audit::Query::default()
+    };
+    let audit = state.audit.clone();
+    let event = caller.event("card.history", serial);
+    let page = blocking(move || {
+        audit.append(event)?;
+        audit.query(&q)
+    })
+    .await?;
+    Ok(Json(page))
+}

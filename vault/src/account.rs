@@ -1,0 +1,854 @@
+//! Accounts: who may call the service, in which one role, with which bearer token.
+//!
+//! ```text
+//! token  = "plico_" <account id> "_" <64 hex digits: 256 random bits>     shown once
+//! stored = Account { id, name, role, disabled, created_ms,
+//!                    token_hash = hex SHA-256(secret part), password = argon2id PHC? }
+//! ```
+//!
+//! - The token names its account, so authentication is one lookup by id and one constant-time
+//!   comparison of hashes; nothing is searched by secret. Only the hash is stored: a copy of
+//!   the store does not give anyone a working token. A token of 256 random bits needs no slow
+//!   hash (it cannot be guessed); a password can, so passwords are argon2id.
+//! - One role per account ([`Role`]). An account is never deleted, only disabled: its id stays
+//!   in the audit chain.
+//! - Every change (create, disable, rotate-token, set-password) is written in the same store
+//!   batch as its audit event ([`AuditLog::commit`]); if the event cannot be written, the
+//!   change is not made. Account names are personal data: the event carries them only as an
+//!   HMAC ([`NewEvent::personal`]), so creating an account needs the audit key (an unsealed
+//!   HSM).
+//!
+//! What it does not do: HTTP, sessions, rate limits, deciding which role may call what (the
+//! service's route table does that).
+
+use crate::audit::{AuditLog, NewEvent, Outcome};
+use crate::error::{Error, Result};
+use crate::store::{Batch, Store, Tree};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Text every token starts with, so a leaked token is recognisable (secret scanners).
+pub const TOKEN_PREFIX: &str = "plico_";
+/// Random bytes in a token's secret part.
+const TOKEN_BYTES: usize = 32;
+/// Random bytes in an account id.
+const ID_BYTES: usize = 8;
+/// Fewest characters in a password.
+pub const PASSWORD_MIN_CHARS: usize = 12;
+/// Most characters in a password (bounds the hashing work a caller can ask for).
+pub const PASSWORD_MAX_CHARS: usize = 1024;
+/// Most characters in an account name.
+pub const NAME_MAX_CHARS: usize = 100;
+
+/// What an account may do. One per account. The names are persisted: never rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages accounts.
+    Admin,
+    /// Uploads PIN/PUK batches.
+    Manufacturer,
+    /// The card management system: registry, lifecycle, dispatch requests.
+    Cms,
+    /// Counter work: identify holders, activate, print the counter half, resend.
+    Operator,
+    /// The service centre: anomalies, technical reports, helps operators.
+    Support,
+    /// Key ceremonies.
+    Officer,
+    /// Reads and verifies the audit chain.
+    Auditor,
+}
+
+impl Role {
+    /// Every role, in a fixed order.
+    pub const ALL: [Role; 7] = [
+        Role::Admin,
+        Role::Manufacturer,
+        Role::Cms,
+        Role::Operator,
+        Role::Support,
+        Role::Officer,
+        Role::Auditor,
+    ];
+
+    /// The persisted name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Manufacturer => "manufacturer",
+            Role::Cms => "cms",
+            Role::Operator => "operator",
+            Role::Support => "support",
+            Role::Officer => "officer",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// True for the roles that may also have a password (for a later web console).
+    pub fn may_have_password(self) -> bool {
+        matches!(self, Role::Operator | Role::Officer)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}; expected one of admin, manufacturer, cms, operator, support, officer, auditor")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// A stored account. Holds hashes only, never a token or a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Random id (16 hex digits); also the audit actor.
+    pub id: String,
+    /// Display name (personal data: audited only as an HMAC).
+    pub name: String,
+    /// The one role.
+    pub role: Role,
+    /// A disabled account authenticates no more.
+    pub disabled: bool,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Hex SHA-256 of the token's secret part.
+    pub token_hash: String,
+    /// argon2id PHC string, for operators and officers who were given a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("created_ms", &self.created_ms)
+            .field("token_hash", &"<redacted>")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// The public view, without hashes.
+    pub fn view(&self) -> AccountView {
+        AccountView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            disabled: self.disabled,
+            created_ms: self.created_ms,
+            has_password: self.password.is_some(),
+        }
+    }
+}
+
+/// What listing shows of an account: no token hash, no password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    /// The id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// Whether it is disabled.
+    pub disabled: bool,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// Whether a password is set.
+    pub has_password: bool,
+}
+
+/// Who is making a change, for its audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Account id, or `system`.
+    pub id: String,
+    /// Role name, or `-`.
+    pub role: String,
+    /// The request the change belongs to.
+    pub request_id: String,
+}
+
+impl Actor {
+    /// The service itself (bootstrap, start-up).
+    pub fn system(request_id: impl Into<String>) -> Self {
+        Actor {
+            id: "system".to_owned(),
+            role: "-".to_owned(),
+            request_id: request_id.into(),
+        }
+    }
+
+    /// An authenticated account.
+    pub fn account(account: &Account, request_id: impl Into<String>) -> Self {
+        Actor {
+            id: account.id.clone(),
+            role: account.role.as_str().to_owned(),
+            request_id: request_id.into(),
+        }
+    }
+
+    fn event(&self, action: &str, subject: &str) -> NewEvent {
+        NewEvent::new(action, subject)
+            .by(self.id.clone(), self.role.clone())
+            .request(self.request_id.clone())
+    }
+}
+
+/// A name or password that cannot be used; the message says why, never quoting a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Checks an account name: 1 to [`NAME_MAX_CHARS`] characters, no control characters.
+///
+/// # Errors
+/// [`Invalid`] saying what is wrong.
+pub fn validate_name(name: &str) -> std::result::Result<(), Invalid> {
+    let n = name.chars().count();
+    if name.trim().is_empty() {
+        return Err(Invalid("name: must not be empty".to_owned()));
+    }
+    if n > NAME_MAX_CHARS {
+        return Err(Invalid(format!(
+            "name: at most {NAME_MAX_CHARS} characters, got {n}"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid(
+            "name: must not contain control characters".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password's length: [`PASSWORD_MIN_CHARS`] to [`PASSWORD_MAX_CHARS`] characters.
+///
+/// # Errors
+/// [`Invalid`] naming the rule; the password is never quoted.
+pub fn validate_password(password: &SecretString) -> std::result::Result<(), Invalid> {
+    let n = password.expose_secret().chars().count();
+    if n < PASSWORD_MIN_CHARS {
+        return Err(Invalid(format!(
+            "password: at least {PASSWORD_MIN_CHARS} characters are required, got {n}"
+        )));
+    }
+    if n > PASSWORD_MAX_CHARS {
+        return Err(Invalid(format!(
+            "password: at most {PASSWORD_MAX_CHARS} characters, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// The accounts in a [`Store`], audited through an [`AuditLog`].
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    audit: Arc<AuditLog>,
+    rng: SystemRandom,
+    /// Serialises read-modify-write of account records.
+    write: Mutex<()>,
+}
+
+impl fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Accounts")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(digest(&SHA256, secret.as_bytes()).as_ref())
+}
+
+/// Splits a token into its account id and secret part, if it has the token's shape.
+fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex_of(id, ID_BYTES * 2) && hex_of(secret, TOKEN_BYTES * 2)).then_some((id, secret))
+}
+
+fn encode(account: &Account) -> Result<Vec<u8>> {
+    serde_json::to_vec(account).map_err(|e| Error::Storage(format!("cannot encode account: {e}")))
+}
+
+fn decode(id: &[u8], bytes: &[u8]) -> Result<Account> {
+    serde_json::from_slice(bytes).map_err(|_| {
+        Error::Storage(format!(
+            "account {} is unreadable",
+            String::from_utf8_lossy(id)
+        ))
+    })
+}
+
+fn not_found(id: &str) -> Error {
+    // The id came from a caller: show it only if it has an id's shape.
+    if id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Error::NotFound(format!("account {id}"))
+    } else {
+        Error::NotFound("account (malformed id)".to_owned())
+    }
+}
+
+impl Accounts {
+    /// Accounts over `store`, with changes audited in `audit` (which must be over the same
+    /// store, so that a change and its event share one batch).
+    pub fn new(store: Arc<dyn Store>, audit: Arc<AuditLog>) -> Self {
+        Accounts {
+            store,
+            audit,
+            rng: SystemRandom::new(),
+            write: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is the store itself; a poisoned lock guards nothing half-written.
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn random_hex(&self, n: usize) -> Result<Zeroizing<String>> {
+        let mut buf = Zeroizing::new(vec![0u8; n]);
+        self.rng
+            .fill(&mut buf)
+            .map_err(|_| Error::Provider("random generator"))?;
+        Ok(Zeroizing::new(hex::encode(&*buf)))
+    }
+
+    /// A new token for account `id`, and the hash to store.
+    fn new_token(&self, id: &str) -> Result<(SecretString, String)> {
+        let secret = self.random_hex(TOKEN_BYTES)?;
+        let hash = hash_secret(&secret);
+        let token = SecretString::from(format!("{TOKEN_PREFIX}{id}_{}", secret.as_str()));
+        Ok((token, hash))
+    }
+
+    /// The account with this id.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for an unreadable record.
+    pub fn get(&self, id: &str) -> Result<Option<Account>> {
+        match self.store.get(Tree::Accounts, id.as_bytes())? {
+            Some(bytes) => decode(id.as_bytes(), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn must_get(&self, id: &str) -> Result<Account> {
+        self.get(id)?.ok_or_else(|| not_found(id))
+    }
+
+    /// Every account, by id, without hashes.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for an unreadable record.
+    pub fn list(&self) -> Result<Vec<AccountView>> {
+        self.store
+            .range(Tree::Accounts, &[], None, usize::MAX)?
+            .iter()
+            .map(|(k, v)| decode(k, v).map(|a| a.view()))
+            .collect()
+    }
+
+    /// True if no account exists yet.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.store.range(Tree::Accounts, &[], None, 1)?.is_empty())
+    }
+
+    /// Creates an account and returns it with its token, which is shown this once: only its
+    /// hash is kept.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for an invalid name; [`Error::Sealed`] without the audit key (the
+    /// name is audited as an HMAC); store errors — then no account was created.
+    pub fn create(&self, name: &str, role: Role, actor: &Actor) -> Result<(Account, SecretString)> {
+        validate_name(name).map_err(|e| Error::Refused(e.0))?;
+        let _guard = self.lock();
+        self.create_locked(name, role, actor)
+    }
+
+    fn create_locked(
+        &self,
+        name: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<(Account, SecretString)> {
+        let id = loop {
+            let id = self.random_hex(ID_BYTES)?.to_string();
+            if self.get(&id)?.is_none() {
+                break id;
+            }
+        };
+        let (token, token_hash) = self.new_token(&id)?;
+        let account = Account {
+            id: id.clone(),
+            name: name.to_owned(),
+            role,
+            disabled: false,
+            created_ms: now_ms(),
+            token_hash,
+            password: None,
+        };
+        let mut batch = Batch::new();
+        batch.put(Tree::Accounts, id.as_bytes().to_vec(), encode(&account)?);
+        self.audit.commit(
+            batch,
+            actor
+                .event("account.create", &id)
+                .detail("role", role.as_str())
+                .personal("name", name),
+        )?;
+        Ok((account, token))
+    }
+
+    /// Creates the first admin account, by `system`, if no account exists; returns it with its
+    /// token. `None` if accounts already exist (nothing is changed).
+    ///
+    /// # Errors
+    /// As [`Accounts::create`].
+    pub fn bootstrap_admin(
+        &self,
+        name: &str,
+        request_id: &str,
+    ) -> Result<Option<(Account, SecretString)>> {
+        validate_name(name).map_err(|e| Error::Refused(e.0))?;
+        let _guard = self.lock();
+        if !self.is_empty()? {
+            return Ok(None);
+        }
+        self.create_locked(name, Role::Admin, &Actor::system(request_id))
+            .map(Some)
+    }
+
+    /// Appends a refused event and returns the refusal (or the append's own error).
+    fn refuse(&self, action: &str, id: &str, actor: &Actor, reason: String) -> Error {
+        let event = actor
+            .event(action, id)
+            .outcome(Outcome::Refused)
+            .detail("reason", reason.clone());
+        match self.audit.append(event) {
+            Ok(_) => Error::Refused(reason),
+            Err(e) => e,
+        }
+    }
+
+    fn save(&self, account: &Account, event: NewEvent) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Accounts,
+            account.id.as_bytes().to_vec(),
+            encode(account)?,
+        );
+        self.audit.commit(batch, event)?;
+        Ok(())
+    }
+
+    /// Disables an account: its token stops working at once. The last enabled admin cannot
+    /// be disabled (nobody could manage accounts any more).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Refused`] if already disabled or the last admin; store
+    /// errors — then nothing changed.
+    pub fn disable(&self, id: &str, actor: &Actor) -> Result<AccountView> {
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if account.disabled {
+            return Err(self.refuse(
+                "account.disable",
+                id,
+                actor,
+                format!("account {id} is already disabled"),
+            ));
+        }
+        if account.role == Role::Admin {
+            let enabled_admins = self
+                .list()?
+                .iter()
+                .filter(|a| a.role == Role::Admin && !a.disabled)
+                .count();
+            if enabled_admins <= 1 {
+                return Err(self.refuse(
+                    "account.disable",
+                    id,
+                    actor,
+                    format!("account {id} is the last enabled admin"),
+                ));
+            }
+        }
+        account.disabled = true;
+        self.save(&account, actor.event("account.disable", id))?;
+        Ok(account.view())
+    }
+
+    /// Gives an account a new token and returns it (shown this once); the old one stops
+    /// working at once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Refused`] for a disabled account; store errors — then
+    /// the old token still works.
+    pub fn rotate_token(&self, id: &str, actor: &Actor) -> Result<SecretString> {
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if account.disabled {
+            return Err(self.refuse(
+                "account.rotate_token",
+                id,
+                actor,
+                format!("account {id} is disabled"),
+            ));
+        }
+        let (token, hash) = self.new_token(id)?;
+        account.token_hash = hash;
+        self.save(&account, actor.event("account.rotate_token", id))?;
+        Ok(token)
+    }
+
+    /// Sets (or replaces) the password of an operator or officer, as an argon2id hash.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a password outside [`validate_password`]'s bounds, another
+    /// role, or a disabled account; [`Error::NotFound`]; store errors.
+    pub fn set_password(&self, id: &str, password: &SecretString, actor: &Actor) -> Result<()> {
+        validate_password(password).map_err(|e| Error::Refused(e.0))?;
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if !account.role.may_have_password() {
+            return Err(self.refuse(
+                "account.set_password",
+                id,
+                actor,
+                format!(
+                    "a {} account cannot have a password (only operator and officer)",
+                    account.role
+                ),
+            ));
+        }
+        if account.disabled {
+            return Err(self.refuse(
+                "account.set_password",
+                id,
+                actor,
+                format!("account {id} is disabled"),
+            ));
+        }
+        let mut salt = [0u8; 16];
+        self.rng
+            .fill(&mut salt)
+            .map_err(|_| Error::Provider("random generator"))?;
+        let salt =
+            SaltString::encode_b64(&salt).map_err(|_| Error::Provider("password salt encoding"))?;
+        let phc = Argon2::default()
+            .hash_password(password.expose_secret().as_bytes(), &salt)
+            .map_err(|_| Error::Provider("argon2id hashing"))?
+            .to_string();
+        account.password = Some(phc);
+        self.save(&account, actor.event("account.set_password", id))
+    }
+
+    /// True if `password` is the password of the enabled account `id`.
+    ///
+    /// # Errors
+    /// Store errors only; an unknown or disabled account, no password or a wrong one are
+    /// `false`.
+    pub fn verify_password(&self, id: &str, password: &SecretString) -> Result<bool> {
+        let Some(account) = self.get(id)? else {
+            return Ok(false);
+        };
+        let Some(phc) = account.password.as_deref().filter(|_| !account.disabled) else {
+            return Ok(false);
+        };
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return Err(Error::Storage(format!(
+                "account {id}: stored password hash is unreadable"
+            )));
+        };
+        Ok(Argon2::default()
+            .verify_password(password.expose_secret().as_bytes(), &parsed)
+            .is_ok())
+    }
+
+    /// The enabled account a bearer token belongs to. `None` for anything else: not a token,
+    /// an unknown account, a wrong or replaced secret, a disabled account.
+    ///
+    /// # Security
+    /// The token's hash is compared in constant time with the stored one.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub fn authenticate(&self, token: &SecretString) -> Result<Option<Account>> {
+        let Some((id, secret)) = parse_token(token.expose_secret()) else {
+            return Ok(None);
+        };
+        let Some(account) = self.get(id)? else {
+            return Ok(None);
+        };
+        let presented = hash_secret(secret);
+        let same = aws_lc_rs::constant_time::verify_slices_are_equal(
+            presented.as_bytes(),
+            account.token_hash.as_bytes(),
+        )
+        .is_ok();
+        Ok((same && !account.disabled).then_some(account))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::audit::Query;
+    use crate::secret::DataKey;
+    use crate::store::memory::{FailingStore, MemoryStore};
+
+    fn accounts_over(store: Arc<dyn Store>) -> (Accounts, Arc<AuditLog>) {
+        let audit = Arc::new(AuditLog::open(store.clone(), 1000).unwrap());
+        audit.set_key(Some(&DataKey::from_bytes([7; 32]))).unwrap();
+        (Accounts::new(store, audit.clone()), audit)
+    }
+
+    fn admin() -> Actor {
+        Actor {
+            id: "00000000000000aa".into(),
+            role: "admin".into(),
+            request_id: "req-1".into(),
+        }
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn create_authenticate_rotate_disable() {
+        let (acc, audit) = accounts_over(Arc::new(MemoryStore::new()));
+        let (a, token) = acc.create("Mario Rossi", Role::Operator, &admin()).unwrap();
+        assert!(token.expose_secret().starts_with("plico_"));
+        assert!(!acc.get(&a.id).unwrap().unwrap().token_hash.is_empty());
+        assert_eq!(acc.authenticate(&token).unwrap().unwrap().id, a.id);
+
+        // Bad shapes and wrong secrets are None.
+        for bad in ["", "plico_", "Bearer x", &token.expose_secret()[..40]] {
+            assert!(acc
+                .authenticate(&SecretString::from(bad.to_owned()))
+                .unwrap()
+                .is_none());
+        }
+        let mut wrong = token.expose_secret().to_owned();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
+        assert!(acc
+            .authenticate(&SecretString::from(wrong))
+            .unwrap()
+            .is_none());
+
+        let new = acc.rotate_token(&a.id, &admin()).unwrap();
+        assert!(acc.authenticate(&token).unwrap().is_none());
+        assert!(acc.authenticate(&new).unwrap().is_some());
+
+        acc.disable(&a.id, &admin()).unwrap();
+        assert!(acc.authenticate(&new).unwrap().is_none());
+        assert!(matches!(
+            acc.disable(&a.id, &admin()),
+            Err(Error::Refused(_))
+        ));
+
+        // Audited: subject the account id, actor and request id, the name only as an HMAC.
+        let page = audit
+            .query(&Query {
+                action: Some("account.".into()),
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        let actions: Vec<&str> = page.events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "account.create",
+                "account.rotate_token",
+                "account.disable",
+                "account.disable"
+            ]
+        );
+        let create = &page.events[0];
+        assert_eq!(create.subject, a.id);
+        assert_eq!(create.actor, "00000000000000aa");
+        assert_eq!(create.role, "admin");
+        assert_eq!(create.request_id, "req-1");
+        assert_eq!(
+            create.personal["name"],
+            audit.personal_hmac("name", "Mario Rossi").unwrap()
+        );
+        assert_eq!(page.events[3].outcome, Outcome::Refused);
+        let text = serde_json::to_string(&page.events).unwrap();
+        assert!(!text.contains("Mario"));
+        assert!(audit.verify().unwrap().intact());
+    }
+
+    #[test]
+    fn debug_and_view_hide_hashes() {
+        let (acc, _) = accounts_over(Arc::new(MemoryStore::new()));
+        let (a, token) = acc.create("Op", Role::Operator, &admin()).unwrap();
+        acc.set_password(
+            &a.id,
+            &SecretString::from("correct horse battery"),
+            &admin(),
+        )
+        .unwrap();
+        let a = acc.get(&a.id).unwrap().unwrap();
+        let dbg = format!("{a:?}");
+        assert!(!dbg.contains(&a.token_hash), "{dbg}");
+        assert!(!dbg.contains("argon2"), "{dbg}");
+        let view = serde_json::to_string(&acc.list().unwrap()).unwrap();
+        assert!(!view.contains(&a.token_hash));
+        assert!(!view.contains("argon2"));
+        assert!(!view.contains(token.expose_secret()));
+        assert!(view.contains("\"has_password\":true"));
+    }
+
+    #[test]
+    fn passwords() {
+        let (acc, _) = accounts_over(Arc::new(MemoryStore::new()));
+        let (op, _) = acc.create("Op", Role::Operator, &admin()).unwrap();
+        let (cms, _) = acc.create("Cms", Role::Cms, &admin()).unwrap();
+        let short = SecretString::from("short-pw-11");
+        let e = acc.set_password(&op.id, &short, &admin()).unwrap_err();
+        assert!(e.to_string().contains("at least 12"), "{e}");
+        assert!(!e.to_string().contains("short-pw-11"));
+        let good = SecretString::from("twelve chars");
+        assert!(matches!(
+            acc.set_password(&cms.id, &good, &admin()),
+            Err(Error::Refused(_))
+        ));
+        acc.set_password(&op.id, &good, &admin()).unwrap();
+        let phc = acc.get(&op.id).unwrap().unwrap().password.unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(acc.verify_password(&op.id, &good).unwrap());
+        assert!(!acc
+            .verify_password(&op.id, &SecretString::from("twelve charz"))
+            .unwrap());
+        assert!(!acc.verify_password(&cms.id, &good).unwrap());
+        assert!(!acc.verify_password("nobody", &good).unwrap());
+    }
+
+    #[test]
+    fn bootstrap_only_once_and_last_admin_stays() {
+        let (acc, audit) = accounts_over(Arc::new(MemoryStore::new()));
+        let (a, token) = acc.bootstrap_admin("first admin", "init").unwrap().unwrap();
+        assert_eq!(a.role, Role::Admin);
+        assert!(acc.authenticate(&token).unwrap().is_some());
+        assert!(acc.bootstrap_admin("again", "init").unwrap().is_none());
+        assert_eq!(acc.list().unwrap().len(), 1);
+        let ev = audit
+            .query(&Query {
+                action: Some("account.create".into()),
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(ev.events[0].actor, "system");
+
+        let me = Actor::account(&a, "r");
+        assert!(matches!(acc.disable(&a.id, &me), Err(Error::Refused(_))));
+        let (b, _) = acc.create("second", Role::Admin, &me).unwrap();
+        acc.disable(&a.id, &Actor::account(&b, "r2")).unwrap();
+        assert!(matches!(
+            acc.disable(&b.id, &Actor::account(&b, "r3")),
+            Err(Error::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_audit_write_leaves_no_change() {
+        let store = Arc::new(FailingStore::new());
+        let (acc, audit) = accounts_over(store.clone());
+        let (a, token) = acc.create("Anna", Role::Cms, &admin()).unwrap();
+        let before = audit.query(&Query {
+            limit: 100,
+            ..Query::default()
+        });
+        store.fail_writes(true);
+        assert!(acc.create("Bruno", Role::Cms, &admin()).is_err());
+        assert!(acc.rotate_token(&a.id, &admin()).is_err());
+        assert!(acc.disable(&a.id, &admin()).is_err());
+        store.fail_writes(false);
+        assert_eq!(acc.list().unwrap().len(), 1);
+        assert!(acc.authenticate(&token).unwrap().is_some());
+        assert!(!acc.get(&a.id).unwrap().unwrap().disabled);
+        let after = audit.query(&Query {
+            limit: 100,
+            ..Query::default()
+        });
+        assert_eq!(before.unwrap(), after.unwrap());
+        assert!(audit.verify().unwrap().intact());
+        // The log goes on after the failure.
+        acc.disable(&a.id, &admin()).unwrap();
+        assert!(audit.verify().unwrap().intact());
+    }
+
+    #[test]
+    fn creating_needs_the_audit_key() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let audit = Arc::new(AuditLog::open(store.clone(), 1000).unwrap());
+        let acc = Accounts::new(store, audit);
+        assert!(matches!(
+            acc.create("x", Role::Auditor, &admin()),
+            Err(Error::Sealed)
+        ));
+        assert!(acc.is_empty().unwrap());
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("Mario Rossi").is_ok());
+        assert!(validate_name("  ").is_err());
+        assert!(validate_name("a\nb").is_err());
+        assert!(validate_name(&"x".repeat(101)).is_err());
+    }
+}
