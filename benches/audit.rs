@@ -1,6 +1,6 @@
 //! Criterion benches of the audit chain's append: durable on sled (each append is a sled
 //! transaction plus a flush) against the same chain on the in-memory store (hashing, HMAC and
-//! encoding only) as the baseline.
+//! encoding only) as the baseline, one appender and eight at once.
 //!
 //! Run with `cargo bench --bench audit`. Not part of CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -44,6 +44,28 @@ fn append(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             log.append(event(i)).unwrap()
+        })
+    });
+
+    // Eight appenders at once: the chain lock serialises the writes, the flushes overlap.
+    let log = Arc::new(log);
+    g.bench_function("sled_durable_8_threads", |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(8);
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..8u64 {
+                    let log = log.clone();
+                    s.spawn(move || {
+                        for j in 0..per_thread {
+                            log.append(event(t * 1_000_000_000 + j)).unwrap();
+                        }
+                    });
+                }
+            });
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per_thread * 8) as f64)
         })
     });
     g.finish();

@@ -249,6 +249,8 @@ struct Chain {
 pub struct AuditLog {
     store: Arc<dyn Store>,
     chain: Mutex<Chain>,
+    /// The highest sequence number known to be flushed.
+    durable: Mutex<u64>,
     key: RwLock<Option<hmac::Key>>,
     checkpoint_every: u64,
 }
@@ -315,6 +317,7 @@ impl AuditLog {
                 last_hash,
                 since_checkpoint: 0,
             }),
+            durable: Mutex::new(next_seq - 1),
             key: RwLock::new(None),
             checkpoint_every: checkpoint_every.max(1),
         })
@@ -453,9 +456,22 @@ impl AuditLog {
         };
         drop(chain);
         drop(key);
-        // Flushed outside the lock: appenders that queued meanwhile share this flush.
-        self.store.flush()?;
+        self.make_durable(seq)?;
         Ok(seq)
+    }
+
+    /// Group commit: returns once event `seq` (and everything written before it) is flushed.
+    /// Appenders that wrote while another was flushing wait for that flush to end, and the first
+    /// of them then flushes for all of them at once.
+    fn make_durable(&self, seq: u64) -> Result<()> {
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *durable >= seq {
+            return Ok(());
+        }
+        let written = self.lock().next_seq - 1;
+        self.store.flush()?;
+        *durable = (*durable).max(written);
+        Ok(())
     }
 
     /// Appends an event with no other change.
