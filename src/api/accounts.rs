@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use vault::account::{validate_name, validate_password, AccountView};
+use vault::account::AccountView;
 use vault::Role;
 
 use crate::AppState;
@@ -103,7 +103,6 @@ async fn create(
         .role
         .parse()
         .map_err(|e: vault::account::UnknownRole| ApiError::bad_request(format!("role: {e}")))?;
-    validate_name(&req.name).map_err(|e| ApiError::bad_request(e.0))?;
     let accounts = state.accounts.clone();
     let actor = caller.actor();
     let (account, token) = blocking(move || accounts.create(&req.name, role, &actor)).await?;
@@ -164,7 +163,6 @@ async fn set_password(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<PasswordRequest>,
 ) -> Result<Json<One>, ApiError> {
-    validate_password(&req.password).map_err(|e| ApiError::bad_request(e.0))?;
     let accounts = state.accounts.clone();
     let actor = caller.actor();
     let account = blocking(move || {

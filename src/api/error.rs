@@ -153,6 +153,7 @@ impl From<vault::Error> for ApiError {
                 "share_refused",
                 format!("share refused: {why}"),
             ),
+            E::Invalid(why) => Self::bad_request(why),
             E::Refused(why) => {
                 Self::new(StatusCode::CONFLICT, "refused", format!("refused: {why}"))
             }

@@ -397,10 +397,10 @@ impl Accounts {
     /// hash is kept.
     ///
     /// # Errors
-    /// [`Error::Refused`] for an invalid name; [`Error::Sealed`] without the audit key (the
+    /// [`Error::Invalid`] for an invalid name; [`Error::Sealed`] without the audit key (the
     /// name is audited as an HMAC); store errors — then no account was created.
     pub fn create(&self, name: &str, role: Role, actor: &Actor) -> Result<(Account, SecretString)> {
-        validate_name(name).map_err(|e| Error::Refused(e.0))?;
+        validate_name(name).map_err(|e| Error::Invalid(e.0))?;
         let _guard = self.lock();
         self.create_locked(name, role, actor)
     }
@@ -449,7 +449,7 @@ impl Accounts {
         name: &str,
         request_id: &str,
     ) -> Result<Option<(Account, SecretString)>> {
-        validate_name(name).map_err(|e| Error::Refused(e.0))?;
+        validate_name(name).map_err(|e| Error::Invalid(e.0))?;
         let _guard = self.lock();
         if !self.is_empty()? {
             return Ok(None);
@@ -544,10 +544,10 @@ impl Accounts {
     /// Sets (or replaces) the password of an operator or officer, as an argon2id hash.
     ///
     /// # Errors
-    /// [`Error::Refused`] for a password outside [`validate_password`]'s bounds, another
-    /// role, or a disabled account; [`Error::NotFound`]; store errors.
+    /// [`Error::Invalid`] for a password outside [`validate_password`]'s bounds;
+    /// [`Error::Refused`] for another role or a disabled account; [`Error::NotFound`]; store errors.
     pub fn set_password(&self, id: &str, password: &SecretString, actor: &Actor) -> Result<()> {
-        validate_password(password).map_err(|e| Error::Refused(e.0))?;
+        validate_password(password).map_err(|e| Error::Invalid(e.0))?;
         let _guard = self.lock();
         let mut account = self.must_get(id)?;
         if !account.role.may_have_password() {

@@ -23,6 +23,11 @@ pub enum Error {
     #[error("share refused: {0}")]
     Share(String),
 
+    /// Bad input: a field that does not satisfy its rules. The message names the field and
+    /// what is wrong, never a secret value.
+    #[error("invalid: {0}")]
+    Invalid(String),
+
     /// The operation is not allowed in the current state (a term still in use, a threshold
     /// below 2 without dev mode, an encryption limit reached…).
     #[error("refused: {0}")]
