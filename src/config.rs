@@ -22,6 +22,7 @@
 //!
 //! [audit]
 //! checkpoint_every = 1000            # events between MAC'd checkpoints
+//! retention_days = 730               # events are kept at least this long (24 months)
 //!
 //! [limits]
 //! sensitive_per_minute = 30          # per account, on routes that reveal tokens or codes
@@ -57,6 +58,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_CODES_PUK_MIN", "codes.puk_min"),
     ("PLICO_CODES_PUK_MAX", "codes.puk_max"),
     ("PLICO_AUDIT_CHECKPOINT_EVERY", "audit.checkpoint_every"),
+    ("PLICO_AUDIT_RETENTION_DAYS", "audit.retention_days"),
     (
         "PLICO_LIMITS_SENSITIVE_PER_MINUTE",
         "limits.sensitive_per_minute",
@@ -103,12 +105,15 @@ impl Default for Config {
 pub struct AuditConfig {
     /// Events between MAC'd checkpoints (a checkpoint is also written at shutdown); at least 1.
     pub checkpoint_every: u64,
+    /// Days an audit event is kept at least; a prune never removes younger ones. At least 1.
+    pub retention_days: u32,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             checkpoint_every: vault::audit::DEFAULT_CHECKPOINT_EVERY,
+            retention_days: crate::DEFAULT_RETENTION_DAYS,
         }
     }
 }
@@ -260,6 +265,11 @@ impl Config {
                 "{origin}: [audit]: `checkpoint_every` must be at least 1"
             )));
         }
+        if self.audit.retention_days == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [audit]: `retention_days` must be at least 1"
+            )));
+        }
         if self.limits.sensitive_per_minute == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [limits]: `sensitive_per_minute` must be at least 1"
@@ -293,6 +303,7 @@ impl Config {
         crate::Settings {
             codes: self.code_policy(),
             checkpoint_every: self.audit.checkpoint_every.max(1),
+            retention_days: self.audit.retention_days.max(1),
             sensitive_per_minute: std::num::NonZeroU32::new(self.limits.sensitive_per_minute)
                 .unwrap_or(crate::DEFAULT_SENSITIVE_PER_MINUTE),
         }

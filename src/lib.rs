@@ -43,6 +43,8 @@ pub struct AppState {
     pub hsm: Arc<dyn Hsm>,
     /// Lengths of PINs and PUKs accepted by this installation.
     pub codes: CodePolicy,
+    /// Days audit events are kept at least (`[audit] retention_days`).
+    pub retention_days: u32,
     /// The store (opened once per process: sled locks its directory).
     pub store: Arc<dyn Store>,
     /// The audit chain over [`AppState::store`].
@@ -63,9 +65,14 @@ pub struct Settings {
     pub codes: CodePolicy,
     /// Audit events between MAC'd checkpoints.
     pub checkpoint_every: u64,
+    /// Days an audit event is kept at least.
+    pub retention_days: u32,
     /// Calls per minute and account on sensitive routes (those that reveal tokens or codes).
     pub sensitive_per_minute: NonZeroU32,
 }
+
+/// Days audit events are kept at least when nothing says otherwise: 24 months.
+pub const DEFAULT_RETENTION_DAYS: u32 = 730;
 
 /// Sensitive calls per minute and account when nothing says otherwise.
 pub const DEFAULT_SENSITIVE_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(30) {
@@ -78,6 +85,7 @@ impl Default for Settings {
         Settings {
             codes: CodePolicy::default(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            retention_days: DEFAULT_RETENTION_DAYS,
             sensitive_per_minute: DEFAULT_SENSITIVE_PER_MINUTE,
         }
     }
@@ -109,6 +117,7 @@ impl AppState {
         Ok(AppState {
             hsm,
             codes: settings.codes,
+            retention_days: settings.retention_days,
             store,
             audit,
             accounts,

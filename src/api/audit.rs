@@ -7,6 +7,11 @@
 //! | `GET /v1/audit/verify`         | auditor               | the verification report       |
 //! | `GET /v1/audit/export`         | auditor               | every event, JSON lines       |
 //! | `GET /v1/cards/{serial}/history` | operator, support, cms | a page of the card's events |
+//! | `POST /v1/audit/prune`         | admin                 | the last pruned event         |
+//!
+//! A prune removes whole checkpointed segments older than `older_than_days` (default and
+//! minimum: `[audit] retention_days`, 730), and is itself an event (`audit.prune`). It is the
+//! admin's, not the auditor's: the role that reads the chain does not also destroy it.
 //!
 //! `GET /v1/audit` takes `from_ms`, `to_ms` (ms since the epoch, `to_ms` exclusive), `actor`,
 //! `action` (exact, or a prefix ending in `.`), `subject`, `after` (the paging cursor: the
@@ -17,13 +22,14 @@
 //! recorded is not served. Events hold personal data only as HMACs, so nothing here shows a
 //! name or a codice fiscale in clear.
 
+use super::extract::JsonBody;
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
 use std::io::Write;
@@ -34,6 +40,7 @@ use vault::Role;
 pub const DEFAULT_PAGE: usize = 100;
 
 const AUDITOR: &[Role] = &[Role::Auditor];
+const ADMIN: &[Role] = &[Role::Admin];
 const CARD_HISTORY: &[Role] = &[Role::Operator, Role::Support, Role::Cms];
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -43,6 +50,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::GET, "/v1/audit/export", get(export)).roles(AUDITOR),
         Endpoint::new(Method::GET, "/v1/cards/{serial}/history", get(card_history))
             .roles(CARD_HISTORY),
+        Endpoint::new(Method::POST, "/v1/audit/prune", post(prune)).roles(ADMIN),
     ]
 }
 
@@ -138,6 +146,50 @@ async fn verify(
         tracing::error!(seq = p.seq, problem = %p.message, "audit chain verification failed");
     }
     Ok(Json(report))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneRequest {
+    older_than_days: Option<u32>,
+}
+
+/// What a prune did.
+#[derive(Debug, serde::Serialize)]
+struct PruneAnswer {
+    /// Events up to this sequence number are gone (0: nothing was old enough).
+    pruned_through: u64,
+    /// The age limit applied, in days.
+    older_than_days: u32,
+}
+
+async fn prune(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<PruneRequest>,
+) -> Result<Json<PruneAnswer>, ApiError> {
+    let days = req.older_than_days.unwrap_or(state.retention_days);
+    if days < state.retention_days {
+        return Err(ApiError::bad_request(format!(
+            "older_than_days: at least the retention period of {} days, got {days}",
+            state.retention_days
+        )));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let cutoff_ms = now_ms.saturating_sub(u64::from(days) * 86_400_000);
+    let audit = state.audit.clone();
+    let event = caller
+        .event("audit.prune", "audit")
+        .detail("older_than_days", days.to_string());
+    let through = blocking(move || audit.prune(cutoff_ms, event)).await?;
+    tracing::info!(through, days, by = %caller.account.id, "audit chain pruned");
+    Ok(Json(PruneAnswer {
+        pruned_through: through,
+        older_than_days: days,
+    }))
 }
 
 /// Chunks of the export travel from the blocking writer to the response body through this

@@ -1,4 +1,4 @@
-//! `plico audit verify|export`: the auditor's client for `/v1/audit`.
+//! `plico audit verify|export|prune`: the client for `/v1/audit` (prune is the admin's).
 //!
 //! `verify` prints the report and exits with status 1, naming the first broken link, if the
 //! chain is damaged. `export` writes the chain as JSON lines (exactly as stored, so every hash
@@ -12,6 +12,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use vault::audit::VerifyReport;
 
 /// Arguments of `plico audit`.
 #[derive(Debug, Args)]
@@ -39,23 +40,19 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Remove whole checkpointed segments older than the retention period (admin; audited).
+    Prune {
+        /// Age limit in days; at least the server's `[audit] retention_days` (its default).
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: Option<u32>,
+    },
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Problem {
-    damage: String,
-    seq: u64,
-    message: String,
-}
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Report {
-    events: u64,
-    checkpoints: u64,
-    macs_checked: bool,
-    problem: Option<Problem>,
-    #[serde(default)]
-    warnings: Vec<String>,
+/// `POST /v1/audit/prune`'s answer.
+#[derive(Debug, Deserialize)]
+struct Pruned {
+    pruned_through: u64,
+    older_than_days: u32,
 }
 
 /// Runs `plico audit …`.
@@ -65,7 +62,7 @@ pub fn run(args: AuditArgs) -> Result<()> {
     runtime.block_on(async {
         match &args.command {
             AuditCommand::Verify { json } => {
-                let r: Report = client.get("/v1/audit/verify").await?;
+                let r: VerifyReport = client.get("/v1/audit/verify").await?;
                 if *json {
                     println!(
                         "{}",
@@ -119,6 +116,22 @@ pub fn run(args: AuditArgs) -> Result<()> {
                         client.download("/v1/audit/export", &mut lock).await?;
                         lock.flush().context("cannot write to stdout")?;
                     }
+                }
+                Ok(())
+            }
+            AuditCommand::Prune { older_than_days } => {
+                let body = match older_than_days {
+                    Some(d) => serde_json::json!({ "older_than_days": d }),
+                    None => serde_json::json!({}),
+                };
+                let p: Pruned = client.post("/v1/audit/prune", &body).await?;
+                if p.pruned_through == 0 {
+                    println!("nothing older than {} days to prune", p.older_than_days);
+                } else {
+                    println!(
+                        "pruned events up to {} (older than {} days)",
+                        p.pruned_through, p.older_than_days
+                    );
                 }
                 Ok(())
             }

@@ -771,3 +771,38 @@ async fn unseal_submissions_are_audited_and_install_the_audit_key() {
     let report = state.audit.verify().unwrap();
     assert!(report.intact(), "{report:?}");
 }
+
+#[tokio::test]
+async fn audit_prune_keeps_the_retention_period_and_is_audited() {
+    let f = Fixture::new();
+    let admin = f.token(Role::Admin);
+    // Shorter than the retention period (730 days by default): refused, nothing removed.
+    let a = call_json(
+        &f.app,
+        Method::POST,
+        "/v1/audit/prune",
+        admin,
+        json!({"older_than_days": 30}),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(a.text.contains("730"), "{}", a.text);
+    // The default age: every event is younger, so nothing goes, and the prune is an event.
+    let a = call_json(&f.app, Method::POST, "/v1/audit/prune", admin, json!({})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let body: Value = serde_json::from_str(&a.text).unwrap();
+    assert_eq!(body["pruned_through"], 0);
+    assert_eq!(body["older_than_days"], 730);
+    let page = f
+        .state
+        .audit
+        .query(&vault::audit::Query {
+            action: Some("audit.prune".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].actor, f.ids[&Role::Admin]);
+    assert!(f.state.audit.verify().unwrap().intact());
+}

@@ -37,6 +37,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Key of the head mark in [`Tree::Meta`].
 const HEAD_KEY: &[u8] = b"audit_head";
+/// Key of the prune base in [`Tree::Meta`].
+const BASE_KEY: &[u8] = b"audit_base";
+/// Events deleted per batch by a prune.
+const PRUNE_CHUNK: usize = 10_000;
 /// Default number of events between checkpoints.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 const ZERO_HASH: [u8; 32] = [0u8; 32];
@@ -187,7 +191,7 @@ pub struct Page {
 }
 
 /// What kind of damage [`AuditLog::verify`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Damage {
     /// An event's content differs from what the next link (or the head) recorded.
@@ -206,8 +210,22 @@ pub enum Damage {
     BadMac,
 }
 
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Damage::Changed => "changed",
+            Damage::Missing => "missing",
+            Damage::Inserted => "inserted",
+            Damage::Reordered => "reordered",
+            Damage::Truncated => "truncated",
+            Damage::Unreadable => "unreadable",
+            Damage::BadMac => "bad_mac",
+        })
+    }
+}
+
 /// The first broken link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// What happened.
     pub damage: Damage,
@@ -218,7 +236,7 @@ pub struct Problem {
 }
 
 /// The result of a verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// Events read.
     pub events: u64,
@@ -226,6 +244,8 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Whether MACs were checked (they need the audit key, i.e. an unsealed HSM).
     pub macs_checked: bool,
+    /// Events up to this one were pruned (0: none).
+    pub pruned_through: u64,
     /// The first broken link, if any.
     pub problem: Option<Problem>,
     /// Things that are not damage but deserve a look.
@@ -278,8 +298,26 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// What a MAC'd mark stands for; part of the MAC input, so one kind cannot pass for another
+/// (a checkpoint's MAC does not make a valid base).
+#[derive(Clone, Copy)]
+enum MarkKind {
+    /// The head or a checkpoint.
+    Chain,
+    /// The base left by a prune.
+    Base,
+}
+
 fn mark_mac(key: &hmac::Key, seq: u64, hash_hex: &str) -> String {
-    let mut msg = b"plico-audit-mark v1".to_vec();
+    kind_mac(key, MarkKind::Chain, seq, hash_hex)
+}
+
+fn kind_mac(key: &hmac::Key, kind: MarkKind, seq: u64, hash_hex: &str) -> String {
+    let label: &[u8] = match kind {
+        MarkKind::Chain => b"plico-audit-mark v1",
+        MarkKind::Base => b"plico-audit-base v1",
+    };
+    let mut msg = label.to_vec();
     msg.extend_from_slice(&seq.to_be_bytes());
     msg.extend_from_slice(hash_hex.as_bytes());
     hex::encode(hmac::sign(key, &msg).as_ref())
@@ -512,6 +550,89 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Removes the oldest events, whole checkpointed segments only: everything up to the
+    /// newest checkpoint whose event is older than `cutoff_ms`. First a MAC'd *base* (the last
+    /// pruned event's hash) is written in the same batch as the `audit.prune` event (`event`
+    /// supplies actor and request), then the old events and checkpoints are deleted in chunks.
+    /// A crash between leaves old events below the base, which verify ignores and the next
+    /// prune removes. Returns the last pruned sequence number (0 if nothing was old enough).
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] without the audit key; store errors.
+    pub fn prune(&self, cutoff_ms: u64, event: NewEvent) -> Result<u64> {
+        let base = {
+            let key = self.key();
+            let key = key.as_ref().ok_or(Error::Sealed)?;
+            let current = match self.store.get(Tree::Meta, BASE_KEY)? {
+                Some(b) => {
+                    serde_json::from_slice::<Mark>(&b)
+                        .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?
+                        .seq
+                }
+                None => 0,
+            };
+            let mut target: Option<Mark> = None;
+            let checkpoints = self.store.range(
+                Tree::AuditCheckpoints,
+                &seq_key(current + 1),
+                None,
+                usize::MAX,
+            )?;
+            for (k, v) in checkpoints {
+                let seq = seq_of(&k).unwrap_or(0);
+                let Some(bytes) = self.store.get(Tree::Audit, &seq_key(seq))? else {
+                    break;
+                };
+                let e: Event = serde_json::from_slice(&bytes)
+                    .map_err(|_| Error::Storage(format!("audit event {seq} is unreadable")))?;
+                if e.time_ms >= cutoff_ms {
+                    break;
+                }
+                let m: Mark = serde_json::from_slice(&v)
+                    .map_err(|_| Error::Storage(format!("checkpoint {seq} is unreadable")))?;
+                target = Some(m);
+            }
+            target.map(|m| Mark {
+                mac: Some(kind_mac(key, MarkKind::Base, m.seq, &m.hash)),
+                ..m
+            })
+        };
+        let Some(base) = base else {
+            self.append(event.detail("through", "0"))?;
+            self.delete_below_base()?;
+            return Ok(0);
+        };
+        let mut batch = Batch::new();
+        batch.put(Tree::Meta, BASE_KEY.to_vec(), encode(&base)?);
+        self.commit(batch, event.detail("through", base.seq.to_string()))?;
+        self.delete_below_base()?;
+        Ok(base.seq)
+    }
+
+    /// Deletes events and checkpoints at or below the prune base, in chunks.
+    fn delete_below_base(&self) -> Result<()> {
+        let Some(b) = self.store.get(Tree::Meta, BASE_KEY)? else {
+            return Ok(());
+        };
+        let base: Mark = serde_json::from_slice(&b)
+            .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?;
+        let end = seq_key(base.seq + 1);
+        for tree in [Tree::Audit, Tree::AuditCheckpoints] {
+            loop {
+                let chunk = self.store.range(tree, &[], Some(&end), PRUNE_CHUNK)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut batch = Batch::new();
+                for (k, _) in chunk {
+                    batch.delete(tree, k);
+                }
+                self.store.apply(&batch)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Events matching `q`, oldest first, one page at a time.
     ///
     /// # Errors
@@ -609,7 +730,7 @@ fn problem(damage: Damage, seq: u64, message: String) -> Option<Problem> {
     })
 }
 
-fn check_mark(key: Option<&hmac::Key>, mark: &Mark, what: &str) -> Option<Problem> {
+fn check_mark(key: Option<&hmac::Key>, kind: MarkKind, mark: &Mark, what: &str) -> Option<Problem> {
     let key = key?;
     match &mark.mac {
         // Marks without a MAC are written only while sealed, and installing the key MACs the
@@ -623,7 +744,7 @@ fn check_mark(key: Option<&hmac::Key>, mark: &Mark, what: &str) -> Option<Proble
             ),
         ),
         Some(mac) => {
-            let expected = mark_mac(key, mark.seq, &mark.hash);
+            let expected = kind_mac(key, kind, mark.seq, &mark.hash);
             if aws_lc_rs::constant_time::verify_slices_are_equal(
                 expected.as_bytes(),
                 mac.as_bytes(),
@@ -650,6 +771,7 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
         events: 0,
         checkpoints: 0,
         macs_checked: key.is_some(),
+        pruned_through: 0,
         problem: None,
         warnings: Vec::new(),
     };
@@ -678,10 +800,32 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
         }
     }
 
+    // After a prune the chain starts after its base: a MAC'd mark of the last pruned event.
     let mut expected = 1u64;
     let mut prev = ZERO_HASH;
+    if let Some(bytes) = store.get(Tree::Meta, BASE_KEY)? {
+        let Ok(base) = serde_json::from_slice::<Mark>(&bytes) else {
+            report.problem = problem(Damage::Unreadable, 0, "the prune base is unreadable".into());
+            return Ok(report);
+        };
+        if let Some(p) = check_mark(key, MarkKind::Base, &base, "prune base") {
+            report.problem = Some(p);
+            return Ok(report);
+        }
+        if hex::decode_to_slice(&base.hash, &mut prev).is_err() {
+            report.problem = problem(
+                Damage::Unreadable,
+                base.seq,
+                "the prune base is unreadable".into(),
+            );
+            return Ok(report);
+        }
+        expected = base.seq + 1;
+        checkpoints.retain(|&seq, _| seq > base.seq);
+        report.pruned_through = base.seq;
+    }
     let mut prev_prev: Option<[u8; 32]> = None;
-    let mut from = 0u64;
+    let mut from = expected;
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut done = false;
     loop {
@@ -781,7 +925,7 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
                 );
                 return Ok(report);
             }
-            if let Some(p) = check_mark(key, cp, "checkpoint") {
+            if let Some(p) = check_mark(key, MarkKind::Chain, cp, "checkpoint") {
                 report.problem = Some(p);
                 return Ok(report);
             }
@@ -844,7 +988,7 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
                     format!("event {last} does not match the head: it was changed"),
                 );
             } else {
-                report.problem = check_mark(key, &head, "head");
+                report.problem = check_mark(key, MarkKind::Chain, &head, "head");
             }
         }
     }
@@ -1191,6 +1335,74 @@ mod tests {
             })
             .unwrap();
         assert!(none.events.is_empty());
+    }
+
+    #[test]
+    fn prune_removes_whole_checkpointed_segments_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10);
+        // Nothing is older than time 0.
+        assert_eq!(
+            log.prune(0, NewEvent::new("audit.prune", "audit")).unwrap(),
+            0
+        );
+        // Everything so far is older than "now + 1 s": prunes through the newest checkpoint
+        // (event 20), never into the unfinished segment.
+        let through = log
+            .prune(
+                now_ms() + 1000,
+                NewEvent::new("audit.prune", "audit").by("acc_admin", "admin"),
+            )
+            .unwrap();
+        assert_eq!(through, 20);
+        assert!(store.get(Tree::Audit, &seq_key(20)).unwrap().is_none());
+        assert!(store.get(Tree::Audit, &seq_key(21)).unwrap().is_some());
+        let r = log.verify().unwrap();
+        assert!(r.intact(), "{r:?}");
+        assert_eq!((r.pruned_through, r.events), (20, 7));
+        let page = log
+            .query(&Query {
+                action: Some("audit.prune".into()),
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(
+            page.events.len(),
+            2,
+            "every prune is an event, even one that removes nothing"
+        );
+        assert_eq!(page.events[0].details["through"], "0");
+        assert_eq!(page.events[1].details["through"], "20");
+        assert_eq!(page.events[1].actor, "acc_admin");
+    }
+
+    #[test]
+    fn a_forged_prune_base_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10);
+        // Hide events 1..=10 by copying checkpoint 10 (and its MAC) into a base.
+        let cp = store
+            .get(Tree::AuditCheckpoints, &seq_key(10))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::new();
+        b.put(Tree::Meta, BASE_KEY.to_vec(), cp);
+        for seq in 1..=10 {
+            b.delete(Tree::Audit, seq_key(seq).to_vec());
+        }
+        store.apply(&b).unwrap();
+        let (d, _, msg) = damage(&log);
+        assert_eq!(d, Damage::BadMac, "{msg}");
+        // And deleting the base of a real prune shows the pruned events as missing.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10);
+        log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"))
+            .unwrap();
+        let mut b = Batch::new();
+        b.delete(Tree::Meta, BASE_KEY.to_vec());
+        store.apply(&b).unwrap();
+        assert_eq!(damage(&log).0, Damage::Missing);
     }
 
     #[test]
