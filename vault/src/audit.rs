@@ -144,6 +144,9 @@ pub struct Event {
     /// Personal data fields as hex HMAC-SHA256 under the audit key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub personal: BTreeMap<String, String>,
+    /// Written while the HSM was sealed (no audit key; only share submissions happen then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
     /// Hex SHA-256 of the stored bytes of the previous event (zeros for the first).
     pub prev: String,
 }
@@ -271,6 +274,8 @@ pub struct AuditLog {
     chain: Mutex<Chain>,
     /// The highest sequence number known to be flushed.
     durable: Mutex<u64>,
+    /// Prunes run one at a time, so a base only moves forward.
+    prune_lock: Mutex<()>,
     key: RwLock<Option<hmac::Key>>,
     checkpoint_every: u64,
 }
@@ -344,7 +349,10 @@ impl AuditLog {
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&head.hash, &mut h)
                     .map_err(|_| Error::Storage("audit head hash is not hex".to_string()))?;
-                (head.seq + 1, h)
+                let next = head.seq.checked_add(1).ok_or_else(|| {
+                    Error::Storage("audit head sequence number is out of range".to_string())
+                })?;
+                (next, h)
             }
             None => (1, ZERO_HASH),
         };
@@ -356,6 +364,7 @@ impl AuditLog {
                 since_checkpoint: 0,
             }),
             durable: Mutex::new(next_seq - 1),
+            prune_lock: Mutex::new(()),
             key: RwLock::new(None),
             checkpoint_every: checkpoint_every.max(1),
         })
@@ -381,7 +390,16 @@ impl AuditLog {
             *slot = key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k.expose_secret()));
         }
         if key.is_some() {
-            self.checkpoint()?;
+            // MAC the head only if the chain up to it is sound: a head written by someone who
+            // holds the store but not the key must not be laundered by the first unseal. The
+            // head may legitimately be bare (events appended while sealed); nothing else may.
+            let sound = {
+                let key = self.key();
+                verify_chain(&*self.store, key.as_ref(), BareHead::Allowed)?.intact()
+            };
+            if sound {
+                self.checkpoint()?;
+            }
         }
         Ok(())
     }
@@ -464,6 +482,7 @@ impl AuditLog {
             request_id: event.request_id,
             details: event.details,
             personal,
+            sealed: key.is_none(),
             prev: hex::encode(chain.last_hash),
         };
         let bytes = encode(&stored)?;
@@ -560,9 +579,20 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Sealed`] without the audit key; store errors.
     pub fn prune(&self, cutoff_ms: u64, event: NewEvent) -> Result<u64> {
+        let _one_at_a_time = self.prune_lock.lock().unwrap_or_else(|p| p.into_inner());
         let base = {
             let key = self.key();
             let key = key.as_ref().ok_or(Error::Sealed)?;
+            // Never sign a base over a chain that does not verify: a planted checkpoint or an
+            // edited event time would otherwise turn a routine prune into a deletion of recent
+            // events.
+            let report = verify_chain(&*self.store, Some(key), BareHead::Damage)?;
+            if let Some(p) = report.problem {
+                return Err(Error::Refused(format!(
+                    "the audit chain does not verify ({} at event {}); prune refused",
+                    p.damage, p.seq
+                )));
+            }
             let current = match self.store.get(Tree::Meta, BASE_KEY)? {
                 Some(b) => {
                     serde_json::from_slice::<Mark>(&b)
@@ -574,7 +604,7 @@ impl AuditLog {
             let mut target: Option<Mark> = None;
             let checkpoints = self.store.range(
                 Tree::AuditCheckpoints,
-                &seq_key(current + 1),
+                &seq_key(current.saturating_add(1)),
                 None,
                 usize::MAX,
             )?;
@@ -616,7 +646,7 @@ impl AuditLog {
         };
         let base: Mark = serde_json::from_slice(&b)
             .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?;
-        let end = seq_key(base.seq + 1);
+        let end = seq_key(base.seq.saturating_add(1));
         for tree in [Tree::Audit, Tree::AuditCheckpoints] {
             loop {
                 let chunk = self.store.range(tree, &[], Some(&end), PRUNE_CHUNK)?;
@@ -704,7 +734,7 @@ impl AuditLog {
     /// Store errors only; damage is reported in the [`VerifyReport`].
     pub fn verify(&self) -> Result<VerifyReport> {
         let key = self.key();
-        verify_chain(&*self.store, key.as_ref())
+        verify_chain(&*self.store, key.as_ref(), BareHead::Damage)
     }
 }
 
@@ -766,7 +796,19 @@ fn check_mark(key: Option<&hmac::Key>, kind: MarkKind, mark: &Mark, what: &str) 
     }
 }
 
-fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyReport> {
+/// Whether a head without a MAC is damage ([`AuditLog::verify`]) or expected (just before the
+/// key is installed, after events appended while sealed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BareHead {
+    Allowed,
+    Damage,
+}
+
+fn verify_chain(
+    store: &dyn Store,
+    key: Option<&hmac::Key>,
+    bare_head: BareHead,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         events: 0,
         checkpoints: 0,
@@ -820,12 +862,16 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
             );
             return Ok(report);
         }
-        expected = base.seq + 1;
+        expected = base.seq.saturating_add(1);
         checkpoints.retain(|&seq, _| seq > base.seq);
         report.pruned_through = base.seq;
     }
     let mut prev_prev: Option<[u8; 32]> = None;
     let mut from = expected;
+    // Events since the newest MAC'd mark, and whether all of them were written while sealed:
+    // the only tail a bare head may legitimately cover.
+    let mut since_mark = 0u64;
+    let mut sealed_tail = true;
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut done = false;
     loop {
@@ -915,7 +961,11 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
             return Ok(report);
         }
         let hash = sha256(&bytes);
+        since_mark += 1;
+        sealed_tail &= event.sealed;
         if let Some(cp) = checkpoints.get(&at) {
+            since_mark = 0;
+            sealed_tail = true;
             report.checkpoints += 1;
             if cp.hash != hex::encode(hash) {
                 report.problem = problem(
@@ -945,7 +995,21 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
         );
         return Ok(report);
     }
-    match store.get(Tree::Meta, HEAD_KEY)? {
+    let head = store.get(Tree::Meta, HEAD_KEY)?;
+    if head.is_none() && last == 0 && report.pruned_through == 0 {
+        // The audit key's creation is the chain's first event: a store that holds the key but
+        // no event has been wiped.
+        if Keyring::load(store)?.newest(KeyPurpose::Audit).is_some() {
+            report.problem = problem(
+                Damage::Truncated,
+                1,
+                "the chain is empty but the store holds an audit key: its events were removed"
+                    .to_string(),
+            );
+            return Ok(report);
+        }
+    }
+    match head {
         None if last > 0 => {
             report.problem = problem(
                 Damage::Truncated,
@@ -987,6 +1051,12 @@ fn verify_chain(store: &dyn Store, key: Option<&hmac::Key>) -> Result<VerifyRepo
                     last,
                     format!("event {last} does not match the head: it was changed"),
                 );
+            } else if head.mac.is_none()
+                && bare_head == BareHead::Allowed
+                && since_mark > 0
+                && sealed_tail
+            {
+                // Events appended while sealed, after the last MAC'd mark: expected.
             } else {
                 report.problem = check_mark(key, MarkKind::Chain, &head, "head");
             }
@@ -1113,6 +1183,7 @@ mod tests {
             request_id: String::new(),
             details: BTreeMap::new(),
             personal: BTreeMap::new(),
+            sealed: false,
             prev: hex::encode(sha256(&raw(&*store, 8))),
         };
         put(&*store, 9, serde_json::to_vec(&forged).unwrap());
@@ -1170,6 +1241,75 @@ mod tests {
         store.apply(&b).unwrap();
         let (d, seq, msg) = damage(&log);
         assert_eq!((d, seq), (Damage::Truncated, 12), "{msg}");
+    }
+
+    #[test]
+    fn a_truncated_chain_is_not_laundered_by_the_next_unseal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 20, 5);
+        drop(log);
+        // With the server down: drop events 12..=20 and the checkpoints above 11, and point a
+        // bare head (no key, no MAC) at event 11.
+        let mut b = Batch::new();
+        for seq in 12..=20 {
+            b.delete(Tree::Audit, seq_key(seq).to_vec());
+            b.delete(Tree::AuditCheckpoints, seq_key(seq).to_vec());
+        }
+        let mark = Mark {
+            seq: 11,
+            hash: hex::encode(sha256(&raw(&*store, 11))),
+            mac: None,
+        };
+        b.put(
+            Tree::Meta,
+            HEAD_KEY.to_vec(),
+            serde_json::to_vec(&mark).unwrap(),
+        );
+        store.apply(&b).unwrap();
+        // Restart and unseal: the forged head must stay bare, so verify still sees it.
+        let log = AuditLog::open(store.clone(), 5).unwrap();
+        log.set_key(Some(&key())).unwrap();
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::BadMac, 11), "{msg}");
+    }
+
+    #[test]
+    fn a_wiped_chain_is_found() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hsm = DoubleHsm::new();
+        let log = AuditLog::open(store.clone(), 1000).unwrap();
+        log.unlock(&hsm).unwrap();
+        log.append(NewEvent::new("a", "b")).unwrap();
+        let mut b = Batch::new();
+        for (k, _) in store.range(Tree::Audit, &[], None, 100).unwrap() {
+            b.delete(Tree::Audit, k);
+        }
+        for (k, _) in store.range(Tree::AuditCheckpoints, &[], None, 100).unwrap() {
+            b.delete(Tree::AuditCheckpoints, k);
+        }
+        b.delete(Tree::Meta, HEAD_KEY.to_vec());
+        store.apply(&b).unwrap();
+        let (d, _, msg) = damage(&log);
+        assert_eq!(d, Damage::Truncated, "{msg}");
+        assert!(msg.contains("removed"), "{msg}");
+    }
+
+    #[test]
+    fn prune_refuses_a_chain_that_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10);
+        let text = String::from_utf8(raw(&*store, 15)).unwrap();
+        put(
+            &*store,
+            15,
+            text.replace("SERIAL0015", "SERIAL9999").into_bytes(),
+        );
+        let r = log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"));
+        assert!(
+            matches!(r, Err(Error::Refused(ref m)) if m.contains("does not verify")),
+            "{r:?}"
+        );
+        assert!(store.get(Tree::Audit, &seq_key(1)).unwrap().is_some());
     }
 
     #[test]
