@@ -25,7 +25,7 @@ mod health;
 mod status;
 mod unseal;
 
-pub use auth::{Caller, RateLimits, RequestId};
+pub use auth::{Caller, RateLimits, RequestId, UNSEAL_PER_MINUTE};
 pub use error::ApiError;
 
 use crate::AppState;

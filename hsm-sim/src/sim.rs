@@ -37,6 +37,10 @@ use zeroize::Zeroizing;
 
 type Key = Zeroizing<[u8; KEY_LEN]>;
 
+/// Most shares a set can have; submitted shares are held in a vector of this capacity from the
+/// start, so a reallocation never leaves a copy of one behind in freed memory.
+const MAX_SHARES: usize = 255;
+
 /// Options of [`SimulatedHsm::init`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitOptions {
@@ -348,14 +352,14 @@ impl SimulatedHsm {
             inner: Mutex::new(Inner {
                 file,
                 unsealed: None,
-                pending: Vec::new(),
+                pending: Vec::with_capacity(MAX_SHARES),
             }),
             rng,
             fault,
         };
         let report = {
             let inner = hsm.lock();
-            inner
+            let _dir_synced = inner
                 .file
                 .write_atomic(dir, Self::STATE_FILE, &hsm.fault_hook())?;
             InitReport {
@@ -387,7 +391,7 @@ impl SimulatedHsm {
             inner: Mutex::new(Inner {
                 file,
                 unsealed: None,
-                pending: Vec::new(),
+                pending: Vec::with_capacity(MAX_SHARES),
             }),
             rng: SystemRandom::new(),
             fault,
@@ -464,7 +468,9 @@ impl SimulatedHsm {
     fn commit(&self, inner: &mut Inner, mut file: StateFile, keys: Unsealed) -> Result<()> {
         file.body.generation = inner.file.body.generation + 1;
         file.mac = state_mac(&keys.root, &file.body)?;
-        file.write_atomic(&self.dir, Self::STATE_FILE, &self.fault_hook())?;
+        // Only a failure before the rename is an error; after it the new state is in effect
+        // (see `StateFile::write_atomic`) and is adopted, whatever the directory fsync said.
+        let _dir_synced = file.write_atomic(&self.dir, Self::STATE_FILE, &self.fault_hook())?;
         inner.file = file;
         inner.unsealed = Some(keys);
         Ok(())
@@ -578,7 +584,7 @@ impl Hsm for SimulatedHsm {
                 threshold,
             });
         }
-        let pending = std::mem::take(&mut inner.pending);
+        let pending = std::mem::replace(&mut inner.pending, Vec::with_capacity(MAX_SHARES));
         let keys = Self::open_keys(&inner.file, &pending)?;
         inner.unsealed = Some(keys);
         Ok(UnsealProgress {
@@ -699,7 +705,7 @@ impl Hsm for SimulatedHsm {
                 .ok_or_else(|| Error::Refused("unseal the hsm before a rekey".to_string()))?,
         );
         let need = usize::from(inner.file.body.share_set.threshold);
-        let mut admitted: Vec<Share> = Vec::new();
+        let mut admitted: Vec<Share> = Vec::with_capacity(current.len());
         for text in current {
             let share = Self::admit(&inner.file, text)?;
             if admitted.iter().any(|s| s.x == share.x) {

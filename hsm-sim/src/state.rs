@@ -122,11 +122,13 @@ impl StateFile {
     }
 
     /// Replaces the state file atomically (see the module docs), calling `fault` at each step
-    /// so crash tests can stop the process there.
+    /// so crash tests can stop the process there. Returns whether the directory fsync after the
+    /// rename also succeeded (the new state is in effect either way).
     ///
     /// # Errors
-    /// [`Error::Storage`] naming the file and the step that failed; the old file is intact.
-    pub fn write_atomic(&self, dir: &Path, name: &str, fault: &dyn Fn(FaultPoint)) -> Result<()> {
+    /// [`Error::Storage`] naming the file and the step that failed, for any failure before the
+    /// rename; the old file is then intact and still the state.
+    pub fn write_atomic(&self, dir: &Path, name: &str, fault: &dyn Fn(FaultPoint)) -> Result<bool> {
         let io = |what: &str, e: std::io::Error| {
             Error::Storage(format!("{what} {}: {e}", dir.join(name).display()))
         };
@@ -153,11 +155,13 @@ impl StateFile {
         fault(FaultPoint::TempSynced);
         fs::rename(&tmp, dir.join(name)).map_err(|e| io("cannot rename temporary file onto", e))?;
         fault(FaultPoint::Renamed);
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot fsync the directory of", e))?;
+        // From here the new state is the state: the rename is visible to every later open. A
+        // failed directory fsync only weakens durability against power loss; answering `Err`
+        // now would tell the caller (say, custodians after a rekey) that nothing changed when
+        // the new state is already in effect. So it is returned as `Ok(false)`.
+        let synced = File::open(dir).and_then(|d| d.sync_all()).is_ok();
         fault(FaultPoint::Committed);
-        Ok(())
+        Ok(synced)
     }
 
     /// Removes a temporary file left by a crash in the middle of [`StateFile::write_atomic`].

@@ -36,6 +36,9 @@ use std::io::Write;
 use vault::audit::{self, Outcome, Page, VerifyReport};
 use vault::Role;
 
+/// Longest filter value accepted (an account id, an action, a card serial fit easily).
+const MAX_FILTER: usize = 64;
+
 /// Events per page when the caller does not say.
 pub const DEFAULT_PAGE: usize = 100;
 
@@ -98,6 +101,21 @@ async fn query(
         after: p.after.unwrap_or(0),
         limit: limit(p.limit)?,
     };
+    // Filter values go into the query's own audit event: keep them short and printable, so
+    // the chain holds no bulk text of a caller's choosing.
+    for (name, value) in [
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("subject", &q.subject),
+    ] {
+        if let Some(v) = value {
+            if v.len() > MAX_FILTER || v.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "{name}: at most {MAX_FILTER} printable characters"
+                )));
+            }
+        }
+    }
     let mut event = caller.event("audit.query", "audit");
     for (k, v) in [
         ("actor", &q.actor),

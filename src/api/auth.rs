@@ -88,10 +88,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Per-account rate limits (governor, keyed by account id).
+/// Per-account rate limits (governor, keyed by account id), and one global limit on share
+/// submissions (the unseal route is public: custodians are not accounts).
 pub struct RateLimits {
     sensitive: DefaultKeyedRateLimiter<String>,
     per_minute: NonZeroU32,
+    unseal: governor::DefaultDirectRateLimiter,
+}
+
+/// Share submissions (and resets) accepted per minute, from anyone: far above what custodians
+/// type, far below what would flood the audit chain.
+pub const UNSEAL_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(60) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
+fn wait_secs(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl fmt::Debug for RateLimits {
@@ -107,7 +121,16 @@ impl RateLimits {
         RateLimits {
             sensitive: RateLimiter::keyed(Quota::per_minute(per_minute)),
             per_minute,
+            unseal: RateLimiter::direct(Quota::per_minute(UNSEAL_PER_MINUTE)),
         }
+    }
+
+    /// `Ok` if one more share submission is allowed now, else the seconds to wait.
+    ///
+    /// # Errors
+    /// The whole seconds (at least 1) until the next submission would be allowed.
+    pub fn check_unseal(&self) -> Result<(), u64> {
+        self.unseal.check().map_err(|n| wait_secs(&n))
     }
 
     /// `Ok` if `account` may make one more call of `class` now, else the seconds to wait.
@@ -119,10 +142,7 @@ impl RateLimits {
             RateClass::Normal => Ok(()),
             RateClass::Sensitive => {
                 let key = account.to_owned();
-                self.sensitive.check_key(&key).map_err(|not_until| {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-                })
+                self.sensitive.check_key(&key).map_err(|n| wait_secs(&n))
             }
         }
     }

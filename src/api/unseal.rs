@@ -64,6 +64,10 @@ async fn unseal(
     JsonBody(req): JsonBody<UnsealRequest>,
 ) -> Result<Json<UnsealProgress>, ApiError> {
     let actor = custodian(&request_id);
+    state
+        .limits
+        .check_unseal()
+        .map_err(ApiError::rate_limited)?;
     let progress = match (req.share, req.reset) {
         (Some(share), false) => {
             blocking(move || state.with_unseal_lock(|| submit_audited(&state, &share, &actor)))
@@ -71,17 +75,23 @@ async fn unseal(
         }
         (None, true) => {
             blocking(move || {
-                let hsm = &state.hsm;
-                hsm.reset_unseal();
-                let s = hsm.status();
-                tracing::info!("unseal progress reset");
-                state
-                    .audit
-                    .append(event(&actor, "hsm.unseal_reset", Outcome::Ok))?;
-                Ok(UnsealProgress {
-                    sealed: s.sealed,
-                    progress: s.progress,
-                    threshold: s.threshold,
+                state.with_unseal_lock(|| {
+                    let hsm = &state.hsm;
+                    let s = hsm.status();
+                    if !s.sealed {
+                        // Nothing to reset: no event, no change.
+                        return Ok(already_unsealed(s.threshold));
+                    }
+                    hsm.reset_unseal();
+                    tracing::info!("unseal progress reset");
+                    state
+                        .audit
+                        .append(event(&actor, "hsm.unseal_reset", Outcome::Ok))?;
+                    Ok(UnsealProgress {
+                        sealed: true,
+                        progress: 0,
+                        threshold: s.threshold,
+                    })
                 })
             })
             .await?
@@ -100,12 +110,26 @@ async fn unseal(
     Ok(Json(progress))
 }
 
+fn already_unsealed(threshold: u8) -> UnsealProgress {
+    UnsealProgress {
+        sealed: false,
+        progress: 0,
+        threshold,
+    }
+}
+
 /// Submits a share and records it; installs the audit key when the HSM becomes unsealed.
 fn submit_audited(
     state: &AppState,
     share: &SecretString,
     actor: &Actor,
 ) -> vault::Result<UnsealProgress> {
+    let status = state.hsm.status();
+    if !status.sealed {
+        // Already unsealed: the text is not looked at and nothing is recorded, so a share
+        // sent late (or any text at all) leaves no misleading "accepted" event.
+        return Ok(already_unsealed(status.threshold));
+    }
     match submit(&*state.hsm, share) {
         Ok(p) => {
             let recorded = state.audit.append(

@@ -268,7 +268,9 @@ pub trait Hsm: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`Error::Share`] when the share is malformed, corrupted, from another share set, or a
-    /// duplicate; the HSM stays sealed and keeps the shares it already had.
+    /// duplicate; the HSM stays sealed and keeps the shares it already had. If the share that
+    /// completes the threshold still does not open the HSM (a damaged state), the submitted
+    /// shares are all dropped and the unseal starts over.
     fn unseal(&self, share: &SecretString) -> Result<UnsealProgress>;
 
     /// Forgets the shares submitted so far without unsealing.

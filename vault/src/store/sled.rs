@@ -94,6 +94,8 @@ impl Store for SledStore {
         if start >= end {
             return Ok(Vec::new());
         }
+        // Every key in the sled tree starts with its one-byte tree tag (see `prefixed`), so
+        // `k[1..]` below cannot go out of bounds.
         self.tree
             .range(start..end)
             .take(limit)
