@@ -133,7 +133,7 @@ impl AppState {
     /// HSM and store errors. The caller should seal the HSM again: an unsealed service that
     /// cannot audit must not work.
     pub fn unsealed(&self, actor: &Actor, how: &str) -> vault::Result<()> {
-        self.audit.unlock(&*self.hsm)?;
+        self.audit.unlock(self.hsm.clone())?;
         self.audit.append(
             NewEvent::new("hsm.unseal", "hsm")
                 .by(actor.id.clone(), actor.role.clone())

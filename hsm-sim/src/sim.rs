@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use vault::{
-    DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome, Result,
-    ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
+    AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
+    Result, ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -340,6 +340,7 @@ impl SimulatedHsm {
             sealed_root: gcm_seal(&rng, &set.unseal_key, &root_aad(&set.set.id), &root[..])?,
             share_set: set.set.clone(),
             terms: vec![term.clone()],
+            audit_anchor: None,
         };
         let file = StateFile {
             mac: state_mac(&root, &body)?,
@@ -555,6 +556,7 @@ impl Hsm for SimulatedHsm {
                     created_unix: t.created_unix,
                 })
                 .collect(),
+            generation: b.generation,
         }
     }
 
@@ -757,6 +759,31 @@ impl Hsm for SimulatedHsm {
         self.commit(&mut inner, file, keys)?;
         inner.pending.clear();
         Ok(outcome)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        let inner = self.lock();
+        inner.unsealed.as_ref().ok_or(Error::Sealed)?;
+        Ok(inner.file.body.audit_anchor.clone())
+    }
+
+    fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()> {
+        let mut inner = self.lock();
+        let keys = Self::copy_keys(inner.unsealed.as_ref().ok_or(Error::Sealed)?);
+        if let Some(held) = &inner.file.body.audit_anchor {
+            if held.seq > anchor.seq {
+                return Err(Error::Refused(format!(
+                    "the audit anchor is at event {}, refusing to move it back to {}",
+                    held.seq, anchor.seq
+                )));
+            }
+            if held == anchor {
+                return Ok(());
+            }
+        }
+        let mut file = inner.file.clone();
+        file.body.audit_anchor = Some(anchor.clone());
+        self.commit(&mut inner, file, keys)
     }
 
     fn fill_random(&self, buf: &mut [u8]) -> Result<()> {

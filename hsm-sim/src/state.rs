@@ -75,6 +75,9 @@ pub struct StateBody {
     pub sealed_root: String,
     /// Every term, oldest first.
     pub terms: Vec<TermRecord>,
+    /// The audit chain's newest checkpoint, as the host last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_anchor: Option<vault::AuditAnchor>,
 }
 
 /// The whole file.

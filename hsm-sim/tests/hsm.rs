@@ -617,3 +617,32 @@ fn debug_output_of_an_unsealed_hsm_carries_no_key_or_share() {
         .unwrap_or(0);
     assert!(longest_hex_run < 32, "{all}");
 }
+
+#[test]
+fn the_audit_anchor_persists_and_only_moves_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init(dir.path(), 2, 2);
+    assert!(matches!(hsm.audit_anchor(), Err(Error::Sealed)));
+    unseal(&hsm, &[&shares[0], &shares[1]]);
+    assert_eq!(hsm.audit_anchor().unwrap(), None);
+    let g0 = hsm.status().generation;
+    let a = vault::AuditAnchor {
+        seq: 10,
+        hash: "ab".repeat(32),
+    };
+    hsm.set_audit_anchor(&a).unwrap();
+    assert_eq!(hsm.status().generation, g0 + 1, "every state change counts");
+    let back = vault::AuditAnchor {
+        seq: 9,
+        hash: "cd".repeat(32),
+    };
+    assert!(matches!(
+        hsm.set_audit_anchor(&back),
+        Err(Error::Refused(_))
+    ));
+    drop(hsm);
+    let hsm = SimulatedHsm::open(dir.path()).unwrap();
+    unseal(&hsm, &[&shares[1], &shares[0]]);
+    assert_eq!(hsm.audit_anchor().unwrap(), Some(a));
+    assert_eq!(hsm.status().generation, g0 + 1);
+}

@@ -199,7 +199,7 @@ fn first_unseal(
     let status = hsm.status();
     state
         .audit
-        .unlock(&*hsm)
+        .unlock(state.hsm.clone())
         .context("cannot create the audit key")?;
     state
         .audit

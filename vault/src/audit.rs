@@ -23,7 +23,7 @@
 //! [`AuditLog::verify`] walks all of it and names the first broken link.
 
 use crate::error::{Error, Result};
-use crate::hsm::{Hsm, KeyPurpose};
+use crate::hsm::{AuditAnchor, Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::secret::DataKey;
 use crate::store::{seq_key, Batch, Store, Tree};
@@ -37,6 +37,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Key of the head mark in [`Tree::Meta`].
 const HEAD_KEY: &[u8] = b"audit_head";
+/// Key of the highest HSM state generation seen, in [`Tree::Meta`].
+const HSM_GENERATION_KEY: &[u8] = b"hsm_generation";
 /// Key of the prune base in [`Tree::Meta`].
 const BASE_KEY: &[u8] = b"audit_base";
 /// Events deleted per batch by a prune.
@@ -249,6 +251,9 @@ pub struct VerifyReport {
     pub macs_checked: bool,
     /// Events up to this one were pruned (0: none).
     pub pruned_through: u64,
+    /// Whether the chain was checked against the HSM's anchor.
+    #[serde(default)]
+    pub anchor_checked: bool,
     /// The first broken link, if any.
     pub problem: Option<Problem>,
     /// Things that are not damage but deserve a look.
@@ -276,6 +281,8 @@ pub struct AuditLog {
     durable: Mutex<u64>,
     /// Prunes run one at a time, so a base only moves forward.
     prune_lock: Mutex<()>,
+    /// The HSM that keeps the chain's anchor, once unlocked.
+    hsm: RwLock<Option<Arc<dyn Hsm>>>,
     key: RwLock<Option<hmac::Key>>,
     checkpoint_every: u64,
 }
@@ -365,6 +372,7 @@ impl AuditLog {
             }),
             durable: Mutex::new(next_seq - 1),
             prune_lock: Mutex::new(()),
+            hsm: RwLock::new(None),
             key: RwLock::new(None),
             checkpoint_every: checkpoint_every.max(1),
         })
@@ -393,9 +401,16 @@ impl AuditLog {
             // MAC the head only if the chain up to it is sound: a head written by someone who
             // holds the store but not the key must not be laundered by the first unseal. The
             // head may legitimately be bare (events appended while sealed); nothing else may.
+            let anchor = self.anchor();
             let sound = {
                 let key = self.key();
-                verify_chain(&*self.store, key.as_ref(), BareHead::Allowed)?.intact()
+                verify_chain(
+                    &*self.store,
+                    key.as_ref(),
+                    anchor.as_ref(),
+                    BareHead::Allowed,
+                )?
+                .intact()
             };
             if sound {
                 self.checkpoint()?;
@@ -406,11 +421,23 @@ impl AuditLog {
 
     /// Unwraps the audit key from the keyring in the store and installs it; on the first unseal
     /// of a new store, creates the key first (the keyring write and a `key.create` event land in
-    /// one batch). Call once the HSM is unsealed.
+    /// one batch). Call once the HSM is unsealed. From then on every checkpoint is also given
+    /// to the HSM as the chain's anchor.
+    ///
+    /// The store and the HSM vouch for each other: the store remembers the highest HSM state
+    /// generation it has seen, and the HSM keeps the chain's newest checkpoint. An old copy of
+    /// the HSM's state put back is refused here; an old or truncated copy of the store is found
+    /// by [`AuditLog::verify`] (the chain ends before the anchor), and the HSM refuses to move
+    /// its anchor back. Both put back together, consistently, cannot be told from the real
+    /// thing: that needs a counter outside the machine.
     ///
     /// # Errors
-    /// HSM and store errors.
-    pub fn unlock(&self, hsm: &dyn Hsm) -> Result<()> {
+    /// [`Error::Refused`] for an HSM state older than one seen before; [`Error::Refused`] from
+    /// the HSM if the chain is behind its anchor; HSM and store errors.
+    pub fn unlock(&self, hsm: Arc<dyn Hsm>) -> Result<()> {
+        self.check_hsm_generation(&*hsm)?;
+        *self.hsm.write().unwrap_or_else(|p| p.into_inner()) = Some(hsm.clone());
+        let hsm = &*hsm;
         let mut ring = Keyring::load(&*self.store)?;
         let id = match ring.newest(KeyPurpose::Audit) {
             Some(rec) => rec.id,
@@ -434,6 +461,41 @@ impl AuditLog {
         };
         let key = ring.unwrap(hsm, id)?;
         self.set_key(Some(&key))
+    }
+
+    fn check_hsm_generation(&self, hsm: &dyn Hsm) -> Result<()> {
+        let current = hsm.status().generation;
+        let seen = match self.store.get(Tree::Meta, HSM_GENERATION_KEY)? {
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Storage("the stored hsm generation is unreadable".into()))?,
+            None => 0,
+        };
+        if current < seen {
+            return Err(Error::Refused(format!(
+                "the hsm state is at generation {current} but this store has seen generation                  {seen}: an older copy of the hsm state was put back"
+            )));
+        }
+        if current > seen {
+            let mut b = Batch::new();
+            b.put(
+                Tree::Meta,
+                HSM_GENERATION_KEY.to_vec(),
+                current.to_be_bytes().to_vec(),
+            );
+            self.store.apply(&b)?;
+        }
+        Ok(())
+    }
+
+    fn anchor_hsm(&self) -> Option<Arc<dyn Hsm>> {
+        self.hsm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The HSM's anchor, if an unsealed HSM holds one.
+    fn anchor(&self) -> Option<AuditAnchor> {
+        self.anchor_hsm()
+            .and_then(|h| h.audit_anchor().ok().flatten())
     }
 
     /// True while the audit key is installed.
@@ -514,6 +576,16 @@ impl AuditLog {
         drop(chain);
         drop(key);
         self.make_durable(seq)?;
+        if checkpoint {
+            if let Some(hsm) = self.anchor_hsm() {
+                // The event is committed whatever happens here; a failed anchor only leaves
+                // the HSM's anchor at the previous checkpoint, which the next one moves on.
+                let _ = hsm.set_audit_anchor(&AuditAnchor {
+                    seq,
+                    hash: hex::encode(hash),
+                });
+            }
+        }
         Ok(seq)
     }
 
@@ -566,6 +638,13 @@ impl AuditLog {
         batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), bytes);
         self.store.apply(&batch)?;
         chain.since_checkpoint = 0;
+        drop(chain);
+        if let Some(hsm) = self.anchor_hsm() {
+            hsm.set_audit_anchor(&AuditAnchor {
+                seq,
+                hash: mark.hash,
+            })?;
+        }
         Ok(())
     }
 
@@ -586,7 +665,8 @@ impl AuditLog {
             // Never sign a base over a chain that does not verify: a planted checkpoint or an
             // edited event time would otherwise turn a routine prune into a deletion of recent
             // events.
-            let report = verify_chain(&*self.store, Some(key), BareHead::Damage)?;
+            let anchor = self.anchor();
+            let report = verify_chain(&*self.store, Some(key), anchor.as_ref(), BareHead::Damage)?;
             if let Some(p) = report.problem {
                 return Err(Error::Refused(format!(
                     "the audit chain does not verify ({} at event {}); prune refused",
@@ -733,8 +813,14 @@ impl AuditLog {
     /// # Errors
     /// Store errors only; damage is reported in the [`VerifyReport`].
     pub fn verify(&self) -> Result<VerifyReport> {
+        let anchor = self.anchor();
         let key = self.key();
-        verify_chain(&*self.store, key.as_ref(), BareHead::Damage)
+        verify_chain(
+            &*self.store,
+            key.as_ref(),
+            anchor.as_ref(),
+            BareHead::Damage,
+        )
     }
 }
 
@@ -807,6 +893,7 @@ enum BareHead {
 fn verify_chain(
     store: &dyn Store,
     key: Option<&hmac::Key>,
+    anchor: Option<&AuditAnchor>,
     bare_head: BareHead,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport {
@@ -814,6 +901,7 @@ fn verify_chain(
         checkpoints: 0,
         macs_checked: key.is_some(),
         pruned_through: 0,
+        anchor_checked: false,
         problem: None,
         warnings: Vec::new(),
     };
@@ -961,6 +1049,17 @@ fn verify_chain(
             return Ok(report);
         }
         let hash = sha256(&bytes);
+        if let Some(a) = anchor.filter(|a| a.seq == at) {
+            report.anchor_checked = true;
+            if a.hash != hex::encode(hash) {
+                report.problem = problem(
+                    Damage::Changed,
+                    at,
+                    format!("event {at} does not match the hsm's anchor: it was changed"),
+                );
+                return Ok(report);
+            }
+        }
         since_mark += 1;
         sealed_tail &= event.sealed;
         if let Some(cp) = checkpoints.get(&at) {
@@ -986,6 +1085,19 @@ fn verify_chain(
         report.events += 1;
     }
     let last = expected - 1;
+
+    if let Some(a) = anchor.filter(|a| a.seq > last && a.seq > report.pruned_through) {
+        report.problem = problem(
+            Damage::Truncated,
+            last + 1,
+            format!(
+                "the chain ends at event {last} but the hsm's anchor records event {}: the store \
+                 was truncated or an older copy of it was put back",
+                a.seq
+            ),
+        );
+        return Ok(report);
+    }
 
     if let Some((&cp_seq, _)) = checkpoints.range(expected..).next() {
         report.problem = problem(
@@ -1274,11 +1386,69 @@ mod tests {
     }
 
     #[test]
+    fn a_store_rolled_back_behind_the_hsm_anchor_is_found() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
+        let log = AuditLog::open(store.clone(), 5).unwrap();
+        log.unlock(hsm.clone()).unwrap(); // event 1 (key.create), checkpointed at unlock
+        for i in 0..19 {
+            log.append(NewEvent::new("card.activate", format!("S{i}")))
+                .unwrap();
+        }
+        // Checkpoints (and anchors) at 1, 6, 11, 16.
+        assert_eq!(hsm.audit_anchor().unwrap().unwrap().seq, 16);
+        assert!(log.verify().unwrap().anchor_checked);
+        // Roll the store back to just after checkpoint 11, head and all: every hash and MAC in
+        // the store is genuine, only the HSM's anchor knows better.
+        let cp11 = store
+            .get(Tree::AuditCheckpoints, &seq_key(11))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::new();
+        for seq in 12..=20 {
+            b.delete(Tree::Audit, seq_key(seq).to_vec());
+            b.delete(Tree::AuditCheckpoints, seq_key(seq).to_vec());
+        }
+        b.put(Tree::Meta, HEAD_KEY.to_vec(), cp11);
+        store.apply(&b).unwrap();
+        let log = AuditLog::open(store.clone(), 5).unwrap();
+        log.unlock(hsm.clone()).unwrap();
+        let (d, seq, msg) = damage(&log);
+        assert_eq!((d, seq), (Damage::Truncated, 12), "{msg}");
+        assert!(msg.contains("anchor records event 16"), "{msg}");
+        assert_eq!(
+            hsm.audit_anchor().unwrap().unwrap().seq,
+            16,
+            "the anchor never goes back"
+        );
+    }
+
+    #[test]
+    fn an_older_hsm_state_than_the_store_has_seen_is_refused() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            HSM_GENERATION_KEY.to_vec(),
+            5u64.to_be_bytes().to_vec(),
+        );
+        store.apply(&b).unwrap();
+        let log = AuditLog::open(store, 5).unwrap();
+        let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
+        let r = log.unlock(hsm);
+        assert!(
+            matches!(r, Err(Error::Refused(ref m)) if m.contains("older copy")),
+            "{r:?}"
+        );
+        assert!(!log.has_key());
+    }
+
+    #[test]
     fn a_wiped_chain_is_found() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let hsm = DoubleHsm::new();
+        let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
         let log = AuditLog::open(store.clone(), 1000).unwrap();
-        log.unlock(&hsm).unwrap();
+        log.unlock(hsm.clone()).unwrap();
         log.append(NewEvent::new("a", "b")).unwrap();
         let mut b = Batch::new();
         for (k, _) in store.range(Tree::Audit, &[], None, 100).unwrap() {
@@ -1289,9 +1459,14 @@ mod tests {
         }
         b.delete(Tree::Meta, HEAD_KEY.to_vec());
         store.apply(&b).unwrap();
+        // Found twice over: by the hsm's anchor, and by the audit key with no event.
         let (d, _, msg) = damage(&log);
         assert_eq!(d, Damage::Truncated, "{msg}");
-        assert!(msg.contains("removed"), "{msg}");
+        let no_anchor = AuditLog::open(store.clone(), 1000).unwrap();
+        no_anchor.set_key(Some(&key())).unwrap();
+        let (d, _, msg) = damage(&no_anchor);
+        assert_eq!(d, Damage::Truncated, "{msg}");
+        assert!(msg.contains("holds an audit key"), "{msg}");
     }
 
     #[test]
@@ -1548,13 +1723,13 @@ mod tests {
     #[test]
     fn unlock_creates_the_audit_key_once() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let hsm = DoubleHsm::new();
+        let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
         let log = AuditLog::open(store.clone(), 1000).unwrap();
-        log.unlock(&hsm).unwrap();
+        log.unlock(hsm.clone()).unwrap();
         assert!(log.has_key());
         let h1 = log.personal_hmac("name", "Maria").unwrap();
         let log2 = AuditLog::open(store.clone(), 1000).unwrap();
-        log2.unlock(&hsm).unwrap();
+        log2.unlock(hsm.clone()).unwrap();
         assert_eq!(log2.personal_hmac("name", "Maria").unwrap(), h1);
         let ring = Keyring::load(&*store).unwrap();
         assert_eq!(ring.len(), 1);

@@ -137,6 +137,19 @@ pub struct HsmStatus {
     pub root_kcv: Kcv,
     /// Every term, retired ones included, oldest first.
     pub terms: Vec<TermInfo>,
+    /// Counts the HSM's state changes; never goes down. The vault remembers the highest it has
+    /// seen, so an older copy of the HSM's state put back is refused.
+    pub generation: u64,
+}
+
+/// The audit chain's last checkpoint, kept by the HSM under its own integrity protection, so
+/// that a store rolled back or truncated behind the HSM's back is found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Sequence number of the checkpointed event.
+    pub seq: u64,
+    /// Hex SHA-256 of its stored bytes.
+    pub hash: String,
 }
 
 /// The answer to one submitted share.
@@ -321,6 +334,19 @@ pub trait Hsm: Send + Sync + fmt::Debug {
         threshold: u8,
         deliver: &mut ShareDelivery<'_>,
     ) -> Result<RekeyOutcome>;
+
+    /// The audit anchor last set, if any.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`].
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>>;
+
+    /// Records the audit chain's newest checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`]; [`Error::Refused`] for an anchor older than the one held (the
+    /// anchor only moves forward); storage errors.
+    fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()>;
 
     /// Fills `buf` from the HSM's random generator.
     ///

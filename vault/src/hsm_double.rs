@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::hsm::{
-    Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
-    UnsealProgress, WrappedKey,
+    AuditAnchor, Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo,
+    TermState, UnsealProgress, WrappedKey,
 };
 use crate::kcv::Kcv;
 use crate::secret::{DataKey, FreshDataKey};
@@ -16,12 +16,14 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub(crate) struct DoubleHsm {
     terms: Mutex<Vec<(TermInfo, Option<[u8; 32]>)>>,
+    anchor: Mutex<Option<AuditAnchor>>,
 }
 
 impl DoubleHsm {
     pub(crate) fn new() -> Self {
         let h = DoubleHsm {
             terms: Mutex::new(Vec::new()),
+            anchor: Mutex::new(None),
         };
         h.rotate().unwrap();
         h
@@ -85,6 +87,7 @@ impl Hsm for DoubleHsm {
                 .iter()
                 .map(|(t, _)| t.clone())
                 .collect(),
+            generation: 0,
         }
     }
     fn unseal(&self, _share: &SecretString) -> Result<UnsealProgress> {
@@ -157,6 +160,17 @@ impl Hsm for DoubleHsm {
         _: &mut ShareDelivery<'_>,
     ) -> Result<RekeyOutcome> {
         Err(Error::Refused("the test double has no shares".into()))
+    }
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        Ok(self.anchor.lock().unwrap().clone())
+    }
+    fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()> {
+        let mut held = self.anchor.lock().unwrap();
+        if held.as_ref().is_some_and(|h| h.seq > anchor.seq) {
+            return Err(Error::Refused("anchor goes backwards".into()));
+        }
+        *held = Some(anchor.clone());
+        Ok(())
     }
     fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
         SystemRandom::new()

@@ -36,8 +36,8 @@ pub use account::{Account, AccountView, Accounts, Actor, Role};
 pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
 pub use error::{Error, Result};
 pub use hsm::{
-    Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo, TermState,
-    UnsealProgress, WrappedKey,
+    AuditAnchor, Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo,
+    TermState, UnsealProgress, WrappedKey,
 };
 pub use kcv::Kcv;
 pub use keyring::{DataKeyRecord, Keyring, RewrapReport};
