@@ -339,6 +339,23 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Storage(format!("cannot encode audit record: {e}")))
 }
 
+/// The prefix of every index entry of `subject`. Subjects longer than 64 KiB are cut: they
+/// still index, just less precisely, and the event is checked again on read.
+fn subject_prefix(subject: &str) -> Vec<u8> {
+    let bytes = &subject.as_bytes()[..subject.len().min(usize::from(u16::MAX))];
+    let mut k = Vec::with_capacity(2 + bytes.len() + 8);
+    // The slice is at most u16::MAX long.
+    k.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    k.extend_from_slice(bytes);
+    k
+}
+
+fn subject_key(subject: &str, seq: u64) -> Vec<u8> {
+    let mut k = subject_prefix(subject);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
@@ -555,6 +572,11 @@ impl AuditLog {
             mac: key.as_ref().map(|k| mark_mac(k, seq, &hash_hex)),
             hash: hash_hex,
         };
+        batch.put(
+            Tree::AuditSubjects,
+            subject_key(&stored.subject, seq),
+            Vec::new(),
+        );
         batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
         batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&mark)?);
         let checkpoint = key.is_some() && chain.since_checkpoint + 1 >= self.checkpoint_every;
@@ -727,6 +749,28 @@ impl AuditLog {
         let base: Mark = serde_json::from_slice(&b)
             .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?;
         let end = seq_key(base.seq.saturating_add(1));
+        // The subject index is keyed by subject first: walk it all, dropping pruned entries.
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let chunk = self
+                .store
+                .range(Tree::AuditSubjects, &from, None, PRUNE_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            let mut next = last.clone();
+            next.push(0);
+            let mut batch = Batch::new();
+            for (k, _) in &chunk {
+                let seq = k.len().checked_sub(8).and_then(|at| seq_of(&k[at..]));
+                if seq.is_some_and(|s| s <= base.seq) {
+                    batch.delete(Tree::AuditSubjects, k.clone());
+                }
+            }
+            self.store.apply(&batch)?;
+            if chunk.len() < PRUNE_CHUNK {
+                break;
+            }
+            from = next;
+        }
         for tree in [Tree::Audit, Tree::AuditCheckpoints] {
             loop {
                 let chunk = self.store.range(tree, &[], Some(&end), PRUNE_CHUNK)?;
@@ -749,6 +793,9 @@ impl AuditLog {
     /// Store errors; [`Error::Storage`] for an unreadable event.
     pub fn query(&self, q: &Query) -> Result<Page> {
         let limit = q.limit.clamp(1, MAX_PAGE);
+        if let Some(subject) = &q.subject {
+            return self.query_subject(q, subject, limit);
+        }
         let mut events = Vec::new();
         let mut from = q.after.saturating_add(1);
         loop {
@@ -776,6 +823,50 @@ impl AuditLog {
                 break;
             }
             from = last + 1;
+        }
+        Ok(Page { events, next: None })
+    }
+
+    /// [`AuditLog::query`] with a subject: walks the subject index instead of the chain, so a
+    /// card's history costs its own events, not the whole chain's.
+    fn query_subject(&self, q: &Query, subject: &str, limit: usize) -> Result<Page> {
+        let prefix = subject_prefix(subject);
+        let mut end = prefix.clone();
+        end.extend_from_slice(&[0xff; 9]);
+        let mut from = subject_key(subject, q.after.saturating_add(1));
+        let mut events = Vec::new();
+        loop {
+            let chunk = self
+                .store
+                .range(Tree::AuditSubjects, &from, Some(&end), 1024)?;
+            let Some((last_key, _)) = chunk.last() else {
+                break;
+            };
+            let last_key = last_key.clone();
+            for (k, _) in &chunk {
+                let Some(seq) = k.get(prefix.len()..).and_then(seq_of) else {
+                    continue;
+                };
+                // An index entry whose event is gone (pruned) is skipped.
+                let Some(bytes) = self.store.get(Tree::Audit, &seq_key(seq))? else {
+                    continue;
+                };
+                let e: Event = serde_json::from_slice(&bytes).map_err(|_| {
+                    Error::Storage(format!("audit event {seq} is unreadable; run audit verify"))
+                })?;
+                if matches(q, &e) {
+                    events.push(e);
+                    if events.len() == limit {
+                        let next = events.last().map(|e| e.seq);
+                        return Ok(Page { events, next });
+                    }
+                }
+            }
+            if chunk.len() < 1024 {
+                break;
+            }
+            from = last_key;
+            from.push(0);
         }
         Ok(Page { events, next: None })
     }
@@ -1718,6 +1809,61 @@ mod tests {
         b.delete(Tree::Meta, BASE_KEY.to_vec());
         store.apply(&b).unwrap();
         assert_eq!(damage(&log).0, Damage::Missing);
+    }
+
+    #[test]
+    fn subject_queries_use_the_index_and_survive_a_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10); // subjects SERIAL0001..SERIAL0025
+        for _ in 0..4 {
+            log.append(NewEvent::new("card.suspend", "SERIAL0003"))
+                .unwrap();
+            log.append(NewEvent::new("card.suspend", "SERIAL0030"))
+                .unwrap();
+        }
+        // SERIAL0003 now at 3, 26, 28, 30, 32; checkpoints at 10, 20, 30.
+        let q = |after| Query {
+            subject: Some("SERIAL0003".into()),
+            after,
+            limit: 2,
+            ..Query::default()
+        };
+        let p1 = log.query(&q(0)).unwrap();
+        assert_eq!(
+            p1.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 26]
+        );
+        let p2 = log.query(&q(p1.next.unwrap())).unwrap();
+        assert_eq!(
+            p2.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![28, 30]
+        );
+        let p3 = log.query(&q(p2.next.unwrap())).unwrap();
+        assert_eq!(
+            p3.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![32]
+        );
+        assert!(p3.next.is_none());
+        // A subject that is a prefix of others matches only itself.
+        let short = log
+            .query(&Query {
+                subject: Some("SERIAL000".into()),
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        assert!(short.events.is_empty());
+        log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"))
+            .unwrap();
+        let after = log.query(&q(0)).unwrap();
+        assert_eq!(
+            after.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![32]
+        );
+        let index = store.range(Tree::AuditSubjects, &[], None, 1000).unwrap();
+        assert!(index
+            .iter()
+            .all(|(k, _)| seq_of(&k[k.len() - 8..]).unwrap() > 30));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Tree {
     Audit,
     /// Audit checkpoints by the sequence number they cover (u64 big-endian).
     AuditCheckpoints,
+    /// Index of audit events by subject: `subject length (u16 BE) | subject | seq (u64 BE)`,
+    /// empty values. Derived from the chain, written in the same batch as each event.
+    AuditSubjects,
 }
 
 impl Tree {
@@ -43,6 +46,7 @@ impl Tree {
             Tree::Accounts => "accounts",
             Tree::Audit => "audit",
             Tree::AuditCheckpoints => "audit_checkpoints",
+            Tree::AuditSubjects => "audit_subjects",
         }
     }
 
@@ -54,6 +58,7 @@ impl Tree {
             Tree::Accounts => 2,
             Tree::Audit => 3,
             Tree::AuditCheckpoints => 4,
+            Tree::AuditSubjects => 5,
         }
     }
 }
