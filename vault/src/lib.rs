@@ -23,9 +23,11 @@ pub mod account;
 pub mod audit;
 pub mod envelope;
 pub mod error;
+pub mod generate;
 pub mod hsm;
 #[cfg(test)]
 mod hsm_double;
+pub mod import;
 pub mod kcv;
 pub mod keyring;
 pub mod policy;
