@@ -84,21 +84,23 @@ impl fmt::Debug for Envelope {
     }
 }
 
-fn aad(purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<Vec<u8>> {
+/// Writes the AAD of a record into `a` (cleared first), so a sealer can reuse one buffer for
+/// every record instead of allocating per record.
+fn aad_into(a: &mut Vec<u8>, purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<()> {
     let subject_len = u16::try_from(subject.len()).map_err(|_| {
         Error::Refused(format!(
             "record subject is {} bytes, at most 65535",
             subject.len()
         ))
     })?;
-    let mut a = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
+    a.clear();
     a.extend_from_slice(AAD_LABEL);
     a.push(ENVELOPE_VERSION);
     a.push(purpose.tag());
     a.extend_from_slice(&key.0.to_be_bytes());
     a.extend_from_slice(&subject_len.to_be_bytes());
     a.extend_from_slice(subject.as_bytes());
-    Ok(a)
+    Ok(())
 }
 
 fn aead_key(key: &DataKey) -> Result<LessSafeKey> {
@@ -114,6 +116,8 @@ pub struct Sealer {
     id: DataKeyId,
     purpose: KeyPurpose,
     next: u64,
+    /// The AAD of the record being sealed, reused across records.
+    aad: Vec<u8>,
 }
 
 impl Sealer {
@@ -128,6 +132,7 @@ impl Sealer {
             id,
             purpose,
             next: 0,
+            aad: Vec::with_capacity(AAD_LABEL.len() + 8 + 32),
         })
     }
 
@@ -162,9 +167,12 @@ impl Sealer {
                 self.id, SEALER_LIMIT
             )));
         }
-        let aad = aad(self.purpose, self.id, subject)?;
+        aad_into(&mut self.aad, self.purpose, self.id, subject)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        // Room for the whole envelope first: `out` must not reallocate while it holds clear
+        // bytes, or a copy of them would be left in freed memory.
+        out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
         let start = out.len();
         out.push(ENVELOPE_VERSION);
         out.extend_from_slice(&self.id.0.to_be_bytes());
@@ -172,7 +180,7 @@ impl Sealer {
         out.extend_from_slice(plaintext);
         let sealed = self.key.seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(&aad),
+            Aad::from(self.aad.as_slice()),
             &mut out[start + HEADER_LEN..],
         );
         match sealed {
@@ -236,7 +244,8 @@ impl Opener {
         if envelope.key_id()? != self.id {
             return Err(Error::Integrity);
         }
-        let aad = aad(self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
+        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
+        aad_into(&mut aad, self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&b[5..HEADER_LEN]);
         let mut buf = Zeroizing::new(b[HEADER_LEN..].to_vec());
