@@ -8,7 +8,13 @@
 //! - [`hsm`]: the [`Hsm`] trait, the custody seam; root key and KEK terms stay behind it;
 //! - [`keyring`]: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
 //! - [`envelope`]: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
-//!   serial, the data-key id and the purpose).
+//!   serial, the data-key id and the purpose);
+//! - [`store`]: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
+//!   multi-tree batches;
+//! - [`account`]: accounts, roles, bearer tokens and passwords;
+//! - [`audit`]: the tamper-evident audit chain, written in the same batch as each change;
+//! - [`import`]: the manufacturer file parser (the batch layout is still to come);
+//! - [`generate`]: uniform code generation by rejection sampling, in parallel.
 //!
 //! ```text
 //! custodian shares ─▶ unseal key ─▶ root key ─▶ KEK terms ─▶ data keys ─▶ records
