@@ -460,9 +460,11 @@ fn every_subcommand_has_help() {
         &["accounts", "list"],
         &["accounts", "disable"],
         &["accounts", "rotate-token"],
+        &["accounts", "set-password"],
         &["audit"],
         &["audit", "verify"],
         &["audit", "export"],
+        &["audit", "prune"],
     ] {
         let out = run_ok(plico().args(sub).arg("--help"));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));

@@ -1,4 +1,5 @@
-//! `plico accounts create|list|disable|rotate-token`: the admin's client for `/v1/accounts`.
+//! `plico accounts create|list|disable|rotate-token|set-password`: the admin's client for
+//! `/v1/accounts`.
 //!
 //! A new token is written to `--token-out FILE` (created 0600, never overwriting) when given;
 //! otherwise it is printed once on stdout, with a warning on stderr that it will not be shown
@@ -51,6 +52,15 @@ pub enum AccountsCommand {
     Disable {
         /// The account id.
         id: String,
+    },
+    /// Set an operator's or officer's password (argon2id; at least 12 characters), read from a
+    /// file so it never appears in the shell history or the process list.
+    SetPassword {
+        /// The account id.
+        id: String,
+        /// A file whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
     },
     /// Give an account a new token; the old one stops working at once.
     RotateToken {
@@ -133,6 +143,21 @@ pub fn run(args: AccountsArgs) -> Result<()> {
                     )
                     .await?;
                 println!("disabled account {} ({})", one.account.id, one.account.role);
+                Ok(())
+            }
+            AccountsCommand::SetPassword { id, password_file } => {
+                use secrecy::ExposeSecret;
+                let password = files::read_password(password_file)?;
+                let one: One = client
+                    .post(
+                        &format!("/v1/accounts/{}/password", path_segment(id)?),
+                        &json!({ "password": password.expose_secret() }),
+                    )
+                    .await?;
+                println!(
+                    "password set for account {} ({})",
+                    one.account.id, one.account.role
+                );
                 Ok(())
             }
             AccountsCommand::RotateToken { id, token_out } => {

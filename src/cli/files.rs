@@ -59,6 +59,20 @@ pub fn read_token(path: &Path) -> Result<SecretString> {
     read_secret_line(path, "token file", "a token file holds exactly one token")
 }
 
+/// Reads a password file: its whole first line, only the line ending removed (spaces are part
+/// of a password). Errors name the file, never its content.
+pub fn read_password(path: &Path) -> Result<SecretString> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?,
+    );
+    let line = text.split(['\n', '\r']).next().unwrap_or("");
+    if line.is_empty() {
+        bail!("password file {} is empty", path.display());
+    }
+    Ok(SecretString::from(line.to_owned()))
+}
+
 /// Writes a token to a new 0600 file and syncs its directory.
 pub fn write_token(path: &Path, token: &SecretString) -> Result<()> {
     use secrecy::ExposeSecret;

@@ -104,7 +104,9 @@ pub const KEY_LEN: usize = 32;
 ///
 /// # Security
 /// Zeroized on drop; `Debug` shows only the key check value.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+// Not `Clone`: a data key has one owner, and a copy would be one more buffer to wipe (and,
+// for a fresh key, a way to build two sealers over one nonce counter).
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct DataKey([u8; KEY_LEN]);
 
 impl DataKey {
