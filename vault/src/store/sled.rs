@@ -47,7 +47,10 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.to_path_buf();
         let opened = std::panic::catch_unwind(|| -> std::result::Result<_, sled::Error> {
-            let db = sled::Config::new().path(dir).open()?;
+            // No background flusher: every `apply` flushes itself, and without that thread the
+            // directory lock is released as soon as the store is dropped (with it, a reopen in
+            // the same process could find the lock still held for up to one flush period).
+            let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
             let tree = db.open_tree(SLED_TREE)?;
             Ok((db, tree))
         });
