@@ -810,8 +810,11 @@ async fn audit_prune_keeps_the_retention_period_and_is_audited() {
 #[tokio::test]
 async fn share_submissions_are_rate_limited_globally() {
     let f = Fixture::new();
+    let per_minute = plico::api::UNSEAL_PER_MINUTE.get();
     let mut limited = None;
-    for i in 0..=plico::api::UNSEAL_PER_MINUTE.get() {
+    // The quota refills one call a second: on a loaded machine a refill may land during the
+    // burst, so allow a few extra calls, but the limit must bite.
+    for i in 0..per_minute + 10 {
         let a = send(
             &f.app,
             request(
@@ -827,5 +830,9 @@ async fn share_submissions_are_rate_limited_globally() {
             break;
         }
     }
-    assert_eq!(limited, Some(plico::api::UNSEAL_PER_MINUTE.get()));
+    let at = limited.expect("the unseal route was never rate-limited");
+    assert!(
+        (per_minute..per_minute + 10).contains(&at),
+        "limited at call {at}"
+    );
 }
