@@ -646,3 +646,30 @@ fn the_audit_anchor_persists_and_only_moves_forward() {
     assert_eq!(hsm.audit_anchor().unwrap(), Some(a));
     assert_eq!(hsm.status().generation, g0 + 1);
 }
+
+#[test]
+fn an_older_copy_of_the_hsm_state_is_refused_by_the_store_that_saw_a_newer_one() {
+    use vault::audit::{AuditLog, NewEvent};
+    use vault::store::{memory::MemoryStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init(dir.path(), 2, 2);
+    let state = dir.path().join(SimulatedHsm::STATE_FILE);
+    let old = std::fs::read(&state).unwrap();
+    unseal(&hsm, &[&shares[0], &shares[1]]);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let hsm: Arc<dyn Hsm> = Arc::new(hsm);
+    let log = AuditLog::open(store.clone(), 1000).unwrap();
+    log.unlock(hsm.clone()).unwrap();
+    log.append(NewEvent::new("card.activate", "S1")).unwrap();
+    log.checkpoint().unwrap(); // moves the anchor: a new hsm state generation, remembered
+    drop(log);
+    drop(hsm);
+
+    std::fs::write(&state, old).unwrap();
+    let hsm = SimulatedHsm::open(dir.path()).unwrap();
+    unseal(&hsm, &[&shares[0], &shares[1]]);
+    let log = AuditLog::open(store, 1000).unwrap();
+    let err = log.unlock(Arc::new(hsm)).unwrap_err().to_string();
+    assert!(err.contains("older copy of the hsm state"), "{err}");
+    assert!(!log.has_key());
+}

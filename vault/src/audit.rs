@@ -490,19 +490,32 @@ impl AuditLog {
         };
         if current < seen {
             return Err(Error::Refused(format!(
-                "the hsm state is at generation {current} but this store has seen generation                  {seen}: an older copy of the hsm state was put back"
+                "the hsm state is at generation {current} but this store has seen generation \
+                 {seen}: an older copy of the hsm state was put back"
             )));
         }
         if current > seen {
-            let mut b = Batch::new();
-            b.put(
-                Tree::Meta,
-                HSM_GENERATION_KEY.to_vec(),
-                current.to_be_bytes().to_vec(),
-            );
-            self.store.apply(&b)?;
+            self.remember_generation(current)?;
         }
         Ok(())
+    }
+
+    /// Records the HSM state generation the store has now seen.
+    fn remember_generation(&self, generation: u64) -> Result<()> {
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            HSM_GENERATION_KEY.to_vec(),
+            generation.to_be_bytes().to_vec(),
+        );
+        self.store.apply(&b)
+    }
+
+    /// Hands a checkpoint to the HSM as the chain's anchor, then records the HSM generation
+    /// that this write produced, so a copy of the HSM state from before it is refused later.
+    fn anchor_checkpoint(&self, hsm: &dyn Hsm, seq: u64, hash: String) -> Result<()> {
+        hsm.set_audit_anchor(&AuditAnchor { seq, hash })?;
+        self.remember_generation(hsm.status().generation)
     }
 
     fn anchor_hsm(&self) -> Option<Arc<dyn Hsm>> {
@@ -602,10 +615,7 @@ impl AuditLog {
             if let Some(hsm) = self.anchor_hsm() {
                 // The event is committed whatever happens here; a failed anchor only leaves
                 // the HSM's anchor at the previous checkpoint, which the next one moves on.
-                let _ = hsm.set_audit_anchor(&AuditAnchor {
-                    seq,
-                    hash: hex::encode(hash),
-                });
+                let _ = self.anchor_checkpoint(&*hsm, seq, hex::encode(hash));
             }
         }
         Ok(seq)
@@ -662,10 +672,7 @@ impl AuditLog {
         chain.since_checkpoint = 0;
         drop(chain);
         if let Some(hsm) = self.anchor_hsm() {
-            hsm.set_audit_anchor(&AuditAnchor {
-                seq,
-                hash: mark.hash,
-            })?;
+            self.anchor_checkpoint(&*hsm, seq, mark.hash)?;
         }
         Ok(())
     }
