@@ -754,7 +754,9 @@ async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
     assert!(status.success(), "exit {status:?}\nstderr: {stderr}");
     assert!(!stderr.contains(&auditor_secret));
 
-    // Damage the stored chain while no server holds the store: verify names it and exits 1.
+    // Damage the stored chain while no server holds the store: the next unseal verifies the
+    // chain before installing the audit key, refuses, names the damage, and the service stays
+    // sealed (nothing may be appended, and MAC'd, over a damaged chain).
     {
         use vault::store::{seq_key, Batch, Store, Tree};
         let store = vault::store::sled::SledStore::open(&data.join("store")).unwrap();
@@ -770,20 +772,34 @@ async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data);
     let server = Server::start(cmd);
-    run_ok(
-        plico()
-            .args(["unseal", "--addr", &server.url])
-            .args(&share_files[..2]),
+    let out = plico()
+        .args(["unseal", "--addr", &server.url])
+        .args(&share_files[..2])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("audit chain does not verify") && e.contains("event 2"),
+        "{e}"
     );
+    let status = plico()
+        .args(["status", "--json", "--addr", &server.url])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["sealed"], true, "{status}");
     let out = plico()
         .args(["audit", "verify", "--addr", &server.url])
         .arg("--token-file")
         .arg(&auditor_token)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("damaged") && e.contains("event 2"), "{e}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify cannot run on a sealed service"
+    );
     let (status, stderr) = server.terminate();
     assert!(status.success(), "exit {status:?}\nstderr: {stderr}");
     for f in &share_files {

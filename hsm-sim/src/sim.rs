@@ -780,6 +780,12 @@ impl Hsm for SimulatedHsm {
             if held == anchor {
                 return Ok(());
             }
+            if held.seq == anchor.seq {
+                return Err(Error::Refused(format!(
+                    "the audit anchor already holds another event {}: the chain has forked",
+                    held.seq
+                )));
+            }
         }
         let mut file = inner.file.clone();
         file.body.audit_anchor = Some(anchor.clone());

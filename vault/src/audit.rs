@@ -35,8 +35,15 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Key of the head mark in [`Tree::Meta`].
+/// Key of the head mark in [`Tree::Meta`]: the last event appended *with* the audit key, MAC'd
+/// under its own label (a checkpoint's MAC does not make a head).
 const HEAD_KEY: &[u8] = b"audit_head";
+/// Key of the tail in [`Tree::Meta`]: the last event appended at all, unMAC'd. Differs from the
+/// head only after events appended while sealed.
+const TAIL_KEY: &[u8] = b"audit_tail";
+/// The only actions that may be appended while the HSM is sealed (no audit key): custodians'
+/// share submissions and resets, and the creation of the audit key itself.
+const SEALED_ACTIONS: [&str; 3] = ["hsm.unseal_share", "hsm.unseal_reset", "key.create"];
 /// Key of the highest HSM state generation seen, in [`Tree::Meta`].
 const HSM_GENERATION_KEY: &[u8] = b"hsm_generation";
 /// Key of the prune base in [`Tree::Meta`].
@@ -314,8 +321,10 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// (a checkpoint's MAC does not make a valid base).
 #[derive(Clone, Copy)]
 enum MarkKind {
-    /// The head or a checkpoint.
+    /// A checkpoint.
     Chain,
+    /// The head: the last event appended with the key.
+    Head,
     /// The base left by a prune.
     Base,
 }
@@ -327,6 +336,7 @@ fn mark_mac(key: &hmac::Key, seq: u64, hash_hex: &str) -> String {
 fn kind_mac(key: &hmac::Key, kind: MarkKind, seq: u64, hash_hex: &str) -> String {
     let label: &[u8] = match kind {
         MarkKind::Chain => b"plico-audit-mark v1",
+        MarkKind::Head => b"plico-audit-head v1",
         MarkKind::Base => b"plico-audit-base v1",
     };
     let mut msg = label.to_vec();
@@ -366,7 +376,11 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Storage`] if the store cannot be read or the head is unreadable.
     pub fn open(store: Arc<dyn Store>, checkpoint_every: u64) -> Result<Self> {
-        let (next_seq, last_hash) = match store.get(Tree::Meta, HEAD_KEY)? {
+        let end = match store.get(Tree::Meta, TAIL_KEY)? {
+            Some(tail) => Some(tail),
+            None => store.get(Tree::Meta, HEAD_KEY)?,
+        };
+        let (next_seq, last_hash) = match end {
             Some(bytes) => {
                 let head: Mark = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Storage(format!("audit head is unreadable: {e}")))?;
@@ -404,35 +418,36 @@ impl AuditLog {
         self.key.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs the audit key (at unseal) or removes it (`None`, at seal). Installing it also
-    /// MACs the head, which may have been written while sealed.
+    /// Installs the audit key (at unseal) or removes it (`None`, at seal).
+    ///
+    /// Before installing it, the whole chain is verified with it: only then is the head MAC'd
+    /// again and a checkpoint written. Events appended while sealed may follow the last MAC'd
+    /// head, but only those of [`SEALED_ACTIONS`]. A chain that does not verify is refused and
+    /// the key is **not** installed, so nothing can be appended (and MAC'd) over the damage:
+    /// the service stays unable to work until the store is restored.
     ///
     /// # Errors
-    /// Store errors from rewriting the head.
+    /// [`Error::Refused`] naming the damage; HSM errors reading the anchor; store errors.
     pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
-        {
-            let mut slot = self.key.write().unwrap_or_else(|p| p.into_inner());
-            *slot = key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k.expose_secret()));
+        // Lock order everywhere: key slot, then chain.
+        let mut slot = self.key.write().unwrap_or_else(|p| p.into_inner());
+        let Some(key) = key else {
+            *slot = None;
+            return Ok(());
+        };
+        let hkey = hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret());
+        let mut chain = self.lock();
+        let anchor = self.anchor()?;
+        let report = verify_chain(&*self.store, Some(&hkey), anchor.as_ref())?;
+        if let Some(p) = report.problem {
+            *slot = None;
+            return Err(Error::Refused(format!(
+                "the audit chain does not verify ({} at event {}: {}); restore the store",
+                p.damage, p.seq, p.message
+            )));
         }
-        if key.is_some() {
-            // MAC the head only if the chain up to it is sound: a head written by someone who
-            // holds the store but not the key must not be laundered by the first unseal. The
-            // head may legitimately be bare (events appended while sealed); nothing else may.
-            let anchor = self.anchor();
-            let sound = {
-                let key = self.key();
-                verify_chain(
-                    &*self.store,
-                    key.as_ref(),
-                    anchor.as_ref(),
-                    BareHead::Allowed,
-                )?
-                .intact()
-            };
-            if sound {
-                self.checkpoint()?;
-            }
-        }
+        self.checkpoint_locked(&hkey, &mut chain)?;
+        *slot = Some(hkey);
         Ok(())
     }
 
@@ -522,10 +537,16 @@ impl AuditLog {
         self.hsm.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The HSM's anchor, if an unsealed HSM holds one.
-    fn anchor(&self) -> Option<AuditAnchor> {
-        self.anchor_hsm()
-            .and_then(|h| h.audit_anchor().ok().flatten())
+    /// The HSM's anchor, if an unsealed HSM holds one (a sealed HSM tells nothing; any other
+    /// failure is an error, not a silently skipped check).
+    fn anchor(&self) -> Result<Option<AuditAnchor>> {
+        let Some(hsm) = self.anchor_hsm() else {
+            return Ok(None);
+        };
+        match hsm.audit_anchor() {
+            Err(Error::Sealed) => Ok(None),
+            other => other,
+        }
     }
 
     /// True while the audit key is installed.
@@ -580,9 +601,16 @@ impl AuditLog {
         let bytes = encode(&stored)?;
         let hash = sha256(&bytes);
         let hash_hex = hex::encode(hash);
+        let tail = Mark {
+            seq,
+            mac: None,
+            hash: hash_hex.clone(),
+        };
         let mark = Mark {
             seq,
-            mac: key.as_ref().map(|k| mark_mac(k, seq, &hash_hex)),
+            mac: key
+                .as_ref()
+                .map(|k| kind_mac(k, MarkKind::Head, seq, &hash_hex)),
             hash: hash_hex,
         };
         batch.put(
@@ -591,14 +619,18 @@ impl AuditLog {
             Vec::new(),
         );
         batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
-        batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&mark)?);
+        batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
+        if key.is_some() {
+            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&mark)?);
+        }
         let checkpoint = key.is_some() && chain.since_checkpoint + 1 >= self.checkpoint_every;
-        if checkpoint {
-            batch.put(
-                Tree::AuditCheckpoints,
-                seq_key(seq).to_vec(),
-                encode(&mark)?,
-            );
+        if let (true, Some(k)) = (checkpoint, key.as_ref()) {
+            let cp = Mark {
+                seq,
+                mac: Some(mark_mac(k, seq, &mark.hash)),
+                hash: mark.hash.clone(),
+            };
+            batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
         }
         self.store.write(&batch)?;
         chain.next_seq = seq + 1;
@@ -644,35 +676,49 @@ impl AuditLog {
     }
 
     /// Writes a MAC'd checkpoint (and head) for the last event, if there is one and the audit
-    /// key is installed. Called after unseal and at shutdown.
+    /// key is installed, and hands it to the HSM as the chain's anchor. Called at unseal (by
+    /// [`AuditLog::set_key`]) and at shutdown.
     ///
     /// # Errors
-    /// Store errors.
+    /// Store errors; the HSM's refusal of an anchor behind the one it holds.
     pub fn checkpoint(&self) -> Result<()> {
         let key = self.key();
         let Some(key) = key.as_ref() else {
             return Ok(());
         };
         let mut chain = self.lock();
+        self.checkpoint_locked(key, &mut chain)
+    }
+
+    /// [`AuditLog::checkpoint`] with the key and the chain lock already held, so no append can
+    /// slip between the checkpoint and its anchor.
+    fn checkpoint_locked(&self, key: &hmac::Key, chain: &mut Chain) -> Result<()> {
         let seq = chain.next_seq - 1;
         if seq == 0 {
             return Ok(());
         }
         let hash_hex = hex::encode(chain.last_hash);
-        let mark = Mark {
+        let head = Mark {
+            seq,
+            mac: Some(kind_mac(key, MarkKind::Head, seq, &hash_hex)),
+            hash: hash_hex.clone(),
+        };
+        let checkpoint = Mark {
             seq,
             mac: Some(mark_mac(key, seq, &hash_hex)),
-            hash: hash_hex,
+            hash: hash_hex.clone(),
         };
-        let bytes = encode(&mark)?;
         let mut batch = Batch::new();
-        batch.put(Tree::Meta, HEAD_KEY.to_vec(), bytes.clone());
-        batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), bytes);
+        batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
+        batch.put(
+            Tree::AuditCheckpoints,
+            seq_key(seq).to_vec(),
+            encode(&checkpoint)?,
+        );
         self.store.apply(&batch)?;
         chain.since_checkpoint = 0;
-        drop(chain);
         if let Some(hsm) = self.anchor_hsm() {
-            self.anchor_checkpoint(&*hsm, seq, mark.hash)?;
+            self.anchor_checkpoint(&*hsm, seq, hash_hex)?;
         }
         Ok(())
     }
@@ -694,8 +740,11 @@ impl AuditLog {
             // Never sign a base over a chain that does not verify: a planted checkpoint or an
             // edited event time would otherwise turn a routine prune into a deletion of recent
             // events.
-            let anchor = self.anchor();
-            let report = verify_chain(&*self.store, Some(key), anchor.as_ref(), BareHead::Damage)?;
+            let anchor = self.anchor()?;
+            let report = {
+                let _chain = self.lock();
+                verify_chain(&*self.store, Some(key), anchor.as_ref())?
+            };
             if let Some(p) = report.problem {
                 return Err(Error::Refused(format!(
                     "the audit chain does not verify ({} at event {}); prune refused",
@@ -794,6 +843,18 @@ impl AuditLog {
         Ok(())
     }
 
+    /// The first sequence number not pruned (events below it may linger after a crash in the
+    /// middle of a prune, and are not shown).
+    fn first_retained(&self) -> Result<u64> {
+        Ok(match self.store.get(Tree::Meta, BASE_KEY)? {
+            Some(b) => serde_json::from_slice::<Mark>(&b)
+                .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?
+                .seq
+                .saturating_add(1),
+            None => 0,
+        })
+    }
+
     /// Events matching `q`, oldest first, one page at a time.
     ///
     /// # Errors
@@ -804,7 +865,7 @@ impl AuditLog {
             return self.query_subject(q, subject, limit);
         }
         let mut events = Vec::new();
-        let mut from = q.after.saturating_add(1);
+        let mut from = q.after.saturating_add(1).max(self.first_retained()?);
         loop {
             let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
             let Some((last_key, _)) = chunk.last() else {
@@ -885,7 +946,7 @@ impl AuditLog {
     /// Store errors; [`Error::Storage`] if `out` fails.
     pub fn export(&self, out: &mut dyn Write) -> Result<u64> {
         let mut n = 0u64;
-        let mut from = 0u64;
+        let mut from = self.first_retained()?;
         loop {
             let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
             let Some((last_key, _)) = chunk.last() else {
@@ -911,14 +972,11 @@ impl AuditLog {
     /// # Errors
     /// Store errors only; damage is reported in the [`VerifyReport`].
     pub fn verify(&self) -> Result<VerifyReport> {
-        let anchor = self.anchor();
+        let anchor = self.anchor()?;
         let key = self.key();
-        verify_chain(
-            &*self.store,
-            key.as_ref(),
-            anchor.as_ref(),
-            BareHead::Damage,
-        )
+        // Appends wait while the chain is walked, so the walk sees one consistent chain.
+        let _chain = self.lock();
+        verify_chain(&*self.store, key.as_ref(), anchor.as_ref())
     }
 }
 
@@ -980,19 +1038,23 @@ fn check_mark(key: Option<&hmac::Key>, kind: MarkKind, mark: &Mark, what: &str) 
     }
 }
 
-/// Whether a head without a MAC is damage ([`AuditLog::verify`]) or expected (just before the
-/// key is installed, after events appended while sealed).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BareHead {
-    Allowed,
-    Damage,
+/// True for an event that may follow the last MAC'd head: appended while sealed, one of
+/// [`SEALED_ACTIONS`], with no personal data.
+fn sealed_time_event(e: &Event) -> bool {
+    e.sealed && e.personal.is_empty() && SEALED_ACTIONS.contains(&e.action.as_str())
 }
 
+fn read_mark(store: &dyn Store, key: &[u8]) -> Result<Option<std::result::Result<Mark, ()>>> {
+    Ok(store
+        .get(Tree::Meta, key)?
+        .map(|b| serde_json::from_slice::<Mark>(&b).map_err(|_| ())))
+}
+
+/// Walks the chain. The caller holds the chain lock, so no append races the walk.
 fn verify_chain(
     store: &dyn Store,
     key: Option<&hmac::Key>,
     anchor: Option<&AuditAnchor>,
-    bare_head: BareHead,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         events: 0,
@@ -1052,12 +1114,26 @@ fn verify_chain(
         checkpoints.retain(|&seq, _| seq > base.seq);
         report.pruned_through = base.seq;
     }
+    let (head, tail) = match (read_mark(store, HEAD_KEY)?, read_mark(store, TAIL_KEY)?) {
+        (Some(Err(())), _) | (_, Some(Err(()))) => {
+            report.problem = problem(
+                Damage::Unreadable,
+                0,
+                "the head or tail record is unreadable".to_string(),
+            );
+            return Ok(report);
+        }
+        (h, t) => (h.and_then(|m| m.ok()), t.and_then(|m| m.ok())),
+    };
+    if let Some(h) = &head {
+        if let Some(p) = check_mark(key, MarkKind::Head, h, "head") {
+            report.problem = Some(p);
+            return Ok(report);
+        }
+    }
+    let head_seq = head.as_ref().map_or(0, |h| h.seq);
     let mut prev_prev: Option<[u8; 32]> = None;
     let mut from = expected;
-    // Events since the newest MAC'd mark, and whether all of them were written while sealed:
-    // the only tail a bare head may legitimately cover.
-    let mut since_mark = 0u64;
-    let mut sealed_tail = true;
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut done = false;
     loop {
@@ -1158,11 +1234,28 @@ fn verify_chain(
                 return Ok(report);
             }
         }
-        since_mark += 1;
-        sealed_tail &= event.sealed;
+        if let Some(h) = head.as_ref().filter(|h| h.seq == at) {
+            if h.hash != hex::encode(hash) {
+                report.problem = problem(
+                    Damage::Changed,
+                    at,
+                    format!("event {at} does not match the head: it was changed"),
+                );
+                return Ok(report);
+            }
+        }
+        if at > head_seq && !sealed_time_event(&event) {
+            report.problem = problem(
+                Damage::Inserted,
+                at,
+                format!(
+                    "event {at} follows the last MAC'd head (event {head_seq}) but is not one \
+                     appended while sealed: it was added without the audit key"
+                ),
+            );
+            return Ok(report);
+        }
         if let Some(cp) = checkpoints.get(&at) {
-            since_mark = 0;
-            sealed_tail = true;
             report.checkpoints += 1;
             if cp.hash != hex::encode(hash) {
                 report.problem = problem(
@@ -1205,7 +1298,6 @@ fn verify_chain(
         );
         return Ok(report);
     }
-    let head = store.get(Tree::Meta, HEAD_KEY)?;
     if head.is_none() && last == 0 && report.pruned_through == 0 {
         // The audit key's creation is the chain's first event: a store that holds the key but
         // no event has been wiped.
@@ -1219,58 +1311,45 @@ fn verify_chain(
             return Ok(report);
         }
     }
-    match head {
-        None if last > 0 => {
+    if head_seq > last {
+        report.problem = problem(
+            Damage::Truncated,
+            last + 1,
+            format!(
+                "the chain ends at event {last} but the head records event {head_seq}: events \
+                 were removed from the end"
+            ),
+        );
+        return Ok(report);
+    }
+    match tail {
+        None if last > report.pruned_through => {
             report.problem = problem(
                 Damage::Truncated,
                 last,
-                "the chain has no head record".to_string(),
+                "the chain has no tail record".to_string(),
             );
         }
         None => {}
-        Some(bytes) => {
-            let Ok(head) = serde_json::from_slice::<Mark>(&bytes) else {
-                report.problem = problem(
-                    Damage::Unreadable,
-                    last,
-                    "the head record is unreadable".to_string(),
-                );
-                return Ok(report);
-            };
-            if head.seq > last {
-                report.problem = problem(
-                    Damage::Truncated,
-                    last + 1,
-                    format!(
-                        "the chain ends at event {last} but the head records event {}: events were removed from the end",
-                        head.seq
-                    ),
-                );
-            } else if head.seq < last {
-                report.problem = problem(
-                    Damage::Inserted,
-                    head.seq + 1,
-                    format!(
-                        "events after {} were added behind the head's back",
-                        head.seq
-                    ),
-                );
-            } else if head.hash != hex::encode(prev) {
-                report.problem = problem(
-                    Damage::Changed,
-                    last,
-                    format!("event {last} does not match the head: it was changed"),
-                );
-            } else if head.mac.is_none()
-                && bare_head == BareHead::Allowed
-                && since_mark > 0
-                && sealed_tail
-            {
-                // Events appended while sealed, after the last MAC'd mark: expected.
-            } else {
-                report.problem = check_mark(key, MarkKind::Chain, &head, "head");
-            }
+        Some(t) if t.seq > last => {
+            report.problem = problem(
+                Damage::Truncated,
+                last + 1,
+                format!(
+                    "the chain ends at event {last} but its tail records event {}: events were \
+                     removed from the end",
+                    t.seq
+                ),
+            );
         }
+        Some(t) if t.seq < last || t.hash != hex::encode(prev) => {
+            report.problem = problem(
+                Damage::Changed,
+                last,
+                format!("event {last} does not match the chain's tail record"),
+            );
+        }
+        Some(_) => {}
     }
     Ok(report)
 }
@@ -1450,7 +1529,8 @@ mod tests {
         );
         store.apply(&b).unwrap();
         let (d, seq, msg) = damage(&log);
-        assert_eq!((d, seq), (Damage::Truncated, 12), "{msg}");
+        // The planted head has no valid head MAC: found before the walk even starts.
+        assert_eq!((d, seq), (Damage::BadMac, 11), "{msg}");
     }
 
     #[test]
@@ -1478,9 +1558,15 @@ mod tests {
         store.apply(&b).unwrap();
         // Restart and unseal: the forged head must stay bare, so verify still sees it.
         let log = AuditLog::open(store.clone(), 5).unwrap();
-        log.set_key(Some(&key())).unwrap();
-        let (d, seq, msg) = damage(&log);
-        assert_eq!((d, seq), (Damage::BadMac, 11), "{msg}");
+        let err = log.set_key(Some(&key())).unwrap_err().to_string();
+        assert!(err.contains("bad_mac at event 11"), "{err}");
+        assert!(
+            !log.has_key(),
+            "the key is not installed over a damaged chain"
+        );
+        assert!(log
+            .append(NewEvent::new("card.activate", "x").personal("cf", "y"))
+            .is_err());
     }
 
     #[test]
@@ -1489,31 +1575,43 @@ mod tests {
         let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
         let log = AuditLog::open(store.clone(), 5).unwrap();
         log.unlock(hsm.clone()).unwrap(); // event 1 (key.create), checkpointed at unlock
+        let mut saved = None;
         for i in 0..19 {
-            log.append(NewEvent::new("card.activate", format!("S{i}")))
+            let seq = log
+                .append(NewEvent::new("card.activate", format!("S{i}")))
                 .unwrap();
+            if seq == 11 {
+                // A backup of the store taken now: its head and tail as they are.
+                saved = Some((
+                    store.get(Tree::Meta, HEAD_KEY).unwrap().unwrap(),
+                    store.get(Tree::Meta, TAIL_KEY).unwrap().unwrap(),
+                ));
+            }
         }
+        let (head11, tail11) = saved.unwrap();
         // Checkpoints (and anchors) at 1, 6, 11, 16.
         assert_eq!(hsm.audit_anchor().unwrap().unwrap().seq, 16);
         assert!(log.verify().unwrap().anchor_checked);
-        // Roll the store back to just after checkpoint 11, head and all: every hash and MAC in
-        // the store is genuine, only the HSM's anchor knows better.
-        let cp11 = store
-            .get(Tree::AuditCheckpoints, &seq_key(11))
-            .unwrap()
-            .unwrap();
+        // Put the backup back: every hash and MAC in the store is genuine, only the HSM's
+        // anchor knows better.
         let mut b = Batch::new();
         for seq in 12..=20 {
             b.delete(Tree::Audit, seq_key(seq).to_vec());
             b.delete(Tree::AuditCheckpoints, seq_key(seq).to_vec());
         }
-        b.put(Tree::Meta, HEAD_KEY.to_vec(), cp11);
+        b.put(Tree::Meta, HEAD_KEY.to_vec(), head11);
+        b.put(Tree::Meta, TAIL_KEY.to_vec(), tail11);
         store.apply(&b).unwrap();
         let log = AuditLog::open(store.clone(), 5).unwrap();
-        log.unlock(hsm.clone()).unwrap();
-        let (d, seq, msg) = damage(&log);
-        assert_eq!((d, seq), (Damage::Truncated, 12), "{msg}");
-        assert!(msg.contains("anchor records event 16"), "{msg}");
+        let err = log.unlock(hsm.clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated at event 12") && err.contains("anchor records event 16"),
+            "{err}"
+        );
+        assert!(
+            !log.has_key(),
+            "nothing may be appended over the rolled-back chain"
+        );
         assert_eq!(
             hsm.audit_anchor().unwrap().unwrap().seq,
             16,
@@ -1542,6 +1640,79 @@ mod tests {
     }
 
     #[test]
+    fn after_a_crash_share_events_may_follow_the_head_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 12, 5);
+        drop(log); // a crash: no shutdown checkpoint
+                   // The restart: custodians submit shares while sealed.
+        let log = AuditLog::open(store.clone(), 5).unwrap();
+        log.append(NewEvent::new("hsm.unseal_share", "hsm").outcome(Outcome::Refused))
+            .unwrap();
+        log.append(NewEvent::new("hsm.unseal_share", "hsm"))
+            .unwrap();
+        log.set_key(Some(&key())).unwrap();
+        assert!(log.verify().unwrap().intact());
+
+        // Someone holding the store appends a well-linked event of another kind, marked as
+        // written while sealed, and moves the tail: the next unseal refuses the chain.
+        drop(log);
+        let last = store.get(Tree::Meta, TAIL_KEY).unwrap().unwrap();
+        let last: Mark = serde_json::from_slice(&last).unwrap();
+        let forged = Event {
+            seq: last.seq + 1,
+            time_ms: 1,
+            actor: "acc_intruder".into(),
+            role: "admin".into(),
+            action: "account.create".into(),
+            subject: "acc_backdoor".into(),
+            outcome: Outcome::Ok,
+            request_id: String::new(),
+            details: BTreeMap::new(),
+            personal: BTreeMap::new(),
+            sealed: true,
+            prev: last.hash.clone(),
+        };
+        let bytes = serde_json::to_vec(&forged).unwrap();
+        let tail = Mark {
+            seq: forged.seq,
+            hash: hex::encode(sha256(&bytes)),
+            mac: None,
+        };
+        let mut b = Batch::new();
+        b.put(Tree::Audit, seq_key(forged.seq).to_vec(), bytes);
+        b.put(
+            Tree::Meta,
+            TAIL_KEY.to_vec(),
+            serde_json::to_vec(&tail).unwrap(),
+        );
+        store.apply(&b).unwrap();
+        let log = AuditLog::open(store.clone(), 5).unwrap();
+        let err = log.set_key(Some(&key())).unwrap_err().to_string();
+        assert!(err.contains("inserted at event"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_copied_over_the_head_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = chain(dir.path(), 25, 10);
+        drop(log);
+        let cp20 = store
+            .get(Tree::AuditCheckpoints, &seq_key(20))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::new();
+        for seq in 21..=25 {
+            b.delete(Tree::Audit, seq_key(seq).to_vec());
+        }
+        b.put(Tree::Meta, HEAD_KEY.to_vec(), cp20.clone());
+        b.put(Tree::Meta, TAIL_KEY.to_vec(), cp20);
+        store.apply(&b).unwrap();
+        let log = AuditLog::open(store.clone(), 10).unwrap();
+        let err = log.set_key(Some(&key())).unwrap_err().to_string();
+        assert!(err.contains("bad_mac at event 20"), "{err}");
+    }
+
+    #[test]
     fn a_wiped_chain_is_found() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
@@ -1561,10 +1732,8 @@ mod tests {
         let (d, _, msg) = damage(&log);
         assert_eq!(d, Damage::Truncated, "{msg}");
         let no_anchor = AuditLog::open(store.clone(), 1000).unwrap();
-        no_anchor.set_key(Some(&key())).unwrap();
-        let (d, _, msg) = damage(&no_anchor);
-        assert_eq!(d, Damage::Truncated, "{msg}");
-        assert!(msg.contains("holds an audit key"), "{msg}");
+        let err = no_anchor.set_key(Some(&key())).unwrap_err().to_string();
+        assert!(err.contains("holds an audit key"), "{err}");
     }
 
     #[test]
@@ -1664,6 +1833,7 @@ mod tests {
         let failing = Arc::new(FailingStore::new());
         let store: Arc<dyn Store> = failing.clone();
         let log = AuditLog::open(store.clone(), 1000).unwrap();
+        log.set_key(Some(&key())).unwrap();
         log.append(NewEvent::new("a", "1")).unwrap();
         failing.fail_writes(true);
         let mut change = Batch::new();

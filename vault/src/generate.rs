@@ -172,18 +172,21 @@ impl<F: FnMut(&mut [u8]) -> Result<()>> DigitStream<F> {
     }
 
     fn refill(&mut self) -> Result<()> {
-        // Old bytes are overwritten by the fill; on error they are wiped so none is reused.
-        if let Err(e) = (self.fill)(&mut self.buf[..]) {
-            self.buf.zeroize();
-            self.pos = self.buf.len();
-            return Err(e);
-        }
+        // Wiped first (in place: `Vec::zeroize` would also empty the vector), so a fill that
+        // writes nothing shows up as a constant buffer instead of replaying old bytes.
+        self.buf[..].zeroize();
+        self.pos = self.buf.len();
+        (self.fill)(&mut self.buf[..])?;
         let b = &self.buf[..];
         if b.len() >= HEALTH_CHECK_MIN_LEN && b.iter().all(|&x| x == b[0]) {
-            self.pos = self.buf.len();
             return Err(Error::Provider(
                 "random generator returned a constant buffer",
             ));
+        }
+        if b.len() >= HEALTH_CHECK_MIN_LEN && b.iter().all(|&x| x >= ACCEPT_BELOW) {
+            // 6/256 per byte: for 16 bytes or more this is below 1e-25 from a working
+            // generator, and it would otherwise make the samplers loop forever.
+            return Err(Error::Provider("random generator returned no usable byte"));
         }
         self.pos = 0;
         self.refills += 1;
@@ -434,8 +437,8 @@ pub fn generate_for<S: Sync>(
     serials: &[S],
     generator: &CodeGenerator,
     random: &(dyn Fn(&mut [u8]) -> Result<()> + Sync),
-) -> Result<Vec<Generated>> {
-    let chunks: Vec<Vec<Generated>> = serials
+) -> Result<Vec<Vec<Generated>>> {
+    serials
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
@@ -454,12 +457,7 @@ pub fn generate_for<S: Sync>(
             }
             Ok(part)
         })
-        .collect::<Result<_>>()?;
-    let mut all = Vec::with_capacity(serials.len());
-    for part in chunks {
-        all.extend(part);
-    }
-    Ok(all)
+        .collect::<Result<_>>()
 }
 
 #[cfg(test)]
@@ -703,9 +701,10 @@ mod tests {
             .num_threads(4)
             .build()
             .unwrap();
-        let out = pool
+        let chunks = pool
             .install(|| generate_for(&serials, &g, &system_fill))
             .unwrap();
+        let out: Vec<&Generated> = chunks.iter().flatten().collect();
         assert_eq!(out.len(), serials.len());
         for (i, x) in out.iter().enumerate() {
             assert_eq!(x.index, i);
@@ -725,7 +724,7 @@ mod tests {
         };
         let out = generate_for(&serials[..10], &g, &source).unwrap();
         assert_eq!(
-            out.iter().map(|x| x.index).collect::<Vec<_>>(),
+            out.iter().flatten().map(|x| x.index).collect::<Vec<_>>(),
             (0..10).collect::<Vec<_>>()
         );
         assert!(generate_for::<String>(&[], &g, &system_fill)
@@ -793,5 +792,62 @@ mod tests {
             assert!(!all.contains(needle), "{all}");
         }
         assert!(all.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_failed_or_degenerate_fill_is_an_error_every_time() {
+        // Fails once, then would work: the stream must stay usable (no panic, no empty buffer).
+        let mut calls = 0;
+        let mut stream = DigitStream::with_buffer_len(
+            |b: &mut [u8]| {
+                calls += 1;
+                if calls == 1 {
+                    return Err(Error::Provider("transient"));
+                }
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = (i % 250) as u8;
+                }
+                Ok(())
+            },
+            64,
+        );
+        assert!(stream.next_digit().is_err());
+        assert_eq!(stream.next_digit().unwrap(), 0);
+        let mut out = [0u8; 8];
+        stream.fill_digits(&mut out).unwrap();
+
+        // Bytes that are never accepted (but not constant): an error, not an endless loop.
+        let mut high = DigitStream::with_buffer_len(
+            |b: &mut [u8]| {
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = 250 + (i % 6) as u8;
+                }
+                Ok(())
+            },
+            64,
+        );
+        assert!(matches!(high.next_digit(), Err(Error::Provider(_))));
+        assert!(matches!(
+            high.fill_digits(&mut out),
+            Err(Error::Provider(_))
+        ));
+
+        // A fill that writes nothing does not replay old bytes.
+        let mut first = true;
+        let mut lazy = DigitStream::with_buffer_len(
+            |b: &mut [u8]| {
+                if first {
+                    first = false;
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = (i % 200) as u8;
+                    }
+                }
+                Ok(())
+            },
+            16,
+        );
+        let mut sixteen = [0u8; 16];
+        lazy.fill_digits(&mut sixteen).unwrap();
+        assert!(matches!(lazy.next_digit(), Err(Error::Provider(_))));
     }
 }

@@ -166,7 +166,10 @@ impl Hsm for DoubleHsm {
     }
     fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()> {
         let mut held = self.anchor.lock().unwrap();
-        if held.as_ref().is_some_and(|h| h.seq > anchor.seq) {
+        if held
+            .as_ref()
+            .is_some_and(|h| h.seq > anchor.seq || (h.seq == anchor.seq && h != anchor))
+        {
             return Err(Error::Refused("anchor goes backwards".into()));
         }
         *held = Some(anchor.clone());
