@@ -497,12 +497,7 @@ impl AuditLog {
 
     fn check_hsm_generation(&self, hsm: &dyn Hsm) -> Result<()> {
         let current = hsm.status().generation;
-        let seen = match self.store.get(Tree::Meta, HSM_GENERATION_KEY)? {
-            Some(b) => <[u8; 8]>::try_from(b.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::Storage("the stored hsm generation is unreadable".into()))?,
-            None => 0,
-        };
+        let seen = self.seen_generation()?;
         if current < seen {
             return Err(Error::Refused(format!(
                 "the hsm state is at generation {current} but this store has seen generation \
@@ -515,8 +510,22 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Records the HSM state generation the store has now seen.
+    /// The highest HSM state generation the store has seen (0: none).
+    fn seen_generation(&self) -> Result<u64> {
+        match self.store.get(Tree::Meta, HSM_GENERATION_KEY)? {
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Storage("the stored hsm generation is unreadable".into())),
+            None => Ok(0),
+        }
+    }
+
+    /// Records the HSM state generation the store has now seen; never lowers it (two anchors
+    /// written at once may report their generations out of order).
     fn remember_generation(&self, generation: u64) -> Result<()> {
+        if generation <= self.seen_generation()? {
+            return Ok(());
+        }
         let mut b = Batch::new();
         b.put(
             Tree::Meta,
