@@ -329,8 +329,13 @@ enum MarkKind {
     Base,
 }
 
-fn mark_mac(key: &hmac::Key, seq: u64, hash_hex: &str) -> String {
-    kind_mac(key, MarkKind::Chain, seq, hash_hex)
+/// A mark of event `seq` with hash `hash_hex`, MAC'd as `kind`.
+fn signed(key: &hmac::Key, kind: MarkKind, seq: u64, hash_hex: &str) -> Mark {
+    Mark {
+        seq,
+        hash: hash_hex.to_string(),
+        mac: Some(kind_mac(key, kind, seq, hash_hex)),
+    }
 }
 
 fn kind_mac(key: &hmac::Key, kind: MarkKind, seq: u64, hash_hex: &str) -> String {
@@ -366,6 +371,22 @@ fn subject_key(subject: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Reads a mark (head, tail or prune base) from [`Tree::Meta`]; an unreadable one is an error.
+fn load_mark(store: &dyn Store, key: &[u8]) -> Result<Option<Mark>> {
+    read_mark(store, key)?.transpose().map_err(|()| {
+        Error::Storage(format!(
+            "the audit record {} is unreadable; run audit verify",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// Decodes a stored event.
+fn decode_event(seq: u64, bytes: &[u8]) -> Result<Event> {
+    serde_json::from_slice(bytes)
+        .map_err(|_| Error::Storage(format!("audit event {seq} is unreadable; run audit verify")))
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
@@ -376,14 +397,12 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Storage`] if the store cannot be read or the head is unreadable.
     pub fn open(store: Arc<dyn Store>, checkpoint_every: u64) -> Result<Self> {
-        let end = match store.get(Tree::Meta, TAIL_KEY)? {
+        let end = match load_mark(&*store, TAIL_KEY)? {
             Some(tail) => Some(tail),
-            None => store.get(Tree::Meta, HEAD_KEY)?,
+            None => load_mark(&*store, HEAD_KEY)?,
         };
         let (next_seq, last_hash) = match end {
-            Some(bytes) => {
-                let head: Mark = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Storage(format!("audit head is unreadable: {e}")))?;
+            Some(head) => {
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&head.hash, &mut h)
                     .map_err(|_| Error::Storage("audit head hash is not hex".to_string()))?;
@@ -615,13 +634,6 @@ impl AuditLog {
             mac: None,
             hash: hash_hex.clone(),
         };
-        let mark = Mark {
-            seq,
-            mac: key
-                .as_ref()
-                .map(|k| kind_mac(k, MarkKind::Head, seq, &hash_hex)),
-            hash: hash_hex,
-        };
         batch.put(
             Tree::AuditSubjects,
             subject_key(&stored.subject, seq),
@@ -629,16 +641,13 @@ impl AuditLog {
         );
         batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
         batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
-        if key.is_some() {
-            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&mark)?);
+        if let Some(k) = key.as_ref() {
+            let head = signed(k, MarkKind::Head, seq, &hash_hex);
+            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
         }
         let checkpoint = key.is_some() && chain.since_checkpoint + 1 >= self.checkpoint_every;
         if let (true, Some(k)) = (checkpoint, key.as_ref()) {
-            let cp = Mark {
-                seq,
-                mac: Some(mark_mac(k, seq, &mark.hash)),
-                hash: mark.hash.clone(),
-            };
+            let cp = signed(k, MarkKind::Chain, seq, &hash_hex);
             batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
         }
         self.store.write(&batch)?;
@@ -707,16 +716,8 @@ impl AuditLog {
             return Ok(());
         }
         let hash_hex = hex::encode(chain.last_hash);
-        let head = Mark {
-            seq,
-            mac: Some(kind_mac(key, MarkKind::Head, seq, &hash_hex)),
-            hash: hash_hex.clone(),
-        };
-        let checkpoint = Mark {
-            seq,
-            mac: Some(mark_mac(key, seq, &hash_hex)),
-            hash: hash_hex.clone(),
-        };
+        let head = signed(key, MarkKind::Head, seq, &hash_hex);
+        let checkpoint = signed(key, MarkKind::Chain, seq, &hash_hex);
         let mut batch = Batch::new();
         batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
         batch.put(
@@ -760,14 +761,7 @@ impl AuditLog {
                     p.damage, p.seq
                 )));
             }
-            let current = match self.store.get(Tree::Meta, BASE_KEY)? {
-                Some(b) => {
-                    serde_json::from_slice::<Mark>(&b)
-                        .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?
-                        .seq
-                }
-                None => 0,
-            };
+            let current = load_mark(&*self.store, BASE_KEY)?.map_or(0, |b| b.seq);
             let mut target: Option<Mark> = None;
             let checkpoints = self.store.range(
                 Tree::AuditCheckpoints,
@@ -780,19 +774,14 @@ impl AuditLog {
                 let Some(bytes) = self.store.get(Tree::Audit, &seq_key(seq))? else {
                     break;
                 };
-                let e: Event = serde_json::from_slice(&bytes)
-                    .map_err(|_| Error::Storage(format!("audit event {seq} is unreadable")))?;
-                if e.time_ms >= cutoff_ms {
+                if decode_event(seq, &bytes)?.time_ms >= cutoff_ms {
                     break;
                 }
                 let m: Mark = serde_json::from_slice(&v)
                     .map_err(|_| Error::Storage(format!("checkpoint {seq} is unreadable")))?;
                 target = Some(m);
             }
-            target.map(|m| Mark {
-                mac: Some(kind_mac(key, MarkKind::Base, m.seq, &m.hash)),
-                ..m
-            })
+            target.map(|m| signed(key, MarkKind::Base, m.seq, &m.hash))
         };
         let Some(base) = base else {
             self.append(event.detail("through", "0"))?;
@@ -808,11 +797,9 @@ impl AuditLog {
 
     /// Deletes events and checkpoints at or below the prune base, in chunks.
     fn delete_below_base(&self) -> Result<()> {
-        let Some(b) = self.store.get(Tree::Meta, BASE_KEY)? else {
+        let Some(base) = load_mark(&*self.store, BASE_KEY)? else {
             return Ok(());
         };
-        let base: Mark = serde_json::from_slice(&b)
-            .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?;
         let end = seq_key(base.seq.saturating_add(1));
         // The subject index is keyed by subject first: walk it all, dropping pruned entries.
         let mut from: Vec<u8> = Vec::new();
@@ -855,13 +842,7 @@ impl AuditLog {
     /// The first sequence number not pruned (events below it may linger after a crash in the
     /// middle of a prune, and are not shown).
     fn first_retained(&self) -> Result<u64> {
-        Ok(match self.store.get(Tree::Meta, BASE_KEY)? {
-            Some(b) => serde_json::from_slice::<Mark>(&b)
-                .map_err(|_| Error::Storage("the audit prune base is unreadable".into()))?
-                .seq
-                .saturating_add(1),
-            None => 0,
-        })
+        Ok(load_mark(&*self.store, BASE_KEY)?.map_or(0, |b| b.seq.saturating_add(1)))
     }
 
     /// Events matching `q`, oldest first, one page at a time.
@@ -874,34 +855,47 @@ impl AuditLog {
             return self.query_subject(q, subject, limit);
         }
         let mut events = Vec::new();
-        let mut from = q.after.saturating_add(1).max(self.first_retained()?);
+        let mut full = false;
+        let from = q.after.saturating_add(1).max(self.first_retained()?);
+        self.scan_events(from, |seq, bytes| {
+            let e = decode_event(seq, bytes)?;
+            if matches(q, &e) {
+                events.push(e);
+                full = events.len() == limit;
+            }
+            Ok(!full)
+        })?;
+        let next = if full {
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(Page { events, next })
+    }
+
+    /// Calls `visit` with every stored event from sequence number `from` on, in order, reading
+    /// the store in chunks, until `visit` returns `Ok(false)`.
+    fn scan_events(
+        &self,
+        mut from: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         loop {
             let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
             let Some((last_key, _)) = chunk.last() else {
-                break;
+                return Ok(());
             };
             let last = seq_of(last_key).unwrap_or(u64::MAX);
             for (k, v) in &chunk {
-                let e: Event = serde_json::from_slice(v).map_err(|_| {
-                    Error::Storage(format!(
-                        "audit event {} is unreadable; run audit verify",
-                        seq_of(k).unwrap_or(0)
-                    ))
-                })?;
-                if matches(q, &e) {
-                    events.push(e);
-                    if events.len() == limit {
-                        let next = events.last().map(|e| e.seq);
-                        return Ok(Page { events, next });
-                    }
+                if !visit(seq_of(k).unwrap_or(0), v)? {
+                    return Ok(());
                 }
             }
             if last == u64::MAX {
-                break;
+                return Ok(());
             }
             from = last + 1;
         }
-        Ok(Page { events, next: None })
     }
 
     /// [`AuditLog::query`] with a subject: walks the subject index instead of the chain, so a
@@ -928,9 +922,7 @@ impl AuditLog {
                 let Some(bytes) = self.store.get(Tree::Audit, &seq_key(seq))? else {
                     continue;
                 };
-                let e: Event = serde_json::from_slice(&bytes).map_err(|_| {
-                    Error::Storage(format!("audit event {seq} is unreadable; run audit verify"))
-                })?;
+                let e = decode_event(seq, &bytes)?;
                 if matches(q, &e) {
                     events.push(e);
                     if events.len() == limit {
@@ -955,24 +947,13 @@ impl AuditLog {
     /// Store errors; [`Error::Storage`] if `out` fails.
     pub fn export(&self, out: &mut dyn Write) -> Result<u64> {
         let mut n = 0u64;
-        let mut from = self.first_retained()?;
-        loop {
-            let chunk = self.store.range(Tree::Audit, &seq_key(from), None, 1024)?;
-            let Some((last_key, _)) = chunk.last() else {
-                break;
-            };
-            let last = seq_of(last_key).unwrap_or(u64::MAX);
-            for (_, v) in &chunk {
-                out.write_all(v)
-                    .and_then(|()| out.write_all(b"\n"))
-                    .map_err(|e| Error::Storage(format!("audit export: cannot write: {e}")))?;
-                n += 1;
-            }
-            if last == u64::MAX {
-                break;
-            }
-            from = last + 1;
-        }
+        self.scan_events(self.first_retained()?, |_, v| {
+            out.write_all(v)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(|e| Error::Storage(format!("audit export: cannot write: {e}")))?;
+            n += 1;
+            Ok(true)
+        })?;
         Ok(n)
     }
 
@@ -1053,6 +1034,8 @@ fn sealed_time_event(e: &Event) -> bool {
     e.sealed && e.personal.is_empty() && SEALED_ACTIONS.contains(&e.action.as_str())
 }
 
+/// Reads a mark, keeping "unreadable" (the inner `Err`) apart from a failing store, so
+/// [`verify_chain`] can report it as damage.
 fn read_mark(store: &dyn Store, key: &[u8]) -> Result<Option<std::result::Result<Mark, ()>>> {
     Ok(store
         .get(Tree::Meta, key)?
@@ -1401,6 +1384,22 @@ mod tests {
         store.apply(&b).unwrap();
     }
 
+    /// Writes `mark` over the meta record `key` (HEAD_KEY, TAIL_KEY…), as an intruder would.
+    fn put_mark(store: &dyn Store, key: &[u8], mark: &Mark) {
+        let mut b = Batch::new();
+        b.put(Tree::Meta, key.to_vec(), serde_json::to_vec(mark).unwrap());
+        store.apply(&b).unwrap();
+    }
+
+    /// A mark of stored event `seq` without a MAC, as someone without the key can make it.
+    fn bare_mark(store: &dyn Store, seq: u64) -> Mark {
+        Mark {
+            seq,
+            hash: hex::encode(sha256(&raw(store, seq))),
+            mac: None,
+        }
+    }
+
     fn delete(store: &dyn Store, seq: u64) {
         let mut b = Batch::new();
         b.delete(Tree::Audit, seq_key(seq).to_vec());
@@ -1525,18 +1524,7 @@ mod tests {
             delete(&*store, seq);
         }
         // The intruder points the head at event 11 (without the key, its MAC cannot be made).
-        let mark = Mark {
-            seq: 11,
-            hash: hex::encode(sha256(&raw(&*store, 11))),
-            mac: None,
-        };
-        let mut b = Batch::new();
-        b.put(
-            Tree::Meta,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&mark).unwrap(),
-        );
-        store.apply(&b).unwrap();
+        put_mark(&*store, HEAD_KEY, &bare_mark(&*store, 11));
         let (d, seq, msg) = damage(&log);
         // The planted head has no valid head MAC: found before the walk even starts.
         assert_eq!((d, seq), (Damage::BadMac, 11), "{msg}");
@@ -1554,17 +1542,8 @@ mod tests {
             b.delete(Tree::Audit, seq_key(seq).to_vec());
             b.delete(Tree::AuditCheckpoints, seq_key(seq).to_vec());
         }
-        let mark = Mark {
-            seq: 11,
-            hash: hex::encode(sha256(&raw(&*store, 11))),
-            mac: None,
-        };
-        b.put(
-            Tree::Meta,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&mark).unwrap(),
-        );
         store.apply(&b).unwrap();
+        put_mark(&*store, HEAD_KEY, &bare_mark(&*store, 11));
         // Restart and unseal: the forged head must stay bare, so verify still sees it.
         let log = AuditLog::open(store.clone(), 5).unwrap();
         let err = log.set_key(Some(&key())).unwrap_err().to_string();
@@ -1785,13 +1764,7 @@ mod tests {
             hash: hex::encode(prev),
             mac: Some("00".repeat(32)),
         };
-        let mut b = Batch::new();
-        b.put(
-            Tree::Meta,
-            HEAD_KEY.to_vec(),
-            serde_json::to_vec(&forged_head).unwrap(),
-        );
-        store.apply(&b).unwrap();
+        put_mark(&*store, HEAD_KEY, &forged_head);
         let (d, seq, msg) = damage(&log);
         assert_eq!((d, seq), (Damage::BadMac, 10), "{msg}");
     }
