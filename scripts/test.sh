@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need. Empty for now: the foundation needs no external peer.
-DEBIAN_PACKAGES=()
+# Debian packages the tests need: age (its CLI encrypts the files of vault's age interop test).
+DEBIAN_PACKAGES=(age)
 
 install_debian_packages() {
   local missing=()

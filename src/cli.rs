@@ -3,17 +3,21 @@
 //! - `init` creates an HSM and writes its custodian shares to files, creates the store and the
 //!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
 //! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
-//! - `unseal`, `status`, `accounts` and `audit` talk to a running server over HTTP(S); they
-//!   never open the data directory, which belongs to the server while it runs (sled locks
-//!   it).
+//! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate` and
+//!   `batches` talk to a running server over HTTP(S); they never open the data directory,
+//!   which belongs to the server while it runs (sled locks it).
 //!
 //! `anyhow` is the error type here and in `main.rs` only.
 
 mod accounts;
 mod audit;
+mod batches;
+mod bench;
 mod bootstrap;
 mod client;
 mod files;
+mod generate;
+mod import;
 mod init;
 mod serve;
 mod status;
@@ -68,6 +72,16 @@ pub enum Command {
     Accounts(accounts::AccountsArgs),
     /// Verify or export the audit chain of a running server (auditor token).
     Audit(audit::AuditArgs),
+    /// Upload a PIN/PUK batch file to a running server (manufacturer token).
+    Import(import::ImportArgs),
+    /// Print the age recipient that batch files may be encrypted to (manufacturer or admin).
+    ImportRecipient(import::RecipientArgs),
+    /// Have a running server generate codes for cards that came without them (cms token).
+    Generate(generate::GenerateArgs),
+    /// List or show code batches on a running server (never a code).
+    Batches(batches::BatchesArgs),
+    /// Measure plico against baselines taken in the same run (not part of the tests).
+    Bench(bench::BenchArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -92,5 +106,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a),
         Command::Accounts(a) => accounts::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::Import(a) => import::run(a),
+        Command::ImportRecipient(a) => import::run_recipient(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Batches(a) => batches::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -19,6 +19,14 @@
 //! [`Opener`]. So each data key has exactly one counter in its whole life, and every nonce under
 //! it is distinct. A sealer also stops at [`SEALER_LIMIT`] encryptions, far below the AES-GCM
 //! limits of SP 800-38D.
+//!
+//! # The detached form
+//!
+//! Bulk layouts (the code segments of [`crate::codes`]) keep the key id once per segment and
+//! the counter beside the record, so a record costs `ciphertext | tag` plus a 32-bit counter
+//! ([`Sealer::seal_detached`], [`Opener::open_detached`]). The cipher, nonce and AAD are exactly
+//! those of a full envelope with the same key, counter and subject: the two forms are one
+//! encryption stored two ways. The counter fits in 32 bits because of [`SEALER_LIMIT`].
 
 use crate::error::{Error, Result};
 use crate::hsm::KeyPurpose;
@@ -199,6 +207,29 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Encrypts one record bound to `subject` and appends `ciphertext | tag` to `out`; returns
+    /// the nonce counter, which the caller stores beside the record (see the module docs).
+    ///
+    /// # Errors
+    /// As [`Sealer::seal`]; `out` is unchanged on error.
+    pub fn seal_detached(
+        &mut self,
+        subject: &str,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u32> {
+        let counter = u32::try_from(self.next)
+            .map_err(|_| Error::Refused(format!("{} has no 32-bit counter left", self.id)))?;
+        let start = out.len();
+        self.seal_into(subject, plaintext, out)?;
+        // Drop the header the full form wrote: only `ciphertext | tag` is kept.
+        out.copy_within(start + HEADER_LEN.., start);
+        out.truncate(out.len() - HEADER_LEN);
+        Ok(counter)
+    }
+}
+
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -249,6 +280,35 @@ impl Opener {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&b[5..HEADER_LEN]);
         let mut buf = Zeroizing::new(b[HEADER_LEN..].to_vec());
+        let len = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut buf[..],
+            )
+            .map_err(|_| Error::Integrity)?
+            .len();
+        buf.truncate(len);
+        Ok(Plaintext::new(buf))
+    }
+}
+
+impl Opener {
+    /// Decrypts a detached record (`ciphertext | tag`, sealed with nonce `counter`) that must
+    /// belong to `subject`.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] for anything that does not verify.
+    pub fn open_detached(&self, subject: &str, counter: u32, sealed: &[u8]) -> Result<Plaintext> {
+        if sealed.len() < TAG_LEN {
+            return Err(Error::Integrity);
+        }
+        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
+        aad_into(&mut aad, self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&u64::from(counter).to_be_bytes());
+        let mut buf = Zeroizing::new(sealed.to_vec());
         let len = self
             .key
             .open_in_place(
@@ -408,5 +468,46 @@ mod tests {
             !all.to_lowercase().contains("a5a5") && !all.contains("165"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_detached_form_is_the_same_encryption_as_the_full_envelope() {
+        let mut full = sealer(3, 9);
+        let mut detached = sealer(3, 9);
+        let opener = Opener::new(DataKeyId(9), KeyPurpose::Code, &key(3)).unwrap();
+        for i in 0..3u32 {
+            let env = full
+                .seal(
+                    "8039000000000000001",
+                    &Plaintext::from_slice(b"12345|87654321"),
+                )
+                .unwrap();
+            let mut out = vec![0xAA];
+            let counter = detached
+                .seal_detached("8039000000000000001", b"12345|87654321", &mut out)
+                .unwrap();
+            assert_eq!(counter, i);
+            assert_eq!(out[0], 0xAA, "bytes before are kept");
+            assert_eq!(&out[1..], &env.as_bytes()[HEADER_LEN..]);
+            let clear = opener
+                .open_detached("8039000000000000001", counter, &out[1..])
+                .unwrap();
+            assert_eq!(clear.expose_secret(), b"12345|87654321");
+            // Another card, another counter or a flipped byte: nothing opens.
+            assert!(opener
+                .open_detached("8039000000000000002", counter, &out[1..])
+                .is_err());
+            assert!(opener
+                .open_detached("8039000000000000001", counter + 1, &out[1..])
+                .is_err());
+            let mut bad = out[1..].to_vec();
+            bad[0] ^= 1;
+            assert!(opener
+                .open_detached("8039000000000000001", counter, &bad)
+                .is_err());
+            assert!(opener
+                .open_detached("8039000000000000001", counter, &[0u8; 3])
+                .is_err());
+        }
     }
 }

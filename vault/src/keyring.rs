@@ -139,6 +139,12 @@ impl Keyring {
         Ok(())
     }
 
+    /// Forgets a key that sealed nothing that is kept (the key of a batch rejected or
+    /// abandoned while staging). Returns whether it was there.
+    pub fn discard(&mut self, id: DataKeyId) -> bool {
+        self.keys.remove(&id).is_some()
+    }
+
     /// One key's record.
     pub fn get(&self, id: DataKeyId) -> Option<&DataKeyRecord> {
         self.keys.get(&id)

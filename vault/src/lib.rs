@@ -13,7 +13,9 @@
 //!   multi-tree batches;
 //! - [`account`]: accounts, roles, bearer tokens and passwords;
 //! - [`audit`]: the tamper-evident audit chain, written in the same batch as each change;
-//! - [`import`]: the manufacturer file parser (the batch layout is still to come);
+//! - [`codes`]: the code vault — batches laid out as sorted encrypted segments, committed all
+//!   or nothing, found by serial;
+//! - [`import`]: manufacturer files (parsing, age decryption) into the code vault;
 //! - [`generate`]: uniform code generation by rejection sampling, in parallel.
 //!
 //! ```text
@@ -27,6 +29,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod codes;
 pub mod envelope;
 pub mod error;
 pub mod generate;

@@ -28,15 +28,32 @@ pub enum Tree {
     /// Index of audit events by subject: `subject length (u16 BE) | subject | seq (u64 BE)`,
     /// empty values. Derived from the chain, written in the same batch as each event.
     AuditSubjects,
+    /// Code batches by id (u64 BE): the commit record of each batch ([`crate::codes`]).
+    Batches,
+    /// Code segments: `batch id (u64 BE) | run (u16 BE) | segment (u32 BE)`.
+    Segments,
+    /// Segment directories: `batch id (u64 BE) | run (u16 BE)` → the first serial of each
+    /// segment of that run.
+    SegmentDirs,
+    /// Batches by content id (keyed HMAC of the file's SHA-256), for idempotent uploads.
+    ContentIds,
+    /// Per-card changes over the committed segments, by serial: codes deleted or replaced.
+    CodeOverlay,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 4] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
         Tree::AuditCheckpoints,
+        Tree::AuditSubjects,
+        Tree::Batches,
+        Tree::Segments,
+        Tree::SegmentDirs,
+        Tree::ContentIds,
+        Tree::CodeOverlay,
     ];
 
     /// The persisted name.
@@ -47,6 +64,11 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::AuditCheckpoints => "audit_checkpoints",
             Tree::AuditSubjects => "audit_subjects",
+            Tree::Batches => "batches",
+            Tree::Segments => "segments",
+            Tree::SegmentDirs => "segment_dirs",
+            Tree::ContentIds => "content_ids",
+            Tree::CodeOverlay => "code_overlay",
         }
     }
 
@@ -59,6 +81,11 @@ impl Tree {
             Tree::Audit => 3,
             Tree::AuditCheckpoints => 4,
             Tree::AuditSubjects => 5,
+            Tree::Batches => 6,
+            Tree::Segments => 7,
+            Tree::SegmentDirs => 8,
+            Tree::ContentIds => 9,
+            Tree::CodeOverlay => 10,
         }
     }
 }
@@ -125,6 +152,22 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Up to `limit` entries with `from <= key` (and `key < to` when given), ascending.
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Entries>;
+
+    /// Up to `limit` keys with `from <= key` (and `key < to` when given), ascending, without
+    /// their values (for deleting ranges).
+    fn keys(
+        &self,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .range(tree, from, to, limit)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
 
     /// The entry with the greatest key.
     fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>>;

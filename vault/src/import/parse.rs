@@ -105,7 +105,7 @@ impl SerialRule {
     }
 
     /// Checks one serial; the message names what is wrong, never the serial's characters.
-    fn check(&self, serial: &str) -> Result<(), String> {
+    pub fn check(&self, serial: &str) -> Result<(), String> {
         if serial.is_empty() {
             return Err("serial is empty".to_owned());
         }

@@ -45,6 +45,22 @@ impl SledStore {
     /// [`Error::Storage`] naming the directory if it cannot be opened — locked by another
     /// process (a running server), damaged, or unreadable.
     pub fn open(dir: &Path) -> Result<Self> {
+        // A store dropped a moment ago in this process may still be locked by one of sled's
+        // I/O threads finishing its last write: wait briefly for the lock before calling the
+        // directory busy (a running server holds it for good, so that still fails).
+        let mut tries = 0;
+        loop {
+            match Self::open_once(dir) {
+                Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self> {
         let path = dir.to_path_buf();
         let opened = std::panic::catch_unwind(|| -> std::result::Result<_, sled::Error> {
             // No background flusher: every `apply` flushes itself, and without that thread the
@@ -104,6 +120,29 @@ impl Store for SledStore {
             .take(limit)
             .map(|r| {
                 r.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
+                    .map_err(|e| self.err(tree, "scan failed", e))
+            })
+            .collect()
+    }
+
+    fn keys(
+        &self,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let start = prefixed(tree, from);
+        let end = to.map_or_else(|| end_of(tree), |to| prefixed(tree, to));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .range(start..end)
+            .keys()
+            .take(limit)
+            .map(|r| {
+                r.map(|k| k[1..].to_vec())
                     .map_err(|e| self.err(tree, "scan failed", e))
             })
             .collect()

@@ -1,0 +1,366 @@
+//! `plico bench …`: measurements against baselines taken in the same run. Benchmarks, not
+//! tests: nothing here is timed by CI.
+//!
+//! `plico bench import --records N`:
+//! 1. writes a sorted N-line file of generated test codes (benchmark data, not secrets);
+//! 2. imports it into a fresh sled store under a fresh development HSM, end to end and
+//!    durable (parse, validate, seal, sort, write, flush, commit) — the figure that counts;
+//!    peak memory is the process's high-water mark right after it;
+//! 3. measures in the same run the bare baselines: the file parsed with no work per card;
+//!    AES-256-GCM + bulk RNG over the same number of records; and raw writes of the very
+//!    segment bytes the import stored, into a second fresh store, flushed;
+//! 4. looks up random cards by serial and decrypts them, on one thread.
+//!
+//! It ends with one line:
+//! `import pairs_per_s=… baseline_ratio=… peak_rss_mib=… disk_bytes_per_pair=… lookups_per_s=…`
+//! where `baseline_ratio` is the import's speed over the bare pipeline's (RNG + AES-GCM time
+//! plus raw store write time for the same records): 1.0 means the import costs no more than
+//! the bare work it cannot avoid.
+
+use anyhow::{bail, Context};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use clap::{Args, Subcommand};
+use hsm_sim::{InitOptions, SimulatedHsm};
+use secrecy::SecretString;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vault::audit::AuditLog;
+use vault::codes::CodeVault;
+use vault::import::parse::{parse, ParseRules};
+use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::store::sled::SledStore;
+use vault::store::{Batch, Store, Tree};
+use vault::Hsm;
+
+/// `plico bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import N generated pairs into a fresh sled store, with the bare baselines.
+    Import(ImportBench),
+}
+
+/// `plico bench import` arguments.
+#[derive(Debug, Args)]
+pub struct ImportBench {
+    /// Pairs in the generated file.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Work directory (a fresh one under the system temp dir by default; removed at the end
+    /// unless given).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Random lookups to time.
+    #[arg(long, default_value_t = 200_000)]
+    pub lookups: u64,
+}
+
+/// Runs a benchmark.
+///
+/// # Errors
+/// I/O and vault errors.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchCommand::Import(a) => import(&a),
+    }
+}
+
+/// A small fast generator for benchmark data (xorshift64*); not for secrets.
+struct TestRng(u64);
+
+impl TestRng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn serial(base: u64, i: u64) -> String {
+    format!("8039{:015}", base + i)
+}
+
+fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
+    let mut rng = TestRng(0x9E37_79B9_7F4A_7C15 ^ base);
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    writeln!(out, "serial;pin;puk")?;
+    for i in 0..n {
+        let r = rng.next();
+        writeln!(
+            out,
+            "{};{:05};{:08}",
+            serial(base, i),
+            r % 100_000,
+            (r >> 20) % 100_000_000
+        )?;
+    }
+    out.flush()?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
+    std::fs::create_dir_all(dir)?;
+    let mut share: Option<SecretString> = None;
+    let (hsm, _) = SimulatedHsm::init(
+        dir,
+        InitOptions {
+            shares: 1,
+            threshold: 1,
+            dev: true,
+        },
+        &mut |s: &[SecretString]| {
+            share = s.first().cloned();
+            Ok(())
+        },
+    )?;
+    let share = share.context("the dev HSM gave no share")?;
+    hsm.unseal(&share)?;
+    Ok(Arc::new(hsm))
+}
+
+fn per_s(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn import(a: &ImportBench) -> anyhow::Result<()> {
+    let n = a.records;
+    if n == 0 {
+        bail!("--records must be at least 1");
+    }
+    let (work, remove) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("plico-bench-import-{}", std::process::id())),
+            true,
+        ),
+    };
+    if work.exists() && std::fs::read_dir(&work)?.next().is_some() {
+        bail!("{} is not empty", work.display());
+    }
+    std::fs::create_dir_all(&work)?;
+    let result = import_in(&work, n, a.lookups);
+    if remove {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
+    let base = 1_000_000_000u64;
+    let file = work.join("codes.txt");
+    eprintln!("writing {n} lines to {}", file.display());
+    let file_bytes = write_file(&file, n, base)?;
+
+    // The import, end to end and durable.
+    let hsm = dev_hsm(&work.join("hsm"))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
+    let audit = AuditLog::open(store.clone(), 1000)?;
+    audit.unlock(hsm.clone())?;
+    let (codes, _) = CodeVault::open(store.clone())?;
+    let rules = ParseRules::default();
+    let ctx = ImportContext {
+        vault: &codes,
+        hsm: &*hsm,
+        audit: &audit,
+        rules: &rules,
+    };
+    let request = ImportRequest {
+        manufacturer: "bench".into(),
+        expected_cards: Some(n),
+        expected_sha256: None,
+        actor: "bench".into(),
+        role: "manufacturer".into(),
+        request_id: String::new(),
+    };
+    eprintln!("importing");
+    let started = Instant::now();
+    let outcome = import_file(ctx, std::fs::File::open(&file)?, &request, &|_| {})?;
+    let t_import = started.elapsed();
+    let rss = peak_rss_mib();
+    let ImportOutcome::Committed(record) = outcome else {
+        bail!("the import did not commit: {:?}", outcome.record().problems);
+    };
+    if record.cards != n {
+        bail!("imported {} cards, wanted {n}", record.cards);
+    }
+    store.flush()?;
+    let disk = dir_bytes(&work.join("store"));
+
+    // Lookups by serial, decrypted, one thread.
+    let mut rng = TestRng(0x1234_5678_9ABC_DEF1);
+    let serials: Vec<String> = (0..lookups).map(|_| serial(base, rng.next() % n)).collect();
+    let started = Instant::now();
+    for s in &serials {
+        if codes.find(&*hsm, s)?.is_none() {
+            bail!("card {s} not found");
+        }
+    }
+    let t_lookup = started.elapsed();
+
+    // Baseline 1: the parser alone.
+    let started = Instant::now();
+    let mut cards = 0u64;
+    parse(
+        std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?),
+        &rules,
+        |_| {
+            cards += 1;
+            Ok(())
+        },
+    )
+    .map_err(vault::Error::from)?;
+    let t_parse = started.elapsed();
+
+    // Baseline 2: bulk RNG + AES-256-GCM over the same number of records (8-byte packed
+    // pair, 48-byte AAD, counter nonces), as a bare loop.
+    let t_crypto = bare_crypto(n)?;
+
+    // Baseline 3: the same segment bytes, raw, into a fresh store, flushed.
+    let mut segments: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut from = Vec::new();
+    loop {
+        let page = store.range(Tree::Segments, &from, None, 1024)?;
+        let Some((last, _)) = page.last() else { break };
+        from = last.clone();
+        from.push(0);
+        let more = page.len() == 1024;
+        segments.extend(page);
+        if !more {
+            break;
+        }
+    }
+    let raw = SledStore::open(&work.join("raw"))?;
+    let started = Instant::now();
+    for chunk in segments.chunks(32) {
+        let mut b = Batch::new();
+        for (k, v) in chunk {
+            b.put(Tree::Segments, k.clone(), v.clone());
+        }
+        raw.write(&b)?;
+    }
+    raw.flush()?;
+    let t_raw = started.elapsed();
+    let raw_disk = dir_bytes(&work.join("raw"));
+
+    let pairs_per_s = per_s(n, t_import);
+    let bare = t_crypto + t_raw;
+    let ratio = bare.as_secs_f64() / t_import.as_secs_f64().max(1e-9);
+    println!("records             {n}");
+    println!("file                {file_bytes} bytes");
+    println!(
+        "import              {:.2} s  {:.0} pairs/s  ({} runs, {} segments)",
+        t_import.as_secs_f64(),
+        pairs_per_s,
+        record.runs.len(),
+        segments.len()
+    );
+    println!(
+        "baseline parse      {:.2} s  {:.0} lines/s",
+        t_parse.as_secs_f64(),
+        per_s(n, t_parse)
+    );
+    println!(
+        "baseline rng+gcm    {:.2} s  {:.0} records/s",
+        t_crypto.as_secs_f64(),
+        per_s(n, t_crypto)
+    );
+    println!(
+        "baseline raw writes {:.2} s  {:.0} records/s  ({:.1} B/pair on disk)",
+        t_raw.as_secs_f64(),
+        per_s(n, t_raw),
+        raw_disk as f64 / n as f64
+    );
+    println!(
+        "bare pipeline       {:.2} s  {:.0} pairs/s",
+        bare.as_secs_f64(),
+        per_s(n, bare)
+    );
+    println!(
+        "lookups             {lookups} in {:.2} s",
+        t_lookup.as_secs_f64()
+    );
+    println!(
+        "import pairs_per_s={:.0} baseline_ratio={:.2} peak_rss_mib={:.0} disk_bytes_per_pair={:.1} lookups_per_s={:.0}",
+        pairs_per_s,
+        ratio,
+        rss,
+        disk as f64 / n as f64,
+        per_s(lookups, t_lookup)
+    );
+    Ok(())
+}
+
+fn bare_crypto(n: u64) -> anyhow::Result<Duration> {
+    let rng = SystemRandom::new();
+    let mut key = [0u8; 32];
+    rng.fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("random generator"))?;
+    let key = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &key).map_err(|_| anyhow::anyhow!("aes key"))?,
+    );
+    let aad = [7u8; 48];
+    let mut random = vec![0u8; 64 * 1024];
+    let mut at = random.len();
+    let mut sink = 0u8;
+    let started = Instant::now();
+    for i in 0..n {
+        if at + 8 > random.len() {
+            rng.fill(&mut random)
+                .map_err(|_| anyhow::anyhow!("random generator"))?;
+            at = 0;
+        }
+        let mut rec = [0u8; 8];
+        rec.copy_from_slice(&random[at..at + 8]);
+        at += 8;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&i.to_be_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                &mut rec,
+            )
+            .map_err(|_| anyhow::anyhow!("seal"))?;
+        sink ^= rec[0] ^ tag.as_ref()[0];
+    }
+    let t = started.elapsed();
+    std::hint::black_box(sink);
+    Ok(t)
+}

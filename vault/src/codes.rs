@@ -1,0 +1,842 @@
+//! The code vault: every card's PIN/PUK, sealed under data keys, laid out for bulk.
+//!
+//! # Layout
+//!
+//! A batch (one uploaded file, or one generation job) is sealed under its own data key and
+//! stored as *runs* of *segments*:
+//!
+//! - a segment ([`segment`]) holds up to 1024 records sorted by serial: front-coded serials,
+//!   then `ciphertext | tag` per record with the key id once and nonce counters implicit
+//!   when consecutive — about 30 bytes a CNS card before the store's own overhead;
+//! - a run is a sorted sequence of segments; a sorted file is one run, an unsorted one a run
+//!   per [`stage::RUN_RECORDS`] cards; its directory (first serial of each segment) is one
+//!   small value;
+//! - the commit record ([`batch::BatchRecord`]) is what makes a batch visible: until it says
+//!   `committed`, its segments are invisible and, after a crash, removed at start-up;
+//! - an overlay ([`crate::store::Tree::CodeOverlay`]) keyed by serial records later changes
+//!   to single cards (codes deleted on revocation), checked before the segments.
+//!
+//! A lookup by serial finds the runs whose range holds the serial in memory (the directories
+//! of committed batches are loaded at start-up: 10 M cards take about 10,000 entries), reads
+//! one segment, binary-searches it and opens one record.
+//!
+//! # Commit
+//!
+//! [`CodeVault::begin`] creates the batch's data key and a `staging` record (durable, with a
+//! `key.create` audit event); the [`Stager`] seals and writes; [`CodeVault::commit`] checks
+//! the content id (a second upload of the same file returns the first batch) and the serials
+//! against committed batches (a clash quarantines the batch: nothing is overwritten), then
+//! writes the commit record, the keyring's count of encryptions and the audit event in one
+//! store batch and flushes it before answering.
+
+pub mod batch;
+mod check;
+pub mod record;
+pub mod segment;
+pub mod stage;
+
+pub use batch::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
+pub use check::Repeats;
+pub use record::CardCodes;
+pub use stage::{Staged, Stager};
+
+use crate::audit::{AuditLog, NewEvent, Outcome};
+use crate::envelope::{DataKeyId, Opener};
+use crate::error::{Error, Result};
+use crate::hsm::{Hsm, KeyPurpose};
+use crate::keyring::Keyring;
+use crate::store::{Batch, Store, Tree};
+use aws_lc_rs::hmac;
+use batch::{run_key, segment_key, SegmentDir};
+use check::{RunCursor, MAX_LISTED};
+use segment::Segment;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+const NEXT_BATCH_KEY: &[u8] = b"codes.next_batch";
+/// Overlay value: the card's codes were deleted.
+const OVERLAY_DELETED: u8 = 0;
+/// Entries read from the store per page when scanning.
+const PAGE: usize = 256;
+
+/// Who started a batch, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchMeta {
+    /// Imported or generated.
+    pub source: BatchSource,
+    /// Manufacturer named by the upload (empty for generation).
+    pub manufacturer: String,
+    /// Account id.
+    pub actor: String,
+    /// Its role.
+    pub role: String,
+    /// Request id.
+    pub request_id: String,
+}
+
+/// How a commit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The batch is visible.
+    Committed(BatchRecord),
+    /// Some serials are already in the vault; the batch is held back, nothing overwritten.
+    Quarantined(BatchRecord),
+    /// The same content was stored before: this is that batch, and the new copy was dropped.
+    AlreadyStored(BatchRecord),
+}
+
+impl CommitOutcome {
+    /// The batch record the outcome names.
+    pub fn record(&self) -> &BatchRecord {
+        match self {
+            CommitOutcome::Committed(r)
+            | CommitOutcome::Quarantined(r)
+            | CommitOutcome::AlreadyStored(r) => r,
+        }
+    }
+}
+
+/// What start-up found and cleaned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Batches left staging by a crash, now removed.
+    pub removed: Vec<BatchId>,
+    /// Committed batches loaded.
+    pub committed: usize,
+}
+
+/// A card's sealed record as found: batch, data key, nonce counter, `ciphertext | tag`.
+type Found = (BatchId, DataKeyId, u32, Vec<u8>);
+
+/// A committed run, as the lookup sees it.
+#[derive(Debug)]
+struct RunRef {
+    batch: BatchId,
+    run: u16,
+    first: Box<[u8]>,
+    dir: SegmentDir,
+}
+
+/// The committed runs, sorted by first serial, with the running maximum of last serials so
+/// that a lookup stops as soon as no earlier run can reach the serial.
+#[derive(Debug, Default)]
+struct RunIndex {
+    runs: Vec<RunRef>,
+    max_last: Vec<Box<[u8]>>,
+}
+
+impl RunIndex {
+    fn add(&mut self, more: impl IntoIterator<Item = RunRef>) {
+        self.runs.extend(more);
+        self.runs.sort_by(|a, b| a.first.cmp(&b.first));
+        self.max_last.clear();
+        let mut max: Box<[u8]> = Box::default();
+        for r in &self.runs {
+            if r.dir.last > max {
+                max = r.dir.last.clone();
+            }
+            self.max_last.push(max.clone());
+        }
+    }
+
+    /// Runs whose range holds `serial`, nearest first.
+    fn holding<'a>(&'a self, serial: &'a [u8]) -> impl Iterator<Item = &'a RunRef> + 'a {
+        let end = self.runs.partition_point(|r| &*r.first <= serial);
+        (0..end)
+            .rev()
+            .take_while(move |&i| &*self.max_last[i] >= serial)
+            .map(move |i| &self.runs[i])
+            .filter(move |r| &*r.dir.last >= serial)
+    }
+
+    /// Runs whose range meets `[first, last]`.
+    fn meeting<'a>(&'a self, first: &'a [u8], last: &'a [u8]) -> impl Iterator<Item = &'a RunRef> {
+        let end = self.runs.partition_point(|r| &*r.first <= last);
+        self.runs[..end]
+            .iter()
+            .filter(move |r| &*r.dir.last >= first)
+    }
+}
+
+/// The code vault over a store. One per process (it holds the index of committed batches).
+pub struct CodeVault {
+    store: Arc<dyn Store>,
+    index: RwLock<RunIndex>,
+    openers: RwLock<HashMap<DataKeyId, Arc<Opener>>>,
+    index_key: RwLock<Option<hmac::Key>>,
+    /// Serialises commits (the duplicate check and the commit record).
+    commit_lock: Mutex<()>,
+    /// Serialises changes to the keyring and the batch counter.
+    keys_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for CodeVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runs = self.read_index().runs.len();
+        write!(f, "CodeVault({runs} committed runs)")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl CodeVault {
+    /// Opens the vault over `store`: removes batches a crash left staging (their segments and
+    /// their data keys, which sealed nothing that survives), and loads the directories of the
+    /// committed batches.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a damaged batch record or directory.
+    pub fn open(store: Arc<dyn Store>) -> Result<(CodeVault, Recovery)> {
+        let vault = CodeVault {
+            store,
+            index: RwLock::new(RunIndex::default()),
+            openers: RwLock::new(HashMap::new()),
+            index_key: RwLock::new(None),
+            commit_lock: Mutex::new(()),
+            keys_lock: Mutex::new(()),
+        };
+        let mut recovery = Recovery::default();
+        let mut refs = Vec::new();
+        for record in vault.all_records()? {
+            match record.state {
+                BatchState::Staging => {
+                    vault.remove_staged(&record, None)?;
+                    recovery.removed.push(record.id);
+                }
+                BatchState::Committed => {
+                    refs.extend(vault.load_runs(&record)?);
+                    recovery.committed += 1;
+                }
+                BatchState::Quarantined | BatchState::Rejected => {}
+            }
+        }
+        vault.write_index().add(refs);
+        Ok((vault, recovery))
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, RunIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, RunIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all_records(&self) -> Result<Vec<BatchRecord>> {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        loop {
+            let page = self.store.range(Tree::Batches, &from, None, PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (_, v) in &page {
+                out.push(BatchRecord::decode(v)?);
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_runs(&self, record: &BatchRecord) -> Result<Vec<RunRef>> {
+        record
+            .runs
+            .iter()
+            .map(|info| {
+                let bytes = self
+                    .store
+                    .get(Tree::SegmentDirs, &run_key(record.id, info.run))?
+                    .ok_or_else(|| {
+                        Error::Storage(format!(
+                            "the directory of run {} of batch {} is missing",
+                            info.run, record.id
+                        ))
+                    })?;
+                let dir = SegmentDir::decode(&bytes)?;
+                Ok(RunRef {
+                    batch: record.id,
+                    run: info.run,
+                    first: dir.firsts[0].clone(),
+                    dir,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a batch's segments and directories; with `keep`, replaces its record by `keep`
+    /// (else deletes it), and removes its data key from the keyring. Durable when it returns.
+    fn remove_staged(
+        &self,
+        record: &BatchRecord,
+        keep: Option<(&BatchRecord, &AuditLog, NewEvent)>,
+    ) -> Result<()> {
+        let from = record.id.0.to_be_bytes();
+        let to = (record.id.0 + 1).to_be_bytes();
+        for tree in [Tree::Segments, Tree::SegmentDirs] {
+            loop {
+                let keys = self.store.keys(tree, &from, Some(&to), PAGE)?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut b = Batch::new();
+                for k in keys {
+                    b.delete(tree, k);
+                }
+                self.store.write(&b)?;
+            }
+        }
+        let _keys = lock(&self.keys_lock);
+        let mut b = Batch::new();
+        if let Some(id) = record.data_key {
+            let mut ring = Keyring::load(&*self.store)?;
+            if ring.discard(DataKeyId(id)) {
+                ring.save_into(&mut b)?;
+            }
+        }
+        match keep {
+            Some((rec, audit, event)) => {
+                b.put(Tree::Batches, rec.id.key().to_vec(), rec.encode()?);
+                audit.commit(b, event)?;
+            }
+            None => {
+                b.delete(Tree::Batches, record.id.key().to_vec());
+                self.store.apply(&b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a batch: creates its data key, allocates its id and writes its `staging` record
+    /// with a `key.create` audit event, durably. The returned [`Stager`] seals and writes.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] while the HSM is sealed; store and audit errors.
+    pub fn begin(&self, hsm: &dyn Hsm, audit: &AuditLog, meta: &BatchMeta) -> Result<Stager> {
+        self.begin_with_run_records(hsm, audit, meta, stage::RUN_RECORDS)
+    }
+
+    /// [`CodeVault::begin`] with runs of `run_records` cards (tests use small runs).
+    ///
+    /// # Errors
+    /// As [`CodeVault::begin`].
+    pub fn begin_with_run_records(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        meta: &BatchMeta,
+        run_records: usize,
+    ) -> Result<Stager> {
+        let _keys = lock(&self.keys_lock);
+        let id = match self.store.get(Tree::Meta, NEXT_BATCH_KEY)? {
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Storage("the batch counter is damaged".into()))?,
+            None => 1,
+        };
+        let id = BatchId(id);
+        let mut ring = Keyring::load(&*self.store)?;
+        let sealer = ring.create(hsm, KeyPurpose::Code)?;
+        let kcv = ring.get(sealer.key_id()).map(|r| r.kcv().to_string());
+        let record = BatchRecord {
+            id,
+            state: BatchState::Staging,
+            source: meta.source,
+            manufacturer: meta.manufacturer.clone(),
+            cards: 0,
+            signature_pairs: false,
+            bytes: 0,
+            data_key: Some(sealer.key_id().0),
+            data_key_kcv: kcv.clone(),
+            runs: Vec::new(),
+            content_id: None,
+            actor: meta.actor.clone(),
+            role: meta.role.clone(),
+            request_id: meta.request_id.clone(),
+            started_ms: now_ms(),
+            finished_ms: 0,
+            problems: Vec::new(),
+            problems_total: 0,
+        };
+        let mut b = Batch::new();
+        ring.save_into(&mut b)?;
+        b.put(
+            Tree::Meta,
+            NEXT_BATCH_KEY.to_vec(),
+            (id.0 + 1).to_be_bytes().to_vec(),
+        );
+        b.put(Tree::Batches, id.key().to_vec(), record.encode()?);
+        audit.commit(
+            b,
+            NewEvent::new("key.create", sealer.key_id().to_string())
+                .by(meta.actor.clone(), meta.role.clone())
+                .request(meta.request_id.clone())
+                .detail("purpose", KeyPurpose::Code.as_str())
+                .detail("kcv", kcv.unwrap_or_default())
+                .detail("batch", id.to_string()),
+        )?;
+        Stager::with_run_records(id, sealer, self.store.clone(), run_records)
+    }
+
+    /// The stored record of a batch.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn batch(&self, id: BatchId) -> Result<Option<BatchRecord>> {
+        self.store
+            .get(Tree::Batches, &id.key())?
+            .map(|b| BatchRecord::decode(&b))
+            .transpose()
+    }
+
+    /// Up to `limit` batch records with ids after `after`, ascending.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn batches(&self, after: Option<BatchId>, limit: usize) -> Result<Vec<BatchRecord>> {
+        let from = after.map(|a| (a.0 + 1).to_be_bytes()).unwrap_or([0; 8]);
+        self.store
+            .range(Tree::Batches, &from, None, limit)?
+            .iter()
+            .map(|(_, v)| BatchRecord::decode(v))
+            .collect()
+    }
+
+    fn staging_record(&self, id: BatchId) -> Result<BatchRecord> {
+        let rec = self
+            .batch(id)?
+            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        if rec.state != BatchState::Staging {
+            return Err(Error::Refused(format!(
+                "batch {id} is {}, not staging",
+                rec.state
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Rejects a staging batch: its segments and data key are removed, and its record keeps
+    /// the problems (never a code) with a `batch.reject` audit event.
+    ///
+    /// # Errors
+    /// Store and audit errors.
+    pub fn reject(
+        &self,
+        audit: &AuditLog,
+        id: BatchId,
+        bytes: u64,
+        problems: Vec<String>,
+        total: u64,
+    ) -> Result<BatchRecord> {
+        let staged = self.staging_record(id)?;
+        let mut rec = staged.clone();
+        rec.state = BatchState::Rejected;
+        rec.cards = 0;
+        rec.bytes = bytes;
+        rec.data_key = None;
+        rec.data_key_kcv = None;
+        rec.runs.clear();
+        rec.finished_ms = now_ms();
+        rec.problems = problems.into_iter().take(MAX_LISTED).collect();
+        rec.problems_total = total;
+        let event = NewEvent::new("batch.reject", id.to_string())
+            .by(rec.actor.clone(), rec.role.clone())
+            .request(rec.request_id.clone())
+            .outcome(Outcome::Refused)
+            .detail("source", source_name(rec.source))
+            .detail("manufacturer", rec.manufacturer.clone())
+            .detail("problems", total.to_string());
+        self.remove_staged(&staged, Some((&rec, audit, event)))?;
+        Ok(rec)
+    }
+
+    /// Abandons a staging batch after a failure that is not the file's fault (a read error, a
+    /// closed connection): removes it without a trace but the audit event `batch.abandon`.
+    ///
+    /// # Errors
+    /// Store and audit errors.
+    pub fn abandon(&self, audit: &AuditLog, id: BatchId, why: &str) -> Result<()> {
+        let staged = self.staging_record(id)?;
+        self.remove_staged(&staged, None)?;
+        audit.append(
+            NewEvent::new("batch.abandon", id.to_string())
+                .by(staged.actor.clone(), staged.role.clone())
+                .request(staged.request_id.clone())
+                .outcome(Outcome::Failed)
+                .detail("reason", why.to_string()),
+        )?;
+        Ok(())
+    }
+
+    /// Drops a staging batch whose content was stored before as `first`, with the audit event
+    /// `batch.duplicate_upload` naming both.
+    ///
+    /// # Errors
+    /// Store and audit errors.
+    pub fn drop_duplicate(&self, audit: &AuditLog, id: BatchId, first: &BatchRecord) -> Result<()> {
+        let staged = self.staging_record(id)?;
+        self.remove_staged(&staged, None)?;
+        audit.append(
+            NewEvent::new("batch.duplicate_upload", first.id.to_string())
+                .by(staged.actor.clone(), staged.role.clone())
+                .request(staged.request_id.clone())
+                .detail("dropped", id.to_string()),
+        )?;
+        Ok(())
+    }
+
+    /// The content id of a file: HMAC-SHA256 of its SHA-256 under the index key (created on
+    /// first use). Keyed, so the stored id cannot be used to test guesses of a small file.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`]; HSM, store and audit errors.
+    pub fn content_id(&self, hsm: &dyn Hsm, audit: &AuditLog, sha256: &[u8; 32]) -> Result<String> {
+        let cached = self
+            .index_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = self.load_index_key(hsm, audit)?;
+                *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = Some(k.clone());
+                k
+            }
+        };
+        let mut msg = b"plico-import-content v1:".to_vec();
+        msg.extend_from_slice(sha256);
+        Ok(hex::encode(hmac::sign(&key, &msg).as_ref()))
+    }
+
+    fn load_index_key(&self, hsm: &dyn Hsm, audit: &AuditLog) -> Result<hmac::Key> {
+        let key = self.purpose_key(hsm, audit, KeyPurpose::Index)?;
+        Ok(hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret()))
+    }
+
+    /// The identity that decrypts files sent to plico's import recipient: the import key,
+    /// unwrapped by the HSM (created on first use, with a `key.create` audit event). Drop it
+    /// as soon as the file is open.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`]; HSM, store and audit errors.
+    pub fn import_identity(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+    ) -> Result<crate::import::age::ImportIdentity> {
+        let key = self.purpose_key(hsm, audit, KeyPurpose::Import)?;
+        crate::import::age::ImportIdentity::from_data_key(&key)
+    }
+
+    /// The age recipient (`age1…`) manufacturers encrypt files to.
+    ///
+    /// # Errors
+    /// As [`CodeVault::import_identity`].
+    pub fn import_recipient(&self, hsm: &dyn Hsm, audit: &AuditLog) -> Result<String> {
+        Ok(self.import_identity(hsm, audit)?.recipient())
+    }
+
+    /// The newest key of a single-key purpose (index, import), created on first use.
+    fn purpose_key(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        purpose: KeyPurpose,
+    ) -> Result<crate::secret::DataKey> {
+        let _keys = lock(&self.keys_lock);
+        let mut ring = Keyring::load(&*self.store)?;
+        let id = match ring.newest(purpose) {
+            Some(r) => r.id,
+            None => {
+                let id = ring.create(hsm, purpose)?.key_id();
+                let kcv = ring
+                    .get(id)
+                    .map(|r| r.kcv().to_string())
+                    .unwrap_or_default();
+                let mut b = Batch::new();
+                ring.save_into(&mut b)?;
+                audit.commit(
+                    b,
+                    NewEvent::new("key.create", id.to_string())
+                        .detail("purpose", purpose.as_str())
+                        .detail("kcv", kcv),
+                )?;
+                id
+            }
+        };
+        ring.unwrap(hsm, id)
+    }
+
+    /// The batch stored earlier with this content id, if any.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn by_content(&self, content_id: &str) -> Result<Option<BatchRecord>> {
+        match self.store.get(Tree::ContentIds, content_id.as_bytes())? {
+            Some(b) => {
+                let id = <[u8; 8]>::try_from(b.as_slice())
+                    .map(|a| BatchId(u64::from_be_bytes(a)))
+                    .map_err(|_| Error::Storage("a content id entry is damaged".into()))?;
+                self.batch(id)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Commits a staged batch, or quarantines it, or finds it was stored before (see the
+    /// module docs). `bytes` is the file's size; `content_id` its [`CodeVault::content_id`]
+    /// (none for generated batches). Returns once the outcome is durable.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a batch with repeated serials (reject it instead); store and audit
+    /// errors (the batch then stays staging, invisible, and is removed at the next start-up).
+    pub fn commit(
+        &self,
+        audit: &AuditLog,
+        staged: Staged,
+        bytes: u64,
+        content_id: Option<String>,
+    ) -> Result<CommitOutcome> {
+        if staged.repeats.total > 0 {
+            return Err(Error::Refused(format!(
+                "batch {} repeats serials; reject it",
+                staged.id
+            )));
+        }
+        let _commit = lock(&self.commit_lock);
+        let before = self.staging_record(staged.id)?;
+        if let Some(cid) = &content_id {
+            if let Some(first) = self.by_content(cid)? {
+                self.drop_duplicate(audit, before.id, &first)?;
+                return Ok(CommitOutcome::AlreadyStored(first));
+            }
+        }
+        let clashes = self.clashes(&staged)?;
+        let mut rec = before.clone();
+        rec.cards = staged.cards;
+        rec.signature_pairs = staged.signature_pairs;
+        rec.bytes = bytes;
+        rec.runs = staged.runs.iter().map(|(i, _)| i.clone()).collect();
+        rec.content_id = content_id.clone();
+        rec.finished_ms = now_ms();
+        let quarantined = clashes.total > 0;
+        let action = if quarantined {
+            rec.state = BatchState::Quarantined;
+            rec.problems = clashes
+                .listed
+                .iter()
+                .map(|s| format!("serial {s} is already in the vault"))
+                .collect();
+            rec.problems_total = clashes.total;
+            "batch.quarantine"
+        } else {
+            rec.state = BatchState::Committed;
+            match rec.source {
+                BatchSource::Import => "batch.import",
+                BatchSource::Generated => "batch.generate",
+            }
+        };
+        let _keys = lock(&self.keys_lock);
+        let mut b = Batch::new();
+        let mut ring = Keyring::load(&*self.store)?;
+        ring.record_encryptions(&staged.sealer)?;
+        ring.save_into(&mut b)?;
+        b.put(Tree::Batches, rec.id.key().to_vec(), rec.encode()?);
+        if let Some(cid) = &content_id {
+            b.put(
+                Tree::ContentIds,
+                cid.as_bytes().to_vec(),
+                rec.id.key().to_vec(),
+            );
+        }
+        let mut event = NewEvent::new(action, rec.id.to_string())
+            .by(rec.actor.clone(), rec.role.clone())
+            .request(rec.request_id.clone())
+            .detail("cards", rec.cards.to_string())
+            .detail("runs", rec.runs.len().to_string())
+            .detail("source", source_name(rec.source))
+            .detail(
+                "data_key",
+                rec.data_key.map(|k| k.to_string()).unwrap_or_default(),
+            );
+        if !rec.manufacturer.is_empty() {
+            event = event.detail("manufacturer", rec.manufacturer.clone());
+        }
+        if let (Some(first), Some(last)) = (
+            rec.runs.iter().map(|r| &r.first).min(),
+            rec.runs.iter().map(|r| &r.last).max(),
+        ) {
+            event = event
+                .detail("first_serial", first.clone())
+                .detail("last_serial", last.clone());
+        }
+        if quarantined {
+            event = event
+                .outcome(Outcome::Refused)
+                .detail("conflicts", clashes.total.to_string());
+        }
+        audit.commit(b, event)?;
+        drop(_keys);
+        if quarantined {
+            return Ok(CommitOutcome::Quarantined(rec));
+        }
+        let refs = staged
+            .runs
+            .into_iter()
+            .map(|(info, dir)| RunRef {
+                batch: rec.id,
+                run: info.run,
+                first: dir.firsts[0].clone(),
+                dir,
+            })
+            .collect::<Vec<_>>();
+        self.write_index().add(refs);
+        Ok(CommitOutcome::Committed(rec))
+    }
+
+    /// Serials of `staged` already held by committed batches.
+    fn clashes(&self, staged: &Staged) -> Result<Repeats> {
+        let index = self.read_index();
+        let mut found = Repeats::default();
+        for (info, dir) in &staged.runs {
+            let (first, last) = (info.first.as_bytes(), info.last.as_bytes());
+            for old in index.meeting(first, last) {
+                let from = first.max(&old.first);
+                let until = last.min(&old.dir.last);
+                let cursors = vec![
+                    RunCursor::new(&*self.store, staged.id, info.run, dir, from)?,
+                    RunCursor::new(&*self.store, old.batch, old.run, &old.dir, from)?,
+                ];
+                let more = check::repeats(cursors, Some(until))?;
+                found.total += more.total;
+                for s in more.listed {
+                    if found.listed.len() < MAX_LISTED {
+                        found.listed.push(s);
+                    }
+                }
+            }
+        }
+        found.listed.sort();
+        Ok(found)
+    }
+
+    /// Where a card's codes are: `Some(batch)` if a committed batch holds them and they were
+    /// not deleted since. Reads no code.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn locate(&self, serial: &str) -> Result<Option<BatchId>> {
+        Ok(self.record_of(serial)?.map(|(b, _, _, _)| b))
+    }
+
+    /// A card's codes, decrypted, or `None` if no committed batch holds them (or they were
+    /// deleted). For the renderers of mailers and messages only: the caller must audit.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] while the HSM is sealed; [`Error::Integrity`] for a record that does
+    /// not open; store errors.
+    pub fn find(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<CardCodes>> {
+        let Some((_, key, counter, sealed)) = self.record_of(serial)? else {
+            return Ok(None);
+        };
+        let opener = self.opener(hsm, key)?;
+        let clear = opener.open_detached(serial, counter, &sealed)?;
+        CardCodes::unpack(clear.expose_secret()).map(Some)
+    }
+
+    /// The sealed record of a serial: batch, key, counter and `ciphertext | tag`.
+    fn record_of(&self, serial: &str) -> Result<Option<Found>> {
+        if let Some(v) = self.store.get(Tree::CodeOverlay, serial.as_bytes())? {
+            if v.first() == Some(&OVERLAY_DELETED) {
+                return Ok(None);
+            }
+            return Err(Error::Storage(format!(
+                "the overlay entry of card {serial} has an unknown kind"
+            )));
+        }
+        let s = serial.as_bytes();
+        let index = self.read_index();
+        for run in index.holding(s) {
+            let Some(seg_no) = run.dir.segment_for(s) else {
+                continue;
+            };
+            let key = segment_key(run.batch, run.run, seg_no);
+            let bytes = self.store.get(Tree::Segments, &key)?.ok_or_else(|| {
+                Error::Storage(format!(
+                    "segment {seg_no} of run {} of batch {} is missing",
+                    run.run, run.batch
+                ))
+            })?;
+            let seg = Segment::parse(&bytes)?;
+            if let Some(i) = seg.find(s)? {
+                let (counter, sealed) = seg.record(i)?;
+                return Ok(Some((run.batch, seg.key(), counter, sealed.to_vec())));
+            }
+        }
+        Ok(None)
+    }
+
+    fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+        if let Some(o) = self
+            .openers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(o.clone());
+        }
+        let ring = Keyring::load(&*self.store)?;
+        let opener = Arc::new(ring.opener(hsm, key)?);
+        self.openers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, opener.clone());
+        Ok(opener)
+    }
+
+    /// Adds to `batch` the deletion of a card's codes (an overlay entry; the sealed record in
+    /// its segment can no longer be found, and goes with its batch's data key when that is
+    /// shredded). For the lifecycle, which commits it with its audit event.
+    pub fn delete_codes_into(&self, serial: &str, batch: &mut Batch) {
+        batch.put(
+            Tree::CodeOverlay,
+            serial.as_bytes().to_vec(),
+            vec![OVERLAY_DELETED],
+        );
+    }
+
+    /// Drops every unwrapped key held in memory (call when the HSM is sealed).
+    pub fn forget_keys(&self) {
+        self.openers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The store this vault writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+fn source_name(s: BatchSource) -> String {
+    match s {
+        BatchSource::Import => "import".to_string(),
+        BatchSource::Generated => "generated".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
