@@ -92,6 +92,24 @@ impl fmt::Debug for Envelope {
     }
 }
 
+/// Bytes of the AAD before the subject: label, version, purpose, key id.
+const AAD_PREFIX_LEN: usize = AAD_LABEL.len() + 1 + 1 + 4;
+
+/// Rewrites only the subject part of an AAD that [`aad_into`] built for the same purpose and
+/// key (the sealer's hot path: the prefix is the same for every record).
+fn aad_subject_into(a: &mut Vec<u8>, subject: &str) -> Result<()> {
+    let subject_len = u16::try_from(subject.len()).map_err(|_| {
+        Error::Refused(format!(
+            "record subject is {} bytes, at most 65535",
+            subject.len()
+        ))
+    })?;
+    a.truncate(AAD_PREFIX_LEN);
+    a.extend_from_slice(&subject_len.to_be_bytes());
+    a.extend_from_slice(subject.as_bytes());
+    Ok(())
+}
+
 /// Writes the AAD of a record into `a` (cleared first), so a sealer can reuse one buffer for
 /// every record instead of allocating per record.
 fn aad_into(a: &mut Vec<u8>, purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<()> {
@@ -135,12 +153,15 @@ impl Sealer {
     /// [`Error::Provider`] if the AEAD context cannot be built.
     pub fn new(id: DataKeyId, purpose: KeyPurpose, key: FreshDataKey) -> Result<Self> {
         let key = key.into_key();
+        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + 32);
+        // The prefix (label, version, purpose, key id) is the same for every record.
+        aad_into(&mut aad, purpose, id, "")?;
         Ok(Sealer {
             key: aead_key(&key)?,
             id,
             purpose,
             next: 0,
-            aad: Vec::with_capacity(AAD_LABEL.len() + 8 + 32),
+            aad,
         })
     }
 
@@ -175,7 +196,7 @@ impl Sealer {
                 self.id, SEALER_LIMIT
             )));
         }
-        aad_into(&mut self.aad, self.purpose, self.id, subject)?;
+        aad_subject_into(&mut self.aad, subject)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
         // Room for the whole envelope first: `out` must not reallocate while it holds clear
@@ -219,14 +240,39 @@ impl Sealer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u32> {
+        if self.next >= SEALER_LIMIT {
+            return Err(Error::Refused(format!(
+                "{} reached its limit of {} encryptions; use a new data key",
+                self.id, SEALER_LIMIT
+            )));
+        }
+        // SEALER_LIMIT is 2^31, so the counter fits in 32 bits.
         let counter = u32::try_from(self.next)
             .map_err(|_| Error::Refused(format!("{} has no 32-bit counter left", self.id)))?;
+        aad_subject_into(&mut self.aad, subject)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        // Room first, so `out` does not reallocate while it holds clear bytes.
+        out.reserve(plaintext.len() + TAG_LEN);
         let start = out.len();
-        self.seal_into(subject, plaintext, out)?;
-        // Drop the header the full form wrote: only `ciphertext | tag` is kept.
-        out.copy_within(start + HEADER_LEN.., start);
-        out.truncate(out.len() - HEADER_LEN);
-        Ok(counter)
+        out.extend_from_slice(plaintext);
+        let sealed = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(self.aad.as_slice()),
+            &mut out[start..],
+        );
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                self.next += 1;
+                Ok(counter)
+            }
+            Err(_) => {
+                zeroize::Zeroize::zeroize(&mut out[start..]);
+                out.truncate(start);
+                Err(Error::Provider("aes-256-gcm seal"))
+            }
+        }
     }
 }
 

@@ -62,6 +62,10 @@ const MAX_DRAWS: usize = 100;
 /// fits in a byte.
 const ACCEPT_BELOW: u8 = 250;
 
+/// Words accepted by the wide sampler: `0..WIDE_ACCEPT_BELOW`, the largest multiple of 10^9
+/// below 2^32.
+const WIDE_ACCEPT_BELOW: u32 = 4_000_000_000;
+
 /// A buffer at least this long whose bytes are all equal is taken as a failed generator
 /// (probability 2^-(8·(n-1)) for a working one).
 const HEALTH_CHECK_MIN_LEN: usize = 16;
@@ -120,15 +124,14 @@ impl WeakFilter {
         let Some((&first, rest)) = digits.split_first() else {
             return false;
         };
-        if self.all_equal && rest.iter().all(|&d| d == first) {
-            return true;
-        }
-        if self.runs && digits.len() >= 2 {
-            let up = digits.windows(2).all(|w| w[1] == (w[0] + 1) % 10);
-            let down = digits.windows(2).all(|w| w[0] == (w[1] + 1) % 10);
-            return up || down;
-        }
-        false
+        // One pass: the step between neighbours must be the same everywhere (0: all equal,
+        // +1 or -1 mod 10: a run).
+        let Some(&second) = rest.first() else {
+            return self.all_equal;
+        };
+        let step = (second + 10 - first) % 10;
+        let weak_step = (self.all_equal && step == 0) || (self.runs && (step == 1 || step == 9));
+        weak_step && digits.windows(2).all(|w| (w[1] + 10 - w[0]) % 10 == step)
     }
 }
 
@@ -246,6 +249,46 @@ impl<F: FnMut(&mut [u8]) -> Result<()>> DigitStream<F> {
                 }
             }
             self.pos += used;
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with uniform digits (values 0..=9), nine at a time from 32-bit words: the
+    /// sampler of the bulk path ([`CodeGenerator::draw_packed`]).
+    ///
+    /// Why it is unbiased: a little-endian word `v` of four CSPRNG bytes is uniform over
+    /// 0..2^32. Accepting only `v < 4·10^9` leaves it uniform over 0..4·10^9 (about 6.9 % of
+    /// words are rejected, independently of the accepted ones). Every residue of `v mod 10^9`
+    /// then has exactly 4 preimages, so `v mod 10^9` is uniform over 0..10^9, and its nine
+    /// decimal digits are independent and uniform. Digits are taken in a fixed order and the
+    /// unused ones of the last word are dropped whatever their values, which biases nothing.
+    /// A word never straddles two buffer fills: the last 1 to 3 bytes of a fill are dropped.
+    ///
+    /// # Errors
+    /// As [`DigitStream::next_digit`]; `out` is then partly written and should be discarded.
+    #[inline]
+    pub fn fill_digits_wide(&mut self, out: &mut [u8]) -> Result<()> {
+        let mut k = 0;
+        while k < out.len() {
+            if self.pos + 4 > self.buf.len() {
+                self.refill()?;
+                if self.buf.len() < 4 {
+                    return Err(Error::Provider("random buffer shorter than one word"));
+                }
+            }
+            let b = &self.buf[self.pos..self.pos + 4];
+            self.pos += 4;
+            let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if v >= WIDE_ACCEPT_BELOW {
+                self.rejected += 4;
+                continue;
+            }
+            let mut x = v % 1_000_000_000;
+            for d in out[k..].iter_mut().take(9) {
+                *d = (x % 10) as u8;
+                x /= 10;
+                k += 1;
+            }
         }
         Ok(())
     }
@@ -383,6 +426,49 @@ impl CodeGenerator {
         let code = parse(text, &self.policy)?;
         scratch.zeroize();
         Ok(code)
+    }
+
+    /// Draws one pair straight into its stored form: the packed record of
+    /// [`crate::codes::record`] (BCD, 8 bytes for CNS) in `out`, whose length it returns. No
+    /// `Pin`/`Puk` is built: the digits go from the random buffer to the record in one
+    /// zeroizing scratch buffer. `out` is the caller's zeroizing buffer.
+    ///
+    /// # Errors
+    /// The stream's errors.
+    pub fn draw_packed<F: FnMut(&mut [u8]) -> Result<()>>(
+        &self,
+        stream: &mut DigitStream<F>,
+        out: &mut [u8; crate::codes::record::MAX_RECORD_LEN],
+    ) -> Result<usize> {
+        let (pin_len, total) = (self.pin_len, self.pin_len + self.puk_len);
+        // Digit values are drawn into `out` itself, past where the packed bytes go (packing
+        // reads digit i at 2 + i and writes byte 1 + i/2, never ahead of what it reads), so no
+        // other buffer ever holds them.
+        let digits = &mut out[2..2 + total];
+        stream.fill_digits_wide(digits)?;
+        // Redraw a weak part alone (the other part stays uniform and independent).
+        for range in [0..pin_len, pin_len..total] {
+            let mut draws = 1;
+            while self.filter.is_weak(&digits[range.clone()]) {
+                if draws == MAX_DRAWS {
+                    out.zeroize();
+                    return Err(Error::Provider("random generator produced only weak codes"));
+                }
+                stream.fill_digits_wide(&mut digits[range.clone()])?;
+                draws += 1;
+            }
+        }
+        out[0] = (((pin_len - 1) as u8) << 4) | ((self.puk_len - 1) as u8);
+        for i in 0..total / 2 {
+            out[1 + i] = out[2 + 2 * i] << 4 | out[3 + 2 * i];
+        }
+        let len = 1 + total.div_ceil(2);
+        if total % 2 == 1 {
+            out[len - 1] = out[1 + total] << 4 | 0x0F;
+        }
+        // Wipe the digit values left past the packed record.
+        out[len..2 + total].zeroize();
+        Ok(len)
     }
 
     /// Generates a pair for each serial and appends one envelope per serial to `out`, in
@@ -587,6 +673,47 @@ mod tests {
             biased[usize::from(b % 10)] += 1;
         }
         assert!(chi_square(&biased) > 100.0, "{}", chi_square(&biased));
+    }
+
+    #[test]
+    fn wide_digits_are_uniform_per_position_and_high_words_are_skipped() {
+        // Uniformity: 13-digit draws from the system generator, chi-square per position.
+        let mut s = DigitStream::new(system_fill);
+        let n = 20_000;
+        let mut counts = [[0u32; 10]; 13];
+        let mut out = [0u8; 13];
+        for _ in 0..n {
+            s.fill_digits_wide(&mut out).unwrap();
+            for (p, &d) in out.iter().enumerate() {
+                counts[p][usize::from(d)] += 1;
+            }
+        }
+        let expect = f64::from(n) / 10.0;
+        for (p, c) in counts.iter().enumerate() {
+            let chi2: f64 = c
+                .iter()
+                .map(|&o| (f64::from(o) - expect).powi(2) / expect)
+                .sum();
+            // 9 degrees of freedom: p < 1e-6 beyond 42.
+            assert!(chi2 < 42.0, "position {p}: chi2 {chi2}, counts {c:?}");
+        }
+        // Words >= 4e9 are skipped; accepted ones give their low nine digits, least
+        // significant first.
+        let words: Vec<u8> = [4_000_000_000u32, u32::MAX, 3_123_456_789, 7]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut fixed = DigitStream::with_buffer_len(
+            |b: &mut [u8]| {
+                b.copy_from_slice(&words);
+                Ok(())
+            },
+            16,
+        );
+        let mut got = [0u8; 11];
+        fixed.fill_digits_wide(&mut got).unwrap();
+        assert_eq!(got, [9, 8, 7, 6, 5, 4, 3, 2, 1, 7, 0]);
+        assert_eq!(fixed.rejected(), 8);
     }
 
     #[test]
