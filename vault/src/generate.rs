@@ -717,6 +717,41 @@ mod tests {
     }
 
     #[test]
+    fn draw_packed_gives_the_packed_record_of_the_drawn_digits() {
+        // Words giving the digits 9 8 7 6 5 | 4 3 2 1 7 0 0 0 (least significant first).
+        let words: Vec<u8> = [123_456_789u32, 7]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut fixed = DigitStream::with_buffer_len(
+            |b: &mut [u8]| {
+                b.copy_from_slice(&words);
+                Ok(())
+            },
+            8,
+        );
+        let g = CodeGenerator::new(CodePolicy::CNS, WeakFilter::NONE).unwrap();
+        let mut out = [0xAAu8; crate::codes::record::MAX_RECORD_LEN];
+        let n = g.draw_packed(&mut fixed, &mut out).unwrap();
+        assert_eq!(n, 8);
+        assert!(
+            out[n..].iter().all(|&b| b == 0 || b == 0xAA),
+            "digits wiped past the record"
+        );
+        let codes = crate::codes::CardCodes::unpack(&out[..n]).unwrap();
+        assert_eq!(codes.pin.expose_secret(), b"98765");
+        assert_eq!(codes.puk.expose_secret(), b"43217000");
+        // From the system generator, with the filter: never weak, always the policy lengths.
+        let g = CodeGenerator::new(CodePolicy::CIE, WeakFilter::STRICT).unwrap();
+        let mut s = DigitStream::new(system_fill);
+        for _ in 0..2000 {
+            let n = g.draw_packed(&mut s, &mut out).unwrap();
+            let c = crate::codes::CardCodes::unpack(&out[..n]).unwrap();
+            assert_eq!((c.pin.len(), c.puk.len()), (8, 8));
+        }
+    }
+
+    #[test]
     fn bytes_250_and_above_are_skipped() {
         let mut s = scripted(&[250, 251, 252, 253, 254, 255, 249, 0, 10, 255, 123]);
         let got: Vec<u8> = (0..4).map(|_| s.next_digit().unwrap()).collect();

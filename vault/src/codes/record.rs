@@ -94,28 +94,6 @@ fn pair_len(digits: usize) -> usize {
     1 + digits.div_ceil(2)
 }
 
-/// Packs one pair of codes given as digit values 0..=9 (1 to 16 digits each, checked by the
-/// caller) into `out` and returns the packed length.
-pub(crate) fn pack_digit_values(pin: &[u8], puk: &[u8], out: &mut [u8]) -> usize {
-    out[0] = (((pin.len() - 1) as u8) << 4) | ((puk.len() - 1) as u8);
-    let total = pin.len() + puk.len();
-    let mut at = 1;
-    let mut high: Option<u8> = None;
-    for &d in pin.iter().chain(puk.iter()) {
-        match high.take() {
-            None => high = Some(d),
-            Some(h) => {
-                out[at] = h << 4 | d;
-                at += 1;
-            }
-        }
-    }
-    if let Some(h) = high {
-        out[at] = h << 4 | 0x0F;
-    }
-    pair_len(total)
-}
-
 fn pack_pair(pin: &[u8], puk: &[u8], out: &mut [u8]) -> usize {
     // Lengths are 1..=16 (checked when the codes were parsed), so each fits in a nibble.
     out[0] = (((pin.len() - 1) as u8) << 4) | ((puk.len() - 1) as u8);
@@ -202,19 +180,6 @@ mod tests {
         assert_eq!(sp.expose_secret(), b"0");
         assert_eq!(su.expose_secret(), b"9876543210987654");
         assert_eq!(back.puk.expose_secret(), b"99999999");
-    }
-
-    #[test]
-    fn packing_digit_values_matches_packing_ascii() {
-        for (pin, puk) in [("01234", "56789012"), ("1", "2"), ("123456", "7890")] {
-            let c = codes(pin, puk, None);
-            let mut a = [0u8; MAX_RECORD_LEN];
-            let n = c.pack(&mut a);
-            let values = |s: &str| s.bytes().map(|b| b - b'0').collect::<Vec<u8>>();
-            let mut b = [0u8; MAX_RECORD_LEN];
-            let m = pack_digit_values(&values(pin), &values(puk), &mut b);
-            assert_eq!(a[..n], b[..m]);
-        }
     }
 
     #[test]

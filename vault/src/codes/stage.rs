@@ -156,7 +156,25 @@ impl Stager {
     /// [`Error::Invalid`] for a serial over 255 bytes or a card whose signature pair differs in
     /// presence from the first card's; sealing errors; the writer's error if it stopped.
     pub fn push(&mut self, line: u64, serial: &str, codes: &CardCodes) -> Result<()> {
-        let has_sig = codes.signature.is_some();
+        let mut clear = Zeroizing::new([0u8; MAX_RECORD_LEN]);
+        let n = codes.pack(&mut clear);
+        self.push_packed(line, serial, &clear[..n], codes.signature.is_some())
+    }
+
+    /// [`Stager::push`] for a record already packed ([`CardCodes::pack`], or
+    /// [`crate::generate::CodeGenerator::draw_packed`]); `has_signature` says whether it holds
+    /// the signature pair.
+    ///
+    /// # Errors
+    /// As [`Stager::push`].
+    pub fn push_packed(
+        &mut self,
+        line: u64,
+        serial: &str,
+        clear: &[u8],
+        has_signature: bool,
+    ) -> Result<()> {
+        let has_sig = has_signature;
         match self.signature_pairs {
             None => self.signature_pairs = Some(has_sig),
             Some(s) if s != has_sig => {
@@ -169,13 +187,11 @@ impl Stager {
         }
         let serial_len = u8::try_from(serial.len())
             .map_err(|_| Error::Invalid(format!("line {line}: serial over 255 bytes")))?;
-        let mut clear = Zeroizing::new([0u8; MAX_RECORD_LEN]);
-        let n = codes.pack(&mut clear);
         let arena = &mut self.buf.arena;
         let serial_at = arena.len();
         arena.extend_from_slice(serial.as_bytes());
         let sealed_at = arena.len();
-        let counter = self.sealer.seal_detached(serial, &clear[..n], arena)?;
+        let counter = self.sealer.seal_detached(serial, clear, arena)?;
         let sealed_len = arena.len() - sealed_at;
         let (Ok(serial_at), Ok(sealed_at), Ok(sealed_len)) = (
             u32::try_from(serial_at),
