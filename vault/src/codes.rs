@@ -688,6 +688,12 @@ impl CodeVault {
         }
         audit.commit(b, event)?;
         drop(_keys);
+        // Anchor the chain in the HSM at this event: a store that later loses this commit
+        // (sled truncates its log at damage without an error) then fails the audit check at
+        // the next unseal instead of serving a vault with a batch silently missing. The batch
+        // is committed whatever happens here; a failed anchor leaves the previous one, which
+        // the next checkpoint moves on.
+        let _ = audit.checkpoint();
         if quarantined {
             return Ok(CommitOutcome::Quarantined(rec));
         }

@@ -91,9 +91,12 @@ fn file(ids: impl IntoIterator<Item = u64>) -> String {
 }
 
 fn assert_codes(f: &Fixture, i: u64) {
-    let c = f
-        .vault
-        .find(&*f.hsm, &serial(i))
+    assert_codes_in(&f.vault, &*f.hsm, i)
+}
+
+fn assert_codes_in(vault: &CodeVault, hsm: &dyn Hsm, i: u64) {
+    let c = vault
+        .find(hsm, &serial(i))
         .unwrap()
         .unwrap_or_else(|| panic!("card {i} not found"));
     let (pin, puk) = codes_of(i);
@@ -501,4 +504,67 @@ fn a_file_encrypted_with_the_age_command_line_tool_imports() {
         panic!("{out:?}")
     };
     assert!(rec.problems[0].contains("recipient"), "{:?}", rec.problems);
+}
+
+#[test]
+fn a_damaged_store_is_an_error_or_a_clean_refusal_never_a_panic() {
+    for (round, at) in [0.1f64, 0.3, 0.5, 0.7, 0.9].into_iter().enumerate() {
+        let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let f = Fixture::over(Arc::new(SledStore::open(dir.path()).unwrap()), hsm.clone());
+            committed(f.import(&file(0..20_000)));
+            f.store.flush().unwrap();
+        }
+        // Overwrite 4 KiB in the middle of the largest file sled keeps.
+        let mut files: Vec<_> = walk(dir.path());
+        files.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+        let target = files.last().unwrap();
+        let mut bytes = std::fs::read(target).unwrap();
+        let start = (bytes.len() as f64 * at) as usize;
+        let end = (start + 4096).min(bytes.len());
+        for (i, b) in bytes[start..end].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ 0x5A;
+        }
+        std::fs::write(target, &bytes).unwrap();
+        // What the service does at start and unseal: open the store, the chain (verified
+        // against the HSM's anchor), then the vault. Each step may refuse; none may panic, and
+        // if all pass, every card must be there and correct.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let store: Arc<dyn Store> = match SledStore::open(dir.path()) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return format!("open refused: {e}"),
+            };
+            let audit = match AuditLog::open(store.clone(), 50) {
+                Ok(a) => a,
+                Err(e) => return format!("audit refused: {e}"),
+            };
+            if let Err(e) = audit.unlock(hsm.clone()) {
+                return format!("unseal refused: {e}");
+            }
+            let (vault, _) = match CodeVault::open(store) {
+                Ok(v) => v,
+                Err(e) => return format!("vault refused: {e}"),
+            };
+            for i in (0..20_000).step_by(97) {
+                assert_codes_in(&vault, &*hsm, i);
+            }
+            "opened, every card found".to_string()
+        }));
+        let outcome = outcome.unwrap_or_else(|_| panic!("round {round}: a panic (in sled, or a card missing or wrong after an unseal that passed)"));
+        eprintln!("round {round}: {outcome}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
