@@ -2,7 +2,7 @@
 //! the synchronous vault and HSM.
 //!
 //! Each resource lives in its own module and lists its endpoints as [`Endpoint`] rows: method,
-//! path, handler, an [`Access`] rule and a [`RateClass`]. [`router`] folds the rows into one
+//! path, handler, an [`Access`] rule, a [`RateClass`] and a [`BodyClass`]. [`router`] folds the rows into one
 //! axum router and enforces authorisation at that single fold, from the table, without
 //! touching the handlers ([`auth`]): a role-protected route checks the bearer token (401),
 //! the role (403), that the audit key is there (503 while sealed) and the per-account rate
@@ -10,8 +10,11 @@
 //!
 //! Every route is wrapped, outermost first, in: a fresh request id ([`RequestId`], returned
 //! as `x-request-id` and written into audit events), request tracing, a rewrite of bare error
-//! responses into the JSON error shape of [`ApiError`], a request body size limit
-//! ([`BODY_LIMIT`]) and a request timeout ([`REQUEST_TIMEOUT`]).
+//! responses into the JSON error shape of [`ApiError`], and — for [`BodyClass::Small`] routes,
+//! all but the bulk ones — a request body size limit ([`BODY_LIMIT`]) and a request timeout
+//! ([`REQUEST_TIMEOUT`]). [`BodyClass::Bulk`] routes (batch upload, generation) read their body
+//! themselves under their own limits ([`BulkLimits`]: the upload size from `[import]
+//! max_upload_bytes`, an idle timeout between chunks) and may run as long as their work.
 //!
 //! Handlers never call the vault or the HSM directly on the async runtime: they go through
 //! [`blocking`], which runs the call on tokio's blocking pool and maps its error.
@@ -19,6 +22,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+pub mod batches;
 pub mod error;
 mod extract;
 mod health;
@@ -33,15 +37,18 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::Router;
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 use vault::Role;
 
-/// Largest request body accepted, in bytes. Shares and, later, API calls are small; bulk
-/// uploads will get their own streaming routes with their own limit.
+/// Largest request body accepted, in bytes, on [`BodyClass::Small`] routes. Bulk uploads have
+/// their own limit ([`BulkLimits`]).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Longest a request may take before the client gets `408`.
@@ -78,6 +85,59 @@ pub enum RateClass {
     Sensitive,
 }
 
+/// How a route's request body and duration are limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyClass {
+    /// At most [`BODY_LIMIT`] bytes, and the whole request within [`REQUEST_TIMEOUT`].
+    #[default]
+    Small,
+    /// Bulk work (batch upload, generation): the handler reads the body itself under its own
+    /// size limit and an idle timeout, and the answer comes when the work is durable, however
+    /// long that takes.
+    Bulk,
+}
+
+/// The limits of bulk routes ([`BodyClass::Bulk`]), from `[import]`.
+#[derive(Debug, Clone)]
+pub struct BulkLimits {
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Longest wait for the next chunk of an upload before it is abandoned.
+    pub idle_timeout: Duration,
+    slots: Arc<Semaphore>,
+}
+
+/// How long an upload may stall between two chunks before it is abandoned (`408`).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl BulkLimits {
+    /// Limits of `max_upload_bytes` per upload and `concurrent` bulk jobs at once (at least 1).
+    pub fn new(max_upload_bytes: u64, concurrent: u32) -> Self {
+        let slots = usize::try_from(concurrent.max(1)).unwrap_or(1);
+        BulkLimits {
+            max_upload_bytes,
+            idle_timeout: UPLOAD_IDLE_TIMEOUT,
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// A slot for one bulk job, held until the permit is dropped.
+    ///
+    /// # Errors
+    /// `503 busy` (with `Retry-After`) when every slot is taken.
+    pub fn slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "as many imports and generations as allowed are running; retry later",
+            );
+            e.set_retry_after(30);
+            e
+        })
+    }
+}
+
 /// One row of the route table.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -89,6 +149,8 @@ pub struct Endpoint {
     pub access: Access,
     /// Its rate limit class.
     pub rate: RateClass,
+    /// How its body and duration are limited.
+    pub body: BodyClass,
     handler: MethodRouter<AppState>,
 }
 
@@ -101,6 +163,7 @@ impl Endpoint {
             path,
             access: Access::Undeclared,
             rate: RateClass::Normal,
+            body: BodyClass::Small,
             handler,
         }
     }
@@ -122,6 +185,13 @@ impl Endpoint {
         self.rate = RateClass::Sensitive;
         self
     }
+
+    /// A bulk route ([`BodyClass::Bulk`]): no global body limit or request timeout; the
+    /// handler enforces its own.
+    pub fn bulk(mut self) -> Self {
+        self.body = BodyClass::Bulk;
+        self
+    }
 }
 
 /// Every endpoint of the API, resource by resource.
@@ -132,6 +202,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         unseal::endpoints(),
         accounts::endpoints(),
         audit::endpoints(),
+        batches::endpoints(),
     ]
     .into_iter()
     .flatten()
@@ -164,7 +235,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Builds a router from the given rows (the route table, or a test's own): each route gets
-/// the check its [`Access`] needs, then every route gets the limits and a request id.
+/// the check its [`Access`] needs and the limits of its [`BodyClass`], then every route gets
+/// a request id.
 pub fn router_from(state: AppState, endpoints: Vec<Endpoint>) -> Router {
     for problem in check_rules(&endpoints) {
         tracing::error!(endpoint = %problem, "route table: endpoint refused to every caller");
@@ -172,15 +244,19 @@ pub fn router_from(state: AppState, endpoints: Vec<Endpoint>) -> Router {
     let mut routes = Router::new();
     for e in endpoints {
         let handler = guard(&state, &e);
+        let handler = match e.body {
+            BodyClass::Small => handler
+                .layer::<_, Infallible>(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    REQUEST_TIMEOUT,
+                ))
+                .layer::<_, Infallible>(RequestBodyLimitLayer::new(BODY_LIMIT)),
+            BodyClass::Bulk => handler,
+        };
         routes = routes.route(e.path, handler);
     }
     routes
         .fallback(no_such_endpoint)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_errors))
         .layer(
             // A sealed `/readyz` answers 503 on every probe: not an error worth a log line.

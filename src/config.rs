@@ -26,12 +26,23 @@
 //!
 //! [limits]
 //! sensitive_per_minute = 30          # per account, on routes that reveal tokens or codes
+//!
+//! [import]
+//! max_upload_bytes = 2147483648      # largest batch file accepted (2 GiB), checked while streaming
+//! max_concurrent = 2                 # imports and generations running at once
+//!
+//! [import.serial]                    # shape of card serials; CNS default 16 to 20 digits
+//! min_len = 16
+//! max_len = 20
+//! charset = "digits"                 # or "upper_alnum" (A-Z, 0-9)
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
 //! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_CODES_PIN_MIN`
-//! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`. Other `PLICO_*` variables (such as `PLICO_ADDR`, used by the client commands) are
-//! not configuration and are ignored here. Unknown keys in the file are errors, so a typo is
+//! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`,
+//! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on. Other `PLICO_*`
+//! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
+//! ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -39,6 +50,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use vault::import::parse::{SerialCharset, SerialRule};
 use vault::{CodePolicy, LengthBounds};
 
 /// Where the service listens when nothing says otherwise (loopback: plain HTTP is allowed
@@ -63,6 +75,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "PLICO_LIMITS_SENSITIVE_PER_MINUTE",
         "limits.sensitive_per_minute",
     ),
+    ("PLICO_IMPORT_MAX_UPLOAD_BYTES", "import.max_upload_bytes"),
+    ("PLICO_IMPORT_MAX_CONCURRENT", "import.max_concurrent"),
+    ("PLICO_IMPORT_SERIAL_MIN_LEN", "import.serial.min_len"),
+    ("PLICO_IMPORT_SERIAL_MAX_LEN", "import.serial.max_len"),
+    ("PLICO_IMPORT_SERIAL_CHARSET", "import.serial.charset"),
 ];
 
 /// The service configuration.
@@ -83,6 +100,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Rate limits.
     pub limits: LimitsConfig,
+    /// Batch imports and generation.
+    pub import: ImportConfig,
 }
 
 impl Default for Config {
@@ -95,6 +114,81 @@ impl Default for Config {
             codes: CodesConfig::default(),
             audit: AuditConfig::default(),
             limits: LimitsConfig::default(),
+            import: ImportConfig::default(),
+        }
+    }
+}
+
+/// The `[import]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    /// Largest batch file accepted, in bytes (as sent, so age-encrypted files count with their
+    /// overhead); at least 1. Checked against `Content-Length` and again while streaming.
+    pub max_upload_bytes: u64,
+    /// Imports and generations running at once; more get `503 busy`. At least 1.
+    pub max_concurrent: u32,
+    /// The shape of card serials, for imports and generation.
+    pub serial: SerialConfig,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            max_upload_bytes: crate::DEFAULT_MAX_UPLOAD_BYTES,
+            max_concurrent: crate::DEFAULT_MAX_CONCURRENT_IMPORTS,
+            serial: SerialConfig::default(),
+        }
+    }
+}
+
+/// The `[import.serial]` table: a [`SerialRule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Fewest characters.
+    pub min_len: u8,
+    /// Most characters (at most 64).
+    pub max_len: u8,
+    /// `digits`, or `upper_alnum` (A-Z and 0-9; `alphanumeric` is accepted too).
+    pub charset: CharsetConfig,
+}
+
+/// `[import.serial] charset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CharsetConfig {
+    /// ASCII digits.
+    Digits,
+    /// Upper-case ASCII letters and digits.
+    #[serde(alias = "alphanumeric")]
+    UpperAlnum,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        let cns = SerialRule::CNS;
+        SerialConfig {
+            min_len: cns.min_len,
+            max_len: cns.max_len,
+            charset: match cns.charset {
+                SerialCharset::Digits => CharsetConfig::Digits,
+                SerialCharset::UpperAlnum => CharsetConfig::UpperAlnum,
+            },
+        }
+    }
+}
+
+impl SerialConfig {
+    /// The rule this table describes (not yet validated).
+    pub fn rule(&self) -> SerialRule {
+        SerialRule {
+            min_len: self.min_len,
+            max_len: self.max_len,
+            charset: match self.charset {
+                CharsetConfig::Digits => SerialCharset::Digits,
+                CharsetConfig::UpperAlnum => SerialCharset::UpperAlnum,
+            },
         }
     }
 }
@@ -249,8 +343,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks combinations that types cannot: the code policy's bounds, and that `[tls]` has
-    /// both files or neither.
+    /// Checks combinations that types cannot: the code policy's and the serial rule's bounds,
+    /// the import limits, and that `[tls]` has both files or neither.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the table and field.
@@ -268,6 +362,21 @@ impl Config {
         if self.audit.retention_days == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [audit]: `retention_days` must be at least 1"
+            )));
+        }
+        self.import
+            .serial
+            .rule()
+            .validate()
+            .map_err(|e| ConfigError(format!("{origin}: [import.serial]: {e}")))?;
+        if self.import.max_upload_bytes == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [import]: `max_upload_bytes` must be at least 1"
+            )));
+        }
+        if self.import.max_concurrent == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [import]: `max_concurrent` must be at least 1"
             )));
         }
         if self.limits.sensitive_per_minute == 0 {
@@ -306,6 +415,9 @@ impl Config {
             retention_days: self.audit.retention_days.max(1),
             sensitive_per_minute: std::num::NonZeroU32::new(self.limits.sensitive_per_minute)
                 .unwrap_or(crate::DEFAULT_SENSITIVE_PER_MINUTE),
+            serial: self.import.serial.rule(),
+            max_upload_bytes: self.import.max_upload_bytes.max(1),
+            max_concurrent_imports: self.import.max_concurrent.max(1),
         }
     }
 
@@ -391,6 +503,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sensitive_per_minute"), "{e}");
+    }
+
+    #[test]
+    fn import_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.settings().serial, SerialRule::CNS);
+        assert_eq!(c.settings().max_upload_bytes, 2 << 30);
+        let f = file(
+            "[import]\nmax_upload_bytes = 1000\n[import.serial]\nmin_len = 8\nmax_len = 12\ncharset = \"alphanumeric\"\n",
+        );
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        let s = c.settings();
+        assert_eq!(s.max_upload_bytes, 1000);
+        assert_eq!(
+            s.serial,
+            SerialRule {
+                min_len: 8,
+                max_len: 12,
+                charset: SerialCharset::UpperAlnum
+            }
+        );
+        let f = file("[import.serial]\nmin_len = 30\nmax_len = 20\ncharset = \"digits\"\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[import.serial]") && e.contains("min_len"),
+            "{e}"
+        );
+        let f = file("[import]\nmax_upload_bytes = 0\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_upload_bytes"), "{e}");
+    }
+
+    #[test]
+    fn import_environment() {
+        // A prefix of this test's own, so no other test sees the variables.
+        std::env::set_var("PLICO_T_IMPORT_IMPORT_SERIAL_MAX_LEN", "24");
+        std::env::set_var("PLICO_T_IMPORT_IMPORT_MAX_UPLOAD_BYTES", "4096");
+        let c = Config::load_from(None, Env::prefixed("PLICO_T_IMPORT_")).unwrap();
+        assert_eq!(c.settings().serial.max_len, 24);
+        assert_eq!(c.settings().max_upload_bytes, 4096);
+        std::env::set_var("PLICO_T_IMPORT_IMPORT_SERIAL_CHARSET", "hex");
+        let e = Config::load_from(None, Env::prefixed("PLICO_T_IMPORT_"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PLICO_IMPORT_SERIAL_CHARSET"), "{e}");
     }
 
     #[test]

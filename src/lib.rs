@@ -11,9 +11,10 @@
 //! - [`config`] reads the TOML file and `PLICO_*` environment overrides.
 //! - [`api`] holds one module per resource and the single [`api::ApiError`]; its route table
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
-//! - [`AppState`] holds the HSM, the store (sled in production), the audit chain and the
-//!   accounts. When the HSM becomes unsealed, [`AppState::unsealed`] installs the audit key;
-//!   at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
+//! - [`AppState`] holds the HSM, the store (sled in production), the audit chain, the
+//!   accounts and the code vault with its import rules. When the HSM becomes unsealed,
+//!   [`AppState::unsealed`] installs the audit key; [`AppState::seal`] seals it again and drops
+//!   every key held in memory; at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
 //!
 //! The command line (`src/main.rs` and `src/cli/`) is the binary's own and is not part of
 //! this library.
@@ -30,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vault::account::{Accounts, Actor};
 use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::codes::CodeVault;
+use vault::import::parse::{ParseRules, SerialRule};
 use vault::store::Store;
 use vault::{CodePolicy, Hsm};
 
@@ -41,8 +44,13 @@ use vault::{CodePolicy, Hsm};
 pub struct AppState {
     /// The custody seam.
     pub hsm: Arc<dyn Hsm>,
-    /// Lengths of PINs and PUKs accepted by this installation.
-    pub codes: CodePolicy,
+    /// The code vault over [`AppState::store`]: batches of sealed PIN/PUK records.
+    pub codes: Arc<CodeVault>,
+    /// What an imported file must satisfy: the code policy (`[codes]`) and the serial rule
+    /// (`[import.serial]`); also the rules of generation.
+    pub import_rules: Arc<ParseRules>,
+    /// Limits of uploads and of bulk work.
+    pub bulk: api::BulkLimits,
     /// Days audit events are kept at least (`[audit] retention_days`).
     pub retention_days: u32,
     /// The store (opened once per process: sled locks its directory).
@@ -69,10 +77,23 @@ pub struct Settings {
     pub retention_days: u32,
     /// Calls per minute and account on sensitive routes (those that reveal tokens or codes).
     pub sensitive_per_minute: NonZeroU32,
+    /// The shape of card serials.
+    pub serial: SerialRule,
+    /// Largest batch file accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Imports and generations running at once.
+    pub max_concurrent_imports: u32,
 }
 
 /// Days audit events are kept at least when nothing says otherwise: 24 months.
 pub const DEFAULT_RETENTION_DAYS: u32 = 730;
+
+/// Largest batch file accepted when nothing says otherwise: 2 GiB (about 50 M CNS lines).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+
+/// Imports and generations running at once when nothing says otherwise. Each one keeps both
+/// cores busy and holds up to a run of sealed records in memory (about 100 MiB).
+pub const DEFAULT_MAX_CONCURRENT_IMPORTS: u32 = 2;
 
 /// Sensitive calls per minute and account when nothing says otherwise.
 pub const DEFAULT_SENSITIVE_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(30) {
@@ -87,6 +108,9 @@ impl Default for Settings {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             retention_days: DEFAULT_RETENTION_DAYS,
             sensitive_per_minute: DEFAULT_SENSITIVE_PER_MINUTE,
+            serial: SerialRule::CNS,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
         }
     }
 }
@@ -100,23 +124,44 @@ impl AppState {
         Self::with_settings(hsm, store, &Settings::default())
     }
 
-    /// State over `hsm` and `store`: opens the audit chain and the accounts in the store.
+    /// State over `hsm` and `store`: opens the audit chain, the accounts and the code vault in
+    /// the store. Opening the code vault removes the batches a crash left staging (logged at
+    /// warn).
     ///
     /// If the HSM is already unsealed (a self-unsealed dev HSM, or in tests), call
     /// [`AppState::unsealed`] next, so that the audit key is installed.
     ///
     /// # Errors
-    /// [`vault::Error::Storage`] if the store cannot be read (its audit head is damaged).
+    /// [`vault::Error::Storage`] if the store cannot be read (its audit head, or a batch record
+    /// or directory, is damaged); [`vault::Error::Invalid`] or [`vault::Error::Code`] for
+    /// unusable import rules.
     pub fn with_settings(
         hsm: Arc<dyn Hsm>,
         store: Arc<dyn Store>,
         settings: &Settings,
     ) -> vault::Result<Self> {
+        let import_rules = ParseRules {
+            policy: settings.codes,
+            serial: settings.serial,
+            ..ParseRules::default()
+        };
+        import_rules.validate()?;
         let audit = Arc::new(AuditLog::open(store.clone(), settings.checkpoint_every)?);
         let accounts = Arc::new(Accounts::new(store.clone(), audit.clone()));
+        let (codes, recovery) = CodeVault::open(store.clone())?;
+        if !recovery.removed.is_empty() {
+            let removed: Vec<String> = recovery.removed.iter().map(|b| b.to_string()).collect();
+            tracing::warn!(
+                batches = %removed.join(","),
+                "removed batches an interrupted import or generation left staging"
+            );
+        }
+        tracing::info!(committed = recovery.committed, "code vault opened");
         Ok(AppState {
             hsm,
-            codes: settings.codes,
+            codes: Arc::new(codes),
+            import_rules: Arc::new(import_rules),
+            bulk: api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports),
             retention_days: settings.retention_days,
             store,
             audit,
@@ -150,13 +195,23 @@ impl AppState {
         f()
     }
 
-    /// At shutdown: a MAC'd checkpoint of the audit chain, then the audit key is dropped.
+    /// Seals the HSM and drops every key the service holds in memory (the code vault's
+    /// unwrapped data keys and index key). The audit key stays until [`AppState::shut_down`]
+    /// or the next unseal: sealing is itself audited by the callers that may.
+    pub fn seal(&self) {
+        self.hsm.seal();
+        self.codes.forget_keys();
+    }
+
+    /// At shutdown: a MAC'd checkpoint of the audit chain, then the audit key and the code
+    /// vault's keys are dropped.
     ///
     /// # Errors
     /// Store errors from writing the checkpoint.
     pub fn shut_down(&self) -> vault::Result<()> {
         let checkpoint = self.audit.checkpoint();
         let dropped = self.audit.set_key(None);
+        self.codes.forget_keys();
         checkpoint.and(dropped)
     }
 }

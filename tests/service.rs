@@ -2,11 +2,17 @@
 //! the `plico` binary on real sockets (init, serve, unseal, status, accounts, audit, TLS,
 //! graceful shutdown, the refusals of `serve`).
 //!
-//! Accounts, roles, rate limits and the audit chain over HTTP are in `service/accounts.rs`.
+//! Accounts, roles, rate limits and the audit chain over HTTP are in `service/accounts.rs`;
+//! code batches (upload, generation, malformed files, the CLI) in `service/batches.rs`; the
+//! crash test of a 1,000,000-line import killed at random moments in `service/import_crash.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
 mod accounts;
+#[path = "service/batches.rs"]
+mod batches;
+#[path = "service/import_crash.rs"]
+mod import_crash;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -310,6 +316,11 @@ fn every_route_is_in_the_table() {
         ("GET", "/readyz"),
         ("GET", "/v1/sys/status"),
         ("POST", "/v1/sys/unseal"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches"),
+        ("GET", "/v1/batches/{id}"),
+        ("POST", "/v1/generate"),
+        ("GET", "/v1/import/recipient"),
     ] {
         assert!(table.contains(&(m.to_owned(), p)), "{m} {p} missing");
     }
@@ -465,6 +476,14 @@ fn every_subcommand_has_help() {
         &["audit", "verify"],
         &["audit", "export"],
         &["audit", "prune"],
+        &["import"],
+        &["import-recipient"],
+        &["generate"],
+        &["batches"],
+        &["batches", "list"],
+        &["batches", "show"],
+        &["bench"],
+        &["bench", "import"],
     ] {
         let out = run_ok(plico().args(sub).arg("--help"));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));

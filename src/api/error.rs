@@ -72,6 +72,11 @@ impl ApiError {
         e
     }
 
+    /// Adds `Retry-After` (whole seconds, at least 1) to the answer.
+    pub fn set_retry_after(&mut self, secs: u64) {
+        self.retry_after = Some(secs.max(1));
+    }
+
     /// `400 bad_request`: the request is malformed; the message says what and where.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

@@ -46,6 +46,18 @@ where
     }
 }
 
+/// Parses a JSON body already read (by a bulk route, under its own limit), with the same
+/// errors as [`JsonBody`]: by position, never quoting the body.
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    serde_json::from_slice::<T>(bytes).map_err(|e| ApiError::bad_request(describe(&e)))
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

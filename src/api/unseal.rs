@@ -150,7 +150,7 @@ fn submit_audited(
                 if p.sealed {
                     state.hsm.reset_unseal();
                 } else if !state.audit.has_key() {
-                    state.hsm.seal();
+                    state.seal();
                 }
                 return Err(e);
             }

@@ -4,6 +4,10 @@
 //! redirects (a redirect must never carry a share or a token elsewhere), uses no proxy for
 //! plain HTTP, and turns the API's error body into a readable error.
 //!
+//! Calls time out after [`CALL_TIMEOUT`]; bulk uploads ([`Client::upload`]) have no overall
+//! timeout, since a large file takes as long as it takes, and their answer comes only once the
+//! batch is durable.
+//!
 //! Commands that need an account take its bearer token from `--token-file FILE` or the
 //! `PLICO_TOKEN` environment variable ([`AuthArgs`]); the token is never printed, and is sent
 //! only over HTTPS or to a loopback address.
@@ -41,6 +45,9 @@ pub struct AuthArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
+
+/// Longest a plain API call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The environment variable a token may come from.
 pub const TOKEN_ENV: &str = "PLICO_TOKEN";
@@ -106,8 +113,7 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60));
+            .connect_timeout(Duration::from_secs(10));
         if base.scheme() == "http" {
             // A proxy would see plain HTTP, shares included: talk to the server directly.
             builder = builder.no_proxy();
@@ -217,7 +223,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<(Url, reqwest::Response)> {
         let url = self.base.join(path).context("bad request path")?;
-        let mut req = self.http.request(method, url.clone());
+        let mut req = self.http.request(method, url.clone()).timeout(CALL_TIMEOUT);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token.expose_secret());
         }
@@ -229,6 +235,75 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
         Ok((url, res))
+    }
+
+    /// `POST path` with `body` streamed as `application/octet-stream`, without an overall
+    /// timeout. An answer whose status is in `outcomes` (or any success) is parsed as `T` and
+    /// returned with its status; any other is the API's error.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        length: Option<u64>,
+        outcomes: &[StatusCode],
+    ) -> Result<(StatusCode, T)> {
+        let url = self.base.join(path).context("bad request path")?;
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(n) = length {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose_secret());
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("upload to {url} failed"))?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if status.is_success() || outcomes.contains(&status) {
+            let parsed = serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer from {url}"))?;
+            return Ok((status, parsed));
+        }
+        Err(Self::error(&url, status, &bytes))
+    }
+
+    /// `POST path` with a JSON body, without an overall timeout; as [`Client::upload`] for the
+    /// answer.
+    pub async fn post_bulk<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        outcomes: &[StatusCode],
+    ) -> Result<(StatusCode, T)> {
+        let url = self.base.join(path).context("bad request path")?;
+        let mut req = self.http.post(url.clone()).json(body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose_secret());
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if status.is_success() || outcomes.contains(&status) {
+            let parsed = serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer from {url}"))?;
+            return Ok((status, parsed));
+        }
+        Err(Self::error(&url, status, &bytes))
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(

@@ -139,7 +139,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Err(e) = state.shut_down() {
         tracing::error!(error = %e, "could not checkpoint the audit chain at shutdown");
     }
-    hsm.seal();
+    state.seal();
     tracing::info!("hsm sealed");
     served?;
     Ok(())

@@ -112,19 +112,33 @@ pub fn check_manufacturer(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Counts the bytes read and reports them.
+/// Counts the bytes read and reports them; remembers whether the source itself failed (a
+/// broken upload), as opposed to the layers above it (age decryption of a damaged file).
 struct Counting<'p, R> {
     inner: R,
     read: u64,
+    source_failed: bool,
     progress: &'p (dyn Fn(u64) + Sync),
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.source_failed = true;
+            }
+        })?;
         self.read += n as u64;
         (self.progress)(self.read);
         Ok(n)
+    }
+}
+
+/// The message of an error without its kind's prefix (`invalid: …`), for a report line.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Invalid(m) | Error::Refused(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -244,8 +258,10 @@ pub fn import_file<R: Read>(
     let mut counting = Counting {
         inner: reader,
         read: 0,
+        source_failed: false,
         progress,
     };
+    let mut encrypted = false;
     let mut on_card = |card: parse::CardLine<'_>| {
         let codes = CardCodes {
             pin: card.pin,
@@ -263,6 +279,7 @@ pub fn import_file<R: Read>(
             let prefix = zeroize::Zeroizing::new(prefix);
             let whole = std::io::Cursor::new(&prefix[..]).chain(&mut counting);
             if age::is_age(&prefix) {
+                encrypted = true;
                 match ctx.vault.import_identity(ctx.hsm, ctx.audit) {
                     Ok(identity) => match identity.decrypt(whole) {
                         Ok(clear) => {
@@ -273,7 +290,7 @@ pub fn import_file<R: Read>(
                             problems: vec![parse::LineProblem {
                                 line: 0,
                                 field: parse::Field::File,
-                                message: e.to_string(),
+                                message: message(&e),
                             }],
                             total: 1,
                         })),
@@ -303,6 +320,14 @@ pub fn import_file<R: Read>(
         Err(ParseFailure::Callback(Error::Invalid(why))) => {
             stager.cancel();
             let rec = ctx.vault.reject(ctx.audit, id, bytes, vec![why], 1)?;
+            return Ok(ImportOutcome::Rejected(rec));
+        }
+        // The upload arrived whole but does not decrypt to the end: a cut or altered age
+        // file. That is the file's fault, not the connection's.
+        Err(ParseFailure::Io(why)) if encrypted && !counting.source_failed => {
+            stager.cancel();
+            let problem = format!("the age-encrypted file does not decrypt to its end: {why}");
+            let rec = ctx.vault.reject(ctx.audit, id, bytes, vec![problem], 1)?;
             return Ok(ImportOutcome::Rejected(rec));
         }
         Err(other) => {

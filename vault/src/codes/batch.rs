@@ -103,7 +103,8 @@ pub struct BatchRecord {
     pub cards: u64,
     /// Whether the cards carry a signature PIN/PUK pair.
     pub signature_pairs: bool,
-    /// Bytes of the file as received (after age decryption), 0 for generated batches.
+    /// Bytes of the file as received (for an age upload, the encrypted size), 0 for generated
+    /// batches.
     pub bytes: u64,
     /// The data key id the codes are sealed under (none for a rejected batch).
     pub data_key: Option<u32>,
