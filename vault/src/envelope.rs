@@ -190,45 +190,18 @@ impl Sealer {
     /// # Errors
     /// As [`Sealer::seal`]; `out` is unchanged on error.
     pub fn seal_into(&mut self, subject: &str, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if self.next >= SEALER_LIMIT {
-            return Err(Error::Refused(format!(
-                "{} reached its limit of {} encryptions; use a new data key",
-                self.id, SEALER_LIMIT
-            )));
-        }
-        aad_subject_into(&mut self.aad, subject)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
-        // Room for the whole envelope first: `out` must not reallocate while it holds clear
-        // bytes, or a copy of them would be left in freed memory.
+        let nonce = self.nonce()?;
         out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
-        let start = out.len();
         out.push(ENVELOPE_VERSION);
         out.extend_from_slice(&self.id.0.to_be_bytes());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let sealed = self.key.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(self.aad.as_slice()),
-            &mut out[start + HEADER_LEN..],
-        );
-        match sealed {
-            Ok(tag) => {
-                out.extend_from_slice(tag.as_ref());
-                self.next += 1;
-                Ok(())
-            }
-            Err(_) => {
-                // Never leave clear bytes behind in the caller's buffer.
-                zeroize::Zeroize::zeroize(&mut out[start..]);
-                out.truncate(start);
-                Err(Error::Provider("aes-256-gcm seal"))
-            }
+        let result = self.seal_appended(subject, nonce, plaintext, out);
+        if result.is_err() {
+            out.truncate(out.len() - HEADER_LEN);
         }
+        result
     }
-}
 
-impl Sealer {
     /// Encrypts one record bound to `subject` and appends `ciphertext | tag` to `out`; returns
     /// the nonce counter, which the caller stores beside the record (see the module docs).
     ///
@@ -240,19 +213,39 @@ impl Sealer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u32> {
+        // SEALER_LIMIT is 2^31, so a counter below it fits in 32 bits.
+        let counter = u32::try_from(self.next)
+            .map_err(|_| Error::Refused(format!("{} has no 32-bit counter left", self.id)))?;
+        let nonce = self.nonce()?;
+        self.seal_appended(subject, nonce, plaintext, out)?;
+        Ok(counter)
+    }
+
+    /// The next nonce: 4 zero bytes and the counter; refuses past [`SEALER_LIMIT`].
+    fn nonce(&self) -> Result<[u8; NONCE_LEN]> {
         if self.next >= SEALER_LIMIT {
             return Err(Error::Refused(format!(
                 "{} reached its limit of {} encryptions; use a new data key",
                 self.id, SEALER_LIMIT
             )));
         }
-        // SEALER_LIMIT is 2^31, so the counter fits in 32 bits.
-        let counter = u32::try_from(self.next)
-            .map_err(|_| Error::Refused(format!("{} has no 32-bit counter left", self.id)))?;
-        aad_subject_into(&mut self.aad, subject)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
-        // Room first, so `out` does not reallocate while it holds clear bytes.
+        Ok(nonce)
+    }
+
+    /// Appends `ciphertext | tag` of `plaintext` under `nonce` to `out` and moves the counter
+    /// on. On error `out` is as it was on entry.
+    fn seal_appended(
+        &mut self,
+        subject: &str,
+        nonce: [u8; NONCE_LEN],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        aad_subject_into(&mut self.aad, subject)?;
+        // Room first: `out` must not reallocate while it holds clear bytes, or a copy of them
+        // would be left in freed memory.
         out.reserve(plaintext.len() + TAG_LEN);
         let start = out.len();
         out.extend_from_slice(plaintext);
@@ -265,9 +258,10 @@ impl Sealer {
             Ok(tag) => {
                 out.extend_from_slice(tag.as_ref());
                 self.next += 1;
-                Ok(counter)
+                Ok(())
             }
             Err(_) => {
+                // Never leave clear bytes behind in the caller's buffer.
                 zeroize::Zeroize::zeroize(&mut out[start..]);
                 out.truncate(start);
                 Err(Error::Provider("aes-256-gcm seal"))

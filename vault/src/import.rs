@@ -344,6 +344,22 @@ pub fn import_file<R: Read>(
         ctx.vault.drop_duplicate(ctx.audit, id, &first)?;
         return Ok(ImportOutcome::AlreadyStored(first));
     }
+    finish_and_commit(ctx, stager, bytes, Some(content_id))
+}
+
+/// The end of every batch: writes what the stager holds, then rejects the batch for repeated
+/// serials or commits it ([`CodeVault::commit`]: committed, quarantined or already stored).
+/// A failure abandons the batch, so nothing of it stays.
+///
+/// # Errors
+/// Store and audit errors.
+pub(crate) fn finish_and_commit(
+    ctx: ImportContext<'_>,
+    stager: crate::codes::Stager,
+    bytes: u64,
+    content_id: Option<String>,
+) -> Result<ImportOutcome> {
+    let id = stager.id();
     let staged = match stager.finish() {
         Ok(s) => s,
         Err(e) => {
@@ -359,6 +375,6 @@ pub fn import_file<R: Read>(
         return Ok(ImportOutcome::Rejected(rec));
     }
     ctx.vault
-        .commit(ctx.audit, staged, bytes, Some(content_id))
+        .commit(ctx.audit, staged, bytes, content_id)
         .map(ImportOutcome::from)
 }

@@ -81,6 +81,15 @@ fn codes_of(i: u64) -> (String, String) {
     )
 }
 
+fn card_codes(i: u64) -> CardCodes {
+    let (pin, puk) = codes_of(i);
+    CardCodes {
+        pin: crate::Pin::parse(&pin, &crate::CodePolicy::CNS).unwrap(),
+        puk: crate::Puk::parse(&puk, &crate::CodePolicy::CNS).unwrap(),
+        signature: None,
+    }
+}
+
 fn file(ids: impl IntoIterator<Item = u64>) -> String {
     let mut s = String::from("serial;pin;puk\n");
     for i in ids {
@@ -158,12 +167,7 @@ fn an_unsorted_file_becomes_several_runs_and_is_still_found() {
         .begin_with_run_records(&*f.hsm, &f.audit, &meta, 500)
         .unwrap();
     for &i in &ids {
-        let (pin, puk) = codes_of(i);
-        let codes = CardCodes {
-            pin: crate::Pin::parse(&pin, &crate::CodePolicy::CNS).unwrap(),
-            puk: crate::Puk::parse(&puk, &crate::CodePolicy::CNS).unwrap(),
-            signature: None,
-        };
+        let codes = card_codes(i);
         st.push(i + 1, &serial(i), &codes).unwrap();
     }
     let staged = st.finish().unwrap();
@@ -215,12 +219,7 @@ fn repeated_serials_reject_the_file_naming_them_and_nothing_stays() {
         .begin_with_run_records(&*f.hsm, &f.audit, &meta, 10)
         .unwrap();
     for (line, i) in (0..30).chain([5]).enumerate() {
-        let (pin, puk) = codes_of(i);
-        let codes = CardCodes {
-            pin: crate::Pin::parse(&pin, &crate::CodePolicy::CNS).unwrap(),
-            puk: crate::Puk::parse(&puk, &crate::CodePolicy::CNS).unwrap(),
-            signature: None,
-        };
+        let codes = card_codes(i);
         st.push(line as u64 + 1, &serial(i), &codes).unwrap();
     }
     let staged = st.finish().unwrap();
@@ -326,12 +325,7 @@ fn a_crash_while_staging_leaves_nothing_after_restart() {
             .begin_with_run_records(&*f.hsm, &f.audit, &meta, 100)
             .unwrap();
         for i in 1000..1350u64 {
-            let (pin, puk) = codes_of(i);
-            let codes = CardCodes {
-                pin: crate::Pin::parse(&pin, &crate::CodePolicy::CNS).unwrap(),
-                puk: crate::Puk::parse(&puk, &crate::CodePolicy::CNS).unwrap(),
-                signature: None,
-            };
+            let codes = card_codes(i);
             st.push(i, &serial(i), &codes).unwrap();
         }
         let id = st.id();

@@ -187,21 +187,5 @@ pub fn generate_batch(
         ctx.vault.abandon(ctx.audit, id, &e.to_string())?;
         return Err(e);
     }
-    let staged = match stager.finish() {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.vault.abandon(ctx.audit, id, &e.to_string())?;
-            return Err(e);
-        }
-    };
-    if staged.repeats.total > 0 {
-        let listed = staged.repeats.listed.clone();
-        let n = staged.repeats.total;
-        drop(staged);
-        let rec = ctx.vault.reject(ctx.audit, id, 0, listed, n)?;
-        return Ok(ImportOutcome::Rejected(rec));
-    }
-    ctx.vault
-        .commit(ctx.audit, staged, 0, None)
-        .map(ImportOutcome::from)
+    super::finish_and_commit(ctx, stager, 0, None)
 }
