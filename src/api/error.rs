@@ -2,6 +2,9 @@
 //!
 //! Every error response has the body `{"error": {"code": "<stable_code>", "message": "..."}}`.
 //! The code is part of the API contract and never changes meaning; the message is for people.
+//! A `409 wrong_state` (a card or report whose state does not allow the change) also carries
+//! the subject's current state, for programs: `{"error": {"code": "wrong_state", "message":
+//! "...", "state": "suspended"}}`.
 //!
 //! What a client may learn is decided here. Storage and provider failures are logged in full
 //! and answered with a plain `internal` message; an integrity failure says only that a check
@@ -21,6 +24,8 @@ pub struct ApiError {
     message: String,
     /// Seconds for `Retry-After` (rate limits).
     retry_after: Option<u64>,
+    /// The subject's current state, for `wrong_state`.
+    state: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +37,8 @@ struct Body<'a> {
 struct Inner<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
 }
 
 impl ApiError {
@@ -42,7 +49,20 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            state: None,
         }
+    }
+
+    /// `409 wrong_state`: `subject` is in `state`, and the change needs one of `wanted`. The
+    /// answer names the current state in `error.state`.
+    pub fn wrong_state(subject: &str, state: &str, wanted: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "wrong_state",
+            format!("{subject} is {state}; this needs {wanted}"),
+        );
+        e.state = Some(state.to_owned());
+        e
     }
 
     /// `401 unauthorized` (with `WWW-Authenticate: Bearer`): no token, or one that is unknown,
@@ -142,12 +162,22 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The current state a `wrong_state` error names.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
 }
 
 impl From<vault::Error> for ApiError {
     fn from(e: vault::Error) -> Self {
         use vault::Error as E;
         match e {
+            E::WrongState {
+                subject,
+                state,
+                wanted,
+            } => Self::wrong_state(&subject, &state, &wanted),
             E::Sealed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sealed",
@@ -192,6 +222,7 @@ impl IntoResponse for ApiError {
             error: Inner {
                 code: self.code,
                 message: &self.message,
+                state: self.state.as_deref(),
             },
         };
         let mut res = (self.status, Json(body)).into_response();
@@ -237,6 +268,19 @@ mod tests {
             assert_eq!(api.status().as_u16(), status);
             assert_eq!(api.code(), code);
         }
+    }
+
+    #[test]
+    fn wrong_state_names_the_current_state() {
+        let api = ApiError::from(vault::Error::WrongState {
+            subject: "card 8039".into(),
+            state: "suspended".into(),
+            wanted: "active".into(),
+        });
+        assert_eq!(api.status(), StatusCode::CONFLICT);
+        assert_eq!(api.code(), "wrong_state");
+        assert_eq!(api.state(), Some("suspended"));
+        assert_eq!(api.message(), "card 8039 is suspended; this needs active");
     }
 
     #[test]

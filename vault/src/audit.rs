@@ -604,68 +604,97 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Sealed`] for an event with personal data while the audit key is absent; store
     /// errors.
-    pub fn commit(&self, mut batch: Batch, event: NewEvent) -> Result<u64> {
-        let mut personal = BTreeMap::new();
-        for (field, value) in &event.personal {
-            personal.insert(field.clone(), self.personal_hmac(field, value)?);
+    pub fn commit(&self, batch: Batch, event: NewEvent) -> Result<u64> {
+        self.commit_all(batch, vec![event])
+    }
+
+    /// [`AuditLog::commit`] for an operation that is several events (an import that also
+    /// revokes cards): the change and every event land together or not at all. Returns the
+    /// last event's sequence number. `events` must not be empty.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit`]; [`Error::Invalid`] for no event.
+    pub fn commit_all(&self, mut batch: Batch, events: Vec<NewEvent>) -> Result<u64> {
+        if events.is_empty() {
+            return Err(Error::Invalid(
+                "an audited change needs at least one event".into(),
+            ));
+        }
+        let mut hmaced = Vec::with_capacity(events.len());
+        for event in &events {
+            let mut personal = BTreeMap::new();
+            for (field, value) in &event.personal {
+                personal.insert(field.clone(), self.personal_hmac(field, value)?);
+            }
+            hmaced.push(personal);
         }
         let key = self.key();
         let mut chain = self.lock();
-        let seq = chain.next_seq;
-        let stored = Event {
-            seq,
-            time_ms: now_ms(),
-            actor: event.actor,
-            role: event.role,
-            action: event.action,
-            subject: event.subject,
-            outcome: event.outcome,
-            request_id: event.request_id,
-            details: event.details,
-            personal,
-            sealed: key.is_none(),
-            prev: hex::encode(chain.last_hash),
-        };
-        let bytes = encode(&stored)?;
-        let hash = sha256(&bytes);
-        let hash_hex = hex::encode(hash);
-        let tail = Mark {
-            seq,
-            mac: None,
-            hash: hash_hex.clone(),
-        };
-        batch.put(
-            Tree::AuditSubjects,
-            subject_key(&stored.subject, seq),
-            Vec::new(),
-        );
-        batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
-        batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
-        if let Some(k) = key.as_ref() {
-            let head = signed(k, MarkKind::Head, seq, &hash_hex);
-            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
-        }
-        let checkpoint = key.is_some() && chain.since_checkpoint + 1 >= self.checkpoint_every;
-        if let (true, Some(k)) = (checkpoint, key.as_ref()) {
-            let cp = signed(k, MarkKind::Chain, seq, &hash_hex);
-            batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
+        let mut seq = chain.next_seq;
+        let mut last_hash = chain.last_hash;
+        let mut since = chain.since_checkpoint;
+        let mut due = false;
+        let n = events.len();
+        for (i, (event, personal)) in events.into_iter().zip(hmaced).enumerate() {
+            seq = chain.next_seq + i as u64;
+            let stored = Event {
+                seq,
+                time_ms: now_ms(),
+                actor: event.actor,
+                role: event.role,
+                action: event.action,
+                subject: event.subject,
+                outcome: event.outcome,
+                request_id: event.request_id,
+                details: event.details,
+                personal,
+                sealed: key.is_none(),
+                prev: hex::encode(last_hash),
+            };
+            let bytes = encode(&stored)?;
+            last_hash = sha256(&bytes);
+            batch.put(
+                Tree::AuditSubjects,
+                subject_key(&stored.subject, seq),
+                Vec::new(),
+            );
+            batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
+            since += 1;
+            due |= key.is_some() && since >= self.checkpoint_every;
+            if i + 1 < n {
+                continue;
+            }
+            // The last event carries the marks: the tail, the keyed head, and the checkpoint
+            // if one fell due anywhere in this commit.
+            let hash_hex = hex::encode(last_hash);
+            let tail = Mark {
+                seq,
+                mac: None,
+                hash: hash_hex.clone(),
+            };
+            batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
+            if let Some(k) = key.as_ref() {
+                let head = signed(k, MarkKind::Head, seq, &hash_hex);
+                batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
+                if due {
+                    let cp = signed(k, MarkKind::Chain, seq, &hash_hex);
+                    batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
+                    since = 0;
+                }
+            }
         }
         self.store.write(&batch)?;
         chain.next_seq = seq + 1;
-        chain.last_hash = hash;
-        chain.since_checkpoint = if checkpoint {
-            0
-        } else {
-            chain.since_checkpoint + 1
-        };
+        chain.last_hash = last_hash;
+        chain.since_checkpoint = since;
         drop(chain);
         drop(key);
         self.make_durable(seq)?;
-        if checkpoint {
+        if due {
             if let Some(hsm) = self.anchor_hsm() {
-                // The event is committed whatever happens here; a failed anchor only leaves
+                // The events are committed whatever happens here; a failed anchor only leaves
                 // the HSM's anchor at the previous checkpoint, which the next one moves on.
-                let _ = self.anchor_checkpoint(&*hsm, seq, hex::encode(hash));
+                let _ = self.anchor_checkpoint(&*hsm, seq, hex::encode(last_hash));
             }
         }
         Ok(seq)

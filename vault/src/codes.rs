@@ -501,22 +501,9 @@ impl CodeVault {
     /// # Errors
     /// [`Error::Sealed`]; HSM, store and audit errors.
     pub fn content_id(&self, hsm: &dyn Hsm, audit: &AuditLog, sha256: &[u8; 32]) -> Result<String> {
-        let cached = self
-            .index_key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let key = match cached {
-            Some(k) => k,
-            None => {
-                let k = self.load_index_key(hsm, audit)?;
-                *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = Some(k.clone());
-                k
-            }
-        };
         let mut msg = b"plico-import-content v1:".to_vec();
         msg.extend_from_slice(sha256);
-        Ok(hex::encode(hmac::sign(&key, &msg).as_ref()))
+        Ok(hex::encode(self.index_mac(hsm, audit, &msg)?))
     }
 
     fn load_index_key(&self, hsm: &dyn Hsm, audit: &AuditLog) -> Result<hmac::Key> {
@@ -793,7 +780,40 @@ impl CodeVault {
         Ok(None)
     }
 
-    fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+    /// Holds the lock that serialises keyring changes (shared with [`crate::cms`]).
+    pub(crate) fn keyring_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.keys_lock)
+    }
+
+    /// HMAC-SHA256 of `msg` under the index key (created on first use).
+    ///
+    /// # Errors
+    /// As [`CodeVault::content_id`].
+    pub(crate) fn index_mac(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        msg: &[u8],
+    ) -> Result<[u8; 32]> {
+        let cached = self
+            .index_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = self.load_index_key(hsm, audit)?;
+                *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = Some(k.clone());
+                k
+            }
+        };
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&key, msg).as_ref());
+        Ok(out)
+    }
+
+    pub(crate) fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
         if let Some(o) = self
             .openers
             .read()

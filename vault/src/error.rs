@@ -33,6 +33,18 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// A change that the current state of its subject does not allow (a card's lifecycle).
+    /// Nothing was changed; the message names the current state.
+    #[error("{subject} is {state}; this needs {wanted}")]
+    WrongState {
+        /// What was to change (`card 8039…`).
+        subject: String,
+        /// Its current state.
+        state: String,
+        /// The states the change starts from.
+        wanted: String,
+    },
+
     /// A named key term or data key does not exist.
     #[error("not found: {0}")]
     NotFound(String),

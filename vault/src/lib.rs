@@ -29,6 +29,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod cms;
 pub mod codes;
 pub mod envelope;
 pub mod error;

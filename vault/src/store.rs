@@ -39,11 +39,21 @@ pub enum Tree {
     ContentIds,
     /// Per-card changes over the committed segments, by serial: codes deleted or replaced.
     CodeOverlay,
+    /// Holders by id: sealed personal data, cards, flags ([`crate::cms`]).
+    Holders,
+    /// Blind indexes of holders: `kind u8 | HMAC (32) | holder id`, empty values.
+    HolderIndex,
+    /// Cards' lifecycle records by serial.
+    Cards,
+    /// Cards by expiry: `YYYY-MM-DD | serial`, empty values (the daily sweep).
+    CardExpiry,
+    /// Technical problem reports by id (u64 BE).
+    Reports,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
@@ -54,6 +64,11 @@ impl Tree {
         Tree::SegmentDirs,
         Tree::ContentIds,
         Tree::CodeOverlay,
+        Tree::Holders,
+        Tree::HolderIndex,
+        Tree::Cards,
+        Tree::CardExpiry,
+        Tree::Reports,
     ];
 
     /// The persisted name.
@@ -69,6 +84,11 @@ impl Tree {
             Tree::SegmentDirs => "segment_dirs",
             Tree::ContentIds => "content_ids",
             Tree::CodeOverlay => "code_overlay",
+            Tree::Holders => "holders",
+            Tree::HolderIndex => "holder_index",
+            Tree::Cards => "cards",
+            Tree::CardExpiry => "card_expiry",
+            Tree::Reports => "reports",
         }
     }
 
@@ -86,6 +106,11 @@ impl Tree {
             Tree::SegmentDirs => 8,
             Tree::ContentIds => 9,
             Tree::CodeOverlay => 10,
+            Tree::Holders => 11,
+            Tree::HolderIndex => 12,
+            Tree::Cards => 13,
+            Tree::CardExpiry => 14,
+            Tree::Reports => 15,
         }
     }
 }
