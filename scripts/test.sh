@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests need: age (its CLI encrypts the files of vault's age interop test).
-DEBIAN_PACKAGES=(age)
+# Debian packages the tests need: age (its CLI encrypts the files of vault's age interop test),
+# poppler-utils (pdftotext reads back the PDF mailers in dispatch's tests).
+DEBIAN_PACKAGES=(age poppler-utils)
 
 install_debian_packages() {
   local missing=()

@@ -1,12 +1,41 @@
-//! # dispatch — rendering mailers and delivering them
+//! # dispatch — rendering mailers (and, later, delivering them)
 //!
-//! This crate will hold the two halves of getting a code to its holder:
+//! This crate turns a card's codes into what reaches its holder:
 //!
-//! - `render`: a `Renderer` trait with print (PDF), e-mail and SMS renderers, run in parallel
-//!   with rayon;
-//! - `courier`: a `Courier` trait with SMTP (lettre), SMS gateway (reqwest) and spool couriers,
-//!   run on tokio.
+//! - [`plan`]: delivery plans (`whole`, `counter(2)+sms`, …) and the cut of a card's codes into
+//!   the parts each channel carries;
+//! - [`render`]: the [`Renderer`] trait with a print renderer (PDF, streamed page by page through
+//!   [`PdfWriter`]), an e-mail renderer (text + HTML) and an SMS renderer (GSM-7, ≤ 160);
+//!   texts come from [minijinja](https://docs.rs/minijinja) templates that an operator can
+//!   override from a directory, layout constants from a serde [`Layout`].
 //!
-//! It never depends on `vault`: codes cross from the vault to a renderer as secret types in one
-//! visible place, the service crate. Nothing is implemented yet; the mailer and dispatch issues
-//! fill it in.
+//! Couriers (SMTP, SMS gateway, spool) are not here yet.
+//!
+//! It never depends on `vault`: codes cross from the vault to this crate in one visible place,
+//! the service crate, by building [`Codes`] from the vault's `expose_secret()` bytes.
+//!
+//! ## Secrets
+//!
+//! Clear digits live only in zeroizing buffers ([`secret`]): fixed-size [`Digits`], and
+//! [`SecretBuf`], a `Zeroizing<Vec<u8>>` that wipes its old allocation whenever it grows (a
+//! plain `Vec` would leave a copy behind on reallocation). Templates never see a digit: they
+//! receive placeholders that are replaced by the digits only after templating, directly into a
+//! `SecretBuf`. Every type that carries codes has a redacted `Debug` and no `Display` or
+//! `Serialize`.
+
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod plan;
+pub mod render;
+pub mod secret;
+
+pub use error::{Error, Result};
+pub use plan::{Channel, Part, PartCodes, PartName, Plan};
+pub use render::email::{EmailMessage, EmailRenderer};
+pub use render::layout::Layout;
+pub use render::pdf::{PageStream, PdfWriter, PrintRenderer};
+pub use render::sms::{SmsMessage, SmsRenderer};
+pub use render::templates::{Issuer, Templates};
+pub use render::{mask_serial, Addressee, Mailer, Rendered, Renderer};
+pub use secret::{Codes, Digits, SecretBuf, SecretText};

@@ -865,4 +865,4 @@ fn source_name(s: BatchSource) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

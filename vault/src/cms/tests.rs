@@ -396,7 +396,7 @@ fn search_finds_by_exact_keys_and_leaves_no_clear_personal_data_in_the_store() {
     .map(String::into_bytes)
     .collect();
     let mut scanned = 0;
-    for path in walk(w.dir.path()) {
+    for path in crate::codes::tests::walk(w.dir.path()) {
         let bytes = std::fs::read(&path).unwrap();
         scanned += bytes.len();
         for n in &needles {
@@ -411,18 +411,6 @@ fn search_finds_by_exact_keys_and_leaves_no_clear_personal_data_in_the_store() {
     assert!(scanned > 10_000, "scanned {scanned} bytes");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 #[test]
 fn reports_are_opened_commented_assigned_and_closed() {

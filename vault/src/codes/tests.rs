@@ -548,7 +548,8 @@ fn a_damaged_store_is_an_error_or_a_clean_refusal_never_a_panic() {
     }
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every file below `dir` (tests that scan the store's files).
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();

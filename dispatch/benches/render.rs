@@ -1,0 +1,76 @@
+//! Criterion benches of the three renderers, one mailer each, and of a whole print file of
+//! 10,000 pages into a `Vec` sink on one thread (reported as pages per second).
+//!
+//! ```text
+//! cargo bench -p dispatch --bench render
+//! ```
+
+// A bench is a test harness: a failure should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use dispatch::*;
+use std::hint::black_box;
+use std::sync::Arc;
+
+const PAGES: u64 = 10_000;
+
+fn fixture() -> (Addressee, Vec<PartCodes>) {
+    let who = Addressee {
+        name: "Niccolò D’Aragona".into(),
+        address: vec!["Via Città di Castello, 12".into(), "00136 Roma RM".into()],
+    };
+    let codes = Codes::new(b"24680", b"13572468").unwrap();
+    let parts = Plan::parse("counter(2)+sms").unwrap().cut(&codes).unwrap();
+    (who, parts)
+}
+
+fn renderers(c: &mut Criterion) {
+    let templates = Arc::new(Templates::builtin().unwrap());
+    let issuer = Issuer::default();
+    let print = PrintRenderer::new(templates.clone(), Layout::default(), issuer.clone());
+    let email = EmailRenderer::new(templates.clone(), issuer.clone());
+    let sms = SmsRenderer::new(templates, issuer);
+    let (who, parts) = fixture();
+    let m = |i: usize| Mailer {
+        addressee: &who,
+        card_serial: "8039123456781234",
+        codes: &parts[i],
+        number: Some(7),
+    };
+
+    let mut g = c.benchmark_group("render");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("print_page", |b| {
+        b.iter(|| black_box(print.render_page(&m(0)).unwrap()))
+    });
+    g.bench_function("print_one_page_pdf", |b| {
+        b.iter(|| black_box(print.render(&m(0)).unwrap()))
+    });
+    g.bench_function("email", |b| {
+        b.iter(|| black_box(email.render(&m(1)).unwrap()))
+    });
+    g.bench_function("sms", |b| b.iter(|| black_box(sms.render(&m(1)).unwrap())));
+    g.finish();
+
+    let mut g = c.benchmark_group("pdf_file");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(PAGES));
+    g.bench_function("10000_pages_vec_sink_1_thread", |b| {
+        b.iter(|| {
+            let mut w = PdfWriter::new(Vec::with_capacity(64 << 20), &print).unwrap();
+            for i in 0..PAGES {
+                let mailer = Mailer {
+                    number: Some(i),
+                    ..m((i % 2) as usize)
+                };
+                w.add_page(&mailer).unwrap();
+            }
+            black_box(w.finish().unwrap().len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, renderers);
+criterion_main!(benches);

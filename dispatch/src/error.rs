@@ -1,0 +1,112 @@
+//! The crate's one error type.
+//!
+//! Messages are lower-case and name the plan, template, field or position that is wrong; they
+//! never carry a digit of a code (templates never see digits, and no error is built from a
+//! rendered text).
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while planning or rendering a mailer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A delivery plan's text does not parse.
+    #[error("delivery plan {plan:?}: {reason} at character {at}")]
+    PlanSyntax {
+        /// The plan text as given (plans carry no secret).
+        plan: String,
+        /// Character position (0-based) where parsing failed.
+        at: usize,
+        /// What was expected there.
+        reason: &'static str,
+    },
+    /// `counter(N)` with an N that does not leave digits for both parts.
+    #[error("delivery plan: counter digits must be at least 1 and less than the shortest code ({shortest} digits), got {n}")]
+    CounterDigits {
+        /// The N of `counter(N)`.
+        n: usize,
+        /// Length of the shortest code of the card (0 when checked without a card).
+        shortest: usize,
+    },
+    /// A code is not made of ASCII digits, or is empty or too long.
+    #[error("{field}: a code must be 1 to {max} ASCII digits (got {len} characters{nondigit})", nondigit = if *.non_digit { ", not all digits" } else { "" })]
+    BadCode {
+        /// Which code ("pin", "puk", "signature pin", "signature puk").
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// Whether a non-digit was found.
+        non_digit: bool,
+        /// The longest code accepted.
+        max: usize,
+    },
+    /// A part's digit ranges do not fit the codes it is cut from.
+    #[error("part {part}: digit range does not fit the {field}")]
+    PartRange {
+        /// The part's name.
+        part: &'static str,
+        /// Which code.
+        field: &'static str,
+    },
+    /// A template does not compile or does not render.
+    #[error("template {name}: {detail}")]
+    Template {
+        /// Template name (e.g. `sms.txt`).
+        name: String,
+        /// minijinja's message (it names the line; templates hold no digit).
+        detail: String,
+    },
+    /// A template override directory or file could not be read.
+    #[error("template directory {path}: {source}")]
+    TemplateDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A character cannot be printed with the PDF's WinAnsi fonts.
+    #[error("{field}: character U+{code:04X} at position {position} cannot be printed (WinAnsi)")]
+    Unprintable {
+        /// Which text (e.g. "holder name", "address line 2", "template print.txt").
+        field: String,
+        /// The Unicode scalar value.
+        code: u32,
+        /// Character position in the text (0-based).
+        position: usize,
+    },
+    /// An address does not fit the envelope window.
+    #[error("address: {reason}")]
+    Address {
+        /// What does not fit (line number and width, or line count).
+        reason: String,
+    },
+    /// A character has no GSM-7 form and no transliteration.
+    #[error("sms: character U+{code:04X} at position {position} is not in GSM-7")]
+    NotGsm7 {
+        /// The Unicode scalar value.
+        code: u32,
+        /// Character position in the message (0-based).
+        position: usize,
+    },
+    /// The SMS is longer than one 160-septet message.
+    #[error("sms: {septets} septets, more than the 160 of one message")]
+    SmsTooLong {
+        /// Septets counted (extension characters count 2).
+        septets: usize,
+    },
+    /// The e-mail subject template used a code placeholder.
+    #[error("template {name}: a code may not appear in an e-mail subject")]
+    CodeInSubject {
+        /// Template name.
+        name: String,
+    },
+    /// A print file was finished without a page.
+    #[error("pdf: a print file needs at least one page")]
+    NoPages,
+    /// Writing the PDF failed.
+    #[error("pdf output: {0}")]
+    Io(#[from] std::io::Error),
+}

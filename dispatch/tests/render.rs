@@ -1,0 +1,445 @@
+//! Integration tests of the renderers: golden texts, PDF structure read back with poppler's
+//! `pdftotext`, template overrides, and redaction of every type that carries codes.
+//!
+//! Golden files live in `tests/golden/`; `UPDATE_GOLDEN=1 cargo test -p dispatch` rewrites
+//! them (review the diff before committing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dispatch::render::sms::gsm7_septets;
+use dispatch::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+const SERIAL: &str = "8039123456781234";
+const MASKED: &str = "8039 •••• •••• 1234";
+const PIN: &[u8] = b"24680";
+const PUK: &[u8] = b"13572468";
+
+fn addressee() -> Addressee {
+    Addressee {
+        name: "Niccolò D’Aragona".into(),
+        address: vec!["Via Città di Castello, 12".into(), "00136 Roma RM".into()],
+    }
+}
+
+fn codes() -> Codes {
+    Codes::new(PIN, PUK).unwrap()
+}
+
+fn parts(plan: &str) -> Vec<PartCodes> {
+    Plan::parse(plan).unwrap().cut(&codes()).unwrap()
+}
+
+fn templates() -> Arc<Templates> {
+    Arc::new(Templates::builtin().unwrap())
+}
+
+fn print() -> PrintRenderer {
+    PrintRenderer::new(templates(), Layout::default(), Issuer::default())
+}
+
+fn mailer<'a>(who: &'a Addressee, part: &'a PartCodes) -> Mailer<'a> {
+    Mailer {
+        addressee: who,
+        card_serial: SERIAL,
+        codes: part,
+        number: Some(42),
+    }
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(
+        actual, expected,
+        "{name} differs from its golden file (UPDATE_GOLDEN=1 rewrites it)"
+    );
+}
+
+/// Text of a PDF as poppler reads it.
+fn pdftotext(pdf: &[u8], extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("m.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = Command::new("pdftotext")
+        .args(["-q", "-enc", "UTF-8"])
+        .args(extra)
+        .arg(&path)
+        .arg("-")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("pdftotext (poppler-utils) cannot run ({e}): run `bash scripts/test.sh`, which installs it")
+        });
+    assert!(out.status.success(), "pdftotext failed on our PDF: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn render_pdf(r: &PrintRenderer, m: &Mailer<'_>) -> Vec<u8> {
+    match r.render(m).unwrap() {
+        Rendered::Pdf(b) => b.expose_secret().to_vec(),
+        other => panic!("not a pdf: {other:?}"),
+    }
+}
+
+#[test]
+fn print_page_text_matches_golden() {
+    let who = addressee();
+    let parts = parts("counter(2)+sms");
+    let pdf = render_pdf(&print(), &mailer(&who, &parts[0]));
+    golden("print_counter_a.txt", &pdftotext(&pdf, &[]));
+}
+
+#[test]
+fn print_page_shows_name_masked_serial_and_digits_but_not_the_serial() {
+    let who = addressee();
+    for plan in ["whole", "counter(2)+sms"] {
+        for part in self::parts(plan) {
+            let pdf = render_pdf(&print(), &mailer(&who, &part));
+            let text = pdftotext(&pdf, &[]);
+            assert!(text.contains("Niccolò D’Aragona"), "{text}");
+            assert!(text.contains("Via Città di Castello, 12"), "{text}");
+            assert!(text.contains(MASKED), "{text}");
+            assert!(!text.contains(SERIAL), "{text}");
+            assert!(!text.contains("12345678"), "{text}");
+            let pin = std::str::from_utf8(part.pin.expose_secret()).unwrap();
+            let puk = std::str::from_utf8(part.puk.expose_secret()).unwrap();
+            assert!(text.contains(pin) && text.contains(puk), "{plan} {text}");
+            // Never more digits than the part carries.
+            if part.part.name == PartName::A {
+                assert!(!text.contains("24680") && !text.contains("1357"), "{text}");
+            }
+            let order = text.find("digiti prima le cifre della parte A");
+            assert_eq!(order.is_some(), plan != "whole", "{plan}: {text}");
+        }
+    }
+}
+
+#[test]
+fn accented_italian_letters_render_in_the_pdf() {
+    let who = Addressee {
+        name: "Àlfio Èrcole Ìppolito D’Òria Ùgo".into(),
+        address: vec![
+            "Via Lì à è é ì ò ù, 3".into(),
+            "É già: À È É Ì Ò Ù ’".into(),
+        ],
+    };
+    let parts = parts("whole");
+    let text = pdftotext(&render_pdf(&print(), &mailer(&who, &parts[0])), &[]);
+    for needle in [
+        "Àlfio Èrcole Ìppolito D’Òria Ùgo",
+        "Via Lì à è é ì ò ù, 3",
+        "É già: À È É Ì Ò Ù ’",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in\n{text}");
+    }
+}
+
+#[test]
+fn pdf_cross_references_point_at_their_objects() {
+    let who = addressee();
+    let parts = parts("counter(2)+sms");
+    let r = print();
+    let mut w = PdfWriter::new(Vec::new(), &r).unwrap();
+    for i in 0..3u64 {
+        let m = Mailer {
+            number: Some(i),
+            ..mailer(&who, &parts[(i % 2) as usize])
+        };
+        w.add_page(&m).unwrap();
+    }
+    assert_eq!(w.pages(), 3);
+    let pdf = w.finish().unwrap();
+    let text = String::from_utf8_lossy(&pdf);
+    let startxref: usize = text
+        .rsplit("startxref\n")
+        .next()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pdf[startxref..].starts_with(b"xref\n0 "));
+    // The file has binary bytes (a lossy string shifts offsets): read the table as bytes.
+    let table = std::str::from_utf8(&pdf[startxref..]).unwrap();
+    let mut lines = table.lines().skip(1);
+    let count: usize = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(count, 7 + 2 * 3);
+    assert_eq!(lines.next().unwrap(), "0000000000 65535 f ");
+    for (num, line) in lines.take(count - 1).enumerate() {
+        let num = num + 1;
+        assert_eq!(
+            line.len(),
+            19,
+            "entry {num}: {line:?} (20 bytes with the newline)"
+        );
+        let off: usize = line[..10].parse().unwrap();
+        let head = format!("{num} 0 obj\n");
+        assert!(
+            pdf[off..].starts_with(head.as_bytes()),
+            "object {num} at {off}"
+        );
+    }
+    // poppler reads it: three pages, each with its number.
+    let all = pdftotext(&pdf, &[]);
+    assert_eq!(
+        all.matches('\u{c}').count(),
+        3,
+        "three form feeds, one a page"
+    );
+    for n in 0..3 {
+        assert!(all.contains(&format!("Plico n. {n}")), "{all}");
+    }
+    // Pages are the plain-text streams (not compressed): page 2 carries part B's digits.
+    assert!(text.contains("(680) Tj") && text.contains("(572468) Tj"));
+}
+
+#[test]
+fn print_refuses_what_it_cannot_print() {
+    let parts = parts("whole");
+    let who = Addressee {
+        name: "Łukasz Wróbel".into(),
+        address: vec!["Roma".into()],
+    };
+    let e = print().render(&mailer(&who, &parts[0])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unprintable {
+                code: 0x141,
+                position: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "holder name: character U+0141 at position 0 cannot be printed (WinAnsi)"
+    );
+    let wide = Addressee {
+        name: "M".repeat(60),
+        address: vec![],
+    };
+    let e = print().render(&mailer(&wide, &parts[0])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("holder name is wider than the envelope window"),
+        "{e}"
+    );
+    let tall = Addressee {
+        name: "Anna".into(),
+        address: vec!["riga".into(); 9],
+    };
+    let e = print().render(&mailer(&tall, &parts[0])).unwrap_err();
+    assert!(e.to_string().contains("10 lines do not fit"), "{e}");
+    let r = print();
+    assert!(matches!(
+        PdfWriter::new(Vec::new(), &r).unwrap().finish(),
+        Err(Error::NoPages)
+    ));
+}
+
+fn email(part: &PartCodes) -> EmailMessage {
+    let who = addressee();
+    EmailRenderer::new(templates(), Issuer::default())
+        .render_email(&mailer(&who, part))
+        .unwrap()
+}
+
+#[test]
+fn email_matches_golden() {
+    let parts = parts("counter(2)+email");
+    let m = email(&parts[1]);
+    golden(
+        "email_counter_b.txt",
+        &format!("Subject: {}\n\n{}\n", m.subject, m.text.expose_secret()),
+    );
+    golden(
+        "email_counter_b.html",
+        &format!("{}\n", m.html.expose_secret()),
+    );
+}
+
+#[test]
+fn email_escapes_html_and_shows_no_serial() {
+    let parts = self::parts("whole");
+    let who = Addressee {
+        name: "<b>Zoë</b> & Co".into(),
+        address: vec![],
+    };
+    let m = EmailRenderer::new(templates(), Issuer::default())
+        .render_email(&mailer(&who, &parts[0]))
+        .unwrap();
+    assert!(m
+        .html
+        .expose_secret()
+        .contains("&lt;b&gt;Zoë&lt;&#x2f;b&gt; &amp; Co"));
+    assert!(m.text.expose_secret().contains("<b>Zoë</b> & Co"));
+    for s in [
+        &m.subject[..],
+        m.text.expose_secret(),
+        m.html.expose_secret(),
+    ] {
+        assert!(!s.contains(SERIAL) && s.contains(MASKED), "{s}");
+    }
+    assert!(m.text.expose_secret().contains("PIN: 24680"));
+    assert!(!m.subject.contains("24680"));
+}
+
+fn sms(part: &PartCodes, issuer: Issuer) -> Result<SmsMessage> {
+    let who = addressee();
+    SmsRenderer::new(templates(), issuer).render_sms(&mailer(&who, part))
+}
+
+#[test]
+fn sms_matches_golden_and_is_gsm7() {
+    let parts = parts("counter(2)+sms");
+    let m = sms(&parts[1], Issuer::default()).unwrap();
+    golden(
+        "sms_counter_b.txt",
+        &format!("{}\n", m.text.expose_secret()),
+    );
+    let text = m.text.expose_secret();
+    assert!(text.chars().all(|c| gsm7_septets(c).is_some()), "{text}");
+    assert!(m.septets <= 160, "{}", m.septets);
+    assert_eq!(m.septets, text.chars().count());
+    assert!(!text.contains(SERIAL) && !text.contains("8039"));
+    for plan in ["whole", "counter(1)+sms", "counter(4)+remote"] {
+        for p in self::parts(plan) {
+            let m = sms(&p, Issuer::default()).unwrap();
+            assert!(m.septets <= 160, "{plan}: {}", m.septets);
+        }
+    }
+}
+
+#[test]
+fn sms_over_160_septets_is_refused() {
+    let parts = parts("counter(2)+sms");
+    let issuer = Issuer {
+        name: "Azienda Sanitaria Locale della Provincia Autonoma di Città Lontana [servizi]".into(),
+        ..Issuer::default()
+    };
+    let e = sms(&parts[1], issuer).unwrap_err();
+    assert!(
+        matches!(e, Error::SmsTooLong { septets } if septets > 160),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("680"));
+}
+
+#[test]
+fn templates_load_overrides_from_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sms.txt"),
+        "{{ issuer.name }}: PIN {{ pin }} ({{ part.name }}, cifre {{ part.pin.from }}-{{ part.pin.to }})",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README.md"), "not a template").unwrap();
+    let t = Arc::new(Templates::load(Some(dir.path())).unwrap());
+    let parts = parts("counter(2)+sms");
+    let who = addressee();
+    let m = SmsRenderer::new(t, Issuer::default())
+        .render_sms(&mailer(&who, &parts[1]))
+        .unwrap();
+    assert_eq!(
+        m.text.expose_secret(),
+        "Regione Esempio: PIN 680 (B, cifre 3-5)"
+    );
+
+    std::fs::write(dir.path().join("sms.text.txt"), "x").unwrap();
+    let e = Templates::load(Some(dir.path())).unwrap_err();
+    assert!(
+        e.to_string().contains("sms.text.txt: not a template name"),
+        "{e}"
+    );
+    std::fs::remove_file(dir.path().join("sms.text.txt")).unwrap();
+
+    std::fs::write(dir.path().join("email.txt"), "{% if %}").unwrap();
+    let e = Templates::load(Some(dir.path())).unwrap_err();
+    assert!(e.to_string().starts_with("template email.txt:"), "{e}");
+
+    std::fs::write(dir.path().join("email.txt"), "{{ pin }}").unwrap();
+    std::fs::write(dir.path().join("email_subject.txt"), "codice {{ pin }}").unwrap();
+    let t = Arc::new(Templates::load(Some(dir.path())).unwrap());
+    let e = EmailRenderer::new(t, Issuer::default())
+        .render_email(&mailer(&who, &parts[1]))
+        .unwrap_err();
+    assert!(matches!(e, Error::CodeInSubject { .. }), "{e}");
+
+    let missing = Templates::load(Some(&dir.path().join("nope"))).unwrap_err();
+    assert!(matches!(missing, Error::TemplateDir { .. }));
+}
+
+#[test]
+fn a_template_error_never_shows_a_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sms.txt"),
+        "{{ pin }} {{ no_such_variable }}",
+    )
+    .unwrap();
+    let t = Arc::new(Templates::load(Some(dir.path())).unwrap());
+    let parts = parts("whole");
+    let who = addressee();
+    let e = SmsRenderer::new(t, Issuer::default())
+        .render_sms(&mailer(&who, &parts[0]))
+        .unwrap_err();
+    let msg = format!("{e} {e:?}");
+    assert!(msg.contains("sms.txt"), "{msg}");
+    assert!(!msg.contains("2468") && !msg.contains("1357"), "{msg}");
+}
+
+#[test]
+fn debug_of_every_type_carrying_codes_is_redacted() {
+    let who = addressee();
+    let c = codes().with_signature(b"97531", b"86420864").unwrap();
+    let cut = Plan::Whole.cut(&c).unwrap();
+    let m = mailer(&who, &cut[0]);
+    let r = print();
+    let page = r.render_page(&m).unwrap();
+    let mut w = PdfWriter::new(SecretBuf::default(), &r).unwrap();
+    w.append(&page).unwrap();
+    let shown = [
+        format!("{c:?} {:?} {:?}", c.pin, c.signature),
+        format!("{cut:?} {m:?} {page:?} {w:?}"),
+        format!("{:?}", r.render(&m).unwrap()),
+        format!(
+            "{:?}",
+            EmailRenderer::new(templates(), Issuer::default())
+                .render(&m)
+                .unwrap()
+        ),
+        format!(
+            "{:?}",
+            SmsRenderer::new(templates(), Issuer::default())
+                .render(&m)
+                .unwrap()
+        ),
+        format!("{:?}", w.finish().unwrap()),
+        format!("{m:#?}"),
+    ]
+    .join("\n");
+    for needle in [
+        "24680", "13572468", "97531", "86420864", "2468", "1357", SERIAL, "Niccolò",
+    ] {
+        assert!(!shown.contains(needle), "Debug leaked {needle}:\n{shown}");
+    }
+    assert!(shown.contains("<redacted>"));
+}
