@@ -12,9 +12,10 @@
 //! as `x-request-id` and written into audit events), request tracing, a rewrite of bare error
 //! responses into the JSON error shape of [`ApiError`], and — for [`BodyClass::Small`] routes,
 //! all but the bulk ones — a request body size limit ([`BODY_LIMIT`]) and a request timeout
-//! ([`REQUEST_TIMEOUT`]). [`BodyClass::Bulk`] routes (batch upload, generation) read their body
-//! themselves under their own limits ([`BulkLimits`]: the upload size from `[import]
-//! max_upload_bytes`, an idle timeout between chunks) and may run as long as their work.
+//! ([`REQUEST_TIMEOUT`]). [`BodyClass::Bulk`] routes (batch upload, generation, registry
+//! upload) read their body themselves under their own limits ([`BulkLimits`]: the upload size
+//! from `[import] max_upload_bytes` or `[registry] max_upload_bytes`, an idle timeout between
+//! chunks) and may run as long as their work.
 //!
 //! Handlers never call the vault or the HSM directly on the async runtime: they go through
 //! [`blocking`], which runs the call on tokio's blocking pool and maps its error.
@@ -23,11 +24,16 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod batches;
+pub mod cards;
 pub mod error;
 mod extract;
 mod health;
+pub mod holders;
+pub mod registry;
+pub mod reports;
 mod status;
 mod unseal;
+mod upload;
 
 pub use auth::{Caller, RateLimits, RequestId, UNSEAL_PER_MINUTE};
 pub use error::ApiError;
@@ -80,8 +86,9 @@ pub enum RateClass {
     /// Only the global limits (body size, timeout).
     #[default]
     Normal,
-    /// Reveals a secret (a token, later a code) or sends a code: limited per account to
-    /// `[limits] sensitive_per_minute`, answering `429` beyond.
+    /// Reveals a secret (a token, later a code), sends a code, or reveals a holder's personal
+    /// data (a registry search): limited per account to `[limits] sensitive_per_minute`,
+    /// answering `429` beyond.
     Sensitive,
 }
 
@@ -100,8 +107,10 @@ pub enum BodyClass {
 /// The limits of bulk routes ([`BodyClass::Bulk`]), from `[import]`.
 #[derive(Debug, Clone)]
 pub struct BulkLimits {
-    /// Largest upload accepted, in bytes.
+    /// Largest batch upload accepted, in bytes (`[import] max_upload_bytes`).
     pub max_upload_bytes: u64,
+    /// Largest registry upload accepted, in bytes (`[registry] max_upload_bytes`).
+    pub registry_max_upload_bytes: u64,
     /// Longest wait for the next chunk of an upload before it is abandoned.
     pub idle_timeout: Duration,
     slots: Arc<Semaphore>,
@@ -111,11 +120,13 @@ pub struct BulkLimits {
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl BulkLimits {
-    /// Limits of `max_upload_bytes` per upload and `concurrent` bulk jobs at once (at least 1).
+    /// Limits of `max_upload_bytes` per batch upload and `concurrent` bulk jobs at once (at
+    /// least 1); registry uploads get the default limit until the caller sets its own.
     pub fn new(max_upload_bytes: u64, concurrent: u32) -> Self {
         let slots = usize::try_from(concurrent.max(1)).unwrap_or(1);
         BulkLimits {
             max_upload_bytes,
+            registry_max_upload_bytes: crate::DEFAULT_REGISTRY_MAX_UPLOAD_BYTES,
             idle_timeout: UPLOAD_IDLE_TIMEOUT,
             slots: Arc::new(Semaphore::new(slots)),
         }
@@ -130,7 +141,8 @@ impl BulkLimits {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
-                "as many imports and generations as allowed are running; retry later",
+                "as many imports, generations and registry uploads as allowed are running; retry \
+                 later",
             );
             e.set_retry_after(30);
             e
@@ -203,6 +215,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         accounts::endpoints(),
         audit::endpoints(),
         batches::endpoints(),
+        registry::endpoints(),
+        holders::endpoints(),
+        cards::endpoints(),
+        reports::endpoints(),
     ]
     .into_iter()
     .flatten()

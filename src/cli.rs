@@ -3,9 +3,10 @@
 //! - `init` creates an HSM and writes its custodian shares to files, creates the store and the
 //!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
 //! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
-//! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate` and
-//!   `batches` talk to a running server over HTTP(S); they never open the data directory,
-//!   which belongs to the server while it runs (sled locks it).
+//! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate`,
+//!   `batches`, `registry`, `holders`, `cards` and `reports` talk to a running server over
+//!   HTTP(S); they never open the data directory, which belongs to the server while it runs
+//!   (sled locks it).
 //!
 //! `anyhow` is the error type here and in `main.rs` only.
 
@@ -14,11 +15,15 @@ mod audit;
 mod batches;
 mod bench;
 mod bootstrap;
+mod cards;
 mod client;
 mod files;
 mod generate;
+mod holders;
 mod import;
 mod init;
+mod registry;
+mod reports;
 mod serve;
 mod status;
 mod unseal;
@@ -80,6 +85,14 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// List or show code batches on a running server (never a code).
     Batches(batches::BatchesArgs),
+    /// Upload holder registry files to a running server (cms token).
+    Registry(registry::RegistryArgs),
+    /// Find holders by codice fiscale, or surname and birth date (operator, cms, support).
+    Holders(holders::HoldersArgs),
+    /// Show a card's status, or activate, suspend, reactivate or revoke it.
+    Cards(cards::CardsArgs),
+    /// Technical problem reports: operators open them, support works them.
+    Reports(reports::ReportsArgs),
     /// Measure plico against baselines taken in the same run (not part of the tests).
     Bench(bench::BenchArgs),
 }
@@ -110,6 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::ImportRecipient(a) => import::run_recipient(a),
         Command::Generate(a) => generate::run(a),
         Command::Batches(a) => batches::run(a),
+        Command::Registry(a) => registry::run(a),
+        Command::Holders(a) => holders::run(a),
+        Command::Cards(a) => cards::run(a),
+        Command::Reports(a) => reports::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -35,12 +35,16 @@
 //! min_len = 16
 //! max_len = 20
 //! charset = "digits"                 # or "upper_alnum" (A-Z, 0-9)
+//!
+//! [registry]
+//! max_upload_bytes = 67108864        # largest holder registry file accepted (64 MiB)
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
 //! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_CODES_PIN_MIN`
 //! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`,
-//! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on. Other `PLICO_*`
+//! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on,
+//! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`. Other `PLICO_*`
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
 //! ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
@@ -80,6 +84,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_IMPORT_SERIAL_MIN_LEN", "import.serial.min_len"),
     ("PLICO_IMPORT_SERIAL_MAX_LEN", "import.serial.max_len"),
     ("PLICO_IMPORT_SERIAL_CHARSET", "import.serial.charset"),
+    (
+        "PLICO_REGISTRY_MAX_UPLOAD_BYTES",
+        "registry.max_upload_bytes",
+    ),
 ];
 
 /// The service configuration.
@@ -102,6 +110,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Batch imports and generation.
     pub import: ImportConfig,
+    /// Holder registry files.
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -115,6 +125,25 @@ impl Default for Config {
             audit: AuditConfig::default(),
             limits: LimitsConfig::default(),
             import: ImportConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// The `[registry]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Largest holder registry file accepted, in bytes; at least 1. Checked against
+    /// `Content-Length` and again while streaming. A registry file is applied in one store
+    /// transaction, so its parsed entries are held in memory: keep this bounded.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_upload_bytes: crate::DEFAULT_REGISTRY_MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -374,6 +403,11 @@ impl Config {
                 "{origin}: [import]: `max_upload_bytes` must be at least 1"
             )));
         }
+        if self.registry.max_upload_bytes == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [registry]: `max_upload_bytes` must be at least 1"
+            )));
+        }
         if self.import.max_concurrent == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [import]: `max_concurrent` must be at least 1"
@@ -418,6 +452,7 @@ impl Config {
             serial: self.import.serial.rule(),
             max_upload_bytes: self.import.max_upload_bytes.max(1),
             max_concurrent_imports: self.import.max_concurrent.max(1),
+            registry_max_upload_bytes: self.registry.max_upload_bytes.max(1),
         }
     }
 
@@ -537,6 +572,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_upload_bytes"), "{e}");
+    }
+
+    #[test]
+    fn registry_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.settings().registry_max_upload_bytes, 64 << 20);
+        let f = file("[registry]\nmax_upload_bytes = 1000\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(c.settings().registry_max_upload_bytes, 1000);
+        let f = file("[registry]\nmax_upload_bytes = 0\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[registry]") && e.contains("max_upload_bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,9 +12,13 @@
 //! - [`api`] holds one module per resource and the single [`api::ApiError`]; its route table
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
 //! - [`AppState`] holds the HSM, the store (sled in production), the audit chain, the
-//!   accounts and the code vault with its import rules. When the HSM becomes unsealed,
+//!   accounts, the code vault with its import rules, and the card management side over it
+//!   ([`vault::cms::Cms`]: holder registry, card lifecycle, problem reports). When the HSM
+//!   becomes unsealed,
 //!   [`AppState::unsealed`] installs the audit key; [`AppState::seal`] seals it again and drops
 //!   every key held in memory; at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
+//! - [`expiry_sweeps`] revokes the cards past their expiry once a day (and once at start, as
+//!   soon as the service is unsealed); [`serve`] runs it beside the listener.
 //!
 //! The command line (`src/main.rs` and `src/cli/`) is the binary's own and is not part of
 //! this library.
@@ -31,6 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vault::account::{Accounts, Actor};
 use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::cms::date::Date;
+use vault::cms::Cms;
 use vault::codes::CodeVault;
 use vault::import::parse::{ParseRules, SerialRule};
 use vault::store::Store;
@@ -46,6 +52,10 @@ pub struct AppState {
     pub hsm: Arc<dyn Hsm>,
     /// The code vault over [`AppState::store`]: batches of sealed PIN/PUK records.
     pub codes: Arc<CodeVault>,
+    /// The card management side over [`AppState::codes`]: holder registry, card lifecycle,
+    /// problem reports, and the gate of code delivery. One per process: it serialises every
+    /// change it makes.
+    pub cms: Arc<Cms>,
     /// What an imported file must satisfy: the code policy (`[codes]`) and the serial rule
     /// (`[import.serial]`); also the rules of generation.
     pub import_rules: Arc<ParseRules>,
@@ -83,6 +93,8 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     /// Imports and generations running at once.
     pub max_concurrent_imports: u32,
+    /// Largest holder registry file accepted, in bytes.
+    pub registry_max_upload_bytes: u64,
 }
 
 /// Days audit events are kept at least when nothing says otherwise: 24 months.
@@ -90,6 +102,10 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 730;
 
 /// Largest batch file accepted when nothing says otherwise: 2 GiB (about 50 M CNS lines).
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+
+/// Largest holder registry file accepted when nothing says otherwise: 64 MiB (a few hundred
+/// thousand holders; their parsed entries are held in memory until the file is applied).
+pub const DEFAULT_REGISTRY_MAX_UPLOAD_BYTES: u64 = 64 << 20;
 
 /// Imports and generations running at once when nothing says otherwise. Each one keeps both
 /// cores busy and holds up to a run of sealed records in memory (about 100 MiB).
@@ -111,6 +127,7 @@ impl Default for Settings {
             serial: SerialRule::CNS,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
+            registry_max_upload_bytes: DEFAULT_REGISTRY_MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -157,11 +174,16 @@ impl AppState {
             );
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
+        let codes = Arc::new(codes);
+        let mut bulk =
+            api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports);
+        bulk.registry_max_upload_bytes = settings.registry_max_upload_bytes;
         Ok(AppState {
             hsm,
-            codes: Arc::new(codes),
+            cms: Arc::new(Cms::new(codes.clone())),
+            codes,
             import_rules: Arc::new(import_rules),
-            bulk: api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports),
+            bulk,
             retention_days: settings.retention_days,
             store,
             audit,
@@ -281,25 +303,78 @@ where
         watcher.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
 
+    let sweeps = tokio::spawn(expiry_sweeps(state.clone(), SWEEP_CHECK_EVERY));
     let service = app(state).into_make_service();
-    match tls {
+    let served = match tls {
         Some(tls) => {
             tracing::info!(%addr, "serving https");
             axum_server::from_tcp_rustls(listener, tls.into_rustls())
                 .handle(handle)
                 .serve(service)
-                .await?;
+                .await
         }
         None => {
             tracing::info!(%addr, "serving plain http on loopback");
             axum_server::from_tcp(listener)
                 .handle(handle)
                 .serve(service)
-                .await?;
+                .await
         }
-    }
+    };
+    sweeps.abort();
+    served?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// How often [`serve`]'s expiry sweeper wakes up to see whether a sweep is due.
+pub const SWEEP_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The daily expiry sweep: wakes every `check_every`, and when the service is unsealed (the
+/// audit key is installed) and no sweep has run yet on today's UTC date, revokes every card
+/// past its expiry ([`Cms::sweep_expired`], audited there: one `card.revoke` event a card, by
+/// the system actor, request id `expiry-sweep`). So the first sweep runs at start, or within
+/// `check_every` of the custodians' unseal, and then once a day. Never returns; [`serve`]
+/// aborts it at shutdown.
+///
+/// A failed sweep is logged and retried at the next wake-up. Only the count of revoked cards
+/// is logged: serials go to the audit chain, not to the log.
+pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
+    let mut ticks = tokio::time::interval(check_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut swept_on: Option<Date> = None;
+    loop {
+        ticks.tick().await;
+        if !state.audit.has_key() {
+            continue;
+        }
+        let today = Date::today_utc();
+        if swept_on == Some(today) {
+            continue;
+        }
+        match sweep_once(&state, today).await {
+            Ok(revoked) => {
+                swept_on = Some(today);
+                tracing::info!(revoked, %today, "expiry sweep done");
+            }
+            Err(e) => {
+                tracing::error!(code = e.code(), "expiry sweep failed; retrying later");
+            }
+        }
+    }
+}
+
+/// One expiry sweep for `today`: the number of cards it revoked.
+///
+/// # Errors
+/// The sweep's store or audit error, mapped (cards revoked before it stay revoked).
+pub async fn sweep_once(state: &AppState, today: Date) -> Result<usize, api::ApiError> {
+    let cms = state.cms.clone();
+    let audit = state.audit.clone();
+    let revoked =
+        api::blocking(move || cms.sweep_expired(&audit, today, &Actor::system("expiry-sweep")))
+            .await?;
+    Ok(revoked.len())
 }
 
 /// Resolves at the first SIGINT or SIGTERM.

@@ -4,13 +4,17 @@
 //!
 //! Accounts, roles, rate limits and the audit chain over HTTP are in `service/accounts.rs`;
 //! code batches (upload, generation, malformed files, the CLI) in `service/batches.rs`; the
-//! crash test of a 1,000,000-line import killed at random moments in `service/import_crash.rs`.
+//! crash test of a 1,000,000-line import killed at random moments in `service/import_crash.rs`;
+//! the holder registry, card lifecycle and problem reports (and the counter workflow with the
+//! CLI) in `service/cms.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
 mod accounts;
 #[path = "service/batches.rs"]
 mod batches;
+#[path = "service/cms.rs"]
+mod cms;
 #[path = "service/import_crash.rs"]
 mod import_crash;
 
@@ -321,6 +325,19 @@ fn every_route_is_in_the_table() {
         ("GET", "/v1/batches/{id}"),
         ("POST", "/v1/generate"),
         ("GET", "/v1/import/recipient"),
+        ("POST", "/v1/registry"),
+        ("POST", "/v1/holders/search"),
+        ("GET", "/v1/cards/{serial}"),
+        ("GET", "/v1/cards/{serial}/history"),
+        ("POST", "/v1/cards/{serial}/activate"),
+        ("POST", "/v1/cards/{serial}/suspend"),
+        ("POST", "/v1/cards/{serial}/reactivate"),
+        ("POST", "/v1/cards/{serial}/revoke"),
+        ("POST", "/v1/reports"),
+        ("GET", "/v1/reports"),
+        ("POST", "/v1/reports/{id}/comment"),
+        ("POST", "/v1/reports/{id}/assign"),
+        ("POST", "/v1/reports/{id}/close"),
     ] {
         assert!(table.contains(&(m.to_owned(), p)), "{m} {p} missing");
     }
@@ -482,6 +499,22 @@ fn every_subcommand_has_help() {
         &["batches"],
         &["batches", "list"],
         &["batches", "show"],
+        &["registry"],
+        &["registry", "import"],
+        &["holders"],
+        &["holders", "search"],
+        &["cards"],
+        &["cards", "show"],
+        &["cards", "activate"],
+        &["cards", "suspend"],
+        &["cards", "reactivate"],
+        &["cards", "revoke"],
+        &["reports"],
+        &["reports", "open"],
+        &["reports", "list"],
+        &["reports", "comment"],
+        &["reports", "assign"],
+        &["reports", "close"],
         &["bench"],
         &["bench", "import"],
     ] {

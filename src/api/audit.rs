@@ -283,7 +283,7 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
 }
 
 /// A card serial as it may appear in a path: 1 to 64 letters, digits, `-` or `_`.
-fn check_serial(serial: &str) -> Result<(), ApiError> {
+pub(super) fn check_serial(serial: &str) -> Result<(), ApiError> {
     let ok = !serial.is_empty()
         && serial.len() <= 64
         && serial

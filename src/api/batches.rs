@@ -19,13 +19,13 @@
 //! `POST /v1/batches?manufacturer=NAME[&expected_cards=N][&sha256=HEX]` with the file as the
 //! raw body (`curl --data-binary @file`; any content type but multipart; age-encrypted files
 //! are recognised and decrypted by the vault). The body is never held whole: chunks go
-//! from axum's body stream through a bounded channel ([`UPLOAD_QUEUE`] chunks) to a blocking
-//! reader that feeds [`vault::import::import_file`] on tokio's blocking pool. The size limit
-//! (`[import] max_upload_bytes`) is checked against `Content-Length` before anything is read,
-//! and again on every chunk (`413 body_too_large`); a body that stalls for
-//! [`super::UPLOAD_IDLE_TIMEOUT`] is abandoned (`408 timeout`). A body that breaks off (the
-//! client went away) makes the reader fail, never end: the vault then abandons the batch and
-//! nothing of it stays.
+//! from axum's body stream through a bounded channel (16 chunks; the streaming is shared with
+//! registry uploads) to a blocking reader that feeds [`vault::import::import_file`] on tokio's
+//! blocking pool. The size limit (`[import] max_upload_bytes`) is checked against
+//! `Content-Length` before anything is read, and again on every chunk (`413 body_too_large`);
+//! a body that stalls for [`super::UPLOAD_IDLE_TIMEOUT`] is abandoned (`408 timeout`). A body
+//! that breaks off (the client went away) makes the reader fail, never end: the vault then
+//! abandons the batch and nothing of it stays.
 //!
 //! The answer comes once the outcome is durable:
 //!
@@ -48,20 +48,19 @@
 //!
 //! Uploads and generations take a slot of `[import] max_concurrent` (`503 busy` beyond).
 
-use super::extract::parse_json;
+use super::extract::{parse_json, query};
+use super::upload::{self, check_upload_type, content_length, too_large};
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use vault::codes::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
 use vault::generate::WeakFilter;
 use vault::import::generation::{generate_batch, GenerateRequest, SerialSet};
@@ -79,9 +78,8 @@ const READ: &[Role] = &[
 const GENERATE: &[Role] = &[Role::Cms];
 const RECIPIENT: &[Role] = &[Role::Manufacturer, Role::Admin];
 
-/// Chunks of an upload queued between the body stream and the importer. With hyper's chunks
-/// of at most a few hundred KiB this bounds what an upload holds in memory to a few MiB.
-pub const UPLOAD_QUEUE: usize = 16;
+/// What the size limit of batch uploads is called in the configuration.
+const LIMIT_SETTING: &str = "[import] max_upload_bytes";
 
 /// Largest JSON body of `POST /v1/generate`: a list of about a million 20-digit serials.
 pub const GENERATE_BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -262,146 +260,6 @@ struct UploadParams {
     sha256: Option<String>,
 }
 
-/// What travels from the body stream to the importer.
-#[derive(Debug)]
-enum Chunk {
-    Data(Bytes),
-    /// The body ended normally: the reader may report end of file.
-    End,
-    /// The body failed; the reader fails with this message.
-    Failed(&'static str),
-}
-
-/// A blocking [`Read`] over the chunks of an upload. It reports end of file only after
-/// [`Chunk::End`]: a channel closed without it (the handler went away) is an error, so a
-/// cut upload can never look like a short, complete file.
-struct ChannelReader {
-    rx: mpsc::Receiver<Chunk>,
-    current: Bytes,
-    ended: bool,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while self.current.is_empty() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Chunk::Data(b)) => self.current = b,
-                Some(Chunk::End) => self.ended = true,
-                Some(Chunk::Failed(why)) => return Err(std::io::Error::other(why)),
-                None => {
-                    return Err(std::io::Error::other(
-                        "the upload stopped before its end (the connection closed)",
-                    ))
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
-
-/// Why the body did not arrive whole.
-#[derive(Debug)]
-enum PumpError {
-    TooLarge,
-    Stalled,
-    Broken,
-}
-
-/// Moves the body into the channel, chunk by chunk, checking the size limit and the idle
-/// timeout. Returns `Ok` when the body ended, or when the importer stopped reading early (it
-/// then has its own answer).
-async fn pump(
-    body: Body,
-    tx: mpsc::Sender<Chunk>,
-    limit: u64,
-    idle: Duration,
-) -> Result<u64, PumpError> {
-    let mut stream = body.into_data_stream();
-    let mut total = 0u64;
-    loop {
-        let next = match tokio::time::timeout(idle, stream.next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                let _ = tx.send(Chunk::Failed("the upload stalled")).await;
-                return Err(PumpError::Stalled);
-            }
-        };
-        match next {
-            None => {
-                let _ = tx.send(Chunk::End).await;
-                return Ok(total);
-            }
-            Some(Err(e)) => {
-                tracing::info!(error = %e, "upload body broke off");
-                let _ = tx.send(Chunk::Failed("the upload broke off")).await;
-                return Err(PumpError::Broken);
-            }
-            Some(Ok(bytes)) => {
-                total = total.saturating_add(bytes.len() as u64);
-                if total > limit {
-                    let _ = tx
-                        .send(Chunk::Failed("the upload is larger than the limit"))
-                        .await;
-                    return Err(PumpError::TooLarge);
-                }
-                if tx.send(Chunk::Data(bytes)).await.is_err() {
-                    // The importer has finished (a file it refused early): its answer counts.
-                    return Ok(total);
-                }
-            }
-        }
-    }
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("the upload is larger than the limit of {limit} bytes ([import] max_upload_bytes)"),
-    )
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Refuses a multipart body (`curl -F`): the file must be the body itself. Any other type is
-/// read as the file (`curl --data-binary` says `application/x-www-form-urlencoded` but sends
-/// the bytes unchanged).
-fn check_upload_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if mime.starts_with("multipart/") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "content-type {mime}: send the file itself as the body, not a form (with curl, \
-                 --data-binary @FILE)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn parse_sha256(hex_text: &str) -> Result<[u8; 32], ApiError> {
     let mut out = [0u8; 32];
     if hex_text.len() != 64 || hex::decode_to_slice(hex_text, &mut out).is_err() {
@@ -410,16 +268,6 @@ fn parse_sha256(hex_text: &str) -> Result<[u8; 32], ApiError> {
         ));
     }
     Ok(out)
-}
-
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t).map_err(|e| {
-        ApiError::bad_request(format!(
-            "query string: {}",
-            e.body_text()
-                .trim_start_matches("Failed to deserialize query string: ")
-        ))
-    })
 }
 
 async fn upload(
@@ -440,7 +288,7 @@ async fn upload(
     check_upload_type(request.headers())?;
     let limit = state.bulk.max_upload_bytes;
     if content_length(request.headers()).is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
+        return Err(too_large(limit, LIMIT_SETTING));
     }
     let slot = state.bulk.slot()?;
 
@@ -452,12 +300,7 @@ async fn upload(
         role: caller.account.role.as_str().to_owned(),
         request_id: caller.request_id.clone(),
     };
-    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let reader = ChannelReader {
-        rx,
-        current: Bytes::new(),
-        ended: false,
-    };
+    let (tx, reader) = upload::channel();
     let job_state = state.clone();
     let import = blocking(move || {
         // Held by the job, not the handler: if the client goes away, the slot is free only
@@ -473,29 +316,11 @@ async fn upload(
         import_file(ctx, reader, &import_request, &|_| {})
     });
     let body = request.into_body();
-    let (pumped, imported) = tokio::join!(pump(body, tx, limit, state.bulk.idle_timeout), import);
-    match pumped {
-        Err(PumpError::TooLarge) => {
-            tracing::warn!(by = %caller.account.id, limit, "upload refused: larger than the limit");
-            return Err(too_large(limit));
-        }
-        Err(PumpError::Stalled) => {
-            tracing::warn!(by = %caller.account.id, "upload abandoned: it stalled");
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the upload sent nothing for {} seconds and was abandoned",
-                    state.bulk.idle_timeout.as_secs()
-                ),
-            ));
-        }
-        Err(PumpError::Broken) => {
-            return Err(ApiError::bad_request(
-                "the upload broke off before its end; nothing was stored",
-            ));
-        }
-        Ok(_) => {}
+    let idle = state.bulk.idle_timeout;
+    let (pumped, imported) = tokio::join!(upload::pump(body, tx, limit, idle), import);
+    if let Err(e) = pumped {
+        tracing::warn!(by = %caller.account.id, limit, problem = ?e, "batch upload abandoned");
+        return Err(e.answer(limit, LIMIT_SETTING, idle));
     }
     let outcome = imported?;
     let r = outcome.record();
@@ -752,42 +577,6 @@ async fn recipient(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// A reader over `chunks`, whose sender is gone once they are queued.
-    fn reader(chunks: Vec<Chunk>) -> ChannelReader {
-        let (tx, rx) = mpsc::channel(chunks.len().max(1));
-        for c in chunks {
-            tx.try_send(c).unwrap();
-        }
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-            ended: false,
-        }
-    }
-
-    #[test]
-    fn the_reader_ends_only_at_the_end_marker() {
-        let mut r = reader(vec![
-            Chunk::Data(Bytes::from_static(b"ab")),
-            Chunk::Data(Bytes::from_static(b"c")),
-            Chunk::End,
-        ]);
-        let mut s = String::new();
-        r.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "abc");
-
-        let mut r = reader(vec![Chunk::Data(Bytes::from_static(b"ab"))]);
-        let mut s = Vec::new();
-        let e = r.read_to_end(&mut s).unwrap_err();
-        assert!(e.to_string().contains("connection closed"), "{e}");
-
-        let mut r = reader(vec![
-            Chunk::Data(Bytes::from_static(b"ab")),
-            Chunk::Failed("the upload broke off"),
-        ]);
-        assert!(r.read_to_end(&mut Vec::new()).is_err());
-    }
 
     #[test]
     fn sha256_must_be_64_hex_digits() {

@@ -1,4 +1,5 @@
-//! `JsonBody`: the JSON request extractor of the API.
+//! `JsonBody`: the JSON request extractor of the API; and [`query`], the reading of query
+//! strings with errors in the API's shape.
 //!
 //! It differs from `axum::Json` in what it says when a body is refused: its errors are
 //! [`ApiError`]s in the API's JSON shape, and they never quote the body. serde's own messages
@@ -44,6 +45,19 @@ where
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(describe(&e)))
     }
+}
+
+/// The parameters of a query string, or `400 bad_request` naming what is wrong with it.
+pub(crate) fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(t)| t).map_err(|e| {
+        ApiError::bad_request(format!(
+            "query string: {}",
+            e.body_text()
+                .trim_start_matches("Failed to deserialize query string: ")
+        ))
+    })
 }
 
 /// Parses a JSON body already read (by a bulk route, under its own limit), with the same

@@ -127,7 +127,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
     print_answer(&answer, args.json)
 }
 
-fn progress_bar(size: u64) -> ProgressBar {
+/// A byte progress bar on stderr (hidden when stderr is not a terminal).
+pub(super) fn progress_bar(size: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -170,7 +171,7 @@ fn hash_file(path: &Path) -> Result<String> {
 
 /// The file as a streamed request body: a thread reads it in chunks into a small bounded
 /// channel, and each chunk advances `bar` as it is handed to the connection.
-fn file_body(path: &Path, bar: ProgressBar) -> Result<reqwest::Body> {
+pub(super) fn file_body(path: &Path, bar: ProgressBar) -> Result<reqwest::Body> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let shown = path.display().to_string();
@@ -197,7 +198,7 @@ fn file_body(path: &Path, bar: ProgressBar) -> Result<reqwest::Body> {
         if let Ok(c) = &chunk {
             bar.inc(c.len() as u64);
             if bar.position() >= bar.length().unwrap_or(u64::MAX) {
-                bar.set_message("sent; waiting for the server to store the batch");
+                bar.set_message("sent; waiting for the server's answer");
             }
         }
         Some((chunk, (rx, bar)))

@@ -236,8 +236,13 @@ impl Cms {
                         codice_fiscale,
                         ..
                     } => {
-                        event = event
-                            .personal("delegate_codice_fiscale", &codice_fiscale.to_uppercase());
+                        let cf =
+                            super::codice_fiscale::normalise(codice_fiscale).map_err(|why| {
+                                Error::Invalid(format!(
+                                    "activation: delegate codice_fiscale: {why}"
+                                ))
+                            })?;
+                        event = event.personal("delegate_codice_fiscale", &cf);
                         ("delegate", consent_ref, Some(delegation_ref.clone()))
                     }
                 };

@@ -411,7 +411,6 @@ fn search_finds_by_exact_keys_and_leaves_no_clear_personal_data_in_the_store() {
     assert!(scanned > 10_000, "scanned {scanned} bytes");
 }
 
-
 #[test]
 fn reports_are_opened_commented_assigned_and_closed() {
     let w = World::new();

@@ -1,0 +1,253 @@
+//! `plico cards show|activate|suspend|reactivate|revoke SERIAL`: the client for
+//! `/v1/cards/{serial}` (operator or cms token; support may show and suspend).
+//!
+//! Every change prints the card's new status. A change the card's state does not allow fails
+//! with the server's `wrong_state` message, which names the current state (exit 1).
+//!
+//! Activation by the holder:
+//!
+//! ```text
+//! plico cards activate SERIAL --holder-document carta_identita:CA12345AB --consent REF
+//! ```
+//!
+//! by a delegate (a parent for a minor is a delegate):
+//!
+//! ```text
+//! plico cards activate SERIAL --delegate-cf CF --delegate-given-names "Anna" \
+//!     --delegate-surname "Bianchi" --delegate-document passaporto:YA1234567 \
+//!     --delegation REF --consent REF
+//! ```
+//!
+//! Mind that identity data given as arguments is personal data in the shell history and,
+//! while the command runs, in the process list of this machine.
+
+use super::client::{AuthArgs, Client, ServerArgs};
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args, Subcommand};
+use plico::api::cards::CardView;
+use serde_json::{json, Value};
+
+/// Arguments of `plico cards`.
+#[derive(Debug, Args)]
+pub struct CardsArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(subcommand)]
+    command: CardsCommand,
+}
+
+/// The `cards` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CardsCommand {
+    /// Show a card's status: state, dates, holder id, whether its codes are held.
+    Show {
+        /// The card serial.
+        serial: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Activate an issued card, collected by its holder or by a delegate.
+    Activate(ActivateArgs),
+    /// Suspend an active card.
+    Suspend {
+        /// The card serial.
+        serial: String,
+        /// lost, stolen, damaged, malfunction, code_compromised, puk_blocked, data_error,
+        /// deceased, replaced, expired or other.
+        #[arg(long, value_name = "REASON")]
+        reason: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reactivate a suspended card.
+    Reactivate {
+        /// The card serial.
+        serial: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a card for good; its codes are deleted.
+    Revoke {
+        /// The card serial.
+        serial: String,
+        /// lost, stolen, damaged, malfunction, code_compromised, puk_blocked, data_error,
+        /// deceased, replaced, expired or other.
+        #[arg(long, value_name = "REASON")]
+        reason: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `plico cards activate`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("who").required(true).args(["holder_document", "delegate_cf"])))]
+pub struct ActivateArgs {
+    /// The card serial.
+    serial: String,
+    /// The holder collects the card: their identity document, TYPE:NUMBER (e.g.
+    /// carta_identita:CA12345AB).
+    #[arg(long, value_name = "TYPE:NUMBER")]
+    holder_document: Option<String>,
+    /// A delegate collects the card: the delegate's codice fiscale.
+    #[arg(
+        long,
+        value_name = "CF",
+        requires_all = ["delegate_given_names", "delegate_surname", "delegate_document", "delegation"]
+    )]
+    delegate_cf: Option<String>,
+    /// The delegate's given name(s).
+    #[arg(long, value_name = "NAMES", requires = "delegate_cf")]
+    delegate_given_names: Option<String>,
+    /// The delegate's surname.
+    #[arg(long, value_name = "SURNAME", requires = "delegate_cf")]
+    delegate_surname: Option<String>,
+    /// The delegate's identity document, TYPE:NUMBER.
+    #[arg(long, value_name = "TYPE:NUMBER", requires = "delegate_cf")]
+    delegate_document: Option<String>,
+    /// Reference of the delegation form (its id or hash).
+    #[arg(long, value_name = "REF", requires = "delegate_cf")]
+    delegation: Option<String>,
+    /// Reference of the signed consent form (its id or hash).
+    #[arg(long, value_name = "REF")]
+    consent: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A card serial as one path segment: 1 to 64 letters, digits, `-` or `_`.
+fn path_segment(serial: &str) -> Result<&str> {
+    let ok = !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(serial)
+    } else {
+        bail!("the serial must be 1 to 64 letters, digits, '-' or '_'")
+    }
+}
+
+/// `TYPE:NUMBER` of a document option, split.
+fn document<'a>(option: &str, text: &'a str) -> Result<(&'a str, &'a str)> {
+    match text.split_once(':') {
+        Some((t, n)) if !t.trim().is_empty() && !n.trim().is_empty() => Ok((t.trim(), n.trim())),
+        _ => bail!("{option}: expected TYPE:NUMBER, e.g. carta_identita:CA12345AB"),
+    }
+}
+
+fn activation(a: &ActivateArgs) -> Result<Value> {
+    if let Some(doc) = &a.holder_document {
+        let (t, n) = document("--holder-document", doc)?;
+        return Ok(json!({
+            "by": "holder",
+            "document_type": t,
+            "document_number": n,
+            "consent_ref": a.consent,
+        }));
+    }
+    let (Some(cf), Some(given_names), Some(surname), Some(doc), Some(delegation)) = (
+        &a.delegate_cf,
+        &a.delegate_given_names,
+        &a.delegate_surname,
+        &a.delegate_document,
+        &a.delegation,
+    ) else {
+        bail!(
+            "give --holder-document, or --delegate-cf with --delegate-given-names, \
+             --delegate-surname, --delegate-document and --delegation"
+        );
+    };
+    let (t, n) = document("--delegate-document", doc)?;
+    Ok(json!({
+        "by": "delegate",
+        "given_names": given_names,
+        "surname": surname,
+        "codice_fiscale": cf,
+        "document_type": t,
+        "document_number": n,
+        "delegation_ref": delegation,
+        "consent_ref": a.consent,
+    }))
+}
+
+/// Runs `plico cards …`.
+pub fn run(args: CardsArgs) -> Result<()> {
+    let client = Client::with_token(&args.server, &args.auth)?;
+    let runtime = super::unseal::client_runtime()?;
+    let (card, json): (CardView, bool) = runtime.block_on(async {
+        Ok::<_, anyhow::Error>(match &args.command {
+            CardsCommand::Show { serial, json } => {
+                let path = format!("/v1/cards/{}", path_segment(serial)?);
+                (client.get(&path).await?, *json)
+            }
+            CardsCommand::Activate(a) => {
+                let body = activation(a)?;
+                let path = format!("/v1/cards/{}/activate", path_segment(&a.serial)?);
+                (client.post(&path, &body).await?, a.json)
+            }
+            CardsCommand::Suspend {
+                serial,
+                reason,
+                json,
+            } => {
+                let path = format!("/v1/cards/{}/suspend", path_segment(serial)?);
+                let body = json!({ "reason": reason });
+                (client.post(&path, &body).await?, *json)
+            }
+            CardsCommand::Reactivate { serial, json } => {
+                let path = format!("/v1/cards/{}/reactivate", path_segment(serial)?);
+                (client.post(&path, &json!({})).await?, *json)
+            }
+            CardsCommand::Revoke {
+                serial,
+                reason,
+                json,
+            } => {
+                let path = format!("/v1/cards/{}/revoke", path_segment(serial)?);
+                let body = json!({ "reason": reason });
+                (client.post(&path, &body).await?, *json)
+            }
+        })
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&card).context("cannot format the card")?
+        );
+    } else {
+        print_card(&card);
+    }
+    Ok(())
+}
+
+fn print_card(c: &CardView) {
+    println!("card:         {}", c.serial);
+    println!("state:        {}", c.state);
+    println!("holder:       {}", c.holder);
+    if let Some(e) = c.expiry {
+        println!("expiry:       {e}");
+    }
+    if let Some(r) = c.reason {
+        println!("reason:       {r}");
+    }
+    if let Some(r) = &c.replaced_by {
+        println!("replaced by:  {r}");
+    }
+    if let (Some(by), Some(at)) = (&c.activated_by, c.activated_ms) {
+        println!("activated:    by the {by}, at {at} ms (unix)");
+    }
+    println!("changed:      {} ms (unix)", c.changed_ms);
+    println!("codes held:   {}", if c.codes_held { "yes" } else { "no" });
+    for d in &c.delivery {
+        println!("delivery:     {}: {}", d.part, d.state);
+    }
+}
