@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bulk;
 pub mod error;
 pub mod plan;
 pub mod render;

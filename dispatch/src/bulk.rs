@@ -1,0 +1,643 @@
+//! Bulk print runs: many mailers rendered in parallel into sealed (age-encrypted) PDF files of
+//! bounded size, each with a manifest for the print facility.
+//!
+//! ## Design
+//!
+//! [`PrintRun::run`] pulls mailers from an iterator in chunks (512 by default). Each chunk's
+//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]); while one chunk
+//! renders, the previous one is appended **in input order** to the current [`PdfWriter`] and
+//! then the next one is pulled from the input, on one thread (a three-stage pipeline through
+//! `rayon::join`; the input iterator must be `Send` for it). So at most three chunks of
+//! mailers, and two of pages, are alive at any time, whatever the size of the batch: memory
+//! is flat in the batch size.
+//!
+//! The sink of each `PdfWriter` is a small hashing adaptor (SHA-256 of the **clear** PDF, via
+//! aws-lc-rs) in front of an age [`age::stream::StreamWriter`] encrypting to the
+//! print facility's x25519 recipients, in front of the file. A new file is started every
+//! `per_file` mailers (10,000 by default):
+//!
+//! ```text
+//! <out_dir>/<label>-0001.pdf.age          sealed PDF, 0600
+//! <out_dir>/<label>-0001.manifest.json    manifest, 0600, written after the sealed file
+//! ```
+//!
+//! Each file is written under a hidden temporary name (`.<name>.partial`, created 0600 and
+//! exclusively), fsynced, renamed to its final name, and the directory fsynced; a run that
+//! fails removes its partial file, and files already completed stay (each with its manifest).
+//! An existing file of the same name is never overwritten.
+//!
+//! ## What is written
+//!
+//! Nothing but sealed files and manifests: no clear PDF, page or code ever touches the disk.
+//! The manifest ([`Manifest`]) travels to the print facility with its file and carries the
+//! **full** card serials of the first and last mailer (they are not codes, and the facility
+//! needs them to reconcile), the mailer numbers, the SHA-256 of the clear PDF and the size of
+//! the sealed file. It carries no digit of any code.
+//!
+//! ## What it does not do
+//!
+//! It does not fetch codes (the service crate feeds [`OwnedMailer`]s built from the vault),
+//! does not assign or void mailer numbers, and does not audit: the caller records one audit
+//! event per returned [`Manifest`].
+
+use crate::plan::PartCodes;
+use crate::render::pdf::{PageStream, PdfWriter, PrintRenderer};
+use crate::render::{mask_serial, Addressee, Mailer};
+use age::stream::StreamWriter;
+use aws_lc_rs::digest;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::error::Error as StdError;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Mailers a print file holds unless [`PrintRun::per_file`] says otherwise.
+pub const DEFAULT_PER_FILE: usize = 10_000;
+
+/// Mailers rendered together on the rayon pool unless [`PrintRun::chunk`] says otherwise.
+pub const DEFAULT_CHUNK: usize = 512;
+
+/// Result with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can stop a print run.
+///
+/// # Security
+/// No variant carries a digit: render errors are the crate's (which never echo digits), and
+/// input errors are the producer's, which must keep the same rule.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No recipient was given: a print file must be sealed to someone.
+    #[error("print run: at least one age recipient is needed")]
+    NoRecipients,
+    /// A recipient is not an age x25519 recipient (`age1…`).
+    #[error("print run: recipient {index} is not an age x25519 recipient (age1…)")]
+    Recipient {
+        /// Position of the recipient in the list (0-based).
+        index: usize,
+    },
+    /// The batch label cannot be used in a file name.
+    #[error("print run: batch label {label:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - and not start with a dot")]
+    Label {
+        /// The label as given (labels are not secret).
+        label: String,
+    },
+    /// The mailer source failed.
+    #[error("print run: input mailer {index}: {source}")]
+    Source {
+        /// Position of the mailer in the input (0-based).
+        index: u64,
+        /// The producer's error.
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// A mailer could not be rendered.
+    #[error("print run: mailer number {number} (card {serial}): {source}")]
+    Render {
+        /// The mailer number.
+        number: u64,
+        /// The masked card serial.
+        serial: String,
+        /// The renderer's error.
+        source: crate::Error,
+    },
+    /// Writing a sealed file or a manifest failed.
+    #[error("print run: {path}: {source}")]
+    Io {
+        /// The file (or directory).
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file of this run's names is already there: it is never overwritten.
+    #[error("print run: {path} already exists")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The age encryptor could not be set up for the recipients.
+    #[error("print run: cannot seal to the recipients")]
+    Seal,
+    /// The manifest could not be encoded.
+    #[error("print run: manifest of {file}: {source}")]
+    Manifest {
+        /// The sealed file's name.
+        file: String,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
+}
+
+/// A mailer that owns its data, so that a run can stream them from the vault one by one.
+///
+/// # Security
+/// The codes are [`PartCodes`] (zeroized on drop); `Debug` is redacted like [`Mailer`]'s.
+#[derive(Clone)]
+pub struct OwnedMailer {
+    /// The holder.
+    pub addressee: Addressee,
+    /// The card serial in full (pages print it masked).
+    pub card_serial: String,
+    /// The digits of the part to print.
+    pub codes: PartCodes,
+    /// The mailer number; every mailer of a print file has one.
+    pub number: u64,
+}
+
+impl OwnedMailer {
+    /// The borrowed [`Mailer`] that renderers take.
+    pub fn mailer(&self) -> Mailer<'_> {
+        Mailer {
+            addressee: &self.addressee,
+            card_serial: &self.card_serial,
+            codes: &self.codes,
+            number: Some(self.number),
+        }
+    }
+}
+
+impl fmt::Debug for OwnedMailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.mailer().fmt(f)
+    }
+}
+
+/// The manifest of one sealed print file (`<label>-<n>.manifest.json`).
+///
+/// # Security
+/// Holds full card serials (not codes: the print facility reconciles by them) and no digit of
+/// any code. Field names are persisted: do not rename them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Name of the sealed file, e.g. `B2026-11-0001.pdf.age`.
+    pub file: String,
+    /// The run's batch label.
+    pub batch_label: String,
+    /// Mailers (pages) in the file.
+    pub count: u64,
+    /// Card serial of the first mailer, in full.
+    pub first_serial: String,
+    /// Card serial of the last mailer, in full.
+    pub last_serial: String,
+    /// Number of the first mailer.
+    pub first_number: u64,
+    /// Number of the last mailer.
+    pub last_number: u64,
+    /// Every mailer number in page order, present only when they are not contiguous
+    /// (`first_number..=last_number` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numbers: Option<Vec<u64>>,
+    /// SHA-256 of the clear PDF, lower-case hex.
+    pub sha256_clear_pdf: String,
+    /// Size of the sealed file in bytes.
+    pub sealed_bytes: u64,
+}
+
+/// A bulk print run: renderer, recipients and output place.
+#[derive(Debug)]
+pub struct PrintRun {
+    renderer: PrintRenderer,
+    recipients: Vec<age::x25519::Recipient>,
+    per_file: usize,
+    chunk: usize,
+    out_dir: PathBuf,
+    batch_label: String,
+}
+
+impl PrintRun {
+    /// A run sealing to `recipients` (`age1…` strings) into `out_dir`, naming its files after
+    /// `batch_label`.
+    ///
+    /// # Errors
+    /// [`Error::NoRecipients`], [`Error::Recipient`] naming the first bad one,
+    /// [`Error::Label`] for a label that is not a plain file-name stem.
+    pub fn new<S: AsRef<str>>(
+        renderer: PrintRenderer,
+        recipients: &[S],
+        out_dir: impl Into<PathBuf>,
+        batch_label: impl Into<String>,
+    ) -> Result<PrintRun> {
+        if recipients.is_empty() {
+            return Err(Error::NoRecipients);
+        }
+        let recipients = recipients
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                r.as_ref()
+                    .trim()
+                    .parse::<age::x25519::Recipient>()
+                    .map_err(|_| Error::Recipient { index })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch_label = batch_label.into();
+        let label_ok = !batch_label.is_empty()
+            && batch_label.len() <= 64
+            && !batch_label.starts_with('.')
+            && batch_label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !label_ok {
+            return Err(Error::Label { label: batch_label });
+        }
+        Ok(PrintRun {
+            renderer,
+            recipients,
+            per_file: DEFAULT_PER_FILE,
+            chunk: DEFAULT_CHUNK,
+            out_dir: out_dir.into(),
+            batch_label,
+        })
+    }
+
+    /// Mailers per print file (at least 1).
+    pub fn per_file(mut self, per_file: usize) -> PrintRun {
+        self.per_file = per_file.max(1);
+        self
+    }
+
+    /// Mailers rendered together (at least 1). At most three chunks of mailers (one being
+    /// pulled, one rendered, one appended) and two of pages are alive at a time.
+    pub fn chunk(mut self, chunk: usize) -> PrintRun {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// Renders every mailer of `mailers` into sealed print files, calling `progress` with the
+    /// number of mailers appended so far after each chunk; returns the manifests in file order.
+    ///
+    /// Runs on the current rayon pool (use `ThreadPool::install` to choose the threads).
+    ///
+    /// # Errors
+    /// The first error stops the run: [`Error::Source`] from the input, [`Error::Render`],
+    /// [`Error::Io`], [`Error::Exists`], [`Error::Seal`]. Files completed before it stay on
+    /// disk with their manifests; the partial file is removed.
+    ///
+    /// # Security
+    /// Clear pages exist only in zeroizing buffers on the way to the encryptor. age 0.12 keeps
+    /// the clear text of its current 64 KiB chunk in a plain `Vec` that it reuses and frees
+    /// **without wiping** when a file is finished: up to 64 KiB of clear pages a file are left
+    /// in freed memory (keep core dumps off and swap locked in the process that runs this).
+    pub fn run<I, E>(&self, mailers: I, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<Manifest>>
+    where
+        I: IntoIterator<Item = std::result::Result<OwnedMailer, E>>,
+        I::IntoIter: Send,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let mut input = Input {
+            mailers: mailers.into_iter().fuse(),
+            pulled: 0,
+            chunk: self.chunk,
+        };
+        let mut state = RunState {
+            run: self,
+            current: None,
+            manifests: Vec::new(),
+            next_file: 1,
+            appended: 0,
+        };
+        // Three stages overlap: while chunk k renders on the pool, chunk k-1 is appended (and
+        // sealed) and chunk k+1 is pulled from the input, in that order, on this thread.
+        let mut next = input.pull()?;
+        let mut pending: Option<(Vec<OwnedMailer>, Vec<crate::Result<PageStream>>)> = None;
+        while !next.is_empty() || pending.is_some() {
+            let current = next;
+            let previous = pending.take();
+            let (pulled, pages) = rayon::join(
+                || {
+                    if let Some((mailers, pages)) = previous {
+                        state.append(&mailers, pages, progress)?;
+                    }
+                    input.pull()
+                },
+                || {
+                    current
+                        .par_iter()
+                        .map(|m| self.renderer.render_page(&m.mailer()))
+                        .collect::<Vec<_>>()
+                },
+            );
+            next = pulled?;
+            if !current.is_empty() {
+                pending = Some((current, pages));
+            }
+        }
+        if let Some(open) = state.current.take() {
+            let manifest = self.seal(open)?;
+            state.manifests.push(manifest);
+        }
+        Ok(state.manifests)
+    }
+
+    fn names(&self, n: u32) -> (String, String) {
+        (
+            format!("{}-{n:04}.pdf.age", self.batch_label),
+            format!("{}-{n:04}.manifest.json", self.batch_label),
+        )
+    }
+
+    fn open(&self, n: u32) -> Result<OpenFile<'_>> {
+        let (name, manifest_name) = self.names(n);
+        for path in [self.out_dir.join(&name), self.out_dir.join(&manifest_name)] {
+            if path.exists() {
+                return Err(Error::Exists { path });
+            }
+        }
+        let (file, partial) = create_partial(&self.out_dir, &name)?;
+        let encryptor = age::Encryptor::with_recipients(
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|_| Error::Seal)?;
+        let sealed = encryptor.wrap_output(file).map_err(|source| Error::Io {
+            path: partial.path.clone(),
+            source,
+        })?;
+        let pdf = PdfWriter::new(HashingWriter::new(sealed), &self.renderer)
+            .map_err(|e| io_error(&partial.path, e))?;
+        Ok(OpenFile {
+            pdf,
+            partial,
+            name,
+            manifest_name,
+            numbers: Vec::with_capacity(self.per_file.min(DEFAULT_PER_FILE)),
+            first_serial: String::new(),
+            last_serial: String::new(),
+        })
+    }
+
+    /// Finishes the PDF and the age stream, publishes the sealed file, then its manifest.
+    fn seal(&self, open: OpenFile<'_>) -> Result<Manifest> {
+        let OpenFile {
+            pdf,
+            mut partial,
+            name,
+            manifest_name,
+            numbers,
+            first_serial,
+            last_serial,
+        } = open;
+        let hashing = pdf.finish().map_err(|e| io_error(&partial.path, e))?;
+        let (sealed, sha256) = hashing.into_parts();
+        let io = |source| Error::Io {
+            path: partial.path.clone(),
+            source,
+        };
+        let file = sealed.finish().map_err(io)?;
+        file.sync_all().map_err(io)?;
+        let sealed_bytes = file.metadata().map_err(io)?.len();
+        drop(file);
+        let final_path = self.out_dir.join(&name);
+        partial.publish(&final_path)?;
+        sync_dir(&self.out_dir)?;
+
+        let contiguous = numbers
+            .windows(2)
+            .all(|w| w[0].checked_add(1) == Some(w[1]));
+        let manifest = Manifest {
+            file: name.clone(),
+            batch_label: self.batch_label.clone(),
+            count: numbers.len() as u64,
+            first_serial,
+            last_serial,
+            first_number: numbers.first().copied().unwrap_or_default(),
+            last_number: numbers.last().copied().unwrap_or_default(),
+            numbers: (!contiguous).then_some(numbers),
+            sha256_clear_pdf: sha256,
+            sealed_bytes,
+        };
+        let mut json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|source| Error::Manifest { file: name, source })?;
+        json.push(b'\n');
+        let (mut file, mut partial) = create_partial(&self.out_dir, &manifest_name)?;
+        let io = |source| Error::Io {
+            path: partial.path.clone(),
+            source,
+        };
+        file.write_all(&json).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        partial.publish(&self.out_dir.join(&manifest_name))?;
+        sync_dir(&self.out_dir)?;
+        Ok(manifest)
+    }
+}
+
+/// The input stage: mailers pulled a chunk at a time.
+struct Input<J> {
+    mailers: std::iter::Fuse<J>,
+    pulled: u64,
+    chunk: usize,
+}
+
+impl<J, E> Input<J>
+where
+    J: Iterator<Item = std::result::Result<OwnedMailer, E>>,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// The next chunk; empty when the input is exhausted.
+    fn pull(&mut self) -> Result<Vec<OwnedMailer>> {
+        let mut chunk = Vec::with_capacity(self.chunk);
+        for item in self.mailers.by_ref().take(self.chunk) {
+            match item {
+                Ok(m) => chunk.push(m),
+                Err(e) => {
+                    return Err(Error::Source {
+                        index: self.pulled,
+                        source: e.into(),
+                    })
+                }
+            }
+            self.pulled += 1;
+        }
+        Ok(chunk)
+    }
+}
+
+/// The appending stage's state: the open file and the manifests of the files sealed so far.
+struct RunState<'r> {
+    run: &'r PrintRun,
+    current: Option<OpenFile<'r>>,
+    manifests: Vec<Manifest>,
+    next_file: u32,
+    appended: u64,
+}
+
+impl RunState<'_> {
+    fn append(
+        &mut self,
+        mailers: &[OwnedMailer],
+        pages: Vec<crate::Result<PageStream>>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        for (m, page) in mailers.iter().zip(pages) {
+            let page = page.map_err(|source| Error::Render {
+                number: m.number,
+                serial: mask_serial(&m.card_serial),
+                source,
+            })?;
+            let open = match self.current.as_mut() {
+                Some(open) => open,
+                None => {
+                    let open = self.run.open(self.next_file)?;
+                    self.next_file += 1;
+                    self.current.insert(open)
+                }
+            };
+            open.pdf
+                .append(&page)
+                .map_err(|e| io_error(&open.partial.path, e))?;
+            if open.numbers.is_empty() {
+                open.first_serial.clone_from(&m.card_serial);
+            }
+            open.last_serial.clone_from(&m.card_serial);
+            open.numbers.push(m.number);
+            self.appended += 1;
+            if open.numbers.len() >= self.run.per_file {
+                if let Some(full) = self.current.take() {
+                    let manifest = self.run.seal(full)?;
+                    self.manifests.push(manifest);
+                }
+            }
+        }
+        progress(self.appended);
+        Ok(())
+    }
+}
+
+/// The file being written: its PDF stream and what its manifest will say.
+struct OpenFile<'r> {
+    pdf: PdfWriter<'r, HashingWriter<StreamWriter<File>>>,
+    partial: Partial,
+    name: String,
+    manifest_name: String,
+    numbers: Vec<u64>,
+    first_serial: String,
+    last_serial: String,
+}
+
+/// Forwards writes to the encryptor and hashes the clear bytes on the way.
+struct HashingWriter<W> {
+    inner: W,
+    sha256: digest::Context,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            sha256: digest::Context::new(&digest::SHA256),
+        }
+    }
+
+    fn into_parts(self) -> (W, String) {
+        (self.inner, hex::encode(self.sha256.finish().as_ref()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha256.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file under its temporary name, removed on drop unless published.
+struct Partial {
+    path: PathBuf,
+    published: bool,
+}
+
+impl Partial {
+    fn publish(&mut self, to: &Path) -> Result<()> {
+        std::fs::rename(&self.path, to).map_err(|source| Error::Io {
+            path: to.to_owned(),
+            source,
+        })?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: the partial file is sealed or a manifest, never clear codes.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `.<name>.partial` in `dir`, exclusively and readable by the owner only.
+fn create_partial(dir: &Path, name: &str) -> Result<(File, Partial)> {
+    let path = dir.join(format!(".{name}.partial"));
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(file) => Ok((
+            file,
+            Partial {
+                path,
+                published: false,
+            },
+        )),
+        Err(source) if source.kind() == io::ErrorKind::AlreadyExists => Err(Error::Exists { path }),
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The PDF writer only fails on its sink (or with no page, which cannot happen here: a file is
+/// opened for a page and sealed after at least one).
+fn io_error(path: &Path, e: crate::Error) -> Error {
+    match e {
+        crate::Error::Io(source) => Error::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => Error::Io {
+            path: path.to_owned(),
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_writer_hashes_what_it_forwards() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"abc").unwrap();
+        let (inner, hex) = w.into_parts();
+        assert_eq!(inner, b"abc");
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Integration tests of bulk print runs: sealed files opened with the `age` command-line tool
+//! and read with poppler's `pdftotext`, manifests checked against the decrypted bytes, and a
+//! scan of everything a run writes for clear codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use aws_lc_rs::digest;
+use dispatch::bulk::{Error as BulkError, Manifest, OwnedMailer, PrintRun};
+use dispatch::*;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Distinctive 8-digit codes: the PIN starts with 2, the PUK with 4, so no run of 8 digits in
+/// a serial (`80395555` + 8 digits starting with 0), a mailer number or a size matches one.
+fn pin(i: u64) -> String {
+    format!("{}", 20_000_000 + i * 37)
+}
+
+fn puk(i: u64) -> String {
+    format!("{}", 40_000_000 + i * 53)
+}
+
+fn serial(i: u64) -> String {
+    format!("80395555{i:08}")
+}
+
+fn mailers(count: u64) -> impl Iterator<Item = Result<OwnedMailer>> {
+    let who = Addressee {
+        name: "Niccolò D’Aragona".into(),
+        address: vec!["Via Città di Castello, 12".into(), "00136 Roma RM".into()],
+    };
+    (0..count).map(move |i| {
+        let codes = Codes::new(pin(i).as_bytes(), puk(i).as_bytes())?;
+        Ok(OwnedMailer {
+            addressee: who.clone(),
+            card_serial: serial(i),
+            codes: Plan::Whole.cut(&codes)?.swap_remove(0),
+            number: 1000 + i,
+        })
+    })
+}
+
+fn renderer() -> PrintRenderer {
+    PrintRenderer::new(
+        Arc::new(Templates::builtin().unwrap()),
+        Layout::default(),
+        Issuer::default(),
+    )
+}
+
+/// Runs `count` mailers, `per_file` a file, sealed to a fresh identity.
+fn run(dir: &Path, count: u64, per_file: usize) -> (age::x25519::Identity, Vec<Manifest>) {
+    let id = age::x25519::Identity::generate();
+    let run = PrintRun::new(renderer(), &[id.to_public().to_string()], dir, "B42")
+        .unwrap()
+        .per_file(per_file);
+    let seen = AtomicU64::new(0);
+    let manifests = run
+        .run(mailers(count), &|n| {
+            assert!(n >= seen.swap(n, Ordering::SeqCst), "progress goes back");
+        })
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), count);
+    (id, manifests)
+}
+
+fn tool(name: &str) -> Command {
+    let probe = Command::new(name).arg("--version").output();
+    if probe.is_err() {
+        panic!(
+            "`{name}` cannot run: run `bash scripts/test.sh`, which installs age and poppler-utils"
+        );
+    }
+    Command::new(name)
+}
+
+fn age_decrypt(identity: &age::x25519::Identity, sealed: &Path, scratch: &Path) -> Vec<u8> {
+    use age::secrecy::ExposeSecret;
+    let key = scratch.join("key.txt");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .unwrap();
+    writeln!(f, "{}", identity.to_string().expose_secret()).unwrap();
+    drop(f);
+    let out = tool("age")
+        .args(["-d", "-i"])
+        .arg(&key)
+        .arg(sealed)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&key).unwrap();
+    assert!(out.status.success(), "age -d failed: {out:?}");
+    out.stdout
+}
+
+fn pdftotext(pdf: &[u8], scratch: &Path) -> String {
+    let path = scratch.join("clear.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = tool("pdftotext")
+        .args(["-q", "-enc", "UTF-8"])
+        .arg(&path)
+        .arg("-")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.status.success(), "pdftotext failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sealed_files_decrypt_with_age_and_every_page_is_in_order() {
+    let out = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (id, manifests) = run(out.path(), 2_500, 1_000);
+
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "B42-0001.manifest.json",
+            "B42-0001.pdf.age",
+            "B42-0002.manifest.json",
+            "B42-0002.pdf.age",
+            "B42-0003.manifest.json",
+            "B42-0003.pdf.age",
+        ]
+    );
+    assert_eq!(manifests.len(), 3);
+
+    let mut i = 0u64;
+    for (k, m) in manifests.iter().enumerate() {
+        let sealed = out.path().join(&m.file);
+        for p in [
+            &sealed,
+            &out.path().join(format!("B42-{:04}.manifest.json", k + 1)),
+        ] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        let on_disk: Manifest = serde_json::from_slice(
+            &std::fs::read(out.path().join(format!("B42-{:04}.manifest.json", k + 1))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&on_disk, m);
+        let expected = if k < 2 { 1_000 } else { 500 };
+        assert_eq!(m.count, expected);
+        assert_eq!(m.batch_label, "B42");
+        assert_eq!(m.first_serial, serial(i));
+        assert_eq!(m.last_serial, serial(i + expected - 1));
+        assert_eq!(
+            (m.first_number, m.last_number),
+            (1000 + i, 1000 + i + expected - 1)
+        );
+        assert_eq!(m.numbers, None, "contiguous numbers are not listed");
+        assert_eq!(m.sealed_bytes, std::fs::metadata(&sealed).unwrap().len());
+
+        let clear = age_decrypt(&id, &sealed, scratch.path());
+        let sha = digest::digest(&digest::SHA256, &clear);
+        assert_eq!(m.sha256_clear_pdf, hex::encode(sha.as_ref()));
+
+        let text = pdftotext(&clear, scratch.path());
+        let pages: Vec<&str> = text
+            .split('\u{c}')
+            .filter(|p| !p.trim().is_empty())
+            .collect();
+        assert_eq!(pages.len() as u64, expected, "pages of {}", m.file);
+        for page in pages {
+            assert!(
+                page.contains(&pin(i)) && page.contains(&puk(i)),
+                "mailer {i} missing from its page in {}",
+                m.file
+            );
+            assert!(page.contains(&format!("Plico n. {}", 1000 + i)), "{page}");
+            assert!(!page.contains(&serial(i)), "full serial printed");
+            i += 1;
+        }
+    }
+    assert_eq!(i, 2_500);
+}
+
+#[test]
+fn nothing_written_holds_a_clear_code() {
+    let out = tempfile::tempdir().unwrap();
+    let count = 1_200;
+    let (_id, manifests) = run(out.path(), count, 500);
+    assert_eq!(manifests.len(), 3);
+    let mut files = 0;
+    let mut stack = vec![out.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            // Every 8-byte window that is all digits, compared against the run's codes.
+            let windows: std::collections::HashSet<&[u8]> = bytes
+                .windows(8)
+                .filter(|w| w.iter().all(u8::is_ascii_digit))
+                .collect();
+            for i in 0..count {
+                for code in [pin(i), puk(i)] {
+                    assert!(
+                        !windows.contains(code.as_bytes()),
+                        "a clear code of mailer {i} is in {}",
+                        path.display()
+                    );
+                }
+            }
+            assert!(
+                !bytes.windows(5).any(|w| w == b"%PDF-"),
+                "clear PDF in {}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(files, 6, "only sealed files and manifests");
+}
+
+#[test]
+fn non_contiguous_numbers_are_listed_and_bad_input_stops_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let run = PrintRun::new(renderer(), &[id.to_public().to_string()], out.path(), "gap")
+        .unwrap()
+        .per_file(10)
+        .chunk(3);
+    let manifests = run
+        .run(
+            mailers(12).filter_map(|m| {
+                let m = m.unwrap();
+                (m.number != 1004).then_some(Ok::<_, Error>(m))
+            }),
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(manifests.len(), 2);
+    assert_eq!(
+        manifests[0].numbers.as_deref(),
+        Some(&[1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010][..])
+    );
+    assert_eq!(manifests[1].count, 1);
+    assert_eq!(manifests[1].numbers, None);
+
+    // A second run with the same label never overwrites.
+    let again = run.run(mailers(1), &|_| {});
+    assert!(matches!(again, Err(BulkError::Exists { .. })), "{again:?}");
+
+    // An input error stops the run, names the input position and leaves no partial file.
+    let out2 = tempfile::tempdir().unwrap();
+    let run2 = PrintRun::new(
+        renderer(),
+        &[id.to_public().to_string()],
+        out2.path(),
+        "bad",
+    )
+    .unwrap()
+    .per_file(100);
+    let input = mailers(5).chain(std::iter::once(Err(Error::NoPages)));
+    let err = run2.run(input, &|_| {}).unwrap_err();
+    assert!(matches!(err, BulkError::Source { index: 5, .. }), "{err}");
+    assert_eq!(std::fs::read_dir(out2.path()).unwrap().count(), 0);
+
+    // The same after a file was opened and pages appended: the partial file goes away.
+    let run3 = run2.chunk(2);
+    let appended = AtomicU64::new(0);
+    let input = mailers(5).chain(std::iter::once(Err(Error::NoPages)));
+    let err = run3
+        .run(input, &|n| appended.store(n, Ordering::SeqCst))
+        .unwrap_err();
+    assert!(matches!(err, BulkError::Source { index: 5, .. }), "{err}");
+    assert!(appended.load(Ordering::SeqCst) > 0, "no page was appended");
+    assert_eq!(std::fs::read_dir(out2.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn recipients_and_labels_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let none: [&str; 0] = [];
+    assert!(matches!(
+        PrintRun::new(renderer(), &none, dir.path(), "x"),
+        Err(BulkError::NoRecipients)
+    ));
+    let good = age::x25519::Identity::generate().to_public().to_string();
+    assert!(matches!(
+        PrintRun::new(renderer(), &[good.as_str(), "age1nope"], dir.path(), "x"),
+        Err(BulkError::Recipient { index: 1 })
+    ));
+    for bad in ["", "../x", ".hidden", "a/b", "spa ce"] {
+        assert!(matches!(
+            PrintRun::new(renderer(), &[good.as_str()], dir.path(), bad),
+            Err(BulkError::Label { .. })
+        ));
+    }
+}
