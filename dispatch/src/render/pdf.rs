@@ -646,7 +646,9 @@ mod tests {
 
     #[test]
     fn numbers_have_two_decimals_like_the_float_formatter() {
-        for v in [0.0f32, 1.0, 12.5, 841.89, 0.004, 0.006, 595.2756, 123.456, 7.1] {
+        for v in [
+            0.0f32, 1.0, 12.5, 841.89, 0.004, 0.006, 595.2756, 123.456, 7.1,
+        ] {
             assert_eq!(N2(v).to_string(), format!("{v:.2}"), "{v}");
         }
         assert_eq!(N2(-3.25).to_string(), "-3.25");
