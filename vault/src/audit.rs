@@ -488,30 +488,51 @@ impl AuditLog {
     pub fn unlock(&self, hsm: Arc<dyn Hsm>) -> Result<()> {
         self.check_hsm_generation(&*hsm)?;
         *self.hsm.write().unwrap_or_else(|p| p.into_inner()) = Some(hsm.clone());
-        let hsm = &*hsm;
-        let mut ring = Keyring::load(&*self.store)?;
-        let id = match ring.newest(KeyPurpose::Audit) {
-            Some(rec) => rec.id,
-            None => {
-                let sealer = ring.create(hsm, KeyPurpose::Audit)?;
-                let id = sealer.key_id();
-                let kcv = ring
-                    .get(id)
-                    .map(|r| r.kcv().to_string())
-                    .unwrap_or_default();
-                let mut batch = Batch::new();
-                ring.save_into(&mut batch)?;
-                self.commit(
-                    batch,
-                    NewEvent::new("key.create", id.to_string())
-                        .detail("purpose", KeyPurpose::Audit.as_str())
-                        .detail("kcv", kcv),
-                )?;
-                id
-            }
-        };
-        let key = ring.unwrap(hsm, id)?;
+        let key = self.purpose_key(&*hsm, KeyPurpose::Audit)?;
         self.set_key(Some(&key))
+    }
+
+    /// Creates a data key for `purpose` in `ring` and commits the keyring with its
+    /// `key.create` event (purpose and KCV); returns the only sealer the key will ever have.
+    /// The caller serialises keyring changes.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] and provider errors from the HSM; store errors.
+    pub(crate) fn create_key(
+        &self,
+        ring: &mut Keyring,
+        hsm: &dyn Hsm,
+        purpose: KeyPurpose,
+    ) -> Result<crate::envelope::Sealer> {
+        let sealer = ring.create(hsm, purpose)?;
+        let id = sealer.key_id();
+        let kcv = ring
+            .get(id)
+            .map(|r| r.kcv().to_string())
+            .unwrap_or_default();
+        let mut batch = Batch::new();
+        ring.save_into(&mut batch)?;
+        self.commit(
+            batch,
+            NewEvent::new("key.create", id.to_string())
+                .detail("purpose", purpose.as_str())
+                .detail("kcv", kcv),
+        )?;
+        Ok(sealer)
+    }
+
+    /// The newest key of a single-key purpose (audit, index, import), unwrapped; created on
+    /// first use ([`AuditLog::create_key`]). The caller serialises keyring changes.
+    ///
+    /// # Errors
+    /// As [`AuditLog::create_key`]; HSM errors from unwrapping.
+    pub(crate) fn purpose_key(&self, hsm: &dyn Hsm, purpose: KeyPurpose) -> Result<DataKey> {
+        let mut ring = Keyring::load(&*self.store)?;
+        let id = match ring.newest(purpose) {
+            Some(rec) => rec.id,
+            None => self.create_key(&mut ring, hsm, purpose)?.key_id(),
+        };
+        ring.unwrap(hsm, id)
     }
 
     fn check_hsm_generation(&self, hsm: &dyn Hsm) -> Result<()> {

@@ -542,27 +542,7 @@ impl CodeVault {
         purpose: KeyPurpose,
     ) -> Result<crate::secret::DataKey> {
         let _keys = lock(&self.keys_lock);
-        let mut ring = Keyring::load(&*self.store)?;
-        let id = match ring.newest(purpose) {
-            Some(r) => r.id,
-            None => {
-                let id = ring.create(hsm, purpose)?.key_id();
-                let kcv = ring
-                    .get(id)
-                    .map(|r| r.kcv().to_string())
-                    .unwrap_or_default();
-                let mut b = Batch::new();
-                ring.save_into(&mut b)?;
-                audit.commit(
-                    b,
-                    NewEvent::new("key.create", id.to_string())
-                        .detail("purpose", purpose.as_str())
-                        .detail("kcv", kcv),
-                )?;
-                id
-            }
-        };
-        ring.unwrap(hsm, id)
+        audit.purpose_key(hsm, purpose)
     }
 
     /// The batch stored earlier with this content id, if any.

@@ -276,20 +276,7 @@ impl Cms {
         if sealer.is_none() {
             let _keys = self.codes.keyring_lock();
             let mut ring = Keyring::load(&*self.store)?;
-            let s = ring.create(hsm, KeyPurpose::Holder)?;
-            let kcv = ring
-                .get(s.key_id())
-                .map(|r| r.kcv().to_string())
-                .unwrap_or_default();
-            let mut b = Batch::new();
-            ring.save_into(&mut b)?;
-            audit.commit(
-                b,
-                NewEvent::new("key.create", s.key_id().to_string())
-                    .detail("purpose", KeyPurpose::Holder.as_str())
-                    .detail("kcv", kcv),
-            )?;
-            *sealer = Some(s);
+            *sealer = Some(audit.create_key(&mut ring, hsm, KeyPurpose::Holder)?);
         }
         let s = sealer
             .as_mut()

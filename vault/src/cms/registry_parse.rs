@@ -227,22 +227,7 @@ pub struct RegistryReport {
 
 impl fmt::Display for RegistryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{p}")?;
-        }
-        let shown = self.problems.len() as u64;
-        if self.total > shown {
-            write!(
-                f,
-                "\n... and {} more ({} problems in all)",
-                self.total - shown,
-                self.total
-            )?;
-        }
-        Ok(())
+        crate::import::parse::write_problems(f, &self.problems, self.total)
     }
 }
 

@@ -277,23 +277,33 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{p}")?;
-        }
-        let shown = self.problems.len() as u64;
-        if self.total > shown {
-            write!(
-                f,
-                "\n... and {} more ({} problems in all)",
-                self.total - shown,
-                self.total
-            )?;
-        }
-        Ok(())
+        write_problems(f, &self.problems, self.total)
     }
+}
+
+/// Writes a report: one problem a line, then how many more there were when not all are
+/// listed. Shared by every file report (code files, registry files).
+pub(crate) fn write_problems<P: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    problems: &[P],
+    total: u64,
+) -> fmt::Result {
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            f.write_str("\n")?;
+        }
+        write!(f, "{p}")?;
+    }
+    let shown = problems.len() as u64;
+    if total > shown {
+        write!(
+            f,
+            "\n... and {} more ({} problems in all)",
+            total - shown,
+            total
+        )?;
+    }
+    Ok(())
 }
 
 /// Why [`parse`] did not succeed.
