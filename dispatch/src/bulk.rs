@@ -37,8 +37,10 @@
 //! ## What it does not do
 //!
 //! It does not fetch codes (the service crate feeds [`OwnedMailer`]s built from the vault),
-//! does not assign or void mailer numbers, and does not audit: the caller records one audit
-//! event per returned [`Manifest`].
+//! does not assign or void mailer numbers, and does not audit: with
+//! [`PrintRun::run_with_files`] the caller records each file (its mailers and one audit event)
+//! after the sealed file is published and before its manifest is written, so a file that has
+//! a manifest is always known to the vault.
 
 use crate::plan::PartCodes;
 use crate::render::pdf::{PageStream, PdfWriter, PrintRenderer};
@@ -120,6 +122,15 @@ pub enum Error {
     /// The age encryptor could not be set up for the recipients.
     #[error("print run: cannot seal to the recipients")]
     Seal,
+    /// The caller's recorder refused or failed for a published file; the file has no manifest
+    /// and must not be printed.
+    #[error("print run: recording {file} failed, so it has no manifest and must not be printed: {source}")]
+    Recorded {
+        /// The sealed file's name.
+        file: String,
+        /// The recorder's error.
+        source: BoxError,
+    },
     /// The manifest could not be encoded.
     #[error("print run: manifest of {file}: {source}")]
     Manifest {
@@ -128,6 +139,21 @@ pub enum Error {
         /// The encoder's error.
         source: serde_json::Error,
     },
+}
+
+/// A boxed error from the caller's side of a run (its mailer source or its file recorder).
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A print file just published, as [`PrintRun::run_with_files`] hands it to its recorder:
+/// its manifest (not yet written) and every mailer's number and card serial in page order.
+#[derive(Debug)]
+pub struct PrintedFile<'a> {
+    /// The manifest that will be written once the recorder returns.
+    pub manifest: &'a Manifest,
+    /// Mailer numbers in page order.
+    pub numbers: &'a [u64],
+    /// Card serials in page order (full: the recorder keeps them in the vault).
+    pub serials: &'a [String],
 }
 
 /// A mailer that owns its data, so that a run can stream them from the vault one by one.
@@ -286,6 +312,28 @@ impl PrintRun {
         I::IntoIter: Send,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
+        self.run_with_files(mailers, progress, &|_| Ok(()))
+    }
+
+    /// As [`PrintRun::run`], calling `on_file` for each file once its sealed PDF is published
+    /// and **before** its manifest is written: the caller records the file's mailers there
+    /// (numbers, serials, audit event). If `on_file` fails, the run stops with
+    /// [`Error::Recorded`] and the file stays without a manifest, which marks it as not to be
+    /// printed.
+    ///
+    /// # Errors
+    /// As [`PrintRun::run`], and [`Error::Recorded`].
+    pub fn run_with_files<I, E>(
+        &self,
+        mailers: I,
+        progress: &(dyn Fn(u64) + Sync),
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+    ) -> Result<Vec<Manifest>>
+    where
+        I: IntoIterator<Item = std::result::Result<OwnedMailer, E>>,
+        I::IntoIter: Send,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
         let mut input = Input {
             mailers: mailers.into_iter().fuse(),
             pulled: 0,
@@ -293,6 +341,7 @@ impl PrintRun {
         };
         let mut state = RunState {
             run: self,
+            on_file,
             current: None,
             manifests: Vec::new(),
             next_file: 1,
@@ -325,7 +374,7 @@ impl PrintRun {
             }
         }
         if let Some(open) = state.current.take() {
-            let manifest = self.seal(open)?;
+            let manifest = self.seal(open, on_file)?;
             state.manifests.push(manifest);
         }
         Ok(state.manifests)
@@ -362,22 +411,26 @@ impl PrintRun {
             name,
             manifest_name,
             numbers: Vec::with_capacity(self.per_file.min(DEFAULT_PER_FILE)),
-            first_serial: String::new(),
-            last_serial: String::new(),
+            serials: Vec::with_capacity(self.per_file.min(DEFAULT_PER_FILE)),
         })
     }
 
     /// Finishes the PDF and the age stream, publishes the sealed file, then its manifest.
-    fn seal(&self, open: OpenFile<'_>) -> Result<Manifest> {
+    fn seal(
+        &self,
+        open: OpenFile<'_>,
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+    ) -> Result<Manifest> {
         let OpenFile {
             pdf,
             mut partial,
             name,
             manifest_name,
             numbers,
-            first_serial,
-            last_serial,
+            serials,
         } = open;
+        let first_serial = serials.first().cloned().unwrap_or_default();
+        let last_serial = serials.last().cloned().unwrap_or_default();
         let hashing = pdf.finish().map_err(|e| io_error(&partial.path, e))?;
         let (sealed, sha256) = hashing.into_parts();
         let io = |source| Error::Io {
@@ -403,10 +456,19 @@ impl PrintRun {
             last_serial,
             first_number: numbers.first().copied().unwrap_or_default(),
             last_number: numbers.last().copied().unwrap_or_default(),
-            numbers: (!contiguous).then_some(numbers),
+            numbers: (!contiguous).then_some(numbers.clone()),
             sha256_clear_pdf: sha256,
             sealed_bytes,
         };
+        on_file(&PrintedFile {
+            manifest: &manifest,
+            numbers: &numbers,
+            serials: &serials,
+        })
+        .map_err(|source| Error::Recorded {
+            file: name.clone(),
+            source,
+        })?;
         let mut json = serde_json::to_vec_pretty(&manifest)
             .map_err(|source| Error::Manifest { file: name, source })?;
         json.push(b'\n');
@@ -458,6 +520,7 @@ where
 /// The appending stage's state: the open file and the manifests of the files sealed so far.
 struct RunState<'r> {
     run: &'r PrintRun,
+    on_file: &'r (dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
     current: Option<OpenFile<'r>>,
     manifests: Vec<Manifest>,
     next_file: u32,
@@ -488,15 +551,12 @@ impl RunState<'_> {
             open.pdf
                 .append(&page)
                 .map_err(|e| io_error(&open.partial.path, e))?;
-            if open.numbers.is_empty() {
-                open.first_serial.clone_from(&m.card_serial);
-            }
-            open.last_serial.clone_from(&m.card_serial);
+            open.serials.push(m.card_serial.clone());
             open.numbers.push(m.number);
             self.appended += 1;
             if open.numbers.len() >= self.run.per_file {
                 if let Some(full) = self.current.take() {
-                    let manifest = self.run.seal(full)?;
+                    let manifest = self.run.seal(full, self.on_file)?;
                     self.manifests.push(manifest);
                 }
             }
@@ -513,8 +573,8 @@ struct OpenFile<'r> {
     name: String,
     manifest_name: String,
     numbers: Vec<u64>,
-    first_serial: String,
-    last_serial: String,
+    /// Card serials in page order.
+    serials: Vec<String>,
 }
 
 /// Forwards writes to the encryptor and hashes the clear bytes on the way.

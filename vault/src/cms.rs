@@ -8,6 +8,8 @@
 //!   holder, replaced card, expiry);
 //! - [`card`] is the state machine; [`lifecycle`] the counter's changes, the expiry sweep, the
 //!   status view and [`registry::Cms::release_codes`], the only way to a card's codes;
+//! - [`mailers`] printed mailers: numbers, print files, voids on reprint, outcomes and the
+//!   reconciliation per batch;
 //! - [`reports`] the technical problem reports.
 
 pub mod card;
@@ -15,13 +17,20 @@ pub mod codice_fiscale;
 pub mod contact;
 pub mod date;
 pub mod lifecycle;
+pub mod mailers;
 pub mod registry;
 pub mod registry_parse;
 pub mod reports;
 
 pub use card::{CardState, Move, Reason};
 pub use lifecycle::{Activation, CardStatus, Change};
+pub use mailers::{
+    MailerItem, MailerOutcome, MailerState, PrintJob, PrintRunRecord, Reconciliation, RecordedFile,
+    Reprint, Selection,
+};
 pub use registry::{Cms, HolderView, PersonalData, RegistryOutcome, SearchKey};
 
+#[cfg(test)]
+mod mailer_tests;
 #[cfg(test)]
 mod tests;

@@ -32,12 +32,14 @@
 pub mod batch;
 mod check;
 pub mod record;
+pub mod scan;
 pub mod segment;
 pub mod stage;
 
 pub use batch::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
 pub use check::Repeats;
 pub use record::CardCodes;
+pub use scan::BatchScan;
 pub use stage::{Staged, Stager};
 
 use crate::audit::{AuditLog, NewEvent, Outcome};

@@ -49,11 +49,18 @@ pub enum Tree {
     CardExpiry,
     /// Technical problem reports by id (u64 BE).
     Reports,
+    /// Print runs of mailers by id (u64 BE) ([`crate::cms::mailers`]).
+    PrintRuns,
+    /// Print files by id (u64 BE): the card serial of every mailer, in page order.
+    PrintFiles,
+    /// Print file directory by id (u64 BE): name, batch, numbers, serial range and the state
+    /// of every mailer (small; loaded at start).
+    PrintFileDirs,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 18] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
@@ -69,6 +76,9 @@ impl Tree {
         Tree::Cards,
         Tree::CardExpiry,
         Tree::Reports,
+        Tree::PrintRuns,
+        Tree::PrintFiles,
+        Tree::PrintFileDirs,
     ];
 
     /// The persisted name.
@@ -89,6 +99,9 @@ impl Tree {
             Tree::Cards => "cards",
             Tree::CardExpiry => "card_expiry",
             Tree::Reports => "reports",
+            Tree::PrintRuns => "print_runs",
+            Tree::PrintFiles => "print_files",
+            Tree::PrintFileDirs => "print_file_dirs",
         }
     }
 
@@ -111,6 +124,9 @@ impl Tree {
             Tree::Cards => 13,
             Tree::CardExpiry => 14,
             Tree::Reports => 15,
+            Tree::PrintRuns => 16,
+            Tree::PrintFiles => 17,
+            Tree::PrintFileDirs => 18,
         }
     }
 }

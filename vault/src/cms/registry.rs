@@ -213,6 +213,10 @@ pub struct Cms {
     /// The sealer for personal data written by this process (a fresh `holder` key per
     /// process, created on first use: a sealer's counter cannot outlive its process).
     sealer: Mutex<Option<Sealer>>,
+    /// The print file directory ([`super::mailers`]), loaded on first use.
+    pub(crate) mailers: Mutex<super::mailers::MailerBook>,
+    /// Set while a print run is going (one at a time).
+    pub(crate) print_running: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Cms {
@@ -233,6 +237,8 @@ impl Cms {
             codes,
             ops: Mutex::new(()),
             sealer: Mutex::new(None),
+            mailers: Mutex::default(),
+            print_running: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -311,7 +317,7 @@ impl Cms {
         Ok(clear.expose_secret().to_vec())
     }
 
-    fn personal(&self, hsm: &dyn Hsm, rec: &HolderRecord) -> Result<PersonalData> {
+    pub(crate) fn personal(&self, hsm: &dyn Hsm, rec: &HolderRecord) -> Result<PersonalData> {
         let clear = zeroize::Zeroizing::new(self.open(hsm, rec.key, &rec.id, &rec.sealed)?);
         decode("holder's personal data", &clear)
     }

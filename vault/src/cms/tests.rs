@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Valid codici fiscali (check characters computed by [`codice_fiscale`]).
-fn cf(i: usize) -> String {
+pub(super) fn cf(i: usize) -> String {
     let base = [
         "RSSMRA85T10A562",
         "BNCLRA90A41F205",
@@ -31,19 +31,19 @@ fn cf(i: usize) -> String {
     format!("{base}{check}")
 }
 
-fn date(s: &str) -> Date {
+pub(super) fn date(s: &str) -> Date {
     Date::parse(s).unwrap()
 }
 
-fn today() -> Date {
+pub(super) fn today() -> Date {
     date("2026-06-01")
 }
 
-fn serial(i: usize) -> String {
+pub(super) fn serial(i: usize) -> String {
     format!("80390000000000{i:05}")
 }
 
-fn actor() -> Actor {
+pub(super) fn actor() -> Actor {
     Actor {
         id: "op1".into(),
         role: "operator".into(),
@@ -51,17 +51,17 @@ fn actor() -> Actor {
     }
 }
 
-struct World {
+pub(super) struct World {
     dir: tempfile::TempDir,
-    hsm: Arc<dyn Hsm>,
+    pub(super) hsm: Arc<dyn Hsm>,
     store: Option<Arc<dyn Store>>,
     audit: Option<AuditLog>,
-    codes: Option<Arc<CodeVault>>,
+    pub(super) codes: Option<Arc<CodeVault>>,
     cms: Option<Cms>,
 }
 
 impl World {
-    fn new() -> World {
+    pub(super) fn new() -> World {
         let mut w = World {
             dir: tempfile::tempdir().unwrap(),
             hsm: Arc::new(DoubleHsm::new()),
@@ -86,7 +86,7 @@ impl World {
         self.store = Some(store);
     }
 
-    fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.cms = None;
         self.codes = None;
         self.audit = None;
@@ -94,15 +94,15 @@ impl World {
         self.open();
     }
 
-    fn cms(&self) -> &Cms {
+    pub(super) fn cms(&self) -> &Cms {
         self.cms.as_ref().unwrap()
     }
 
-    fn audit(&self) -> &AuditLog {
+    pub(super) fn audit(&self) -> &AuditLog {
         self.audit.as_ref().unwrap()
     }
 
-    fn import_codes(&self, serials: &[String]) -> ImportOutcome {
+    pub(super) fn import_codes(&self, serials: &[String]) -> ImportOutcome {
         let mut text = String::new();
         for s in serials {
             text.push_str(&format!("{s};12345;12345678\n"));
@@ -125,7 +125,7 @@ impl World {
         import_file(ctx, text.as_bytes(), &req, &|_| {}).unwrap()
     }
 
-    fn registry(
+    pub(super) fn registry(
         &self,
         holder: usize,
         cards: &[(usize, Date, Option<usize>)],
@@ -155,7 +155,7 @@ impl World {
             .import_registry(&*self.hsm, self.audit(), &[entry], today(), &actor())
     }
 
-    fn change(&self, c: usize, change: &Change) -> crate::Result<CardStatus> {
+    pub(super) fn change(&self, c: usize, change: &Change) -> crate::Result<CardStatus> {
         self.cms().change(
             &*self.hsm,
             self.audit(),
@@ -167,7 +167,7 @@ impl World {
     }
 }
 
-fn holder_activation() -> Change {
+pub(super) fn holder_activation() -> Change {
     Change::Activate(Activation::Holder {
         document_type: "carta_identita".into(),
         document_number: "CA12345AB".into(),
@@ -175,7 +175,7 @@ fn holder_activation() -> Change {
     })
 }
 
-fn delegate_activation() -> Change {
+pub(super) fn delegate_activation() -> Change {
     Change::Activate(Activation::Delegate {
         given_names: "Anna".into(),
         surname: "Bianchi".into(),
