@@ -252,6 +252,11 @@ impl SecretText {
         self.push_str(c.encode_utf8(&mut tmp));
     }
 
+    /// Empties the text (wiping it) and keeps its allocation.
+    pub fn clear(&mut self) {
+        self.0.zeroize();
+    }
+
     /// The text. Call only where it is consumed (handed to a courier, encoded into a page).
     pub fn expose_secret(&self) -> &str {
         &self.0

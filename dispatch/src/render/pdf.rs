@@ -18,9 +18,10 @@
 //! ## File
 //!
 //! [`PdfWriter`] streams pages: the header and the shared font objects first, then each page's
-//! object and content stream as it comes, and at [`PdfWriter::finish`] the page tree, the
-//! catalogue, the cross-reference table and the trailer. It keeps only 16 bytes a page (two
-//! object offsets), so a print file of 10,000 mailers never sits whole in memory (unless the
+//! object and content stream as it comes (and, the first time a page of a prepared shape comes,
+//! that shape's Form XObjects), and at [`PdfWriter::finish`] the page tree, the catalogue, the
+//! cross-reference table and the trailer. It keeps only 24 bytes a page (two object offsets
+//! and the page's object number), so a print file of 10,000 mailers never sits whole in memory (unless the
 //! sink is a `Vec`). Fonts are the standard Type 1 Helvetica, Helvetica-Bold and Courier-Bold
 //! with `WinAnsiEncoding`, which covers Italian accented letters and typographic quotes; a
 //! character outside WinAnsi is an error naming the field and position.
@@ -33,25 +34,73 @@
 //! Rendering a page ([`PrintRenderer::render_page`]) and appending it ([`PdfWriter::append`])
 //! are separate steps, so that bulk runs can render pages on rayon workers and append them in
 //! order on one thread.
+//!
+//! ## Prepared pages
+//!
+//! Most of a page is the same for every mailer of a run: what changes is the holder's name and
+//! address, the serial texts, the mailer number and the codes. So the renderer prepares each
+//! page **shape** once and caches it ([`PrintRenderer`] holds the cache; rayon workers share
+//! it). A shape is what the template output depends on besides per-mailer values: the
+//! [`crate::Part`] (name, index, count, digit ranges, channels), whether the card has a
+//! signature pair, whether the mailer has a number (issuer and layout are fixed per renderer).
+//!
+//! To prepare a shape, the print template is rendered once with placeholders for the codes
+//! **and** for `holder.name`, `card.serial_masked`, `card.serial_last4` and `number`. Lines
+//! without a placeholder are laid out once into static content streams, written as PDF Form
+//! XObjects once per file by [`PdfWriter`] (the first time a page of that shape is appended);
+//! each page's own stream then holds `/S0 Do` (the static part), the address, and the lines
+//! with a placeholder, filled in and encoded per mailer (codes only in zeroizing buffers):
+//! a few hundred bytes instead of ~5 KB. Header, box and footer lines sit where they would
+//! anyway (their positions do not depend on per-mailer values). A body paragraph with a
+//! placeholder is wrapped per mailer; if it takes more (or fewer) lines than at preparation,
+//! the static body text below it is drawn shifted (`q 1 0 0 1 0 -shift cm /S1 Do Q`), and the
+//! footer check ("the page is full") is made per mailer with the real shift.
+//!
+//! The prepared path must print what the template would: at preparation, two probe mailers
+//! (short and long accented names, different serials and numbers) are rendered both ways; if
+//! the texts differ (a template that applies a filter to `holder.name` or branches on
+//! `number`), the shape is marked as not preparable and its pages take the direct path
+//! ([`PrintRenderer::render_page_direct`]: template rendered per mailer, whole page laid out).
+//! A mailer whose values could change the layout of the text (an empty or blank-edged value,
+//! a character outside WinAnsi, a `[`) takes the direct path too, so its errors are exactly the
+//! direct path's.
 
 use crate::error::{Error, Result};
+use crate::plan::Part;
 use crate::render::layout::{pt, Layout};
-use crate::render::templates::{Issuer, Templates, PRINT};
+use crate::render::templates::{
+    code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
+    NUMBER_TAG, PIN_TAG, PRINT, PUK_TAG, SIG_PIN_TAG, SIG_PUK_TAG,
+};
 use crate::render::winansi::{encode, text_width};
-use crate::render::{Mailer, Rendered, Renderer};
+use crate::render::{mask_serial, serial_last4, Addressee, Mailer, Rendered, Renderer};
 use crate::secret::{SecretBuf, SecretText};
 use std::fmt;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts, 6 resources,
-/// then a page object and its content stream for each page.
+/// then, in the order they come, each page's object and content stream, and the Form XObjects
+/// and resources of each page shape the first time a page of that shape is appended.
 const CATALOG: usize = 1;
 const PAGES: usize = 2;
 const RESOURCES: usize = 6;
-const FIRST_PAGE: usize = 7;
+const FIRST_FREE: usize = 7;
 
 const FONTS: [(usize, &str); 3] = [(3, "Helvetica"), (4, "Helvetica-Bold"), (5, "Courier-Bold")];
+
+/// Shapes cached by a renderer; more (never seen in practice) are rendered the direct way.
+const MAX_SHAPES: usize = 64;
+
+/// Probe mailers of the preparation check: (name, serial, number).
+const PROBES: [(&str, &str, u64); 2] = [
+    ("Ada Lì", "1111222233334444", 7),
+    (
+        "Maria Giuseppina Ànnunziata Dell’Òlmo Ùbaldini di Castelfranchi Sforza",
+        "98765432109876543210",
+        1_234_567_890_123,
+    ),
+];
 
 #[derive(Clone, Copy)]
 enum Font {
@@ -61,39 +110,58 @@ enum Font {
 }
 
 impl Font {
-    fn name(self) -> &'static str {
+    fn name(self) -> &'static [u8] {
         match self {
-            Font::Regular => "/F1",
-            Font::Bold => "/F2",
-            Font::Code => "/F3",
+            Font::Regular => b"/F1",
+            Font::Bold => b"/F2",
+            Font::Code => b"/F3",
         }
     }
 }
 
-/// The print renderer: templates, layout and issuer texts shared by every page.
+/// The print renderer: templates, layout and issuer texts shared by every page, and the
+/// prepared page shapes (see the module docs).
 #[derive(Debug, Clone)]
 pub struct PrintRenderer {
     templates: Arc<Templates>,
     layout: Layout,
     issuer: Issuer,
+    shapes: Arc<ShapeCache>,
 }
 
-/// One rendered page's content stream, digits included.
+/// One rendered page's content stream, digits included, and the prepared shape whose static
+/// parts (Form XObjects) it draws, if any.
 ///
 /// # Security
 /// Held in a [`SecretBuf`]: wiped on drop; `Debug` shows the length only.
-#[derive(Debug)]
-pub struct PageStream(SecretBuf);
+pub struct PageStream {
+    stream: SecretBuf,
+    shape: Option<Arc<PreparedPage>>,
+}
+
+impl fmt::Debug for PageStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageStream")
+            .field("stream", &self.stream)
+            .field("prepared", &self.shape.is_some())
+            .finish()
+    }
+}
 
 impl PageStream {
     /// Length in bytes (not secret).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.stream.len()
     }
 
     /// True for an empty stream (never for a rendered page).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.stream.is_empty()
+    }
+
+    /// True if the page draws a prepared shape's static parts (false for the direct path).
+    pub fn is_prepared(&self) -> bool {
+        self.shape.is_some()
     }
 }
 
@@ -104,6 +172,7 @@ impl PrintRenderer {
             templates,
             layout,
             issuer,
+            shapes: Arc::default(),
         }
     }
 
@@ -112,7 +181,12 @@ impl PrintRenderer {
         &self.layout
     }
 
-    /// Renders one page's content stream.
+    fn height(&self) -> f32 {
+        pt(self.layout.page_height_mm)
+    }
+
+    /// Renders one page's content stream: through the page's prepared shape when it has one
+    /// (see the module docs), else as [`PrintRenderer::render_page_direct`].
     ///
     /// # Errors
     /// [`Error::Template`], [`Error::Unprintable`] for a character outside WinAnsi,
@@ -121,20 +195,65 @@ impl PrintRenderer {
     /// # Security
     /// The stream holds the digits; it is wiped when dropped.
     pub fn render_page(&self, mailer: &Mailer<'_>) -> Result<PageStream> {
+        if let Some(shape) = self.shape(mailer) {
+            if let Some(page) = shape.render(self, mailer)? {
+                return Ok(page);
+            }
+        }
+        self.render_page_direct(mailer)
+    }
+
+    /// Renders one page without prepared shapes: the template for this mailer, the whole page
+    /// laid out. The reference for the prepared path, and the path of templates that do not
+    /// print the per-mailer values as they are.
+    ///
+    /// # Errors
+    /// As [`PrintRenderer::render_page`].
+    pub fn render_page_direct(&self, mailer: &Mailer<'_>) -> Result<PageStream> {
+        let l = &self.layout;
+        let height = self.height();
         let text = self.templates.render(PRINT, mailer, &self.issuer)?;
-        let sections = Sections::parse(&text)?;
-        let mut page = PageBuilder {
-            buf: SecretBuf::with_capacity(4096),
-            l: &self.layout,
-            height: pt(self.layout.page_height_mm),
+        let sections = Sections::parse(text.expose_secret())?;
+        let mut page = Direct {
+            buf: SecretBuf::with_capacity(8192),
+            height,
         };
-        page.fold_marks()?;
-        page.header(&sections.header)?;
-        page.address(mailer)?;
-        let box_bottom = page.code_box(&sections.code_box)?;
-        let body_bottom = page.body(&sections.body, box_bottom)?;
-        page.footer(&sections.footer, body_bottom)?;
-        Ok(PageStream(page.buf))
+        fold_marks(&mut page, l);
+        header(&mut page, l, &sections.header)?;
+        address(&mut page.buf, l, height, mailer)?;
+        let box_bottom = code_box(&mut page, l, height, &sections.code_box)?;
+        let body_bottom = body(&mut page, l, &sections.body, box_bottom)?;
+        check_footer(footer_limit(l, height, sections.footer.len()), body_bottom)?;
+        footer(&mut page, l, height, &sections.footer)?;
+        Ok(PageStream {
+            stream: page.buf,
+            shape: None,
+        })
+    }
+
+    /// The prepared shape of `mailer`'s page, prepared now if it is the first of its shape;
+    /// `None` if the shape is not preparable.
+    fn shape(&self, mailer: &Mailer<'_>) -> Option<Arc<PreparedPage>> {
+        let key = ShapeKey::of(mailer);
+        {
+            let cache = self.shapes.lock();
+            if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+                return p.clone();
+            }
+            if cache.len() >= MAX_SHAPES {
+                return None;
+            }
+        }
+        // Prepared outside the lock; two workers may prepare the same shape, the first wins.
+        let prepared = PreparedPage::prepare(self, mailer, &key).map(Arc::new);
+        let mut cache = self.shapes.lock();
+        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+            return p.clone();
+        }
+        if cache.len() < MAX_SHAPES {
+            cache.push((key, prepared.clone()));
+        }
+        prepared
     }
 
     /// Starts a PDF file on `out`.
@@ -154,13 +273,343 @@ impl Renderer for PrintRenderer {
     /// A one-page PDF document (e.g. the counter's part A page).
     fn render(&self, mailer: &Mailer<'_>) -> Result<Rendered> {
         let page = self.render_page(mailer)?;
-        let mut w = PdfWriter::new(SecretBuf::with_capacity(page.len() + 2048), self)?;
+        let mut w = PdfWriter::new(SecretBuf::with_capacity(page.len() + 8192), self)?;
         w.append(&page)?;
         Ok(Rendered::Pdf(w.finish()?))
     }
 }
 
-/// The lines of each section of the rendered print template (slices of the secret text).
+/// What a page's template output depends on besides per-mailer values.
+#[derive(Clone, PartialEq, Eq)]
+struct ShapeKey {
+    part: Part,
+    signature: bool,
+    number: bool,
+}
+
+impl ShapeKey {
+    fn of(m: &Mailer<'_>) -> ShapeKey {
+        let part = &m.codes.part;
+        ShapeKey {
+            part: part.clone(),
+            signature: m.codes.signature.is_some() && part.signature_digits.is_some(),
+            number: m.number.is_some(),
+        }
+    }
+}
+
+/// The prepared shapes of a renderer (`None`: not preparable), read from rayon workers.
+#[derive(Default)]
+struct ShapeCache(Mutex<Vec<(ShapeKey, Option<Arc<PreparedPage>>)>>);
+
+impl ShapeCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(ShapeKey, Option<Arc<PreparedPage>>)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for ShapeCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShapeCache({} shapes)", self.lock().len())
+    }
+}
+
+/// A drawing step of a prepared page that depends on the mailer.
+enum DynOp {
+    /// One line at a fixed place: the text operator's start (`BT … Td (`) and the line with
+    /// its placeholders.
+    Text { prefix: Vec<u8>, line: String },
+    /// A body paragraph, wrapped per mailer; `top` and `lines` as at preparation.
+    Para {
+        line: String,
+        top: f32,
+        lines: usize,
+    },
+    /// The static body text after a paragraph: form `n`, drawn with the shift so far.
+    Form(usize),
+}
+
+/// A page shape laid out once: static content streams (Form XObjects `/S0`, `/S1`…) and the
+/// steps that fill in a mailer. Holds no personal data and no digit.
+struct PreparedPage {
+    forms: Vec<Vec<u8>>,
+    ops: Vec<DynOp>,
+    /// Bottom of the body (points from the top) when no paragraph is shifted.
+    body_bottom: f32,
+    /// Top of the footer's first line less its size: the body must end above it.
+    footer_limit: Option<f32>,
+    /// Which per-mailer values the page shows: name, masked serial, last four, number.
+    uses: [usize; 4],
+    /// Bytes of the page stream apart from the values and the address.
+    capacity: usize,
+}
+
+impl fmt::Debug for PreparedPage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PreparedPage({} forms, {} steps)",
+            self.forms.len(),
+            self.ops.len()
+        )
+    }
+}
+
+impl PreparedPage {
+    /// Prepares the shape of `mailer`'s page (reading neither its digits nor its personal
+    /// values); `None` if the template does not print the per-mailer values as they are, or
+    /// the page cannot be laid out (the direct path reports why, per mailer).
+    fn prepare(r: &PrintRenderer, mailer: &Mailer<'_>, key: &ShapeKey) -> Option<PreparedPage> {
+        let text = r.templates.render_print_shape(mailer, &r.issuer).ok()?;
+        for (name, serial, number) in PROBES {
+            let who = Addressee {
+                name: name.to_owned(),
+                address: Vec::new(),
+            };
+            let probe = Mailer {
+                addressee: &who,
+                card_serial: serial,
+                codes: mailer.codes,
+                number: mailer.number.map(|_| number),
+            };
+            // Codes stay placeholders on both sides: no digit is read here.
+            let direct = r
+                .templates
+                .render_placeholders(PRINT, &probe, &r.issuer)
+                .ok()?;
+            let number = number.to_string();
+            let filled = substitute_personal(
+                &text,
+                name,
+                &mask_serial(serial),
+                &serial_last4(serial),
+                mailer.number.map(|_| number.as_str()),
+            )?;
+            if filled != direct {
+                return None;
+            }
+        }
+        let sections = Sections::parse(&text).ok()?;
+        let l = &r.layout;
+        let height = r.height();
+        let mut p = Preparer {
+            height,
+            key,
+            forms: vec![SecretBuf::with_capacity(8192)],
+            current: 0,
+            after_para: false,
+            ops: Vec::new(),
+            uses: [0; 4],
+            valid: true,
+        };
+        fold_marks(&mut p, l);
+        header(&mut p, l, &sections.header).ok()?;
+        let box_bottom = code_box(&mut p, l, height, &sections.code_box).ok()?;
+        let body_bottom = body_prepare(&mut p, l, &sections.body, box_bottom).ok()?;
+        footer(&mut p, l, height, &sections.footer).ok()?;
+        if !p.valid {
+            return None;
+        }
+        let mut capacity = 16;
+        for op in &p.ops {
+            capacity += match op {
+                DynOp::Text { prefix, line } => prefix.len() + 2 * line.len() + 48,
+                DynOp::Para { line, .. } => 2 * line.len() + 4 * 96,
+                DynOp::Form(_) => 64,
+            };
+        }
+        Some(PreparedPage {
+            forms: p.forms.iter().map(|f| f.expose_secret().to_vec()).collect(),
+            ops: p.ops,
+            body_bottom,
+            footer_limit: footer_limit(l, height, sections.footer.len()),
+            uses: p.uses,
+            capacity,
+        })
+    }
+
+    /// Fills in `mailer`; `Ok(None)` when the mailer must take the direct path (a value that
+    /// could change the layout of the text, see the module docs).
+    fn render(
+        self: &Arc<Self>,
+        r: &PrintRenderer,
+        mailer: &Mailer<'_>,
+    ) -> Result<Option<PageStream>> {
+        let Some(v) = Values::of(mailer, &self.uses) else {
+            return Ok(None);
+        };
+        let l = &r.layout;
+        let height = r.height();
+        let address_bytes: usize = std::iter::once(&mailer.addressee.name)
+            .chain(&mailer.addressee.address)
+            .map(|s| 2 * s.len() + 64)
+            .sum();
+        let mut buf = SecretBuf::with_capacity(self.capacity + address_bytes + v.bytes(&self.uses));
+        buf.extend(b"/S0 Do\n");
+        address(&mut buf, l, height, mailer)?;
+        let size = l.body_font_size;
+        let x = pt(l.margin_left_mm);
+        let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
+        let leading = size * l.line_height;
+        let mut shift = 0.0f32;
+        let mut scratch = SecretText::default();
+        for op in &self.ops {
+            match op {
+                DynOp::Text { prefix, line } => {
+                    buf.extend(prefix);
+                    if put_filled(&mut buf, line, &v).is_none() {
+                        return Ok(None);
+                    }
+                    buf.extend(b") Tj ET\n");
+                }
+                DynOp::Para { line, top, lines } => {
+                    if scratch.is_empty() {
+                        scratch = SecretText::with_capacity(line.len() + 2 * v.bytes(&self.uses));
+                    } else {
+                        scratch.clear();
+                    }
+                    if fill(&mut scratch, line, &v).is_none() {
+                        return Ok(None);
+                    }
+                    let mut at = top + shift;
+                    let pieces = wrap(scratch.expose_secret(), size, width);
+                    for piece in &pieces {
+                        if put_text(&mut buf, height, Font::Regular, size, x, at + size, piece)
+                            .is_err()
+                        {
+                            return Ok(None);
+                        }
+                        at += leading;
+                    }
+                    shift += (pieces.len() as f32 - *lines as f32) * leading;
+                }
+                DynOp::Form(n) => {
+                    let mut num = Num::default();
+                    if shift == 0.0 {
+                        buf.extend(b"/S");
+                        buf.extend(num.int(*n as u64));
+                        buf.extend(b" Do\n");
+                    } else {
+                        buf.extend(b"q 1 0 0 1 0 ");
+                        buf.extend(num.n2(-shift));
+                        buf.extend(b" cm /S");
+                        buf.extend(num.int(*n as u64));
+                        buf.extend(b" Do Q\n");
+                    }
+                }
+            }
+        }
+        check_footer(self.footer_limit, self.body_bottom + shift)?;
+        Ok(Some(PageStream {
+            stream: buf,
+            shape: Some(Arc::clone(self)),
+        }))
+    }
+}
+
+/// A mailer's per-mailer values, checked to print as the prepared layout assumes.
+struct Values<'a> {
+    name: &'a str,
+    masked: String,
+    last4: String,
+    number: Option<Num>,
+    number_len: usize,
+    codes: &'a crate::plan::PartCodes,
+}
+
+/// A value the prepared layout can take as it is: not empty, no blank at either end (a line
+/// could turn blank, or lose its end to trimming), every character printable in WinAnsi (no
+/// tab or line break, which would cut lines), no `[` (a line could become a section marker).
+fn plain(s: &str) -> bool {
+    !s.is_empty() && s.trim().len() == s.len() && s.chars().all(|c| c != '[' && encode(c).is_some())
+}
+
+impl<'a> Values<'a> {
+    fn of(m: &Mailer<'a>, uses: &[usize; 4]) -> Option<Values<'a>> {
+        let name = m.addressee.name.as_str();
+        let (masked, last4) = if uses[1] + uses[2] > 0 {
+            (mask_serial(m.card_serial), serial_last4(m.card_serial))
+        } else {
+            (String::new(), String::new())
+        };
+        let ok = (uses[0] == 0 || plain(name))
+            && (uses[1] == 0 || plain(&masked))
+            && (uses[2] == 0 || plain(&last4));
+        if !ok {
+            return None;
+        }
+        let number = m.number.map(|n| {
+            let mut num = Num::default();
+            num.int(n);
+            num
+        });
+        let number_len = number.as_ref().map_or(0, |n| n.text().len());
+        Some(Values {
+            name,
+            masked,
+            last4,
+            number,
+            number_len,
+            codes: m.codes,
+        })
+    }
+
+    /// Room for the values in a page stream (two bytes a byte: escapes), codes included.
+    fn bytes(&self, uses: &[usize; 4]) -> usize {
+        2 * (uses[0] * self.name.len()
+            + uses[1] * self.masked.len()
+            + uses[2] * self.last4.len()
+            + uses[3] * self.number_len)
+            + 8 * 2 * crate::secret::MAX_DIGITS
+    }
+
+    fn text(&self, tag: u8) -> Option<&str> {
+        match tag {
+            NAME_TAG => Some(self.name),
+            MASKED_TAG => Some(&self.masked),
+            LAST4_TAG => Some(&self.last4),
+            NUMBER_TAG => self.number.as_ref().map(Num::text),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes `line` with its placeholders filled in into `buf` (inside a text operator's
+/// parentheses); `None` if a character cannot be encoded or a value is missing.
+fn put_filled(buf: &mut SecretBuf, line: &str, v: &Values<'_>) -> Option<()> {
+    let mut pieces = line.split(MARK);
+    put_encoded(buf, pieces.next()?).ok()?;
+    for piece in pieces {
+        let tag = piece.bytes().next()?;
+        match v.text(tag) {
+            Some(text) => put_encoded(buf, text).ok()?,
+            None => buf.extend(code_digits(v.codes, tag)?.expose_secret()),
+        }
+        put_encoded(buf, piece.get(1..)?).ok()?;
+    }
+    Some(())
+}
+
+/// Copies `line` with its placeholders filled in into `out`; `None` if a value is missing.
+fn fill(out: &mut SecretText, line: &str, v: &Values<'_>) -> Option<()> {
+    let mut pieces = line.split(MARK);
+    out.push_str(pieces.next()?);
+    for piece in pieces {
+        let tag = piece.bytes().next()?;
+        match v.text(tag) {
+            Some(text) => out.push_str(text),
+            None => {
+                for &b in code_digits(v.codes, tag)?.expose_secret() {
+                    out.push(char::from(b));
+                }
+            }
+        }
+        out.push_str(piece.get(1..)?);
+    }
+    Some(())
+}
+
+/// The lines of each section of the rendered print template.
 struct Sections<'t> {
     header: Vec<&'t str>,
     code_box: Vec<&'t str>,
@@ -169,7 +618,7 @@ struct Sections<'t> {
 }
 
 impl<'t> Sections<'t> {
-    fn parse(text: &'t SecretText) -> Result<Sections<'t>> {
+    fn parse(text: &'t str) -> Result<Sections<'t>> {
         let mut s = Sections {
             header: Vec::new(),
             code_box: Vec::new(),
@@ -177,7 +626,7 @@ impl<'t> Sections<'t> {
             footer: Vec::new(),
         };
         let mut current: Option<&mut Vec<&'t str>> = None;
-        for (n, line) in text.expose_secret().lines().enumerate() {
+        for (n, line) in text.lines().enumerate() {
             let line = line.trim_end();
             match line {
                 "[header]" => current = Some(&mut s.header),
@@ -211,13 +660,6 @@ impl<'t> Sections<'t> {
     }
 }
 
-struct PageBuilder<'l> {
-    buf: SecretBuf,
-    l: &'l Layout,
-    /// Page height in points (PDF y grows upwards; the layout measures from the top).
-    height: f32,
-}
-
 /// A number written into a content stream with two decimals, by integer formatting: the
 /// float formatting machinery was a sixth of the time of a page.
 #[derive(Clone, Copy)]
@@ -225,15 +667,145 @@ struct N2(f32);
 
 impl std::fmt::Display for N2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hundredths = (f64::from(self.0) * 100.0).round() as i64;
-        let sign = if hundredths < 0 { "-" } else { "" };
-        let v = hundredths.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", v / 100, v % 100)
+        let mut num = Num::default();
+        let bytes = num.n2(self.0);
+        // Only ASCII digits, '-' and '.'.
+        f.write_str(std::str::from_utf8(bytes).map_err(|_| fmt::Error)?)
     }
 }
 
-impl PageBuilder<'_> {
-    /// Prints `s` with its baseline `top` points below the top of the page.
+/// Digits of a number, written from the end of a stack buffer (no `fmt` machinery).
+struct Num {
+    buf: [u8; 24],
+    start: usize,
+}
+
+impl Default for Num {
+    fn default() -> Num {
+        Num {
+            buf: [0; 24],
+            start: 24,
+        }
+    }
+}
+
+impl Num {
+    fn push(&mut self, b: u8) {
+        self.start -= 1;
+        self.buf[self.start] = b;
+    }
+
+    fn digits(&mut self, mut v: u64) {
+        loop {
+            self.push(b'0' + (v % 10) as u8);
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+    }
+
+    /// `v` in decimal.
+    fn int(&mut self, v: u64) -> &[u8] {
+        self.start = self.buf.len();
+        self.digits(v);
+        &self.buf[self.start..]
+    }
+
+    /// `v` with two decimals, rounded like `{:.2}` (to the nearest hundredth).
+    fn n2(&mut self, v: f32) -> &[u8] {
+        self.start = self.buf.len();
+        let hundredths = (f64::from(v) * 100.0).round() as i64;
+        let mut u = hundredths.unsigned_abs();
+        self.push(b'0' + (u % 10) as u8);
+        u /= 10;
+        self.push(b'0' + (u % 10) as u8);
+        u /= 10;
+        self.push(b'.');
+        self.digits(u);
+        if hundredths < 0 {
+            self.push(b'-');
+        }
+        &self.buf[self.start..]
+    }
+
+    fn text(&self) -> &str {
+        // Only ASCII digits.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("")
+    }
+}
+
+/// `BT /F Tf x y Td (`: the start of a text operator at `y` points from the page's bottom.
+fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
+    let mut num = Num::default();
+    buf.extend(b"BT ");
+    buf.extend(font.name());
+    buf.extend(b" ");
+    buf.extend(num.n2(size));
+    buf.extend(b" Tf ");
+    buf.extend(num.n2(x));
+    buf.extend(b" ");
+    buf.extend(num.n2(y));
+    buf.extend(b" Td (");
+}
+
+/// Encodes `s` in WinAnsi into a string operand (escaping `(`, `)` and `\`); on a character
+/// outside WinAnsi, its code and position.
+fn put_encoded(buf: &mut SecretBuf, s: &str) -> std::result::Result<(), (u32, usize)> {
+    for (position, c) in s.chars().enumerate() {
+        let b = encode(c).ok_or((u32::from(c), position))?;
+        if matches!(b, b'(' | b')' | b'\\') {
+            buf.push(b'\\');
+        }
+        buf.push(b);
+    }
+    Ok(())
+}
+
+/// Prints `s` with its baseline `top` points below the top of a page `height` points high.
+fn put_text(
+    buf: &mut SecretBuf,
+    height: f32,
+    font: Font,
+    size: f32,
+    x: f32,
+    top: f32,
+    s: &str,
+) -> std::result::Result<(), (u32, usize)> {
+    put_prefix(buf, font, size, x, height - top);
+    put_encoded(buf, s)?;
+    buf.extend(b") Tj ET\n");
+    Ok(())
+}
+
+fn unprintable(field: &str) -> impl FnOnce((u32, usize)) -> Error + '_ {
+    move |(code, position)| Error::Unprintable {
+        field: field.to_owned(),
+        code,
+        position,
+    }
+}
+
+/// Where the page's template lines go: a whole page (direct path) or a shape being prepared.
+trait Draw {
+    /// Appends content-stream operators.
+    fn raw(&mut self, bytes: &[u8]);
+    /// Prints a template line with its baseline `top` points below the top of the page.
+    fn text(&mut self, font: Font, size: f32, x: f32, top: f32, s: &str, field: &str)
+        -> Result<()>;
+}
+
+/// The direct path: everything into the page's stream.
+struct Direct {
+    buf: SecretBuf,
+    height: f32,
+}
+
+impl Draw for Direct {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend(bytes);
+    }
+
     fn text(
         &mut self,
         font: Font,
@@ -243,193 +815,314 @@ impl PageBuilder<'_> {
         s: &str,
         field: &str,
     ) -> Result<()> {
-        let y = self.height - top;
-        write!(
-            self.buf,
-            "BT {} {} Tf {} {} Td (",
-            font.name(),
-            N2(size),
-            N2(x),
-            N2(y)
-        )?;
-        for (position, c) in s.chars().enumerate() {
-            let b = encode(c).ok_or_else(|| Error::Unprintable {
-                field: field.to_owned(),
-                code: u32::from(c),
-                position,
-            })?;
-            if matches!(b, b'(' | b')' | b'\\') {
-                self.buf.push(b'\\');
+        put_text(&mut self.buf, self.height, font, size, x, top, s).map_err(unprintable(field))
+    }
+}
+
+/// Preparing a shape: lines without a placeholder into the current static form, the others
+/// into steps.
+struct Preparer<'k> {
+    height: f32,
+    key: &'k ShapeKey,
+    /// Static content streams (no digit, no personal data; `SecretBuf` only for its writer).
+    forms: Vec<SecretBuf>,
+    current: usize,
+    /// A body paragraph with a placeholder came last: static text after it goes to a new form.
+    after_para: bool,
+    ops: Vec<DynOp>,
+    uses: [usize; 4],
+    /// False if a line with a placeholder cannot be printed as prepared.
+    valid: bool,
+}
+
+impl Preparer<'_> {
+    /// Checks a line with placeholders: known tags (codes the part has), printable text.
+    fn check(&mut self, line: &str) {
+        let printable = |s: &str| s.chars().all(|c| encode(c).is_some());
+        let mut pieces = line.split(MARK);
+        let first = pieces.next().unwrap_or("");
+        let mut ok = printable(first) && !first.starts_with('[');
+        for piece in pieces {
+            let tag = piece.bytes().next().unwrap_or(0);
+            ok &= match tag {
+                PIN_TAG | PUK_TAG => true,
+                SIG_PIN_TAG | SIG_PUK_TAG => self.key.signature,
+                NAME_TAG | MASKED_TAG | LAST4_TAG => true,
+                NUMBER_TAG => self.key.number,
+                _ => false,
+            };
+            if let Some(i) = [NAME_TAG, MASKED_TAG, LAST4_TAG, NUMBER_TAG]
+                .iter()
+                .position(|t| *t == tag)
+            {
+                self.uses[i] += 1;
             }
-            self.buf.push(b);
+            ok &= piece.get(1..).is_some_and(printable);
         }
-        self.buf.extend(b") Tj ET\n");
-        Ok(())
+        self.valid &= ok;
     }
 
-    fn fold_marks(&mut self) -> Result<()> {
-        if !self.l.fold_marks {
+    fn form(&mut self) -> &mut SecretBuf {
+        if self.after_para {
+            self.after_para = false;
+            self.forms.push(SecretBuf::with_capacity(8192));
+            self.current = self.forms.len() - 1;
+            self.ops.push(DynOp::Form(self.current));
+        }
+        &mut self.forms[self.current]
+    }
+}
+
+impl Draw for Preparer<'_> {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.form().extend(bytes);
+    }
+
+    fn text(
+        &mut self,
+        font: Font,
+        size: f32,
+        x: f32,
+        top: f32,
+        s: &str,
+        field: &str,
+    ) -> Result<()> {
+        if s.contains(MARK) {
+            self.check(s);
+            let mut prefix = SecretBuf::with_capacity(64);
+            put_prefix(&mut prefix, font, size, x, self.height - top);
+            self.ops.push(DynOp::Text {
+                prefix: prefix.expose_secret().to_vec(),
+                line: s.to_owned(),
+            });
             return Ok(());
         }
-        let panel = self.l.page_height_mm / 3.0;
-        for k in [1.0, 2.0] {
-            let y = N2(self.height - pt(panel * k));
-            writeln!(self.buf, "q 0.5 w 0 G 0 {y} m {} {y} l S Q", N2(pt(6.0)))?;
-        }
-        Ok(())
+        let height = self.height;
+        put_text(self.form(), height, font, size, x, top, s).map_err(unprintable(field))
     }
+}
 
-    fn header(&mut self, lines: &[&str]) -> Result<()> {
-        let l = self.l;
-        let x = pt(l.margin_left_mm);
-        let mut top = pt(l.header_top_mm);
-        for (i, line) in lines.iter().enumerate() {
-            let (font, size) = if i == 0 {
-                (Font::Bold, l.header_title_size)
-            } else {
-                (Font::Regular, l.header_font_size)
-            };
-            top += size;
-            self.text(font, size, x, top, line, "template print.txt [header]")?;
-            top += size * (l.line_height - 1.0);
-        }
-        Ok(())
+fn fold_marks(d: &mut impl Draw, l: &Layout) {
+    if !l.fold_marks {
+        return;
     }
+    let height = pt(l.page_height_mm);
+    let panel = l.page_height_mm / 3.0;
+    for k in [1.0, 2.0] {
+        let y = N2(height - pt(panel * k));
+        d.raw(format!("q 0.5 w 0 G 0 {y} m {} {y} l S Q\n", N2(pt(6.0))).as_bytes());
+    }
+}
 
-    fn address(&mut self, mailer: &Mailer<'_>) -> Result<()> {
-        let l = self.l;
-        let size = l.address_font_size;
-        let width = pt(l.window_width_mm - 2.0 * l.window_inset_mm);
-        let room = pt(l.window_height_mm - 2.0 * l.window_inset_mm);
-        let lines = std::iter::once(mailer.addressee.name.as_str())
-            .chain(mailer.addressee.address.iter().map(String::as_str));
-        let count = 1 + mailer.addressee.address.len();
-        let needed = size + (count as f32 - 1.0) * size * l.line_height;
-        if needed > room {
+fn header(d: &mut impl Draw, l: &Layout, lines: &[&str]) -> Result<()> {
+    let x = pt(l.margin_left_mm);
+    let mut top = pt(l.header_top_mm);
+    for (i, line) in lines.iter().enumerate() {
+        let (font, size) = if i == 0 {
+            (Font::Bold, l.header_title_size)
+        } else {
+            (Font::Regular, l.header_font_size)
+        };
+        top += size;
+        d.text(font, size, x, top, line, "template print.txt [header]")?;
+        top += size * (l.line_height - 1.0);
+    }
+    Ok(())
+}
+
+/// The name and address in the envelope window (per mailer on both paths).
+fn address(buf: &mut SecretBuf, l: &Layout, height: f32, mailer: &Mailer<'_>) -> Result<()> {
+    let size = l.address_font_size;
+    let width = pt(l.window_width_mm - 2.0 * l.window_inset_mm);
+    let room = pt(l.window_height_mm - 2.0 * l.window_inset_mm);
+    let lines = std::iter::once(mailer.addressee.name.as_str())
+        .chain(mailer.addressee.address.iter().map(String::as_str));
+    let count = 1 + mailer.addressee.address.len();
+    let needed = size + (count as f32 - 1.0) * size * l.line_height;
+    if needed > room {
+        return Err(Error::Address {
+            reason: format!("{count} lines do not fit the envelope window"),
+        });
+    }
+    let field = |i: usize| {
+        if i == 0 {
+            "holder name".to_owned()
+        } else {
+            format!("address line {i}")
+        }
+    };
+    let x = pt(l.window_left_mm + l.window_inset_mm);
+    let mut top = pt(l.window_top_mm + l.window_inset_mm) + size;
+    for (i, line) in lines.enumerate() {
+        if text_width(line, size) > width {
             return Err(Error::Address {
-                reason: format!("{count} lines do not fit the envelope window"),
+                reason: format!("{} is wider than the envelope window", field(i)),
             });
         }
-        let x = pt(l.window_left_mm + l.window_inset_mm);
-        let mut top = pt(l.window_top_mm + l.window_inset_mm) + size;
-        for (i, line) in lines.enumerate() {
-            let field = if i == 0 {
-                "holder name".to_owned()
-            } else {
-                format!("address line {i}")
-            };
-            if text_width(line, size) > width {
-                return Err(Error::Address {
-                    reason: format!("{field} is wider than the envelope window"),
-                });
-            }
-            self.text(Font::Regular, size, x, top, line, &field)?;
-            top += size * l.line_height;
-        }
-        Ok(())
+        put_text(buf, height, Font::Regular, size, x, top, line)
+            .map_err(|e| unprintable(&field(i))(e))?;
+        top += size * l.line_height;
     }
+    Ok(())
+}
 
-    /// Draws the code box; returns its bottom, in points from the top of the page.
-    fn code_box(&mut self, lines: &[&str]) -> Result<f32> {
-        let l = self.l;
-        let pad = pt(l.box_padding_mm);
-        let row = |line: &str, first: bool| -> f32 {
-            if line.trim().is_empty() {
-                l.box_label_size * l.line_height / 2.0
-            } else if first {
-                l.box_title_size * l.line_height
-            } else if line.contains('\t') {
-                l.box_code_size.max(l.box_label_size) * l.line_height
-            } else {
-                l.box_label_size * l.line_height
-            }
-        };
-        let inner: f32 = lines.iter().enumerate().map(|(i, s)| row(s, i == 0)).sum();
-        let (x, top) = (pt(l.margin_left_mm), pt(l.box_top_mm));
-        let (w, h) = (pt(l.box_width_mm), inner + 2.0 * pad);
-        let y = self.height - top - h;
-        let (bx, by, bw, bh) = (N2(x), N2(y), N2(w), N2(h));
-        writeln!(
-            self.buf,
-            "q {} g {bx} {by} {bw} {bh} re f {} w 0 G {bx} {by} {bw} {bh} re S Q",
+/// Draws the code box; returns its bottom, in points from the top of the page.
+fn code_box(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Result<f32> {
+    let pad = pt(l.box_padding_mm);
+    let row = |line: &str, first: bool| -> f32 {
+        if line.trim().is_empty() {
+            l.box_label_size * l.line_height / 2.0
+        } else if first {
+            l.box_title_size * l.line_height
+        } else if line.contains('\t') {
+            l.box_code_size.max(l.box_label_size) * l.line_height
+        } else {
+            l.box_label_size * l.line_height
+        }
+    };
+    let inner: f32 = lines.iter().enumerate().map(|(i, s)| row(s, i == 0)).sum();
+    let (x, top) = (pt(l.margin_left_mm), pt(l.box_top_mm));
+    let (w, h) = (pt(l.box_width_mm), inner + 2.0 * pad);
+    let y = height - top - h;
+    let (bx, by, bw, bh) = (N2(x), N2(y), N2(w), N2(h));
+    d.raw(
+        format!(
+            "q {} g {bx} {by} {bw} {bh} re f {} w 0 G {bx} {by} {bw} {bh} re S Q\n",
             N2(l.box_fill_grey),
             N2(l.box_border_pt)
-        )?;
-        let field = "template print.txt [box]";
-        let mut at = top + pad;
-        for (i, line) in lines.iter().enumerate() {
-            let height = row(line, i == 0);
-            // Baseline a little above the bottom of the row.
-            let base = at + height - height * 0.25;
-            if line.trim().is_empty() {
-            } else if i == 0 {
-                self.text(Font::Bold, l.box_title_size, x + pad, base, line, field)?;
-            } else if let Some((label, value)) = line.split_once('\t') {
-                self.text(Font::Regular, l.box_label_size, x + pad, base, label, field)?;
-                let vx = x + pt(l.box_value_offset_mm);
-                self.text(Font::Code, l.box_code_size, vx, base, value.trim(), field)?;
-            } else {
-                self.text(Font::Regular, l.box_label_size, x + pad, base, line, field)?;
-            }
-            at += height;
+        )
+        .as_bytes(),
+    );
+    let field = "template print.txt [box]";
+    let mut at = top + pad;
+    for (i, line) in lines.iter().enumerate() {
+        let height = row(line, i == 0);
+        // Baseline a little above the bottom of the row.
+        let base = at + height - height * 0.25;
+        if line.trim().is_empty() {
+        } else if i == 0 {
+            d.text(Font::Bold, l.box_title_size, x + pad, base, line, field)?;
+        } else if let Some((label, value)) = line.split_once('\t') {
+            d.text(Font::Regular, l.box_label_size, x + pad, base, label, field)?;
+            let vx = x + pt(l.box_value_offset_mm);
+            d.text(Font::Code, l.box_code_size, vx, base, value.trim(), field)?;
+        } else {
+            d.text(Font::Regular, l.box_label_size, x + pad, base, line, field)?;
         }
-        Ok(top + h)
+        at += height;
     }
+    Ok(top + h)
+}
 
-    /// Prints the body below `from`; returns the bottom of its last line.
-    fn body(&mut self, lines: &[&str], from: f32) -> Result<f32> {
-        let l = self.l;
-        let size = l.body_font_size;
-        let x = pt(l.margin_left_mm);
-        let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
-        let leading = size * l.line_height;
-        let mut top = from + pt(l.body_gap_mm);
-        for line in lines {
-            if line.trim().is_empty() {
-                top += pt(l.paragraph_gap_mm);
-                continue;
-            }
-            for piece in wrap(line, size, width) {
-                self.text(
-                    Font::Regular,
-                    size,
-                    x,
-                    top + size,
-                    piece,
-                    "template print.txt [body]",
-                )?;
-                top += leading;
-            }
+/// Prints the body below `from`; returns the bottom of its last line.
+fn body(d: &mut impl Draw, l: &Layout, lines: &[&str], from: f32) -> Result<f32> {
+    let size = l.body_font_size;
+    let x = pt(l.margin_left_mm);
+    let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
+    let leading = size * l.line_height;
+    let mut top = from + pt(l.body_gap_mm);
+    for line in lines {
+        if line.trim().is_empty() {
+            top += pt(l.paragraph_gap_mm);
+            continue;
         }
-        Ok(top)
-    }
-
-    fn footer(&mut self, lines: &[&str], body_bottom: f32) -> Result<()> {
-        let l = self.l;
-        let size = l.footer_font_size;
-        let leading = size * l.line_height;
-        let last = self.height - pt(l.footer_bottom_mm);
-        let first = last - (lines.len().saturating_sub(1)) as f32 * leading;
-        if !lines.is_empty() && first - size < body_bottom {
-            return Err(Error::Template {
-                name: PRINT.into(),
-                detail: "the page is full: the body runs into the footer".into(),
-            });
-        }
-        let x = pt(l.margin_left_mm);
-        for (i, line) in lines.iter().enumerate() {
-            let top = first + i as f32 * leading;
-            self.text(
+        for piece in wrap(line, size, width) {
+            d.text(
                 Font::Regular,
                 size,
                 x,
-                top,
-                line,
-                "template print.txt [footer]",
+                top + size,
+                piece,
+                "template print.txt [body]",
             )?;
+            top += leading;
         }
-        Ok(())
     }
+    Ok(top)
+}
+
+/// The body of a shape: as [`body`], but a paragraph with a placeholder becomes a step
+/// (wrapped per mailer), and the static text after it goes to a form drawn with the shift.
+fn body_prepare(p: &mut Preparer<'_>, l: &Layout, lines: &[&str], from: f32) -> Result<f32> {
+    let size = l.body_font_size;
+    let x = pt(l.margin_left_mm);
+    let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
+    let leading = size * l.line_height;
+    let mut top = from + pt(l.body_gap_mm);
+    for line in lines {
+        if line.trim().is_empty() {
+            top += pt(l.paragraph_gap_mm);
+            continue;
+        }
+        if line.contains(MARK) {
+            p.check(line);
+            let count = wrap(line, size, width).len();
+            p.ops.push(DynOp::Para {
+                line: (*line).to_owned(),
+                top,
+                lines: count,
+            });
+            p.after_para = true;
+            for _ in 0..count {
+                top += leading;
+            }
+            continue;
+        }
+        for piece in wrap(line, size, width) {
+            p.text(
+                Font::Regular,
+                size,
+                x,
+                top + size,
+                piece,
+                "template print.txt [body]",
+            )?;
+            top += leading;
+        }
+    }
+    // The footer is not shifted.
+    p.after_para = false;
+    p.current = 0;
+    Ok(top)
+}
+
+/// Top of the footer's first line less its size (points from the top), if there is a footer.
+fn footer_limit(l: &Layout, height: f32, lines: usize) -> Option<f32> {
+    let size = l.footer_font_size;
+    let leading = size * l.line_height;
+    let last = height - pt(l.footer_bottom_mm);
+    let first = last - (lines.saturating_sub(1)) as f32 * leading;
+    (lines > 0).then_some(first - size)
+}
+
+fn check_footer(limit: Option<f32>, body_bottom: f32) -> Result<()> {
+    if limit.is_some_and(|limit| limit < body_bottom) {
+        return Err(Error::Template {
+            name: PRINT.into(),
+            detail: "the page is full: the body runs into the footer".into(),
+        });
+    }
+    Ok(())
+}
+
+fn footer(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Result<()> {
+    let size = l.footer_font_size;
+    let leading = size * l.line_height;
+    let last = height - pt(l.footer_bottom_mm);
+    let first = last - (lines.len().saturating_sub(1)) as f32 * leading;
+    let x = pt(l.margin_left_mm);
+    for (i, line) in lines.iter().enumerate() {
+        let top = first + i as f32 * leading;
+        d.text(
+            Font::Regular,
+            size,
+            x,
+            top,
+            line,
+            "template print.txt [footer]",
+        )?;
+    }
+    Ok(())
 }
 
 /// Greedy word wrap of `line` into slices no wider than `width` (a longer word stands alone).
@@ -478,21 +1171,26 @@ fn wrap(line: &str, size: f32, width: f32) -> Vec<&str> {
 /// # Security
 /// Each page's content stream goes to the sink in one `write_all` from a zeroizing buffer;
 /// whatever buffers the sink keeps (a `BufWriter`, an encryptor) are the sink's to wipe. Give
-/// it a sealing writer (age) for files that leave the process.
+/// it a sealing writer (age) for files that leave the process. The Form XObjects of prepared
+/// shapes hold no digit and no personal data.
 pub struct PdfWriter<'r, W: Write> {
     out: W,
     renderer: &'r PrintRenderer,
     /// Byte offset of each object, indexed by object number (0 unused).
     offsets: Vec<u64>,
     pos: u64,
-    pages: usize,
+    /// Object number of each page.
+    pages: Vec<usize>,
+    /// The shapes whose forms are in the file, with the number of their resources object.
+    shapes: Vec<(Arc<PreparedPage>, usize)>,
     media_box: String,
+    scratch: Vec<u8>,
 }
 
 impl<W: Write> fmt::Debug for PdfWriter<'_, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PdfWriter")
-            .field("pages", &self.pages)
+            .field("pages", &self.pages.len())
             .field("bytes", &self.pos)
             .finish()
     }
@@ -508,14 +1206,16 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         let mut w = PdfWriter {
             out,
             renderer,
-            offsets: vec![0; FIRST_PAGE],
+            offsets: vec![0; FIRST_FREE],
             pos: 0,
-            pages: 0,
+            pages: Vec::new(),
+            shapes: Vec::new(),
             media_box: format!(
                 "[0 0 {:.2} {:.2}]",
                 pt(l.page_width_mm),
                 pt(l.page_height_mm)
             ),
+            scratch: Vec::with_capacity(256),
         };
         // The second line's high bytes mark the file as binary for transfer tools.
         w.put(b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n")?;
@@ -553,6 +1253,11 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         self.offsets[num] = self.pos;
     }
 
+    /// The next free object number (objects from 7 on are written in number order).
+    fn next_object(&self) -> usize {
+        self.offsets.len()
+    }
+
     /// Renders `mailer` and appends it as the next page.
     ///
     /// # Errors
@@ -562,37 +1267,80 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         self.append(&page)
     }
 
+    /// The resources object of a prepared shape, writing its forms and resources the first
+    /// time.
+    fn shape_resources(&mut self, shape: &Arc<PreparedPage>) -> Result<usize> {
+        if let Some((_, res)) = self.shapes.iter().find(|(s, _)| Arc::ptr_eq(s, shape)) {
+            return Ok(*res);
+        }
+        let mut names = String::new();
+        for (i, form) in shape.forms.iter().enumerate() {
+            let num = self.next_object();
+            self.mark(num);
+            let head = format!(
+                "{num} 0 obj\n<< /Type /XObject /Subtype /Form /BBox {} /Resources {RESOURCES} 0 R /Length {} >>\nstream\n",
+                self.media_box,
+                form.len()
+            );
+            self.put(head.as_bytes())?;
+            self.put(form)?;
+            self.put(b"\nendstream\nendobj\n")?;
+            names.push_str(&format!("/S{i} {num} 0 R "));
+        }
+        let res = self.next_object();
+        self.object(
+            res,
+            format!(
+                "<< /Font << /F1 3 0 R /F2 4 0 R /F3 5 0 R >> /XObject << {names}>> /ProcSet [/PDF /Text] >>"
+            )
+            .as_bytes(),
+        )?;
+        self.shapes.push((Arc::clone(shape), res));
+        Ok(res)
+    }
+
     /// Appends a page rendered by [`PrintRenderer::render_page`] (possibly on another thread).
     ///
     /// # Errors
     /// [`Error::Io`] if the sink fails.
     pub fn append(&mut self, page: &PageStream) -> Result<()> {
-        let num = FIRST_PAGE + 2 * self.pages;
-        let page_dict = format!(
-            "<< /Type /Page /Parent {PAGES} 0 R /MediaBox {} /Resources {RESOURCES} 0 R /Contents {} 0 R >>",
-            self.media_box,
-            num + 1
-        );
-        self.object(num, page_dict.as_bytes())?;
+        let resources = match &page.shape {
+            Some(shape) => self.shape_resources(shape)?,
+            None => RESOURCES,
+        };
+        let num = self.next_object();
+        let stream = page.stream.expose_secret();
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        let mut n = Num::default();
+        s.extend_from_slice(n.int(num as u64));
+        s.extend_from_slice(b" 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox ");
+        s.extend_from_slice(self.media_box.as_bytes());
+        s.extend_from_slice(b" /Resources ");
+        s.extend_from_slice(n.int(resources as u64));
+        s.extend_from_slice(b" 0 R /Contents ");
+        s.extend_from_slice(n.int(num as u64 + 1));
+        s.extend_from_slice(b" 0 R >>\nendobj\n");
+        let contents_at = s.len();
+        s.extend_from_slice(n.int(num as u64 + 1));
+        s.extend_from_slice(b" 0 obj\n<< /Length ");
+        s.extend_from_slice(n.int(stream.len() as u64));
+        s.extend_from_slice(b" >>\nstream\n");
+        self.mark(num);
         self.mark(num + 1);
-        let stream = page.0.expose_secret();
-        self.put(
-            format!(
-                "{} 0 obj\n<< /Length {} >>\nstream\n",
-                num + 1,
-                stream.len()
-            )
-            .as_bytes(),
-        )?;
+        self.offsets[num + 1] = self.pos + contents_at as u64;
+        let written = self.put(&s);
+        self.scratch = s;
+        written?;
         self.put(stream)?;
         self.put(b"\nendstream\nendobj\n")?;
-        self.pages += 1;
+        self.pages.push(num);
         Ok(())
     }
 
     /// Pages appended so far.
     pub fn pages(&self) -> usize {
-        self.pages
+        self.pages.len()
     }
 
     /// Bytes written so far (to bound print file sizes).
@@ -606,16 +1354,19 @@ impl<'r, W: Write> PdfWriter<'r, W> {
     /// # Errors
     /// [`Error::NoPages`] if no page was added; [`Error::Io`] if the sink fails.
     pub fn finish(mut self) -> Result<W> {
-        if self.pages == 0 {
+        if self.pages.is_empty() {
             return Err(Error::NoPages);
         }
-        let mut kids = String::with_capacity(self.pages * 10 + 64);
-        kids.push_str(&format!("<< /Type /Pages /Count {} /Kids [", self.pages));
-        for i in 0..self.pages {
+        let mut kids = String::with_capacity(self.pages.len() * 10 + 64);
+        kids.push_str(&format!(
+            "<< /Type /Pages /Count {} /Kids [",
+            self.pages.len()
+        ));
+        for (i, num) in self.pages.iter().enumerate() {
             if i % 8 == 0 {
                 kids.push('\n');
             }
-            kids.push_str(&format!("{} 0 R ", FIRST_PAGE + 2 * i));
+            kids.push_str(&format!("{num} 0 R "));
         }
         kids.push_str("] >>");
         self.object(PAGES, kids.as_bytes())?;
@@ -642,7 +1393,7 @@ impl<'r, W: Write> PdfWriter<'r, W> {
 
 #[cfg(test)]
 mod tests {
-    use super::N2;
+    use super::{Num, N2};
 
     #[test]
     fn numbers_have_two_decimals_like_the_float_formatter() {
@@ -653,5 +1404,8 @@ mod tests {
         }
         assert_eq!(N2(-3.25).to_string(), "-3.25");
         assert_eq!(N2(-0.5).to_string(), "-0.50");
+        for v in [0u64, 7, 10, 42, 1_234_567_890_123, u64::MAX] {
+            assert_eq!(Num::default().int(v), v.to_string().as_bytes());
+        }
     }
 }

@@ -12,8 +12,8 @@
 //!
 //! | name | value |
 //! |---|---|
-//! | `holder.name` | the addressee's name |
-//! | `card.serial_masked`, `card.serial_last4` | the masked serial, its last four characters |
+//! | `holder.name` | the addressee's name (print: substituted after templating, see below) |
+//! | `card.serial_masked`, `card.serial_last4` | the masked serial, its last four characters (print: substituted after templating) |
 //! | `issuer.name`, `issuer.card_name`, `issuer.helpline`, `issuer.web` | from [`Issuer`] |
 //! | `part.name` | `"A"`, `"B"` or `"whole"` |
 //! | `part.channel`, `part.other_channel` | `counter`, `remote`, `sms`, `email`, `any` (other: none for `whole`) |
@@ -21,10 +21,18 @@
 //! | `part.pin`, `part.puk`, `part.sig_pin`, `part.sig_puk` | `{from, to, count, total, before, after}`: 1-based digit positions, digits in this part, in the whole code, before and after this part |
 //! | `part.signature` | whether the card has a signature pair |
 //! | `pin`, `puk`, `sig_pin`, `sig_puk` | the digits of this part (placeholders, see below) |
-//! | `number` | the mailer number, or none |
+//! | `number` | the mailer number, or none (print: substituted after templating) |
 //!
 //! `pin`, `puk`, `sig_pin` and `sig_puk` are placeholders that are replaced by the digits after
 //! templating: print them as they are (`{{ pin }}`), not through filters.
+//!
+//! In the **print** template, `holder.name`, `card.serial_masked`, `card.serial_last4` and
+//! `number` are substituted after templating as well, like the codes: the template is rendered
+//! once per page *shape* with placeholders for them, and each page only fills them in (see
+//! [`super::pdf`]). Print them as they are. A print template that transforms or tests them
+//! (`{{ holder.name|upper }}`, `{% if number > 10 %}`) still renders correctly: a check at
+//! the first page of each shape (two probe mailers, rendered both ways) detects it, and such
+//! shapes are rendered the slow way, templating every page with the real values.
 //!
 //! The print template is cut into sections by lines `[header]`, `[box]`, `[body]`, `[footer]`
 //! (see [`super::pdf`]).
@@ -64,11 +72,17 @@ const BUILTIN: [(&str, &str); 5] = [
 ];
 
 /// Marks a placeholder in rendered text; followed by one ASCII tag byte.
-const MARK: char = '\u{E000}';
-const PIN_TAG: u8 = b'P';
-const PUK_TAG: u8 = b'K';
-const SIG_PIN_TAG: u8 = b'S';
-const SIG_PUK_TAG: u8 = b'T';
+pub(crate) const MARK: char = '\u{E000}';
+pub(crate) const PIN_TAG: u8 = b'P';
+pub(crate) const PUK_TAG: u8 = b'K';
+pub(crate) const SIG_PIN_TAG: u8 = b'S';
+pub(crate) const SIG_PUK_TAG: u8 = b'T';
+/// Per-mailer values substituted after templating in prepared print pages (see
+/// [`super::pdf`]): `holder.name`, `card.serial_masked`, `card.serial_last4`, `number`.
+pub(crate) const NAME_TAG: u8 = b'n';
+pub(crate) const MASKED_TAG: u8 = b'm';
+pub(crate) const LAST4_TAG: u8 = b'l';
+pub(crate) const NUMBER_TAG: u8 = b'#';
 
 /// The issuer's texts that templates print (name, helpline…); from config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,18 +210,75 @@ impl Templates {
         Ok(text)
     }
 
-    fn render_placeholders(
+    /// Renders template `name` for `mailer`, codes as placeholders (no digit is read).
+    pub(crate) fn render_placeholders(
         &self,
         name: &str,
         mailer: &Mailer<'_>,
         issuer: &Issuer,
     ) -> Result<String> {
-        let ctx = Context::new(mailer, issuer);
+        let ctx = Context::new(mailer, issuer, false);
         self.env
             .get_template(name)
             .and_then(|t| t.render(&ctx))
             .map_err(|e| template_error(name, &e))
     }
+
+    /// Renders the print template for the *shape* of `mailer` (its part, signature pair and
+    /// whether it has a number): the codes **and** the holder's name, the serial texts and the
+    /// number are placeholders. Reads neither a digit nor a personal value of `mailer`.
+    pub(crate) fn render_print_shape(
+        &self,
+        mailer: &Mailer<'_>,
+        issuer: &Issuer,
+    ) -> Result<String> {
+        let ctx = Context::new(mailer, issuer, true);
+        self.env
+            .get_template(PRINT)
+            .and_then(|t| t.render(&ctx))
+            .map_err(|e| template_error(PRINT, &e))
+    }
+}
+
+/// The digits a code tag stands for, if the part has them.
+pub(crate) fn code_digits(codes: &PartCodes, tag: u8) -> Option<&Digits> {
+    match tag {
+        PIN_TAG => Some(&codes.pin),
+        PUK_TAG => Some(&codes.puk),
+        SIG_PIN_TAG => codes.signature.as_ref().map(|s| &s.0),
+        SIG_PUK_TAG => codes.signature.as_ref().map(|s| &s.1),
+        _ => None,
+    }
+}
+
+/// Fills the per-mailer placeholders (name, serial texts, number) of a shape's text, leaving
+/// the code placeholders in place; `None` for an unknown tag (a filter changed a placeholder).
+pub(crate) fn substitute_personal(
+    text: &str,
+    name: &str,
+    masked: &str,
+    last4: &str,
+    number: Option<&str>,
+) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 2 * name.len() + 64);
+    let mut pieces = text.split(MARK);
+    out.push_str(pieces.next().unwrap_or(""));
+    for piece in pieces {
+        let tag = piece.bytes().next()?;
+        match tag {
+            NAME_TAG => out.push_str(name),
+            MASKED_TAG => out.push_str(masked),
+            LAST4_TAG => out.push_str(last4),
+            NUMBER_TAG => out.push_str(number?),
+            PIN_TAG | PUK_TAG | SIG_PIN_TAG | SIG_PUK_TAG => {
+                out.push(MARK);
+                out.push(char::from(tag));
+            }
+            _ => return None,
+        }
+        out.push_str(piece.get(1..)?);
+    }
+    Some(out)
 }
 
 /// Replaces the placeholders of `text` with the digits of `codes`, into a text allocated once.
@@ -244,6 +315,14 @@ fn expand(text: &str, codes: &PartCodes, name: &str) -> Result<SecretText> {
     Ok(out)
 }
 
+/// The mailer number, or its placeholder in a prepared print page.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NumberCtx {
+    Value(u64),
+    Placeholder(&'static str),
+}
+
 #[derive(Serialize)]
 struct Context<'a> {
     holder: HolderCtx<'a>,
@@ -254,7 +333,7 @@ struct Context<'a> {
     puk: &'static str,
     sig_pin: Option<&'static str>,
     sig_puk: Option<&'static str>,
-    number: Option<u64>,
+    number: Option<NumberCtx>,
 }
 
 #[derive(Serialize)]
@@ -308,17 +387,30 @@ impl RangeCtx {
 }
 
 impl<'a> Context<'a> {
-    fn new(mailer: &Mailer<'a>, issuer: &'a Issuer) -> Context<'a> {
+    /// The context of `mailer`; with `personal`, the name, serial texts and number are
+    /// placeholders (a print page shape).
+    fn new(mailer: &Mailer<'a>, issuer: &'a Issuer, personal: bool) -> Context<'a> {
         let codes = mailer.codes;
         let p: &Part = &codes.part;
         let has_sig = codes.signature.is_some() && p.signature_digits.is_some();
         Context {
             holder: HolderCtx {
-                name: &mailer.addressee.name,
+                name: if personal {
+                    "\u{E000}n"
+                } else {
+                    &mailer.addressee.name
+                },
             },
-            card: CardCtx {
-                serial_masked: mask_serial(mailer.card_serial),
-                serial_last4: serial_last4(mailer.card_serial),
+            card: if personal {
+                CardCtx {
+                    serial_masked: "\u{E000}m".into(),
+                    serial_last4: "\u{E000}l".into(),
+                }
+            } else {
+                CardCtx {
+                    serial_masked: mask_serial(mailer.card_serial),
+                    serial_last4: serial_last4(mailer.card_serial),
+                }
             },
             issuer,
             part: PartCtx {
@@ -345,7 +437,13 @@ impl<'a> Context<'a> {
             puk: "\u{E000}K",
             sig_pin: has_sig.then_some("\u{E000}S"),
             sig_puk: has_sig.then_some("\u{E000}T"),
-            number: mailer.number,
+            number: mailer.number.map(|n| {
+                if personal {
+                    NumberCtx::Placeholder("\u{E000}#")
+                } else {
+                    NumberCtx::Value(n)
+                }
+            }),
         }
     }
 }
