@@ -17,6 +17,8 @@
 //! plus raw store write time for the same records): 1.0 means the import costs no more than
 //! the bare work it cannot avoid.
 
+mod mailers;
+
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -48,6 +50,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Import N generated pairs into a fresh sled store, with the bare baselines.
     Import(ImportBench),
+    /// Print N sealed PIN mailers from the vault, on 2 threads and on 1, with a bare
+    /// rendering baseline.
+    Mailers(mailers::MailersBench),
 }
 
 /// `plico bench import` arguments.
@@ -72,6 +77,7 @@ pub struct ImportBench {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Import(a) => import(&a),
+        BenchCommand::Mailers(a) => mailers::run(&a),
     }
 }
 
@@ -87,11 +93,11 @@ impl TestRng {
     }
 }
 
-fn serial(base: u64, i: u64) -> String {
+pub(super) fn serial(base: u64, i: u64) -> String {
     format!("8039{:015}", base + i)
 }
 
-fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
+pub(super) fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
     let mut rng = TestRng(0x9E37_79B9_7F4A_7C15 ^ base);
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(out, "serial;pin;puk")?;
@@ -109,7 +115,7 @@ fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
-fn peak_rss_mib() -> f64 {
+pub(super) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -135,7 +141,7 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
+pub(super) fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
     std::fs::create_dir_all(dir)?;
     let mut share: Option<SecretString> = None;
     let (hsm, _) = SimulatedHsm::init(
@@ -155,7 +161,7 @@ fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
     Ok(Arc::new(hsm))
 }
 
-fn per_s(n: u64, d: Duration) -> f64 {
+pub(super) fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
