@@ -29,6 +29,7 @@ pub mod error;
 mod extract;
 mod health;
 pub mod holders;
+pub mod mailers;
 pub mod registry;
 pub mod reports;
 mod status;
@@ -218,6 +219,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         registry::endpoints(),
         holders::endpoints(),
         cards::endpoints(),
+        mailers::endpoints(),
         reports::endpoints(),
     ]
     .into_iter()

@@ -4,7 +4,7 @@
 //!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
 //! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
 //! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate`,
-//!   `batches`, `registry`, `holders`, `cards` and `reports` talk to a running server over
+//!   `batches`, `registry`, `holders`, `cards`, `mailers` and `reports` talk to a running server over
 //!   HTTP(S); they never open the data directory, which belongs to the server while it runs
 //!   (sled locks it).
 //!
@@ -22,6 +22,7 @@ mod generate;
 mod holders;
 mod import;
 mod init;
+mod mailers;
 mod registry;
 mod reports;
 mod serve;
@@ -91,6 +92,8 @@ pub enum Command {
     Holders(holders::HoldersArgs),
     /// Show a card's status, or activate, suspend, reactivate or revoke it.
     Cards(cards::CardsArgs),
+    /// Print runs of PIN mailers, their outcomes and the reconciliation per batch.
+    Mailers(mailers::MailersArgs),
     /// Technical problem reports: operators open them, support works them.
     Reports(reports::ReportsArgs),
     /// Measure plico against baselines taken in the same run (not part of the tests).
@@ -126,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Registry(a) => registry::run(a),
         Command::Holders(a) => holders::run(a),
         Command::Cards(a) => cards::run(a),
+        Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
         Command::Bench(a) => bench::run(a),
     }

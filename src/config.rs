@@ -38,13 +38,27 @@
 //!
 //! [registry]
 //! max_upload_bytes = 67108864        # largest holder registry file accepted (64 MiB)
+//!
+//! [mailers]                          # bulk print runs and the counter's page
+//! out_dir = "/var/lib/plico/print"   # sealed print files and manifests; default DATA_DIR/print
+//! recipients = ["age1…"]             # the print facility's age x25519 recipients
+//! per_file = 10000                   # mailers per print file
+//! templates_dir = "/etc/plico/templates"  # optional: templates overriding the built-in ones
+//!
+//! [mailers.issuer]                   # texts the templates print
+//! name = "Regione Esempio"
+//! helpline = "800 000 000"
+//!
+//! [mailers.layout]                   # page geometry in mm; set only what changes
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
 //! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_CODES_PIN_MIN`
 //! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`,
 //! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on,
-//! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`. Other `PLICO_*`
+//! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`, `PLICO_MAILERS_OUT_DIR`, `PLICO_MAILERS_PER_FILE`,
+//! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
+//! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`. Other `PLICO_*`
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
 //! ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
@@ -88,10 +102,18 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "PLICO_REGISTRY_MAX_UPLOAD_BYTES",
         "registry.max_upload_bytes",
     ),
+    ("PLICO_MAILERS_OUT_DIR", "mailers.out_dir"),
+    ("PLICO_MAILERS_RECIPIENTS", "mailers.recipients"),
+    ("PLICO_MAILERS_PER_FILE", "mailers.per_file"),
+    ("PLICO_MAILERS_TEMPLATES_DIR", "mailers.templates_dir"),
+    ("PLICO_MAILERS_ISSUER_NAME", "mailers.issuer.name"),
+    ("PLICO_MAILERS_ISSUER_CARD_NAME", "mailers.issuer.card_name"),
+    ("PLICO_MAILERS_ISSUER_HELPLINE", "mailers.issuer.helpline"),
+    ("PLICO_MAILERS_ISSUER_WEB", "mailers.issuer.web"),
 ];
 
 /// The service configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Directory of the HSM state and, later, the store.
@@ -112,6 +134,8 @@ pub struct Config {
     pub import: ImportConfig,
     /// Holder registry files.
     pub registry: RegistryConfig,
+    /// Print runs and the counter's page.
+    pub mailers: MailersConfig,
 }
 
 impl Default for Config {
@@ -126,7 +150,99 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             import: ImportConfig::default(),
             registry: RegistryConfig::default(),
+            mailers: MailersConfig::default(),
         }
+    }
+}
+
+/// Mailers a print file when nothing says otherwise.
+pub const DEFAULT_MAILERS_PER_FILE: usize = 10_000;
+
+/// The `[mailers]` table: how print files are made and whom they are sealed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailersConfig {
+    /// Directory of the sealed print files and their manifests; default `DATA_DIR/print`.
+    pub out_dir: Option<PathBuf>,
+    /// The print facility's age x25519 recipients (`age1…`); every print file is sealed to
+    /// all of them. In the environment: one variable, comma-separated. Without any, print runs
+    /// are refused (`serve --dev` makes a development identity instead).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub recipients: Vec<String>,
+    /// Mailers a print file; at least 1.
+    pub per_file: usize,
+    /// A directory of templates replacing the built-in ones of the same name.
+    pub templates_dir: Option<PathBuf>,
+    /// The issuer's texts.
+    pub issuer: dispatch::Issuer,
+    /// The page layout.
+    pub layout: dispatch::Layout,
+}
+
+impl Default for MailersConfig {
+    fn default() -> Self {
+        MailersConfig {
+            out_dir: None,
+            recipients: Vec::new(),
+            per_file: DEFAULT_MAILERS_PER_FILE,
+            templates_dir: None,
+            issuer: dispatch::Issuer::default(),
+            layout: dispatch::Layout::default(),
+        }
+    }
+}
+
+/// A list of strings, or one string of comma-separated items (as an environment variable
+/// gives it); blank items are dropped.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::Text(t) => t.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+impl MailersConfig {
+    /// The print setup these settings describe, with `data_dir` for the default output
+    /// directory and `recipients` replacing the configured ones when given (the `--dev`
+    /// identity). Loads the templates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `[mailers] templates_dir` for templates that do not load.
+    pub fn print_setup(
+        &self,
+        data_dir: &Path,
+        recipients: Option<Vec<String>>,
+    ) -> Result<crate::mailers::PrintSetup, ConfigError> {
+        let templates = dispatch::Templates::load(self.templates_dir.as_deref()).map_err(|e| {
+            ConfigError(format!(
+                "[mailers]: `templates_dir` {}: {e}",
+                self.templates_dir
+                    .as_deref()
+                    .map_or_else(|| "(built-in)".to_owned(), |d| d.display().to_string())
+            ))
+        })?;
+        Ok(crate::mailers::PrintSetup {
+            templates: std::sync::Arc::new(templates),
+            layout: self.layout.clone(),
+            issuer: self.issuer.clone(),
+            out_dir: self
+                .out_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("print")),
+            recipients: recipients.unwrap_or_else(|| self.recipients.clone()),
+            per_file: self.per_file.max(1),
+        })
     }
 }
 
@@ -418,6 +534,21 @@ impl Config {
                 "{origin}: [limits]: `sensitive_per_minute` must be at least 1"
             )));
         }
+        if self.mailers.per_file == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [mailers]: `per_file` must be at least 1"
+            )));
+        }
+        for (i, r) in self.mailers.recipients.iter().enumerate() {
+            if r.parse::<age::x25519::Recipient>().is_err() {
+                return Err(ConfigError(format!(
+                    "{origin}: [mailers]: `recipients` item {} (of {}) is not an age x25519 \
+                     recipient (age1…)",
+                    i + 1,
+                    self.mailers.recipients.len()
+                )));
+            }
+        }
         if let Some(tls) = &self.tls {
             match (&tls.cert, &tls.key) {
                 (Some(_), Some(_)) | (None, None) => {}
@@ -604,6 +735,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("PLICO_IMPORT_SERIAL_CHARSET"), "{e}");
+    }
+
+    #[test]
+    fn mailers_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.mailers.per_file, 10_000);
+        assert!(c.mailers.recipients.is_empty());
+        let setup = c.mailers.print_setup(Path::new("/d"), None).unwrap();
+        assert_eq!(setup.out_dir, Path::new("/d/print"));
+        let r = age::x25519::Identity::generate().to_public().to_string();
+        let f = file(&format!(
+            "[mailers]\nout_dir = \"/p\"\nper_file = 5\nrecipients = [\"{r}\"]\n\
+             [mailers.issuer]\nname = \"Regione Prova\"\n[mailers.layout]\nheader_font_size = 11.0\n"
+        ));
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(c.mailers.per_file, 5);
+        assert_eq!(c.mailers.recipients, vec![r.clone()]);
+        assert_eq!(c.mailers.issuer.name, "Regione Prova");
+        assert_eq!(c.mailers.issuer.helpline, "800 000 000");
+        let setup = c.mailers.print_setup(Path::new("/d"), None).unwrap();
+        assert_eq!(setup.out_dir, Path::new("/p"));
+
+        let f = file(&format!(
+            "[mailers]\nrecipients = [\"{r}\", \"age1nope\"]\n"
+        ));
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("recipients") && e.contains("item 2"), "{e}");
+        assert!(!e.contains("age1nope"), "{e}");
+        let f = file("[mailers]\nper_file = 0\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("per_file"), "{e}");
+        let f = file("[mailers]\ntemplates_dir = \"/nonexistent/templates\"\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        let e = c
+            .mailers
+            .print_setup(Path::new("/d"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("templates_dir"), "{e}");
+    }
+
+    #[test]
+    fn mailers_environment() {
+        let a = age::x25519::Identity::generate().to_public().to_string();
+        let b = age::x25519::Identity::generate().to_public().to_string();
+        std::env::set_var("PLICO_T_MAILERS_MAILERS_RECIPIENTS", format!("{a}, {b}"));
+        std::env::set_var("PLICO_T_MAILERS_MAILERS_PER_FILE", "7");
+        std::env::set_var("PLICO_T_MAILERS_MAILERS_OUT_DIR", "/out");
+        let c = Config::load_from(None, Env::prefixed("PLICO_T_MAILERS_")).unwrap();
+        assert_eq!(c.mailers.recipients, vec![a, b]);
+        assert_eq!(c.mailers.per_file, 7);
+        assert_eq!(c.mailers.out_dir.as_deref(), Some(Path::new("/out")));
+        std::env::set_var("PLICO_T_MAILERS_MAILERS_PER_FILE", "many");
+        let e = Config::load_from(None, Env::prefixed("PLICO_T_MAILERS_"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PLICO_MAILERS_PER_FILE"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
 //! - [`AppState`] holds the HSM, the store (sled in production), the audit chain, the
 //!   accounts, the code vault with its import rules, and the card management side over it
-//!   ([`vault::cms::Cms`]: holder registry, card lifecycle, problem reports). When the HSM
+//!   ([`vault::cms::Cms`]: holder registry, card lifecycle, problem reports), and how mailers
+//!   are printed ([`mailers::PrintSetup`], with the progress of running print runs). When the HSM
 //!   becomes unsealed,
 //!   [`AppState::unsealed`] installs the audit key; [`AppState::seal`] seals it again and drops
 //!   every key held in memory; at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod config;
+pub mod mailers;
 pub mod tls;
 
 use axum::Router;
@@ -71,6 +73,11 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     /// Per-account rate limits.
     pub limits: Arc<api::RateLimits>,
+    /// How print files and the counter's page are made (`[mailers]`). Without recipients,
+    /// print runs are refused.
+    pub print: Arc<mailers::PrintSetup>,
+    /// The print runs going in this process, with the mailers each has rendered so far.
+    pub print_runs: Arc<api::mailers::RunProgress>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -189,8 +196,16 @@ impl AppState {
             audit,
             accounts,
             limits: Arc::new(api::RateLimits::new(settings.sensitive_per_minute)),
+            print: Arc::new(default_print_setup()?),
+            print_runs: Arc::default(),
             unseal_lock: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The same state with `setup` for print runs and the counter's page (from `[mailers]`).
+    pub fn with_print(mut self, setup: mailers::PrintSetup) -> Self {
+        self.print = Arc::new(setup);
+        self
     }
 
     /// To be called once the HSM has become unsealed: unwraps (creating it on first use) the
@@ -236,6 +251,21 @@ impl AppState {
         self.codes.forget_keys();
         checkpoint.and(dropped)
     }
+}
+
+/// The print setup of a state made without `[mailers]`: built-in templates and texts, and no
+/// recipient, so print runs are refused until [`AppState::with_print`] gives one.
+fn default_print_setup() -> vault::Result<mailers::PrintSetup> {
+    let templates = dispatch::Templates::builtin()
+        .map_err(|e| vault::Error::Invalid(format!("built-in mailer templates: {e}")))?;
+    Ok(mailers::PrintSetup {
+        templates: Arc::new(templates),
+        layout: dispatch::Layout::default(),
+        issuer: dispatch::Issuer::default(),
+        out_dir: std::path::PathBuf::from("print"),
+        recipients: Vec::new(),
+        per_file: config::DEFAULT_MAILERS_PER_FILE,
+    })
 }
 
 /// The whole HTTP API as a router, with its limits (body size, timeout, authentication, rate)

@@ -1,5 +1,6 @@
-//! `plico cards show|activate|suspend|reactivate|revoke SERIAL`: the client for
-//! `/v1/cards/{serial}` (operator or cms token; support may show and suspend).
+//! `plico cards show|activate|suspend|reactivate|revoke|counter-page SERIAL`: the client for
+//! `/v1/cards/{serial}` (operator or cms token; support may show and suspend; only operators
+//! print the counter page, part A of the codes, to a new 0600 PDF file).
 //!
 //! Every change prints the card's new status. A change the card's state does not allow fails
 //! with the server's `wrong_state` message, which names the current state (exit 1).
@@ -26,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::cards::CardView;
 use serde_json::{json, Value};
+use std::path::Path;
 
 /// Arguments of `plico cards`.
 #[derive(Debug, Args)]
@@ -70,6 +72,18 @@ pub enum CardsCommand {
         /// Print the server's JSON answer.
         #[arg(long)]
         json: bool,
+    },
+    /// Print part A of a card's codes at the counter: a one-page PDF written to a new 0600
+    /// file (operator; the card must be active; audited as a code release).
+    CounterPage {
+        /// The card serial.
+        serial: String,
+        /// The delivery plan whose part A is printed, e.g. `counter(2)+sms`.
+        #[arg(long, value_name = "PLAN", default_value = "counter(2)+remote")]
+        plan: String,
+        /// The PDF file to write; it must not exist.
+        #[arg(long, value_name = "FILE.pdf")]
+        out: std::path::PathBuf,
     },
     /// Revoke a card for good; its codes are deleted.
     Revoke {
@@ -183,6 +197,9 @@ fn activation(a: &ActivateArgs) -> Result<Value> {
 pub fn run(args: CardsArgs) -> Result<()> {
     let client = Client::with_token(&args.server, &args.auth)?;
     let runtime = super::unseal::client_runtime()?;
+    if let CardsCommand::CounterPage { serial, plan, out } = &args.command {
+        return runtime.block_on(counter_page(&client, serial, plan, out));
+    }
     let (card, json): (CardView, bool) = runtime.block_on(async {
         Ok::<_, anyhow::Error>(match &args.command {
             CardsCommand::Show { serial, json } => {
@@ -216,6 +233,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
                 let body = json!({ "reason": reason });
                 (client.post(&path, &body).await?, *json)
             }
+            CardsCommand::CounterPage { .. } => bail!("counter-page is handled above"),
         })
     })?;
     if json {
@@ -226,6 +244,34 @@ pub fn run(args: CardsArgs) -> Result<()> {
     } else {
         print_card(&card);
     }
+    Ok(())
+}
+
+/// Fetches the counter page and writes it to a new 0600 file (never over an existing one).
+async fn counter_page(client: &Client, serial: &str, plan: &str, out: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite it", out.display());
+    }
+    let path = format!("/v1/cards/{}/counter-page", path_segment(serial)?);
+    let pdf = client
+        .post_secret_bytes(&path, &json!({ "plan": plan }))
+        .await?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    f.write_all(&pdf)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "counter page written to {} ({} bytes); print it and delete the file",
+        out.display(),
+        pdf.len()
+    );
     Ok(())
 }
 

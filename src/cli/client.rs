@@ -216,6 +216,37 @@ impl Client {
         Ok(n)
     }
 
+    /// `POST path` with a JSON body; the answer's body (on success) into a zeroizing buffer:
+    /// for answers that carry a secret, such as the counter's page.
+    pub async fn post_secret_bytes<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let (url, mut res) = self.send(Method::POST, path, Some(body)).await?;
+        if !res.status().is_success() {
+            let status = res.status();
+            let bytes = res.bytes().await.unwrap_or_default();
+            return Err(Self::error(&url, status, &bytes));
+        }
+        let mut out = zeroize::Zeroizing::new(Vec::new());
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .with_context(|| format!("reading the answer of {url} (transfer broken)"))?
+        {
+            // Grow by hand so that no reallocation leaves a copy behind unzeroized.
+            if out.capacity() - out.len() < chunk.len() {
+                let mut bigger =
+                    zeroize::Zeroizing::new(Vec::with_capacity((out.len() + chunk.len()) * 2));
+                bigger.extend_from_slice(&out);
+                out = bigger;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
     async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,

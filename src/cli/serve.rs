@@ -10,8 +10,9 @@
 //! `--dev` is the one-command local start: data in `./plico-data`, listener forced onto
 //! loopback, and a 1-of-1 HSM whose only share is kept beside the data
 //! (`./plico-data/dev-share.txt`) so it can unseal itself at start. On the first run it also
-//! creates the first admin account, with its token in `./plico-data/admin-token.txt`. It says
-//! so loudly.
+//! creates the first admin account, with its token in `./plico-data/admin-token.txt`, and,
+//! unless `[mailers] recipients` is set, a development print facility identity
+//! (`./plico-data/print-facility-dev.key`) that print files are sealed to. It says so loudly.
 
 use super::{bootstrap, files};
 use anyhow::{bail, Context, Result};
@@ -32,6 +33,8 @@ use vault::Hsm;
 const DEV_DATA_DIR: &str = "./plico-data";
 /// The dev share's file name inside the data directory.
 const DEV_SHARE_FILE: &str = "dev-share.txt";
+/// The development print facility identity of `--dev` without `[mailers] recipients`.
+const DEV_PRINT_KEY_FILE: &str = "print-facility-dev.key";
 
 /// Arguments of `plico serve`.
 #[derive(Debug, Args)]
@@ -96,9 +99,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
         open_production(&data_dir)?
     });
 
+    let dev_recipient = if args.dev && config.mailers.recipients.is_empty() {
+        Some(vec![dev_print_recipient(&data_dir)?])
+    } else {
+        None
+    };
+    let print = config.mailers.print_setup(&data_dir, dev_recipient)?;
+    if print.recipients.is_empty() {
+        tracing::warn!(
+            "no print facility recipients configured ([mailers] recipients): print runs are refused"
+        );
+    }
     let store = bootstrap::open_store(&data_dir)?;
     let state = AppState::with_settings(hsm.clone(), store, &config.settings())
-        .context("cannot open the audit chain in the store")?;
+        .context("cannot open the audit chain in the store")?
+        .with_print(print);
     let mut admin_token = None;
     if args.dev {
         state
@@ -229,6 +244,31 @@ fn open_dev(dir: &Path) -> Result<SimulatedHsm> {
     Ok(hsm)
 }
 
+/// The recipient of the development print facility identity in `dir`, created (0600) on first
+/// use. Print files of `--dev` are sealed to it, so they can be opened with
+/// `age -d -i DIR/print-facility-dev.key`.
+fn dev_print_recipient(dir: &Path) -> Result<String> {
+    use std::str::FromStr;
+    let path = dir.join(DEV_PRINT_KEY_FILE);
+    files::private_dir(dir)?;
+    if !path.exists() {
+        let identity = age::x25519::Identity::generate();
+        files::write_secret_line(&path, identity.to_string().expose_secret())
+            .and_then(|()| files::sync_dir(dir))
+            .with_context(|| format!("cannot write the dev print key {}", path.display()))?;
+    }
+    let text = files::read_share(&path)
+        .with_context(|| format!("cannot read the dev print key {}", path.display()))?;
+    let identity = age::x25519::Identity::from_str(text.expose_secret())
+        .map_err(|_| anyhow::anyhow!("{} is not an age identity", path.display()))?;
+    tracing::warn!(
+        key = %path.display(),
+        "print files are sealed to a DEVELOPMENT print facility key kept beside the data; not for \
+         production: configure [mailers] recipients"
+    );
+    Ok(identity.to_public().to_string())
+}
+
 fn print_dev_banner(dir: &Path, admin_token: Option<&Path>) {
     let share = dir.join(DEV_SHARE_FILE);
     let token = admin_token.map_or_else(
@@ -245,6 +285,8 @@ fn print_dev_banner(dir: &Path, admin_token: Option<&Path>) {
          !!    beside the data: anyone who can read the data directory   !!\n\
          !!    can unseal it                                             !!\n\
          !!  - it unsealed itself at start                               !!\n\
+         !!  - without [mailers] recipients, print files are sealed to a !!\n\
+         !!    development key kept beside the data                      !!\n\
          ==================================================================\n\
          data:        {}\n\
          dev share:   {}\n\

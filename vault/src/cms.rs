@@ -12,6 +12,7 @@
 //!   reconciliation per batch;
 //! - [`reports`] the technical problem reports.
 
+pub mod addressee;
 pub mod card;
 pub mod codice_fiscale;
 pub mod contact;

@@ -1,0 +1,577 @@
+//! Printed mailers over HTTP: bulk print runs, outcomes, reconciliation, a card's mailers,
+//! and the counter's single part-A page.
+//!
+//! | method and path                        | roles                          | answer              |
+//! |----------------------------------------|--------------------------------|---------------------|
+//! | `POST /v1/mailers/runs`                | cms                            | `202 {"run": id}`   |
+//! | `GET /v1/mailers/runs`                 | cms, admin, officer, auditor   | [`RunView`] list    |
+//! | `GET /v1/mailers/runs/{id}`            | cms, admin, officer, auditor   | [`RunView`]         |
+//! | `POST /v1/mailers/outcomes`            | cms, operator                  | counts by outcome   |
+//! | `GET /v1/mailers/reconciliation`       | cms, admin, officer, auditor   | per batch counts    |
+//! | `GET /v1/cards/{serial}/mailers`       | cms, operator                  | [`MailerView`] list |
+//! | `POST /v1/cards/{serial}/counter-page` | operator (rate-limited)        | `application/pdf`   |
+//!
+//! # Print runs
+//!
+//! `POST /v1/mailers/runs` takes `{"batch": "b000001"}` or `{"serials": [...]}`, and optionally
+//! `"reprint"` (`unprinted`, the default; `undelivered`; `all`), `"label"` (default: the batch
+//! id, or `run`), `"plan"` (default `whole`) and `"part"` (default `whole`; `A` or `B` of a
+//! `counter(N)+…` plan). The run is started on the blocking pool; a refusal to start comes
+//! back at once (`409 refused` while another run goes, `404` for a batch that is not
+//! committed, `422 invalid` for a bad request), then the run goes on in the background and
+//! the answer is `202 {"run": id}` with `Location: /v1/mailers/runs/{id}`. Poll that: while
+//! the run goes its record carries `done_so_far`, the mailers rendered so far. Print files
+//! are written only as sealed `.pdf.age` files (to the `[mailers] recipients`) with their
+//! manifests; no answer here carries a code or a personal datum.
+//!
+//! # The counter page
+//!
+//! `POST /v1/cards/{serial}/counter-page` with `{"plan": "counter(2)+sms"}` (default
+//! `counter(2)+remote`) answers part A of that plan for an active card, as a one-page PDF,
+//! `Cache-Control: no-store`, named after the serial's last four characters. It passes the
+//! vault's code gate (`card.codes_release` audit event, `409 wrong_state` for a card that is
+//! not active) and the per-account limit of sensitive routes. The PDF is the only place a
+//! code appears; it leaves its zeroizing buffer only as the response body.
+
+use super::audit::check_serial;
+use super::extract::{query, JsonBody};
+use super::{blocking, ApiError, Caller, Endpoint};
+use crate::mailers::PrintSetup;
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use dispatch::{Addressee, Plan, SecretBuf};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use vault::cms::date::Date;
+use vault::cms::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
+use vault::codes::BatchId;
+use vault::Role;
+
+const RUN: &[Role] = &[Role::Cms];
+const READ: &[Role] = &[Role::Cms, Role::Admin, Role::Officer, Role::Auditor];
+const OUTCOMES: &[Role] = &[Role::Cms, Role::Operator];
+const CARD_MAILERS: &[Role] = &[Role::Cms, Role::Operator];
+const COUNTER_PAGE: &[Role] = &[Role::Operator];
+
+/// Runs listed when the caller does not say how many.
+const DEFAULT_RUNS: usize = 50;
+/// Most runs one list shows.
+const MAX_RUNS: usize = 1000;
+/// The plan of a counter page when the caller does not name one.
+pub const DEFAULT_COUNTER_PLAN: &str = "counter(2)+remote";
+/// The purpose the counter page's code release is audited with.
+const COUNTER_PURPOSE: &str = "counter part A";
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::POST, "/v1/mailers/runs", post(start_run)).roles(RUN),
+        Endpoint::new(Method::GET, "/v1/mailers/runs", get(list_runs)).roles(READ),
+        Endpoint::new(Method::GET, "/v1/mailers/runs/{id}", get(show_run)).roles(READ),
+        Endpoint::new(Method::POST, "/v1/mailers/outcomes", post(outcomes)).roles(OUTCOMES),
+        Endpoint::new(
+            Method::GET,
+            "/v1/mailers/reconciliation",
+            get(reconciliation),
+        )
+        .roles(READ),
+        Endpoint::new(Method::GET, "/v1/cards/{serial}/mailers", get(card_mailers))
+            .roles(CARD_MAILERS),
+        Endpoint::new(
+            Method::POST,
+            "/v1/cards/{serial}/counter-page",
+            post(counter_page),
+        )
+        .roles(COUNTER_PAGE)
+        .sensitive(),
+    ]
+}
+
+/// The print runs going in this process: run id → mailers rendered so far.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    runs: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+}
+
+impl RunProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        // Guards a plain map: a panic while it was held leaves it usable.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, id: u64) -> Arc<AtomicU64> {
+        let counter = Arc::new(AtomicU64::new(0));
+        self.lock().insert(id, counter.clone());
+        counter
+    }
+
+    fn end(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Mailers rendered so far by run `id`, if it is going in this process.
+    pub fn done_so_far(&self, id: u64) -> Option<u64> {
+        self.lock().get(&id).map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// `422 invalid`: the request is well-formed JSON but asks for something impossible.
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+}
+
+/// The vault's `Invalid` as `422 invalid`; the rest as usual.
+fn unprocessable(e: vault::Error) -> ApiError {
+    match e {
+        vault::Error::Invalid(why) => invalid(why),
+        other => ApiError::from(other),
+    }
+}
+
+/// `503 not_configured` when no print facility recipient is configured.
+fn check_recipients(setup: &PrintSetup) -> Result<(), ApiError> {
+    if setup.recipients.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "no print facility recipients configured: set [mailers] recipients",
+        ));
+    }
+    Ok(())
+}
+
+/// A plan's text, parsed, and checked against the shortest codes the policy allows.
+fn parse_plan(state: &AppState, field: &str, text: &str) -> Result<Plan, ApiError> {
+    let plan = Plan::parse(text).map_err(|e| invalid(format!("{field}: {e}")))?;
+    if let Plan::Counter { digits, .. } = plan {
+        let policy = state.import_rules.policy;
+        let shortest = usize::from(policy.pin.min.min(policy.puk.min));
+        if digits >= shortest {
+            return Err(invalid(format!(
+                "{field}: counter({digits}) leaves nothing for part B of a {shortest}-digit code"
+            )));
+        }
+    }
+    Ok(plan)
+}
+
+/// The part name of `plan` that `text` names (`whole`, or `A`/`B` of a split plan).
+fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
+    let t = text.trim();
+    match plan {
+        Plan::Whole if t.eq_ignore_ascii_case("whole") => Ok("whole"),
+        Plan::Counter { .. } if t.eq_ignore_ascii_case("a") => Ok("A"),
+        Plan::Counter { .. } if t.eq_ignore_ascii_case("b") => Ok("B"),
+        Plan::Whole => Err(invalid("part: a `whole` plan has only the part `whole`")),
+        Plan::Counter { .. } => Err(invalid("part: a `counter(N)+…` plan has parts `A` and `B`")),
+    }
+}
+
+/// The body of `POST /v1/mailers/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    batch: Option<String>,
+    serials: Option<Vec<String>>,
+    #[serde(default)]
+    reprint: Reprint,
+    label: Option<String>,
+    plan: Option<String>,
+    part: Option<String>,
+}
+
+/// `202`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Started {
+    /// The run id.
+    pub run: u64,
+}
+
+/// A print run as the API shows it: the stored record, and while it goes in this process, how
+/// far it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub record: PrintRunRecord,
+    /// Mailers rendered so far, while the run goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_so_far: Option<u64>,
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<RunBody>,
+) -> Result<Response, ApiError> {
+    check_recipients(&state.print)?;
+    let selection = match (body.batch, body.serials) {
+        (Some(b), None) => Selection::Batch(BatchId::parse(b.trim()).map_err(unprocessable)?),
+        (None, Some(list)) => {
+            for (i, s) in list.iter().enumerate() {
+                check_serial(s).map_err(|_| {
+                    invalid(format!(
+                        "serials item {}: 1 to 64 letters, digits, '-' or '_'",
+                        i + 1
+                    ))
+                })?;
+            }
+            Selection::Serials(list)
+        }
+        _ => return Err(invalid("give either `batch` or `serials`")),
+    };
+    let plan_text = body
+        .plan
+        .unwrap_or_else(|| "whole".into())
+        .trim()
+        .to_owned();
+    let plan = parse_plan(&state, "plan", &plan_text)?;
+    let part = parse_part(&plan, body.part.as_deref().unwrap_or("whole"))?;
+    let label = body.label.unwrap_or_else(|| match &selection {
+        Selection::Batch(id) => id.to_string(),
+        _ => "run".into(),
+    });
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<vault::Result<u64>>();
+    let actor = caller.actor();
+    let s = state.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let job = match s.cms.start_print_run(
+            &s.audit,
+            selection,
+            body.reprint,
+            &label,
+            &plan_text,
+            part,
+            &actor,
+        ) {
+            Ok(job) => job,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let id = job.id();
+        let counter = s.print_runs.start(id);
+        let _ = tx.send(Ok(id));
+        let progress = |n: u64| counter.store(n, Ordering::Relaxed);
+        let today = Date::today_utc();
+        let out = crate::mailers::print(
+            &*s.hsm, &s.audit, job, &s.print, &plan, part, today, &progress,
+        );
+        s.print_runs.end(id);
+        match out {
+            Ok((record, _manifests)) => tracing::info!(
+                run = id,
+                state = %record.state,
+                printed = record.printed,
+                files = record.files.len(),
+                voided = record.voided,
+                "print run ended"
+            ),
+            Err(e) => {
+                tracing::error!(run = id, error = %e, "print run could not be closed")
+            }
+        }
+    });
+    let id = match rx.await {
+        Ok(started) => started.map_err(unprocessable)?,
+        Err(_) => {
+            // The task ended without a word: it panicked before the run started.
+            let panicked = task.await.err().is_some_and(|e| e.is_panic());
+            tracing::error!(panicked, "a print run did not start");
+            return Err(ApiError::internal());
+        }
+    };
+    tracing::info!(run = id, by = %caller.account.id, "print run started");
+    let location = format!("/v1/mailers/runs/{id}");
+    let mut res = (StatusCode::ACCEPTED, Json(Started { run: id })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+fn view(state: &AppState, record: PrintRunRecord) -> RunView {
+    let done_so_far = if record.state == "running" {
+        state.print_runs.done_so_far(record.id)
+    } else {
+        None
+    };
+    RunView {
+        record,
+        done_so_far,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    let p = query(params)?;
+    let limit = match p.limit {
+        None => DEFAULT_RUNS,
+        Some(n) if (1..=MAX_RUNS).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit: between 1 and {MAX_RUNS}, got {n}"
+            )))
+        }
+    };
+    let cms = state.cms.clone();
+    let records = blocking(move || cms.print_runs(limit)).await?;
+    Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
+}
+
+async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("run id: expected a number"))?;
+    let cms = state.cms.clone();
+    let record = blocking(move || cms.print_run(id)).await?;
+    Ok(Json(view(&state, record)))
+}
+
+/// One entry of `POST /v1/mailers/outcomes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeEntry {
+    number: u64,
+    outcome: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomesBody {
+    outcomes: Vec<OutcomeEntry>,
+}
+
+/// The answer of `POST /v1/mailers/outcomes`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// Mailers by what was recorded: `delivered`, `spoiled`, `unchanged`.
+    pub counts: BTreeMap<String, u64>,
+}
+
+async fn outcomes(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<OutcomesBody>,
+) -> Result<Json<OutcomeCounts>, ApiError> {
+    let mut list = Vec::with_capacity(body.outcomes.len());
+    for (i, e) in body.outcomes.iter().enumerate() {
+        let outcome = match e.outcome.trim() {
+            "delivered" => MailerOutcome::Delivered,
+            "spoiled" => MailerOutcome::Spoiled,
+            _ => {
+                return Err(invalid(format!(
+                    "outcome {} (mailer {}): `outcome` must be delivered or spoiled",
+                    i + 1,
+                    e.number
+                )))
+            }
+        };
+        list.push((e.number, outcome));
+    }
+    let s = state.clone();
+    let actor = caller.actor();
+    let counts =
+        tokio::task::spawn_blocking(move || s.cms.record_mailer_outcomes(&s.audit, &list, &actor))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(unprocessable)?;
+    Ok(Json(OutcomeCounts { counts }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileParams {
+    batch: Option<String>,
+}
+
+async fn reconciliation(
+    State(state): State<AppState>,
+    params: Result<Query<ReconcileParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Reconciliation>>, ApiError> {
+    let p = query(params)?;
+    // A batch id is normalised (`b1` → `b000001`); `mixed` names files of several batches.
+    let batch = match p.batch.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("mixed") => Some("mixed".to_owned()),
+        Some(b) => Some(BatchId::parse(b)?.to_string()),
+    };
+    let cms = state.cms.clone();
+    let rows = blocking(move || cms.reconcile(batch.as_deref())).await?;
+    Ok(Json(rows))
+}
+
+/// One printed mailer of a card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailerView {
+    /// The mailer number (printed on it).
+    pub number: u64,
+    /// `outstanding`, `delivered`, `spoiled` or `voided`.
+    pub state: MailerState,
+    /// The print file's id.
+    pub file: u64,
+}
+
+async fn card_mailers(
+    State(state): State<AppState>,
+    Path(serial): Path<String>,
+) -> Result<Json<Vec<MailerView>>, ApiError> {
+    check_serial(&serial)?;
+    let cms = state.cms.clone();
+    let found = blocking(move || {
+        if cms.card(&serial)?.is_none() {
+            return Err(vault::Error::NotFound(format!("card {serial}")));
+        }
+        cms.mailers_of(&serial)
+    })
+    .await?;
+    Ok(Json(
+        found
+            .into_iter()
+            .map(|m| MailerView {
+                number: m.number,
+                state: m.state,
+                file: m.file,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    plan: Option<String>,
+}
+
+/// A rendered PDF as a response body's owner: the bytes stay in their zeroizing buffer until
+/// the body is dropped.
+struct PdfBytes(SecretBuf);
+
+impl AsRef<[u8]> for PdfBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+/// What a counter page's file is called: never the whole serial.
+fn page_name(serial: &str) -> String {
+    let tail: String = serial
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("counter-page-{tail}.pdf")
+}
+
+async fn counter_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    JsonBody(body): JsonBody<CounterBody>,
+) -> Result<Response, ApiError> {
+    check_serial(&serial)?;
+    let plan = parse_plan(
+        &state,
+        "plan",
+        body.plan.as_deref().unwrap_or(DEFAULT_COUNTER_PLAN),
+    )?;
+    if plan == Plan::Whole {
+        return Err(invalid(
+            "plan: the counter page is part A of a `counter(N)+…` plan",
+        ));
+    }
+    let s = state.clone();
+    let actor = caller.actor();
+    let name = page_name(&serial);
+    let pdf = tokio::task::spawn_blocking(move || -> Result<SecretBuf, ApiError> {
+        // The addressee first: nothing is released for a card without a holder.
+        let (holder_name, address) = s
+            .cms
+            .addressee_of(&*s.hsm, &serial)?
+            .ok_or_else(|| vault::Error::NotFound(format!("card {serial} or its holder")))?;
+        let addressee = Addressee {
+            name: holder_name,
+            address,
+        };
+        let codes = s.cms.release_codes(
+            &*s.hsm,
+            &s.audit,
+            &serial,
+            COUNTER_PURPOSE,
+            Date::today_utc(),
+            &actor,
+        )?;
+        crate::mailers::counter_page(&s.print, &addressee, &serial, &codes, &plan, "A").map_err(
+            |e| {
+                // dispatch errors name fields and parts, never digits.
+                tracing::error!(error = %e, "counter page could not be rendered");
+                ApiError::internal()
+            },
+        )
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
+    tracing::info!(by = %caller.account.id, "counter page released");
+    let mut res = Response::new(Body::from(Bytes::from_owner(PdfBytes(pdf))));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pdf"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_of_plans() {
+        let whole = Plan::parse("whole").unwrap();
+        let split = Plan::parse("counter(2)+sms").unwrap();
+        assert_eq!(parse_part(&whole, "whole").unwrap(), "whole");
+        assert_eq!(parse_part(&split, "a").unwrap(), "A");
+        assert_eq!(parse_part(&split, "B").unwrap(), "B");
+        assert_eq!(
+            parse_part(&whole, "A").unwrap_err().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            parse_part(&split, "whole").unwrap_err().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+
+    #[test]
+    fn page_names_show_only_the_last_four() {
+        assert_eq!(page_name("80380001234567890123"), "counter-page-0123.pdf");
+        assert_eq!(page_name("12"), "counter-page-12.pdf");
+    }
+}
