@@ -1,5 +1,9 @@
-//! Criterion benches of the three renderers, one mailer each, and of a whole print file of
-//! 10,000 pages into a `Vec` sink on one thread (reported as pages per second).
+//! Criterion benches of the three renderers, one mailer each (the print page both through its
+//! prepared shape and the direct way), and of a whole print file of 10,000 pages into a `Vec`
+//! sink on one thread (reported as pages per second).
+//!
+//! Before criterion runs, a line `print_bytes_per_page prepared=… direct=…` gives the size of
+//! a 1,000-page file a page, both ways.
 //!
 //! ```text
 //! cargo bench -p dispatch --bench render
@@ -39,10 +43,33 @@ fn renderers(c: &mut Criterion) {
         number: Some(7),
     };
 
+    for (label, direct) in [("prepared", false), ("direct", true)] {
+        let mut w = PdfWriter::new(Vec::new(), &print).unwrap();
+        for i in 0..1000u64 {
+            let mailer = Mailer {
+                number: Some(i),
+                ..m((i % 2) as usize)
+            };
+            let page = if direct {
+                print.render_page_direct(&mailer)
+            } else {
+                print.render_page(&mailer)
+            };
+            w.append(&page.unwrap()).unwrap();
+        }
+        eprintln!(
+            "print_bytes_per_page {label}={}",
+            w.bytes_written() / w.pages() as u64
+        );
+    }
+
     let mut g = c.benchmark_group("render");
     g.throughput(Throughput::Elements(1));
     g.bench_function("print_page", |b| {
         b.iter(|| black_box(print.render_page(&m(0)).unwrap()))
+    });
+    g.bench_function("print_page_direct", |b| {
+        b.iter(|| black_box(print.render_page_direct(&m(0)).unwrap()))
     });
     g.bench_function("print_one_page_pdf", |b| {
         b.iter(|| black_box(print.render(&m(0)).unwrap()))

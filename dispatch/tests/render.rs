@@ -445,3 +445,235 @@ fn debug_of_every_type_carrying_codes_is_redacted() {
     }
     assert!(shown.contains("<redacted>"));
 }
+
+// ---- Prepared pages (one layout a page shape) against the direct path ----
+
+const PRINT_TEMPLATE: &str = include_str!("../templates/print.txt");
+
+/// A PDF of `pages`, in order.
+fn pdf_of(r: &PrintRenderer, pages: &[PageStream]) -> Vec<u8> {
+    let mut w = PdfWriter::new(Vec::new(), r).unwrap();
+    for p in pages {
+        w.append(p).unwrap();
+    }
+    assert_eq!(w.pages(), pages.len());
+    w.finish().unwrap()
+}
+
+/// Checks a PDF with poppler's `pdfinfo` (page count) and `qpdf --check` when installed.
+fn check_pdf(pdf: &[u8], pages: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = Command::new("pdfinfo").arg(&path).output().unwrap();
+    assert!(out.status.success(), "pdfinfo: {out:?}");
+    let info = String::from_utf8(out.stdout).unwrap();
+    let count: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(count, pages, "{info}");
+    assert!(
+        String::from_utf8(out.stderr).unwrap().is_empty(),
+        "pdfinfo complains"
+    );
+    if let Ok(out) = Command::new("qpdf").arg("--check").arg(&path).output() {
+        assert!(out.status.success(), "qpdf --check: {out:?}");
+    }
+}
+
+fn people() -> Vec<Addressee> {
+    vec![
+        addressee(),
+        Addressee {
+            name: "Àlfio Èrcole Ìppolito D’Òria Ùgo".into(),
+            address: vec!["Via Lì, 3".into()],
+        },
+        Addressee {
+            name: "Ada Neri".into(),
+            address: vec![],
+        },
+        Addressee {
+            name: "Maria Giuseppina Annunziata dell’Olmo".into(),
+            address: vec!["Piazza (Grande) 1\\b".into(), "00100 Roma".into()],
+        },
+    ]
+}
+
+/// Renders every person × card (with and without a signature pair) × part of `plans` × with
+/// and without a number, through `render_page` and `render_page_direct`.
+fn both_ways(r: &PrintRenderer, plans: &[&str]) -> (Vec<PageStream>, Vec<PageStream>) {
+    let cards = [
+        codes(),
+        codes().with_signature(b"97531", b"86420864").unwrap(),
+    ];
+    let (mut prepared, mut direct) = (Vec::new(), Vec::new());
+    for who in &people() {
+        for card in &cards {
+            for plan in plans {
+                for part in Plan::parse(plan).unwrap().cut(card).unwrap() {
+                    for number in [Some(7), None, Some(123_456)] {
+                        let m = Mailer {
+                            number,
+                            ..mailer(who, &part)
+                        };
+                        prepared.push(r.render_page(&m).unwrap());
+                        direct.push(r.render_page_direct(&m).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    (prepared, direct)
+}
+
+#[test]
+fn prepared_pages_read_like_direct_pages() {
+    // A narrow body wraps the greeting of longer names to two or three lines, which shifts
+    // the body below it.
+    let narrow = Layout {
+        margin_right_mm: 120.0,
+        ..Layout::default()
+    };
+    for layout in [Layout::default(), narrow] {
+        let r = PrintRenderer::new(templates(), layout.clone(), Issuer::default());
+        let (prepared, direct) = both_ways(&r, &["whole", "counter(2)+sms", "counter(3)+email"]);
+        assert!(prepared.iter().all(PageStream::is_prepared));
+        assert!(!direct.iter().any(PageStream::is_prepared));
+        let (a, b) = (pdf_of(&r, &prepared), pdf_of(&r, &direct));
+        check_pdf(&a, prepared.len());
+        check_pdf(&b, direct.len());
+        let (ta, tb) = (pdftotext(&a, &[]), pdftotext(&b, &[]));
+        assert_eq!(ta, tb, "prepared and direct pages differ");
+        assert_eq!(ta.matches('\u{c}').count(), prepared.len());
+        let (pa, pb) = (pdftotext(&a, &["-layout"]), pdftotext(&b, &["-layout"]));
+        assert_eq!(pa, pb, "prepared and direct pages differ (layout)");
+        // Prepared pages are small: the static text is in forms written once a shape.
+        let largest = prepared.iter().map(PageStream::len).max().unwrap();
+        let sum = |pages: &[PageStream]| pages.iter().map(PageStream::len).sum::<usize>();
+        let (small, large) = (sum(&prepared), sum(&direct));
+        assert!(
+            largest < 1024 && large > 3 * small,
+            "{largest} {small} {large}"
+        );
+        if layout != Layout::default() {
+            let pdf = String::from_utf8_lossy(&a);
+            assert!(pdf.contains(" cm /S1 Do Q"), "no shifted body");
+            assert!(ta.contains("Gentile Maria Giuseppina"), "{ta}");
+        }
+    }
+}
+
+/// Templates from a directory holding `print.txt`.
+fn print_override(source: &str) -> (tempfile::TempDir, Arc<Templates>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("print.txt"), source).unwrap();
+    let t = Arc::new(Templates::load(Some(dir.path())).unwrap());
+    (dir, t)
+}
+
+#[test]
+fn templates_that_transform_per_mailer_values_take_the_direct_path() {
+    let source = PRINT_TEMPLATE
+        .replace(
+            "Gentile {{ holder.name }},",
+            "Gentile {{ holder.name|upper }},",
+        )
+        .replace(
+            "Plico n. {{ number }}",
+            "Plico n. {{ number }}{% if number > 100 %} (lotto grande){% endif %}",
+        );
+    assert_ne!(source, PRINT_TEMPLATE);
+    let (_dir, t) = print_override(&source);
+    let r = PrintRenderer::new(t, Layout::default(), Issuer::default());
+    let who = addressee();
+    let parts = parts("counter(2)+sms");
+    for (number, big) in [(42, false), (142, true)] {
+        let m = Mailer {
+            number: Some(number),
+            ..mailer(&who, &parts[0])
+        };
+        let page = r.render_page(&m).unwrap();
+        assert!(!page.is_prepared());
+        let text = pdftotext(&pdf_of(&r, &[page]), &[]);
+        assert!(text.contains("Gentile NICCOLÒ D’ARAGONA,"), "{text}");
+        assert_eq!(text.contains("(lotto grande)"), big, "{text}");
+        assert!(text.contains("24") && text.contains("13"), "{text}");
+    }
+    // The unchanged template, loaded as an override, prints the values as they are: prepared.
+    let plain = print_override(PRINT_TEMPLATE).1;
+    let r = PrintRenderer::new(plain, Layout::default(), Issuer::default());
+    assert!(r
+        .render_page(&mailer(&who, &parts[0]))
+        .unwrap()
+        .is_prepared());
+}
+
+#[test]
+fn a_long_name_that_pushes_the_body_into_the_footer_is_refused_per_mailer() {
+    let greeting = "{{ holder.name }} ".repeat(20);
+    let filler = "Riga di testo.\n".repeat(25);
+    let source = format!(
+        "[header]\n{{{{ issuer.name }}}}\n[box]\nCODICI\nPIN\t{{{{ pin }}}}\n[body]\n{greeting}\n{filler}[footer]\nPlico n. {{{{ number }}}}\n"
+    );
+    let (_dir, t) = print_override(&source);
+    let r = PrintRenderer::new(t, Layout::default(), Issuer::default());
+    let parts = parts("whole");
+    let short = Addressee {
+        name: "Ada Neri".into(),
+        address: vec![],
+    };
+    let long = Addressee {
+        name: "Maria Giuseppina Annunziata dell’Olmo".into(),
+        address: vec![],
+    };
+    let ok = r.render_page(&mailer(&short, &parts[0])).unwrap();
+    assert!(ok.is_prepared());
+    let direct = r.render_page_direct(&mailer(&short, &parts[0])).unwrap();
+    assert_eq!(
+        pdftotext(&pdf_of(&r, &[ok]), &["-layout"]),
+        pdftotext(&pdf_of(&r, &[direct]), &["-layout"])
+    );
+    for e in [
+        r.render_page(&mailer(&long, &parts[0])).unwrap_err(),
+        r.render_page_direct(&mailer(&long, &parts[0])).unwrap_err(),
+    ] {
+        assert!(
+            e.to_string()
+                .contains("the page is full: the body runs into the footer"),
+            "{e}"
+        );
+    }
+    // The shape is still prepared for the next mailer.
+    assert!(r
+        .render_page(&mailer(&short, &parts[0]))
+        .unwrap()
+        .is_prepared());
+}
+
+#[test]
+fn values_that_could_change_the_layout_take_the_direct_path() {
+    let parts = parts("whole");
+    let r = print();
+    for name in [" Ada", "Ada\tNeri", "[body]", "Łukasz"] {
+        let who = Addressee {
+            name: name.into(),
+            address: vec![],
+        };
+        let m = mailer(&who, &parts[0]);
+        match (r.render_page(&m), r.render_page_direct(&m)) {
+            (Ok(a), Ok(b)) => {
+                assert!(!a.is_prepared(), "{name:?}");
+                assert_eq!(
+                    pdftotext(&pdf_of(&r, &[a]), &[]),
+                    pdftotext(&pdf_of(&r, &[b]), &[])
+                );
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("{name:?}: {a:?} {b:?}"),
+        }
+    }
+}
