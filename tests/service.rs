@@ -6,7 +6,8 @@
 //! code batches (upload, generation, malformed files, the CLI) in `service/batches.rs`; the
 //! crash test of a 1,000,000-line import killed at random moments in `service/import_crash.rs`;
 //! the holder registry, card lifecycle and problem reports (and the counter workflow with the
-//! CLI) in `service/cms.rs`.
+//! CLI) in `service/cms.rs`; print runs, outcomes, reconciliation and the counter page in
+//! `service/mailers.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -17,6 +18,8 @@ mod batches;
 mod cms;
 #[path = "service/import_crash.rs"]
 mod import_crash;
+#[path = "service/mailers.rs"]
+mod mailers;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -338,6 +341,13 @@ fn every_route_is_in_the_table() {
         ("POST", "/v1/reports/{id}/comment"),
         ("POST", "/v1/reports/{id}/assign"),
         ("POST", "/v1/reports/{id}/close"),
+        ("POST", "/v1/mailers/runs"),
+        ("GET", "/v1/mailers/runs"),
+        ("GET", "/v1/mailers/runs/{id}"),
+        ("POST", "/v1/mailers/outcomes"),
+        ("GET", "/v1/mailers/reconciliation"),
+        ("GET", "/v1/cards/{serial}/mailers"),
+        ("POST", "/v1/cards/{serial}/counter-page"),
     ] {
         assert!(table.contains(&(m.to_owned(), p)), "{m} {p} missing");
     }

@@ -242,6 +242,10 @@ async fn start_run(
     let actor = caller.actor();
     let s = state.clone();
     let task = tokio::task::spawn_blocking(move || {
+        if let Err(e) = out_dir(&s.print.out_dir) {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let job = match s.cms.start_print_run(
             &s.audit,
             selection,
@@ -296,6 +300,21 @@ async fn start_run(
         res.headers_mut().insert(header::LOCATION, v);
     }
     Ok(res)
+}
+
+/// Creates the print output directory (mode 0700) if it is missing.
+fn out_dir(dir: &std::path::Path) -> vault::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            vault::Error::Storage(format!("print output directory {}: {e}", dir.display()))
+        })
 }
 
 fn view(state: &AppState, record: PrintRunRecord) -> RunView {
