@@ -158,25 +158,34 @@ impl SecretBuf {
     }
 
     /// Appends bytes, growing (and wiping the old allocation) if needed.
+    #[inline]
     pub fn extend(&mut self, bytes: &[u8]) {
         self.reserve(bytes.len());
         self.0.extend_from_slice(bytes);
     }
 
     /// Appends one byte.
+    #[inline]
     pub fn push(&mut self, byte: u8) {
         self.reserve(1);
         self.0.push(byte);
     }
 
+    #[inline]
     fn reserve(&mut self, more: usize) {
-        let need = self.0.len() + more;
-        if need > self.0.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(self.0.capacity() * 2)));
-            bigger.extend_from_slice(&self.0);
-            // The old allocation is wiped (whole capacity) when `Zeroizing` drops it here.
-            std::mem::swap(&mut self.0, &mut bigger);
+        if self.0.len() + more > self.0.capacity() {
+            self.grow(more);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, more: usize) {
+        let need = self.0.len() + more;
+        let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(self.0.capacity() * 2)));
+        bigger.extend_from_slice(&self.0);
+        // The old allocation is wiped (whole capacity) when `Zeroizing` drops it here.
+        std::mem::swap(&mut self.0, &mut bigger);
     }
 
     /// Empties the buffer (wiping it) and keeps its allocation.

@@ -5,6 +5,7 @@
 //! the width of their base letter, as in the AFM.
 
 /// The WinAnsi byte of `c`, if the encoding has it.
+#[inline]
 pub(crate) fn encode(c: char) -> Option<u8> {
     let u = u32::from(c);
     match u {
@@ -65,6 +66,7 @@ const HIGH: [u16; 128] = [
 ];
 
 /// Width of one WinAnsi byte in Helvetica, in 1/1000 of the font size.
+#[inline]
 pub(crate) fn helvetica_width(b: u8) -> u32 {
     let w = match b {
         0x20..=0x7E => ASCII[usize::from(b - 0x20)],
@@ -78,7 +80,11 @@ pub(crate) fn helvetica_width(b: u8) -> u32 {
 pub(crate) fn text_width(text: &str, size: f32) -> f32 {
     let units: u32 = text
         .chars()
-        .map(|c| encode(c).map_or(833, helvetica_width))
+        .map(|c| match u32::from(c) {
+            // Printable ASCII, the usual case: straight from the table.
+            u @ 0x20..=0x7E => u32::from(ASCII[(u - 0x20) as usize]),
+            _ => encode(c).map_or(833, helvetica_width),
+        })
         .sum();
     units as f32 * size / 1000.0
 }
