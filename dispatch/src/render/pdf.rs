@@ -452,7 +452,7 @@ impl PreparedPage {
         let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
         let leading = size * l.line_height;
         let mut shift = 0.0f32;
-        let mut scratch = SecretText::default();
+        let mut scratch: Option<SecretText> = None;
         for op in &self.ops {
             match op {
                 DynOp::Text { prefix, line } => {
@@ -463,12 +463,16 @@ impl PreparedPage {
                     buf.extend(b") Tj ET\n");
                 }
                 DynOp::Para { line, top, lines } => {
-                    if scratch.is_empty() {
-                        scratch = SecretText::with_capacity(line.len() + 2 * v.bytes(&self.uses));
-                    } else {
-                        scratch.clear();
-                    }
-                    if fill(&mut scratch, line, &v).is_none() {
+                    let scratch = match &mut scratch {
+                        Some(text) => {
+                            text.clear();
+                            text
+                        }
+                        None => scratch.insert(SecretText::with_capacity(
+                            line.len() + 2 * v.bytes(&self.uses),
+                        )),
+                    };
+                    if fill(scratch, line, &v).is_none() {
                         return Ok(None);
                     }
                     let mut at = top + shift;
