@@ -118,7 +118,10 @@ pub fn print(
         .map_err(|e| e.to_string())?
         .per_file(setup.per_file);
         let items = job.mailers(hsm, today).map_err(|e| e.to_string())?;
-        let mailers = items.map(|item| item.map_err(BoxError::from).and_then(|m| owned(m, plan, part)));
+        let mailers = items.map(|item| {
+            item.map_err(BoxError::from)
+                .and_then(|m| owned(m, plan, part))
+        });
         let on_file = |file: &PrintedFile<'_>| -> Result<(), BoxError> {
             job.record_file(
                 audit,

@@ -67,7 +67,13 @@ const NAMES: [&str; 6] = [
     "Pierluigi",
     "Zoë",
 ];
-const SURNAMES: [&str; 5] = ["D'Aragona", "Rossi", "Bianchi della Gherardesca", "Esposito", "Müller"];
+const SURNAMES: [&str; 5] = [
+    "D'Aragona",
+    "Rossi",
+    "Bianchi della Gherardesca",
+    "Esposito",
+    "Müller",
+];
 
 fn name(i: u64) -> (&'static str, &'static str) {
     (
@@ -77,7 +83,11 @@ fn name(i: u64) -> (&'static str, &'static str) {
 }
 
 fn address(i: u64) -> String {
-    format!("Via Giuseppe Verdi {}, {:05} Roma RM", i % 300 + 1, 100 + i % 99)
+    format!(
+        "Via Giuseppe Verdi {}, {:05} Roma RM",
+        i % 300 + 1,
+        100 + i % 99
+    )
 }
 
 /// A valid codice fiscale for holder `i` (surname and name letters from `i`).
@@ -197,7 +207,11 @@ fn registry(
                 .context("card record missing after the registry import")?;
             let mut card: CardRecord = serde_json::from_slice(&bytes)?;
             card.state = CardState::Active;
-            b.put(Tree::Cards, s.as_bytes().to_vec(), serde_json::to_vec(&card)?);
+            b.put(
+                Tree::Cards,
+                s.as_bytes().to_vec(),
+                serde_json::to_vec(&card)?,
+            );
         }
         store.write(&b)?;
     }
@@ -264,7 +278,8 @@ fn run_in(work: &Path, n: u64, per_file: usize) -> anyhow::Result<()> {
             &actor,
         )?;
         let started = Instant::now();
-        let (record, manifests) = print(&*hsm, &audit, job, &setup, &plan, "whole", today, &|_| {})?;
+        let (record, manifests) =
+            print(&*hsm, &audit, job, &setup, &plan, "whole", today, &|_| {})?;
         let elapsed = started.elapsed();
         if let Some(e) = record.error {
             bail!("print run {label} failed: {e}");
@@ -273,7 +288,10 @@ fn run_in(work: &Path, n: u64, per_file: usize) -> anyhow::Result<()> {
         Ok((printed, per_s(printed, elapsed)))
     };
 
-    eprintln!("measuring: {n} mailers on the default pool ({} threads)", rayon::current_num_threads());
+    eprintln!(
+        "measuring: {n} mailers on the default pool ({} threads)",
+        rayon::current_num_threads()
+    );
     let (printed, rate) = measured(batch_a, "bench-a", "print-a")?;
     if printed != n {
         bail!("printed {printed} mailers, wanted {n}");
@@ -288,7 +306,9 @@ fn run_in(work: &Path, n: u64, per_file: usize) -> anyhow::Result<()> {
     }
     eprintln!("  {rate1:.0} mailers/s");
 
-    eprintln!("baseline: the same {n} pages rendered into discarded clear PDF, no vault, no sealing");
+    eprintln!(
+        "baseline: the same {n} pages rendered into discarded clear PDF, no vault, no sealing"
+    );
     let baseline = baseline(n, per_file, &setup("print-baseline")?.renderer())?;
     eprintln!("  {baseline:.0} pages/s");
     let rss = peak_rss_mib();
