@@ -735,3 +735,168 @@ fn a_bad_recipient_is_named_by_its_index() {
     assert!(e.contains("recipients") && e.contains("item 2"), "{e}");
     assert!(!tmp.path().join("plico-data").exists());
 }
+
+#[test]
+fn print_run_and_counter_page_with_the_cli_against_serve_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cmd = plico();
+    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    let server = Server::start(cmd);
+    let key = data.join("print-facility-dev.key");
+    assert_eq!(mode(&key), 0o600);
+    let as_who = |token: &Path| {
+        let mut c = plico();
+        let token = std::fs::read_to_string(token).unwrap();
+        c.env("PLICO_ADDR", &server.url)
+            .env("PLICO_TOKEN", token.trim());
+        c
+    };
+    let token = |name: &str| tmp.path().join(format!("{name}.token"));
+    for (name, role) in [("man", "manufacturer"), ("cms", "cms"), ("op", "operator")] {
+        run_ok(
+            as_who(&data.join("admin-token.txt"))
+                .args(["accounts", "create", "--name", name, "--role", role])
+                .arg("--token-out")
+                .arg(token(name)),
+        );
+    }
+    // CNS codes: 5-digit PINs, distinctive 8-digit PUKs.
+    let codes: Vec<(String, String, String)> = (301..=304)
+        .map(|n| {
+            let (pin, puk) = codes_of(n, SALT);
+            (serial(n), pin[..5].to_owned(), puk)
+        })
+        .collect();
+    let batch = tmp.path().join("batch.csv");
+    let lines: String = codes
+        .iter()
+        .map(|(s, pin, puk)| format!("{s};{pin};{puk}\n"))
+        .collect();
+    std::fs::write(&batch, lines).unwrap();
+    run_ok(
+        as_who(&token("man"))
+            .args(["import", "--manufacturer", "ACME"])
+            .arg(&batch),
+    );
+    let registry = tmp.path().join("holders.csv");
+    std::fs::write(&registry, registry_csv()).unwrap();
+    run_ok(
+        as_who(&token("cms"))
+            .args(["registry", "import"])
+            .arg(&registry),
+    );
+    for (s, _, _) in &codes[..2] {
+        run_ok(as_who(&token("op")).args([
+            "cards",
+            "activate",
+            s,
+            "--holder-document",
+            "carta_identita:CA1234567",
+            "--consent",
+            "consenso-9",
+        ]));
+    }
+
+    let mut outputs = Vec::new();
+    let out = run_ok(as_who(&token("cms")).args(["mailers", "run", "--batch", "b000001"]));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("state:     done"), "{shown}");
+    assert!(shown.contains("printed:   2"), "{shown}");
+    assert!(shown.contains("skipped:   2 issued"), "{shown}");
+    outputs.push(shown);
+
+    // The sealed file opens with the dev key.
+    let sealed: Vec<PathBuf> = std::fs::read_dir(data.join("print"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".pdf.age"))
+        .collect();
+    assert_eq!(sealed.len(), 1);
+    let clear = tool("age")
+        .args(["-d", "-i"])
+        .arg(&key)
+        .arg(&sealed[0])
+        .output()
+        .unwrap();
+    assert!(clear.status.success());
+    let scratch = tempfile::tempdir().unwrap();
+    let text = pdftotext(&clear.stdout, scratch.path());
+    assert!(text.contains(&codes[0].2) && text.contains(&codes[1].2));
+    let first = text
+        .split("Plico n. ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+
+    let outcomes = tmp.path().join("outcomes.csv");
+    std::fs::write(&outcomes, format!("{first},delivered\n")).unwrap();
+    let out = run_ok(
+        as_who(&token("op"))
+            .arg("mailers")
+            .arg("outcomes")
+            .arg(&outcomes),
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("delivered: 1"), "{shown}");
+    let out = run_ok(as_who(&token("cms")).args(["mailers", "reconcile", "--batch", "b000001"]));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = shown.lines().find(|l| l.starts_with("b000001")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["b000001", "1", "2", "1", "0", "0", "1", "no"],
+        "{shown}"
+    );
+    outputs.push(shown);
+    let out = run_ok(as_who(&token("cms")).args(["mailers", "runs"]));
+    outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+
+    // The counter page: a new 0600 file, never overwritten.
+    let page = tmp.path().join("page.pdf");
+    let out = run_ok(
+        as_who(&token("op"))
+            .args([
+                "cards",
+                "counter-page",
+                &codes[1].0,
+                "--plan",
+                "counter(2)+sms",
+                "--out",
+            ])
+            .arg(&page),
+    );
+    outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    assert_eq!(mode(&page), 0o600);
+    let text = pdftotext(&std::fs::read(&page).unwrap(), scratch.path());
+    assert!(text.contains(&codes[1].2[..2]), "{text}");
+    assert!(!text.contains(&codes[1].2[2..]), "{text}");
+    let e = run_fails(
+        as_who(&token("op"))
+            .args(["cards", "counter-page", &codes[1].0, "--out"])
+            .arg(&page),
+    );
+    assert!(e.contains("refusing to overwrite"), "{e}");
+    let e = run_fails(
+        as_who(&token("op"))
+            .args(["cards", "counter-page", &codes[2].0, "--out"])
+            .arg(tmp.path().join("issued.pdf")),
+    );
+    assert!(e.contains("wrong_state"), "{e}");
+    assert!(!tmp.path().join("issued.pdf").exists());
+
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("DEVELOPMENT print facility key"),
+        "{stderr}"
+    );
+    for (_, _, puk) in &codes {
+        assert!(!stderr.contains(puk.as_str()), "a code in the server log");
+        for o in &outputs {
+            assert!(!o.contains(puk.as_str()), "a code in the CLI's output: {o}");
+        }
+    }
+}
