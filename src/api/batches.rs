@@ -364,7 +364,11 @@ fn weak_filter_default() -> bool {
 }
 
 /// Reads a whole (small enough) body: at most `limit` bytes within `within`.
-async fn read_body(body: Body, limit: usize, within: Duration) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    within: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let read = async {
         let mut stream = body.into_data_stream();
         let mut out = Vec::new();

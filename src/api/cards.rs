@@ -8,7 +8,9 @@
 //! | `POST /v1/cards/{serial}/reactivate`  | operator, cms          | none           | [`CardView`] |
 //! | `POST /v1/cards/{serial}/revoke`      | operator, cms          | `{"reason"}`   | [`CardView`] |
 //!
-//! (`GET /v1/cards/{serial}/history`, the card's audit events, is in [`super::audit`].)
+//! (`GET /v1/cards/{serial}/history`, the card's audit events, is in [`super::audit`];
+//! `GET /v1/cards/{serial}/mailers` and `POST /v1/cards/{serial}/counter-page`, the card's
+//! printed mailers and the counter's part-A page, are in [`super::mailers`].)
 //!
 //! Why these roles: the counter (`operator`) and the CMS run the lifecycle. The service
 //! centre (`support`) may look a card up and suspend it — a holder who phones about a lost or

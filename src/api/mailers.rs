@@ -11,6 +11,9 @@
 //! | `GET /v1/cards/{serial}/mailers`       | cms, operator                  | [`MailerView`] list |
 //! | `POST /v1/cards/{serial}/counter-page` | operator (rate-limited)        | `application/pdf`   |
 //!
+//! The two bulk bodies (a run's list of serials, a batch of outcomes) are read under their own
+//! limits, [`RUN_BODY_LIMIT`] and [`OUTCOMES_BODY_LIMIT`], not the API's 64 KiB.
+//!
 //! # Print runs
 //!
 //! `POST /v1/mailers/runs` takes `{"batch": "b000001"}` or `{"serials": [...]}`, and optionally
@@ -34,12 +37,12 @@
 //! code appears; it leaves its zeroizing buffer only as the response body.
 
 use super::audit::check_serial;
-use super::extract::{query, JsonBody};
+use super::extract::{parse_json, query, JsonBody};
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::mailers::PrintSetup;
 use crate::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,15 +69,24 @@ const DEFAULT_RUNS: usize = 50;
 const MAX_RUNS: usize = 1000;
 /// The plan of a counter page when the caller does not name one.
 pub const DEFAULT_COUNTER_PLAN: &str = "counter(2)+remote";
+/// Largest body of `POST /v1/mailers/runs`: a list of up to
+/// [`vault::cms::mailers::MAX_LISTED_SERIALS`] serials.
+pub const RUN_BODY_LIMIT: usize = 4 << 20;
+/// Largest body of `POST /v1/mailers/outcomes` (about 150,000 outcomes).
+pub const OUTCOMES_BODY_LIMIT: usize = 8 << 20;
 /// The purpose the counter page's code release is audited with.
 const COUNTER_PURPOSE: &str = "counter part A";
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new(Method::POST, "/v1/mailers/runs", post(start_run)).roles(RUN),
+        Endpoint::new(Method::POST, "/v1/mailers/runs", post(start_run))
+            .roles(RUN)
+            .bulk(),
         Endpoint::new(Method::GET, "/v1/mailers/runs", get(list_runs)).roles(READ),
         Endpoint::new(Method::GET, "/v1/mailers/runs/{id}", get(show_run)).roles(READ),
-        Endpoint::new(Method::POST, "/v1/mailers/outcomes", post(outcomes)).roles(OUTCOMES),
+        Endpoint::new(Method::POST, "/v1/mailers/outcomes", post(outcomes))
+            .roles(OUTCOMES)
+            .bulk(),
         Endpoint::new(
             Method::GET,
             "/v1/mailers/reconciliation",
@@ -119,6 +131,24 @@ impl RunProgress {
     pub fn done_so_far(&self, id: u64) -> Option<u64> {
         self.lock().get(&id).map(|c| c.load(Ordering::Relaxed))
     }
+}
+
+/// Reads a JSON body of at most `limit` bytes (these routes are bulk: they set their own
+/// limit instead of the global one).
+async fn bulk_json<T: serde::de::DeserializeOwned>(
+    request: Request,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let (parts, body) = request.into_parts();
+    if super::upload::content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        ));
+    }
+    let bytes = super::batches::read_body(body, limit, super::REQUEST_TIMEOUT).await?;
+    parse_json(&parts.headers, &bytes)
 }
 
 /// `422 invalid`: the request is well-formed JSON but asks for something impossible.
@@ -208,9 +238,10 @@ pub struct RunView {
 async fn start_run(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<RunBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     check_recipients(&state.print)?;
+    let body: RunBody = bulk_json(request, RUN_BODY_LIMIT).await?;
     let selection = match (body.batch, body.serials) {
         (Some(b), None) => Selection::Batch(BatchId::parse(b.trim()).map_err(unprocessable)?),
         (None, Some(list)) => {
@@ -390,8 +421,9 @@ pub struct OutcomeCounts {
 async fn outcomes(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<OutcomesBody>,
+    request: Request,
 ) -> Result<Json<OutcomeCounts>, ApiError> {
+    let body: OutcomesBody = bulk_json(request, OUTCOMES_BODY_LIMIT).await?;
     let mut list = Vec::with_capacity(body.outcomes.len());
     for (i, e) in body.outcomes.iter().enumerate() {
         let outcome = match e.outcome.trim() {

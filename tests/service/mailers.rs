@@ -87,6 +87,10 @@ struct Desk {
 
 impl Desk {
     fn new(with_recipient: bool) -> Desk {
+        Self::with(with_recipient, plico::DEFAULT_SENSITIVE_PER_MINUTE)
+    }
+
+    fn with(with_recipient: bool, sensitive_per_minute: std::num::NonZeroU32) -> Desk {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -95,6 +99,7 @@ impl Desk {
         let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
         let settings = Settings {
             codes: CodePolicy::CIE,
+            sensitive_per_minute,
             ..Settings::default()
         };
         let identity = age::x25519::Identity::generate();
@@ -263,7 +268,7 @@ impl Desk {
 
     fn assert_bodies_clean(&self) {
         let bodies = self.bodies.lock().unwrap();
-        assert!(bodies.len() > 3);
+        assert!(!bodies.is_empty());
         for text in bodies.iter() {
             for code in self.all_codes() {
                 assert!(!text.contains(&code), "an answer holds a code: {text}");
@@ -495,6 +500,16 @@ async fn print_run_seals_every_code_to_the_facility_and_reprints_void() {
         "{}",
         a.text
     );
+    // Beyond the API's 64 KiB: a bulk body, still all or nothing.
+    let many: Vec<Value> = std::iter::once(json!({"number": n1, "outcome": "delivered"}))
+        .chain((0..3000).map(|i| json!({"number": 500_000 + i, "outcome": "spoiled"})))
+        .collect();
+    let a = d
+        .post("cms", "/v1/mailers/outcomes", json!({ "outcomes": many }))
+        .await;
+    assert!(a.text.len() < 1000);
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert!(a.text.contains("outcome 2 (mailer 500000)"), "{}", a.text);
     let a = d
         .post(
             "cms",
@@ -713,6 +728,27 @@ async fn print_runs_need_a_recipient() {
         .unwrap();
     let res = d.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    d.assert_bodies_clean();
+}
+
+#[tokio::test]
+async fn counter_pages_are_rate_limited_per_account() {
+    let d = Desk::with(true, std::num::NonZeroU32::new(1).unwrap());
+    d.set_up().await;
+    let page = |n: u64| {
+        d.request(
+            "operator",
+            Method::POST,
+            &format!("/v1/cards/{}/counter-page", serial(n)),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap()
+    };
+    let res = d.app.clone().oneshot(page(301)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let a = d.keep(page(302)).await;
+    assert_error(&a, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     d.assert_bodies_clean();
 }
 
