@@ -57,7 +57,8 @@ pub enum MailersCommand {
     },
     /// Record what became of printed mailers, all or nothing (cms or operator).
     Outcomes {
-        /// Lines `NUMBER,delivered|spoiled`, or JSON (see `plico mailers --help`).
+        /// Lines `NUMBER,delivered|spoiled` (blank lines and `#` comments ignored), or JSON:
+        /// a list of `{"number": N, "outcome": "delivered"}` or `{"outcomes": [...]}`.
         file: PathBuf,
     },
     /// Printed mailers by batch: delivered, spoiled, voided, outstanding, balanced.
