@@ -60,6 +60,8 @@ const NEXT_RUN_KEY: &[u8] = b"mailers.next_run";
 const NUMBER_BLOCK: u64 = 10_000;
 /// Most serials one run by list may name.
 pub const MAX_LISTED_SERIALS: usize = 100_000;
+/// Cards looked up together (in parallel) by a run.
+const PREPARE_CHUNK: usize = 512;
 /// Decoded print files kept to find cards' earlier mailers.
 const FILE_CACHE: usize = 8;
 
@@ -734,6 +736,13 @@ impl Drop for RunningFlag<'_> {
     }
 }
 
+/// A run's source of cards and the mailers prepared from it, not yet handed out.
+struct Chunks<'j> {
+    source: Box<dyn Iterator<Item = Result<(String, Option<CardCodes>)>> + Send + 'j>,
+    ready: std::collections::VecDeque<MailerItem>,
+    failed: bool,
+}
+
 /// Numbers reserved durably and not yet given out.
 #[derive(Debug, Default)]
 struct NumberBlock {
@@ -790,18 +799,52 @@ impl<'c> PrintJob<'c> {
                     Ok((s.clone(), codes))
                 })),
             };
-        let mut failed = false;
-        Ok(source.filter_map(move |item| {
-            if failed {
+        let mut chunks = Chunks {
+            source,
+            ready: std::collections::VecDeque::new(),
+            failed: false,
+        };
+        Ok(std::iter::from_fn(move || loop {
+            if let Some(item) = chunks.ready.pop_front() {
+                return Some(Ok(item));
+            }
+            if chunks.failed {
                 return None;
             }
-            let out = item.and_then(|(serial, codes)| self.prepare(hsm, today, serial, codes));
-            match out {
-                Ok(Some(m)) => Some(Ok(m)),
-                Ok(None) => None,
-                Err(e) => {
-                    failed = true;
-                    Some(Err(e))
+            // Pull a chunk in order, look its cards up in parallel (registry, holder,
+            // earlier mailers), then number the ones that get a mailer, in order.
+            let mut raw = Vec::with_capacity(PREPARE_CHUNK);
+            for item in chunks.source.by_ref().take(PREPARE_CHUNK) {
+                match item {
+                    Ok(card) => raw.push(card),
+                    Err(e) => {
+                        chunks.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            if raw.is_empty() {
+                return None;
+            }
+            use rayon::prelude::*;
+            let prepared: Vec<Result<Option<MailerItem>>> = raw
+                .into_par_iter()
+                .map(|(serial, codes)| self.prepare(hsm, today, serial, codes))
+                .collect();
+            for p in prepared {
+                match p.and_then(|m| {
+                    m.map(|mut m| {
+                        m.number = self.next_number()?;
+                        Ok(m)
+                    })
+                    .transpose()
+                }) {
+                    Ok(Some(m)) => chunks.ready.push_back(m),
+                    Ok(None) => {}
+                    Err(e) => {
+                        chunks.failed = true;
+                        return Some(Err(e));
+                    }
                 }
             }
         }))
@@ -812,7 +855,8 @@ impl<'c> PrintJob<'c> {
         Ok(None)
     }
 
-    /// The mailer of one card, or `None` (counted) when the card gets none.
+    /// The mailer of one card (numbered later, in order), or `None` (counted) when the card
+    /// gets none.
     fn prepare(
         &self,
         hsm: &dyn Hsm,
@@ -858,13 +902,12 @@ impl<'c> PrintJob<'c> {
         let Some(address) = personal.address.as_deref() else {
             return self.skip("no_postal_address");
         };
-        let number = self.next_number()?;
         Ok(Some(MailerItem {
             name: format!("{} {}", personal.given_names, personal.surname),
             address: address_lines(address),
             serial,
             codes,
-            number,
+            number: 0,
         }))
     }
 
