@@ -7,6 +7,11 @@
 
 mod cli;
 
+/// mimalloc instead of the system allocator: glibc's malloc was a fifth of a two-thread print
+/// run's time (arena contention and consolidation), see `plico bench mailers`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use plico::config::LogFormat;
 use std::io::IsTerminal;

@@ -1,57 +1,33 @@
-//! Renders sample mailers with made-up codes, for looking at a layout or template change:
-//!
-//! ```text
-//! cargo run -p dispatch --example preview -- OUT.pdf [TEMPLATE_DIR]
-//! ```
-//!
-//! Writes a PDF with the part A and part B pages of a `counter(2)+sms` plan and a `whole`
-//! page, and prints the e-mail and SMS of part B.
+//! Renders sample mailers with the built-in templates (or `PLICO_TEMPLATES_DIR`) into a clear
+//! PDF, to look at a layout or a template change: `cargo run -p dispatch --example preview --
+//! out.pdf`. Sample data only: never point it at real codes.
 
 use dispatch::*;
 use std::sync::Arc;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let out = args.next().ok_or("usage: preview OUT.pdf [TEMPLATE_DIR]")?;
-    let dir = args.next();
+fn main() -> Result<()> {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "preview.pdf".into());
+    let dir = std::env::var_os("PLICO_TEMPLATES_DIR");
     let templates = Arc::new(Templates::load(dir.as_deref().map(std::path::Path::new))?);
-    let issuer = Issuer::default();
-    let print = PrintRenderer::new(templates.clone(), Layout::default(), issuer.clone());
-    let who = Addressee {
+    let renderer = PrintRenderer::new(templates, Layout::default(), Issuer::default());
+    let addressee = Addressee {
         name: "Niccolò D’Aragona".into(),
-        address: vec!["Via Città di Castello, 12".into(), "00136 Roma RM".into()],
+        address: vec!["Via Giuseppe Verdi 12".into(), "00185 Roma RM".into()],
     };
-    // Sample codes, not a real card's.
-    let codes = Codes::new(b"24680", b"13572468")?.with_signature(b"97531", b"86420864")?;
-    let mut parts = Plan::parse("counter(2)+sms")?.cut(&codes)?;
-    parts.extend(Plan::Whole.cut(&codes)?);
-    let mut pdf = PdfWriter::new(std::fs::File::create(&out)?, &print)?;
-    for (i, part) in parts.iter().enumerate() {
+    let codes = Codes::new(b"48213", b"90517364")?;
+    let mut pdf = PdfWriter::new(std::fs::File::create(&out)?, &renderer)?;
+    for (plan, number) in [("whole", Some(1042)), ("counter(2)+sms", None)] {
+        let part = Plan::parse(plan)?.cut(&codes)?.remove(0);
         pdf.add_page(&Mailer {
-            addressee: &who,
-            card_serial: "8039123456781234",
-            codes: part,
-            number: Some(i as u64 + 1),
+            addressee: &addressee,
+            card_serial: "80380000000000012345",
+            codes: &part,
+            number,
         })?;
     }
     pdf.finish()?;
-    let b = Mailer {
-        addressee: &who,
-        card_serial: "8039123456781234",
-        codes: &parts[1],
-        number: None,
-    };
-    let email = EmailRenderer::new(templates.clone(), issuer.clone()).render_email(&b)?;
-    println!(
-        "Subject: {}\n\n{}",
-        email.subject,
-        email.text.expose_secret()
-    );
-    let sms = SmsRenderer::new(templates, issuer).render_sms(&b)?;
-    println!(
-        "\nSMS ({} septets): {}",
-        sms.septets,
-        sms.text.expose_secret()
-    );
+    eprintln!("wrote {out}");
     Ok(())
 }

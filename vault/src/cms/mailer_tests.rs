@@ -258,3 +258,22 @@ fn bad_selections_are_refused_before_anything_is_written() {
     ));
     assert!(cms.print_runs(10).unwrap().is_empty());
 }
+
+#[test]
+fn the_batch_scan_skips_cards_whose_codes_were_deleted() {
+    let (w, batch) = world();
+    let codes = w.codes.as_ref().unwrap();
+    let count = || codes.scan_batch(&*w.hsm, batch).unwrap().count();
+    assert_eq!(count(), 7);
+    w.change(3, &Change::Revoke(Reason::Stolen)).unwrap();
+    let serials: Vec<String> = codes
+        .scan_batch(&*w.hsm, batch)
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(serials.len(), 6);
+    assert!(!serials.contains(&serial(3)));
+    let mut sorted = serials.clone();
+    sorted.sort();
+    assert_eq!(serials, sorted, "in serial order");
+}

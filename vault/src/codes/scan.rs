@@ -5,7 +5,7 @@
 //! per run holding that run's current segment (its sealed bytes and decoded serials, at most
 //! 1024) and merges the runs by serial, so memory is a few segments whatever the size of the
 //! batch. Each card's record is opened only when the scan yields it; cards whose codes were
-//! deleted since (the overlay) are skipped.
+//! deleted since (the overlay, read once a segment) are skipped.
 
 use super::batch::{segment_key, BatchId, SegmentDir};
 use super::record::CardCodes;
@@ -24,6 +24,8 @@ struct RunCursor {
     segment: u32,
     bytes: Vec<u8>,
     serials: Vec<Box<[u8]>>,
+    /// Serials of this segment whose codes were deleted since (from the overlay).
+    deleted: std::collections::HashSet<Box<[u8]>>,
     at: usize,
 }
 
@@ -80,6 +82,7 @@ impl CodeVault {
                 segment: 0,
                 bytes: Vec::new(),
                 serials: Vec::new(),
+                deleted: Default::default(),
                 at: 0,
             };
             if self.load_segment(batch, &mut c, 0)? {
@@ -108,14 +111,29 @@ impl CodeVault {
                 c.run
             ))
         })?;
-        let mut serials = Vec::with_capacity(1024);
+        let mut serials: Vec<Box<[u8]>> = Vec::with_capacity(1024);
         Segment::parse(&bytes)?.for_each_serial(|_, s| {
             serials.push(Box::from(s));
             true
         })?;
+        // The overlay is sparse: one range read a segment instead of one lookup a card.
+        let mut deleted = std::collections::HashSet::new();
+        if let (Some(first), Some(last)) = (serials.first(), serials.last()) {
+            let mut end = last.to_vec();
+            end.push(0);
+            for (k, v) in self
+                .store
+                .range(Tree::CodeOverlay, first, Some(&end), usize::MAX)?
+            {
+                if v.first() == Some(&OVERLAY_DELETED) {
+                    deleted.insert(k.into_boxed_slice());
+                }
+            }
+        }
         c.segment = n;
         c.bytes = bytes;
         c.serials = serials;
+        c.deleted = deleted;
         c.at = 0;
         Ok(true)
     }
@@ -136,6 +154,7 @@ impl BatchScan<'_> {
             };
             let c = &mut self.cursors[i];
             let at = c.at;
+            let deleted = c.deleted.contains(&c.serials[at]);
             let serial = String::from_utf8(c.serials[at].to_vec()).map_err(|_| {
                 Error::Storage(format!("batch {}: a serial is not text", self.batch))
             })?;
@@ -152,11 +171,6 @@ impl BatchScan<'_> {
                     self.cursors.push(c);
                 }
             }
-            let deleted = self
-                .vault
-                .store
-                .get(Tree::CodeOverlay, serial.as_bytes())?
-                .is_some_and(|v| v.first() == Some(&OVERLAY_DELETED));
             if deleted {
                 continue;
             }

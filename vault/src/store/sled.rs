@@ -45,12 +45,22 @@ impl SledStore {
     /// [`Error::Storage`] naming the directory if it cannot be opened — locked by another
     /// process (a running server), damaged, or unreadable.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_cache(dir, None)
+    }
+
+    /// As [`SledStore::open`], with sled's page cache set to `cache_bytes` (sled's default,
+    /// 1 GiB, when `None`). A working set larger than the cache (e.g. a registry of a million
+    /// holders read by a print run) makes every read rebuild pages from the log.
+    ///
+    /// # Errors
+    /// As [`SledStore::open`].
+    pub fn open_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<Self> {
         // A store dropped a moment ago in this process may still be locked by one of sled's
         // I/O threads finishing its last write: wait briefly for the lock before calling the
         // directory busy (a running server holds it for good, so that still fails).
         let mut tries = 0;
         loop {
-            match Self::open_once(dir) {
+            match Self::open_once(dir, cache_bytes) {
                 Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -60,13 +70,17 @@ impl SledStore {
         }
     }
 
-    fn open_once(dir: &Path) -> Result<Self> {
+    fn open_once(dir: &Path, cache_bytes: Option<u64>) -> Result<Self> {
         let path = dir.to_path_buf();
         let opened = std::panic::catch_unwind(|| -> std::result::Result<_, sled::Error> {
             // No background flusher: every `apply` flushes itself, and without that thread the
             // directory lock is released as soon as the store is dropped (with it, a reopen in
             // the same process could find the lock still held for up to one flush period).
-            let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+            let mut config = sled::Config::new().path(dir).flush_every_ms(None);
+            if let Some(bytes) = cache_bytes {
+                config = config.cache_capacity(bytes);
+            }
+            let db = config.open()?;
             let tree = db.open_tree(SLED_TREE)?;
             Ok((db, tree))
         });
