@@ -115,16 +115,22 @@ pub(super) fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> 
     Ok(std::fs::metadata(path)?.len())
 }
 
-pub(super) fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in MiB.
+pub(super) fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The process's peak resident memory so far, in MiB.
+pub(super) fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM")
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -170,10 +176,22 @@ fn import(a: &ImportBench) -> anyhow::Result<()> {
     if n == 0 {
         bail!("--records must be at least 1");
     }
-    let (work, remove) = match &a.dir {
-        Some(d) => (d.clone(), false),
+    in_work_dir(a.dir.as_deref(), "import", |work| {
+        import_in(work, n, a.lookups)
+    })
+}
+
+/// Runs `f` in `dir`, which must be empty or absent, or else in a fresh directory under the
+/// system temp dir that is removed afterwards.
+pub(super) fn in_work_dir(
+    dir: Option<&Path>,
+    name: &str,
+    f: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (work, remove) = match dir {
+        Some(d) => (d.to_path_buf(), false),
         None => (
-            std::env::temp_dir().join(format!("plico-bench-import-{}", std::process::id())),
+            std::env::temp_dir().join(format!("plico-bench-{name}-{}", std::process::id())),
             true,
         ),
     };
@@ -181,11 +199,42 @@ fn import(a: &ImportBench) -> anyhow::Result<()> {
         bail!("{} is not empty", work.display());
     }
     std::fs::create_dir_all(&work)?;
-    let result = import_in(&work, n, a.lookups);
+    let result = f(&work);
     if remove {
         let _ = std::fs::remove_dir_all(&work);
     }
     result
+}
+
+/// Imports `file` (`n` cards) as a manufacturer upload, end to end and durable.
+pub(super) fn import_codes(
+    codes: &CodeVault,
+    hsm: &dyn Hsm,
+    audit: &AuditLog,
+    file: &Path,
+    n: u64,
+) -> anyhow::Result<ImportOutcome> {
+    let rules = ParseRules::default();
+    let ctx = ImportContext {
+        vault: codes,
+        hsm,
+        audit,
+        rules: &rules,
+    };
+    let request = ImportRequest {
+        manufacturer: "bench".into(),
+        expected_cards: Some(n),
+        expected_sha256: None,
+        actor: "bench".into(),
+        role: "manufacturer".into(),
+        request_id: String::new(),
+    };
+    Ok(import_file(
+        ctx,
+        std::fs::File::open(file)?,
+        &request,
+        &|_| {},
+    )?)
 }
 
 fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
@@ -201,23 +250,9 @@ fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
     audit.unlock(hsm.clone())?;
     let (codes, _) = CodeVault::open(store.clone())?;
     let rules = ParseRules::default();
-    let ctx = ImportContext {
-        vault: &codes,
-        hsm: &*hsm,
-        audit: &audit,
-        rules: &rules,
-    };
-    let request = ImportRequest {
-        manufacturer: "bench".into(),
-        expected_cards: Some(n),
-        expected_sha256: None,
-        actor: "bench".into(),
-        role: "manufacturer".into(),
-        request_id: String::new(),
-    };
     eprintln!("importing");
     let started = Instant::now();
-    let outcome = import_file(ctx, std::fs::File::open(&file)?, &request, &|_| {})?;
+    let outcome = import_codes(&codes, &*hsm, &audit, &file, n)?;
     let t_import = started.elapsed();
     let rss = peak_rss_mib();
     let ImportOutcome::Committed(record) = outcome else {

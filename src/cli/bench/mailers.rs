@@ -21,7 +21,9 @@
 //! memory is the high-water mark over steps 2–4, and `rss_growth_mib` how far it rose above
 //! the resident size at the start of step 2, which is mostly sled's page cache).
 
-use super::{dev_hsm, peak_rss_mib, per_s, serial, write_file};
+use super::{
+    dev_hsm, import_codes, in_work_dir, peak_rss_mib, per_s, serial, status_mib, write_file,
+};
 use anyhow::{bail, Context};
 use clap::Args;
 use dispatch::bulk::OwnedMailer;
@@ -40,8 +42,7 @@ use vault::cms::registry::CardRecord;
 use vault::cms::registry_parse::{CardEntry, HolderEntry};
 use vault::cms::{CardState, Cms};
 use vault::codes::{BatchId, CodeVault};
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::import::ImportOutcome;
 use vault::store::sled::SledStore;
 use vault::store::{Batch, Store, Tree};
 
@@ -116,22 +117,7 @@ pub fn run(a: &MailersBench) -> anyhow::Result<()> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
-    let (work, remove) = match &a.dir {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("plico-bench-mailers-{}", std::process::id())),
-            true,
-        ),
-    };
-    if work.exists() && std::fs::read_dir(&work)?.next().is_some() {
-        bail!("{} is not empty", work.display());
-    }
-    std::fs::create_dir_all(&work)?;
-    let result = run_in(&work, a);
-    if remove {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    result
+    in_work_dir(a.dir.as_deref(), "mailers", |work| run_in(work, a))
 }
 
 fn import(
@@ -144,22 +130,7 @@ fn import(
 ) -> anyhow::Result<BatchId> {
     let file = work.join(format!("codes-{base}.txt"));
     write_file(&file, n, base)?;
-    let rules = ParseRules::default();
-    let ctx = ImportContext {
-        vault: codes,
-        hsm,
-        audit,
-        rules: &rules,
-    };
-    let request = ImportRequest {
-        manufacturer: "bench".into(),
-        expected_cards: Some(n),
-        expected_sha256: None,
-        actor: "bench".into(),
-        role: "manufacturer".into(),
-        request_id: String::new(),
-    };
-    let outcome = import_file(ctx, std::fs::File::open(&file)?, &request, &|_| {})?;
+    let outcome = import_codes(codes, hsm, audit, &file, n)?;
     std::fs::remove_file(&file)?;
     match outcome {
         ImportOutcome::Committed(r) => Ok(r.id),
@@ -224,18 +195,6 @@ fn registry(
     Ok(())
 }
 
-fn current_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn reset_peak_rss() {
     // Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -286,7 +245,7 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
     };
     let plan = Plan::Whole;
     reset_peak_rss();
-    let rss_at_start = current_rss_mib();
+    let rss_at_start = status_mib("VmRSS");
 
     let measured = |batch: BatchId, label: &str, dir: &str| -> anyhow::Result<(u64, f64)> {
         let setup = setup(dir)?;
