@@ -26,13 +26,15 @@ pub fn store_dir(data: &Path) -> PathBuf {
     data.join(STORE_DIR)
 }
 
-/// Opens (creating it on first use, mode 0700) the store in `data`/store.
-pub fn open_store(data: &Path) -> Result<Arc<dyn Store>> {
+/// Opens (creating it on first use, mode 0700) the store in `data`/store, with sled's page
+/// cache at `cache_mib` (sled's default when `None`).
+pub fn open_store(data: &Path, cache_mib: Option<u64>) -> Result<Arc<dyn Store>> {
     let dir = store_dir(data);
     files::private_dir(&dir)?;
     // The vault's error names the directory and the cause (locked by a running server,
     // damaged); it is reported as is, at start.
-    let store = SledStore::open(&dir).context("cannot open the store")?;
+    let store = SledStore::open_with_cache(&dir, cache_mib.map(|m| m << 20))
+        .context("cannot open the store")?;
     Ok(Arc::new(store))
 }
 

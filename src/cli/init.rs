@@ -186,7 +186,7 @@ fn first_unseal(
     quorum: &[SecretString],
     token_file: &Path,
 ) -> Result<String> {
-    let store = bootstrap::open_store(data)?;
+    let store = bootstrap::open_store(data, None)?;
     let state = AppState::new(hsm.clone(), store).context("cannot open the new store")?;
     for share in quorum {
         hsm.unseal(share)

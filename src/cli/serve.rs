@@ -110,7 +110,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "no print facility recipients configured ([mailers] recipients): print runs are refused"
         );
     }
-    let store = bootstrap::open_store(&data_dir)?;
+    let store = bootstrap::open_store(&data_dir, config.store.cache_mib)?;
     let state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
         .with_print(print);
