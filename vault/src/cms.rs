@@ -10,6 +10,8 @@
 //!   status view and [`registry::Cms::release_codes`], the only way to a card's codes;
 //! - [`mailers`] printed mailers: numbers, print files, voids on reprint, outcomes and the
 //!   reconciliation per batch;
+//! - [`outbox`] the durable outbox of code deliveries by SMS, e-mail and mailer: requests,
+//!   jobs, claims, retries, receipts, fallback, resend and each part's state;
 //! - [`reports`] the technical problem reports.
 
 pub mod addressee;
@@ -19,6 +21,7 @@ pub mod contact;
 pub mod date;
 pub mod lifecycle;
 pub mod mailers;
+pub mod outbox;
 pub mod registry;
 pub mod registry_parse;
 pub mod reports;
@@ -29,9 +32,15 @@ pub use mailers::{
     MailerItem, MailerOutcome, MailerState, PrintJob, PrintRunRecord, Reconciliation, RecordedFile,
     Reprint, Selection,
 };
+pub use outbox::{
+    Channel, DispatchPlan, DispatchRequest, Dispatched, Fallback, Job, JobState, OutboxPolicy,
+    Part, PartDelivery, ReceiptOutcome,
+};
 pub use registry::{Cms, HolderView, PersonalData, RegistryOutcome, SearchKey};
 
 #[cfg(test)]
 mod mailer_tests;
+#[cfg(test)]
+mod outbox_tests;
 #[cfg(test)]
 mod tests;

@@ -56,11 +56,26 @@ pub enum Tree {
     /// Print file directory by id (u64 BE): name, batch, numbers, serial range and the state
     /// of every mailer (small; loaded at start).
     PrintFileDirs,
+    /// Dispatch jobs by id (u64 BE): one part of a card's codes by one channel
+    /// ([`crate::cms::outbox`]). No code, no contact.
+    Outbox,
+    /// Jobs by when they are due: `lane u8 | due ms (u64 BE) | job id (u64 BE)`, empty values.
+    /// Lane 0: waiting (`queued`, `failed`); lane 1: `sending` (found again at start-up).
+    OutboxDue,
+    /// Jobs by card: `serial | '|' | job id (u64 BE)`, empty values.
+    OutboxCards,
+    /// Jobs by idempotency key (16 bytes) → job id (u64 BE), for delivery receipts.
+    OutboxKeys,
+    /// Jobs not yet done with: `created ms (u64 BE) | job id (u64 BE)`, empty values (the
+    /// overdue alert).
+    OutboxOpen,
+    /// Dispatch requests by id (u64 BE).
+    DispatchRequests,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 18] = [
+    pub const ALL: [Tree; 24] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
@@ -79,6 +94,12 @@ impl Tree {
         Tree::PrintRuns,
         Tree::PrintFiles,
         Tree::PrintFileDirs,
+        Tree::Outbox,
+        Tree::OutboxDue,
+        Tree::OutboxCards,
+        Tree::OutboxKeys,
+        Tree::OutboxOpen,
+        Tree::DispatchRequests,
     ];
 
     /// The persisted name.
@@ -102,6 +123,12 @@ impl Tree {
             Tree::PrintRuns => "print_runs",
             Tree::PrintFiles => "print_files",
             Tree::PrintFileDirs => "print_file_dirs",
+            Tree::Outbox => "outbox",
+            Tree::OutboxDue => "outbox_due",
+            Tree::OutboxCards => "outbox_cards",
+            Tree::OutboxKeys => "outbox_keys",
+            Tree::OutboxOpen => "outbox_open",
+            Tree::DispatchRequests => "dispatch_requests",
         }
     }
 
@@ -127,6 +154,12 @@ impl Tree {
             Tree::PrintRuns => 16,
             Tree::PrintFiles => 17,
             Tree::PrintFileDirs => 18,
+            Tree::Outbox => 19,
+            Tree::OutboxDue => 20,
+            Tree::OutboxCards => 21,
+            Tree::OutboxKeys => 22,
+            Tree::OutboxOpen => 23,
+            Tree::DispatchRequests => 24,
         }
     }
 }

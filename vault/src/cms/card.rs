@@ -7,6 +7,9 @@
 //!   │                   └──┼───reactivate─────┘
 //!   └──────revoke──────────┴──────revoke──────┴──▶ revoked (terminal)
 //! ```
+//!
+//! `reidentify` keeps an active card active: it records that the holder was identified again
+//! (rule 13: a changed contact needs a new identification before codes go to it).
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -130,6 +133,8 @@ pub enum Move {
     Reactivate,
     /// any but revoked → revoked.
     Revoke,
+    /// active → active: the holder identified again (documents seen at the counter).
+    Reidentify,
 }
 
 impl Move {
@@ -140,6 +145,7 @@ impl Move {
             Move::Suspend => "card.suspend",
             Move::Reactivate => "card.reactivate",
             Move::Revoke => "card.revoke",
+            Move::Reidentify => "card.reidentify",
         }
     }
 
@@ -151,6 +157,7 @@ impl Move {
             (Move::Suspend, Active) => Some(Suspended),
             (Move::Reactivate, Suspended) => Some(Active),
             (Move::Revoke, Issued | Active | Suspended) => Some(Revoked),
+            (Move::Reidentify, Active) => Some(Active),
             _ => None,
         }
     }
@@ -162,6 +169,7 @@ impl Move {
             Move::Suspend => "active",
             Move::Reactivate => "suspended",
             Move::Revoke => "issued, active or suspended",
+            Move::Reidentify => "active",
         }
     }
 }

@@ -110,6 +110,10 @@ pub enum Change {
     Reactivate,
     /// → revoked; the codes are deleted.
     Revoke(Reason),
+    /// active → active: the holder (or a delegate) identified again at the counter, with the
+    /// same documents as an activation. Needed before codes go to a contact that changed after
+    /// the last identification (rule 13).
+    Reidentify(Activation),
 }
 
 impl Change {
@@ -119,6 +123,7 @@ impl Change {
             Change::Suspend(_) => Move::Suspend,
             Change::Reactivate => Move::Reactivate,
             Change::Revoke(_) => Move::Revoke,
+            Change::Reidentify(_) => Move::Reidentify,
         }
     }
 }
@@ -146,19 +151,25 @@ pub struct CardStatus {
     pub changed_ms: u64,
     /// Whether plico holds the card's codes.
     pub codes_held: bool,
-    /// Delivery state of each part of the codes (filled in by dispatch; empty until then).
+    /// Delivery state of each part of the codes, `(part, state)`, from [`CardStatus::parts`]
+    /// (empty until a dispatch is asked for). The state is the latest job's
+    /// ([`super::outbox::JobState`]), or `needs_counter_reprint` for a dead part so flagged.
     pub delivery: Vec<(String, String)>,
+    /// The same, in detail: channel, attempts, job id, times.
+    pub parts: Vec<super::outbox::PartDelivery>,
+    /// When the holder was last identified for this card (activation or re-identification).
+    pub identified_ms: Option<u64>,
 }
 
 impl Cms {
-    fn required_card(&self, serial: &str) -> Result<CardRecord> {
+    pub(crate) fn required_card(&self, serial: &str) -> Result<CardRecord> {
         self.card(serial)?
             .ok_or_else(|| Error::NotFound(format!("card {serial}")))
     }
 
     /// Revokes `card` if it is past expiry on `today` (in its own commit, with its event), and
     /// returns the card as it now is. Called with the ops lock held.
-    fn expire_on_access(
+    pub(crate) fn expire_on_access(
         &self,
         audit: &AuditLog,
         card: CardRecord,
@@ -194,7 +205,7 @@ impl Cms {
         today: Date,
         actor: &Actor,
     ) -> Result<CardStatus> {
-        if let Change::Activate(a) = change {
+        if let Change::Activate(a) | Change::Reidentify(a) = change {
             a.check()?;
         }
         let _ops = self.ops_lock();
@@ -216,7 +227,7 @@ impl Cms {
             .detail("from", card.state.to_string())
             .detail("to", to.to_string());
         match change {
-            Change::Activate(a) => {
+            Change::Activate(a) | Change::Reidentify(a) => {
                 let holder = self
                     .holder(&card.holder)?
                     .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;
@@ -252,7 +263,7 @@ impl Cms {
                 if let Some(d) = &delegation_ref {
                     event = event.detail("delegation_ref", d.clone());
                 }
-                card.activation = Some(ActivationRecord {
+                let record = ActivationRecord {
                     by: by.to_string(),
                     consent_ref: consent_ref.clone(),
                     delegation_ref,
@@ -260,8 +271,13 @@ impl Cms {
                     key,
                     at_ms: now,
                     operator: actor.id.clone(),
-                });
-                card.reason = None;
+                };
+                if let Change::Reidentify(_) = change {
+                    card.reidentified = Some(record);
+                } else {
+                    card.activation = Some(record);
+                    card.reason = None;
+                }
             }
             Change::Suspend(r) => {
                 card.reason = Some(*r);
@@ -276,8 +292,10 @@ impl Cms {
                 self.codes.delete_codes_into(serial, &mut b);
             }
         }
+        if card.state != to {
+            card.changed_ms = now;
+        }
         card.state = to;
-        card.changed_ms = now;
         b.put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
         audit.commit(b, event)?;
         self.status_of(&card)
@@ -301,6 +319,7 @@ impl Cms {
     }
 
     fn status_of(&self, card: &CardRecord) -> Result<CardStatus> {
+        let parts = self.deliveries(&card.serial)?;
         Ok(CardStatus {
             serial: card.serial.clone(),
             state: card.state,
@@ -312,7 +331,12 @@ impl Cms {
             activated_ms: card.activation.as_ref().map(|a| a.at_ms),
             changed_ms: card.changed_ms,
             codes_held: self.codes.locate(&card.serial)?.is_some(),
-            delivery: Vec::new(),
+            delivery: parts
+                .iter()
+                .map(|p| (p.part.as_str().to_owned(), p.shown_state().to_owned()))
+                .collect(),
+            parts,
+            identified_ms: card.identified_ms(),
         })
     }
 

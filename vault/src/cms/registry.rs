@@ -84,6 +84,14 @@ pub struct HolderRecord {
     pub created_ms: u64,
     /// Last changed (Unix ms).
     pub updated_ms: u64,
+    /// When a registry import last changed (added, replaced or removed) the mobile number
+    /// (Unix ms); `None` if it never changed after the holder was created. Rule 13: no SMS to a
+    /// number changed after the card's last identification.
+    #[serde(default)]
+    pub mobile_changed_ms: Option<u64>,
+    /// As `mobile_changed_ms`, for the e-mail address.
+    #[serde(default)]
+    pub email_changed_ms: Option<u64>,
 }
 
 /// How a card was activated.
@@ -122,10 +130,25 @@ pub struct CardRecord {
     pub reason: Option<Reason>,
     /// How it was activated.
     pub activation: Option<ActivationRecord>,
+    /// The latest identification of the holder after activation (documents seen again at the
+    /// counter, e.g. after a contact changed), if any.
+    #[serde(default)]
+    pub reidentified: Option<ActivationRecord>,
     /// Known to plico since (Unix ms).
     pub created_ms: u64,
     /// Last state change (Unix ms).
     pub changed_ms: u64,
+}
+
+impl CardRecord {
+    /// When the holder was last identified for this card (Unix ms): the latest
+    /// re-identification, else the activation; `None` before activation.
+    pub fn identified_ms(&self) -> Option<u64> {
+        self.reidentified
+            .as_ref()
+            .or(self.activation.as_ref())
+            .map(|a| a.at_ms)
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -483,6 +506,7 @@ impl Cms {
         let mut holders: BTreeMap<String, HolderRecord> = BTreeMap::new();
         let mut cards: BTreeMap<String, CardRecord> = BTreeMap::new();
         let mut next = self.next_holder_id()?;
+        let mut contacts_changed = 0u64;
         let now = now_ms();
         for (entry, personal, keys) in keyed {
             let existing = self.ids_under(&keys[0], None, 2)?;
@@ -506,11 +530,25 @@ impl Cms {
                         index: Vec::new(),
                         created_ms: now,
                         updated_ms: now,
+                        mobile_changed_ms: None,
+                        email_changed_ms: None,
                     }
                 }
             };
             if !existing.is_empty() {
                 out.holders_updated += 1;
+            }
+            // Rule 13: remember when a contact changed (compared with the data in force).
+            if !rec.sealed.is_empty() {
+                let old = self.personal(hsm, &rec)?;
+                if old.mobile != personal.mobile {
+                    rec.mobile_changed_ms = Some(now);
+                    contacts_changed += 1;
+                }
+                if old.email != personal.email {
+                    rec.email_changed_ms = Some(now);
+                    contacts_changed += 1;
+                }
             }
             // Personal data and indexes, replaced whole by the file's.
             let clear = zeroize::Zeroizing::new(encode(&personal)?);
@@ -545,6 +583,7 @@ impl Cms {
                                 replaced_by: None,
                                 reason: None,
                                 activation: None,
+                                reidentified: None,
                                 created_ms: now,
                                 changed_ms: now,
                             }
@@ -622,7 +661,8 @@ impl Cms {
             .detail("holders_created", out.holders_created.to_string())
             .detail("holders_updated", out.holders_updated.to_string())
             .detail("cards_created", out.cards_created.to_string())
-            .detail("revoked", out.revoked.len().to_string());
+            .detail("revoked", out.revoked.len().to_string())
+            .detail("contacts_changed", contacts_changed.to_string());
         if entries.is_empty() {
             summary = summary.detail("empty", "true");
         }

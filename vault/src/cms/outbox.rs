@@ -1,0 +1,1433 @@
+//! The durable outbox of code deliveries (issue 7): a dispatch request becomes one job per part
+//! and channel; workers claim due jobs, send them, and mark them sent, failed or delivered.
+//! Nothing here sends anything, renders anything, or knows HTTP: the service's workers do, with
+//! the couriers of crate `dispatch`.
+//!
+//! # Flow
+//!
+//! ```text
+//! request_dispatch ──▶ queued ──claim_due──▶ sending ──mark_sent──▶ sent ──receipt──▶ delivered
+//!                        ▲                     │  │                   │
+//!                        │ (backoff elapsed)   │  └──mark_failed──▶ failed ──(N attempts)──▶ dead
+//!                        └─────────────────────┴── recover (start-up: sending → queued)
+//! ```
+//!
+//! - [`Cms::request_dispatch`] checks the card (`active`, codes held), the holder's registered
+//!   contacts and rule 13 (a contact changed after the card's last identification is refused
+//!   until [`super::Change::Reidentify`]), then writes the request, its jobs and one
+//!   `dispatch.request` event in one store batch. The counter part (`A` of `counter(N)+…`) is
+//!   printed at the counter: it gets a job in state `counter`, never claimed, so that the
+//!   card's status shows every part of the plan.
+//! - A job holds no code and no contact: the worker gets the codes through
+//!   [`Cms::release_codes`] and the address from the registry at send time.
+//! - Each job has an idempotency key (128 random bits, hex), fixed for its life: a job found
+//!   `sending` after a crash ([`Cms::recover`]) is sent again with the same key, so a courier
+//!   or gateway that knows the key can drop the duplicate. Receipts find their job by it.
+//! - A job that dies may fall back ([`Fallback`]): SMS → a new e-mail job for the same part;
+//!   otherwise the part is flagged `needs_counter_reprint`.
+//! - [`Cms::resend_part`] makes a new job for one part; the old job stays as history.
+//!
+//! # Audit
+//!
+//! Request, sent, delivered, dead, fallback, resend and recovery are audit events, each in the
+//! batch of its change. Claims and temporary failures are not (they are frequent and say
+//! nothing about where a code went): the job itself keeps its attempts and last error, and the
+//! `dispatch.dead` event carries both.
+//!
+//! # Storage
+//!
+//! - [`Tree::Outbox`]: job id (u64 BE) → [`Job`].
+//! - [`Tree::OutboxDue`]: `lane | due ms | job id`: lane 0 holds waiting jobs (`queued`,
+//!   `failed`) by when they are due, lane 1 `sending` jobs by when they were claimed.
+//! - [`Tree::OutboxCards`]: `serial | '|' | job id`, a card's jobs.
+//! - [`Tree::OutboxKeys`]: idempotency key (16 bytes) → job id.
+//! - [`Tree::OutboxOpen`]: `created ms | job id` for jobs not done with (the overdue alert).
+//! - [`Tree::DispatchRequests`]: request id → [`DispatchRequest`].
+
+use super::card::CardState;
+use super::date::Date;
+use super::registry::{decode, encode, now_ms, CardRecord, Cms, HolderRecord, PersonalData};
+use crate::account::Actor;
+use crate::audit::{AuditLog, NewEvent};
+use crate::error::{Error, Result};
+use crate::hsm::Hsm;
+use crate::store::{seq_key, Batch, Tree};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
+const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
+/// Lanes of [`Tree::OutboxDue`].
+const LANE_WAITING: u8 = 0;
+const LANE_SENDING: u8 = 1;
+/// Longest last error kept on a job.
+const MAX_ERROR: usize = 200;
+/// Longest peer id accepted.
+const MAX_PEER_ID: usize = 128;
+/// Entries read at a time by scans.
+const PAGE: usize = 512;
+
+/// A part of a card's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Part {
+    /// The first N digits, printed at the counter.
+    #[serde(rename = "A")]
+    A,
+    /// The remaining digits, sent remotely.
+    #[serde(rename = "B")]
+    B,
+    /// Every digit in one part.
+    #[serde(rename = "whole")]
+    Whole,
+}
+
+impl Part {
+    /// `A`, `B` or `whole` (persisted, and the name `dispatch` uses).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::A => "A",
+            Part::B => "B",
+            Part::Whole => "whole",
+        }
+    }
+
+    /// Parses a part name.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing the names.
+    pub fn parse(text: &str) -> Result<Part> {
+        match text {
+            "A" => Ok(Part::A),
+            "B" => Ok(Part::B),
+            "whole" => Ok(Part::Whole),
+            _ => Err(Error::Invalid("part: expected A, B or whole".into())),
+        }
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The channel a job goes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Printed at the counter (never claimed by a worker).
+    Counter,
+    /// SMS to the holder's registered mobile number.
+    Sms,
+    /// E-mail to the holder's registered address.
+    Email,
+    /// A printed mailer to the holder's postal address.
+    Mailer,
+}
+
+impl Channel {
+    /// `counter`, `sms`, `email` or `mailer` (persisted).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Counter => "counter",
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+            Channel::Mailer => "mailer",
+        }
+    }
+
+    /// Whether a delivery receipt is expected after `sent` (SMS: the gateway's delivery
+    /// report). Without one, `sent` is as far as the part goes.
+    pub fn receipt_expected(self) -> bool {
+        self == Channel::Sms
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// The counter part: printed at the counter, nothing to send.
+    Counter,
+    /// Waiting to be claimed.
+    Queued,
+    /// Claimed by a worker.
+    Sending,
+    /// Accepted by the courier.
+    Sent,
+    /// A receipt says it reached the holder.
+    Delivered,
+    /// Failed for now; claimed again after its next attempt time.
+    Failed,
+    /// Given up (permanent failure, or too many attempts).
+    Dead,
+    /// Replaced by a resend before it went out.
+    Superseded,
+}
+
+impl JobState {
+    /// The persisted name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Counter => "counter",
+            JobState::Queued => "queued",
+            JobState::Sending => "sending",
+            JobState::Sent => "sent",
+            JobState::Delivered => "delivered",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Superseded => "superseded",
+        }
+    }
+
+    /// Queued, sending or failed: on its way.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            JobState::Queued | JobState::Sending | JobState::Failed
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A delivery plan as the vault reads it: which parts exist and by which channel.
+///
+/// ```text
+/// plan = "counter(" N ")+" ("sms" | "email" | "remote") | "sms" | "email" | "mailer" | "whole"
+/// ```
+///
+/// The vault parses plans itself (it does not depend on `dispatch`): it must know the parts and
+/// channels to check the holder's contacts and write the jobs in one step, and a caller that
+/// passed parsed parts could leave one out. Cutting the digits stays `dispatch`'s work: a job
+/// carries the N of `counter(N)` and [`Job::courier_plan`] gives the plan in `dispatch`'s
+/// grammar. `remote` is resolved at request time: SMS if the holder has a usable mobile
+/// number, else e-mail. `whole` is an alias of `mailer`, as in `dispatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchPlan {
+    /// Part A (N digits of each code) at the counter, part B by `remote` (`None`: either).
+    Split {
+        /// N.
+        digits: u32,
+        /// The channel of part B; `None` for `remote`.
+        remote: Option<Channel>,
+    },
+    /// Every digit by one channel (`sms`, `email` or `mailer`).
+    Whole(Channel),
+}
+
+impl DispatchPlan {
+    /// Parses a plan (surrounding blanks ignored).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming what was expected.
+    pub fn parse(text: &str) -> Result<DispatchPlan> {
+        let s = text.trim();
+        let bad = |why: &str| Error::Invalid(format!("plan: {why}"));
+        match s {
+            "sms" => return Ok(DispatchPlan::Whole(Channel::Sms)),
+            "email" => return Ok(DispatchPlan::Whole(Channel::Email)),
+            "mailer" | "whole" => return Ok(DispatchPlan::Whole(Channel::Mailer)),
+            _ => {}
+        }
+        let rest = s.strip_prefix("counter(").ok_or_else(|| {
+            bad("expected `counter(N)+sms`, `counter(N)+email`, `counter(N)+remote`, `sms`, `email` or `mailer`")
+        })?;
+        let (n, rest) = rest
+            .split_once(")+")
+            .ok_or_else(|| bad("expected `counter(N)+…`"))?;
+        if n.is_empty() || n.len() > 2 || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("N of counter(N) must be a number from 1 to 99"));
+        }
+        let digits: u32 = n
+            .parse()
+            .map_err(|_| bad("N of counter(N) must be a number from 1 to 99"))?;
+        if digits == 0 {
+            return Err(bad("N of counter(N) must be a number from 1 to 99"));
+        }
+        let remote = match rest {
+            "sms" => Some(Channel::Sms),
+            "email" => Some(Channel::Email),
+            "remote" => None,
+            _ => return Err(bad("the remote part goes by `sms`, `email` or `remote`")),
+        };
+        Ok(DispatchPlan::Split { digits, remote })
+    }
+}
+
+/// One part of a card's codes by one channel. Holds no code and no contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id.
+    pub id: u64,
+    /// The dispatch request it belongs to.
+    pub request: u64,
+    /// Card serial.
+    pub serial: String,
+    /// The part.
+    pub part: Part,
+    /// The channel.
+    pub channel: Channel,
+    /// N of `counter(N)` for a split part; `None` for a whole part.
+    pub digits: Option<u32>,
+    /// Where it is.
+    pub state: JobState,
+    /// Claims so far (a claim lost in a crash counts).
+    pub attempts: u32,
+    /// When it may be claimed (Unix ms), while `queued` or `failed`.
+    pub next_attempt_ms: u64,
+    /// 128 random bits, hex; fixed for the job's life (retries reuse it).
+    pub idempotency_key: String,
+    /// The last failure, cleaned (no digit run of 4 or more, no control character).
+    pub last_error: Option<String>,
+    /// The courier's id for the message (SMTP queue id, SMS gateway id).
+    pub peer_id: Option<String>,
+    /// `request`, `resend` or `fallback`.
+    pub origin: String,
+    /// The job it replaces (resend, fallback).
+    pub replaces: Option<u64>,
+    /// The job that replaced it.
+    pub superseded_by: Option<u64>,
+    /// Dead with no fallback left: the part must be reprinted at the counter.
+    pub needs_counter_reprint: bool,
+    /// Account that asked for it.
+    pub actor: String,
+    /// Created (Unix ms).
+    pub created_ms: u64,
+    /// Last change (Unix ms).
+    pub updated_ms: u64,
+    /// Last claimed (Unix ms).
+    pub claimed_ms: Option<u64>,
+    /// Sent (Unix ms).
+    pub sent_ms: Option<u64>,
+    /// Delivered (Unix ms).
+    pub delivered_ms: Option<u64>,
+}
+
+impl Job {
+    /// The plan in `dispatch`'s grammar, to cut the codes: `counter(N)+sms` / `+email` for a
+    /// split part, `whole` for a whole one.
+    pub fn courier_plan(&self) -> String {
+        match self.digits {
+            Some(n) => format!("counter({n})+{}", self.channel),
+            None => "whole".to_owned(),
+        }
+    }
+
+    /// Whether the overdue alert watches it.
+    fn open(&self) -> bool {
+        if self.superseded_by.is_some() {
+            return false;
+        }
+        match self.state {
+            JobState::Queued | JobState::Sending | JobState::Failed | JobState::Dead => true,
+            JobState::Sent => self.channel.receipt_expected(),
+            JobState::Counter | JobState::Delivered | JobState::Superseded => false,
+        }
+    }
+
+    fn due_key(&self) -> Option<Vec<u8>> {
+        let (lane, at) = match self.state {
+            JobState::Queued | JobState::Failed => (LANE_WAITING, self.next_attempt_ms),
+            JobState::Sending => (LANE_SENDING, self.claimed_ms.unwrap_or(0)),
+            _ => return None,
+        };
+        let mut k = Vec::with_capacity(17);
+        k.push(lane);
+        k.extend_from_slice(&at.to_be_bytes());
+        k.extend_from_slice(&seq_key(self.id));
+        Some(k)
+    }
+
+    fn open_key(&self) -> Vec<u8> {
+        let mut k = self.created_ms.to_be_bytes().to_vec();
+        k.extend_from_slice(&seq_key(self.id));
+        k
+    }
+
+    fn key_bytes(&self) -> Result<Vec<u8>> {
+        hex::decode(&self.idempotency_key)
+            .map_err(|_| Error::Storage(format!("job {}: damaged idempotency key", self.id)))
+    }
+}
+
+/// A dispatch request as stored ([`Tree::DispatchRequests`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRequest {
+    /// Request id.
+    pub id: u64,
+    /// Card serial.
+    pub serial: String,
+    /// The plan as asked for (trimmed).
+    pub plan: String,
+    /// Its jobs, by id.
+    pub jobs: Vec<u64>,
+    /// Account that asked.
+    pub actor: String,
+    /// Request id of the call.
+    pub request_id: String,
+    /// When (Unix ms).
+    pub created_ms: u64,
+}
+
+/// What [`Cms::request_dispatch`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatched {
+    /// The request.
+    pub request: DispatchRequest,
+    /// Its jobs.
+    pub jobs: Vec<Job>,
+}
+
+/// What to do when a job dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// A dead SMS job becomes an e-mail job for the same part, if the holder has a usable
+    /// e-mail address.
+    pub sms_to_email: bool,
+    /// A dead job with no other fallback flags its part `needs_counter_reprint`.
+    pub counter_reprint: bool,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback {
+            sms_to_email: true,
+            counter_reprint: true,
+        }
+    }
+}
+
+/// Retries and fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxPolicy {
+    /// Attempts before a job is dead (at least 1).
+    pub max_attempts: u32,
+    /// Delay after the first failure (ms); doubled at each further one.
+    pub backoff_base_ms: u64,
+    /// Longest delay (ms).
+    pub backoff_max_ms: u64,
+    /// Adds up to a quarter of the delay, at random, so that retries spread out.
+    pub jitter: bool,
+    /// What a dead job becomes.
+    pub fallback: Fallback,
+}
+
+impl Default for OutboxPolicy {
+    fn default() -> Self {
+        OutboxPolicy {
+            max_attempts: 5,
+            backoff_base_ms: 30_000,
+            backoff_max_ms: 3_600_000,
+            jitter: true,
+            fallback: Fallback::default(),
+        }
+    }
+}
+
+impl OutboxPolicy {
+    /// The delay before the next attempt after `attempts` attempts (without jitter):
+    /// `base · 2^(attempts-1)`, at most `backoff_max_ms`.
+    pub fn backoff(&self, attempts: u32) -> u64 {
+        let shift = attempts.saturating_sub(1).min(40);
+        self.backoff_base_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.backoff_max_ms)
+    }
+
+    fn delay(&self, attempts: u32) -> Result<u64> {
+        let d = self.backoff(attempts);
+        if !self.jitter || d < 4 {
+            return Ok(d);
+        }
+        let mut r = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut r).map_err(|_| Error::Provider("random generator"))?;
+        Ok(d + u64::from_le_bytes(r) % (d / 4 + 1))
+    }
+}
+
+/// One part's delivery, for the card's status: its latest job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartDelivery {
+    /// The part.
+    pub part: Part,
+    /// The channel of its latest job.
+    pub channel: Channel,
+    /// The state of its latest job.
+    pub state: JobState,
+    /// The latest job's id.
+    pub job: u64,
+    /// Its attempts.
+    pub attempts: u32,
+    /// Dead with no fallback left.
+    pub needs_counter_reprint: bool,
+    /// Its last change (Unix ms).
+    pub updated_ms: u64,
+}
+
+impl PartDelivery {
+    /// The state as shown: the job's, or `needs_counter_reprint`.
+    pub fn shown_state(&self) -> &'static str {
+        if self.needs_counter_reprint {
+            "needs_counter_reprint"
+        } else {
+            self.state.as_str()
+        }
+    }
+}
+
+/// Keeps only safe text of a courier's error: control characters become blanks, every digit of
+/// a run of 4 or more becomes `#` (a code or a number never lands in a job), at most
+/// [`MAX_ERROR`] characters.
+fn clean_error(reason: &str) -> String {
+    let chars: Vec<char> = reason.chars().take(MAX_ERROR).collect();
+    let mut out = String::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let run = chars[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            for c in &chars[i..i + run] {
+                out.push(if run >= 4 { '#' } else { *c });
+            }
+            i += run;
+        } else {
+            out.push(if chars[i].is_control() { ' ' } else { chars[i] });
+            i += 1;
+        }
+    }
+    out
+}
+
+fn check_peer_id(peer: &str) -> Result<()> {
+    if peer.is_empty() || peer.len() > MAX_PEER_ID || !peer.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Invalid(format!(
+            "peer id: 1 to {MAX_PEER_ID} printable ascii characters without blanks"
+        )));
+    }
+    Ok(())
+}
+
+fn new_key() -> Result<[u8; 16]> {
+    let mut k = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut k).map_err(|_| Error::Provider("random generator"))?;
+    Ok(k)
+}
+
+fn card_key(serial: &str, id: u64) -> Vec<u8> {
+    let mut k = serial.as_bytes().to_vec();
+    k.push(b'|');
+    k.extend_from_slice(&seq_key(id));
+    k
+}
+
+fn counter_value(cms: &Cms, key: &[u8]) -> Result<u64> {
+    match cms.store.get(Tree::Meta, key)? {
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Storage("an outbox counter is damaged".into())),
+        None => Ok(1),
+    }
+}
+
+fn seq_of(bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Storage("an outbox index key is damaged".into()))
+}
+
+/// Puts `job` into `b` with its indexes, moving them from what `old` had.
+fn put_job(b: &mut Batch, old: Option<&Job>, job: &Job) -> Result<()> {
+    b.put(Tree::Outbox, seq_key(job.id).to_vec(), encode(job)?);
+    let (old_due, old_open) = match old {
+        Some(o) => (o.due_key(), o.open()),
+        None => {
+            b.put(Tree::OutboxCards, card_key(&job.serial, job.id), Vec::new());
+            b.put(Tree::OutboxKeys, job.key_bytes()?, seq_key(job.id).to_vec());
+            (None, false)
+        }
+    };
+    let new_due = job.due_key();
+    if old_due != new_due {
+        if let Some(k) = old_due {
+            b.delete(Tree::OutboxDue, k);
+        }
+        if let Some(k) = new_due {
+            b.put(Tree::OutboxDue, k, Vec::new());
+        }
+    }
+    match (old_open, job.open()) {
+        (true, false) => b.delete(Tree::OutboxOpen, job.open_key()),
+        (false, true) => b.put(Tree::OutboxOpen, job.open_key(), Vec::new()),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Builds jobs, handing out ids from the job counter.
+struct JobMaker {
+    next: u64,
+    now: u64,
+}
+
+impl JobMaker {
+    fn new(cms: &Cms, now: u64) -> Result<JobMaker> {
+        Ok(JobMaker {
+            next: counter_value(cms, NEXT_JOB_KEY)?,
+            now,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &mut self,
+        request: u64,
+        serial: &str,
+        part: Part,
+        channel: Channel,
+        digits: Option<u32>,
+        origin: &str,
+        replaces: Option<u64>,
+        actor: &str,
+    ) -> Result<Job> {
+        let id = self.next;
+        self.next += 1;
+        Ok(Job {
+            id,
+            request,
+            serial: serial.to_owned(),
+            part,
+            channel,
+            digits,
+            state: if channel == Channel::Counter {
+                JobState::Counter
+            } else {
+                JobState::Queued
+            },
+            attempts: 0,
+            next_attempt_ms: self.now,
+            idempotency_key: hex::encode(new_key()?),
+            last_error: None,
+            peer_id: None,
+            origin: origin.to_owned(),
+            replaces,
+            superseded_by: None,
+            needs_counter_reprint: false,
+            actor: actor.to_owned(),
+            created_ms: self.now,
+            updated_ms: self.now,
+            claimed_ms: None,
+            sent_ms: None,
+            delivered_ms: None,
+        })
+    }
+
+    fn save_into(&self, b: &mut Batch) {
+        b.put(
+            Tree::Meta,
+            NEXT_JOB_KEY.to_vec(),
+            self.next.to_be_bytes().to_vec(),
+        );
+    }
+}
+
+fn job_event(action: &str, job: &Job) -> NewEvent {
+    NewEvent::new(action, job.serial.clone())
+        .detail("job", job.id.to_string())
+        .detail("request", job.request.to_string())
+        .detail("part", job.part.as_str())
+        .detail("channel", job.channel.as_str())
+}
+
+fn by(event: NewEvent, actor: &Actor) -> NewEvent {
+    event
+        .by(actor.id.clone(), actor.role.clone())
+        .request(actor.request_id.clone())
+}
+
+impl Cms {
+    /// A job.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn job(&self, id: u64) -> Result<Option<Job>> {
+        self.store
+            .get(Tree::Outbox, &seq_key(id))?
+            .map(|b| decode("dispatch job", &b))
+            .transpose()
+    }
+
+    fn required_job(&self, id: u64) -> Result<Job> {
+        self.job(id)?
+            .ok_or_else(|| Error::NotFound(format!("dispatch job {id}")))
+    }
+
+    /// A dispatch request.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn dispatch_request(&self, id: u64) -> Result<Option<DispatchRequest>> {
+        self.store
+            .get(Tree::DispatchRequests, &seq_key(id))?
+            .map(|b| decode("dispatch request", &b))
+            .transpose()
+    }
+
+    /// Every job of a card, oldest first (the history of its deliveries).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn jobs_of(&self, serial: &str) -> Result<Vec<Job>> {
+        let mut from = serial.as_bytes().to_vec();
+        from.push(b'|');
+        let mut to = serial.as_bytes().to_vec();
+        to.push(b'|' + 1);
+        let mut jobs = Vec::new();
+        loop {
+            let keys = self.store.keys(Tree::OutboxCards, &from, Some(&to), PAGE)?;
+            for k in &keys {
+                let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+                if let Some(j) = self.job(id)? {
+                    jobs.push(j);
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == PAGE => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The latest job of each part of a card, by part.
+    fn latest_jobs(&self, serial: &str) -> Result<BTreeMap<Part, Job>> {
+        let mut latest = BTreeMap::new();
+        for j in self.jobs_of(serial)? {
+            latest.insert(j.part, j);
+        }
+        Ok(latest)
+    }
+
+    /// Each part's delivery for a card (its latest job), in part order; empty before any
+    /// dispatch. Used by the card's status.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn deliveries(&self, serial: &str) -> Result<Vec<PartDelivery>> {
+        Ok(self
+            .latest_jobs(serial)?
+            .into_values()
+            .map(|j| PartDelivery {
+                part: j.part,
+                channel: j.channel,
+                state: j.state,
+                job: j.id,
+                attempts: j.attempts,
+                needs_counter_reprint: j.needs_counter_reprint,
+                updated_ms: j.updated_ms,
+            })
+            .collect())
+    }
+
+    /// Refuses a channel the holder cannot be reached by: no registered contact, or (rule 13)
+    /// a contact changed after the card's last identification.
+    fn check_contact(
+        &self,
+        card: &CardRecord,
+        holder: &HolderRecord,
+        personal: &PersonalData,
+        channel: Channel,
+    ) -> Result<()> {
+        let serial = &card.serial;
+        let (registered, changed, what) = match channel {
+            Channel::Counter => return Ok(()),
+            Channel::Sms => (
+                personal.mobile.is_some(),
+                holder.mobile_changed_ms,
+                "mobile number",
+            ),
+            Channel::Email => (
+                personal.email.is_some(),
+                holder.email_changed_ms,
+                "e-mail address",
+            ),
+            Channel::Mailer => (personal.address.is_some(), None, "postal address"),
+        };
+        if !registered {
+            return Err(Error::Refused(format!(
+                "card {serial}: the holder has no registered {what}"
+            )));
+        }
+        if let Some(changed) = changed {
+            if card.identified_ms().is_none_or(|at| changed >= at) {
+                return Err(Error::Refused(format!(
+                    "card {serial}: the holder's {what} changed after the last identification; \
+                     identify the holder again at the counter first"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The card, checked for a delivery: `active` (expired cards are revoked on the way) and
+    /// its codes held. Called with the ops lock held.
+    fn deliverable_card(
+        &self,
+        audit: &AuditLog,
+        serial: &str,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<CardRecord> {
+        let card = self.required_card(serial)?;
+        let card = self.expire_on_access(audit, card, today, actor)?;
+        if card.state != CardState::Active {
+            return Err(Error::WrongState {
+                subject: format!("card {serial}"),
+                state: card.state.to_string(),
+                wanted: "active".to_string(),
+            });
+        }
+        if self.codes.locate(serial)?.is_none() {
+            return Err(Error::Refused(format!(
+                "card {serial}: its codes are not held"
+            )));
+        }
+        Ok(card)
+    }
+
+    fn holder_of(&self, hsm: &dyn Hsm, card: &CardRecord) -> Result<(HolderRecord, PersonalData)> {
+        let holder = self
+            .holder(&card.holder)?
+            .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;
+        let personal = self.personal(hsm, &holder)?;
+        Ok((holder, personal))
+    }
+
+    /// Asks for a card's codes to be delivered by `plan` ([`DispatchPlan`]): one job per part,
+    /// written with the request and one `dispatch.request` event in one store batch. A refused
+    /// request writes nothing (but a card found past expiry is revoked first, as on every
+    /// access).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad plan; [`Error::NotFound`] for an unknown card;
+    /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
+    /// held, when a contact the plan needs is not registered or changed after the last
+    /// identification (rule 13), or when a dispatch of the card is still under way (resend a
+    /// part instead); [`Error::Sealed`]; store and audit errors.
+    pub fn request_dispatch(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        serial: &str,
+        plan_text: &str,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<Dispatched> {
+        let plan = DispatchPlan::parse(plan_text)?;
+        let _ops = self.ops_lock();
+        let card = self.deliverable_card(audit, serial, today, actor)?;
+        if let Some(j) = self
+            .latest_jobs(serial)?
+            .into_values()
+            .find(|j| j.state.in_progress())
+        {
+            return Err(Error::Refused(format!(
+                "card {serial}: part {} is still {} (job {}); resend a part instead",
+                j.part, j.state, j.id
+            )));
+        }
+        let (holder, personal) = self.holder_of(hsm, &card)?;
+        let parts: Vec<(Part, Channel, Option<u32>)> = match plan {
+            DispatchPlan::Whole(c) => {
+                self.check_contact(&card, &holder, &personal, c)?;
+                vec![(Part::Whole, c, None)]
+            }
+            DispatchPlan::Split { digits, remote } => {
+                let remote = match remote {
+                    Some(c) => {
+                        self.check_contact(&card, &holder, &personal, c)?;
+                        c
+                    }
+                    None => {
+                        let sms = self.check_contact(&card, &holder, &personal, Channel::Sms);
+                        let email = self.check_contact(&card, &holder, &personal, Channel::Email);
+                        match (sms, email) {
+                            (Ok(()), _) => Channel::Sms,
+                            (_, Ok(())) => Channel::Email,
+                            (Err(sms), Err(email)) => {
+                                return Err(Error::Refused(format!(
+                                    "card {serial}: no remote channel: {}; {}",
+                                    refusal(&sms),
+                                    refusal(&email)
+                                )))
+                            }
+                        }
+                    }
+                };
+                vec![
+                    (Part::A, Channel::Counter, Some(digits)),
+                    (Part::B, remote, Some(digits)),
+                ]
+            }
+        };
+        let now = now_ms();
+        let id = counter_value(self, NEXT_REQUEST_KEY)?;
+        let mut maker = JobMaker::new(self, now)?;
+        let mut b = Batch::new();
+        let mut jobs = Vec::new();
+        for (part, channel, digits) in parts {
+            let job = maker.make(
+                id, serial, part, channel, digits, "request", None, &actor.id,
+            )?;
+            put_job(&mut b, None, &job)?;
+            jobs.push(job);
+        }
+        maker.save_into(&mut b);
+        b.put(
+            Tree::Meta,
+            NEXT_REQUEST_KEY.to_vec(),
+            (id + 1).to_be_bytes().to_vec(),
+        );
+        let request = DispatchRequest {
+            id,
+            serial: serial.to_owned(),
+            plan: plan_text.trim().to_owned(),
+            jobs: jobs.iter().map(|j| j.id).collect(),
+            actor: actor.id.clone(),
+            request_id: actor.request_id.clone(),
+            created_ms: now,
+        };
+        b.put(
+            Tree::DispatchRequests,
+            seq_key(id).to_vec(),
+            encode(&request)?,
+        );
+        let parts: Vec<String> = jobs
+            .iter()
+            .map(|j| format!("{}:{}:{}", j.part, j.channel, j.id))
+            .collect();
+        let event = by(NewEvent::new("dispatch.request", serial.to_owned()), actor)
+            .detail("dispatch", id.to_string())
+            .detail("plan", request.plan.clone())
+            .detail("jobs", parts.join(","));
+        audit.commit_all(b, vec![event])?;
+        Ok(Dispatched { request, jobs })
+    }
+
+    /// Claims up to `limit` jobs due at `now_ms` (`queued`, or `failed` whose next attempt has
+    /// come), oldest due first: each becomes `sending` with one more attempt, durably, before
+    /// it is returned. Not audited (see the module documentation).
+    ///
+    /// # Errors
+    /// Store errors (then nothing is claimed).
+    pub fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Job>> {
+        let _ops = self.ops_lock();
+        let from = [LANE_WAITING];
+        let mut to = vec![LANE_WAITING];
+        to.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+        let keys = self.store.keys(Tree::OutboxDue, &from, Some(&to), limit)?;
+        let mut b = Batch::new();
+        let mut claimed = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+            let Some(old) = self.job(id)? else {
+                b.delete(Tree::OutboxDue, k.clone());
+                continue;
+            };
+            if !matches!(old.state, JobState::Queued | JobState::Failed) {
+                b.delete(Tree::OutboxDue, k.clone());
+                continue;
+            }
+            let mut job = old.clone();
+            job.state = JobState::Sending;
+            job.attempts += 1;
+            job.claimed_ms = Some(now_ms);
+            job.updated_ms = now_ms;
+            put_job(&mut b, Some(&old), &job)?;
+            claimed.push(job);
+        }
+        if !b.is_empty() {
+            self.store.apply(&b)?;
+        }
+        Ok(claimed)
+    }
+
+    /// Records that the courier accepted job `id` (`sending` → `sent`), with its id for the
+    /// message, and a `dispatch.sent` event, in one batch. A job already `sent` or `delivered`
+    /// (a receipt came first) is left as it is.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Invalid`] for a bad peer id; [`Error::WrongState`] for a
+    /// job in another state; store and audit errors.
+    pub fn mark_sent(&self, audit: &AuditLog, id: u64, peer_id: &str) -> Result<Job> {
+        check_peer_id(peer_id)?;
+        let _ops = self.ops_lock();
+        let old = self.required_job(id)?;
+        match old.state {
+            JobState::Sending => {}
+            JobState::Sent | JobState::Delivered => return Ok(old),
+            s => return Err(wrong_job_state(&old, s, "sending")),
+        }
+        let now = now_ms();
+        let mut job = old.clone();
+        job.state = JobState::Sent;
+        job.peer_id = Some(peer_id.to_owned());
+        job.sent_ms = Some(now);
+        job.updated_ms = now;
+        let mut b = Batch::new();
+        put_job(&mut b, Some(&old), &job)?;
+        audit.commit(
+            b,
+            job_event("dispatch.sent", &job)
+                .detail("attempt", job.attempts.to_string())
+                .detail("peer_id", peer_id.to_owned()),
+        )?;
+        Ok(job)
+    }
+
+    /// Records that sending job `id` failed. A temporary failure with attempts left makes it
+    /// `failed`, due again after the policy's backoff (not audited); a permanent one, or the
+    /// last attempt, makes it `dead` with a `dispatch.dead` event and the policy's fallback
+    /// (a new e-mail job, or the part flagged for a counter reprint, with a
+    /// `dispatch.fallback` event), in one batch. `reason` is kept cleaned (no digit runs).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::WrongState`] for a job that is not `sending`;
+    /// [`Error::Sealed`] (the fallback reads the holder's contacts); store and audit errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mark_failed(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        id: u64,
+        temporary: bool,
+        reason: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<Job> {
+        let _ops = self.ops_lock();
+        let old = self.required_job(id)?;
+        if old.state != JobState::Sending {
+            return Err(wrong_job_state(&old, old.state, "sending"));
+        }
+        self.fail_locked(hsm, audit, old, temporary, reason, now_ms, policy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail_locked(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        old: Job,
+        temporary: bool,
+        reason: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<Job> {
+        let mut job = old.clone();
+        job.last_error = Some(clean_error(reason));
+        job.updated_ms = now_ms;
+        let mut b = Batch::new();
+        if temporary && job.attempts < policy.max_attempts.max(1) {
+            job.state = JobState::Failed;
+            job.next_attempt_ms = now_ms.saturating_add(policy.delay(job.attempts)?);
+            put_job(&mut b, Some(&old), &job)?;
+            self.store.apply(&b)?;
+            return Ok(job);
+        }
+        job.state = JobState::Dead;
+        let mut events = vec![job_event("dispatch.dead", &job)
+            .detail("attempts", job.attempts.to_string())
+            .detail(
+                "failure",
+                if temporary {
+                    "attempts_exhausted"
+                } else {
+                    "permanent"
+                },
+            )
+            .detail("last_error", job.last_error.clone().unwrap_or_default())];
+        if let Some(event) = self.fallback(hsm, &mut job, policy, now_ms, &mut b)? {
+            events.push(event);
+        }
+        put_job(&mut b, Some(&old), &job)?;
+        audit.commit_all(b, events)?;
+        Ok(job)
+    }
+
+    /// The fallback of a job just dead, by `policy`: a new e-mail job for an SMS job (the
+    /// dead job points to it), else the counter-reprint flag set on `job`.
+    fn fallback(
+        &self,
+        hsm: &dyn Hsm,
+        job: &mut Job,
+        policy: &OutboxPolicy,
+        now: u64,
+        b: &mut Batch,
+    ) -> Result<Option<NewEvent>> {
+        let Some(card) = self.card(&job.serial)? else {
+            return Ok(None);
+        };
+        if card.state != CardState::Active {
+            // No fallback for a card that may no longer receive codes.
+            return Ok(None);
+        }
+        let mut why_not = None;
+        if job.channel == Channel::Sms && policy.fallback.sms_to_email {
+            let (holder, personal) = self.holder_of(hsm, &card)?;
+            match self.check_contact(&card, &holder, &personal, Channel::Email) {
+                Ok(()) => {
+                    let mut maker = JobMaker::new(self, now)?;
+                    let new = maker.make(
+                        job.request,
+                        &job.serial,
+                        job.part,
+                        Channel::Email,
+                        job.digits,
+                        "fallback",
+                        Some(job.id),
+                        "system",
+                    )?;
+                    maker.save_into(b);
+                    put_job(b, None, &new)?;
+                    job.superseded_by = Some(new.id);
+                    return Ok(Some(
+                        job_event("dispatch.fallback", job)
+                            .detail("to", "email")
+                            .detail("new_job", new.id.to_string()),
+                    ));
+                }
+                Err(e) => why_not = Some(refusal(&e)),
+            }
+        }
+        if !policy.fallback.counter_reprint {
+            return Ok(None);
+        }
+        job.needs_counter_reprint = true;
+        let mut event = job_event("dispatch.fallback", job).detail("to", "counter_reprint");
+        if let Some(w) = why_not {
+            event = event.detail("email_refused", w);
+        }
+        Ok(Some(event))
+    }
+}
+
+fn refusal(e: &Error) -> String {
+    match e {
+        Error::Refused(m) => m.split_once(": ").map(|(_, w)| w).unwrap_or(m).to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn wrong_job_state(job: &Job, state: JobState, wanted: &str) -> Error {
+    Error::WrongState {
+        subject: format!("dispatch job {}", job.id),
+        state: state.to_string(),
+        wanted: wanted.to_owned(),
+    }
+}
+
+/// What a delivery receipt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// The job moved (to `delivered`, or `failed`/`dead` for a negative receipt).
+    Applied,
+    /// Nothing to do: a repeat, or a receipt about an attempt already settled.
+    Repeat,
+}
+
+impl Cms {
+    /// Applies a delivery receipt (e.g. an SMS gateway's delivery report) to the job with
+    /// `idempotency_key`. `delivered` moves it to `delivered` with a `dispatch.delivered` event
+    /// (from any state but `delivered`: a receipt may come before [`Cms::mark_sent`] is
+    /// recorded, or after the job was given up). A negative receipt of a `sent` (or `sending`)
+    /// job counts as a temporary failure ([`Cms::mark_failed`]); otherwise it is a no-op. A
+    /// repeat is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a key that is not 32 hex digits; [`Error::NotFound`] for an
+    /// unknown key; [`Error::Sealed`] (a fallback); store and audit errors.
+    pub fn mark_delivered_by_key(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        idempotency_key: &str,
+        delivered: bool,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<(Job, ReceiptOutcome)> {
+        let key = hex::decode(idempotency_key)
+            .ok()
+            .filter(|k| k.len() == 16)
+            .ok_or_else(|| Error::Invalid("idempotency key: expected 32 hex digits".into()))?;
+        let _ops = self.ops_lock();
+        let id = self
+            .store
+            .get(Tree::OutboxKeys, &key)?
+            .ok_or_else(|| Error::NotFound("no dispatch job has this idempotency key".into()))?;
+        let old = self.required_job(seq_of(&id)?)?;
+        if !delivered {
+            if !matches!(old.state, JobState::Sent | JobState::Sending) {
+                return Ok((old, ReceiptOutcome::Repeat));
+            }
+            let job = self.fail_locked(
+                hsm,
+                audit,
+                old,
+                true,
+                "negative delivery receipt",
+                now_ms,
+                policy,
+            )?;
+            return Ok((job, ReceiptOutcome::Applied));
+        }
+        if old.state == JobState::Delivered {
+            return Ok((old, ReceiptOutcome::Repeat));
+        }
+        let mut job = old.clone();
+        job.state = JobState::Delivered;
+        job.delivered_ms = Some(now_ms);
+        job.updated_ms = now_ms;
+        let mut b = Batch::new();
+        put_job(&mut b, Some(&old), &job)?;
+        audit.commit(
+            b,
+            job_event("dispatch.delivered", &job).detail("from", old.state.as_str()),
+        )?;
+        Ok((job, ReceiptOutcome::Applied))
+    }
+
+    /// At start-up, before any worker runs: every job found `sending` (its worker died with
+    /// the process) goes back to `queued`, due at once, with the same idempotency key. One
+    /// `dispatch.recover` event per page of jobs, in its batch. Returns how many.
+    ///
+    /// # Errors
+    /// Store and audit errors (jobs recovered before the error stay recovered).
+    pub fn recover(&self, audit: &AuditLog) -> Result<u64> {
+        let _ops = self.ops_lock();
+        let now = now_ms();
+        let mut count = 0u64;
+        loop {
+            let keys = self.store.keys(
+                Tree::OutboxDue,
+                &[LANE_SENDING],
+                Some(&[LANE_SENDING + 1]),
+                PAGE,
+            )?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut b = Batch::new();
+            let mut n = 0u64;
+            for k in &keys {
+                let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+                match self.job(id)? {
+                    Some(old) if old.state == JobState::Sending => {
+                        let mut job = old.clone();
+                        job.state = JobState::Queued;
+                        job.next_attempt_ms = now;
+                        job.updated_ms = now;
+                        put_job(&mut b, Some(&old), &job)?;
+                        n += 1;
+                    }
+                    _ => b.delete(Tree::OutboxDue, k.clone()),
+                }
+            }
+            if n > 0 {
+                audit.commit(
+                    b,
+                    NewEvent::new("dispatch.recover", "outbox").detail("requeued", n.to_string()),
+                )?;
+            } else {
+                self.store.apply(&b)?;
+            }
+            count += n;
+        }
+        Ok(count)
+    }
+
+    /// Sends one part of a card's codes again: a new job for `part` by the channel of its
+    /// latest job, with a `dispatch.resend` event, in one batch. The old job stays as history
+    /// (marked `superseded` if it had not gone out yet). The rate limit is the service's.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown card or a part never dispatched;
+    /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
+    /// held, for the counter part, for a part being sent at this moment, or when the contact is
+    /// missing or changed after the last identification (rule 13); [`Error::Sealed`]; store and
+    /// audit errors.
+    pub fn resend_part(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        serial: &str,
+        part: Part,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<Job> {
+        let _ops = self.ops_lock();
+        let card = self.deliverable_card(audit, serial, today, actor)?;
+        let old = self
+            .latest_jobs(serial)?
+            .remove(&part)
+            .ok_or_else(|| Error::NotFound(format!("card {serial}: no dispatch of part {part}")))?;
+        if old.channel == Channel::Counter {
+            return Err(Error::Refused(format!(
+                "card {serial}: part {part} is printed at the counter"
+            )));
+        }
+        if old.state == JobState::Sending {
+            return Err(Error::Refused(format!(
+                "card {serial}: part {part} is being sent now (job {}); try again later",
+                old.id
+            )));
+        }
+        let (holder, personal) = self.holder_of(hsm, &card)?;
+        self.check_contact(&card, &holder, &personal, old.channel)?;
+        let now = now_ms();
+        let mut maker = JobMaker::new(self, now)?;
+        let new = maker.make(
+            old.request,
+            serial,
+            part,
+            old.channel,
+            old.digits,
+            "resend",
+            Some(old.id),
+            &actor.id,
+        )?;
+        let mut b = Batch::new();
+        maker.save_into(&mut b);
+        put_job(&mut b, None, &new)?;
+        let mut replaced = old.clone();
+        replaced.superseded_by = Some(new.id);
+        replaced.updated_ms = now;
+        if matches!(old.state, JobState::Queued | JobState::Failed) {
+            replaced.state = JobState::Superseded;
+        }
+        put_job(&mut b, Some(&old), &replaced)?;
+        audit.commit(
+            b,
+            by(job_event("dispatch.resend", &new), actor)
+                .detail("replaces", old.id.to_string())
+                .detail("replaced_state", old.state.as_str()),
+        )?;
+        Ok(new)
+    }
+
+    /// Parts not done with (`queued`, `sending`, `failed`, `dead` without fallback, or `sent`
+    /// by a channel that gives receipts and none came) whose job was created before
+    /// `now_ms - older_than_ms`: their latest jobs, oldest first, at most `limit`. For the
+    /// alert (a metric and a log line).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn overdue(&self, now_ms: u64, older_than_ms: u64, limit: usize) -> Result<Vec<Job>> {
+        let cutoff = now_ms.saturating_sub(older_than_ms);
+        let mut to = cutoff.to_be_bytes().to_vec();
+        to.extend_from_slice(&[0; 8]);
+        let mut from = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let keys = self.store.keys(Tree::OutboxOpen, &from, Some(&to), PAGE)?;
+            for k in &keys {
+                let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+                if let Some(j) = self.job(id)? {
+                    if j.open() && out.len() < limit {
+                        out.push(j);
+                    }
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == PAGE => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_to_their_parts() {
+        assert_eq!(
+            DispatchPlan::parse(" counter(2)+sms ").unwrap(),
+            DispatchPlan::Split {
+                digits: 2,
+                remote: Some(Channel::Sms)
+            }
+        );
+        assert_eq!(
+            DispatchPlan::parse("counter(3)+remote").unwrap(),
+            DispatchPlan::Split {
+                digits: 3,
+                remote: None
+            }
+        );
+        assert_eq!(
+            DispatchPlan::parse("whole").unwrap(),
+            DispatchPlan::Whole(Channel::Mailer)
+        );
+        for bad in [
+            "",
+            "counter(0)+sms",
+            "counter()+sms",
+            "counter(100)+sms",
+            "counter(2)+pigeon",
+            "counter(2)+counter",
+            "counter(2)sms",
+            "post",
+        ] {
+            assert!(
+                matches!(DispatchPlan::parse(bad), Err(Error::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_lose_digit_runs_and_control_characters() {
+        assert_eq!(
+            clean_error("550 5.1.1 <+393331234567> PIN 12345\r\nbye"),
+            "550 5.1.1 <+############> PIN #####  bye"
+        );
+        assert_eq!(clean_error(&"x".repeat(500)).len(), MAX_ERROR);
+        assert!(check_peer_id("<a@b>").is_ok());
+        assert!(check_peer_id("a b").is_err() && check_peer_id("").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let p = OutboxPolicy {
+            jitter: false,
+            ..OutboxPolicy::default()
+        };
+        assert_eq!(p.backoff(1), 30_000);
+        assert_eq!(p.backoff(2), 60_000);
+        assert_eq!(p.backoff(100), 3_600_000);
+        let j = OutboxPolicy::default();
+        for _ in 0..20 {
+            let d = j.delay(2).unwrap();
+            assert!((60_000..=75_000).contains(&d), "{d}");
+        }
+    }
+}
