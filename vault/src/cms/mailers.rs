@@ -956,10 +956,21 @@ impl<'c> PrintJob<'c> {
                 file.name
             )));
         }
+        let (mut min, mut max) = (&file.serials[0], &file.serials[0]);
+        for s in file.serials {
+            min = min.min(s);
+            max = max.max(s);
+        }
         let mut book = self.cms.book()?;
         let mut voids: BTreeMap<u64, PrintFileDir> = BTreeMap::new();
         let mut voided = 0u64;
-        for serial in file.serials {
+        // Only files whose serial range meets this file's can hold earlier mailers of its
+        // cards (none, for a batch printed the first time).
+        let earlier = book
+            .dirs
+            .iter()
+            .any(|d| d.min_serial <= *max && *min <= d.max_serial);
+        for serial in file.serials.iter().filter(|_| earlier) {
             for m in self.cms.mailers_in(&mut book, serial)? {
                 if m.state != MailerState::Outstanding {
                     continue;
@@ -975,11 +986,6 @@ impl<'c> PrintJob<'c> {
         let mut record = lock(&self.record).clone();
         let mut b = Batch::new();
         let id = next_counter(self.cms, NEXT_FILE_KEY, &mut b, 1)?;
-        let (mut min, mut max) = (&file.serials[0], &file.serials[0]);
-        for s in file.serials {
-            min = min.min(s);
-            max = max.max(s);
-        }
         let dir = PrintFileDir {
             id,
             name: file.name.to_owned(),
