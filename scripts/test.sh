@@ -13,8 +13,12 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests need: age (its CLI encrypts the files of vault's age interop test),
-# poppler-utils (pdftotext reads back the PDF mailers in dispatch's tests).
-DEBIAN_PACKAGES=(age poppler-utils)
+# poppler-utils (pdftotext reads back the PDF mailers in dispatch's tests), postfix (its
+# smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
+# kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
+# peer). The tests use none of the packages' services: each starts its own peers on free
+# loopback ports and kills them by pid.
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras)
 
 install_debian_packages() {
   local missing=()
@@ -26,6 +30,8 @@ install_debian_packages() {
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
+  # postfix asks for a mailer type; "No configuration" installs it without setting it up.
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 

@@ -1,4 +1,4 @@
-//! # dispatch — rendering mailers (and, later, delivering them)
+//! # dispatch — rendering mailers and delivering them
 //!
 //! This crate turns a card's codes into what reaches its holder:
 //!
@@ -9,7 +9,11 @@
 //!   texts come from [minijinja](https://docs.rs/minijinja) templates that an operator can
 //!   override from a directory, layout constants from a serde [`Layout`].
 //!
-//! Couriers (SMTP, SMS gateway, spool) are not here yet.
+//! - [`courier`]: the async [`Courier`] trait and its couriers: SMTP (lettre over this crate's
+//!   own pool with TCP_NODELAY and a cap on connections), Kannel's `sendsms` (reqwest), and an
+//!   insecure spool directory for `--dev`; a retry policy (backoff with full jitter) and a
+//!   per-channel rate limit (governor). Couriers send once; retrying, job state and
+//!   delivery-report callbacks belong to the service and the vault's outbox.
 //!
 //! It never depends on `vault`: codes cross from the vault to this crate in one visible place,
 //! the service crate, by building [`Codes`] from the vault's `expose_secret()` bytes.
@@ -26,11 +30,15 @@
 #![deny(missing_docs)]
 
 pub mod bulk;
+pub mod courier;
 pub mod error;
 pub mod plan;
 pub mod render;
 pub mod secret;
 
+pub use courier::{
+    ConfigError, Courier, Destination, IdempotencyKey, Message, Outgoing, SendError, Sent,
+};
 pub use error::{Error, Result};
 pub use plan::{Channel, Part, PartCodes, PartName, Plan};
 pub use render::email::{EmailMessage, EmailRenderer};

@@ -1,0 +1,235 @@
+//! The SMS courier: Kannel's `sendsms` HTTP interface (smsbox), with reqwest.
+//!
+//! One `GET {sendsms_url}?username=…&password=…&from=…&to=…&text=…&charset=UTF-8&coding=0
+//! &dlr-mask=31&dlr-url=…` per message. Kannel answers `202 Accepted` once it has queued the
+//! message (the SMSC has not seen it yet); the delivery reports then come back to `dlr-url`,
+//! in which `%KEY%` is replaced by the job's idempotency key and Kannel itself replaces `%d`
+//! by the report's status (1 delivered, 2 failed, 4 buffered, 8 accepted by the SMSC, 16
+//! rejected by the SMSC). That callback belongs to the service, not to this crate.
+//!
+//! Answers: 2xx accepted; 400 (bad request), 403 (bad credentials) and other 4xx permanent;
+//! 408, 429, 5xx (503: queue full) and connection errors or timeouts temporary.
+//!
+//! # Security
+//! Kannel's `GET` interface puts the text (with its code) and the password in the query
+//! string: reqwest and hyper build that URL in plain `String`s and buffers that are not wiped,
+//! and Kannel's own access log records it. Use a gateway on loopback or a private network, and
+//! keep Kannel's logs as secret as the codes. A reqwest error's text names the URL, so this
+//! module never formats one: reasons are built from the HTTP status or the error's kind.
+//! Redirects are not followed.
+
+use super::{ConfigError, Courier, Destination, Message, Outgoing, SendError, Sent};
+use crate::plan::Channel;
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+
+/// Where and how the Kannel courier sends.
+#[derive(Clone)]
+pub struct KannelConfig {
+    /// The smsbox's sendsms URL, e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
+    pub sendsms_url: String,
+    /// A `sendsms-user`'s name.
+    pub username: String,
+    /// Its password.
+    pub password: SecretString,
+    /// Sender shown to the holder (number or alphanumeric, as the SMSC allows).
+    pub from: String,
+    /// Delivery-report URL; `%KEY%` becomes the idempotency key, Kannel fills `%d` (status).
+    /// `None`: no delivery reports.
+    pub dlr_url: Option<String>,
+    /// Which reports Kannel sends (31: all of delivered, failed, buffered, SMSC accepted and
+    /// SMSC rejected).
+    pub dlr_mask: u8,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Limit on one request.
+    pub timeout: Duration,
+}
+
+impl KannelConfig {
+    /// A configuration with defaults: `dlr-mask=31`, no `dlr-url`, 16 in flight, 10 s timeout.
+    pub fn new(
+        sendsms_url: impl Into<String>,
+        username: impl Into<String>,
+        password: SecretString,
+        from: impl Into<String>,
+    ) -> KannelConfig {
+        KannelConfig {
+            sendsms_url: sendsms_url.into(),
+            username: username.into(),
+            password,
+            from: from.into(),
+            dlr_url: None,
+            dlr_mask: 31,
+            max_in_flight: 16,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for KannelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KannelConfig")
+            .field("sendsms_url", &self.sendsms_url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("from", &self.from)
+            .field("dlr_url", &self.dlr_url)
+            .field("dlr_mask", &self.dlr_mask)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends SMS through Kannel's `sendsms` interface.
+#[derive(Debug)]
+pub struct KannelCourier {
+    config: KannelConfig,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    in_flight: Semaphore,
+}
+
+impl KannelCourier {
+    /// A courier for this smsbox.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a URL that does not parse, a `dlr_url` without `%KEY%`, or an HTTP
+    /// client that cannot be built.
+    pub fn new(config: KannelConfig) -> Result<KannelCourier, ConfigError> {
+        let url = reqwest::Url::parse(&config.sendsms_url)
+            .map_err(|_| ConfigError::new("sms.sendsms_url", "not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::new("sms.sendsms_url", "not an http(s) URL"));
+        }
+        if let Some(dlr) = &config.dlr_url {
+            if !dlr.contains("%KEY%") {
+                return Err(ConfigError::new("sms.dlr_url", "must contain %KEY%"));
+            }
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::new("sms.max_in_flight", "must be at least 1"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(config.max_in_flight)
+            .build()
+            .map_err(|_| ConfigError::new("sms", "cannot build the http client"))?;
+        Ok(KannelCourier {
+            in_flight: Semaphore::new(config.max_in_flight),
+            config,
+            url,
+            client,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Courier for KannelCourier {
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    async fn send(&self, message: &Outgoing) -> Result<Sent, SendError> {
+        let (Message::Sms(sms), Destination::Phone(to)) = (&message.message, &message.destination)
+        else {
+            return Err(SendError::permanent(
+                "sms courier carries sms to phone numbers only",
+            ));
+        };
+        let dlr_url = self
+            .config
+            .dlr_url
+            .as_ref()
+            .map(|t| t.replace("%KEY%", message.key.as_str()));
+        let dlr_mask = self.config.dlr_mask.to_string();
+        let mut query: Vec<(&str, &str)> = vec![
+            ("username", &self.config.username),
+            ("password", self.config.password.expose_secret()),
+            ("from", &self.config.from),
+            ("to", to),
+            ("text", sms.text.expose_secret()),
+            ("charset", "UTF-8"),
+            ("coding", "0"),
+        ];
+        if let Some(dlr_url) = &dlr_url {
+            query.push(("dlr-mask", &dlr_mask));
+            query.push(("dlr-url", dlr_url));
+        }
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| SendError::temporary("sms: courier closed"))?;
+        let response = self
+            .client
+            .get(self.url.clone())
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| request_error(&e))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| request_error(&e))?;
+        if status.is_success() {
+            return Ok(Sent {
+                peer_id: peer_text(&body),
+                at: SystemTime::now(),
+            });
+        }
+        let reason = format!("kannel sendsms: http {}", status.as_u16());
+        match status.as_u16() {
+            408 | 429 | 500..=599 => Err(SendError::Temporary(reason)),
+            _ => Err(SendError::Permanent(reason)),
+        }
+    }
+}
+
+/// A reqwest error as a reason, without its text (which names the URL, query included).
+fn request_error(e: &reqwest::Error) -> SendError {
+    if e.is_timeout() {
+        SendError::temporary("kannel sendsms: timed out")
+    } else if e.is_connect() {
+        SendError::temporary("kannel sendsms: cannot connect")
+    } else if e.is_builder() {
+        SendError::permanent("kannel sendsms: bad request")
+    } else {
+        SendError::temporary("kannel sendsms: request failed")
+    }
+}
+
+/// Kannel's answer (`0: Accepted for delivery`) on one line, ≤ 200 bytes.
+fn peer_text(body: &str) -> String {
+    body.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn config_is_checked_and_redacted() {
+        let c = KannelConfig::new(
+            "http://127.0.0.1:13013/cgi-bin/sendsms",
+            "plico",
+            SecretString::from("hunter2"),
+            "PLICO",
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        KannelCourier::new(c.clone()).unwrap();
+        let mut bad = c.clone();
+        bad.dlr_url = Some("http://127.0.0.1/dlr?status=%d".into());
+        assert!(KannelCourier::new(bad).is_err());
+        let mut bad = c;
+        bad.sendsms_url = "ftp://x".into();
+        assert!(KannelCourier::new(bad).is_err());
+    }
+}

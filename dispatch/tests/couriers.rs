@@ -1,0 +1,360 @@
+//! The couriers against real peers: postfix's `smtp-sink` (capturing messages with `-d`,
+//! injecting 421 and 5xx replies) and Kannel (bearerbox + smsbox + its fake SMSC), plus the
+//! spool courier on a temporary directory.
+//!
+//! Every peer is started by its test on free loopback ports and killed by pid when the test's
+//! guard drops; nothing stays running. The peers come from Debian's `postfix`, `kannel` and
+//! `kannel-extras` packages, which `scripts/test.sh` installs; a missing binary fails the test
+//! with a message saying so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/peers.rs"]
+mod peers;
+
+use dispatch::courier::retry::{RetryPolicy, Throttled};
+use dispatch::courier::sms::{KannelConfig, KannelCourier};
+use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
+use dispatch::courier::spool::InsecureSpoolCourier;
+use dispatch::*;
+use peers::{free_ports, smtp_sink, Kannel};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const SERIAL: &str = "8039123456781234";
+
+fn addressee() -> Addressee {
+    Addressee {
+        name: "Niccolò D’Aragona".into(),
+        address: vec!["Via Città di Castello, 12".into(), "00136 Roma RM".into()],
+    }
+}
+
+/// Part B of a `counter(2)+<channel>` plan for these codes.
+fn part_b(plan: &str, pin: &str, puk: &str) -> PartCodes {
+    let codes = Codes::new(pin.as_bytes(), puk.as_bytes()).unwrap();
+    Plan::parse(plan).unwrap().cut(&codes).unwrap().remove(1)
+}
+
+fn render_email(pin: &str, puk: &str) -> EmailMessage {
+    let part = part_b("counter(2)+email", pin, puk);
+    let who = addressee();
+    EmailRenderer::new(Arc::new(Templates::builtin().unwrap()), Issuer::default())
+        .render_email(&Mailer {
+            addressee: &who,
+            card_serial: SERIAL,
+            codes: &part,
+            number: Some(42),
+        })
+        .unwrap()
+}
+
+fn render_sms(pin: &str, puk: &str) -> SmsMessage {
+    let part = part_b("counter(2)+sms", pin, puk);
+    let who = addressee();
+    SmsRenderer::new(Arc::new(Templates::builtin().unwrap()), Issuer::default())
+        .render_sms(&Mailer {
+            addressee: &who,
+            card_serial: SERIAL,
+            codes: &part,
+            number: Some(42),
+        })
+        .unwrap()
+}
+
+fn smtp_config(port: u16, connections: usize) -> SmtpConfig {
+    let mut c = SmtpConfig::new("127.0.0.1", port, "codici@regione.esempio.it");
+    c.security = SmtpSecurity::InsecurePlaintext;
+    c.max_connections = connections;
+    c.send_timeout = Duration::from_secs(10);
+    c
+}
+
+fn email_job(i: usize) -> (Outgoing, String, String) {
+    let pin = format!("{:05}", 13_579 + i * 7);
+    let puk = format!("{:08}", 24_681_357 + i * 13);
+    let out = Outgoing::email(
+        IdempotencyKey::new(format!("job-{i}:email")).unwrap(),
+        Destination::email(format!("holder{i}@example.it")).unwrap(),
+        render_email(&pin, &puk),
+    )
+    .unwrap();
+    (out, pin, puk)
+}
+
+fn read_dir_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_pool_delivers_every_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &[]).await;
+    let courier = Arc::new(SmtpCourier::new(smtp_config(port, 4)).unwrap());
+    let courier_dyn: Arc<dyn Courier> = courier.clone();
+
+    const N: usize = 120;
+    let mut expected = HashMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (out, pin, puk) = email_job(i);
+        let id = dispatch::courier::smtp::message_id(&out.key, "regione.esempio.it");
+        expected.insert(id, (pin, puk));
+        let c = courier_dyn.clone();
+        tasks.push(tokio::spawn(async move { c.send(&out).await }));
+    }
+    for t in tasks {
+        let sent = t.await.unwrap().unwrap();
+        assert!(sent.peer_id.starts_with("250"), "{}", sent.peer_id);
+    }
+    assert!(
+        courier.connections_opened() <= 4,
+        "{} connections for 4 permits",
+        courier.connections_opened()
+    );
+    courier.close().await;
+
+    // smtp-sink writes each message before it answers 250, so all are there now.
+    let files = read_dir_files(&tmp.path().join("mail"));
+    assert_eq!(files.len(), N, "one file per message");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .expect("a Message-ID")
+            .trim()
+            .to_owned();
+        let (pin, puk) = expected.get(&id).expect("an expected Message-ID");
+        assert!(text.contains(&format!("PIN (cifre 3-5 di 5): {}", &pin[2..])));
+        assert!(text.contains(&format!("PUK (cifre 3-8 di 8): {}", &puk[2..])));
+        assert!(!text.contains(SERIAL), "full serial in a message");
+        assert!(
+            !text.contains(pin.as_str()),
+            "whole pin in a part-B message"
+        );
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), N);
+    assert!(seen.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_421_is_temporary_and_5xx_permanent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &["-Q", "RCPT"]).await;
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let (out, pin, _) = email_job(1);
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.reason().contains("421"), "{err}");
+    assert!(!err.reason().contains(&pin[2..]));
+    // The pool dropped the broken connection: the next send opens a new one, fails alike.
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert_eq!(courier.connections_opened(), 2);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &["-f", "RCPT"]).await;
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(!err.is_temporary(), "{err}");
+    assert!(err.reason().starts_with("smtp send: 5"), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &["-r", "MAIL"]).await;
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.reason().starts_with("smtp send: 4"), "{err}");
+    assert!(RetryPolicy::default().should_retry(1, &err));
+}
+
+#[tokio::test]
+async fn smtp_connection_refused_is_temporary() {
+    let port = free_ports(1)[0];
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let (out, _, _) = email_job(2);
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.reason().contains("smtp connect"), "{err}");
+}
+
+/// A minimal HTTP listener standing for the service's delivery-report route: it sends each
+/// request line (`GET /v1/dlr?key=…&status=… HTTP/1.1`) to the channel and answers 200.
+async fn dlr_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16_384 {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let _ = tx.send(text.lines().next().unwrap_or_default().to_owned());
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kannel_sends_to_the_fake_smsc_and_reports_delivery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kannel = Kannel::start(tmp.path()).await;
+    let (dlr_port, mut dlrs) = dlr_listener().await;
+
+    let mut config = kannel.config("s3cret");
+    config.dlr_url = Some(format!(
+        "http://127.0.0.1:{dlr_port}/v1/dlr?key=%KEY%&status=%d"
+    ));
+    let courier: Arc<dyn Courier> = Arc::new(KannelCourier::new(config).unwrap());
+    let out = Outgoing::sms(
+        IdempotencyKey::new("job-7:sms").unwrap(),
+        Destination::phone("+393331234567").unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+    let sent = courier.send(&out).await.unwrap();
+    assert!(sent.peer_id.contains("Accepted"), "{}", sent.peer_id);
+
+    // The fake SMSC prints what it receives: sender, receiver, type, text.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = kannel.fakesmsc_log();
+        if log.contains("Got message") {
+            assert!(
+                log.contains("PLICO +393331234567 text Regione Esempio, carta ***1234, parte B: PIN 680, PUK 572468."),
+                "{log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "fakesmsc got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Kannel calls the dlr-url with the job's key: 8 (SMSC accepted), then 1 (delivered).
+    let mut statuses = Vec::new();
+    while !statuses.contains(&"1".to_owned()) {
+        let line = tokio::time::timeout(Duration::from_secs(10), dlrs.recv())
+            .await
+            .expect("a delivery report within 10 s")
+            .unwrap();
+        let query = line
+            .strip_prefix("GET /v1/dlr?")
+            .and_then(|l| l.strip_suffix(" HTTP/1.1"))
+            .unwrap_or_else(|| panic!("unexpected request {line}"));
+        let params: HashMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        assert_eq!(params.get("key"), Some(&"job-7:sms"), "{line}");
+        statuses.push(params["status"].to_owned());
+    }
+    assert!(
+        statuses.iter().all(|s| s == "1" || s == "8"),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kannel = Kannel::start(tmp.path()).await;
+    let courier = KannelCourier::new(kannel.config("wrong")).unwrap();
+    let out = Outgoing::sms(
+        IdempotencyKey::new("job-8:sms").unwrap(),
+        Destination::phone("+393331234567").unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(!err.is_temporary(), "{err}");
+    assert_eq!(err.reason(), "kannel sendsms: http 403");
+
+    // Throttled around the real courier: same answer, through the rate limiter.
+    let throttled = Throttled::new(
+        Arc::new(KannelCourier::new(kannel.config("s3cret")).unwrap()),
+        std::num::NonZeroU32::new(50).unwrap(),
+        std::num::NonZeroU32::new(5).unwrap(),
+    );
+    assert!(throttled.send(&out).await.is_ok());
+    drop(kannel);
+
+    let port = free_ports(1)[0];
+    let mut config = KannelConfig::new(
+        format!("http://127.0.0.1:{port}/cgi-bin/sendsms"),
+        "plico",
+        SecretString::from("s3cret"),
+        "PLICO",
+    );
+    config.timeout = Duration::from_secs(2);
+    let err = KannelCourier::new(config)
+        .unwrap()
+        .send(&out)
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(!err.reason().contains("s3cret") && !err.reason().contains("680"));
+}
+
+#[tokio::test]
+async fn spool_files_are_private_and_named_by_key_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sms_spool =
+        InsecureSpoolCourier::new(tmp.path().join("sms"), Channel::Sms, "codici@x.it").unwrap();
+    let mail_spool =
+        InsecureSpoolCourier::new(tmp.path().join("mail"), Channel::Email, "codici@x.it").unwrap();
+    let key = IdempotencyKey::new("job-9:sms").unwrap();
+    let sms = Outgoing::sms(
+        key.clone(),
+        Destination::phone("+393331234567").unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+    let sent = sms_spool.send(&sms).await.unwrap();
+    assert_eq!(sent.peer_id, format!("{}.sms", key.digest_hex()));
+    // A resend with the same key replaces the file.
+    sms_spool.send(&sms).await.unwrap();
+    let (mail, pin, puk) = email_job(9);
+    mail_spool.send(&mail).await.unwrap();
+
+    for dir in [sms_spool.dir(), mail_spool.dir()] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let files = read_dir_files(dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        for f in files {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            for code in ["680", "572468", &pin[2..], &puk[2..], "393331234567"] {
+                assert!(!name.contains(code), "{name} holds {code}");
+            }
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(text.contains("PIN") && !text.contains(SERIAL));
+        }
+    }
+    let text = std::fs::read_to_string(sms_spool.dir().join(&sent.peer_id)).unwrap();
+    assert!(text.contains("PIN 680, PUK 572468"), "{text}");
+}
