@@ -151,7 +151,7 @@ async fn smtp_pool_delivers_every_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_421_is_temporary_and_5xx_permanent() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_sink, port) = smtp_sink(tmp.path(), true, &["-Q", "RCPT"]).await;
+    let (sink, port) = smtp_sink(tmp.path(), true, &["-Q", "RCPT"]).await;
     let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
     let (out, pin, _) = email_job(1);
     let err = courier.send(&out).await.unwrap_err();
@@ -162,6 +162,17 @@ async fn smtp_421_is_temporary_and_5xx_permanent() {
     let err = courier.send(&out).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert_eq!(courier.connections_opened(), 2);
+
+    // The relay comes back: the same job (same key) goes through, with its Message-ID.
+    drop(sink);
+    let _sink = peers::smtp_sink_on(port, tmp.path(), true, &[]).await;
+    courier.send(&out).await.unwrap();
+    let files = read_dir_files(&tmp.path().join("mail"));
+    assert_eq!(files.len(), 1);
+    let id = dispatch::courier::smtp::message_id(&out.key, "regione.esempio.it");
+    assert!(std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains(&format!("Message-ID: {id}")));
 
     let tmp = tempfile::tempdir().unwrap();
     let (_sink, port) = smtp_sink(tmp.path(), true, &["-f", "RCPT"]).await;
@@ -177,6 +188,30 @@ async fn smtp_421_is_temporary_and_5xx_permanent() {
     assert!(err.is_temporary(), "{err}");
     assert!(err.reason().starts_with("smtp send: 4"), "{err}");
     assert!(RetryPolicy::default().should_retry(1, &err));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_pool_checks_idle_connections_and_closes_stale_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), false, &[]).await;
+    let mut config = smtp_config(port, 2);
+    config.noop_after = Duration::from_millis(30);
+    let courier = SmtpCourier::new(config.clone()).unwrap();
+    let (out, _, _) = email_job(3);
+    courier.send(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Idle past `noop_after`: checked with NOOP and reused.
+    courier.send(&out).await.unwrap();
+    assert_eq!(courier.connections_opened(), 1);
+
+    config.idle_timeout = Duration::from_millis(20);
+    let courier = SmtpCourier::new(config).unwrap();
+    courier.send(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Idle past `idle_timeout`: closed, and a new connection is opened.
+    courier.send(&out).await.unwrap();
+    assert_eq!(courier.connections_opened(), 2);
+    courier.close().await;
 }
 
 #[tokio::test]

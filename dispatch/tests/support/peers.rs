@@ -89,8 +89,13 @@ pub fn is_root() -> bool {
 /// `smtp-sink` on a free port, dumping each message into `dir/mail` (made writable for
 /// `nobody`) when `dump` is set; its log goes to `dir`.
 pub async fn smtp_sink(dir: &Path, dump: bool, extra: &[&str]) -> (Peer, u16) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = free_ports(1)[0];
+    (smtp_sink_on(port, dir, dump, extra).await, port)
+}
+
+/// [`smtp_sink`] on a given port (to restart a sink where a courier already points).
+pub async fn smtp_sink_on(port: u16, dir: &Path, dump: bool, extra: &[&str]) -> Peer {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut cmd = Command::new("smtp-sink");
     if is_root() {
         cmd.args(["-u", "nobody"]);
@@ -104,7 +109,7 @@ pub async fn smtp_sink(dir: &Path, dump: bool, extra: &[&str]) -> (Peer, u16) {
     std::fs::set_permissions(dir.join("mail"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut peer = Peer::spawn("smtp-sink", &mut cmd, &dir.join("smtp-sink.log"));
     wait_for_port(port, &mut peer).await;
-    (peer, port)
+    peer
 }
 
 /// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports.
