@@ -432,10 +432,15 @@ pub fn mime_message(
     }
     let text = email.text.expose_secret();
     let html = email.html.expose_secret();
-    let boundary = format!(
-        "=_plico_{}",
-        &message_id.trim_start_matches('<')[..16.min(message_id.len().saturating_sub(1))]
-    );
+    let boundary: String = "=_plico_"
+        .chars()
+        .chain(
+            message_id
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(16),
+        )
+        .collect();
     let mut out = SecretBuf::with_capacity(1024 + 2 * (text.len() + html.len()));
     let header = |out: &mut SecretBuf, name: &str, value: &str| {
         out.extend(name.as_bytes());
