@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod batches;
 pub mod cards;
+pub mod dispatch;
 pub mod error;
 mod extract;
 mod health;
@@ -219,6 +220,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         registry::endpoints(),
         holders::endpoints(),
         cards::endpoints(),
+        dispatch::endpoints(),
         mailers::endpoints(),
         reports::endpoints(),
     ]

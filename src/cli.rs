@@ -90,7 +90,7 @@ pub enum Command {
     Registry(registry::RegistryArgs),
     /// Find holders by codice fiscale, or surname and birth date (operator, cms, support).
     Holders(holders::HoldersArgs),
-    /// Show a card's status, or activate, suspend, reactivate or revoke it.
+    /// Show a card's status, change its state, or have its codes delivered (dispatch, resend).
     Cards(cards::CardsArgs),
     /// Print runs of PIN mailers, their outcomes and the reconciliation per batch.
     Mailers(mailers::MailersArgs),

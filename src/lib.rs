@@ -20,6 +20,8 @@
 //!   every key held in memory; at shutdown [`AppState::shut_down`] writes a MAC'd checkpoint.
 //! - [`expiry_sweeps`] revokes the cards past their expiry once a day (and once at start, as
 //!   soon as the service is unsealed); [`serve`] runs it beside the listener.
+//! - [`recover_outbox`] puts the outbox's jobs that a stopped process left `sending` back to
+//!   `queued`, once, as soon as the service is unsealed; [`serve`] starts it with the listener.
 //!
 //! The command line (`src/main.rs` and `src/cli/`) is the binary's own and is not part of
 //! this library.
@@ -334,6 +336,7 @@ where
     });
 
     let sweeps = tokio::spawn(expiry_sweeps(state.clone(), SWEEP_CHECK_EVERY));
+    let recovery = tokio::spawn(recover_outbox(state.clone(), RECOVER_CHECK_EVERY));
     let service = app(state).into_make_service();
     let served = match tls {
         Some(tls) => {
@@ -352,6 +355,7 @@ where
         }
     };
     sweeps.abort();
+    recovery.abort();
     served?;
     tracing::info!("server stopped");
     Ok(())
@@ -405,6 +409,43 @@ pub async fn sweep_once(state: &AppState, today: Date) -> Result<usize, api::Api
         api::blocking(move || cms.sweep_expired(&audit, today, &Actor::system("expiry-sweep")))
             .await?;
     Ok(revoked.len())
+}
+
+/// How often [`recover_outbox`] looks whether the service is unsealed yet.
+pub const RECOVER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The outbox's start-up recovery: waits (looking every `check_every`) until the service is
+/// unsealed (the audit key is installed: recovery writes `dispatch.recover` events), then puts
+/// every job found `sending` — its worker died with the previous process — back to `queued`
+/// with the same idempotency key ([`Cms::recover`]), logs how many, and returns that count. A
+/// failed recovery is logged and retried at the next look.
+///
+/// It runs once per process, before any worker may claim a job: a job claimed by a live
+/// worker is `sending` too, and would be sent twice. So whatever starts the workers awaits
+/// this first. [`serve`] starts it beside the listener; the API itself does not need it.
+pub async fn recover_outbox(state: AppState, check_every: Duration) -> u64 {
+    let mut ticks = tokio::time::interval(check_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !state.audit.has_key() {
+            continue;
+        }
+        let cms = state.cms.clone();
+        let audit = state.audit.clone();
+        match api::blocking(move || cms.recover(&audit)).await {
+            Ok(requeued) => {
+                tracing::info!(
+                    requeued,
+                    "outbox recovered: dispatch jobs left sending are queued again"
+                );
+                return requeued;
+            }
+            Err(e) => {
+                tracing::error!(code = e.code(), "outbox recovery failed; retrying later");
+            }
+        }
+    }
 }
 
 /// Resolves at the first SIGINT or SIGTERM.

@@ -7,7 +7,8 @@
 //! crash test of a 1,000,000-line import killed at random moments in `service/import_crash.rs`;
 //! the holder registry, card lifecycle and problem reports (and the counter workflow with the
 //! CLI) in `service/cms.rs`; print runs, outcomes, reconciliation and the counter page in
-//! `service/mailers.rs`.
+//! `service/mailers.rs`; the delivery of codes through the outbox (dispatch, resend,
+//! re-identification, recovery) in `service/dispatch.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -16,6 +17,9 @@ mod accounts;
 mod batches;
 #[path = "service/cms.rs"]
 mod cms;
+// Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
+#[path = "service/dispatch.rs"]
+mod dispatches;
 #[path = "service/import_crash.rs"]
 mod import_crash;
 #[path = "service/mailers.rs"]
@@ -336,6 +340,9 @@ fn every_route_is_in_the_table() {
         ("POST", "/v1/cards/{serial}/suspend"),
         ("POST", "/v1/cards/{serial}/reactivate"),
         ("POST", "/v1/cards/{serial}/revoke"),
+        ("POST", "/v1/cards/{serial}/reidentify"),
+        ("POST", "/v1/cards/{serial}/dispatch"),
+        ("POST", "/v1/cards/{serial}/resend"),
         ("POST", "/v1/reports"),
         ("GET", "/v1/reports"),
         ("POST", "/v1/reports/{id}/comment"),
@@ -979,6 +986,8 @@ async fn dev_mode_self_unseals_on_loopback_and_restarts() {
         let (status, stderr) = server.terminate();
         assert!(status.success(), "{stderr}");
         assert!(stderr.contains("NOT FOR PRODUCTION"), "{stderr}");
+        // Unsealed at start: the outbox's start-up recovery ran once.
+        assert_eq!(stderr.matches("outbox recovered").count(), 1, "{stderr}");
         assert!(stderr.contains("admin-token.txt"), "{stderr}");
         assert!(!stderr.contains(first_token.trim()), "{stderr}");
         let text = std::fs::read_to_string(&share).unwrap();

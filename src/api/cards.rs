@@ -7,10 +7,13 @@
 //! | `POST /v1/cards/{serial}/suspend`     | operator, cms, support | `{"reason"}`   | [`CardView`] |
 //! | `POST /v1/cards/{serial}/reactivate`  | operator, cms          | none           | [`CardView`] |
 //! | `POST /v1/cards/{serial}/revoke`      | operator, cms          | `{"reason"}`   | [`CardView`] |
+//! | `POST /v1/cards/{serial}/reidentify`  | operator               | an activation  | [`CardView`] |
 //!
 //! (`GET /v1/cards/{serial}/history`, the card's audit events, is in [`super::audit`];
 //! `GET /v1/cards/{serial}/mailers` and `POST /v1/cards/{serial}/counter-page`, the card's
-//! printed mailers and the counter's part-A page, are in [`super::mailers`].)
+//! printed mailers and the counter's part-A page, are in [`super::mailers`];
+//! `POST /v1/cards/{serial}/dispatch` and `…/resend`, the delivery of its codes, are in
+//! [`super::dispatch`].)
 //!
 //! Why these roles: the counter (`operator`) and the CMS run the lifecycle. The service
 //! centre (`support`) may look a card up and suspend it — a holder who phones about a lost or
@@ -28,6 +31,11 @@
 //!  "delegation_ref": "delega-77", "consent_ref": "consent-2026-0002"}
 //! ```
 //!
+//! A re-identification takes the same body as an activation: the holder (or a delegate)
+//! identified again at the counter. It keeps an active card active and is needed before codes
+//! go to a mobile number or e-mail address that the registry changed after the card's last
+//! identification (rule 13). Only the counter (`operator`) sees the documents, so only it may.
+//!
 //! A reason is one of `lost`, `stolen`, `damaged`, `malfunction`, `code_compromised`,
 //! `puk_blocked`, `data_error`, `deceased`, `replaced`, `expired`, `other`.
 //!
@@ -41,7 +49,8 @@
 //! Reading a status is not audited: it shows neither a code nor a personal datum (the holder
 //! appears by id), and the counter reads it often; the card's history is. No answer here ever
 //! holds a code: revoking a card deletes its codes, and `codes_held` only says whether plico
-//! still has them.
+//! still has them. Each part's delivery ([`PartView`]) shows its channel and state, never the
+//! contact it goes to or its job's idempotency key.
 
 use super::audit::check_serial;
 use super::extract::JsonBody;
@@ -53,7 +62,9 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use vault::cms::date::Date;
-use vault::cms::{Activation, CardState, CardStatus, Change, Reason};
+use vault::cms::{
+    Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason,
+};
 use vault::Role;
 
 const READ: &[Role] = &[Role::Operator, Role::Cms, Role::Support];
@@ -61,6 +72,7 @@ const ACTIVATE: &[Role] = &[Role::Operator, Role::Cms];
 const SUSPEND: &[Role] = &[Role::Operator, Role::Cms, Role::Support];
 const REACTIVATE: &[Role] = &[Role::Operator, Role::Cms];
 const REVOKE: &[Role] = &[Role::Operator, Role::Cms];
+const REIDENTIFY: &[Role] = &[Role::Operator];
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -74,16 +86,55 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         )
         .roles(REACTIVATE),
         Endpoint::new(Method::POST, "/v1/cards/{serial}/revoke", post(revoke)).roles(REVOKE),
+        Endpoint::new(
+            Method::POST,
+            "/v1/cards/{serial}/reidentify",
+            post(reidentify),
+        )
+        .roles(REIDENTIFY),
     ]
 }
 
-/// The delivery state of one part of a card's codes.
+/// The delivery state of one part of a card's codes, in short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryPart {
-    /// The part (e.g. `counter`, `sms`).
+    /// The part: `A`, `B` or `whole`.
     pub part: String,
-    /// Its delivery state.
+    /// Its latest job's state, or `needs_counter_reprint`.
     pub state: String,
+}
+
+/// One part's delivery in detail: its latest job. No contact, no idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartView {
+    /// `A`, `B` or `whole`.
+    pub part: vault::cms::Part,
+    /// The channel of its latest job: `counter`, `sms`, `email` or `mailer`.
+    pub channel: Channel,
+    /// The state of its latest job.
+    pub state: JobState,
+    /// Dead with no fallback left: the part must be reprinted at the counter.
+    pub needs_counter_reprint: bool,
+    /// The latest job's id.
+    pub job: u64,
+    /// Its attempts so far.
+    pub attempts: u32,
+    /// Its last change, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+impl From<PartDelivery> for PartView {
+    fn from(p: PartDelivery) -> Self {
+        PartView {
+            part: p.part,
+            channel: p.channel,
+            state: p.state,
+            needs_counter_reprint: p.needs_counter_reprint,
+            job: p.job,
+            attempts: p.attempts,
+            updated_ms: p.updated_ms,
+        }
+    }
 }
 
 /// A card's status as the API shows it. No code, no personal datum.
@@ -111,6 +162,13 @@ pub struct CardView {
     pub codes_held: bool,
     /// Delivery state of each part of the codes (empty until a delivery is asked for).
     pub delivery: Vec<DeliveryPart>,
+    /// The same in detail: channel, state, attempts and last change of each part.
+    #[serde(default)]
+    pub parts: Vec<PartView>,
+    /// When the holder was last identified for this card (activation or re-identification),
+    /// ms since the Unix epoch.
+    #[serde(default)]
+    pub identified_ms: Option<u64>,
 }
 
 impl From<CardStatus> for CardView {
@@ -131,6 +189,8 @@ impl From<CardStatus> for CardView {
                 .into_iter()
                 .map(|(part, state)| DeliveryPart { part, state })
                 .collect(),
+            parts: s.parts.into_iter().map(PartView::from).collect(),
+            identified_ms: s.identified_ms,
         }
     }
 }
@@ -196,6 +256,15 @@ async fn activate(
     JsonBody(activation): JsonBody<Activation>,
 ) -> Result<Json<CardView>, ApiError> {
     change(state, &caller, serial, Change::Activate(activation)).await
+}
+
+async fn reidentify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    JsonBody(identification): JsonBody<Activation>,
+) -> Result<Json<CardView>, ApiError> {
+    change(state, &caller, serial, Change::Reidentify(identification)).await
 }
 
 async fn suspend(

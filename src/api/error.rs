@@ -102,6 +102,12 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// `422 invalid`: the request is well-formed but asks for something impossible (a
+    /// delivery plan or a part that does not parse, a plan the code policy cannot split).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
     /// `500 internal`, with details left to the server log.
     pub fn internal() -> Self {
         Self::new(

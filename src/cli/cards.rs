@@ -1,6 +1,11 @@
-//! `plico cards show|activate|suspend|reactivate|revoke|counter-page SERIAL`: the client for
-//! `/v1/cards/{serial}` (operator or cms token; support may show and suspend; only operators
-//! print the counter page, part A of the codes, to a new 0600 PDF file).
+//! `plico cards show|activate|suspend|reactivate|revoke|reidentify|counter-page|dispatch|resend
+//! SERIAL`: the client for `/v1/cards/{serial}` (operator or cms token; support may show and
+//! suspend; only operators re-identify a holder and print the counter page, part A of the codes,
+//! to a new 0600 PDF file).
+//!
+//! `dispatch` asks for a card's codes to be delivered by a plan (e.g. `counter(2)+sms`) and
+//! prints the request's jobs; `resend` sends one part again. Neither shows a code or a contact;
+//! the workers send the parts, and `show` tells where each one is.
 //!
 //! Every change prints the card's new status. A change the card's state does not allow fails
 //! with the server's `wrong_state` message, which names the current state (exit 1).
@@ -19,6 +24,10 @@
 //!     --delegation REF --consent REF
 //! ```
 //!
+//! `reidentify` takes the same options as `activate`: the holder identified again at the
+//! counter, needed before codes go to a contact the registry changed since the last
+//! identification.
+//!
 //! Mind that identity data given as arguments is personal data in the shell history and,
 //! while the command runs, in the process list of this machine.
 
@@ -26,6 +35,7 @@ use super::client::{AuthArgs, Client, ServerArgs};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::cards::CardView;
+use plico::api::dispatch::{DispatchView, JobView};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -85,6 +95,36 @@ pub enum CardsCommand {
         #[arg(long, value_name = "FILE.pdf")]
         out: std::path::PathBuf,
     },
+    /// Identify the holder of an active card again at the counter (operator), with the same
+    /// options as `activate`; needed before codes go to a mobile number or e-mail address that
+    /// changed since the last identification.
+    Reidentify(ActivateArgs),
+    /// Ask for a card's codes to be delivered (cms or operator; the card must be active): one
+    /// job per part, sent by the server's workers. Prints the jobs, never a code or a contact.
+    Dispatch {
+        /// The card serial.
+        serial: String,
+        /// The delivery plan: counter(N)+sms, counter(N)+email, counter(N)+remote (SMS if the
+        /// holder has a mobile number, else e-mail), sms, email or mailer. Part A of
+        /// counter(N)+… is printed at the counter (`plico cards counter-page`).
+        #[arg(long, value_name = "PLAN")]
+        plan: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one part of a card's codes again by the channel of its last job (cms or operator;
+    /// rate-limited and audited), e.g. the B half a holder says never arrived.
+    Resend {
+        /// The card serial.
+        serial: String,
+        /// The part to send again: B (the remote half of counter(N)+…) or whole.
+        #[arg(long, value_name = "PART")]
+        part: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a card for good; its codes are deleted.
     Revoke {
         /// The card serial.
@@ -99,17 +139,17 @@ pub enum CardsCommand {
     },
 }
 
-/// Arguments of `plico cards activate`.
+/// Arguments of `plico cards activate` and `plico cards reidentify`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("who").required(true).args(["holder_document", "delegate_cf"])))]
 pub struct ActivateArgs {
     /// The card serial.
     serial: String,
-    /// The holder collects the card: their identity document, TYPE:NUMBER (e.g.
+    /// The holder in person: their identity document, TYPE:NUMBER (e.g.
     /// carta_identita:CA12345AB).
     #[arg(long, value_name = "TYPE:NUMBER")]
     holder_document: Option<String>,
-    /// A delegate collects the card: the delegate's codice fiscale.
+    /// A delegate (for the holder): the delegate's codice fiscale.
     #[arg(
         long,
         value_name = "CF",
@@ -197,8 +237,34 @@ fn activation(a: &ActivateArgs) -> Result<Value> {
 pub fn run(args: CardsArgs) -> Result<()> {
     let client = Client::with_token(&args.server, &args.auth)?;
     let runtime = super::unseal::client_runtime()?;
-    if let CardsCommand::CounterPage { serial, plan, out } = &args.command {
-        return runtime.block_on(counter_page(&client, serial, plan, out));
+    match &args.command {
+        CardsCommand::CounterPage { serial, plan, out } => {
+            return runtime.block_on(counter_page(&client, serial, plan, out));
+        }
+        CardsCommand::Dispatch { serial, plan, json } => {
+            let path = format!("/v1/cards/{}/dispatch", path_segment(serial)?);
+            let d: DispatchView = runtime.block_on(client.post(&path, &json!({ "plan": plan })))?;
+            if *json {
+                print_json(&d)?;
+            } else {
+                println!("dispatch {} of card {} by {}", d.id, d.serial, d.plan);
+                for j in &d.jobs {
+                    print_job(j);
+                }
+            }
+            return Ok(());
+        }
+        CardsCommand::Resend { serial, part, json } => {
+            let path = format!("/v1/cards/{}/resend", path_segment(serial)?);
+            let j: JobView = runtime.block_on(client.post(&path, &json!({ "part": part })))?;
+            if *json {
+                print_json(&j)?;
+            } else {
+                print_job(&j);
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let (card, json): (CardView, bool) = runtime.block_on(async {
         Ok::<_, anyhow::Error>(match &args.command {
@@ -224,6 +290,11 @@ pub fn run(args: CardsArgs) -> Result<()> {
                 let path = format!("/v1/cards/{}/reactivate", path_segment(serial)?);
                 (client.post(&path, &json!({})).await?, *json)
             }
+            CardsCommand::Reidentify(a) => {
+                let body = activation(a)?;
+                let path = format!("/v1/cards/{}/reidentify", path_segment(&a.serial)?);
+                (client.post(&path, &body).await?, a.json)
+            }
             CardsCommand::Revoke {
                 serial,
                 reason,
@@ -233,18 +304,39 @@ pub fn run(args: CardsArgs) -> Result<()> {
                 let body = json!({ "reason": reason });
                 (client.post(&path, &body).await?, *json)
             }
-            CardsCommand::CounterPage { .. } => bail!("counter-page is handled above"),
+            CardsCommand::CounterPage { .. }
+            | CardsCommand::Dispatch { .. }
+            | CardsCommand::Resend { .. } => bail!("handled above"),
         })
     })?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&card).context("cannot format the card")?
-        );
+        print_json(&card)?;
     } else {
         print_card(&card);
     }
     Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("cannot format the answer")?
+    );
+    Ok(())
+}
+
+fn print_job(j: &JobView) {
+    let mut line = format!(
+        "{:<14}{} by {}, job {}",
+        format!("part {}:", j.part.as_str()),
+        j.state.as_str(),
+        j.channel.as_str(),
+        j.id
+    );
+    if let Some(r) = j.replaces {
+        line.push_str(&format!(" (replaces job {r})"));
+    }
+    println!("{line}");
 }
 
 /// Fetches the counter page and writes it to a new 0600 file (never over an existing one).
@@ -293,7 +385,28 @@ fn print_card(c: &CardView) {
     }
     println!("changed:      {} ms (unix)", c.changed_ms);
     println!("codes held:   {}", if c.codes_held { "yes" } else { "no" });
-    for d in &c.delivery {
-        println!("delivery:     {}: {}", d.part, d.state);
+    if let Some(at) = c.identified_ms {
+        println!("identified:   at {at} ms (unix)");
+    }
+    if c.parts.is_empty() {
+        for d in &c.delivery {
+            println!("delivery:     {}: {}", d.part, d.state);
+        }
+    }
+    for p in &c.parts {
+        let state = if p.needs_counter_reprint {
+            "needs_counter_reprint"
+        } else {
+            p.state.as_str()
+        };
+        println!(
+            "{:<14}{} by {}, {} attempt(s), job {}, at {} ms (unix)",
+            format!("part {}:", p.part.as_str()),
+            state,
+            p.channel.as_str(),
+            p.attempts,
+            p.job,
+            p.updated_ms
+        );
     }
 }

@@ -1,0 +1,237 @@
+//! Delivery of a card's codes over HTTP: the service side of the durable outbox
+//! ([`vault::cms::outbox`]). Nothing here sends anything: a request writes jobs, and the
+//! service's workers send them.
+//!
+//! | method and path                    | roles                        | body                | answer                 |
+//! |------------------------------------|------------------------------|---------------------|------------------------|
+//! | `POST /v1/cards/{serial}/dispatch` | cms, operator (rate-limited) | `{"plan": "…"}`     | `201` [`DispatchView`] |
+//! | `POST /v1/cards/{serial}/resend`   | cms, operator (rate-limited) | `{"part": "B"}`     | `201` [`JobView`]      |
+//!
+//! (`POST /v1/cards/{serial}/reidentify`, the counter's new identification of the holder that a
+//! changed contact needs, is a lifecycle change: it is in [`super::cards`], and each part's
+//! delivery state is in the card's status there.)
+//!
+//! A plan is `counter(N)+sms`, `counter(N)+email`, `counter(N)+remote` (SMS if the holder has
+//! a usable mobile number, else e-mail), `sms`, `email` or `mailer`. `counter(N)+…` makes two
+//! parts: `A`, the first N digits of each code, printed at the counter (its job stays in state
+//! `counter`), and `B`, the rest, sent remotely. A plan that does not parse, or whose N leaves
+//! nothing for part B under the code policy, is `422 invalid`.
+//!
+//! Both routes send codes, so both are limited per account like every route that reveals or
+//! sends one (`[limits] sensitive_per_minute`, `429` beyond): a resend is the help desk's answer
+//! to a lost half, and must not become a way to flood a holder's phone.
+//!
+//! The vault decides and audits (`dispatch.request`, `dispatch.resend`, each in the store batch
+//! of its jobs). Its refusals come back as they are: `409 wrong_state` with the card's state
+//! in `error.state` for a card that is not `active` (nothing is written); `409 refused` when
+//! the codes are not held, when the holder has no registered contact for the channel, when that
+//! contact changed after the card's last identification (rule 13: identify the holder again
+//! with `reidentify` first), when a dispatch of the card is still under way (resend a part
+//! instead), or to resend the counter part or a part being sent at this moment; the message
+//! names what is missing. An unknown card, or a part never dispatched, is `404`.
+//!
+//! No answer holds a code, a contact or a job's idempotency key: jobs are shown as
+//! [`JobView`], which leaves out the key, the courier's message id, the account and the last
+//! courier error (a courier may quote an address in it).
+
+use super::audit::check_serial;
+use super::extract::JsonBody;
+use super::{blocking, ApiError, Caller, Endpoint};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::routing::post;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use vault::cms::date::Date;
+use vault::cms::{Channel, DispatchPlan, Dispatched, Job, JobState, Part};
+use vault::Role;
+
+const DISPATCH: &[Role] = &[Role::Cms, Role::Operator];
+const RESEND: &[Role] = &[Role::Cms, Role::Operator];
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(Method::POST, "/v1/cards/{serial}/dispatch", post(dispatch))
+            .roles(DISPATCH)
+            .sensitive(),
+        Endpoint::new(Method::POST, "/v1/cards/{serial}/resend", post(resend))
+            .roles(RESEND)
+            .sensitive(),
+    ]
+}
+
+/// One job of a dispatch, as the API shows it: one part of the codes by one channel. No code,
+/// no contact, no idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: u64,
+    /// The dispatch request it belongs to.
+    pub request: u64,
+    /// Card serial.
+    pub serial: String,
+    /// `A`, `B` or `whole`.
+    pub part: Part,
+    /// `counter`, `sms`, `email` or `mailer`.
+    pub channel: Channel,
+    /// `counter`, `queued`, `sending`, `sent`, `delivered`, `failed`, `dead` or `superseded`.
+    pub state: JobState,
+    /// N of `counter(N)` for a split part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<u32>,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// `request`, `resend` or `fallback`.
+    pub origin: String,
+    /// The job it replaces (resend, fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
+    /// Dead with no fallback left: the part must be reprinted at the counter.
+    pub needs_counter_reprint: bool,
+    /// Created, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Last change, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        JobView {
+            id: j.id,
+            request: j.request,
+            serial: j.serial,
+            part: j.part,
+            channel: j.channel,
+            state: j.state,
+            digits: j.digits,
+            attempts: j.attempts,
+            origin: j.origin,
+            replaces: j.replaces,
+            needs_counter_reprint: j.needs_counter_reprint,
+            created_ms: j.created_ms,
+            updated_ms: j.updated_ms,
+        }
+    }
+}
+
+/// A dispatch request and its jobs, as `POST /v1/cards/{serial}/dispatch` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchView {
+    /// Request id.
+    pub id: u64,
+    /// Card serial.
+    pub serial: String,
+    /// The plan as asked for (trimmed).
+    pub plan: String,
+    /// When, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// One job per part, in part order.
+    pub jobs: Vec<JobView>,
+}
+
+impl From<Dispatched> for DispatchView {
+    fn from(d: Dispatched) -> Self {
+        DispatchView {
+            id: d.request.id,
+            serial: d.request.serial,
+            plan: d.request.plan,
+            created_ms: d.request.created_ms,
+            jobs: d.jobs.into_iter().map(JobView::from).collect(),
+        }
+    }
+}
+
+/// The body of a dispatch request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatchBody {
+    plan: String,
+}
+
+/// The body of a resend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResendBody {
+    part: String,
+}
+
+/// Checks a plan before the vault sees it: it parses, and a `counter(N)` leaves digits for
+/// part B of the shortest code the policy allows. `422 invalid` otherwise.
+fn check_plan(state: &AppState, text: &str) -> Result<(), ApiError> {
+    let plan = DispatchPlan::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let DispatchPlan::Split { digits, .. } = plan {
+        let policy = state.import_rules.policy;
+        let shortest = u32::from(policy.pin.min.min(policy.puk.min));
+        if digits >= shortest {
+            return Err(ApiError::invalid(format!(
+                "plan: counter({digits}) leaves nothing for part B of a {shortest}-digit code"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    JsonBody(body): JsonBody<DispatchBody>,
+) -> Result<(StatusCode, Json<DispatchView>), ApiError> {
+    check_serial(&serial)?;
+    check_plan(&state, &body.plan)?;
+    let s = state.clone();
+    let actor = caller.actor();
+    let done = blocking(move || {
+        s.cms.request_dispatch(
+            &*s.hsm,
+            &s.audit,
+            &serial,
+            &body.plan,
+            Date::today_utc(),
+            &actor,
+        )
+    })
+    .await?;
+    tracing::info!(
+        serial = %done.request.serial,
+        dispatch = done.request.id,
+        jobs = done.jobs.len(),
+        by = %caller.account.id,
+        "dispatch requested"
+    );
+    Ok((StatusCode::CREATED, Json(DispatchView::from(done))))
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    JsonBody(body): JsonBody<ResendBody>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    check_serial(&serial)?;
+    // `a`/`b`/`WHOLE` are the same parts as `A`/`B`/`whole`.
+    let name = body.part.trim();
+    let name = if name.len() == 1 {
+        name.to_ascii_uppercase()
+    } else {
+        name.to_ascii_lowercase()
+    };
+    let part = Part::parse(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let s = state.clone();
+    let actor = caller.actor();
+    let job = blocking(move || {
+        s.cms
+            .resend_part(&*s.hsm, &s.audit, &serial, part, Date::today_utc(), &actor)
+    })
+    .await?;
+    tracing::info!(
+        serial = %job.serial,
+        part = %job.part,
+        job = job.id,
+        replaces = job.replaces.unwrap_or_default(),
+        by = %caller.account.id,
+        "part resent"
+    );
+    Ok((StatusCode::CREATED, Json(JobView::from(job))))
+}
