@@ -8,7 +8,9 @@
 //! the holder registry, card lifecycle and problem reports (and the counter workflow with the
 //! CLI) in `service/cms.rs`; print runs, outcomes, reconciliation and the counter page in
 //! `service/mailers.rs`; the delivery of codes through the outbox (dispatch, resend,
-//! re-identification, recovery) in `service/dispatch.rs`.
+//! re-identification, recovery) in `service/dispatch.rs`. The harness those modules share
+//! (an unsealed state over sled with named accounts, a client that keeps every answer body)
+//! is in `service/support.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -24,6 +26,8 @@ mod dispatches;
 mod import_crash;
 #[path = "service/mailers.rs"]
 mod mailers;
+#[path = "service/support.rs"]
+mod support;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};

@@ -1,13 +1,13 @@
 //! Accounts, roles, rate limits and the audit chain through `app(state).oneshot(..)`: the route
 //! × role matrix, the accounts API, the audit API, a failed store write, and unseal auditing.
 
+use super::support::{open, unsealed_hsm};
 use super::*;
 use axum::routing::get as get_route;
 use plico::api::{check_rules, endpoints, router_from, Access, Endpoint};
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use vault::account::Actor;
 use vault::audit::Query;
 use vault::store::memory::{FailingStore, MemoryStore};
 use vault::store::Store;
@@ -31,16 +31,9 @@ impl Fixture {
 
     fn with(store: Arc<dyn Store>, settings: Settings) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (hsm, shares) = init_hsm(dir.path(), 1, 1);
-        hsm.unseal(&shares[0]).unwrap();
+        let hsm = unsealed_hsm(dir.path());
         let state = AppState::with_settings(hsm.clone(), store, &settings).unwrap();
-        state.unsealed(&Actor::system("test"), "test").unwrap();
-        let (admin, admin_token) = state
-            .accounts
-            .bootstrap_admin("Prima Amministratrice", "test")
-            .unwrap()
-            .unwrap();
-        let by = Actor::account(&admin, "test");
+        let (admin, admin_token, by) = open(&state, "Prima Amministratrice");
         let mut tokens = BTreeMap::from([(Role::Admin, admin_token)]);
         let mut ids = BTreeMap::from([(Role::Admin, admin.id.clone())]);
         for role in Role::ALL.into_iter().filter(|r| *r != Role::Admin) {

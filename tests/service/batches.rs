@@ -7,13 +7,12 @@
 //! The fixture uses 8-digit PINs and PUKs (the CIE-like policy) so that a code cannot appear by
 //! chance in a timestamp or a request id of the answer.
 
+use super::support::{open_with_accounts, serve_dev, sled_state};
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
-use vault::account::Actor;
 use vault::audit::Query;
-use vault::store::sled::SledStore;
-use vault::{CodePolicy, Role};
+use vault::CodePolicy;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -38,29 +37,12 @@ impl Bulk {
 
     fn with(settings: Settings) -> Bulk {
         let dir = tempfile::tempdir().unwrap();
-        let (hsm, shares) = init_hsm(dir.path(), 1, 1);
-        hsm.unseal(&shares[0]).unwrap();
-        let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
-        let state = AppState::with_settings(hsm, store, &settings).unwrap();
-        state.unsealed(&Actor::system("test"), "test").unwrap();
-        let (admin, admin_token) = state
-            .accounts
-            .bootstrap_admin("Amministratrice", "test")
-            .unwrap()
-            .unwrap();
-        let by = Actor::account(&admin, "test");
-        let mut tokens = BTreeMap::from([("admin", admin_token.expose_secret().to_owned())]);
-        for (name, role) in [
-            ("acme", Role::Manufacturer),
-            ("other", Role::Manufacturer),
-            ("cms", Role::Cms),
-            ("operator", Role::Operator),
-            ("officer", Role::Officer),
-            ("auditor", Role::Auditor),
-        ] {
-            let (_, t) = state.accounts.create(name, role, &by).unwrap();
-            tokens.insert(name, t.expose_secret().to_owned());
-        }
+        let state = sled_state(dir.path(), &settings);
+        let tokens = open_with_accounts(
+            &state,
+            &["acme", "other", "cms", "operator", "officer", "auditor"],
+        )
+        .tokens;
         let app = app(state.clone());
         Bulk {
             _dir: dir,
@@ -948,10 +930,7 @@ async fn a_stalled_upload_times_out_and_holds_the_only_slot_until_then() {
 fn import_generate_and_list_with_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut cmd = plico();
-    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data);
-    let server = Server::start(cmd);
+    let server = serve_dev(&data);
     let admin = data.join("admin-token.txt");
     let as_who = |token: &Path| {
         let mut c = plico();

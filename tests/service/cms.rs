@@ -7,25 +7,17 @@
 //! against `serve --dev`.
 
 use super::batches::serial;
+use super::support::{cf, open_with_accounts, serve_dev, sled_state, Staff};
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use vault::account::Actor;
 use vault::audit::Query;
-use vault::cms::codice_fiscale::check_character;
 use vault::cms::date::Date;
-use vault::store::sled::SledStore;
-use vault::Role;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A codice fiscale from its first 15 characters, with its check character.
-fn cf(first15: &str) -> String {
-    format!("{first15}{}", check_character(first15).unwrap())
-}
 
 fn rossi() -> String {
     cf("RSSMRA85T10A562")
@@ -92,32 +84,19 @@ impl Counter {
 
     fn with(settings: Settings) -> Counter {
         let dir = tempfile::tempdir().unwrap();
-        let (hsm, shares) = init_hsm(dir.path(), 1, 1);
-        hsm.unseal(&shares[0]).unwrap();
-        let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
-        let state = AppState::with_settings(hsm, store, &settings).unwrap();
-        state.unsealed(&Actor::system("test"), "test").unwrap();
-        let (admin, admin_token) = state
-            .accounts
-            .bootstrap_admin("Amministratrice", "test")
-            .unwrap()
-            .unwrap();
-        let by = Actor::account(&admin, "test");
-        let mut tokens = BTreeMap::from([("admin", admin_token.expose_secret().to_owned())]);
-        let mut ids = BTreeMap::from([("admin", admin.id.clone())]);
-        for (name, role) in [
-            ("manufacturer", Role::Manufacturer),
-            ("cms", Role::Cms),
-            ("operator", Role::Operator),
-            ("support", Role::Support),
-            ("support2", Role::Support),
-            ("officer", Role::Officer),
-            ("auditor", Role::Auditor),
-        ] {
-            let (a, t) = state.accounts.create(name, role, &by).unwrap();
-            tokens.insert(name, t.expose_secret().to_owned());
-            ids.insert(name, a.id);
-        }
+        let state = sled_state(dir.path(), &settings);
+        let Staff { tokens, ids } = open_with_accounts(
+            &state,
+            &[
+                "manufacturer",
+                "cms",
+                "operator",
+                "support",
+                "support2",
+                "officer",
+                "auditor",
+            ],
+        );
         let app = app(state.clone());
         Counter {
             _dir: dir,
@@ -1008,10 +987,7 @@ async fn problem_reports_are_opened_by_operators_and_worked_by_support() {
 fn the_counter_workflow_with_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut cmd = plico();
-    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data);
-    let server = Server::start(cmd);
+    let server = serve_dev(&data);
     let as_who = |token: &Path| {
         let mut c = plico();
         let token = std::fs::read_to_string(token).unwrap();

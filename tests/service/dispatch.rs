@@ -7,21 +7,11 @@
 //! idempotency keys: none may appear. No worker runs: jobs stay where the API puts them.
 
 use super::batches::{codes_of, serial};
+use super::support::{cf, cie_state, codes_file, identification, open_with_accounts, Client};
 use super::*;
-use plico::Settings;
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use vault::account::Actor;
-use vault::cms::codice_fiscale::check_character;
-use vault::store::sled::SledStore;
-use vault::{CodePolicy, Role};
 
 const SALT: u64 = 0x6469_7370_6174;
-
-fn cf(first15: &str) -> String {
-    format!("{first15}{}", check_character(first15).unwrap())
-}
 
 /// Holders of cards 501–503: codice fiscale, given names, surname, birth date, e-mail, mobile.
 const HOLDERS: [(&str, &str, &str, &str, &str, &str, u64); 3] = [
@@ -72,91 +62,36 @@ fn registry_row(i: usize, mobile: &str) -> String {
 struct Desk {
     _dir: tempfile::TempDir,
     state: AppState,
-    app: Router,
-    tokens: BTreeMap<&'static str, String>,
-    /// Every answer body, to be scanned.
-    bodies: Mutex<Vec<String>>,
+    client: Client,
+}
+
+impl std::ops::Deref for Desk {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Desk {
     fn new(sensitive_per_minute: NonZeroU32) -> Desk {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let (hsm, shares) = init_hsm(&data, 1, 1);
-        hsm.unseal(&shares[0]).unwrap();
-        let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-        let settings = Settings {
-            codes: CodePolicy::CIE,
-            sensitive_per_minute,
-            ..Settings::default()
-        };
-        let state = AppState::with_settings(hsm, store, &settings).unwrap();
-        state.unsealed(&Actor::system("test"), "test").unwrap();
-        let (admin, admin_token) = state
-            .accounts
-            .bootstrap_admin("Amministratrice", "test")
-            .unwrap()
-            .unwrap();
-        let by = Actor::account(&admin, "test");
-        let mut tokens = BTreeMap::from([("admin", admin_token.expose_secret().to_owned())]);
-        for (name, role) in [
-            ("manufacturer", Role::Manufacturer),
-            ("cms", Role::Cms),
-            ("operator", Role::Operator),
-            ("support", Role::Support),
-            ("auditor", Role::Auditor),
-        ] {
-            let (_, t) = state.accounts.create(name, role, &by).unwrap();
-            tokens.insert(name, t.expose_secret().to_owned());
-        }
-        let app = app(state.clone());
+        let state = cie_state(&data, sensitive_per_minute);
+        let staff = open_with_accounts(
+            &state,
+            &["manufacturer", "cms", "operator", "support", "auditor"],
+        );
+        let client = Client::new(&state, staff.tokens);
         Desk {
             _dir: dir,
             state,
-            app,
-            tokens,
-            bodies: Mutex::new(Vec::new()),
+            client,
         }
     }
 
-    fn request(&self, who: &str, method: Method, uri: &str) -> axum::http::request::Builder {
-        Request::builder().method(method).uri(uri).header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", self.tokens[who]),
-        )
-    }
-
-    async fn keep(&self, req: Request<Body>) -> Answer {
-        let a = send(&self.app, req).await;
-        self.bodies.lock().unwrap().push(a.text.clone());
-        a
-    }
-
-    async fn get(&self, who: &str, uri: &str) -> Answer {
-        let req = self
-            .request(who, Method::GET, uri)
-            .body(Body::empty())
-            .unwrap();
-        self.keep(req).await
-    }
-
-    async fn post(&self, who: &str, uri: &str, body: Value) -> Answer {
-        let req = self
-            .request(who, Method::POST, uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.keep(req).await
-    }
-
     async fn registry(&self, csv: String) {
-        let req = self
-            .request("cms", Method::POST, "/v1/registry")
-            .header(header::CONTENT_TYPE, "text/csv")
-            .body(Body::from(csv))
-            .unwrap();
-        let a = self.keep(req).await;
+        let a = self.post_raw("cms", "/v1/registry", "text/csv", csv).await;
         assert_eq!(a.json["outcome"], "applied", "{}", a.text);
     }
 
@@ -166,22 +101,14 @@ impl Desk {
             .chain((0..3).map(|i| registry_row(i, HOLDERS[i].5)))
             .collect();
         self.registry(csv).await;
-        let file: String = (501..=503)
-            .map(|n| {
-                let (pin, puk) = codes_of(n, SALT);
-                format!("{};{pin};{puk}\n", serial(n))
-            })
-            .collect();
-        let req = self
-            .request(
+        let a = self
+            .post_raw(
                 "manufacturer",
-                Method::POST,
                 "/v1/batches?manufacturer=ACME",
+                "text/plain",
+                codes_file(501..=503, SALT),
             )
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(Body::from(file))
-            .unwrap();
-        let a = self.keep(req).await;
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
         for n in 501..=503 {
             let a = self
@@ -229,11 +156,6 @@ impl Desk {
 
 fn card(n: u64, action: &str) -> String {
     format!("/v1/cards/{}/{action}", serial(n))
-}
-
-fn identification(n: u64) -> Value {
-    json!({"by": "holder", "document_type": "carta_identita",
-           "document_number": format!("CA{n}00AB"), "consent_ref": "consenso-1"})
 }
 
 #[tokio::test]

@@ -8,22 +8,14 @@
 //! body is scanned for codes; only the counter PDF may hold digits of one, and only part A's.
 
 use super::batches::{codes_of, serial};
+use super::support::{
+    cf, cie_state, codes_file, identification, open_with_accounts, serve_dev, Client,
+};
 use super::*;
 use plico::config::Config;
-use plico::Settings;
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use vault::account::Actor;
 use vault::audit::Query;
-use vault::cms::codice_fiscale::check_character;
-use vault::store::sled::SledStore;
-use vault::{CodePolicy, Role};
 
 const SALT: u64 = 0x6d61_696c_6572;
-
-fn cf(first15: &str) -> String {
-    format!("{first15}{}", check_character(first15).unwrap())
-}
 
 /// Four holders with accented names and postal addresses, one card each (serials 301–304).
 fn registry_csv() -> String {
@@ -74,15 +66,21 @@ fn registry_csv() -> String {
 }
 
 /// An unsealed service over sled whose `[mailers]` comes from a TOML file, sealed to an age
-/// identity of the test; one account per role.
+/// identity of the test; one account per role. Every answer body the client keeps (all but
+/// the counter PDF) is scanned for codes.
 struct Desk {
     dir: tempfile::TempDir,
     state: AppState,
-    app: Router,
-    tokens: BTreeMap<&'static str, String>,
+    client: Client,
     identity: age::x25519::Identity,
-    /// Every answer body (but the counter PDF), to be scanned for codes.
-    bodies: Mutex<Vec<String>>,
+}
+
+impl std::ops::Deref for Desk {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Desk {
@@ -93,15 +91,7 @@ impl Desk {
     fn with(with_recipient: bool, sensitive_per_minute: std::num::NonZeroU32) -> Desk {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let (hsm, shares) = init_hsm(&data, 1, 1);
-        hsm.unseal(&shares[0]).unwrap();
-        let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-        let settings = Settings {
-            codes: CodePolicy::CIE,
-            sensitive_per_minute,
-            ..Settings::default()
-        };
+        let state = cie_state(&data, sensitive_per_minute);
         let identity = age::x25519::Identity::generate();
         let recipients = if with_recipient {
             format!("recipients = [\"{}\"]\n", identity.to_public())
@@ -119,34 +109,14 @@ impl Desk {
         let config = Config::load(Some(&cfg)).unwrap();
         let print = config.mailers.print_setup(&data, None).unwrap();
         assert_eq!(print.out_dir, data.join("print"));
-        let state = AppState::with_settings(hsm, store, &settings)
-            .unwrap()
-            .with_print(print);
-        state.unsealed(&Actor::system("test"), "test").unwrap();
-        let (admin, admin_token) = state
-            .accounts
-            .bootstrap_admin("Amministratrice", "test")
-            .unwrap()
-            .unwrap();
-        let by = Actor::account(&admin, "test");
-        let mut tokens = BTreeMap::from([("admin", admin_token.expose_secret().to_owned())]);
-        for (name, role) in [
-            ("manufacturer", Role::Manufacturer),
-            ("cms", Role::Cms),
-            ("operator", Role::Operator),
-            ("auditor", Role::Auditor),
-        ] {
-            let (_, t) = state.accounts.create(name, role, &by).unwrap();
-            tokens.insert(name, t.expose_secret().to_owned());
-        }
-        let app = app(state.clone());
+        let state = state.with_print(print);
+        let staff = open_with_accounts(&state, &["manufacturer", "cms", "operator", "auditor"]);
+        let client = Client::new(&state, staff.tokens);
         Desk {
             dir,
             state,
-            app,
-            tokens,
+            client,
             identity,
-            bodies: Mutex::new(Vec::new()),
         }
     }
 
@@ -158,61 +128,20 @@ impl Desk {
         self.data().join("print")
     }
 
-    fn request(&self, who: &str, method: Method, uri: &str) -> axum::http::request::Builder {
-        Request::builder().method(method).uri(uri).header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", self.tokens[who]),
-        )
-    }
-
-    async fn keep(&self, req: Request<Body>) -> Answer {
-        let a = send(&self.app, req).await;
-        self.bodies.lock().unwrap().push(a.text.clone());
-        a
-    }
-
-    async fn get(&self, who: &str, uri: &str) -> Answer {
-        let req = self
-            .request(who, Method::GET, uri)
-            .body(Body::empty())
-            .unwrap();
-        self.keep(req).await
-    }
-
-    async fn post(&self, who: &str, uri: &str, body: Value) -> Answer {
-        let req = self
-            .request(who, Method::POST, uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.keep(req).await
-    }
-
     /// Registry, codes for cards 301–304 (returns the batch id), cards 301–303 activated.
     async fn set_up(&self) -> String {
-        let req = self
-            .request("cms", Method::POST, "/v1/registry")
-            .header(header::CONTENT_TYPE, "text/csv")
-            .body(Body::from(registry_csv()))
-            .unwrap();
-        let a = self.keep(req).await;
+        let a = self
+            .post_raw("cms", "/v1/registry", "text/csv", registry_csv())
+            .await;
         assert_eq!(a.json["outcome"], "applied", "{}", a.text);
-        let file: String = (301..=304)
-            .map(|n| {
-                let (pin, puk) = codes_of(n, SALT);
-                format!("{};{pin};{puk}\n", serial(n))
-            })
-            .collect();
-        let req = self
-            .request(
+        let a = self
+            .post_raw(
                 "manufacturer",
-                Method::POST,
                 "/v1/batches?manufacturer=ACME",
+                "text/plain",
+                codes_file(301..=304, SALT),
             )
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(Body::from(file))
-            .unwrap();
-        let a = self.keep(req).await;
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
         let batch = a.json["batch"].as_str().unwrap().to_owned();
         for n in 301..=303 {
@@ -220,8 +149,7 @@ impl Desk {
                 .post(
                     "operator",
                     &format!("/v1/cards/{}/activate", serial(n)),
-                    json!({"by": "holder", "document_type": "carta_identita",
-                           "document_number": format!("CA{n}00AB"), "consent_ref": "consenso-1"}),
+                    identification(n),
                 )
                 .await;
             assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -776,10 +704,7 @@ fn a_bad_recipient_is_named_by_its_index() {
 fn print_run_and_counter_page_with_the_cli_against_serve_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut cmd = plico();
-    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data);
-    let server = Server::start(cmd);
+    let server = serve_dev(&data);
     let key = data.join("print-facility-dev.key");
     assert_eq!(mode(&key), 0o600);
     let as_who = |token: &Path| {
