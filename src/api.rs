@@ -26,6 +26,7 @@ pub mod auth;
 pub mod batches;
 pub mod cards;
 pub mod dispatch;
+pub mod dlr;
 pub mod error;
 mod extract;
 mod health;
@@ -75,7 +76,8 @@ pub enum Access {
     /// Anyone who can reach the listener, without a token. Only for the probes, the seal
     /// status and unseal: custodians are not accounts (they must be able to unseal before
     /// any account can be checked — the audit key is locked until then), and for unseal the
-    /// share itself is the credential.
+    /// share itself is the credential. Also the SMS gateway's delivery reports (`/v1/dlr`):
+    /// the gateway has no account, and the route checks a shared secret of its own.
     Public,
     /// An enabled account with a bearer token and one of these roles. Needs the audit key (an
     /// unsealed HSM): every such call may write audit events.
@@ -221,6 +223,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         holders::endpoints(),
         cards::endpoints(),
         dispatch::endpoints(),
+        dlr::endpoints(),
         mailers::endpoints(),
         reports::endpoints(),
     ]

@@ -50,6 +50,31 @@
 //! helpline = "800 000 000"
 //!
 //! [mailers.layout]                   # page geometry in mm; set only what changes
+//!
+//! [dispatch]                         # the delivery workers; without it no job is sent
+//! email_enabled = true               # sms_enabled likewise
+//! email_per_second = 50              # sms_per_second = 20
+//! max_in_flight = 16                 # jobs of one channel at once
+//! max_attempts = 5                   # then `dead` (and the fallback)
+//! backoff_base_ms = 30000            # doubles each attempt, with jitter, up to backoff_cap_ms
+//! backoff_cap_ms = 3600000
+//! overdue_after_secs = 86400         # parts not delivered by then are logged
+//! # spool_dir = "..."                # serve --dev only: codes IN CLEAR in files (insecure)
+//!
+//! [dispatch.smtp]
+//! host = "smtp.example.it"
+//! port = 587
+//! tls = "starttls"                   # or "tls" (465), or "none" (loopback relays only)
+//! from = "pin@example.it"
+//! max_connections = 8
+//!
+//! [dispatch.sms]                     # Kannel's sendsms interface
+//! sendsms_url = "http://127.0.0.1:13013/cgi-bin/sendsms"
+//! username = "plico"
+//! password = "…"
+//! from = "PLICO"
+//! dlr_url = "https://plico.example.it:8200/v1/dlr?token=TOKEN&key=%KEY%&status=%d"
+//! dlr_token = "TOKEN"                # ≥ 22 random characters; /v1/dlr is 401 without it
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
@@ -59,7 +84,9 @@
 //! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on,
 //! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`, `PLICO_MAILERS_OUT_DIR`, `PLICO_MAILERS_PER_FILE`,
 //! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
-//! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`. Other `PLICO_*`
+//! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`, and `PLICO_DISPATCH_*`
+//! (`PLICO_DISPATCH_MAX_ATTEMPTS`, `PLICO_DISPATCH_SMTP_HOST`, `PLICO_DISPATCH_SMS_PASSWORD`,
+//! `PLICO_DISPATCH_SMS_DLR_TOKEN` and so on: the key's path in capitals). Other `PLICO_*`
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
 //! ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
@@ -112,6 +139,36 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_MAILERS_ISSUER_CARD_NAME", "mailers.issuer.card_name"),
     ("PLICO_MAILERS_ISSUER_HELPLINE", "mailers.issuer.helpline"),
     ("PLICO_MAILERS_ISSUER_WEB", "mailers.issuer.web"),
+    ("PLICO_DISPATCH_EMAIL_ENABLED", "dispatch.email_enabled"),
+    ("PLICO_DISPATCH_SMS_ENABLED", "dispatch.sms_enabled"),
+    ("PLICO_DISPATCH_SPOOL_DIR", "dispatch.spool_dir"),
+    (
+        "PLICO_DISPATCH_EMAIL_PER_SECOND",
+        "dispatch.email_per_second",
+    ),
+    ("PLICO_DISPATCH_SMS_PER_SECOND", "dispatch.sms_per_second"),
+    ("PLICO_DISPATCH_MAX_IN_FLIGHT", "dispatch.max_in_flight"),
+    ("PLICO_DISPATCH_MAX_ATTEMPTS", "dispatch.max_attempts"),
+    ("PLICO_DISPATCH_BACKOFF_BASE_MS", "dispatch.backoff_base_ms"),
+    ("PLICO_DISPATCH_BACKOFF_CAP_MS", "dispatch.backoff_cap_ms"),
+    (
+        "PLICO_DISPATCH_OVERDUE_AFTER_SECS",
+        "dispatch.overdue_after_secs",
+    ),
+    ("PLICO_DISPATCH_SMTP_HOST", "dispatch.smtp.host"),
+    ("PLICO_DISPATCH_SMTP_PORT", "dispatch.smtp.port"),
+    ("PLICO_DISPATCH_SMTP_TLS", "dispatch.smtp.tls"),
+    ("PLICO_DISPATCH_SMTP_FROM", "dispatch.smtp.from"),
+    (
+        "PLICO_DISPATCH_SMTP_MAX_CONNECTIONS",
+        "dispatch.smtp.max_connections",
+    ),
+    ("PLICO_DISPATCH_SMS_SENDSMS_URL", "dispatch.sms.sendsms_url"),
+    ("PLICO_DISPATCH_SMS_USERNAME", "dispatch.sms.username"),
+    ("PLICO_DISPATCH_SMS_PASSWORD", "dispatch.sms.password"),
+    ("PLICO_DISPATCH_SMS_FROM", "dispatch.sms.from"),
+    ("PLICO_DISPATCH_SMS_DLR_URL", "dispatch.sms.dlr_url"),
+    ("PLICO_DISPATCH_SMS_DLR_TOKEN", "dispatch.sms.dlr_token"),
 ];
 
 /// The service configuration.
@@ -140,6 +197,9 @@ pub struct Config {
     pub mailers: MailersConfig,
     /// The embedded store.
     pub store: StoreConfig,
+    /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
+    /// except under `serve --dev`, which spools messages in clear (insecure).
+    pub dispatch: Option<DispatchConfig>,
 }
 
 impl Default for Config {
@@ -156,6 +216,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             mailers: MailersConfig::default(),
             store: StoreConfig::default(),
+            dispatch: None,
         }
     }
 }
@@ -168,6 +229,130 @@ pub struct StoreConfig {
     /// for the registry when printing millions of mailers: with 1.25 M holders a print run ran
     /// at 46.6 k mailers/s with the default and 57.6 k/s with 4096 (`plico bench mailers`).
     pub cache_mib: Option<u64>,
+}
+
+/// The `[dispatch]` table: the couriers and the workers of the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Whether e-mail jobs are sent (needs `[dispatch.smtp]`, or the spool).
+    pub email_enabled: bool,
+    /// Whether SMS jobs are sent (needs `[dispatch.sms]`, or the spool).
+    pub sms_enabled: bool,
+    /// The SMTP relay.
+    pub smtp: Option<SmtpSection>,
+    /// The Kannel gateway.
+    pub sms: Option<SmsSection>,
+    /// `serve --dev` only: write messages, codes in clear, to this directory instead of
+    /// sending them (INSECURE). Default with `--dev` and no relay: `DATA_DIR/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// E-mails sent per second at most.
+    pub email_per_second: u32,
+    /// SMS sent per second at most.
+    pub sms_per_second: u32,
+    /// Jobs of one channel being sent at once.
+    pub max_in_flight: usize,
+    /// Attempts of a job before it is `dead`.
+    pub max_attempts: u32,
+    /// First retry delay, in ms; doubles each attempt (with jitter).
+    pub backoff_base_ms: u64,
+    /// Largest retry delay, in ms.
+    pub backoff_cap_ms: u64,
+    /// A part not delivered after this many seconds is logged as overdue.
+    pub overdue_after_secs: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        let policy = vault::cms::OutboxPolicy::default();
+        DispatchConfig {
+            email_enabled: true,
+            sms_enabled: true,
+            smtp: None,
+            sms: None,
+            spool_dir: None,
+            email_per_second: 50,
+            sms_per_second: 20,
+            max_in_flight: 16,
+            max_attempts: policy.max_attempts,
+            backoff_base_ms: policy.backoff_base_ms,
+            backoff_cap_ms: policy.backoff_max_ms,
+            overdue_after_secs: 86_400,
+        }
+    }
+}
+
+/// How the connection to the SMTP relay is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// No TLS: codes in clear on the wire. Loopback relays only.
+    None,
+    /// STARTTLS after the greeting (ports 25, 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// The `[dispatch.smtp]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    /// Relay host.
+    pub host: String,
+    /// Relay port.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Envelope and header sender.
+    pub from: String,
+    /// Connections to the relay at most.
+    #[serde(default = "default_smtp_connections")]
+    pub max_connections: usize,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_smtp_connections() -> usize {
+    8
+}
+
+/// The `[dispatch.sms]` table: Kannel's `sendsms` interface and its delivery reports.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSection {
+    /// The smsbox's sendsms URL.
+    pub sendsms_url: String,
+    /// A `sendsms-user`.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+    /// Sender shown to the holder.
+    pub from: String,
+    /// Where Kannel sends delivery reports: plico's `/v1/dlr`, with `%KEY%` (the job's key),
+    /// `%d` (Kannel's status) and this table's `dlr_token`, e.g.
+    /// `https://plico:8200/v1/dlr?token=TOKEN&key=%KEY%&status=%d`.
+    pub dlr_url: Option<String>,
+    /// The secret `/v1/dlr` requires (`token=` in its query); without it `/v1/dlr` answers 401.
+    pub dlr_token: Option<String>,
+}
+
+impl std::fmt::Debug for SmsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsSection")
+            .field("sendsms_url", &self.sendsms_url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("from", &self.from)
+            .field("dlr_url", &self.dlr_url.as_ref().map(|_| "<set>"))
+            .field("dlr_token", &self.dlr_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Mailers a print file when nothing says otherwise.
@@ -569,6 +754,38 @@ impl Config {
                 )));
             }
         }
+        if let Some(d) = &self.dispatch {
+            if d.max_in_flight == 0 || d.email_per_second == 0 || d.sms_per_second == 0 {
+                return Err(ConfigError(format!(
+                    "{origin}: [dispatch]: `max_in_flight`, `email_per_second` and \
+                     `sms_per_second` must be at least 1"
+                )));
+            }
+            if d.max_attempts == 0 || d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms
+            {
+                return Err(ConfigError(format!(
+                    "{origin}: [dispatch]: `max_attempts` and `backoff_base_ms` must be at least \
+                     1, and `backoff_cap_ms` at least `backoff_base_ms`"
+                )));
+            }
+            if let Some(sms) = &d.sms {
+                if sms.dlr_token.as_ref().is_some_and(|t| t.len() < 22) {
+                    return Err(ConfigError(format!(
+                        "{origin}: [dispatch.sms]: `dlr_token` must be at least 22 characters \
+                         (128 random bits)"
+                    )));
+                }
+                if sms
+                    .dlr_url
+                    .as_ref()
+                    .is_some_and(|u| !u.contains("%KEY%") || !u.contains("%d"))
+                {
+                    return Err(ConfigError(format!(
+                        "{origin}: [dispatch.sms]: `dlr_url` must contain %KEY% and %d"
+                    )));
+                }
+            }
+        }
         if let Some(tls) = &self.tls {
             match (&tls.cert, &tls.key) {
                 (Some(_), Some(_)) | (None, None) => {}
@@ -754,6 +971,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[store]") && e.contains("cache_mib"), "{e}");
+    }
+
+    #[test]
+    fn dispatch_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.dispatch, None);
+        let f = file(
+            "[dispatch]\nmax_attempts = 3\nsms_per_second = 5\n\
+             [dispatch.smtp]\nhost = \"relay.example.it\"\nfrom = \"pin@example.it\"\ntls = \"tls\"\nport = 465\n\
+             [dispatch.sms]\nsendsms_url = \"http://127.0.0.1:13013/cgi-bin/sendsms\"\n\
+             username = \"plico\"\npassword = \"pw-secret\"\nfrom = \"PLICO\"\n\
+             dlr_url = \"https://plico/v1/dlr?token=T&key=%KEY%&status=%d\"\n\
+             dlr_token = \"0123456789abcdef0123456789\"\n",
+        );
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        let d = c.dispatch.clone().unwrap();
+        assert_eq!(
+            (d.max_attempts, d.sms_per_second, d.email_per_second),
+            (3, 5, 50)
+        );
+        let smtp = d.smtp.unwrap();
+        assert_eq!(
+            (smtp.port, smtp.tls, smtp.max_connections),
+            (465, SmtpTls::Tls, 8)
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("pw-secret") && !shown.contains("0123456789abcdef"),
+            "{shown}"
+        );
+        // A short token, a dlr_url without %KEY%, an unknown key: errors naming the field.
+        for (bad, field) in [
+            ("[dispatch.sms]\nsendsms_url = \"x\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"f\"\ndlr_token = \"short\"\n", "dlr_token"),
+            ("[dispatch.sms]\nsendsms_url = \"x\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"f\"\ndlr_url = \"http://x/\"\n", "dlr_url"),
+            ("[dispatch]\nmax_in_flight = 0\n", "max_in_flight"),
+            ("[dispatch]\nrate = 1\n", "rate"),
+        ] {
+            let e = Config::load_from(Some(file(bad).path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn dispatch_environment() {
+        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_HOST", "relay");
+        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_FROM", "a@b.it");
+        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_TLS", "none");
+        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_MAX_ATTEMPTS", "7");
+        let c = Config::load_from(None, Env::prefixed("PLICO_T_DISPATCH_")).unwrap();
+        let d = c.dispatch.unwrap();
+        assert_eq!(d.max_attempts, 7);
+        let smtp = d.smtp.unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.tls, smtp.port),
+            ("relay", SmtpTls::None, 587)
+        );
     }
 
     #[test]

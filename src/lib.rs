@@ -22,12 +22,16 @@
 //!   soon as the service is unsealed); [`serve`] runs it beside the listener.
 //! - [`recover_outbox`] puts the outbox's jobs that a stopped process left `sending` back to
 //!   `queued`, once, as soon as the service is unsealed; [`serve`] starts it with the listener.
+//! - [`delivery`] the workers that send the outbox's jobs by e-mail and SMS (after that
+//!   recovery), when [`AppState::delivery`] has couriers; [`serve`] runs them and stops them
+//!   at shutdown. `/v1/dlr` takes the SMS gateway's delivery reports.
 //!
 //! The command line (`src/main.rs` and `src/cli/`) is the binary's own and is not part of
 //! this library.
 
 pub mod api;
 pub mod config;
+pub mod delivery;
 pub mod mailers;
 pub mod tls;
 
@@ -80,6 +84,9 @@ pub struct AppState {
     pub print: Arc<mailers::PrintSetup>,
     /// The print runs going in this process, with the mailers each has rendered so far.
     pub print_runs: Arc<api::mailers::RunProgress>,
+    /// The couriers, renderers and retry policy of the delivery workers, and the token of
+    /// `/v1/dlr` (`[dispatch]`). `None`: no worker runs and `/v1/dlr` answers 401.
+    pub delivery: Option<Arc<delivery::Delivery>>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -200,6 +207,7 @@ impl AppState {
             limits: Arc::new(api::RateLimits::new(settings.sensitive_per_minute)),
             print: Arc::new(default_print_setup()?),
             print_runs: Arc::default(),
+            delivery: None,
             unseal_lock: Arc::new(Mutex::new(())),
         })
     }
@@ -207,6 +215,12 @@ impl AppState {
     /// The same state with `setup` for print runs and the counter's page (from `[mailers]`).
     pub fn with_print(mut self, setup: mailers::PrintSetup) -> Self {
         self.print = Arc::new(setup);
+        self
+    }
+
+    /// The same state with these delivery workers' settings (from `[dispatch]`).
+    pub fn with_delivery(mut self, delivery: delivery::Delivery) -> Self {
+        self.delivery = Some(Arc::new(delivery));
         self
     }
 
@@ -329,14 +343,33 @@ where
 
     let handle = axum_server::Handle::new();
     let watcher = handle.clone();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining requests");
+        let _ = stop.send(true);
         watcher.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
 
     let sweeps = tokio::spawn(expiry_sweeps(state.clone(), SWEEP_CHECK_EVERY));
-    let recovery = tokio::spawn(recover_outbox(state.clone(), RECOVER_CHECK_EVERY));
+    // The workers await the recovery themselves; without them it runs alone.
+    let (recovery, workers) = match state.delivery.clone().filter(|d| d.has_couriers()) {
+        Some(d) => (
+            None,
+            Some(tokio::spawn(delivery::run_workers(
+                state.clone(),
+                d,
+                stopping,
+            ))),
+        ),
+        None => (
+            Some(tokio::spawn(recover_outbox(
+                state.clone(),
+                RECOVER_CHECK_EVERY,
+            ))),
+            None,
+        ),
+    };
     let service = app(state).into_make_service();
     let served = match tls {
         Some(tls) => {
@@ -355,7 +388,14 @@ where
         }
     };
     sweeps.abort();
-    recovery.abort();
+    if let Some(recovery) = recovery {
+        recovery.abort();
+    }
+    if let Some(workers) = workers {
+        if tokio::time::timeout(SHUTDOWN_GRACE, workers).await.is_err() {
+            tracing::warn!("delivery workers did not stop in time");
+        }
+    }
     served?;
     tracing::info!("server stopped");
     Ok(())

@@ -10,7 +10,9 @@
 //! `service/mailers.rs`; the delivery of codes through the outbox (dispatch, resend,
 //! re-identification, recovery) in `service/dispatch.rs`. The harness those modules share
 //! (an unsealed state over sled with named accounts, a client that keeps every answer body)
-//! is in `service/support.rs`.
+//! is in `service/support.rs`. The delivery workers against real peers (smtp-sink, Kannel with
+//! its fake SMSC, started as `dispatch`'s courier tests start them: `peers`) and the delivery
+//! reports endpoint are in `service/delivery.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -20,12 +22,16 @@ mod batches;
 #[path = "service/cms.rs"]
 mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
+#[path = "service/delivery.rs"]
+mod delivery;
 #[path = "service/dispatch.rs"]
 mod dispatches;
 #[path = "service/import_crash.rs"]
 mod import_crash;
 #[path = "service/mailers.rs"]
 mod mailers;
+#[path = "../dispatch/tests/support/peers.rs"]
+mod peers;
 #[path = "service/support.rs"]
 mod support;
 

@@ -13,6 +13,8 @@
 //! creates the first admin account, with its token in `./plico-data/admin-token.txt`, and,
 //! unless `[mailers] recipients` is set, a development print facility identity
 //! (`./plico-data/print-facility-dev.key`) that print files are sealed to. It says so loudly.
+//! Without `[dispatch]` (or for a channel without its relay), `--dev` spools e-mails and SMS
+//! to `./plico-data/spool` WITH THE CODES IN CLEAR instead of sending them, and warns so.
 
 use super::{bootstrap, files};
 use anyhow::{bail, Context, Result};
@@ -110,10 +112,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "no print facility recipients configured ([mailers] recipients): print runs are refused"
         );
     }
+    let delivery = plico::delivery::Delivery::from_config(
+        config.dispatch.as_ref(),
+        args.dev,
+        &data_dir,
+        &print,
+    )?;
+    if delivery.is_none() {
+        tracing::warn!("no [dispatch] configured: dispatch jobs are queued but not sent");
+    }
     let store = bootstrap::open_store(&data_dir, config.store.cache_mib)?;
-    let state = AppState::with_settings(hsm.clone(), store, &config.settings())
+    let mut state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
         .with_print(print);
+    if let Some(delivery) = delivery {
+        state = state.with_delivery(delivery);
+    }
     let mut admin_token = None;
     if args.dev {
         state

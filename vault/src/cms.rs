@@ -11,7 +11,8 @@
 //! - [`mailers`] printed mailers: numbers, print files, voids on reprint, outcomes and the
 //!   reconciliation per batch;
 //! - [`outbox`] the durable outbox of code deliveries by SMS, e-mail and mailer: requests,
-//!   jobs, claims, retries, receipts, fallback, resend and each part's state;
+//!   jobs, claims, retries, receipts, fallback, resend and each part's state; [`outbox_release`]
+//!   what a worker gets for one claimed job (codes, destination, name), through the audited gate;
 //! - [`reports`] the technical problem reports.
 
 pub mod addressee;
@@ -22,6 +23,7 @@ pub mod date;
 pub mod lifecycle;
 pub mod mailers;
 pub mod outbox;
+pub mod outbox_release;
 pub mod registry;
 pub mod registry_parse;
 pub mod reports;
@@ -40,6 +42,8 @@ pub use registry::{Cms, HolderView, PersonalData, RegistryOutcome, SearchKey};
 
 #[cfg(test)]
 mod mailer_tests;
+#[cfg(test)]
+mod outbox_release_tests;
 #[cfg(test)]
 mod outbox_tests;
 #[cfg(test)]

@@ -744,7 +744,7 @@ impl Cms {
 
     /// Refuses a channel the holder cannot be reached by: no registered contact, or (rule 13)
     /// a contact changed after the card's last identification.
-    fn check_contact(
+    pub(super) fn check_contact(
         &self,
         card: &CardRecord,
         holder: &HolderRecord,
@@ -808,7 +808,11 @@ impl Cms {
         Ok(card)
     }
 
-    fn holder_of(&self, hsm: &dyn Hsm, card: &CardRecord) -> Result<(HolderRecord, PersonalData)> {
+    pub(super) fn holder_of(
+        &self,
+        hsm: &dyn Hsm,
+        card: &CardRecord,
+    ) -> Result<(HolderRecord, PersonalData)> {
         let holder = self
             .holder(&card.holder)?
             .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;

@@ -1,0 +1,591 @@
+//! The delivery workers: where the vault's outbox meets the couriers of crate `dispatch`.
+//!
+//! [`run_workers`] waits for the outbox's start-up recovery ([`crate::recover_outbox`]: a job
+//! left `sending` by a dead process must be queued again before any worker claims), then
+//! loops: it claims due jobs ([`vault::cms::Cms::claim_due`], on the blocking pool) and hands
+//! each to the lane of its channel, where a semaphore caps the jobs in flight. For each job,
+//! on the blocking pool, [`vault::cms::Cms::release_for_job`] checks the card (`active`) and
+//! the contact (registered, not changed since the last identification), releases the codes
+//! through the audited gate, and the e-mail or SMS renderer makes the message of the job's
+//! part; then the courier sends it on tokio, and the job is marked `sent` or `failed`
+//! (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the vault
+//! refuses at release is a permanent failure: it goes `dead` and nothing is sent.
+//!
+//! Jobs of a channel without a courier in this process (a `mailer` job, or a channel turned
+//! off) fail temporarily and back off: they wait for a process that has the courier, and die
+//! by the policy if none comes.
+//!
+//! # Security
+//! Codes and contacts exist in clear only inside [`vault::cms::outbox_release::JobRelease`]
+//! and the rendered [`Outgoing`] (zeroizing, redacted `Debug`), for one job, and are dropped
+//! once the courier returns. Logs carry the job id, channel, part and outcome — never a code,
+//! a contact or a serial. Failure reasons kept on the job lose addresses here and digit runs
+//! in the vault. The `--dev` spool courier ([`dispatch::courier::spool`]) writes codes in
+//! clear and says so at start.
+
+use crate::api;
+use crate::config::{DispatchConfig, SmtpTls};
+use crate::mailers::{to_dispatch, PrintSetup};
+use crate::AppState;
+use dispatch::courier::retry::Throttled;
+use dispatch::courier::sms::{KannelConfig, KannelCourier};
+use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
+use dispatch::courier::spool::InsecureSpoolCourier;
+use dispatch::courier::{Courier, Destination, IdempotencyKey, Outgoing};
+use dispatch::{Addressee, EmailRenderer, Mailer, Plan, SmsRenderer};
+use secrecy::SecretString;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use vault::account::Actor;
+use vault::cms::date::Date;
+use vault::cms::outbox_release::ReleaseDestination;
+use vault::cms::{Channel, Job, OutboxPolicy};
+
+/// How long the claim loop sleeps when nothing is due, by default.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
+
+/// Jobs claimed at once, at most, by default.
+pub const DEFAULT_BATCH: usize = 64;
+
+/// How often the overdue alert looks.
+const OVERDUE_EVERY: Duration = Duration::from_secs(60);
+
+/// A configuration that cannot make couriers.
+#[derive(Debug, thiserror::Error)]
+#[error("[dispatch]: {0}")]
+pub struct DeliveryError(String);
+
+/// One channel's courier and its cap of jobs in flight.
+#[derive(Debug)]
+struct Lane {
+    channel: Channel,
+    courier: Arc<dyn Courier>,
+    slots: Arc<Semaphore>,
+}
+
+/// The couriers, renderers and policy of the workers; also the secret of `/v1/dlr`.
+pub struct Delivery {
+    lanes: Vec<Lane>,
+    email: EmailRenderer,
+    sms: SmsRenderer,
+    /// Retries, backoff, `dead` and fallback.
+    pub policy: OutboxPolicy,
+    /// Jobs claimed at once, at most.
+    pub batch: usize,
+    /// Sleep of the claim loop when nothing is due.
+    pub poll: Duration,
+    /// Parts not delivered after this long are logged as overdue.
+    pub overdue_after: Duration,
+    /// The token `/v1/dlr` requires; `None`: `/v1/dlr` answers 401 to everyone.
+    dlr_token: Option<SecretString>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("lanes", &self.lanes)
+            .field("policy", &self.policy)
+            .field("batch", &self.batch)
+            .field("poll", &self.poll)
+            .field("dlr_token", &self.dlr_token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// No courier yet, the renderers of `print` (its templates and issuer), this policy.
+    pub fn new(print: &PrintSetup, policy: OutboxPolicy) -> Delivery {
+        Delivery {
+            lanes: Vec::new(),
+            email: EmailRenderer::new(print.templates.clone(), print.issuer.clone()),
+            sms: SmsRenderer::new(print.templates.clone(), print.issuer.clone()),
+            policy,
+            batch: DEFAULT_BATCH,
+            poll: DEFAULT_POLL,
+            overdue_after: Duration::from_secs(86_400),
+            dlr_token: None,
+        }
+    }
+
+    /// Sends `channel`'s jobs (`Email` or `Sms`) by `courier`, `max_in_flight` at once.
+    pub fn with_courier(
+        mut self,
+        channel: Channel,
+        courier: Arc<dyn Courier>,
+        max_in_flight: usize,
+    ) -> Delivery {
+        self.lanes.retain(|l| l.channel != channel);
+        self.lanes.push(Lane {
+            channel,
+            courier,
+            slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        });
+        self
+    }
+
+    /// The token `/v1/dlr` requires.
+    pub fn with_dlr_token(mut self, token: SecretString) -> Delivery {
+        self.dlr_token = Some(token);
+        self
+    }
+
+    /// The token `/v1/dlr` requires, if any.
+    pub fn dlr_token(&self) -> Option<&SecretString> {
+        self.dlr_token.as_ref()
+    }
+
+    /// Whether any channel has a courier.
+    pub fn has_couriers(&self) -> bool {
+        !self.lanes.is_empty()
+    }
+
+    fn lane(&self, channel: Channel) -> Option<&Lane> {
+        self.lanes.iter().find(|l| l.channel == channel)
+    }
+
+    /// The delivery of `[dispatch]`: SMTP and Kannel couriers, each throttled to its rate.
+    /// With `dev`, a channel without its relay (or every channel, with `spool_dir`, or with no
+    /// `[dispatch]` at all) uses the INSECURE spool in `spool_dir` (default `data_dir/spool`).
+    /// `None` when nothing is configured and not `dev`.
+    ///
+    /// # Errors
+    /// [`DeliveryError`] for a spool outside `--dev`, or a courier that cannot be made.
+    pub fn from_config(
+        config: Option<&DispatchConfig>,
+        dev: bool,
+        data_dir: &Path,
+        print: &PrintSetup,
+    ) -> Result<Option<Delivery>, DeliveryError> {
+        let default = DispatchConfig::default();
+        let c = match (config, dev) {
+            (None, false) => return Ok(None),
+            (None, true) => &default,
+            (Some(c), _) => c,
+        };
+        if c.spool_dir.is_some() && !dev {
+            return Err(DeliveryError(
+                "`spool_dir` writes codes in clear and is for `serve --dev` only".into(),
+            ));
+        }
+        let policy = OutboxPolicy {
+            max_attempts: c.max_attempts.max(1),
+            backoff_base_ms: c.backoff_base_ms.max(1),
+            backoff_max_ms: c.backoff_cap_ms.max(c.backoff_base_ms),
+            ..OutboxPolicy::default()
+        };
+        let mut d = Delivery::new(print, policy);
+        d.overdue_after = Duration::from_secs(c.overdue_after_secs.max(1));
+        let spool_dir: PathBuf = c
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("spool"));
+        let rate = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let bad = |e: dispatch::courier::ConfigError| DeliveryError(e.to_string());
+        let spool = |channel: dispatch::Channel| -> Result<Arc<dyn Courier>, DeliveryError> {
+            tracing::warn!(
+                dir = %spool_dir.display(),
+                channel = channel.as_str(),
+                "INSECURE: --dev spools {} messages to files WITH THE CODES IN CLEAR; \
+                 configure [dispatch.smtp] / [dispatch.sms] to send them",
+                channel.as_str()
+            );
+            let from = c
+                .smtp
+                .as_ref()
+                .map_or("plico@localhost".to_owned(), |s| s.from.clone());
+            Ok(Arc::new(
+                InsecureSpoolCourier::new(&spool_dir, channel, from).map_err(bad)?,
+            ))
+        };
+        if c.email_enabled {
+            let courier: Option<Arc<dyn Courier>> = match (&c.smtp, dev) {
+                (Some(s), _) if c.spool_dir.is_none() => {
+                    let mut sc = SmtpConfig::new(s.host.clone(), s.port, s.from.clone());
+                    sc.security = match s.tls {
+                        SmtpTls::None => SmtpSecurity::InsecurePlaintext,
+                        SmtpTls::Starttls => SmtpSecurity::StartTls,
+                        SmtpTls::Tls => SmtpSecurity::Tls,
+                    };
+                    sc.max_connections = s.max_connections.max(1);
+                    if s.tls == SmtpTls::None {
+                        tracing::warn!(
+                            "[dispatch.smtp] tls = \"none\": e-mails cross the network in clear"
+                        );
+                    }
+                    Some(Arc::new(SmtpCourier::new(sc).map_err(bad)?))
+                }
+                (_, true) => Some(spool(dispatch::Channel::Email)?),
+                (None, false) => None,
+                (Some(_), false) => None,
+            };
+            if let Some(courier) = courier {
+                let throttled = Arc::new(Throttled::new(
+                    courier,
+                    rate(c.email_per_second),
+                    rate(c.email_per_second),
+                ));
+                d = d.with_courier(Channel::Email, throttled, c.max_in_flight);
+            }
+        }
+        if let Some(token) = c.sms.as_ref().and_then(|s| s.dlr_token.clone()) {
+            d = d.with_dlr_token(SecretString::from(token));
+        }
+        if c.sms_enabled {
+            let courier: Option<Arc<dyn Courier>> = match (&c.sms, dev) {
+                (Some(s), _) if c.spool_dir.is_none() => {
+                    let mut kc = KannelConfig::new(
+                        s.sendsms_url.clone(),
+                        s.username.clone(),
+                        SecretString::from(s.password.clone()),
+                        s.from.clone(),
+                    );
+                    kc.dlr_url = s.dlr_url.clone();
+                    kc.max_in_flight = c.max_in_flight.max(1);
+                    Some(Arc::new(KannelCourier::new(kc).map_err(bad)?))
+                }
+                (_, true) => Some(spool(dispatch::Channel::Sms)?),
+                (None, false) => None,
+                (Some(_), false) => None,
+            };
+            if let Some(courier) = courier {
+                let throttled = Arc::new(Throttled::new(
+                    courier,
+                    rate(c.sms_per_second),
+                    rate(c.sms_per_second),
+                ));
+                d = d.with_courier(Channel::Sms, throttled, c.max_in_flight);
+            }
+        }
+        Ok(Some(d))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The workers of `delivery` over `state`: waits for the outbox recovery, then claims and
+/// sends until `shutdown` turns true; then claims no more, lets the jobs in flight finish (up
+/// to [`crate::SHUTDOWN_GRACE`]) and returns. Jobs cut short stay `sending` and are queued
+/// again by the next start's recovery, with the same idempotency key.
+pub async fn run_workers(
+    state: AppState,
+    delivery: Arc<Delivery>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = crate::recover_outbox(state.clone(), crate::RECOVER_CHECK_EVERY) => {}
+        _ = stopped(&mut shutdown) => return,
+    }
+    let channels: Vec<&str> = delivery.lanes.iter().map(|l| l.channel.as_str()).collect();
+    tracing::info!(channels = %channels.join(","), "delivery workers started");
+    let mut tasks = JoinSet::new();
+    let mut overdue_at = tokio::time::Instant::now();
+    while !*shutdown.borrow() {
+        while tasks.try_join_next().is_some() {}
+        if tokio::time::Instant::now() >= overdue_at {
+            overdue_at += OVERDUE_EVERY;
+            overdue_alert(&state, &delivery).await;
+        }
+        let free: usize = delivery
+            .lanes
+            .iter()
+            .map(|l| l.slots.available_permits())
+            .sum();
+        let limit = delivery.batch.min(free.max(1));
+        let cms = state.cms.clone();
+        let claimed = match api::blocking(move || cms.claim_due(now_ms(), limit)).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(code = e.code(), "claiming dispatch jobs failed");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(delivery.poll) => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+            continue;
+        }
+        for job in claimed {
+            let Some(lane) = delivery.lane(job.channel) else {
+                let reason = format!("no courier for channel {} in this process", job.channel);
+                finish(&state, &delivery, &job, Err((true, reason))).await;
+                continue;
+            };
+            // Waiting here for a slot is the back-pressure: no more claims while full.
+            let Ok(permit) = lane.slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (state, delivery) = (state.clone(), delivery.clone());
+            tasks.spawn(async move {
+                deliver(&state, &delivery, job).await;
+                drop(permit);
+            });
+        }
+    }
+    let drained = tokio::time::timeout(crate::SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "delivery workers stopped with jobs in flight; they are sent again after restart"
+        );
+    }
+    tracing::info!("delivery workers stopped");
+}
+
+/// Logs how many parts are not delivered after the configured time (the overdue alert).
+async fn overdue_alert(state: &AppState, delivery: &Delivery) {
+    let cms = state.cms.clone();
+    let older = u64::try_from(delivery.overdue_after.as_millis()).unwrap_or(u64::MAX);
+    match api::blocking(move || cms.overdue(now_ms(), older, 1000)).await {
+        Ok(jobs) if !jobs.is_empty() => {
+            tracing::warn!(
+                overdue = jobs.len(),
+                after_secs = delivery.overdue_after.as_secs(),
+                "dispatch parts not delivered in time"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(code = e.code(), "overdue check failed"),
+    }
+}
+
+/// A failure: whether it is temporary, and a reason without codes or contacts.
+type Failure = (bool, String);
+
+/// Sends one claimed job and records the outcome.
+async fn deliver(state: &AppState, delivery: &Arc<Delivery>, job: Job) {
+    let (st, d, id) = (state.clone(), delivery.clone(), job.id);
+    let prepared = tokio::task::spawn_blocking(move || prepare(&st, &d, id))
+        .await
+        .unwrap_or_else(|_| Err((true, "preparing the message failed".to_owned())));
+    let outcome = match prepared {
+        Err(f) => Err(f),
+        Ok(outgoing) => {
+            let sent = match delivery.lane(job.channel) {
+                Some(lane) => lane.courier.send(&outgoing).await,
+                None => Err(dispatch::courier::SendError::temporary("no courier")),
+            };
+            drop(outgoing);
+            sent.map_err(|e| (e.is_temporary(), without_addresses(e.reason())))
+        }
+    };
+    finish(state, delivery, &job, outcome.map(|s| s.peer_id)).await;
+}
+
+/// Marks `job` sent (with the courier's id for it) or failed.
+async fn finish(
+    state: &AppState,
+    delivery: &Delivery,
+    job: &Job,
+    outcome: Result<String, Failure>,
+) {
+    let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
+    let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
+    match outcome {
+        Ok(peer) => {
+            let peer = peer_id(&peer);
+            match api::blocking(move || cms.mark_sent(&audit, id, &peer)).await {
+                Ok(_) => tracing::info!(job = id, channel, part, outcome = "sent", "dispatch"),
+                Err(e) => tracing::error!(
+                    job = id,
+                    channel,
+                    part,
+                    code = e.code(),
+                    "sent, but the job could not be marked sent"
+                ),
+            }
+        }
+        Err((temporary, reason)) => {
+            let policy = delivery.policy;
+            let marked = api::blocking(move || {
+                cms.mark_failed(&*hsm, &audit, id, temporary, &reason, now_ms(), &policy)
+            })
+            .await;
+            match marked {
+                Ok(j) => tracing::warn!(
+                    job = id,
+                    channel,
+                    part,
+                    temporary,
+                    attempts = j.attempts,
+                    outcome = j.state.as_str(),
+                    "dispatch failed"
+                ),
+                Err(e) => tracing::error!(
+                    job = id,
+                    channel,
+                    part,
+                    code = e.code(),
+                    "the failed job could not be marked failed"
+                ),
+            }
+        }
+    }
+}
+
+/// On the blocking pool: release (audited), render the job's part, address it.
+fn prepare(state: &AppState, delivery: &Delivery, id: u64) -> Result<Outgoing, Failure> {
+    let actor = Actor::system(format!("dispatch-job-{id}"));
+    let release = state
+        .cms
+        .release_for_job(&*state.hsm, &state.audit, id, Date::today_utc(), &actor)
+        .map_err(|e| {
+            let permanent = matches!(
+                e,
+                vault::Error::WrongState { .. }
+                    | vault::Error::Refused(_)
+                    | vault::Error::NotFound(_)
+                    | vault::Error::Invalid(_)
+            );
+            (!permanent, format!("release refused: {e}"))
+        })?;
+    let job = &release.job;
+    let render_failed = |e: dispatch::Error| (false, format!("render: {e}"));
+    let plan = Plan::parse(&job.courier_plan()).map_err(render_failed)?;
+    let codes = to_dispatch(&release.codes).map_err(render_failed)?;
+    let wanted = job.part.as_str();
+    let part = plan
+        .cut(&codes)
+        .map_err(render_failed)?
+        .into_iter()
+        .find(|p| p.part.name.as_str().eq_ignore_ascii_case(wanted))
+        .ok_or_else(|| (false, format!("render: plan has no part {wanted}")))?;
+    let addressee = Addressee {
+        name: release.name.to_string(),
+        address: Vec::new(),
+    };
+    let mailer = Mailer {
+        addressee: &addressee,
+        card_serial: &job.serial,
+        codes: &part,
+        number: None,
+    };
+    let permanent = |e: dispatch::courier::SendError| (false, e.reason().to_owned());
+    let key = IdempotencyKey::new(job.idempotency_key.clone()).map_err(permanent)?;
+    match (&release.destination, job.channel) {
+        (ReleaseDestination::Email(to), Channel::Email) => {
+            let message = delivery
+                .email
+                .render_email(&mailer)
+                .map_err(render_failed)?;
+            let to = Destination::email(to.as_str()).map_err(permanent)?;
+            Outgoing::email(key, to, message).map_err(permanent)
+        }
+        (ReleaseDestination::Mobile(to), Channel::Sms) => {
+            let message = delivery.sms.render_sms(&mailer).map_err(render_failed)?;
+            let to = Destination::phone(to.as_str()).map_err(permanent)?;
+            Outgoing::sms(key, to, message).map_err(permanent)
+        }
+        _ => Err((false, "channel and destination differ".to_owned())),
+    }
+}
+
+/// A courier's reason with any e-mail address (a word with `@`) blanked out; the vault blanks
+/// digit runs (numbers) itself.
+fn without_addresses(reason: &str) -> String {
+    reason
+        .split(' ')
+        .map(|w| if w.contains('@') { "<address>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A courier's id for a message, as the outbox keeps it: printable ASCII, no blanks, at most
+/// 128 characters.
+fn peer_id(peer: &str) -> String {
+    let p: String = peer
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect();
+    if p.is_empty() {
+        "accepted".to_owned()
+    } else {
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn print() -> PrintSetup {
+        PrintSetup {
+            templates: Arc::new(dispatch::Templates::builtin().unwrap()),
+            layout: dispatch::Layout::default(),
+            issuer: dispatch::Issuer::default(),
+            out_dir: PathBuf::from("print"),
+            recipients: Vec::new(),
+            per_file: 1,
+        }
+    }
+
+    #[test]
+    fn couriers_from_config() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing configured: no workers, except --dev, which spools both channels.
+        assert!(Delivery::from_config(None, false, dir.path(), &print())
+            .unwrap()
+            .is_none());
+        let d = Delivery::from_config(None, true, dir.path(), &print())
+            .unwrap()
+            .unwrap();
+        assert!(d.lane(Channel::Email).is_some() && d.lane(Channel::Sms).is_some());
+        assert!(dir.path().join("spool").is_dir());
+        assert!(d.dlr_token().is_none());
+        // A spool outside --dev is refused.
+        let spool = DispatchConfig {
+            spool_dir: Some(dir.path().join("s")),
+            ..DispatchConfig::default()
+        };
+        let e = Delivery::from_config(Some(&spool), false, dir.path(), &print()).unwrap_err();
+        assert!(e.to_string().contains("spool_dir"), "{e}");
+        // A relay and no gateway: e-mail only; the policy from the table.
+        let relay = DispatchConfig {
+            smtp: Some(crate::config::SmtpSection {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                tls: SmtpTls::None,
+                from: "pin@example.it".into(),
+                max_connections: 2,
+            }),
+            max_attempts: 2,
+            ..DispatchConfig::default()
+        };
+        let d = Delivery::from_config(Some(&relay), false, dir.path(), &print())
+            .unwrap()
+            .unwrap();
+        assert!(d.lane(Channel::Email).is_some() && d.lane(Channel::Sms).is_none());
+        assert_eq!(d.policy.max_attempts, 2);
+        assert!(!format!("{d:?}").is_empty());
+    }
+
+    #[test]
+    fn reasons_lose_addresses_and_peer_ids_are_clean() {
+        assert_eq!(
+            without_addresses("550 5.1.1 <mario@example.it>: rejected"),
+            "550 5.1.1 <address> rejected"
+        );
+        assert_eq!(peer_id("<a b@c>"), "<ab@c>");
+        assert_eq!(peer_id(" \n"), "accepted");
+        assert_eq!(peer_id(&"x".repeat(300)).len(), 128);
+    }
+}

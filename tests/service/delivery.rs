@@ -1,0 +1,308 @@
+//! The delivery workers end to end, on sled, with `plico::serve` on a real socket: a dispatch by
+//! e-mail reaches smtp-sink once, with the card's codes and without its full serial, and the
+//! part becomes `sent`; a card suspended between dispatch and send makes its job `dead` and
+//! nothing is sent; a `counter(2)+sms` dispatch goes through Kannel and its fake SMSC, and
+//! Kannel's delivery report to `/v1/dlr` makes part B `delivered`. `/v1/dlr` without the
+//! token, or with a wrong one, is 401.
+
+use super::batches::{codes_of, serial};
+use super::peers::{smtp_sink, Kannel};
+use super::support::{cf, cie_state, codes_file, identification, open_with_accounts, Client};
+use super::*;
+use dispatch::courier::sms::KannelCourier;
+use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
+use dispatch::courier::Courier;
+use plico::delivery::Delivery;
+use vault::cms::{Channel, Fallback, JobState, OutboxPolicy, Part};
+
+const SALT: u64 = 0x6465_6c69;
+const TOKEN: &str = "dlr-token-0123456789abcdef";
+const HEADER: &str = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
+const HOLDERS: [(&str, u64); 2] = [("DNGNCL80A01F839", 601), ("MLLZOE92M45F205", 602)];
+
+fn policy() -> OutboxPolicy {
+    OutboxPolicy {
+        max_attempts: 3,
+        backoff_base_ms: 200,
+        backoff_max_ms: 1000,
+        jitter: false,
+        fallback: Fallback {
+            sms_to_email: false,
+            counter_reprint: true,
+        },
+    }
+}
+
+/// A service over sled with cards 601 and 602 active, and `plico::serve` running its workers
+/// with the couriers `couriers` makes (given the listener's port) until dropped.
+struct Running {
+    _dir: tempfile::TempDir,
+    state: AppState,
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn start(
+        dir: tempfile::TempDir,
+        couriers: impl FnOnce(u16) -> Vec<(Channel, Arc<dyn Courier>)>,
+        before_workers: impl AsyncFnOnce(&Client, &AppState),
+    ) -> Running {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = cie_state(
+            &dir.path().join("data"),
+            plico::DEFAULT_SENSITIVE_PER_MINUTE,
+        );
+        let mut delivery =
+            Delivery::new(&state.print.clone(), policy()).with_dlr_token(SecretString::from(TOKEN));
+        delivery.poll = Duration::from_millis(50);
+        for (channel, courier) in couriers(port) {
+            delivery = delivery.with_courier(channel, courier, 4);
+        }
+        let state = state.with_delivery(delivery);
+        let staff = open_with_accounts(&state, &["manufacturer", "cms", "operator"]);
+        let client = Client::new(&state, staff.tokens);
+        let csv: String = std::iter::once(HEADER.to_owned())
+            .chain(HOLDERS.iter().enumerate().map(|(i, (cf15, n))| {
+                format!(
+                    "{};Nicolò;D'Angelo;1980-01-01;h{i}@example.it;+39333111220{i};Via Roma {n}, 00100 Roma;false;{};2032-12-31;\n",
+                    cf(cf15),
+                    serial(*n)
+                )
+            }))
+            .collect();
+        let a = client
+            .post_raw("cms", "/v1/registry", "text/csv", csv)
+            .await;
+        assert_eq!(a.json["outcome"], "applied", "{}", a.text);
+        let a = client
+            .post_raw(
+                "manufacturer",
+                "/v1/batches?manufacturer=ACME",
+                "text/plain",
+                codes_file(601..=602, SALT),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+        for (_, n) in HOLDERS {
+            let uri = format!("/v1/cards/{}/activate", serial(n));
+            let a = client.post("operator", &uri, identification(n)).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        }
+        before_workers(&client, &state).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn({
+            let state = state.clone();
+            async move {
+                plico::serve(listener, state, None, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        Running {
+            _dir: dir,
+            state,
+            client,
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    /// Waits until card `n`'s latest job for `part` is in `state`.
+    async fn wait_for(&self, n: u64, part: Part, state: JobState) -> vault::cms::Job {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let jobs = self.state.cms.jobs_of(&serial(n)).unwrap();
+            if let Some(j) = jobs.iter().rev().find(|j| j.part == part) {
+                if j.state == state {
+                    return j.clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "card {n} part {part}: {} (attempts {}, {:?}), not {state}",
+                    j.state,
+                    j.attempts,
+                    j.last_error
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap();
+        }
+    }
+}
+
+async fn dispatch(client: &Client, n: u64, plan: &str) {
+    let uri = format!("/v1/cards/{}/dispatch", serial(n));
+    let a = client.post("cms", &uri, json!({"plan": plan})).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
+    let running = Running::start(
+        dir,
+        |_| {
+            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
+            c.security = SmtpSecurity::InsecurePlaintext;
+            vec![(
+                Channel::Email,
+                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        async |client, _| {
+            dispatch(client, 601, "email").await;
+            dispatch(client, 602, "email").await;
+            // Card 602 is suspended between its dispatch and the workers' start.
+            let uri = format!("/v1/cards/{}/suspend", serial(602));
+            let a = client
+                .post("operator", &uri, json!({"reason": "lost"}))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        },
+    )
+    .await;
+    let sent = running.wait_for(601, Part::Whole, JobState::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    let dead = running.wait_for(602, Part::Whole, JobState::Dead).await;
+    assert_eq!(dead.attempts, 1, "a refused release is not retried");
+    let status = running
+        .client
+        .get("cms", &format!("/v1/cards/{}", serial(601)))
+        .await;
+    assert_eq!(status.json["parts"][0]["state"], "sent", "{}", status.text);
+    // Give a duplicate the time to arrive, then: one message, card 601's codes, no full serial.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let files: Vec<PathBuf> = std::fs::read_dir(sink_dir.join("mail"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = String::from_utf8_lossy(&std::fs::read(&files[0]).unwrap()).into_owned();
+    let (pin, puk) = codes_of(601, SALT);
+    assert!(text.contains(&pin) && text.contains(&puk), "codes missing");
+    assert!(!text.contains(&serial(601)), "full serial in the message");
+    let (pin2, puk2) = codes_of(602, SALT);
+    assert!(!text.contains(&pin2) && !text.contains(&puk2));
+    // The release of 601 is audited for its job; 602's codes were never released.
+    let events = running
+        .state
+        .audit
+        .query(&vault::audit::Query {
+            action: Some("card.codes_release".into()),
+            limit: 100,
+            ..vault::audit::Query::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].details["for"],
+        format!("dispatch job {}", sent.id)
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sms_through_kannel_is_delivered_by_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let kannel_dir = dir.path().join("kannel");
+    std::fs::create_dir(&kannel_dir).unwrap();
+    let kannel = Kannel::start(&kannel_dir).await;
+    let running = Running::start(
+        dir,
+        |port| {
+            let mut c = kannel.config("s3cret");
+            c.dlr_url = Some(format!(
+                "http://127.0.0.1:{port}/v1/dlr?token={TOKEN}&key=%KEY%&status=%d"
+            ));
+            vec![(
+                Channel::Sms,
+                Arc::new(KannelCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        async |client, _| dispatch(client, 601, "counter(2)+sms").await,
+    )
+    .await;
+    let b = running.wait_for(601, Part::B, JobState::Delivered).await;
+    assert_eq!(b.attempts, 1);
+    let status = running
+        .client
+        .get("cms", &format!("/v1/cards/{}", serial(601)))
+        .await;
+    assert_eq!(
+        status.json["parts"][1]["state"], "delivered",
+        "{}",
+        status.text
+    );
+    // The SMS carried part B only: the last digits, not the whole PIN.
+    let log = kannel.fakesmsc_log();
+    let (pin, _) = codes_of(601, SALT);
+    assert!(log.contains(&pin[2..]), "part B not at the fake SMSC");
+    assert!(!log.contains(&pin), "whole PIN in an SMS");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn delivery_reports_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = cie_state(
+        &dir.path().join("data"),
+        plico::DEFAULT_SENSITIVE_PER_MINUTE,
+    );
+    let state = state.clone().with_delivery(
+        Delivery::new(&state.print.clone(), policy()).with_dlr_token(SecretString::from(TOKEN)),
+    );
+    open_with_accounts(&state, &[]);
+    let router = app(state.clone());
+    let get = |uri: String| {
+        let app = router.clone();
+        async move {
+            let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            send(&app, req).await
+        }
+    };
+    let key = "00112233445566778899aabbccddeeff";
+    for uri in [
+        format!("/v1/dlr?key={key}&status=1"),
+        format!("/v1/dlr?token=wrong&key={key}&status=1"),
+        format!("/v1/dlr?token={TOKEN}x&key={key}&status=1"),
+        "/v1/dlr".to_owned(),
+    ] {
+        let a = get(uri.clone()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{uri}: {}", a.text);
+    }
+    // With the token: intermediate reports are ignored, an unknown key is 404.
+    let a = get(format!("/v1/dlr?token={TOKEN}&key={key}&status=8")).await;
+    assert_eq!(
+        (a.status, &a.json["outcome"]),
+        (StatusCode::OK, &json!("ignored"))
+    );
+    let a = get(format!("/v1/dlr?token={TOKEN}&key={key}&status=1")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    // A service without a token refuses every report.
+    let bare = cie_state(
+        &dir.path().join("bare"),
+        plico::DEFAULT_SENSITIVE_PER_MINUTE,
+    );
+    let req = Request::builder()
+        .uri(format!("/v1/dlr?token={TOKEN}&key={key}&status=1"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app(bare), req).await.status, StatusCode::UNAUTHORIZED);
+}

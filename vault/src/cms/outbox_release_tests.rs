@@ -1,0 +1,127 @@
+//! Releases for claimed jobs on sled: an active card gives codes, destination and name with a
+//! `card.codes_release` event for the job; a suspended card and a changed contact are refused.
+
+use super::outbox::Job;
+use super::outbox_release::ReleaseDestination;
+use super::registry_parse::{CardEntry, HolderEntry};
+use super::tests::{actor, cf, date, holder_activation, serial, today, World};
+use super::{Change, Reason};
+use crate::audit::Query;
+use crate::Error;
+
+fn holder(w: &World, mobile: &str) {
+    let entry = HolderEntry {
+        first_line: 2,
+        codice_fiscale: cf(0),
+        given_names: "Nicolò".into(),
+        surname: "D'Angelo".into(),
+        birth_date: date("1985-12-10"),
+        email: Some("h0@example.it".into()),
+        mobile: Some(mobile.into()),
+        address: Some("Via Roma 1, 00100 Roma".into()),
+        deceased: false,
+        cards: vec![CardEntry {
+            line: 2,
+            serial: serial(1),
+            expiry: date("2030-01-01"),
+            replaced_by: None,
+        }],
+    };
+    w.cms()
+        .import_registry(&*w.hsm, w.audit(), &[entry], today(), &actor())
+        .unwrap();
+}
+
+/// Card 1, active, with codes; a dispatch by `plan`, its remote job claimed.
+fn claimed(plan: &str) -> (World, Job) {
+    let w = World::new();
+    holder(&w, "+393331234567");
+    w.import_codes(&[serial(1)]);
+    w.change(1, &holder_activation()).unwrap();
+    w.cms()
+        .request_dispatch(&*w.hsm, w.audit(), &serial(1), plan, today(), &actor())
+        .unwrap();
+    let mut jobs = w.cms().claim_due(u64::MAX / 2, 10).unwrap();
+    assert_eq!(jobs.len(), 1);
+    (w, jobs.remove(0))
+}
+
+fn releases(w: &World) -> Vec<String> {
+    w.audit()
+        .query(&Query {
+            action: Some("card.codes_release".into()),
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.details.get("for").cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn an_active_card_releases_codes_destination_and_name_audited() {
+    let (w, job) = claimed("counter(2)+sms");
+    let r = w
+        .cms()
+        .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
+        .unwrap();
+    assert_eq!(r.job.id, job.id);
+    assert!(
+        matches!(&r.destination, ReleaseDestination::Mobile(m) if m.as_str() == "+393331234567")
+    );
+    assert_eq!(r.name.as_str(), "Nicolò D'Angelo");
+    let shown = format!("{r:?}");
+    assert!(
+        !shown.contains("+39") && !shown.contains("Nicol"),
+        "{shown}"
+    );
+    let pin = String::from_utf8(r.codes.pin.expose_secret().to_vec()).unwrap();
+    assert!(!shown.contains(&pin), "{shown}");
+    assert_eq!(releases(&w), vec![format!("dispatch job {}", job.id)]);
+    // An e-mail job goes to the e-mail address.
+    let (w, job) = claimed("email");
+    let r = w
+        .cms()
+        .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
+        .unwrap();
+    assert!(
+        matches!(&r.destination, ReleaseDestination::Email(e) if e.as_str() == "h0@example.it")
+    );
+}
+
+#[test]
+fn a_suspended_card_is_refused_and_nothing_released() {
+    let (w, job) = claimed("email");
+    w.change(1, &Change::Suspend(Reason::Lost)).unwrap();
+    let err = w
+        .cms()
+        .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    assert!(releases(&w).is_empty());
+}
+
+#[test]
+fn a_changed_contact_is_refused_and_a_job_not_sending_too() {
+    let (w, job) = claimed("counter(2)+sms");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    holder(&w, "+393339999999");
+    let err = w
+        .cms()
+        .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("changed after the last identification")),
+        "{err}"
+    );
+    assert!(releases(&w).is_empty());
+    // The job once sent is no longer `sending`.
+    w.cms().mark_sent(w.audit(), job.id, "peer-1").unwrap();
+    let err = w
+        .cms()
+        .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+}
