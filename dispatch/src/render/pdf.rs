@@ -1020,27 +1020,33 @@ fn code_box(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Resul
 
 /// Prints the body below `from`; returns the bottom of its last line.
 fn body(d: &mut impl Draw, l: &Layout, lines: &[&str], from: f32) -> Result<f32> {
-    let size = l.body_font_size;
-    let x = pt(l.margin_left_mm);
-    let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
-    let leading = size * l.line_height;
     let mut top = from + pt(l.body_gap_mm);
     for line in lines {
         if line.trim().is_empty() {
             top += pt(l.paragraph_gap_mm);
             continue;
         }
-        for piece in wrap(line, size, width) {
-            d.text(
-                Font::Regular,
-                size,
-                x,
-                top + size,
-                piece,
-                "template print.txt [body]",
-            )?;
-            top += leading;
-        }
+        top = paragraph(d, l, line, top)?;
+    }
+    Ok(top)
+}
+
+/// Prints one body paragraph wrapped to the page from `top`; returns the top of the line
+/// after it.
+fn paragraph(d: &mut impl Draw, l: &Layout, line: &str, mut top: f32) -> Result<f32> {
+    let size = l.body_font_size;
+    let x = pt(l.margin_left_mm);
+    let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
+    for piece in wrap(line, size, width) {
+        d.text(
+            Font::Regular,
+            size,
+            x,
+            top + size,
+            piece,
+            "template print.txt [body]",
+        )?;
+        top += size * l.line_height;
     }
     Ok(top)
 }
@@ -1049,7 +1055,6 @@ fn body(d: &mut impl Draw, l: &Layout, lines: &[&str], from: f32) -> Result<f32>
 /// (wrapped per mailer), and the static text after it goes to a form drawn with the shift.
 fn body_prepare(p: &mut Preparer<'_>, l: &Layout, lines: &[&str], from: f32) -> Result<f32> {
     let size = l.body_font_size;
-    let x = pt(l.margin_left_mm);
     let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
     let leading = size * l.line_height;
     let mut top = from + pt(l.body_gap_mm);
@@ -1072,17 +1077,7 @@ fn body_prepare(p: &mut Preparer<'_>, l: &Layout, lines: &[&str], from: f32) -> 
             }
             continue;
         }
-        for piece in wrap(line, size, width) {
-            p.text(
-                Font::Regular,
-                size,
-                x,
-                top + size,
-                piece,
-                "template print.txt [body]",
-            )?;
-            top += leading;
-        }
+        top = paragraph(p, l, line, top)?;
     }
     // The footer is not shifted.
     p.after_para = false;

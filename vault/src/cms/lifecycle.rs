@@ -167,6 +167,27 @@ impl Cms {
             .ok_or_else(|| Error::NotFound(format!("card {serial}")))
     }
 
+    /// The card, `active` on `today` (an expired card is revoked on the way, as on every
+    /// access), or [`Error::WrongState`] naming its state. Called with the ops lock held.
+    pub(super) fn active_card(
+        &self,
+        audit: &AuditLog,
+        serial: &str,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<CardRecord> {
+        let card = self.required_card(serial)?;
+        let card = self.expire_on_access(audit, card, today, actor)?;
+        if card.state != CardState::Active {
+            return Err(Error::WrongState {
+                subject: format!("card {serial}"),
+                state: card.state.to_string(),
+                wanted: "active".to_string(),
+            });
+        }
+        Ok(card)
+    }
+
     /// Revokes `card` if it is past expiry on `today` (in its own commit, with its event), and
     /// returns the card as it now is. Called with the ops lock held.
     pub(crate) fn expire_on_access(
@@ -356,15 +377,7 @@ impl Cms {
         actor: &Actor,
     ) -> Result<CardCodes> {
         let _ops = self.ops_lock();
-        let card = self.required_card(serial)?;
-        let card = self.expire_on_access(audit, card, today, actor)?;
-        if card.state != CardState::Active {
-            return Err(Error::WrongState {
-                subject: format!("card {serial}"),
-                state: card.state.to_string(),
-                wanted: "active".to_string(),
-            });
-        }
+        self.active_card(audit, serial, today, actor)?;
         let codes = self
             .codes
             .find(hsm, serial)?

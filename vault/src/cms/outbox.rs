@@ -791,15 +791,7 @@ impl Cms {
         today: Date,
         actor: &Actor,
     ) -> Result<CardRecord> {
-        let card = self.required_card(serial)?;
-        let card = self.expire_on_access(audit, card, today, actor)?;
-        if card.state != CardState::Active {
-            return Err(Error::WrongState {
-                subject: format!("card {serial}"),
-                state: card.state.to_string(),
-                wanted: "active".to_string(),
-            });
-        }
+        let card = self.active_card(audit, serial, today, actor)?;
         if self.codes.locate(serial)?.is_none() {
             return Err(Error::Refused(format!(
                 "card {serial}: its codes are not held"
