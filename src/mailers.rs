@@ -43,6 +43,27 @@ pub struct PrintSetup {
 }
 
 impl PrintSetup {
+    /// Creates the output directory (mode 0700) if it is missing.
+    ///
+    /// # Errors
+    /// [`vault::Error::Storage`] naming the directory.
+    pub fn create_out_dir(&self) -> vault::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if self.out_dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.out_dir)
+            .map_err(|e| {
+                vault::Error::Storage(format!(
+                    "print output directory {}: {e}",
+                    self.out_dir.display()
+                ))
+            })
+    }
+
     /// A renderer for these settings.
     pub fn renderer(&self) -> PrintRenderer {
         PrintRenderer::new(

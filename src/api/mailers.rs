@@ -273,7 +273,7 @@ async fn start_run(
     let actor = caller.actor();
     let s = state.clone();
     let task = tokio::task::spawn_blocking(move || {
-        if let Err(e) = out_dir(&s.print.out_dir) {
+        if let Err(e) = s.print.create_out_dir() {
             let _ = tx.send(Err(e));
             return;
         }
@@ -331,21 +331,6 @@ async fn start_run(
         res.headers_mut().insert(header::LOCATION, v);
     }
     Ok(res)
-}
-
-/// Creates the print output directory (mode 0700) if it is missing.
-fn out_dir(dir: &std::path::Path) -> vault::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| {
-            vault::Error::Storage(format!("print output directory {}: {e}", dir.display()))
-        })
 }
 
 fn view(state: &AppState, record: PrintRunRecord) -> RunView {

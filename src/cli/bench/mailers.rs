@@ -232,16 +232,16 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
 
     let identity = age::x25519::Identity::generate();
     let setup = |dir: &str| -> anyhow::Result<PrintSetup> {
-        let out_dir = work.join(dir);
-        std::fs::create_dir_all(&out_dir)?;
-        Ok(PrintSetup {
+        let setup = PrintSetup {
             templates: Arc::new(Templates::builtin()?),
             layout: Layout::default(),
             issuer: Issuer::default(),
-            out_dir,
+            out_dir: work.join(dir),
             recipients: vec![identity.to_public().to_string()],
             per_file,
-        })
+        };
+        setup.create_out_dir()?;
+        Ok(setup)
     };
     let plan = Plan::Whole;
     reset_peak_rss();
