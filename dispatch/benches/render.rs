@@ -1,12 +1,14 @@
-//! Criterion benches of the three renderers, one mailer each (the print page both through its
-//! prepared shape and the direct way), and of a whole print file of 10,000 pages into a `Vec`
-//! sink on one thread (reported as pages per second).
+//! Criterion benches of the three renderers, one mailer each (the print page, the e-mail and
+//! the SMS both through their prepared shape and the direct way, templating every mailer), and
+//! of a whole print file of 10,000 pages into a `Vec` sink on one thread (reported as pages
+//! per second).
 //!
 //! Before criterion runs, a line `print_bytes_per_page prepared=… direct=…` gives the size of
 //! a 1,000-page file a page, both ways.
 //!
 //! ```text
 //! cargo bench -p dispatch --bench render
+//! cargo bench -p dispatch --bench render -- 'render/(email|sms)'
 //! ```
 
 // A bench is a test harness: a failure should stop it loudly.
@@ -77,7 +79,13 @@ fn renderers(c: &mut Criterion) {
     g.bench_function("email", |b| {
         b.iter(|| black_box(email.render(&m(1)).unwrap()))
     });
+    g.bench_function("email_direct", |b| {
+        b.iter(|| black_box(email.render_email_direct(&m(1)).unwrap()))
+    });
     g.bench_function("sms", |b| b.iter(|| black_box(sms.render(&m(1)).unwrap())));
+    g.bench_function("sms_direct", |b| {
+        b.iter(|| black_box(sms.render_sms_direct(&m(1)).unwrap()))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("pdf_file");

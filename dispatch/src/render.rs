@@ -8,6 +8,9 @@
 //! - [`email::EmailRenderer`]: subject, text and HTML bodies (no sending);
 //! - [`sms::SmsRenderer`]: one GSM-7 message of at most 160 septets.
 //!
+//! Each renderer templates once per *shape* of mailer and fills in the per-mailer values and
+//! the codes per mailer (print pages in [`pdf`], e-mail and SMS texts in [`prepared`]).
+//!
 //! Texts come from [`templates::Templates`]; positions and sizes of the page from
 //! [`layout::Layout`].
 //!
@@ -21,6 +24,7 @@
 pub mod email;
 pub mod layout;
 pub mod pdf;
+pub mod prepared;
 pub mod sms;
 pub mod templates;
 mod winansi;

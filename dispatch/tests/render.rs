@@ -677,3 +677,316 @@ fn values_that_could_change_the_layout_take_the_direct_path() {
         }
     }
 }
+
+// ---- Prepared e-mail and SMS texts (templated once a shape) against the direct path ----
+
+const PLANS: [&str; 7] = [
+    "whole",
+    "mailer",
+    "counter(1)+sms",
+    "counter(2)+sms",
+    "counter(2)+email",
+    "counter(3)+remote",
+    "counter(4)+email",
+];
+
+/// Names a registry holds, and names that must take the direct path (last five).
+fn names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "Niccolò D’Aragona",
+        "Giovanni D'Aragona",
+        "Àlfio Èrcole Ìppolito D’Òria Ùgo",
+        "Ada",
+        "<b>Zoë</b> & Co \"Ltd\" / 'x'",
+        "Maria  Giuseppina  (two spaces)",
+        "Łukasz Żółć — 你好",
+        "&amp; &#x27; &lt;",
+        "{{ pin }} {% if %}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.push(format!("{} dell’Olmo", "Annunziata D'Este ".repeat(12)));
+    names.extend(
+        [
+            " Ada",
+            "Ada ",
+            "",
+            "Ada\tNeri",
+            "Ada\u{E000}P",
+            "Ada\u{E000}n",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    names
+}
+
+fn same_email(a: &Result<EmailMessage>, b: &Result<EmailMessage>, what: &str) {
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.subject, b.subject, "subject: {what}");
+            assert_eq!(
+                a.text.expose_secret(),
+                b.text.expose_secret(),
+                "text: {what}"
+            );
+            assert_eq!(
+                a.html.expose_secret(),
+                b.html.expose_secret(),
+                "html: {what}"
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+        (a, b) => panic!("{what}: {a:?} {b:?}"),
+    }
+}
+
+fn same_sms(a: &Result<SmsMessage>, b: &Result<SmsMessage>, what: &str) {
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.text.expose_secret(), b.text.expose_secret(), "{what}");
+            assert_eq!(a.septets, b.septets, "{what}");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+        (a, b) => panic!("{what}: {a:?} {b:?}"),
+    }
+}
+
+/// Renders every name × serial × card (with and without a signature pair) × part of
+/// [`PLANS`] × number both ways with `email` and `sms`; returns how many mailers were
+/// prepared and how many took the direct path.
+fn compare_both_ways(email: &EmailRenderer, sms: &SmsRenderer) -> (usize, usize) {
+    let cards = [
+        codes(),
+        codes().with_signature(b"97531", b"86420864").unwrap(),
+    ];
+    let (mut prepared, mut direct) = (0, 0);
+    for name in names() {
+        let who = Addressee {
+            name,
+            address: vec![],
+        };
+        for serial in [SERIAL, "80380001 00123456 7890", "12345678"] {
+            for card in &cards {
+                for plan in PLANS {
+                    for part in Plan::parse(plan).unwrap().cut(card).unwrap() {
+                        for number in [
+                            Some(0),
+                            Some(7),
+                            None,
+                            Some(1_234_567_890_123),
+                            Some(u64::MAX),
+                        ] {
+                            let m = Mailer {
+                                addressee: &who,
+                                card_serial: serial,
+                                codes: &part,
+                                number,
+                            };
+                            let what = format!("{:?} {serial} {plan} {number:?}", who.name);
+                            same_email(
+                                &email.render_email(&m),
+                                &email.render_email_direct(&m),
+                                &what,
+                            );
+                            same_sms(&sms.render_sms(&m), &sms.render_sms_direct(&m), &what);
+                            let p = email.is_prepared(&m);
+                            assert_eq!(p, sms.is_prepared(&m), "{what}");
+                            if p {
+                                prepared += 1;
+                            } else {
+                                direct += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (prepared, direct)
+}
+
+#[test]
+fn prepared_emails_and_sms_equal_direct_ones() {
+    let email = EmailRenderer::new(templates(), Issuer::default());
+    let sms = SmsRenderer::new(templates(), Issuer::default());
+    let (prepared, direct) = compare_both_ways(&email, &sms);
+    // The built-in templates prepare every shape: only the last six names take the direct
+    // path.
+    let per_name = (prepared + direct) / names().len();
+    assert_eq!(direct, 6 * per_name, "{prepared} {direct}");
+
+    // Long issuer texts: SMS over 160 septets, refused the same way both ways.
+    let issuer = Issuer {
+        name: "Azienda Sanitaria Locale della Provincia Autonoma di Città Lontana [servizi] & <Co>"
+            .into(),
+        ..Issuer::default()
+    };
+    compare_both_ways(
+        &EmailRenderer::new(templates(), issuer.clone()),
+        &SmsRenderer::new(templates(), issuer),
+    );
+}
+
+#[test]
+fn prepared_texts_are_shared_by_threads() {
+    let email = Arc::new(EmailRenderer::new(templates(), Issuer::default()));
+    let sms = Arc::new(SmsRenderer::new(templates(), Issuer::default()));
+    let card = codes().with_signature(b"97531", b"86420864").unwrap();
+    let parts: Vec<PartCodes> = PLANS
+        .iter()
+        .flat_map(|p| Plan::parse(p).unwrap().cut(&card).unwrap())
+        .collect();
+    let who = addressee();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (email, sms, parts, who) = (email.clone(), sms.clone(), &parts, &who);
+            s.spawn(move || {
+                for i in 0..200 {
+                    let m = Mailer {
+                        number: Some(i),
+                        ..mailer(who, &parts[(i as usize + t) % parts.len()])
+                    };
+                    assert!(email.is_prepared(&m));
+                    same_email(&email.render_email(&m), &email.render_email_direct(&m), "");
+                    same_sms(&sms.render_sms(&m), &sms.render_sms_direct(&m), "");
+                }
+            });
+        }
+    });
+}
+
+/// Templates from a directory holding `files`.
+fn overrides(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Templates>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in files {
+        std::fs::write(dir.path().join(name), source).unwrap();
+    }
+    let t = Arc::new(Templates::load(Some(dir.path())).unwrap());
+    (dir, t)
+}
+
+#[test]
+fn text_templates_that_treat_values_specially_take_the_direct_path() {
+    let builtin = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("templates")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let html = builtin("email.html");
+    let text = builtin("email.txt");
+    let subject = builtin("email_subject.txt");
+    let sms_source = builtin("sms.txt");
+    let greeting = "Gentile {{ holder.name }},";
+    assert!(html.contains(greeting) && text.contains(greeting));
+    let cases: Vec<(&str, String, &str)> = vec![
+        // Marked safe: only a probe with HTML special characters shows it.
+        (
+            "email.html",
+            html.replace(greeting, "Gentile {{ holder.name|safe }},"),
+            "Gentile <b>Zoë</b> & Co,",
+        ),
+        (
+            "email.txt",
+            text.replace(greeting, "Gentile {{ holder.name|upper }},"),
+            "Gentile <B>ZOË</B> & CO,",
+        ),
+        (
+            "email.txt",
+            text.replace(
+                greeting,
+                "Gentile {% if holder.name|length > 30 %}cliente{% else %}{{ holder.name }}{% endif %},",
+            ),
+            "Gentile <b>Zoë</b> & Co,",
+        ),
+        (
+            "email.txt",
+            text.replace(greeting, "Gentile {{ holder.name }}{% if number %} (n. {{ number }}){% endif %},"),
+            "Gentile <b>Zoë</b> & Co,",
+        ),
+        (
+            "email_subject.txt",
+            subject.replace("{{ card.serial_masked }}", "{{ card.serial_last4|int + 1 }}"),
+            "Regione Esempio: codici della carta 1235",
+        ),
+        (
+            "sms.txt",
+            sms_source.replace("***{{ card.serial_last4 }}", "***{{ card.serial_last4|reverse }}"),
+            "carta ***4321",
+        ),
+    ];
+    let who = Addressee {
+        name: "<b>Zoë</b> & Co".into(),
+        address: vec![],
+    };
+    let card = codes();
+    for (file, source, expected) in cases {
+        assert_ne!(
+            source,
+            builtin(file),
+            "{file}: the override changes nothing"
+        );
+        let (_dir, t) = overrides(&[(file, &source)]);
+        let email = EmailRenderer::new(t.clone(), Issuer::default());
+        let sms = SmsRenderer::new(t, Issuer::default());
+        for plan in ["whole", "counter(2)+email"] {
+            for part in Plan::parse(plan).unwrap().cut(&card).unwrap() {
+                let m = Mailer {
+                    number: Some(0),
+                    ..mailer(&who, &part)
+                };
+                let what = format!("{file} {plan}");
+                let (e, s) = (email.render_email(&m), sms.render_sms(&m));
+                same_email(&e, &email.render_email_direct(&m), &what);
+                same_sms(&s, &sms.render_sms_direct(&m), &what);
+                if file == "sms.txt" {
+                    assert!(!sms.is_prepared(&m) && email.is_prepared(&m), "{what}");
+                    assert!(s.unwrap().text.expose_secret().contains(expected), "{what}");
+                } else {
+                    assert!(!email.is_prepared(&m) && sms.is_prepared(&m), "{what}");
+                    let e = e.unwrap();
+                    let all = format!(
+                        "{}\n{}\n{}",
+                        e.subject,
+                        e.text.expose_secret(),
+                        e.html.expose_secret()
+                    );
+                    assert!(all.contains(expected), "{what}: {all}");
+                }
+            }
+        }
+    }
+    // The built-in templates, loaded as overrides, print the values as they are: prepared.
+    let (_dir, t) = overrides(&[
+        ("email.html", &html),
+        ("email.txt", &text),
+        ("email_subject.txt", &subject),
+        ("sms.txt", &sms_source),
+    ]);
+    let parts = parts("counter(2)+sms");
+    let m = mailer(&who, &parts[1]);
+    assert!(EmailRenderer::new(t.clone(), Issuer::default()).is_prepared(&m));
+    assert!(SmsRenderer::new(t, Issuer::default()).is_prepared(&m));
+}
+
+#[test]
+fn a_subject_with_a_code_is_refused_on_both_paths() {
+    let (_dir, t) = overrides(&[(
+        "email_subject.txt",
+        "codice {{ pin }} per {{ holder.name }}",
+    )]);
+    let email = EmailRenderer::new(t, Issuer::default());
+    let who = addressee();
+    let parts = parts("whole");
+    let m = mailer(&who, &parts[0]);
+    for e in [email.render_email(&m), email.render_email_direct(&m)] {
+        let e = e.unwrap_err();
+        assert!(matches!(e, Error::CodeInSubject { .. }), "{e}");
+        assert!(!format!("{e} {e:?}").contains("2468"));
+    }
+    assert!(!email.is_prepared(&m));
+}

@@ -12,8 +12,8 @@
 //!
 //! | name | value |
 //! |---|---|
-//! | `holder.name` | the addressee's name (print: substituted after templating, see below) |
-//! | `card.serial_masked`, `card.serial_last4` | the masked serial, its last four characters (print: substituted after templating) |
+//! | `holder.name` | the addressee's name (substituted after templating, see below) |
+//! | `card.serial_masked`, `card.serial_last4` | the masked serial, its last four characters (substituted after templating) |
 //! | `issuer.name`, `issuer.card_name`, `issuer.helpline`, `issuer.web` | from [`Issuer`] |
 //! | `part.name` | `"A"`, `"B"` or `"whole"` |
 //! | `part.channel`, `part.other_channel` | `counter`, `remote`, `sms`, `email`, `any` (other: none for `whole`) |
@@ -21,18 +21,20 @@
 //! | `part.pin`, `part.puk`, `part.sig_pin`, `part.sig_puk` | `{from, to, count, total, before, after}`: 1-based digit positions, digits in this part, in the whole code, before and after this part |
 //! | `part.signature` | whether the card has a signature pair |
 //! | `pin`, `puk`, `sig_pin`, `sig_puk` | the digits of this part (placeholders, see below) |
-//! | `number` | the mailer number, or none (print: substituted after templating) |
+//! | `number` | the mailer number, or none (substituted after templating) |
 //!
 //! `pin`, `puk`, `sig_pin` and `sig_puk` are placeholders that are replaced by the digits after
 //! templating: print them as they are (`{{ pin }}`), not through filters.
 //!
-//! In the **print** template, `holder.name`, `card.serial_masked`, `card.serial_last4` and
-//! `number` are substituted after templating as well, like the codes: the template is rendered
-//! once per page *shape* with placeholders for them, and each page only fills them in (see
-//! [`super::pdf`]). Print them as they are. A print template that transforms or tests them
-//! (`{{ holder.name|upper }}`, `{% if number > 10 %}`) still renders correctly: a check at
-//! the first page of each shape (two probe mailers, rendered both ways) detects it, and such
-//! shapes are rendered the slow way, templating every page with the real values.
+//! In every template, `holder.name`, `card.serial_masked`, `card.serial_last4` and `number`
+//! are substituted after templating as well, like the codes: the template is rendered once per
+//! *shape* with placeholders for them, and each page or message only fills them in (see
+//! [`super::pdf`] for print, [`super::prepared`] for e-mail and SMS; in `email.html` they are
+//! HTML-escaped as minijinja's auto-escape would). Print them as they are. A template that
+//! transforms or tests them (`{{ holder.name|upper }}`, `{% if number > 10 %}`) still renders
+//! correctly: a check at the first mailer of each shape (two probe mailers, rendered both ways)
+//! detects it, and such shapes are rendered the slow way, templating every mailer with the real
+//! values.
 //!
 //! The print template is cut into sections by lines `[header]`, `[box]`, `[body]`, `[footer]`
 //! (see [`super::pdf`]).
@@ -77,8 +79,9 @@ pub(crate) const PIN_TAG: u8 = b'P';
 pub(crate) const PUK_TAG: u8 = b'K';
 pub(crate) const SIG_PIN_TAG: u8 = b'S';
 pub(crate) const SIG_PUK_TAG: u8 = b'T';
-/// Per-mailer values substituted after templating in prepared print pages (see
-/// [`super::pdf`]): `holder.name`, `card.serial_masked`, `card.serial_last4`, `number`.
+/// Per-mailer values substituted after templating in prepared print pages and texts (see
+/// [`super::pdf`], [`super::prepared`]): `holder.name`, `card.serial_masked`,
+/// `card.serial_last4`, `number`.
 pub(crate) const NAME_TAG: u8 = b'n';
 pub(crate) const MASKED_TAG: u8 = b'm';
 pub(crate) const LAST4_TAG: u8 = b'l';
@@ -232,11 +235,23 @@ impl Templates {
         mailer: &Mailer<'_>,
         issuer: &Issuer,
     ) -> Result<String> {
+        self.render_shape(PRINT, mailer, issuer)
+    }
+
+    /// Renders template `name` for the *shape* of `mailer` (its part, signature pair and
+    /// whether it has a number), as [`Templates::render_print_shape`] does for print: codes,
+    /// holder's name, serial texts and number are placeholders (see [`super::prepared`]).
+    pub(crate) fn render_shape(
+        &self,
+        name: &str,
+        mailer: &Mailer<'_>,
+        issuer: &Issuer,
+    ) -> Result<String> {
         let ctx = Context::new(mailer, issuer, true);
         self.env
-            .get_template(PRINT)
+            .get_template(name)
             .and_then(|t| t.render(&ctx))
-            .map_err(|e| template_error(PRINT, &e))
+            .map_err(|e| template_error(name, &e))
     }
 }
 
