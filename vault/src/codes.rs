@@ -218,7 +218,10 @@ impl CodeVault {
                     refs.extend(vault.load_runs(&record)?);
                     recovery.committed += 1;
                 }
-                BatchState::Quarantined | BatchState::Rejected => {}
+                BatchState::Quarantined
+                | BatchState::Rejected
+                | BatchState::Shredded
+                | BatchState::Discarded => {}
             }
         }
         vault.write_index().add(refs);
@@ -760,6 +763,77 @@ impl CodeVault {
             }
         }
         Ok(None)
+    }
+
+    /// Destroys a batch's codes for [`crate::ceremony`] (shred a committed batch, discard a
+    /// quarantined one): in one store batch with `extra` (the ceremony's job record) and
+    /// `events`, the batch record becomes `to`, its segments and directories are deleted and
+    /// its data key leaves the keyring. Its runs leave the lookup first, so from the moment
+    /// the write lands [`CodeVault::locate`] answers `None` ("codes gone") for its cards.
+    /// The caller must not hold [`CodeVault::keyring_lock`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown batch; [`Error::WrongState`] for a batch not in
+    /// `from`; store and audit errors (then nothing is changed).
+    pub(crate) fn destroy_batch(
+        &self,
+        audit: &AuditLog,
+        id: BatchId,
+        from: BatchState,
+        to: BatchState,
+        extra: Batch,
+        events: Vec<NewEvent>,
+    ) -> Result<BatchRecord> {
+        let _commit = lock(&self.commit_lock);
+        let mut rec = self
+            .batch(id)?
+            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        if rec.state != from {
+            return Err(Error::WrongState {
+                subject: format!("batch {id}"),
+                state: rec.state.to_string(),
+                wanted: from.to_string(),
+            });
+        }
+        let mut b = extra;
+        let from_key = id.0.to_be_bytes();
+        let to_key = id.0.saturating_add(1).to_be_bytes();
+        for tree in [Tree::Segments, Tree::SegmentDirs] {
+            for k in self
+                .store
+                .keys(tree, &from_key, Some(&to_key), usize::MAX)?
+            {
+                b.delete(tree, k);
+            }
+        }
+        rec.state = to;
+        rec.finished_ms = now_ms();
+        b.put(Tree::Batches, id.key().to_vec(), rec.encode()?);
+        let _keys = lock(&self.keys_lock);
+        let mut ring = Keyring::load(&*self.store)?;
+        if let Some(k) = rec.data_key {
+            ring.discard(DataKeyId(k));
+        }
+        ring.save_into(&mut b)?;
+        let removed = {
+            let mut index = self.write_index();
+            let (gone, kept) = std::mem::take(&mut index.runs)
+                .into_iter()
+                .partition::<Vec<_>, _>(|r| r.batch == id);
+            index.add(kept);
+            gone
+        };
+        if let Err(e) = audit.commit_all(b, events) {
+            self.write_index().add(removed);
+            return Err(e);
+        }
+        if let Some(k) = rec.data_key {
+            self.openers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&DataKeyId(k));
+        }
+        Ok(rec)
     }
 
     /// Holds the lock that serialises keyring changes (shared with [`crate::cms`]).

@@ -33,6 +33,11 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// The caller may not do this, whatever the state: a role that does not hold the right, or
+    /// an officer approving their own key-ceremony proposal (dual control).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+
     /// A change that the current state of its subject does not allow (a card's lifecycle).
     /// Nothing was changed; the message names the current state.
     #[error("{subject} is {state}; this needs {wanted}")]

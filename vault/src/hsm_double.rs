@@ -1,5 +1,7 @@
-//! A minimal in-memory [`Hsm`] for this crate's unit tests. Not a model of custody: no shares,
-//! no persistence. The real simulator is the `hsm-sim` crate.
+//! A minimal in-memory [`Hsm`] for this crate's unit tests. Not a model of custody: its
+//! "shares" are random tokens compared as they are (no Shamir), there is no sealing and no
+//! persistence; a rekey checks a quorum of the current tokens, hands out new ones and refuses
+//! the old ones from then on. The real simulator is the `hsm-sim` crate.
 
 use crate::error::{Error, Result};
 use crate::hsm::{
@@ -10,23 +12,75 @@ use crate::kcv::Kcv;
 use crate::secret::{DataKey, FreshDataKey};
 use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded, AES_256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Mutex;
+
+/// The double's share set: tokens compared as they are.
+struct Shares {
+    set: String,
+    threshold: u8,
+    tokens: Vec<String>,
+    root_kcv: Kcv,
+    rekeys: u32,
+}
+
+impl std::fmt::Debug for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Shares({} of {}, <redacted>)",
+            self.threshold,
+            self.tokens.len()
+        )
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct DoubleHsm {
     terms: Mutex<Vec<(TermInfo, Option<[u8; 32]>)>>,
     anchor: Mutex<Option<AuditAnchor>>,
+    shares: Mutex<Shares>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl DoubleHsm {
     pub(crate) fn new() -> Self {
+        Self::with_shares(1, 1).0
+    }
+
+    /// A double whose current share set is `threshold` of `count` tokens, returned.
+    pub(crate) fn with_shares(count: u8, threshold: u8) -> (Self, Vec<SecretString>) {
         let h = DoubleHsm {
             terms: Mutex::new(Vec::new()),
             anchor: Mutex::new(None),
+            shares: Mutex::new(Shares {
+                set: String::new(),
+                threshold,
+                tokens: Vec::new(),
+                root_kcv: Kcv::from_bytes([0; 3]),
+                rekeys: 0,
+            }),
         };
+        let tokens = h.new_tokens(count);
+        h.shares.lock().unwrap().tokens = tokens.clone();
         h.rotate().unwrap();
-        h
+        (h, tokens.into_iter().map(SecretString::from).collect())
+    }
+
+    fn new_tokens(&self, count: u8) -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                let mut t = [0u8; 16];
+                self.fill_random(&mut t).unwrap();
+                hex::encode(t)
+            })
+            .collect()
     }
 
     fn purpose_kek(kek: &[u8; 32], purpose: KeyPurpose) -> [u8; 32] {
@@ -71,15 +125,19 @@ impl DoubleHsm {
 
 impl Hsm for DoubleHsm {
     fn status(&self) -> HsmStatus {
+        let (threshold, shares, share_set, root_kcv) = {
+            let s = self.shares.lock().unwrap();
+            (s.threshold, s.tokens.len() as u8, s.set.clone(), s.root_kcv)
+        };
         HsmStatus {
             provider: "test-double".to_string(),
             sealed: false,
             progress: 0,
-            threshold: 1,
-            shares: 1,
-            share_set: String::new(),
+            threshold,
+            shares,
+            share_set,
             dev: true,
-            root_kcv: Kcv::from_bytes([0; 3]),
+            root_kcv,
             terms: self
                 .terms
                 .lock()
@@ -134,7 +192,7 @@ impl Hsm for DoubleHsm {
             id: TermId(terms.len() as u32 + 1),
             state: TermState::Active,
             kcv: Kcv::of_aes256(&kek),
-            created_unix: 0,
+            created_unix: now_unix(),
         };
         terms.push((info.clone(), Some(kek)));
         Ok(info)
@@ -154,12 +212,52 @@ impl Hsm for DoubleHsm {
     }
     fn rekey(
         &self,
-        _: &[SecretString],
-        _: u8,
-        _: u8,
-        _: &mut ShareDelivery<'_>,
+        current: &[SecretString],
+        shares: u8,
+        threshold: u8,
+        deliver: &mut ShareDelivery<'_>,
     ) -> Result<RekeyOutcome> {
-        Err(Error::Refused("the test double has no shares".into()))
+        if threshold == 0 || threshold > shares {
+            return Err(Error::Refused(format!(
+                "threshold {threshold} of {shares} shares"
+            )));
+        }
+        let mut held = self.shares.lock().unwrap();
+        let mut seen = Vec::new();
+        for s in current {
+            let at = held
+                .tokens
+                .iter()
+                .position(|t| t == s.expose_secret())
+                .ok_or_else(|| Error::Share("not a share of the current set".into()))?;
+            if seen.contains(&at) {
+                return Err(Error::Share("a share was given twice".into()));
+            }
+            seen.push(at);
+        }
+        if seen.len() < usize::from(held.threshold) {
+            return Err(Error::Share(format!(
+                "a rekey needs {} current shares, {} given",
+                held.threshold,
+                seen.len()
+            )));
+        }
+        let tokens = self.new_tokens(shares);
+        let secrets: Vec<SecretString> = tokens.iter().cloned().map(SecretString::from).collect();
+        deliver(&secrets)?;
+        let mut root = [0u8; 32];
+        self.fill_random(&mut root)?;
+        held.rekeys += 1;
+        held.set = format!("double-set-{}", held.rekeys);
+        held.threshold = threshold;
+        held.tokens = tokens;
+        held.root_kcv = Kcv::of_aes256(&root);
+        Ok(RekeyOutcome {
+            share_set: held.set.clone(),
+            shares,
+            threshold,
+            root_kcv: held.root_kcv,
+        })
     }
     fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
         Ok(self.anchor.lock().unwrap().clone())

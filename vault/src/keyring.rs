@@ -231,6 +231,44 @@ impl Keyring {
         Ok(report)
     }
 
+    /// Data keys not wrapped under `term`.
+    pub fn count_not_under(&self, term: TermId) -> usize {
+        self.keys
+            .values()
+            .filter(|r| r.wrapped.term != term)
+            .count()
+    }
+
+    /// Rewraps, inside the HSM, up to `max` data keys not yet under `term` (which must be the
+    /// HSM's active term: the HSM wraps under its active term). Returns how many it rewrapped.
+    /// For the chunked rewrap job of [`crate::ceremony`], which saves the keyring after each
+    /// call; the key material is unchanged, so records keep opening throughout.
+    ///
+    /// # Errors
+    /// HSM errors; [`Error::Refused`] if the HSM wrapped under another term than `term`
+    /// (another rotation happened meanwhile) — the keyring is then unchanged for that key.
+    pub fn rewrap_some(&mut self, hsm: &dyn Hsm, term: TermId, max: usize) -> Result<usize> {
+        let mut n = 0;
+        for rec in self.keys.values_mut() {
+            if n >= max {
+                break;
+            }
+            if rec.wrapped.term == term {
+                continue;
+            }
+            let wrapped = hsm.rewrap_data_key(&rec.wrapped)?;
+            if wrapped.term != term {
+                return Err(Error::Refused(format!(
+                    "the hsm rewrapped {} under {}, not {term}",
+                    rec.id, wrapped.term
+                )));
+            }
+            rec.wrapped = wrapped;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Retires `term` in the HSM once no data key of this keyring is wrapped under it.
     ///
     /// # Errors

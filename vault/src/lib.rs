@@ -13,6 +13,8 @@
 //!   multi-tree batches;
 //! - [`account`]: accounts, roles, bearer tokens and passwords;
 //! - [`audit`]: the tamper-evident audit chain, written in the same batch as each change;
+//! - [`ceremony`]: key ceremonies under dual control — proposals, approvals, the rotate /
+//!   rewrap / retire / shred jobs, rekey, cryptoperiods and the key status report;
 //! - [`codes`]: the code vault — batches laid out as sorted encrypted segments, committed all
 //!   or nothing, found by serial;
 //! - [`import`]: manufacturer files (parsing, age decryption) into the code vault;
@@ -29,6 +31,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod ceremony;
 pub mod cms;
 pub mod codes;
 pub mod envelope;

@@ -71,11 +71,16 @@ pub enum Tree {
     OutboxOpen,
     /// Dispatch requests by id (u64 BE).
     DispatchRequests,
+    /// Key ceremony proposals by id (u64 BE) ([`crate::ceremony`]).
+    KeyProposals,
+    /// Key jobs (rewrap after a rotation, shred) by the id (u64 BE) of the proposal that
+    /// started them: target term, progress, phase ([`crate::ceremony`]).
+    KeyJobs,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 24] = [
+    pub const ALL: [Tree; 26] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
@@ -100,6 +105,8 @@ impl Tree {
         Tree::OutboxKeys,
         Tree::OutboxOpen,
         Tree::DispatchRequests,
+        Tree::KeyProposals,
+        Tree::KeyJobs,
     ];
 
     /// The persisted name.
@@ -129,6 +136,8 @@ impl Tree {
             Tree::OutboxKeys => "outbox_keys",
             Tree::OutboxOpen => "outbox_open",
             Tree::DispatchRequests => "dispatch_requests",
+            Tree::KeyProposals => "key_proposals",
+            Tree::KeyJobs => "key_jobs",
         }
     }
 
@@ -160,6 +169,8 @@ impl Tree {
             Tree::OutboxKeys => 22,
             Tree::OutboxOpen => 23,
             Tree::DispatchRequests => 24,
+            Tree::KeyProposals => 25,
+            Tree::KeyJobs => 26,
         }
     }
 }

@@ -48,6 +48,12 @@ pub enum BatchState {
     /// The file was refused (bad lines, count or hash mismatch, duplicate serials); nothing of
     /// it is stored but this record.
     Rejected,
+    /// Crypto-shredded under dual control ([`crate::ceremony`]): its segments and its data key
+    /// are gone, so its cards' codes are gone for good; only this record remains.
+    Shredded,
+    /// A quarantined batch discarded under dual control ([`crate::ceremony`]) so that the
+    /// manufacturer can upload a replacement: destroyed like a shredded batch.
+    Discarded,
 }
 
 impl fmt::Display for BatchState {
@@ -57,6 +63,8 @@ impl fmt::Display for BatchState {
             BatchState::Committed => "committed",
             BatchState::Quarantined => "quarantined",
             BatchState::Rejected => "rejected",
+            BatchState::Shredded => "shredded",
+            BatchState::Discarded => "discarded",
         })
     }
 }

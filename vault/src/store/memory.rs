@@ -21,6 +21,14 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// A copy of everything stored now: a backup taken at this moment (tests keep one to show
+    /// what a copy of the store taken before a change can and cannot yield).
+    pub fn snapshot(&self) -> MemoryStore {
+        MemoryStore {
+            trees: Mutex::new(self.lock().clone()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Trees> {
         // A batch is applied under the lock without any step that can panic midway.
         self.trees.lock().unwrap_or_else(|p| p.into_inner())

@@ -1,0 +1,679 @@
+//! Key ceremonies under dual control (issue 8): officers own the key hierarchy.
+//!
+//! One officer **proposes** an operation ([`Operation`]: rotate, retire a term, rekey, shred a
+//! batch, discard a quarantined batch) with a reason; a *different* officer **approves** it
+//! within the window ([`CeremonyPolicy::window_ms`], 8 hours by default), and only then does it
+//! run. A proposal not approved in time **lapses**. Proposal, approval, lapse, withdrawal and
+//! outcome are audit events (`key.propose`, `key.approve`, `key.lapse`, `key.withdraw`,
+//! `key.done`, `key.failed`, and on the way `key.rotate`, `key.shred`), each written in the
+//! same store batch as the state change it records, naming the keys by KCV, never a secret.
+//!
+//! - [`proposal`]: the stored proposal and its states.
+//! - [`job`]: rotate, shred and discard leave a durable job (rotate, rewrap in chunks, retire),
+//!   run on a blocking thread by [`Ceremonies::run`] and carried on after a crash by
+//!   [`Ceremonies::resume_jobs`]. Rotation costs one HSM call per data key, not per record.
+//! - [`status`]: cryptoperiods and the [`KeyStatus`] report with its recommendations.
+//!
+//! Retire and rekey are done within the approval call: the HSM first, then the approval and
+//! the outcome in one batch. If the HSM refuses (a share mistyped, the HSM sealed, a term still
+//! in use) nothing is written and the proposal stays open for another try within its window.
+//!
+//! Checks are made when proposing (unknown term, active term, unknown batch or batch in the
+//! wrong state, impossible share counts: refused, nothing written) and again when approving,
+//! against the state at that moment.
+//!
+//! What it does not do: decide who may call it over HTTP (the route table does; the role is
+//! checked here again), store or log a share, or create a proposal by itself (the status report
+//! only recommends).
+//!
+//! Locks, in order: the proposal lock (one change to proposals at a time), the job runner lock
+//! (one thread runs the job), then the code vault's commit and keyring locks.
+
+pub mod job;
+pub mod proposal;
+pub mod status;
+
+pub use job::{JobPhase, JobState, KeyJob};
+pub use proposal::{Operation, Proposal, ProposalId, ProposalState};
+pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
+
+use crate::account::{Actor, Role};
+use crate::audit::{AuditLog, NewEvent, Outcome};
+use crate::codes::{BatchState, CodeVault};
+use crate::error::{Error, Result};
+use crate::hsm::{Hsm, ShareDelivery, TermState};
+use crate::kcv::Kcv;
+use crate::keyring::Keyring;
+use crate::store::{Batch, Store, Tree};
+use job::active_term;
+use secrecy::SecretString;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Default approval window: 8 hours.
+pub const DEFAULT_WINDOW_MS: u64 = 8 * 60 * 60 * 1000;
+/// Default data keys rewrapped per chunk of a job (one keyring write each).
+pub const DEFAULT_CHUNK: usize = 64;
+
+/// How ceremonies are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CeremonyPolicy {
+    /// How long a proposal waits for approval (ms).
+    pub window_ms: u64,
+    /// Data keys rewrapped per chunk.
+    pub chunk: usize,
+    /// Allows a rekey to a threshold of 1 (`--dev` only): one person could then unseal.
+    pub insecure_allow_single_share: bool,
+    /// Cryptoperiods and limits for the status report.
+    pub keys: KeyPolicy,
+}
+
+impl Default for CeremonyPolicy {
+    fn default() -> Self {
+        CeremonyPolicy {
+            window_ms: DEFAULT_WINDOW_MS,
+            chunk: DEFAULT_CHUNK,
+            insecure_allow_single_share: false,
+            keys: KeyPolicy::default(),
+        }
+    }
+}
+
+/// The key ceremonies of one vault. One per process.
+pub struct Ceremonies {
+    codes: Arc<CodeVault>,
+    audit: Arc<AuditLog>,
+    policy: CeremonyPolicy,
+    /// Serialises changes to proposals (ids, approvals, lapses).
+    proposals: Mutex<()>,
+    /// Held by the one thread running the job.
+    runner: Mutex<()>,
+}
+
+impl std::fmt::Debug for Ceremonies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ceremonies")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What checking an operation found: the KCV of the key it names, and details for the event.
+struct Named {
+    kcv: Option<Kcv>,
+    details: Vec<(&'static str, String)>,
+}
+
+impl Ceremonies {
+    /// Ceremonies over the code vault's store, audited in `audit`.
+    pub fn new(codes: Arc<CodeVault>, audit: Arc<AuditLog>, policy: CeremonyPolicy) -> Self {
+        Ceremonies {
+            codes,
+            audit,
+            policy,
+            proposals: Mutex::new(()),
+            runner: Mutex::new(()),
+        }
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.codes.store()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &CeremonyPolicy {
+        &self.policy
+    }
+
+    /// Proposes `op` for `reason`, by `actor`, at `now_ms`: checks the actor is an officer and
+    /// the operation possible now, then stores the open proposal with its `key.propose` event.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for a role other than officer; [`Error::Invalid`] for a bad reason
+    /// or share counts; [`Error::NotFound`] for an unknown term or batch; [`Error::Refused`] or
+    /// [`Error::WrongState`] for an operation the current state does not allow. Nothing is
+    /// written then. Store and audit errors.
+    pub fn propose(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        op: Operation,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Proposal> {
+        officer(actor, "propose")?;
+        let reason = proposal::check_reason(reason)?;
+        let _p = lock(&self.proposals);
+        let named = self.check(hsm, &op, true)?;
+        let id = match self.store().last(Tree::KeyProposals)? {
+            Some((k, _)) => <[u8; 8]>::try_from(k.as_slice())
+                .map(|a| u64::from_be_bytes(a) + 1)
+                .map_err(|_| Error::Storage("a key proposal id is damaged".into()))?,
+            None => 1,
+        };
+        let p = Proposal {
+            id: ProposalId(id),
+            op,
+            reason: reason.clone(),
+            proposer: actor.id.clone(),
+            proposed_ms: now_ms,
+            expires_ms: now_ms.saturating_add(self.policy.window_ms),
+            state: ProposalState::Open,
+            kcv: named.kcv,
+            approver: None,
+            decided_ms: None,
+            finished_ms: None,
+            outcome: None,
+        };
+        let mut b = Batch::new();
+        p.save_into(&mut b)?;
+        let mut event = self
+            .event(actor, "key.propose", &p)
+            .detail("reason", reason)
+            .detail("expires_ms", p.expires_ms.to_string());
+        for (k, v) in named.details {
+            event = event.detail(k, v);
+        }
+        self.audit.commit(b, event)?;
+        Ok(p)
+    }
+
+    /// Approves an open proposal other than a rekey ([`Ceremonies::approve_rekey`]) and
+    /// carries it out: a retire now; a rotate, shred or discard as a job whose first phases
+    /// (destroy, rotate) run now — the service then runs the rest with [`Ceremonies::run`] on a
+    /// blocking thread. Returns the proposal as it then stands.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for a non-officer or the proposer; [`Error::Refused`] for a lapsed
+    /// proposal (marked lapsed, with its `key.lapse` event), while another job is unfinished,
+    /// or for a term that still wraps data keys (naming how many); [`Error::WrongState`] for a
+    /// proposal no longer open; [`Error::Sealed`]; HSM, store and audit errors.
+    pub fn approve(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        id: ProposalId,
+        now_ms: u64,
+    ) -> Result<Proposal> {
+        let _p = lock(&self.proposals);
+        let p = self.approvable(actor, id, now_ms)?;
+        if matches!(p.op, Operation::Rekey { .. }) {
+            return Err(Error::Invalid(format!(
+                "{id} is a rekey: approve it with a quorum of the current shares"
+            )));
+        }
+        if hsm.status().sealed {
+            return Err(Error::Sealed);
+        }
+        if let Operation::Retire { term } = p.op {
+            return self.approve_retire(hsm, actor, p, term, now_ms);
+        }
+        // A job: rotate, shred or discard.
+        if let Some(j) = self.jobs()?.into_iter().find(KeyJob::unfinished) {
+            return Err(Error::Refused(format!(
+                "the job of {} ({}) is not finished; approve once it is",
+                j.id, j.op
+            )));
+        }
+        self.check(hsm, &p.op, false)?;
+        let active = active_term(&hsm.status())?;
+        let mut approved = p.clone();
+        approved.state = ProposalState::Running;
+        approved.approver = Some(actor.id.clone());
+        approved.decided_ms = Some(now_ms);
+        let job = KeyJob::start(&approved, active.id, now_ms);
+        let mut b = Batch::new();
+        approved.save_into(&mut b)?;
+        job.save_into(&mut b)?;
+        let event = self
+            .event(actor, "key.approve", &approved)
+            .detail("proposer", approved.proposer.clone())
+            .detail("active_term", active.id.0.to_string())
+            .detail("active_kcv", active.kcv.to_string());
+        self.audit.commit(b, event)?;
+        drop(_p);
+        // The quick phases now (destroy, rotate); an error leaves the job to be carried on by
+        // `run` or `resume_jobs`, and is shown in the job's `last_error`.
+        let _ = self.step(hsm, 0, &mut |_| {});
+        self.get(id)?
+            .ok_or_else(|| Error::Storage(format!("{id} vanished from the store")))
+    }
+
+    fn approve_retire(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        p: Proposal,
+        term: crate::hsm::TermId,
+        now_ms: u64,
+    ) -> Result<Proposal> {
+        // Under the keyring lock, so no data key can be wrapped under the term between the
+        // check and the destruction (decrypt-only terms wrap nothing new anyway).
+        let _keys = self.codes.keyring_lock();
+        self.check(hsm, &p.op, false)?;
+        let ring = Keyring::load(&**self.store())?;
+        if let Err(e) = ring.retire_term(hsm, term) {
+            return Err(self.attempt_failed(actor, &p, e));
+        }
+        let kcv = p.kcv.map(|k| k.to_string()).unwrap_or_default();
+        let outcome = format!("{term} (KCV {kcv}) destroyed");
+        self.record_immediate(
+            actor,
+            p,
+            now_ms,
+            outcome,
+            vec![("term", term.0.to_string()), ("kcv", kcv)],
+        )
+    }
+
+    /// Approves an open rekey proposal with `current` shares (a quorum of the current set,
+    /// brought by the custodians to the approving officer) and carries it out: the HSM makes a
+    /// new root key and share set, hands the new shares to `deliver` (which must store or give
+    /// them to the custodians durably before returning `Ok`), and only then commits. The shares
+    /// are never stored, logged or audited: the `key.done` event names the new share set, its
+    /// threshold and count, and the new root KCV.
+    ///
+    /// # Errors
+    /// As [`Ceremonies::approve`]; [`Error::Share`] if `current` is not a quorum of the current
+    /// set (nothing written; the proposal stays open); whatever `deliver` returns (the rekey is
+    /// aborted, the old shares stay valid, the proposal stays open).
+    pub fn approve_rekey(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        id: ProposalId,
+        current: &[SecretString],
+        deliver: &mut ShareDelivery<'_>,
+        now_ms: u64,
+    ) -> Result<Proposal> {
+        let _p = lock(&self.proposals);
+        let p = self.approvable(actor, id, now_ms)?;
+        let Operation::Rekey { shares, threshold } = p.op else {
+            return Err(Error::Invalid(format!("{id} is not a rekey")));
+        };
+        if hsm.status().sealed {
+            return Err(Error::Sealed);
+        }
+        self.check(hsm, &p.op, false)?;
+        let before = hsm.status();
+        let out = match hsm.rekey(current, shares, threshold, deliver) {
+            Ok(out) => out,
+            Err(e) => return Err(self.attempt_failed(actor, &p, e)),
+        };
+        let outcome = format!(
+            "new share set {}: {} of {} shares; root key KCV {} (was {})",
+            out.share_set, out.threshold, out.shares, out.root_kcv, before.root_kcv
+        );
+        self.record_immediate(
+            actor,
+            p,
+            now_ms,
+            outcome,
+            vec![
+                ("share_set", out.share_set.clone()),
+                ("previous_share_set", before.share_set.clone()),
+                ("shares", out.shares.to_string()),
+                ("threshold", out.threshold.to_string()),
+                ("root_kcv", out.root_kcv.to_string()),
+                ("previous_root_kcv", before.root_kcv.to_string()),
+            ],
+        )
+    }
+
+    /// Audits an approval whose HSM call failed (`key.failed`, the proposal stays open for
+    /// another try within its window) and gives back the error. A sealed HSM is not an attempt.
+    fn attempt_failed(&self, actor: &Actor, p: &Proposal, e: Error) -> Error {
+        if !matches!(e, Error::Sealed) {
+            let event = self
+                .event(actor, "key.failed", p)
+                .outcome(Outcome::Failed)
+                .detail("error", e.to_string())
+                .detail("proposal_state", p.state.to_string());
+            if let Err(audit) = self.audit.append(event) {
+                return audit;
+            }
+        }
+        e
+    }
+
+    /// Writes the approval and the outcome of an operation done within the approval call.
+    fn record_immediate(
+        &self,
+        actor: &Actor,
+        p: Proposal,
+        now_ms: u64,
+        outcome: String,
+        details: Vec<(&'static str, String)>,
+    ) -> Result<Proposal> {
+        let mut done = p;
+        done.state = ProposalState::Done;
+        done.approver = Some(actor.id.clone());
+        done.decided_ms = Some(now_ms);
+        done.finished_ms = Some(now_ms);
+        done.outcome = Some(outcome.clone());
+        let mut b = Batch::new();
+        done.save_into(&mut b)?;
+        let approve = self
+            .event(actor, "key.approve", &done)
+            .detail("proposer", done.proposer.clone());
+        let mut result = self
+            .event(actor, "key.done", &done)
+            .detail("outcome", outcome);
+        for (k, v) in details {
+            result = result.detail(k, v);
+        }
+        self.audit.commit_all(b, vec![approve, result])?;
+        Ok(done)
+    }
+
+    /// Withdraws an open proposal (any officer may: withdrawing only ever stops an operation),
+    /// with its `key.withdraw` event.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for a non-officer; [`Error::NotFound`]; [`Error::WrongState`] for a
+    /// proposal no longer open; store and audit errors.
+    pub fn withdraw(&self, actor: &Actor, id: ProposalId, now_ms: u64) -> Result<Proposal> {
+        officer(actor, "withdraw")?;
+        let _p = lock(&self.proposals);
+        let mut p = self.load(id)?;
+        if p.state != ProposalState::Open {
+            return Err(not_open(&p));
+        }
+        p.state = ProposalState::Withdrawn;
+        p.approver = Some(actor.id.clone());
+        p.decided_ms = Some(now_ms);
+        p.finished_ms = Some(now_ms);
+        let mut b = Batch::new();
+        p.save_into(&mut b)?;
+        self.audit
+            .commit(b, self.event(actor, "key.withdraw", &p))?;
+        Ok(p)
+    }
+
+    /// One proposal.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn get(&self, id: ProposalId) -> Result<Option<Proposal>> {
+        self.store()
+            .get(Tree::KeyProposals, &id.key())?
+            .map(|b| Proposal::decode(&b))
+            .transpose()
+    }
+
+    fn load(&self, id: ProposalId) -> Result<Proposal> {
+        self.get(id)?
+            .ok_or_else(|| Error::NotFound(format!("key proposal {id}")))
+    }
+
+    /// Every proposal, newest first, after marking lapsed the open ones whose window has
+    /// passed at `now_ms` ([`Ceremonies::lapse_expired`]).
+    ///
+    /// # Errors
+    /// Store and audit errors.
+    pub fn list(&self, now_ms: u64) -> Result<Vec<Proposal>> {
+        self.lapse_expired(now_ms)?;
+        let mut all = self.all()?;
+        all.reverse();
+        Ok(all)
+    }
+
+    fn all(&self) -> Result<Vec<Proposal>> {
+        self.store()
+            .range(Tree::KeyProposals, &[], None, usize::MAX)?
+            .iter()
+            .map(|(_, v)| Proposal::decode(v))
+            .collect()
+    }
+
+    /// Marks lapsed every open proposal whose window has passed at `now_ms`, each with its
+    /// `key.lapse` event. Returns how many lapsed.
+    ///
+    /// # Errors
+    /// Store and audit errors.
+    pub fn lapse_expired(&self, now_ms: u64) -> Result<usize> {
+        let _p = lock(&self.proposals);
+        let mut n = 0;
+        for p in self.all()? {
+            if p.state == ProposalState::Open && now_ms >= p.expires_ms {
+                self.lapse(p, now_ms)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn lapse(&self, mut p: Proposal, now_ms: u64) -> Result<Proposal> {
+        p.state = ProposalState::Lapsed;
+        p.finished_ms = Some(now_ms);
+        p.outcome = Some("not approved within the window".into());
+        let mut b = Batch::new();
+        p.save_into(&mut b)?;
+        let event = NewEvent::new("key.lapse", p.id.to_string())
+            .detail("op", p.op.name())
+            .detail("proposer", p.proposer.clone())
+            .detail("expires_ms", p.expires_ms.to_string())
+            .outcome(Outcome::Refused);
+        self.audit.commit(b, event)?;
+        Ok(p)
+    }
+
+    /// The report of `GET /v1/sys/keys`: terms, data keys, the job with its progress, the open
+    /// proposals, warnings and recommendations, measured at `now_ms`. Read-only.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn status(&self, hsm: &dyn Hsm, now_ms: u64) -> Result<KeyStatus> {
+        let ring = Keyring::load(&**self.store())?;
+        let open = self
+            .all()?
+            .into_iter()
+            .filter(|p| p.approvable(now_ms))
+            .collect();
+        Ok(status::report(
+            &self.policy.keys,
+            &hsm.status(),
+            &ring,
+            self.job()?,
+            open,
+            now_ms,
+        ))
+    }
+
+    /// Loads a proposal for approval by `actor` at `now_ms`: an officer other than the
+    /// proposer, the proposal open and within its window (a lapsed one is marked so).
+    fn approvable(&self, actor: &Actor, id: ProposalId, now_ms: u64) -> Result<Proposal> {
+        officer(actor, "approve")?;
+        let p = self.load(id)?;
+        if p.state != ProposalState::Open {
+            return Err(not_open(&p));
+        }
+        if now_ms >= p.expires_ms {
+            self.lapse(p, now_ms)?;
+            return Err(Error::Refused(format!(
+                "{id} lapsed: it was not approved within its window; propose it again"
+            )));
+        }
+        if p.proposer == actor.id {
+            return Err(Error::Forbidden(format!(
+                "{id} was proposed by account {}; a different officer must approve it",
+                actor.id
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Checks `op` against the current state. `proposing`: a retire of a term that still wraps
+    /// data keys is allowed while a job is running (the rewrap will empty it).
+    fn check(&self, hsm: &dyn Hsm, op: &Operation, proposing: bool) -> Result<Named> {
+        let st = hsm.status();
+        match *op {
+            Operation::Rotate => {
+                let active = active_term(&st)?;
+                Ok(Named {
+                    kcv: Some(active.kcv),
+                    details: vec![
+                        ("active_term", active.id.0.to_string()),
+                        ("active_kcv", active.kcv.to_string()),
+                    ],
+                })
+            }
+            Operation::Retire { term } => {
+                let t = st
+                    .terms
+                    .iter()
+                    .find(|t| t.id == term)
+                    .ok_or_else(|| Error::NotFound(term.to_string()))?;
+                match t.state {
+                    TermState::Active => {
+                        return Err(Error::Refused(format!(
+                            "{term} is the active term; rotate first, then retire it"
+                        )))
+                    }
+                    TermState::Retired => {
+                        return Err(Error::Refused(format!("{term} is already retired")))
+                    }
+                    TermState::DecryptOnly => {}
+                }
+                let in_use = Keyring::load(&**self.store())?
+                    .count_by_term()
+                    .get(&term)
+                    .copied()
+                    .unwrap_or(0);
+                let rewrapping = self.jobs()?.iter().any(KeyJob::unfinished);
+                if in_use > 0 && !(proposing && rewrapping) {
+                    return Err(Error::Refused(format!(
+                        "{term} still wraps {in_use} data key(s); rotate so that they are \
+                         rewrapped, then retire it"
+                    )));
+                }
+                Ok(Named {
+                    kcv: Some(t.kcv),
+                    details: vec![
+                        ("term", term.0.to_string()),
+                        ("kcv", t.kcv.to_string()),
+                        ("data_keys", in_use.to_string()),
+                    ],
+                })
+            }
+            Operation::Rekey { shares, threshold } => {
+                if shares == 0 || threshold == 0 {
+                    return Err(Error::Invalid(
+                        "rekey: shares and threshold must be at least 1".into(),
+                    ));
+                }
+                if threshold > shares {
+                    return Err(Error::Invalid(format!(
+                        "rekey: a threshold of {threshold} needs at least {threshold} shares, \
+                         not {shares}"
+                    )));
+                }
+                if threshold < 2 && !self.policy.insecure_allow_single_share {
+                    return Err(Error::Invalid(
+                        "rekey: a threshold below 2 lets one custodian unseal alone; it is \
+                         allowed only in dev mode"
+                            .into(),
+                    ));
+                }
+                Ok(Named {
+                    kcv: Some(st.root_kcv),
+                    details: vec![
+                        ("shares", shares.to_string()),
+                        ("threshold", threshold.to_string()),
+                        ("share_set", st.share_set.clone()),
+                        ("root_kcv", st.root_kcv.to_string()),
+                    ],
+                })
+            }
+            Operation::Shred { batch } | Operation::DiscardQuarantined { batch } => {
+                let want = if matches!(op, Operation::Shred { .. }) {
+                    BatchState::Committed
+                } else {
+                    BatchState::Quarantined
+                };
+                let rec = self
+                    .codes
+                    .batch(batch)?
+                    .ok_or_else(|| Error::NotFound(format!("batch {batch}")))?;
+                if rec.state != want {
+                    return Err(Error::WrongState {
+                        subject: format!("batch {batch}"),
+                        state: rec.state.to_string(),
+                        wanted: want.to_string(),
+                    });
+                }
+                let kcv = rec
+                    .data_key_kcv
+                    .as_deref()
+                    .and_then(|k| k.parse::<Kcv>().ok());
+                Ok(Named {
+                    kcv,
+                    details: vec![
+                        ("batch", batch.to_string()),
+                        ("cards", rec.cards.to_string()),
+                        (
+                            "data_key",
+                            rec.data_key.map(|k| k.to_string()).unwrap_or_default(),
+                        ),
+                        ("kcv", rec.data_key_kcv.clone().unwrap_or_default()),
+                    ],
+                })
+            }
+        }
+    }
+
+    fn event(&self, actor: &Actor, action: &str, p: &Proposal) -> NewEvent {
+        let mut e = NewEvent::new(action, p.id.to_string())
+            .by(actor.id.clone(), actor.role.clone())
+            .request(actor.request_id.clone())
+            .detail("op", p.op.name());
+        match p.op {
+            Operation::Retire { term } => e = e.detail("term", term.0.to_string()),
+            Operation::Shred { batch } | Operation::DiscardQuarantined { batch } => {
+                e = e.detail("batch", batch.to_string())
+            }
+            Operation::Rekey { shares, threshold } => {
+                e = e
+                    .detail("shares", shares.to_string())
+                    .detail("threshold", threshold.to_string())
+            }
+            Operation::Rotate => {}
+        }
+        if let Some(k) = p.kcv {
+            e = e.detail("kcv", k.to_string());
+        }
+        e
+    }
+}
+
+fn officer(actor: &Actor, what: &str) -> Result<()> {
+    if actor.role == Role::Officer.as_str() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "only an officer may {what} a key operation; account {} is {}",
+            actor.id, actor.role
+        )))
+    }
+}
+
+fn not_open(p: &Proposal) -> Error {
+    Error::WrongState {
+        subject: p.id.to_string(),
+        state: p.state.to_string(),
+        wanted: "open".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
