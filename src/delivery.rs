@@ -2,18 +2,22 @@
 //!
 //! [`run_workers`] waits for the outbox's start-up recovery ([`crate::recover_outbox`]: a job
 //! left `sending` by a dead process must be queued again before any worker claims), then
-//! loops: it claims due jobs ([`vault::cms::Cms::claim_due`], on the blocking pool) and hands
-//! each to the lane of its channel, where a semaphore caps the jobs in flight. For each job,
-//! on the blocking pool, [`vault::cms::Cms::release_for_job`] checks the card (`active`) and
-//! the contact (registered, not changed since the last identification), releases the codes
-//! through the audited gate, and the e-mail or SMS renderer makes the message of the job's
-//! part; then the courier sends it on tokio, and the job is marked `sent` or `failed`
-//! (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the vault
-//! refuses at release is a permanent failure: it goes `dead` and nothing is sent.
+//! loops over the lanes, one a channel with a courier, each with a semaphore capping its jobs
+//! in flight. For a lane with free slots, on the blocking pool, it claims that many due jobs
+//! of the lane's channel and releases them through the audited gate, in one flushed commit
+//! ([`vault::cms::Cms::claim_and_release`]: card `active`, contact registered and not changed
+//! since the last identification, one `card.codes_release` event a job), and renders each
+//! job's part by e-mail or SMS. Then each message is
+//! sent by its own task on tokio, and a marker task records the outcomes: the `sent` jobs
+//! waiting at that moment in one commit ([`vault::cms::Cms::mark_sent_many`]), failures one by
+//! one (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the
+//! vault refuses at release is a permanent failure: it goes `dead` and nothing is sent.
 //!
-//! Jobs of a channel without a courier in this process (a `mailer` job, or a channel turned
-//! off) fail temporarily and back off: they wait for a process that has the courier, and die
-//! by the policy if none comes.
+//! Only channels with a courier here are claimed: `mailer` jobs wait for a print run, and a
+//! channel turned off keeps its jobs queued (the overdue alert shows them).
+//!
+//! A crash sends again what was sent but not yet marked: at most the jobs in flight plus the
+//! outcomes waiting for the marker (see `tests/service/crash_dispatch.rs`).
 //!
 //! # Security
 //! Codes and contacts exist in clear only inside [`vault::cms::outbox_release::JobRelease`]
@@ -39,11 +43,10 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
-use vault::account::Actor;
 use vault::cms::date::Date;
-use vault::cms::outbox_release::ReleaseDestination;
+use vault::cms::outbox_release::{JobRelease, ReleaseDestination};
 use vault::cms::{Channel, Job, OutboxPolicy};
 
 /// How long the claim loop sleeps when nothing is due, by default.
@@ -51,6 +54,9 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
 
 /// Jobs claimed at once, at most, by default.
 pub const DEFAULT_BATCH: usize = 64;
+
+/// `sent` outcomes marked in one commit, at most.
+const MARK_BATCH: usize = 512;
 
 /// How often the overdue alert looks.
 const OVERDUE_EVERY: Duration = Duration::from_secs(60);
@@ -144,8 +150,9 @@ impl Delivery {
         !self.lanes.is_empty()
     }
 
-    fn lane(&self, channel: Channel) -> Option<&Lane> {
-        self.lanes.iter().find(|l| l.channel == channel)
+    /// Whether `channel` has a courier (its jobs are claimed here).
+    pub fn sends(&self, channel: Channel) -> bool {
+        self.lanes.iter().any(|l| l.channel == channel)
     }
 
     /// The delivery of `[dispatch]`: SMTP and Kannel couriers, each throttled to its rate.
@@ -276,10 +283,21 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// A failure: whether it is temporary, and a reason without codes or contacts.
+type Failure = (bool, String);
+
+/// A job's end as the marker records it: the courier's id for the message, or a failure.
+type Outcome = (Job, Result<String, Failure>);
+
 /// The workers of `delivery` over `state`: waits for the outbox recovery, then claims and
 /// sends until `shutdown` turns true; then claims no more, lets the jobs in flight finish (up
-/// to [`crate::SHUTDOWN_GRACE`]) and returns. Jobs cut short stay `sending` and are queued
-/// again by the next start's recovery, with the same idempotency key.
+/// to [`crate::SHUTDOWN_GRACE`]), records their outcomes and returns. Jobs cut short stay
+/// `sending` and are queued again by the next start's recovery, with the same idempotency key.
+///
+/// Each lane's free slots are claimed, released and rendered together on the blocking pool
+/// (one claim write, one audited and flushed release commit), then sent one task a job; a
+/// marker task records outcomes as they come, the `sent` ones together (one commit each
+/// time it wakes). So a store flush serves a whole batch, not one message.
 pub async fn run_workers(
     state: AppState,
     delivery: Arc<Delivery>,
@@ -291,6 +309,8 @@ pub async fn run_workers(
     }
     let channels: Vec<&str> = delivery.lanes.iter().map(|l| l.channel.as_str()).collect();
     tracing::info!(channels = %channels.join(","), "delivery workers started");
+    let (outcomes, received) = mpsc::unbounded_channel::<Outcome>();
+    let marker = tokio::spawn(mark_outcomes(state.clone(), delivery.clone(), received));
     let mut tasks = JoinSet::new();
     let mut overdue_at = tokio::time::Instant::now();
     while !*shutdown.borrow() {
@@ -299,42 +319,57 @@ pub async fn run_workers(
             overdue_at += OVERDUE_EVERY;
             overdue_alert(&state, &delivery).await;
         }
-        let free: usize = delivery
-            .lanes
-            .iter()
-            .map(|l| l.slots.available_permits())
-            .sum();
-        let limit = delivery.batch.min(free.max(1));
-        let cms = state.cms.clone();
-        let claimed = match api::blocking(move || cms.claim_due(now_ms(), limit)).await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                tracing::error!(code = e.code(), "claiming dispatch jobs failed");
-                Vec::new()
+        let mut claimed_any = false;
+        let mut any_free = false;
+        for lane in &delivery.lanes {
+            let mut permits = Vec::new();
+            while permits.len() < delivery.batch {
+                match lane.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
             }
-        };
-        if claimed.is_empty() {
+            if permits.is_empty() {
+                continue;
+            }
+            any_free = true;
+            let prepared = claim_and_prepare(&state, &delivery, lane.channel, permits.len()).await;
+            claimed_any |= !prepared.is_empty();
+            for (job, outgoing) in prepared {
+                let permit = permits.pop();
+                let outgoing = match outgoing {
+                    Ok(o) => o,
+                    Err(failure) => {
+                        let _ = outcomes.send((job, Err(failure)));
+                        continue;
+                    }
+                };
+                let (courier, outcomes) = (lane.courier.clone(), outcomes.clone());
+                tasks.spawn(async move {
+                    let sent = courier.send(&outgoing).await;
+                    drop(outgoing);
+                    drop(permit);
+                    let outcome = sent
+                        .map(|s| s.peer_id)
+                        .map_err(|e| (e.is_temporary(), without_addresses(e.reason())));
+                    let _ = outcomes.send((job, outcome));
+                });
+            }
+        }
+        if claimed_any {
+            continue;
+        }
+        if any_free || tasks.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(delivery.poll) => {}
                 _ = stopped(&mut shutdown) => {}
             }
-            continue;
-        }
-        for job in claimed {
-            let Some(lane) = delivery.lane(job.channel) else {
-                let reason = format!("no courier for channel {} in this process", job.channel);
-                finish(&state, &delivery, &job, Err((true, reason))).await;
-                continue;
-            };
-            // Waiting here for a slot is the back-pressure: no more claims while full.
-            let Ok(permit) = lane.slots.clone().acquire_owned().await else {
-                break;
-            };
-            let (state, delivery) = (state.clone(), delivery.clone());
-            tasks.spawn(async move {
-                deliver(&state, &delivery, job).await;
-                drop(permit);
-            });
+        } else {
+            // Every lane is full: wait for a job to finish (the back-pressure).
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = stopped(&mut shutdown) => {}
+            }
         }
     }
     let drained = tokio::time::timeout(crate::SHUTDOWN_GRACE, async {
@@ -346,7 +381,146 @@ pub async fn run_workers(
             "delivery workers stopped with jobs in flight; they are sent again after restart"
         );
     }
+    drop(outcomes);
+    let _ = marker.await;
     tracing::info!("delivery workers stopped");
+}
+
+/// On the blocking pool: claims up to `limit` due jobs of `channel` and releases them through
+/// the audited gate, in one commit ([`vault::cms::Cms::claim_and_release`]), and renders each
+/// job's message. A job the vault refuses, or whose message cannot be made, comes back with
+/// its failure. If the commit fails, nothing was claimed: the jobs stay due.
+async fn claim_and_prepare(
+    state: &AppState,
+    delivery: &Arc<Delivery>,
+    channel: Channel,
+    limit: usize,
+) -> Vec<(Job, Result<Outgoing, Failure>)> {
+    let (st, d) = (state.clone(), delivery.clone());
+    let prepared = api::blocking(move || {
+        let released = st.cms.claim_and_release(
+            &*st.hsm,
+            &st.audit,
+            channel,
+            now_ms(),
+            limit,
+            Date::today_utc(),
+        )?;
+        Ok(released
+            .into_iter()
+            .map(|(job, release)| {
+                let outgoing = release
+                    .map_err(|e| release_refused(&e))
+                    .and_then(|r| render(&d, &r));
+                (job, outgoing)
+            })
+            .collect())
+    })
+    .await;
+    prepared.unwrap_or_else(|e| {
+        tracing::error!(
+            code = e.code(),
+            channel = channel.as_str(),
+            "claiming dispatch jobs failed"
+        );
+        Vec::new()
+    })
+}
+
+/// A refused release: permanent when the vault says the job cannot go (card not `active`,
+/// contact refused, job or card unknown), temporary otherwise (sealed, storage).
+fn release_refused(e: &vault::Error) -> Failure {
+    let permanent = matches!(
+        e,
+        vault::Error::WrongState { .. }
+            | vault::Error::Refused(_)
+            | vault::Error::NotFound(_)
+            | vault::Error::Invalid(_)
+    );
+    (!permanent, format!("release refused: {e}"))
+}
+
+/// Records outcomes as they come: every `sent` one waiting at that moment in one commit, each
+/// failure with its backoff, `dead` and fallback. Ends when every sender has gone.
+async fn mark_outcomes(
+    state: AppState,
+    delivery: Arc<Delivery>,
+    mut received: mpsc::UnboundedReceiver<Outcome>,
+) {
+    let mut waiting = Vec::new();
+    while received.recv_many(&mut waiting, MARK_BATCH).await > 0 {
+        let (sent, failed): (Vec<Outcome>, Vec<Outcome>) =
+            waiting.drain(..).partition(|(_, o)| o.is_ok());
+        if !sent.is_empty() {
+            mark_sent(&state, sent).await;
+        }
+        for (job, outcome) in failed {
+            if let Err(failure) = outcome {
+                mark_failed(&state, &delivery, &job, failure).await;
+            }
+        }
+    }
+}
+
+/// Marks `sent` jobs sent, in one commit.
+async fn mark_sent(state: &AppState, sent: Vec<Outcome>) {
+    let peers: Vec<(u64, String)> = sent
+        .iter()
+        .map(|(job, o)| (job.id, peer_id(o.as_deref().unwrap_or(""))))
+        .collect();
+    let (cms, audit) = (state.cms.clone(), state.audit.clone());
+    match api::blocking(move || cms.mark_sent_many(&audit, &peers)).await {
+        Ok(results) => {
+            for ((job, _), result) in sent.iter().zip(results) {
+                let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
+                match result {
+                    Ok(_) => tracing::info!(job = id, channel, part, outcome = "sent", "dispatch"),
+                    Err(e) => tracing::error!(
+                        job = id,
+                        channel,
+                        part,
+                        code = api::ApiError::from(e).code(),
+                        "sent, but the job could not be marked sent"
+                    ),
+                }
+            }
+        }
+        Err(e) => tracing::error!(
+            jobs = sent.len(),
+            code = e.code(),
+            "sent, but the jobs could not be marked sent; they are sent again after restart"
+        ),
+    }
+}
+
+/// Marks `job` failed (temporary with backoff, or `dead` with the policy's fallback).
+async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: Failure) {
+    let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
+    let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
+    let (temporary, reason) = failure;
+    let policy = delivery.policy;
+    let marked = api::blocking(move || {
+        cms.mark_failed(&*hsm, &audit, id, temporary, &reason, now_ms(), &policy)
+    })
+    .await;
+    match marked {
+        Ok(j) => tracing::warn!(
+            job = id,
+            channel,
+            part,
+            temporary,
+            attempts = j.attempts,
+            outcome = j.state.as_str(),
+            "dispatch failed"
+        ),
+        Err(e) => tracing::error!(
+            job = id,
+            channel,
+            part,
+            code = e.code(),
+            "the failed job could not be marked failed"
+        ),
+    }
 }
 
 /// Logs how many parts are not delivered after the configured time (the overdue alert).
@@ -366,96 +540,8 @@ async fn overdue_alert(state: &AppState, delivery: &Delivery) {
     }
 }
 
-/// A failure: whether it is temporary, and a reason without codes or contacts.
-type Failure = (bool, String);
-
-/// Sends one claimed job and records the outcome.
-async fn deliver(state: &AppState, delivery: &Arc<Delivery>, job: Job) {
-    let (st, d, id) = (state.clone(), delivery.clone(), job.id);
-    let prepared = tokio::task::spawn_blocking(move || prepare(&st, &d, id))
-        .await
-        .unwrap_or_else(|_| Err((true, "preparing the message failed".to_owned())));
-    let outcome = match prepared {
-        Err(f) => Err(f),
-        Ok(outgoing) => {
-            let sent = match delivery.lane(job.channel) {
-                Some(lane) => lane.courier.send(&outgoing).await,
-                None => Err(dispatch::courier::SendError::temporary("no courier")),
-            };
-            drop(outgoing);
-            sent.map_err(|e| (e.is_temporary(), without_addresses(e.reason())))
-        }
-    };
-    finish(state, delivery, &job, outcome.map(|s| s.peer_id)).await;
-}
-
-/// Marks `job` sent (with the courier's id for it) or failed.
-async fn finish(
-    state: &AppState,
-    delivery: &Delivery,
-    job: &Job,
-    outcome: Result<String, Failure>,
-) {
-    let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
-    let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
-    match outcome {
-        Ok(peer) => {
-            let peer = peer_id(&peer);
-            match api::blocking(move || cms.mark_sent(&audit, id, &peer)).await {
-                Ok(_) => tracing::info!(job = id, channel, part, outcome = "sent", "dispatch"),
-                Err(e) => tracing::error!(
-                    job = id,
-                    channel,
-                    part,
-                    code = e.code(),
-                    "sent, but the job could not be marked sent"
-                ),
-            }
-        }
-        Err((temporary, reason)) => {
-            let policy = delivery.policy;
-            let marked = api::blocking(move || {
-                cms.mark_failed(&*hsm, &audit, id, temporary, &reason, now_ms(), &policy)
-            })
-            .await;
-            match marked {
-                Ok(j) => tracing::warn!(
-                    job = id,
-                    channel,
-                    part,
-                    temporary,
-                    attempts = j.attempts,
-                    outcome = j.state.as_str(),
-                    "dispatch failed"
-                ),
-                Err(e) => tracing::error!(
-                    job = id,
-                    channel,
-                    part,
-                    code = e.code(),
-                    "the failed job could not be marked failed"
-                ),
-            }
-        }
-    }
-}
-
-/// On the blocking pool: release (audited), render the job's part, address it.
-fn prepare(state: &AppState, delivery: &Delivery, id: u64) -> Result<Outgoing, Failure> {
-    let actor = Actor::system(format!("dispatch-job-{id}"));
-    let release = state
-        .cms
-        .release_for_job(&*state.hsm, &state.audit, id, Date::today_utc(), &actor)
-        .map_err(|e| {
-            let permanent = matches!(
-                e,
-                vault::Error::WrongState { .. }
-                    | vault::Error::Refused(_)
-                    | vault::Error::NotFound(_)
-                    | vault::Error::Invalid(_)
-            );
-            (!permanent, format!("release refused: {e}"))
-        })?;
+/// The message of a released job's part, addressed.
+fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure> {
     let job = &release.job;
     let render_failed = |e: dispatch::Error| (false, format!("render: {e}"));
     let plan = Plan::parse(&job.courier_plan()).map_err(render_failed)?;
@@ -548,7 +634,7 @@ mod tests {
         let d = Delivery::from_config(None, true, dir.path(), &print())
             .unwrap()
             .unwrap();
-        assert!(d.lane(Channel::Email).is_some() && d.lane(Channel::Sms).is_some());
+        assert!(d.sends(Channel::Email) && d.sends(Channel::Sms));
         assert!(dir.path().join("spool").is_dir());
         assert!(d.dlr_token().is_none());
         // A spool outside --dev is refused.
@@ -573,7 +659,7 @@ mod tests {
         let d = Delivery::from_config(Some(&relay), false, dir.path(), &print())
             .unwrap()
             .unwrap();
-        assert!(d.lane(Channel::Email).is_some() && d.lane(Channel::Sms).is_none());
+        assert!(d.sends(Channel::Email) && !d.sends(Channel::Sms));
         assert_eq!(d.policy.max_attempts, 2);
         assert!(!format!("{d:?}").is_empty());
     }

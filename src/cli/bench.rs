@@ -17,7 +17,9 @@
 //! plus raw store write time for the same records): 1.0 means the import costs no more than
 //! the bare work it cannot avoid.
 
+mod dispatch;
 mod mailers;
+mod population;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -53,6 +55,9 @@ pub enum BenchCommand {
     /// Print N sealed PIN mailers from the vault, on 2 threads and on 1, with a bare
     /// rendering baseline.
     Mailers(mailers::MailersBench),
+    /// Deliver N cards' codes by e-mail through the service's workers into smtp-sink, with
+    /// smtp-source as the baseline; and SMS through Kannel.
+    Dispatch(dispatch::DispatchBench),
 }
 
 /// `plico bench import` arguments.
@@ -78,6 +83,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Import(a) => import(&a),
         BenchCommand::Mailers(a) => mailers::run(&a),
+        BenchCommand::Dispatch(a) => dispatch::run(&a),
     }
 }
 

@@ -335,7 +335,11 @@ async fn dispatch_resend_and_reidentify_over_http() {
     assert_eq!(a.json["jobs"][1]["channel"], "sms");
 
     // Start-up recovery: a job a dead worker left `sending` is queued again, once.
-    let claimed = d.state.cms.claim_due(u64::MAX / 2, 10).unwrap();
+    let claimed = d
+        .state
+        .cms
+        .claim_due(u64::MAX / 2, &vault::cms::Channel::REMOTE, 10)
+        .unwrap();
     assert_eq!(claimed.len(), 2, "{claimed:?}");
     assert_eq!(d.status(503).await["parts"][1]["state"], "sending");
     let requeued = plico::recover_outbox(d.state.clone(), Duration::from_millis(5)).await;

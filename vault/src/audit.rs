@@ -391,6 +391,16 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// Events written by [`AuditLog::write_all`], not yet known to be durable: hand it to
+/// [`AuditLog::durable`].
+#[must_use = "the events are not durable until AuditLog::durable returns"]
+#[derive(Debug)]
+pub struct Written {
+    seq: u64,
+    /// The head hash of a checkpoint that fell due, to anchor once durable.
+    checkpoint: Option<String>,
+}
+
 impl AuditLog {
     /// Opens the chain in `store`, continuing after its head.
     ///
@@ -635,7 +645,20 @@ impl AuditLog {
     ///
     /// # Errors
     /// As [`AuditLog::commit`]; [`Error::Invalid`] for no event.
-    pub fn commit_all(&self, mut batch: Batch, events: Vec<NewEvent>) -> Result<u64> {
+    pub fn commit_all(&self, batch: Batch, events: Vec<NewEvent>) -> Result<u64> {
+        let written = self.write_all(batch, events)?;
+        self.durable(written)
+    }
+
+    /// The first half of [`AuditLog::commit_all`]: the change and its events are written
+    /// (readable, in order in the chain) but not yet flushed. A caller that holds a lock of
+    /// its own writes under it and calls [`AuditLog::durable`] after releasing it, so that
+    /// other writers are not held up by the flush. Nothing the change allows may happen (a
+    /// code sent, an answer given) before `durable` has returned.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit_all`].
+    pub fn write_all(&self, mut batch: Batch, events: Vec<NewEvent>) -> Result<Written> {
         if events.is_empty() {
             return Err(Error::Invalid(
                 "an audited change needs at least one event".into(),
@@ -708,17 +731,28 @@ impl AuditLog {
         chain.next_seq = seq + 1;
         chain.last_hash = last_hash;
         chain.since_checkpoint = since;
-        drop(chain);
-        drop(key);
-        self.make_durable(seq)?;
-        if due {
+        Ok(Written {
+            seq,
+            checkpoint: (due && key.is_some()).then(|| hex::encode(last_hash)),
+        })
+    }
+
+    /// The second half of [`AuditLog::commit_all`]: returns once `written` (and everything
+    /// written before it) is flushed, then anchors its checkpoint in the HSM if one fell due.
+    /// Returns the last event's sequence number.
+    ///
+    /// # Errors
+    /// Store errors from the flush.
+    pub fn durable(&self, written: Written) -> Result<u64> {
+        self.make_durable(written.seq)?;
+        if let Some(hash) = written.checkpoint {
             if let Some(hsm) = self.anchor_hsm() {
                 // The events are committed whatever happens here; a failed anchor only leaves
                 // the HSM's anchor at the previous checkpoint, which the next one moves on.
-                let _ = self.anchor_checkpoint(&*hsm, seq, hex::encode(last_hash));
+                let _ = self.anchor_checkpoint(&*hsm, written.seq, hash);
             }
         }
-        Ok(seq)
+        Ok(written.seq)
     }
 
     /// Group commit: returns once event `seq` (and everything written before it) is flushed.

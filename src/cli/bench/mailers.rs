@@ -21,10 +21,9 @@
 //! memory is the high-water mark over steps 2–4, and `rss_growth_mib` how far it rose above
 //! the resident size at the start of step 2, which is mostly sled's page cache).
 
-use super::{
-    dev_hsm, import_codes, in_work_dir, peak_rss_mib, per_s, serial, status_mib, write_file,
-};
-use anyhow::{bail, Context};
+use super::population::{address, import, name, registry};
+use super::{dev_hsm, in_work_dir, peak_rss_mib, per_s, serial, status_mib};
+use anyhow::bail;
 use clap::Args;
 use dispatch::bulk::OwnedMailer;
 use dispatch::{Addressee, Codes, Issuer, Layout, Plan, PrintRenderer, Templates};
@@ -35,16 +34,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use vault::account::Actor;
 use vault::audit::AuditLog;
-use vault::cms::codice_fiscale::check_character;
 use vault::cms::date::Date;
 use vault::cms::mailers::{Reprint, Selection};
-use vault::cms::registry::CardRecord;
-use vault::cms::registry_parse::{CardEntry, HolderEntry};
-use vault::cms::{CardState, Cms};
+use vault::cms::Cms;
 use vault::codes::{BatchId, CodeVault};
-use vault::import::ImportOutcome;
 use vault::store::sled::SledStore;
-use vault::store::{Batch, Store, Tree};
+use vault::store::Store;
 
 /// `plico bench mailers` arguments.
 #[derive(Debug, Args)]
@@ -65,50 +60,6 @@ pub struct MailersBench {
     pub store_cache_mib: Option<u64>,
 }
 
-const NAMES: [&str; 6] = [
-    "Niccolò",
-    "Maria Lucia",
-    "Àlvaro",
-    "Annunziata",
-    "Pierluigi",
-    "Zoë",
-];
-const SURNAMES: [&str; 5] = [
-    "D'Aragona",
-    "Rossi",
-    "Bianchi della Gherardesca",
-    "Esposito",
-    "Müller",
-];
-
-fn name(i: u64) -> (&'static str, &'static str) {
-    (
-        NAMES[(i % NAMES.len() as u64) as usize],
-        SURNAMES[((i / 7) % SURNAMES.len() as u64) as usize],
-    )
-}
-
-fn address(i: u64) -> String {
-    format!(
-        "Via Giuseppe Verdi {}, {:05} Roma RM",
-        i % 300 + 1,
-        100 + i % 99
-    )
-}
-
-/// A valid codice fiscale for holder `i` (surname and name letters from `i`).
-fn codice_fiscale(i: u64) -> anyhow::Result<String> {
-    let mut letters = [b'A'; 6];
-    let mut v = i;
-    for l in letters.iter_mut().rev() {
-        *l = b'A' + (v % 26) as u8;
-        v /= 26;
-    }
-    let base = format!("{}85T10A562", String::from_utf8_lossy(&letters));
-    let check = check_character(&base).context("codice fiscale check character")?;
-    Ok(format!("{base}{check}"))
-}
-
 /// Runs the benchmark.
 ///
 /// # Errors
@@ -118,81 +69,6 @@ pub fn run(a: &MailersBench) -> anyhow::Result<()> {
         bail!("--count must be at least 1");
     }
     in_work_dir(a.dir.as_deref(), "mailers", |work| run_in(work, a))
-}
-
-fn import(
-    work: &Path,
-    codes: &CodeVault,
-    hsm: &dyn vault::Hsm,
-    audit: &AuditLog,
-    n: u64,
-    base: u64,
-) -> anyhow::Result<BatchId> {
-    let file = work.join(format!("codes-{base}.txt"));
-    write_file(&file, n, base)?;
-    let outcome = import_codes(codes, hsm, audit, &file, n)?;
-    std::fs::remove_file(&file)?;
-    match outcome {
-        ImportOutcome::Committed(r) => Ok(r.id),
-        other => bail!("the import did not commit: {:?}", other.record().problems),
-    }
-}
-
-/// One holder per card, applied in chunks, then every card made active.
-#[allow(clippy::too_many_arguments)]
-fn registry(
-    cms: &Cms,
-    store: &dyn Store,
-    hsm: &dyn vault::Hsm,
-    audit: &AuditLog,
-    serials: &[String],
-    first_holder: u64,
-    today: Date,
-    actor: &Actor,
-) -> anyhow::Result<()> {
-    let expiry = Date::parse("2031-12-31")?;
-    let birth = Date::parse("1985-12-10")?;
-    for (c, chunk) in serials.chunks(5_000).enumerate() {
-        let mut entries = Vec::with_capacity(chunk.len());
-        for (j, s) in chunk.iter().enumerate() {
-            let i = first_holder + (c * 5_000 + j) as u64;
-            let (given, surname) = name(i);
-            entries.push(HolderEntry {
-                first_line: i + 2,
-                codice_fiscale: codice_fiscale(i)?,
-                given_names: given.into(),
-                surname: surname.into(),
-                birth_date: birth,
-                email: None,
-                mobile: None,
-                address: Some(address(i)),
-                deceased: false,
-                cards: vec![CardEntry {
-                    line: i + 2,
-                    serial: s.clone(),
-                    expiry,
-                    replaced_by: None,
-                }],
-            });
-        }
-        cms.import_registry(hsm, audit, &entries, today, actor)?;
-        let mut b = Batch::new();
-        for s in chunk {
-            let bytes = store
-                .get(Tree::Cards, s.as_bytes())?
-                .context("card record missing after the registry import")?;
-            let mut card: CardRecord = serde_json::from_slice(&bytes)?;
-            card.state = CardState::Active;
-            b.put(
-                Tree::Cards,
-                s.as_bytes().to_vec(),
-                serde_json::to_vec(&card)?,
-            );
-        }
-        store.write(&b)?;
-    }
-    store.flush()?;
-    Ok(())
 }
 
 fn reset_peak_rss() {
@@ -227,8 +103,12 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
     eprintln!("setup: registry of {} holders, cards made active", n + n1);
     let serials_a: Vec<String> = (0..n).map(|i| serial(base_a, i)).collect();
     let serials_b: Vec<String> = (0..n1).map(|i| serial(base_b, i)).collect();
-    registry(&cms, &*store, &*hsm, &audit, &serials_a, 0, today, &actor)?;
-    registry(&cms, &*store, &*hsm, &audit, &serials_b, n, today, &actor)?;
+    registry(
+        &cms, &*store, &*hsm, &audit, &serials_a, 0, today, &actor, false,
+    )?;
+    registry(
+        &cms, &*store, &*hsm, &audit, &serials_b, n, today, &actor, false,
+    )?;
 
     let identity = age::x25519::Identity::generate();
     let setup = |dir: &str| -> anyhow::Result<PrintSetup> {

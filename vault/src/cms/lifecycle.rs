@@ -377,18 +377,32 @@ impl Cms {
         actor: &Actor,
     ) -> Result<CardCodes> {
         let _ops = self.ops_lock();
+        let (codes, event) = self.release_locked(hsm, audit, serial, purpose, today, actor)?;
+        audit.append(event)?;
+        Ok(codes)
+    }
+
+    /// [`Cms::release_codes`] with the ops lock held by the caller, who commits the returned
+    /// `card.codes_release` event before the codes go anywhere.
+    pub(super) fn release_locked(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        serial: &str,
+        purpose: &str,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<(CardCodes, NewEvent)> {
         self.active_card(audit, serial, today, actor)?;
         let codes = self
             .codes
             .find(hsm, serial)?
             .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
-        audit.append(
-            NewEvent::new("card.codes_release", serial.to_string())
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
-                .detail("for", purpose.to_string()),
-        )?;
-        Ok(codes)
+        let event = NewEvent::new("card.codes_release", serial.to_string())
+            .by(actor.id.clone(), actor.role.clone())
+            .request(actor.request_id.clone())
+            .detail("for", purpose.to_string());
+        Ok((codes, event))
     }
 
     /// Revokes every card past its expiry on `today` (the daily sweep), `chunk` cards a

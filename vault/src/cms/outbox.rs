@@ -37,8 +37,9 @@
 //! # Storage
 //!
 //! - [`Tree::Outbox`]: job id (u64 BE) → [`Job`].
-//! - [`Tree::OutboxDue`]: `lane | due ms | job id`: lane 0 holds waiting jobs (`queued`,
-//!   `failed`) by when they are due, lane 1 `sending` jobs by when they were claimed.
+//! - [`Tree::OutboxDue`]: `lane | due ms | job id`: lane `0x10 | channel` holds a channel's
+//!   waiting jobs (`queued`, `failed`) by when they are due, lane 1 `sending` jobs by when
+//!   they were claimed.
 //! - [`Tree::OutboxCards`]: `serial | '|' | job id`, a card's jobs.
 //! - [`Tree::OutboxKeys`]: idempotency key (16 bytes) → job id.
 //! - [`Tree::OutboxOpen`]: `created ms | job id` for jobs not done with (the overdue alert).
@@ -58,9 +59,12 @@ use std::fmt;
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
-/// Lanes of [`Tree::OutboxDue`].
-const LANE_WAITING: u8 = 0;
+/// Lanes of [`Tree::OutboxDue`]: waiting jobs by channel (`LANE_WAITING | channel tag`), and
+/// `sending` jobs. Lane 0 is the waiting lane of stores written before lanes had channels
+/// ([`Cms::recover`] moves its keys).
+const LANE_OLD_WAITING: u8 = 0;
 const LANE_SENDING: u8 = 1;
+const LANE_WAITING: u8 = 0x10;
 /// Longest last error kept on a job.
 const MAX_ERROR: usize = 200;
 /// Longest peer id accepted.
@@ -134,6 +138,20 @@ impl Channel {
             Channel::Sms => "sms",
             Channel::Email => "email",
             Channel::Mailer => "mailer",
+        }
+    }
+
+    /// The channels a delivery worker sends by (the counter part is printed at the counter,
+    /// the mailer part by a print run).
+    pub const REMOTE: [Channel; 2] = [Channel::Sms, Channel::Email];
+
+    /// Its tag in the waiting lanes' keys.
+    fn tag(self) -> u8 {
+        match self {
+            Channel::Counter => 0,
+            Channel::Sms => 1,
+            Channel::Email => 2,
+            Channel::Mailer => 3,
         }
     }
 
@@ -339,7 +357,9 @@ impl Job {
 
     fn due_key(&self) -> Option<Vec<u8>> {
         let (lane, at) = match self.state {
-            JobState::Queued | JobState::Failed => (LANE_WAITING, self.next_attempt_ms),
+            JobState::Queued | JobState::Failed => {
+                (LANE_WAITING | self.channel.tag(), self.next_attempt_ms)
+            }
             JobState::Sending => (LANE_SENDING, self.claimed_ms.unwrap_or(0)),
             _ => return None,
         };
@@ -923,75 +943,127 @@ impl Cms {
         Ok(Dispatched { request, jobs })
     }
 
-    /// Claims up to `limit` jobs due at `now_ms` (`queued`, or `failed` whose next attempt has
-    /// come), oldest due first: each becomes `sending` with one more attempt, durably, before
-    /// it is returned. Not audited (see the module documentation).
+    /// Claims up to `limit` jobs of the `channels` due at `now_ms` (`queued`, or `failed` whose
+    /// next attempt has come), oldest due first within a channel: each becomes `sending` with
+    /// one more attempt before it is returned. One store write, not flushed: a claim lost in a
+    /// crash leaves the job waiting, and the release that follows a claim is flushed. Not
+    /// audited (see the module documentation).
     ///
     /// # Errors
     /// Store errors (then nothing is claimed).
-    pub fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Job>> {
+    pub fn claim_due(&self, now_ms: u64, channels: &[Channel], limit: usize) -> Result<Vec<Job>> {
         let _ops = self.ops_lock();
-        let from = [LANE_WAITING];
-        let mut to = vec![LANE_WAITING];
-        to.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-        let keys = self.store.keys(Tree::OutboxDue, &from, Some(&to), limit)?;
         let mut b = Batch::new();
-        let mut claimed = Vec::with_capacity(keys.len());
-        for k in &keys {
-            let id = seq_of(&k[k.len().saturating_sub(8)..])?;
-            let Some(old) = self.job(id)? else {
-                b.delete(Tree::OutboxDue, k.clone());
-                continue;
-            };
-            if !matches!(old.state, JobState::Queued | JobState::Failed) {
-                b.delete(Tree::OutboxDue, k.clone());
-                continue;
-            }
-            let mut job = old.clone();
-            job.state = JobState::Sending;
-            job.attempts += 1;
-            job.claimed_ms = Some(now_ms);
-            job.updated_ms = now_ms;
-            put_job(&mut b, Some(&old), &job)?;
-            claimed.push(job);
-        }
+        let claimed = self.claim_into(now_ms, channels, limit, &mut b)?;
         if !b.is_empty() {
             self.store.apply(&b)?;
         }
         Ok(claimed)
     }
 
+    /// [`Cms::claim_due`]'s changes put into `b`. Called with the ops lock held.
+    pub(super) fn claim_into(
+        &self,
+        now_ms: u64,
+        channels: &[Channel],
+        limit: usize,
+        b: &mut Batch,
+    ) -> Result<Vec<Job>> {
+        let mut claimed = Vec::with_capacity(limit);
+        for channel in channels {
+            let lane = LANE_WAITING | channel.tag();
+            let mut to = vec![lane];
+            to.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+            let want = limit.saturating_sub(claimed.len());
+            if want == 0 {
+                break;
+            }
+            for k in self.store.keys(Tree::OutboxDue, &[lane], Some(&to), want)? {
+                let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+                let Some(old) = self.job(id)? else {
+                    b.delete(Tree::OutboxDue, k);
+                    continue;
+                };
+                if !matches!(old.state, JobState::Queued | JobState::Failed) {
+                    b.delete(Tree::OutboxDue, k);
+                    continue;
+                }
+                let mut job = old.clone();
+                job.state = JobState::Sending;
+                job.attempts += 1;
+                job.claimed_ms = Some(now_ms);
+                job.updated_ms = now_ms;
+                put_job(b, Some(&old), &job)?;
+                claimed.push(job);
+            }
+        }
+        Ok(claimed)
+    }
+
     /// Records that the courier accepted job `id` (`sending` → `sent`), with its id for the
-    /// message, and a `dispatch.sent` event, in one batch. A job already `sent` or `delivered`
-    /// (a receipt came first) is left as it is.
+    /// message, and a `dispatch.sent` event, in one batch: [`Cms::mark_sent_many`] for one job.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::Invalid`] for a bad peer id; [`Error::WrongState`] for a
-    /// job in another state; store and audit errors.
+    /// As [`Cms::mark_sent_many`], for the job or the whole call.
     pub fn mark_sent(&self, audit: &AuditLog, id: u64, peer_id: &str) -> Result<Job> {
-        check_peer_id(peer_id)?;
-        let _ops = self.ops_lock();
-        let old = self.required_job(id)?;
-        match old.state {
-            JobState::Sending => {}
-            JobState::Sent | JobState::Delivered => return Ok(old),
-            s => return Err(wrong_job_state(&old, s, "sending")),
-        }
+        self.mark_sent_many(audit, &[(id, peer_id.to_owned())])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::NotFound(format!("dispatch job {id}"))))
+    }
+
+    /// Records that the courier accepted each job of `sent` (`sending` → `sent`), with its
+    /// id for the message: every change and its `dispatch.sent` event in one commit (one flush
+    /// for all). A job already `sent` or `delivered` (a receipt came first) is left as it is.
+    /// Returns one result a job, in order; a job refused changes nothing.
+    ///
+    /// # Errors
+    /// For the whole call: store and audit errors (then nothing is marked). For a job:
+    /// [`Error::NotFound`]; [`Error::Invalid`] for a bad peer id; [`Error::WrongState`] for a
+    /// job in another state.
+    pub fn mark_sent_many(
+        &self,
+        audit: &AuditLog,
+        sent: &[(u64, String)],
+    ) -> Result<Vec<Result<Job>>> {
+        let ops = self.ops_lock();
         let now = now_ms();
-        let mut job = old.clone();
-        job.state = JobState::Sent;
-        job.peer_id = Some(peer_id.to_owned());
-        job.sent_ms = Some(now);
-        job.updated_ms = now;
         let mut b = Batch::new();
-        put_job(&mut b, Some(&old), &job)?;
-        audit.commit(
-            b,
-            job_event("dispatch.sent", &job)
-                .detail("attempt", job.attempts.to_string())
-                .detail("peer_id", peer_id.to_owned()),
-        )?;
-        Ok(job)
+        let mut events = Vec::new();
+        let mut out = Vec::with_capacity(sent.len());
+        for (id, peer_id) in sent {
+            let marked = check_peer_id(peer_id).and_then(|()| {
+                let old = self.required_job(*id)?;
+                match old.state {
+                    JobState::Sending => {}
+                    JobState::Sent | JobState::Delivered => return Ok((old, None)),
+                    s => return Err(wrong_job_state(&old, s, "sending")),
+                }
+                let mut job = old.clone();
+                job.state = JobState::Sent;
+                job.peer_id = Some(peer_id.clone());
+                job.sent_ms = Some(now);
+                job.updated_ms = now;
+                put_job(&mut b, Some(&old), &job)?;
+                let event = job_event("dispatch.sent", &job)
+                    .detail("attempt", job.attempts.to_string())
+                    .detail("peer_id", peer_id.clone());
+                Ok((job, Some(event)))
+            });
+            match marked {
+                Ok((job, event)) => {
+                    events.extend(event);
+                    out.push(Ok(job));
+                }
+                Err(e @ Error::Storage(_)) => return Err(e),
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        if !events.is_empty() {
+            let written = audit.write_all(b, events)?;
+            drop(ops);
+            audit.durable(written)?;
+        }
+        Ok(out)
     }
 
     /// Records that sending job `id` failed. A temporary failure with attempts left makes it
@@ -1214,6 +1286,7 @@ impl Cms {
     /// Store and audit errors (jobs recovered before the error stay recovered).
     pub fn recover(&self, audit: &AuditLog) -> Result<u64> {
         let _ops = self.ops_lock();
+        self.move_old_waiting_keys()?;
         let now = now_ms();
         let mut count = 0u64;
         loop {
@@ -1253,6 +1326,31 @@ impl Cms {
             count += n;
         }
         Ok(count)
+    }
+
+    /// Moves the waiting keys of a store written before the waiting lanes had channels (lane
+    /// 0) to their channel's lane. Called with the ops lock held.
+    fn move_old_waiting_keys(&self) -> Result<()> {
+        loop {
+            let keys = self.store.keys(
+                Tree::OutboxDue,
+                &[LANE_OLD_WAITING],
+                Some(&[LANE_OLD_WAITING + 1]),
+                PAGE,
+            )?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut b = Batch::new();
+            for k in keys {
+                let id = seq_of(&k[k.len().saturating_sub(8)..])?;
+                if let Some(due) = self.job(id)?.and_then(|job| job.due_key()) {
+                    b.put(Tree::OutboxDue, due, Vec::new());
+                }
+                b.delete(Tree::OutboxDue, k);
+            }
+            self.store.apply(&b)?;
+        }
     }
 
     /// Sends one part of a card's codes again: a new job for `part` by the channel of its

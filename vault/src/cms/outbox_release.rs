@@ -2,18 +2,20 @@
 //! job's channel needs and the holder's name, after the same checks a dispatch request passes
 //! (card `active`, contact registered and not changed after the last identification, rule 13).
 //!
-//! The codes come through [`Cms::release_codes`], so every release is audited as
-//! `card.codes_release` with purpose `dispatch job N`. Nothing here renders or sends.
+//! The codes come through the same gate as [`Cms::release_codes`], every check made under the
+//! ops lock, so every release is audited as `card.codes_release` with purpose
+//! `dispatch job N`. A worker releases the jobs it claimed together ([`Cms::release_jobs`]):
+//! their events share one commit and one flush. Nothing here renders or sends.
 
-use super::card::CardState;
 use super::date::Date;
 use super::outbox::{Channel, Job, JobState};
 use super::registry::Cms;
 use crate::account::Actor;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, NewEvent};
 use crate::codes::CardCodes;
 use crate::error::{Error, Result};
 use crate::hsm::Hsm;
+use crate::store::Batch;
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -72,16 +74,11 @@ impl fmt::Debug for JobRelease {
 }
 
 impl Cms {
-    /// The codes, destination and holder's name for job `job_id`, which must be `sending`
-    /// (claimed by the caller). The card must be `active` and the contact the channel needs
-    /// registered and not changed after the card's last identification. The codes are
-    /// released through [`Cms::release_codes`] (audited, purpose `dispatch job N`).
+    /// The codes, destination and holder's name for job `job_id`: [`Cms::release_jobs`] for
+    /// one job.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown job or card; [`Error::WrongState`] for a job not
-    /// `sending` or a card not `active`; [`Error::Refused`] for a contact not registered or
-    /// changed since the last identification, a channel without a remote destination, or codes
-    /// no longer held; [`Error::Sealed`]; store and audit errors.
+    /// As [`Cms::release_jobs`], for the job or the whole call.
     pub fn release_for_job(
         &self,
         hsm: &dyn Hsm,
@@ -90,9 +87,120 @@ impl Cms {
         today: Date,
         actor: &Actor,
     ) -> Result<JobRelease> {
+        let _ops = self.ops_lock();
         let job = self
             .job(job_id)?
             .ok_or_else(|| Error::NotFound(format!("dispatch job {job_id}")))?;
+        let release = self.release_one(hsm, audit, job, today, actor)?;
+        audit.append(release.1)?;
+        Ok(release.0)
+    }
+
+    /// What a delivery worker does for `channel`: claims up to `limit` jobs due at `now_ms`
+    /// ([`Cms::claim_due`]) and releases each ([`Cms::release_jobs`]), the claims and the
+    /// release events in one commit, durable before this returns. A job whose release is
+    /// refused stays `sending` with its error: the caller marks it failed.
+    ///
+    /// # Errors
+    /// For the whole call: store and audit errors (then nothing is claimed or released). For
+    /// a job: as [`Cms::release_jobs`].
+    pub fn claim_and_release(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        channel: Channel,
+        now_ms: u64,
+        limit: usize,
+        today: Date,
+    ) -> Result<Vec<(Job, Result<JobRelease>)>> {
+        let ops = self.ops_lock();
+        let mut b = Batch::new();
+        let jobs = self.claim_into(now_ms, &[channel], limit, &mut b)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut events = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let actor = Actor::system(format!("dispatch-job-{}", job.id));
+            match self.release_one(hsm, audit, job.clone(), today, &actor) {
+                Ok((release, event)) => {
+                    events.push(event);
+                    out.push((job, Ok(release)));
+                }
+                Err(e @ Error::Storage(_)) => return Err(e),
+                Err(e) => out.push((job, Err(e))),
+            }
+        }
+        if events.is_empty() {
+            if !b.is_empty() {
+                self.store.apply(&b)?;
+            }
+            return Ok(out);
+        }
+        let written = audit.write_all(b, events)?;
+        drop(ops);
+        audit.durable(written)?;
+        Ok(out)
+    }
+
+    /// The codes, destination and holder's name for each of `job_ids`, which must be `sending`
+    /// (claimed by the caller). The card must be `active` and the contact the channel needs
+    /// registered and not changed after the card's last identification. Every check is made
+    /// under the ops lock, and the releases granted are audited together (one
+    /// `card.codes_release` event a job, purpose `dispatch job N`, by
+    /// `Actor::system("dispatch-job-N")`) in one commit, durable before this returns. A job
+    /// refused gets its own error and no event; the others go on.
+    ///
+    /// # Errors
+    /// For the whole call: store and audit errors (then nothing is released). For a job:
+    /// [`Error::NotFound`] for an unknown job or card; [`Error::WrongState`] for a job not
+    /// `sending` or a card not `active`; [`Error::Refused`] for a contact not registered or
+    /// changed since the last identification, a channel without a remote destination, or codes
+    /// no longer held; [`Error::Sealed`].
+    pub fn release_jobs(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        job_ids: &[u64],
+        today: Date,
+    ) -> Result<Vec<(u64, Result<JobRelease>)>> {
+        let ops = self.ops_lock();
+        let mut out = Vec::with_capacity(job_ids.len());
+        let mut events = Vec::new();
+        for &id in job_ids {
+            let actor = Actor::system(format!("dispatch-job-{id}"));
+            let released = self
+                .job(id)
+                .and_then(|job| job.ok_or_else(|| Error::NotFound(format!("dispatch job {id}"))))
+                .and_then(|job| self.release_one(hsm, audit, job, today, &actor));
+            match released {
+                Ok((release, event)) => {
+                    events.push(event);
+                    out.push((id, Ok(release)));
+                }
+                Err(e @ Error::Storage(_)) => return Err(e),
+                Err(e) => out.push((id, Err(e))),
+            }
+        }
+        if !events.is_empty() {
+            // Written under the lock, flushed after it: other writers need not wait for the
+            // disk. The codes go back only once the events are durable.
+            let written = audit.write_all(Batch::new(), events)?;
+            drop(ops);
+            audit.durable(written)?;
+        }
+        Ok(out)
+    }
+
+    /// One job's release and its event, not yet committed. Called with the ops lock held, with
+    /// the job as stored (or as claimed in the batch being built).
+    fn release_one(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        job: Job,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<(JobRelease, NewEvent)> {
+        let job_id = job.id;
         if job.state != JobState::Sending {
             return Err(Error::WrongState {
                 subject: format!("dispatch job {job_id}"),
@@ -101,14 +209,7 @@ impl Cms {
             });
         }
         let serial = job.serial.clone();
-        let card = self.required_card(&serial)?;
-        if card.state != CardState::Active {
-            return Err(Error::WrongState {
-                subject: format!("card {serial}"),
-                state: card.state.to_string(),
-                wanted: "active".to_string(),
-            });
-        }
+        let card = self.active_card(audit, &serial, today, actor)?;
         let (holder, personal) = self.holder_of(hsm, &card)?;
         self.check_contact(&card, &holder, &personal, job.channel)?;
         let destination = match job.channel {
@@ -130,8 +231,7 @@ impl Cms {
         })?;
         let name = Zeroizing::new(format!("{} {}", personal.given_names, personal.surname));
         drop(personal);
-        // The gate: state checked again under the ops lock, expiry applied, release audited.
-        let codes = self.release_codes(
+        let (codes, event) = self.release_locked(
             hsm,
             audit,
             &serial,
@@ -139,11 +239,14 @@ impl Cms {
             today,
             actor,
         )?;
-        Ok(JobRelease {
-            job,
-            codes,
-            destination,
-            name,
-        })
+        Ok((
+            JobRelease {
+                job,
+                codes,
+                destination,
+                name,
+            },
+            event,
+        ))
     }
 }

@@ -1,7 +1,7 @@
 //! Releases for claimed jobs on sled: an active card gives codes, destination and name with a
 //! `card.codes_release` event for the job; a suspended card and a changed contact are refused.
 
-use super::outbox::Job;
+use super::outbox::{Channel, Job};
 use super::outbox_release::ReleaseDestination;
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
@@ -41,7 +41,10 @@ fn claimed(plan: &str) -> (World, Job) {
     w.cms()
         .request_dispatch(&*w.hsm, w.audit(), &serial(1), plan, today(), &actor())
         .unwrap();
-    let mut jobs = w.cms().claim_due(u64::MAX / 2, 10).unwrap();
+    let mut jobs = w
+        .cms()
+        .claim_due(u64::MAX / 2, &Channel::REMOTE, 10)
+        .unwrap();
     assert_eq!(jobs.len(), 1);
     (w, jobs.remove(0))
 }
@@ -58,6 +61,18 @@ fn releases(w: &World) -> Vec<String> {
         .into_iter()
         .map(|e| e.details.get("for").cloned().unwrap_or_default())
         .collect()
+}
+
+fn count(w: &World, action: &str) -> usize {
+    w.audit()
+        .query(&Query {
+            action: Some(action.into()),
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap()
+        .events
+        .len()
 }
 
 #[test]
@@ -124,4 +139,132 @@ fn a_changed_contact_is_refused_and_a_job_not_sending_too() {
         .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
         .unwrap_err();
     assert!(matches!(err, Error::WrongState { .. }), "{err}");
+}
+
+#[test]
+fn claim_and_release_takes_only_its_channel_in_one_commit() {
+    let w = World::new();
+    holder(&w, "+393331234567");
+    w.import_codes(&[serial(1)]);
+    w.change(1, &holder_activation()).unwrap();
+    w.cms()
+        .request_dispatch(
+            &*w.hsm,
+            w.audit(),
+            &serial(1),
+            "counter(2)+sms",
+            today(),
+            &actor(),
+        )
+        .unwrap();
+    let now = u64::MAX / 2;
+    let none = w
+        .cms()
+        .claim_and_release(&*w.hsm, w.audit(), Channel::Email, now, 10, today())
+        .unwrap();
+    assert!(none.is_empty(), "the e-mail lane claimed an SMS job");
+    let got = w
+        .cms()
+        .claim_and_release(&*w.hsm, w.audit(), Channel::Sms, now, 10, today())
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let (job, release) = &got[0];
+    assert_eq!(job.state, crate::cms::JobState::Sending);
+    assert_eq!(job.attempts, 1);
+    let release = release.as_ref().unwrap();
+    assert_eq!(release.job.id, job.id);
+    assert_eq!(
+        w.cms().job(job.id).unwrap().unwrap().state,
+        crate::cms::JobState::Sending
+    );
+    // One event for the one release, and nothing left to claim.
+    assert_eq!(releases(&w), vec![format!("dispatch job {}", job.id)]);
+    assert!(w
+        .cms()
+        .claim_and_release(&*w.hsm, w.audit(), Channel::Sms, now, 10, today())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn claim_and_release_returns_a_refused_job_with_its_error_and_no_event() {
+    let w = World::new();
+    holder(&w, "+393331234567");
+    w.import_codes(&[serial(1)]);
+    w.change(1, &holder_activation()).unwrap();
+    w.cms()
+        .request_dispatch(&*w.hsm, w.audit(), &serial(1), "email", today(), &actor())
+        .unwrap();
+    w.change(1, &Change::Suspend(Reason::Lost)).unwrap();
+    let got = w
+        .cms()
+        .claim_and_release(
+            &*w.hsm,
+            w.audit(),
+            Channel::Email,
+            u64::MAX / 2,
+            10,
+            today(),
+        )
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        matches!(got[0].1, Err(Error::WrongState { .. })),
+        "{:?}",
+        got[0].1
+    );
+    assert!(releases(&w).is_empty());
+    // The job is `sending` (claimed): the worker marks it failed.
+    let failed = w
+        .cms()
+        .mark_failed(
+            &*w.hsm,
+            w.audit(),
+            got[0].0.id,
+            false,
+            "release refused",
+            u64::MAX / 2,
+            &crate::cms::OutboxPolicy::default(),
+        )
+        .unwrap();
+    assert_eq!(failed.state, crate::cms::JobState::Dead);
+}
+
+#[test]
+fn release_jobs_releases_each_and_refuses_one_without_stopping_the_others() {
+    let (w, job) = claimed("email");
+    let got = w
+        .cms()
+        .release_jobs(&*w.hsm, w.audit(), &[job.id, 999_999], today())
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].1.is_ok());
+    assert!(
+        matches!(got[1].1, Err(Error::NotFound(_))),
+        "{:?}",
+        got[1].1
+    );
+    assert_eq!(releases(&w), vec![format!("dispatch job {}", job.id)]);
+}
+
+#[test]
+fn mark_sent_many_marks_each_in_one_commit_and_refuses_one_alone() {
+    let (w, job) = claimed("email");
+    let got = w
+        .cms()
+        .mark_sent_many(
+            w.audit(),
+            &[(job.id, "250-queued-1".into()), (424_242, "x".into())],
+        )
+        .unwrap();
+    assert_eq!(got[0].as_ref().unwrap().state, crate::cms::JobState::Sent);
+    assert!(matches!(got[1], Err(Error::NotFound(_))), "{:?}", got[1]);
+    assert_eq!(count(&w, "dispatch.sent"), 1);
+    // Marked again: left as it is, no new event.
+    let again = w
+        .cms()
+        .mark_sent_many(w.audit(), &[(job.id, "250-queued-1".into())])
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap().state, crate::cms::JobState::Sent);
+    assert_eq!(count(&w, "dispatch.sent"), 1);
 }

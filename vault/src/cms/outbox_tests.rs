@@ -114,7 +114,7 @@ const NO_FALLBACK: Fallback = Fallback {
 
 /// Claims every job due at `now` and returns the one for card `c`.
 fn claim(w: &World, now: u64, c: usize) -> Job {
-    let jobs = w.cms().claim_due(now, 100).unwrap();
+    let jobs = w.cms().claim_due(now, &Channel::REMOTE, 100).unwrap();
     let mine: Vec<Job> = jobs.into_iter().filter(|j| j.serial == serial(c)).collect();
     assert_eq!(mine.len(), 1, "{mine:?}");
     mine.into_iter().next().unwrap()
@@ -290,7 +290,10 @@ fn a_job_claimed_before_a_crash_is_claimed_again_with_the_same_key() {
     assert_eq!((first.state, first.attempts), (JobState::Sending, 1));
     assert_eq!(first.idempotency_key, d.jobs[1].idempotency_key);
     assert!(
-        w.cms().claim_due(t, 100).unwrap().is_empty(),
+        w.cms()
+            .claim_due(t, &Channel::REMOTE, 100)
+            .unwrap()
+            .is_empty(),
         "claimed once"
     );
     // Crash: the store is dropped and reopened without marking the job.
@@ -342,7 +345,11 @@ fn temporary_failures_back_off_and_end_dead() {
             let wait = p.backoff(attempt);
             assert_eq!(wait, 1000 << (attempt - 1));
             assert_eq!(failed.next_attempt_ms, t + wait);
-            assert!(w.cms().claim_due(t + wait - 1, 100).unwrap().is_empty());
+            assert!(w
+                .cms()
+                .claim_due(t + wait - 1, &Channel::REMOTE, 100)
+                .unwrap()
+                .is_empty());
             t += wait;
         } else {
             assert_eq!(failed.state, JobState::Dead);
@@ -351,7 +358,11 @@ fn temporary_failures_back_off_and_end_dead() {
         // The error is kept, without the digit run.
         assert_eq!(failed.last_error.as_deref(), Some("421 try later ########"));
     }
-    assert!(w.cms().claim_due(t + 1_000_000, 100).unwrap().is_empty());
+    assert!(w
+        .cms()
+        .claim_due(t + 1_000_000, &Channel::REMOTE, 100)
+        .unwrap()
+        .is_empty());
     assert_eq!(delivery(&w, 1), vec![pair("whole", "dead")]);
     let dead = events(&w, "dispatch.dead");
     assert_eq!(dead.len(), 1);
@@ -495,7 +506,7 @@ fn resend_makes_exactly_one_job_for_the_named_part() {
         w.cms().job(new.id).unwrap().unwrap().state,
         JobState::Superseded
     );
-    let due = w.cms().claim_due(now(), 100).unwrap();
+    let due = w.cms().claim_due(now(), &Channel::REMOTE, 100).unwrap();
     assert_eq!(due.iter().map(|j| j.id).collect::<Vec<_>>(), vec![newer.id]);
     assert!(matches!(resend(Part::A), Err(Error::Refused(m)) if m.contains("counter")));
     assert!(matches!(resend(Part::Whole), Err(Error::NotFound(_))));
