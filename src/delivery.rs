@@ -16,8 +16,9 @@
 //! Only channels with a courier here are claimed: `mailer` jobs wait for a print run, and a
 //! channel turned off keeps its jobs queued (the overdue alert shows them).
 //!
-//! A crash sends again what was sent but not yet marked: at most the jobs in flight plus the
-//! outcomes waiting for the marker (see `tests/service/crash_dispatch.rs`).
+//! A job keeps its slot in the lane until its outcome is recorded, so a crash sends again at
+//! most a lane's `max_in_flight` messages: those sent but not yet marked `sent` (measured by
+//! `tests/service/dispatch_crash.rs`).
 //!
 //! # Security
 //! Codes and contacts exist in clear only inside [`vault::cms::outbox_release::JobRelease`]
@@ -41,13 +42,14 @@ use secrecy::SecretString;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use vault::cms::date::Date;
 use vault::cms::outbox_release::{JobRelease, ReleaseDestination};
-use vault::cms::{Channel, Job, OutboxPolicy};
+use vault::cms::{Channel, Job, JobState, OutboxPolicy};
 
 /// How long the claim loop sleeps when nothing is due, by default.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
@@ -74,9 +76,27 @@ struct Lane {
     slots: Arc<Semaphore>,
 }
 
+/// What the workers have done since the process started, and the overdue parts found by the
+/// last check: the figures of `GET /v1/dispatch/metrics`.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Jobs marked `sent`.
+    pub sent: AtomicU64,
+    /// Temporary failures (the job backs off and is tried again).
+    pub failed: AtomicU64,
+    /// Jobs that went `dead`.
+    pub dead: AtomicU64,
+    /// Parts not delivered after `overdue_after`, at the last check (at most 1,000 counted).
+    pub overdue: AtomicU64,
+    /// When the overdue check last ran (Unix ms; 0: not yet).
+    pub overdue_checked_ms: AtomicU64,
+}
+
 /// The couriers, renderers and policy of the workers; also the secret of `/v1/dlr`.
 pub struct Delivery {
     lanes: Vec<Lane>,
+    /// The workers' counters and the overdue gauge.
+    pub stats: Arc<DeliveryStats>,
     email: EmailRenderer,
     sms: SmsRenderer,
     /// Retries, backoff, `dead` and fallback.
@@ -108,6 +128,7 @@ impl Delivery {
     pub fn new(print: &PrintSetup, policy: OutboxPolicy) -> Delivery {
         Delivery {
             lanes: Vec::new(),
+            stats: Arc::default(),
             email: EmailRenderer::new(print.templates.clone(), print.issuer.clone()),
             sms: SmsRenderer::new(print.templates.clone(), print.issuer.clone()),
             policy,
@@ -286,8 +307,9 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// A failure: whether it is temporary, and a reason without codes or contacts.
 type Failure = (bool, String);
 
-/// A job's end as the marker records it: the courier's id for the message, or a failure.
-type Outcome = (Job, Result<String, Failure>);
+/// A job's end as the marker records it: the courier's id for the message, or a failure; and
+/// the job's slot in its lane, given back once the outcome is recorded.
+type Outcome = (Job, Result<String, Failure>, Option<OwnedSemaphorePermit>);
 
 /// The workers of `delivery` over `state`: waits for the outbox recovery, then claims and
 /// sends until `shutdown` turns true; then claims no more, lets the jobs in flight finish (up
@@ -310,7 +332,13 @@ pub async fn run_workers(
     let channels: Vec<&str> = delivery.lanes.iter().map(|l| l.channel.as_str()).collect();
     tracing::info!(channels = %channels.join(","), "delivery workers started");
     let (outcomes, received) = mpsc::unbounded_channel::<Outcome>();
-    let marker = tokio::spawn(mark_outcomes(state.clone(), delivery.clone(), received));
+    let freed = Arc::new(Notify::new());
+    let marker = tokio::spawn(mark_outcomes(
+        state.clone(),
+        delivery.clone(),
+        received,
+        freed.clone(),
+    ));
     let mut tasks = JoinSet::new();
     let mut overdue_at = tokio::time::Instant::now();
     while !*shutdown.borrow() {
@@ -340,7 +368,7 @@ pub async fn run_workers(
                 let outgoing = match outgoing {
                     Ok(o) => o,
                     Err(failure) => {
-                        let _ = outcomes.send((job, Err(failure)));
+                        let _ = outcomes.send((job, Err(failure), permit));
                         continue;
                     }
                 };
@@ -348,11 +376,13 @@ pub async fn run_workers(
                 tasks.spawn(async move {
                     let sent = courier.send(&outgoing).await;
                     drop(outgoing);
-                    drop(permit);
                     let outcome = sent
                         .map(|s| s.peer_id)
                         .map_err(|e| (e.is_temporary(), without_addresses(e.reason())));
-                    let _ = outcomes.send((job, outcome));
+                    // The slot stays taken until the marker has recorded the outcome: so the
+                    // jobs sent and not yet marked `sent` (sent again after a crash) are at
+                    // most the lane's cap.
+                    let _ = outcomes.send((job, outcome, permit));
                 });
             }
         }
@@ -365,9 +395,10 @@ pub async fn run_workers(
                 _ = stopped(&mut shutdown) => {}
             }
         } else {
-            // Every lane is full: wait for a job to finish (the back-pressure).
+            // Every lane is full: wait for the marker to give slots back (the back-pressure).
             tokio::select! {
-                _ = tasks.join_next() => {}
+                _ = freed.notified() => {}
+                _ = tokio::time::sleep(delivery.poll) => {}
                 _ = stopped(&mut shutdown) => {}
             }
         }
@@ -441,40 +472,48 @@ fn release_refused(e: &vault::Error) -> Failure {
 }
 
 /// Records outcomes as they come: every `sent` one waiting at that moment in one commit, each
-/// failure with its backoff, `dead` and fallback. Ends when every sender has gone.
+/// failure with its backoff, `dead` and fallback; then gives their slots back and wakes the
+/// claim loop through `freed`. Ends when every sender has gone.
 async fn mark_outcomes(
     state: AppState,
     delivery: Arc<Delivery>,
     mut received: mpsc::UnboundedReceiver<Outcome>,
+    freed: Arc<Notify>,
 ) {
     let mut waiting = Vec::new();
     while received.recv_many(&mut waiting, MARK_BATCH).await > 0 {
         let (sent, failed): (Vec<Outcome>, Vec<Outcome>) =
-            waiting.drain(..).partition(|(_, o)| o.is_ok());
+            waiting.drain(..).partition(|(_, o, _)| o.is_ok());
         if !sent.is_empty() {
-            mark_sent(&state, sent).await;
+            mark_sent(&state, &delivery.stats, sent).await;
         }
-        for (job, outcome) in failed {
+        for (job, outcome, permit) in failed {
             if let Err(failure) = outcome {
                 mark_failed(&state, &delivery, &job, failure).await;
             }
+            drop(permit);
         }
+        // The outcomes' slots went back with them: wake the claim loop.
+        freed.notify_one();
     }
 }
 
 /// Marks `sent` jobs sent, in one commit.
-async fn mark_sent(state: &AppState, sent: Vec<Outcome>) {
+async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) {
     let peers: Vec<(u64, String)> = sent
         .iter()
-        .map(|(job, o)| (job.id, peer_id(o.as_deref().unwrap_or(""))))
+        .map(|(job, o, _)| (job.id, peer_id(o.as_deref().unwrap_or(""))))
         .collect();
     let (cms, audit) = (state.cms.clone(), state.audit.clone());
     match api::blocking(move || cms.mark_sent_many(&audit, &peers)).await {
         Ok(results) => {
-            for ((job, _), result) in sent.iter().zip(results) {
+            for ((job, _, _), result) in sent.iter().zip(results) {
                 let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
                 match result {
-                    Ok(_) => tracing::info!(job = id, channel, part, outcome = "sent", "dispatch"),
+                    Ok(_) => {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(job = id, channel, part, outcome = "sent", "dispatch");
+                    }
                     Err(e) => tracing::error!(
                         job = id,
                         channel,
@@ -504,15 +543,23 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
     })
     .await;
     match marked {
-        Ok(j) => tracing::warn!(
-            job = id,
-            channel,
-            part,
-            temporary,
-            attempts = j.attempts,
-            outcome = j.state.as_str(),
-            "dispatch failed"
-        ),
+        Ok(j) => {
+            let counter = if j.state == JobState::Dead {
+                &delivery.stats.dead
+            } else {
+                &delivery.stats.failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                job = id,
+                channel,
+                part,
+                temporary,
+                attempts = j.attempts,
+                outcome = j.state.as_str(),
+                "dispatch failed"
+            );
+        }
         Err(e) => tracing::error!(
             job = id,
             channel,
@@ -523,19 +570,24 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
     }
 }
 
-/// Logs how many parts are not delivered after the configured time (the overdue alert).
+/// The overdue alert: counts the parts not delivered after the configured time into the
+/// `overdue` gauge, and logs a warning when there are any.
 async fn overdue_alert(state: &AppState, delivery: &Delivery) {
     let cms = state.cms.clone();
     let older = u64::try_from(delivery.overdue_after.as_millis()).unwrap_or(u64::MAX);
     match api::blocking(move || cms.overdue(now_ms(), older, 1000)).await {
-        Ok(jobs) if !jobs.is_empty() => {
-            tracing::warn!(
-                overdue = jobs.len(),
-                after_secs = delivery.overdue_after.as_secs(),
-                "dispatch parts not delivered in time"
-            );
+        Ok(jobs) => {
+            let stats = &delivery.stats;
+            stats.overdue.store(jobs.len() as u64, Ordering::Relaxed);
+            stats.overdue_checked_ms.store(now_ms(), Ordering::Relaxed);
+            if !jobs.is_empty() {
+                tracing::warn!(
+                    overdue = jobs.len(),
+                    after_secs = delivery.overdue_after.as_secs(),
+                    "dispatch parts not delivered in time"
+                );
+            }
         }
-        Ok(_) => {}
         Err(e) => tracing::error!(code = e.code(), "overdue check failed"),
     }
 }

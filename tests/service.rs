@@ -12,7 +12,8 @@
 //! (an unsealed state over sled with named accounts, a client that keeps every answer body)
 //! is in `service/support.rs`. The delivery workers against real peers (smtp-sink, Kannel with
 //! its fake SMSC, started as `dispatch`'s courier tests start them: `peers`) and the delivery
-//! reports endpoint are in `service/delivery.rs`.
+//! reports endpoint are in `service/delivery.rs`; the crash test of 10,000 e-mail jobs (the
+//! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -26,6 +27,8 @@ mod cms;
 mod delivery;
 #[path = "service/dispatch.rs"]
 mod dispatches;
+#[path = "service/dispatch_crash.rs"]
+mod dispatch_crash;
 #[path = "service/import_crash.rs"]
 mod import_crash;
 #[path = "service/mailers.rs"]

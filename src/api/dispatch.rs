@@ -6,6 +6,7 @@
 //! |------------------------------------|------------------------------|---------------------|------------------------|
 //! | `POST /v1/cards/{serial}/dispatch` | cms, operator (rate-limited) | `{"plan": "…"}`     | `201` [`DispatchView`] |
 //! | `POST /v1/cards/{serial}/resend`   | cms, operator (rate-limited) | `{"part": "B"}`     | `201` [`JobView`]      |
+//! | `GET /v1/dispatch/metrics`         | admin, auditor, support      |                     | `200` Prometheus text  |
 //!
 //! (`POST /v1/cards/{serial}/reidentify`, the counter's new identification of the holder that a
 //! changed contact needs, is a lifecycle change: it is in [`super::cards`], and each part's
@@ -30,6 +31,12 @@
 //! instead), or to resend the counter part or a part being sent at this moment; the message
 //! names what is missing. An unknown card, or a part never dispatched, is `404`.
 //!
+//! The metrics are the delivery workers' counters since start-up (`plico_dispatch_sent_total`,
+//! `…_failed_total` for temporary failures, `…_dead_total`) and the overdue alert's gauge
+//! (`plico_dispatch_overdue_parts`: parts not delivered after `[dispatch] overdue_after_secs`,
+//! at the last check, made every minute; `…_overdue_checked_seconds`: when). In the
+//! Prometheus text format, for a scraper holding an auditor's or support token.
+//!
 //! No answer holds a code, a contact or a job's idempotency key: jobs are shown as
 //! [`JobView`], which leaves out the key, the courier's message id, the account and the last
 //! courier error (a courier may quote an address in it).
@@ -39,8 +46,9 @@ use super::extract::JsonBody;
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
-use axum::routing::post;
+use axum::http::{header, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use vault::cms::date::Date;
@@ -49,6 +57,7 @@ use vault::Role;
 
 const DISPATCH: &[Role] = &[Role::Cms, Role::Operator];
 const RESEND: &[Role] = &[Role::Cms, Role::Operator];
+const METRICS: &[Role] = &[Role::Admin, Role::Auditor, Role::Support];
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -58,7 +67,69 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(Method::POST, "/v1/cards/{serial}/resend", post(resend))
             .roles(RESEND)
             .sensitive(),
+        Endpoint::new(Method::GET, "/v1/dispatch/metrics", get(metrics)).roles(METRICS),
     ]
+}
+
+/// The delivery workers' counters and the overdue gauge, in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let workers = u8::from(state.delivery.as_ref().is_some_and(|d| d.has_couriers()));
+    let stats = state.delivery.as_ref().map(|d| d.stats.clone());
+    let get = |f: fn(&crate::delivery::DeliveryStats) -> u64| stats.as_deref().map_or(0, f);
+    let lines: [(&str, &str, &str, u64); 6] = [
+        (
+            "plico_dispatch_workers",
+            "gauge",
+            "1 if this process runs delivery workers",
+            u64::from(workers),
+        ),
+        (
+            "plico_dispatch_sent_total",
+            "counter",
+            "jobs marked sent since start-up",
+            get(|s| s.sent.load(Relaxed)),
+        ),
+        (
+            "plico_dispatch_failed_total",
+            "counter",
+            "temporary send failures since start-up",
+            get(|s| s.failed.load(Relaxed)),
+        ),
+        (
+            "plico_dispatch_dead_total",
+            "counter",
+            "jobs given up since start-up",
+            get(|s| s.dead.load(Relaxed)),
+        ),
+        (
+            "plico_dispatch_overdue_parts",
+            "gauge",
+            "parts not delivered after overdue_after_secs, at the last check (at most 1000)",
+            get(|s| s.overdue.load(Relaxed)),
+        ),
+        (
+            "plico_dispatch_overdue_checked_seconds",
+            "gauge",
+            "Unix time of the last overdue check (0: none yet)",
+            get(|s| s.overdue_checked_ms.load(Relaxed) / 1000),
+        ),
+    ];
+    for (name, kind, help, value) in lines {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
 }
 
 /// One job of a dispatch, as the API shows it: one part of the codes by one channel. No code,

@@ -6,7 +6,7 @@
 //! token, or with a wrong one, is 401.
 
 use super::batches::{codes_of, serial};
-use super::peers::{smtp_sink, Kannel};
+use super::peers::{smtp_sink, smtp_sink_on, Kannel};
 use super::support::{cf, cie_state, codes_file, identification, open_with_accounts, Client};
 use super::*;
 use dispatch::courier::sms::KannelCourier;
@@ -58,11 +58,13 @@ impl Running {
         let mut delivery =
             Delivery::new(&state.print.clone(), policy()).with_dlr_token(SecretString::from(TOKEN));
         delivery.poll = Duration::from_millis(50);
+        // The overdue check runs when the workers start: every job made before is overdue.
+        delivery.overdue_after = Duration::from_millis(1);
         for (channel, courier) in couriers(port) {
             delivery = delivery.with_courier(channel, courier, 4);
         }
         let state = state.with_delivery(delivery);
-        let staff = open_with_accounts(&state, &["manufacturer", "cms", "operator"]);
+        let staff = open_with_accounts(&state, &["manufacturer", "cms", "operator", "auditor"]);
         let client = Client::new(&state, staff.tokens);
         let csv: String = std::iter::once(HEADER.to_owned())
             .chain(HOLDERS.iter().enumerate().map(|(i, (cf15, n))| {
@@ -305,4 +307,152 @@ async fn delivery_reports_need_the_token() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app(bare), req).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The messages in a sink's dump directory, as text.
+fn sink_messages(sink_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(sink_dir.join("mail"))
+        .map(|d| {
+            d.map(|e| {
+                String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned()
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn message_id(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Message-ID:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+fn smtp_courier(port: u16) -> Vec<(Channel, Arc<dyn Courier>)> {
+    let mut c = SmtpConfig::new("127.0.0.1", port, "plico@example.it");
+    c.security = SmtpSecurity::InsecurePlaintext;
+    vec![(
+        Channel::Email,
+        Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_answering_421_is_retried_until_it_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy_dir = dir.path().join("busy");
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&busy_dir).unwrap();
+    std::fs::create_dir(&sink_dir).unwrap();
+    // The relay answers 421 (service not available) to every RCPT.
+    let (busy, port) = smtp_sink(&busy_dir, true, &["-Q", "RCPT"]).await;
+    let running = Running::start(
+        dir,
+        |_| smtp_courier(port),
+        async |client, _| dispatch(client, 601, "email").await,
+    )
+    .await;
+    let failed = running.wait_for(601, Part::Whole, JobState::Failed).await;
+    assert!(failed.attempts >= 1);
+    // A temporary failure: `failed` with a reason, due again after its backoff (not dead).
+    assert!(failed.last_error.is_some(), "{failed:?}");
+    let status = running
+        .client
+        .get("cms", &format!("/v1/cards/{}", serial(601)))
+        .await;
+    assert_eq!(
+        status.json["parts"][0]["state"], "failed",
+        "{}",
+        status.text
+    );
+    // The metrics show the temporary failure and the overdue part (the workers' first check
+    // ran at start, and the job was older than the test's 1 ms).
+    let m = running.client.get("auditor", "/v1/dispatch/metrics").await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text);
+    let value = |name: &str| -> u64 {
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{}", m.text))
+    };
+    assert!(value("plico_dispatch_failed_total") >= 1, "{}", m.text);
+    assert_eq!(value("plico_dispatch_overdue_parts"), 1, "{}", m.text);
+    assert_eq!(value("plico_dispatch_workers"), 1);
+    let refused = running.client.get("cms", "/v1/dispatch/metrics").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    // The relay comes back on the same port: the next attempt goes through.
+    drop(busy);
+    let _sink = smtp_sink_on(port, &sink_dir, true, &[]).await;
+    let sent = running.wait_for(601, Part::Whole, JobState::Sent).await;
+    assert!(sent.attempts >= 2, "{sent:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly this job's message, once (other tests may pick the port while it is free, so
+    // only this job's Message-ID is counted).
+    let ours: Vec<String> = sink_messages(&sink_dir)
+        .into_iter()
+        .filter(|m| {
+            let (pin, _) = codes_of(601, SALT);
+            m.contains(&pin)
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "the part arrived {} times", ours.len());
+    assert!(!message_id(&ours[0]).is_empty());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resend_through_the_workers_sends_only_the_lost_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, port) = smtp_sink(&sink_dir, true, &[]).await;
+    let running = Running::start(
+        dir,
+        |_| smtp_courier(port),
+        async |client, _| dispatch(client, 601, "counter(2)+email").await,
+    )
+    .await;
+    let first = running.wait_for(601, Part::B, JobState::Sent).await;
+    // The holder says part B never arrived: the help desk resends that part only.
+    let uri = format!("/v1/cards/{}/resend", serial(601));
+    let a = running.client.post("cms", &uri, json!({"part": "B"})).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let jobs = running.state.cms.jobs_of(&serial(601)).unwrap();
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| j.part == Part::B && j.id != first.id && j.state == JobState::Sent)
+        {
+            break j.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resent part was not sent: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(second.idempotency_key, first.idempotency_key);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two e-mails, both part B (different jobs, so different Message-IDs); part A, printed at
+    // the counter, never went by e-mail.
+    let (pin, puk) = codes_of(601, SALT);
+    let mails = sink_messages(&sink_dir);
+    assert_eq!(mails.len(), 2, "{} messages", mails.len());
+    assert_ne!(message_id(&mails[0]), message_id(&mails[1]));
+    for m in &mails {
+        assert!(
+            m.contains(&pin[2..]) && m.contains(&puk[2..]),
+            "part B missing"
+        );
+        assert!(
+            !m.contains(&pin) && !m.contains(&puk),
+            "whole code in a message"
+        );
+    }
+    let jobs = running.state.cms.jobs_of(&serial(601)).unwrap();
+    let a_jobs: Vec<_> = jobs.iter().filter(|j| j.part == Part::A).collect();
+    assert_eq!(a_jobs.len(), 1);
+    assert_eq!(a_jobs[0].state, JobState::Counter);
+    running.stop().await;
 }
