@@ -277,3 +277,37 @@ fn the_batch_scan_skips_cards_whose_codes_were_deleted() {
     sorted.sort();
     assert_eq!(serials, sorted, "in serial order");
 }
+
+#[test]
+fn a_mailer_dispatch_is_done_by_the_print_file_that_prints_the_card() {
+    let (w, batch) = world();
+    let asked = w
+        .cms()
+        .request_dispatch(&*w.hsm, w.audit(), &serial(2), "mailer", today(), &actor())
+        .unwrap();
+    let job = asked.jobs[0].clone();
+    assert_eq!(job.channel, super::Channel::Mailer);
+    // The delivery workers never claim it.
+    assert!(w
+        .cms()
+        .claim_due(u64::MAX / 2, &super::Channel::REMOTE, 10)
+        .unwrap()
+        .is_empty());
+    let run = start(&w, Selection::Batch(batch), Reprint::Unprinted);
+    let got = items(&w, &run);
+    record(&w, &run, "m-0001.pdf.age", &got);
+    run.finish(w.audit(), None).unwrap();
+    let number = got.iter().find(|m| m.serial == serial(2)).unwrap().number;
+    let done = w.cms().job(job.id).unwrap().unwrap();
+    assert_eq!(done.state, super::JobState::Sent);
+    assert_eq!(
+        done.peer_id.as_deref(),
+        Some(format!("mailer-{number}").as_str())
+    );
+    let status = w.cms().deliveries(&serial(2)).unwrap();
+    assert_eq!(status[0].shown_state(), "sent");
+    // No other card had a mailer job: nothing else changed.
+    for c in [1, 3, 6] {
+        assert!(w.cms().jobs_of(&serial(c)).unwrap().is_empty());
+    }
+}

@@ -985,6 +985,11 @@ impl<'c> PrintJob<'c> {
         }
         let mut record = lock(&self.record).clone();
         let mut b = Batch::new();
+        // Mailer dispatches of these cards are done by this file (see the outbox).
+        let ops = self.cms.ops_lock();
+        let dispatched = self
+            .cms
+            .mailer_jobs_printed(file.serials, file.numbers, &mut b)?;
         let id = next_counter(self.cms, NEXT_FILE_KEY, &mut b, 1)?;
         let dir = PrintFileDir {
             id,
@@ -1018,20 +1023,21 @@ impl<'c> PrintJob<'c> {
             seq_key(record.id).to_vec(),
             encode(&record)?,
         );
-        audit.commit(
-            b,
-            NewEvent::new("mailers.print_file", file.name.to_owned())
-                .by(self.actor.id.clone(), self.actor.role.clone())
-                .request(self.actor.request_id.clone())
-                .detail("run", record.id.to_string())
-                .detail("count", count.to_string())
-                .detail("first_serial", file.serials[0].clone())
-                .detail("last_serial", file.serials[count - 1].clone())
-                .detail("first_number", first_number.to_string())
-                .detail("last_number", (first_number + count as u64 - 1).to_string())
-                .detail("sha256_clear_pdf", file.sha256_clear_pdf.to_owned())
-                .detail("voided", voided.to_string()),
-        )?;
+        let mut events = vec![NewEvent::new("mailers.print_file", file.name.to_owned())
+            .by(self.actor.id.clone(), self.actor.role.clone())
+            .request(self.actor.request_id.clone())
+            .detail("run", record.id.to_string())
+            .detail("count", count.to_string())
+            .detail("first_serial", file.serials[0].clone())
+            .detail("last_serial", file.serials[count - 1].clone())
+            .detail("first_number", first_number.to_string())
+            .detail("last_number", (first_number + count as u64 - 1).to_string())
+            .detail("sha256_clear_pdf", file.sha256_clear_pdf.to_owned())
+            .detail("voided", voided.to_string())
+            .detail("mailer_dispatches", dispatched.len().to_string())];
+        events.extend(dispatched);
+        audit.commit_all(b, events)?;
+        drop(ops);
         for (id, v) in voids {
             if let Some(d) = book.dirs.iter_mut().find(|d| d.id == id) {
                 *d = v;

@@ -1328,6 +1328,53 @@ impl Cms {
         Ok(count)
     }
 
+    /// The `mailer` jobs waiting for the cards of a print file, made `sent` (the mailer number
+    /// as the peer id) into `b`, with their `dispatch.sent` events: a mailer dispatch is done
+    /// by the next print run that prints the card. Cheap when no mailer job waits (one key
+    /// read). Called with the ops lock held, inside the print file's commit.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(super) fn mailer_jobs_printed(
+        &self,
+        serials: &[String],
+        numbers: &[u64],
+        b: &mut Batch,
+    ) -> Result<Vec<NewEvent>> {
+        let lane = LANE_WAITING | Channel::Mailer.tag();
+        if self
+            .store
+            .keys(Tree::OutboxDue, &[lane], Some(&[lane + 1]), 1)?
+            .is_empty()
+        {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut events = Vec::new();
+        for (serial, number) in serials.iter().zip(numbers) {
+            for old in self.jobs_of(serial)? {
+                if old.channel != Channel::Mailer
+                    || !matches!(old.state, JobState::Queued | JobState::Failed)
+                {
+                    continue;
+                }
+                let mut job = old.clone();
+                job.state = JobState::Sent;
+                job.attempts += 1;
+                job.peer_id = Some(format!("mailer-{number}"));
+                job.sent_ms = Some(now);
+                job.updated_ms = now;
+                put_job(b, Some(&old), &job)?;
+                events.push(
+                    job_event("dispatch.sent", &job)
+                        .detail("attempt", job.attempts.to_string())
+                        .detail("peer_id", format!("mailer-{number}")),
+                );
+            }
+        }
+        Ok(events)
+    }
+
     /// Moves the waiting keys of a store written before the waiting lanes had channels (lane
     /// 0) to their channel's lane. Called with the ops lock held.
     fn move_old_waiting_keys(&self) -> Result<()> {
