@@ -3,10 +3,10 @@
 
 use super::outbox::{Channel, Job};
 use super::outbox_release::ReleaseDestination;
+use super::outbox_tests::events;
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use crate::audit::Query;
 use crate::Error;
 
 fn holder(w: &World, mobile: &str) {
@@ -50,29 +50,14 @@ fn claimed(plan: &str) -> (World, Job) {
 }
 
 fn releases(w: &World) -> Vec<String> {
-    w.audit()
-        .query(&Query {
-            action: Some("card.codes_release".into()),
-            limit: 1000,
-            ..Query::default()
-        })
-        .unwrap()
-        .events
+    events(w, "card.codes_release")
         .into_iter()
         .map(|e| e.details.get("for").cloned().unwrap_or_default())
         .collect()
 }
 
 fn count(w: &World, action: &str) -> usize {
-    w.audit()
-        .query(&Query {
-            action: Some(action.into()),
-            limit: 1000,
-            ..Query::default()
-        })
-        .unwrap()
-        .events
-        .len()
+    events(w, action).len()
 }
 
 #[test]

@@ -58,7 +58,8 @@ fn request(w: &World, c: usize, plan: &str) -> crate::Result<super::Dispatched> 
         .request_dispatch(&*w.hsm, w.audit(), &serial(c), plan, today(), &actor())
 }
 
-fn events(w: &World, action: &str) -> Vec<crate::audit::Event> {
+/// The events of `action`, oldest first (up to 1,000).
+pub(super) fn events(w: &World, action: &str) -> Vec<crate::audit::Event> {
     w.audit()
         .query(&Query {
             action: Some(action.into()),
