@@ -56,28 +56,29 @@
 //! the static body text below it is drawn shifted (`q 1 0 0 1 0 -shift cm /S1 Do Q`), and the
 //! footer check ("the page is full") is made per mailer with the real shift.
 //!
-//! The prepared path must print what the template would: at preparation, two probe mailers
-//! (short and long accented names, different serials and numbers) are rendered both ways; if
-//! the texts differ (a template that applies a filter to `holder.name` or branches on
-//! `number`), the shape is marked as not preparable and its pages take the direct path
-//! ([`PrintRenderer::render_page_direct`]: template rendered per mailer, whole page laid out).
+//! The prepared path must print what the template would: at preparation, the probe mailers
+//! of [`super::prepared`] (short and long accented names, different serials and numbers) are
+//! rendered both ways; if the texts differ (a template that applies a filter to
+//! `holder.name` or branches on `number`), the shape is marked as not preparable and its
+//! pages take the direct path ([`PrintRenderer::render_page_direct`]: template rendered per
+//! mailer, whole page laid out).
 //! A mailer whose values could change the layout of the text (an empty or blank-edged value,
 //! a character outside WinAnsi, a `[`) takes the direct path too, so its errors are exactly the
 //! direct path's.
 
 use crate::error::{Error, Result};
-use crate::plan::Part;
 use crate::render::layout::{pt, Layout};
+use crate::render::prepared::{probes_agree, ShapeCache, ShapeKey};
 use crate::render::templates::{
     code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
     NUMBER_TAG, PIN_TAG, PRINT, PUK_TAG, SIG_PIN_TAG, SIG_PUK_TAG,
 };
 use crate::render::winansi::{encode, text_width};
-use crate::render::{mask_serial, serial_last4, Addressee, Mailer, Rendered, Renderer};
+use crate::render::{mask_serial, serial_last4, Mailer, Rendered, Renderer};
 use crate::secret::{SecretBuf, SecretText};
 use std::fmt;
 use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts, 6 resources,
 /// then, in the order they come, each page's object and content stream, and the Form XObjects
@@ -88,19 +89,6 @@ const RESOURCES: usize = 6;
 const FIRST_FREE: usize = 7;
 
 const FONTS: [(usize, &str); 3] = [(3, "Helvetica"), (4, "Helvetica-Bold"), (5, "Courier-Bold")];
-
-/// Shapes cached by a renderer; more (never seen in practice) are rendered the direct way.
-const MAX_SHAPES: usize = 64;
-
-/// Probe mailers of the preparation check: (name, serial, number).
-const PROBES: [(&str, &str, u64); 2] = [
-    ("Ada Lì", "1111222233334444", 7),
-    (
-        "Maria Giuseppina Ànnunziata Dell’Òlmo Ùbaldini di Castelfranchi Sforza",
-        "98765432109876543210",
-        1_234_567_890_123,
-    ),
-];
 
 #[derive(Clone, Copy)]
 enum Font {
@@ -126,7 +114,7 @@ pub struct PrintRenderer {
     templates: Arc<Templates>,
     layout: Layout,
     issuer: Issuer,
-    shapes: Arc<ShapeCache>,
+    shapes: Arc<ShapeCache<PreparedPage>>,
 }
 
 /// One rendered page's content stream, digits included, and the prepared shape whose static
@@ -234,26 +222,8 @@ impl PrintRenderer {
     /// The prepared shape of `mailer`'s page, prepared now if it is the first of its shape;
     /// `None` if the shape is not preparable.
     fn shape(&self, mailer: &Mailer<'_>) -> Option<Arc<PreparedPage>> {
-        let key = ShapeKey::of(mailer);
-        {
-            let cache = self.shapes.lock();
-            if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-                return p.clone();
-            }
-            if cache.len() >= MAX_SHAPES {
-                return None;
-            }
-        }
-        // Prepared outside the lock; two workers may prepare the same shape, the first wins.
-        let prepared = PreparedPage::prepare(self, mailer, &key).map(Arc::new);
-        let mut cache = self.shapes.lock();
-        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-            return p.clone();
-        }
-        if cache.len() < MAX_SHAPES {
-            cache.push((key, prepared.clone()));
-        }
-        prepared
+        self.shapes
+            .get(mailer, || PreparedPage::prepare(self, mailer))
     }
 
     /// Starts a PDF file on `out`.
@@ -276,41 +246,6 @@ impl Renderer for PrintRenderer {
         let mut w = PdfWriter::new(SecretBuf::with_capacity(page.len() + 8192), self)?;
         w.append(&page)?;
         Ok(Rendered::Pdf(w.finish()?))
-    }
-}
-
-/// What a page's template output depends on besides per-mailer values.
-#[derive(Clone, PartialEq, Eq)]
-struct ShapeKey {
-    part: Part,
-    signature: bool,
-    number: bool,
-}
-
-impl ShapeKey {
-    fn of(m: &Mailer<'_>) -> ShapeKey {
-        let part = &m.codes.part;
-        ShapeKey {
-            part: part.clone(),
-            signature: m.codes.signature.is_some() && part.signature_digits.is_some(),
-            number: m.number.is_some(),
-        }
-    }
-}
-
-/// The prepared shapes of a renderer (`None`: not preparable), read from rayon workers.
-#[derive(Default)]
-struct ShapeCache(Mutex<Vec<(ShapeKey, Option<Arc<PreparedPage>>)>>);
-
-impl ShapeCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(ShapeKey, Option<Arc<PreparedPage>>)>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl fmt::Debug for ShapeCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ShapeCache({} shapes)", self.lock().len())
     }
 }
 
@@ -359,35 +294,21 @@ impl PreparedPage {
     /// Prepares the shape of `mailer`'s page (reading neither its digits nor its personal
     /// values); `None` if the template does not print the per-mailer values as they are, or
     /// the page cannot be laid out (the direct path reports why, per mailer).
-    fn prepare(r: &PrintRenderer, mailer: &Mailer<'_>, key: &ShapeKey) -> Option<PreparedPage> {
+    fn prepare(r: &PrintRenderer, mailer: &Mailer<'_>) -> Option<PreparedPage> {
+        let key = &ShapeKey::of(mailer);
         let text = r.templates.render_print_shape(mailer, &r.issuer).ok()?;
-        for (name, serial, number) in PROBES {
-            let who = Addressee {
-                name: name.to_owned(),
-                address: Vec::new(),
-            };
-            let probe = Mailer {
-                addressee: &who,
-                card_serial: serial,
-                codes: mailer.codes,
-                number: mailer.number.map(|_| number),
-            };
-            // Codes stay placeholders on both sides: no digit is read here.
-            let direct = r
-                .templates
-                .render_placeholders(PRINT, &probe, &r.issuer)
-                .ok()?;
-            let number = number.to_string();
-            let filled = substitute_personal(
+        let agree = probes_agree(&r.templates, &r.issuer, PRINT, mailer, |probe| {
+            let number = probe.number.map(|n| n.to_string());
+            substitute_personal(
                 &text,
-                name,
-                &mask_serial(serial),
-                &serial_last4(serial),
-                mailer.number.map(|_| number.as_str()),
-            )?;
-            if filled != direct {
-                return None;
-            }
+                &probe.addressee.name,
+                &mask_serial(probe.card_serial),
+                &serial_last4(probe.card_serial),
+                number.as_deref(),
+            )
+        });
+        if !agree {
+            return None;
         }
         let sections = Sections::parse(&text).ok()?;
         let l = &r.layout;

@@ -18,9 +18,9 @@
 //! exactly as minijinja escapes it ([`minijinja::HtmlEscape`], the function its auto-escape
 //! calls: `< > & " ' /`); elsewhere as it is.
 //!
-//! At preparation, two probe mailers (names with accents and every HTML special character,
-//! short and long; serials of different forms; numbers 0 and a large one) are rendered both
-//! ways, codes left as placeholders on both sides. If the texts differ (a template that
+//! At preparation, the probe mailers (names with accents and every HTML special character,
+//! short and long; serials of different forms; numbers 0, 7 and a large one; the same as for
+//! print pages) are rendered both ways, codes left as placeholders on both sides. If the texts differ (a template that
 //! applies a filter to a value, marks it `safe`, or branches on it), the shape is not
 //! preparable and its messages take the direct path. A mailer whose values a template could
 //! treat differently from the probes' (an empty value, a blank at either end, a control
@@ -44,18 +44,55 @@ use std::sync::{Arc, PoisonError, RwLock};
 /// Shapes cached by a renderer; more (never seen in practice) are rendered the direct way.
 const MAX_SHAPES: usize = 64;
 
-/// Probe mailers of the preparation check: (name, serial, number). Together they hold every
-/// character minijinja's HTML escaping changes, accented and typographic letters, upper and
-/// lower case, and values of different lengths and forms (the second serial is masked with
-/// no visible head), so that a filter, a `safe` mark or a test on a value shows.
-const PROBES: [(&str, &str, u64); 2] = [
+/// Probe mailers of the preparation check, for print pages ([`super::pdf`]) as for e-mail and
+/// SMS texts: (name, serial, number). Together they hold every character minijinja's HTML
+/// escaping changes, accented and typographic letters, upper and lower case, and values of
+/// different lengths and forms (serials of 16, 9 and 20 characters, the 9 masked with no
+/// visible head; numbers 0, 7 and a large one), so that a filter, a `safe` mark or a test on a
+/// value shows.
+const PROBES: [(&str, &str, u64); 4] = [
     ("Ada D'Lì <b>&amp;</b> \"Zoë\"", "1111222233334444", 0),
     (
         "Maria Giuseppina Ànnunziata Dell’Òlmo Ùbaldini di Castelfranchi Sforza & Figli / X",
         "987654321",
         1_234_567_890_123,
     ),
+    ("Ada Lì", "1111222233334444", 7),
+    (
+        "Maria Giuseppina Ànnunziata Dell’Òlmo Ùbaldini di Castelfranchi Sforza",
+        "98765432109876543210",
+        1_234_567_890_123,
+    ),
 ];
+
+/// The probe check of a shape: true if, for every probe mailer (the shape of `mailer` with a
+/// probe's values), `fill` (the prepared text with the probe's values filled in, code
+/// placeholders left as they are) gives what template `name` renders for it directly, codes
+/// left as placeholders on both sides (no digit is read here). False if either side fails.
+pub(crate) fn probes_agree(
+    templates: &Templates,
+    issuer: &Issuer,
+    name: &str,
+    mailer: &Mailer<'_>,
+    mut fill: impl FnMut(&Mailer<'_>) -> Option<String>,
+) -> bool {
+    PROBES.iter().all(|&(probe_name, serial, number)| {
+        let who = Addressee {
+            name: probe_name.to_owned(),
+            address: Vec::new(),
+        };
+        let probe = Mailer {
+            addressee: &who,
+            card_serial: serial,
+            codes: mailer.codes,
+            number: mailer.number.map(|_| number),
+        };
+        let Ok(direct) = templates.render_placeholders(name, &probe, issuer) else {
+            return false;
+        };
+        fill(&probe).is_some_and(|filled| filled == direct)
+    })
+}
 
 /// How values are written into a template's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +103,19 @@ pub(crate) enum Escape {
     Html,
 }
 
-/// What a template's output depends on besides per-mailer values and codes.
+/// What a template's output (a print page's, an e-mail's or an SMS's) depends on besides
+/// per-mailer values and codes.
 #[derive(Clone, PartialEq, Eq)]
-struct ShapeKey {
+pub(crate) struct ShapeKey {
     part: Part,
-    signature: bool,
-    number: bool,
+    /// The card has a signature pair and the part has its digits.
+    pub(crate) signature: bool,
+    /// The mailer has a number.
+    pub(crate) number: bool,
 }
 
 impl ShapeKey {
-    fn of(m: &Mailer<'_>) -> ShapeKey {
+    pub(crate) fn of(m: &Mailer<'_>) -> ShapeKey {
         let part = &m.codes.part;
         ShapeKey {
             part: part.clone(),
@@ -86,7 +126,7 @@ impl ShapeKey {
 }
 
 /// The prepared shapes of a renderer (`None`: not preparable), shared by every thread that
-/// renders with it.
+/// renders with it (print pages, e-mail and SMS texts).
 pub(crate) struct ShapeCache<T>(RwLock<Vec<(ShapeKey, Option<Arc<T>>)>>);
 
 impl<T> Default for ShapeCache<T> {
@@ -188,23 +228,11 @@ impl PreparedText {
     ) -> Option<PreparedText> {
         let shape = templates.render_shape(name, mailer, issuer).ok()?;
         let prepared = PreparedText::parse(&shape, escape)?;
-        for (probe_name, serial, number) in PROBES {
-            let who = Addressee {
-                name: probe_name.to_owned(),
-                address: Vec::new(),
-            };
-            let probe = Mailer {
-                addressee: &who,
-                card_serial: serial,
-                codes: mailer.codes,
-                number: mailer.number.map(|_| number),
-            };
-            // Codes stay placeholders on both sides: no digit is read here.
-            let direct = templates.render_placeholders(name, &probe, issuer).ok()?;
-            let values = Values::of(&probe)?;
-            if prepared.fill_marks(&values)? != direct {
-                return None;
-            }
+        let agree = probes_agree(templates, issuer, name, mailer, |probe| {
+            prepared.fill_marks(&Values::of(probe)?)
+        });
+        if !agree {
+            return None;
         }
         Some(prepared)
     }

@@ -32,7 +32,7 @@
 //! [`super::pdf`] for print, [`super::prepared`] for e-mail and SMS; in `email.html` they are
 //! HTML-escaped as minijinja's auto-escape would). Print them as they are. A template that
 //! transforms or tests them (`{{ holder.name|upper }}`, `{% if number > 10 %}`) still renders
-//! correctly: a check at the first mailer of each shape (two probe mailers, rendered both ways)
+//! correctly: a check at the first mailer of each shape (four probe mailers, rendered both ways)
 //! detects it, and such shapes are rendered the slow way, templating every mailer with the real
 //! values.
 //!
