@@ -31,6 +31,7 @@ pub mod error;
 mod extract;
 mod health;
 pub mod holders;
+pub mod keys;
 pub mod mailers;
 pub mod registry;
 pub mod reports;
@@ -226,6 +227,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         dlr::endpoints(),
         mailers::endpoints(),
         reports::endpoints(),
+        keys::endpoints(),
     ]
     .into_iter()
     .flatten()

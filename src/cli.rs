@@ -4,7 +4,7 @@
 //!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
 //! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
 //! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate`,
-//!   `batches`, `registry`, `holders`, `cards`, `mailers` and `reports` talk to a running server over
+//!   `batches`, `registry`, `holders`, `cards`, `mailers`, `reports` and `keys` talk to a running server over
 //!   HTTP(S); they never open the data directory, which belongs to the server while it runs
 //!   (sled locks it).
 //!
@@ -22,6 +22,7 @@ mod generate;
 mod holders;
 mod import;
 mod init;
+mod keys;
 mod mailers;
 mod registry;
 mod reports;
@@ -96,6 +97,8 @@ pub enum Command {
     Mailers(mailers::MailersArgs),
     /// Technical problem reports: operators open them, support works them.
     Reports(reports::ReportsArgs),
+    /// Key ceremonies under dual control: propose, approve, withdraw, list, status (officer).
+    Keys(keys::KeysArgs),
     /// Measure plico against baselines taken in the same run (not part of the tests).
     Bench(bench::BenchArgs),
 }
@@ -131,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Cards(a) => cards::run(a),
         Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
+        Command::Keys(a) => keys::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -51,6 +51,12 @@
 //!
 //! [mailers.layout]                   # page geometry in mm; set only what changes
 //!
+//! [keys]                             # key ceremonies under dual control
+//! approval_window_secs = 28800       # a proposal lapses unless approved within 8 hours
+//! rekey_share_dir = "/media/ceremony"  # new rekey shares are written here; no rekey without it
+//! rewrap_chunk = 256                 # data keys rewrapped per store write of a key job
+//! rewrap_pause_ms = 0                # pause after each chunk, to leave the HSM to delivery
+//!
 //! [dispatch]                         # the delivery workers; without it no job is sent
 //! email_enabled = true               # sms_enabled likewise
 //! email_per_second = 50              # sms_per_second = 20
@@ -84,7 +90,9 @@
 //! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on,
 //! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`, `PLICO_MAILERS_OUT_DIR`, `PLICO_MAILERS_PER_FILE`,
 //! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
-//! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`, and `PLICO_DISPATCH_*`
+//! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`,
+//! `PLICO_KEYS_APPROVAL_WINDOW_SECS`, `PLICO_KEYS_REKEY_SHARE_DIR`, `PLICO_KEYS_REWRAP_CHUNK`,
+//! `PLICO_KEYS_REWRAP_PAUSE_MS`, and `PLICO_DISPATCH_*`
 //! (`PLICO_DISPATCH_MAX_ATTEMPTS`, `PLICO_DISPATCH_SMTP_HOST`, `PLICO_DISPATCH_SMS_PASSWORD`,
 //! `PLICO_DISPATCH_SMS_DLR_TOKEN` and so on: the key's path in capitals). Other `PLICO_*`
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
@@ -139,6 +147,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_MAILERS_ISSUER_CARD_NAME", "mailers.issuer.card_name"),
     ("PLICO_MAILERS_ISSUER_HELPLINE", "mailers.issuer.helpline"),
     ("PLICO_MAILERS_ISSUER_WEB", "mailers.issuer.web"),
+    (
+        "PLICO_KEYS_APPROVAL_WINDOW_SECS",
+        "keys.approval_window_secs",
+    ),
+    ("PLICO_KEYS_REKEY_SHARE_DIR", "keys.rekey_share_dir"),
+    ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
+    ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
     ("PLICO_DISPATCH_EMAIL_ENABLED", "dispatch.email_enabled"),
     ("PLICO_DISPATCH_SMS_ENABLED", "dispatch.sms_enabled"),
     ("PLICO_DISPATCH_SPOOL_DIR", "dispatch.spool_dir"),
@@ -197,6 +212,8 @@ pub struct Config {
     pub mailers: MailersConfig,
     /// The embedded store.
     pub store: StoreConfig,
+    /// Key ceremonies.
+    pub keys: KeysConfig,
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
     /// except under `serve --dev`, which spools messages in clear (insecure).
     pub dispatch: Option<DispatchConfig>,
@@ -216,7 +233,37 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             mailers: MailersConfig::default(),
             store: StoreConfig::default(),
+            keys: KeysConfig::default(),
             dispatch: None,
+        }
+    }
+}
+
+/// The `[keys]` table: key ceremonies under dual control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Seconds a key proposal waits for a second officer's approval before it lapses (default
+    /// 8 hours); at least 1.
+    pub approval_window_secs: u64,
+    /// Where the new custodian shares of a rekey are written, one file each, in a folder named
+    /// after the proposal. Not the data directory (outside `--dev`); without it rekeys are
+    /// refused. `serve --dev` defaults to `DATA_DIR/rekey-shares`.
+    pub rekey_share_dir: Option<PathBuf>,
+    /// Data keys rewrapped per store write of a key job (default 256); at least 1.
+    pub rewrap_chunk: usize,
+    /// Pause after each rewrap chunk, in ms (default 0), to leave the HSM to delivery while a
+    /// large keyring is rewrapped.
+    pub rewrap_pause_ms: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            approval_window_secs: vault::ceremony::DEFAULT_WINDOW_MS / 1000,
+            rekey_share_dir: None,
+            rewrap_chunk: crate::DEFAULT_REWRAP_CHUNK,
+            rewrap_pause_ms: 0,
         }
     }
 }
@@ -739,6 +786,11 @@ impl Config {
                 "{origin}: [limits]: `sensitive_per_minute` must be at least 1"
             )));
         }
+        if self.keys.approval_window_secs == 0 || self.keys.rewrap_chunk == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: [keys]: `approval_window_secs` and `rewrap_chunk` must be at least 1"
+            )));
+        }
         if self.mailers.per_file == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [mailers]: `per_file` must be at least 1"
@@ -821,6 +873,9 @@ impl Config {
             max_upload_bytes: self.import.max_upload_bytes.max(1),
             max_concurrent_imports: self.import.max_concurrent.max(1),
             registry_max_upload_bytes: self.registry.max_upload_bytes.max(1),
+            key_approval_window_ms: self.keys.approval_window_secs.max(1).saturating_mul(1000),
+            rewrap_chunk: self.keys.rewrap_chunk.max(1),
+            rewrap_pause_ms: self.keys.rewrap_pause_ms,
         }
     }
 
@@ -906,6 +961,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sensitive_per_minute"), "{e}");
+    }
+
+    #[test]
+    fn keys_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.settings().key_approval_window_ms, 8 * 60 * 60 * 1000);
+        assert_eq!(c.settings().rewrap_chunk, 256);
+        assert!(c.keys.rekey_share_dir.is_none());
+        let f =
+            file("[keys]\napproval_window_secs = 60\nrewrap_chunk = 2\nrekey_share_dir = \"/m\"\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(c.settings().key_approval_window_ms, 60_000);
+        assert_eq!(c.settings().rewrap_chunk, 2);
+        assert_eq!(c.keys.rekey_share_dir.as_deref(), Some(Path::new("/m")));
+        let f = file("[keys]\napproval_window_secs = 0\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approval_window_secs"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! is in `service/support.rs`. The delivery workers against real peers (smtp-sink, Kannel with
 //! its fake SMSC, started as `dispatch`'s courier tests start them: `peers`) and the delivery
 //! reports endpoint are in `service/delivery.rs`; the crash test of 10,000 e-mail jobs (the
-//! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`.
+//! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`. Key
+//! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -25,12 +27,14 @@ mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
 #[path = "service/delivery.rs"]
 mod delivery;
-#[path = "service/dispatch.rs"]
-mod dispatches;
 #[path = "service/dispatch_crash.rs"]
 mod dispatch_crash;
+#[path = "service/dispatch.rs"]
+mod dispatches;
 #[path = "service/import_crash.rs"]
 mod import_crash;
+#[path = "service/keys.rs"]
+mod keys;
 #[path = "service/mailers.rs"]
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
@@ -547,6 +551,19 @@ fn every_subcommand_has_help() {
         &["reports", "close"],
         &["bench"],
         &["bench", "import"],
+        &["bench", "rotate"],
+        &["keys"],
+        &["keys", "propose"],
+        &["keys", "propose", "rotate"],
+        &["keys", "propose", "retire"],
+        &["keys", "propose", "rekey"],
+        &["keys", "propose", "shred"],
+        &["keys", "propose", "discard"],
+        &["keys", "approve"],
+        &["keys", "withdraw"],
+        &["keys", "list"],
+        &["keys", "show"],
+        &["keys", "status"],
     ] {
         let out = run_ok(plico().args(sub).arg("--help"));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));

@@ -198,6 +198,9 @@ impl From<vault::Error> for ApiError {
             E::Refused(why) => {
                 Self::new(StatusCode::CONFLICT, "refused", format!("refused: {why}"))
             }
+            // A non-officer asking for a key operation, or an officer approving their own
+            // proposal.
+            E::Forbidden(why) => Self::forbidden(why),
             E::NotFound(what) => Self::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -261,6 +264,11 @@ mod tests {
             ),
             (vault::Error::Refused("term in use".into()), 409, "refused"),
             (vault::Error::NotFound("term 7".into()), 404, "not_found"),
+            (
+                vault::Error::Forbidden("self-approval".into()),
+                403,
+                "forbidden",
+            ),
             (vault::Error::Integrity, 500, "integrity"),
             (
                 vault::Error::Storage("/x/hsm-state.json: eio".into()),

@@ -16,10 +16,14 @@
 //! where `baseline_ratio` is the import's speed over the bare pipeline's (RNG + AES-GCM time
 //! plus raw store write time for the same records): 1.0 means the import costs no more than
 //! the bare work it cannot avoid.
+//!
+//! `plico bench rotate --records N` times a KEK rotation of a vault of N cards (see
+//! `bench/rotate.rs`).
 
 mod dispatch;
 mod mailers;
 mod population;
+mod rotate;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -58,6 +62,9 @@ pub enum BenchCommand {
     /// Deliver N cards' codes by e-mail through the service's workers into smtp-sink, with
     /// smtp-source as the baseline; and SMS through Kannel.
     Dispatch(dispatch::DispatchBench),
+    /// Rotate the KEK of a vault of N cards (propose, approve, rewrap every data key), with
+    /// bare HSM rewraps as the baseline.
+    Rotate(rotate::RotateBench),
 }
 
 /// `plico bench import` arguments.
@@ -84,14 +91,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Import(a) => import(&a),
         BenchCommand::Mailers(a) => mailers::run(&a),
         BenchCommand::Dispatch(a) => dispatch::run(&a),
+        BenchCommand::Rotate(a) => rotate::run(&a),
     }
 }
 
 /// A small fast generator for benchmark data (xorshift64*); not for secrets.
-struct TestRng(u64);
+pub(super) struct TestRng(pub(super) u64);
 
 impl TestRng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

@@ -128,6 +128,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(delivery) = delivery {
         state = state.with_delivery(delivery);
     }
+    if let Some(dir) = rekey_share_dir(&config, &data_dir, args.dev)? {
+        state = state.with_rekey_share_dir(dir);
+    }
     let mut admin_token = None;
     if args.dev {
         state
@@ -172,6 +175,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
     tracing::info!("hsm sealed");
     served?;
     Ok(())
+}
+
+/// Where the new shares of a rekey are written: `[keys] rekey_share_dir`, else with `--dev`
+/// `DATA/rekey-shares`. Outside `--dev` it must not be the data directory: shares must leave
+/// the machine that holds the HSM state.
+fn rekey_share_dir(config: &Config, data_dir: &Path, dev: bool) -> Result<Option<PathBuf>> {
+    let dir = match (&config.keys.rekey_share_dir, dev) {
+        (Some(d), _) => d.clone(),
+        (None, true) => data_dir.join("rekey-shares"),
+        (None, false) => {
+            tracing::info!("no [keys] rekey_share_dir configured: rekeys are refused");
+            return Ok(None);
+        }
+    };
+    if !dev {
+        let same = match (dir.canonicalize(), data_dir.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => dir == data_dir,
+        };
+        if same {
+            bail!(
+                "[keys] rekey_share_dir is the data directory: new shares must leave the machine \
+                 that holds the HSM state; choose another directory"
+            );
+        }
+    } else if config.keys.rekey_share_dir.is_none() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "rekey shares are written beside the data (--dev); not for production"
+        );
+    }
+    Ok(Some(dir))
 }
 
 fn open_production(dir: &Path) -> Result<SimulatedHsm> {

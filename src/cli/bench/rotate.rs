@@ -1,0 +1,240 @@
+//! `plico bench rotate --records N [--batch-records M]`: a KEK rotation of a vault of N cards.
+//!
+//! 1. imports N generated cards into a fresh sled store under a fresh development HSM, in
+//!    batches of M (default 2,500): one data key per batch, so `ceil(N / M)` code data keys
+//!    (plus the service's own purpose keys, if any);
+//! 2. officer A proposes a rotation, officer B approves it, and the rewrap job runs to its end
+//!    in chunks of 256 keys (the service's default, `--chunk`), each chunk saved durably with the job's progress — timed from the
+//!    approval to the job's `done`, the figure that counts;
+//! 3. baseline, in the same run: the same number of bare `rewrap_data_key` calls on the HSM
+//!    (no store, no keyring, no audit);
+//! 4. checks that every data key is under the new term and a sample of cards still opens.
+//!
+//! It ends with one line:
+//! `rotate records=… data_keys=… seconds=… rewraps_per_s=… baseline_rewraps_per_s=… baseline_ratio=…`
+//! where `baseline_ratio` is the bare rewraps' time over the rotation's: 1.0 would mean the job
+//! costs nothing beyond the HSM's own work. Records are never touched by a rotation.
+
+use super::{dev_hsm, in_work_dir, per_s, serial, TestRng};
+use anyhow::{bail, Context};
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use vault::account::Actor;
+use vault::audit::AuditLog;
+use vault::ceremony::{Ceremonies, CeremonyPolicy, JobState, Operation};
+use vault::codes::CodeVault;
+use vault::import::parse::ParseRules;
+use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::store::sled::SledStore;
+use vault::store::Store;
+use vault::{Hsm, Keyring, TermState};
+
+/// `plico bench rotate` arguments.
+#[derive(Debug, Args)]
+pub struct RotateBench {
+    /// Cards in the vault.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Cards per imported batch (one data key each).
+    #[arg(long, default_value_t = 2_500)]
+    pub batch_records: u64,
+    /// Data keys rewrapped per chunk (one durable keyring write each).
+    #[arg(long, default_value_t = plico::DEFAULT_REWRAP_CHUNK)]
+    pub chunk: usize,
+    /// Work directory (a fresh one under the system temp dir by default; removed at the end
+    /// unless given).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs `plico bench rotate`.
+pub fn run(a: &RotateBench) -> anyhow::Result<()> {
+    if a.records == 0 || a.batch_records == 0 || a.chunk == 0 {
+        bail!("--records, --batch-records and --chunk must be at least 1");
+    }
+    in_work_dir(a.dir.as_deref(), "rotate", |work| rotate_in(work, a))
+}
+
+fn officer(id: &str) -> Actor {
+    Actor {
+        id: id.into(),
+        role: "officer".into(),
+        request_id: format!("bench-{id}"),
+    }
+}
+
+/// The lines of one batch: `count` cards from `first`, codes from a fast generator.
+fn batch_file(first: u64, count: u64, rng: &mut TestRng) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count as usize * 36 + 16);
+    out.extend_from_slice(b"serial;pin;puk\n");
+    for i in 0..count {
+        let r = rng.next();
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(
+            out,
+            "{};{:05};{:08}",
+            serial(first, i),
+            r % 100_000,
+            (r >> 20) % 100_000_000
+        );
+    }
+    out
+}
+
+fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
+    let n = a.records;
+    let base = 1_000_000_000u64;
+    let hsm = dev_hsm(&work.join("hsm"))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
+    let audit = Arc::new(AuditLog::open(store.clone(), 1000)?);
+    audit.unlock(hsm.clone())?;
+    let codes = Arc::new(CodeVault::open(store.clone())?.0);
+    let rules = ParseRules::default();
+
+    // 1. The vault: N cards in batches of M.
+    let batches = n.div_ceil(a.batch_records);
+    eprintln!(
+        "importing {n} cards in {batches} batches of up to {}",
+        a.batch_records
+    );
+    let mut rng = TestRng(0x005E_ED0F_4B1D_CAFE);
+    let started = Instant::now();
+    let mut first = 0u64;
+    let mut next_report = n / 10;
+    while first < n {
+        let count = a.batch_records.min(n - first);
+        let file = batch_file(base + first, count, &mut rng);
+        let request = ImportRequest {
+            manufacturer: "bench".into(),
+            expected_cards: Some(count),
+            expected_sha256: None,
+            actor: "bench".into(),
+            role: "manufacturer".into(),
+            request_id: String::new(),
+        };
+        let ctx = ImportContext {
+            vault: &codes,
+            hsm: &*hsm,
+            audit: &audit,
+            rules: &rules,
+        };
+        match import_file(ctx, &file[..], &request, &|_| {})? {
+            ImportOutcome::Committed(r) if r.cards == count => {}
+            other => bail!("a batch did not commit: {:?}", other.record().problems),
+        }
+        first += count;
+        if first >= next_report {
+            eprintln!(
+                "  {first} cards ({:.0} cards/s)",
+                per_s(first, started.elapsed())
+            );
+            next_report += (n / 10).max(1);
+        }
+    }
+    let t_import = started.elapsed();
+    let ring = Keyring::load(&*store)?;
+    let data_keys = ring.len() as u64;
+    let term_before = active(&*hsm)?;
+
+    // 2. Propose, approve, run: timed from the approval to the job's end.
+    let keys = Ceremonies::new(
+        codes.clone(),
+        audit.clone(),
+        CeremonyPolicy {
+            chunk: a.chunk,
+            insecure_allow_single_share: true,
+            ..CeremonyPolicy::default()
+        },
+    );
+    let now = now_ms();
+    let p = keys.propose(
+        &*hsm,
+        &officer("officer-a"),
+        Operation::Rotate,
+        "bench rotation",
+        now,
+    )?;
+    eprintln!("rotating {data_keys} data keys");
+    let started = Instant::now();
+    keys.approve(&*hsm, &officer("officer-b"), p.id, now)?;
+    let job = keys
+        .run(&*hsm, &mut |_| {})?
+        .context("the approval left no job")?;
+    let t_rotate = started.elapsed();
+    if job.state != JobState::Done || job.done != data_keys {
+        bail!(
+            "the job ended {:?} with {} of {data_keys} keys",
+            job.state,
+            job.done
+        );
+    }
+    let term_after = active(&*hsm)?;
+    let ring = Keyring::load(&*store)?;
+    if ring.iter().any(|r| r.wrapped.term != term_after) {
+        bail!("a data key is not under the new term {term_after}");
+    }
+
+    // 3. Baseline: the same number of bare HSM rewraps.
+    let wrapped: Vec<_> = ring.iter().map(|r| r.wrapped.clone()).collect();
+    let started = Instant::now();
+    for w in &wrapped {
+        hsm.rewrap_data_key(w)?;
+    }
+    let t_bare = started.elapsed();
+
+    // 4. Cards still open.
+    let mut rng = TestRng(0xFACE_B00C_1234_5678);
+    for _ in 0..200 {
+        let s = serial(base, rng.next() % n);
+        if codes.find(&*hsm, &s)?.is_none() {
+            bail!("card {s} does not open after the rotation");
+        }
+    }
+
+    let rate = per_s(data_keys, t_rotate);
+    let bare_rate = per_s(data_keys, t_bare);
+    println!("records             {n}");
+    println!(
+        "import              {:.2} s  {:.0} cards/s  ({batches} batches)",
+        t_import.as_secs_f64(),
+        per_s(n, t_import)
+    );
+    println!(
+        "rotation            {:.3} s  {term_before} -> {term_after}, {data_keys} data keys in chunks of {}",
+        t_rotate.as_secs_f64(),
+        a.chunk
+    );
+    println!(
+        "baseline rewraps    {:.3} s  {:.0} rewraps/s (bare HSM calls)",
+        t_bare.as_secs_f64(),
+        bare_rate
+    );
+    println!(
+        "rotate records={n} data_keys={data_keys} seconds={:.3} rewraps_per_s={:.0} \
+         baseline_rewraps_per_s={:.0} baseline_ratio={:.2}",
+        t_rotate.as_secs_f64(),
+        rate,
+        bare_rate,
+        t_bare.as_secs_f64() / t_rotate.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
+fn active(hsm: &dyn Hsm) -> anyhow::Result<vault::TermId> {
+    hsm.status()
+        .terms
+        .iter()
+        .find(|t| t.state == TermState::Active)
+        .map(|t| t.id)
+        .context("the HSM has no active term")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,591 @@
+//! `plico keys propose|approve|withdraw|list|show|status`: the officers' client for key
+//! ceremonies under dual control (`/v1/keys/proposals`, `/v1/sys/keys`; officer token, or
+//! auditor to read).
+//!
+//! One officer proposes (`propose rotate|retire|rekey|shred|discard --reason …`), a different
+//! officer approves (`approve ID`). A rekey's approval takes a quorum of the current shares
+//! from `--share-file` files (one share each), or prompted without echo on a terminal, or one a
+//! line from a piped stdin — never from the command line. The new shares are written by the
+//! server into its `[keys] rekey_share_dir`; this command prints only where.
+//!
+//! `approve --wait` follows the job a rotate, shred or discard starts (every 250 ms, with a
+//! progress bar of data keys rewrapped) until it ends.
+
+use super::client::{AuthArgs, Client, ServerArgs};
+use super::files;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use plico::api::keys::{Approved, ProposalList, ProposalView};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+use vault::ceremony::{JobState, KeyJob, KeyStatus, Proposal};
+
+/// How often `approve --wait` asks how far the job is.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Arguments of `plico keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+/// The `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Propose a key operation; a different officer must approve it within the window.
+    Propose(ProposeArgs),
+    /// Approve another officer's proposal; it runs at once (a rekey needs current shares).
+    Approve(ApproveArgs),
+    /// Withdraw an open proposal.
+    Withdraw {
+        /// The proposal, e.g. kp000007.
+        id: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List proposals, newest first (open ones past their window are marked lapsed).
+    List {
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one proposal.
+    Show {
+        /// The proposal, e.g. kp000007.
+        id: String,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The key hierarchy: terms and data keys with KCVs, the job's progress, open proposals,
+    /// warnings and recommendations.
+    Status {
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `plico keys propose`.
+#[derive(Debug, Args)]
+pub struct ProposeArgs {
+    #[command(subcommand)]
+    op: ProposeOp,
+}
+
+/// Why: every proposal says.
+#[derive(Debug, Args)]
+pub struct Reason {
+    /// Why the operation is needed (a ticket, an event); shown to the approver and audited.
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The operations an officer can propose.
+#[derive(Debug, Subcommand)]
+pub enum ProposeOp {
+    /// A new KEK term becomes active; a job rewraps every data key under it.
+    Rotate {
+        #[command(flatten)]
+        why: Reason,
+    },
+    /// Destroy a decrypt-only term that wraps no data key any more.
+    Retire {
+        /// The term's number.
+        #[arg(long, value_name = "N")]
+        term: u32,
+        #[command(flatten)]
+        why: Reason,
+    },
+    /// A new root key and a new set of custodian shares (approval needs m current shares).
+    Rekey {
+        /// Shares to issue (n).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        shares: u8,
+        /// Shares needed to unseal (m); at least 2 outside --dev.
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u8).range(1..))]
+        threshold: u8,
+        #[command(flatten)]
+        why: Reason,
+    },
+    /// Destroy a committed batch's codes for good (crypto-shred, then rotate and retire).
+    Shred {
+        /// The batch, e.g. b000042.
+        #[arg(long, value_name = "ID")]
+        batch: String,
+        #[command(flatten)]
+        why: Reason,
+    },
+    /// Discard a quarantined batch (destroyed as a shred is).
+    #[command(alias = "discard-quarantined")]
+    Discard {
+        /// The batch, e.g. b000043.
+        #[arg(long, value_name = "ID")]
+        batch: String,
+        #[command(flatten)]
+        why: Reason,
+    },
+}
+
+/// Arguments of `plico keys approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The proposal, e.g. kp000007.
+    id: String,
+    /// A rekey: a file holding one current share (repeat for each custodian). Without any,
+    /// the shares are prompted for (no echo), or read one a line from a piped stdin.
+    #[arg(long = "share-file", value_name = "FILE")]
+    share_files: Vec<PathBuf>,
+    /// Follow the job the approval starts (rotate, shred, discard) until it ends.
+    #[arg(long)]
+    wait: bool,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The body of a rekey's approval: borrowed shares, serialized straight into the request.
+#[derive(serde::Serialize)]
+struct ApproveBody<'a> {
+    shares: Vec<&'a str>,
+}
+
+fn batch_number(text: &str) -> Result<u64> {
+    vault::codes::BatchId::parse(text)
+        .map(|b| b.0)
+        .map_err(|_| anyhow::anyhow!("--batch: expected a batch id such as b000042"))
+}
+
+/// A proposal id for a path: `kp` and digits only.
+fn proposal_segment(text: &str) -> Result<String> {
+    vault::ceremony::ProposalId::parse(text)
+        .map(|id| id.to_string())
+        .map_err(|_| anyhow::anyhow!("expected a proposal id such as kp000007"))
+}
+
+/// Runs `plico keys …`.
+pub fn run(args: KeysArgs) -> Result<()> {
+    let client = Client::with_token(&args.server, &args.auth)?;
+    let runtime = super::unseal::client_runtime()?;
+    runtime.block_on(async {
+        match &args.command {
+            KeysCommand::Propose(p) => propose(&client, &p.op).await,
+            KeysCommand::Approve(a) => approve(&client, a).await,
+            KeysCommand::Withdraw { id, json } => {
+                let path = format!("/v1/keys/proposals/{}/withdraw", proposal_segment(id)?);
+                let v: ProposalView = client.post(&path, &json!({})).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("{} withdrawn", v.proposal.id);
+                }
+                Ok(())
+            }
+            KeysCommand::List { json } => {
+                let v: ProposalList = client.get("/v1/keys/proposals").await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_list(&v.proposals);
+                }
+                Ok(())
+            }
+            KeysCommand::Show { id, json } => {
+                let path = format!("/v1/keys/proposals/{}", proposal_segment(id)?);
+                let v: ProposalView = client.get(&path).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_proposal(&v.proposal);
+                }
+                Ok(())
+            }
+            KeysCommand::Status { json } => {
+                let v: Value = client.get("/v1/sys/keys").await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let s: KeyStatus =
+                        serde_json::from_value(v).context("unexpected answer from /v1/sys/keys")?;
+                    print_status(&s);
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn propose(client: &Client, op: &ProposeOp) -> Result<()> {
+    let (mut body, why) = match op {
+        ProposeOp::Rotate { why } => (json!({"op": "rotate"}), why),
+        ProposeOp::Retire { term, why } => (json!({"op": "retire", "term": term}), why),
+        ProposeOp::Rekey {
+            shares,
+            threshold,
+            why,
+        } => {
+            if threshold > shares {
+                bail!("--threshold {threshold} is more than --shares {shares}");
+            }
+            (
+                json!({"op": "rekey", "shares": shares, "threshold": threshold}),
+                why,
+            )
+        }
+        ProposeOp::Shred { batch, why } => {
+            (json!({"op": "shred", "batch": batch_number(batch)?}), why)
+        }
+        ProposeOp::Discard { batch, why } => (
+            json!({"op": "discard_quarantined", "batch": batch_number(batch)?}),
+            why,
+        ),
+    };
+    body["reason"] = json!(why.reason);
+    let v: ProposalView = client.post("/v1/keys/proposals", &body).await?;
+    if why.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let p = &v.proposal;
+    println!("proposed {}: {}", p.id, p.op);
+    if let Some(k) = p.kcv {
+        println!("KCV of the key it names: {k}");
+    }
+    println!("expires: {}", when(p.expires_ms));
+    println!(
+        "a different officer compares the KCV and approves it: plico keys approve {}",
+        p.id
+    );
+    Ok(())
+}
+
+/// Reads the current shares for a rekey approval: the files, else a prompt, else stdin.
+fn read_current_shares(files_given: &[PathBuf]) -> Result<Vec<SecretString>> {
+    if !files_given.is_empty() {
+        return files_given.iter().map(|f| files::read_share(f)).collect();
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut out = Vec::new();
+        for line in stdin.lock().lines() {
+            let line = zeroize::Zeroizing::new(line.context("cannot read shares from stdin")?);
+            let t = line.trim();
+            if !t.is_empty() {
+                out.push(SecretString::from(t.to_owned()));
+            }
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    eprintln!("enter the current shares, one per line (not shown); an empty line ends");
+    loop {
+        eprint!("share {}: ", out.len() + 1);
+        std::io::stderr().flush().ok();
+        let share = read_hidden_line()?;
+        if share.expose_secret().trim().is_empty() {
+            break;
+        }
+        out.push(share);
+    }
+    Ok(out)
+}
+
+/// One line from the terminal with echo off (`stty -echo`), restored afterwards.
+fn read_hidden_line() -> Result<SecretString> {
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !stty("-echo") {
+        bail!("cannot turn off the terminal's echo to read a share: use --share-file FILE");
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let read = std::io::stdin().lock().read_line(&mut line);
+    stty("echo");
+    eprintln!();
+    read.context("cannot read a share")?;
+    Ok(SecretString::from(line.trim().to_owned()))
+}
+
+async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
+    let id = proposal_segment(&a.id)?;
+    let shown: ProposalView = client.get(&format!("/v1/keys/proposals/{id}")).await?;
+    let is_rekey = matches!(shown.proposal.op, vault::ceremony::Operation::Rekey { .. });
+    if !is_rekey && !a.share_files.is_empty() {
+        bail!("{id} is not a rekey: it needs no shares");
+    }
+    let path = format!("/v1/keys/proposals/{id}/approve");
+    let v: Approved = if is_rekey {
+        if !client.is_private_channel() {
+            bail!(
+                "refusing to send shares over plain http to {}: use https",
+                client.base()
+            );
+        }
+        let shares = read_current_shares(&a.share_files)?;
+        if shares.is_empty() {
+            bail!("a rekey needs a quorum of the current shares: --share-file FILE ...");
+        }
+        let body = ApproveBody {
+            shares: shares.iter().map(|s| s.expose_secret()).collect(),
+        };
+        client.post(&path, &body).await?
+    } else {
+        client.post(&path, &json!({})).await?
+    };
+    if a.json && !a.wait {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let p = &v.proposal;
+    println!("approved {}: {} ({})", p.id, p.op, p.state);
+    if let Some(r) = &v.rekey {
+        println!(
+            "new share set {}: {} of {} shares; root key KCV {}",
+            r.share_set, r.threshold, r.shares, r.root_kcv
+        );
+        println!("the new shares were written on the server's host, one file per custodian:");
+        for f in &r.share_files {
+            println!("  {f}");
+        }
+        println!(
+            "hand each to a different custodian, then delete them; the old shares no longer work"
+        );
+    }
+    if let Some(o) = &p.outcome {
+        println!("outcome: {o}");
+    }
+    if let Some(job) = &v.job {
+        if a.wait {
+            let last = follow(client, job).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&last)?);
+            } else {
+                print_job(&last);
+            }
+            if last.state != JobState::Done {
+                bail!("the job of {} ended {:?}", last.id, last.state);
+            }
+        } else {
+            println!("job started: follow it with `plico keys status`");
+        }
+    }
+    Ok(())
+}
+
+/// Polls `/v1/sys/keys` until `job` ends, with a progress bar.
+async fn follow(client: &Client, job: &KeyJob) -> Result<KeyJob> {
+    let bar = ProgressBar::with_draw_target(Some(job.total.max(1)), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} data keys ({per_sec}) {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("{} {}", job.id, job.op.name()));
+    loop {
+        let s: KeyStatus = client.get("/v1/sys/keys").await?;
+        let current = s.job.filter(|j| j.id == job.id);
+        if let Some(j) = current {
+            bar.set_length(j.total.max(1));
+            bar.set_position(j.done);
+            bar.set_message(format!("{} {:?}", j.id, j.phase));
+            if !j.unfinished() {
+                bar.finish_and_clear();
+                return Ok(j);
+            }
+        }
+        bar.tick();
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+fn when(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn print_list(list: &[Proposal]) {
+    println!(
+        "{:<9}  {:<10}  {:<34}  {:<7}  {:<10}  {:<10}  reason",
+        "id", "state", "operation", "kcv", "proposer", "approver"
+    );
+    for p in list {
+        println!(
+            "{:<9}  {:<10}  {:<34}  {:<7}  {:<10}  {:<10}  {}",
+            p.id.to_string(),
+            p.state.to_string(),
+            p.op.to_string(),
+            p.kcv.map(|k| k.to_string()).unwrap_or_default(),
+            p.proposer,
+            p.approver.as_deref().unwrap_or("-"),
+            p.reason
+        );
+    }
+}
+
+fn print_proposal(p: &Proposal) {
+    println!("proposal:  {}", p.id);
+    println!("operation: {}", p.op);
+    println!("state:     {}", p.state);
+    if let Some(k) = p.kcv {
+        println!("kcv:       {k}");
+    }
+    println!("reason:    {}", p.reason);
+    println!("proposer:  {} at {}", p.proposer, when(p.proposed_ms));
+    println!("expires:   {}", when(p.expires_ms));
+    if let Some(a) = &p.approver {
+        println!(
+            "decided:   by {a}{}",
+            p.decided_ms
+                .map(|t| format!(" at {}", when(t)))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(o) = &p.outcome {
+        println!("outcome:   {o}");
+    }
+}
+
+fn print_job(j: &KeyJob) {
+    println!(
+        "job {} ({}): {:?}, phase {:?}, {} of {} data keys rewrapped{}",
+        j.id,
+        j.op.name(),
+        j.state,
+        j.phase,
+        j.done,
+        j.total,
+        match (j.target, j.target_kcv) {
+            (Some(t), Some(k)) => format!(" under {t} (KCV {k})"),
+            _ => String::new(),
+        }
+    );
+    if !j.retired.is_empty() {
+        let retired: Vec<String> = j
+            .retired
+            .iter()
+            .map(|(t, k)| format!("{t} (KCV {k})"))
+            .collect();
+        println!("  retired: {}", retired.join(", "));
+    }
+    if let Some(e) = &j.last_error {
+        println!("  last error: {e}");
+    }
+}
+
+fn print_status(s: &KeyStatus) {
+    println!(
+        "hsm:        {} ({})",
+        s.provider,
+        if s.sealed { "sealed" } else { "unsealed" }
+    );
+    println!("root key:   KCV {}", s.root_kcv);
+    println!(
+        "share set:  {} ({} of {} shares to unseal)",
+        s.share_set, s.threshold, s.shares
+    );
+    println!();
+    println!(
+        "{:<6}  {:<13}  {:<7}  {:<10}  {:>9}",
+        "term", "state", "kcv", "created", "data keys"
+    );
+    for t in &s.terms {
+        println!(
+            "{:<6}  {:<13}  {:<7}  {:<10}  {:>9}",
+            t.id.0,
+            format!("{:?}", t.state).to_lowercase(),
+            t.kcv.to_string(),
+            &when(t.created_unix * 1000)[..10],
+            t.data_keys
+        );
+    }
+    println!();
+    println!(
+        "{:<8}  {:<8}  {:<7}  {:>5}  {:<10}  {:>12}",
+        "data key", "purpose", "kcv", "term", "created", "encryptions"
+    );
+    for k in &s.data_keys {
+        println!(
+            "{:<8}  {:<8}  {:<7}  {:>5}  {:<10}  {:>12}",
+            k.id.to_string(),
+            serde_json::to_value(k.purpose)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            k.kcv.to_string(),
+            k.term.0,
+            &when(k.created_unix * 1000)[..10],
+            k.encryptions
+        );
+    }
+    println!();
+    match &s.job {
+        Some(j) => print_job(j),
+        None => println!("job: none yet"),
+    }
+    if !s.proposals.is_empty() {
+        println!();
+        println!("open proposals:");
+        print_list(&s.proposals);
+    }
+    if !s.warnings.is_empty() {
+        println!();
+        for w in &s.warnings {
+            println!("warning: {w}");
+        }
+    }
+    if !s.recommendations.is_empty() {
+        println!();
+        for r in &s.recommendations {
+            println!("recommended: {r}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(when(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(when(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
+    }
+}
