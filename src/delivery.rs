@@ -408,12 +408,22 @@ pub async fn run_workers(
     })
     .await;
     if drained.is_err() {
+        // Cut the sends short: their jobs stay `sending` and are sent again after restart.
+        tasks.shutdown().await;
         tracing::warn!(
             "delivery workers stopped with jobs in flight; they are sent again after restart"
         );
     }
+    // Every sender is gone now: the marker records what came back and ends.
     drop(outcomes);
-    let _ = marker.await;
+    if tokio::time::timeout(crate::SHUTDOWN_GRACE, marker)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "outcomes not all recorded at shutdown; those jobs are sent again after restart"
+        );
+    }
     tracing::info!("delivery workers stopped");
 }
 
