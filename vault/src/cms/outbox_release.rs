@@ -4,7 +4,7 @@
 //!
 //! The codes come through the same gate as [`Cms::release_codes`], every check made under the
 //! ops lock, so every release is audited as `card.codes_release` with purpose
-//! `dispatch job N`. A worker releases the jobs it claimed together ([`Cms::release_jobs`]):
+//! `dispatch job N`. A worker claims and releases a batch together ([`Cms::claim_and_release`]):
 //! their events share one commit and one flush. Nothing here renders or sends.
 
 use super::date::Date;
@@ -74,11 +74,15 @@ impl fmt::Debug for JobRelease {
 }
 
 impl Cms {
-    /// The codes, destination and holder's name for job `job_id`: [`Cms::release_jobs`] for
-    /// one job.
+    /// The codes, destination and holder's name for job `job_id`, which must be `sending`
+    /// (claimed by the caller): the release of [`Cms::claim_and_release`] for one job already
+    /// claimed, audited as one `card.codes_release` event.
     ///
     /// # Errors
-    /// As [`Cms::release_jobs`], for the job or the whole call.
+    /// [`Error::NotFound`] for an unknown job or card; [`Error::WrongState`] for a job not
+    /// `sending` or a card not `active`; [`Error::Refused`] for a contact not registered or
+    /// changed since the last identification, a channel without a remote destination, or codes
+    /// no longer held; [`Error::Sealed`]; store and audit errors.
     pub fn release_for_job(
         &self,
         hsm: &dyn Hsm,
@@ -97,13 +101,17 @@ impl Cms {
     }
 
     /// What a delivery worker does for `channel`: claims up to `limit` jobs due at `now_ms`
-    /// ([`Cms::claim_due`]) and releases each ([`Cms::release_jobs`]), the claims and the
-    /// release events in one commit, durable before this returns. A job whose release is
-    /// refused stays `sending` with its error: the caller marks it failed.
+    /// ([`Cms::claim_due`]) and releases each: the card must be `active` and the contact the
+    /// channel needs registered and not changed after the card's last identification. Every
+    /// check is made under the ops lock; the claims and the releases granted (one
+    /// `card.codes_release` event a job, purpose `dispatch job N`, by
+    /// `Actor::system("dispatch-job-N")`) are one commit, written under the lock and durable
+    /// before this returns. A job whose release is refused stays `sending` with its error and
+    /// no event: the caller marks it failed.
     ///
     /// # Errors
     /// For the whole call: store and audit errors (then nothing is claimed or released). For
-    /// a job: as [`Cms::release_jobs`].
+    /// a job: as [`Cms::release_for_job`].
     pub fn claim_and_release(
         &self,
         hsm: &dyn Hsm,
@@ -138,55 +146,6 @@ impl Cms {
         let written = audit.write_all(b, events)?;
         drop(ops);
         audit.durable(written)?;
-        Ok(out)
-    }
-
-    /// The codes, destination and holder's name for each of `job_ids`, which must be `sending`
-    /// (claimed by the caller). The card must be `active` and the contact the channel needs
-    /// registered and not changed after the card's last identification. Every check is made
-    /// under the ops lock, and the releases granted are audited together (one
-    /// `card.codes_release` event a job, purpose `dispatch job N`, by
-    /// `Actor::system("dispatch-job-N")`) in one commit, durable before this returns. A job
-    /// refused gets its own error and no event; the others go on.
-    ///
-    /// # Errors
-    /// For the whole call: store and audit errors (then nothing is released). For a job:
-    /// [`Error::NotFound`] for an unknown job or card; [`Error::WrongState`] for a job not
-    /// `sending` or a card not `active`; [`Error::Refused`] for a contact not registered or
-    /// changed since the last identification, a channel without a remote destination, or codes
-    /// no longer held; [`Error::Sealed`].
-    pub fn release_jobs(
-        &self,
-        hsm: &dyn Hsm,
-        audit: &AuditLog,
-        job_ids: &[u64],
-        today: Date,
-    ) -> Result<Vec<(u64, Result<JobRelease>)>> {
-        let ops = self.ops_lock();
-        let mut out = Vec::with_capacity(job_ids.len());
-        let mut events = Vec::new();
-        for &id in job_ids {
-            let actor = Actor::system(format!("dispatch-job-{id}"));
-            let released = self
-                .job(id)
-                .and_then(|job| job.ok_or_else(|| Error::NotFound(format!("dispatch job {id}"))))
-                .and_then(|job| self.release_one(hsm, audit, job, today, &actor));
-            match released {
-                Ok((release, event)) => {
-                    events.push(event);
-                    out.push((id, Ok(release)));
-                }
-                Err(e @ Error::Storage(_)) => return Err(e),
-                Err(e) => out.push((id, Err(e))),
-            }
-        }
-        if !events.is_empty() {
-            // Written under the lock, flushed after it: other writers need not wait for the
-            // disk. The codes go back only once the events are durable.
-            let written = audit.write_all(Batch::new(), events)?;
-            drop(ops);
-            audit.durable(written)?;
-        }
         Ok(out)
     }
 

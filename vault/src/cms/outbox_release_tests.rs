@@ -216,23 +216,6 @@ fn claim_and_release_returns_a_refused_job_with_its_error_and_no_event() {
 }
 
 #[test]
-fn release_jobs_releases_each_and_refuses_one_without_stopping_the_others() {
-    let (w, job) = claimed("email");
-    let got = w
-        .cms()
-        .release_jobs(&*w.hsm, w.audit(), &[job.id, 999_999], today())
-        .unwrap();
-    assert_eq!(got.len(), 2);
-    assert!(got[0].1.is_ok());
-    assert!(
-        matches!(got[1].1, Err(Error::NotFound(_))),
-        "{:?}",
-        got[1].1
-    );
-    assert_eq!(releases(&w), vec![format!("dispatch job {}", job.id)]);
-}
-
-#[test]
 fn mark_sent_many_marks_each_in_one_commit_and_refuses_one_alone() {
     let (w, job) = claimed("email");
     let got = w
