@@ -9,13 +9,13 @@
 //! audit event it belongs to), so a crash leaves the job at the start of a phase or of a
 //! chunk, and [`Ceremonies::run`] carries on from there:
 //!
-//! - *destroy*: [`CodeVault::destroy_batch`] marks the batch shredded (or discarded), deletes
+//! - *destroy*: `CodeVault::destroy_batch` marks the batch shredded (or discarded), deletes
 //!   its segments and takes its data key out of the keyring, with the `key.shred` event and
 //!   the job's next phase, in one batch.
 //! - *rotate*: the HSM makes a new term active unless it already did (the job remembers the
 //!   term that was active at approval, so a rotation whose record was lost is not repeated).
 //! - *rewrap*: chunks of [`super::CeremonyPolicy::chunk`] data keys; each chunk holds the
-//!   keyring lock ([`CodeVault::keyring_lock`], which imports, the holder key and the purpose
+//!   keyring lock (`CodeVault::keyring_lock`, which imports, the holder key and the purpose
 //!   keys also take), reloads the keyring, rewraps inside the HSM, and saves keyring and
 //!   progress together. Key material does not change: records open throughout.
 //! - *retire*: every decrypt-only term is destroyed, under the keyring lock, after checking

@@ -499,7 +499,7 @@ impl Cms {
     /// Starts a print run. `plan` and `part` only label the run (the caller renders).
     ///
     /// # Errors
-    /// [`Error::Busy`]-like [`Error::Refused`] while another run is going; [`Error::Invalid`]
+    /// [`Error::Refused`] while another run is going; [`Error::Invalid`]
     /// for a bad label or list; [`Error::NotFound`] for a batch that is not committed; store
     /// and audit errors.
     #[allow(clippy::too_many_arguments)]
