@@ -178,8 +178,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 /// Where the new shares of a rekey are written: `[keys] rekey_share_dir`, else with `--dev`
-/// `DATA/rekey-shares`. Outside `--dev` it must not be the data directory: shares must leave
-/// the machine that holds the HSM state.
+/// `DATA/rekey-shares`. Outside `--dev` it must be neither inside the data directory nor
+/// around it: shares must not be kept (or backed up) with the HSM state.
 fn rekey_share_dir(config: &Config, data_dir: &Path, dev: bool) -> Result<Option<PathBuf>> {
     let dir = match (&config.keys.rekey_share_dir, dev) {
         (Some(d), _) => d.clone(),
@@ -190,14 +190,19 @@ fn rekey_share_dir(config: &Config, data_dir: &Path, dev: bool) -> Result<Option
         }
     };
     if !dev {
-        let same = match (dir.canonicalize(), data_dir.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => dir == data_dir,
-        };
-        if same {
+        // Compared as resolved paths, the share directory made first if it does not exist
+        // yet: neither may hold the other, or a backup of the data directory would carry the
+        // HSM state together with the shares that open it.
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("[keys] rekey_share_dir {}", dir.display()))?;
+        let shares = dir.canonicalize()?;
+        let data = data_dir.canonicalize()?;
+        if shares.starts_with(&data) || data.starts_with(&shares) {
             bail!(
-                "[keys] rekey_share_dir is the data directory: new shares must leave the machine \
-                 that holds the HSM state; choose another directory"
+                "[keys] rekey_share_dir {} and the data directory {} hold one another: new \
+                 shares must not be kept with the HSM state; choose another directory",
+                shares.display(),
+                data.display()
             );
         }
     } else if config.keys.rekey_share_dir.is_none() {

@@ -225,7 +225,7 @@ impl Ceremonies {
                 j.id, j.op
             )));
         }
-        self.check(hsm, &p.op, false)?;
+        self.recheck(hsm, &p)?;
         let active = active_term(&hsm.status())?;
         let mut approved = p.clone();
         approved.state = ProposalState::Running;
@@ -260,8 +260,10 @@ impl Ceremonies {
         // Under the keyring lock, so no data key can be wrapped under the term between the
         // check and the destruction (decrypt-only terms wrap nothing new anyway).
         let _keys = self.codes.keyring_lock();
-        self.check(hsm, &p.op, false)?;
+        self.recheck(hsm, &p)?;
         let ring = Keyring::load(&**self.store())?;
+        // Audited before the HSM acts: a crash between the two leaves the attempt on record.
+        self.audit.append(self.event(actor, "key.attempt", &p))?;
         if let Err(e) = ring.retire_term(hsm, term) {
             return Err(self.attempt_failed(actor, &p, e));
         }
@@ -304,8 +306,10 @@ impl Ceremonies {
         if hsm.status().sealed {
             return Err(Error::Sealed);
         }
-        self.check(hsm, &p.op, false)?;
+        self.recheck(hsm, &p)?;
         let before = hsm.status();
+        // Audited before the HSM acts: a crash between the two leaves the attempt on record.
+        self.audit.append(self.event(actor, "key.attempt", &p))?;
         let out = match hsm.rekey(current, shares, threshold, deliver) {
             Ok(out) => out,
             Err(e) => return Err(self.attempt_failed(actor, &p, e)),
@@ -511,6 +515,24 @@ impl Ceremonies {
             )));
         }
         Ok(p)
+    }
+
+    /// The proposal's operation checked again at approval, against the state of that moment:
+    /// refused if the key it names is no longer the one the proposer and the approver compared
+    /// (another approval rotated it meanwhile).
+    fn recheck(&self, hsm: &dyn Hsm, p: &Proposal) -> Result<()> {
+        let named = self.check(hsm, &p.op, false)?;
+        if named.kcv != p.kcv {
+            let shown = |k: Option<crate::kcv::Kcv>| k.map_or("none".to_owned(), |k| k.to_string());
+            return Err(Error::Refused(format!(
+                "{}: the key it names changed since it was proposed (KCV {} then, {} now); \
+                 propose again",
+                p.id,
+                shown(p.kcv),
+                shown(named.kcv)
+            )));
+        }
+        Ok(())
     }
 
     /// Checks `op` against the current state. `proposing`: a retire of a term that still wraps

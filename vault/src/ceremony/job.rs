@@ -423,8 +423,30 @@ impl Ceremonies {
                 .iter()
                 .filter(|t| t.state == TermState::DecryptOnly)
             {
-                ring.retire_term(hsm, t.id)?;
-                job.retired.push((t.id, t.kcv));
+                // The term goes on the job's record before the HSM destroys it, so a crash
+                // in between cannot leave a destroyed term out of the `key.done` event.
+                if !job.retired.iter().any(|(id, _)| *id == t.id) {
+                    let mut next = job.clone();
+                    next.retired.push((t.id, t.kcv));
+                    let mut b = Batch::new();
+                    next.save_into(&mut b)?;
+                    self.store().apply(&b)?;
+                    *job = next;
+                }
+                if let Err(e) = ring.retire_term(hsm, t.id) {
+                    if matches!(e, Error::Refused(_)) {
+                        // A data key is still wrapped under the term (written back after the
+                        // rewrap): rewrap again before retiring.
+                        let mut next = job.clone();
+                        next.retired.retain(|(id, _)| *id != t.id);
+                        next.phase = JobPhase::Rewrap;
+                        let mut b = Batch::new();
+                        next.save_into(&mut b)?;
+                        self.store().apply(&b)?;
+                        *job = next;
+                    }
+                    return Err(e);
+                }
             }
         }
         self.finish(job, JobState::Done, None)

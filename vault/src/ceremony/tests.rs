@@ -542,11 +542,15 @@ fn rekey_needs_a_quorum_and_the_old_shares_stop_working() {
         actions(&*f.store),
         [
             "key.propose",
+            "key.attempt",
             "key.failed",
+            "key.attempt",
             "key.approve",
             "key.done",
             "key.propose",
+            "key.attempt",
             "key.failed",
+            "key.attempt",
             "key.approve",
             "key.done"
         ]
@@ -763,5 +767,45 @@ fn status_warns_past_periods_and_near_the_encryption_limit() {
         s.recommendations[0].starts_with("retire: term 1"),
         "{:?}",
         s.recommendations
+    );
+}
+
+#[test]
+fn an_approval_is_refused_when_the_named_key_changed_since_the_proposal() {
+    let (f, _) = Fixture::memory();
+    let t = now();
+    let first = f
+        .keys
+        .propose(&*f.hsm, &officer("alice"), Operation::Rotate, "yearly", t)
+        .unwrap();
+    let second = f
+        .keys
+        .propose(
+            &*f.hsm,
+            &officer("carol"),
+            Operation::Rotate,
+            "also yearly",
+            t,
+        )
+        .unwrap();
+    assert_eq!(first.kcv, second.kcv);
+    f.keys
+        .approve(&*f.hsm, &officer("bob"), first.id, t + 1)
+        .unwrap();
+    f.keys.run(&*f.hsm, &mut |_| {}).unwrap();
+    // The second proposal named the term the first one rotated away: its approver would be
+    // comparing a KCV that is no longer the active term's.
+    let e = f
+        .keys
+        .approve(&*f.hsm, &officer("bob"), second.id, t + 2)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Refused(m) if m.contains("changed since it was proposed")),
+        "{e}"
+    );
+    assert_eq!(f.terms().len(), 2, "no second rotation");
+    assert_eq!(
+        f.keys.get(second.id).unwrap().unwrap().state,
+        ProposalState::Open
     );
 }

@@ -242,6 +242,8 @@ impl Cms {
         };
         let now = now_ms();
         let mut b = Batch::new();
+        // The keyring lock, once the keyring is in `b`: held until `b` is committed.
+        let mut keyring = None;
         let mut event = NewEvent::new(m.action(), serial.to_string())
             .by(actor.id.clone(), actor.role.clone())
             .request(actor.request_id.clone())
@@ -259,7 +261,7 @@ impl Cms {
                 }
                 let clear = zeroize::Zeroizing::new(encode(a)?);
                 let (key, sealed) = self.seal(hsm, audit, serial, &clear)?;
-                self.note_encryptions(&mut b)?;
+                keyring = self.note_encryptions(&mut b)?;
                 let (by, consent_ref, delegation_ref) = match a {
                     Activation::Holder { consent_ref, .. } => ("holder", consent_ref, None),
                     Activation::Delegate {
@@ -319,6 +321,7 @@ impl Cms {
         card.state = to;
         b.put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
         audit.commit(b, event)?;
+        drop(keyring);
         self.status_of(&card)
     }
 

@@ -314,16 +314,20 @@ impl Cms {
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
 
-    /// Puts the holder key's count of encryptions into `batch` (keyring record).
-    pub(crate) fn note_encryptions(&self, batch: &mut Batch) -> Result<()> {
+    /// Puts the holder key's count of encryptions into `batch` (the whole keyring record), and
+    /// returns the keyring lock, which the caller holds until `batch` is committed: the copy
+    /// of the keyring in `batch` must not land over a change made meanwhile (a rewrap, a
+    /// shredded batch's key taken out).
+    pub(crate) fn note_encryptions(&self, batch: &mut Batch) -> Result<Option<MutexGuard<'_, ()>>> {
         let sealer = lock(&self.sealer);
         let Some(s) = sealer.as_ref() else {
-            return Ok(());
+            return Ok(None);
         };
-        let _keys = self.codes.keyring_lock();
+        let keys = self.codes.keyring_lock();
         let mut ring = Keyring::load(&*self.store)?;
         ring.record_encryptions(s)?;
-        ring.save_into(batch)
+        ring.save_into(batch)?;
+        Ok(Some(keys))
     }
 
     /// Opens what [`Cms::seal`] sealed for `subject`.

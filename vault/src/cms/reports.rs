@@ -316,7 +316,8 @@ impl Cms {
             }
         };
         b.put(Tree::Reports, id.to_be_bytes().to_vec(), encode(&r)?);
-        self.note_encryptions(&mut b)?;
+        // Held until the commit below (see `note_encryptions`).
+        let _keys = self.note_encryptions(&mut b)?;
         let mut event = NewEvent::new(action, subject)
             .by(actor.id.clone(), actor.role.clone())
             .request(actor.request_id.clone());
