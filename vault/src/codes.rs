@@ -880,10 +880,13 @@ impl CodeVault {
         }
         let ring = Keyring::load(&*self.store)?;
         let opener = Arc::new(ring.opener(hsm, key)?);
-        self.openers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, opener.clone());
+        // Cached only if the key is still in the keyring, checked under the cache's lock: a
+        // batch destroyed meanwhile (`destroy_batch` takes its key out of the cache after its
+        // commit, under the same lock) must not leave its clear key cached.
+        let mut openers = self.openers.write().unwrap_or_else(|p| p.into_inner());
+        if Keyring::load(&*self.store)?.get(key).is_some() {
+            openers.insert(key, opener.clone());
+        }
         Ok(opener)
     }
 
