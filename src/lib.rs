@@ -585,26 +585,32 @@ pub async fn key_jobs(state: AppState, check_every: Duration) {
     }
 }
 
-/// Resolves at the first SIGINT or SIGTERM.
+/// SIGINT and SIGTERM, caught from the moment [`shutdown_signal`] returns (it must be called
+/// inside a runtime): the server announces that it listens only after this, so a signal that
+/// comes right after the announcement stops it gracefully instead of killing it.
 ///
 /// If the signal handlers cannot be installed (which only happens when the runtime has no
-/// signal driver), it logs the failure and never resolves: the process then stops only when
-/// killed, which is no worse than having no graceful shutdown.
-pub async fn shutdown_signal() {
+/// signal driver), it logs the failure and the future never resolves: the process then stops
+/// only when killed, which is no worse than having no graceful shutdown.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut int, mut term) = match (
+    let handlers = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) {
-        (Ok(int), Ok(term)) => (int, term),
+        (Ok(int), Ok(term)) => Some((int, term)),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot install signal handlers; graceful shutdown is off");
-            std::future::pending::<()>().await;
-            return;
+            None
         }
     };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("received SIGINT"),
-        _ = term.recv() => tracing::info!("received SIGTERM"),
+    async move {
+        let Some((mut int, mut term)) = handlers else {
+            return std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("received SIGINT"),
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+        }
     }
 }

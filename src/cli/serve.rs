@@ -154,20 +154,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.dev {
         print_dev_banner(&data_dir, admin_token.as_deref());
     }
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("plico: listening on {scheme}://{bound}");
-    std::io::stdout().flush()?;
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(plico::serve(
-        listener,
-        state.clone(),
-        tls,
-        plico::shutdown_signal(),
-    ));
+    // Signals are caught from here on, before anyone is told the service listens.
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        plico::shutdown_signal()
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("plico: listening on {scheme}://{bound}");
+    std::io::stdout().flush()?;
+
+    let served = runtime.block_on(plico::serve(listener, state.clone(), tls, shutdown));
     if let Err(e) = state.shut_down() {
         tracing::error!(error = %e, "could not checkpoint the audit chain at shutdown");
     }
