@@ -2,7 +2,8 @@
 //! a crash, retire, rekey, shred against a copy of the store, and the status report.
 
 use super::*;
-use crate::codes::{BatchId, BatchRecord, CardCodes};
+use crate::codes::tests::{assert_codes_in, file, serial};
+use crate::codes::{BatchId, BatchRecord};
 use crate::hsm::TermId;
 use crate::hsm_double::DoubleHsm;
 use crate::import::parse::ParseRules;
@@ -99,36 +100,6 @@ fn officer(id: &str) -> Actor {
         role: "officer".into(),
         request_id: format!("req-{id}"),
     }
-}
-
-fn serial(i: u64) -> String {
-    format!("8039{:015}", i)
-}
-
-fn codes_of(i: u64) -> (String, String) {
-    (
-        format!("{:05}", (i * 7919) % 100_000),
-        format!("{:08}", (i * 104_729) % 100_000_000),
-    )
-}
-
-fn file(ids: std::ops::Range<u64>) -> String {
-    let mut s = String::from("serial;pin;puk\n");
-    for i in ids {
-        let (pin, puk) = codes_of(i);
-        s.push_str(&format!("{};{pin};{puk}\n", serial(i)));
-    }
-    s
-}
-
-fn assert_codes(codes: &CodeVault, hsm: &dyn Hsm, i: u64) {
-    let c: CardCodes = codes
-        .find(hsm, &serial(i))
-        .unwrap()
-        .unwrap_or_else(|| panic!("card {i} not found"));
-    let (pin, puk) = codes_of(i);
-    assert_eq!(c.pin.expose_secret(), pin.as_bytes(), "card {i}");
-    assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {i}");
 }
 
 /// Every stored audit event's action, in order.
@@ -352,7 +323,7 @@ fn the_rewrap_job_resumes_after_a_crash_and_codes_open_throughout() {
         assert_eq!(seen, [2]);
         assert_eq!(f.ring().count_by_term().get(&TermId(2)), Some(&2));
         for i in [0, 149, 201] {
-            assert_codes(&f.codes, &*hsm, i);
+            assert_codes_in(&f.codes, &*hsm, i);
         }
         // The crash: everything but the HSM is dropped here.
     }
@@ -384,7 +355,7 @@ fn the_rewrap_job_resumes_after_a_crash_and_codes_open_throughout() {
     );
     assert_eq!(f.keys.get(id).unwrap().unwrap().state, ProposalState::Done);
     for i in [0, 49, 100, 149, 201, 249] {
-        assert_codes(&f.codes, &*hsm, i);
+        assert_codes_in(&f.codes, &*hsm, i);
     }
     // Nothing left to do.
     assert_eq!(
@@ -430,7 +401,7 @@ fn retire_is_refused_while_keys_remain_then_destroys_the_term() {
     assert_eq!(done.state, ProposalState::Done);
     assert!(done.outcome.unwrap().contains("term 1"));
     assert_eq!(f.terms()[0], (TermId(1), TermState::Retired));
-    assert_codes(&f.codes, &*f.hsm, 7);
+    assert_codes_in(&f.codes, &*f.hsm, 7);
     // Retiring it again is refused when proposed.
     let again = f
         .keys
@@ -562,7 +533,7 @@ fn a_copy_of_the_store_taken_before_a_shred_cannot_yield_the_codes() {
     let (f, mem) = Fixture::memory();
     let a = f.committed(0..100);
     let b = f.committed(1000..1100);
-    assert_codes(&f.codes, &*f.hsm, 5);
+    assert_codes_in(&f.codes, &*f.hsm, 5);
     let backup: Arc<dyn Store> = Arc::new(mem.snapshot());
 
     let t = now();
@@ -609,7 +580,7 @@ fn a_copy_of_the_store_taken_before_a_shred_cannot_yield_the_codes() {
         0
     );
     for i in [1000, 1050, 1099] {
-        assert_codes(&f.codes, &*f.hsm, i);
+        assert_codes_in(&f.codes, &*f.hsm, i);
     }
     assert_eq!(
         f.terms(),
@@ -686,7 +657,7 @@ fn a_quarantined_batch_can_be_discarded() {
         .ring()
         .get(crate::DataKeyId(q.data_key.unwrap()))
         .is_none());
-    assert_codes(&f.codes, &*f.hsm, 7);
+    assert_codes_in(&f.codes, &*f.hsm, 7);
 }
 
 #[test]

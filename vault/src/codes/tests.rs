@@ -69,12 +69,12 @@ fn request() -> ImportRequest {
     }
 }
 
-fn serial(i: u64) -> String {
+pub(crate) fn serial(i: u64) -> String {
     format!("8039{:015}", i)
 }
 
 /// Codes derived from the index, so every card's codes are known and distinct.
-fn codes_of(i: u64) -> (String, String) {
+pub(crate) fn codes_of(i: u64) -> (String, String) {
     (
         format!("{:05}", (i * 7919) % 100_000),
         format!("{:08}", (i * 104_729) % 100_000_000),
@@ -90,7 +90,8 @@ fn card_codes(i: u64) -> CardCodes {
     }
 }
 
-fn file(ids: impl IntoIterator<Item = u64>) -> String {
+/// A manufacturer file of cards `ids` with their [`codes_of`].
+pub(crate) fn file(ids: impl IntoIterator<Item = u64>) -> String {
     let mut s = String::from("serial;pin;puk\n");
     for i in ids {
         let (pin, puk) = codes_of(i);
@@ -103,7 +104,8 @@ fn assert_codes(f: &Fixture, i: u64) {
     assert_codes_in(&f.vault, &*f.hsm, i)
 }
 
-fn assert_codes_in(vault: &CodeVault, hsm: &dyn Hsm, i: u64) {
+/// Card `i` is found in `vault` with its [`codes_of`].
+pub(crate) fn assert_codes_in(vault: &CodeVault, hsm: &dyn Hsm, i: u64) {
     let c = vault
         .find(hsm, &serial(i))
         .unwrap()
