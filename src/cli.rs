@@ -28,6 +28,7 @@ mod registry;
 mod reports;
 mod serve;
 mod status;
+mod time;
 mod unseal;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -21,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let hardening = harden_process();
     let args = cli::Args::parse();
+    quiet_on_closed_stdout();
     init_tracing(cli::log_format(&args));
     for problem in hardening {
         tracing::warn!("{problem}; continuing");
@@ -46,6 +47,33 @@ fn harden_process() -> Vec<String> {
         problems.push(format!("could not make the process non-dumpable: {e}"));
     }
     problems
+}
+
+/// The exit status of a command whose reader closed its standard output early (`plico … | head
+/// -1`): what a shell reports for a process ended by SIGPIPE (128 + 13).
+const CLOSED_STDOUT_EXIT: i32 = 141;
+
+/// Makes a closed standard output end the process quietly, as it ends other Unix tools.
+///
+/// Rust ignores SIGPIPE, so `println!` to a pipe whose reader has gone panics ("failed printing
+/// to stdout: Broken pipe"): exit 101 and a panic message, although whatever the command did
+/// (an account created, say) is done. The hook turns exactly that panic into the conventional
+/// SIGPIPE status, with no message; every other panic keeps the default report. SIGPIPE itself
+/// stays ignored, so a closed socket is an error for the caller, never the death of the server.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(CLOSED_STDOUT_EXIT);
+        }
+        default(info);
+    }));
 }
 
 /// Logs go to stderr (stdout is for command output), filtered by `RUST_LOG` (default `info`).

@@ -22,6 +22,8 @@
 mod accounts;
 #[path = "service/batches.rs"]
 mod batches;
+#[path = "service/cli_conventions.rs"]
+mod cli_conventions;
 #[path = "service/cms.rs"]
 mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.

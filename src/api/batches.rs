@@ -109,7 +109,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 pub struct BatchView {
     /// The batch id, e.g. `b000042`.
     pub id: String,
-    /// `staging`, `committed`, `quarantined` or `rejected`.
+    /// `staging`, `committed`, `quarantined`, `rejected`, `shredded`, `discarded` or
+    /// `duplicate` (an upload of a file stored before: see `duplicate_of`).
     pub state: BatchState,
     /// `import` or `generated`.
     pub source: BatchSource,
@@ -141,6 +142,9 @@ pub struct BatchView {
     pub problems: Vec<String>,
     /// All problems found (more than listed beyond 100).
     pub problems_total: u64,
+    /// For a `duplicate` upload: the batch that holds the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 impl From<&BatchRecord> for BatchView {
@@ -163,6 +167,7 @@ impl From<&BatchRecord> for BatchView {
             finished_ms: r.finished_ms,
             problems: r.problems.clone(),
             problems_total: r.problems_total,
+            duplicate_of: r.duplicate_of.clone(),
         }
     }
 }
@@ -212,8 +217,11 @@ fn answer(outcome: &ImportOutcome, started: Instant) -> Response {
             StatusCode::CONFLICT,
             Some(format!(
                 "batch {} is quarantined: {} of its serials are already in the vault; nothing \
-                 was overwritten",
-                r.id, r.problems_total
+                 was overwritten. Next step: check the listed serials with the manufacturer; \
+                 for a corrected file an officer proposes discarding this batch (`plico keys \
+                 propose discard --batch {}`), a second officer approves, then upload the \
+                 corrected file",
+                r.id, r.problems_total, r.id
             )),
         ),
         ImportOutcome::Rejected(_) => (

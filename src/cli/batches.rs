@@ -4,6 +4,7 @@
 //! Nothing printed here is a code: batch records hold none.
 
 use super::client::{AuthArgs, Client, ServerArgs};
+use super::time::utc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use plico::api::batches::{BatchAnswer, BatchPage, BatchView};
@@ -86,6 +87,9 @@ pub fn print_answer(a: &BatchAnswer, json: bool) -> Result<()> {
                 if a.problems_total > shown {
                     println!("  ... and {} more", a.problems_total - shown);
                 }
+                if other == "quarantined" {
+                    println!("{}", quarantine_next_step(&a.batch));
+                }
             }
         }
     }
@@ -93,6 +97,17 @@ pub fn print_answer(a: &BatchAnswer, json: bool) -> Result<()> {
         "committed" | "already_stored" => Ok(()),
         other => bail!("batch {} was {other}", a.batch),
     }
+}
+
+/// What to do with a quarantined batch: it is held back, invisible, until an officer decides.
+fn quarantine_next_step(batch: &str) -> String {
+    format!(
+        "next step: check the listed serials with the manufacturer. plico never merges a \
+         quarantined batch; for a corrected file an officer proposes discarding this one \
+         (`plico keys propose discard --batch {batch} --reason …`), a second officer approves \
+         (`plico keys approve ID`), and the manufacturer uploads the corrected file \
+         (docs/keys.md, \"Discard a quarantined batch\")"
+    )
 }
 
 /// A batch id as one path segment: `b` and digits, or digits.
@@ -189,6 +204,9 @@ fn print_one(b: &BatchView) {
     if !b.manufacturer.is_empty() {
         println!("manufacturer: {}", b.manufacturer);
     }
+    if let Some(first) = &b.duplicate_of {
+        println!("duplicate of: {first} (the same file; nothing of this upload was kept)");
+    }
     println!("cards:        {}", b.cards);
     println!(
         "signature:    {}",
@@ -202,8 +220,8 @@ fn print_one(b: &BatchView) {
         "by:           {} ({}), request {}",
         b.actor, b.role, b.request_id
     );
-    println!("started:      {} ms (unix)", b.started_ms);
-    println!("finished:     {} ms (unix)", b.finished_ms);
+    println!("started:      {}", utc(b.started_ms));
+    println!("finished:     {}", utc(b.finished_ms));
     for r in &b.runs {
         println!(
             "run {:<4}      {}..{}: {} cards, {} segments",

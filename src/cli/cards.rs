@@ -32,6 +32,7 @@
 //! while the command runs, in the process list of this machine.
 
 use super::client::{AuthArgs, Client, ServerArgs};
+use super::time::utc;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::cards::CardView;
@@ -381,12 +382,12 @@ fn print_card(c: &CardView) {
         println!("replaced by:  {r}");
     }
     if let (Some(by), Some(at)) = (&c.activated_by, c.activated_ms) {
-        println!("activated:    by the {by}, at {at} ms (unix)");
+        println!("activated:    by the {by}, at {}", utc(at));
     }
-    println!("changed:      {} ms (unix)", c.changed_ms);
+    println!("changed:      {}", utc(c.changed_ms));
     println!("codes held:   {}", if c.codes_held { "yes" } else { "no" });
     if let Some(at) = c.identified_ms {
-        println!("identified:   at {at} ms (unix)");
+        println!("identified:   at {}", utc(at));
     }
     if c.parts.is_empty() {
         for d in &c.delivery {
@@ -400,13 +401,13 @@ fn print_card(c: &CardView) {
             p.state.as_str()
         };
         println!(
-            "{:<14}{} by {}, {} attempt(s), job {}, at {} ms (unix)",
+            "{:<14}{} by {}, {} attempt(s), job {}, at {}",
             format!("part {}:", p.part.as_str()),
             state,
             p.channel.as_str(),
             p.attempts,
             p.job,
-            p.updated_ms
+            utc(p.updated_ms)
         );
     }
 }

@@ -34,7 +34,7 @@ pub struct ServerArgs {
     )]
     pub addr: String,
     /// PEM file of a CA to trust for the server's certificate (a private CA).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(long, global = true, value_name = "PEM", env = "PLICO_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -264,7 +264,7 @@ impl Client {
         let res = req
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .map_err(|e| self.transport_error(e, format!("cannot reach {}", self.base)))?;
         Ok((url, res))
     }
 
@@ -293,7 +293,7 @@ impl Client {
         let res = req
             .send()
             .await
-            .with_context(|| format!("upload to {url} failed"))?;
+            .map_err(|e| self.transport_error(e, format!("upload to {url} failed")))?;
         let status = res.status();
         let bytes = res
             .bytes()
@@ -323,7 +323,7 @@ impl Client {
         let res = req
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .map_err(|e| self.transport_error(e, format!("cannot reach {}", self.base)))?;
         let status = res.status();
         let bytes = res
             .bytes()
@@ -356,6 +356,15 @@ impl Client {
         Err(Self::error(&url, status, &bytes))
     }
 
+    /// A failed exchange as an error a person can act on: `what`, the transport's own words,
+    /// and a hint when the scheme of `--addr` does not match what the port speaks.
+    fn transport_error(&self, e: reqwest::Error, what: String) -> anyhow::Error {
+        match scheme_hint(self.base.scheme(), &e) {
+            Some(hint) => anyhow::Error::new(e).context(format!("{what} ({hint})")),
+            None => anyhow::Error::new(e).context(what),
+        }
+    }
+
     fn error(url: &Url, status: StatusCode, bytes: &[u8]) -> anyhow::Error {
         match serde_json::from_slice::<ErrorBody>(bytes) {
             Ok(e) => anyhow::anyhow!(
@@ -370,6 +379,31 @@ impl Client {
             Err(_) => anyhow::anyhow!("{url}: HTTP {status}"),
         }
     }
+}
+
+/// A hint for the classic mistakes: plain `http://` to a TLS port (the server's TLS alert does
+/// not parse as HTTP) and `https://` to a plain HTTP port (the answer is not a TLS record).
+fn scheme_hint(scheme: &str, e: &reqwest::Error) -> Option<&'static str> {
+    let mut chain = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let said = |words: &str| chain.iter().any(|m| m.contains(words));
+    if scheme == "http" && (said("invalid HTTP version") || said("invalid HTTP status")) {
+        return Some(
+            "the server answered in something other than plain HTTP: if it serves TLS, use an \
+             https:// --addr (and --ca-cert for a private CA)",
+        );
+    }
+    if scheme == "https" && (said("InvalidContentType") || said("corrupt message")) {
+        return Some(
+            "the server does not speak TLS on this port: a `serve --dev` on loopback is plain \
+             http://",
+        );
+    }
+    None
 }
 
 fn load_ca(path: &Path) -> Result<reqwest::Certificate> {

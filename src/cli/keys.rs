@@ -13,6 +13,7 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::files;
+use super::time::utc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -264,7 +265,7 @@ async fn propose(client: &Client, op: &ProposeOp) -> Result<()> {
     if let Some(k) = p.kcv {
         println!("KCV of the key it names: {k}");
     }
-    println!("expires: {}", when(p.expires_ms));
+    println!("expires: {}", utc(p.expires_ms));
     println!(
         "a different officer compares the KCV and approves it: plico keys approve {}",
         p.id
@@ -415,32 +416,6 @@ async fn follow(client: &Client, job: &KeyJob) -> Result<KeyJob> {
     }
 }
 
-fn when(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 fn print_list(list: &[Proposal]) {
     println!(
         "{:<9}  {:<10}  {:<34}  {:<7}  {:<10}  {:<10}  reason",
@@ -468,13 +443,13 @@ fn print_proposal(p: &Proposal) {
         println!("kcv:       {k}");
     }
     println!("reason:    {}", p.reason);
-    println!("proposer:  {} at {}", p.proposer, when(p.proposed_ms));
-    println!("expires:   {}", when(p.expires_ms));
+    println!("proposer:  {} at {}", p.proposer, utc(p.proposed_ms));
+    println!("expires:   {}", utc(p.expires_ms));
     if let Some(a) = &p.approver {
         println!(
             "decided:   by {a}{}",
             p.decided_ms
-                .map(|t| format!(" at {}", when(t)))
+                .map(|t| format!(" at {}", utc(t)))
                 .unwrap_or_default()
         );
     }
@@ -532,7 +507,7 @@ fn print_status(s: &KeyStatus) {
             t.id.0,
             format!("{:?}", t.state).to_lowercase(),
             t.kcv.to_string(),
-            &when(t.created_unix * 1000)[..10],
+            &utc(t.created_unix * 1000)[..10],
             t.data_keys
         );
     }
@@ -551,7 +526,7 @@ fn print_status(s: &KeyStatus) {
                 .unwrap_or_default(),
             k.kcv.to_string(),
             k.term.0,
-            &when(k.created_unix * 1000)[..10],
+            &utc(k.created_unix * 1000)[..10],
             k.encryptions
         );
     }
@@ -576,16 +551,5 @@ fn print_status(s: &KeyStatus) {
         for r in &s.recommendations {
             println!("recommended: {r}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(when(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(when(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
     }
 }

@@ -5,6 +5,7 @@
 //! server.
 
 use super::client::{AuthArgs, Client, ServerArgs};
+use super::time::utc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use plico::api::reports::{ReportPage, ReportView};
@@ -69,9 +70,10 @@ pub enum ReportsCommand {
     Assign {
         /// The report number.
         id: u64,
-        /// The id of the support account that takes it.
-        #[arg(long, value_name = "ACCOUNT")]
-        to: String,
+        /// The id of the support account that takes it (the API's `assignee`; `--to` is kept as
+        /// an alias).
+        #[arg(long, value_name = "ACCOUNT", alias = "to")]
+        assignee: String,
         /// Print the server's JSON answer.
         #[arg(long)]
         json: bool,
@@ -137,9 +139,12 @@ pub fn run(args: ReportsArgs) -> Result<()> {
                 let path = format!("/v1/reports/{id}/comment");
                 (client.post(&path, &json!({ "text": text })).await?, *json)
             }
-            ReportsCommand::Assign { id, to, json } => {
+            ReportsCommand::Assign { id, assignee, json } => {
                 let path = format!("/v1/reports/{id}/assign");
-                (client.post(&path, &json!({ "assignee": to })).await?, *json)
+                (
+                    client.post(&path, &json!({ "assignee": assignee })).await?,
+                    *json,
+                )
             }
             ReportsCommand::Close { id, text, json } => {
                 let path = format!("/v1/reports/{id}/close");
@@ -171,8 +176,9 @@ fn print_report(r: &ReportView) {
         head.push_str(&format!(", card {card}"));
     }
     head.push_str(&format!(
-        ", opened by {} at {} ms",
-        r.opened_by, r.opened_ms
+        ", opened by {} at {}",
+        r.opened_by,
+        utc(r.opened_ms)
     ));
     if let Some(a) = &r.assignee {
         head.push_str(&format!(", assigned to {a}"));
@@ -181,6 +187,25 @@ fn print_report(r: &ReportView) {
     println!("  title: {}", r.title);
     println!("  text:  {}", r.text);
     for c in &r.comments {
-        println!("  comment by {} at {} ms: {}", c.by, c.at_ms, c.text);
+        println!("  comment by {} at {}: {}", c.by, utc(c.at_ms), c.text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn assign_takes_the_api_field_name_and_keeps_to() {
+        for flag in ["--assignee", "--to"] {
+            let args = crate::cli::Args::try_parse_from([
+                "plico", "reports", "assign", "3", flag, "acc_x",
+            ])
+            .unwrap_or_else(|e| panic!("{flag}: {e}"));
+            let crate::cli::Command::Reports(r) = args.command else {
+                panic!("not reports")
+            };
+            assert!(format!("{r:?}").contains("assignee: \"acc_x\""), "{r:?}");
+        }
     }
 }

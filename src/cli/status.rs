@@ -3,6 +3,7 @@
 //! answer to print.
 
 use super::client::{Client, ServerArgs, Status};
+use super::time::utc_secs;
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -50,11 +51,11 @@ fn print_status(s: &Status) {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "  {:<10} {:<13} KCV {}  created {} (unix)",
+            "  {:<10} {:<13} KCV {}  created {}",
             t.id.to_string(),
             state,
             t.kcv,
-            t.created_unix
+            utc_secs(t.created_unix)
         );
     }
 }

@@ -313,9 +313,16 @@ async fn the_same_file_twice_answers_the_first_batch() {
     assert_eq!(again.json["batch"], first.json["batch"]);
     assert_eq!(again.json["cards"], 100);
     assert_no_code(&again, &file);
-    // No second copy: one record, and the dropped upload left nothing.
+    // No second copy: the upload's own id keeps a record that holds nothing and names the
+    // first batch, so the id it was given answers instead of 404 (issue 14).
     let records = b.records();
-    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!((records[1].cards, records[1].data_key), (0, None));
+    let dropped = records[1].id.to_string();
+    let shown = b.get("acme", &format!("/v1/batches/{dropped}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.json);
+    assert_eq!(shown.json["state"], "duplicate");
+    assert_eq!(shown.json["duplicate_of"], first.json["batch"]);
     assert!(b
         .actions("batch.")
         .contains(&"batch.duplicate_upload".to_owned()));

@@ -221,7 +221,8 @@ impl CodeVault {
                 BatchState::Quarantined
                 | BatchState::Rejected
                 | BatchState::Shredded
-                | BatchState::Discarded => {}
+                | BatchState::Discarded
+                | BatchState::Duplicate => {}
             }
         }
         vault.write_index().add(refs);
@@ -372,6 +373,7 @@ impl CodeVault {
             finished_ms: 0,
             problems: Vec::new(),
             problems_total: 0,
+            duplicate_of: None,
         };
         let mut b = Batch::new();
         ring.save_into(&mut b)?;
@@ -483,21 +485,28 @@ impl CodeVault {
         Ok(())
     }
 
-    /// Drops a staging batch whose content was stored before as `first`, with the audit event
+    /// Drops a staging batch whose content was stored before as `first`: its segments and key
+    /// go, and its record stays as [`BatchState::Duplicate`] naming `first` (so the id the
+    /// upload was given still answers), committed with the audit event
     /// `batch.duplicate_upload` naming both.
     ///
     /// # Errors
     /// Store and audit errors.
     pub fn drop_duplicate(&self, audit: &AuditLog, id: BatchId, first: &BatchRecord) -> Result<()> {
         let staged = self.staging_record(id)?;
-        self.remove_staged(&staged, None)?;
-        audit.append(
-            NewEvent::new("batch.duplicate_upload", first.id.to_string())
-                .by(staged.actor.clone(), staged.role.clone())
-                .request(staged.request_id.clone())
-                .detail("dropped", id.to_string()),
-        )?;
-        Ok(())
+        let mut rec = staged.clone();
+        rec.state = BatchState::Duplicate;
+        rec.cards = 0;
+        rec.data_key = None;
+        rec.data_key_kcv = None;
+        rec.runs.clear();
+        rec.finished_ms = now_ms();
+        rec.duplicate_of = Some(first.id.to_string());
+        let event = NewEvent::new("batch.duplicate_upload", first.id.to_string())
+            .by(staged.actor.clone(), staged.role.clone())
+            .request(staged.request_id.clone())
+            .detail("dropped", id.to_string());
+        self.remove_staged(&staged, Some((&rec, audit, event)))
     }
 
     /// The content id of a file: HMAC-SHA256 of its SHA-256 under the index key (created on

@@ -54,6 +54,9 @@ pub enum BatchState {
     /// A quarantined batch discarded under dual control ([`crate::ceremony`]) so that the
     /// manufacturer can upload a replacement: destroyed like a shredded batch.
     Discarded,
+    /// An upload of a file stored before: nothing of it was kept; the record says which batch
+    /// holds the file ([`BatchRecord::duplicate_of`]), so the id it was given still answers.
+    Duplicate,
 }
 
 impl fmt::Display for BatchState {
@@ -65,6 +68,7 @@ impl fmt::Display for BatchState {
             BatchState::Rejected => "rejected",
             BatchState::Shredded => "shredded",
             BatchState::Discarded => "discarded",
+            BatchState::Duplicate => "duplicate",
         })
     }
 }
@@ -136,6 +140,10 @@ pub struct BatchRecord {
     pub problems: Vec<String>,
     /// All problems found (more than listed when over 100).
     pub problems_total: u64,
+    /// For a [`BatchState::Duplicate`] upload, the batch that holds the same file. Absent in
+    /// records written before duplicates were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 impl BatchRecord {

@@ -274,11 +274,21 @@ fn the_same_file_twice_returns_the_first_batch_and_stores_nothing_new() {
     };
     assert_eq!(rec.id, first.id);
     assert_eq!(f.segments(), segments);
+    // The id the copy was given still answers: a record naming the first batch, holding
+    // nothing (issue 14: it used to vanish, and a look-up of the id it was given found nothing).
+    let list = f.vault.batches(None, 10).unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let copy = list.iter().find(|r| r.id != first.id).unwrap();
+    assert_eq!(copy.state, BatchState::Duplicate);
     assert_eq!(
-        f.vault.batches(None, 10).unwrap().len(),
-        1,
-        "no record for the copy"
+        copy.duplicate_of.as_deref(),
+        Some(first.id.to_string().as_str())
     );
+    assert_eq!((copy.cards, copy.data_key, copy.runs.len()), (0, None, 0));
+    assert_eq!(f.vault.batch(copy.id).unwrap().as_ref(), Some(copy));
+    // A third upload still answers with the first batch.
+    let again = f.import(&text);
+    assert!(matches!(again, ImportOutcome::AlreadyStored(r) if r.id == first.id));
 }
 
 #[test]
@@ -562,4 +572,23 @@ pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_batch_record_written_before_duplicates_were_recorded_still_reads() {
+    // A committed record as the store held it before `duplicate_of` existed.
+    let old = br#"{"id":7,"state":"committed","source":"import","manufacturer":"acme","cards":2,
+        "signature_pairs":false,"bytes":40,"data_key":3,"data_key_kcv":"a1b2c3","runs":[],
+        "content_id":null,"actor":"acc_1","role":"manufacturer","request_id":"r1",
+        "started_ms":1,"finished_ms":2,"problems":[],"problems_total":0}"#;
+    let rec = BatchRecord::decode(old).unwrap();
+    assert_eq!(
+        (rec.id, rec.state, rec.cards),
+        (BatchId(7), BatchState::Committed, 2)
+    );
+    assert_eq!(rec.duplicate_of, None);
+    // Written back, it carries no new field.
+    assert!(!String::from_utf8(rec.encode().unwrap())
+        .unwrap()
+        .contains("duplicate_of"));
 }
