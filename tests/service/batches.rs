@@ -341,6 +341,13 @@ async fn known_serials_quarantine_the_batch() {
         .await;
     assert_outcome(&a, StatusCode::CONFLICT, "quarantined");
     assert_eq!(a.json["error"]["code"], "quarantined");
+    // The answer says what to do next (issue 14: a quarantined batch had no documented step).
+    let message = a.json["error"]["message"].as_str().unwrap();
+    let id = a.json["batch"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("plico keys propose discard --batch {id}")),
+        "{message}"
+    );
     assert_eq!(a.json["problems_total"], 11);
     let problems = a.json["problems"].as_array().unwrap();
     assert!(
