@@ -1062,12 +1062,12 @@ fn make_ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca_path, cert_path, key_path)
 }
 
-#[tokio::test]
-async fn tls_listener_with_a_private_ca() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, share_files) = init_with_binary(tmp.path(), false);
-    let (ca, cert, key) = make_ca_and_leaf(tmp.path());
-    let cfg = tmp.path().join("plico.toml");
+/// A sealed production-shaped `plico serve` (2-of-3 shares) behind TLS with a private CA, JSON
+/// logs: the server, the CA's PEM file and the share files.
+fn tls_server(tmp: &Path) -> (Server, PathBuf, Vec<PathBuf>) {
+    let (data, share_files) = init_with_binary(tmp, false);
+    let (ca, cert, key) = make_ca_and_leaf(tmp);
+    let cfg = tmp.join("plico.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -1078,10 +1078,15 @@ async fn tls_listener_with_a_private_ca() {
         ),
     )
     .unwrap();
-
     let mut cmd = plico();
     cmd.arg("serve").arg("--config").arg(&cfg);
-    let server = Server::start(cmd);
+    (Server::start(cmd), ca, share_files)
+}
+
+#[tokio::test]
+async fn tls_listener_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, ca, share_files) = tls_server(tmp.path());
     assert!(
         server.url.starts_with("https://127.0.0.1:"),
         "{}",

@@ -83,22 +83,7 @@ fn instants_print_as_utc_dates() {
 #[test]
 fn ca_cert_from_the_environment_and_a_hint_for_http_to_tls() {
     let tmp = tempfile::tempdir().unwrap();
-    let (data, _shares) = init_with_binary(tmp.path(), false);
-    let (ca, cert, key) = make_ca_and_leaf(tmp.path());
-    let cfg = tmp.path().join("plico.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
-            data.display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut cmd = plico();
-    cmd.arg("serve").arg("--config").arg(&cfg);
-    let server = Server::start(cmd);
+    let (server, ca, _shares) = tls_server(tmp.path());
 
     let out = run_ok(
         plico()
