@@ -11,7 +11,10 @@
 //! sent by its own task on tokio, and a marker task records the outcomes: the `sent` jobs
 //! waiting at that moment in one commit ([`vault::cms::Cms::mark_sent_many`]), failures one by
 //! one (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the
-//! vault refuses at release is a permanent failure: it goes `dead` and nothing is sent.
+//! vault refuses at release because of the card's state (suspended, revoked, codes gone,
+//! contact missing or changed) comes back already `cancelled` with that reason, in the
+//! release's commit: it is not a channel failure, is not marked failed and never falls back.
+//! Any other refusal at release is a permanent failure: it goes `dead` and nothing is sent.
 //!
 //! Only channels with a courier here are claimed: `mailer` jobs wait for a print run, and a
 //! channel turned off keeps its jobs queued (the overdue alert shows them).
@@ -365,6 +368,19 @@ pub async fn run_workers(
             claimed_any |= !prepared.is_empty();
             for (job, outgoing) in prepared {
                 let permit = permits.pop();
+                if job.state == JobState::Cancelled {
+                    // Cancelled by the vault for the card's state: nothing to send or mark.
+                    tracing::warn!(
+                        job = job.id,
+                        channel = job.channel.as_str(),
+                        part = job.part.as_str(),
+                        reason = job.cancel_reason.as_deref().unwrap_or(""),
+                        outcome = "cancelled",
+                        "dispatch"
+                    );
+                    drop(permit);
+                    continue;
+                }
                 let outgoing = match outgoing {
                     Ok(o) => o,
                     Err(failure) => {

@@ -116,7 +116,7 @@ fn print_page_shows_name_masked_serial_and_digits_but_not_the_serial() {
             if part.part.name == PartName::A {
                 assert!(!text.contains("24680") && !text.contains("1357"), "{text}");
             }
-            let order = text.find("digiti prima le cifre della parte A");
+            let order = text.find("prima le cifre della parte A");
             assert_eq!(order.is_some(), plan != "whole", "{plan}: {text}");
         }
     }
@@ -989,4 +989,103 @@ fn a_subject_with_a_code_is_refused_on_both_paths() {
         assert!(!format!("{e} {e:?}").contains("2468"));
     }
     assert!(!email.is_prepared(&m));
+}
+
+/// The entry instructions every split message must carry, built from the code lengths: for
+/// each code, N digits of part A then the rest of part B (issue 14, item 2).
+fn expected_entries(n: usize, codes: &Codes) -> Vec<String> {
+    let cifre = |k: usize| format!("{k} {}", if k == 1 { "cifra" } else { "cifre" });
+    let entry = |label: &str, len: usize| {
+        format!(
+            "per il {label} {} della parte A e poi {} della parte B ({len} in tutto)",
+            cifre(n),
+            cifre(len - n)
+        )
+    };
+    let mut out = vec![entry("PIN", codes.pin.len()), entry("PUK", codes.puk.len())];
+    if let Some((p, k)) = &codes.signature {
+        out.push(entry("PIN di firma", p.len()));
+        out.push(entry("PUK di firma", k.len()));
+    }
+    out
+}
+
+/// Blanks and line breaks collapsed to one space (pdftotext wraps the body's lines).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn split_instructions_follow_the_digit_ranges_for_every_plan_and_policy() {
+    // CNS: PIN 5, PUK 8; CIE: 8 and 8; and a CNS card with a signature pair (6/8).
+    let cns = Codes::new(b"24680", b"13572468").unwrap();
+    let cie = Codes::new(b"24681357", b"97531864").unwrap();
+    let sig = Codes::new(b"24680", b"13572468")
+        .unwrap()
+        .with_signature(b"112233", b"44556677")
+        .unwrap();
+    let who = addressee();
+    let print = print();
+    let emails = EmailRenderer::new(templates(), Issuer::default());
+    let smss = SmsRenderer::new(templates(), Issuer::default());
+    let mut checked = 0;
+    for (policy, codes) in [("cns", &cns), ("cie", &cie), ("cns+firma", &sig)] {
+        for n in 1..codes.shortest() {
+            for remote in ["sms", "email", "remote"] {
+                let plan = format!("counter({n})+{remote}");
+                let parts = Plan::parse(&plan).unwrap().cut(codes).unwrap();
+                let want = expected_entries(n, codes);
+                for part in &parts {
+                    let m = mailer(&who, part);
+                    let what = format!("{policy} {plan} part {}", part.part.name.as_str());
+                    let page = one_line(&pdftotext(&render_pdf(&print, &m), &[]));
+                    let email = emails.render_email(&m).unwrap();
+                    let text = one_line(email.text.expose_secret());
+                    let html = one_line(email.html.expose_secret());
+                    for body in [&text, &html] {
+                        for w in &want {
+                            assert!(body.contains(w.as_str()), "{what}: no `{w}` in {body}");
+                        }
+                        assert!(!body.contains("lo stesso per il PUK"), "{what}: {body}");
+                    }
+                    // The page, shorter: `PIN a + b, PUK a + b[, PIN di firma a + b, …]`.
+                    let mut ab = vec![
+                        format!("PIN {n} + {}", codes.pin.len() - n),
+                        format!("PUK {n} + {}", codes.puk.len() - n),
+                    ];
+                    if let Some((p, k)) = &codes.signature {
+                        ab.push(format!("PIN di firma {n} + {}", p.len() - n));
+                        ab.push(format!("PUK di firma {n} + {}", k.len() - n));
+                    }
+                    let ab = format!("Cifre della parte A + della parte B: {}.", ab.join(", "));
+                    assert!(page.contains(&ab), "{what}: no `{ab}` in {page}");
+                    assert!(!page.contains("lo stesso per il PUK"), "{what}: {page}");
+                    // The SMS: `PIN a+b, PUK a+b[, firma a+b/a+b]`, for the part that may go
+                    // by SMS (B) whenever it fits one message.
+                    if part.part.name.as_str() == "B" {
+                        if let Ok(sms) = smss.render_sms(&m) {
+                            let mut counts = format!(
+                                "PIN {n}+{}, PUK {n}+{}",
+                                codes.pin.len() - n,
+                                codes.puk.len() - n
+                            );
+                            if let Some((p, k)) = &codes.signature {
+                                counts.push_str(&format!(
+                                    ", firma {n}+{}/{n}+{}",
+                                    p.len() - n,
+                                    k.len() - n
+                                ));
+                            }
+                            let body = sms.text.expose_secret();
+                            assert!(body.contains(&counts), "{what}: no `{counts}` in {body}");
+                            checked += 1;
+                        } else {
+                            assert!(codes.signature.is_some(), "{what}: sms refused");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
 }

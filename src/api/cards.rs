@@ -50,9 +50,11 @@
 //! appears by id), and the counter reads it often; the card's history is. No answer here ever
 //! holds a code: revoking a card deletes its codes, and `codes_held` only says whether plico
 //! still has them. Each part's delivery ([`PartView`]) shows its channel and state, never the
-//! contact it goes to or its job's idempotency key.
+//! contact it goes to or its job's idempotency key; `dispatches` lists every dispatch of the
+//! card with all its parts' jobs (superseded ones too), in the same form.
 
 use super::audit::check_serial;
+use super::dispatch::DispatchView;
 use super::extract::JsonBody;
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
@@ -169,6 +171,10 @@ pub struct CardView {
     /// ms since the Unix epoch.
     #[serde(default)]
     pub identified_ms: Option<u64>,
+    /// Every dispatch of the card, oldest first, each with all its jobs (resends and
+    /// fallbacks included); the last one is in force unless superseded.
+    #[serde(default)]
+    pub dispatches: Vec<DispatchView>,
 }
 
 impl From<CardStatus> for CardView {
@@ -191,6 +197,7 @@ impl From<CardStatus> for CardView {
                 .collect(),
             parts: s.parts.into_iter().map(PartView::from).collect(),
             identified_ms: s.identified_ms,
+            dispatches: s.dispatches.into_iter().map(DispatchView::from).collect(),
         }
     }
 }

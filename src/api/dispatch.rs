@@ -4,7 +4,7 @@
 //!
 //! | method and path                    | roles                        | body                | answer                 |
 //! |------------------------------------|------------------------------|---------------------|------------------------|
-//! | `POST /v1/cards/{serial}/dispatch` | cms, operator (rate-limited) | `{"plan": "…"}`     | `201` [`DispatchView`] |
+//! | `POST /v1/cards/{serial}/dispatch` | cms, operator (rate-limited) | [`DispatchBody`]    | `201` [`DispatchView`] |
 //! | `POST /v1/cards/{serial}/resend`   | cms, operator (rate-limited) | `{"part": "B"}`     | `201` [`JobView`]      |
 //! | `GET /v1/dispatch/metrics`         | admin, auditor, support      |                     | `200` Prometheus text  |
 //!
@@ -14,9 +14,17 @@
 //!
 //! A plan is `counter(N)+sms`, `counter(N)+email`, `counter(N)+remote` (SMS if the holder has
 //! a usable mobile number, else e-mail), `sms`, `email` or `mailer`. `counter(N)+…` makes two
-//! parts: `A`, the first N digits of each code, printed at the counter (its job stays in state
-//! `counter`), and `B`, the rest, sent remotely. A plan that does not parse, or whose N leaves
-//! nothing for part B under the code policy, is `422 invalid`.
+//! parts: `A`, the first N digits of each code, printed at the counter (its job is `counter`
+//! until the counter page is printed, then `handed_over`), and `B`, the rest, sent remotely:
+//! its job is `awaiting_counter` until part A is handed over, and only then `queued` for its
+//! courier. A plan that does not parse, or whose N leaves nothing for part B under the code
+//! policy, is `422 invalid`.
+//!
+//! A card has one dispatch in force at a time: a new dispatch of a card whose dispatch is
+//! under way or done is `409 refused` unless the body says `"replace": true` with a
+//! `"reason"`; then the old dispatch is superseded and its unsent parts `cancelled`, in the
+//! store batch of the new one (`dispatch.supersede`). `reason` without `replace`, or `replace`
+//! without a reason, is `422 invalid`.
 //!
 //! Both routes send codes, so both are limited per account like every route that reveals or
 //! sends one (`[limits] sensitive_per_minute`, `429` beyond): a resend is the help desk's answer
@@ -52,7 +60,9 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use vault::cms::date::Date;
-use vault::cms::{Channel, DispatchPlan, Dispatched, Job, JobState, Part};
+use vault::cms::{
+    Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
+};
 use vault::Role;
 
 const DISPATCH: &[Role] = &[Role::Cms, Role::Operator];
@@ -164,6 +174,18 @@ pub struct JobView {
     pub created_ms: u64,
     /// Last change, ms since the Unix epoch.
     pub updated_ms: u64,
+    /// Part A: first printed and handed over at the counter, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_ms: Option<u64>,
+    /// Part A: the account that handed it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_by: Option<String>,
+    /// Part A: prints so far (the first, then reprints).
+    #[serde(default)]
+    pub prints: u32,
+    /// Why it was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
 }
 
 impl From<Job> for JobView {
@@ -182,6 +204,10 @@ impl From<Job> for JobView {
             needs_counter_reprint: j.needs_counter_reprint,
             created_ms: j.created_ms,
             updated_ms: j.updated_ms,
+            handed_over_ms: j.handed_over_ms,
+            handed_over_by: j.handed_over_by,
+            prints: j.prints,
+            cancel_reason: j.cancel_reason,
         }
     }
 }
@@ -197,27 +223,59 @@ pub struct DispatchView {
     pub plan: String,
     /// When, ms since the Unix epoch.
     pub created_ms: u64,
-    /// One job per part, in part order.
+    /// Its jobs (one per part when made; a card's history adds resends and fallbacks).
     pub jobs: Vec<JobView>,
+    /// The dispatch it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
+    /// Why it replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_reason: Option<String>,
+    /// The dispatch that replaced this one (then it is no longer in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
-impl From<Dispatched> for DispatchView {
-    fn from(d: Dispatched) -> Self {
+impl DispatchView {
+    fn of(request: DispatchRequest, jobs: Vec<Job>) -> Self {
         DispatchView {
-            id: d.request.id,
-            serial: d.request.serial,
-            plan: d.request.plan,
-            created_ms: d.request.created_ms,
-            jobs: d.jobs.into_iter().map(JobView::from).collect(),
+            id: request.id,
+            serial: request.serial,
+            plan: request.plan,
+            created_ms: request.created_ms,
+            jobs: jobs.into_iter().map(JobView::from).collect(),
+            replaces: request.replaces,
+            replace_reason: request.replace_reason,
+            superseded_by: request.superseded_by,
         }
     }
 }
 
-/// The body of a dispatch request.
+impl From<Dispatched> for DispatchView {
+    fn from(d: Dispatched) -> Self {
+        DispatchView::of(d.request, d.jobs)
+    }
+}
+
+impl From<DispatchHistory> for DispatchView {
+    fn from(d: DispatchHistory) -> Self {
+        DispatchView::of(d.request, d.jobs)
+    }
+}
+
+/// The body of a dispatch request: `{"plan": "counter(2)+sms"}`, and to replace the card's
+/// dispatch in force, `"replace": true` with a `"reason"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DispatchBody {
+pub struct DispatchBody {
+    /// The plan.
     plan: String,
+    /// Replaces the card's dispatch in force.
+    #[serde(default)]
+    replace: bool,
+    /// Why (required with `replace`).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// The body of a resend.
@@ -251,14 +309,33 @@ async fn dispatch(
 ) -> Result<(StatusCode, Json<DispatchView>), ApiError> {
     check_serial(&serial)?;
     check_plan(&state, &body.plan)?;
+    let replace = match (body.replace, body.reason) {
+        (true, Some(r)) => {
+            let t = r.trim();
+            if t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "reason: 1 to 200 characters without control characters",
+                ));
+            }
+            Some(r)
+        }
+        (true, None) => {
+            return Err(ApiError::invalid(
+                "reason: required with `replace` (why the dispatch in force is replaced)",
+            ))
+        }
+        (false, Some(_)) => return Err(ApiError::invalid("reason: only with `replace: true`")),
+        (false, None) => None,
+    };
     let s = state.clone();
     let actor = caller.actor();
     let done = blocking(move || {
-        s.cms.request_dispatch(
+        s.cms.request_dispatch_with(
             &*s.hsm,
             &s.audit,
             &serial,
             &body.plan,
+            replace.as_deref(),
             Date::today_utc(),
             &actor,
         )

@@ -29,12 +29,17 @@
 //!
 //! # The counter page
 //!
-//! `POST /v1/cards/{serial}/counter-page` with `{"plan": "counter(2)+sms"}` (default
-//! `counter(2)+remote`) answers part A of that plan for an active card, as a one-page PDF,
-//! `Cache-Control: no-store`, named after the serial's last four characters. It passes the
-//! vault's code gate (`card.codes_release` audit event, `409 wrong_state` for a card that is
-//! not active) and the per-account limit of sensitive routes. The PDF is the only place a
-//! code appears; it leaves its zeroizing buffer only as the response body.
+//! `POST /v1/cards/{serial}/counter-page` with `{}` answers part A of the card's split
+//! dispatch in force ([`vault::cms::Cms::print_counter_part`]), as a one-page PDF,
+//! `Cache-Control: no-store`, named after the serial's last four characters. A `"plan"` in
+//! the body must be that dispatch's plan, else `409 refused` naming the plan in force; without
+//! a split dispatch in force there is no page (`409 refused`). The first print is recorded on
+//! part A's job as its hand-over at the counter (when, by whom; `dispatch.handover`) and
+//! releases part B to its courier; printing again needs `"reprint": true` (audited as
+//! `dispatch.reprint`), else `409 refused`. It passes the vault's code gate
+//! (`card.codes_release` audit event, `409 wrong_state` for a card that is not active) and
+//! the per-account limit of sensitive routes. The PDF is the only place a code appears; it
+//! leaves its zeroizing buffer only as the response body.
 
 use super::audit::check_serial;
 use super::extract::{parse_json, query, JsonBody};
@@ -67,15 +72,11 @@ const COUNTER_PAGE: &[Role] = &[Role::Operator];
 const DEFAULT_RUNS: usize = 50;
 /// Most runs one list shows.
 const MAX_RUNS: usize = 1000;
-/// The plan of a counter page when the caller does not name one.
-pub const DEFAULT_COUNTER_PLAN: &str = "counter(2)+remote";
 /// Largest body of `POST /v1/mailers/runs`: a list of up to
 /// [`vault::cms::mailers::MAX_LISTED_SERIALS`] serials.
 pub const RUN_BODY_LIMIT: usize = 4 << 20;
 /// Largest body of `POST /v1/mailers/outcomes` (about 150,000 outcomes).
 pub const OUTCOMES_BODY_LIMIT: usize = 8 << 20;
-/// The purpose the counter page's code release is audited with.
-const COUNTER_PURPOSE: &str = "counter part A";
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -495,7 +496,11 @@ async fn card_mailers(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CounterBody {
+    /// If given, must be the plan of the card's dispatch in force.
     plan: Option<String>,
+    /// Prints part A again (it was already handed over).
+    #[serde(default)]
+    reprint: bool,
 }
 
 /// A rendered PDF as a response body's owner: the bytes stay in their zeroizing buffer until
@@ -528,16 +533,6 @@ async fn counter_page(
     JsonBody(body): JsonBody<CounterBody>,
 ) -> Result<Response, ApiError> {
     check_serial(&serial)?;
-    let plan = parse_plan(
-        &state,
-        "plan",
-        body.plan.as_deref().unwrap_or(DEFAULT_COUNTER_PLAN),
-    )?;
-    if plan == Plan::Whole {
-        return Err(invalid(
-            "plan: the counter page is part A of a `counter(N)+…` plan",
-        ));
-    }
     let s = state.clone();
     let actor = caller.actor();
     let name = page_name(&serial);
@@ -551,21 +546,32 @@ async fn counter_page(
             name: holder_name,
             address,
         };
-        let codes = s.cms.release_codes(
+        let printed = s.cms.print_counter_part(
             &*s.hsm,
             &s.audit,
             &serial,
-            COUNTER_PURPOSE,
+            body.plan.as_deref(),
+            body.reprint,
             Date::today_utc(),
             &actor,
-        )?;
-        crate::mailers::counter_page(&s.print, &addressee, &serial, &codes, &plan, "A").map_err(
-            |e| {
-                // dispatch errors name fields and parts, never digits.
-                tracing::error!(error = %e, "counter page could not be rendered");
-                ApiError::internal()
+            |codes, slip| {
+                let plan = Plan::parse(&slip.courier_plan)?;
+                crate::mailers::counter_page(&s.print, &addressee, &serial, codes, &plan, "A")
             },
-        )
+        )?;
+        let (pdf, print) = printed.map_err(|e| {
+            // dispatch errors name fields and parts, never digits.
+            tracing::error!(error = %e, "counter page could not be rendered");
+            ApiError::internal()
+        })?;
+        tracing::info!(
+            dispatch = print.slip.dispatch,
+            job = print.job.id,
+            reprint = print.slip.reprint,
+            released = print.released.len(),
+            "counter part A handed over"
+        );
+        Ok(pdf)
     })
     .await
     .map_err(|_| ApiError::internal())??;

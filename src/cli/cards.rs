@@ -4,8 +4,14 @@
 //! to a new 0600 PDF file).
 //!
 //! `dispatch` asks for a card's codes to be delivered by a plan (e.g. `counter(2)+sms`) and
-//! prints the request's jobs; `resend` sends one part again. Neither shows a code or a contact;
-//! the workers send the parts, and `show` tells where each one is.
+//! prints the request's jobs; a card with a dispatch under way or done needs `--replace
+//! --reason TEXT` (the old dispatch is superseded, its unsent parts cancelled). `resend` sends
+//! one part again. Neither shows a code or a contact; the workers send the parts, and `show`
+//! tells where each one is and lists every dispatch with its parts.
+//!
+//! `counter-page` prints part A of the card's split dispatch in force (its plan; `--plan`, if
+//! given, must be that plan) and records its hand-over; part B goes to its courier only after
+//! that. Printing it again needs `--reprint`.
 //!
 //! Every change prints the card's new status. A change the card's state does not allow fails
 //! with the server's `wrong_state` message, which names the current state (exit 1).
@@ -84,14 +90,19 @@ pub enum CardsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print part A of a card's codes at the counter: a one-page PDF written to a new 0600
-    /// file (operator; the card must be active; audited as a code release).
+    /// Print part A of the card's split dispatch in force at the counter: a one-page PDF
+    /// written to a new 0600 file (operator; the card must be active; audited as a code
+    /// release and as part A's hand-over, which lets part B go to its courier).
     CounterPage {
         /// The card serial.
         serial: String,
-        /// The delivery plan whose part A is printed, e.g. `counter(2)+sms`.
-        #[arg(long, value_name = "PLAN", default_value = "counter(2)+remote")]
-        plan: String,
+        /// The plan of the dispatch in force, e.g. `counter(2)+sms`, as a check: another plan
+        /// is refused. Default: the dispatch's own plan.
+        #[arg(long, value_name = "PLAN")]
+        plan: Option<String>,
+        /// Print part A again (it was already handed over); audited as a reprint.
+        #[arg(long)]
+        reprint: bool,
         /// The PDF file to write; it must not exist.
         #[arg(long, value_name = "FILE.pdf")]
         out: std::path::PathBuf,
@@ -110,6 +121,13 @@ pub enum CardsCommand {
         /// counter(N)+… is printed at the counter (`plico cards counter-page`).
         #[arg(long, value_name = "PLAN")]
         plan: String,
+        /// Replace the card's dispatch under way or done (needs --reason): it is superseded
+        /// and its unsent parts cancelled.
+        #[arg(long, requires = "reason")]
+        replace: bool,
+        /// Why the dispatch in force is replaced (with --replace).
+        #[arg(long, value_name = "TEXT", requires = "replace")]
+        reason: Option<String>,
         /// Print the server's JSON answer.
         #[arg(long)]
         json: bool,
@@ -239,19 +257,38 @@ pub fn run(args: CardsArgs) -> Result<()> {
     let client = Client::with_token(&args.server, &args.auth)?;
     let runtime = super::unseal::client_runtime()?;
     match &args.command {
-        CardsCommand::CounterPage { serial, plan, out } => {
-            return runtime.block_on(counter_page(&client, serial, plan, out));
+        CardsCommand::CounterPage {
+            serial,
+            plan,
+            reprint,
+            out,
+        } => {
+            return runtime.block_on(counter_page(
+                &client,
+                serial,
+                plan.as_deref(),
+                *reprint,
+                out,
+            ));
         }
-        CardsCommand::Dispatch { serial, plan, json } => {
+        CardsCommand::Dispatch {
+            serial,
+            plan,
+            replace,
+            reason,
+            json,
+        } => {
             let path = format!("/v1/cards/{}/dispatch", path_segment(serial)?);
-            let d: DispatchView = runtime.block_on(client.post(&path, &json!({ "plan": plan })))?;
+            let mut body = json!({ "plan": plan });
+            if *replace {
+                body["replace"] = json!(true);
+                body["reason"] = json!(reason);
+            }
+            let d: DispatchView = runtime.block_on(client.post(&path, &body))?;
             if *json {
                 print_json(&d)?;
             } else {
-                println!("dispatch {} of card {} by {}", d.id, d.serial, d.plan);
-                for j in &d.jobs {
-                    print_job(j);
-                }
+                print_dispatch(&d);
             }
             return Ok(());
         }
@@ -337,20 +374,52 @@ fn print_job(j: &JobView) {
     if let Some(r) = j.replaces {
         line.push_str(&format!(" (replaces job {r})"));
     }
+    if let (Some(by), Some(at)) = (&j.handed_over_by, j.handed_over_ms) {
+        line.push_str(&format!(", handed over by {by} at {at} ms (unix)"));
+    }
+    if j.prints > 1 {
+        line.push_str(&format!(", printed {} times", j.prints));
+    }
+    if let Some(r) = &j.cancel_reason {
+        line.push_str(&format!(", cancelled: {r}"));
+    }
     println!("{line}");
 }
 
+/// A dispatch and its jobs.
+fn print_dispatch(d: &DispatchView) {
+    let mut line = format!("dispatch {} of card {} by {}", d.id, d.serial, d.plan);
+    if let Some(old) = d.replaces {
+        line.push_str(&format!(", replaces dispatch {old}"));
+    }
+    if let Some(new) = d.superseded_by {
+        line.push_str(&format!(", superseded by dispatch {new}"));
+    }
+    println!("{line}");
+    for j in &d.jobs {
+        print_job(j);
+    }
+}
+
 /// Fetches the counter page and writes it to a new 0600 file (never over an existing one).
-async fn counter_page(client: &Client, serial: &str, plan: &str, out: &Path) -> Result<()> {
+async fn counter_page(
+    client: &Client,
+    serial: &str,
+    plan: Option<&str>,
+    reprint: bool,
+    out: &Path,
+) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if out.exists() {
         bail!("{} exists; refusing to overwrite it", out.display());
     }
     let path = format!("/v1/cards/{}/counter-page", path_segment(serial)?);
-    let pdf = client
-        .post_secret_bytes(&path, &json!({ "plan": plan }))
-        .await?;
+    let mut body = json!({ "reprint": reprint });
+    if let Some(plan) = plan {
+        body["plan"] = json!(plan);
+    }
+    let pdf = client.post_secret_bytes(&path, &body).await?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -409,5 +478,8 @@ fn print_card(c: &CardView) {
             p.job,
             utc(p.updated_ms)
         );
+    }
+    for d in &c.dispatches {
+        print_dispatch(d);
     }
 }

@@ -1,7 +1,7 @@
 //! The delivery workers end to end, on sled, with `plico::serve` on a real socket: a dispatch by
 //! e-mail reaches smtp-sink once, with the card's codes and without its full serial, and the
-//! part becomes `sent`; a card suspended between dispatch and send makes its job `dead` and
-//! nothing is sent; a `counter(2)+sms` dispatch goes through Kannel and its fake SMSC, and
+//! part becomes `sent`; a card suspended between dispatch and send makes its job `cancelled`
+//! (reason `card_suspended`, no fallback) and nothing is sent; a `counter(2)+sms` dispatch goes through Kannel and its fake SMSC, and
 //! Kannel's delivery report to `/v1/dlr` makes part B `delivered`. `/v1/dlr` without the
 //! token, or with a wrong one, is 401.
 
@@ -149,6 +149,18 @@ async fn dispatch(client: &Client, n: u64, plan: &str) {
     let uri = format!("/v1/cards/{}/dispatch", serial(n));
     let a = client.post("cms", &uri, json!({"plan": plan})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    if plan.starts_with("counter(") {
+        // Part B goes only once part A is handed over at the counter.
+        assert_eq!(a.json["jobs"][1]["state"], "awaiting_counter", "{}", a.text);
+        let uri = format!("/v1/cards/{}/counter-page", serial(n));
+        let req = client
+            .request("operator", Method::POST, &uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = client.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -181,8 +193,13 @@ async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
     .await;
     let sent = running.wait_for(601, Part::Whole, JobState::Sent).await;
     assert_eq!(sent.attempts, 1);
-    let dead = running.wait_for(602, Part::Whole, JobState::Dead).await;
-    assert_eq!(dead.attempts, 1, "a refused release is not retried");
+    // Refused for the card's state: cancelled with that state, not `dead`, no fallback.
+    let cancelled = running
+        .wait_for(602, Part::Whole, JobState::Cancelled)
+        .await;
+    assert_eq!(cancelled.attempts, 1, "a refused release is not retried");
+    assert_eq!(cancelled.cancel_reason.as_deref(), Some("card_suspended"));
+    assert_eq!(running.state.cms.jobs_of(&serial(602)).unwrap().len(), 1);
     let status = running
         .client
         .get("cms", &format!("/v1/cards/{}", serial(601)))
@@ -453,6 +470,6 @@ async fn a_resend_through_the_workers_sends_only_the_lost_part() {
     let jobs = running.state.cms.jobs_of(&serial(601)).unwrap();
     let a_jobs: Vec<_> = jobs.iter().filter(|j| j.part == Part::A).collect();
     assert_eq!(a_jobs.len(), 1);
-    assert_eq!(a_jobs[0].state, JobState::Counter);
+    assert_eq!(a_jobs[0].state, JobState::HandedOver);
     running.stop().await;
 }

@@ -124,6 +124,35 @@ impl Desk {
         a.json
     }
 
+    /// Prints card `n`'s counter page as the operator with `body`: the status, and the answer
+    /// kept as JSON when it is not a PDF (the page itself is not kept for the scan).
+    async fn counter_page(&self, n: u64, body: Value) -> StatusCode {
+        self.counter_page_answer(n, body).await.0
+    }
+
+    async fn counter_page_answer(&self, n: u64, body: Value) -> (StatusCode, String) {
+        let req = self
+            .request("operator", Method::POST, &card(n, "counter-page"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let pdf = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            == Some(b"application/pdf".as_slice());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        if pdf {
+            assert!(bytes.starts_with(b"%PDF-"));
+            return (status, String::new());
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        self.bodies.lock().unwrap().push(text.clone());
+        (status, text)
+    }
+
     fn jobs(&self, n: u64) -> Vec<vault::cms::Job> {
         self.state.cms.jobs_of(&serial(n)).unwrap()
     }
@@ -177,7 +206,7 @@ async fn dispatch_resend_and_reidentify_over_http() {
     );
     assert_eq!(
         (&jobs[1]["part"], &jobs[1]["channel"], &jobs[1]["state"]),
-        (&json!("B"), &json!("sms"), &json!("queued"))
+        (&json!("B"), &json!("sms"), &json!("awaiting_counter"))
     );
     for j in jobs {
         for hidden in ["idempotency_key", "peer_id", "actor", "last_error"] {
@@ -194,7 +223,7 @@ async fn dispatch_resend_and_reidentify_over_http() {
     );
     assert_eq!(
         (&parts[1]["part"], &parts[1]["channel"], &parts[1]["state"]),
-        (&json!("B"), &json!("sms"), &json!("queued"))
+        (&json!("B"), &json!("sms"), &json!("awaiting_counter"))
     );
     assert_eq!(parts[1]["job"], first_b);
     assert_eq!(parts[1]["attempts"], 0);
@@ -207,6 +236,14 @@ async fn dispatch_resend_and_reidentify_over_http() {
         .await;
     assert_error(&a, StatusCode::CONFLICT, "refused");
     assert!(a.text.contains("resend"), "{}", a.text);
+    // Part B waits for part A: no resend before the counter page.
+    let a = d
+        .post("operator", &card(501, "resend"), json!({"part": "B"}))
+        .await;
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(a.text.contains("handed over"), "{}", a.text);
+    assert_eq!(d.counter_page(501, json!({})).await, StatusCode::OK);
+    assert_eq!(d.status(501).await["parts"][1]["state"], "queued");
 
     // A resend of part B makes a new job for B only; A is untouched.
     let a = d
@@ -230,7 +267,7 @@ async fn dispatch_resend_and_reidentify_over_http() {
     let old_b = jobs.iter().find(|j| j.id == first_b).unwrap();
     assert_eq!(old_b.state, vault::cms::JobState::Superseded);
     let s = d.status(501).await;
-    assert_eq!(s["parts"][0]["state"], "counter");
+    assert_eq!(s["parts"][0]["state"], "handed_over");
     assert_eq!(s["parts"][1]["job"], second_b);
     assert_eq!(s["parts"][1]["state"], "queued");
     // The counter part cannot be resent; a part name that does not exist is 422.
@@ -333,6 +370,7 @@ async fn dispatch_resend_and_reidentify_over_http() {
     let a = d.post("cms", &card(503, "dispatch"), plan.clone()).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["jobs"][1]["channel"], "sms");
+    assert_eq!(d.counter_page(503, json!({})).await, StatusCode::OK);
 
     // Start-up recovery: a job a dead worker left `sending` is queued again, once.
     let claimed = d
@@ -361,13 +399,15 @@ async fn resends_are_rate_limited_per_account() {
     d.set_up().await;
     let a = d
         .post(
-            "operator",
+            "cms",
             &card(501, "dispatch"),
             json!({"plan": "counter(2)+email"}),
         )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["jobs"][1]["channel"], "email");
+    // The counter page (part A, handed over) is the operator's first sensitive call.
+    assert_eq!(d.counter_page(501, json!({})).await, StatusCode::OK);
     for _ in 0..3 {
         let a = d
             .post("operator", &card(501, "resend"), json!({"part": "b"}))
@@ -391,5 +431,106 @@ async fn resends_are_rate_limited_per_account() {
         .post("cms", &card(501, "resend"), json!({"part": "B"}))
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    d.scan();
+}
+
+#[tokio::test]
+async fn the_counter_page_is_part_a_of_the_dispatch_and_a_new_dispatch_replaces_it() {
+    // Issue 14, items 1 and 3, over HTTP.
+    let d = Desk::new(plico::DEFAULT_SENSITIVE_PER_MINUTE);
+    d.set_up().await;
+    // No dispatch: no counter page.
+    let (status, text) = d.counter_page_answer(501, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("no split dispatch"), "{text}");
+    let a = d
+        .post(
+            "cms",
+            &card(501, "dispatch"),
+            json!({"plan": "counter(2)+email"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let first = a.json["id"].as_u64().unwrap();
+    assert_eq!(a.json["jobs"][1]["state"], "awaiting_counter");
+    // Another plan: 409 naming the plan in force, nothing recorded.
+    let (status, text) = d
+        .counter_page_answer(501, json!({"plan": "counter(3)+sms"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("counter(2)+email"), "{text}");
+    assert_eq!(d.status(501).await["parts"][0]["state"], "counter");
+    // The dispatch's plan: printed, handed over, part B released to its courier.
+    assert_eq!(d.counter_page(501, json!({})).await, StatusCode::OK);
+    let s = d.status(501).await;
+    assert_eq!(s["parts"][0]["state"], "handed_over", "{s}");
+    assert_eq!(s["parts"][1]["state"], "queued", "{s}");
+    let a_job = &s["dispatches"][0]["jobs"][0];
+    assert_eq!(a_job["prints"], 1, "{s}");
+    assert!(a_job["handed_over_ms"].as_u64().is_some(), "{s}");
+    assert!(a_job["handed_over_by"].as_str().is_some(), "{s}");
+    // Again: only as a reprint.
+    let (status, text) = d.counter_page_answer(501, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("reprint"), "{text}");
+    assert_eq!(
+        d.counter_page(501, json!({"reprint": true})).await,
+        StatusCode::OK
+    );
+    let s = d.status(501).await;
+    assert_eq!(s["dispatches"][0]["jobs"][0]["prints"], 2, "{s}");
+    let count = |action: &str| {
+        d.state
+            .audit
+            .query(&vault::audit::Query {
+                action: Some(action.into()),
+                limit: 100,
+                ..vault::audit::Query::default()
+            })
+            .unwrap()
+            .events
+            .len()
+    };
+    assert_eq!(
+        (count("dispatch.handover"), count("dispatch.reprint")),
+        (1, 1)
+    );
+    // A second dispatch: refused unless it replaces the first, with a reason.
+    let a = d
+        .post("cms", &card(501, "dispatch"), json!({"plan": "sms"}))
+        .await;
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(a.text.contains("replace"), "{}", a.text);
+    for bad in [
+        json!({"plan": "sms", "replace": true}),
+        json!({"plan": "sms", "reason": "why"}),
+        json!({"plan": "sms", "replace": true, "reason": " "}),
+    ] {
+        let a = d.post("cms", &card(501, "dispatch"), bad).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    }
+    assert_eq!(d.jobs(501).len(), 2);
+    let a = d
+        .post(
+            "cms",
+            &card(501, "dispatch"),
+            json!({"plan": "sms", "replace": true, "reason": "holder asked for SMS"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["replaces"], first);
+    let second = a.json["id"].as_u64().unwrap();
+    // The card lists both dispatches with their parts; the old part B, never sent, cancelled.
+    let s = d.status(501).await;
+    let ds = s["dispatches"].as_array().unwrap();
+    assert_eq!(ds.len(), 2, "{s}");
+    assert_eq!(ds[0]["superseded_by"], second);
+    assert_eq!(ds[0]["jobs"][1]["state"], "cancelled", "{s}");
+    assert_eq!(ds[0]["jobs"][1]["cancel_reason"], "superseded", "{s}");
+    assert_eq!(ds[1]["jobs"][0]["part"], "whole");
+    assert_eq!(s["parts"].as_array().unwrap().len(), 1, "{s}");
+    // The new dispatch has no counter part: no counter page.
+    let (status, text) = d.counter_page_answer(501, json!({"reprint": true})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
     d.scan();
 }

@@ -57,7 +57,8 @@ fn registry_csv() -> String {
     let mut out = header.to_owned();
     for (cf15, given, surname, birth, address, n) in rows {
         out.push_str(&format!(
-            "{};{given};{surname};{birth};;;{address};false;{};2032-12-31;\n",
+            // An e-mail address: part B of a split dispatch (the counter page is its part A).
+            "{};{given};{surname};{birth};h{n}@example.it;;{address};false;{};2032-12-31;\n",
             cf(cf15),
             serial(n)
         ));
@@ -524,12 +525,21 @@ async fn print_run_seals_every_code_to_the_facility_and_reprints_void() {
         "not_found",
     );
 
-    // The counter's page: part A of an active card, audited; nothing for a suspended card.
+    // The counter's page: part A of the card's split dispatch, audited; nothing for a
+    // suspended card.
+    let a = d
+        .post(
+            "cms",
+            &format!("/v1/cards/{}/dispatch", serial(card1)),
+            json!({"plan": "counter(2)+email"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let uri = format!("/v1/cards/{}/counter-page", serial(card1));
     let req = d
         .request("operator", Method::POST, &uri)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(json!({"plan": "counter(2)+sms"}).to_string()))
+        .body(Body::from(json!({"plan": "counter(2)+email"}).to_string()))
         .unwrap();
     let res = d.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -593,7 +603,8 @@ async fn print_run_seals_every_code_to_the_facility_and_reprints_void() {
     let a = d.post("cms", &uri, json!({})).await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
     let a = d.post("operator", &uri, json!({"plan": "whole"})).await;
-    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(a.text.contains("counter(2)+email"), "{}", a.text);
     let a = d
         .post(
             "operator",
@@ -645,6 +656,14 @@ async fn print_runs_need_a_recipient() {
     assert!(a.text.contains("[mailers] recipients"), "{}", a.text);
     assert!(!d.out_dir().exists());
     // The counter page needs no print facility.
+    let a = d
+        .post(
+            "cms",
+            &format!("/v1/cards/{}/dispatch", serial(302)),
+            json!({"plan": "counter(2)+email"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let req = d
         .request(
             "operator",
@@ -663,6 +682,15 @@ async fn print_runs_need_a_recipient() {
 async fn counter_pages_are_rate_limited_per_account() {
     let d = Desk::with(true, std::num::NonZeroU32::new(1).unwrap());
     d.set_up().await;
+    // Card 301's split dispatch (on the CMS's own budget): the counter page is its part A.
+    let a = d
+        .post(
+            "cms",
+            &format!("/v1/cards/{}/dispatch", serial(301)),
+            json!({"plan": "counter(2)+email"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let page = |n: u64| {
         d.request(
             "operator",
@@ -815,7 +843,15 @@ fn print_run_and_counter_page_with_the_cli_against_serve_dev() {
     let out = run_ok(as_who(&token("cms")).args(["mailers", "runs"]));
     outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
 
-    // The counter page: a new 0600 file, never overwritten.
+    // The counter page: part A of the card's split dispatch, a new 0600 file, never
+    // overwritten.
+    run_ok(as_who(&token("cms")).args([
+        "cards",
+        "dispatch",
+        &codes[1].0,
+        "--plan",
+        "counter(2)+email",
+    ]));
     let page = tmp.path().join("page.pdf");
     let out = run_ok(
         as_who(&token("op"))
@@ -824,7 +860,7 @@ fn print_run_and_counter_page_with_the_cli_against_serve_dev() {
                 "counter-page",
                 &codes[1].0,
                 "--plan",
-                "counter(2)+sms",
+                "counter(2)+email",
                 "--out",
             ])
             .arg(&page),

@@ -23,6 +23,7 @@ pub mod date;
 pub mod lifecycle;
 pub mod mailers;
 pub mod outbox;
+pub mod outbox_counter;
 pub mod outbox_release;
 pub mod registry;
 pub mod registry_parse;
@@ -35,9 +36,10 @@ pub use mailers::{
     Reprint, Selection,
 };
 pub use outbox::{
-    Channel, DispatchPlan, DispatchRequest, Dispatched, Fallback, Job, JobState, OutboxPolicy,
-    Part, PartDelivery, ReceiptOutcome,
+    Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Fallback, Job, JobState,
+    OutboxPolicy, Part, PartDelivery, ReceiptOutcome,
 };
+pub use outbox_counter::{CounterPrint, CounterSlip};
 pub use registry::{Cms, HolderView, PersonalData, RegistryOutcome, SearchKey};
 
 #[cfg(test)]

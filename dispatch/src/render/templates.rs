@@ -18,7 +18,7 @@
 //! | `part.name` | `"A"`, `"B"` or `"whole"` |
 //! | `part.channel`, `part.other_channel` | `counter`, `remote`, `sms`, `email`, `any` (other: none for `whole`) |
 //! | `part.is_whole`, `part.is_first`, `part.index`, `part.count` | position in entry order |
-//! | `part.pin`, `part.puk`, `part.sig_pin`, `part.sig_puk` | `{from, to, count, total, before, after}`: 1-based digit positions, digits in this part, in the whole code, before and after this part |
+//! | `part.pin`, `part.puk`, `part.sig_pin`, `part.sig_puk` | `{from, to, count, total, before, after, in_a, in_b}`: 1-based digit positions, digits in this part, in the whole code, before and after this part, and in part A and part B of a split plan (for the entry instructions; a whole part has them all in `in_a`) |
 //! | `part.signature` | whether the card has a signature pair |
 //! | `pin`, `puk`, `sig_pin`, `sig_puk` | the digits of this part (placeholders, see below) |
 //! | `number` | the mailer number, or none (substituted after templating) |
@@ -386,17 +386,29 @@ struct RangeCtx {
     total: usize,
     before: usize,
     after: usize,
+    in_a: usize,
+    in_b: usize,
 }
 
 impl RangeCtx {
-    fn new(r: &std::ops::Range<usize>, total: usize) -> RangeCtx {
+    /// The context of one code's digit range `r` in part `index` of `count` parts: part A
+    /// (index 0) holds the digits up to the end of its range, part B the rest.
+    fn new(r: &std::ops::Range<usize>, total: usize, index: usize, count: usize) -> RangeCtx {
+        let after = total.saturating_sub(r.end);
+        let (in_a, in_b) = match (count, index) {
+            (1, _) => (total, 0),
+            (_, 0) => (r.len(), after),
+            _ => (r.start, total.saturating_sub(r.start)),
+        };
         RangeCtx {
             from: r.start + 1,
             to: r.end,
             count: r.len(),
             total,
             before: r.start,
-            after: total.saturating_sub(r.end),
+            after,
+            in_a,
+            in_b,
         }
     }
 }
@@ -437,16 +449,14 @@ impl<'a> Context<'a> {
                 index: p.index,
                 count: p.count,
                 signature: has_sig,
-                pin: RangeCtx::new(&p.pin_digits, p.pin_len),
-                puk: RangeCtx::new(&p.puk_digits, p.puk_len),
-                sig_pin: p
-                    .signature_digits
-                    .as_ref()
-                    .map(|(r, _)| RangeCtx::new(r, p.signature_len.map_or(r.end, |l| l.0))),
-                sig_puk: p
-                    .signature_digits
-                    .as_ref()
-                    .map(|(_, r)| RangeCtx::new(r, p.signature_len.map_or(r.end, |l| l.1))),
+                pin: RangeCtx::new(&p.pin_digits, p.pin_len, p.index, p.count),
+                puk: RangeCtx::new(&p.puk_digits, p.puk_len, p.index, p.count),
+                sig_pin: p.signature_digits.as_ref().map(|(r, _)| {
+                    RangeCtx::new(r, p.signature_len.map_or(r.end, |l| l.0), p.index, p.count)
+                }),
+                sig_puk: p.signature_digits.as_ref().map(|(_, r)| {
+                    RangeCtx::new(r, p.signature_len.map_or(r.end, |l| l.1), p.index, p.count)
+                }),
             },
             pin: "\u{E000}P",
             puk: "\u{E000}K",

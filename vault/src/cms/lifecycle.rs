@@ -157,6 +157,9 @@ pub struct CardStatus {
     pub delivery: Vec<(String, String)>,
     /// The same, in detail: channel, attempts, job id, times.
     pub parts: Vec<super::outbox::PartDelivery>,
+    /// Every dispatch of the card, oldest first, each with all its jobs (the last one is in
+    /// force unless superseded).
+    pub dispatches: Vec<super::outbox::DispatchHistory>,
     /// When the holder was last identified for this card (activation or re-identification).
     pub identified_ms: Option<u64>,
 }
@@ -360,6 +363,7 @@ impl Cms {
                 .map(|p| (p.part.as_str().to_owned(), p.shown_state().to_owned()))
                 .collect(),
             parts,
+            dispatches: self.dispatches_of(&card.serial)?,
             identified_ms: card.identified_ms(),
         })
     }

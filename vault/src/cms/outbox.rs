@@ -188,6 +188,14 @@ pub enum JobState {
     Dead,
     /// Replaced by a resend before it went out.
     Superseded,
+    /// Part B of a counter plan: waits until part A is handed over at the counter, then
+    /// `queued` (never claimed before).
+    AwaitingCounter,
+    /// Part A, printed and handed over at the counter (by whom and when on the job).
+    HandedOver,
+    /// Will not go out: its dispatch was replaced, or the card's state refused it (the reason
+    /// is on the job). Never falls back to another channel.
+    Cancelled,
 }
 
 impl JobState {
@@ -202,7 +210,19 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Dead => "dead",
             JobState::Superseded => "superseded",
+            JobState::AwaitingCounter => "awaiting_counter",
+            JobState::HandedOver => "handed_over",
+            JobState::Cancelled => "cancelled",
         }
+    }
+
+    /// Not gone out yet and still meant to: `counter` (part A not printed), `awaiting_counter`,
+    /// `queued` or `failed`. What replacing a dispatch cancels.
+    pub fn unsent(self) -> bool {
+        matches!(
+            self,
+            JobState::Counter | JobState::AwaitingCounter | JobState::Queued | JobState::Failed
+        )
     }
 
     /// Queued, sending or failed: on its way.
@@ -331,6 +351,24 @@ pub struct Job {
     pub sent_ms: Option<u64>,
     /// Delivered (Unix ms).
     pub delivered_ms: Option<u64>,
+    /// Part A: when it was first printed and handed over at the counter (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_ms: Option<u64>,
+    /// Part A: the account that first printed it at the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_by: Option<String>,
+    /// Part A: how many times it was printed (the first print, then reprints).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prints: u32,
+    /// Why it was `cancelled`: `superseded` (its dispatch was replaced), or the card's state
+    /// when a release was refused (`card_suspended`, `card_revoked`, `codes_gone`,
+    /// `contact_changed`, `contact_missing`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Job {
@@ -351,7 +389,12 @@ impl Job {
         match self.state {
             JobState::Queued | JobState::Sending | JobState::Failed | JobState::Dead => true,
             JobState::Sent => self.channel.receipt_expected(),
-            JobState::Counter | JobState::Delivered | JobState::Superseded => false,
+            JobState::Counter
+            | JobState::Delivered
+            | JobState::Superseded
+            | JobState::AwaitingCounter
+            | JobState::HandedOver
+            | JobState::Cancelled => false,
         }
     }
 
@@ -399,6 +442,25 @@ pub struct DispatchRequest {
     pub request_id: String,
     /// When (Unix ms).
     pub created_ms: u64,
+    /// The dispatch it replaced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
+    /// Why it replaced that one (as the caller said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_reason: Option<String>,
+    /// The dispatch that replaced this one: no longer in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
+}
+
+/// One dispatch of a card with every job it made (resends and fallbacks included), for the
+/// card's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchHistory {
+    /// The request.
+    pub request: DispatchRequest,
+    /// Its jobs, oldest first.
+    pub jobs: Vec<Job>,
 }
 
 /// What [`Cms::request_dispatch`] wrote.
@@ -567,7 +629,7 @@ fn seq_of(bytes: &[u8]) -> Result<u64> {
 }
 
 /// Puts `job` into `b` with its indexes, moving them from what `old` had.
-fn put_job(b: &mut Batch, old: Option<&Job>, job: &Job) -> Result<()> {
+pub(super) fn put_job(b: &mut Batch, old: Option<&Job>, job: &Job) -> Result<()> {
     b.put(Tree::Outbox, seq_key(job.id).to_vec(), encode(job)?);
     let (old_due, old_open) = match old {
         Some(o) => (o.due_key(), o.open()),
@@ -649,6 +711,10 @@ impl JobMaker {
             claimed_ms: None,
             sent_ms: None,
             delivered_ms: None,
+            handed_over_ms: None,
+            handed_over_by: None,
+            prints: 0,
+            cancel_reason: None,
         })
     }
 
@@ -661,7 +727,7 @@ impl JobMaker {
     }
 }
 
-fn job_event(action: &str, job: &Job) -> NewEvent {
+pub(super) fn job_event(action: &str, job: &Job) -> NewEvent {
     NewEvent::new(action, job.serial.clone())
         .detail("job", job.id.to_string())
         .detail("request", job.request.to_string())
@@ -669,7 +735,7 @@ fn job_event(action: &str, job: &Job) -> NewEvent {
         .detail("channel", job.channel.as_str())
 }
 
-fn by(event: NewEvent, actor: &Actor) -> NewEvent {
+pub(super) fn by(event: NewEvent, actor: &Actor) -> NewEvent {
     event
         .by(actor.id.clone(), actor.role.clone())
         .request(actor.request_id.clone())
@@ -732,13 +798,46 @@ impl Cms {
         Ok(jobs)
     }
 
-    /// The latest job of each part of a card, by part.
-    fn latest_jobs(&self, serial: &str) -> Result<BTreeMap<Part, Job>> {
+    /// The latest job of each part of the card's dispatch in force (its newest), by part.
+    pub(super) fn latest_jobs(&self, serial: &str) -> Result<BTreeMap<Part, Job>> {
+        let jobs = self.jobs_of(serial)?;
+        let current = jobs.iter().map(|j| j.request).max();
         let mut latest = BTreeMap::new();
-        for j in self.jobs_of(serial)? {
-            latest.insert(j.part, j);
+        for j in jobs {
+            if Some(j.request) == current {
+                latest.insert(j.part, j);
+            }
         }
         Ok(latest)
+    }
+
+    /// Every dispatch of a card, oldest first, each with all its jobs (the card's history;
+    /// the last one is in force unless superseded).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for a job whose request record is missing.
+    pub fn dispatches_of(&self, serial: &str) -> Result<Vec<DispatchHistory>> {
+        let mut by_request: BTreeMap<u64, Vec<Job>> = BTreeMap::new();
+        for j in self.jobs_of(serial)? {
+            by_request.entry(j.request).or_default().push(j);
+        }
+        by_request
+            .into_iter()
+            .map(|(id, jobs)| {
+                let request = self.dispatch_request(id)?.ok_or_else(|| {
+                    Error::Storage(format!("card {serial}: dispatch request {id} is missing"))
+                })?;
+                Ok(DispatchHistory { request, jobs })
+            })
+            .collect()
+    }
+
+    /// The card's dispatch in force: its newest, unless superseded.
+    pub(super) fn dispatch_in_force(&self, serial: &str) -> Result<Option<DispatchHistory>> {
+        Ok(self
+            .dispatches_of(serial)?
+            .pop()
+            .filter(|d| d.request.superseded_by.is_none()))
     }
 
     /// Each part's delivery for a card (its latest job), in part order; empty before any
@@ -771,9 +870,22 @@ impl Cms {
         personal: &PersonalData,
         channel: Channel,
     ) -> Result<()> {
+        self.contact_problem(card, holder, personal, channel)
+            .map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// Why `channel` cannot reach the holder, if it cannot: `contact_missing` or
+    /// `contact_changed` (rule 13), with the refusal.
+    pub(super) fn contact_problem(
+        &self,
+        card: &CardRecord,
+        holder: &HolderRecord,
+        personal: &PersonalData,
+        channel: Channel,
+    ) -> Option<(&'static str, Error)> {
         let serial = &card.serial;
         let (registered, changed, what) = match channel {
-            Channel::Counter => return Ok(()),
+            Channel::Counter => return None,
             Channel::Sms => (
                 personal.mobile.is_some(),
                 holder.mobile_changed_ms,
@@ -787,19 +899,25 @@ impl Cms {
             Channel::Mailer => (personal.address.is_some(), None, "postal address"),
         };
         if !registered {
-            return Err(Error::Refused(format!(
-                "card {serial}: the holder has no registered {what}"
-            )));
+            return Some((
+                "contact_missing",
+                Error::Refused(format!(
+                    "card {serial}: the holder has no registered {what}"
+                )),
+            ));
         }
         if let Some(changed) = changed {
             if card.identified_ms().is_none_or(|at| changed >= at) {
-                return Err(Error::Refused(format!(
-                    "card {serial}: the holder's {what} changed after the last identification; \
-                     identify the holder again at the counter first"
-                )));
+                return Some((
+                    "contact_changed",
+                    Error::Refused(format!(
+                        "card {serial}: the holder's {what} changed after the last \
+                         identification; identify the holder again at the counter first"
+                    )),
+                ));
             }
         }
-        Ok(())
+        None
     }
 
     /// The card, checked for a delivery: `active` (expired cards are revoked on the way) and
@@ -841,8 +959,9 @@ impl Cms {
     /// [`Error::Invalid`] for a bad plan; [`Error::NotFound`] for an unknown card;
     /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
     /// held, when a contact the plan needs is not registered or changed after the last
-    /// identification (rule 13), or when a dispatch of the card is still under way (resend a
-    /// part instead); [`Error::Sealed`]; store and audit errors.
+    /// identification (rule 13), or when the card has a dispatch in force (under way or
+    /// done: see [`Cms::request_dispatch_with`] to replace it); [`Error::Sealed`]; store and
+    /// audit errors.
     pub fn request_dispatch(
         &self,
         hsm: &dyn Hsm,
@@ -852,18 +971,56 @@ impl Cms {
         today: Date,
         actor: &Actor,
     ) -> Result<Dispatched> {
+        self.request_dispatch_with(hsm, audit, serial, plan_text, None, today, actor)
+    }
+
+    /// [`Cms::request_dispatch`], replacing the card's dispatch in force when `replace` gives
+    /// a reason: a card has one dispatch in force at a time (rule 14a), so a new one is
+    /// refused while one is under way or done, unless it replaces it. The replaced dispatch
+    /// is marked superseded and its unsent parts (`counter`, `awaiting_counter`, `queued`,
+    /// `failed`) `cancelled`, in the batch of the new request, with a `dispatch.supersede`
+    /// event. A part being sent at this moment cannot be cancelled: the replacement is
+    /// refused until it is settled.
+    ///
+    /// # Errors
+    /// As [`Cms::request_dispatch`]; [`Error::Invalid`] for an empty or over-long reason, or
+    /// one with control characters.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_dispatch_with(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        serial: &str,
+        plan_text: &str,
+        replace: Option<&str>,
+        today: Date,
+        actor: &Actor,
+    ) -> Result<Dispatched> {
         let plan = DispatchPlan::parse(plan_text)?;
+        let reason = replace.map(check_reason).transpose()?;
         let _ops = self.ops_lock();
         let card = self.deliverable_card(audit, serial, today, actor)?;
-        if let Some(j) = self
-            .latest_jobs(serial)?
-            .into_values()
-            .find(|j| j.state.in_progress())
-        {
-            return Err(Error::Refused(format!(
-                "card {serial}: part {} is still {} (job {}); resend a part instead",
-                j.part, j.state, j.id
-            )));
+        let in_force = self.dispatch_in_force(serial)?;
+        if let Some(old) = &in_force {
+            if let Some(j) = old.jobs.iter().find(|j| j.state == JobState::Sending) {
+                return Err(Error::Refused(format!(
+                    "card {serial}: part {} of dispatch {} is being sent now (job {}); try \
+                     again later",
+                    j.part, old.request.id, j.id
+                )));
+            }
+            if reason.is_none() {
+                let under_way = old.jobs.iter().any(|j| {
+                    j.superseded_by.is_none() && (j.state.unsent() || j.state.in_progress())
+                });
+                return Err(Error::Refused(format!(
+                    "card {serial}: dispatch {} ({}) is {}; a new dispatch must replace it \
+                     (replace, with a reason), or resend a part instead",
+                    old.request.id,
+                    old.request.plan,
+                    if under_way { "under way" } else { "done" }
+                )));
+            }
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
         let parts: Vec<(Part, Channel, Option<u32>)> = match plan {
@@ -903,11 +1060,21 @@ impl Cms {
         let id = counter_value(self, NEXT_REQUEST_KEY)?;
         let mut maker = JobMaker::new(self, now)?;
         let mut b = Batch::new();
+        let mut events = Vec::new();
+        let mut replaces = None;
+        if let (Some(old), Some(reason)) = (in_force, reason.as_deref()) {
+            replaces = Some(old.request.id);
+            events.push(self.supersede_into(&mut b, old, id, reason, now, actor)?);
+        }
         let mut jobs = Vec::new();
         for (part, channel, digits) in parts {
-            let job = maker.make(
+            let mut job = maker.make(
                 id, serial, part, channel, digits, "request", None, &actor.id,
             )?;
+            if part == Part::B {
+                // Rule: part B goes to its courier only once part A is handed over.
+                job.state = JobState::AwaitingCounter;
+            }
             put_job(&mut b, None, &job)?;
             jobs.push(job);
         }
@@ -925,6 +1092,9 @@ impl Cms {
             actor: actor.id.clone(),
             request_id: actor.request_id.clone(),
             created_ms: now,
+            replaces,
+            replace_reason: replaces.and(reason),
+            superseded_by: None,
         };
         b.put(
             Tree::DispatchRequests,
@@ -935,12 +1105,55 @@ impl Cms {
             .iter()
             .map(|j| format!("{}:{}:{}", j.part, j.channel, j.id))
             .collect();
-        let event = by(NewEvent::new("dispatch.request", serial.to_owned()), actor)
+        let mut event = by(NewEvent::new("dispatch.request", serial.to_owned()), actor)
             .detail("dispatch", id.to_string())
             .detail("plan", request.plan.clone())
             .detail("jobs", parts.join(","));
-        audit.commit_all(b, vec![event])?;
+        if let Some(old) = request.replaces {
+            event = event.detail("replaces", old.to_string());
+        }
+        events.push(event);
+        audit.commit_all(b, events)?;
         Ok(Dispatched { request, jobs })
+    }
+
+    /// Marks dispatch `old` superseded by `new_id` and cancels its unsent parts, into `b`;
+    /// returns the `dispatch.supersede` event. Called with the ops lock held.
+    fn supersede_into(
+        &self,
+        b: &mut Batch,
+        old: DispatchHistory,
+        new_id: u64,
+        reason: &str,
+        now: u64,
+        actor: &Actor,
+    ) -> Result<NewEvent> {
+        let mut cancelled = Vec::new();
+        for job in &old.jobs {
+            if job.superseded_by.is_none() && job.state.unsent() {
+                let mut c = job.clone();
+                c.state = JobState::Cancelled;
+                c.cancel_reason = Some("superseded".into());
+                c.updated_ms = now;
+                put_job(b, Some(job), &c)?;
+                cancelled.push(format!("{}:{}:{}", c.part, c.channel, c.id));
+            }
+        }
+        let mut request = old.request;
+        request.superseded_by = Some(new_id);
+        b.put(
+            Tree::DispatchRequests,
+            seq_key(request.id).to_vec(),
+            encode(&request)?,
+        );
+        Ok(by(
+            NewEvent::new("dispatch.supersede", request.serial.clone()),
+            actor,
+        )
+        .detail("dispatch", request.id.to_string())
+        .detail("by_dispatch", new_id.to_string())
+        .detail("reason", reason.to_owned())
+        .detail("cancelled", cancelled.join(",")))
     }
 
     /// Claims up to `limit` jobs of the `channels` due at `now_ms` (`queued`, or `failed` whose
@@ -1193,6 +1406,21 @@ impl Cms {
     }
 }
 
+/// Longest reason for replacing a dispatch.
+const MAX_REASON: usize = 200;
+
+/// A replacement's reason, trimmed: 1 to [`MAX_REASON`] characters, no control character.
+fn check_reason(reason: &str) -> Result<String> {
+    let r = reason.trim();
+    if r.is_empty() || r.chars().count() > MAX_REASON || r.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "reason: 1 to {MAX_REASON} characters without control characters, required to \
+             replace a dispatch"
+        )));
+    }
+    Ok(r.to_owned())
+}
+
 fn refusal(e: &Error) -> String {
     match e {
         Error::Refused(m) => m.split_once(": ").map(|(_, w)| w).unwrap_or(m).to_owned(),
@@ -1433,6 +1661,13 @@ impl Cms {
         if old.state == JobState::Sending {
             return Err(Error::Refused(format!(
                 "card {serial}: part {part} is being sent now (job {}); try again later",
+                old.id
+            )));
+        }
+        if old.state == JobState::AwaitingCounter {
+            return Err(Error::Refused(format!(
+                "card {serial}: part {part} waits until part A is handed over at the counter \
+                 (job {})",
                 old.id
             )));
         }

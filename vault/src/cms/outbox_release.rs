@@ -6,9 +6,15 @@
 //! ops lock, so every release is audited as `card.codes_release` with purpose
 //! `dispatch job N`. A worker claims and releases a batch together ([`Cms::claim_and_release`]):
 //! their events share one commit and one flush. Nothing here renders or sends.
+//!
+//! A release refused because of the card's state (not `active`, codes gone, contact missing or
+//! changed after the last identification) is not a channel failure: [`Cms::claim_and_release`]
+//! cancels the job in the same commit, under the same lock as the check, with the state read
+//! at that moment as its reason (`card_suspended`, `codes_gone`, `contact_changed`, …) and a
+//! `dispatch.cancel` event. A cancelled job never falls back to another channel.
 
 use super::date::Date;
-use super::outbox::{Channel, Job, JobState};
+use super::outbox::{job_event, put_job, Channel, Job, JobState};
 use super::registry::Cms;
 use crate::account::Actor;
 use crate::audit::{AuditLog, NewEvent};
@@ -106,8 +112,10 @@ impl Cms {
     /// check is made under the ops lock; the claims and the releases granted (one
     /// `card.codes_release` event a job, purpose `dispatch job N`, by
     /// `Actor::system("dispatch-job-N")`) are one commit, written under the lock and durable
-    /// before this returns. A job whose release is refused stays `sending` with its error and
-    /// no event: the caller marks it failed.
+    /// before this returns. A job refused for the card's state comes back `cancelled` (with
+    /// its reason and a `dispatch.cancel` event, in the same commit): nothing more to do. A
+    /// job refused otherwise stays `sending` with its error and no event: the caller marks it
+    /// failed.
     ///
     /// # Errors
     /// For the whole call: store and audit errors (then nothing is claimed or released). For
@@ -128,13 +136,26 @@ impl Cms {
         let mut events = Vec::with_capacity(jobs.len());
         for job in jobs {
             let actor = Actor::system(format!("dispatch-job-{}", job.id));
-            match self.release_one(hsm, audit, job.clone(), today, &actor) {
+            match self.release_checked(hsm, audit, job.clone(), today, &actor) {
                 Ok((release, event)) => {
                     events.push(event);
                     out.push((job, Ok(release)));
                 }
-                Err(e @ Error::Storage(_)) => return Err(e),
-                Err(e) => out.push((job, Err(e))),
+                Err(Stop::Fail(e @ Error::Storage(_))) => return Err(e),
+                Err(Stop::Fail(e)) => out.push((job, Err(e))),
+                Err(Stop::Cancel(reason, e)) => {
+                    let mut cancelled = job.clone();
+                    cancelled.state = JobState::Cancelled;
+                    cancelled.cancel_reason = Some(reason.clone());
+                    cancelled.updated_ms = now_ms;
+                    put_job(&mut b, Some(&job), &cancelled)?;
+                    events.push(
+                        job_event("dispatch.cancel", &cancelled)
+                            .detail("reason", reason)
+                            .detail("attempt", cancelled.attempts.to_string()),
+                    );
+                    out.push((cancelled, Err(e)));
+                }
             }
         }
         if events.is_empty() {
@@ -159,18 +180,53 @@ impl Cms {
         today: Date,
         actor: &Actor,
     ) -> Result<(JobRelease, NewEvent)> {
+        self.release_checked(hsm, audit, job, today, actor)
+            .map_err(|stop| match stop {
+                Stop::Fail(e) | Stop::Cancel(_, e) => e,
+            })
+    }
+
+    /// [`Cms::release_one`], telling a refusal for the card's state ([`Stop::Cancel`], with
+    /// the state read now) from any other error.
+    fn release_checked(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        job: Job,
+        today: Date,
+        actor: &Actor,
+    ) -> std::result::Result<(JobRelease, NewEvent), Stop> {
         let job_id = job.id;
         if job.state != JobState::Sending {
-            return Err(Error::WrongState {
+            return Err(Stop::Fail(Error::WrongState {
                 subject: format!("dispatch job {job_id}"),
                 state: job.state.to_string(),
                 wanted: JobState::Sending.to_string(),
-            });
+            }));
         }
         let serial = job.serial.clone();
-        let card = self.active_card(audit, &serial, today, actor)?;
-        let (holder, personal) = self.holder_of(hsm, &card)?;
-        self.check_contact(&card, &holder, &personal, job.channel)?;
+        let card = match self.active_card(audit, &serial, today, actor) {
+            Ok(card) => card,
+            Err(e @ Error::WrongState { .. }) => {
+                let state = match &e {
+                    Error::WrongState { state, .. } => state.clone(),
+                    _ => String::new(),
+                };
+                return Err(Stop::Cancel(format!("card_{state}"), e));
+            }
+            Err(e @ Error::NotFound(_)) => return Err(Stop::Cancel("card_unknown".into(), e)),
+            Err(e) => return Err(Stop::Fail(e)),
+        };
+        if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {
+            return Err(Stop::Cancel(
+                "codes_gone".into(),
+                Error::Refused(format!("card {serial}: its codes are not held")),
+            ));
+        }
+        let (holder, personal) = self.holder_of(hsm, &card).map_err(Stop::Fail)?;
+        if let Some((reason, e)) = self.contact_problem(&card, &holder, &personal, job.channel) {
+            return Err(Stop::Cancel(reason.to_owned(), e));
+        }
         let destination = match job.channel {
             Channel::Sms => personal
                 .mobile
@@ -183,21 +239,26 @@ impl Cms {
             Channel::Counter | Channel::Mailer => None,
         }
         .ok_or_else(|| {
-            Error::Refused(format!(
-                "dispatch job {job_id}: channel {} has no remote destination",
-                job.channel
-            ))
+            Stop::Cancel(
+                "contact_missing".into(),
+                Error::Refused(format!(
+                    "dispatch job {job_id}: channel {} has no remote destination",
+                    job.channel
+                )),
+            )
         })?;
         let name = Zeroizing::new(format!("{} {}", personal.given_names, personal.surname));
         drop(personal);
-        let (codes, event) = self.release_locked(
-            hsm,
-            audit,
-            &serial,
-            &format!("dispatch job {job_id}"),
-            today,
-            actor,
-        )?;
+        let (codes, event) = self
+            .release_locked(
+                hsm,
+                audit,
+                &serial,
+                &format!("dispatch job {job_id}"),
+                today,
+                actor,
+            )
+            .map_err(Stop::Fail)?;
         Ok((
             JobRelease {
                 job,
@@ -208,4 +269,12 @@ impl Cms {
             event,
         ))
     }
+}
+
+/// Why a release did not happen.
+enum Stop {
+    /// The card's state refuses it: the job is cancelled with this reason.
+    Cancel(String, Error),
+    /// Anything else: the caller decides (retry, or `dead`).
+    Fail(Error),
 }

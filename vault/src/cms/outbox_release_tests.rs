@@ -3,7 +3,7 @@
 
 use super::outbox::{Channel, Job};
 use super::outbox_release::ReleaseDestination;
-use super::outbox_tests::events;
+use super::outbox_tests::{events, hand_over};
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
@@ -41,6 +41,9 @@ fn claimed(plan: &str) -> (World, Job) {
     w.cms()
         .request_dispatch(&*w.hsm, w.audit(), &serial(1), plan, today(), &actor())
         .unwrap();
+    if plan.starts_with("counter(") {
+        hand_over(&w, 1);
+    }
     let mut jobs = w
         .cms()
         .claim_due(u64::MAX / 2, &Channel::REMOTE, 10)
@@ -49,10 +52,12 @@ fn claimed(plan: &str) -> (World, Job) {
     (w, jobs.remove(0))
 }
 
+/// The releases for dispatch jobs (not the counter page's).
 fn releases(w: &World) -> Vec<String> {
     events(w, "card.codes_release")
         .into_iter()
         .map(|e| e.details.get("for").cloned().unwrap_or_default())
+        .filter(|f| f.starts_with("dispatch job"))
         .collect()
 }
 
@@ -142,6 +147,7 @@ fn claim_and_release_takes_only_its_channel_in_one_commit() {
             &actor(),
         )
         .unwrap();
+    hand_over(&w, 1);
     let now = u64::MAX / 2;
     let none = w
         .cms()
@@ -172,47 +178,72 @@ fn claim_and_release_takes_only_its_channel_in_one_commit() {
 }
 
 #[test]
-fn claim_and_release_returns_a_refused_job_with_its_error_and_no_event() {
-    let w = World::new();
-    holder(&w, "+393331234567");
-    w.import_codes(&[serial(1)]);
-    w.change(1, &holder_activation()).unwrap();
-    w.cms()
-        .request_dispatch(&*w.hsm, w.audit(), &serial(1), "email", today(), &actor())
-        .unwrap();
-    w.change(1, &Change::Suspend(Reason::Lost)).unwrap();
-    let got = w
-        .cms()
-        .claim_and_release(
-            &*w.hsm,
-            w.audit(),
-            Channel::Email,
-            u64::MAX / 2,
-            10,
-            today(),
-        )
-        .unwrap();
-    assert_eq!(got.len(), 1);
-    assert!(
-        matches!(got[0].1, Err(Error::WrongState { .. })),
-        "{:?}",
-        got[0].1
-    );
-    assert!(releases(&w).is_empty());
-    // The job is `sending` (claimed): the worker marks it failed.
-    let failed = w
-        .cms()
-        .mark_failed(
-            &*w.hsm,
-            w.audit(),
-            got[0].0.id,
-            false,
-            "release refused",
-            u64::MAX / 2,
-            &crate::cms::OutboxPolicy::default(),
-        )
-        .unwrap();
-    assert_eq!(failed.state, crate::cms::JobState::Dead);
+fn a_job_refused_for_the_cards_state_is_cancelled_and_never_falls_back() {
+    // Issue 23, item 5: an SMS job refused because the card was suspended must not become
+    // `dead` and fall back to e-mail once the card is active again.
+    for (case, reason) in [
+        ("suspended", "card_suspended"),
+        ("revoked", "card_revoked"),
+        ("contact", "contact_changed"),
+    ] {
+        let w = World::new();
+        holder(&w, "+393331234567");
+        w.import_codes(&[serial(1)]);
+        w.change(1, &holder_activation()).unwrap();
+        w.cms()
+            .request_dispatch(&*w.hsm, w.audit(), &serial(1), "sms", today(), &actor())
+            .unwrap();
+        match case {
+            "suspended" => drop(w.change(1, &Change::Suspend(Reason::Lost)).unwrap()),
+            "revoked" => drop(w.change(1, &Change::Revoke(Reason::Stolen)).unwrap()),
+            _ => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                holder(&w, "+393339999999");
+            }
+        }
+        let now = u64::MAX / 2;
+        let got = w
+            .cms()
+            .claim_and_release(&*w.hsm, w.audit(), Channel::Sms, now, 10, today())
+            .unwrap();
+        assert_eq!(got.len(), 1, "{case}");
+        let (job, refused) = &got[0];
+        assert!(refused.is_err(), "{case}");
+        assert!(releases(&w).is_empty(), "{case}");
+        if case == "suspended" {
+            w.change(1, &Change::Reactivate).unwrap();
+        }
+        // What the delivery worker does with a job that comes back `sending`: a permanent
+        // failure, with the policy's fallback.
+        if job.state == crate::cms::JobState::Sending {
+            let _ = w.cms().mark_failed(
+                &*w.hsm,
+                w.audit(),
+                job.id,
+                false,
+                "release refused",
+                now,
+                &crate::cms::OutboxPolicy::default(),
+            );
+        }
+        let stored = w.cms().job(job.id).unwrap().unwrap();
+        assert_eq!(stored.state.as_str(), "cancelled", "{case}: {stored:?}");
+        assert_eq!(stored.cancel_reason.as_deref(), Some(reason), "{case}");
+        // One job, no fallback to e-mail, nothing left to claim.
+        assert_eq!(w.cms().jobs_of(&serial(1)).unwrap().len(), 1, "{case}");
+        assert_eq!(count(&w, "dispatch.fallback"), 0, "{case}");
+        assert_eq!(count(&w, "dispatch.dead"), 0, "{case}");
+        let cancel = events(&w, "dispatch.cancel");
+        assert_eq!(cancel.len(), 1, "{case}");
+        assert_eq!(cancel[0].details["reason"], reason);
+        assert!(w
+            .cms()
+            .claim_due(now, &Channel::REMOTE, 10)
+            .unwrap()
+            .is_empty());
+        let r = w.audit().verify().unwrap();
+        assert!(r.intact(), "{r:?}");
+    }
 }
 
 #[test]

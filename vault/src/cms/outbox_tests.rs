@@ -58,6 +58,34 @@ fn request(w: &World, c: usize, plan: &str) -> crate::Result<super::Dispatched> 
         .request_dispatch(&*w.hsm, w.audit(), &serial(c), plan, today(), &actor())
 }
 
+/// Prints part A of card `c`'s dispatch in force at the counter (a page that renders), as
+/// `plan` if given; a reprint if `reprint`.
+pub(super) fn print_a(
+    w: &World,
+    c: usize,
+    plan: Option<&str>,
+    reprint: bool,
+) -> crate::Result<super::CounterPrint> {
+    w.cms()
+        .print_counter_part(
+            &*w.hsm,
+            w.audit(),
+            &serial(c),
+            plan,
+            reprint,
+            today(),
+            &actor(),
+            |codes, slip| Ok::<_, ()>((codes.pin.expose_secret().len(), slip.clone())),
+        )
+        .map(|r| r.unwrap().1)
+}
+
+/// Hands part A of card `c`'s split dispatch over at the counter, so that part B may go.
+pub(super) fn hand_over(w: &World, c: usize) {
+    let p = print_a(w, c, None, false).unwrap();
+    assert_eq!(p.job.state, JobState::HandedOver);
+}
+
 /// The events of `action`, oldest first (up to 1,000).
 pub(super) fn events(w: &World, action: &str) -> Vec<crate::audit::Event> {
     w.audit()
@@ -142,7 +170,7 @@ fn a_request_writes_its_jobs_and_its_event_together() {
     );
     assert_eq!(
         (b.part, b.channel, b.state),
-        (Part::B, Channel::Sms, JobState::Queued)
+        (Part::B, Channel::Sms, JobState::AwaitingCounter)
     );
     assert_eq!(b.courier_plan(), "counter(2)+sms");
     assert_eq!(b.idempotency_key.len(), 32);
@@ -161,18 +189,18 @@ fn a_request_writes_its_jobs_and_its_event_together() {
     );
     assert_eq!(
         delivery(&w, 1),
-        vec![pair("A", "counter"), pair("B", "queued")]
+        vec![pair("A", "counter"), pair("B", "awaiting_counter")]
     );
     // No code and no contact in a stored job.
     for (_, v) in w.cms().store.range(Tree::Outbox, &[], None, 100).unwrap() {
         let text = String::from_utf8(v).unwrap();
         assert!(!text.contains("12345") && !text.contains("3331234567") && !text.contains('@'));
     }
-    // A second request while part B is on its way is refused, and writes nothing.
+    // A second request while the first is under way is refused, and writes nothing.
     let before = outbox_rows(&w);
     let err = request(&w, 1, "email").unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("still queued")),
+        matches!(&err, Error::Refused(m) if m.contains("is under way") && m.contains("replace")),
         "{err}"
     );
     assert_eq!(outbox_rows(&w), before);
@@ -286,6 +314,7 @@ fn rule_13_a_changed_number_needs_a_new_identification() {
 fn a_job_claimed_before_a_crash_is_claimed_again_with_the_same_key() {
     let mut w = world();
     let d = request(&w, 1, "counter(2)+sms").unwrap();
+    hand_over(&w, 1);
     let t = now();
     let first = claim(&w, t, 1);
     assert_eq!((first.state, first.attempts), (JobState::Sending, 1));
@@ -383,6 +412,7 @@ fn temporary_failures_back_off_and_end_dead() {
 fn a_dead_sms_falls_back_to_email_then_to_a_counter_reprint() {
     let w = world();
     let d = request(&w, 1, "counter(2)+sms").unwrap();
+    hand_over(&w, 1);
     let p = policy(5, Fallback::default());
     let t = now();
     let sms = claim(&w, t, 1);
@@ -415,7 +445,7 @@ fn a_dead_sms_falls_back_to_email_then_to_a_counter_reprint() {
     assert_ne!(email.idempotency_key, sms.idempotency_key);
     assert_eq!(
         delivery(&w, 1),
-        vec![pair("A", "counter"), pair("B", "queued")]
+        vec![pair("A", "handed_over"), pair("B", "queued")]
     );
     let fb = events(&w, "dispatch.fallback");
     assert_eq!(fb.len(), 1);
@@ -453,6 +483,7 @@ fn no_email_fallback_to_a_holder_without_email() {
     w.import_codes(&[serial(4)]);
     w.change(4, &holder_activation()).unwrap();
     request(&w, 4, "counter(2)+sms").unwrap();
+    hand_over(&w, 4);
     let t = now();
     let sms = claim(&w, t, 4);
     let dead = w
@@ -478,6 +509,7 @@ fn no_email_fallback_to_a_holder_without_email() {
 fn resend_makes_exactly_one_job_for_the_named_part() {
     let w = world();
     request(&w, 1, "counter(2)+sms").unwrap();
+    hand_over(&w, 1);
     let t = now();
     let b = claim(&w, t, 1);
     // Not while it is being sent.
@@ -527,6 +559,7 @@ fn resend_makes_exactly_one_job_for_the_named_part() {
 fn receipts_move_parts_to_delivered() {
     let w = world();
     request(&w, 1, "counter(2)+sms").unwrap();
+    hand_over(&w, 1);
     let t = now();
     let p = OutboxPolicy::default();
     let job = claim(&w, t, 1);
@@ -548,7 +581,7 @@ fn receipts_move_parts_to_delivered() {
     assert_eq!((j.state, o), (JobState::Delivered, ReceiptOutcome::Repeat));
     assert_eq!(
         delivery(&w, 1),
-        vec![pair("A", "counter"), pair("B", "delivered")]
+        vec![pair("A", "handed_over"), pair("B", "delivered")]
     );
     assert_eq!(events(&w, "dispatch.delivered").len(), 1);
     assert!(w.cms().overdue(t + 10_000, 1_000, 10).unwrap().is_empty());
@@ -575,4 +608,212 @@ fn receipts_move_parts_to_delivered() {
         .iter()
         .all(|j| j.serial != serial(3)));
     verify(&w);
+}
+
+#[test]
+fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
+    let w = world();
+    let refused = |r: crate::Result<super::CounterPrint>| match r {
+        Err(Error::Refused(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    // No dispatch, or a dispatch without a counter part: no counter page.
+    assert!(refused(print_a(&w, 1, None, false)).contains("no split dispatch in force"));
+    request(&w, 2, "email").unwrap();
+    assert!(refused(print_a(&w, 2, Some("counter(2)+sms"), false)).contains("no split dispatch"));
+    // A split dispatch: part B waits for part A, and no worker claims it.
+    let d = request(&w, 1, "counter(2)+email").unwrap();
+    let (a, b) = (&d.jobs[0], &d.jobs[1]);
+    assert_eq!(b.state, JobState::AwaitingCounter);
+    let t = now();
+    assert!(w
+        .cms()
+        .claim_due(t, &Channel::REMOTE, 100)
+        .unwrap()
+        .iter()
+        .all(|j| j.serial != serial(1)));
+    // Another plan is refused, naming the plan in force; nothing is recorded.
+    let releases = events(&w, "card.codes_release").len();
+    for other in [
+        "counter(3)+sms",
+        "counter(2)+sms",
+        "counter(3)+email",
+        "whole",
+    ] {
+        let m = refused(print_a(&w, 1, Some(other), false));
+        assert!(
+            m.contains("the plan in force is counter(2)+email"),
+            "{other}: {m}"
+        );
+    }
+    assert!(matches!(
+        print_a(&w, 1, Some("counter(x)"), false),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(w.cms().job(a.id).unwrap().unwrap().state, JobState::Counter);
+    assert_eq!(events(&w, "card.codes_release").len(), releases);
+    // A page that cannot be made records nothing either.
+    let failed = w
+        .cms()
+        .print_counter_part(
+            &*w.hsm,
+            w.audit(),
+            &serial(1),
+            None,
+            false,
+            today(),
+            &actor(),
+            |_, _| Err::<(), _>("too long"),
+        )
+        .unwrap();
+    assert_eq!(failed.unwrap_err(), "too long");
+    assert_eq!(w.cms().job(a.id).unwrap().unwrap().state, JobState::Counter);
+    assert_eq!(events(&w, "card.codes_release").len(), releases);
+    // The dispatch's own plan (given, `remote`, or not given) prints and hands part A over.
+    let p = print_a(&w, 1, Some("counter(2)+remote"), false).unwrap();
+    assert_eq!(p.slip.courier_plan, "counter(2)+email");
+    assert_eq!(p.slip.dispatch, d.request.id);
+    assert!(!p.slip.reprint);
+    assert_eq!(p.released, vec![b.id]);
+    let a_now = w.cms().job(a.id).unwrap().unwrap();
+    assert_eq!(a_now.state, JobState::HandedOver);
+    assert_eq!(a_now.handed_over_by.as_deref(), Some("op1"));
+    assert!(a_now.handed_over_ms.is_some());
+    assert_eq!(a_now.prints, 1);
+    assert_eq!(
+        delivery(&w, 1),
+        vec![pair("A", "handed_over"), pair("B", "queued")]
+    );
+    let ev = events(&w, "dispatch.handover");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].actor, "op1");
+    assert_eq!(ev[0].details["released"], b.id.to_string());
+    assert_eq!(events(&w, "card.codes_release").len(), releases + 1);
+    // Now part B goes.
+    assert_eq!(claim(&w, now(), 1).id, b.id);
+    // A second print only as a reprint, audited.
+    assert!(refused(print_a(&w, 1, None, false)).contains("only as a reprint"));
+    let again = print_a(&w, 1, None, true).unwrap();
+    assert!(again.slip.reprint && again.released.is_empty());
+    assert_eq!(again.job.prints, 2);
+    assert_eq!(again.job.state, JobState::HandedOver);
+    assert_eq!(events(&w, "dispatch.reprint").len(), 1);
+    assert_eq!(events(&w, "dispatch.handover").len(), 1);
+    // Not for a card that is not active.
+    w.change(1, &Change::Suspend(Reason::Lost)).unwrap();
+    assert!(matches!(
+        print_a(&w, 1, None, true),
+        Err(Error::WrongState { .. })
+    ));
+    verify(&w);
+}
+
+#[test]
+fn a_new_dispatch_replaces_the_one_in_force_only_when_asked() {
+    let w = world();
+    let replace = |c: usize, plan: &str, reason: &str| {
+        w.cms().request_dispatch_with(
+            &*w.hsm,
+            w.audit(),
+            &serial(c),
+            plan,
+            Some(reason),
+            today(),
+            &actor(),
+        )
+    };
+    // A whole e-mail dispatch, sent.
+    let first = request(&w, 1, "email").unwrap();
+    let job = claim(&w, now(), 1);
+    w.cms().mark_sent(w.audit(), job.id, "250-ok").unwrap();
+    // Done: a new dispatch is refused without `replace`; nothing is written.
+    let before = outbox_rows(&w);
+    let err = request(&w, 1, "counter(2)+sms").unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("is done") && m.contains("replace")),
+        "{err}"
+    );
+    for bad in ["", "  ", "a\u{7}b"] {
+        assert!(matches!(
+            replace(1, "counter(2)+sms", bad),
+            Err(Error::Invalid(_))
+        ));
+    }
+    assert_eq!(outbox_rows(&w), before);
+    // Replaced: the old one superseded, the new one in force.
+    let second = replace(1, "counter(2)+sms", "the holder lost the e-mail").unwrap();
+    assert_eq!(second.request.replaces, Some(first.request.id));
+    assert_eq!(
+        second.request.replace_reason.as_deref(),
+        Some("the holder lost the e-mail")
+    );
+    let old = w.cms().dispatch_request(first.request.id).unwrap().unwrap();
+    assert_eq!(old.superseded_by, Some(second.request.id));
+    assert_eq!(w.cms().job(job.id).unwrap().unwrap().state, JobState::Sent);
+    // Replaced while under way: its unsent parts are cancelled in the same batch.
+    let third = replace(1, "counter(3)+email", "wrong channel").unwrap();
+    for j in &second.jobs {
+        let stored = w.cms().job(j.id).unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Cancelled, "{stored:?}");
+        assert_eq!(stored.cancel_reason.as_deref(), Some("superseded"));
+    }
+    let sup = events(&w, "dispatch.supersede");
+    assert_eq!(sup.len(), 2);
+    assert_eq!(sup[1].details["dispatch"], second.request.id.to_string());
+    assert_eq!(sup[1].details["reason"], "wrong channel");
+    assert_eq!(
+        sup[1].details["cancelled"],
+        format!(
+            "A:counter:{},B:sms:{}",
+            second.jobs[0].id, second.jobs[1].id
+        )
+    );
+    // The card's history lists every dispatch with its parts; its status the one in force.
+    let st = w
+        .cms()
+        .status(w.audit(), &serial(1), today(), &actor())
+        .unwrap();
+    let ids: Vec<u64> = st.dispatches.iter().map(|d| d.request.id).collect();
+    assert_eq!(
+        ids,
+        vec![first.request.id, second.request.id, third.request.id]
+    );
+    assert_eq!(st.dispatches[1].jobs.len(), 2);
+    assert_eq!(
+        st.delivery,
+        vec![pair("A", "counter"), pair("B", "awaiting_counter")]
+    );
+    // Only the dispatch in force has a counter page: part A of counter(3)+email.
+    let p = print_a(&w, 1, None, false).unwrap();
+    assert_eq!(p.slip.courier_plan, "counter(3)+email");
+    // A part being sent cannot be cancelled: the replacement waits.
+    let b = claim(&w, now(), 1);
+    let err = replace(1, "email", "again").unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("being sent now")),
+        "{err}"
+    );
+    w.cms().mark_sent(w.audit(), b.id, "250-ok").unwrap();
+    verify(&w);
+}
+
+#[test]
+fn jobs_and_requests_written_before_the_counter_hand_over_still_read() {
+    // A job and a request as stored before issue 14 (no hand-over, print count, cancel
+    // reason, replacement fields).
+    let job = br#"{"id":7,"request":3,"serial":"803900000001","part":"A","channel":"counter",
+        "digits":2,"state":"counter","attempts":0,"next_attempt_ms":1,
+        "idempotency_key":"00112233445566778899aabbccddeeff","last_error":null,"peer_id":null,
+        "origin":"request","replaces":null,"superseded_by":null,"needs_counter_reprint":false,
+        "actor":"op1","created_ms":1,"updated_ms":1,"claimed_ms":null,"sent_ms":null,
+        "delivered_ms":null}"#;
+    let job: Job = super::registry::decode("dispatch job", job).unwrap();
+    assert_eq!((job.id, job.state, job.prints), (7, JobState::Counter, 0));
+    assert!(job.handed_over_ms.is_none() && job.cancel_reason.is_none());
+    let request = br#"{"id":3,"serial":"803900000001","plan":"counter(2)+sms","jobs":[7,8],
+        "actor":"op1","request_id":"r1","created_ms":1}"#;
+    let request: super::DispatchRequest =
+        super::registry::decode("dispatch request", request).unwrap();
+    assert_eq!(request.jobs, vec![7, 8]);
+    assert!(request.superseded_by.is_none() && request.replaces.is_none());
 }
