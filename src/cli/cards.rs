@@ -375,7 +375,7 @@ fn print_job(j: &JobView) {
         line.push_str(&format!(" (replaces job {r})"));
     }
     if let (Some(by), Some(at)) = (&j.handed_over_by, j.handed_over_ms) {
-        line.push_str(&format!(", handed over by {by} at {at} ms (unix)"));
+        line.push_str(&format!(", handed over by {by} at {}", utc(at)));
     }
     if j.prints > 1 {
         line.push_str(&format!(", printed {} times", j.prints));
