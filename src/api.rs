@@ -41,6 +41,7 @@ mod upload;
 
 pub use auth::{Caller, RateLimits, RequestId, UNSEAL_PER_MINUTE};
 pub use error::ApiError;
+pub use unseal::{UnsealLimits, UnsealRate};
 
 use crate::AppState;
 use axum::http::{header, Method, StatusCode};
