@@ -10,8 +10,9 @@
 //! - **A reserve for unsealing and probes.** Beyond the total cap, up to
 //!   [`EdgeLimits::reserved_connections`] more connections are accepted, and those serve only
 //!   `/healthz`, `/readyz` and `/v1/sys/*` (unseal, seal status): every other request on them is
-//!   `503 busy`, and the connection closes. So custodians can unseal and the orchestrator can
-//!   probe while the cap is hit. (A reserved share of one listener, not a second listener: the
+//!   `503 busy`, and the connection closes. Only an address holding fewer than two connections
+//!   gets one, so a flood from a few addresses cannot take the reserve. So custodians can
+//!   unseal and the orchestrator can probe while the cap is hit. (A reserved share of one listener, not a second listener: the
 //!   custodians and the probes need no other address or port.)
 //! - **Deadlines.** The TLS handshake must end within [`EdgeLimits::handshake_timeout`]. A request
 //!   head must arrive whole within [`EdgeLimits::head_timeout`]: counted from the accept (or the
@@ -173,6 +174,10 @@ struct Registry {
     limits: EdgeLimits,
 }
 
+/// Connections an address may already hold and still get a reserved one: the reserve is for
+/// a custodian or a probe arriving while others flood, not for the flood itself.
+const RESERVE_PER_ADDRESS: u32 = 2;
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -198,7 +203,7 @@ impl Registry {
         let reserved = if c.general < self.limits.max_connections {
             c.general += 1;
             false
-        } else if c.reserved < self.limits.reserved_connections {
+        } else if c.reserved < self.limits.reserved_connections && from_ip < RESERVE_PER_ADDRESS {
             c.reserved += 1;
             true
         } else {
@@ -748,7 +753,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, slot: Slot, serving: Se
 
 /// Logs refusals sparingly: the first, then one line per [`REFUSAL_LOG_EVERY`] with the count.
 struct RefusalLog {
-    since: Instant,
+    /// When the last line was written (`None`: never).
+    since: Option<Instant>,
     per_address: u64,
     total: u64,
 }
@@ -758,20 +764,22 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl RefusalLog {
     fn note(&mut self, why: Refusal, peer: SocketAddr) {
-        let first = self.per_address + self.total == 0;
         match why {
             Refusal::PerAddress => self.per_address += 1,
             Refusal::Total => self.total += 1,
         }
         let now = Instant::now();
-        if first || now.duration_since(self.since) >= REFUSAL_LOG_EVERY {
+        if self
+            .since
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
             tracing::warn!(
                 %peer,
                 refused_per_address = self.per_address,
                 refused_total_cap = self.total,
                 "connections refused: over the connection caps ([limits])"
             );
-            self.since = now;
+            self.since = Some(now);
             self.per_address = 0;
             self.total = 0;
         }
@@ -834,7 +842,7 @@ pub async fn run(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut refusals = RefusalLog {
-        since: Instant::now(),
+        since: None,
         per_address: 0,
         total: 0,
     };
@@ -918,6 +926,18 @@ mod tests {
         assert_eq!(r.admit(b).unwrap_err(), Refusal::Total);
         drop(s1);
         assert!(!r.admit(b).unwrap().reserved);
+        // A flooding address cannot take the reserve.
+        let r = Registry {
+            counts: Arc::default(),
+            limits: EdgeLimits {
+                max_connections: 2,
+                reserved_connections: 4,
+                ..EdgeLimits::default()
+            },
+        };
+        let _held: Vec<Slot> = (0..2).map(|_| r.admit(a).unwrap()).collect();
+        assert_eq!(r.admit(a).unwrap_err(), Refusal::Total);
+        assert!(r.admit(b).unwrap().reserved);
     }
 
     #[tokio::test]

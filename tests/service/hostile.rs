@@ -271,9 +271,20 @@ async fn an_unseal_flood_from_one_address_does_not_delay_a_custodian_at_another(
         "the flood was not rate-limited ({limited} of {sent} refused)"
     );
     let admin = std::fs::read_to_string(data.join("admin-token.txt")).unwrap();
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/v1/accounts", server.url))
+        .bearer_auth(admin.trim())
+        .json(&json!({ "name": "Anna Revisora", "role": "auditor" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auditor = created["token"].as_str().unwrap().to_owned();
     let events: Value = reqwest::Client::new()
         .get(format!("{}/v1/audit?action=hsm.&limit=1000", server.url))
-        .bearer_auth(admin.trim())
+        .bearer_auth(auditor)
         .send()
         .await
         .unwrap()
