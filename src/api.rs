@@ -39,7 +39,7 @@ mod status;
 mod unseal;
 mod upload;
 
-pub use auth::{Caller, RateLimits, RequestId, UNSEAL_PER_MINUTE};
+pub use auth::{Caller, RateLimits, RequestId};
 pub use error::ApiError;
 pub use unseal::{UnsealLimits, UnsealRate};
 
