@@ -1098,6 +1098,38 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.settings().edge, crate::edge::EdgeLimits::default());
+        assert_eq!(c.settings().unseal, crate::api::UnsealLimits::default());
+        let f = file(
+            "[limits]
+idle_timeout_secs = 7
+max_connections_per_address = 9
+",
+        );
+        std::env::set_var("PLICO_T_LIMITS_LIMITS_UNSEAL_PER_MINUTE_PER_ADDRESS", "3");
+        let c = Config::load_from(Some(f.path()), Env::prefixed("PLICO_T_LIMITS_")).unwrap();
+        let s = c.settings();
+        assert_eq!(s.edge.idle_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(s.edge.max_connections_per_address, 9);
+        assert_eq!(s.unseal.per_address_per_minute.get(), 3);
+        assert_eq!(s.edge.head_timeout, crate::edge::DEFAULT_HEAD_TIMEOUT);
+        let f = file(
+            "[limits]
+request_head_timeout_secs = 0
+",
+        );
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[limits]: `request_head_timeout_secs` must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn keys_table() {
         let c = Config::load_from(None, no_env()).unwrap();
         assert_eq!(c.settings().key_approval_window_ms, 8 * 60 * 60 * 1000);

@@ -8,6 +8,9 @@
 //! - [`serve`] runs that router on a listener, with rustls when TLS is configured, until a
 //!   shutdown future resolves ([`shutdown_signal`]: SIGINT or SIGTERM), then drains in-flight
 //!   requests.
+//! - [`edge`] is the listener's accept loop under [`serve`]: connection caps (in total, per
+//!   client address, and a reserve for the probes and `/v1/sys/*`), deadlines for the TLS
+//!   handshake, the request head and idle keep-alive, and a least request body rate.
 //! - [`config`] reads the TOML file and `PLICO_*` environment overrides.
 //! - [`api`] holds one module per resource and the single [`api::ApiError`]; its route table
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
