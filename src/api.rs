@@ -39,8 +39,9 @@ mod status;
 mod unseal;
 mod upload;
 
-pub use auth::{Caller, RateLimits, RequestId, UNSEAL_PER_MINUTE};
+pub use auth::{Caller, RateLimits, RequestId};
 pub use error::ApiError;
+pub use unseal::{UnsealLimits, UnsealRate};
 
 use crate::AppState;
 use axum::http::{header, Method, StatusCode};

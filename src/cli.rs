@@ -27,6 +27,7 @@ mod mailers;
 mod registry;
 mod reports;
 mod serve;
+mod show;
 mod status;
 mod time;
 mod unseal;

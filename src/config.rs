@@ -26,6 +26,16 @@
 //!
 //! [limits]
 //! sensitive_per_minute = 30          # per account, on routes that reveal tokens or codes
+//! handshake_timeout_secs = 10        # a TLS handshake must end within this
+//! request_head_timeout_secs = 10     # a whole request head must arrive within this
+//! idle_timeout_secs = 60             # a kept-alive connection silent this long is closed
+//! max_connections = 4096             # at once (lowered to fit the limit of open files)
+//! max_connections_per_address = 256  # at once from one client address
+//! reserved_connections = 32          # beyond max_connections, for /healthz, /readyz, /v1/sys/*
+//! min_body_bytes_per_sec = 1024      # least request body rate, over each window of waiting
+//! body_rate_window_secs = 10
+//! unseal_per_minute_per_address = 20 # share submissions from one client address
+//! unseal_per_minute = 600            # share submissions from everyone together
 //!
 //! [import]
 //! max_upload_bytes = 2147483648      # largest batch file accepted (2 GiB), checked while streaming
@@ -86,7 +96,8 @@
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
 //! `PLICO_LISTEN`, `PLICO_TLS_CERT`, `PLICO_TLS_KEY`, `PLICO_LOG_FORMAT`, `PLICO_STORE_CACHE_MIB`,
 //! `PLICO_CODES_PIN_MIN`
-//! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE`,
+//! and so on, `PLICO_AUDIT_CHECKPOINT_EVERY`, `PLICO_LIMITS_SENSITIVE_PER_MINUTE` (and every
+//! other `[limits]` key: `PLICO_LIMITS_IDLE_TIMEOUT_SECS` and so on),
 //! `PLICO_IMPORT_MAX_UPLOAD_BYTES`, `PLICO_IMPORT_SERIAL_MIN_LEN` and so on,
 //! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`, `PLICO_MAILERS_OUT_DIR`, `PLICO_MAILERS_PER_FILE`,
 //! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
@@ -130,6 +141,37 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "PLICO_LIMITS_SENSITIVE_PER_MINUTE",
         "limits.sensitive_per_minute",
     ),
+    (
+        "PLICO_LIMITS_HANDSHAKE_TIMEOUT_SECS",
+        "limits.handshake_timeout_secs",
+    ),
+    (
+        "PLICO_LIMITS_REQUEST_HEAD_TIMEOUT_SECS",
+        "limits.request_head_timeout_secs",
+    ),
+    ("PLICO_LIMITS_IDLE_TIMEOUT_SECS", "limits.idle_timeout_secs"),
+    ("PLICO_LIMITS_MAX_CONNECTIONS", "limits.max_connections"),
+    (
+        "PLICO_LIMITS_MAX_CONNECTIONS_PER_ADDRESS",
+        "limits.max_connections_per_address",
+    ),
+    (
+        "PLICO_LIMITS_RESERVED_CONNECTIONS",
+        "limits.reserved_connections",
+    ),
+    (
+        "PLICO_LIMITS_MIN_BODY_BYTES_PER_SEC",
+        "limits.min_body_bytes_per_sec",
+    ),
+    (
+        "PLICO_LIMITS_BODY_RATE_WINDOW_SECS",
+        "limits.body_rate_window_secs",
+    ),
+    (
+        "PLICO_LIMITS_UNSEAL_PER_MINUTE_PER_ADDRESS",
+        "limits.unseal_per_minute_per_address",
+    ),
+    ("PLICO_LIMITS_UNSEAL_PER_MINUTE", "limits.unseal_per_minute"),
     ("PLICO_IMPORT_MAX_UPLOAD_BYTES", "import.max_upload_bytes"),
     ("PLICO_IMPORT_MAX_CONCURRENT", "import.max_concurrent"),
     ("PLICO_IMPORT_SERIAL_MIN_LEN", "import.serial.min_len"),
@@ -604,19 +646,109 @@ impl Default for AuditConfig {
     }
 }
 
-/// The `[limits]` table.
+/// The `[limits]` table: rates, and the listener's connection caps and deadlines
+/// ([`crate::edge`]). Every value must be at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Calls per minute and account on sensitive routes (those that reveal tokens or codes);
-    /// at least 1.
+    /// Calls per minute and account on sensitive routes (those that reveal tokens or codes).
     pub sensitive_per_minute: u32,
+    /// Longest TLS handshake, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// Longest wait for a whole request head, in seconds.
+    pub request_head_timeout_secs: u64,
+    /// Longest silence of a kept-alive connection, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Connections at once (lowered at start to fit the limit of open files).
+    pub max_connections: u32,
+    /// Connections at once from one client address.
+    pub max_connections_per_address: u32,
+    /// Connections beyond `max_connections` that serve only the probes and `/v1/sys/*`.
+    pub reserved_connections: u32,
+    /// Least request body rate, in bytes a second, over each window of waiting.
+    pub min_body_bytes_per_sec: u32,
+    /// The window of the body rate, in seconds.
+    pub body_rate_window_secs: u64,
+    /// Unseal submissions a minute from one client address.
+    pub unseal_per_minute_per_address: u32,
+    /// Unseal submissions a minute from everyone together.
+    pub unseal_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let edge = crate::edge::EdgeLimits::default();
+        let unseal = crate::api::UnsealLimits::default();
         LimitsConfig {
             sensitive_per_minute: crate::DEFAULT_SENSITIVE_PER_MINUTE.get(),
+            handshake_timeout_secs: edge.handshake_timeout.as_secs(),
+            request_head_timeout_secs: edge.head_timeout.as_secs(),
+            idle_timeout_secs: edge.idle_timeout.as_secs(),
+            max_connections: edge.max_connections,
+            max_connections_per_address: edge.max_connections_per_address,
+            reserved_connections: edge.reserved_connections,
+            min_body_bytes_per_sec: edge.min_body_bytes_per_sec,
+            body_rate_window_secs: edge.body_rate_window.as_secs(),
+            unseal_per_minute_per_address: unseal.per_address_per_minute.get(),
+            unseal_per_minute: unseal.per_minute.get(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The names of the keys that are 0 (each must be at least 1).
+    fn zeros(&self) -> Vec<&'static str> {
+        let l = self;
+        [
+            ("sensitive_per_minute", u64::from(l.sensitive_per_minute)),
+            ("handshake_timeout_secs", l.handshake_timeout_secs),
+            ("request_head_timeout_secs", l.request_head_timeout_secs),
+            ("idle_timeout_secs", l.idle_timeout_secs),
+            ("max_connections", u64::from(l.max_connections)),
+            (
+                "max_connections_per_address",
+                u64::from(l.max_connections_per_address),
+            ),
+            ("reserved_connections", u64::from(l.reserved_connections)),
+            (
+                "min_body_bytes_per_sec",
+                u64::from(l.min_body_bytes_per_sec),
+            ),
+            ("body_rate_window_secs", l.body_rate_window_secs),
+            (
+                "unseal_per_minute_per_address",
+                u64::from(l.unseal_per_minute_per_address),
+            ),
+            ("unseal_per_minute", u64::from(l.unseal_per_minute)),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v == 0)
+        .map(|(k, _)| k)
+        .collect()
+    }
+
+    /// The listener's limits.
+    pub fn edge(&self) -> crate::edge::EdgeLimits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        crate::edge::EdgeLimits {
+            handshake_timeout: secs(self.handshake_timeout_secs),
+            head_timeout: secs(self.request_head_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            reserved_connections: self.reserved_connections.max(1),
+            min_body_bytes_per_sec: self.min_body_bytes_per_sec.max(1),
+            body_rate_window: secs(self.body_rate_window_secs),
+        }
+    }
+
+    /// The unseal route's limits.
+    pub fn unseal(&self) -> crate::api::UnsealLimits {
+        let d = crate::api::UnsealLimits::default();
+        crate::api::UnsealLimits {
+            per_address_per_minute: std::num::NonZeroU32::new(self.unseal_per_minute_per_address)
+                .unwrap_or(d.per_address_per_minute),
+            per_minute: std::num::NonZeroU32::new(self.unseal_per_minute).unwrap_or(d.per_minute),
         }
     }
 }
@@ -781,9 +913,9 @@ impl Config {
                 "{origin}: [import]: `max_concurrent` must be at least 1"
             )));
         }
-        if self.limits.sensitive_per_minute == 0 {
+        if let Some(key) = self.limits.zeros().first() {
             return Err(ConfigError(format!(
-                "{origin}: [limits]: `sensitive_per_minute` must be at least 1"
+                "{origin}: [limits]: `{key}` must be at least 1"
             )));
         }
         if self.keys.approval_window_secs == 0 || self.keys.rewrap_chunk == 0 {
@@ -876,6 +1008,8 @@ impl Config {
             key_approval_window_ms: self.keys.approval_window_secs.max(1).saturating_mul(1000),
             rewrap_chunk: self.keys.rewrap_chunk.max(1),
             rewrap_pause_ms: self.keys.rewrap_pause_ms,
+            edge: self.limits.edge(),
+            unseal: self.limits.unseal(),
         }
     }
 
@@ -961,6 +1095,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sensitive_per_minute"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.settings().edge, crate::edge::EdgeLimits::default());
+        assert_eq!(c.settings().unseal, crate::api::UnsealLimits::default());
+        let f = file(
+            "[limits]
+idle_timeout_secs = 7
+max_connections_per_address = 9
+",
+        );
+        std::env::set_var("PLICO_T_LIMITS_LIMITS_UNSEAL_PER_MINUTE_PER_ADDRESS", "3");
+        let c = Config::load_from(Some(f.path()), Env::prefixed("PLICO_T_LIMITS_")).unwrap();
+        let s = c.settings();
+        assert_eq!(s.edge.idle_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(s.edge.max_connections_per_address, 9);
+        assert_eq!(s.unseal.per_address_per_minute.get(), 3);
+        assert_eq!(s.edge.head_timeout, crate::edge::DEFAULT_HEAD_TIMEOUT);
+        let f = file(
+            "[limits]
+request_head_timeout_secs = 0
+",
+        );
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[limits]: `request_head_timeout_secs` must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

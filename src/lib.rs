@@ -8,6 +8,9 @@
 //! - [`serve`] runs that router on a listener, with rustls when TLS is configured, until a
 //!   shutdown future resolves ([`shutdown_signal`]: SIGINT or SIGTERM), then drains in-flight
 //!   requests.
+//! - [`edge`] is the listener's accept loop under [`serve`]: connection caps (in total, per
+//!   client address, and a reserve for the probes and `/v1/sys/*`), deadlines for the TLS
+//!   handshake, the request head and idle keep-alive, and a least request body rate.
 //! - [`config`] reads the TOML file and `PLICO_*` environment overrides.
 //! - [`api`] holds one module per resource and the single [`api::ApiError`]; its route table
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
@@ -36,6 +39,7 @@
 pub mod api;
 pub mod config;
 pub mod delivery;
+pub mod edge;
 pub mod mailers;
 pub mod tls;
 
@@ -98,6 +102,10 @@ pub struct AppState {
     /// Runs the unfinished key job on a blocking thread, one at a time, and knows where new
     /// rekey shares are written (`[keys]`).
     pub key_runner: Arc<api::keys::KeyRunner>,
+    /// The listener's connection caps and deadlines, applied by [`serve`].
+    pub edge: edge::EdgeLimits,
+    /// The unseal route's rate limits: per client address, and a global ceiling.
+    pub unseal_rate: Arc<api::UnsealRate>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -130,6 +138,10 @@ pub struct Settings {
     /// Pause after each rewrap chunk, in ms, to leave the HSM to delivery (`[keys]
     /// rewrap_pause_ms`; 0: none).
     pub rewrap_pause_ms: u64,
+    /// The listener's connection caps and deadlines (`[limits]`).
+    pub edge: edge::EdgeLimits,
+    /// The unseal route's rate limits (`[limits]`).
+    pub unseal: api::UnsealLimits,
 }
 
 /// Days audit events are kept at least when nothing says otherwise: 24 months.
@@ -173,6 +185,8 @@ impl Default for Settings {
             key_approval_window_ms: vault::ceremony::DEFAULT_WINDOW_MS,
             rewrap_chunk: DEFAULT_REWRAP_CHUNK,
             rewrap_pause_ms: 0,
+            edge: edge::EdgeLimits::default(),
+            unseal: api::UnsealLimits::default(),
         }
     }
 }
@@ -253,6 +267,8 @@ impl AppState {
             key_runner: Arc::new(api::keys::KeyRunner::new(Duration::from_millis(
                 settings.rewrap_pause_ms,
             ))),
+            edge: settings.edge,
+            unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             unseal_lock: Arc::new(Mutex::new(())),
         })
     }
@@ -392,16 +408,12 @@ where
 {
     let addr = listener.local_addr()?;
     check_listen(addr, tls.is_some())?;
-    listener.set_nonblocking(true)?;
 
-    let handle = axum_server::Handle::new();
-    let watcher = handle.clone();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining requests");
         let _ = stop.send(true);
-        watcher.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
 
     let sweeps = tokio::spawn(expiry_sweeps(state.clone(), SWEEP_CHECK_EVERY));
@@ -414,7 +426,7 @@ where
             Some(tokio::spawn(delivery::run_workers(
                 state.clone(),
                 d,
-                stopping,
+                stopping.clone(),
             ))),
         ),
         None => (
@@ -425,23 +437,21 @@ where
             None,
         ),
     };
-    let service = app(state).into_make_service();
-    let served = match tls {
-        Some(tls) => {
-            tracing::info!(%addr, "serving https");
-            axum_server::from_tcp_rustls(listener, tls.into_rustls())
-                .handle(handle)
-                .serve(service)
-                .await
-        }
-        None => {
-            tracing::info!(%addr, "serving plain http on loopback");
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await
-        }
-    };
+    let limits = state.edge;
+    let router = app(state);
+    match &tls {
+        Some(_) => tracing::info!(%addr, "serving https"),
+        None => tracing::info!(%addr, "serving plain http on loopback"),
+    }
+    let served = edge::run(
+        listener,
+        router,
+        tls.map(|t| t.acceptor()),
+        limits,
+        stopping,
+        SHUTDOWN_GRACE,
+    )
+    .await;
     sweeps.abort();
     key_jobs_task.abort();
     // A running key job stops after its current chunk; it carries on at the next start.

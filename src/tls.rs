@@ -7,7 +7,6 @@
 //!
 //! Errors name the file; an error about the private key never repeats any of its content.
 
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
@@ -17,7 +16,7 @@ use std::sync::Arc;
 /// A loaded server certificate and key, ready for the listener.
 #[derive(Clone)]
 pub struct TlsConfig {
-    inner: RustlsConfig,
+    inner: Arc<rustls::ServerConfig>,
     cert: PathBuf,
 }
 
@@ -94,14 +93,14 @@ impl TlsConfig {
             })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsConfig {
-            inner: RustlsConfig::from_config(Arc::new(config)),
+            inner: Arc::new(config),
             cert: cert.to_owned(),
         })
     }
 
-    /// The form axum-server takes.
-    pub fn into_rustls(self) -> RustlsConfig {
-        self.inner
+    /// The acceptor the listener runs each connection's handshake with.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.inner.clone())
     }
 }
 

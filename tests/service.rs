@@ -33,6 +33,8 @@ mod delivery;
 mod dispatch_crash;
 #[path = "service/dispatch.rs"]
 mod dispatches;
+#[path = "service/hostile.rs"]
+mod hostile;
 #[path = "service/import_crash.rs"]
 mod import_crash;
 #[path = "service/keys.rs"]

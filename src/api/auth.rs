@@ -88,20 +88,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Per-account rate limits (governor, keyed by account id), and one global limit on share
-/// submissions (the unseal route is public: custodians are not accounts).
+/// Per-account rate limits (governor, keyed by account id). The public unseal route has its
+/// own, per client address (`api::UnsealRate`).
 pub struct RateLimits {
     sensitive: DefaultKeyedRateLimiter<String>,
     per_minute: NonZeroU32,
-    unseal: governor::DefaultDirectRateLimiter,
 }
-
-/// Share submissions (and resets) accepted per minute, from anyone: far above what custodians
-/// type, far below what would flood the audit chain.
-pub const UNSEAL_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(60) {
-    Some(n) => n,
-    None => NonZeroU32::MIN,
-};
 
 fn wait_secs(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -121,16 +113,7 @@ impl RateLimits {
         RateLimits {
             sensitive: RateLimiter::keyed(Quota::per_minute(per_minute)),
             per_minute,
-            unseal: RateLimiter::direct(Quota::per_minute(UNSEAL_PER_MINUTE)),
         }
-    }
-
-    /// `Ok` if one more share submission is allowed now, else the seconds to wait.
-    ///
-    /// # Errors
-    /// The whole seconds (at least 1) until the next submission would be allowed.
-    pub fn check_unseal(&self) -> Result<(), u64> {
-        self.unseal.check().map_err(|n| wait_secs(&n))
     }
 
     /// `Ok` if `account` may make one more call of `class` now, else the seconds to wait.

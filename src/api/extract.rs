@@ -1,5 +1,5 @@
-//! `JsonBody`: the JSON request extractor of the API; and [`query`], the reading of query
-//! strings with errors in the API's shape.
+//! `JsonBody`: the JSON request extractor of the API; [`query`], the reading of query
+//! strings with errors in the API's shape; and [`ClientAddr`], the client's address.
 //!
 //! It differs from `axum::Json` in what it says when a body is refused: its errors are
 //! [`ApiError`]s in the API's JSON shape, and they never quote the body. serde's own messages
@@ -15,6 +15,27 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroize;
+
+/// The client's IP address, as the listener accepted it (`None` for a request that did not come
+/// through a socket, as in tests that call the router directly).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
 
 /// A request body parsed from JSON.
 #[derive(Debug)]

@@ -125,10 +125,8 @@ pub fn run(args: AccountsArgs) -> Result<()> {
             AccountsCommand::List { json } => {
                 let list: List = client.get("/v1/accounts").await?;
                 if *json {
-                    let text = serde_json::to_string_pretty(
-                        &serde_json::json!({ "accounts": list.accounts }),
-                    )
-                    .context("cannot format the list")?;
+                    let text = super::show::json(&serde_json::json!({ "accounts": list.accounts }))
+                        .context("cannot format the list")?;
                     println!("{text}");
                 } else {
                     print_table(&list.accounts);
@@ -213,7 +211,7 @@ fn print_table(accounts: &[AccountView]) {
             a.role.as_str(),
             if a.disabled { "disabled" } else { "enabled" },
             if a.has_password { "yes" } else { "no" },
-            a.name
+            super::show::line(&a.name)
         );
     }
 }

@@ -358,7 +358,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!(
         "{}",
-        serde_json::to_string_pretty(value).context("cannot format the answer")?
+        super::show::json(value).context("cannot format the answer")?
     );
     Ok(())
 }

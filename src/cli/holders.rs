@@ -100,20 +100,20 @@ fn print_holder(h: &HolderMatch) {
     println!(
         "holder {}: {} {}, born {}, codice fiscale {}{}",
         h.id,
-        p.given_names,
-        p.surname,
+        super::show::line(&p.given_names),
+        super::show::line(&p.surname),
         p.birth_date,
         p.codice_fiscale,
         if h.deceased { " (DECEASED)" } else { "" }
     );
     if let Some(e) = &p.email {
-        println!("  e-mail:  {e}");
+        println!("  e-mail:  {}", super::show::line(e));
     }
     if let Some(m) = &p.mobile {
-        println!("  mobile:  {m}");
+        println!("  mobile:  {}", super::show::line(m));
     }
     if let Some(a) = &p.address {
-        println!("  address: {a}");
+        println!("  address: {}", super::show::line(a));
     }
     for c in &h.cards {
         println!("  card {}: {}", c.serial, c.state);

@@ -442,8 +442,12 @@ fn print_proposal(p: &Proposal) {
     if let Some(k) = p.kcv {
         println!("kcv:       {k}");
     }
-    println!("reason:    {}", p.reason);
-    println!("proposer:  {} at {}", p.proposer, utc(p.proposed_ms));
+    println!("reason:    {}", super::show::line(&p.reason));
+    println!(
+        "proposer:  {} at {}",
+        super::show::line(&p.proposer),
+        utc(p.proposed_ms)
+    );
     println!("expires:   {}", utc(p.expires_ms));
     if let Some(a) = &p.approver {
         println!(

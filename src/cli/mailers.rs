@@ -300,7 +300,7 @@ async fn run_print(client: &Client, a: &RunArgs) -> Result<()> {
 fn print_run(r: &RunView) {
     let rec = &r.record;
     println!("run:       {}", rec.id);
-    println!("label:     {}", rec.label);
+    println!("label:     {}", super::show::line(&rec.label));
     println!("state:     {}", rec.state);
     if let Some(b) = &rec.batch {
         println!("batch:     {b}");
@@ -323,7 +323,7 @@ fn print_run(r: &RunView) {
         println!("           {f}");
     }
     if let Some(e) = &rec.error {
-        println!("error:     {e}");
+        println!("error:     {}", super::show::line(e));
     }
 }
 

@@ -5,6 +5,7 @@
 //! server.
 
 use super::client::{AuthArgs, Client, ServerArgs};
+use super::show;
 use super::time::utc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -118,16 +119,13 @@ pub fn run(args: ReportsArgs) -> Result<()> {
                 }
                 let page: ReportPage = client.get(&path).await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&page).context("cannot format the list")?
-                    );
+                    println!("{}", show::json(&page).context("cannot format the list")?);
                 } else {
                     if page.reports.is_empty() {
                         println!("no report");
                     }
                     for r in &page.reports {
-                        print_report(r);
+                        print!("{}", render_report(r));
                     }
                     if let Some(next) = page.next {
                         eprintln!("more: --after {next}");
@@ -154,10 +152,10 @@ pub fn run(args: ReportsArgs) -> Result<()> {
         if json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report).context("cannot format the report")?
+                show::json(&report).context("cannot format the report")?
             );
         } else {
-            print_report(&report);
+            print!("{}", render_report(&report));
         }
         Ok(())
     })
@@ -170,33 +168,66 @@ fn name<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn print_report(r: &ReportView) {
-    let mut head = format!("report {}: {}", r.id, name(&r.state));
+/// A report as the terminal shows it: every stored text escaped ([`show`]).
+fn render_report(r: &ReportView) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("report {}: {}", r.id, show::line(&name(&r.state)));
     if let Some(card) = &r.card {
-        head.push_str(&format!(", card {card}"));
+        let _ = write!(out, ", card {}", show::line(card));
     }
-    head.push_str(&format!(
+    let _ = write!(
+        out,
         ", opened by {} at {}",
-        r.opened_by,
+        show::line(&r.opened_by),
         utc(r.opened_ms)
-    ));
+    );
     if let Some(a) = &r.assignee {
-        head.push_str(&format!(", assigned to {a}"));
+        let _ = write!(out, ", assigned to {}", show::line(a));
     }
-    println!("{head}");
-    println!("  title: {}", r.title);
-    println!("  text:  {}", r.text);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  title: {}", show::line(&r.title));
+    let _ = writeln!(out, "  text:  {}", show::lines(&r.text));
     for c in &r.comments {
-        println!("  comment by {} at {}: {}", c.by, utc(c.at_ms), c.text);
+        let _ = writeln!(
+            out,
+            "  comment by {} at {}: {}",
+            show::line(&c.by),
+            utc(c.at_ms),
+            show::lines(&c.text)
+        );
     }
+    out
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use clap::Parser;
+    use super::*;
+    use plico::api::reports::CommentView;
+
+    #[test]
+    fn stored_escapes_do_not_reach_the_terminal() {
+        // A report stored before input was checked, or by another writer.
+        let r: ReportView = serde_json::from_value(json!({
+            "id": 1, "card": null, "state": "open", "opened_by": "op\u{1b}[2J",
+            "opened_ms": 0, "assignee": null, "closed_ms": null,
+            "title": "\u{1b}]0;pwned\u{7}title\r", "text": "line 1\nline\u{202e} 2\u{9b}",
+            "comments": [{ "by": "s", "at_ms": 1, "text": "\u{1b}[31mred" }],
+        }))
+        .unwrap();
+        let _: &Vec<CommentView> = &r.comments;
+        let out = render_report(&r);
+        assert!(!out.bytes().any(|b| b < 0x20 && b != b'\n'), "{out:?}");
+        assert!(
+            !out.contains('\u{202e}') && !out.contains('\u{9b}'),
+            "{out:?}"
+        );
+        assert!(out.contains("\\u{1b}]0;pwned\\u{7}title\\u{d}"), "{out}");
+    }
 
     #[test]
     fn assign_takes_the_api_field_name_and_keeps_to() {
+        use clap::Parser;
         for flag in ["--assignee", "--to"] {
             let args = crate::cli::Args::try_parse_from([
                 "plico", "reports", "assign", "3", flag, "acc_x",

@@ -812,23 +812,29 @@ async fn audit_prune_keeps_the_retention_period_and_is_audited() {
 }
 
 #[tokio::test]
-async fn share_submissions_are_rate_limited_globally() {
+async fn share_submissions_are_rate_limited_per_address() {
     let f = Fixture::new();
-    let per_minute = plico::api::UNSEAL_PER_MINUTE.get();
+    let per_minute = plico::api::UnsealLimits::default()
+        .per_address_per_minute
+        .get();
+    let from = |ip: [u8; 4]| {
+        let mut r = request(
+            &Method::POST,
+            "/v1/sys/unseal",
+            None,
+            Some(json!({"share": "not a share"})),
+        );
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                ip, 40000,
+            ))));
+        r
+    };
     let mut limited = None;
-    // The quota refills one call a second: on a loaded machine a refill may land during the
-    // burst, so allow a few extra calls, but the limit must bite.
+    // The quota refills evenly over the minute: on a loaded machine a refill may land during
+    // the burst, so allow a few extra calls, but the limit must bite.
     for i in 0..per_minute + 10 {
-        let a = send(
-            &f.app,
-            request(
-                &Method::POST,
-                "/v1/sys/unseal",
-                None,
-                Some(json!({"share": "not a share"})),
-            ),
-        )
-        .await;
+        let a = send(&f.app, from([127, 0, 0, 2])).await;
         if a.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(i);
             break;
@@ -839,4 +845,7 @@ async fn share_submissions_are_rate_limited_globally() {
         (per_minute..per_minute + 10).contains(&at),
         "limited at call {at}"
     );
+    // Another address is not held back by the first one's flood.
+    let a = send(&f.app, from([127, 0, 0, 3])).await;
+    assert_ne!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
 }

@@ -242,10 +242,8 @@ pub fn validate_name(name: &str) -> std::result::Result<(), Invalid> {
             "name: at most {NAME_MAX_CHARS} characters, got {n}"
         )));
     }
-    if name.chars().any(char::is_control) {
-        return Err(Invalid(
-            "name: must not contain control characters".to_owned(),
-        ));
+    if let Err(e) = crate::text::check("name", name, crate::text::Kind::Line) {
+        return Err(Invalid(e.to_string()));
     }
     Ok(())
 }

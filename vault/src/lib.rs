@@ -46,6 +46,7 @@ pub mod keyring;
 pub mod policy;
 pub mod secret;
 pub mod store;
+pub mod text;
 
 pub use account::{Account, AccountView, Accounts, Actor, Role};
 pub use envelope::{DataKeyId, Envelope, Opener, Sealer};

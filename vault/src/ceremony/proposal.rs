@@ -242,11 +242,8 @@ pub fn check_reason(reason: &str) -> Result<String> {
             "reason: at most {REASON_MAX_CHARS} characters"
         )));
     }
-    if r.chars().any(char::is_control) {
-        return Err(Error::Invalid(
-            "reason: control characters are not allowed".into(),
-        ));
-    }
+    crate::text::check("reason", r, crate::text::Kind::Line)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(r.to_string())
 }
 

@@ -59,7 +59,10 @@ impl Activation {
     fn check(&self) -> Result<()> {
         let field = |name: &str, v: &str, max: usize| -> Result<()> {
             let v = v.trim();
-            if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+            if v.is_empty()
+                || v.chars().count() > max
+                || crate::text::check(name, v, crate::text::Kind::Line).is_err()
+            {
                 return Err(Error::Invalid(format!(
                     "activation: {name} must be 1 to {max} printable characters"
                 )));

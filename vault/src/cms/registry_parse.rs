@@ -337,7 +337,10 @@ pub fn normalise_address(input: &str) -> Result<Option<String>, AddressError> {
     if count > MAX_ADDRESS_CHARS {
         return Err(AddressError::TooLong(count));
     }
-    if let Some(i) = address.chars().position(char::is_control) {
+    if let Some(i) = address
+        .chars()
+        .position(|c| crate::text::is_unsafe(c, crate::text::Kind::Line))
+    {
         return Err(AddressError::Control(i + 1));
     }
     Ok(Some(address))

@@ -104,11 +104,13 @@ pub enum ReportStep {
     Close(String),
 }
 
-fn text_ok(what: &str, t: &str, max: usize) -> Result<()> {
+/// Checks a free text: 1 to `max` characters, none that could act on a reader's terminal
+/// ([`crate::text::check`]).
+fn text_ok(what: &str, t: &str, max: usize, kind: crate::text::Kind) -> Result<()> {
     if t.trim().is_empty() || t.chars().count() > max {
         return Err(Error::Invalid(format!("{what}: 1 to {max} characters")));
     }
-    Ok(())
+    crate::text::check(what, t, kind).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 impl Cms {
@@ -170,8 +172,8 @@ impl Cms {
         text: &str,
         actor: &Actor,
     ) -> Result<Report> {
-        text_ok("title", title, MAX_TITLE)?;
-        text_ok("text", text, MAX_TEXT)?;
+        text_ok("title", title, MAX_TITLE, crate::text::Kind::Line)?;
+        text_ok("text", text, MAX_TEXT, crate::text::Kind::MultiLine)?;
         let _ops = self.ops_lock();
         if let Some(c) = card {
             if self.card(c)?.is_none() {
@@ -273,8 +275,10 @@ impl Cms {
         actor: &Actor,
     ) -> Result<Report> {
         match step {
-            ReportStep::Comment(t) | ReportStep::Close(t) => text_ok("comment", t, MAX_TEXT)?,
-            ReportStep::Assign(who) => text_ok("assignee", who, 64)?,
+            ReportStep::Comment(t) | ReportStep::Close(t) => {
+                text_ok("comment", t, MAX_TEXT, crate::text::Kind::MultiLine)?
+            }
+            ReportStep::Assign(who) => text_ok("assignee", who, 64, crate::text::Kind::Line)?,
         }
         let _ops = self.ops_lock();
         let mut r = self.stored_report(id)?;
