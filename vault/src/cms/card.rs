@@ -66,11 +66,13 @@ pub enum Reason {
     Expired,
     /// Anything else.
     Other,
+    /// Its codes were destroyed: a key officer shredded its batch (with `force`).
+    CodesDestroyed,
 }
 
 impl Reason {
     /// Every reason, in a fixed order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Lost,
         Reason::Stolen,
         Reason::Damaged,
@@ -82,6 +84,7 @@ impl Reason {
         Reason::Replaced,
         Reason::Expired,
         Reason::Other,
+        Reason::CodesDestroyed,
     ];
 
     /// The persisted name.
@@ -98,6 +101,7 @@ impl Reason {
             Reason::Replaced => "replaced",
             Reason::Expired => "expired",
             Reason::Other => "other",
+            Reason::CodesDestroyed => "codes_destroyed",
         }
     }
 

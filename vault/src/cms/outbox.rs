@@ -188,6 +188,9 @@ pub enum JobState {
     Dead,
     /// Replaced by a resend before it went out.
     Superseded,
+    /// Cancelled before it went out: the card's codes were destroyed (a forced shred of its
+    /// batch, [`crate::ceremony`]).
+    Cancelled,
 }
 
 impl JobState {
@@ -202,7 +205,17 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Dead => "dead",
             JobState::Superseded => "superseded",
+            JobState::Cancelled => "cancelled",
         }
+    }
+
+    /// Counter, queued or failed: not gone out, so a shred of the codes cancels it (a
+    /// `sending` job is left to its worker, whose release of the codes then fails).
+    pub fn cancellable(self) -> bool {
+        matches!(
+            self,
+            JobState::Counter | JobState::Queued | JobState::Failed
+        )
     }
 
     /// Queued, sending or failed: on its way.
@@ -351,7 +364,10 @@ impl Job {
         match self.state {
             JobState::Queued | JobState::Sending | JobState::Failed | JobState::Dead => true,
             JobState::Sent => self.channel.receipt_expected(),
-            JobState::Counter | JobState::Delivered | JobState::Superseded => false,
+            JobState::Counter
+            | JobState::Delivered
+            | JobState::Superseded
+            | JobState::Cancelled => false,
         }
     }
 
@@ -730,6 +746,39 @@ impl Cms {
             }
         }
         Ok(jobs)
+    }
+
+    /// Adds to `b` the cancellation of every job of card `serial` that has not gone out
+    /// ([`JobState::cancellable`]): each becomes `cancelled`, `why` as its last error, leaving
+    /// the due and overdue indexes. Returns the jobs with their `dispatch.cancel` events, for
+    /// the caller to commit with `b` (a shred that destroys the card's codes). The caller
+    /// holds the ops lock.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn cancel_jobs_into(
+        &self,
+        serial: &str,
+        why: &str,
+        now_ms: u64,
+        b: &mut Batch,
+    ) -> Result<Vec<(Job, NewEvent)>> {
+        let mut out = Vec::new();
+        for old in self.jobs_of(serial)? {
+            if !old.state.cancellable() {
+                continue;
+            }
+            let mut job = old.clone();
+            job.state = JobState::Cancelled;
+            job.last_error = Some(clean_error(why));
+            job.updated_ms = now_ms;
+            put_job(b, Some(&old), &job)?;
+            let event = job_event("dispatch.cancel", &job)
+                .detail("from", old.state.as_str())
+                .detail("why", clean_error(why));
+            out.push((job, event));
+        }
+        Ok(out)
     }
 
     /// The latest job of each part of a card, by part.
