@@ -71,8 +71,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in a fixed order.
-    pub const ALL: [Reason; 12] = [
+    /// Every reason a caller may give, in a fixed order (`codes_destroyed` is not among them:
+    /// only a shred of the card's batch gives it).
+    pub const ALL: [Reason; 11] = [
         Reason::Lost,
         Reason::Stolen,
         Reason::Damaged,
@@ -84,7 +85,6 @@ impl Reason {
         Reason::Replaced,
         Reason::Expired,
         Reason::Other,
-        Reason::CodesDestroyed,
     ];
 
     /// The persisted name.
@@ -218,5 +218,6 @@ mod tests {
             assert_eq!(Reason::parse(r.as_str()).unwrap(), r);
         }
         assert!(Reason::parse("bored").is_err());
+        assert!(Reason::parse(Reason::CodesDestroyed.as_str()).is_err());
     }
 }
