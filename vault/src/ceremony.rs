@@ -37,7 +37,8 @@
 //! only recommends).
 //!
 //! Locks, in order: the proposal lock (one change to proposals at a time), the job runner lock
-//! (one thread runs the job), then the code vault's commit and keyring locks.
+//! (one thread runs the job), the registry's ops lock (a shred's destroy phase, so that no
+//! card of the batch changes until its write), then the code vault's commit and keyring locks.
 
 pub mod impact;
 pub mod job;
