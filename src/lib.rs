@@ -234,6 +234,7 @@ impl AppState {
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
         let codes = Arc::new(codes);
+        let cms = Arc::new(Cms::new(codes.clone()));
         let keys = Ceremonies::new(
             codes.clone(),
             audit.clone(),
@@ -245,13 +246,14 @@ impl AppState {
                 insecure_allow_single_share: hsm.status().dev,
                 ..CeremonyPolicy::default()
             },
-        );
+        )
+        .with_cms(cms.clone());
         let mut bulk =
             api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports);
         bulk.registry_max_upload_bytes = settings.registry_max_upload_bytes;
         Ok(AppState {
             hsm,
-            cms: Arc::new(Cms::new(codes.clone())),
+            cms,
             codes,
             import_rules: Arc::new(import_rules),
             bulk,

@@ -731,6 +731,9 @@ impl Hsm for SimulatedHsm {
         let set = new_share_set(&self.rng, shares, threshold, dev)?;
         let root = random_key(&self.rng)?;
         let mut file = inner.file.clone();
+        // A development HSM rekeyed to a threshold of 2 or more is a production one from
+        // then on: `serve` (without --dev) opens it and its custodians unseal it.
+        file.body.dev = dev && threshold < 2;
         file.body.share_set = set.set.clone();
         file.body.root_kcv = Kcv::of_aes256(&root);
         file.body.sealed_root = gcm_seal(

@@ -7,7 +7,7 @@
 //! | `POST /v1/keys/proposals`                    | officer          | `{op, …, reason}`           | `201 {proposal}`                |
 //! | `GET /v1/keys/proposals`                     | officer, auditor |                             | `{proposals: [...]}`            |
 //! | `GET /v1/keys/proposals/{id}`                | officer, auditor |                             | `{proposal}`                    |
-//! | `POST /v1/keys/proposals/{id}/approve`       | officer          | none, or `{shares: [...]}`  | `200`/`202 {proposal, job?, rekey?}` |
+//! | `POST /v1/keys/proposals/{id}/approve`       | officer          | none, or `{shares?, expect_kcv?}` | `200`/`202 {proposal, job?, rekey?}` |
 //! | `POST /v1/keys/proposals/{id}/withdraw`      | officer          |                             | `{proposal}`                    |
 //!
 //! The operation is the JSON of [`Operation`] with the reason beside it:
@@ -15,6 +15,12 @@
 //! proposer's own approval (`403 forbidden`), a lapsed proposal (`409 refused`, the proposal is
 //! marked lapsed), a proposal no longer open (`409 wrong_state`) and an operation the state does
 //! not allow (`409 refused`, or `404` for an unknown term or batch).
+//!
+//! A proposal carries its `impact`: the cards a shred leaves without codes (by state, active
+//! first, serials listed up to 20 a state), the dispatch jobs it cancels, and every key and
+//! term it rotates or destroys with their KCVs. A shred of a batch whose cards still need
+//! their codes needs `"force": true` (`409 refused` otherwise). An approval may carry
+//! `"expect_kcv": "DC95C0"`: on a mismatch it is refused (`409 refused`) and nothing changes.
 //!
 //! An approval that starts a job (rotate, shred, discard) answers `202` with the proposal and
 //! the job, and the job runs on a blocking thread ([`KeyRunner`]); its progress is in
@@ -123,11 +129,14 @@ pub struct RekeyHandOut {
     pub share_files: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ApproveRequest {
     #[serde(default)]
     shares: Vec<SecretString>,
+    /// The KCV the approver expects the named key to have (from the ceremony log).
+    #[serde(default)]
+    expect_kcv: Option<String>,
 }
 
 /// A JSON answer never cached on the way: key reports name keys, rekey answers name share files.
@@ -178,7 +187,8 @@ fn parse_proposal(body: serde_json::Value) -> Result<(Operation, String), ApiErr
         "rotate" => &["op"],
         "retire" => &["op", "term"],
         "rekey" => &["op", "shares", "threshold"],
-        "shred" | "discard_quarantined" => &["op", "batch"],
+        "shred" => &["op", "batch", "force"],
+        "discard_quarantined" => &["op", "batch"],
         _ => {
             return Err(ApiError::invalid(
                 "op: unknown operation; expected rotate, retire, rekey, shred or \
@@ -197,7 +207,8 @@ fn parse_proposal(body: serde_json::Value) -> Result<(Operation, String), ApiErr
             match op_name.as_str() {
                 "retire" => "`term`: a term number",
                 "rekey" => "`shares` and `threshold`: numbers from 1 to 255",
-                "shred" | "discard_quarantined" => "`batch`: a batch number",
+                "shred" => "`batch`: a batch number, and `force`: true or false",
+                "discard_quarantined" => "`batch`: a batch number",
                 _ => "no other field",
             }
         ))
@@ -272,7 +283,14 @@ async fn approve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = proposal_id(&id)?;
-    let shares = read_shares(&headers, body)?;
+    let ApproveRequest { shares, expect_kcv } = read_approval(&headers, body)?;
+    let expect_kcv = expect_kcv
+        .map(|k| {
+            k.trim().parse::<Kcv>().map_err(|_| {
+                ApiError::bad_request("expect_kcv: expected the key check value, 6 hex digits")
+            })
+        })
+        .transpose()?;
     let keys = state.keys.clone();
     let actor = caller.actor();
     let rekey = blocking({
@@ -285,7 +303,7 @@ async fn approve(
     })
     .await?;
     if rekey {
-        return approve_rekey(state, caller, id, shares).await;
+        return approve_rekey(state, caller, id, shares, expect_kcv).await;
     }
     if !shares.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -293,7 +311,8 @@ async fn approve(
         )));
     }
     let hsm = state.hsm.clone();
-    let p = blocking(move || keys.approve(&*hsm, &actor, id, now_ms())).await?;
+    let p =
+        blocking(move || keys.approve_expecting(&*hsm, &actor, id, expect_kcv, now_ms())).await?;
     tracing::info!(proposal = %p.id, op = p.op.name(), by = %caller.account.id, state = %p.state, "key operation approved");
     if p.op.is_job() {
         state.key_runner.spawn(&state);
@@ -318,17 +337,17 @@ async fn approve(
     ))
 }
 
-/// The shares of an approval's body (none for an empty body). The raw body is zeroized after
-/// parsing; errors are by position, never quoting it.
-fn read_shares(headers: &HeaderMap, body: Bytes) -> Result<Vec<SecretString>, ApiError> {
+/// An approval's body: its shares (none for an empty body) and the expected KCV. The raw body
+/// is zeroized after parsing; errors are by position, never quoting it.
+fn read_approval(headers: &HeaderMap, body: Bytes) -> Result<ApproveRequest, ApiError> {
     let mut raw: Vec<u8> = body.into();
     if raw.iter().all(u8::is_ascii_whitespace) {
         raw.zeroize();
-        return Ok(Vec::new());
+        return Ok(ApproveRequest::default());
     }
     let parsed = parse_json::<ApproveRequest>(headers, &raw);
     raw.zeroize();
-    Ok(parsed?.shares)
+    parsed
 }
 
 async fn approve_rekey(
@@ -336,6 +355,7 @@ async fn approve_rekey(
     caller: Caller,
     id: ProposalId,
     shares: Vec<SecretString>,
+    expect_kcv: Option<Kcv>,
 ) -> Result<Response, ApiError> {
     if shares.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -355,11 +375,35 @@ async fn approve_rekey(
     let actor = caller.actor();
     let dir = root.join(id.to_string());
     let given = shares.clone();
+    let dev_share = state.key_runner.dev_share.clone();
     let result = blocking(move || {
         let before = hsm.status().share_set;
+        // `serve --dev` keeps its share beside the data to unseal itself: a rekey that stays
+        // in dev mode (threshold 1) replaces it, so the next start unseals again. The new
+        // share goes to `dev-share.txt.new` before the HSM commits, over the old one after.
+        let dev_next = match (&dev_share, keys.get(id)?.map(|p| p.op)) {
+            (Some(f), Some(Operation::Rekey { threshold: 1, .. })) if hsm.status().dev => {
+                Some((f.clone(), pending_dev_share(f)))
+            }
+            _ => None,
+        };
         let mut written: Vec<PathBuf> = Vec::new();
-        let mut deliver = |new: &[SecretString]| write_share_files(&dir, new, &mut written);
-        let res = keys.approve_rekey(&*hsm, &actor, id, &shares, &mut deliver, now_ms());
+        let mut deliver = |new: &[SecretString]| {
+            write_share_files(&dir, new, &mut written)?;
+            if let (Some((_, next)), Some(first)) = (&dev_next, new.first()) {
+                write_dev_share(next, first)?;
+            }
+            Ok(())
+        };
+        let res = keys.approve_rekey_expecting(
+            &*hsm,
+            &actor,
+            id,
+            &shares,
+            &mut deliver,
+            expect_kcv,
+            now_ms(),
+        );
         drop(shares);
         if res.is_err() && hsm.status().share_set == before {
             // The rekey did not happen: shares written for it would never open anything.
@@ -367,6 +411,17 @@ async fn approve_rekey(
                 let _ = std::fs::remove_file(f);
             }
             let _ = std::fs::remove_dir(&dir);
+            if let Some((_, next)) = &dev_next {
+                let _ = std::fs::remove_file(next);
+            }
+        } else if let Some((file, next)) = &dev_next {
+            // Done: the new dev share replaces the old one (a crash before this rename is
+            // repaired by `serve --dev`, which tries the pending file when the old one fails).
+            if let Err(e) = std::fs::rename(next, file).and_then(|()| sync_parent(file)) {
+                tracing::error!(error = %e, file = %next.display(), "cannot move the new dev share into place; serve --dev tries it at the next start");
+            } else {
+                tracing::warn!(file = %file.display(), "dev share replaced by the rekey (--dev)");
+            }
         }
         let st = hsm.status();
         res.map(|p| (p, written, dir, st))
@@ -448,6 +503,44 @@ fn write_share_files(
     Ok(())
 }
 
+/// Where a rekey of a dev HSM puts its new dev share until the HSM has committed.
+pub fn pending_dev_share(file: &std::path::Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Writes `share` to `path` (mode 0600, replacing a leftover), fsync'd with its directory.
+fn write_dev_share(path: &std::path::Path, share: &SecretString) -> vault::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| {
+        vault::Error::Refused(format!(
+            "cannot write the new dev share {}: {e}",
+            path.display()
+        ))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(share.expose_secret().as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_parent(path))
+        .map_err(io)
+}
+
+fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(d) => std::fs::File::open(d).and_then(|d| d.sync_all()),
+        None => Ok(()),
+    }
+}
+
 /// `e` as an API error, its message replaced by a plain one should it quote a piece of any
 /// of `shares` (a last guard: the HSM's messages are built not to).
 fn scrub(e: ApiError, shares: &[SecretString]) -> ApiError {
@@ -489,6 +582,8 @@ pub struct KeyRunner {
     retry_at: Mutex<Option<Instant>>,
     /// Where the new shares of a rekey are written (`[keys] rekey_share_dir`).
     pub share_dir: Option<PathBuf>,
+    /// `serve --dev`: the dev share file, replaced by a rekey that stays in dev mode.
+    pub dev_share: Option<PathBuf>,
 }
 
 /// Clears the running flag when the runner's thread ends, however it ends.
@@ -509,6 +604,7 @@ impl KeyRunner {
             pause,
             retry_at: Mutex::new(None),
             share_dir: None,
+            dev_share: None,
         }
     }
 
@@ -516,6 +612,16 @@ impl KeyRunner {
     pub fn with_share_dir(&self, dir: PathBuf) -> Self {
         let mut r = KeyRunner::new(self.pause);
         r.share_dir = Some(dir);
+        r.dev_share = self.dev_share.clone();
+        r
+    }
+
+    /// The same runner replacing the dev share `file` on a rekey that stays in dev mode
+    /// (`serve --dev` only).
+    pub fn with_dev_share(&self, file: PathBuf) -> Self {
+        let mut r = KeyRunner::new(self.pause);
+        r.share_dir = self.share_dir.clone();
+        r.dev_share = Some(file);
         r
     }
 

@@ -127,6 +127,10 @@ pub enum ProposeOp {
         /// The batch, e.g. b000042.
         #[arg(long, value_name = "ID")]
         batch: String,
+        /// Shred although cards of the batch still need their codes: they are revoked
+        /// (reason codes_destroyed) and their unsent dispatch jobs cancelled.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         why: Reason,
     },
@@ -153,6 +157,10 @@ pub struct ApproveArgs {
     /// Follow the job the approval starts (rotate, shred, discard) until it ends.
     #[arg(long)]
     wait: bool,
+    /// The KCV you expect the named key to have (from the ceremony log or `keys status`):
+    /// the approval is refused, and nothing changes, if it differs.
+    #[arg(long, value_name = "HEX")]
+    expect_kcv: Option<String>,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -161,7 +169,10 @@ pub struct ApproveArgs {
 /// The body of a rekey's approval: borrowed shares, serialized straight into the request.
 #[derive(serde::Serialize)]
 struct ApproveBody<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     shares: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expect_kcv: Option<&'a str>,
 }
 
 fn batch_number(text: &str) -> Result<u64> {
@@ -246,8 +257,12 @@ async fn propose(client: &Client, op: &ProposeOp) -> Result<()> {
                 why,
             )
         }
-        ProposeOp::Shred { batch, why } => {
-            (json!({"op": "shred", "batch": batch_number(batch)?}), why)
+        ProposeOp::Shred { batch, force, why } => {
+            let mut body = json!({"op": "shred", "batch": batch_number(batch)?});
+            if *force {
+                body["force"] = json!(true);
+            }
+            (body, why)
         }
         ProposeOp::Discard { batch, why } => (
             json!({"op": "discard_quarantined", "batch": batch_number(batch)?}),
@@ -265,6 +280,7 @@ async fn propose(client: &Client, op: &ProposeOp) -> Result<()> {
     if let Some(k) = p.kcv {
         println!("KCV of the key it names: {k}");
     }
+    print_impact(p);
     println!("expires: {}", utc(p.expires_ms));
     println!(
         "a different officer compares the KCV and approves it: plico keys approve {}",
@@ -331,6 +347,16 @@ async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
     if !is_rekey && !a.share_files.is_empty() {
         bail!("{id} is not a rekey: it needs no shares");
     }
+    let expect = a.expect_kcv.as_deref().map(str::trim);
+    if let Some(k) = expect {
+        k.parse::<vault::kcv::Kcv>()
+            .map_err(|_| anyhow::anyhow!("--expect-kcv: expected 6 hex digits, e.g. DC95C0"))?;
+    }
+    if !a.json {
+        // What is approved, before it is: the operation, the KCV and everything it will do.
+        println!("approving:");
+        print_proposal(&shown.proposal);
+    }
     let path = format!("/v1/keys/proposals/{id}/approve");
     let v: Approved = if is_rekey {
         if !client.is_private_channel() {
@@ -345,10 +371,15 @@ async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
         }
         let body = ApproveBody {
             shares: shares.iter().map(|s| s.expose_secret()).collect(),
+            expect_kcv: expect,
         };
         client.post(&path, &body).await?
     } else {
-        client.post(&path, &json!({})).await?
+        let body = ApproveBody {
+            shares: Vec::new(),
+            expect_kcv: expect,
+        };
+        client.post(&path, &body).await?
     };
     if a.json && !a.wait {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -459,6 +490,55 @@ fn print_proposal(p: &Proposal) {
     }
     if let Some(o) = &p.outcome {
         println!("outcome:   {o}");
+    }
+    print_impact(p);
+}
+
+/// What the proposal will do: keys and terms, cards by state, jobs cancelled.
+fn print_impact(p: &Proposal) {
+    let Some(i) = &p.impact else {
+        return;
+    };
+    println!("it will:");
+    for k in &i.keys {
+        println!("  {k}");
+    }
+    if p.op.batch().is_some() && matches!(p.op, vault::ceremony::Operation::Shred { .. }) {
+        if i.cards.is_empty() {
+            println!("  cards that lose their codes: none");
+        }
+        for g in &i.cards {
+            let more = g.count.saturating_sub(g.serials.len() as u64);
+            println!(
+                "  cards {} that lose their codes: {}{}{}",
+                g.state,
+                g.count,
+                if g.serials.is_empty() { "" } else { ": " },
+                g.serials.join(", ")
+            );
+            if more > 0 {
+                println!("    … and {more} more");
+            }
+        }
+        if matches!(p.op, vault::ceremony::Operation::Shred { force: true, .. })
+            && i.live_cards() > 0
+        {
+            println!(
+                "  revoke {} card(s) that still need their codes (reason codes_destroyed)",
+                i.live_cards()
+            );
+        }
+        println!("  cancel dispatch jobs: {}", i.jobs.count);
+        for j in &i.jobs.listed {
+            println!(
+                "    job {} card {} part {} by {} ({})",
+                j.job, j.serial, j.part, j.channel, j.state
+            );
+        }
+        let more = i.jobs.count.saturating_sub(i.jobs.listed.len() as u64);
+        if more > 0 {
+            println!("    … and {more} more");
+        }
     }
 }
 

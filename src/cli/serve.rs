@@ -131,6 +131,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(dir) = rekey_share_dir(&config, &data_dir, args.dev)? {
         state = state.with_rekey_share_dir(dir);
     }
+    if args.dev {
+        // A rekey that stays in dev mode (threshold 1) replaces the dev share; one to a
+        // threshold of 2 or more turns the HSM into a production one (`serve --data` then).
+        state.key_runner = Arc::new(
+            state
+                .key_runner
+                .with_dev_share(data_dir.join(DEV_SHARE_FILE)),
+        );
+    }
     let mut admin_token = None;
     if args.dev {
         state
@@ -280,21 +289,49 @@ fn open_dev(dir: &Path) -> Result<SimulatedHsm> {
     let status = hsm.status();
     if !status.dev {
         bail!(
-            "{} holds a production HSM: serve it without --dev and unseal it with its custodian \
-             shares",
+            "{} holds a production HSM ({} of {} shares; a development HSM rekeyed to a \
+             threshold of 2 or more becomes one): serve it without --dev, `plico serve --data \
+             {}`, and unseal it with its custodian shares (`plico unseal`)",
+            dir.display(),
+            status.threshold,
+            status.shares,
             dir.display()
         );
     }
     if status.sealed {
         let share = files::read_share(&share_path)
             .with_context(|| format!("the dev HSM in {} cannot unseal itself", dir.display()))?;
-        let progress = hsm
-            .unseal(&share)
-            .with_context(|| format!("dev share {} refused", share_path.display()))?;
+        let pending = plico::api::keys::pending_dev_share(&share_path);
+        let progress = match hsm.unseal(&share) {
+            Ok(p) => p,
+            Err(e) if pending.exists() => {
+                // A rekey committed before its new dev share was moved into place.
+                let next = files::read_share(&pending).with_context(|| {
+                    format!("the dev HSM in {} cannot unseal itself", dir.display())
+                })?;
+                let p = hsm.unseal(&next).with_context(|| {
+                    format!(
+                        "dev share {} refused ({e}), and so is {}",
+                        share_path.display(),
+                        pending.display()
+                    )
+                })?;
+                std::fs::rename(&pending, &share_path)
+                    .and_then(|()| files::sync_dir(dir))
+                    .with_context(|| format!("cannot move {} into place", pending.display()))?;
+                tracing::warn!(file = %share_path.display(), "dev share of an interrupted rekey moved into place");
+                p
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("dev share {} refused", share_path.display()))
+            }
+        };
         if progress.sealed {
             bail!("the dev share did not unseal the dev HSM");
         }
     }
+    let _ = std::fs::remove_file(plico::api::keys::pending_dev_share(&share_path));
     Ok(hsm)
 }
 

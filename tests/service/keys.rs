@@ -7,7 +7,7 @@
 //! body is scanned for shares.
 
 use super::batches::{codes_of, serial};
-use super::support::{codes_file, open_with_accounts, Client};
+use super::support::{cf, codes_file, identification, open_with_accounts, Client};
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
@@ -43,7 +43,7 @@ impl Keys {
             .with_rekey_share_dir(dir.path().join("ceremony"));
         let staff = open_with_accounts(
             &state,
-            &["officer", "officer2", "auditor", "operator", "acme"],
+            &["officer", "officer2", "auditor", "operator", "acme", "cms"],
         );
         let c = Client::new(&state, staff.tokens);
         Keys {
@@ -776,4 +776,500 @@ async fn a_rewrap_job_killed_with_sigkill_finishes_after_restart() {
             "an answer holds the dev share: {body}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: a shred says what it will do; approval shows it and checks the KCV
+// ---------------------------------------------------------------------------------------------
+
+/// Holders of cards 101–103 (batch 1): codice fiscale (15), given names, surname, card.
+const SHRED_HOLDERS: [(&str, &str, &str, u64); 3] = [
+    ("DNGNCL80A01F839", "Nicolò", "D'Angelo", 101),
+    ("MLLZOE92M45F205", "Zoë", "Müller", 102),
+    ("PRRGNS75D50L219", "Agnès", "Perrière", 103),
+];
+
+const REGISTRY_HEADER: &str = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
+
+fn shred_registry() -> String {
+    let rows = SHRED_HOLDERS.iter().map(|(cf15, given, surname, n)| {
+        format!(
+            "{};{given};{surname};1980-01-01;holder{n}@example.it;+39333111{n:04};Via Roma {n}, 00100 Roma;false;{};2032-12-31;\n",
+            cf(cf15),
+            serial(*n)
+        )
+    });
+    std::iter::once(REGISTRY_HEADER.to_owned())
+        .chain(rows)
+        .collect()
+}
+
+fn pid(a: &Answer) -> String {
+    format!("kp{:06}", a.json["proposal"]["id"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_codes() {
+    let k = Keys::new(cie());
+    let a =
+        k.c.post_raw("cms", "/v1/registry", "text/csv", shred_registry())
+            .await;
+    assert_eq!(a.json["outcome"], "applied", "{}", a.text);
+    let gone = k.upload(1).await;
+    let kept = k.upload(2).await;
+    let number: u64 = gone.trim_start_matches('b').parse().unwrap();
+    let card = |n: u64, what: &str| format!("/v1/cards/{}/{what}", serial(n));
+    for n in [101, 102] {
+        let a =
+            k.c.post("operator", &card(n, "activate"), identification(n))
+                .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    // Card 101: a mailer queued; card 102: part A at the counter, part B queued by e-mail.
+    let a =
+        k.c.post("cms", &card(101, "dispatch"), json!({"plan": "mailer"}))
+            .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a =
+        k.c.post(
+            "cms",
+            &card(102, "dispatch"),
+            json!({"plan": "counter(2)+email"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let pending: Vec<vault::cms::Job> = [101, 102]
+        .iter()
+        .flat_map(|n| k.state.cms.jobs_of(&serial(*n)).unwrap())
+        .collect();
+    assert_eq!(pending.len(), 3);
+
+    // Without force: refused, naming the cards that still need their codes; nothing written.
+    let a = k
+        .propose(
+            "officer",
+            json!({"op": "shred", "batch": number, "reason": "compromised"}),
+        )
+        .await;
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(
+        a.text.contains("2 active") && a.text.contains("force"),
+        "{}",
+        a.text
+    );
+    let a = k.c.get("auditor", "/v1/keys/proposals").await;
+    assert_eq!(
+        a.json["proposals"].as_array().unwrap().len(),
+        0,
+        "{}",
+        a.text
+    );
+
+    // With force: the proposal lists what it will do before anyone approves.
+    let shred = json!({"op": "shred", "batch": number, "force": true, "reason": "compromised"});
+    let a = k.propose("officer", shred.clone()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let first = pid(&a);
+    let impact = &a.json["proposal"]["impact"];
+    let cards = impact["cards"].as_array().unwrap();
+    assert_eq!(cards[0]["state"], "active", "active first: {impact}");
+    assert_eq!(cards[0]["count"], 2);
+    assert_eq!(cards[0]["serials"], json!([serial(101), serial(102)]));
+    assert_eq!(cards[1]["state"], "issued");
+    assert_eq!(cards[1]["serials"], json!([serial(103)]));
+    assert_eq!(cards[2]["state"], "not_registered");
+    assert_eq!(cards[2]["count"], 17);
+    assert_eq!(cards[2]["serials"].as_array().unwrap().len(), 17);
+    assert_eq!(impact["jobs"]["count"], 3, "{impact}");
+    let listed: Vec<u64> = impact["jobs"]["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job"].as_u64().unwrap())
+        .collect();
+    let mut want: Vec<u64> = pending.iter().map(|j| j.id).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    // Every key and term: the data key destroyed, term 1 rotated and then retired.
+    let record = k
+        .state
+        .codes
+        .batch(vault::codes::BatchId(number))
+        .unwrap()
+        .unwrap();
+    let term1 = k.state.hsm.status().terms[0].clone();
+    let keys: Vec<(String, String, String)> = impact["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["action"].as_str().unwrap().to_owned(),
+                k["key"].as_str().unwrap().to_owned(),
+                k["kcv"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let data_key = format!("data key {}", record.data_key.unwrap());
+    assert_eq!(
+        keys,
+        vec![
+            (
+                "destroy".into(),
+                data_key,
+                record.data_key_kcv.clone().unwrap()
+            ),
+            ("rotate".into(), "term 1".into(), term1.kcv.to_string()),
+            ("rewrap".into(), "data keys".into(), String::new()),
+            ("retire".into(), "term 1".into(), term1.kcv.to_string()),
+        ]
+    );
+    // The approver sees the same list and the KCV.
+    let shown =
+        k.c.get("officer2", &format!("/v1/keys/proposals/{first}"))
+            .await;
+    assert_eq!(shown.json["proposal"]["impact"], *impact);
+    assert_eq!(
+        shown.json["proposal"]["kcv"].as_str(),
+        record.data_key_kcv.as_deref()
+    );
+
+    // Card 103 is activated meanwhile: the shred would now revoke more than it says.
+    let a =
+        k.c.post("operator", &card(103, "activate"), identification(103))
+            .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let a = k.approve("officer2", &first, json!({})).await;
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(
+        a.text.contains("3 active card(s), 2 when proposed"),
+        "{}",
+        a.text
+    );
+
+    let a = k.propose("officer", shred).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let id = pid(&a);
+    assert_eq!(a.json["proposal"]["impact"]["cards"][0]["count"], 3);
+
+    // An unexpected KCV: refused, nothing changes.
+    let a = k
+        .approve("officer2", &id, json!({"expect_kcv": "000000"}))
+        .await;
+    assert_error(&a, StatusCode::CONFLICT, "refused");
+    assert!(a.text.contains("000000"), "{}", a.text);
+    let a = k
+        .approve("officer2", &id, json!({"expect_kcv": "not hex"}))
+        .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+    let a =
+        k.c.get("auditor", &format!("/v1/keys/proposals/{id}"))
+            .await;
+    assert_eq!(a.json["proposal"]["state"], "open", "{}", a.text);
+    assert!(k.opens(101));
+    for j in &pending {
+        let now = k.state.cms.job(j.id).unwrap().unwrap();
+        assert_eq!(now.state, j.state, "job {}", j.id);
+    }
+
+    // The expected KCV: approved; cards revoked with reason codes_destroyed, jobs cancelled.
+    let a = k
+        .approve(
+            "officer2",
+            &id,
+            json!({"expect_kcv": record.data_key_kcv.clone().unwrap().to_lowercase()}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let last = k.until_done().await.pop().unwrap();
+    assert_eq!(last["job"]["state"], "done", "{last}");
+    for n in [101, 102, 103] {
+        let a = k.c.get("cms", &format!("/v1/cards/{}", serial(n))).await;
+        assert_eq!(a.json["state"], "revoked", "{}", a.text);
+        assert_eq!(a.json["reason"], "codes_destroyed", "{}", a.text);
+        assert_eq!(a.json["codes_held"], false, "{}", a.text);
+    }
+    for j in &pending {
+        let now = k.state.cms.job(j.id).unwrap().unwrap();
+        assert_eq!(now.state.as_str(), "cancelled", "job {}", j.id);
+    }
+    let a = k.c.get("acme", &format!("/v1/batches/{gone}")).await;
+    assert_eq!(a.json["state"], "shredded", "{}", a.text);
+    assert!(k.opens(201), "batch {kept}");
+    // Only the term it named was retired.
+    let terms = last["terms"].as_array().unwrap();
+    assert_eq!(terms.len(), 2, "{last}");
+    assert_eq!(terms[0]["state"], "retired", "{last}");
+    let events = k
+        .state
+        .audit
+        .query(&vault::audit::Query {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    let revokes = events.iter().filter(|e| e.action == "card.revoke").count();
+    let cancels = events
+        .iter()
+        .filter(|e| e.action == "dispatch.cancel")
+        .count();
+    assert_eq!((revokes, cancels), (3, 3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: a dev rekey cannot lock anyone out; approve shows and checks the KCV (CLI)
+// ---------------------------------------------------------------------------------------------
+
+/// A real server's officers (`officer`, `officer2`), auditor and manufacturer, made with the
+/// admin token `serve --dev` wrote; their tokens also in files under `dir`.
+async fn real_staff(url: &str, data: &Path, dir: &Path) -> Real {
+    let http = http_client(None);
+    let admin = std::fs::read_to_string(data.join("admin-token.txt"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut tokens = BTreeMap::from([("admin", admin.clone())]);
+    for (name, role) in [
+        ("officer", "officer"),
+        ("officer2", "officer"),
+        ("auditor", "auditor"),
+        ("acme", "manufacturer"),
+    ] {
+        let res = http
+            .post(format!("{url}/v1/accounts"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": format!("dev {name}"), "role": role}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        let v: Value = res.json().await.unwrap();
+        let token = v["token"].as_str().unwrap().to_owned();
+        std::fs::write(dir.join(format!("{name}.token")), format!("{token}\n")).unwrap();
+        tokens.insert(name, token);
+    }
+    Real {
+        http,
+        url: url.to_owned(),
+        tokens,
+        bodies: Vec::new(),
+    }
+}
+
+/// Proposes a rekey of the dev HSM to `threshold` of `shares` and approves it with the dev
+/// share, over HTTP: the new share files.
+async fn dev_rekey(real: &mut Real, data: &Path, shares: u8, threshold: u8) -> Vec<PathBuf> {
+    let (status, p) = real
+        .call(
+            "officer",
+            reqwest::Method::POST,
+            "/v1/keys/proposals",
+            Some(
+                json!({"op": "rekey", "shares": shares, "threshold": threshold,
+                        "reason": "custodians"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let id = format!("kp{:06}", p["proposal"]["id"].as_u64().unwrap());
+    let dev = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
+    let (status, a) = real
+        .call(
+            "officer2",
+            reqwest::Method::POST,
+            &format!("/v1/keys/proposals/{id}/approve"),
+            Some(json!({"shares": [dev.trim()]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    a["rekey"]["share_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_shows_what_it_approves_and_checks_the_expected_kcv_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = super::support::serve_dev(&data);
+    let mut real = real_staff(&server.url, &data, tmp.path()).await;
+    let keys_cli = |who: &str| {
+        let mut c = plico();
+        c.args(["keys", "--addr", &server.url, "--token-file"])
+            .arg(tmp.path().join(format!("{who}.token")));
+        c
+    };
+
+    // Approve shows what is approved, and --expect-kcv refuses a mismatch, changing nothing.
+    let (status, p) = real
+        .call(
+            "officer",
+            reqwest::Method::POST,
+            "/v1/keys/proposals",
+            Some(json!({"op": "rotate", "reason": "yearly"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let id = format!("kp{:06}", p["proposal"]["id"].as_u64().unwrap());
+    let kcv = p["proposal"]["kcv"].as_str().unwrap().to_owned();
+    let out = run_ok(keys_cli("officer2").args(["show", &id]));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("rotate term 1 (KCV {kcv})")),
+        "{shown}"
+    );
+    let err = run_fails(keys_cli("officer2").args(["approve", &id, "--expect-kcv", "000000"]));
+    assert!(err.contains("not the expected 000000"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (_, now) = real
+        .call(
+            "auditor",
+            reqwest::Method::GET,
+            &format!("/v1/keys/proposals/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(now["proposal"]["state"], "open", "{now}");
+    let out = run_ok(keys_cli("officer2").args(["approve", &id, "--wait", "--expect-kcv", &kcv]));
+    let approved = String::from_utf8_lossy(&out.stdout);
+    assert!(approved.contains("approving:"), "{approved}");
+    assert!(
+        approved.contains(&format!("kcv:       {kcv}")),
+        "{approved}"
+    );
+    assert!(
+        approved.contains(&format!("rotate term 1 (KCV {kcv})")),
+        "{approved}"
+    );
+
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_rekey_to_one_share_replaces_the_dev_share_and_the_next_start_unseals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = super::support::serve_dev(&data);
+    let mut real = real_staff(&server.url, &data, tmp.path()).await;
+    // A rekey that stays 1-of-1 replaces dev-share.txt, so the next start unseals itself.
+    let old = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
+    let files = dev_rekey(&mut real, &data, 1, 1).await;
+    assert_eq!(files.len(), 1);
+    let new = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
+    assert_ne!(new.trim(), old.trim());
+    assert_eq!(
+        new.trim(),
+        std::fs::read_to_string(&files[0]).unwrap().trim()
+    );
+    assert_eq!(mode(&data.join("dev-share.txt")), 0o600);
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+
+    let server = super::support::serve_dev(&data);
+    real.url = server.url.clone();
+    let s = real.keys().await;
+    assert_eq!(s["sealed"], false, "{s}");
+    assert_eq!(s["threshold"], 1, "{s}");
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+
+    // A crash after the HSM committed but before the new share was moved into place: the old
+    // share is back in dev-share.txt, the new one pending. The next start repairs it.
+    let share = data.join("dev-share.txt");
+    let pending = data.join("dev-share.txt.new");
+    std::fs::rename(&share, &pending).unwrap();
+    std::fs::write(&share, &old).unwrap();
+    let server = super::support::serve_dev(&data);
+    real.url = server.url.clone();
+    assert_eq!(real.keys().await["sealed"], false);
+    assert_eq!(std::fs::read_to_string(&share).unwrap().trim(), new.trim());
+    assert!(!pending.exists());
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+    for secret in [
+        secret_part(&SecretString::from(old.trim().to_owned())),
+        secret_part(&SecretString::from(new.trim().to_owned())),
+    ] {
+        for body in &real.bodies {
+            assert!(!body.contains(&secret), "an answer holds a share: {body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_hsm_rekeyed_to_two_of_three_opens_as_a_production_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = super::support::serve_dev(&data);
+    let mut real = real_staff(&server.url, &data, tmp.path()).await;
+    let res = real
+        .http
+        .post(format!("{}/v1/batches?manufacturer=ACME", real.url))
+        .bearer_auth(&real.tokens["acme"])
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(cns_file(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let files = dev_rekey(&mut real, &data, 3, 2).await;
+    assert_eq!(files.len(), 3);
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+
+    // `serve --dev` says clearly what the directory now is and how to open it.
+    let err = run_fails(
+        plico()
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data),
+    );
+    assert!(
+        err.contains("production HSM") && err.contains("plico unseal"),
+        "{err}"
+    );
+
+    // `serve --data DIR` opens it sealed; two of the new shares unseal it.
+    let mut production = plico();
+    production
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    let server = Server::start(production);
+    let readyz = format!("{}/readyz", server.url);
+    assert_eq!(status_code(&real.http, &readyz).await, 503);
+    let out = run_ok(
+        plico()
+            .args(["unseal", "--addr", &server.url])
+            .arg(&files[0])
+            .arg(&files[2]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unsealed"));
+    assert_eq!(status_code(&real.http, &readyz).await, 200);
+    real.url = server.url.clone();
+    let s = real.keys().await;
+    assert_eq!(
+        (s["threshold"].as_u64(), s["shares"].as_u64()),
+        (Some(2), Some(3)),
+        "{s}"
+    );
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+
+    // Offline: the codes still open under the new shares.
+    let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let hsm = SimulatedHsm::open(&data).unwrap();
+    assert!(!hsm.status().dev);
+    for f in [&files[1], &files[2]] {
+        let share = std::fs::read_to_string(f).unwrap();
+        hsm.unseal(&SecretString::from(share.trim().to_owned()))
+            .unwrap();
+    }
+    let c = codes.find(&hsm, &serial(101)).unwrap().unwrap();
+    let (pin, _) = codes_of(101, SALT);
+    assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5]);
 }

@@ -13,6 +13,16 @@
 //!   run on a blocking thread by [`Ceremonies::run`] and carried on after a crash by
 //!   [`Ceremonies::resume_jobs`]. Rotation costs one HSM call per data key, not per record.
 //! - [`status`]: cryptoperiods and the [`KeyStatus`] report with its recommendations.
+//! - [`impact`]: what an operation will do, stored with the proposal and shown to the
+//!   approver (cards that lose their codes by state, jobs cancelled, every key and term
+//!   rotated or destroyed), computed again at approval: an operation that would now do more
+//!   than its proposal says is refused. An approver may name the KCV they expect
+//!   ([`Ceremonies::approve_expecting`]); a mismatch changes nothing.
+//!
+//! A shred of a batch whose cards still need their codes (issued, active, suspended) is
+//! refused unless proposed with `force`; then, in the destroying write, those cards are
+//! revoked with reason `codes_destroyed` and their unsent dispatch jobs cancelled (through the
+//! registry given by [`Ceremonies::with_cms`]).
 //!
 //! Retire and rekey are done within the approval call: the HSM first, then the approval and
 //! the outcome in one batch. If the HSM refuses (a share mistyped, the HSM sealed, a term still
@@ -27,18 +37,22 @@
 //! only recommends).
 //!
 //! Locks, in order: the proposal lock (one change to proposals at a time), the job runner lock
-//! (one thread runs the job), then the code vault's commit and keyring locks.
+//! (one thread runs the job), the registry's ops lock (a shred's destroy phase, so that no
+//! card of the batch changes until its write), then the code vault's commit and keyring locks.
 
+pub mod impact;
 pub mod job;
 pub mod proposal;
 pub mod status;
 
+pub use impact::{CardGroup, Impact, JobGroup, JobRef, KeyAction, KeyChange};
 pub use job::{JobPhase, JobState, KeyJob};
 pub use proposal::{Operation, Proposal, ProposalId, ProposalState};
 pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
 
 use crate::account::{Actor, Role};
 use crate::audit::{AuditLog, NewEvent, Outcome};
+use crate::cms::Cms;
 use crate::codes::{BatchState, CodeVault};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
@@ -82,6 +96,9 @@ impl Default for CeremonyPolicy {
 pub struct Ceremonies {
     codes: Arc<CodeVault>,
     audit: Arc<AuditLog>,
+    /// The card registry: a shred revokes the cards that lose their codes and cancels their
+    /// jobs. `None` only for a vault without cards (benches, some tests).
+    cms: Option<Arc<Cms>>,
     policy: CeremonyPolicy,
     /// Serialises changes to proposals (ids, approvals, lapses).
     proposals: Mutex<()>,
@@ -108,10 +125,12 @@ fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What checking an operation found: the KCV of the key it names, and details for the event.
+/// What checking an operation found: the KCV of the key it names, details for the event, and
+/// what it will do.
 struct Named {
     kcv: Option<Kcv>,
     details: Vec<(&'static str, String)>,
+    impact: Impact,
 }
 
 impl Ceremonies {
@@ -120,10 +139,19 @@ impl Ceremonies {
         Ceremonies {
             codes,
             audit,
+            cms: None,
             policy,
             proposals: Mutex::new(()),
             runner: Mutex::new(()),
         }
+    }
+
+    /// The same ceremonies with the card registry `cms` (the one the service uses, so that
+    /// its lock serialises card changes): a shred then counts, revokes and cancels per card.
+    #[must_use]
+    pub fn with_cms(mut self, cms: Arc<Cms>) -> Self {
+        self.cms = Some(cms);
+        self
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -174,6 +202,7 @@ impl Ceremonies {
             decided_ms: None,
             finished_ms: None,
             outcome: None,
+            impact: Some(named.impact),
         };
         let mut b = Batch::new();
         p.save_into(&mut b)?;
@@ -205,8 +234,25 @@ impl Ceremonies {
         id: ProposalId,
         now_ms: u64,
     ) -> Result<Proposal> {
+        self.approve_expecting(hsm, actor, id, None, now_ms)
+    }
+
+    /// [`Ceremonies::approve`], refused unless the KCV of the key the proposal names is
+    /// `expect_kcv` (when given): the approver's own reading of the ceremony log.
+    ///
+    /// # Errors
+    /// As [`Ceremonies::approve`]; [`Error::Refused`] naming both KCVs on a mismatch (nothing
+    /// written).
+    pub fn approve_expecting(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        id: ProposalId,
+        expect_kcv: Option<Kcv>,
+        now_ms: u64,
+    ) -> Result<Proposal> {
         let _p = lock(&self.proposals);
-        let p = self.approvable(actor, id, now_ms)?;
+        let p = self.approvable(actor, id, expect_kcv, now_ms)?;
         if matches!(p.op, Operation::Rekey { .. }) {
             return Err(Error::Invalid(format!(
                 "{id} is a rekey: approve it with a quorum of the current shares"
@@ -298,8 +344,27 @@ impl Ceremonies {
         deliver: &mut ShareDelivery<'_>,
         now_ms: u64,
     ) -> Result<Proposal> {
+        self.approve_rekey_expecting(hsm, actor, id, current, deliver, None, now_ms)
+    }
+
+    /// [`Ceremonies::approve_rekey`], refused unless the root key's KCV is `expect_kcv` (when
+    /// given), before any share is looked at.
+    ///
+    /// # Errors
+    /// As [`Ceremonies::approve_rekey`]; [`Error::Refused`] naming both KCVs on a mismatch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn approve_rekey_expecting(
+        &self,
+        hsm: &dyn Hsm,
+        actor: &Actor,
+        id: ProposalId,
+        current: &[SecretString],
+        deliver: &mut ShareDelivery<'_>,
+        expect_kcv: Option<Kcv>,
+        now_ms: u64,
+    ) -> Result<Proposal> {
         let _p = lock(&self.proposals);
-        let p = self.approvable(actor, id, now_ms)?;
+        let p = self.approvable(actor, id, expect_kcv, now_ms)?;
         let Operation::Rekey { shares, threshold } = p.op else {
             return Err(Error::Invalid(format!("{id} is not a rekey")));
         };
@@ -496,7 +561,13 @@ impl Ceremonies {
 
     /// Loads a proposal for approval by `actor` at `now_ms`: an officer other than the
     /// proposer, the proposal open and within its window (a lapsed one is marked so).
-    fn approvable(&self, actor: &Actor, id: ProposalId, now_ms: u64) -> Result<Proposal> {
+    fn approvable(
+        &self,
+        actor: &Actor,
+        id: ProposalId,
+        expect_kcv: Option<Kcv>,
+        now_ms: u64,
+    ) -> Result<Proposal> {
         officer(actor, "approve")?;
         let p = self.load(id)?;
         if p.state != ProposalState::Open {
@@ -513,6 +584,15 @@ impl Ceremonies {
                 "{id} was proposed by account {}; a different officer must approve it",
                 actor.id
             )));
+        }
+        if let Some(want) = expect_kcv {
+            if p.kcv != Some(want) {
+                return Err(Error::Refused(format!(
+                    "{id}: the key it names has KCV {}, not the expected {want}; nothing was \
+                     approved",
+                    p.kcv.map_or("none".to_owned(), |k| k.to_string())
+                )));
+            }
         }
         Ok(p)
     }
@@ -532,22 +612,40 @@ impl Ceremonies {
                 shown(named.kcv)
             )));
         }
+        if let Some(more) = p.impact.as_ref().and_then(|was| named.impact.widened(was)) {
+            return Err(Error::Refused(format!(
+                "{}: it would now do more than it says: {more}; propose it again so that the \
+                 approver sees it",
+                p.id
+            )));
+        }
         Ok(())
     }
 
-    /// Checks `op` against the current state. `proposing`: a retire of a term that still wraps
-    /// data keys is allowed while a job is running (the rewrap will empty it).
+    /// Checks `op` against the current state and says what it would do. `proposing`: a
+    /// retire of a term that still wraps data keys is allowed while a job is running (the
+    /// rewrap will empty it).
     fn check(&self, hsm: &dyn Hsm, op: &Operation, proposing: bool) -> Result<Named> {
         let st = hsm.status();
         match *op {
             Operation::Rotate => {
                 let active = active_term(&st)?;
+                let ring = Keyring::load(&**self.store())?;
+                let mut rewrap = KeyChange::other(KeyAction::Rewrap, "data keys".into(), None);
+                rewrap.count = Some(ring.len() as u64);
                 Ok(Named {
                     kcv: Some(active.kcv),
                     details: vec![
                         ("active_term", active.id.0.to_string()),
                         ("active_kcv", active.kcv.to_string()),
                     ],
+                    impact: Impact {
+                        keys: vec![
+                            KeyChange::term(KeyAction::Rotate, active.id, active.kcv),
+                            rewrap,
+                        ],
+                        ..Impact::default()
+                    },
                 })
             }
             Operation::Retire { term } => {
@@ -586,6 +684,10 @@ impl Ceremonies {
                         ("kcv", t.kcv.to_string()),
                         ("data_keys", in_use.to_string()),
                     ],
+                    impact: Impact {
+                        keys: vec![KeyChange::term(KeyAction::Retire, term, t.kcv)],
+                        ..Impact::default()
+                    },
                 })
             }
             Operation::Rekey { shares, threshold } => {
@@ -615,10 +717,29 @@ impl Ceremonies {
                         ("share_set", st.share_set.clone()),
                         ("root_kcv", st.root_kcv.to_string()),
                     ],
+                    impact: Impact {
+                        keys: vec![
+                            KeyChange::other(
+                                KeyAction::Replace,
+                                "root key".into(),
+                                Some(st.root_kcv),
+                            ),
+                            KeyChange::other(
+                                KeyAction::Replace,
+                                format!(
+                                    "share set {} ({} of {} shares)",
+                                    st.share_set, st.threshold, st.shares
+                                ),
+                                None,
+                            ),
+                        ],
+                        ..Impact::default()
+                    },
                 })
             }
-            Operation::Shred { batch } | Operation::DiscardQuarantined { batch } => {
-                let want = if matches!(op, Operation::Shred { .. }) {
+            Operation::Shred { batch, .. } | Operation::DiscardQuarantined { batch } => {
+                let shred = matches!(op, Operation::Shred { .. });
+                let want = if shred {
                     BatchState::Committed
                 } else {
                     BatchState::Quarantined
@@ -638,20 +759,86 @@ impl Ceremonies {
                     .data_key_kcv
                     .as_deref()
                     .and_then(|k| k.parse::<Kcv>().ok());
+                let impact = self.destroy_impact(&st, batch, rec.data_key, kcv, shred)?;
+                if let Operation::Shred { force: false, .. } = op {
+                    let live = impact.live_cards();
+                    if live > 0 {
+                        return Err(Error::Refused(format!(
+                            "batch {batch}: {live} card(s) still need their codes ({} active, \
+                             {} suspended, {} issued); a shred would leave them with none. \
+                             Propose it with force to revoke them (reason codes_destroyed) and \
+                             cancel their {} unsent dispatch job(s) in the same write",
+                            impact.count("active"),
+                            impact.count("suspended"),
+                            impact.count("issued"),
+                            impact.jobs.count
+                        )));
+                    }
+                }
+                let mut details = vec![
+                    ("batch", batch.to_string()),
+                    ("cards", rec.cards.to_string()),
+                    (
+                        "data_key",
+                        rec.data_key.map(|k| k.to_string()).unwrap_or_default(),
+                    ),
+                    ("kcv", rec.data_key_kcv.clone().unwrap_or_default()),
+                ];
+                if shred {
+                    details.push(("live_cards", impact.live_cards().to_string()));
+                    details.push(("jobs_cancelled", impact.jobs.count.to_string()));
+                }
+                let keys: Vec<String> = impact.keys.iter().map(|k| k.to_string()).collect();
+                details.push(("keys", keys.join("; ")));
                 Ok(Named {
                     kcv,
-                    details: vec![
-                        ("batch", batch.to_string()),
-                        ("cards", rec.cards.to_string()),
-                        (
-                            "data_key",
-                            rec.data_key.map(|k| k.to_string()).unwrap_or_default(),
-                        ),
-                        ("kcv", rec.data_key_kcv.clone().unwrap_or_default()),
-                    ],
+                    details,
+                    impact,
                 })
             }
         }
+    }
+
+    /// What destroying batch `batch` does: its cards (a shred; a quarantined batch's copies
+    /// serve no card) and jobs, its data key destroyed, the active term rotated, every other
+    /// data key rewrapped, and every term that is then decrypt-only retired.
+    fn destroy_impact(
+        &self,
+        st: &crate::hsm::HsmStatus,
+        batch: crate::codes::BatchId,
+        data_key: Option<u32>,
+        kcv: Option<Kcv>,
+        shred: bool,
+    ) -> Result<Impact> {
+        let (cards, jobs) = if shred {
+            self.batch_cards(batch)?
+        } else {
+            Default::default()
+        };
+        let active = active_term(st)?;
+        let ring = Keyring::load(&**self.store())?;
+        let mut keys = Vec::new();
+        if let Some(k) = data_key {
+            keys.push(KeyChange::other(
+                KeyAction::Destroy,
+                crate::envelope::DataKeyId(k).to_string(),
+                kcv,
+            ));
+        }
+        keys.push(KeyChange::term(KeyAction::Rotate, active.id, active.kcv));
+        let mut rewrap = KeyChange::other(KeyAction::Rewrap, "data keys".into(), None);
+        rewrap.count = Some(ring.len().saturating_sub(usize::from(data_key.is_some())) as u64);
+        keys.push(rewrap);
+        let mut retired: Vec<_> = st
+            .terms
+            .iter()
+            .filter(|t| t.state == TermState::DecryptOnly || t.id == active.id)
+            .collect();
+        retired.sort_by_key(|t| t.id);
+        for t in retired {
+            keys.push(KeyChange::term(KeyAction::Retire, t.id, t.kcv));
+        }
+        Ok(Impact { cards, jobs, keys })
     }
 
     fn event(&self, actor: &Actor, action: &str, p: &Proposal) -> NewEvent {
@@ -661,9 +848,13 @@ impl Ceremonies {
             .detail("op", p.op.name());
         match p.op {
             Operation::Retire { term } => e = e.detail("term", term.0.to_string()),
-            Operation::Shred { batch } | Operation::DiscardQuarantined { batch } => {
-                e = e.detail("batch", batch.to_string())
+            Operation::Shred { batch, force } => {
+                e = e.detail("batch", batch.to_string());
+                if force {
+                    e = e.detail("force", "true");
+                }
             }
+            Operation::DiscardQuarantined { batch } => e = e.detail("batch", batch.to_string()),
             Operation::Rekey { shares, threshold } => {
                 e = e
                     .detail("shares", shares.to_string())

@@ -11,15 +11,20 @@
 //!
 //! - *destroy*: `CodeVault::destroy_batch` marks the batch shredded (or discarded), deletes
 //!   its segments and takes its data key out of the keyring, with the `key.shred` event and
-//!   the job's next phase, in one batch.
+//!   the job's next phase, in one batch. For a shred, the same batch revokes (reason
+//!   `codes_destroyed`) every card of the batch that still needed its codes, and cancels each
+//!   card's jobs that have not gone out, with their `card.revoke` and `dispatch.cancel`
+//!   events, under the registry's lock: no card is ever left active with no codes. Should
+//!   such cards have appeared after an approval without `force`, the job fails instead and
+//!   destroys nothing.
 //! - *rotate*: the HSM makes a new term active unless it already did (the job remembers the
 //!   term that was active at approval, so a rotation whose record was lost is not repeated).
 //! - *rewrap*: chunks of [`super::CeremonyPolicy::chunk`] data keys; each chunk holds the
 //!   keyring lock (`CodeVault::keyring_lock`, which imports, the holder key and the purpose
 //!   keys also take), reloads the keyring, rewraps inside the HSM, and saves keyring and
 //!   progress together. Key material does not change: records open throughout.
-//! - *retire*: every decrypt-only term is destroyed, under the keyring lock, after checking
-//!   that no data key is wrapped under it. From then on a copy of the store taken before the
+//! - *retire*: every decrypt-only term that the proposal names is destroyed, under the
+//!   keyring lock, after checking that no data key is wrapped under it. From then on a copy of the store taken before the
 //!   shred holds the shredded key only under destroyed terms.
 //! - *done*: job and proposal finished, with the `key.done` event, in one batch.
 //!
@@ -28,7 +33,10 @@
 
 use super::proposal::{Operation, Proposal, ProposalId, ProposalState};
 use super::{now_ms, Ceremonies};
+use crate::account::Actor;
 use crate::audit::{NewEvent, Outcome};
+use crate::cms::registry::encode;
+use crate::cms::{CardState, Reason};
 use crate::codes::BatchState;
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, HsmStatus, TermId, TermInfo, TermState};
@@ -303,9 +311,23 @@ impl Ceremonies {
         let mut b = Batch::new();
         next.save_into(&mut b)?;
         let rec = self.codes.batch(batch)?;
+        // The registry's lock, held to the commit: no card of the batch changes meanwhile.
+        let _ops = self.cms.as_ref().map(|c| c.ops_lock());
+        let mut events = Vec::new();
+        let (revoked, cancelled) = match job.op {
+            Operation::Shred { force, .. } => {
+                match self.retire_cards_into(job, batch, force, &mut b, &mut events)? {
+                    Ok(counts) => counts,
+                    Err(why) => return self.finish(job, JobState::Failed, Some(why)),
+                }
+            }
+            _ => (0, 0),
+        };
         let mut event = self
             .job_event("key.shred", job)
-            .detail("batch_state", to.to_string());
+            .detail("batch_state", to.to_string())
+            .detail("cards_revoked", revoked.to_string())
+            .detail("jobs_cancelled", cancelled.to_string());
         if let Some(r) = &rec {
             event = event
                 .detail("cards", r.cards.to_string())
@@ -315,9 +337,10 @@ impl Ceremonies {
                 )
                 .detail("kcv", r.data_key_kcv.clone().unwrap_or_default());
         }
+        events.insert(0, event);
         match self
             .codes
-            .destroy_batch(&self.audit, batch, from, to, b, vec![event])
+            .destroy_batch(&self.audit, batch, from, to, b, events)
         {
             Ok(_) => {
                 *job = next;
@@ -328,6 +351,60 @@ impl Ceremonies {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Adds to `b` the revocation (reason `codes_destroyed`) of every card of `batch` that
+    /// still needs its codes, and the cancellation of every unsent job of the batch's cards,
+    /// with their events. Returns how many cards and jobs, or `Err(why)` (nothing added) when
+    /// cards need their codes and the shred was not forced. The caller holds the ops lock.
+    fn retire_cards_into(
+        &self,
+        job: &KeyJob,
+        batch: crate::codes::BatchId,
+        force: bool,
+        b: &mut Batch,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<std::result::Result<(u64, u64), String>> {
+        let Some(cms) = self.cms.clone() else {
+            return Ok(Ok((0, 0)));
+        };
+        let mut live = Vec::new();
+        let mut registered = Vec::new();
+        self.for_each_serial(batch, &mut |serial| {
+            if let Some(card) = cms.card(serial)? {
+                if card.state != CardState::Revoked {
+                    live.push(card);
+                } else {
+                    registered.push(card.serial);
+                }
+            }
+            Ok(())
+        })?;
+        if !live.is_empty() && !force {
+            return Ok(Err(format!(
+                "batch {batch}: {} card(s) now need their codes and the shred was not forced; \
+                 nothing was destroyed: propose it again",
+                live.len()
+            )));
+        }
+        let now = now_ms();
+        let why = format!("codes destroyed: batch {batch} shredded by {}", job.id);
+        let actor = Actor::system(job.id.to_string());
+        let mut cancelled = 0u64;
+        let revoked = live.len() as u64;
+        for card in live {
+            let (card, event) = cms.revoked(card, Reason::CodesDestroyed, now, &actor);
+            b.put(Tree::Cards, card.serial.as_bytes().to_vec(), encode(&card)?);
+            events.push(event.detail("proposal", job.id.to_string()));
+            registered.push(card.serial);
+        }
+        for serial in registered {
+            for (_, event) in cms.cancel_jobs_into(&serial, &why, now, b)? {
+                cancelled += 1;
+                events.push(event.detail("proposal", job.id.to_string()));
+            }
+        }
+        Ok(Ok((revoked, cancelled)))
     }
 
     fn rotate_phase(&self, hsm: &dyn Hsm, job: &mut KeyJob) -> Result<()> {
@@ -415,14 +492,15 @@ impl Ceremonies {
         if st.sealed {
             return Err(Error::Sealed);
         }
+        // Only the terms the proposal names (all decrypt-only ones for a proposal made before
+        // proposals said what they do).
+        let named = self.get(job.id)?.and_then(|p| p.impact);
         {
             let _keys = self.codes.keyring_lock();
             let ring = Keyring::load(&**self.store())?;
-            for t in st
-                .terms
-                .iter()
-                .filter(|t| t.state == TermState::DecryptOnly)
-            {
+            for t in st.terms.iter().filter(|t| {
+                t.state == TermState::DecryptOnly && named.as_ref().is_none_or(|i| i.retires(t.id))
+            }) {
                 // The term goes on the job's record before the HSM destroys it, so a crash
                 // in between cannot leave a destroyed term out of the `key.done` event.
                 if !job.retired.iter().any(|(id, _)| *id == t.id) {

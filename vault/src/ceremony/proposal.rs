@@ -11,6 +11,7 @@
 //!   └──withdraw──▶ withdrawn
 //! ```
 
+use super::impact::Impact;
 use crate::codes::BatchId;
 use crate::error::{Error, Result};
 use crate::hsm::TermId;
@@ -77,6 +78,12 @@ pub enum Operation {
     Shred {
         /// The batch.
         batch: BatchId,
+        /// Shred although cards of the batch still need their codes (issued, active or
+        /// suspended): they are revoked with reason `codes_destroyed` and their unsent
+        /// dispatch jobs cancelled, in the destroying write. Absent in records written
+        /// before issue 14 (false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Discard a quarantined batch, destroyed as a shred is, so that the manufacturer can
     /// upload a corrected file (the upload itself is the import flow's).
@@ -110,7 +117,9 @@ impl Operation {
     /// The batch the operation destroys, if any.
     pub fn batch(&self) -> Option<BatchId> {
         match self {
-            Operation::Shred { batch } | Operation::DiscardQuarantined { batch } => Some(*batch),
+            Operation::Shred { batch, .. } | Operation::DiscardQuarantined { batch } => {
+                Some(*batch)
+            }
             _ => None,
         }
     }
@@ -124,7 +133,11 @@ impl fmt::Display for Operation {
             Operation::Rekey { shares, threshold } => {
                 write!(f, "rekey to {threshold} of {shares} shares")
             }
-            Operation::Shred { batch } => write!(f, "shred batch {batch}"),
+            Operation::Shred {
+                batch,
+                force: false,
+            } => write!(f, "shred batch {batch}"),
+            Operation::Shred { batch, force: true } => write!(f, "shred batch {batch} (forced)"),
             Operation::DiscardQuarantined { batch } => {
                 write!(f, "discard quarantined batch {batch}")
             }
@@ -191,6 +204,11 @@ pub struct Proposal {
     pub finished_ms: Option<u64>,
     /// What came of it: the new term and its KCV, the new share set, the error…
     pub outcome: Option<String>,
+    /// What it will do, computed when proposed and shown to the approver: the cards that lose
+    /// their codes, the dispatch jobs cancelled, every key and term rotated or destroyed.
+    /// `None` in records written before issue 14.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Impact>,
 }
 
 impl Proposal {
@@ -265,6 +283,38 @@ mod tests {
             serde_json::to_string(&Operation::Rotate).unwrap(),
             r#"{"op":"rotate"}"#
         );
+    }
+
+    #[test]
+    fn a_record_written_before_impacts_and_force_still_reads() {
+        // A proposal record as issue 8 wrote it: no `impact`, a shred without `force`.
+        let old = br#"{"id":7,"op":{"op":"shred","batch":42},"reason":"past retention",
+            "proposer":"a000002","proposed_ms":1,"expires_ms":2,"state":"open",
+            "kcv":"DC95C0","approver":null,"decided_ms":null,"finished_ms":null,
+            "outcome":null}"#;
+        let p = Proposal::decode(old).unwrap();
+        assert_eq!(
+            p.op,
+            Operation::Shred {
+                batch: BatchId(42),
+                force: false
+            }
+        );
+        assert_eq!(p.impact, None);
+        assert_eq!(p.kcv.unwrap().to_string(), "DC95C0");
+        // And is written back in the same form (no new field while there is nothing to say).
+        let again = String::from_utf8(p.encode().unwrap()).unwrap();
+        assert!(
+            !again.contains("force") && !again.contains("impact"),
+            "{again}"
+        );
+        let forced = Operation::Shred {
+            batch: BatchId(42),
+            force: true,
+        };
+        let json = serde_json::to_string(&forced).unwrap();
+        assert_eq!(json, r#"{"op":"shred","batch":42,"force":true}"#);
+        assert_eq!(forced.to_string(), "shred batch b000042 (forced)");
     }
 
     #[test]

@@ -234,7 +234,13 @@ fn impossible_operations_are_refused_when_proposed_and_nothing_is_written() {
     let cases: Vec<(Operation, &str)> = vec![
         (Operation::Retire { term: TermId(9) }, "not found: term 9"),
         (Operation::Retire { term: TermId(1) }, "active term"),
-        (Operation::Shred { batch: BatchId(99) }, "not found: batch"),
+        (
+            Operation::Shred {
+                batch: BatchId(99),
+                force: false,
+            },
+            "not found: batch",
+        ),
         (
             Operation::DiscardQuarantined { batch: BatchId(1) },
             "committed; this needs quarantined",
@@ -542,7 +548,10 @@ fn a_copy_of_the_store_taken_before_a_shred_cannot_yield_the_codes() {
         .propose(
             &*f.hsm,
             &officer("alice"),
-            Operation::Shred { batch: a.id },
+            Operation::Shred {
+                batch: a.id,
+                force: true,
+            },
             "revoked cards past retention",
             t,
         )
@@ -631,7 +640,10 @@ fn a_quarantined_batch_can_be_discarded() {
         .propose(
             &*f.hsm,
             &officer("a"),
-            Operation::Shred { batch: q.id },
+            Operation::Shred {
+                batch: q.id,
+                force: false,
+            },
             "x",
             t,
         )

@@ -66,10 +66,13 @@ pub enum Reason {
     Expired,
     /// Anything else.
     Other,
+    /// Its codes were destroyed: a key officer shredded its batch (with `force`).
+    CodesDestroyed,
 }
 
 impl Reason {
-    /// Every reason, in a fixed order.
+    /// Every reason a caller may give, in a fixed order (`codes_destroyed` is not among them:
+    /// only a shred of the card's batch gives it).
     pub const ALL: [Reason; 11] = [
         Reason::Lost,
         Reason::Stolen,
@@ -98,6 +101,7 @@ impl Reason {
             Reason::Replaced => "replaced",
             Reason::Expired => "expired",
             Reason::Other => "other",
+            Reason::CodesDestroyed => "codes_destroyed",
         }
     }
 
@@ -214,5 +218,6 @@ mod tests {
             assert_eq!(Reason::parse(r.as_str()).unwrap(), r);
         }
         assert!(Reason::parse("bored").is_err());
+        assert!(Reason::parse(Reason::CodesDestroyed.as_str()).is_err());
     }
 }

@@ -193,8 +193,9 @@ pub enum JobState {
     AwaitingCounter,
     /// Part A, printed and handed over at the counter (by whom and when on the job).
     HandedOver,
-    /// Will not go out: its dispatch was replaced, or the card's state refused it (the reason
-    /// is on the job). Never falls back to another channel.
+    /// Will not go out: its dispatch was replaced, the card's state refused it, or the card's
+    /// codes were destroyed by a forced shred of its batch ([`crate::ceremony`]); the reason is
+    /// on the job. Never falls back to another channel.
     Cancelled,
 }
 
@@ -217,7 +218,8 @@ impl JobState {
     }
 
     /// Not gone out yet and still meant to: `counter` (part A not printed), `awaiting_counter`,
-    /// `queued` or `failed`. What replacing a dispatch cancels.
+    /// `queued` or `failed`. What replacing a dispatch and a forced shred cancel (a `sending`
+    /// job is left to its worker, whose release of the codes then fails).
     pub fn unsent(self) -> bool {
         matches!(
             self,
@@ -379,6 +381,12 @@ impl Job {
             Some(n) => format!("counter({n})+{}", self.channel),
             None => "whole".to_owned(),
         }
+    }
+
+    /// Not gone out and not replaced by a resend: what replacing its dispatch, or a forced
+    /// shred of its codes, cancels ([`JobState::unsent`]).
+    pub fn cancellable(&self) -> bool {
+        self.superseded_by.is_none() && self.state.unsent()
     }
 
     /// Whether the overdue alert watches it.
@@ -798,6 +806,39 @@ impl Cms {
         Ok(jobs)
     }
 
+    /// Adds to `b` the cancellation of every job of card `serial` that has not gone out
+    /// ([`Job::cancellable`]): each becomes `cancelled`, `why` as its reason, leaving
+    /// the due and overdue indexes. Returns the jobs with their `dispatch.cancel` events, for
+    /// the caller to commit with `b` (a shred that destroys the card's codes). The caller
+    /// holds the ops lock.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn cancel_jobs_into(
+        &self,
+        serial: &str,
+        why: &str,
+        now_ms: u64,
+        b: &mut Batch,
+    ) -> Result<Vec<(Job, NewEvent)>> {
+        let mut out = Vec::new();
+        for old in self.jobs_of(serial)? {
+            if !old.cancellable() {
+                continue;
+            }
+            let mut job = old.clone();
+            job.state = JobState::Cancelled;
+            job.cancel_reason = Some(clean_error(why));
+            job.updated_ms = now_ms;
+            put_job(b, Some(&old), &job)?;
+            let event = job_event("dispatch.cancel", &job)
+                .detail("from", old.state.as_str())
+                .detail("why", clean_error(why));
+            out.push((job, event));
+        }
+        Ok(out)
+    }
+
     /// The latest job of each part of the card's dispatch in force (its newest), by part.
     pub(super) fn latest_jobs(&self, serial: &str) -> Result<BTreeMap<Part, Job>> {
         let jobs = self.jobs_of(serial)?;
@@ -1130,7 +1171,7 @@ impl Cms {
     ) -> Result<NewEvent> {
         let mut cancelled = Vec::new();
         for job in &old.jobs {
-            if job.superseded_by.is_none() && job.state.unsent() {
+            if job.cancellable() {
                 let mut c = job.clone();
                 c.state = JobState::Cancelled;
                 c.cancel_reason = Some("superseded".into());
