@@ -285,13 +285,15 @@ pub struct Recovery {
 /// Start-up recovery of print runs and print files: see the module documentation. Call it
 /// before the service takes requests (no run may be going).
 ///
+/// Not audited (it runs before the unseal): each action is logged.
+///
 /// # Errors
-/// Store and audit errors; [`vault::Error::Storage`] naming a file of the output directory
+/// Store errors; [`vault::Error::Storage`] naming a file of the output directory
 /// that cannot be read, removed, moved or written, or a recorded file whose sealed file no
 /// longer has its recorded size (left in place).
-pub fn recover(cms: &Cms, audit: &AuditLog, setup: &PrintSetup) -> vault::Result<Recovery> {
+pub fn recover(cms: &Cms, setup: &PrintSetup) -> vault::Result<Recovery> {
     let mut done = Recovery {
-        interrupted: cms.recover_print_runs(audit)?,
+        interrupted: cms.recover_print_runs()?,
         ..Recovery::default()
     };
     for id in &done.interrupted {

@@ -142,7 +142,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Before any request: runs left `running` become `interrupted`, and the print directory
     // is brought to agree with the vault (partial outputs removed, missing manifests of
     // recorded files written, files of no run quarantined).
-    plico::mailers::recover(&state.cms, &state.audit, &state.print)
+    plico::mailers::recover(&state.cms, &state.print)
         .context("cannot recover print runs and print files at start-up")?;
     let mut admin_token = None;
     if args.dev {

@@ -49,8 +49,9 @@ fn registry_csv() -> String {
     let mut out = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n".to_owned();
     for n in 1..=CARDS {
         out.push_str(&format!(
-            "{};Lucia;Mondella {n};1985-12-10;;;Via Manzoni {n}, 20121 Milano;false;{};2032-12-31;\n",
+            "{};Lucia;Mondella {};1985-12-10;;;Via Manzoni {n}, 20121 Milano;false;{};2032-12-31;\n",
             codice_fiscale(n),
+            char::from(b'A' + n as u8),
             serial(n)
         ));
     }

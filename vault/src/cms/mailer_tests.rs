@@ -327,17 +327,13 @@ fn start_up_marks_a_stopped_run_interrupted_and_a_file_can_be_told_from_its_reco
     };
     w.restart();
     assert_eq!(w.cms().print_run(id).unwrap().state, "running");
-    assert_eq!(w.cms().recover_print_runs(w.audit()).unwrap(), [id]);
+    assert_eq!(w.cms().recover_print_runs().unwrap(), [id]);
     let run = w.cms().print_run(id).unwrap();
     assert_eq!(run.state, "interrupted");
     assert!(run.finished_ms > 0 && run.error.is_some());
     assert_eq!(run.files, ["test-0001.pdf.age"]);
-    // Once only, and with an audit event.
-    assert!(w.cms().recover_print_runs(w.audit()).unwrap().is_empty());
-    assert_eq!(
-        super::outbox_tests::events(&w, "mailers.run_interrupted").len(),
-        1
-    );
+    // Once only.
+    assert!(w.cms().recover_print_runs().unwrap().is_empty());
 
     assert_eq!(w.cms().print_file_names().unwrap(), ["test-0001.pdf.age"]);
     let facts = w
@@ -360,7 +356,7 @@ fn start_up_marks_a_stopped_run_interrupted_and_a_file_can_be_told_from_its_reco
     // While a run goes, recovery is refused.
     let job = start(&w, Selection::Batch(batch), Reprint::Unprinted);
     assert!(matches!(
-        w.cms().recover_print_runs(w.audit()),
+        w.cms().recover_print_runs(),
         Err(Error::Refused(_))
     ));
     job.finish(w.audit(), None).unwrap();

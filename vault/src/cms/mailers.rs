@@ -598,7 +598,7 @@ impl Cms {
             ));
         }
         let guard = RunningFlag(&self.print_running);
-        self.mark_interrupted_runs(audit)?;
+        self.mark_interrupted_runs()?;
         let mut b = Batch::new();
         let id = next_counter(self, NEXT_RUN_KEY, &mut b, 1)?;
         let record = PrintRunRecord {
@@ -647,12 +647,16 @@ impl Cms {
     }
 
     /// At start-up: marks every run left `running` by a stopped process as `interrupted`
-    /// (ended now, with the reason as its error), with one `mailers.run_interrupted` audit
-    /// event each, in one store batch. Returns their ids.
+    /// (ended now, with the reason as its error), in one store batch, flushed. Returns their
+    /// ids.
+    ///
+    /// Not audited: start-up runs before the unseal, when the audit chain takes no event but
+    /// the custodians' (the caller logs each run; the run's `mailers.run_start` and its files'
+    /// `mailers.print_file` events are in the chain).
     ///
     /// # Errors
-    /// [`Error::Refused`] while a run goes in this process; store and audit errors.
-    pub fn recover_print_runs(&self, audit: &AuditLog) -> Result<Vec<u64>> {
+    /// [`Error::Refused`] while a run goes in this process; store errors.
+    pub fn recover_print_runs(&self) -> Result<Vec<u64>> {
         if self
             .print_running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -663,14 +667,13 @@ impl Cms {
             ));
         }
         let _guard = RunningFlag(&self.print_running);
-        self.mark_interrupted_runs(audit)
+        self.mark_interrupted_runs()
     }
 
     /// Marks runs left `running` by a stopped process as `interrupted`. The caller holds the
     /// one-run-at-a-time flag, so no run of this process is among them.
-    fn mark_interrupted_runs(&self, audit: &AuditLog) -> Result<Vec<u64>> {
+    fn mark_interrupted_runs(&self) -> Result<Vec<u64>> {
         let mut b = Batch::new();
-        let mut events = Vec::new();
         let mut ids = Vec::new();
         let now = now_ms();
         for (k, v) in self.store.range(Tree::PrintRuns, &[], None, usize::MAX)? {
@@ -680,18 +683,12 @@ impl Cms {
                 r.error = Some("the service stopped during the run".into());
                 r.finished_ms = now;
                 b.put(Tree::PrintRuns, k, encode(&r)?);
-                events.push(
-                    NewEvent::new("mailers.run_interrupted", format!("print run {}", r.id))
-                        .by("system", "-")
-                        .outcome(Outcome::Failed)
-                        .detail("printed", r.printed.to_string())
-                        .detail("files", r.files.len().to_string()),
-                );
                 ids.push(r.id);
             }
         }
-        if !events.is_empty() {
-            audit.commit_all(b, events)?;
+        if !b.is_empty() {
+            self.store.apply(&b)?;
+            self.store.flush()?;
         }
         Ok(ids)
     }
