@@ -277,6 +277,9 @@ pub struct Recovery {
     pub finished: Vec<String>,
     /// Files of no run moved to the quarantine folder (their names there).
     pub quarantined: Vec<String>,
+    /// Recorded files without a manifest whose sealed file does not have its recorded size:
+    /// left without a manifest (not printable), logged as errors.
+    pub damaged: Vec<String>,
     /// Recorded files with no sealed file in the output directory (collected by the print
     /// facility, or moved away): left alone.
     pub absent: u64,
@@ -289,8 +292,7 @@ pub struct Recovery {
 ///
 /// # Errors
 /// Store errors; [`vault::Error::Storage`] naming a file of the output directory
-/// that cannot be read, removed, moved or written, or a recorded file whose sealed file no
-/// longer has its recorded size (left in place).
+/// that cannot be read, removed, moved or written.
 pub fn recover(cms: &Cms, setup: &PrintSetup) -> vault::Result<Recovery> {
     let mut done = Recovery {
         interrupted: cms.recover_print_runs()?,
@@ -338,10 +340,16 @@ pub fn recover(cms: &Cms, setup: &PrintSetup) -> vault::Result<Recovery> {
             .map_err(|e| io_storage(&out.join(name), &e))?
             .len();
         if size != facts.dir.sealed_bytes {
-            return Err(vault::Error::Storage(format!(
-                "print file {name} is recorded with {} bytes but has {size}: left without a manifest",
-                facts.dir.sealed_bytes
-            )));
+            // Not a crash's leftover (a sealed file is fsynced before it is published and
+            // recorded): someone changed it. It stays without a manifest, so unprintable.
+            tracing::error!(
+                file = %name,
+                recorded_bytes = facts.dir.sealed_bytes,
+                bytes = size,
+                "recorded print file does not have its recorded size: left without a manifest"
+            );
+            done.damaged.push(name.clone());
+            continue;
         }
         let manifest = Manifest {
             file: facts.dir.name.clone(),
