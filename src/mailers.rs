@@ -7,21 +7,45 @@
 //!   cards with their codes and mailer numbers, rayon renders them, the run seals each print
 //!   file to the print facility, and each file is recorded in the vault (its mailers and one
 //!   audit event) before its manifest is written;
-//! - [`counter_page`] renders the part A page of one card for the counter (one PDF, in memory).
+//! - [`counter_page`] renders the part A page of one card for the counter (one PDF, in memory);
+//! - [`recover`] brings the output directory and the vault to agree at start-up, after a crash.
 //!
-//! Both run on the calling thread (and the rayon pool): call them from `spawn_blocking`.
+//! They run on the calling thread (and the rayon pool): call them from `spawn_blocking`.
+//!
+//! # Start-up recovery and file numbers
+//!
+//! A file's vault record is its commit (see [`vault::cms::mailers`] for why it cannot leave a
+//! card marked printed with no printable file). Before the service listens, [`recover`]:
+//!
+//! 1. marks every run found `running` as `interrupted`;
+//! 2. removes partial outputs (`.LABEL-NNNN.pdf.age.partial`, `.LABEL-NNNN.manifest.json.partial`);
+//! 3. writes the manifest of every recorded file that has its sealed file but no manifest,
+//!    from the record;
+//! 4. moves every sealed file or manifest of a file that no run recorded into
+//!    `OUT_DIR/.quarantine/` (0700, hidden: the print facility reads only `*.manifest.json` at
+//!    the top of `OUT_DIR`), never overwriting what is there.
+//!
+//! Each action is logged. Names this module does not write are left alone. A run then numbers
+//! its files after the last number its label used, in the vault or on disk (quarantine
+//! included): the default rerun of a batch works after any crash and never reuses a name the
+//! facility may have seen.
 
-use dispatch::bulk::{BoxError, Manifest, OwnedMailer, PrintRun, PrintedFile};
+use dispatch::bulk::{
+    file_names, parse_file_name, write_manifest, BoxError, FileKind, FileStep, Manifest,
+    OwnedMailer, PrintRun, PrintedFile, StepHook,
+};
 use dispatch::{
     Addressee, Codes, Issuer, Layout, Mailer, Plan, PrintRenderer, Rendered, Renderer, SecretBuf,
     Templates,
 };
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use vault::audit::AuditLog;
 use vault::cms::date::Date;
 use vault::cms::mailers::{MailerItem, RecordedFile};
-use vault::cms::{PrintJob, PrintRunRecord};
+use vault::cms::{Cms, PrintJob, PrintRunRecord};
 use vault::codes::CardCodes;
 use vault::Hsm;
 
@@ -130,14 +154,16 @@ pub fn print(
     progress: &(dyn Fn(u64) + Sync),
 ) -> vault::Result<(PrintRunRecord, Vec<Manifest>)> {
     let outcome = (|| -> Result<Vec<Manifest>, String> {
-        let run = PrintRun::new(
-            setup.renderer(),
-            &setup.recipients,
-            &setup.out_dir,
-            job.label(),
-        )
-        .map_err(|e| e.to_string())?
-        .per_file(setup.per_file);
+        let label = job.label();
+        let recorded = job.recorded_file_names().map_err(|e| e.to_string())?;
+        let first_file = next_file_number(&setup.out_dir, &recorded, &label)?;
+        let mut run = PrintRun::new(setup.renderer(), &setup.recipients, &setup.out_dir, label)
+            .map_err(|e| e.to_string())?
+            .per_file(setup.per_file)
+            .first_file(first_file);
+        if let Some(hook) = dev_test_pause_hook() {
+            run = run.on_step(hook);
+        }
         let items = job.mailers(hsm, today).map_err(|e| e.to_string())?;
         let mailers = items.map(|item| {
             item.map_err(BoxError::from)
@@ -190,4 +216,260 @@ pub fn counter_page(
         Rendered::Pdf(pdf) => Ok(pdf),
         _ => Err(dispatch::Error::NoPages),
     }
+}
+
+/// The hidden folder of `out_dir` that files in no run are moved to.
+pub const QUARANTINE_DIR: &str = ".quarantine";
+
+/// The number of the next file of `label`: one past the largest used, by a recorded file or
+/// by any file of that label in `out_dir` or its quarantine (partial ones too).
+fn next_file_number(out_dir: &Path, recorded: &[String], label: &str) -> Result<u32, String> {
+    let mut last = 0u32;
+    let mut see = |name: &str| {
+        if let Some(n) = parse_file_name(name).filter(|n| n.label == label) {
+            last = last.max(n.number);
+        }
+    };
+    recorded.iter().for_each(|n| see(n));
+    for dir in [out_dir.to_owned(), out_dir.join(QUARANTINE_DIR)] {
+        for name in list_names(&dir).map_err(|e| e.to_string())? {
+            see(&name);
+        }
+    }
+    last.checked_add(1)
+        .ok_or_else(|| format!("print run label {label}: no file number left"))
+}
+
+/// The names of the plain files of `dir` (none when it does not exist).
+fn list_names(dir: &Path) -> vault::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_storage(dir, &e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_storage(dir, &e))?;
+        let is_file = entry
+            .file_type()
+            .map_err(|e| io_storage(&entry.path(), &e))?
+            .is_file();
+        if let (true, Ok(name)) = (is_file, entry.file_name().into_string()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn io_storage(path: &Path, e: &dyn std::fmt::Display) -> vault::Error {
+    vault::Error::Storage(format!("print output {}: {e}", path.display()))
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Runs found `running`, now `interrupted`.
+    pub interrupted: Vec<u64>,
+    /// Partial outputs removed.
+    pub removed: Vec<String>,
+    /// Recorded files whose manifest was written again.
+    pub finished: Vec<String>,
+    /// Files of no run moved to the quarantine folder (their names there).
+    pub quarantined: Vec<String>,
+    /// Recorded files without a manifest whose sealed file does not have its recorded size:
+    /// left without a manifest (not printable), logged as errors.
+    pub damaged: Vec<String>,
+    /// Recorded files with no sealed file in the output directory (collected by the print
+    /// facility, or moved away): left alone.
+    pub absent: u64,
+}
+
+/// Start-up recovery of print runs and print files: see the module documentation. Call it
+/// before the service takes requests (no run may be going).
+///
+/// Not audited (it runs before the unseal): each action is logged.
+///
+/// # Errors
+/// Store errors; [`vault::Error::Storage`] naming a file of the output directory
+/// that cannot be read, removed, moved or written.
+pub fn recover(cms: &Cms, setup: &PrintSetup) -> vault::Result<Recovery> {
+    let mut done = Recovery {
+        interrupted: cms.recover_print_runs()?,
+        ..Recovery::default()
+    };
+    for id in &done.interrupted {
+        tracing::warn!(
+            run = id,
+            "print run found running at start-up: marked interrupted"
+        );
+    }
+    let out = &setup.out_dir;
+    if !out.is_dir() {
+        return Ok(done);
+    }
+    let recorded: BTreeSet<String> = cms.print_file_names()?.into_iter().collect();
+
+    // Partial outputs first: a recorded file's manifest is then written afresh.
+    for name in list_names(out)? {
+        if parse_file_name(&name).is_some_and(|n| n.partial) {
+            std::fs::remove_file(out.join(&name)).map_err(|e| io_storage(&out.join(&name), &e))?;
+            tracing::warn!(file = %name, "partial print output removed at start-up");
+            done.removed.push(name);
+        }
+    }
+
+    // Recorded files without a manifest: finish them from the record.
+    let names: BTreeSet<String> = list_names(out)?.into_iter().collect();
+    for name in &recorded {
+        let Some(parsed) = parse_file_name(name) else {
+            continue;
+        };
+        let manifest_name = file_names(&parsed.label, parsed.number).1;
+        if !names.contains(name) {
+            done.absent += 1;
+            continue;
+        }
+        if names.contains(&manifest_name) {
+            continue;
+        }
+        let facts = cms
+            .print_file_facts(name)?
+            .ok_or_else(|| vault::Error::Storage(format!("print file {name} is not recorded")))?;
+        let size = std::fs::metadata(out.join(name))
+            .map_err(|e| io_storage(&out.join(name), &e))?
+            .len();
+        if size != facts.dir.sealed_bytes {
+            // Not a crash's leftover (a sealed file is fsynced before it is published and
+            // recorded): someone changed it. It stays without a manifest, so unprintable.
+            tracing::error!(
+                file = %name,
+                recorded_bytes = facts.dir.sealed_bytes,
+                bytes = size,
+                "recorded print file does not have its recorded size: left without a manifest"
+            );
+            done.damaged.push(name.clone());
+            continue;
+        }
+        let manifest = Manifest {
+            file: facts.dir.name.clone(),
+            batch_label: facts.label,
+            count: facts.dir.count,
+            first_serial: facts.first_serial,
+            last_serial: facts.last_serial,
+            first_number: facts.dir.first_number,
+            last_number: facts.dir.first_number + facts.dir.count.saturating_sub(1),
+            // A recorded file's numbers are consecutive.
+            numbers: None,
+            sha256_clear_pdf: facts.dir.sha256_clear_pdf,
+            sealed_bytes: facts.dir.sealed_bytes,
+        };
+        write_manifest(out, &manifest).map_err(|e| vault::Error::Storage(e.to_string()))?;
+        tracing::warn!(file = %name, "print file recorded without a manifest: manifest written at start-up");
+        done.finished.push(name.clone());
+    }
+
+    // Files of no run: moved aside.
+    let quarantine = out.join(QUARANTINE_DIR);
+    for name in list_names(out)? {
+        let Some(parsed) = parse_file_name(&name) else {
+            continue;
+        };
+        if parsed.partial || recorded.contains(&parsed.sealed_name()) {
+            continue;
+        }
+        let to = quarantine_file(&quarantine, &out.join(&name), &name)?;
+        tracing::warn!(
+            file = %name,
+            kind = match parsed.kind { FileKind::Sealed => "sealed file", FileKind::Manifest => "manifest" },
+            to = %to.display(),
+            "print file in no run moved to quarantine at start-up"
+        );
+        done.quarantined.push(name);
+    }
+    if !done.quarantined.is_empty() {
+        sync_dir(&quarantine)?;
+    }
+    if !done.removed.is_empty() || !done.quarantined.is_empty() || !done.finished.is_empty() {
+        sync_dir(out)?;
+    }
+    if done.absent > 0 {
+        tracing::info!(
+            files = done.absent,
+            "recorded print files no longer in the output directory (collected by the print facility?)"
+        );
+    }
+    Ok(done)
+}
+
+/// Moves `from` into `quarantine` (made 0700 if missing) under `name`, or `name.1`, `name.2`…
+/// if taken; returns where it went.
+fn quarantine_file(quarantine: &Path, from: &Path, name: &str) -> vault::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !quarantine.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(quarantine)
+            .map_err(|e| io_storage(quarantine, &e))?;
+    }
+    let mut to = quarantine.join(name);
+    let mut n = 0u32;
+    while to.exists() {
+        n += 1;
+        to = quarantine.join(format!("{name}.{n}"));
+    }
+    std::fs::rename(from, &to).map_err(|e| io_storage(from, &e))?;
+    Ok(to)
+}
+
+fn sync_dir(dir: &Path) -> vault::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_storage(dir, &e))
+}
+
+/// Where a development test asked print runs to pause: the step, and which time it is reached.
+static DEV_TEST_PAUSE: OnceLock<(FileStep, u32)> = OnceLock::new();
+
+/// For crash tests of `serve --dev` only (the caller checks `--dev`): print runs of this
+/// process stop for good at the `n`th time any file reaches `step`, after printing
+/// `plico: test pause at STEP of FILE` on stdout, so that the test can kill the process
+/// there. `spec` is `STEP` or `STEP:N` (`N` from 1), STEP one of `sealed`, `published`,
+/// `recorded`, `manifest`.
+///
+/// # Errors
+/// A spec that names no step.
+pub fn insecure_dev_test_pause(spec: &str) -> Result<(), String> {
+    let (step, n) = match spec.split_once(':') {
+        Some((s, n)) => (s, n.parse::<u32>().ok().filter(|n| *n > 0)),
+        None => (spec, Some(1)),
+    };
+    let step = FileStep::ALL
+        .into_iter()
+        .find(|s| s.as_str() == step.trim());
+    match (step, n) {
+        (Some(step), Some(n)) => {
+            let _ = DEV_TEST_PAUSE.set((step, n));
+            Ok(())
+        }
+        _ => Err(format!(
+            "test pause {spec:?}: expected STEP or STEP:N, STEP one of sealed, published, recorded, manifest"
+        )),
+    }
+}
+
+fn dev_test_pause_hook() -> Option<StepHook> {
+    let (wanted, n) = *DEV_TEST_PAUSE.get()?;
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    Some(Arc::new(move |step: FileStep, file: &str| {
+        if step != wanted || SEEN.fetch_add(1, Ordering::AcqRel) + 1 != n {
+            return;
+        }
+        use std::io::Write;
+        println!("plico: test pause at {} of {file}", step.as_str());
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::park();
+        }
+    }))
 }

@@ -13,7 +13,9 @@
 //! is in `service/support.rs`. The delivery workers against real peers (smtp-sink, Kannel with
 //! its fake SMSC, started as `dispatch`'s courier tests start them: `peers`) and the delivery
 //! reports endpoint are in `service/delivery.rs`; the crash test of 10,000 e-mail jobs (the
-//! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`. Key
+//! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`; the
+//! crash test of print runs (killed at each step of a print file, recovered, rerun) in
+//! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
 //! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,6 +45,8 @@ mod keys;
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
+#[path = "service/print_crash.rs"]
+mod print_crash;
 #[path = "service/support.rs"]
 mod support;
 

@@ -24,7 +24,11 @@
 //! Each file is written under a hidden temporary name (`.<name>.partial`, created 0600 and
 //! exclusively), fsynced, renamed to its final name, and the directory fsynced; a run that
 //! fails removes its partial file, and files already completed stay (each with its manifest).
-//! An existing file of the same name is never overwritten.
+//! An existing file of the same name is never overwritten: files are numbered from
+//! [`PrintRun::first_file`] (1 by default), and the service starts a run of a label after the
+//! last number that label used ([`parse_file_name`] reads the names back). [`write_manifest`]
+//! writes a manifest the same way, for the service's start-up recovery. A [`StepHook`] sees
+//! each [`FileStep`] of each file (a crash test pauses there and kills the process).
 //!
 //! ## What is written
 //!
@@ -221,8 +225,165 @@ pub struct Manifest {
     pub sealed_bytes: u64,
 }
 
+/// The steps of one print file on disk, in order, as a [`StepHook`] sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileStep {
+    /// The sealed file is complete and synced under its hidden `.partial` name.
+    Sealed,
+    /// The sealed file is renamed to its final name (and the directory synced); not recorded.
+    Published,
+    /// The recorder returned: the file is recorded; its manifest is not written yet.
+    Recorded,
+    /// The manifest is complete and synced under its hidden `.partial` name, not yet renamed.
+    ManifestWritten,
+}
+
+impl FileStep {
+    /// Every step, in order.
+    pub const ALL: [FileStep; 4] = [
+        FileStep::Sealed,
+        FileStep::Published,
+        FileStep::Recorded,
+        FileStep::ManifestWritten,
+    ];
+
+    /// The step's name: `sealed`, `published`, `recorded`, `manifest`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStep::Sealed => "sealed",
+            FileStep::Published => "published",
+            FileStep::Recorded => "recorded",
+            FileStep::ManifestWritten => "manifest",
+        }
+    }
+}
+
+/// Called at each [`FileStep`] of each file with the sealed file's name: a seam for crash
+/// tests (the service pauses there only when a development test asks it to).
+pub type StepHook = std::sync::Arc<dyn Fn(FileStep, &str) + Send + Sync>;
+
+/// What a print file name in an output directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `<label>-<n>.pdf.age`
+    Sealed,
+    /// `<label>-<n>.manifest.json`
+    Manifest,
+}
+
+/// A name a print run writes, taken apart: see [`parse_file_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileName {
+    /// The run's label.
+    pub label: String,
+    /// The file's number within its label (`0001` is 1).
+    pub number: u32,
+    /// Sealed file or manifest.
+    pub kind: FileKind,
+    /// A hidden `.<name>.partial` (a file being written, or left by a crash).
+    pub partial: bool,
+}
+
+impl FileName {
+    /// The sealed file's name of this file (`<label>-<n>.pdf.age`).
+    pub fn sealed_name(&self) -> String {
+        file_names(&self.label, self.number).0
+    }
+}
+
+/// The sealed file's and the manifest's names of file `n` of a run labelled `label`.
+pub fn file_names(label: &str, n: u32) -> (String, String) {
+    (
+        format!("{label}-{n:04}.pdf.age"),
+        format!("{label}-{n:04}.manifest.json"),
+    )
+}
+
+fn label_ok(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && !label.starts_with('.')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Takes apart a name a print run writes: `<label>-<NNNN>.pdf.age`,
+/// `<label>-<NNNN>.manifest.json`, or either as a hidden `.<name>.partial`. `None` for any
+/// other name (which recovery leaves alone).
+pub fn parse_file_name(name: &str) -> Option<FileName> {
+    let (name, partial) = match name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".partial"))
+    {
+        Some(inner) => (inner, true),
+        None => (name, false),
+    };
+    let (stem, kind) = if let Some(stem) = name.strip_suffix(".pdf.age") {
+        (stem, FileKind::Sealed)
+    } else {
+        (name.strip_suffix(".manifest.json")?, FileKind::Manifest)
+    };
+    let (label, digits) = stem.rsplit_once('-')?;
+    if digits.len() < 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || !label_ok(label) {
+        return None;
+    }
+    let number: u32 = digits.parse().ok()?;
+    // Only the names this module writes: `{n:04}` has no extra leading zero past four digits.
+    if file_names(label, number).0 != format!("{stem}.pdf.age") {
+        return None;
+    }
+    Some(FileName {
+        label: label.to_owned(),
+        number,
+        kind,
+        partial,
+    })
+}
+
+/// Writes `manifest` beside its sealed file in `out_dir`: under a hidden `.partial` name,
+/// fsynced, renamed, directory fsynced. An existing manifest is never overwritten.
+///
+/// # Errors
+/// [`Error::Exists`], [`Error::Io`], [`Error::Manifest`].
+pub fn write_manifest(out_dir: &Path, manifest: &Manifest) -> Result<()> {
+    write_manifest_with(out_dir, manifest, None)
+}
+
+fn write_manifest_with(out_dir: &Path, manifest: &Manifest, hook: Option<&StepHook>) -> Result<()> {
+    let manifest_name = manifest
+        .file
+        .strip_suffix(".pdf.age")
+        .map(|stem| format!("{stem}.manifest.json"))
+        .ok_or_else(|| Error::Io {
+            path: out_dir.join(&manifest.file),
+            source: io::Error::other("a sealed print file's name ends in .pdf.age"),
+        })?;
+    let final_path = out_dir.join(&manifest_name);
+    if final_path.exists() {
+        return Err(Error::Exists { path: final_path });
+    }
+    let mut json = serde_json::to_vec_pretty(manifest).map_err(|source| Error::Manifest {
+        file: manifest.file.clone(),
+        source,
+    })?;
+    json.push(b'\n');
+    let (mut file, mut partial) = create_partial(out_dir, &manifest_name)?;
+    let io = |source| Error::Io {
+        path: partial.path.clone(),
+        source,
+    };
+    file.write_all(&json).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    if let Some(hook) = hook {
+        hook(FileStep::ManifestWritten, &manifest.file);
+    }
+    partial.publish(&final_path)?;
+    sync_dir(out_dir)
+}
+
 /// A bulk print run: renderer, recipients and output place.
-#[derive(Debug)]
 pub struct PrintRun {
     renderer: PrintRenderer,
     recipients: Vec<age::x25519::Recipient>,
@@ -230,6 +391,23 @@ pub struct PrintRun {
     chunk: usize,
     out_dir: PathBuf,
     batch_label: String,
+    first_file: u32,
+    step_hook: Option<StepHook>,
+}
+
+impl fmt::Debug for PrintRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrintRun")
+            .field("renderer", &self.renderer)
+            .field("recipients", &self.recipients)
+            .field("per_file", &self.per_file)
+            .field("chunk", &self.chunk)
+            .field("out_dir", &self.out_dir)
+            .field("batch_label", &self.batch_label)
+            .field("first_file", &self.first_file)
+            .field("step_hook", &self.step_hook.is_some())
+            .finish()
+    }
 }
 
 impl PrintRun {
@@ -259,13 +437,7 @@ impl PrintRun {
             })
             .collect::<Result<Vec<_>>>()?;
         let batch_label = batch_label.into();
-        let label_ok = !batch_label.is_empty()
-            && batch_label.len() <= 64
-            && !batch_label.starts_with('.')
-            && batch_label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !label_ok {
+        if !label_ok(&batch_label) {
             return Err(Error::Label { label: batch_label });
         }
         Ok(PrintRun {
@@ -275,7 +447,28 @@ impl PrintRun {
             chunk: DEFAULT_CHUNK,
             out_dir: out_dir.into(),
             batch_label,
+            first_file: 1,
+            step_hook: None,
         })
+    }
+
+    /// The number of the run's first file (at least 1; `1` names it `<label>-0001`): a run
+    /// after an earlier one of the same label numbers its files after the last one used.
+    pub fn first_file(mut self, n: u32) -> PrintRun {
+        self.first_file = n.max(1);
+        self
+    }
+
+    /// Calls `hook` at each [`FileStep`] of each file (for crash tests).
+    pub fn on_step(mut self, hook: StepHook) -> PrintRun {
+        self.step_hook = Some(hook);
+        self
+    }
+
+    fn step(&self, step: FileStep, name: &str) {
+        if let Some(hook) = &self.step_hook {
+            hook(step, name);
+        }
     }
 
     /// Mailers per print file (at least 1).
@@ -344,7 +537,7 @@ impl PrintRun {
             on_file,
             current: None,
             manifests: Vec::new(),
-            next_file: 1,
+            next_file: self.first_file,
             appended: 0,
         };
         // Three stages overlap: while chunk k renders on the pool, chunk k-1 is appended (and
@@ -381,10 +574,7 @@ impl PrintRun {
     }
 
     fn names(&self, n: u32) -> (String, String) {
-        (
-            format!("{}-{n:04}.pdf.age", self.batch_label),
-            format!("{}-{n:04}.manifest.json", self.batch_label),
-        )
+        file_names(&self.batch_label, n)
     }
 
     fn open(&self, n: u32) -> Result<OpenFile<'_>> {
@@ -409,7 +599,6 @@ impl PrintRun {
             pdf,
             partial,
             name,
-            manifest_name,
             numbers: Vec::with_capacity(self.per_file.min(DEFAULT_PER_FILE)),
             serials: Vec::with_capacity(self.per_file.min(DEFAULT_PER_FILE)),
         })
@@ -425,7 +614,6 @@ impl PrintRun {
             pdf,
             mut partial,
             name,
-            manifest_name,
             numbers,
             serials,
         } = open;
@@ -441,9 +629,11 @@ impl PrintRun {
         file.sync_all().map_err(io)?;
         let sealed_bytes = file.metadata().map_err(io)?.len();
         drop(file);
+        self.step(FileStep::Sealed, &name);
         let final_path = self.out_dir.join(&name);
         partial.publish(&final_path)?;
         sync_dir(&self.out_dir)?;
+        self.step(FileStep::Published, &name);
 
         let contiguous = numbers
             .windows(2)
@@ -469,19 +659,8 @@ impl PrintRun {
             file: name.clone(),
             source,
         })?;
-        let mut json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|source| Error::Manifest { file: name, source })?;
-        json.push(b'\n');
-        let (mut file, mut partial) = create_partial(&self.out_dir, &manifest_name)?;
-        let io = |source| Error::Io {
-            path: partial.path.clone(),
-            source,
-        };
-        file.write_all(&json).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        partial.publish(&self.out_dir.join(&manifest_name))?;
-        sync_dir(&self.out_dir)?;
+        self.step(FileStep::Recorded, &name);
+        write_manifest_with(&self.out_dir, &manifest, self.step_hook.as_ref())?;
         Ok(manifest)
     }
 }
@@ -571,7 +750,6 @@ struct OpenFile<'r> {
     pdf: PdfWriter<'r, HashingWriter<StreamWriter<File>>>,
     partial: Partial,
     name: String,
-    manifest_name: String,
     numbers: Vec<u64>,
     /// Card serials in page order.
     serials: Vec<String>,
@@ -699,5 +877,32 @@ mod tests {
             hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn file_names_are_read_back_and_others_are_not_ours() {
+        let (sealed, manifest) = file_names("b000001", 12);
+        assert_eq!(sealed, "b000001-0012.pdf.age");
+        let n = parse_file_name(&sealed).unwrap();
+        assert_eq!(
+            (n.label.as_str(), n.number, n.kind, n.partial),
+            ("b000001", 12, FileKind::Sealed, false)
+        );
+        assert_eq!(n.sealed_name(), sealed);
+        let n = parse_file_name(&format!(".{manifest}.partial")).unwrap();
+        assert_eq!((n.kind, n.partial), (FileKind::Manifest, true));
+        let n = parse_file_name("re-print-1-12345.pdf.age").unwrap();
+        assert_eq!((n.label.as_str(), n.number), ("re-print-1", 12345));
+        for other in [
+            "b000001-001.pdf.age",
+            "b000001-00012.pdf.age",
+            "b000001-0001.pdf",
+            "notes.txt",
+            ".b000001-0001.pdf.age",
+            "-0001.pdf.age",
+            "..x-0001.pdf.age.partial",
+        ] {
+            assert_eq!(parse_file_name(other), None, "{other}");
+        }
     }
 }

@@ -35,6 +35,8 @@ use vault::Hsm;
 const DEV_DATA_DIR: &str = "./plico-data";
 /// The dev share's file name inside the data directory.
 const DEV_SHARE_FILE: &str = "dev-share.txt";
+/// With `--dev` only: print runs pause at this file step (`STEP` or `STEP:N`), for crash tests.
+const DEV_TEST_PRINT_PAUSE_ENV: &str = "PLICO_DEV_TEST_PRINT_PAUSE";
 /// The development print facility identity of `--dev` without `[mailers] recipients`.
 const DEV_PRINT_KEY_FILE: &str = "print-facility-dev.key";
 
@@ -139,7 +141,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .key_runner
                 .with_dev_share(data_dir.join(DEV_SHARE_FILE)),
         );
+        if let Ok(spec) = std::env::var(DEV_TEST_PRINT_PAUSE_ENV) {
+            plico::mailers::insecure_dev_test_pause(&spec).map_err(anyhow::Error::msg)?;
+            tracing::warn!(spec = %spec, "print runs pause for a crash test ({DEV_TEST_PRINT_PAUSE_ENV}); --dev only");
+        }
     }
+    // Before any request: runs left `running` become `interrupted`, and the print directory
+    // is brought to agree with the vault (partial outputs removed, missing manifests of
+    // recorded files written, files of no run quarantined).
+    plico::mailers::recover(&state.cms, &state.print)
+        .context("cannot recover print runs and print files at start-up")?;
     let mut admin_token = None;
     if args.dev {
         state

@@ -311,3 +311,54 @@ fn a_mailer_dispatch_is_done_by_the_print_file_that_prints_the_card() {
         assert!(w.cms().jobs_of(&serial(c)).unwrap().is_empty());
     }
 }
+
+#[test]
+fn start_up_marks_a_stopped_run_interrupted_and_a_file_can_be_told_from_its_record() {
+    let (mut w, batch) = world();
+    let (id, numbers) = {
+        let job = start(&w, Selection::Batch(batch), Reprint::Unprinted);
+        let got = items(&w, &job);
+        record(&w, &job, "test-0001.pdf.age", &got[..2]);
+        let numbers: Vec<u64> = got[..2].iter().map(|m| m.number).collect();
+        // The process "stops" after recording one file: no finish.
+        let id = job.id();
+        std::mem::forget(job);
+        (id, numbers)
+    };
+    w.restart();
+    assert_eq!(w.cms().print_run(id).unwrap().state, "running");
+    assert_eq!(w.cms().recover_print_runs().unwrap(), [id]);
+    let run = w.cms().print_run(id).unwrap();
+    assert_eq!(run.state, "interrupted");
+    assert!(run.finished_ms > 0 && run.error.is_some());
+    assert_eq!(run.files, ["test-0001.pdf.age"]);
+    // Once only.
+    assert!(w.cms().recover_print_runs().unwrap().is_empty());
+
+    assert_eq!(w.cms().print_file_names().unwrap(), ["test-0001.pdf.age"]);
+    let facts = w
+        .cms()
+        .print_file_facts("test-0001.pdf.age")
+        .unwrap()
+        .unwrap();
+    assert_eq!(facts.label, "test");
+    assert_eq!(facts.first_serial, serial(1));
+    assert_eq!(facts.last_serial, serial(2));
+    assert_eq!(facts.dir.first_number, numbers[0]);
+    assert_eq!(facts.dir.count, 2);
+    assert_eq!(facts.dir.sealed_bytes, 1);
+    assert!(w
+        .cms()
+        .print_file_facts("test-0002.pdf.age")
+        .unwrap()
+        .is_none());
+
+    // While a run goes, recovery is refused.
+    let job = start(&w, Selection::Batch(batch), Reprint::Unprinted);
+    assert!(matches!(
+        w.cms().recover_print_runs(),
+        Err(Error::Refused(_))
+    ));
+    job.finish(w.audit(), None).unwrap();
+    w.audit().verify().unwrap();
+}

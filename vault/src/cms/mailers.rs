@@ -18,6 +18,30 @@
 //! 4. [`PrintJob::finish`] closes the run (`done` or `failed`, with counts) and gives unused
 //!    reserved numbers back.
 //!
+//! # After a crash: the record is the commit, start-up finishes the manifest
+//!
+//! A file passes three durable steps: the sealed file is published (renamed into place, the
+//! directory fsynced), the vault records it (one store batch, flushed with its audit event),
+//! the manifest is published. The vault's record is the file's commit point, and start-up
+//! (the service's print recovery, before it listens) brings the directory to agree with it:
+//!
+//! - **recorded, no manifest** (killed between the record and the manifest's rename): the
+//!   manifest is written again from the record, which holds every field of it
+//!   ([`Cms::print_file_facts`]: name, label, count, first and last serial, numbers, SHA-256,
+//!   size), once the sealed file's size matches the record. The cards are printed, and their
+//!   file is printable again before anything else runs;
+//! - **published, not recorded** (killed before or during the record): the file is in no run;
+//!   it is moved aside to a quarantine folder and its cards stay unprinted, so a rerun prints
+//!   them;
+//! - partial outputs (hidden `.partial` files) are removed; runs found `running`
+//!   are marked `interrupted` at once ([`Cms::recover_print_runs`]).
+//!
+//! So a card is marked printed only by a record, a record exists only for a published,
+//! fsynced sealed file, and no record is left without its manifest once start-up is done:
+//! a crash cannot leave a card marked printed with no printable file. Recording only after
+//! the manifest instead would leave the opposite window — a manifest (printable for the
+//! facility) whose cards the vault does not know as printed, so a rerun prints them twice.
+//!
 //! # Storage (designed for bulk: one record a file, not one a mailer)
 //!
 //! - [`Tree::PrintFiles`]: file id → the card serials of its mailers, in page order (`\n`
@@ -235,6 +259,19 @@ impl PrintFileDir {
         }
         self.states = String::from_utf8(bytes).unwrap_or_default();
     }
+}
+
+/// A recorded print file and what its manifest needs besides: see [`Cms::print_file_facts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrintFileFacts {
+    /// The directory entry (name, numbers, count, SHA-256, size).
+    pub dir: PrintFileDir,
+    /// Its run's label.
+    pub label: String,
+    /// The card serial of its first mailer (page order).
+    pub first_serial: String,
+    /// The card serial of its last mailer.
+    pub last_serial: String,
 }
 
 /// One earlier mailer of a card.
@@ -609,20 +646,96 @@ impl Cms {
         })
     }
 
-    /// Marks runs left `running` by a stopped process as `interrupted`.
-    fn mark_interrupted_runs(&self) -> Result<()> {
+    /// At start-up: marks every run left `running` by a stopped process as `interrupted`
+    /// (ended now, with the reason as its error), in one store batch, flushed. Returns their
+    /// ids.
+    ///
+    /// Not audited: start-up runs before the unseal, when the audit chain takes no event but
+    /// the custodians' (the caller logs each run; the run's `mailers.run_start` and its files'
+    /// `mailers.print_file` events are in the chain).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] while a run goes in this process; store errors.
+    pub fn recover_print_runs(&self) -> Result<Vec<u64>> {
+        if self
+            .print_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::Refused(
+                "a print run is going; runs are recovered only at start-up".into(),
+            ));
+        }
+        let _guard = RunningFlag(&self.print_running);
+        self.mark_interrupted_runs()
+    }
+
+    /// Marks runs left `running` by a stopped process as `interrupted`. The caller holds the
+    /// one-run-at-a-time flag, so no run of this process is among them.
+    fn mark_interrupted_runs(&self) -> Result<Vec<u64>> {
         let mut b = Batch::new();
+        let mut ids = Vec::new();
+        let now = now_ms();
         for (k, v) in self.store.range(Tree::PrintRuns, &[], None, usize::MAX)? {
             let mut r: PrintRunRecord = decode("print run", &v)?;
             if r.state == "running" {
                 r.state = "interrupted".into();
+                r.error = Some("the service stopped during the run".into());
+                r.finished_ms = now;
                 b.put(Tree::PrintRuns, k, encode(&r)?);
+                ids.push(r.id);
             }
         }
         if !b.is_empty() {
             self.store.apply(&b)?;
+            self.store.flush()?;
         }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// The names of every recorded print file, in file order.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn print_file_names(&self) -> Result<Vec<String>> {
+        let book = self.book()?;
+        let mut dirs: Vec<(u64, String)> =
+            book.dirs.iter().map(|d| (d.id, d.name.clone())).collect();
+        dirs.sort();
+        Ok(dirs.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Everything a recorded print file's manifest says, from the vault alone: to write a
+    /// manifest again after a crash. `None` when no file of that name is recorded.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for a file whose run or serial list is missing.
+    pub fn print_file_facts(&self, name: &str) -> Result<Option<PrintFileFacts>> {
+        let dir = {
+            let book = self.book()?;
+            match book.dirs.iter().find(|d| d.name == name) {
+                Some(d) => d.clone(),
+                None => return Ok(None),
+            }
+        };
+        let label = self.print_run(dir.run).map(|r| r.label).map_err(|_| {
+            Error::Storage(format!("print file {name}: its run {} is missing", dir.run))
+        })?;
+        let bytes = self
+            .store
+            .get(Tree::PrintFiles, &seq_key(dir.id))?
+            .ok_or_else(|| Error::Storage(format!("print file {name} has no serial list")))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Storage(format!("the serial list of print file {name} is damaged"))
+        })?;
+        let first_serial = text.split('\n').next().unwrap_or_default().to_owned();
+        let last_serial = text.rsplit('\n').next().unwrap_or_default().to_owned();
+        Ok(Some(PrintFileFacts {
+            dir,
+            label,
+            first_serial,
+            last_serial,
+        }))
     }
 
     /// Records what became of printed mailers, all or nothing, with one `mailers.outcome`
@@ -1050,6 +1163,15 @@ impl<'c> PrintJob<'c> {
         drop(book);
         *lock(&self.record) = record;
         Ok(())
+    }
+
+    /// The names of every recorded print file (of every run): a run numbers its files after
+    /// the last its label used.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn recorded_file_names(&self) -> Result<Vec<String>> {
+        self.cms.print_file_names()
     }
 
     /// Cards left out so far, by reason.
