@@ -179,9 +179,10 @@ fn pdf_cross_references_point_at_their_objects() {
         .unwrap()
         .parse()
         .unwrap();
-    // 7 shared objects, 2 a page, and for each of the two shapes (parts A and B) its two Form
+    // 19 shared objects (catalogue, page tree, resources, three fonts of five objects), 2 a
+    // page, and for each of the two shapes (parts A and B) its two Form
     // XObjects (the static page, the body after the greeting) and its resources.
-    assert_eq!(count, 7 + 2 * 3 + 2 * 3);
+    assert_eq!(count, 19 + 2 * 3 + 2 * 3);
     assert_eq!(lines.next().unwrap(), "0000000000 65535 f ");
     for (num, line) in lines.take(count - 1).enumerate() {
         let num = num + 1;
@@ -207,32 +208,38 @@ fn pdf_cross_references_point_at_their_objects() {
     for n in 0..3 {
         assert!(all.contains(&format!("Plico n. {n}")), "{all}");
     }
-    // Pages are the plain-text streams (not compressed): page 2 carries part B's digits.
-    assert!(text.contains("(680) Tj") && text.contains("(572468) Tj"));
+    // Page 2 carries part B's digits, page 1 part A's.
+    let page2 = pdftotext(&pdf, &["-f", "2", "-l", "2"]);
+    assert!(page2.contains("680") && page2.contains("572468"), "{page2}");
+    let page1 = pdftotext(&pdf, &["-f", "1", "-l", "1"]);
+    assert!(
+        !page1.contains("680") && !page1.contains("572468"),
+        "{page1}"
+    );
 }
 
 #[test]
 fn print_refuses_what_it_cannot_print() {
     let parts = parts("whole");
     let who = Addressee {
-        name: "Łukasz Wróbel".into(),
+        name: "Wang 王".into(),
         address: vec!["Roma".into()],
     };
     let e = print().render(&mailer(&who, &parts[0])).unwrap_err();
     assert!(
         matches!(
-            e,
-            Error::Unprintable {
-                code: 0x141,
-                position: 0,
+            e.layout(),
+            Some(LayoutError::Unprintable {
+                code: 0x738B,
+                position: 5,
                 ..
-            }
+            })
         ),
         "{e}"
     );
     assert_eq!(
         e.to_string(),
-        "holder name: character U+0141 at position 0 cannot be printed (WinAnsi)"
+        "holder name: character U+738B at position 5 cannot be printed (no glyph in the embedded fonts)"
     );
     let wide = Addressee {
         name: "M".repeat(60),
@@ -240,8 +247,7 @@ fn print_refuses_what_it_cannot_print() {
     };
     let e = print().render(&mailer(&wide, &parts[0])).unwrap_err();
     assert!(
-        e.to_string()
-            .contains("holder name is wider than the envelope window"),
+        matches!(e.layout(), Some(LayoutError::TooWide { field }) if field == "holder name"),
         "{e}"
     );
     let tall = Addressee {
@@ -249,7 +255,13 @@ fn print_refuses_what_it_cannot_print() {
         address: vec!["riga".into(); 9],
     };
     let e = print().render(&mailer(&tall, &parts[0])).unwrap_err();
-    assert!(e.to_string().contains("10 lines do not fit"), "{e}");
+    assert!(
+        matches!(
+            e.layout(),
+            Some(LayoutError::TooManyLines { lines: 10, .. })
+        ),
+        "{e}"
+    );
     let r = print();
     assert!(matches!(
         PdfWriter::new(Vec::new(), &r).unwrap().finish(),
@@ -556,7 +568,7 @@ fn prepared_pages_read_like_direct_pages() {
         let sum = |pages: &[PageStream]| pages.iter().map(PageStream::len).sum::<usize>();
         let (small, large) = (sum(&prepared), sum(&direct));
         assert!(
-            largest < 1024 && large > 3 * small,
+            largest < 2048 && large > 3 * small,
             "{largest} {small} {large}"
         );
         if layout != Layout::default() {
@@ -658,7 +670,7 @@ fn a_long_name_that_pushes_the_body_into_the_footer_is_refused_per_mailer() {
 fn values_that_could_change_the_layout_take_the_direct_path() {
     let parts = parts("whole");
     let r = print();
-    for name in [" Ada", "Ada\tNeri", "[body]", "Łukasz"] {
+    for name in [" Ada", "Ada\tNeri", "[body]", "Wang 王"] {
         let who = Addressee {
             name: name.into(),
             address: vec![],
@@ -989,4 +1001,80 @@ fn a_subject_with_a_code_is_refused_on_both_paths() {
         assert!(!format!("{e} {e:?}").contains("2468"));
     }
     assert!(!email.is_prepared(&m));
+}
+
+/// Output of a poppler tool on a PDF.
+fn poppler(tool: &str, pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("m.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = Command::new(tool).arg(&path).output().unwrap_or_else(|e| {
+        panic!("{tool} (poppler-utils) cannot run ({e}): run `bash scripts/test.sh`")
+    });
+    assert!(out.status.success(), "{tool} failed on our PDF: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn names_of_every_alphabet_the_registry_accepts_print_with_embedded_fonts() {
+    let names = [
+        "Ștefan Popescu",
+        "Łukasz Wróbel-Żąć",
+        "Γιώργος Παπαδόπουλος",
+        "Ольга Иванова",
+        "Nguyễn Thị Minh Khai",
+        "Þórunn Ægisdóttir",
+    ];
+    let parts = parts("counter(2)+sms");
+    let r = print();
+    let mut w = PdfWriter::new(Vec::new(), &r).unwrap();
+    for name in names {
+        let who = Addressee {
+            name: name.into(),
+            address: vec!["Strada Mărășești 12".into(), "ул. Тверская, 7".into()],
+        };
+        // The prepared path carries them (the name is also in the greeting).
+        let page = r.render_page(&mailer(&who, &parts[0])).unwrap();
+        assert!(page.is_prepared(), "{name}");
+        w.append(&page).unwrap();
+    }
+    let pdf = w.finish().unwrap();
+    let text = pdftotext(&pdf, &[]);
+    for name in names {
+        assert!(text.contains(name), "{name} missing in\n{text}");
+        assert!(text.contains(&format!("Gentile {name},")), "{name}: {text}");
+    }
+    assert!(text.contains("Strada Mărășești 12") && text.contains("ул. Тверская, 7"));
+    // Every font is embedded (a subset), none is a base-14 font.
+    let fonts = poppler("pdffonts", &pdf);
+    let rows: Vec<&str> = fonts.lines().skip(2).collect();
+    assert_eq!(rows.len(), 3, "{fonts}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert!(cols[0].contains("+DejaVuSans"), "{fonts}");
+        assert_eq!(cols[1..4], ["CID", "TrueType", "Identity-H"], "{fonts}");
+        assert_eq!(cols[4..7], ["yes", "yes", "yes"], "emb sub uni: {fonts}");
+    }
+}
+
+#[test]
+fn a_long_address_line_wraps_in_the_window() {
+    let parts = parts("whole");
+    let who = Addressee {
+        name: "Anna Neri".into(),
+        address: vec![
+            "Contrada Santa Maria delle Grazie di Sotto, Lotto 14, Scala B".into(),
+            "90100 Palermo PA".into(),
+        ],
+    };
+    let text = pdftotext(
+        &render_pdf(&print(), &mailer(&who, &parts[0])),
+        &["-layout"],
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("Contrada"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!line.contains("Scala B"), "not wrapped: {line}");
+    assert!(text.contains("Scala B"), "{text}");
 }

@@ -561,7 +561,14 @@ async fn counter_page(
         )?;
         crate::mailers::counter_page(&s.print, &addressee, &serial, &codes, &plan, "A").map_err(
             |e| {
-                // dispatch errors name fields and parts, never digits.
+                // dispatch errors name fields and parts, never digits or the name itself.
+                if let Some(layout) = e.layout() {
+                    return ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unprintable",
+                        format!("card {serial}: the page cannot be laid out: {layout}"),
+                    );
+                }
                 tracing::error!(error = %e, "counter page could not be rendered");
                 ApiError::internal()
             },
