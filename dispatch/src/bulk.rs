@@ -295,6 +295,11 @@ impl PrintRun {
         if !label_ok {
             return Err(Error::Label { label: batch_label });
         }
+        // Every page prints the run's batch reference and date.
+        let renderer = renderer.with_run(crate::render::marks::RunMarks {
+            batch: batch_label.clone(),
+            date: crate::render::marks::today_utc(),
+        });
         Ok(PrintRun {
             renderer,
             recipients,

@@ -24,6 +24,7 @@
 pub mod email;
 mod font;
 pub mod layout;
+pub mod marks;
 pub mod pdf;
 pub mod prepared;
 pub mod sms;

@@ -70,6 +70,7 @@
 use crate::error::{Error, LayoutError, Result};
 use crate::render::font::{fonts, text_width, Face};
 use crate::render::layout::{pt, Layout};
+use crate::render::marks::{data_matrix, omr_track, today_utc, RunMarks, ScanCode};
 use crate::render::prepared::{probes_agree, ShapeCache, ShapeKey};
 use crate::render::templates::{
     code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
@@ -220,6 +221,8 @@ pub struct PrintRenderer {
     layout: Layout,
     issuer: Issuer,
     shapes: Arc<ShapeCache<PreparedPage>>,
+    /// The run printed on every page (date and batch); `None`: the counter's page.
+    run: Option<Arc<RunMarks>>,
 }
 
 /// One rendered page's content stream, digits included, and the prepared shape whose static
@@ -266,7 +269,15 @@ impl PrintRenderer {
             layout,
             issuer,
             shapes: Arc::default(),
+            run: None,
         }
+    }
+
+    /// The same renderer printing `run`'s date and batch reference on every page (bulk runs
+    /// set it; without it a page says `Sportello` and today's date).
+    pub fn with_run(mut self, run: RunMarks) -> PrintRenderer {
+        self.run = Some(Arc::new(run));
+        self
     }
 
     /// The layout in use.
@@ -315,6 +326,7 @@ impl PrintRenderer {
         // The address first: a name the page cannot carry is reported as the mailer's
         // layout problem, even if a template line prints the name too.
         address(&mut page.buf, l, height, mailer)?;
+        facility_marks(&mut page.buf, l, height, self.run.as_deref(), mailer);
         fold_marks(&mut page, l);
         header(&mut page, l, &sections.header)?;
         let box_bottom = code_box(&mut page, l, height, &sections.code_box)?;
@@ -477,9 +489,12 @@ impl PreparedPage {
             .chain(&mailer.addressee.address)
             .map(|s| 4 * s.len() + 64)
             .sum();
-        let mut buf = SecretBuf::with_capacity(self.capacity + address_bytes + v.bytes(&self.uses));
+        let mut buf = SecretBuf::with_capacity(
+            self.capacity + address_bytes + v.bytes(&self.uses) + MARKS_BYTES,
+        );
         buf.extend(b"/S0 Do\n");
         address(&mut buf, l, height, mailer)?;
+        facility_marks(&mut buf, l, height, r.run.as_deref(), mailer);
         let size = l.body_font_size;
         let x = pt(l.margin_left_mm);
         let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
@@ -1060,6 +1075,118 @@ fn address(buf: &mut SecretBuf, l: &Layout, height: f32, mailer: &Mailer<'_>) ->
     Ok(())
 }
 
+/// Room for a page's facility marks in its stream (the Data Matrix's rectangles mostly).
+const MARKS_BYTES: usize = 6144;
+
+/// The print facility's marks of one page (see [`super::marks`]): the Data Matrix, the date
+/// and batch line beside it, the OMR track. Per mailer on both paths (the code holds its
+/// number); nothing secret.
+fn facility_marks(
+    buf: &mut SecretBuf,
+    l: &Layout,
+    height: f32,
+    run: Option<&RunMarks>,
+    mailer: &Mailer<'_>,
+) {
+    if !l.facility_marks {
+        return;
+    }
+    let mut num = Num::default();
+    let module = pt(l.code_module_mm);
+    let code = ScanCode::of(mailer.number, mailer.card_serial).text();
+    if let Some((runs, w, h)) = data_matrix(&code) {
+        let x0 = pt(l.page_width_mm - l.code_right_mm) - w as f32 * module;
+        let top = height - pt(l.code_top_mm);
+        buf.extend(b"q 0 g\n");
+        for (row, col, len) in runs {
+            buf.extend(num.n2(x0 + f32::from(col) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(top - f32::from(row + 1) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(f32::from(len) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(module));
+            buf.extend(b" re\n");
+        }
+        buf.extend(b"f Q\n");
+        let size = l.marks_font_size;
+        let date = run.map_or_else(today_utc, |r| r.date.clone());
+        let line = match run {
+            Some(r) => format!("Stampato il {date} · Lotto {} · pag. 1/1", r.batch),
+            None => format!("Stampato il {date} · Sportello · pag. 1/1"),
+        };
+        let x = x0 - pt(2.0) - text_width(&line, size);
+        let baseline = pt(l.code_top_mm) + h as f32 * module / 2.0 + size / 3.0;
+        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -).
+        let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+    }
+    let track = omr_track(0, 1, mailer.number.unwrap_or(0));
+    let (x1, x2) = (pt(l.omr_left_mm), pt(l.omr_left_mm + l.omr_length_mm));
+    buf.extend(b"q ");
+    buf.extend(num.n2(l.omr_weight_pt));
+    buf.extend(b" w 0 G 0 J\n");
+    for (i, mark) in track.iter().enumerate() {
+        if *mark {
+            let y = height - pt(l.omr_top_mm + i as f32 * l.omr_pitch_mm);
+            buf.extend(num.n2(x1));
+            buf.push(b' ');
+            buf.extend(num.n2(y));
+            buf.extend(b" m ");
+            buf.extend(num.n2(x2));
+            buf.push(b' ');
+            buf.extend(num.n2(y));
+            buf.extend(b" l\n");
+        }
+    }
+    buf.extend(b"S Q\n");
+}
+
+/// The show-through guard behind the codes: short grey strokes at random angles, dense over
+/// the code column of the box, so that held against a light through a closed envelope the
+/// digits drown in strokes of the same weight. Static (the same on every page), so it is in
+/// the shape's form; vector strokes, not text, so text extraction does not read digits that
+/// are not there.
+fn show_through_guard(d: &mut impl Draw, l: &Layout, height: f32, rect: (f32, f32, f32, f32)) {
+    let (x, top, w, h) = rect;
+    if w <= 0.0 || h <= 0.0 {
+        return;
+    }
+    let y = height - top - h;
+    let mut out = String::with_capacity(32 * 1024);
+    out.push_str(&format!(
+        "q {} {} {} {} re W n {} G 1.2 w 1 J\n",
+        N2(x),
+        N2(y),
+        N2(w),
+        N2(h),
+        N2(l.guard_grey)
+    ));
+    // A fixed xorshift sequence: the same pattern on every page of every run.
+    let mut seed: u32 = 0x9E37_79B9;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let stroke = l.box_code_size * 0.45;
+    let count = (w * h / (stroke * stroke) * 1.6) as usize;
+    for _ in 0..count {
+        let (cx, cy) = (x + next() * w, y + next() * h);
+        let angle = next() * std::f32::consts::PI;
+        let (dx, dy) = (angle.cos() * stroke / 2.0, angle.sin() * stroke / 2.0);
+        out.push_str(&format!(
+            "{} {} m {} {} l\n",
+            N2(cx - dx),
+            N2(cy - dy),
+            N2(cx + dx),
+            N2(cy + dy)
+        ));
+    }
+    out.push_str("S Q\n");
+    d.raw(out.as_bytes());
+}
+
 /// Draws the code box; returns its bottom, in points from the top of the page.
 fn code_box(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Result<f32> {
     let pad = pt(l.box_padding_mm);
@@ -1086,6 +1213,14 @@ fn code_box(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Resul
             N2(l.box_border_pt)
         )
         .as_bytes(),
+    );
+    // The guard covers the code column, from just left of the codes to the box's edge.
+    let gx = x + pt(l.box_value_offset_mm) - pt(3.0);
+    show_through_guard(
+        d,
+        l,
+        height,
+        (gx, top + pad / 2.0, x + w - pad / 2.0 - gx, h - pad),
     );
     let field = "template print.txt [box]";
     let mut at = top + pad;
