@@ -90,12 +90,17 @@ fn rms(v: impl Iterator<Item = f32> + Clone) -> f32 {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let guarded = Layout::default();
-    let bare = Layout {
-        guard_grey: 1.0,
-        ..Layout::default()
-    };
-    for (label, layout) in [("without guard", &bare), ("with guard", &guarded)] {
+    let default = Layout::default().guard_grey;
+    for grey in [1.0, default, 0.3] {
+        let label = if grey >= 1.0 {
+            "without guard".to_owned()
+        } else {
+            format!("guard grey {grey}")
+        };
+        let layout = &Layout {
+            guard_grey: grey,
+            ..Layout::default()
+        };
         let a = render(layout, b"48213", b"90517364", dir.path(), "a");
         let b = render(layout, b"73950", b"26481935", dir.path(), "b");
         let mean = a.iter().sum::<f32>() / a.len() as f32;
