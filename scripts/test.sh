@@ -13,12 +13,13 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the tests need: age (its CLI encrypts the files of vault's age interop test),
-# poppler-utils (pdftotext reads back the PDF mailers in dispatch's tests), postfix (its
+# poppler-utils (pdftotext reads back the PDF mailers in dispatch's tests, pdffonts lists their
+# embedded fonts, pdftoppm draws them), dmtx-utils (dmtxread reads their Data Matrix), postfix (its
 # smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
 # peer). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils)
 
 install_debian_packages() {
   local missing=()

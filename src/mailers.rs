@@ -182,7 +182,12 @@ pub fn print(
             )
             .map_err(BoxError::from)
         };
-        run.run_with_files(mailers, progress, &on_file)
+        // A mailer the page cannot carry is set aside (listed in the run record), not a failure.
+        let on_set_aside = |m: &dispatch::bulk::SetAside| -> Result<(), BoxError> {
+            job.set_aside(&m.serial, m.number, &m.reason.to_string());
+            Ok(())
+        };
+        run.run_recorded(mailers, progress, &on_file, &on_set_aside)
             .map_err(|e| e.to_string())
     })();
     match outcome {

@@ -135,6 +135,14 @@ pub enum Error {
         /// The recorder's error.
         source: BoxError,
     },
+    /// The caller's recorder failed for a set-aside mailer.
+    #[error("print run: recording set-aside mailer number {number} failed: {source}")]
+    SetAsideRecord {
+        /// The mailer number.
+        number: u64,
+        /// The recorder's error.
+        source: BoxError,
+    },
     /// The manifest could not be encoded.
     #[error("print run: manifest of {file}: {source}")]
     Manifest {
@@ -147,6 +155,25 @@ pub enum Error {
 
 /// A boxed error from the caller's side of a run (its mailer source or its file recorder).
 pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A mailer that [`PrintRun::run_recorded`] left out because it cannot be laid out (its name
+/// or address does not fit the page), while the rest of the run printed.
+///
+/// # Security
+/// Holds the full card serial (the caller records it in the vault, as for printed mailers)
+/// and the reason, which names the field and never its text; no digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// The mailer number it had (not in any file).
+    pub number: u64,
+    /// The card serial, in full.
+    pub serial: String,
+    /// Why it cannot be laid out.
+    pub reason: crate::LayoutError,
+}
+
+/// The caller's recorder of set-aside mailers (see [`PrintRun::run_recorded`]).
+pub type OnSetAside<'a> = &'a (dyn Fn(&SetAside) -> std::result::Result<(), BoxError> + Sync);
 
 /// A print file just published, as [`PrintRun::run_with_files`] hands it to its recorder:
 /// its manifest (not yet written) and every mailer's number and card serial in page order.
@@ -440,6 +467,11 @@ impl PrintRun {
         if !label_ok(&batch_label) {
             return Err(Error::Label { label: batch_label });
         }
+        // Every page prints the run's batch reference and date.
+        let renderer = renderer.with_run(crate::render::marks::RunMarks {
+            batch: batch_label.clone(),
+            date: crate::render::marks::today_utc(),
+        });
         Ok(PrintRun {
             renderer,
             recipients,
@@ -527,6 +559,43 @@ impl PrintRun {
         I::IntoIter: Send,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
+        self.run_inner(mailers, progress, on_file, None)
+    }
+
+    /// As [`PrintRun::run_with_files`], but a mailer that cannot be laid out (a
+    /// [`crate::LayoutError`]: a name or address the page cannot carry) does not stop the run:
+    /// it is handed to `on_set_aside` (with its number, full serial and reason) and left out of
+    /// the files, and the run goes on. Progress counts it as done.
+    ///
+    /// # Errors
+    /// As [`PrintRun::run_with_files`], and [`Error::SetAsideRecord`] if `on_set_aside` fails.
+    pub fn run_recorded<I, E>(
+        &self,
+        mailers: I,
+        progress: &(dyn Fn(u64) + Sync),
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+        on_set_aside: OnSetAside<'_>,
+    ) -> Result<Vec<Manifest>>
+    where
+        I: IntoIterator<Item = std::result::Result<OwnedMailer, E>>,
+        I::IntoIter: Send,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.run_inner(mailers, progress, on_file, Some(on_set_aside))
+    }
+
+    fn run_inner<I, E>(
+        &self,
+        mailers: I,
+        progress: &(dyn Fn(u64) + Sync),
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+        on_set_aside: Option<OnSetAside<'_>>,
+    ) -> Result<Vec<Manifest>>
+    where
+        I: IntoIterator<Item = std::result::Result<OwnedMailer, E>>,
+        I::IntoIter: Send,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
         let mut input = Input {
             mailers: mailers.into_iter().fuse(),
             pulled: 0,
@@ -535,6 +604,7 @@ impl PrintRun {
         let mut state = RunState {
             run: self,
             on_file,
+            on_set_aside,
             current: None,
             manifests: Vec::new(),
             next_file: self.first_file,
@@ -700,6 +770,7 @@ where
 struct RunState<'r> {
     run: &'r PrintRun,
     on_file: &'r (dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+    on_set_aside: Option<OnSetAside<'r>>,
     current: Option<OpenFile<'r>>,
     manifests: Vec<Manifest>,
     next_file: u32,
@@ -714,11 +785,29 @@ impl RunState<'_> {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         for (m, page) in mailers.iter().zip(pages) {
-            let page = page.map_err(|source| Error::Render {
-                number: m.number,
-                serial: mask_serial(&m.card_serial),
-                source,
-            })?;
+            let page = match (page, self.on_set_aside) {
+                (Ok(page), _) => page,
+                (Err(crate::Error::Layout(reason)), Some(on_set_aside)) => {
+                    let aside = SetAside {
+                        number: m.number,
+                        serial: m.card_serial.clone(),
+                        reason,
+                    };
+                    on_set_aside(&aside).map_err(|source| Error::SetAsideRecord {
+                        number: m.number,
+                        source,
+                    })?;
+                    self.appended += 1;
+                    continue;
+                }
+                (Err(source), _) => {
+                    return Err(Error::Render {
+                        number: m.number,
+                        serial: mask_serial(&m.card_serial),
+                        source,
+                    })
+                }
+            };
             let open = match self.current.as_mut() {
                 Some(open) => open,
                 None => {

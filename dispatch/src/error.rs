@@ -67,22 +67,10 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A character cannot be printed with the PDF's WinAnsi fonts.
-    #[error("{field}: character U+{code:04X} at position {position} cannot be printed (WinAnsi)")]
-    Unprintable {
-        /// Which text (e.g. "holder name", "address line 2", "template print.txt").
-        field: String,
-        /// The Unicode scalar value.
-        code: u32,
-        /// Character position in the text (0-based).
-        position: usize,
-    },
-    /// An address does not fit the envelope window.
-    #[error("address: {reason}")]
-    Address {
-        /// What does not fit (line number and width, or line count).
-        reason: String,
-    },
+    /// A mailer cannot be laid out: its name or address does not fit the page (see
+    /// [`LayoutError`]). Bulk runs set such a mailer aside and go on.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     /// A character has no GSM-7 form and no transliteration.
     #[error("sms: character U+{code:04X} at position {position} is not in GSM-7")]
     NotGsm7 {
@@ -109,4 +97,48 @@ pub enum Error {
     /// Writing the PDF failed.
     #[error("pdf output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The layout problem, if this error is about the mailer's own name or address (not the
+    /// templates, the plan or the output).
+    pub fn layout(&self) -> Option<&LayoutError> {
+        match self {
+            Error::Layout(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why one mailer cannot be laid out. The message names the field (`holder name`,
+/// `address line 2`) and never its text: a name or address is personal data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A character of the name or address has no glyph in the embedded fonts (they cover
+    /// Latin, Greek and Cyrillic).
+    #[error("{field}: character U+{code:04X} at position {position} cannot be printed (no glyph in the embedded fonts)")]
+    Unprintable {
+        /// Which text (`holder name`, `address line 2`).
+        field: String,
+        /// The Unicode scalar value.
+        code: u32,
+        /// Character position in the text (0-based).
+        position: usize,
+    },
+    /// A word of the name or address is wider than the envelope window, so the line cannot be
+    /// wrapped to fit.
+    #[error("{field}: a word is wider than the envelope window")]
+    TooWide {
+        /// Which text.
+        field: String,
+    },
+    /// The name and address, wrapped to the window, take more lines than it holds.
+    #[error("address: {lines} lines do not fit the envelope window (room for {room})")]
+    TooManyLines {
+        /// Lines needed after wrapping.
+        lines: usize,
+        /// Lines the window holds.
+        room: usize,
+    },
 }

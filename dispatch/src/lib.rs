@@ -39,7 +39,7 @@ pub mod secret;
 pub use courier::{
     ConfigError, Courier, Destination, IdempotencyKey, Message, Outgoing, SendError, Sent,
 };
-pub use error::{Error, Result};
+pub use error::{Error, LayoutError, Result};
 pub use plan::{Channel, Part, PartCodes, PartName, Plan};
 pub use render::email::{EmailMessage, EmailRenderer};
 pub use render::layout::Layout;

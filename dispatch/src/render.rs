@@ -22,12 +22,13 @@
 //! own buffers and values never hold a digit, and a template error cannot echo one.
 
 pub mod email;
+mod font;
 pub mod layout;
+pub mod marks;
 pub mod pdf;
 pub mod prepared;
 pub mod sms;
 pub mod templates;
-mod winansi;
 
 use crate::error::Result;
 use crate::plan::PartCodes;
@@ -103,7 +104,7 @@ pub trait Renderer: Send + Sync + fmt::Debug {
     /// Renders one mailer.
     ///
     /// # Errors
-    /// Template errors, text that the channel cannot carry (WinAnsi for print, GSM-7 for
+    /// Template errors, text that the channel cannot carry (no glyph in the embedded fonts for print, GSM-7 for
     /// SMS), an address that does not fit the window, an SMS over 160 septets.
     ///
     /// # Security

@@ -306,3 +306,101 @@ fn recipients_and_labels_are_checked() {
         ));
     }
 }
+
+/// Holders of the registry's alphabets (Romanian, Polish, Greek, Cyrillic, Vietnamese) and one
+/// whose address cannot fit the window even wrapped: the run prints every other mailer, the
+/// names read back from the sealed file, and the one that cannot be laid out is set aside by
+/// serial with its reason.
+#[test]
+fn every_alphabet_prints_and_a_mailer_that_cannot_be_laid_out_is_set_aside() {
+    let out = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let names = [
+        "Ștefan Popescu",
+        "Łukasz Wróbel",
+        "Γιώργος Παπαδόπουλος",
+        "Ольга Иванова",
+        "Nguyễn Thị Minh Khai",
+        "Too Long",
+        "Țicu Ăndrei",
+    ];
+    let all = names.iter().enumerate().map(|(i, name)| {
+        let i = i as u64;
+        let codes = Codes::new(pin(i).as_bytes(), puk(i).as_bytes())?;
+        let address = if *name == "Too Long" {
+            vec!["Via Lunga".into(); 12]
+        } else {
+            vec!["ул. Тверская, 7".into(), "90100 Palermo PA".into()]
+        };
+        Ok::<_, dispatch::Error>(OwnedMailer {
+            addressee: Addressee {
+                name: (*name).into(),
+                address,
+            },
+            card_serial: serial(i),
+            codes: Plan::Whole.cut(&codes)?.swap_remove(0),
+            number: 1000 + i,
+        })
+    });
+    let id = age::x25519::Identity::generate();
+    let run = PrintRun::new(renderer(), &[id.to_public().to_string()], out.path(), "B43")
+        .unwrap()
+        .chunk(3);
+    let aside = std::sync::Mutex::new(Vec::new());
+    let manifests = run
+        .run_recorded(all, &|_| {}, &|_| Ok(()), &|m| {
+            aside.lock().unwrap().push(m.clone());
+            Ok(())
+        })
+        .unwrap();
+    let aside = aside.into_inner().unwrap();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(aside[0].serial, serial(5));
+    assert_eq!(aside[0].number, 1005);
+    assert!(
+        matches!(aside[0].reason, LayoutError::TooManyLines { lines: 13, .. }),
+        "{:?}",
+        aside[0].reason
+    );
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0].count, 6);
+    assert_eq!(
+        manifests[0].numbers.as_deref(),
+        Some(&[1000, 1001, 1002, 1003, 1004, 1006][..])
+    );
+    let pdf = age_decrypt(&id, &out.path().join(&manifests[0].file), scratch.path());
+    let text = pdftotext(&pdf, scratch.path());
+    for name in names.iter().filter(|n| **n != "Too Long") {
+        assert!(text.contains(name), "{name} missing in\n{text}");
+    }
+    assert!(text.contains("ул. Тверская, 7"), "{text}");
+    assert!(!text.contains("Too Long"), "{text}");
+
+    // Without a recorder for set-aside mailers, the run stops at it, as before.
+    let out2 = tempfile::tempdir().unwrap();
+    let run = PrintRun::new(
+        renderer(),
+        &[id.to_public().to_string()],
+        out2.path(),
+        "B44",
+    )
+    .unwrap();
+    let e = run
+        .run(
+            mailers(2).chain(std::iter::once(Ok(OwnedMailer {
+                addressee: Addressee {
+                    name: "M".repeat(80),
+                    address: vec![],
+                },
+                card_serial: serial(9),
+                codes: Plan::Whole
+                    .cut(&Codes::new(b"1234", b"12345678").unwrap())
+                    .unwrap()
+                    .swap_remove(0),
+                number: 9,
+            }))),
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(e, BulkError::Render { number: 9, .. }), "{e}");
+}

@@ -560,7 +560,14 @@ async fn counter_page(
             },
         )?;
         let (pdf, print) = printed.map_err(|e| {
-            // dispatch errors name fields and parts, never digits.
+            // dispatch errors name fields and parts, never digits or the name itself.
+            if let Some(layout) = e.layout() {
+                return ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprintable",
+                    format!("card {serial}: the page cannot be laid out: {layout}"),
+                );
+            }
             tracing::error!(error = %e, "counter page could not be rendered");
             ApiError::internal()
         })?;

@@ -5,7 +5,8 @@
 //! their rate) until it ends, then prints the run's record. Print files are written by the
 //! server, sealed to the print facility; nothing here ever shows a code.
 //!
-//! An outcomes file is either lines `NUMBER,delivered|spoiled` (blank lines and `#` comments
+//! An outcomes file is either lines `NUMBER,delivered|spoiled`, where NUMBER may also be the
+//! page's scanned Data Matrix (`PLICO;<number>;<masked serial>`) (blank lines and `#` comments
 //! ignored) or JSON: a list of `{"number": N, "outcome": "delivered"}`, or the API's body
 //! `{"outcomes": [...]}`. It is recorded all or nothing.
 
@@ -159,10 +160,19 @@ fn read_outcomes(path: &Path) -> Result<Value> {
         let (n, o) = line
             .split_once(',')
             .with_context(|| format!("{}: expected NUMBER,delivered|spoiled", at()))?;
-        let number: u64 = n
-            .trim()
-            .parse()
-            .with_context(|| format!("{}: the mailer number is not a number", at()))?;
+        // A number, or a page's scanned Data Matrix (`PLICO;<number>;<masked serial>`).
+        let number: u64 = match dispatch::render::marks::ScanCode::parse(n) {
+            Some(code) => code.number.with_context(|| {
+                format!(
+                    "{}: the scanned code is a counter page's (no mailer number)",
+                    at()
+                )
+            })?,
+            None => n
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: the mailer number is not a number", at()))?,
+        };
         let outcome = o.trim();
         if !matches!(outcome, "delivered" | "spoiled") {
             bail!("{}: the outcome must be delivered or spoiled", at());
@@ -365,6 +375,11 @@ mod tests {
         std::fs::write(&f, "12,delivered\n13,lost\n").unwrap();
         let e = read_outcomes(&f).unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+        std::fs::write(&f, "PLICO;14;8039********1234,delivered\n15,spoiled\n").unwrap();
+        assert_eq!(read_outcomes(&f).unwrap()["outcomes"][0]["number"], 14);
+        std::fs::write(&f, "PLICO;-;8039********1234,delivered\n").unwrap();
+        let e = read_outcomes(&f).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("counter page"), "{e}");
         std::fs::write(&f, r#"[{"number": 1, "outcome": "spoiled"}]"#).unwrap();
         assert_eq!(read_outcomes(&f).unwrap()["outcomes"][0]["number"], 1);
     }

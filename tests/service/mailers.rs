@@ -19,7 +19,6 @@ const SALT: u64 = 0x6d61_696c_6572;
 
 /// Four holders with accented names and postal addresses, one card each (serials 301–304).
 fn registry_csv() -> String {
-    let header = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
     let rows = [
         (
             "DNGNCL80A01F839",
@@ -54,8 +53,15 @@ fn registry_csv() -> String {
             304,
         ),
     ];
+    registry_of(&rows)
+}
+
+/// A registry CSV of these holders: (codice fiscale less its check letter, given names,
+/// surname, birth date, address, card number).
+fn registry_of(rows: &[(&str, &str, &str, &str, &str, u64)]) -> String {
+    let header = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
     let mut out = header.to_owned();
-    for (cf15, given, surname, birth, address, n) in rows {
+    for &(cf15, given, surname, birth, address, n) in rows {
         out.push_str(&format!(
             // An e-mail address: part B of a split dispatch (the counter page is its part A).
             "{};{given};{surname};{birth};h{n}@example.it;;{address};false;{};2032-12-31;\n",
@@ -896,4 +902,123 @@ fn print_run_and_counter_page_with_the_cli_against_serve_dev() {
             assert!(!o.contains(puk.as_str()), "a code in the CLI's output: {o}");
         }
     }
+}
+
+/// Holders of the alphabets the registry accepts print (Romanian, Polish, Cyrillic); one whose
+/// name the embedded fonts cannot carry is set aside by serial in the run record while the
+/// others print, and that card's counter page is a 422 naming the reason, not a 500.
+#[tokio::test]
+async fn every_alphabet_prints_and_an_unprintable_name_is_set_aside() {
+    let d = Desk::new(true);
+    let csv = registry_of(&[
+        (
+            "PPSSTF80A01F839",
+            "Ștefan",
+            "Popescu",
+            "1980-01-01",
+            "Strada Mărășești 3, 90100 Palermo",
+            301,
+        ),
+        (
+            "WRBLKS92M45F205",
+            "Łukasz",
+            "Wróbel",
+            "1992-08-05",
+            "Via Roma 12, 90100 Palermo",
+            302,
+        ),
+        (
+            "VNVLGO75D50L219",
+            "Ольга",
+            "Иванова",
+            "1975-04-10",
+            "Via Libertà 1, 90100 Palermo",
+            303,
+        ),
+        (
+            "WNGXMN60E10F205",
+            "小明",
+            "王",
+            "1960-05-10",
+            "Via Manzoni 9, 20121 Milano",
+            304,
+        ),
+    ]);
+    let a = d.post_raw("cms", "/v1/registry", "text/csv", csv).await;
+    assert_eq!(a.json["outcome"], "applied", "{}", a.text);
+    let a = d
+        .post_raw(
+            "manufacturer",
+            "/v1/batches?manufacturer=ACME",
+            "text/plain",
+            codes_file(301..=304, SALT),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let batch = a.json["batch"].as_str().unwrap().to_owned();
+    for n in 301..=304 {
+        let a = d
+            .post(
+                "operator",
+                &format!("/v1/cards/{}/activate", serial(n)),
+                identification(n),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    let run = d.print(json!({"batch": batch})).await;
+    assert_eq!(run["state"], "done", "{run}");
+    assert_eq!(run["printed"], 3, "{run}");
+    let aside = run["set_aside"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{run}"));
+    assert_eq!(aside.len(), 1, "{run}");
+    assert_eq!(aside[0]["serial"], serial(304), "{run}");
+    let reason = aside[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("holder name") && reason.contains("U+"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains('王') && !reason.contains("小明"),
+        "{reason}"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for file in run["files"].as_array().unwrap() {
+        let clear = age_decrypt(
+            &d.identity,
+            &d.out_dir().join(file.as_str().unwrap()),
+            scratch.path(),
+        );
+        text.push_str(&pdftotext(&clear, scratch.path()));
+    }
+    for name in [
+        "Ștefan Popescu",
+        "Łukasz Wróbel",
+        "Ольга Иванова",
+        "Strada Mărășești 3",
+    ] {
+        assert!(text.contains(name), "{name} missing in\n{text}");
+    }
+
+    let req = d
+        .request(
+            "operator",
+            Method::POST,
+            &format!("/v1/cards/{}/counter-page", serial(304)),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"plan": "counter(2)+sms"}).to_string()))
+        .unwrap();
+    let res = d.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "unprintable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("holder name") && message.contains(&serial(304)),
+        "{message}"
+    );
 }

@@ -77,6 +77,29 @@ pub struct Layout {
     pub line_height: f32,
     /// Print short fold marks at the left edge (99 and 198 mm for a DL fold).
     pub fold_marks: bool,
+    /// Print the print facility's marks: the Data Matrix (mailer number and masked serial),
+    /// the date and batch line and the inserter (OMR) marks.
+    pub facility_marks: bool,
+    /// Data Matrix: size of one module (a black or white square).
+    pub code_module_mm: f32,
+    /// Data Matrix: distance of its right edge from the right edge of the page.
+    pub code_right_mm: f32,
+    /// Data Matrix: distance of its top from the top of the page.
+    pub code_top_mm: f32,
+    /// Font size of the date and batch line (beside the Data Matrix).
+    pub marks_font_size: f32,
+    /// OMR marks: distance of their left end from the left edge of the page.
+    pub omr_left_mm: f32,
+    /// OMR marks: distance of the first mark from the top of the page.
+    pub omr_top_mm: f32,
+    /// OMR marks: distance between marks (1/6 inch is usual).
+    pub omr_pitch_mm: f32,
+    /// OMR marks: length of a mark.
+    pub omr_length_mm: f32,
+    /// OMR marks: thickness of a mark, in points.
+    pub omr_weight_pt: f32,
+    /// Show-through guard: grey level of the scramble printed behind the codes (0 black).
+    pub guard_grey: f32,
 }
 
 impl Default for Layout {
@@ -111,6 +134,17 @@ impl Default for Layout {
             footer_font_size: 8.0,
             line_height: 1.3,
             fold_marks: true,
+            facility_marks: true,
+            code_module_mm: 0.5,
+            code_right_mm: 15.0,
+            code_top_mm: 12.0,
+            marks_font_size: 7.0,
+            omr_left_mm: 198.0,
+            omr_top_mm: 30.0,
+            omr_pitch_mm: 25.4 / 6.0,
+            omr_length_mm: 8.0,
+            omr_weight_pt: 1.0,
+            guard_grey: 0.6,
         }
     }
 }

@@ -13,7 +13,8 @@
 //! - `[footer]`: small lines at the bottom of the page.
 //!
 //! The holder's name and address are not templated: they are printed in the envelope window
-//! ([`Layout`]), and an address that does not fit the window is an error, not a clipped line.
+//! ([`Layout`]), each line wrapped at blanks to the window's width; an address that still does
+//! not fit is a [`crate::LayoutError`], not a clipped line.
 //!
 //! ## File
 //!
@@ -22,9 +23,9 @@
 //! that shape's Form XObjects), and at [`PdfWriter::finish`] the page tree, the catalogue, the
 //! cross-reference table and the trailer. It keeps only 24 bytes a page (two object offsets
 //! and the page's object number), so a print file of 10,000 mailers never sits whole in memory (unless the
-//! sink is a `Vec`). Fonts are the standard Type 1 Helvetica, Helvetica-Bold and Courier-Bold
-//! with `WinAnsiEncoding`, which covers Italian accented letters and typographic quotes; a
-//! character outside WinAnsi is an error naming the field and position.
+//! sink is a `Vec`). Fonts are DejaVu Sans, Sans Bold and Sans Mono Bold, subset and embedded
+//! (see [`super::font`]: Latin, Greek, Cyrillic), text written as glyph ids in hex strings; a
+//! character the fonts lack is an error naming the field and position.
 //!
 //! Content streams are **not compressed**: compression would cost more time than it saves in
 //! a file that is sealed (encrypted) right after, and the page stream stays greppable in
@@ -63,34 +64,130 @@
 //! pages take the direct path ([`PrintRenderer::render_page_direct`]: template rendered per
 //! mailer, whole page laid out).
 //! A mailer whose values could change the layout of the text (an empty or blank-edged value,
-//! a character outside WinAnsi, a `[`) takes the direct path too, so its errors are exactly the
+//! a character the fonts lack, a `[`) takes the direct path too, so its errors are exactly the
 //! direct path's.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LayoutError, Result};
+use crate::render::font::{fonts, text_width, Face};
 use crate::render::layout::{pt, Layout};
+use crate::render::marks::{data_matrix, omr_track, today_utc, RunMarks, ScanCode};
 use crate::render::prepared::{probes_agree, ShapeCache, ShapeKey};
 use crate::render::templates::{
     code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
     NUMBER_TAG, PIN_TAG, PRINT, PUK_TAG, SIG_PIN_TAG, SIG_PUK_TAG,
 };
-use crate::render::winansi::{encode, text_width};
 use crate::render::{mask_serial, serial_last4, Mailer, Rendered, Renderer};
 use crate::secret::{SecretBuf, SecretText};
 use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
 
-/// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts, 6 resources,
-/// then, in the order they come, each page's object and content stream, and the Form XObjects
-/// and resources of each page shape the first time a page of that shape is appended.
+/// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts (`Type0`),
+/// 6 resources, 7–18 the fonts' parts (four each: CID font, descriptor, font file,
+/// `ToUnicode`), then, in the order they come, each page's object and content stream, and the
+/// Form XObjects and resources of each page shape the first time a page of that shape is
+/// appended.
 const CATALOG: usize = 1;
 const PAGES: usize = 2;
 const RESOURCES: usize = 6;
-const FIRST_FREE: usize = 7;
+const FONT_PARTS: usize = 7;
+const FIRST_FREE: usize = FONT_PARTS + 12;
 
-const FONTS: [(usize, &str); 3] = [(3, "Helvetica"), (4, "Helvetica-Bold"), (5, "Courier-Bold")];
+const FONTS: [(usize, Font); 3] = [(3, Font::Regular), (4, Font::Bold), (5, Font::Code)];
 
-#[derive(Clone, Copy)]
+/// The font objects of every print file (numbers 3–5 and 7–18), built once a process: the
+/// subset font files are the same in every file.
+fn font_objects() -> &'static [(usize, Vec<u8>)] {
+    static OBJECTS: std::sync::OnceLock<Vec<(usize, Vec<u8>)>> = std::sync::OnceLock::new();
+    OBJECTS.get_or_init(|| {
+        let mut out = Vec::new();
+        for (i, (num, font)) in FONTS.into_iter().enumerate() {
+            let face = font.face();
+            let [cid, descriptor, file, to_unicode] =
+                [0, 1, 2, 3].map(|k| FONT_PARTS + 4 * i + k);
+            let name = face.base_font;
+            out.push((
+                num,
+                format!(
+                    "<< /Type /Font /Subtype /Type0 /BaseFont /{name} /Encoding /Identity-H \
+                     /DescendantFonts [{cid} 0 R] /ToUnicode {to_unicode} 0 R >>"
+                )
+                .into_bytes(),
+            ));
+            let mut widths = String::with_capacity(face.widths.len() * 5 + 32);
+            widths.push_str("[0 [");
+            for (k, w) in face.widths.iter().enumerate() {
+                if k % 16 == 0 {
+                    widths.push('\n');
+                }
+                widths.push_str(&format!("{w} "));
+            }
+            widths.push_str("]]");
+            out.push((
+                cid,
+                format!(
+                    "<< /Type /Font /Subtype /CIDFontType2 /BaseFont /{name} \
+                     /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> \
+                     /FontDescriptor {descriptor} 0 R /CIDToGIDMap /Identity /DW 1000 /W {widths} >>"
+                )
+                .into_bytes(),
+            ));
+            let [x0, y0, x1, y1] = face.bbox;
+            out.push((
+                descriptor,
+                format!(
+                    "<< /Type /FontDescriptor /FontName /{name} /Flags {} /FontBBox [{x0} {y0} {x1} {y1}] \
+                     /ItalicAngle 0 /Ascent {} /Descent {} /CapHeight {} /StemV 80 /FontFile2 {file} 0 R >>",
+                    if face.fixed { 5 } else { 4 },
+                    face.ascent,
+                    face.descent,
+                    face.cap_height
+                )
+                .into_bytes(),
+            ));
+            let mut body = format!(
+                "<< /Length {0} /Length1 {0} >>\nstream\n",
+                face.file.len()
+            )
+            .into_bytes();
+            body.extend_from_slice(&face.file);
+            body.extend_from_slice(b"\nendstream");
+            out.push((file, body));
+            let cmap = to_unicode_cmap(face);
+            let mut body = format!("<< /Length {} >>\nstream\n", cmap.len()).into_bytes();
+            body.extend_from_slice(cmap.as_bytes());
+            body.extend_from_slice(b"\nendstream");
+            out.push((to_unicode, body));
+        }
+        out
+    })
+}
+
+/// The `ToUnicode` CMap of a face: glyph id to the character it was subset for.
+fn to_unicode_cmap(face: &Face) -> String {
+    let mut s = String::from(
+        "/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n\
+         /CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n\
+         /CMapName /Adobe-Identity-UCS def\n/CMapType 2 def\n\
+         1 begincodespacerange\n<0000> <FFFF>\nendcodespacerange\n",
+    );
+    for chunk in face.unicode.chunks(100) {
+        s.push_str(&format!("{} beginbfchar\n", chunk.len()));
+        for (g, c) in chunk {
+            let mut utf16 = [0u16; 2];
+            s.push_str(&format!("<{g:04X}> <"));
+            for unit in c.encode_utf16(&mut utf16) {
+                s.push_str(&format!("{unit:04X}"));
+            }
+            s.push_str(">\n");
+        }
+        s.push_str("endbfchar\n");
+    }
+    s.push_str("endcmap\nCMapName currentdict /CMap defineresource pop\nend\nend");
+    s
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Font {
     Regular,
     Bold,
@@ -105,6 +202,15 @@ impl Font {
             Font::Code => b"/F3",
         }
     }
+
+    fn face(self) -> &'static Face {
+        let f = fonts();
+        match self {
+            Font::Regular => &f.regular,
+            Font::Bold => &f.bold,
+            Font::Code => &f.code,
+        }
+    }
 }
 
 /// The print renderer: templates, layout and issuer texts shared by every page, and the
@@ -115,6 +221,8 @@ pub struct PrintRenderer {
     layout: Layout,
     issuer: Issuer,
     shapes: Arc<ShapeCache<PreparedPage>>,
+    /// The run printed on every page (date and batch); `None`: the counter's page.
+    run: Option<Arc<RunMarks>>,
 }
 
 /// One rendered page's content stream, digits included, and the prepared shape whose static
@@ -161,7 +269,15 @@ impl PrintRenderer {
             layout,
             issuer,
             shapes: Arc::default(),
+            run: None,
         }
+    }
+
+    /// The same renderer printing `run`'s date and batch reference on every page (bulk runs
+    /// set it; without it a page says `Sportello` and today's date).
+    pub fn with_run(mut self, run: RunMarks) -> PrintRenderer {
+        self.run = Some(Arc::new(run));
+        self
     }
 
     /// The layout in use.
@@ -177,8 +293,9 @@ impl PrintRenderer {
     /// (see the module docs), else as [`PrintRenderer::render_page_direct`].
     ///
     /// # Errors
-    /// [`Error::Template`], [`Error::Unprintable`] for a character outside WinAnsi,
-    /// [`Error::Address`] for an address that does not fit the window or a page that overflows.
+    /// [`Error::Template`] (also for a page that overflows, or a template character the fonts
+    /// lack); [`Error::Layout`] for a name or address the page cannot carry (a character the
+    /// fonts lack, a word wider than the window, more lines than the window holds).
     ///
     /// # Security
     /// The stream holds the digits; it is wiped when dropped.
@@ -206,9 +323,12 @@ impl PrintRenderer {
             buf: SecretBuf::with_capacity(8192),
             height,
         };
+        // The address first: a name the page cannot carry is reported as the mailer's
+        // layout problem, even if a template line prints the name too.
+        address(&mut page.buf, l, height, mailer)?;
+        facility_marks(&mut page.buf, l, height, self.run.as_deref(), mailer);
         fold_marks(&mut page, l);
         header(&mut page, l, &sections.header)?;
-        address(&mut page.buf, l, height, mailer)?;
         let box_bottom = code_box(&mut page, l, height, &sections.code_box)?;
         let body_bottom = body(&mut page, l, &sections.body, box_bottom)?;
         check_footer(footer_limit(l, height, sections.footer.len()), body_bottom)?;
@@ -253,7 +373,11 @@ impl Renderer for PrintRenderer {
 enum DynOp {
     /// One line at a fixed place: the text operator's start (`BT … Td (`) and the line with
     /// its placeholders.
-    Text { prefix: Vec<u8>, line: String },
+    Text {
+        prefix: Vec<u8>,
+        font: Font,
+        line: String,
+    },
     /// A body paragraph, wrapped per mailer; `top` and `lines` as at preparation.
     Para {
         line: String,
@@ -334,8 +458,8 @@ impl PreparedPage {
         let mut capacity = 16;
         for op in &p.ops {
             capacity += match op {
-                DynOp::Text { prefix, line } => prefix.len() + 2 * line.len() + 48,
-                DynOp::Para { line, .. } => 2 * line.len() + 4 * 96,
+                DynOp::Text { prefix, line, .. } => prefix.len() + 4 * line.len() + 48,
+                DynOp::Para { line, .. } => 4 * line.len() + 4 * 96,
                 DynOp::Form(_) => 64,
             };
         }
@@ -363,11 +487,14 @@ impl PreparedPage {
         let height = r.height();
         let address_bytes: usize = std::iter::once(&mailer.addressee.name)
             .chain(&mailer.addressee.address)
-            .map(|s| 2 * s.len() + 64)
+            .map(|s| 4 * s.len() + 64)
             .sum();
-        let mut buf = SecretBuf::with_capacity(self.capacity + address_bytes + v.bytes(&self.uses));
+        let mut buf = SecretBuf::with_capacity(
+            self.capacity + address_bytes + v.bytes(&self.uses) + MARKS_BYTES,
+        );
         buf.extend(b"/S0 Do\n");
         address(&mut buf, l, height, mailer)?;
+        facility_marks(&mut buf, l, height, r.run.as_deref(), mailer);
         let size = l.body_font_size;
         let x = pt(l.margin_left_mm);
         let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
@@ -376,12 +503,12 @@ impl PreparedPage {
         let mut scratch: Option<SecretText> = None;
         for op in &self.ops {
             match op {
-                DynOp::Text { prefix, line } => {
+                DynOp::Text { prefix, font, line } => {
                     buf.extend(prefix);
-                    if put_filled(&mut buf, line, &v).is_none() {
+                    if put_filled(&mut buf, font.face(), line, &v).is_none() {
                         return Ok(None);
                     }
-                    buf.extend(b") Tj ET\n");
+                    buf.extend(b"> Tj ET\n");
                 }
                 DynOp::Para { line, top, lines } => {
                     let scratch = match &mut scratch {
@@ -443,10 +570,13 @@ struct Values<'a> {
 }
 
 /// A value the prepared layout can take as it is: not empty, no blank at either end (a line
-/// could turn blank, or lose its end to trimming), every character printable in WinAnsi (no
+/// could turn blank, or lose its end to trimming), every character in the embedded fonts (no
 /// tab or line break, which would cut lines), no `[` (a line could become a section marker).
 fn plain(s: &str) -> bool {
-    !s.is_empty() && s.trim().len() == s.len() && s.chars().all(|c| c != '[' && encode(c).is_some())
+    let face = &fonts().regular;
+    !s.is_empty()
+        && s.trim().len() == s.len()
+        && s.chars().all(|c| c != '[' && face.glyph(c).is_some())
 }
 
 impl<'a> Values<'a> {
@@ -481,11 +611,11 @@ impl<'a> Values<'a> {
 
     /// Room for the values in a page stream (two bytes a byte: escapes), codes included.
     fn bytes(&self, uses: &[usize; 4]) -> usize {
-        2 * (uses[0] * self.name.len()
+        4 * (uses[0] * self.name.len()
             + uses[1] * self.masked.len()
             + uses[2] * self.last4.len()
             + uses[3] * self.number_len)
-            + 8 * 2 * crate::secret::MAX_DIGITS
+            + 8 * 4 * crate::secret::MAX_DIGITS
     }
 
     fn text(&self, tag: u8) -> Option<&str> {
@@ -500,17 +630,21 @@ impl<'a> Values<'a> {
 }
 
 /// Encodes `line` with its placeholders filled in into `buf` (inside a text operator's
-/// parentheses); `None` if a character cannot be encoded or a value is missing.
-fn put_filled(buf: &mut SecretBuf, line: &str, v: &Values<'_>) -> Option<()> {
+/// hex string); `None` if a character cannot be encoded or a value is missing.
+fn put_filled(buf: &mut SecretBuf, face: &Face, line: &str, v: &Values<'_>) -> Option<()> {
     let mut pieces = line.split(MARK);
-    put_encoded(buf, pieces.next()?).ok()?;
+    put_encoded(buf, face, pieces.next()?).ok()?;
     for piece in pieces {
         let tag = piece.bytes().next()?;
         match v.text(tag) {
-            Some(text) => put_encoded(buf, text).ok()?,
-            None => buf.extend(code_digits(v.codes, tag)?.expose_secret()),
+            Some(text) => put_encoded(buf, face, text).ok()?,
+            None => {
+                for &b in code_digits(v.codes, tag)?.expose_secret() {
+                    put_glyph(buf, face.glyph(char::from(b))?);
+                }
+            }
         }
-        put_encoded(buf, piece.get(1..)?).ok()?;
+        put_encoded(buf, face, piece.get(1..)?).ok()?;
     }
     Some(())
 }
@@ -660,7 +794,7 @@ impl Num {
     }
 }
 
-/// `BT /F Tf x y Td (`: the start of a text operator at `y` points from the page's bottom.
+/// `BT /F Tf x y Td <`: the start of a text operator at `y` points from the page's bottom.
 fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     let mut num = Num::default();
     buf.extend(b"BT ");
@@ -671,18 +805,28 @@ fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     buf.extend(num.n2(x));
     buf.extend(b" ");
     buf.extend(num.n2(y));
-    buf.extend(b" Td (");
+    buf.extend(b" Td <");
 }
 
-/// Encodes `s` in WinAnsi into a string operand (escaping `(`, `)` and `\`); on a character
-/// outside WinAnsi, its code and position.
-fn put_encoded(buf: &mut SecretBuf, s: &str) -> std::result::Result<(), (u32, usize)> {
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// One glyph id as four hex digits.
+#[inline]
+fn put_glyph(buf: &mut SecretBuf, g: u16) {
+    buf.extend(&[
+        HEX[usize::from(g >> 12)],
+        HEX[usize::from((g >> 8) & 15)],
+        HEX[usize::from((g >> 4) & 15)],
+        HEX[usize::from(g & 15)],
+    ]);
+}
+
+/// Encodes `s` as glyph ids of `face` into a hex string operand (`Identity-H`); on a
+/// character the face does not have, its code and position.
+fn put_encoded(buf: &mut SecretBuf, face: &Face, s: &str) -> std::result::Result<(), (u32, usize)> {
     for (position, c) in s.chars().enumerate() {
-        let b = encode(c).ok_or((u32::from(c), position))?;
-        if matches!(b, b'(' | b')' | b'\\') {
-            buf.push(b'\\');
-        }
-        buf.push(b);
+        let g = face.glyph(c).ok_or((u32::from(c), position))?;
+        put_glyph(buf, g);
     }
     Ok(())
 }
@@ -698,16 +842,20 @@ fn put_text(
     s: &str,
 ) -> std::result::Result<(), (u32, usize)> {
     put_prefix(buf, font, size, x, height - top);
-    put_encoded(buf, s)?;
-    buf.extend(b") Tj ET\n");
+    put_encoded(buf, font.face(), s)?;
+    buf.extend(b"> Tj ET\n");
     Ok(())
 }
 
+/// A template line with a character the fonts lack: the template's fault, not the mailer's.
 fn unprintable(field: &str) -> impl FnOnce((u32, usize)) -> Error + '_ {
-    move |(code, position)| Error::Unprintable {
-        field: field.to_owned(),
-        code,
-        position,
+    move |(code, position)| {
+        Error::Template {
+        name: PRINT.into(),
+        detail: format!(
+            "{field}: character U+{code:04X} at position {position} cannot be printed (no glyph in the embedded fonts)"
+        ),
+    }
     }
 }
 
@@ -763,7 +911,8 @@ struct Preparer<'k> {
 impl Preparer<'_> {
     /// Checks a line with placeholders: known tags (codes the part has), printable text.
     fn check(&mut self, line: &str) {
-        let printable = |s: &str| s.chars().all(|c| encode(c).is_some());
+        let face = &fonts().regular;
+        let printable = |s: &str| s.chars().all(|c| face.glyph(c).is_some());
         let mut pieces = line.split(MARK);
         let first = pieces.next().unwrap_or("");
         let mut ok = printable(first) && !first.starts_with('[');
@@ -818,6 +967,7 @@ impl Draw for Preparer<'_> {
             put_prefix(&mut prefix, font, size, x, self.height - top);
             self.ops.push(DynOp::Text {
                 prefix: prefix.expose_secret().to_vec(),
+                font,
                 line: s.to_owned(),
             });
             return Ok(());
@@ -855,20 +1005,19 @@ fn header(d: &mut impl Draw, l: &Layout, lines: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The name and address in the envelope window (per mailer on both paths).
+/// The name and address in the envelope window (per mailer on both paths): each line
+/// wrapped at blanks to the window's width, all of them within its height.
 fn address(buf: &mut SecretBuf, l: &Layout, height: f32, mailer: &Mailer<'_>) -> Result<()> {
     let size = l.address_font_size;
     let width = pt(l.window_width_mm - 2.0 * l.window_inset_mm);
     let room = pt(l.window_height_mm - 2.0 * l.window_inset_mm);
-    let lines = std::iter::once(mailer.addressee.name.as_str())
-        .chain(mailer.addressee.address.iter().map(String::as_str));
-    let count = 1 + mailer.addressee.address.len();
-    let needed = size + (count as f32 - 1.0) * size * l.line_height;
-    if needed > room {
-        return Err(Error::Address {
-            reason: format!("{count} lines do not fit the envelope window"),
-        });
-    }
+    let leading = size * l.line_height;
+    // Lines the window holds: the first takes `size`, each further one `leading`.
+    let room_lines = if room < size {
+        0
+    } else {
+        1 + ((room - size) / leading + 1e-3).floor() as usize
+    };
     let field = |i: usize| {
         if i == 0 {
             "holder name".to_owned()
@@ -876,19 +1025,166 @@ fn address(buf: &mut SecretBuf, l: &Layout, height: f32, mailer: &Mailer<'_>) ->
             format!("address line {i}")
         }
     };
+    let face = &fonts().regular;
+    let mut lines: Vec<(usize, &str)> = Vec::with_capacity(2 + mailer.addressee.address.len());
+    let texts = std::iter::once(mailer.addressee.name.as_str())
+        .chain(mailer.addressee.address.iter().map(String::as_str));
+    for (i, text) in texts.enumerate() {
+        // Every character first, so that an unprintable one is named as such.
+        if let Some((position, c)) = text
+            .chars()
+            .enumerate()
+            .find(|(_, c)| face.glyph(*c).is_none())
+        {
+            return Err(LayoutError::Unprintable {
+                field: field(i),
+                code: u32::from(c),
+                position,
+            }
+            .into());
+        }
+        if text_width(text, size) <= width {
+            lines.push((i, text));
+            continue;
+        }
+        let pieces = wrap(text, size, width);
+        if pieces.iter().any(|p| text_width(p, size) > width) {
+            return Err(LayoutError::TooWide { field: field(i) }.into());
+        }
+        lines.extend(pieces.into_iter().map(|p| (i, p)));
+    }
+    if lines.len() > room_lines {
+        return Err(LayoutError::TooManyLines {
+            lines: lines.len(),
+            room: room_lines,
+        }
+        .into());
+    }
     let x = pt(l.window_left_mm + l.window_inset_mm);
     let mut top = pt(l.window_top_mm + l.window_inset_mm) + size;
-    for (i, line) in lines.enumerate() {
-        if text_width(line, size) > width {
-            return Err(Error::Address {
-                reason: format!("{} is wider than the envelope window", field(i)),
-            });
-        }
-        put_text(buf, height, Font::Regular, size, x, top, line)
-            .map_err(|e| unprintable(&field(i))(e))?;
-        top += size * l.line_height;
+    for (i, line) in lines {
+        put_text(buf, height, Font::Regular, size, x, top, line).map_err(|(code, position)| {
+            Error::from(LayoutError::Unprintable {
+                field: field(i),
+                code,
+                position,
+            })
+        })?;
+        top += leading;
     }
     Ok(())
+}
+
+/// Room for a page's facility marks in its stream (the Data Matrix's rectangles mostly).
+const MARKS_BYTES: usize = 6144;
+
+/// The print facility's marks of one page (see [`super::marks`]): the Data Matrix, the date
+/// and batch line beside it, the OMR track. Per mailer on both paths (the code holds its
+/// number); nothing secret.
+fn facility_marks(
+    buf: &mut SecretBuf,
+    l: &Layout,
+    height: f32,
+    run: Option<&RunMarks>,
+    mailer: &Mailer<'_>,
+) {
+    if !l.facility_marks {
+        return;
+    }
+    let mut num = Num::default();
+    let module = pt(l.code_module_mm);
+    let code = ScanCode::of(mailer.number, mailer.card_serial).text();
+    if let Some((runs, w, h)) = data_matrix(&code) {
+        let x0 = pt(l.page_width_mm - l.code_right_mm) - w as f32 * module;
+        let top = height - pt(l.code_top_mm);
+        buf.extend(b"q 0 g\n");
+        for (row, col, len) in runs {
+            buf.extend(num.n2(x0 + f32::from(col) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(top - f32::from(row + 1) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(f32::from(len) * module));
+            buf.push(b' ');
+            buf.extend(num.n2(module));
+            buf.extend(b" re\n");
+        }
+        buf.extend(b"f Q\n");
+        let size = l.marks_font_size;
+        let date = run.map_or_else(today_utc, |r| r.date.clone());
+        let line = match run {
+            Some(r) => format!("Stampato il {date} · Lotto {} · pag. 1/1", r.batch),
+            None => format!("Stampato il {date} · Sportello · pag. 1/1"),
+        };
+        let x = x0 - pt(2.0) - text_width(&line, size);
+        let baseline = pt(l.code_top_mm) + h as f32 * module / 2.0 + size / 3.0;
+        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -).
+        let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+    }
+    let track = omr_track(0, 1, mailer.number.unwrap_or(0));
+    let (x1, x2) = (pt(l.omr_left_mm), pt(l.omr_left_mm + l.omr_length_mm));
+    buf.extend(b"q ");
+    buf.extend(num.n2(l.omr_weight_pt));
+    buf.extend(b" w 0 G 0 J\n");
+    for (i, mark) in track.iter().enumerate() {
+        if *mark {
+            let y = height - pt(l.omr_top_mm + i as f32 * l.omr_pitch_mm);
+            buf.extend(num.n2(x1));
+            buf.push(b' ');
+            buf.extend(num.n2(y));
+            buf.extend(b" m ");
+            buf.extend(num.n2(x2));
+            buf.push(b' ');
+            buf.extend(num.n2(y));
+            buf.extend(b" l\n");
+        }
+    }
+    buf.extend(b"S Q\n");
+}
+
+/// The show-through guard behind the codes: short grey strokes at random angles, dense over
+/// the code column of the box, so that held against a light through a closed envelope the
+/// digits drown in strokes of the same weight. Static (the same on every page), so it is in
+/// the shape's form; vector strokes, not text, so text extraction does not read digits that
+/// are not there.
+fn show_through_guard(d: &mut impl Draw, l: &Layout, height: f32, rect: (f32, f32, f32, f32)) {
+    let (x, top, w, h) = rect;
+    if w <= 0.0 || h <= 0.0 {
+        return;
+    }
+    let y = height - top - h;
+    let mut out = String::with_capacity(32 * 1024);
+    out.push_str(&format!(
+        "q {} {} {} {} re W n {} G 1.2 w 1 J\n",
+        N2(x),
+        N2(y),
+        N2(w),
+        N2(h),
+        N2(l.guard_grey)
+    ));
+    // A fixed xorshift sequence: the same pattern on every page of every run.
+    let mut seed: u32 = 0x9E37_79B9;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed >> 8) as f32 / (1u32 << 24) as f32
+    };
+    let stroke = l.box_code_size * 0.45;
+    let count = (w * h / (stroke * stroke) * 1.6) as usize;
+    for _ in 0..count {
+        let (cx, cy) = (x + next() * w, y + next() * h);
+        let angle = next() * std::f32::consts::PI;
+        let (dx, dy) = (angle.cos() * stroke / 2.0, angle.sin() * stroke / 2.0);
+        out.push_str(&format!(
+            "{} {} m {} {} l\n",
+            N2(cx - dx),
+            N2(cy - dy),
+            N2(cx + dx),
+            N2(cy + dy)
+        ));
+    }
+    out.push_str("S Q\n");
+    d.raw(out.as_bytes());
 }
 
 /// Draws the code box; returns its bottom, in points from the top of the page.
@@ -917,6 +1213,14 @@ fn code_box(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Resul
             N2(l.box_border_pt)
         )
         .as_bytes(),
+    );
+    // The guard covers the code column, from just left of the codes to the box's edge.
+    let gx = x + pt(l.box_value_offset_mm) - pt(3.0);
+    show_through_guard(
+        d,
+        l,
+        height,
+        (gx, top + pad / 2.0, x + w - pad / 2.0 - gx, h - pad),
     );
     let field = "template print.txt [box]";
     let mut at = top + pad;
@@ -1139,12 +1443,8 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         };
         // The second line's high bytes mark the file as binary for transfer tools.
         w.put(b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n")?;
-        for (obj, base) in FONTS {
-            w.object(
-                obj,
-                format!("<< /Type /Font /Subtype /Type1 /BaseFont /{base} /Encoding /WinAnsiEncoding >>")
-                    .as_bytes(),
-            )?;
+        for (obj, body) in font_objects() {
+            w.object(*obj, body)?;
         }
         w.object(
             RESOURCES,

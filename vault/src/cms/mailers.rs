@@ -204,6 +204,22 @@ pub struct PrintRunRecord {
     pub started_ms: u64,
     /// Ended (Unix ms); 0 while running.
     pub finished_ms: u64,
+    /// Mailers left out because they cannot be laid out (name or address), by card serial,
+    /// while the rest of the run printed. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<SetAsideMailer>,
+}
+
+/// A mailer a print run set aside: which card, which number, why (the reason names the field,
+/// never its text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAsideMailer {
+    /// The card serial.
+    pub serial: String,
+    /// The mailer number it had (printed in no file).
+    pub number: u64,
+    /// Why it cannot be laid out.
+    pub reason: String,
 }
 
 /// One print file as the directory knows it ([`Tree::PrintFileDirs`]).
@@ -622,6 +638,7 @@ impl Cms {
             request_id: actor.request_id.clone(),
             started_ms: now_ms(),
             finished_ms: 0,
+            set_aside: Vec::new(),
         };
         b.put(Tree::PrintRuns, seq_key(id).to_vec(), encode(&record)?);
         audit.commit(
@@ -1182,6 +1199,16 @@ impl<'c> PrintJob<'c> {
             .collect()
     }
 
+    /// Records a mailer the renderer could not lay out: it stays out of the files, the run
+    /// goes on, and the run record lists it (written with the record at [`PrintJob::finish`]).
+    pub fn set_aside(&self, serial: &str, number: u64, reason: &str) {
+        lock(&self.record).set_aside.push(SetAsideMailer {
+            serial: serial.to_owned(),
+            number,
+            reason: reason.to_owned(),
+        });
+    }
+
     /// Ends the run: `done`, or `failed` with `error`; gives unused reserved numbers back.
     /// Returns the final record.
     ///
@@ -1222,6 +1249,9 @@ impl<'c> PrintJob<'c> {
             .detail("printed", record.printed.to_string())
             .detail("files", record.files.len().to_string())
             .detail("voided", record.voided.to_string());
+        if !record.set_aside.is_empty() {
+            event = event.detail("set_aside", record.set_aside.len().to_string());
+        }
         for (k, v) in &record.skipped {
             event = event.detail(&format!("skipped_{k}"), v.to_string());
         }
@@ -1230,5 +1260,30 @@ impl<'c> PrintJob<'c> {
         }
         audit.commit(b, event)?;
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod set_aside_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_record_written_before_set_aside_existed_reads_with_none() {
+        let old = br#"{"id":3,"label":"B-1","batch":"7","listed":null,"plan":"whole","part":"whole","reprint":"unprinted","state":"done","printed":2,"voided":0,"skipped":{},"files":["B-1-0001.pdf.age"],"error":null,"actor":"op","request_id":"r1","started_ms":1,"finished_ms":2}"#;
+        let r: PrintRunRecord = decode("print run", old).unwrap();
+        assert_eq!(r.printed, 2);
+        assert!(r.set_aside.is_empty());
+        let mut r2 = r.clone();
+        r2.set_aside.push(SetAsideMailer {
+            serial: "8039000012341234".into(),
+            number: 9,
+            reason: "holder name: a word is wider than the envelope window".into(),
+        });
+        let back: PrintRunRecord = decode("print run", &encode(&r2).unwrap()).unwrap();
+        assert_eq!(back, r2);
+        // A record without set-aside mailers is written as before.
+        let bytes = encode(&r).unwrap();
+        assert!(!String::from_utf8(bytes).unwrap().contains("set_aside"));
     }
 }
