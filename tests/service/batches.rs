@@ -894,7 +894,10 @@ async fn a_stalled_upload_times_out_and_holds_the_only_slot_until_then() {
     b.state.bulk.idle_timeout = Duration::from_secs(2);
     let (url, _stop) = serve_in_process(b.state.clone()).await;
     let addr = url.trim_start_matches("http://").to_owned();
-    let file = card_lines(1, 1000, 17);
+    // Half of it is more than the edge reads ahead of the route (`plico::api::BODY_LIMIT`), so
+    // the stalled upload reaches the import and takes its slot.
+    let file = card_lines(1, 4000, 17);
+    assert!(file.len() / 2 > plico::api::BODY_LIMIT + 1024);
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /v1/batches?manufacturer=ACME HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
