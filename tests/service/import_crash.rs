@@ -139,8 +139,9 @@ async fn batches(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value>
     v["batches"].as_array().unwrap().clone()
 }
 
-/// The store of a stopped server: exactly one batch, committed, complete, and a sample of its
-/// cards decrypts to the file's codes.
+/// The store of a stopped server: exactly one batch holding the file, committed, complete (and
+/// perhaps a `duplicate` record of a re-upload), and a sample of its cards decrypts to the
+/// file's codes.
 fn verify_offline(data: &Path, rng: &mut Rng) {
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let (codes, recovery) = CodeVault::open(store).unwrap();
@@ -149,8 +150,16 @@ fn verify_offline(data: &Path, rng: &mut Rng) {
         "the server left staged batches: {:?}",
         recovery.removed
     );
-    let records = codes.batches(None, 1000).unwrap();
+    // A re-upload of the stored file leaves only a `duplicate` record naming the batch.
+    let (records, copies): (Vec<_>, Vec<_>) = codes
+        .batches(None, 1000)
+        .unwrap()
+        .into_iter()
+        .partition(|r| r.state != BatchState::Duplicate);
     assert_eq!(records.len(), 1, "{records:?}");
+    assert!(copies
+        .iter()
+        .all(|c| c.duplicate_of == Some(records[0].id.to_string()) && c.cards == 0));
     assert_eq!(records[0].state, BatchState::Committed);
     assert_eq!(records[0].cards, CARDS);
     let hsm = SimulatedHsm::open(data).unwrap();
