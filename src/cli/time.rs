@@ -3,6 +3,8 @@
 //! The API carries instants as milliseconds (or seconds) since the Unix epoch; a person reads
 //! dates. Every command that prints a stored instant goes through [`utc`] or [`utc_secs`].
 
+use vault::cms::date::Date;
+
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
 pub fn utc(ms: u64) -> String {
     utc_secs(ms / 1000)
@@ -11,27 +13,13 @@ pub fn utc(ms: u64) -> String {
 /// Seconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
 pub fn utc_secs(secs: u64) -> String {
     let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        "{} {:02}:{:02}:{:02} UTC",
+        Date::from_days_since_epoch(days as i64),
         rest / 3600,
         rest % 3600 / 60,
         rest % 60
     )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
