@@ -1075,8 +1075,8 @@ fn address(buf: &mut SecretBuf, l: &Layout, height: f32, mailer: &Mailer<'_>) ->
     Ok(())
 }
 
-/// Room for a page's facility marks in its stream (the Data Matrix's rectangles mostly).
-const MARKS_BYTES: usize = 6144;
+/// Room for a page's facility marks in its stream (the date line and the Data Matrix mostly).
+const MARKS_BYTES: usize = 2048;
 
 /// The print facility's marks of one page (see [`super::marks`]): the Data Matrix, the date
 /// and batch line beside it, the OMR track. Per mailer on both paths (the code holds its
@@ -1094,21 +1094,29 @@ fn facility_marks(
     let mut num = Num::default();
     let module = pt(l.code_module_mm);
     let code = ScanCode::of(mailer.number, mailer.card_serial).text();
-    if let Some((runs, w, h)) = data_matrix(&code) {
+    if let Some((bits, w, h)) = data_matrix(&code) {
         let x0 = pt(l.page_width_mm - l.code_right_mm) - w as f32 * module;
         let top = height - pt(l.code_top_mm);
-        buf.extend(b"q 0 g\n");
-        for (row, col, len) in runs {
-            buf.extend(num.n2(x0 + f32::from(col) * module));
-            buf.push(b' ');
-            buf.extend(num.n2(top - f32::from(row + 1) * module));
-            buf.push(b' ');
-            buf.extend(num.n2(f32::from(len) * module));
-            buf.push(b' ');
-            buf.extend(num.n2(module));
-            buf.extend(b" re\n");
+        // An inline image mask, one sample a module (hex, so no binary byte can end it early),
+        // painted in black where a bit is set, scaled to the symbol's size.
+        buf.extend(b"q 0 g ");
+        buf.extend(num.n2(w as f32 * module));
+        buf.extend(b" 0 0 ");
+        buf.extend(num.n2(h as f32 * module));
+        buf.push(b' ');
+        buf.extend(num.n2(x0));
+        buf.push(b' ');
+        buf.extend(num.n2(top - h as f32 * module));
+        buf.extend(
+            format!(" cm\nBI /W {w} /H {h} /IM true /BPC 1 /D [1 0] /F /AHx ID\n").as_bytes(),
+        );
+        let mut hex = [0u8; 2];
+        for byte in bits {
+            hex[0] = b"0123456789ABCDEF"[usize::from(byte >> 4)];
+            hex[1] = b"0123456789ABCDEF"[usize::from(byte & 0xF)];
+            buf.extend(&hex);
         }
-        buf.extend(b"f Q\n");
+        buf.extend(b">\nEI Q\n");
         let size = l.marks_font_size;
         let date = run.map_or_else(today_utc, |r| r.date.clone());
         let line = match run {
