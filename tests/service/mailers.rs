@@ -137,8 +137,14 @@ impl Desk {
 
     /// Registry, codes for cards 301–304 (returns the batch id), cards 301–303 activated.
     async fn set_up(&self) -> String {
+        self.set_up_with(registry_csv(), 301..=303).await
+    }
+
+    /// `registry`, codes for cards 301–304 (returns the batch id), the cards `active`
+    /// activated.
+    async fn set_up_with(&self, registry: String, active: std::ops::RangeInclusive<u64>) -> String {
         let a = self
-            .post_raw("cms", "/v1/registry", "text/csv", registry_csv())
+            .post_raw("cms", "/v1/registry", "text/csv", registry)
             .await;
         assert_eq!(a.json["outcome"], "applied", "{}", a.text);
         let a = self
@@ -151,7 +157,7 @@ impl Desk {
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
         let batch = a.json["batch"].as_str().unwrap().to_owned();
-        for n in 301..=303 {
+        for n in active {
             let a = self
                 .post(
                     "operator",
@@ -944,28 +950,7 @@ async fn every_alphabet_prints_and_an_unprintable_name_is_set_aside() {
             304,
         ),
     ]);
-    let a = d.post_raw("cms", "/v1/registry", "text/csv", csv).await;
-    assert_eq!(a.json["outcome"], "applied", "{}", a.text);
-    let a = d
-        .post_raw(
-            "manufacturer",
-            "/v1/batches?manufacturer=ACME",
-            "text/plain",
-            codes_file(301..=304, SALT),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-    let batch = a.json["batch"].as_str().unwrap().to_owned();
-    for n in 301..=304 {
-        let a = d
-            .post(
-                "operator",
-                &format!("/v1/cards/{}/activate", serial(n)),
-                identification(n),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    }
+    let batch = d.set_up_with(csv, 301..=304).await;
     let run = d.print(json!({"batch": batch})).await;
     assert_eq!(run["state"], "done", "{run}");
     assert_eq!(run["printed"], 3, "{run}");

@@ -21,7 +21,7 @@
 //! `.partial` name, a partial sealed file, an orphan sealed file, a run record left
 //! `running`) after a clean run, and checks one restart repairs them.
 
-use super::batches::{codes_of, serial};
+use super::batches::serial;
 use super::support::{cf, identification};
 use super::*;
 use std::collections::BTreeSet;
@@ -196,12 +196,7 @@ async fn prepare(data: &Path) {
                 .arg(token_file(data, name)),
         );
     }
-    let codes: String = (1..=CARDS)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect();
+    let codes = super::support::cns_codes_file(1..=CARDS, SALT);
     let (status, body) = call(
         &dev,
         data,

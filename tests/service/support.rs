@@ -179,6 +179,16 @@ pub(super) fn codes_file(cards: RangeInclusive<u64>, salt: u64) -> String {
         .collect()
 }
 
+/// [`codes_file`] under the CNS policy: 5-digit PINs (the first five of [`codes_of`]'s).
+pub(super) fn cns_codes_file(cards: RangeInclusive<u64>, salt: u64) -> String {
+    cards
+        .map(|n| {
+            let (pin, puk) = codes_of(n, salt);
+            format!("{};{};{puk}\n", serial(n), &pin[..5])
+        })
+        .collect()
+}
+
 /// The body of an activation (or re-identification) of card `n` by its holder.
 pub(super) fn identification(n: u64) -> Value {
     json!({"by": "holder", "document_type": "carta_identita",
