@@ -52,6 +52,7 @@ use std::time::Duration;
 use vault::account::{Accounts, Actor};
 use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
 use vault::ceremony::{Ceremonies, CeremonyPolicy};
+use vault::clock::Clock;
 use vault::cms::date::Date;
 use vault::cms::Cms;
 use vault::codes::CodeVault;
@@ -109,6 +110,10 @@ pub struct AppState {
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
+    /// Wall-clock time for everything this state times: the clock of [`AppState::audit`]
+    /// (and so of the records written with its events), of the approval windows and
+    /// cryptoperiods of [`AppState::keys`], and of the delivery workers.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Settings of an [`AppState`] that come from the configuration.
@@ -216,13 +221,29 @@ impl AppState {
         store: Arc<dyn Store>,
         settings: &Settings,
     ) -> vault::Result<Self> {
+        Self::with_clock(hsm, store, settings, vault::clock::system())
+    }
+
+    /// [`AppState::with_settings`] timed by `clock` (tests move a
+    /// [`vault::clock::ManualClock`] instead of waiting).
+    ///
+    /// # Errors
+    /// As [`AppState::with_settings`].
+    pub fn with_clock(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn Store>,
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> vault::Result<Self> {
         let import_rules = ParseRules {
             policy: settings.codes,
             serial: settings.serial,
             ..ParseRules::default()
         };
         import_rules.validate()?;
-        let audit = Arc::new(AuditLog::open(store.clone(), settings.checkpoint_every)?);
+        let audit = Arc::new(
+            AuditLog::open(store.clone(), settings.checkpoint_every)?.with_clock(clock.clone()),
+        );
         let accounts = Arc::new(Accounts::new(store.clone(), audit.clone()));
         let (codes, recovery) = CodeVault::open(store.clone())?;
         if !recovery.removed.is_empty() {
@@ -272,6 +293,7 @@ impl AppState {
             edge: settings.edge,
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             unseal_lock: Arc::new(Mutex::new(())),
+            clock,
         })
     }
 

@@ -147,21 +147,15 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
     res
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn proposal_id(text: &str) -> Result<ProposalId, ApiError> {
     ProposalId::parse(text).map_err(ApiError::from)
 }
 
 async fn status(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
-    let report: KeyStatus = blocking(move || keys.status(&*hsm, now_ms())).await?;
+    let report: KeyStatus = blocking(move || keys.status(&*hsm, clock.now_ms())).await?;
     Ok(no_store(StatusCode::OK, report))
 }
 
@@ -233,16 +227,18 @@ async fn propose(
         ));
     }
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
     let actor = caller.actor();
-    let p = blocking(move || keys.propose(&*hsm, &actor, op, &reason, now_ms())).await?;
+    let p = blocking(move || keys.propose(&*hsm, &actor, op, &reason, clock.now_ms())).await?;
     tracing::info!(proposal = %p.id, op = p.op.name(), by = %caller.account.id, "key operation proposed");
     Ok(no_store(StatusCode::CREATED, ProposalView { proposal: p }))
 }
 
 async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let keys = state.keys.clone();
-    let proposals = blocking(move || keys.list(now_ms())).await?;
+    let clock = state.clock.clone();
+    let proposals = blocking(move || keys.list(clock.now_ms())).await?;
     Ok(no_store(StatusCode::OK, ProposalList { proposals }))
 }
 
@@ -253,8 +249,9 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let id = proposal_id(&id)?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let p = blocking(move || {
-        keys.lapse_expired(now_ms())?;
+        keys.lapse_expired(clock.now_ms())?;
         keys.get(id)?
             .ok_or_else(|| vault::Error::NotFound(format!("key proposal {id}")))
     })
@@ -269,8 +266,9 @@ async fn withdraw(
 ) -> Result<Response, ApiError> {
     let id = proposal_id(&id)?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let actor = caller.actor();
-    let p = blocking(move || keys.withdraw(&actor, id, now_ms())).await?;
+    let p = blocking(move || keys.withdraw(&actor, id, clock.now_ms())).await?;
     tracing::info!(proposal = %p.id, by = %caller.account.id, "key proposal withdrawn");
     Ok(no_store(StatusCode::OK, ProposalView { proposal: p }))
 }
@@ -292,6 +290,7 @@ async fn approve(
         })
         .transpose()?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let actor = caller.actor();
     let rekey = blocking({
         let keys = keys.clone();
@@ -311,8 +310,8 @@ async fn approve(
         )));
     }
     let hsm = state.hsm.clone();
-    let p =
-        blocking(move || keys.approve_expecting(&*hsm, &actor, id, expect_kcv, now_ms())).await?;
+    let p = blocking(move || keys.approve_expecting(&*hsm, &actor, id, expect_kcv, clock.now_ms()))
+        .await?;
     tracing::info!(proposal = %p.id, op = p.op.name(), by = %caller.account.id, state = %p.state, "key operation approved");
     if p.op.is_job() {
         state.key_runner.spawn(&state);
@@ -371,6 +370,7 @@ async fn approve_rekey(
         ));
     };
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
     let actor = caller.actor();
     let dir = root.join(id.to_string());
@@ -402,7 +402,7 @@ async fn approve_rekey(
             &shares,
             &mut deliver,
             expect_kcv,
-            now_ms(),
+            clock.now_ms(),
         );
         drop(shares);
         if res.is_err() && hsm.status().share_set == before {

@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Text every token starts with, so a leaked token is recognisable (secret scanners).
@@ -282,13 +281,6 @@ impl fmt::Debug for Accounts {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn hash_secret(secret: &str) -> String {
     hex::encode(digest(&SHA256, secret.as_bytes()).as_ref())
 }
@@ -421,7 +413,7 @@ impl Accounts {
             name: name.to_owned(),
             role,
             disabled: false,
-            created_ms: now_ms(),
+            created_ms: self.audit.clock().now_ms(),
             token_hash,
             password: None,
         };

@@ -183,13 +183,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl CodeVault {
     /// Opens the vault over `store`: removes batches a crash left staging (their segments and
     /// their data keys, which sealed nothing that survives), and loads the directories of the
@@ -352,7 +345,7 @@ impl CodeVault {
         };
         let id = BatchId(id);
         let mut ring = Keyring::load(&*self.store)?;
-        let sealer = ring.create(hsm, KeyPurpose::Code)?;
+        let sealer = ring.create(hsm, KeyPurpose::Code, &**audit.clock())?;
         let kcv = ring.get(sealer.key_id()).map(|r| r.kcv().to_string());
         let record = BatchRecord {
             id,
@@ -369,7 +362,7 @@ impl CodeVault {
             actor: meta.actor.clone(),
             role: meta.role.clone(),
             request_id: meta.request_id.clone(),
-            started_ms: now_ms(),
+            started_ms: audit.clock().now_ms(),
             finished_ms: 0,
             problems: Vec::new(),
             problems_total: 0,
@@ -453,7 +446,7 @@ impl CodeVault {
         rec.data_key = None;
         rec.data_key_kcv = None;
         rec.runs.clear();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         rec.problems = problems.into_iter().take(MAX_LISTED).collect();
         rec.problems_total = total;
         let event = NewEvent::new("batch.reject", id.to_string())
@@ -500,7 +493,7 @@ impl CodeVault {
         rec.data_key = None;
         rec.data_key_kcv = None;
         rec.runs.clear();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         rec.duplicate_of = Some(first.id.to_string());
         let event = NewEvent::new("batch.duplicate_upload", first.id.to_string())
             .by(staged.actor.clone(), staged.role.clone())
@@ -610,7 +603,7 @@ impl CodeVault {
         rec.bytes = bytes;
         rec.runs = staged.runs.iter().map(|(i, _)| i.clone()).collect();
         rec.content_id = content_id.clone();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         let quarantined = clashes.total > 0;
         let action = if quarantined {
             rec.state = BatchState::Quarantined;
@@ -816,7 +809,7 @@ impl CodeVault {
             }
         }
         rec.state = to;
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         b.put(Tree::Batches, id.key().to_vec(), rec.encode()?);
         let _keys = lock(&self.keys_lock);
         let mut ring = Keyring::load(&*self.store)?;

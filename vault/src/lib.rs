@@ -9,6 +9,7 @@
 //! - [`keyring`]: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
 //! - [`envelope`]: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
 //!   serial, the data-key id and the purpose);
+//! - [`clock`]: the one seam for wall-clock time ([`clock::Clock`]; a manual clock for tests);
 //! - [`store`]: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
 //!   multi-tree batches;
 //! - [`account`]: accounts, roles, bearer tokens and passwords;
@@ -32,6 +33,7 @@
 pub mod account;
 pub mod audit;
 pub mod ceremony;
+pub mod clock;
 pub mod cms;
 pub mod codes;
 pub mod envelope;

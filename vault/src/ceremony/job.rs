@@ -32,7 +32,7 @@
 //! it (others return at once with its progress).
 
 use super::proposal::{Operation, Proposal, ProposalId, ProposalState};
-use super::{now_ms, Ceremonies};
+use super::Ceremonies;
 use crate::account::Actor;
 use crate::audit::{NewEvent, Outcome};
 use crate::cms::registry::encode;
@@ -387,7 +387,7 @@ impl Ceremonies {
                 live.len()
             )));
         }
-        let now = now_ms();
+        let now = self.audit.clock().now_ms();
         let why = format!("codes destroyed: batch {batch} shredded by {}", job.id);
         let actor = Actor::system(job.id.to_string());
         let mut cancelled = 0u64;
@@ -532,7 +532,7 @@ impl Ceremonies {
 
     /// Ends the job and its proposal with the `key.done` (or `key.failed`) event, in one batch.
     fn finish(&self, job: &mut KeyJob, state: JobState, error: Option<String>) -> Result<()> {
-        let now = now_ms();
+        let now = self.audit.clock().now_ms();
         let mut next = job.clone();
         next.phase = JobPhase::Done;
         next.state = state;
