@@ -57,6 +57,7 @@ use vault::cms::date::Date;
 use vault::cms::Cms;
 use vault::codes::CodeVault;
 use vault::import::parse::{ParseRules, SerialRule};
+use vault::lock::lock;
 use vault::store::Store;
 use vault::{CodePolicy, Hsm};
 
@@ -337,7 +338,7 @@ impl AppState {
     /// Runs `f` while no other unseal submission runs.
     pub(crate) fn with_unseal_lock<T>(&self, f: impl FnOnce() -> T) -> T {
         // The lock guards no data, only the ordering of submissions: poison is harmless.
-        let _guard = self.unseal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&self.unseal_lock);
         f()
     }
 

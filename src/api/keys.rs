@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vault::ceremony::{Ceremonies, JobPhase, KeyJob, KeyStatus, Operation, Proposal, ProposalId};
 use vault::kcv::Kcv;
+use vault::lock::lock;
 use vault::{Hsm, Role};
 use zeroize::Zeroize;
 
@@ -637,7 +638,7 @@ impl KeyRunner {
 
     /// False while a job interrupted by an error waits before it is tried again.
     pub fn retry_due(&self) -> bool {
-        let at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        let at = lock(&self.retry_at);
         at.is_none_or(|t| Instant::now() >= t)
     }
 
@@ -656,11 +657,10 @@ impl KeyRunner {
             let _guard = guard;
             match run_job(&keys, &*hsm, &runner) {
                 Ok(_) => {
-                    *runner.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *lock(&runner.retry_at) = None;
                 }
                 Err(e) => {
-                    *runner.retry_at.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Instant::now() + RETRY_AFTER);
+                    *lock(&runner.retry_at) = Some(Instant::now() + RETRY_AFTER);
                     let sealed = matches!(e, vault::Error::Sealed);
                     tracing::warn!(
                         error = %e,

@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex};
 use vault::cms::date::Date;
 use vault::cms::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use vault::codes::BatchId;
+use vault::lock::lock;
 use vault::Role;
 
 const RUN: &[Role] = &[Role::Cms];
@@ -115,7 +116,7 @@ pub struct RunProgress {
 impl RunProgress {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
         // Guards a plain map: a panic while it was held leaves it usable.
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.runs)
     }
 
     fn start(&self, id: u64) -> Arc<AtomicU64> {

@@ -23,6 +23,7 @@
 
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -329,7 +330,7 @@ impl Accounts {
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The guarded data is the store itself; a poisoned lock guards nothing half-written.
-        self.write.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.write)
     }
 
     fn random_hex(&self, n: usize) -> Result<Zeroizing<String>> {

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hsm::{AuditAnchor, Hsm, KeyPurpose};
 use crate::keyring::Keyring;
+use crate::lock::{lock, read_lock, write_lock};
 use crate::secret::DataKey;
 use crate::store::{seq_key, Batch, Store, Tree};
 use aws_lc_rs::digest::{digest, SHA256};
@@ -447,11 +448,11 @@ impl AuditLog {
 
     fn lock(&self) -> MutexGuard<'_, Chain> {
         // Chain is updated only after a successful write, in one assignment block.
-        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.chain)
     }
 
     fn key(&self) -> std::sync::RwLockReadGuard<'_, Option<hmac::Key>> {
-        self.key.read().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.key)
     }
 
     /// Installs the audit key (at unseal) or removes it (`None`, at seal).
@@ -466,7 +467,7 @@ impl AuditLog {
     /// [`Error::Refused`] naming the damage; HSM errors reading the anchor; store errors.
     pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
         // Lock order everywhere: key slot, then chain.
-        let mut slot = self.key.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = write_lock(&self.key);
         let Some(key) = key else {
             *slot = None;
             return Ok(());
@@ -504,7 +505,7 @@ impl AuditLog {
     /// the HSM if the chain is behind its anchor; HSM and store errors.
     pub fn unlock(&self, hsm: Arc<dyn Hsm>) -> Result<()> {
         self.check_hsm_generation(&*hsm)?;
-        *self.hsm.write().unwrap_or_else(|p| p.into_inner()) = Some(hsm.clone());
+        *write_lock(&self.hsm) = Some(hsm.clone());
         let key = self.purpose_key(&*hsm, KeyPurpose::Audit)?;
         self.set_key(Some(&key))
     }
@@ -600,7 +601,7 @@ impl AuditLog {
     }
 
     fn anchor_hsm(&self) -> Option<Arc<dyn Hsm>> {
-        self.hsm.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read_lock(&self.hsm).clone()
     }
 
     /// The HSM's anchor, if an unsealed HSM holds one (a sealed HSM tells nothing; any other
@@ -766,7 +767,7 @@ impl AuditLog {
     /// Appenders that wrote while another was flushing wait for that flush to end, and the first
     /// of them then flushes for all of them at once.
     fn make_durable(&self, seq: u64) -> Result<()> {
-        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut durable = lock(&self.durable);
         if *durable >= seq {
             return Ok(());
         }
@@ -834,7 +835,7 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Sealed`] without the audit key; store errors.
     pub fn prune(&self, cutoff_ms: u64, event: NewEvent) -> Result<u64> {
-        let _one_at_a_time = self.prune_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = lock(&self.prune_lock);
         let base = {
             let key = self.key();
             let key = key.as_ref().ok_or(Error::Sealed)?;

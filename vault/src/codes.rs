@@ -47,6 +47,7 @@ use crate::envelope::{DataKeyId, Opener};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
+use crate::lock::{lock, read_lock, write_lock};
 use crate::store::{Batch, Store, Tree};
 use aws_lc_rs::hmac;
 use batch::{run_key, segment_key, SegmentDir};
@@ -179,10 +180,6 @@ impl std::fmt::Debug for CodeVault {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl CodeVault {
     /// Opens the vault over `store`: removes batches a crash left staging (their segments and
     /// their data keys, which sealed nothing that survives), and loads the directories of the
@@ -223,11 +220,11 @@ impl CodeVault {
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, RunIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.index)
     }
 
     fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, RunIndex> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        write_lock(&self.index)
     }
 
     fn all_records(&self) -> Result<Vec<BatchRecord>> {
@@ -830,10 +827,7 @@ impl CodeVault {
             return Err(e);
         }
         if let Some(k) = rec.data_key {
-            self.openers
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&DataKeyId(k));
+            write_lock(&self.openers).remove(&DataKeyId(k));
         }
         Ok(rec)
     }
@@ -853,16 +847,12 @@ impl CodeVault {
         audit: &AuditLog,
         msg: &[u8],
     ) -> Result<[u8; 32]> {
-        let cached = self
-            .index_key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cached = read_lock(&self.index_key).clone();
         let key = match cached {
             Some(k) => k,
             None => {
                 let k = self.load_index_key(hsm, audit)?;
-                *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = Some(k.clone());
+                *write_lock(&self.index_key) = Some(k.clone());
                 k
             }
         };
@@ -872,12 +862,7 @@ impl CodeVault {
     }
 
     pub(crate) fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
-        if let Some(o) = self
-            .openers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(o) = read_lock(&self.openers).get(&key) {
             return Ok(o.clone());
         }
         let ring = Keyring::load(&*self.store)?;
@@ -885,7 +870,7 @@ impl CodeVault {
         // Cached only if the key is still in the keyring, checked under the cache's lock: a
         // batch destroyed meanwhile (`destroy_batch` takes its key out of the cache after its
         // commit, under the same lock) must not leave its clear key cached.
-        let mut openers = self.openers.write().unwrap_or_else(|p| p.into_inner());
+        let mut openers = write_lock(&self.openers);
         if Keyring::load(&*self.store)?.get(key).is_some() {
             openers.insert(key, opener.clone());
         }
@@ -905,11 +890,8 @@ impl CodeVault {
 
     /// Drops every unwrapped key held in memory (call when the HSM is sealed).
     pub fn forget_keys(&self) {
-        self.openers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = None;
+        write_lock(&self.openers).clear();
+        *write_lock(&self.index_key) = None;
     }
 
     /// The store this vault writes to.

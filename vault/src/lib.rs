@@ -10,6 +10,7 @@
 //! - [`envelope`]: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
 //!   serial, the data-key id and the purpose);
 //! - [`clock`]: the one seam for wall-clock time ([`clock::Clock`]; a manual clock for tests);
+//! - [`lock`]: the one poison-tolerant lock helper;
 //! - [`store`]: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
 //!   multi-tree batches;
 //! - [`account`]: accounts, roles, bearer tokens and passwords;
@@ -45,6 +46,7 @@ mod hsm_double;
 pub mod import;
 pub mod kcv;
 pub mod keyring;
+pub mod lock;
 pub mod policy;
 pub mod secret;
 pub mod store;

@@ -44,7 +44,6 @@ use crate::kcv::Kcv;
 use crate::keyring::Keyring;
 use crate::store::{Batch, Tree};
 use serde::{Deserialize, Serialize};
-use std::sync::TryLockError;
 
 /// Where a job is. The names are persisted: never rename them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,10 +220,8 @@ impl Ceremonies {
         max_chunks: usize,
         progress: &mut dyn FnMut(&KeyJob),
     ) -> Result<Option<KeyJob>> {
-        let _runner = match self.runner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return self.job(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        let Some(_runner) = crate::lock::try_lock(&self.runner) else {
+            return self.job();
         };
         let Some(mut job) = self.jobs()?.into_iter().find(|j| j.unfinished()) else {
             return self.job();

@@ -70,6 +70,7 @@ use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::codes::{BatchId, BatchScan, CardCodes};
 use crate::error::{Error, Result};
 use crate::hsm::Hsm;
+use crate::lock::lock;
 use crate::store::{seq_key, Batch, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -401,10 +402,6 @@ impl MailerBook {
 
 /// Counting cards left out of a run, by reason.
 type Skips = BTreeMap<&'static str, u64>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn next_counter(cms: &Cms, key: &[u8], b: &mut Batch, by: u64) -> Result<u64> {
     let next = match cms.store.get(Tree::Meta, key)? {

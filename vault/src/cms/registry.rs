@@ -27,6 +27,7 @@ use crate::envelope::{DataKeyId, Envelope, Sealer};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
+use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -246,10 +247,6 @@ impl fmt::Debug for Cms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cms")
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Cms {
