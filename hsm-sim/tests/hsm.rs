@@ -149,7 +149,7 @@ fn any_flipped_byte_of_a_wrapped_key_is_an_integrity_error() {
     let (hsm, shares) = init(dir.path(), 2, 2);
     unseal(&hsm, &[&shares[0], &shares[1]]);
     let (key, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        .generate_data_key(KeyPurpose::Code)
         .unwrap();
     assert_eq!(
         hsm.unwrap_data_key(&wrapped).unwrap().kcv(),
@@ -216,7 +216,7 @@ fn rotation_rewrap_and_retire() {
     // Under the old term, still unwrappable until rewrapped; new keys go under term 2.
     assert_eq!(ring.unwrap(&hsm, code).unwrap().kcv(), kcv);
     assert_eq!(
-        hsm.generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        hsm.generate_data_key(KeyPurpose::Code)
             .unwrap()
             .1
             .term,
@@ -330,7 +330,7 @@ fn rekey_replaces_shares_and_root_and_keeps_data_keys() {
     let (hsm, old) = init(dir.path(), 3, 2);
     unseal(&hsm, &[&old[0], &old[1]]);
     let (key, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        .generate_data_key(KeyPurpose::Code)
         .unwrap();
     let old_root = hsm.status().root_kcv;
 
@@ -496,11 +496,11 @@ fn prepare(root: &Path, op: &str) -> Vec<WrappedKey> {
     write_shares(&root.join("shares"), &shares);
     unseal(&hsm, &[&shares[0], &shares[1]]);
     let (_, w1) = hsm
-        .generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        .generate_data_key(KeyPurpose::Code)
         .unwrap();
     hsm.rotate().unwrap();
     let (_, w2) = hsm
-        .generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        .generate_data_key(KeyPurpose::Code)
         .unwrap();
     // For "retire", the key under term 1 is rewrapped first, as the keyring would.
     let w1 = if op == "retire" {
@@ -615,7 +615,7 @@ fn debug_output_of_an_unsealed_hsm_carries_no_key_or_share() {
     let half = format!("{hsm:?} {:?}", hsm.status());
     hsm.unseal(&shares[1]).unwrap();
     let (fresh, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code, &vault::clock::SystemClock)
+        .generate_data_key(KeyPurpose::Code)
         .unwrap();
     let key = hsm.unwrap_data_key(&wrapped).unwrap();
     let all = format!(

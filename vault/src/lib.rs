@@ -35,7 +35,6 @@ pub mod account;
 pub mod audit;
 pub mod ceremony;
 pub mod clock;
-pub mod cms;
 pub mod codes;
 pub mod envelope;
 pub mod error;

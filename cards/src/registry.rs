@@ -20,19 +20,19 @@
 use super::card::{CardState, Reason};
 use super::date::Date;
 use super::registry_parse::HolderEntry;
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::codes::CodeVault;
-use crate::envelope::{DataKeyId, Envelope, Sealer};
-use crate::error::{Error, Result};
-use crate::hsm::{Hsm, KeyPurpose};
-use crate::keyring::Keyring;
-use crate::lock::lock;
-use crate::store::{Batch, Store, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::codes::CodeVault;
+use vault::envelope::{DataKeyId, Envelope, Sealer};
+use vault::error::{Error, Result};
+use vault::hsm::{Hsm, KeyPurpose};
+use vault::keyring::Keyring;
+use vault::lock::lock;
+use vault::store::{Batch, Store, Tree};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
 /// Blind index kinds.
@@ -228,7 +228,7 @@ pub struct RegistryOutcome {
 }
 
 /// The card management side of the vault: registry, lifecycle, reports. One per process.
-pub struct Cms {
+pub struct Cards {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) codes: Arc<CodeVault>,
     /// Serialises every change (registry, lifecycle, reports): each reads, checks and writes
@@ -243,16 +243,16 @@ pub struct Cms {
     pub(crate) print_running: std::sync::atomic::AtomicBool,
 }
 
-impl fmt::Debug for Cms {
+impl fmt::Debug for Cards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Cms")
+        f.write_str("Cards")
     }
 }
 
-impl Cms {
+impl Cards {
     /// The registry over `codes`' store.
-    pub fn new(codes: Arc<CodeVault>) -> Cms {
-        Cms {
+    pub fn new(codes: Arc<CodeVault>) -> Cards {
+        Cards {
             store: codes.store().clone(),
             codes,
             ops: Mutex::new(()),
@@ -289,7 +289,7 @@ impl Cms {
     }
 
     /// Seals `clear` for `subject` under this process's holder key, creating the key on first
-    /// use (its own audited commit). The operation then calls [`Cms::note_encryptions`] once,
+    /// use (its own audited commit). The operation then calls [`Cards::note_encryptions`] once,
     /// to put the keyring's count of encryptions into its batch.
     pub(crate) fn seal(
         &self,
@@ -307,7 +307,7 @@ impl Cms {
         let s = sealer
             .as_mut()
             .ok_or_else(|| Error::Storage("no holder key".into()))?;
-        let env = s.seal(subject, &crate::secret::Plaintext::from_slice(clear))?;
+        let env = s.seal(subject, &vault::secret::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
 
@@ -327,7 +327,7 @@ impl Cms {
         Ok(Some(keys))
     }
 
-    /// Opens what [`Cms::seal`] sealed for `subject`.
+    /// Opens what [`Cards::seal`] sealed for `subject`.
     pub(crate) fn open(
         &self,
         hsm: &dyn Hsm,
