@@ -35,7 +35,6 @@ use crate::api;
 use crate::config::{DispatchConfig, SmtpTls};
 use crate::mailers::{to_dispatch, PrintSetup};
 use crate::AppState;
-use cards::date::Date;
 use cards::outbox_release::{JobRelease, ReleaseDestination};
 use cards::{Channel, Job, JobState, OutboxPolicy};
 use dispatch::courier::retry::Throttled;
@@ -455,7 +454,7 @@ async fn claim_and_prepare(
             channel,
             st.clock.now_ms(),
             limit,
-            Date::today_utc(),
+            st.cms.today(),
         )?;
         Ok(released
             .into_iter()

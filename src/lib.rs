@@ -256,7 +256,7 @@ impl AppState {
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
         let codes = Arc::new(codes);
-        let cms = Arc::new(Cards::new(codes.clone()));
+        let cms = Arc::new(Cards::new(codes.clone()).with_clock(clock.clone()));
         let keys = Ceremonies::new(
             codes.clone(),
             audit.clone(),
@@ -515,7 +515,7 @@ pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
         if !state.audit.has_key() {
             continue;
         }
-        let today = Date::today_utc();
+        let today = state.cms.today();
         if swept_on == Some(today) {
             continue;
         }

@@ -52,7 +52,6 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use dispatch::{Addressee, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
@@ -298,7 +297,7 @@ async fn start_run(
         let counter = s.print_runs.start(id);
         let _ = tx.send(Ok(id));
         let progress = |n: u64| counter.store(n, Ordering::Relaxed);
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let out = crate::mailers::print(
             &*s.hsm, &s.audit, job, &s.print, &plan, part, today, &progress,
         );
@@ -553,7 +552,7 @@ async fn counter_page(
             &serial,
             body.plan.as_deref(),
             body.reprint,
-            Date::today_utc(),
+            s.cms.today(),
             &actor,
             |codes, slip| {
                 let plan = Plan::parse(&slip.courier_plan)?;

@@ -39,7 +39,6 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use cards::date::Date;
 use cards::registry_parse::{
     parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules,
 };
@@ -167,7 +166,7 @@ async fn import(
     let job = blocking(move || {
         let _slot = slot;
         let s = &job_state;
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let rules = RegistryRules {
             serial: s.import_rules.serial,
             today,
