@@ -13,7 +13,6 @@
 mod accounts;
 mod audit;
 mod batches;
-mod bench;
 mod bootstrap;
 mod cards;
 mod client;
@@ -101,8 +100,6 @@ pub enum Command {
     Reports(reports::ReportsArgs),
     /// Key ceremonies under dual control: propose, approve, withdraw, list, status (officer).
     Keys(keys::KeysArgs),
-    /// Measure plico against baselines taken in the same run (not part of the tests).
-    Bench(bench::BenchArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -137,6 +134,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
         Command::Keys(a) => keys::run(a),
-        Command::Bench(a) => bench::run(a),
     }
 }

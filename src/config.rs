@@ -316,7 +316,7 @@ impl Default for KeysConfig {
 pub struct StoreConfig {
     /// sled's page cache in MiB (sled's default, 1024, when not set); at least 64. Give it room
     /// for the registry when printing millions of mailers: with 1.25 M holders a print run ran
-    /// at 46.6 k mailers/s with the default and 57.6 k/s with 4096 (`plico bench mailers`).
+    /// at 46.6 k mailers/s with the default and 57.6 k/s with 4096 (`plico-bench mailers`).
     pub cache_mib: Option<u64>,
 }
 

@@ -167,7 +167,7 @@ pub const DEFAULT_MAX_CONCURRENT_IMPORTS: u32 = 2;
 /// Data keys rewrapped per chunk of a key job when nothing says otherwise. A chunk's cost is
 /// mostly the durable write of the whole keyring, not the HSM calls, so larger chunks are
 /// faster: with 4,002 data keys (10 M cards) a rotation took 0.23 s in chunks of 256 and
-/// 1.6 s in chunks of 64 (`plico bench rotate`), and each chunk holds the keyring lock for a
+/// 1.6 s in chunks of 64 (`plico-bench rotate`), and each chunk holds the keyring lock for a
 /// few tens of milliseconds either way.
 pub const DEFAULT_REWRAP_CHUNK: usize = 256;
 

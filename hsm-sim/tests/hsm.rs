@@ -148,9 +148,7 @@ fn any_flipped_byte_of_a_wrapped_key_is_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
     let (hsm, shares) = init(dir.path(), 2, 2);
     unseal(&hsm, &[&shares[0], &shares[1]]);
-    let (key, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code)
-        .unwrap();
+    let (key, wrapped) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     assert_eq!(
         hsm.unwrap_data_key(&wrapped).unwrap().kcv(),
         key.key().kcv()
@@ -216,10 +214,7 @@ fn rotation_rewrap_and_retire() {
     // Under the old term, still unwrappable until rewrapped; new keys go under term 2.
     assert_eq!(ring.unwrap(&hsm, code).unwrap().kcv(), kcv);
     assert_eq!(
-        hsm.generate_data_key(KeyPurpose::Code)
-            .unwrap()
-            .1
-            .term,
+        hsm.generate_data_key(KeyPurpose::Code).unwrap().1.term,
         TermId(2)
     );
     assert!(ring.retire_term(&hsm, TermId(1)).is_err());
@@ -329,9 +324,7 @@ fn rekey_replaces_shares_and_root_and_keeps_data_keys() {
     let dir = tempfile::tempdir().unwrap();
     let (hsm, old) = init(dir.path(), 3, 2);
     unseal(&hsm, &[&old[0], &old[1]]);
-    let (key, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code)
-        .unwrap();
+    let (key, wrapped) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     let old_root = hsm.status().root_kcv;
 
     // Too few or wrong shares: refused, nothing changes.
@@ -495,13 +488,9 @@ fn prepare(root: &Path, op: &str) -> Vec<WrappedKey> {
     let (hsm, shares) = init(&hsm_dir, 3, 2);
     write_shares(&root.join("shares"), &shares);
     unseal(&hsm, &[&shares[0], &shares[1]]);
-    let (_, w1) = hsm
-        .generate_data_key(KeyPurpose::Code)
-        .unwrap();
+    let (_, w1) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     hsm.rotate().unwrap();
-    let (_, w2) = hsm
-        .generate_data_key(KeyPurpose::Code)
-        .unwrap();
+    let (_, w2) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     // For "retire", the key under term 1 is rewrapped first, as the keyring would.
     let w1 = if op == "retire" {
         hsm.rewrap_data_key(&w1).unwrap()
@@ -614,9 +603,7 @@ fn debug_output_of_an_unsealed_hsm_carries_no_key_or_share() {
     hsm.unseal(&shares[0]).unwrap();
     let half = format!("{hsm:?} {:?}", hsm.status());
     hsm.unseal(&shares[1]).unwrap();
-    let (fresh, wrapped) = hsm
-        .generate_data_key(KeyPurpose::Code)
-        .unwrap();
+    let (fresh, wrapped) = hsm.generate_data_key(KeyPurpose::Code).unwrap();
     let key = hsm.unwrap_data_key(&wrapped).unwrap();
     let all = format!(
         "{half} {hsm:?} {hsm:#?} {fresh:?} {key:?} {wrapped:?} {:?}",
