@@ -53,6 +53,8 @@ mod persisted_layout;
 mod print_crash;
 #[path = "service/support.rs"]
 mod support;
+#[path = "../dispatch/tests/support/tools.rs"]
+mod tools;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};

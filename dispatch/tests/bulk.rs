@@ -4,15 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/tools.rs"]
+mod tools;
+
 use aws_lc_rs::digest;
 use dispatch::bulk::{Error as BulkError, Manifest, OwnedMailer, PrintRun};
 use dispatch::*;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tools::{age_decrypt, tool};
 
 /// Distinctive 8-digit codes: the PIN starts with 2, the PUK with 4, so no run of 8 digits in
 /// a serial (`80395555` + 8 digits starting with 0), a mailer number or a size matches one.
@@ -66,38 +68,6 @@ fn run(dir: &Path, count: u64, per_file: usize) -> (age::x25519::Identity, Vec<M
         .unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), count);
     (id, manifests)
-}
-
-fn tool(name: &str) -> Command {
-    let probe = Command::new(name).arg("--version").output();
-    if probe.is_err() {
-        panic!(
-            "`{name}` cannot run: run `bash scripts/test.sh`, which installs age and poppler-utils"
-        );
-    }
-    Command::new(name)
-}
-
-fn age_decrypt(identity: &age::x25519::Identity, sealed: &Path, scratch: &Path) -> Vec<u8> {
-    use age::secrecy::ExposeSecret;
-    let key = scratch.join("key.txt");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key)
-        .unwrap();
-    writeln!(f, "{}", identity.to_string().expose_secret()).unwrap();
-    drop(f);
-    let out = tool("age")
-        .args(["-d", "-i"])
-        .arg(&key)
-        .arg(sealed)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&key).unwrap();
-    assert!(out.status.success(), "age -d failed: {out:?}");
-    out.stdout
 }
 
 fn pdftotext(pdf: &[u8], scratch: &Path) -> String {

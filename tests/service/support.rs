@@ -194,3 +194,17 @@ pub(super) fn identification(n: u64) -> Value {
     json!({"by": "holder", "document_type": "carta_identita",
            "document_number": format!("CA{n}00AB"), "consent_ref": "consenso-1"})
 }
+
+/// The actions of the audit events of `state` whose action starts with `prefix`, oldest first
+/// (at most 1,000).
+pub(super) fn audit_actions(state: &AppState, prefix: &str) -> Vec<String> {
+    let page = state
+        .audit
+        .query(&vault::audit::Query {
+            action: Some(prefix.to_owned()),
+            limit: 1000,
+            ..vault::audit::Query::default()
+        })
+        .unwrap();
+    page.events.into_iter().map(|e| e.action).collect()
+}
