@@ -58,7 +58,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
-use vault::lock::lock;
+use vault::lock;
 
 /// The limits of the edge, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

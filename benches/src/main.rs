@@ -42,13 +42,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
-use vault::audit::AuditLog;
-use vault::codes::CodeVault;
-use vault::import::parse::{parse, ParseRules};
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::{Batch, Store, Tree};
+use vault::AuditLog;
+use vault::CodeVault;
 use vault::Hsm;
+use vault::SledStore;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::{parse_code_file, ParseRules};
+use vault::{Batch, Store, Tree};
 
 /// mimalloc, as in the service binary (`plico`): the figures are the service's.
 #[global_allocator]
@@ -322,7 +322,7 @@ fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
     // Baseline 1: the parser alone.
     let started = Instant::now();
     let mut cards = 0u64;
-    parse(
+    parse_code_file(
         std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?),
         &rules,
         |_| {

@@ -157,7 +157,7 @@ impl Date {
     }
 
     /// Today's date in UTC by `clock` (saturating as [`Date::today_utc`]).
-    pub fn today(clock: &dyn vault::clock::Clock) -> Date {
+    pub fn today(clock: &dyn vault::Clock) -> Date {
         Date::from_system_time(
             SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(clock.now_ms()),
         )

@@ -29,7 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-use vault::lock::lock;
+use vault::lock;
 use vault::{
     AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
     Result, ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,

@@ -81,7 +81,7 @@ impl Bulk {
     }
 
     /// Every batch record in the store, whatever its state.
-    fn records(&self) -> Vec<vault::codes::BatchRecord> {
+    fn records(&self) -> Vec<vault::BatchRecord> {
         self.state.codes.batches(None, 10_000).unwrap()
     }
 }
@@ -256,7 +256,7 @@ async fn a_rejected_file_reports_lines_and_stores_nothing() {
     }
     let records = b.records();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].state, vault::codes::BatchState::Rejected);
+    assert_eq!(records[0].state, vault::BatchState::Rejected);
     assert_eq!(records[0].data_key, None);
     let shown = b.get("acme", "/v1/batches").await;
     assert_eq!(shown.json["batches"][0]["state"], "rejected");
@@ -615,7 +615,7 @@ async fn each_kind_of_bad_line_is_rejected_with_line_and_field() {
     assert!(b
         .records()
         .iter()
-        .all(|r| r.state == vault::codes::BatchState::Rejected));
+        .all(|r| r.state == vault::BatchState::Rejected));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 use super::batches::serial;
 use super::support::{audit_actions, cf, open_with_accounts, serve_dev, sled_state, Staff};
 use super::*;
-use cards::date::Date;
+use cards::Date;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

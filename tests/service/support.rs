@@ -8,14 +8,14 @@
 
 use super::batches::{codes_of, serial};
 use super::*;
-use cards::codice_fiscale::check_character;
+use cards::check_character;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use vault::account::{Account, Actor};
-use vault::store::sled::SledStore;
+use vault::SledStore;
+use vault::{Account, Actor};
 use vault::{CodePolicy, Role};
 
 /// A codice fiscale from its first 15 characters, with its check character.
@@ -203,10 +203,10 @@ pub(super) fn identification(n: u64) -> Value {
 pub(super) fn audit_actions(state: &AppState, prefix: &str) -> Vec<String> {
     let page = state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some(prefix.to_owned()),
             limit: 1000,
-            ..vault::audit::Query::default()
+            ..vault::Query::default()
         })
         .unwrap();
     page.events.into_iter().map(|e| e.action).collect()
@@ -239,7 +239,7 @@ pub(super) fn init_hsm(
 }
 
 pub(super) fn router(hsm: Arc<SimulatedHsm>) -> Router {
-    app(AppState::new(hsm, Arc::new(vault::store::memory::MemoryStore::new())).unwrap())
+    app(AppState::new(hsm, Arc::new(vault::MemoryStore::new())).unwrap())
 }
 
 pub(super) struct Answer {
