@@ -1374,6 +1374,183 @@ request_head_timeout_secs = 0
         );
     }
 
+    /// `plico.example.toml` at the repository root, as shipped.
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plico.example.toml")
+    }
+
+    /// The example with its optional settings switched on: a `#` straight before a key or a
+    /// table header (`#key = value`, `#[table]`) is removed; explanations (`# …`) stay.
+    fn example_with_options() -> String {
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        text.lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key path (`dispatch.smtp.host`) of a figment value, tables walked into.
+    fn key_paths(value: &figment::value::Value) -> std::collections::BTreeSet<String> {
+        fn walk(
+            prefix: &str,
+            value: &figment::value::Value,
+            out: &mut std::collections::BTreeSet<String>,
+        ) {
+            match value {
+                figment::value::Value::Dict(_, dict) => {
+                    for (key, value) in dict {
+                        let path = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        walk(&path, value, out);
+                    }
+                }
+                _ => {
+                    out.insert(prefix.to_owned());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk("", value, &mut out);
+        out
+    }
+
+    /// A configuration with every optional setting present. Struct literals without `..`: a
+    /// new field does not compile here until it is given a value, and then the test below
+    /// fails until `plico.example.toml` shows it.
+    fn every_option_set() -> Config {
+        let d = Config::default();
+        Config {
+            data_dir: Some(PathBuf::from("/var/lib/plico")),
+            listen: d.listen,
+            tls: Some(TlsFiles {
+                cert: Some(PathBuf::from("/c.pem")),
+                key: Some(PathBuf::from("/k.pem")),
+            }),
+            log: d.log,
+            codes: d.codes,
+            audit: d.audit,
+            limits: d.limits,
+            import: d.import,
+            registry: d.registry,
+            mailers: MailersConfig {
+                out_dir: Some(PathBuf::from("/p")),
+                recipients: d.mailers.recipients,
+                per_file: d.mailers.per_file,
+                templates_dir: Some(PathBuf::from("/t")),
+                issuer: d.mailers.issuer,
+                layout: d.mailers.layout,
+            },
+            store: StoreConfig {
+                cache_mib: Some(4096),
+            },
+            keys: KeysConfig {
+                approval_window_secs: d.keys.approval_window_secs,
+                rekey_share_dir: Some(PathBuf::from("/m")),
+                rewrap_chunk: d.keys.rewrap_chunk,
+                rewrap_pause_ms: d.keys.rewrap_pause_ms,
+            },
+            dispatch: Some(DispatchConfig {
+                email_enabled: true,
+                sms_enabled: true,
+                email_per_second: 1,
+                sms_per_second: 1,
+                max_in_flight: 1,
+                max_attempts: 1,
+                backoff_base_ms: 1,
+                backoff_cap_ms: 1,
+                overdue_after_secs: 1,
+                smtp: Some(SmtpSection {
+                    host: "h".into(),
+                    port: default_smtp_port(),
+                    tls: SmtpTls::default(),
+                    from: "f".into(),
+                    max_connections: default_smtp_connections(),
+                }),
+                sms: Some(SmsSection {
+                    sendsms_url: "u".into(),
+                    username: "n".into(),
+                    password: "p".into(),
+                    from: "f".into(),
+                    dlr_url: Some("d".into()),
+                    dlr_token: Some("t".into()),
+                }),
+                spool_dir: Some(PathBuf::from("/s")),
+            }),
+        }
+    }
+
+    #[test]
+    fn example_config_is_the_defaults() {
+        // Loaded by the real loader, the shipped example changes nothing.
+        let c = Config::load_from(Some(&example_path()), no_env()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn example_config_shows_every_key() {
+        let text = example_with_options();
+        // Its optional settings, switched on, load and validate.
+        let with_options = Config::load_from(Some(file(&text).path()), no_env()).unwrap();
+        assert!(with_options.tls.is_some());
+        // The values it shows in `[dispatch]` are the defaults that apply once the table is
+        // there (only the relay, the gateway and the spool are examples).
+        let d = with_options.dispatch.unwrap();
+        let smtp = d.smtp.clone().unwrap();
+        assert!(d.sms.is_some() && d.spool_dir.is_some());
+        assert_eq!(
+            DispatchConfig {
+                smtp: None,
+                sms: None,
+                spool_dir: None,
+                ..d
+            },
+            DispatchConfig::default()
+        );
+        assert_eq!(
+            (smtp.port, smtp.tls, smtp.max_connections),
+            (
+                default_smtp_port(),
+                SmtpTls::default(),
+                default_smtp_connections()
+            )
+        );
+        // The keys it writes out are exactly the keys of the configuration.
+        let shown = key_paths(&Figment::from(Toml::string(&text)).extract().unwrap());
+        let every = key_paths(
+            &Figment::from(Serialized::defaults(every_option_set()))
+                .extract()
+                .unwrap(),
+        );
+        let missing: Vec<_> = every.difference(&shown).collect();
+        let unknown: Vec<_> = shown.difference(&every).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "plico.example.toml lacks {missing:?} and has unknown {unknown:?}"
+        );
+        // And each key is explained: a comment on its line or just above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let above = i.checked_sub(1).map_or("", |j| lines[j].trim());
+            assert!(
+                line.contains(" # ") || above.starts_with("# "),
+                "plico.example.toml line {}: `{line}` has no comment",
+                i + 1
+            );
+        }
+    }
+
     #[test]
     fn errors_name_file_and_field() {
         let f = file("[codes]\npin_min = \"five\"\n");
