@@ -140,7 +140,7 @@ pub fn today_utc() -> String {
 }
 
 /// The date `days` days after 1970-01-01 (Howard Hinnant's civil-from-days algorithm).
-fn civil_date(days: i64) -> String {
+pub(crate) fn civil_date(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -71,6 +71,7 @@ use crate::error::{Error, LayoutError, Result};
 use crate::render::font::{fonts, text_width, Face};
 use crate::render::layout::{pt, Layout};
 use crate::render::marks::{data_matrix, omr_track, today_utc, RunMarks, ScanCode};
+use crate::render::pdfa;
 use crate::render::prepared::{probes_agree, ShapeCache, ShapeKey};
 use crate::render::templates::{
     code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
@@ -84,14 +85,17 @@ use std::sync::Arc;
 
 /// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts (`Type0`),
 /// 6 resources, 7–18 the fonts' parts (four each: CID font, descriptor, font file,
-/// `ToUnicode`), then, in the order they come, each page's object and content stream, and the
-/// Form XObjects and resources of each page shape the first time a page of that shape is
-/// appended.
+/// `ToUnicode`), 19 the output intent's ICC profile, 20 the XMP metadata (see
+/// [`super::pdfa`]), then, in the order they come, each page's object and content stream,
+/// and the Form XObjects and resources of each page shape the first time a page of that shape
+/// is appended.
 const CATALOG: usize = 1;
 const PAGES: usize = 2;
 const RESOURCES: usize = 6;
 const FONT_PARTS: usize = 7;
-const FIRST_FREE: usize = FONT_PARTS + 12;
+const OUTPUT_PROFILE: usize = FONT_PARTS + 12;
+const METADATA: usize = OUTPUT_PROFILE + 1;
+const FIRST_FREE: usize = METADATA + 1;
 
 const FONTS: [(usize, Font); 3] = [(3, Font::Regular), (4, Font::Bold), (5, Font::Code)];
 
@@ -161,6 +165,12 @@ fn font_objects() -> &'static [(usize, Vec<u8>)] {
         }
         out
     })
+}
+
+/// The output intent's profile object, built once a process.
+fn output_profile() -> &'static [u8] {
+    static OBJECT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    OBJECT.get_or_init(pdfa::output_profile_object)
 }
 
 /// The `ToUnicode` CMap of a face: glyph id to the character it was subset for.
@@ -1417,6 +1427,8 @@ pub struct PdfWriter<'r, W: Write> {
     shapes: Vec<(Arc<PreparedPage>, usize)>,
     media_box: String,
     scratch: Vec<u8>,
+    /// When the file was started, in nanoseconds since the epoch (for the document ID).
+    created_nanos: u128,
 }
 
 impl<W: Write> fmt::Debug for PdfWriter<'_, W> {
@@ -1448,12 +1460,20 @@ impl<'r, W: Write> PdfWriter<'r, W> {
                 pt(l.page_height_mm)
             ),
             scratch: Vec::with_capacity(256),
+            created_nanos: 0,
         };
-        // The second line's high bytes mark the file as binary for transfer tools.
-        w.put(b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n")?;
+        let (created, nanos) = pdfa::created_now();
+        w.created_nanos = nanos;
+        w.put(pdfa::HEADER)?;
         for (obj, body) in font_objects() {
             w.object(*obj, body)?;
         }
+        w.object(OUTPUT_PROFILE, output_profile())?;
+        let title = match renderer.run.as_deref() {
+            Some(run) => format!("Lettere PIN · Lotto {}", run.batch),
+            None => "Lettera PIN · Sportello".to_owned(),
+        };
+        w.object(METADATA, &pdfa::metadata_object(&title, &created))?;
         w.object(
             RESOURCES,
             b"<< /Font << /F1 3 0 R /F2 4 0 R /F3 5 0 R >> /ProcSet [/PDF /Text] >>",
@@ -1600,7 +1620,11 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         self.object(PAGES, kids.as_bytes())?;
         self.object(
             CATALOG,
-            format!("<< /Type /Catalog /Pages {PAGES} 0 R >>").as_bytes(),
+            format!(
+                "<< /Type /Catalog /Pages {PAGES} 0 R /Metadata {METADATA} 0 R {} >>",
+                pdfa::output_intents(OUTPUT_PROFILE)
+            )
+            .as_bytes(),
         )?;
         let xref_at = self.pos;
         let count = self.offsets.len();
@@ -1610,8 +1634,10 @@ impl<'r, W: Write> PdfWriter<'r, W> {
             // Each entry is exactly 20 bytes, end of line included.
             xref.push_str(&format!("{off:010} 00000 n \n"));
         }
+        // No Info dictionary: the XMP metadata is the file's only description (PDF/A).
+        let id = pdfa::document_id(self.created_nanos, count, xref_at);
         xref.push_str(&format!(
-            "trailer\n<< /Size {count} /Root {CATALOG} 0 R >>\nstartxref\n{xref_at}\n%%EOF\n"
+            "trailer\n<< /Size {count} /Root {CATALOG} 0 R {id} >>\nstartxref\n{xref_at}\n%%EOF\n"
         ));
         self.put(xref.as_bytes())?;
         self.out.flush()?;
