@@ -1,7 +1,7 @@
 //! What a print facility needs on every page besides the letter: a machine-readable code, the
 //! inserter's control marks, and the date and batch of the run.
 //!
-//! - **Data Matrix** (ECC 200, crate `datamatrix`), drawn as vector rectangles at the top
+//! - **Data Matrix** (ECC 200, crate `datamatrix`), drawn as a 1-bit image mask at the top
 //!   right: the text [`ScanCode`] writes, `PLICO;<mailer number>;<masked serial>` (`-` for a
 //!   page without number, e.g. the counter's), the serial masked as on the page with `*` for
 //!   `•` and no blanks. A scanner at insertion or on a returned envelope gives back the mailer
@@ -90,14 +90,183 @@ impl ScanCode {
     }
 }
 
+/// The square symbol sizes a page code may take, smallest first (ECC 200).
+const SQUARES: [datamatrix::SymbolSize; 13] = {
+    use datamatrix::SymbolSize::*;
+    [
+        Square10, Square12, Square14, Square16, Square18, Square20, Square22, Square24, Square26,
+        Square32, Square36, Square40, Square44,
+    ]
+};
+
+/// What sets one module of a symbol: a fixed light or dark module (finder, timing, the
+/// corner pattern) or one bit of one codeword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Module {
+    Light,
+    Dark,
+    /// Bit `shift` (0 = least significant) of codeword `codeword`.
+    Data {
+        codeword: u16,
+        shift: u8,
+    },
+}
+
+impl datamatrix::placement::Bit for Module {
+    const LOW: Module = Module::Light;
+    const HIGH: Module = Module::Dark;
+}
+
+/// The placement of one symbol size, taken once a process from the `datamatrix` crate's own
+/// placement (`MatrixMap`, alignment patterns included): the dark fixed modules as a packed
+/// image, and for each data module its codeword, bit and place in the image. Filling it in is
+/// a few hundred bit tests, where placing afresh was most of a page's time.
+struct Placement {
+    size: datamatrix::SymbolSize,
+    width: usize,
+    height: usize,
+    /// Data codewords the symbol holds (error correction apart).
+    data_codewords: usize,
+    /// Rows from the top, each padded to whole bytes, the fixed dark modules set.
+    fixed: Vec<u8>,
+    /// (codeword, shift, byte of the image, bit mask) of each data module.
+    data: Vec<(u16, u8, u32, u8)>,
+}
+
+impl Placement {
+    fn of(size: datamatrix::SymbolSize) -> Option<Placement> {
+        use datamatrix::placement::MatrixMap;
+        // The crate says how many data codewords the size holds: those of an empty text.
+        let data_codewords = datamatrix::DataMatrixBuilder::new()
+            .with_encodation_types(datamatrix::EncodationType::Ascii)
+            .with_symbol_list(size)
+            .encode(b"")
+            .ok()?
+            .data_codewords()
+            .len();
+        let mut map = MatrixMap::<Module>::new(size);
+        map.traverse_mut(|codeword, bits| {
+            for (i, bit) in bits.into_iter().enumerate() {
+                *bit = Module::Data {
+                    codeword: codeword as u16,
+                    shift: 7 - i as u8,
+                };
+            }
+        });
+        map.write_padding();
+        let bitmap = map.bitmap();
+        let (width, height) = (bitmap.width(), bitmap.height());
+        let row_bytes = width.div_ceil(8);
+        let mut fixed = vec![0u8; row_bytes * height];
+        let mut data = Vec::with_capacity(width * height);
+        for (k, module) in bitmap.bits().iter().enumerate() {
+            let (x, y) = (k % width, k / width);
+            let byte = y * row_bytes + x / 8;
+            let mask = 0x80u8 >> (x % 8);
+            match *module {
+                Module::Light => {}
+                Module::Dark => fixed[byte] |= mask,
+                Module::Data { codeword, shift } => {
+                    data.push((codeword, shift, u32::try_from(byte).ok()?, mask))
+                }
+            }
+        }
+        Some(Placement {
+            size,
+            width,
+            height,
+            data_codewords,
+            fixed,
+            data,
+        })
+    }
+
+    /// The placement of `SQUARES[index]`, built at the first call.
+    fn get(index: usize) -> Option<&'static Placement> {
+        const EMPTY: std::sync::OnceLock<Option<Placement>> = std::sync::OnceLock::new();
+        static PLACEMENTS: [std::sync::OnceLock<Option<Placement>>; SQUARES.len()] =
+            [EMPTY; SQUARES.len()];
+        let size = *SQUARES.get(index)?;
+        PLACEMENTS[index]
+            .get_or_init(|| Placement::of(size))
+            .as_ref()
+    }
+}
+
+/// Data codewords of `text` in ASCII encodation (ISO/IEC 16022 5.2.3: a pair of digits is one
+/// codeword, any other byte below 128 its value plus one, a byte above it an upper shift
+/// first), padded to `capacity` (a pad codeword, then the 253-state randomised pads), as the
+/// `datamatrix` crate writes them.
+fn ascii_codewords(text: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        match text.get(i + 1) {
+            Some(d) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                out.push((c - b'0') * 10 + (d - b'0') + 130);
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if c < 128 {
+            out.push(c + 1);
+        } else {
+            out.push(235);
+            out.push(c - 128 + 1);
+        }
+        i += 1;
+    }
+}
+
+/// Pads `codewords` to `capacity` data codewords: 129, then the 253-state randomised pads.
+fn pad_codewords(codewords: &mut Vec<u8>, capacity: usize) {
+    if codewords.len() < capacity {
+        codewords.push(129);
+    }
+    while codewords.len() < capacity {
+        let pos = codewords.len() + 1;
+        let pad = 129 + ((149 * pos) % 253) as u16 + 1;
+        codewords.push(if pad <= 254 {
+            pad as u8
+        } else {
+            (pad - 254) as u8
+        });
+    }
+}
+
 /// The Data Matrix of `text` as a 1-bit image mask: rows from the top, each padded to whole
 /// bytes, a set bit a dark module; and the symbol's width and height in modules. `None` if it
 /// cannot be encoded. Drawn as an inline image mask, the symbol takes about 70 bytes of the
 /// page instead of a rectangle per run of modules (which made pages seven times larger).
+///
+/// ASCII encodation only (digit pairs pack into one codeword each; the crate's search of all
+/// six modes was most of a print run's time), the smallest square symbol that holds the text;
+/// the Reed-Solomon codewords and the placement are the `datamatrix` crate's, the placement
+/// taken once a symbol size ([`Placement`]). The result is the crate's own bitmap of the same
+/// text (a unit test compares them).
 pub(crate) fn data_matrix(text: &str) -> Option<(Vec<u8>, usize, usize)> {
-    // ASCII encodation only: digit pairs pack into one codeword each, and the encoder then
-    // has one plan to cost instead of searching all six modes, which made the search most of
-    // a print run's time (`plico bench mailers`: 9,941 mailers/s with it).
+    let mut codewords = Vec::with_capacity(64);
+    ascii_codewords(text.as_bytes(), &mut codewords);
+    let placement = (0..SQUARES.len())
+        .filter_map(Placement::get)
+        .find(|p| p.data_codewords >= codewords.len())?;
+    pad_codewords(&mut codewords, placement.data_codewords);
+    let ecc = datamatrix::errorcode::encode_error(&codewords, placement.size);
+    codewords.extend_from_slice(&ecc);
+    let mut bits = placement.fixed.clone();
+    for &(codeword, shift, byte, mask) in &placement.data {
+        let cw = *codewords.get(usize::from(codeword))?;
+        if (cw >> shift) & 1 == 1 {
+            *bits.get_mut(byte as usize)? |= mask;
+        }
+    }
+    Some((bits, placement.width, placement.height))
+}
+
+/// The same image through the crate's whole encoder (the reference of [`data_matrix`]).
+#[cfg(test)]
+fn data_matrix_by_the_crate(text: &str) -> Option<(Vec<u8>, usize, usize)> {
     let code = datamatrix::DataMatrixBuilder::new()
         .with_encodation_types(datamatrix::EncodationType::Ascii)
         .with_symbol_list(datamatrix::SymbolList::default().enforce_square())
@@ -195,6 +364,43 @@ mod tests {
         assert_eq!(civil_date(19_723), "2024-01-01");
         assert_eq!(civil_date(11_016), "2000-02-29");
         assert_eq!(today_utc().len(), 10);
+    }
+
+    #[test]
+    fn data_matrix_equals_the_crates_own_encoding() {
+        let mut texts: Vec<String> = vec![
+            String::new(),
+            "1".into(),
+            "PLICO;-;******78".into(),
+            "PLICO;18446744073709551615;8039************1234".into(),
+            "é€ü".into(),
+        ];
+        for n in [
+            0u64, 7, 42, 999, 1000, 65_535, 999_999, 1_000_000, 12_345_678,
+        ] {
+            for serial in [
+                "8039000012341234",
+                "12345678",
+                "803800000000000123456",
+                "A1",
+            ] {
+                texts.push(ScanCode::of(Some(n), serial).text());
+            }
+        }
+        for len in 0..60 {
+            texts.push(
+                "0123456789;A*"
+                    .chars()
+                    .cycle()
+                    .skip(len)
+                    .take(len)
+                    .collect(),
+            );
+        }
+        for text in &texts {
+            assert_eq!(data_matrix(text), data_matrix_by_the_crate(text), "{text}");
+        }
+        assert!(data_matrix(&"x".repeat(200)).is_none());
     }
 
     #[test]

@@ -232,7 +232,41 @@ pub struct PrintRenderer {
     issuer: Issuer,
     shapes: Arc<ShapeCache<PreparedPage>>,
     /// The run printed on every page (date and batch); `None`: the counter's page.
-    run: Option<Arc<RunMarks>>,
+    run: Option<Arc<RunLine>>,
+}
+
+/// A run's date and batch line, encoded once for every page of the run: its glyph ids (hex)
+/// and its width at the marks' size.
+#[derive(Debug)]
+struct RunLine {
+    marks: RunMarks,
+    hex: Vec<u8>,
+    width: f32,
+}
+
+/// The date and batch line of a page: `batch` `None` for the counter's page.
+fn marks_line(date: &str, batch: Option<&str>) -> String {
+    match batch {
+        Some(batch) => format!("Stampato il {date} · Lotto {batch} · pag. 1/1"),
+        None => format!("Stampato il {date} · Sportello · pag. 1/1"),
+    }
+}
+
+impl RunLine {
+    fn new(marks: RunMarks, size: f32) -> RunLine {
+        let line = marks_line(&marks.date, Some(&marks.batch));
+        let mut hex = SecretBuf::with_capacity(4 * line.len());
+        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -);
+        // a character it lacks would leave the line out, as it always did.
+        if put_encoded(&mut hex, &fonts().regular, &line).is_err() {
+            hex = SecretBuf::default();
+        }
+        RunLine {
+            width: text_width(&line, size),
+            hex: hex.expose_secret().to_vec(),
+            marks,
+        }
+    }
 }
 
 /// One rendered page's content stream, digits included, and the prepared shape whose static
@@ -286,7 +320,7 @@ impl PrintRenderer {
     /// The same renderer printing `run`'s date and batch reference on every page (bulk runs
     /// set it; without it a page says `Sportello` and today's date).
     pub fn with_run(mut self, run: RunMarks) -> PrintRenderer {
-        self.run = Some(Arc::new(run));
+        self.run = Some(Arc::new(RunLine::new(run, self.layout.marks_font_size)));
         self
     }
 
@@ -1095,7 +1129,7 @@ fn facility_marks(
     buf: &mut SecretBuf,
     l: &Layout,
     height: f32,
-    run: Option<&RunMarks>,
+    run: Option<&RunLine>,
     mailer: &Mailer<'_>,
 ) {
     if !l.facility_marks {
@@ -1128,15 +1162,22 @@ fn facility_marks(
         }
         buf.extend(b">\nEI Q\n");
         let size = l.marks_font_size;
-        let date = run.map_or_else(today_utc, |r| r.date.clone());
-        let line = match run {
-            Some(r) => format!("Stampato il {date} · Lotto {} · pag. 1/1", r.batch),
-            None => format!("Stampato il {date} · Sportello · pag. 1/1"),
-        };
-        let x = x0 - pt(2.0) - text_width(&line, size);
         let baseline = pt(l.code_top_mm) + h as f32 * module / 2.0 + size / 3.0;
-        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -).
-        let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+        match run {
+            Some(run) if !run.hex.is_empty() => {
+                let x = x0 - pt(2.0) - run.width;
+                put_prefix(buf, Font::Regular, size, x, height - baseline);
+                buf.extend(&run.hex);
+                buf.extend(b"> Tj ET\n");
+            }
+            Some(_) => {}
+            None => {
+                let line = marks_line(&today_utc(), None);
+                let x = x0 - pt(2.0) - text_width(&line, size);
+                // Digits, ASCII and `·`: in the regular face.
+                let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+            }
+        }
     }
     let track = omr_track(0, 1, mailer.number.unwrap_or(0));
     let (x1, x2) = (pt(l.omr_left_mm), pt(l.omr_left_mm + l.omr_length_mm));
@@ -1470,7 +1511,7 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         }
         w.object(OUTPUT_PROFILE, output_profile())?;
         let title = match renderer.run.as_deref() {
-            Some(run) => format!("Lettere PIN · Lotto {}", run.batch),
+            Some(run) => format!("Lettere PIN · Lotto {}", run.marks.batch),
             None => "Lettera PIN · Sportello".to_owned(),
         };
         w.object(METADATA, &pdfa::metadata_object(&title, &created))?;
