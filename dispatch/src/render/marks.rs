@@ -183,9 +183,8 @@ impl Placement {
 
     /// The placement of `SQUARES[index]`, built at the first call.
     fn get(index: usize) -> Option<&'static Placement> {
-        const EMPTY: std::sync::OnceLock<Option<Placement>> = std::sync::OnceLock::new();
         static PLACEMENTS: [std::sync::OnceLock<Option<Placement>>; SQUARES.len()] =
-            [EMPTY; SQUARES.len()];
+            [const { std::sync::OnceLock::new() }; SQUARES.len()];
         let size = *SQUARES.get(index)?;
         PLACEMENTS[index]
             .get_or_init(|| Placement::of(size))
