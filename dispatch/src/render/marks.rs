@@ -99,43 +99,30 @@ const SQUARES: [datamatrix::SymbolSize; 13] = {
     ]
 };
 
-/// What sets one module of a symbol: a fixed light or dark module (finder, timing, the
-/// corner pattern) or one bit of one codeword.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Module {
-    Light,
-    Dark,
-    /// Bit `shift` (0 = least significant) of codeword `codeword`.
-    Data {
-        codeword: u16,
-        shift: u8,
-    },
-}
-
-impl datamatrix::placement::Bit for Module {
-    const LOW: Module = Module::Light;
-    const HIGH: Module = Module::Dark;
-}
-
-/// The placement of one symbol size, taken once a process from the `datamatrix` crate's own
-/// placement (`MatrixMap`, alignment patterns included): the dark fixed modules as a packed
-/// image, and for each data module its codeword, bit and place in the image. Filling it in is
-/// a few hundred bit tests, where placing afresh was most of a page's time.
+/// One symbol size, prepared once a process from the `datamatrix` crate's own error
+/// correction and placement. A symbol is linear in the bits of its data codewords: the
+/// Reed-Solomon codewords are sums (XOR) of multiples of the data, and each codeword bit sets
+/// one module. So the image of a text is the image of all-zero data (the finder, timing and
+/// corner patterns) XOR, for every set bit of every data codeword, the image that bit alone
+/// flips (its own module and the error-correction modules it changes). Both come from the
+/// crate (`encode_error`, `MatrixMap`), once; a page then costs a few hundred word XORs, where
+/// encoding and placing afresh was most of a page's time.
 struct Placement {
-    size: datamatrix::SymbolSize,
     width: usize,
     height: usize,
     /// Data codewords the symbol holds (error correction apart).
     data_codewords: usize,
-    /// Rows from the top, each padded to whole bytes, the fixed dark modules set.
-    fixed: Vec<u8>,
-    /// (codeword, shift, byte of the image, bit mask) of each data module.
-    data: Vec<(u16, u8, u32, u8)>,
+    /// Bytes of the image: rows from the top, each padded to whole bytes.
+    bytes: usize,
+    /// The image of all-zero data, in native-endian words (the bytes in order).
+    fixed: Vec<u64>,
+    /// What bit `b` (0 = most significant) of data codeword `i` flips, as `fixed`: the words
+    /// from `(8 * i + b) * fixed.len()`.
+    flips: Vec<u64>,
 }
 
 impl Placement {
     fn of(size: datamatrix::SymbolSize) -> Option<Placement> {
-        use datamatrix::placement::MatrixMap;
         // The crate says how many data codewords the size holds: those of an empty text.
         let data_codewords = datamatrix::DataMatrixBuilder::new()
             .with_encodation_types(datamatrix::EncodationType::Ascii)
@@ -144,40 +131,33 @@ impl Placement {
             .ok()?
             .data_codewords()
             .len();
-        let mut map = MatrixMap::<Module>::new(size);
-        map.traverse_mut(|codeword, bits| {
-            for (i, bit) in bits.into_iter().enumerate() {
-                *bit = Module::Data {
-                    codeword: codeword as u16,
-                    shift: 7 - i as u8,
-                };
+        let image = |data: &[u8]| {
+            let mut codewords = data.to_vec();
+            codewords.extend(datamatrix::errorcode::encode_error(data, size));
+            let bitmap =
+                datamatrix::placement::MatrixMap::new_with_codewords(&codewords, size).bitmap();
+            let (w, h) = (bitmap.width(), bitmap.height());
+            (packed(bitmap.bits(), w, h), w, h)
+        };
+        let mut data = vec![0u8; data_codewords];
+        let (fixed, width, height) = image(&data);
+        let fixed_words = words(&fixed);
+        let mut flips = Vec::with_capacity(8 * data_codewords * fixed_words.len());
+        for i in 0..data_codewords {
+            for b in 0..8 {
+                data[i] = 0x80 >> b;
+                let (image, _, _) = image(&data);
+                flips.extend(words(&image).iter().zip(&fixed_words).map(|(a, z)| a ^ z));
             }
-        });
-        map.write_padding();
-        let bitmap = map.bitmap();
-        let (width, height) = (bitmap.width(), bitmap.height());
-        let row_bytes = width.div_ceil(8);
-        let mut fixed = vec![0u8; row_bytes * height];
-        let mut data = Vec::with_capacity(width * height);
-        for (k, module) in bitmap.bits().iter().enumerate() {
-            let (x, y) = (k % width, k / width);
-            let byte = y * row_bytes + x / 8;
-            let mask = 0x80u8 >> (x % 8);
-            match *module {
-                Module::Light => {}
-                Module::Dark => fixed[byte] |= mask,
-                Module::Data { codeword, shift } => {
-                    data.push((codeword, shift, u32::try_from(byte).ok()?, mask))
-                }
-            }
+            data[i] = 0;
         }
         Some(Placement {
-            size,
             width,
             height,
             data_codewords,
-            fixed,
-            data,
+            bytes: fixed.len(),
+            fixed: fixed_words,
+            flips,
         })
     }
 
@@ -190,6 +170,30 @@ impl Placement {
             .get_or_init(|| Placement::of(size))
             .as_ref()
     }
+}
+
+/// `bytes` as native-endian words, the last one padded with zeros.
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(w)
+        })
+        .collect()
+}
+
+/// `bits` (row-major, `w` × `h`, true = dark) packed into rows of whole bytes.
+fn packed(bits: &[bool], w: usize, h: usize) -> Vec<u8> {
+    let row_bytes = w.div_ceil(8);
+    let mut out = vec![0u8; row_bytes * h];
+    for (k, dark) in bits.iter().enumerate() {
+        if *dark {
+            out[(k / w) * row_bytes + (k % w) / 8] |= 0x80 >> (k % w % 8);
+        }
+    }
+    out
 }
 
 /// Data codewords of `text` in ASCII encodation (ISO/IEC 16022 5.2.3: a pair of digits is one
@@ -241,9 +245,9 @@ fn pad_codewords(codewords: &mut Vec<u8>, capacity: usize) {
 ///
 /// ASCII encodation only (digit pairs pack into one codeword each; the crate's search of all
 /// six modes was most of a print run's time), the smallest square symbol that holds the text;
-/// the Reed-Solomon codewords and the placement are the `datamatrix` crate's, the placement
-/// taken once a symbol size ([`Placement`]). The result is the crate's own bitmap of the same
-/// text (a unit test compares them).
+/// the Reed-Solomon codewords and the placement are the `datamatrix` crate's, taken once a
+/// symbol size ([`Placement`]). The result is the crate's own bitmap of the same text (a unit
+/// test compares them).
 pub(crate) fn data_matrix(text: &str) -> Option<(Vec<u8>, usize, usize)> {
     let mut codewords = Vec::with_capacity(64);
     ascii_codewords(text.as_bytes(), &mut codewords);
@@ -251,15 +255,21 @@ pub(crate) fn data_matrix(text: &str) -> Option<(Vec<u8>, usize, usize)> {
         .filter_map(Placement::get)
         .find(|p| p.data_codewords >= codewords.len())?;
     pad_codewords(&mut codewords, placement.data_codewords);
-    let ecc = datamatrix::errorcode::encode_error(&codewords, placement.size);
-    codewords.extend_from_slice(&ecc);
-    let mut bits = placement.fixed.clone();
-    for &(codeword, shift, byte, mask) in &placement.data {
-        let cw = *codewords.get(usize::from(codeword))?;
-        if (cw >> shift) & 1 == 1 {
-            *bits.get_mut(byte as usize)? |= mask;
+    let mut image = placement.fixed.clone();
+    let n = image.len();
+    for (i, cw) in codewords.iter().enumerate() {
+        for b in 0..8 {
+            if cw & (0x80 >> b) != 0 {
+                let at = (8 * i + b) * n;
+                let flip = placement.flips.get(at..at + n)?;
+                for (word, f) in image.iter_mut().zip(flip) {
+                    *word ^= f;
+                }
+            }
         }
     }
+    let mut bits: Vec<u8> = image.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    bits.truncate(placement.bytes);
     Some((bits, placement.width, placement.height))
 }
 
@@ -273,13 +283,7 @@ fn data_matrix_by_the_crate(text: &str) -> Option<(Vec<u8>, usize, usize)> {
         .ok()?;
     let bitmap = code.bitmap();
     let (w, h) = (bitmap.width(), bitmap.height());
-    let row_bytes = w.div_ceil(8);
-    let mut bits = vec![0u8; row_bytes * h];
-    for (x, y) in bitmap.pixels() {
-        if let Some(byte) = bits.get_mut(y * row_bytes + x / 8) {
-            *byte |= 0x80 >> (x % 8);
-        }
-    }
+    let bits = packed(bitmap.bits(), w, h);
     Some((bits, w, h))
 }
 

@@ -233,6 +233,8 @@ pub struct PrintRenderer {
     shapes: Arc<ShapeCache<PreparedPage>>,
     /// The run printed on every page (date and batch); `None`: the counter's page.
     run: Option<Arc<RunLine>>,
+    /// The OMR track of each mailer number modulo 4 (see [`omr_ops`]).
+    omr: Arc<[Vec<u8>; 4]>,
 }
 
 /// A run's date and batch line, encoded once for every page of the run: its glyph ids (hex)
@@ -310,6 +312,7 @@ impl PrintRenderer {
     pub fn new(templates: Arc<Templates>, layout: Layout, issuer: Issuer) -> PrintRenderer {
         PrintRenderer {
             templates,
+            omr: Arc::new([0, 1, 2, 3].map(|k| omr_ops(&layout, k))),
             layout,
             issuer,
             shapes: Arc::default(),
@@ -370,7 +373,14 @@ impl PrintRenderer {
         // The address first: a name the page cannot carry is reported as the mailer's
         // layout problem, even if a template line prints the name too.
         address(&mut page.buf, l, height, mailer)?;
-        facility_marks(&mut page.buf, l, height, self.run.as_deref(), mailer);
+        facility_marks(
+            &mut page.buf,
+            l,
+            height,
+            self.run.as_deref(),
+            &self.omr,
+            mailer,
+        );
         fold_marks(&mut page, l);
         header(&mut page, l, &sections.header)?;
         let box_bottom = code_box(&mut page, l, height, &sections.code_box)?;
@@ -538,7 +548,7 @@ impl PreparedPage {
         );
         buf.extend(b"/S0 Do\n");
         address(&mut buf, l, height, mailer)?;
-        facility_marks(&mut buf, l, height, r.run.as_deref(), mailer);
+        facility_marks(&mut buf, l, height, r.run.as_deref(), &r.omr, mailer);
         let size = l.body_font_size;
         let x = pt(l.margin_left_mm);
         let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
@@ -1130,6 +1140,7 @@ fn facility_marks(
     l: &Layout,
     height: f32,
     run: Option<&RunLine>,
+    omr: &[Vec<u8>; 4],
     mailer: &Mailer<'_>,
 ) {
     if !l.facility_marks {
@@ -1151,14 +1162,18 @@ fn facility_marks(
         buf.extend(num.n2(x0));
         buf.push(b' ');
         buf.extend(num.n2(top - h as f32 * module));
-        buf.extend(
-            format!(" cm\nBI /W {w} /H {h} /IM true /BPC 1 /D [1 0] /F /AHx ID\n").as_bytes(),
-        );
-        let mut hex = [0u8; 2];
-        for byte in bits {
-            hex[0] = b"0123456789ABCDEF"[usize::from(byte >> 4)];
-            hex[1] = b"0123456789ABCDEF"[usize::from(byte & 0xF)];
-            buf.extend(&hex);
+        buf.extend(b" cm\nBI /W ");
+        buf.extend(num.int(w as u64));
+        buf.extend(b" /H ");
+        buf.extend(num.int(h as u64));
+        buf.extend(b" /IM true /BPC 1 /D [1 0] /F /AHx ID\n");
+        let mut hex = [0u8; 128];
+        for chunk in bits.chunks(64) {
+            for (pair, byte) in hex.chunks_exact_mut(2).zip(chunk) {
+                pair[0] = HEX[usize::from(byte >> 4)];
+                pair[1] = HEX[usize::from(byte & 0xF)];
+            }
+            buf.extend(&hex[..2 * chunk.len()]);
         }
         buf.extend(b">\nEI Q\n");
         let size = l.marks_font_size;
@@ -1179,7 +1194,16 @@ fn facility_marks(
             }
         }
     }
-    let track = omr_track(0, 1, mailer.number.unwrap_or(0));
+    buf.extend(&omr[(mailer.number.unwrap_or(0) % 4) as usize]);
+}
+
+/// The OMR track's operators of a one-page mailer whose number is `sequence` modulo 4 (all
+/// that changes between pages).
+fn omr_ops(l: &Layout, sequence: u64) -> Vec<u8> {
+    let height = pt(l.page_height_mm);
+    let mut num = Num::default();
+    let mut buf = Vec::with_capacity(256);
+    let track = omr_track(0, 1, sequence);
     let (x1, x2) = (pt(l.omr_left_mm), pt(l.omr_left_mm + l.omr_length_mm));
     buf.extend(b"q ");
     buf.extend(num.n2(l.omr_weight_pt));
@@ -1198,6 +1222,7 @@ fn facility_marks(
         }
     }
     buf.extend(b"S Q\n");
+    buf
 }
 
 /// The show-through guard behind the codes: short grey strokes at random angles, dense over
