@@ -24,7 +24,7 @@
 //! cross-reference table and the trailer. It keeps only 24 bytes a page (two object offsets
 //! and the page's object number), so a print file of 10,000 mailers never sits whole in memory (unless the
 //! sink is a `Vec`). Fonts are DejaVu Sans, Sans Bold and Sans Mono Bold, subset and embedded
-//! (see [`super::font`]: Latin, Greek, Cyrillic), text written as glyph ids in hex strings; a
+//! (see [`super::font`]: Latin, Greek, Cyrillic), text written as glyph ids in literal strings (two bytes a glyph, escaped); a
 //! character the fonts lack is an error naming the field and position.
 //!
 //! Content streams are **not compressed**: compression would cost more time than it saves in
@@ -237,12 +237,12 @@ pub struct PrintRenderer {
     omr: Arc<[Vec<u8>; 4]>,
 }
 
-/// A run's date and batch line, encoded once for every page of the run: its glyph ids (hex)
+/// A run's date and batch line, encoded once for every page of the run: its glyph ids
 /// and its width at the marks' size.
 #[derive(Debug)]
 struct RunLine {
     marks: RunMarks,
-    hex: Vec<u8>,
+    encoded: Vec<u8>,
     width: f32,
 }
 
@@ -257,15 +257,15 @@ fn marks_line(date: &str, batch: Option<&str>) -> String {
 impl RunLine {
     fn new(marks: RunMarks, size: f32) -> RunLine {
         let line = marks_line(&marks.date, Some(&marks.batch));
-        let mut hex = SecretBuf::with_capacity(4 * line.len());
+        let mut encoded = SecretBuf::with_capacity(4 * line.len());
         // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -);
         // a character it lacks would leave the line out, as it always did.
-        if put_encoded(&mut hex, &fonts().regular, &line).is_err() {
-            hex = SecretBuf::default();
+        if put_encoded(&mut encoded, &fonts().regular, &line).is_err() {
+            encoded = SecretBuf::default();
         }
         RunLine {
             width: text_width(&line, size),
-            hex: hex.expose_secret().to_vec(),
+            encoded: encoded.expose_secret().to_vec(),
             marks,
         }
     }
@@ -562,7 +562,7 @@ impl PreparedPage {
                     if put_filled(&mut buf, font.face(), line, &v).is_none() {
                         return Ok(None);
                     }
-                    buf.extend(b"> Tj ET\n");
+                    buf.extend(b") Tj ET\n");
                 }
                 DynOp::Para { line, top, lines } => {
                     let scratch = match &mut scratch {
@@ -684,7 +684,7 @@ impl<'a> Values<'a> {
 }
 
 /// Encodes `line` with its placeholders filled in into `buf` (inside a text operator's
-/// hex string); `None` if a character cannot be encoded or a value is missing.
+/// literal string); `None` if a character cannot be encoded or a value is missing.
 fn put_filled(buf: &mut SecretBuf, face: &Face, line: &str, v: &Values<'_>) -> Option<()> {
     let mut pieces = line.split(MARK);
     put_encoded(buf, face, pieces.next()?).ok()?;
@@ -848,7 +848,7 @@ impl Num {
     }
 }
 
-/// `BT /F Tf x y Td <`: the start of a text operator at `y` points from the page's bottom.
+/// `BT /F Tf x y Td (`: the start of a text operator at `y` points from the page's bottom.
 fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     let mut num = Num::default();
     buf.extend(b"BT ");
@@ -859,29 +859,62 @@ fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     buf.extend(num.n2(x));
     buf.extend(b" ");
     buf.extend(num.n2(y));
-    buf.extend(b" Td <");
+    buf.extend(b" Td (");
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// One glyph id as four hex digits.
+/// Glyph id `g` as the two bytes of a literal string (`Identity-H`, high byte first) into
+/// `out`; returns how many bytes it took. `(`, `)` and `\` are escaped with a backslash, a
+/// carriage return is written `\r` (a reader turns a bare one into a line feed); every other
+/// byte stands as it is. Half the bytes of a hex string.
 #[inline]
-fn put_glyph(buf: &mut SecretBuf, g: u16) {
-    buf.extend(&[
-        HEX[usize::from(g >> 12)],
-        HEX[usize::from((g >> 8) & 15)],
-        HEX[usize::from((g >> 4) & 15)],
-        HEX[usize::from(g & 15)],
-    ]);
+fn glyph_bytes(g: u16, out: &mut [u8]) -> usize {
+    let mut n = 0;
+    for b in g.to_be_bytes() {
+        match b {
+            b'(' | b')' | b'\\' => {
+                out[n] = b'\\';
+                out[n + 1] = b;
+                n += 2;
+            }
+            b'\r' => {
+                out[n] = b'\\';
+                out[n + 1] = b'r';
+                n += 2;
+            }
+            _ => {
+                out[n] = b;
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
-/// Encodes `s` as glyph ids of `face` into a hex string operand (`Identity-H`); on a
+/// One glyph id into a literal string operand.
+#[inline]
+fn put_glyph(buf: &mut SecretBuf, g: u16) {
+    let mut tmp = [0u8; 4];
+    let n = glyph_bytes(g, &mut tmp);
+    buf.extend(&tmp[..n]);
+}
+
+/// Encodes `s` as glyph ids of `face` into a literal string operand (`Identity-H`); on a
 /// character the face does not have, its code and position.
 fn put_encoded(buf: &mut SecretBuf, face: &Face, s: &str) -> std::result::Result<(), (u32, usize)> {
+    // Through a stack buffer: one `extend` a few dozen glyphs.
+    let mut tmp = [0u8; 256];
+    let mut n = 0;
     for (position, c) in s.chars().enumerate() {
         let g = face.glyph(c).ok_or((u32::from(c), position))?;
-        put_glyph(buf, g);
+        if n + 4 > tmp.len() {
+            buf.extend(&tmp[..n]);
+            n = 0;
+        }
+        n += glyph_bytes(g, &mut tmp[n..]);
     }
+    buf.extend(&tmp[..n]);
     Ok(())
 }
 
@@ -897,7 +930,7 @@ fn put_text(
 ) -> std::result::Result<(), (u32, usize)> {
     put_prefix(buf, font, size, x, height - top);
     put_encoded(buf, font.face(), s)?;
-    buf.extend(b"> Tj ET\n");
+    buf.extend(b") Tj ET\n");
     Ok(())
 }
 
@@ -1179,11 +1212,11 @@ fn facility_marks(
         let size = l.marks_font_size;
         let baseline = pt(l.code_top_mm) + h as f32 * module / 2.0 + size / 3.0;
         match run {
-            Some(run) if !run.hex.is_empty() => {
+            Some(run) if !run.encoded.is_empty() => {
                 let x = x0 - pt(2.0) - run.width;
                 put_prefix(buf, Font::Regular, size, x, height - baseline);
-                buf.extend(&run.hex);
-                buf.extend(b"> Tj ET\n");
+                buf.extend(&run.encoded);
+                buf.extend(b") Tj ET\n");
             }
             Some(_) => {}
             None => {
@@ -1713,7 +1746,37 @@ impl<'r, W: Write> PdfWriter<'r, W> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Num, N2};
+    use super::{glyph_bytes, Num, N2};
+
+    /// Reads a literal string's bytes back as a PDF reader does (the escapes we write, and a
+    /// bare carriage return turned into a line feed).
+    fn read_literal(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut it = bytes.iter();
+        while let Some(&b) = it.next() {
+            match b {
+                b'\\' => match it.next() {
+                    Some(b'r') => out.push(b'\r'),
+                    Some(&e) => out.push(e),
+                    None => panic!("a lone backslash"),
+                },
+                b'\r' => out.push(b'\n'),
+                b'(' | b')' => panic!("an unescaped parenthesis"),
+                b => out.push(b),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn glyph_ids_read_back_from_literal_strings() {
+        for g in 0..=u16::MAX {
+            let mut tmp = [0u8; 4];
+            let n = glyph_bytes(g, &mut tmp);
+            assert!((2..=4).contains(&n));
+            assert_eq!(read_literal(&tmp[..n]), g.to_be_bytes(), "glyph {g:#06x}");
+        }
+    }
 
     #[test]
     fn numbers_have_two_decimals_like_the_float_formatter() {
