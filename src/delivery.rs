@@ -24,7 +24,7 @@
 //! `tests/service/dispatch_crash.rs`).
 //!
 //! # Security
-//! Codes and contacts exist in clear only inside [`cards::outbox_release::JobRelease`]
+//! Codes and contacts exist in clear only inside [`cards::JobRelease`]
 //! and the rendered [`Outgoing`] (zeroizing, redacted `Debug`), for one job, and are dropped
 //! once the courier returns. Logs carry the job id, channel, part and outcome — never a code,
 //! a contact or a serial. Failure reasons kept on the job lose addresses here and digit runs
@@ -35,9 +35,9 @@ use crate::api;
 use crate::config::{DispatchConfig, SmtpTls};
 use crate::mailers::{to_dispatch, PrintSetup};
 use crate::AppState;
-use cards::date::Date;
-use cards::outbox_release::{JobRelease, ReleaseDestination};
+use cards::Date;
 use cards::{Channel, Job, JobState, OutboxPolicy};
+use cards::{JobRelease, ReleaseDestination};
 use dispatch::courier::retry::Throttled;
 use dispatch::courier::sms::{KannelConfig, KannelCourier};
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};

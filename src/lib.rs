@@ -28,7 +28,7 @@
 //! - [`delivery`] the workers that send the outbox's jobs by e-mail and SMS (after that
 //!   recovery), when [`AppState::delivery`] has couriers; [`serve`] runs them and stops them
 //!   at shutdown. `/v1/dlr` takes the SMS gateway's delivery reports.
-//! - [`AppState::keys`] the key ceremonies under dual control ([`vault::ceremony`]); their
+//! - [`AppState::keys`] the key ceremonies under dual control ([`vault::Ceremonies`]); their
 //!   durable jobs (rotate, shred, discard) run on a blocking thread through
 //!   [`api::keys::KeyRunner`], started by an approval and, after a restart, by [`key_jobs`]
 //!   once the service is unsealed; [`serve`] runs it beside the listener.
@@ -44,20 +44,20 @@ pub mod mailers;
 pub mod tls;
 
 use axum::Router;
-use cards::date::Date;
 use cards::Cards;
+use cards::Date;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vault::account::{Accounts, Actor};
-use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
-use vault::ceremony::{Ceremonies, CeremonyPolicy};
-use vault::codes::CodeVault;
-use vault::import::parse::{ParseRules, SerialRule};
-use vault::store::Store;
+use vault::CodeVault;
+use vault::Store;
+use vault::{Accounts, Actor};
+use vault::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::{Ceremonies, CeremonyPolicy};
 use vault::{CodePolicy, Hsm};
+use vault::{ParseRules, SerialRule};
 
 /// What every request handler can reach.
 ///
@@ -182,7 +182,7 @@ impl Default for Settings {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
             registry_max_upload_bytes: DEFAULT_REGISTRY_MAX_UPLOAD_BYTES,
-            key_approval_window_ms: vault::ceremony::DEFAULT_WINDOW_MS,
+            key_approval_window_ms: vault::DEFAULT_WINDOW_MS,
             rewrap_chunk: DEFAULT_REWRAP_CHUNK,
             rewrap_pause_ms: 0,
             edge: edge::EdgeLimits::default(),

@@ -90,7 +90,7 @@ fn init_hsm(dir: &Path, shares: u8, threshold: u8) -> (Arc<SimulatedHsm>, Vec<Se
 }
 
 fn router(hsm: Arc<SimulatedHsm>) -> Router {
-    app(AppState::new(hsm, Arc::new(vault::store::memory::MemoryStore::new())).unwrap())
+    app(AppState::new(hsm, Arc::new(vault::MemoryStore::new())).unwrap())
 }
 
 struct Answer {
@@ -865,8 +865,8 @@ async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
     // chain before installing the audit key, refuses, names the damage, and the service stays
     // sealed (nothing may be appended, and MAC'd, over a damaged chain).
     {
-        use vault::store::{seq_key, Batch, Store, Tree};
-        let store = vault::store::sled::SledStore::open(&data.join("store")).unwrap();
+        use vault::{seq_key, Batch, Store, Tree};
+        let store = vault::SledStore::open(&data.join("store")).unwrap();
         let raw = store.get(Tree::Audit, &seq_key(2)).unwrap().unwrap();
         let changed = String::from_utf8(raw)
             .unwrap()

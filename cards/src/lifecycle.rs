@@ -7,12 +7,12 @@ use super::date::Date;
 use super::registry::{encode, now_ms, ActivationRecord, CardRecord, Cards};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::codes::CardCodes;
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{Batch, Tree};
+use vault::Actor;
+use vault::CardCodes;
+use vault::Hsm;
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Tree};
+use vault::{Error, Result};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

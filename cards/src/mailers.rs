@@ -70,12 +70,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent, Outcome};
-use vault::codes::{BatchId, BatchScan, CardCodes};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{seq_key, Batch, Tree};
+use vault::Actor;
+use vault::Hsm;
+use vault::{seq_key, Batch, Tree};
+use vault::{AuditLog, NewEvent, Outcome};
+use vault::{BatchId, BatchScan, CardCodes};
+use vault::{Error, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
 const NEXT_FILE_KEY: &[u8] = b"mailers.next_file";
@@ -575,7 +575,7 @@ impl Cards {
             Selection::Batch(id) => {
                 self.codes
                     .batch(*id)?
-                    .filter(|r| r.state == vault::codes::BatchState::Committed)
+                    .filter(|r| r.state == vault::BatchState::Committed)
                     .ok_or_else(|| Error::NotFound(format!("committed batch {id}")))?;
                 Some(id.to_string())
             }

@@ -51,11 +51,11 @@ use super::registry::{decode, encode, now_ms, CardRecord, Cards, HolderRecord, P
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{seq_key, Batch, Tree};
+use vault::Actor;
+use vault::Hsm;
+use vault::{seq_key, Batch, Tree};
+use vault::{AuditLog, NewEvent};
+use vault::{Error, Result};
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
@@ -194,7 +194,7 @@ pub enum JobState {
     /// Part A, printed and handed over at the counter (by whom and when on the job).
     HandedOver,
     /// Will not go out: its dispatch was replaced, the card's state refused it, or the card's
-    /// codes were destroyed by a forced shred of its batch ([`vault::ceremony`]); the reason is
+    /// codes were destroyed by a forced shred of its batch ([`vault::Ceremonies`]); the reason is
     /// on the job. Never falls back to another channel.
     Cancelled,
 }

@@ -19,12 +19,12 @@
 use super::date::Date;
 use super::outbox::{by, job_event, put_job, Channel, DispatchPlan, Job, JobState, Part};
 use super::registry::{now_ms, Cards};
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::CardCodes;
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::Batch;
+use vault::Actor;
+use vault::AuditLog;
+use vault::Batch;
+use vault::CardCodes;
+use vault::Hsm;
+use vault::{Error, Result};
 
 /// What the counter page must show: part A of this plan (in `dispatch`'s grammar, with part
 /// B's channel), of this dispatch.

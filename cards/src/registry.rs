@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::codes::CodeVault;
-use vault::envelope::{DataKeyId, Envelope, Sealer};
-use vault::error::{Error, Result};
-use vault::hsm::{Hsm, KeyPurpose};
-use vault::keyring::Keyring;
-use vault::store::{Batch, Store, Tree};
+use vault::Actor;
+use vault::CodeVault;
+use vault::Keyring;
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Store, Tree};
+use vault::{DataKeyId, Envelope, Sealer};
+use vault::{Error, Result};
+use vault::{Hsm, KeyPurpose};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
 /// Blind index kinds.
@@ -310,7 +310,7 @@ impl Cards {
         let s = sealer
             .as_mut()
             .ok_or_else(|| Error::Storage("no holder key".into()))?;
-        let env = s.seal(subject, &vault::secret::Plaintext::from_slice(clear))?;
+        let env = s.seal(subject, &vault::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
 

@@ -5,11 +5,11 @@
 
 use super::registry::{decode, encode, now_ms, Cards};
 use serde::{Deserialize, Serialize};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{Batch, Tree};
+use vault::Actor;
+use vault::Hsm;
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Tree};
+use vault::{Error, Result};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.

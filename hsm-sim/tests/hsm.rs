@@ -649,8 +649,8 @@ fn the_audit_anchor_persists_and_only_moves_forward() {
 
 #[test]
 fn an_older_copy_of_the_hsm_state_is_refused_by_the_store_that_saw_a_newer_one() {
-    use vault::audit::{AuditLog, NewEvent};
-    use vault::store::{memory::MemoryStore, Store};
+    use vault::{AuditLog, NewEvent};
+    use vault::{MemoryStore, Store};
     let dir = tempfile::tempdir().unwrap();
     let (hsm, shares) = init(dir.path(), 2, 2);
     let state = dir.path().join(SimulatedHsm::STATE_FILE);

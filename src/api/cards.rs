@@ -62,7 +62,7 @@ use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
+use cards::Date;
 use cards::{Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason};
 use serde::{Deserialize, Serialize};
 use vault::Role;

@@ -58,7 +58,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
+use cards::Date;
 use cards::{
     Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
 };

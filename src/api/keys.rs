@@ -53,8 +53,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vault::ceremony::{Ceremonies, JobPhase, KeyJob, KeyStatus, Operation, Proposal, ProposalId};
-use vault::kcv::Kcv;
+use vault::Kcv;
+use vault::{Ceremonies, JobPhase, KeyJob, KeyStatus, Operation, Proposal, ProposalId};
 use vault::{Hsm, Role};
 use zeroize::Zeroize;
 

@@ -52,14 +52,14 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
+use cards::Date;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use dispatch::{Addressee, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use vault::codes::BatchId;
+use vault::BatchId;
 use vault::Role;
 
 const RUN: &[Role] = &[Role::Cms];
@@ -73,7 +73,7 @@ const DEFAULT_RUNS: usize = 50;
 /// Most runs one list shows.
 const MAX_RUNS: usize = 1000;
 /// Largest body of `POST /v1/mailers/runs`: a list of up to
-/// [`cards::mailers::MAX_LISTED_SERIALS`] serials.
+/// [`cards::MAX_LISTED_SERIALS`] serials.
 pub const RUN_BODY_LIMIT: usize = 4 << 20;
 /// Largest body of `POST /v1/mailers/outcomes` (about 150,000 outcomes).
 pub const OUTCOMES_BODY_LIMIT: usize = 8 << 20;

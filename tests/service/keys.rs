@@ -11,8 +11,8 @@ use super::support::{cf, codes_file, identification, open_with_accounts, Client}
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
-use vault::store::sled::SledStore;
 use vault::CodePolicy;
+use vault::SledStore;
 
 const SALT: u64 = 0x4B3E;
 
@@ -240,7 +240,7 @@ async fn dual_control_refuses_self_approval_and_non_officers() {
     let audited: Vec<String> = k
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("key.".to_owned()),
             limit: 100,
             ..Default::default()
@@ -519,7 +519,7 @@ async fn shred_over_http_makes_a_batch_codes_gone() {
     let record = k
         .state
         .codes
-        .batch(vault::codes::BatchId(number))
+        .batch(vault::BatchId(number))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -756,7 +756,7 @@ async fn a_rewrap_job_killed_with_sigkill_finishes_after_restart() {
 
     // Offline: every card of every batch still opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
     let share = SecretString::from(share.trim().to_owned());
@@ -894,7 +894,7 @@ async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_code
     let record = k
         .state
         .codes
-        .batch(vault::codes::BatchId(number))
+        .batch(vault::BatchId(number))
         .unwrap()
         .unwrap();
     let term1 = k.state.hsm.status().terms[0].clone();
@@ -1003,7 +1003,7 @@ async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_code
     let events = k
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             limit: 1000,
             ..Default::default()
         })
@@ -1261,7 +1261,7 @@ async fn a_dev_hsm_rekeyed_to_two_of_three_opens_as_a_production_one() {
 
     // Offline: the codes still open under the new shares.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     assert!(!hsm.status().dev);
     for f in [&files[1], &files[2]] {

@@ -542,7 +542,7 @@ impl Accounts {
     /// Sets (or replaces) the password of an operator or officer, as an argon2id hash.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a password outside [`validate_password`]'s bounds;
+    /// [`Error::Invalid`] for a password outside the bounds (12 to 1,024 characters);
     /// [`Error::Refused`] for another role or a disabled account; [`Error::NotFound`]; store errors.
     pub fn set_password(&self, id: &str, password: &SecretString, actor: &Actor) -> Result<()> {
         validate_password(password).map_err(|e| Error::Invalid(e.0))?;

@@ -22,14 +22,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::ceremony::{Ceremonies, CeremonyPolicy, JobState, Operation};
-use vault::codes::CodeVault;
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::Actor;
+use vault::AuditLog;
+use vault::CodeVault;
+use vault::ParseRules;
+use vault::SledStore;
+use vault::Store;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::{Ceremonies, CeremonyPolicy, JobState, Operation};
 use vault::{Hsm, Keyring, TermState};
 
 /// `plico bench rotate` arguments.
