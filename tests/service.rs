@@ -17,7 +17,9 @@
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
 //! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
-//! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
+//! written by an older `plico` (a committed fixture) opened and served by today's binary, the
+//! guard of the persisted layout, is in `service/persisted_layout.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -45,6 +47,8 @@ mod keys;
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
+#[path = "service/persisted_layout.rs"]
+mod persisted_layout;
 #[path = "service/print_crash.rs"]
 mod print_crash;
 #[path = "service/support.rs"]

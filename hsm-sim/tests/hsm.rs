@@ -197,8 +197,14 @@ fn rotation_rewrap_and_retire() {
     let (hsm, shares) = init(dir.path(), 3, 2);
     unseal(&hsm, &[&shares[0], &shares[2]]);
     let mut ring = Keyring::new();
-    let code = ring.create(&hsm, KeyPurpose::Code).unwrap().key_id();
-    let index = ring.create(&hsm, KeyPurpose::Index).unwrap().key_id();
+    let code = ring
+        .create(&hsm, KeyPurpose::Code, &vault::SystemClock)
+        .unwrap()
+        .key_id();
+    let index = ring
+        .create(&hsm, KeyPurpose::Index, &vault::SystemClock)
+        .unwrap()
+        .key_id();
     let kcv = ring.unwrap(&hsm, code).unwrap().kcv();
 
     let t2 = hsm.rotate().unwrap();

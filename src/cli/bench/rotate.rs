@@ -149,7 +149,7 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
             ..CeremonyPolicy::default()
         },
     );
-    let now = now_ms();
+    let now = audit.clock().now_ms();
     let p = keys.propose(
         &*hsm,
         &officer("officer-a"),
@@ -230,11 +230,4 @@ fn active(hsm: &dyn Hsm) -> anyhow::Result<vault::TermId> {
         .find(|t| t.state == TermState::Active)
         .map(|t| t.id)
         .context("the HSM has no active term")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
