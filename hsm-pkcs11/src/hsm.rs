@@ -45,16 +45,8 @@ use zeroize::Zeroizing;
 /// Label of the root key.
 pub const ROOT_LABEL: &str = "plico-root";
 
-/// Options of [`Pkcs11Hsm::init`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InitOptions {
-    /// Shares to issue (n).
-    pub shares: u8,
-    /// Shares needed to unseal (m); at least 2 unless `dev`.
-    pub threshold: u8,
-    /// Development mode: allows a threshold of 1.
-    pub dev: bool,
-}
+/// Options of [`Pkcs11Hsm::init`]: the simulator's, so both are created alike.
+pub use hsm_sim::InitOptions;
 
 /// What [`Pkcs11Hsm::init`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
