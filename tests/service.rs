@@ -17,7 +17,8 @@
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
 //! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
-//! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`; the emergency seal in
+//! `service/seal.rs` (and its effect on the delivery workers in `service/delivery.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -47,6 +48,8 @@ mod mailers;
 mod peers;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/seal.rs"]
+mod seal;
 #[path = "service/support.rs"]
 mod support;
 
