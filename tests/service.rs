@@ -17,7 +17,8 @@
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
 //! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
-//! rewrap job resumed after the binary is killed) are in `service/keys.rs`; the emergency seal in
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`; the service on a SoftHSM2 token
+//! (init, serve, unseal, rotate killed and resumed, retire) in `service/pkcs11.rs`; the emergency seal in
 //! `service/seal.rs` (and its effect on the delivery workers in `service/delivery.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -46,6 +47,8 @@ mod keys;
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
+#[path = "service/pkcs11.rs"]
+mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
 #[path = "service/seal.rs"]

@@ -157,6 +157,28 @@ pub fn context(module: &Path) -> Result<Pkcs11> {
     Ok(ctx)
 }
 
+/// Finalises this process's context for `module` (if any), so that the next [`context`]
+/// loads the token afresh. A module such as SoftHSM2 caches a token's PIN in the process that
+/// first read it: a process that inspects a token another process changed (a test, an offline
+/// tool) reloads it first.
+///
+/// # Errors
+/// [`Error::Storage`] if the module refuses to finalise.
+///
+/// # Security
+/// Every session of the module ends: no [`crate::Pkcs11Hsm`] on it may be in use.
+pub fn reload(module: &Path) -> Result<()> {
+    let Some(ctx) = contexts().remove(module) else {
+        return Ok(());
+    };
+    ctx.finalize().map_err(|e| {
+        Error::Storage(format!(
+            "cannot finalise the pkcs#11 module {}: {e}",
+            module.display()
+        ))
+    })
+}
+
 /// The slot holding the initialised token labelled `label`.
 ///
 /// # Errors
