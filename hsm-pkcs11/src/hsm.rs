@@ -294,19 +294,16 @@ fn check_value(session: &Session, obj: ObjectHandle) -> Result<Kcv> {
     Err(Error::Provider("the token gives no CKA_CHECK_VALUE"))
 }
 
-/// The KCV of a key object, computed inside the token: its `CKA_CHECK_VALUE` where the token
-/// keeps one (SoftHSM does not for unwrapped keys), else AES-ECB of the zero block (the same
-/// value, see `vault::Kcv`).
+/// The KCV of an unwrapped key object, computed inside the token: AES-ECB of the zero block
+/// (the value of `vault::Kcv` and of `CKA_CHECK_VALUE`, which SoftHSM does not keep for
+/// unwrapped keys), else its `CKA_CHECK_VALUE` where a token refuses ECB.
 fn token_kcv(session: &Session, obj: ObjectHandle) -> Result<Kcv> {
-    if let Ok(k) = check_value(session, obj) {
-        return Ok(k);
-    }
-    let block = session
-        .encrypt(&Mechanism::AesEcb, obj, &[0u8; 16])
-        .map_err(|_| Error::Integrity)?;
-    match block.get(..3) {
-        Some(b) => Ok(Kcv::from_bytes([b[0], b[1], b[2]])),
-        None => Err(Error::Integrity),
+    match session.encrypt(&Mechanism::AesEcb, obj, &[0u8; 16]) {
+        Ok(block) => match block.get(..3) {
+            Some(b) => Ok(Kcv::from_bytes([b[0], b[1], b[2]])),
+            None => Err(Error::Integrity),
+        },
+        Err(_) => check_value(session, obj).map_err(|_| Error::Integrity),
     }
 }
 
