@@ -68,6 +68,11 @@ pub struct InitArgs {
     /// replaces by the PIN the shares derive.
     #[arg(long, value_name = "FILE", required_if_eq("hsm", "pkcs11"))]
     token_pin_file: Option<PathBuf>,
+    /// INSECURE, with --hsm pkcs11: also write the token PIN the shares derive to this new
+    /// file (mode 0600), for `[hsm] pin_file` (the service then unseals itself at start,
+    /// without the custodians). Whoever reads the file can use every key.
+    #[arg(long, value_name = "FILE", requires = "token_pin_file")]
+    insecure_pin_file_out: Option<PathBuf>,
 }
 
 /// The HSM `plico init` creates.
@@ -223,6 +228,10 @@ pub fn run(args: InitArgs) -> Result<()> {
         }
     };
 
+    let pin_out = match (&pkcs11, &args.insecure_pin_file_out) {
+        (Some(_), Some(path)) => Some(write_pin_file(path, &quorum)),
+        _ => None,
+    };
     let admin = first_unseal(hsm.clone(), &args.data, &report, &quorum, &token_file);
     drop(quorum);
     hsm.seal();
@@ -254,6 +263,14 @@ pub fn run(args: InitArgs) -> Result<()> {
                 cfg.mechanism
             );
         }
+    }
+    if let Some(written) = pin_out {
+        let path = written.context("the HSM was created (keep the share files)")?;
+        println!(
+            "WARNING: the token pin is in {} (mode 0600) for [hsm] pin_file: whoever reads it \
+             can use every key",
+            path.display()
+        );
     }
     println!("share set: {}", report.share_set);
     println!("root key KCV: {}", report.root_kcv);
@@ -316,6 +333,14 @@ fn first_unseal(
         .shut_down()
         .context("cannot checkpoint the audit chain")?;
     Ok(admin)
+}
+
+/// Writes the token PIN that `quorum` derives to a new 0600 file (`--insecure-pin-file-out`).
+fn write_pin_file(path: &Path, quorum: &[SecretString]) -> Result<PathBuf> {
+    let pin = Pkcs11Hsm::insecure_token_pin_from_shares(quorum)?;
+    files::write_secret_line(path, pin.expose_secret())
+        .with_context(|| format!("cannot write pin file {}", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 /// The token of `--hsm pkcs11`.

@@ -159,6 +159,8 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
         .arg(&share_dir)
         .arg("--token-pin-file")
         .arg(&pin_file)
+        .arg("--insecure-pin-file-out")
+        .arg(tmp.path().join("auto.pin"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -288,6 +290,37 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
     let (exit, stderr) = server.terminate();
     assert!(exit.success(), "{stderr}");
     assert!(!stderr.contains(token.pin.expose_secret()));
+
+    // The opt-in auto-unseal: with [hsm] pin_file the service is ready without the custodians.
+    let auto = tmp.path().join("plico-auto.toml");
+    let pin_out = tmp.path().join("auto.pin");
+    assert_eq!(
+        std::fs::metadata(&pin_out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::write(
+        &auto,
+        format!("[hsm]\nkind = \"pkcs11\"\nmodule = {module:?}\ntoken_label = {label:?}\npin_file = {:?}\n", pin_out.display().to_string()),
+    )
+    .unwrap();
+    let server = start(&auto, &data, 0);
+    api.url = server.url.clone();
+    let (status, v) = api.call("", reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api
+        .call(
+            "admin",
+            reqwest::Method::POST,
+            "/v1/sys/seal",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = api.call("", reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, 503);
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains("INSECURE"), "{stderr}");
 
     // Offline, on the token: every card of every batch opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
