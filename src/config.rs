@@ -1236,6 +1236,41 @@ request_head_timeout_secs = 0
     }
 
     #[test]
+    fn hsm_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.hsm.kind, HsmKind::Sim);
+        let f =
+            file("[hsm]\nkind = \"pkcs11\"\nmodule = \"/usr/lib/x.so\"\ntoken_label = \"t1\"\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        let p = c.hsm.pkcs11().unwrap();
+        assert_eq!(p.module, Path::new("/usr/lib/x.so"));
+        assert_eq!(p.token_label, "t1");
+        assert_eq!(p.mechanism, hsm_pkcs11::WrapMechanism::Pad);
+        std::env::set_var("PLICO_T_HSM_HSM_MECHANISM", "0x80000171");
+        let c = Config::load_from(Some(f.path()), Env::prefixed("PLICO_T_HSM_")).unwrap();
+        assert_eq!(
+            c.hsm.pkcs11().unwrap().mechanism,
+            hsm_pkcs11::WrapMechanism::Vendor(0x8000_0171)
+        );
+        for (text, names) in [
+            ("[hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\n", "`module`"),
+            ("[hsm]\nkind = \"pkcs11\"\nmodule = \"/m.so\"\n", "`token_label`"),
+            (
+                "[hsm]\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nmechanism = \"aes\"\n",
+                "`mechanism`",
+            ),
+            ("[hsm]\nmodule = \"/m.so\"\n", "kind = \"pkcs11\" only"),
+            ("[hsm]\nkind = \"luna\"\n", "kind"),
+        ] {
+            let f = file(text);
+            let e = Config::load_from(Some(f.path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn import_table() {
         let c = Config::load_from(None, no_env()).unwrap();
         assert_eq!(c.settings().serial, SerialRule::CNS);
