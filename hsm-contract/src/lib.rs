@@ -187,8 +187,14 @@ pub fn rotate_rewrap_and_retire(p: &mut dyn Provider) {
     unseal(&*hsm, &[&shares[0], &shares[2]]);
     let t1_kcv = hsm.status().terms[0].kcv;
     let mut ring = Keyring::new();
-    let code = ring.create(&*hsm, KeyPurpose::Code).unwrap().key_id();
-    let index = ring.create(&*hsm, KeyPurpose::Index).unwrap().key_id();
+    let code = ring
+        .create(&*hsm, KeyPurpose::Code, &vault::SystemClock)
+        .unwrap()
+        .key_id();
+    let index = ring
+        .create(&*hsm, KeyPurpose::Index, &vault::SystemClock)
+        .unwrap()
+        .key_id();
     let clear = *ring.unwrap(&*hsm, code).unwrap().expose_secret();
     let old_wrapped = ring.get(code).unwrap().wrapped.clone();
     let g0 = hsm.status().generation;

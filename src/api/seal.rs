@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
 use serde::Serialize;
-use vault::account::Role;
+use vault::Role;
 
 /// Who may seal: an officer (key custody) or an admin (the service's operator in an
 /// emergency, e.g. a suspected intrusion at night).

@@ -60,7 +60,7 @@ impl Running {
         for s in &shares {
             hsm.unseal(s).unwrap();
         }
-        let store = Arc::new(vault::store::sled::SledStore::open(&data.join("store")).unwrap());
+        let store = Arc::new(vault::SledStore::open(&data.join("store")).unwrap());
         let settings = plico::Settings {
             codes: vault::CodePolicy::CIE,
             ..plico::Settings::default()
@@ -234,10 +234,10 @@ async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
     let events = running
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("card.codes_release".into()),
             limit: 100,
-            ..vault::audit::Query::default()
+            ..vault::Query::default()
         })
         .unwrap()
         .events;
@@ -548,10 +548,10 @@ async fn an_emergency_seal_holds_delivery_until_the_quorum_unseals() {
     let events = running
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("hsm.seal".into()),
             limit: 10,
-            ..vault::audit::Query::default()
+            ..vault::Query::default()
         })
         .unwrap()
         .events;

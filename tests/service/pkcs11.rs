@@ -8,7 +8,7 @@ use super::*;
 use hsm_pkcs11::Pkcs11Hsm;
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
-use vault::store::sled::SledStore;
+use vault::SledStore;
 
 const SALT: u64 = 0x7063_6b73;
 const BATCHES: u64 = 16;
@@ -324,7 +324,7 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
 
     // Offline, on the token: every card of every batch opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     // This process initialised the token before `plico init` changed its pin: reload it.
     hsm_pkcs11::token::reload(&token.config.module).unwrap();
     let hsm = Pkcs11Hsm::open(&token.config).unwrap();

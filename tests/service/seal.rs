@@ -5,8 +5,8 @@
 use super::support::{open_with_accounts, Client};
 use super::*;
 use plico::Settings;
-use vault::store::sled::SledStore;
 use vault::CodePolicy;
+use vault::SledStore;
 
 fn card_lines(first: u64, count: u64) -> String {
     super::support::codes_file(first..=first + count - 1, 0x5ea1)
@@ -149,10 +149,10 @@ async fn an_emergency_seal_drops_the_keys_and_an_import_under_way_is_whole_or_ab
     // Each seal is audited, by its caller.
     let events = state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("hsm.seal".into()),
             limit: 10,
-            ..vault::audit::Query::default()
+            ..vault::Query::default()
         })
         .unwrap()
         .events;
