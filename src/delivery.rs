@@ -345,7 +345,10 @@ pub async fn run_workers(
         }
         let mut claimed_any = false;
         let mut any_free = false;
-        for lane in &delivery.lanes {
+        // Sealed (an emergency seal, or not yet unsealed): claim nothing new; sends under way
+        // finish and are recorded; claiming resumes after the unseal.
+        let sealed = state.hsm.status().sealed;
+        for lane in delivery.lanes.iter().filter(|_| !sealed) {
             let mut permits = Vec::new();
             while permits.len() < delivery.batch {
                 match lane.slots.clone().try_acquire_owned() {

@@ -19,7 +19,10 @@
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
 //! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
 //! written by an older `plico` (a committed fixture) opened and served by today's binary, the
-//! guard of the persisted layout, is in `service/persisted_layout.rs`.
+//! guard of the persisted layout, is in `service/persisted_layout.rs`. The service on a
+//! SoftHSM2 token (init, serve, unseal, rotate killed and resumed, retire, pin_file) is in
+//! `service/pkcs11.rs`; the emergency seal in `service/seal.rs` (and its effect on the
+//! delivery workers in `service/delivery.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -49,8 +52,12 @@ mod mailers;
 mod peers;
 #[path = "service/persisted_layout.rs"]
 mod persisted_layout;
+#[path = "service/pkcs11.rs"]
+mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/seal.rs"]
+mod seal;
 #[path = "service/support.rs"]
 mod support;
 
