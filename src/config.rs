@@ -1502,9 +1502,11 @@ request_head_timeout_secs = 0
     }
 
     /// The example with its optional settings switched on: a `#` straight before a key or a
-    /// table header (`#key = value`, `#[table]`) is removed; explanations (`# …`) stay.
+    /// table header (`#key = value`, `#[table]`) is removed; explanations (`# …`) stay. The
+    /// token settings of `[hsm]` need `kind = "pkcs11"`, so that is switched too.
     fn example_with_options() -> String {
         let text = std::fs::read_to_string(example_path()).unwrap();
+        let text = text.replace("\nkind = \"sim\"\n", "\nkind = \"pkcs11\"\n");
         text.lines()
             .map(|line| match line.strip_prefix('#') {
                 Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
@@ -1578,6 +1580,13 @@ request_head_timeout_secs = 0
                 rekey_share_dir: Some(PathBuf::from("/m")),
                 rewrap_chunk: d.keys.rewrap_chunk,
                 rewrap_pause_ms: d.keys.rewrap_pause_ms,
+            },
+            hsm: HsmConfig {
+                kind: HsmKind::Pkcs11,
+                module: Some(PathBuf::from("/l.so")),
+                token_label: Some("t".into()),
+                mechanism: Some("pad".into()),
+                pin_file: Some(PathBuf::from("/p")),
             },
             dispatch: Some(DispatchConfig {
                 email_enabled: true,
