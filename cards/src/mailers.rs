@@ -74,7 +74,7 @@ use vault::Actor;
 use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
 use vault::{AuditLog, NewEvent, Outcome};
-use vault::{BatchId, BatchScan, CardCodes};
+use vault::{BatchId, BatchScan, CardCodes, Release, PRINT_RUN_ACTION};
 use vault::{Error, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
@@ -641,18 +641,19 @@ impl Cards {
             set_aside: Vec::new(),
         };
         b.put(Tree::PrintRuns, seq_key(id).to_vec(), encode(&record)?);
-        audit.commit(
+        let receipt = audit.commit_release(
             b,
-            NewEvent::new("mailers.run_start", format!("print run {id}"))
+            vec![NewEvent::new(PRINT_RUN_ACTION, format!("print run {id}"))
                 .by(actor.id.clone(), actor.role.clone())
                 .request(actor.request_id.clone())
                 .detail("label", label.to_owned())
                 .detail("batch", batch.unwrap_or_else(|| "mixed".into()))
                 .detail("plan", plan.to_owned())
-                .detail("reprint", format!("{reprint:?}").to_lowercase()),
+                .detail("reprint", format!("{reprint:?}").to_lowercase())],
         )?;
         Ok(PrintJob {
             cms: self,
+            receipt,
             selection,
             reprint,
             record: Mutex::new(record),
@@ -883,6 +884,8 @@ struct NumberBlock {
 /// A print run in progress. See the module documentation for the flow.
 pub struct PrintJob<'c> {
     cms: &'c Cards,
+    /// The receipt of the run's audited start: what lets it read the codes it prints.
+    receipt: Release,
     selection: Selection,
     reprint: Reprint,
     record: Mutex<PrintRunRecord>,
@@ -921,11 +924,14 @@ impl<'c> PrintJob<'c> {
         let source: Box<dyn Iterator<Item = Result<(String, Option<CardCodes>)>> + Send + 'j> =
             match &self.selection {
                 Selection::Batch(id) => {
-                    let scan: BatchScan<'j> = self.cms.codes.scan_batch(hsm, *id)?;
+                    let scan: BatchScan<'j> = self.cms.codes.scan_batch(hsm, *id, &self.receipt)?;
                     Box::new(scan.map(|r| r.map(|(s, c)| (s, Some(c)))))
                 }
                 Selection::Serials(list) => Box::new(list.iter().map(move |s| {
-                    let codes = self.cms.codes.find(hsm, s)?;
+                    let codes = match self.cms.codes.pending_release(hsm, s)? {
+                        Some(p) => Some(p.open(&self.receipt)?),
+                        None => None,
+                    };
                     Ok((s.clone(), codes))
                 })),
             };

@@ -339,7 +339,7 @@ impl Cards {
         sealed: &str,
     ) -> Result<Vec<u8>> {
         let bytes = hex::decode(sealed).map_err(|_| Error::Integrity)?;
-        let opener = self.codes.opener(hsm, DataKeyId(key))?;
+        let opener = self.codes.holder_opener(hsm, DataKeyId(key))?;
         let clear = opener.open(subject, &Envelope::from_bytes(bytes))?;
         Ok(clear.expose_secret().to_vec())
     }
