@@ -54,7 +54,7 @@ use std::time::Duration;
 use vault::CodeVault;
 use vault::Store;
 use vault::{Accounts, Actor};
-use vault::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::{AuditLog, DEFAULT_CHECKPOINT_EVERY};
 use vault::{Ceremonies, CeremonyPolicy};
 use vault::{CodePolicy, Hsm};
 use vault::{ParseRules, SerialRule};
@@ -303,12 +303,8 @@ impl AppState {
     /// cannot audit must not work.
     pub fn unsealed(&self, actor: &Actor, how: &str) -> vault::Result<()> {
         self.audit.unlock(self.hsm.clone())?;
-        self.audit.append(
-            NewEvent::new("hsm.unseal", "hsm")
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
-                .detail("how", how),
-        )?;
+        self.audit
+            .append(actor.event("hsm.unseal", "hsm").detail("how", how))?;
         Ok(())
     }
 

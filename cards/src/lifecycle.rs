@@ -250,9 +250,8 @@ impl Cards {
         let mut b = Batch::new();
         // The keyring lock, once the keyring is in `b`: held until `b` is committed.
         let mut keyring = None;
-        let mut event = NewEvent::new(m.action(), serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut event = actor
+            .event(m.action(), serial.to_string())
             .detail("from", card.state.to_string())
             .detail("to", to.to_string());
         match change {
@@ -409,9 +408,8 @@ impl Cards {
             .codes
             .pending_release(hsm, serial)?
             .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
-        let event = NewEvent::new(CODES_RELEASE_ACTION, serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let event = actor
+            .event(CODES_RELEASE_ACTION, serial.to_string())
             .detail("for", purpose.to_string());
         Ok((codes, event))
     }

@@ -73,7 +73,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vault::Actor;
 use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
-use vault::{AuditLog, NewEvent, Outcome};
+use vault::{AuditLog, Outcome};
 use vault::{BatchId, BatchScan, CardCodes, Release, PRINT_RUN_ACTION};
 use vault::{Error, Result};
 
@@ -643,9 +643,8 @@ impl Cards {
         b.put(Tree::PrintRuns, seq_key(id).to_vec(), encode(&record)?);
         let receipt = audit.commit_release(
             b,
-            vec![NewEvent::new(PRINT_RUN_ACTION, format!("print run {id}"))
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
+            vec![actor
+                .event(PRINT_RUN_ACTION, format!("print run {id}"))
                 .detail("label", label.to_owned())
                 .detail("batch", batch.unwrap_or_else(|| "mixed".into()))
                 .detail("plan", plan.to_owned())
@@ -808,9 +807,7 @@ impl Cards {
             outcomes.iter().map(|o| o.0).min().unwrap_or_default(),
             outcomes.iter().map(|o| o.0).max().unwrap_or_default(),
         );
-        let mut event = NewEvent::new("mailers.outcome", format!("mailers {first}-{last}"))
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event("mailers.outcome", format!("mailers {first}-{last}"));
         for (k, v) in &counts {
             event = event.detail(k, v.to_string());
         }
@@ -1159,9 +1156,9 @@ impl<'c> PrintJob<'c> {
             seq_key(record.id).to_vec(),
             encode(&record)?,
         );
-        let mut events = vec![NewEvent::new("mailers.print_file", file.name.to_owned())
-            .by(self.actor.id.clone(), self.actor.role.clone())
-            .request(self.actor.request_id.clone())
+        let mut events = vec![self
+            .actor
+            .event("mailers.print_file", file.name.to_owned())
             .detail("run", record.id.to_string())
             .detail("count", count.to_string())
             .detail("first_serial", file.serials[0].clone())
@@ -1244,9 +1241,9 @@ impl<'c> PrintJob<'c> {
             seq_key(record.id).to_vec(),
             encode(&record)?,
         );
-        let mut event = NewEvent::new("mailers.run_end", format!("print run {}", record.id))
-            .by(self.actor.id.clone(), self.actor.role.clone())
-            .request(self.actor.request_id.clone())
+        let mut event = self
+            .actor
+            .event("mailers.run_end", format!("print run {}", record.id))
             .outcome(if record.error.is_some() {
                 Outcome::Failed
             } else {

@@ -465,8 +465,7 @@ impl Cards {
             });
         }
         event = event
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+            .by_actor(actor)
             .detail(
                 "by",
                 match key {
@@ -659,9 +658,8 @@ impl Cards {
             NEXT_HOLDER_KEY.to_vec(),
             next.to_be_bytes().to_vec(),
         );
-        let mut summary = NewEvent::new("registry.import", "registry")
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut summary = actor
+            .event("registry.import", "registry")
             .detail("holders_created", out.holders_created.to_string())
             .detail("holders_updated", out.holders_updated.to_string())
             .detail("cards_created", out.cards_created.to_string())
@@ -688,9 +686,8 @@ impl Cards {
         card.state = CardState::Revoked;
         card.reason = Some(reason);
         card.changed_ms = now;
-        let event = NewEvent::new("card.revoke", card.serial.clone())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let event = actor
+            .event("card.revoke", card.serial.clone())
             .detail("from", from.to_string())
             .detail("reason", reason.as_str())
             .detail("codes", "deleted");

@@ -102,6 +102,12 @@ impl NewEvent {
         self
     }
 
+    /// Done by `actor`: its id, role and request id.
+    pub fn by_actor(self, actor: &crate::account::Actor) -> Self {
+        self.by(actor.id.clone(), actor.role.clone())
+            .request(actor.request_id.clone())
+    }
+
     /// How it ended.
     pub fn outcome(mut self, outcome: Outcome) -> Self {
         self.outcome = outcome;
