@@ -20,11 +20,9 @@ pub(super) fn cf(first15: &str) -> String {
     format!("{first15}{}", check_character(first15).unwrap())
 }
 
-/// A one-share HSM initialised in `dir`, unsealed.
+/// A one-share development HSM initialised in `dir`, unsealed ([`SimulatedHsm::dev`]).
 pub(super) fn unsealed_hsm(dir: &Path) -> Arc<SimulatedHsm> {
-    let (hsm, shares) = init_hsm(dir, 1, 1);
-    hsm.unseal(&shares[0]).unwrap();
-    hsm
+    Arc::new(SimulatedHsm::dev(dir).unwrap())
 }
 
 /// A state over an unsealed HSM in `dir` and a sled store in `dir/store`; not yet marked
