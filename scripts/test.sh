@@ -19,7 +19,7 @@ log() { printf '\n==> %s\n' "$*"; }
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
 # peer), qpdf (`qpdf --check` checks the print files' structure). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2)
 
 install_debian_packages() {
   local missing=()

@@ -35,6 +35,7 @@ pub mod keys;
 pub mod mailers;
 pub mod registry;
 pub mod reports;
+mod seal;
 mod status;
 mod unseal;
 mod upload;
@@ -229,6 +230,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         mailers::endpoints(),
         reports::endpoints(),
         keys::endpoints(),
+        seal::endpoints(),
     ]
     .into_iter()
     .flatten()

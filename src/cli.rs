@@ -3,7 +3,7 @@
 //! - `init` creates an HSM and writes its custodian shares to files, creates the store and the
 //!   first admin account, and writes the admin's token to a 0600 file (offline: no server).
 //! - `serve` opens the HSM sealed and the store, and runs the HTTP API.
-//! - `unseal`, `status`, `accounts`, `audit`, `import`, `import-recipient`, `generate`,
+//! - `unseal`, `status`, `seal`, `accounts`, `audit`, `import`, `import-recipient`, `generate`,
 //!   `batches`, `registry`, `holders`, `cards`, `mailers`, `reports` and `keys` talk to a running server over
 //!   HTTP(S); they never open the data directory, which belongs to the server while it runs
 //!   (sled locks it).
@@ -13,7 +13,6 @@
 mod accounts;
 mod audit;
 mod batches;
-mod bench;
 mod bootstrap;
 mod cards;
 mod client;
@@ -26,6 +25,7 @@ mod keys;
 mod mailers;
 mod registry;
 mod reports;
+mod seal;
 mod serve;
 mod show;
 mod status;
@@ -69,7 +69,7 @@ impl From<LogFormatArg> for LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new simulated HSM and write its custodian shares, one file each.
+    /// Create a new HSM (simulated, or on a PKCS#11 token) and write its custodian shares.
     Init(init::InitArgs),
     /// Run the HTTP API (the HSM starts sealed unless --dev).
     Serve(serve::ServeArgs),
@@ -77,6 +77,8 @@ pub enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a running server's HSM status (seal state, share set, key check values).
     Status(status::StatusArgs),
+    /// Emergency seal of a running server: drops every key from memory (officer or admin).
+    Seal(seal::SealArgs),
     /// Manage accounts on a running server (admin token).
     Accounts(accounts::AccountsArgs),
     /// Verify or export the audit chain of a running server (auditor token).
@@ -101,8 +103,6 @@ pub enum Command {
     Reports(reports::ReportsArgs),
     /// Key ceremonies under dual control: propose, approve, withdraw, list, status (officer).
     Keys(keys::KeysArgs),
-    /// Measure plico against baselines taken in the same run (not part of the tests).
-    Bench(bench::BenchArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -125,6 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Unseal(a) => unseal::run(a),
         Command::Status(a) => status::run(a),
+        Command::Seal(a) => seal::run(a),
         Command::Accounts(a) => accounts::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Import(a) => import::run(a),
@@ -137,6 +138,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
         Command::Keys(a) => keys::run(a),
-        Command::Bench(a) => bench::run(a),
     }
 }

@@ -103,7 +103,8 @@
 //! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
 //! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`,
 //! `PLICO_KEYS_APPROVAL_WINDOW_SECS`, `PLICO_KEYS_REKEY_SHARE_DIR`, `PLICO_KEYS_REWRAP_CHUNK`,
-//! `PLICO_KEYS_REWRAP_PAUSE_MS`, and `PLICO_DISPATCH_*`
+//! `PLICO_KEYS_REWRAP_PAUSE_MS`, `PLICO_HSM_KIND`, `PLICO_HSM_MODULE`, `PLICO_HSM_TOKEN_LABEL`,
+//! `PLICO_HSM_MECHANISM`, `PLICO_HSM_PIN_FILE`, and `PLICO_DISPATCH_*`
 //! (`PLICO_DISPATCH_MAX_ATTEMPTS`, `PLICO_DISPATCH_SMTP_HOST`, `PLICO_DISPATCH_SMS_PASSWORD`,
 //! `PLICO_DISPATCH_SMS_DLR_TOKEN` and so on: the key's path in capitals). Other `PLICO_*`
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
@@ -196,6 +197,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_KEYS_REKEY_SHARE_DIR", "keys.rekey_share_dir"),
     ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
     ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
+    ("PLICO_HSM_KIND", "hsm.kind"),
+    ("PLICO_HSM_MODULE", "hsm.module"),
+    ("PLICO_HSM_TOKEN_LABEL", "hsm.token_label"),
+    ("PLICO_HSM_MECHANISM", "hsm.mechanism"),
+    ("PLICO_HSM_PIN_FILE", "hsm.pin_file"),
     ("PLICO_DISPATCH_EMAIL_ENABLED", "dispatch.email_enabled"),
     ("PLICO_DISPATCH_SMS_ENABLED", "dispatch.sms_enabled"),
     ("PLICO_DISPATCH_SPOOL_DIR", "dispatch.spool_dir"),
@@ -256,6 +262,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Key ceremonies.
     pub keys: KeysConfig,
+    /// Which HSM holds the keys: the simulator in the data directory, or a PKCS#11 token.
+    pub hsm: HsmConfig,
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
     /// except under `serve --dev`, which spools messages in clear (insecure).
     pub dispatch: Option<DispatchConfig>,
@@ -276,8 +284,68 @@ impl Default for Config {
             mailers: MailersConfig::default(),
             store: StoreConfig::default(),
             keys: KeysConfig::default(),
+            hsm: HsmConfig::default(),
             dispatch: None,
         }
+    }
+}
+
+/// Which implementation of the HSM the service uses (`[hsm] kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HsmKind {
+    /// The simulated HSM, its state file in the data directory (the default).
+    #[default]
+    Sim,
+    /// A PKCS#11 token (`module`, `token_label`).
+    Pkcs11,
+}
+
+/// The `[hsm]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmConfig {
+    /// `sim` (default) or `pkcs11`.
+    pub kind: HsmKind,
+    /// The PKCS#11 module (`kind = "pkcs11"`), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: Option<PathBuf>,
+    /// The token's label (`kind = "pkcs11"`): tokens are found by label, never by slot id.
+    pub token_label: Option<String>,
+    /// The mechanism that means RFC 5649 on this token: `pad` (`CKM_AES_KEY_WRAP_PAD`,
+    /// 0x210A, SoftHSM2; the default), `kwp` (`CKM_AES_KEY_WRAP_KWP`, 0x210B, PKCS#11 3.x) or
+    /// a vendor number such as `0x80000171`.
+    pub mechanism: Option<String>,
+    /// INSECURE, opt-in auto-unseal (`kind = "pkcs11"`): a file (mode 0600 or stricter) holding
+    /// the token's user PIN, so the service unseals itself at start without the custodians.
+    /// Whoever can read the file (or a backup of it) can use every key: the HSM and the file's
+    /// protection become the only guard. See docs/keys.md.
+    pub pin_file: Option<PathBuf>,
+}
+
+impl HsmConfig {
+    /// The token's settings for `kind = "pkcs11"`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the missing or invalid field.
+    pub fn pkcs11(&self) -> Result<hsm_pkcs11::Pkcs11Config, ConfigError> {
+        let module = self.module.clone().ok_or_else(|| {
+            ConfigError("[hsm]: kind = \"pkcs11\" needs `module` (the PKCS#11 library)".into())
+        })?;
+        let token_label = self
+            .token_label
+            .clone()
+            .ok_or_else(|| ConfigError("[hsm]: kind = \"pkcs11\" needs `token_label`".into()))?;
+        let mechanism = match &self.mechanism {
+            Some(m) => m
+                .parse::<hsm_pkcs11::WrapMechanism>()
+                .map_err(|e| ConfigError(format!("[hsm]: `mechanism`: {e}")))?,
+            None => hsm_pkcs11::WrapMechanism::default(),
+        };
+        Ok(hsm_pkcs11::Pkcs11Config {
+            module,
+            token_label,
+            mechanism,
+        })
     }
 }
 
@@ -316,7 +384,7 @@ impl Default for KeysConfig {
 pub struct StoreConfig {
     /// sled's page cache in MiB (sled's default, 1024, when not set); at least 64. Give it room
     /// for the registry when printing millions of mailers: with 1.25 M holders a print run ran
-    /// at 46.6 k mailers/s with the default and 57.6 k/s with 4096 (`plico bench mailers`).
+    /// at 46.6 k mailers/s with the default and 57.6 k/s with 4096 (`plico-bench mailers`).
     pub cache_mib: Option<u64>,
 }
 
@@ -918,6 +986,25 @@ impl Config {
                 "{origin}: [limits]: `{key}` must be at least 1"
             )));
         }
+        match self.hsm.kind {
+            HsmKind::Pkcs11 => {
+                self.hsm
+                    .pkcs11()
+                    .map_err(|e| ConfigError(format!("{origin}: {}", e.0)))?;
+            }
+            HsmKind::Sim => {
+                if self.hsm.module.is_some()
+                    || self.hsm.token_label.is_some()
+                    || self.hsm.mechanism.is_some()
+                    || self.hsm.pin_file.is_some()
+                {
+                    return Err(ConfigError(format!(
+                        "{origin}: [hsm]: `module`, `token_label`, `mechanism` and `pin_file` \
+                         apply to kind = \"pkcs11\" only"
+                    )));
+                }
+            }
+        }
         if self.keys.approval_window_secs == 0 || self.keys.rewrap_chunk == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [keys]: `approval_window_secs` and `rewrap_chunk` must be at least 1"
@@ -1149,6 +1236,41 @@ request_head_timeout_secs = 0
     }
 
     #[test]
+    fn hsm_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(c.hsm.kind, HsmKind::Sim);
+        let f =
+            file("[hsm]\nkind = \"pkcs11\"\nmodule = \"/usr/lib/x.so\"\ntoken_label = \"t1\"\n");
+        let c = Config::load_from(Some(f.path()), no_env()).unwrap();
+        let p = c.hsm.pkcs11().unwrap();
+        assert_eq!(p.module, Path::new("/usr/lib/x.so"));
+        assert_eq!(p.token_label, "t1");
+        assert_eq!(p.mechanism, hsm_pkcs11::WrapMechanism::Pad);
+        std::env::set_var("PLICO_T_HSM_HSM_MECHANISM", "0x80000171");
+        let c = Config::load_from(Some(f.path()), Env::prefixed("PLICO_T_HSM_")).unwrap();
+        assert_eq!(
+            c.hsm.pkcs11().unwrap().mechanism,
+            hsm_pkcs11::WrapMechanism::Vendor(0x8000_0171)
+        );
+        for (text, names) in [
+            ("[hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\n", "`module`"),
+            ("[hsm]\nkind = \"pkcs11\"\nmodule = \"/m.so\"\n", "`token_label`"),
+            (
+                "[hsm]\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nmechanism = \"aes\"\n",
+                "`mechanism`",
+            ),
+            ("[hsm]\nmodule = \"/m.so\"\n", "kind = \"pkcs11\" only"),
+            ("[hsm]\nkind = \"luna\"\n", "kind"),
+        ] {
+            let f = file(text);
+            let e = Config::load_from(Some(f.path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn import_table() {
         let c = Config::load_from(None, no_env()).unwrap();
         assert_eq!(c.settings().serial, SerialRule::CNS);
@@ -1372,6 +1494,184 @@ request_head_timeout_secs = 0
             c.tls_files(),
             Some((Path::new("/c.pem"), Path::new("/k.pem")))
         );
+    }
+
+    /// `plico.example.toml` at the repository root, as shipped.
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plico.example.toml")
+    }
+
+    /// The example with its optional settings switched on: a `#` straight before a key or a
+    /// table header (`#key = value`, `#[table]`) is removed; explanations (`# …`) stay.
+    fn example_with_options() -> String {
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        text.lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key path (`dispatch.smtp.host`) of a figment value, tables walked into.
+    fn key_paths(value: &figment::value::Value) -> std::collections::BTreeSet<String> {
+        fn walk(
+            prefix: &str,
+            value: &figment::value::Value,
+            out: &mut std::collections::BTreeSet<String>,
+        ) {
+            match value {
+                figment::value::Value::Dict(_, dict) => {
+                    for (key, value) in dict {
+                        let path = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        walk(&path, value, out);
+                    }
+                }
+                _ => {
+                    out.insert(prefix.to_owned());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk("", value, &mut out);
+        out
+    }
+
+    /// A configuration with every optional setting present. Struct literals without `..`: a
+    /// new field does not compile here until it is given a value, and then the test below
+    /// fails until `plico.example.toml` shows it.
+    fn every_option_set() -> Config {
+        let d = Config::default();
+        Config {
+            data_dir: Some(PathBuf::from("/var/lib/plico")),
+            listen: d.listen,
+            tls: Some(TlsFiles {
+                cert: Some(PathBuf::from("/c.pem")),
+                key: Some(PathBuf::from("/k.pem")),
+            }),
+            log: d.log,
+            codes: d.codes,
+            audit: d.audit,
+            limits: d.limits,
+            import: d.import,
+            registry: d.registry,
+            mailers: MailersConfig {
+                out_dir: Some(PathBuf::from("/p")),
+                recipients: d.mailers.recipients,
+                per_file: d.mailers.per_file,
+                templates_dir: Some(PathBuf::from("/t")),
+                issuer: d.mailers.issuer,
+                layout: d.mailers.layout,
+            },
+            store: StoreConfig {
+                cache_mib: Some(4096),
+            },
+            hsm: d.hsm,
+            keys: KeysConfig {
+                approval_window_secs: d.keys.approval_window_secs,
+                rekey_share_dir: Some(PathBuf::from("/m")),
+                rewrap_chunk: d.keys.rewrap_chunk,
+                rewrap_pause_ms: d.keys.rewrap_pause_ms,
+            },
+            dispatch: Some(DispatchConfig {
+                email_enabled: true,
+                sms_enabled: true,
+                email_per_second: 1,
+                sms_per_second: 1,
+                max_in_flight: 1,
+                max_attempts: 1,
+                backoff_base_ms: 1,
+                backoff_cap_ms: 1,
+                overdue_after_secs: 1,
+                smtp: Some(SmtpSection {
+                    host: "h".into(),
+                    port: default_smtp_port(),
+                    tls: SmtpTls::default(),
+                    from: "f".into(),
+                    max_connections: default_smtp_connections(),
+                }),
+                sms: Some(SmsSection {
+                    sendsms_url: "u".into(),
+                    username: "n".into(),
+                    password: "p".into(),
+                    from: "f".into(),
+                    dlr_url: Some("d".into()),
+                    dlr_token: Some("t".into()),
+                }),
+                spool_dir: Some(PathBuf::from("/s")),
+            }),
+        }
+    }
+
+    #[test]
+    fn example_config_is_the_defaults() {
+        // Loaded by the real loader, the shipped example changes nothing.
+        let c = Config::load_from(Some(&example_path()), no_env()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn example_config_shows_every_key() {
+        let text = example_with_options();
+        // Its optional settings, switched on, load and validate.
+        let with_options = Config::load_from(Some(file(&text).path()), no_env()).unwrap();
+        assert!(with_options.tls.is_some());
+        // The values it shows in `[dispatch]` are the defaults that apply once the table is
+        // there (only the relay, the gateway and the spool are examples).
+        let d = with_options.dispatch.unwrap();
+        let smtp = d.smtp.clone().unwrap();
+        assert!(d.sms.is_some() && d.spool_dir.is_some());
+        assert_eq!(
+            DispatchConfig {
+                smtp: None,
+                sms: None,
+                spool_dir: None,
+                ..d
+            },
+            DispatchConfig::default()
+        );
+        assert_eq!(
+            (smtp.port, smtp.tls, smtp.max_connections),
+            (
+                default_smtp_port(),
+                SmtpTls::default(),
+                default_smtp_connections()
+            )
+        );
+        // The keys it writes out are exactly the keys of the configuration.
+        let shown = key_paths(&Figment::from(Toml::string(&text)).extract().unwrap());
+        let every = key_paths(
+            &Figment::from(Serialized::defaults(every_option_set()))
+                .extract()
+                .unwrap(),
+        );
+        let missing: Vec<_> = every.difference(&shown).collect();
+        let unknown: Vec<_> = shown.difference(&every).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "plico.example.toml lacks {missing:?} and has unknown {unknown:?}"
+        );
+        // And each key is explained: a comment on its line or just above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let above = i.checked_sub(1).map_or("", |j| lines[j].trim());
+            assert!(
+                line.contains(" # ") || above.starts_with("# "),
+                "plico.example.toml line {}: `{line}` has no comment",
+                i + 1
+            );
+        }
     }
 
     #[test]

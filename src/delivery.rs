@@ -35,7 +35,6 @@ use crate::api;
 use crate::config::{DispatchConfig, SmtpTls};
 use crate::mailers::{to_dispatch, PrintSetup};
 use crate::AppState;
-use cards::Date;
 use cards::{Channel, Job, JobState, OutboxPolicy};
 use cards::{JobRelease, ReleaseDestination};
 use dispatch::courier::retry::Throttled;
@@ -50,7 +49,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -296,12 +295,6 @@ impl Delivery {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Resolves when `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -352,7 +345,10 @@ pub async fn run_workers(
         }
         let mut claimed_any = false;
         let mut any_free = false;
-        for lane in &delivery.lanes {
+        // Sealed (an emergency seal, or not yet unsealed): claim nothing new; sends under way
+        // finish and are recorded; claiming resumes after the unseal.
+        let sealed = state.hsm.status().sealed;
+        for lane in delivery.lanes.iter().filter(|_| !sealed) {
             let mut permits = Vec::new();
             while permits.len() < delivery.batch {
                 match lane.slots.clone().try_acquire_owned() {
@@ -459,9 +455,9 @@ async fn claim_and_prepare(
             &*st.hsm,
             &st.audit,
             channel,
-            now_ms(),
+            st.clock.now_ms(),
             limit,
-            Date::today_utc(),
+            st.cms.today(),
         )?;
         Ok(released
             .into_iter()
@@ -561,11 +557,20 @@ async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) 
 /// Marks `job` failed (temporary with backoff, or `dead` with the policy's fallback).
 async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: Failure) {
     let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
+    let clock = state.clock.clone();
     let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
     let (temporary, reason) = failure;
     let policy = delivery.policy;
     let marked = api::blocking(move || {
-        cms.mark_failed(&*hsm, &audit, id, temporary, &reason, now_ms(), &policy)
+        cms.mark_failed(
+            &*hsm,
+            &audit,
+            id,
+            temporary,
+            &reason,
+            clock.now_ms(),
+            &policy,
+        )
     })
     .await;
     match marked {
@@ -599,13 +604,15 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
 /// The overdue alert: counts the parts not delivered after the configured time into the
 /// `overdue` gauge, and logs a warning when there are any.
 async fn overdue_alert(state: &AppState, delivery: &Delivery) {
-    let cms = state.cms.clone();
+    let (cms, clock) = (state.cms.clone(), state.clock.clone());
     let older = u64::try_from(delivery.overdue_after.as_millis()).unwrap_or(u64::MAX);
-    match api::blocking(move || cms.overdue(now_ms(), older, 1000)).await {
+    match api::blocking(move || cms.overdue(clock.now_ms(), older, 1000)).await {
         Ok(jobs) => {
             let stats = &delivery.stats;
             stats.overdue.store(jobs.len() as u64, Ordering::Relaxed);
-            stats.overdue_checked_ms.store(now_ms(), Ordering::Relaxed);
+            stats
+                .overdue_checked_ms
+                .store(state.clock.now_ms(), Ordering::Relaxed);
             if !jobs.is_empty() {
                 tracing::warn!(
                     overdue = jobs.len(),

@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vault::CodeVault;
 use vault::Store;
+use vault::{lock, Clock};
 use vault::{Accounts, Actor};
 use vault::{AuditLog, DEFAULT_CHECKPOINT_EVERY};
 use vault::{Ceremonies, CeremonyPolicy};
@@ -109,6 +110,10 @@ pub struct AppState {
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
+    /// Wall-clock time for everything this state times: the clock of [`AppState::audit`]
+    /// (and so of the records written with its events), of the approval windows and
+    /// cryptoperiods of [`AppState::keys`], and of the delivery workers.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Settings of an [`AppState`] that come from the configuration.
@@ -161,7 +166,7 @@ pub const DEFAULT_MAX_CONCURRENT_IMPORTS: u32 = 2;
 /// Data keys rewrapped per chunk of a key job when nothing says otherwise. A chunk's cost is
 /// mostly the durable write of the whole keyring, not the HSM calls, so larger chunks are
 /// faster: with 4,002 data keys (10 M cards) a rotation took 0.23 s in chunks of 256 and
-/// 1.6 s in chunks of 64 (`plico bench rotate`), and each chunk holds the keyring lock for a
+/// 1.6 s in chunks of 64 (`plico-bench rotate`), and each chunk holds the keyring lock for a
 /// few tens of milliseconds either way.
 pub const DEFAULT_REWRAP_CHUNK: usize = 256;
 
@@ -216,13 +221,29 @@ impl AppState {
         store: Arc<dyn Store>,
         settings: &Settings,
     ) -> vault::Result<Self> {
+        Self::with_clock(hsm, store, settings, vault::system_clock())
+    }
+
+    /// [`AppState::with_settings`] timed by `clock` (tests move a
+    /// [`vault::ManualClock`] instead of waiting).
+    ///
+    /// # Errors
+    /// As [`AppState::with_settings`].
+    pub fn with_clock(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn Store>,
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> vault::Result<Self> {
         let import_rules = ParseRules {
             policy: settings.codes,
             serial: settings.serial,
             ..ParseRules::default()
         };
         import_rules.validate()?;
-        let audit = Arc::new(AuditLog::open(store.clone(), settings.checkpoint_every)?);
+        let audit = Arc::new(
+            AuditLog::open(store.clone(), settings.checkpoint_every)?.with_clock(clock.clone()),
+        );
         let accounts = Arc::new(Accounts::new(store.clone(), audit.clone()));
         let (codes, recovery) = CodeVault::open(store.clone())?;
         if !recovery.removed.is_empty() {
@@ -234,7 +255,7 @@ impl AppState {
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
         let codes = Arc::new(codes);
-        let cms = Arc::new(Cards::new(codes.clone()));
+        let cms = Arc::new(Cards::new(codes.clone()).with_clock(clock.clone()));
         let keys = Ceremonies::new(
             codes.clone(),
             audit.clone(),
@@ -272,6 +293,7 @@ impl AppState {
             edge: settings.edge,
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             unseal_lock: Arc::new(Mutex::new(())),
+            clock,
         })
     }
 
@@ -311,7 +333,7 @@ impl AppState {
     /// Runs `f` while no other unseal submission runs.
     pub(crate) fn with_unseal_lock<T>(&self, f: impl FnOnce() -> T) -> T {
         // The lock guards no data, only the ordering of submissions: poison is harmless.
-        let _guard = self.unseal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&self.unseal_lock);
         f()
     }
 
@@ -488,7 +510,7 @@ pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
         if !state.audit.has_key() {
             continue;
         }
-        let today = Date::today_utc();
+        let today = state.cms.today();
         if swept_on == Some(today) {
             continue;
         }

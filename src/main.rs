@@ -8,7 +8,7 @@
 mod cli;
 
 /// mimalloc instead of the system allocator: glibc's malloc was a fifth of a two-thread print
-/// run's time (arena contention and consolidation), see `plico bench mailers`.
+/// run's time (arena contention and consolidation), see `plico-bench mailers`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

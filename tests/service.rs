@@ -17,7 +17,12 @@
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
 //! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
-//! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
+//! written by an older `plico` (a committed fixture) opened and served by today's binary, the
+//! guard of the persisted layout, is in `service/persisted_layout.rs`. The service on a
+//! SoftHSM2 token (init, serve, unseal, rotate killed and resumed, retire, pin_file) is in
+//! `service/pkcs11.rs`; the emergency seal in `service/seal.rs` (and its effect on the
+//! delivery workers in `service/delivery.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -45,10 +50,20 @@ mod keys;
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
+#[path = "service/persisted_layout.rs"]
+mod persisted_layout;
+#[path = "service/pkcs11.rs"]
+mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/seal.rs"]
+mod seal;
 #[path = "service/support.rs"]
 mod support;
+
+use support::*;
+#[path = "../dispatch/tests/support/tools.rs"]
+mod tools;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -66,82 +81,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 use vault::Hsm;
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
-
-fn init_hsm(dir: &Path, shares: u8, threshold: u8) -> (Arc<SimulatedHsm>, Vec<SecretString>) {
-    let mut out = Vec::new();
-    let (hsm, _) = SimulatedHsm::init(
-        dir,
-        InitOptions {
-            shares,
-            threshold,
-            dev: threshold < 2,
-        },
-        &mut |s: &[SecretString]| {
-            out = s.to_vec();
-            Ok(())
-        },
-    )
-    .unwrap();
-    (Arc::new(hsm), out)
-}
-
-fn router(hsm: Arc<SimulatedHsm>) -> Router {
-    app(AppState::new(hsm, Arc::new(vault::MemoryStore::new())).unwrap())
-}
-
-struct Answer {
-    status: StatusCode,
-    json: Value,
-    text: String,
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Answer {
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer { status, json, text }
-}
-
-async fn get(app: &Router, uri: &str) -> Answer {
-    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
-}
-
-async fn post_json(app: &Router, uri: &str, body: String) -> Answer {
-    let req = Request::post(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .unwrap();
-    send(app, req).await
-}
-
-async fn unseal(app: &Router, share: &SecretString) -> Answer {
-    let body = json!({ "share": share.expose_secret() }).to_string();
-    post_json(app, "/v1/sys/unseal", body).await
-}
-
-fn assert_error(a: &Answer, status: StatusCode, code: &str) {
-    assert_eq!(a.status, status, "body: {}", a.text);
-    assert_eq!(a.json["error"]["code"], code, "body: {}", a.text);
-    assert!(a.json["error"]["message"].is_string(), "body: {}", a.text);
-}
-
-/// The payload-bearing part of a share: what must never show up anywhere.
-fn secret_part(share: &SecretString) -> String {
-    let s = share.expose_secret();
-    let longest = s.split(':').max_by_key(|f| f.len()).unwrap();
-    assert!(
-        longest.len() >= 32,
-        "share format changed? {} chars",
-        longest.len()
-    );
-    longest.to_owned()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The API without a socket
@@ -389,134 +328,6 @@ fn every_route_is_in_the_table() {
 // The binary on real sockets
 // ---------------------------------------------------------------------------------------------
 
-fn plico() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_plico"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PLICO_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "info");
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_fails(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(!out.status.success(), "{cmd:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-/// A running `plico serve`; killed if the test fails before stopping it.
-struct Server {
-    child: Option<Child>,
-    url: String,
-}
-
-impl Server {
-    /// Starts `cmd` and waits for its "listening on URL" line.
-    fn start(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(url) = line.strip_prefix("plico: listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => Server {
-                child: Some(child),
-                url,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "serve did not start\nstderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-    }
-
-    /// The process id.
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(_status) = child.try_wait().unwrap() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("serve did not stop after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn http_client(ca: Option<&Path>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30));
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).unwrap();
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
-    }
-    b.build().unwrap()
-}
-
-async fn status_code(client: &reqwest::Client, url: &str) -> u16 {
-    client.get(url).send().await.unwrap().status().as_u16()
-}
-
 #[test]
 fn every_subcommand_has_help() {
     for sub in [
@@ -557,9 +368,6 @@ fn every_subcommand_has_help() {
         &["reports", "comment"],
         &["reports", "assign"],
         &["reports", "close"],
-        &["bench"],
-        &["bench", "import"],
-        &["bench", "rotate"],
         &["keys"],
         &["keys", "propose"],
         &["keys", "propose", "rotate"],

@@ -47,7 +47,7 @@
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, now_ms, CardRecord, Cards, HolderRecord, PersonalData};
+use super::registry::{decode, encode, CardRecord, Cards, HolderRecord, PersonalData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1095,7 +1095,7 @@ impl Cards {
                 ]
             }
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let id = counter_value(self, NEXT_REQUEST_KEY)?;
         let mut maker = JobMaker::new(self, now)?;
         let mut b = Batch::new();
@@ -1278,7 +1278,7 @@ impl Cards {
         sent: &[(u64, String)],
     ) -> Result<Vec<Result<Job>>> {
         let ops = self.ops_lock();
-        let now = now_ms();
+        let now = self.now_ms();
         let mut b = Batch::new();
         let mut events = Vec::new();
         let mut out = Vec::with_capacity(sent.len());
@@ -1554,7 +1554,7 @@ impl Cards {
     pub fn recover(&self, audit: &AuditLog) -> Result<u64> {
         let _ops = self.ops_lock();
         self.move_old_waiting_keys()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut count = 0u64;
         loop {
             let keys = self.store.keys(
@@ -1616,7 +1616,7 @@ impl Cards {
         {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let mut events = Vec::new();
         for (serial, number) in serials.iter().zip(numbers) {
             for old in self.jobs_of(serial)? {
@@ -1712,7 +1712,7 @@ impl Cards {
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
         self.check_contact(&card, &holder, &personal, old.channel)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut maker = JobMaker::new(self, now)?;
         let new = maker.make(
             old.request,

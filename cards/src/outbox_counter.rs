@@ -18,7 +18,7 @@
 
 use super::date::Date;
 use super::outbox::{by, job_event, put_job, Channel, DispatchPlan, Job, JobState, Part};
-use super::registry::{now_ms, Cards};
+use super::registry::Cards;
 use vault::Actor;
 use vault::AuditLog;
 use vault::Batch;
@@ -150,7 +150,7 @@ impl Cards {
             format!("counter part A, dispatch {}", slip.dispatch)
         };
         let (pending, release) = self.release_locked(hsm, audit, serial, &purpose, today, actor)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut b = Batch::new();
         let mut job = a.clone();
         job.prints += 1;

@@ -155,7 +155,8 @@ fn verify(w: &World) {
 }
 
 fn now() -> u64 {
-    super::registry::now_ms()
+    use vault::Clock;
+    vault::SystemClock.now_ms()
 }
 
 #[test]

@@ -26,6 +26,7 @@ mod font;
 pub mod layout;
 pub mod marks;
 pub mod pdf;
+mod pdfa;
 pub mod prepared;
 pub mod sms;
 pub mod templates;

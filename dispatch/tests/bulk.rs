@@ -4,15 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/tools.rs"]
+mod tools;
+
 use aws_lc_rs::digest;
 use dispatch::bulk::{Error as BulkError, Manifest, OwnedMailer, PrintRun};
 use dispatch::*;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tools::{age_decrypt, tool};
 
 /// Distinctive 8-digit codes: the PIN starts with 2, the PUK with 4, so no run of 8 digits in
 /// a serial (`80395555` + 8 digits starting with 0), a mailer number or a size matches one.
@@ -66,38 +68,6 @@ fn run(dir: &Path, count: u64, per_file: usize) -> (age::x25519::Identity, Vec<M
         .unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), count);
     (id, manifests)
-}
-
-fn tool(name: &str) -> Command {
-    let probe = Command::new(name).arg("--version").output();
-    if probe.is_err() {
-        panic!(
-            "`{name}` cannot run: run `bash scripts/test.sh`, which installs age and poppler-utils"
-        );
-    }
-    Command::new(name)
-}
-
-fn age_decrypt(identity: &age::x25519::Identity, sealed: &Path, scratch: &Path) -> Vec<u8> {
-    use age::secrecy::ExposeSecret;
-    let key = scratch.join("key.txt");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key)
-        .unwrap();
-    writeln!(f, "{}", identity.to_string().expose_secret()).unwrap();
-    drop(f);
-    let out = tool("age")
-        .args(["-d", "-i"])
-        .arg(&key)
-        .arg(sealed)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&key).unwrap();
-    assert!(out.status.success(), "age -d failed: {out:?}");
-    out.stdout
 }
 
 fn pdftotext(pdf: &[u8], scratch: &Path) -> String {
@@ -403,4 +373,131 @@ fn every_alphabet_prints_and_a_mailer_that_cannot_be_laid_out_is_set_aside() {
         )
         .unwrap_err();
     assert!(matches!(e, BulkError::Render { number: 9, .. }), "{e}");
+}
+
+/// Runs a tool on a file and returns its standard output, failing on a non-zero exit.
+fn tool_output(name: &str, args: &[&str], file: &Path) -> String {
+    let out = tool(name).args(args).arg(file).output().unwrap();
+    assert!(out.status.success(), "{name} {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A value of qpdf's JSON view of an object: the dictionary of `obj:N 0 R` (of its stream
+/// dictionary for a stream).
+fn qpdf_dict<'j>(objects: &'j serde_json::Value, reference: &str) -> &'j serde_json::Value {
+    let obj = &objects[format!("obj:{reference}")];
+    let value = &obj["value"];
+    if value.is_null() {
+        &obj["stream"]["dict"]
+    } else {
+        value
+    }
+}
+
+/// A real print file (sealed, then opened with `age`) is PDF/A-2b as far as the tools here
+/// can tell (veraPDF is not packaged for Debian): `qpdf --check` finds no fault, `pdffonts`
+/// lists every font embedded, and qpdf's own parse of the file shows a 1.7 header, XMP
+/// metadata declaring part 2 conformance B (dates equal, no Info dictionary to disagree
+/// with), a `GTS_PDFA1` output intent with an embedded RGB ICC profile, a document ID in the
+/// trailer, and nothing transparent.
+#[test]
+fn a_sealed_print_file_is_pdf_a_2b() {
+    let out = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (id, manifests) = run(out.path(), 40, 1_000);
+    let clear = age_decrypt(&id, &out.path().join(&manifests[0].file), scratch.path());
+    let path = scratch.path().join("print.pdf");
+    std::fs::write(&path, &clear).unwrap();
+
+    let check = tool_output("qpdf", &["--check"], &path);
+    assert!(
+        check.contains("No syntax or stream encoding errors"),
+        "{check}"
+    );
+    let fonts = tool_output("pdffonts", &[], &path);
+    let rows: Vec<&str> = fonts.lines().skip(2).collect();
+    assert_eq!(rows.len(), 3, "{fonts}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[4], "yes", "not embedded: {fonts}");
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&tool_output(
+        "qpdf",
+        &[
+            "--json=2",
+            "--json-key=qpdf",
+            "--json-key=pages",
+            "--json-stream-data=inline",
+        ],
+        &path,
+    ))
+    .unwrap();
+    let head = &json["qpdf"][0];
+    let version: f32 = head["pdfversion"].as_str().unwrap().parse().unwrap();
+    assert!(version <= 1.7, "header version {version}");
+    let objects = &json["qpdf"][1];
+    let trailer = &objects["trailer"]["value"];
+    assert!(trailer["/Info"].is_null(), "an Info dictionary: {trailer}");
+    assert!(trailer["/Encrypt"].is_null(), "{trailer}");
+    let ids = trailer["/ID"].as_array().expect("a document ID");
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0].as_str().unwrap().len() >= 2 + 32, "{ids:?}");
+    let root = trailer["/Root"].as_str().unwrap();
+    let catalog = qpdf_dict(objects, root);
+
+    // XMP: unfiltered, PDF/A-2b, one instant for the three dates.
+    let meta_ref = catalog["/Metadata"].as_str().unwrap();
+    let meta = &objects[format!("obj:{meta_ref}")]["stream"];
+    assert!(meta["dict"]["/Filter"].is_null(), "filtered metadata");
+    assert_eq!(meta["dict"]["/Subtype"], "/XML");
+    let xmp = base64_decode(meta["data"].as_str().unwrap());
+    let xmp = String::from_utf8(xmp).unwrap();
+    assert!(xmp.contains("<pdfaid:part>2</pdfaid:part>"), "{xmp}");
+    assert!(
+        xmp.contains("<pdfaid:conformance>B</pdfaid:conformance>"),
+        "{xmp}"
+    );
+    let date = |tag: &str| {
+        let open = format!("<xmp:{tag}>");
+        let from = xmp.find(&open).unwrap_or_else(|| panic!("no {tag}")) + open.len();
+        xmp[from..from + 20].to_owned()
+    };
+    assert_eq!(date("CreateDate"), date("ModifyDate"));
+    assert_eq!(date("CreateDate"), date("MetadataDate"));
+    assert!(xmp.contains("Lotto B42"), "{xmp}");
+
+    // One GTS_PDFA1 output intent with an embedded RGB profile.
+    let intents = catalog["/OutputIntents"]
+        .as_array()
+        .expect("output intents");
+    assert_eq!(intents.len(), 1);
+    let intent = &intents[0];
+    assert_eq!(intent["/S"], "/GTS_PDFA1");
+    let profile_ref = intent["/DestOutputProfile"].as_str().unwrap();
+    let profile = &objects[format!("obj:{profile_ref}")]["stream"];
+    assert_eq!(profile["dict"]["/N"], 3);
+    let icc = base64_decode(profile["data"].as_str().unwrap());
+    assert_eq!(&icc[36..40], b"acsp", "not an ICC profile");
+    assert_eq!(&icc[16..20], b"RGB ");
+
+    // Nothing transparent: no soft mask, constant alpha, blend mode or transparency group.
+    for (name, obj) in objects.as_object().unwrap() {
+        let dict = if obj["value"].is_object() {
+            &obj["value"]
+        } else {
+            &obj["stream"]["dict"]
+        };
+        for key in ["/SMask", "/CA", "/ca", "/BM", "/Group", "/AA", "/JS"] {
+            assert!(dict[key].is_null(), "{name} has {key}");
+        }
+    }
+    let pages = json["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 40);
+}
+
+/// Standard base64 (qpdf's inline stream data).
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }

@@ -183,10 +183,11 @@ fn pdf_cross_references_point_at_their_objects() {
         .unwrap()
         .parse()
         .unwrap();
-    // 19 shared objects (catalogue, page tree, resources, three fonts of five objects), 2 a
+    // 21 shared objects (catalogue, page tree, resources, three fonts of five objects, the
+    // output profile and the XMP metadata), 2 a
     // page, and for each of the two shapes (parts A and B) its two Form
     // XObjects (the static page, the body after the greeting) and its resources.
-    assert_eq!(count, 19 + 2 * 3 + 2 * 3);
+    assert_eq!(count, 21 + 2 * 3 + 2 * 3);
     assert_eq!(lines.next().unwrap(), "0000000000 65535 f ");
     for (num, line) in lines.take(count - 1).enumerate() {
         let num = num + 1;

@@ -2,6 +2,7 @@
 //! rekey, and crashes at every step of a state write.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use hsm_contract::Provider;
 use hsm_sim::{FaultHook, FaultPoint, InitOptions, SimulatedHsm};
 use secrecy::{ExposeSecret, SecretString};
 use std::os::unix::process::ExitStatusExt;
@@ -197,8 +198,14 @@ fn rotation_rewrap_and_retire() {
     let (hsm, shares) = init(dir.path(), 3, 2);
     unseal(&hsm, &[&shares[0], &shares[2]]);
     let mut ring = Keyring::new();
-    let code = ring.create(&hsm, KeyPurpose::Code).unwrap().key_id();
-    let index = ring.create(&hsm, KeyPurpose::Index).unwrap().key_id();
+    let code = ring
+        .create(&hsm, KeyPurpose::Code, &vault::SystemClock)
+        .unwrap()
+        .key_id();
+    let index = ring
+        .create(&hsm, KeyPurpose::Index, &vault::SystemClock)
+        .unwrap()
+        .key_id();
     let kcv = ring.unwrap(&hsm, code).unwrap().kcv();
 
     let t2 = hsm.rotate().unwrap();
@@ -673,3 +680,39 @@ fn an_older_copy_of_the_hsm_state_is_refused_by_the_store_that_saw_a_newer_one()
     assert!(err.contains("older copy of the hsm state"), "{err}");
     assert!(!log.has_key());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The shared `vault::Hsm` contract suite (crate `hsm-contract`), the same one Pkcs11Hsm runs.
+
+/// Each HSM in a temporary directory of its own.
+struct Sim {
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Provider for Sim {
+    fn init(&mut self, shares: u8, threshold: u8) -> (Box<dyn Hsm>, Vec<SecretString>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let (hsm, _) = SimulatedHsm::init(
+            dir.path(),
+            InitOptions {
+                shares,
+                threshold,
+                dev: threshold < 2,
+            },
+            &mut |s: &[SecretString]| {
+                out = s.to_vec();
+                Ok(())
+            },
+        )
+        .unwrap();
+        self.dirs.push(dir);
+        (Box::new(hsm), out)
+    }
+
+    fn reopen(&mut self) -> Box<dyn Hsm> {
+        Box::new(SimulatedHsm::open(self.dirs.last().unwrap().path()).unwrap())
+    }
+}
+
+hsm_contract::hsm_contract_tests!(super::Sim { dirs: Vec::new() });

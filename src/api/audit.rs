@@ -193,10 +193,7 @@ async fn prune(
             state.retention_days
         )));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let now_ms = state.clock.now_ms();
     let cutoff_ms = now_ms.saturating_sub(u64::from(days) * 86_400_000);
     let audit = state.audit.clone();
     let event = caller

@@ -219,8 +219,7 @@ async fn show(
     check_serial(&serial)?;
     let s = state.clone();
     let actor = caller.actor();
-    let status =
-        blocking(move || s.cms.status(&s.audit, &serial, Date::today_utc(), &actor)).await?;
+    let status = blocking(move || s.cms.status(&s.audit, &serial, s.cms.today(), &actor)).await?;
     Ok(Json(CardView::from(status)))
 }
 
@@ -235,14 +234,8 @@ async fn change(
     let s = state.clone();
     let actor = caller.actor();
     let status = blocking(move || {
-        s.cms.change(
-            &*s.hsm,
-            &s.audit,
-            &serial,
-            &change,
-            Date::today_utc(),
-            &actor,
-        )
+        s.cms
+            .change(&*s.hsm, &s.audit, &serial, &change, s.cms.today(), &actor)
     })
     .await?;
     tracing::info!(

@@ -52,13 +52,13 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use cards::Date;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use dispatch::{Addressee, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use vault::lock;
 use vault::BatchId;
 use vault::Role;
 
@@ -115,7 +115,7 @@ pub struct RunProgress {
 impl RunProgress {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
         // Guards a plain map: a panic while it was held leaves it usable.
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.runs)
     }
 
     fn start(&self, id: u64) -> Arc<AtomicU64> {
@@ -297,7 +297,7 @@ async fn start_run(
         let counter = s.print_runs.start(id);
         let _ = tx.send(Ok(id));
         let progress = |n: u64| counter.store(n, Ordering::Relaxed);
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let out = crate::mailers::print(
             &*s.hsm, &s.audit, job, &s.print, &plan, part, today, &progress,
         );
@@ -552,7 +552,7 @@ async fn counter_page(
             &serial,
             body.plan.as_deref(),
             body.reprint,
-            Date::today_utc(),
+            s.cms.today(),
             &actor,
             |codes, slip| {
                 let plan = Plan::parse(&slip.courier_plan)?;

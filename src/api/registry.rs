@@ -39,7 +39,6 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use cards::Date;
 use cards::{parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules};
 use cards::{Reason, RegistryOutcome};
 use serde::{Deserialize, Serialize};
@@ -165,7 +164,7 @@ async fn import(
     let job = blocking(move || {
         let _slot = slot;
         let s = &job_state;
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let rules = RegistryRules {
             serial: s.import_rules.serial,
             today,

@@ -73,6 +73,21 @@ pub fn read_password(path: &Path) -> Result<SecretString> {
     Ok(SecretString::from(line.to_owned()))
 }
 
+/// Reads a token PIN file (`[hsm] pin_file`, `plico init --token-pin-file`): exactly one
+/// non-empty line, in a file nobody but its owner may read (refused otherwise, since the PIN
+/// opens every key). Errors name the file, never its content.
+pub fn read_pin_file(path: &Path) -> Result<SecretString> {
+    let meta =
+        fs::metadata(path).with_context(|| format!("cannot read pin file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "pin file {} is accessible to group or others: chmod 600 it",
+            path.display()
+        );
+    }
+    read_secret_line(path, "pin file", "a pin file holds exactly one pin")
+}
+
 /// Writes a token to a new 0600 file and syncs its directory.
 pub fn write_token(path: &Path, token: &SecretString) -> Result<()> {
     use secrecy::ExposeSecret;

@@ -19,8 +19,9 @@
 use super::{bootstrap, files};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use hsm_pkcs11::Pkcs11Hsm;
 use hsm_sim::{InitOptions, SimulatedHsm};
-use plico::config::{Config, LogFormat};
+use plico::config::{Config, HsmKind, LogFormat};
 use plico::tls::TlsConfig;
 use plico::AppState;
 use secrecy::{ExposeSecret, SecretString};
@@ -97,11 +98,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!("no data directory: pass --data DIR, or set data_dir in the config file or PLICO_DATA_DIR");
     };
 
-    let hsm: Arc<SimulatedHsm> = Arc::new(if args.dev {
-        open_dev(&data_dir)?
-    } else {
-        open_production(&data_dir)?
-    });
+    let (hsm, pin_unseal): (Arc<dyn Hsm>, Option<Arc<Pkcs11Hsm>>) = match config.hsm.kind {
+        HsmKind::Sim if args.dev => (Arc::new(open_dev(&data_dir)?), None),
+        HsmKind::Sim => (Arc::new(open_production(&data_dir)?), None),
+        HsmKind::Pkcs11 => {
+            if args.dev {
+                bail!("--dev runs the simulated HSM; remove [hsm] kind = \"pkcs11\" or --dev");
+            }
+            let hsm = Arc::new(open_pkcs11(&config, &data_dir)?);
+            let auto = config.hsm.pin_file.is_some().then(|| hsm.clone());
+            (hsm, auto)
+        }
+    };
 
     let dev_recipient = if args.dev && config.mailers.recipients.is_empty() {
         Some(vec![dev_print_recipient(&data_dir)?])
@@ -151,6 +159,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // recorded files written, files of no run quarantined).
     plico::mailers::recover(&state.cms, &state.print)
         .context("cannot recover print runs and print files at start-up")?;
+    if let (Some(hsm), Some(pin_file)) = (pin_unseal, config.hsm.pin_file.as_deref()) {
+        auto_unseal(&state, &hsm, pin_file)?;
+    }
     let mut admin_token = None;
     if args.dev {
         state
@@ -254,6 +265,58 @@ fn open_production(dir: &Path) -> Result<SimulatedHsm> {
     }
     tracing::info!(data = %dir.display(), "hsm opened sealed; waiting for custodian shares");
     Ok(hsm)
+}
+
+/// Opens the PKCS#11 token of `[hsm]`, sealed. A data directory that holds a simulated HSM
+/// is refused: its store's keys are wrapped under that HSM, not under the token.
+fn open_pkcs11(config: &Config, dir: &Path) -> Result<Pkcs11Hsm> {
+    if SimulatedHsm::exists(dir) {
+        bail!(
+            "{} holds a simulated HSM ({}), but [hsm] kind = \"pkcs11\": a store belongs to \
+             the HSM it was made with",
+            dir.display(),
+            SimulatedHsm::STATE_FILE
+        );
+    }
+    let cfg = config.hsm.pkcs11()?;
+    let hsm = Pkcs11Hsm::open(&cfg).with_context(|| {
+        format!(
+            "cannot open the plico HSM on pkcs#11 token {:?} ({})",
+            cfg.token_label,
+            cfg.module.display()
+        )
+    })?;
+    if hsm.status().dev {
+        bail!(
+            "the HSM on pkcs#11 token {:?} is a development HSM (threshold 1); create a \
+             production one with `plico init --hsm pkcs11` (threshold >= 2)",
+            cfg.token_label
+        );
+    }
+    tracing::info!(token = %cfg.token_label, mechanism = %cfg.mechanism, "pkcs#11 hsm opened sealed; waiting for custodian shares");
+    Ok(hsm)
+}
+
+/// The opt-in auto-unseal of `[hsm] pin_file`: reads the token PIN from a file that only its
+/// owner may read, unseals with it, and installs the audit key. Says loudly what it gives up.
+fn auto_unseal(state: &AppState, hsm: &Pkcs11Hsm, pin_file: &Path) -> Result<()> {
+    let pin = files::read_pin_file(pin_file).context("[hsm] pin_file")?;
+    hsm.unseal_with_pin(&pin).with_context(|| {
+        format!(
+            "[hsm] pin_file {} does not open the token",
+            pin_file.display()
+        )
+    })?;
+    tracing::warn!(
+        pin_file = %pin_file.display(),
+        "INSECURE: the hsm was unsealed from [hsm] pin_file, without the custodians; whoever \
+         reads that file can use every key"
+    );
+    if let Err(e) = state.unsealed(&Actor::system("serve"), "pin_file") {
+        state.seal();
+        return Err(e).context("cannot install the audit key after the pin_file unseal");
+    }
+    Ok(())
 }
 
 /// Opens (creating it on first use) the development HSM in `dir` and unseals it with the dev

@@ -7,12 +7,11 @@
 //! The fixture uses 8-digit PINs and PUKs (the CIE-like policy) so that a code cannot appear by
 //! chance in a timestamp or a request id of the answer.
 
-use super::support::{open_with_accounts, serve_dev, sled_state};
+use super::support::{audit_actions, open_with_accounts, serve_dev, sled_state};
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
 use vault::CodePolicy;
-use vault::Query;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -84,19 +83,6 @@ impl Bulk {
     /// Every batch record in the store, whatever its state.
     fn records(&self) -> Vec<vault::BatchRecord> {
         self.state.codes.batches(None, 10_000).unwrap()
-    }
-
-    fn actions(&self, prefix: &str) -> Vec<String> {
-        let page = self
-            .state
-            .audit
-            .query(&Query {
-                action: Some(prefix.to_owned()),
-                limit: 1000,
-                ..Query::default()
-            })
-            .unwrap();
-        page.events.into_iter().map(|e| e.action).collect()
     }
 }
 
@@ -244,7 +230,7 @@ async fn upload_commits_and_lists_without_codes() {
         assert_eq!(c.pin.expose_secret(), pin.as_bytes());
         assert_eq!(c.puk.expose_secret(), puk.as_bytes());
     }
-    assert!(b.actions("batch.").contains(&"batch.import".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.import".to_owned()));
 }
 
 #[tokio::test]
@@ -272,7 +258,7 @@ async fn a_rejected_file_reports_lines_and_stores_nothing() {
     let shown = b.get("acme", "/v1/batches").await;
     assert_eq!(shown.json["batches"][0]["state"], "rejected");
     assert_no_code(&shown, &file);
-    assert!(b.actions("batch.").contains(&"batch.reject".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.reject".to_owned()));
 
     // A count or hash the file does not match.
     let good = card_lines(100, 3, 2);
@@ -320,9 +306,7 @@ async fn the_same_file_twice_answers_the_first_batch() {
     assert_eq!(shown.status, StatusCode::OK, "{}", shown.json);
     assert_eq!(shown.json["state"], "duplicate");
     assert_eq!(shown.json["duplicate_of"], first.json["batch"]);
-    assert!(b
-        .actions("batch.")
-        .contains(&"batch.duplicate_upload".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.duplicate_upload".to_owned()));
 }
 
 #[tokio::test]
@@ -359,7 +343,7 @@ async fn known_serials_quarantine_the_batch() {
         .unwrap();
     assert_eq!(c.pin.expose_secret(), codes_of(95, 4).0.as_bytes());
     assert_eq!(b.state.codes.locate(&serial(150)).unwrap(), None);
-    assert!(b.actions("batch.").contains(&"batch.quarantine".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.quarantine".to_owned()));
 }
 
 #[tokio::test]
@@ -429,7 +413,7 @@ async fn oversize_uploads_are_413_and_leave_nothing() {
     assert_no_code(&a, &file);
     assert!(b.records().is_empty(), "{:?}", b.records());
     assert_eq!(b.state.codes.locate(&serial(1)).unwrap(), None);
-    assert!(b.actions("batch.").contains(&"batch.abandon".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.abandon".to_owned()));
     // A file under the limit still goes through.
     let small = card_lines(1, 50, 7);
     let a = b.upload("acme", "manufacturer=ACME", small).await;
@@ -647,7 +631,7 @@ async fn generation_over_http() {
         .unwrap()
         .unwrap();
     assert_eq!(c.pin.len(), 8);
-    assert!(b.actions("batch.").contains(&"batch.generate".to_owned()));
+    assert!(audit_actions(&b.state, "batch.").contains(&"batch.generate".to_owned()));
 
     // Serials already in the vault quarantine; repeated ones reject; bad ones are 400.
     let a = b

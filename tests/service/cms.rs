@@ -7,13 +7,12 @@
 //! against `serve --dev`.
 
 use super::batches::serial;
-use super::support::{cf, open_with_accounts, serve_dev, sled_state, Staff};
+use super::support::{audit_actions, cf, open_with_accounts, serve_dev, sled_state, Staff};
 use super::*;
 use cards::Date;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use vault::Query;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -152,19 +151,6 @@ impl Counter {
         (send(&self.app, req).await, file)
     }
 
-    fn actions(&self, prefix: &str) -> Vec<String> {
-        let page = self
-            .state
-            .audit
-            .query(&Query {
-                action: Some(prefix.to_owned()),
-                limit: 1000,
-                ..Query::default()
-            })
-            .unwrap();
-        page.events.into_iter().map(|e| e.action).collect()
-    }
-
     /// The whole audit chain, as exported.
     fn audit_text(&self) -> String {
         let mut out = Vec::new();
@@ -300,8 +286,8 @@ async fn registry_upload_then_search_by_codice_fiscale_and_by_surname_and_birth_
     }
 
     // Every search is audited, with the key only as an HMAC.
-    assert_eq!(c.actions("holder.search").len(), 3);
-    assert_eq!(c.actions("registry.import").len(), 1);
+    assert_eq!(audit_actions(&c.state, "holder.search").len(), 3);
+    assert_eq!(audit_actions(&c.state, "registry.import").len(), 1);
     let chain = c.audit_text();
     assert!(!chain.contains(&rossi()) && !chain.contains(&bianchi()));
     assert!(!chain.contains("Rossi") && !chain.contains("Bianchi"));
@@ -555,7 +541,7 @@ async fn the_expiry_sweep_revokes_cards_past_their_expiry() {
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     sweeper.abort();
-    assert_eq!(c.actions("card.revoke").len(), 1);
+    assert_eq!(audit_actions(&c.state, "card.revoke").len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,8 +655,8 @@ async fn wrong_roles_get_403_and_no_token_401() {
     // Nothing changed: the card is still issued, the registry was applied once.
     let a = c.get("operator", &format!("/v1/cards/{card}")).await;
     assert_eq!(a.json["state"], "issued");
-    assert_eq!(c.actions("registry.import").len(), 1);
-    assert_eq!(c.actions("auth.forbidden").len(), 17);
+    assert_eq!(audit_actions(&c.state, "registry.import").len(), 1);
+    assert_eq!(audit_actions(&c.state, "auth.forbidden").len(), 17);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,7 +727,7 @@ async fn a_bad_registry_file_is_422_with_line_numbers_and_no_personal_data() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    assert_eq!(c.actions("registry.import").len(), 1);
+    assert_eq!(audit_actions(&c.state, "registry.import").len(), 1);
     assert_no_personal_data(&c.audit_text(), "the audit chain");
 
     // Not a registry file at all; an empty one; a multipart form.
@@ -783,7 +769,7 @@ async fn a_registry_file_over_the_limit_is_413() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
     );
-    assert!(c.actions("registry.import").is_empty());
+    assert!(audit_actions(&c.state, "registry.import").is_empty());
 }
 
 #[tokio::test]
@@ -961,7 +947,7 @@ async fn problem_reports_are_opened_by_operators_and_worked_by_support() {
     let a = c.get("support", "/v1/reports?limit=0").await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
 
-    let mut actions = c.actions("report.");
+    let mut actions = audit_actions(&c.state, "report.");
     actions.sort();
     actions.dedup();
     assert_eq!(

@@ -3,7 +3,8 @@
 //! part becomes `sent`; a card suspended between dispatch and send makes its job `cancelled`
 //! (reason `card_suspended`, no fallback) and nothing is sent; a `counter(2)+sms` dispatch goes through Kannel and its fake SMSC, and
 //! Kannel's delivery report to `/v1/dlr` makes part B `delivered`. `/v1/dlr` without the
-//! token, or with a wrong one, is 401.
+//! token, or with a wrong one, is 401. An emergency seal (`POST /v1/sys/seal`) stops the
+//! workers claiming; after the custodians' unseal the job goes out once.
 
 use super::batches::{codes_of, serial};
 use super::peers::{smtp_sink, smtp_sink_on, Kannel};
@@ -39,6 +40,8 @@ struct Running {
     _dir: tempfile::TempDir,
     state: AppState,
     client: Client,
+    /// The 2-of-2 custodian shares of the HSM (unsealed at start).
+    shares: Vec<SecretString>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,10 +54,18 @@ impl Running {
     ) -> Running {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = cie_state(
-            &dir.path().join("data"),
-            plico::DEFAULT_SENSITIVE_PER_MINUTE,
-        );
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (hsm, shares) = init_hsm(&data, 2, 2);
+        for s in &shares {
+            hsm.unseal(s).unwrap();
+        }
+        let store = Arc::new(vault::SledStore::open(&data.join("store")).unwrap());
+        let settings = plico::Settings {
+            codes: vault::CodePolicy::CIE,
+            ..plico::Settings::default()
+        };
+        let state = AppState::with_settings(hsm, store, &settings).unwrap();
         let mut delivery =
             Delivery::new(&state.print.clone(), policy()).with_dlr_token(SecretString::from(TOKEN));
         delivery.poll = Duration::from_millis(50);
@@ -109,6 +120,7 @@ impl Running {
             _dir: dir,
             state,
             client,
+            shares,
             stop: Some(stop),
             served: Some(served),
         }
@@ -471,5 +483,78 @@ async fn a_resend_through_the_workers_sends_only_the_lost_part() {
     let a_jobs: Vec<_> = jobs.iter().filter(|j| j.part == Part::A).collect();
     assert_eq!(a_jobs.len(), 1);
     assert_eq!(a_jobs[0].state, JobState::HandedOver);
+    running.stop().await;
+}
+
+/// An emergency seal while the workers run: they claim nothing while sealed (the job stays
+/// queued, no attempt spent, nothing sent), `/readyz` is 503, and once the custodians unseal
+/// the job goes out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_emergency_seal_holds_delivery_until_the_quorum_unseals() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
+    let running = Running::start(
+        dir,
+        |_| {
+            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
+            c.security = SmtpSecurity::InsecurePlaintext;
+            vec![(
+                Channel::Email,
+                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        async |client, _| {
+            dispatch(client, 601, "email").await;
+            let a = client.post("admin", "/v1/sys/seal", json!({})).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            assert_eq!(a.json["was_sealed"], false);
+        },
+    )
+    .await;
+    assert!(running.state.hsm.status().sealed);
+    let ready = send(
+        &running.client.app,
+        Request::get("/readyz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Many polls of the workers (50 ms each): nothing is claimed while sealed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let jobs = running.state.cms.jobs_of(&serial(601)).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, JobState::Queued, "{:?}", jobs[0]);
+    assert_eq!(jobs[0].attempts, 0);
+    let mail = sink_dir.join("mail");
+    let count = || std::fs::read_dir(&mail).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count(), 0, "sent while sealed");
+    // One share is not enough; the quorum unseals, and the job goes out once.
+    for (i, share) in running.shares.iter().enumerate() {
+        let req = Request::post("/v1/sys/unseal")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"share": share.expose_secret()}).to_string(),
+            ))
+            .unwrap();
+        let a = send(&running.client.app, req).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json["sealed"], i == 0, "{}", a.text);
+    }
+    let sent = running.wait_for(601, Part::Whole, JobState::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 1);
+    let events = running
+        .state
+        .audit
+        .query(&vault::Query {
+            action: Some("hsm.seal".into()),
+            limit: 10,
+            ..vault::Query::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
     running.stop().await;
 }

@@ -11,6 +11,7 @@ use super::batches::{codes_of, serial};
 use super::support::{
     cf, cie_state, codes_file, identification, open_with_accounts, serve_dev, Client,
 };
+use super::tools::{age_decrypt, tool};
 use super::*;
 use plico::config::Config;
 use vault::Query;
@@ -216,44 +217,6 @@ impl Desk {
             }
         }
     }
-}
-
-fn tool(name: &str) -> Command {
-    assert!(
-        Command::new(name).arg("--version").output().is_ok()
-            || Command::new(name).arg("-v").output().is_ok(),
-        "`{name}` cannot run: run `bash scripts/test.sh`, which installs age and poppler-utils"
-    );
-    Command::new(name)
-}
-
-/// Opens a sealed file with the `age` tool, the key in a 0600 file of `scratch`.
-fn age_decrypt(identity: &age::x25519::Identity, sealed: &Path, scratch: &Path) -> Vec<u8> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let key = scratch.join("key.txt");
-    let clear = scratch.join("clear.pdf");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key)
-        .unwrap();
-    writeln!(f, "{}", identity.to_string().expose_secret()).unwrap();
-    drop(f);
-    let out = tool("age")
-        .args(["-d", "-i"])
-        .arg(&key)
-        .arg("-o")
-        .arg(&clear)
-        .arg(sealed)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&key).unwrap();
-    assert!(out.status.success(), "age -d failed: {out:?}");
-    let bytes = std::fs::read(&clear).unwrap();
-    std::fs::remove_file(&clear).unwrap();
-    bytes
 }
 
 fn pdftotext(pdf: &[u8], scratch: &Path) -> String {

@@ -1,4 +1,7 @@
-//! The harness shared by the modules of the service tests: an unsealed state over sled, the
+//! The harness shared by the modules of the service tests (and the tests of `service.rs`
+//! itself, which glob-imports it): a simulated HSM, the in-process router and its answers
+//! ([`send`], [`Answer`], [`assert_error`]), the `plico` binary and a running [`Server`], an
+//! unsealed state over sled, the
 //! named accounts made on it, a client of the in-process router that signs in by account name
 //! and keeps every answer body for a later scan, `plico serve --dev`, and the fixtures several
 //! modules use (codice fiscale, code files, an activation body).
@@ -218,4 +221,226 @@ pub(crate) fn release_from(
         vec![vault::NewEvent::new(vault::CODES_RELEASE_ACTION, serial).detail("for", "test")],
     )?;
     pending.open(&receipt).map(Some)
+}
+
+/// The actions of the audit events of `state` whose action starts with `prefix`, oldest first
+/// (at most 1,000).
+pub(super) fn audit_actions(state: &AppState, prefix: &str) -> Vec<String> {
+    let page = state
+        .audit
+        .query(&vault::Query {
+            action: Some(prefix.to_owned()),
+            limit: 1000,
+            ..vault::Query::default()
+        })
+        .unwrap();
+    page.events.into_iter().map(|e| e.action).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HSM, the router and its answers; the binary and a running server
+// ---------------------------------------------------------------------------------------------
+
+pub(super) fn init_hsm(
+    dir: &Path,
+    shares: u8,
+    threshold: u8,
+) -> (Arc<SimulatedHsm>, Vec<SecretString>) {
+    let mut out = Vec::new();
+    let (hsm, _) = SimulatedHsm::init(
+        dir,
+        InitOptions {
+            shares,
+            threshold,
+            dev: threshold < 2,
+        },
+        &mut |s: &[SecretString]| {
+            out = s.to_vec();
+            Ok(())
+        },
+    )
+    .unwrap();
+    (Arc::new(hsm), out)
+}
+
+pub(super) fn router(hsm: Arc<SimulatedHsm>) -> Router {
+    app(AppState::new(hsm, Arc::new(vault::MemoryStore::new())).unwrap())
+}
+
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) json: Value,
+    pub(super) text: String,
+}
+
+pub(super) async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer { status, json, text }
+}
+
+pub(super) async fn get(app: &Router, uri: &str) -> Answer {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+pub(super) async fn post_json(app: &Router, uri: &str, body: String) -> Answer {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    send(app, req).await
+}
+
+pub(super) async fn unseal(app: &Router, share: &SecretString) -> Answer {
+    let body = json!({ "share": share.expose_secret() }).to_string();
+    post_json(app, "/v1/sys/unseal", body).await
+}
+
+pub(super) fn assert_error(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "body: {}", a.text);
+    assert_eq!(a.json["error"]["code"], code, "body: {}", a.text);
+    assert!(a.json["error"]["message"].is_string(), "body: {}", a.text);
+}
+
+/// The payload-bearing part of a share: what must never show up anywhere.
+pub(super) fn secret_part(share: &SecretString) -> String {
+    let s = share.expose_secret();
+    let longest = s.split(':').max_by_key(|f| f.len()).unwrap();
+    assert!(
+        longest.len() >= 32,
+        "share format changed? {} chars",
+        longest.len()
+    );
+    longest.to_owned()
+}
+
+pub(super) fn plico() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_plico"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PLICO_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "info");
+    c
+}
+
+pub(super) fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub(super) fn run_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub(super) fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A running `plico serve`; killed if the test fails before stopping it.
+pub(super) struct Server {
+    pub(super) child: Option<Child>,
+    pub(super) url: String,
+}
+
+impl Server {
+    /// Starts `cmd` and waits for its "listening on URL" line.
+    pub(super) fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("plico: listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Server {
+                child: Some(child),
+                url,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "serve did not start\nstderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// The process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(super) fn terminate(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(_status) = child.try_wait().unwrap() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub(super) fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+pub(super) async fn status_code(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
 }

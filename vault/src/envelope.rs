@@ -315,22 +315,9 @@ impl Opener {
         if envelope.key_id()? != self.id {
             return Err(Error::Integrity);
         }
-        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
-        aad_into(&mut aad, self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&b[5..HEADER_LEN]);
-        let mut buf = Zeroizing::new(b[HEADER_LEN..].to_vec());
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                &mut buf[..],
-            )
-            .map_err(|_| Error::Integrity)?
-            .len();
-        buf.truncate(len);
-        Ok(Plaintext::new(buf))
+        self.open_sealed(subject, nonce, &b[HEADER_LEN..])
     }
 }
 
@@ -344,10 +331,21 @@ impl Opener {
         if sealed.len() < TAG_LEN {
             return Err(Error::Integrity);
         }
-        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
-        aad_into(&mut aad, self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&u64::from(counter).to_be_bytes());
+        self.open_sealed(subject, nonce, sealed)
+    }
+
+    /// The one decryption of both forms: `sealed` (`ciphertext | tag`) under `nonce`, with the
+    /// AAD of `subject`, this key and its purpose, into a zeroizing buffer.
+    fn open_sealed(
+        &self,
+        subject: &str,
+        nonce: [u8; NONCE_LEN],
+        sealed: &[u8],
+    ) -> Result<Plaintext> {
+        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 8 + subject.len());
+        aad_into(&mut aad, self.purpose, self.id, subject).map_err(|_| Error::Integrity)?;
         let mut buf = Zeroizing::new(sealed.to_vec());
         let len = self
             .key

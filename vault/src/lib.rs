@@ -9,6 +9,8 @@
 //! - `keyring`: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
 //! - `envelope`: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
 //!   serial, the data-key id and the purpose);
+//! - `clock`: the one seam for wall-clock time ([`Clock`]; a [`ManualClock`] for tests);
+//! - `lock`: the one poison-tolerant lock helper ([`lock()`]);
 //! - `store`: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
 //!   multi-tree batches;
 //! - `account`: accounts, roles, bearer tokens and passwords;
@@ -38,6 +40,7 @@
 mod account;
 mod audit;
 mod ceremony;
+mod clock;
 mod codes;
 mod envelope;
 mod error;
@@ -52,6 +55,7 @@ mod hsm_double;
 mod import;
 mod kcv;
 mod keyring;
+mod lock;
 mod policy;
 mod secret;
 mod store;
@@ -59,6 +63,10 @@ pub mod text;
 
 // Errors.
 pub use error::{Error, Result};
+
+// Time and locks: the one clock seam and the one poison-tolerant lock helper.
+pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};
+pub use lock::{lock, read_lock, try_lock, write_lock};
 
 // Secret carriers and the code policy.
 pub use policy::{CodeError, CodeKind, CodePolicy, LengthBounds};

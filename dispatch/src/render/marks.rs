@@ -1,7 +1,7 @@
 //! What a print facility needs on every page besides the letter: a machine-readable code, the
 //! inserter's control marks, and the date and batch of the run.
 //!
-//! - **Data Matrix** (ECC 200, crate `datamatrix`), drawn as vector rectangles at the top
+//! - **Data Matrix** (ECC 200, crate `datamatrix`), drawn as a 1-bit image mask at the top
 //!   right: the text [`ScanCode`] writes, `PLICO;<mailer number>;<masked serial>` (`-` for a
 //!   page without number, e.g. the counter's), the serial masked as on the page with `*` for
 //!   `•` and no blanks. A scanner at insertion or on a returned envelope gives back the mailer
@@ -90,14 +90,192 @@ impl ScanCode {
     }
 }
 
+/// The square symbol sizes a page code may take, smallest first (ECC 200).
+const SQUARES: [datamatrix::SymbolSize; 13] = {
+    use datamatrix::SymbolSize::*;
+    [
+        Square10, Square12, Square14, Square16, Square18, Square20, Square22, Square24, Square26,
+        Square32, Square36, Square40, Square44,
+    ]
+};
+
+/// One symbol size, prepared once a process from the `datamatrix` crate's own error
+/// correction and placement. A symbol is linear in the bits of its data codewords: the
+/// Reed-Solomon codewords are sums (XOR) of multiples of the data, and each codeword bit sets
+/// one module. So the image of a text is the image of all-zero data (the finder, timing and
+/// corner patterns) XOR, for every set bit of every data codeword, the image that bit alone
+/// flips (its own module and the error-correction modules it changes). Both come from the
+/// crate (`encode_error`, `MatrixMap`), once; a page then costs a few hundred word XORs, where
+/// encoding and placing afresh was most of a page's time.
+struct Placement {
+    width: usize,
+    height: usize,
+    /// Data codewords the symbol holds (error correction apart).
+    data_codewords: usize,
+    /// Bytes of the image: rows from the top, each padded to whole bytes.
+    bytes: usize,
+    /// The image of all-zero data, in native-endian words (the bytes in order).
+    fixed: Vec<u64>,
+    /// What bit `b` (0 = most significant) of data codeword `i` flips, as `fixed`: the words
+    /// from `(8 * i + b) * fixed.len()`.
+    flips: Vec<u64>,
+}
+
+impl Placement {
+    fn of(size: datamatrix::SymbolSize) -> Option<Placement> {
+        // The crate says how many data codewords the size holds: those of an empty text.
+        let data_codewords = datamatrix::DataMatrixBuilder::new()
+            .with_encodation_types(datamatrix::EncodationType::Ascii)
+            .with_symbol_list(size)
+            .encode(b"")
+            .ok()?
+            .data_codewords()
+            .len();
+        let image = |data: &[u8]| {
+            let mut codewords = data.to_vec();
+            codewords.extend(datamatrix::errorcode::encode_error(data, size));
+            let bitmap =
+                datamatrix::placement::MatrixMap::new_with_codewords(&codewords, size).bitmap();
+            let (w, h) = (bitmap.width(), bitmap.height());
+            (packed(bitmap.bits(), w, h), w, h)
+        };
+        let mut data = vec![0u8; data_codewords];
+        let (fixed, width, height) = image(&data);
+        let fixed_words = words(&fixed);
+        let mut flips = Vec::with_capacity(8 * data_codewords * fixed_words.len());
+        for i in 0..data_codewords {
+            for b in 0..8 {
+                data[i] = 0x80 >> b;
+                let (image, _, _) = image(&data);
+                flips.extend(words(&image).iter().zip(&fixed_words).map(|(a, z)| a ^ z));
+            }
+            data[i] = 0;
+        }
+        Some(Placement {
+            width,
+            height,
+            data_codewords,
+            bytes: fixed.len(),
+            fixed: fixed_words,
+            flips,
+        })
+    }
+
+    /// The placement of `SQUARES[index]`, built at the first call.
+    fn get(index: usize) -> Option<&'static Placement> {
+        static PLACEMENTS: [std::sync::OnceLock<Option<Placement>>; SQUARES.len()] =
+            [const { std::sync::OnceLock::new() }; SQUARES.len()];
+        let size = *SQUARES.get(index)?;
+        PLACEMENTS[index]
+            .get_or_init(|| Placement::of(size))
+            .as_ref()
+    }
+}
+
+/// `bytes` as native-endian words, the last one padded with zeros.
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(w)
+        })
+        .collect()
+}
+
+/// `bits` (row-major, `w` × `h`, true = dark) packed into rows of whole bytes.
+fn packed(bits: &[bool], w: usize, h: usize) -> Vec<u8> {
+    let row_bytes = w.div_ceil(8);
+    let mut out = vec![0u8; row_bytes * h];
+    for (k, dark) in bits.iter().enumerate() {
+        if *dark {
+            out[(k / w) * row_bytes + (k % w) / 8] |= 0x80 >> (k % w % 8);
+        }
+    }
+    out
+}
+
+/// Data codewords of `text` in ASCII encodation (ISO/IEC 16022 5.2.3: a pair of digits is one
+/// codeword, any other byte below 128 its value plus one, a byte above it an upper shift
+/// first), padded to `capacity` (a pad codeword, then the 253-state randomised pads), as the
+/// `datamatrix` crate writes them.
+fn ascii_codewords(text: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        match text.get(i + 1) {
+            Some(d) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                out.push((c - b'0') * 10 + (d - b'0') + 130);
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if c < 128 {
+            out.push(c + 1);
+        } else {
+            out.push(235);
+            out.push(c - 128 + 1);
+        }
+        i += 1;
+    }
+}
+
+/// Pads `codewords` to `capacity` data codewords: 129, then the 253-state randomised pads.
+fn pad_codewords(codewords: &mut Vec<u8>, capacity: usize) {
+    if codewords.len() < capacity {
+        codewords.push(129);
+    }
+    while codewords.len() < capacity {
+        let pos = codewords.len() + 1;
+        let pad = 129 + ((149 * pos) % 253) as u16 + 1;
+        codewords.push(if pad <= 254 {
+            pad as u8
+        } else {
+            (pad - 254) as u8
+        });
+    }
+}
+
 /// The Data Matrix of `text` as a 1-bit image mask: rows from the top, each padded to whole
 /// bytes, a set bit a dark module; and the symbol's width and height in modules. `None` if it
 /// cannot be encoded. Drawn as an inline image mask, the symbol takes about 70 bytes of the
 /// page instead of a rectangle per run of modules (which made pages seven times larger).
+///
+/// ASCII encodation only (digit pairs pack into one codeword each; the crate's search of all
+/// six modes was most of a print run's time), the smallest square symbol that holds the text;
+/// the Reed-Solomon codewords and the placement are the `datamatrix` crate's, taken once a
+/// symbol size ([`Placement`]). The result is the crate's own bitmap of the same text (a unit
+/// test compares them).
 pub(crate) fn data_matrix(text: &str) -> Option<(Vec<u8>, usize, usize)> {
-    // ASCII encodation only: digit pairs pack into one codeword each, and the encoder then
-    // has one plan to cost instead of searching all six modes, which made the search most of
-    // a print run's time (`plico bench mailers`: 9,941 mailers/s with it).
+    let mut codewords = Vec::with_capacity(64);
+    ascii_codewords(text.as_bytes(), &mut codewords);
+    let placement = (0..SQUARES.len())
+        .filter_map(Placement::get)
+        .find(|p| p.data_codewords >= codewords.len())?;
+    pad_codewords(&mut codewords, placement.data_codewords);
+    let mut image = placement.fixed.clone();
+    let n = image.len();
+    for (i, cw) in codewords.iter().enumerate() {
+        for b in 0..8 {
+            if cw & (0x80 >> b) != 0 {
+                let at = (8 * i + b) * n;
+                let flip = placement.flips.get(at..at + n)?;
+                for (word, f) in image.iter_mut().zip(flip) {
+                    *word ^= f;
+                }
+            }
+        }
+    }
+    let mut bits: Vec<u8> = image.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    bits.truncate(placement.bytes);
+    Some((bits, placement.width, placement.height))
+}
+
+/// The same image through the crate's whole encoder (the reference of [`data_matrix`]).
+#[cfg(test)]
+fn data_matrix_by_the_crate(text: &str) -> Option<(Vec<u8>, usize, usize)> {
     let code = datamatrix::DataMatrixBuilder::new()
         .with_encodation_types(datamatrix::EncodationType::Ascii)
         .with_symbol_list(datamatrix::SymbolList::default().enforce_square())
@@ -105,13 +283,7 @@ pub(crate) fn data_matrix(text: &str) -> Option<(Vec<u8>, usize, usize)> {
         .ok()?;
     let bitmap = code.bitmap();
     let (w, h) = (bitmap.width(), bitmap.height());
-    let row_bytes = w.div_ceil(8);
-    let mut bits = vec![0u8; row_bytes * h];
-    for (x, y) in bitmap.pixels() {
-        if let Some(byte) = bits.get_mut(y * row_bytes + x / 8) {
-            *byte |= 0x80 >> (x % 8);
-        }
-    }
+    let bits = packed(bitmap.bits(), w, h);
     Some((bits, w, h))
 }
 
@@ -140,7 +312,7 @@ pub fn today_utc() -> String {
 }
 
 /// The date `days` days after 1970-01-01 (Howard Hinnant's civil-from-days algorithm).
-fn civil_date(days: i64) -> String {
+pub(crate) fn civil_date(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -195,6 +367,43 @@ mod tests {
         assert_eq!(civil_date(19_723), "2024-01-01");
         assert_eq!(civil_date(11_016), "2000-02-29");
         assert_eq!(today_utc().len(), 10);
+    }
+
+    #[test]
+    fn data_matrix_equals_the_crates_own_encoding() {
+        let mut texts: Vec<String> = vec![
+            String::new(),
+            "1".into(),
+            "PLICO;-;******78".into(),
+            "PLICO;18446744073709551615;8039************1234".into(),
+            "é€ü".into(),
+        ];
+        for n in [
+            0u64, 7, 42, 999, 1000, 65_535, 999_999, 1_000_000, 12_345_678,
+        ] {
+            for serial in [
+                "8039000012341234",
+                "12345678",
+                "803800000000000123456",
+                "A1",
+            ] {
+                texts.push(ScanCode::of(Some(n), serial).text());
+            }
+        }
+        for len in 0..60 {
+            texts.push(
+                "0123456789;A*"
+                    .chars()
+                    .cycle()
+                    .skip(len)
+                    .take(len)
+                    .collect(),
+            );
+        }
+        for text in &texts {
+            assert_eq!(data_matrix(text), data_matrix_by_the_crate(text), "{text}");
+        }
+        assert!(data_matrix(&"x".repeat(200)).is_none());
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! cross-reference table and the trailer. It keeps only 24 bytes a page (two object offsets
 //! and the page's object number), so a print file of 10,000 mailers never sits whole in memory (unless the
 //! sink is a `Vec`). Fonts are DejaVu Sans, Sans Bold and Sans Mono Bold, subset and embedded
-//! (see [`super::font`]: Latin, Greek, Cyrillic), text written as glyph ids in hex strings; a
+//! (see [`super::font`]: Latin, Greek, Cyrillic), text written as glyph ids in literal strings (two bytes a glyph, escaped); a
 //! character the fonts lack is an error naming the field and position.
 //!
 //! Content streams are **not compressed**: compression would cost more time than it saves in
@@ -71,6 +71,7 @@ use crate::error::{Error, LayoutError, Result};
 use crate::render::font::{fonts, text_width, Face};
 use crate::render::layout::{pt, Layout};
 use crate::render::marks::{data_matrix, omr_track, today_utc, RunMarks, ScanCode};
+use crate::render::pdfa;
 use crate::render::prepared::{probes_agree, ShapeCache, ShapeKey};
 use crate::render::templates::{
     code_digits, substitute_personal, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG,
@@ -84,14 +85,17 @@ use std::sync::Arc;
 
 /// Object numbers: 1 catalogue, 2 page tree (both written last), 3–5 fonts (`Type0`),
 /// 6 resources, 7–18 the fonts' parts (four each: CID font, descriptor, font file,
-/// `ToUnicode`), then, in the order they come, each page's object and content stream, and the
-/// Form XObjects and resources of each page shape the first time a page of that shape is
-/// appended.
+/// `ToUnicode`), 19 the output intent's ICC profile, 20 the XMP metadata (see
+/// [`super::pdfa`]), then, in the order they come, each page's object and content stream,
+/// and the Form XObjects and resources of each page shape the first time a page of that shape
+/// is appended.
 const CATALOG: usize = 1;
 const PAGES: usize = 2;
 const RESOURCES: usize = 6;
 const FONT_PARTS: usize = 7;
-const FIRST_FREE: usize = FONT_PARTS + 12;
+const OUTPUT_PROFILE: usize = FONT_PARTS + 12;
+const METADATA: usize = OUTPUT_PROFILE + 1;
+const FIRST_FREE: usize = METADATA + 1;
 
 const FONTS: [(usize, Font); 3] = [(3, Font::Regular), (4, Font::Bold), (5, Font::Code)];
 
@@ -163,6 +167,12 @@ fn font_objects() -> &'static [(usize, Vec<u8>)] {
     })
 }
 
+/// The output intent's profile object, built once a process.
+fn output_profile() -> &'static [u8] {
+    static OBJECT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    OBJECT.get_or_init(pdfa::output_profile_object)
+}
+
 /// The `ToUnicode` CMap of a face: glyph id to the character it was subset for.
 fn to_unicode_cmap(face: &Face) -> String {
     let mut s = String::from(
@@ -222,7 +232,43 @@ pub struct PrintRenderer {
     issuer: Issuer,
     shapes: Arc<ShapeCache<PreparedPage>>,
     /// The run printed on every page (date and batch); `None`: the counter's page.
-    run: Option<Arc<RunMarks>>,
+    run: Option<Arc<RunLine>>,
+    /// The OMR track of each mailer number modulo 4 (see [`omr_ops`]).
+    omr: Arc<[Vec<u8>; 4]>,
+}
+
+/// A run's date and batch line, encoded once for every page of the run: its glyph ids
+/// and its width at the marks' size.
+#[derive(Debug)]
+struct RunLine {
+    marks: RunMarks,
+    encoded: Vec<u8>,
+    width: f32,
+}
+
+/// The date and batch line of a page: `batch` `None` for the counter's page.
+fn marks_line(date: &str, batch: Option<&str>) -> String {
+    match batch {
+        Some(batch) => format!("Stampato il {date} · Lotto {batch} · pag. 1/1"),
+        None => format!("Stampato il {date} · Sportello · pag. 1/1"),
+    }
+}
+
+impl RunLine {
+    fn new(marks: RunMarks, size: f32) -> RunLine {
+        let line = marks_line(&marks.date, Some(&marks.batch));
+        let mut encoded = SecretBuf::with_capacity(4 * line.len());
+        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -);
+        // a character it lacks would leave the line out, as it always did.
+        if put_encoded(&mut encoded, &fonts().regular, &line).is_err() {
+            encoded = SecretBuf::default();
+        }
+        RunLine {
+            width: text_width(&line, size),
+            encoded: encoded.expose_secret().to_vec(),
+            marks,
+        }
+    }
 }
 
 /// One rendered page's content stream, digits included, and the prepared shape whose static
@@ -266,6 +312,7 @@ impl PrintRenderer {
     pub fn new(templates: Arc<Templates>, layout: Layout, issuer: Issuer) -> PrintRenderer {
         PrintRenderer {
             templates,
+            omr: Arc::new([0, 1, 2, 3].map(|k| omr_ops(&layout, k))),
             layout,
             issuer,
             shapes: Arc::default(),
@@ -276,7 +323,7 @@ impl PrintRenderer {
     /// The same renderer printing `run`'s date and batch reference on every page (bulk runs
     /// set it; without it a page says `Sportello` and today's date).
     pub fn with_run(mut self, run: RunMarks) -> PrintRenderer {
-        self.run = Some(Arc::new(run));
+        self.run = Some(Arc::new(RunLine::new(run, self.layout.marks_font_size)));
         self
     }
 
@@ -326,7 +373,14 @@ impl PrintRenderer {
         // The address first: a name the page cannot carry is reported as the mailer's
         // layout problem, even if a template line prints the name too.
         address(&mut page.buf, l, height, mailer)?;
-        facility_marks(&mut page.buf, l, height, self.run.as_deref(), mailer);
+        facility_marks(
+            &mut page.buf,
+            l,
+            height,
+            self.run.as_deref(),
+            &self.omr,
+            mailer,
+        );
         fold_marks(&mut page, l);
         header(&mut page, l, &sections.header)?;
         let box_bottom = code_box(&mut page, l, height, &sections.code_box)?;
@@ -494,7 +548,7 @@ impl PreparedPage {
         );
         buf.extend(b"/S0 Do\n");
         address(&mut buf, l, height, mailer)?;
-        facility_marks(&mut buf, l, height, r.run.as_deref(), mailer);
+        facility_marks(&mut buf, l, height, r.run.as_deref(), &r.omr, mailer);
         let size = l.body_font_size;
         let x = pt(l.margin_left_mm);
         let width = pt(l.page_width_mm - l.margin_left_mm - l.margin_right_mm);
@@ -508,7 +562,7 @@ impl PreparedPage {
                     if put_filled(&mut buf, font.face(), line, &v).is_none() {
                         return Ok(None);
                     }
-                    buf.extend(b"> Tj ET\n");
+                    buf.extend(b") Tj ET\n");
                 }
                 DynOp::Para { line, top, lines } => {
                     let scratch = match &mut scratch {
@@ -630,7 +684,7 @@ impl<'a> Values<'a> {
 }
 
 /// Encodes `line` with its placeholders filled in into `buf` (inside a text operator's
-/// hex string); `None` if a character cannot be encoded or a value is missing.
+/// literal string); `None` if a character cannot be encoded or a value is missing.
 fn put_filled(buf: &mut SecretBuf, face: &Face, line: &str, v: &Values<'_>) -> Option<()> {
     let mut pieces = line.split(MARK);
     put_encoded(buf, face, pieces.next()?).ok()?;
@@ -794,7 +848,7 @@ impl Num {
     }
 }
 
-/// `BT /F Tf x y Td <`: the start of a text operator at `y` points from the page's bottom.
+/// `BT /F Tf x y Td (`: the start of a text operator at `y` points from the page's bottom.
 fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     let mut num = Num::default();
     buf.extend(b"BT ");
@@ -805,29 +859,62 @@ fn put_prefix(buf: &mut SecretBuf, font: Font, size: f32, x: f32, y: f32) {
     buf.extend(num.n2(x));
     buf.extend(b" ");
     buf.extend(num.n2(y));
-    buf.extend(b" Td <");
+    buf.extend(b" Td (");
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// One glyph id as four hex digits.
+/// Glyph id `g` as the two bytes of a literal string (`Identity-H`, high byte first) into
+/// `out`; returns how many bytes it took. `(`, `)` and `\` are escaped with a backslash, a
+/// carriage return is written `\r` (a reader turns a bare one into a line feed); every other
+/// byte stands as it is. Half the bytes of a hex string.
 #[inline]
-fn put_glyph(buf: &mut SecretBuf, g: u16) {
-    buf.extend(&[
-        HEX[usize::from(g >> 12)],
-        HEX[usize::from((g >> 8) & 15)],
-        HEX[usize::from((g >> 4) & 15)],
-        HEX[usize::from(g & 15)],
-    ]);
+fn glyph_bytes(g: u16, out: &mut [u8]) -> usize {
+    let mut n = 0;
+    for b in g.to_be_bytes() {
+        match b {
+            b'(' | b')' | b'\\' => {
+                out[n] = b'\\';
+                out[n + 1] = b;
+                n += 2;
+            }
+            b'\r' => {
+                out[n] = b'\\';
+                out[n + 1] = b'r';
+                n += 2;
+            }
+            _ => {
+                out[n] = b;
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
-/// Encodes `s` as glyph ids of `face` into a hex string operand (`Identity-H`); on a
+/// One glyph id into a literal string operand.
+#[inline]
+fn put_glyph(buf: &mut SecretBuf, g: u16) {
+    let mut tmp = [0u8; 4];
+    let n = glyph_bytes(g, &mut tmp);
+    buf.extend(&tmp[..n]);
+}
+
+/// Encodes `s` as glyph ids of `face` into a literal string operand (`Identity-H`); on a
 /// character the face does not have, its code and position.
 fn put_encoded(buf: &mut SecretBuf, face: &Face, s: &str) -> std::result::Result<(), (u32, usize)> {
+    // Through a stack buffer: one `extend` a few dozen glyphs.
+    let mut tmp = [0u8; 256];
+    let mut n = 0;
     for (position, c) in s.chars().enumerate() {
         let g = face.glyph(c).ok_or((u32::from(c), position))?;
-        put_glyph(buf, g);
+        if n + 4 > tmp.len() {
+            buf.extend(&tmp[..n]);
+            n = 0;
+        }
+        n += glyph_bytes(g, &mut tmp[n..]);
     }
+    buf.extend(&tmp[..n]);
     Ok(())
 }
 
@@ -843,7 +930,7 @@ fn put_text(
 ) -> std::result::Result<(), (u32, usize)> {
     put_prefix(buf, font, size, x, height - top);
     put_encoded(buf, font.face(), s)?;
-    buf.extend(b"> Tj ET\n");
+    buf.extend(b") Tj ET\n");
     Ok(())
 }
 
@@ -1085,7 +1172,8 @@ fn facility_marks(
     buf: &mut SecretBuf,
     l: &Layout,
     height: f32,
-    run: Option<&RunMarks>,
+    run: Option<&RunLine>,
+    omr: &[Vec<u8>; 4],
     mailer: &Mailer<'_>,
 ) {
     if !l.facility_marks {
@@ -1107,28 +1195,48 @@ fn facility_marks(
         buf.extend(num.n2(x0));
         buf.push(b' ');
         buf.extend(num.n2(top - h as f32 * module));
-        buf.extend(
-            format!(" cm\nBI /W {w} /H {h} /IM true /BPC 1 /D [1 0] /F /AHx ID\n").as_bytes(),
-        );
-        let mut hex = [0u8; 2];
-        for byte in bits {
-            hex[0] = b"0123456789ABCDEF"[usize::from(byte >> 4)];
-            hex[1] = b"0123456789ABCDEF"[usize::from(byte & 0xF)];
-            buf.extend(&hex);
+        buf.extend(b" cm\nBI /W ");
+        buf.extend(num.int(w as u64));
+        buf.extend(b" /H ");
+        buf.extend(num.int(h as u64));
+        buf.extend(b" /IM true /BPC 1 /D [1 0] /F /AHx ID\n");
+        let mut hex = [0u8; 128];
+        for chunk in bits.chunks(64) {
+            for (pair, byte) in hex.chunks_exact_mut(2).zip(chunk) {
+                pair[0] = HEX[usize::from(byte >> 4)];
+                pair[1] = HEX[usize::from(byte & 0xF)];
+            }
+            buf.extend(&hex[..2 * chunk.len()]);
         }
         buf.extend(b">\nEI Q\n");
         let size = l.marks_font_size;
-        let date = run.map_or_else(today_utc, |r| r.date.clone());
-        let line = match run {
-            Some(r) => format!("Stampato il {date} · Lotto {} · pag. 1/1", r.batch),
-            None => format!("Stampato il {date} · Sportello · pag. 1/1"),
-        };
-        let x = x0 - pt(2.0) - text_width(&line, size);
         let baseline = pt(l.code_top_mm) + h as f32 * module / 2.0 + size / 3.0;
-        // Digits, ASCII and `·`: in the regular face (a batch label is A-Z a-z 0-9 . _ -).
-        let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+        match run {
+            Some(run) if !run.encoded.is_empty() => {
+                let x = x0 - pt(2.0) - run.width;
+                put_prefix(buf, Font::Regular, size, x, height - baseline);
+                buf.extend(&run.encoded);
+                buf.extend(b") Tj ET\n");
+            }
+            Some(_) => {}
+            None => {
+                let line = marks_line(&today_utc(), None);
+                let x = x0 - pt(2.0) - text_width(&line, size);
+                // Digits, ASCII and `·`: in the regular face.
+                let _ = put_text(buf, height, Font::Regular, size, x, baseline, &line);
+            }
+        }
     }
-    let track = omr_track(0, 1, mailer.number.unwrap_or(0));
+    buf.extend(&omr[(mailer.number.unwrap_or(0) % 4) as usize]);
+}
+
+/// The OMR track's operators of a one-page mailer whose number is `sequence` modulo 4 (all
+/// that changes between pages).
+fn omr_ops(l: &Layout, sequence: u64) -> Vec<u8> {
+    let height = pt(l.page_height_mm);
+    let mut num = Num::default();
+    let mut buf = Vec::with_capacity(256);
+    let track = omr_track(0, 1, sequence);
     let (x1, x2) = (pt(l.omr_left_mm), pt(l.omr_left_mm + l.omr_length_mm));
     buf.extend(b"q ");
     buf.extend(num.n2(l.omr_weight_pt));
@@ -1147,6 +1255,7 @@ fn facility_marks(
         }
     }
     buf.extend(b"S Q\n");
+    buf
 }
 
 /// The show-through guard behind the codes: short grey strokes at random angles, dense over
@@ -1417,6 +1526,8 @@ pub struct PdfWriter<'r, W: Write> {
     shapes: Vec<(Arc<PreparedPage>, usize)>,
     media_box: String,
     scratch: Vec<u8>,
+    /// When the file was started, in nanoseconds since the epoch (for the document ID).
+    created_nanos: u128,
 }
 
 impl<W: Write> fmt::Debug for PdfWriter<'_, W> {
@@ -1448,12 +1559,20 @@ impl<'r, W: Write> PdfWriter<'r, W> {
                 pt(l.page_height_mm)
             ),
             scratch: Vec::with_capacity(256),
+            created_nanos: 0,
         };
-        // The second line's high bytes mark the file as binary for transfer tools.
-        w.put(b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n")?;
+        let (created, nanos) = pdfa::created_now();
+        w.created_nanos = nanos;
+        w.put(pdfa::HEADER)?;
         for (obj, body) in font_objects() {
             w.object(*obj, body)?;
         }
+        w.object(OUTPUT_PROFILE, output_profile())?;
+        let title = match renderer.run.as_deref() {
+            Some(run) => format!("Lettere PIN · Lotto {}", run.marks.batch),
+            None => "Lettera PIN · Sportello".to_owned(),
+        };
+        w.object(METADATA, &pdfa::metadata_object(&title, &created))?;
         w.object(
             RESOURCES,
             b"<< /Font << /F1 3 0 R /F2 4 0 R /F3 5 0 R >> /ProcSet [/PDF /Text] >>",
@@ -1600,7 +1719,11 @@ impl<'r, W: Write> PdfWriter<'r, W> {
         self.object(PAGES, kids.as_bytes())?;
         self.object(
             CATALOG,
-            format!("<< /Type /Catalog /Pages {PAGES} 0 R >>").as_bytes(),
+            format!(
+                "<< /Type /Catalog /Pages {PAGES} 0 R /Metadata {METADATA} 0 R {} >>",
+                pdfa::output_intents(OUTPUT_PROFILE)
+            )
+            .as_bytes(),
         )?;
         let xref_at = self.pos;
         let count = self.offsets.len();
@@ -1610,8 +1733,10 @@ impl<'r, W: Write> PdfWriter<'r, W> {
             // Each entry is exactly 20 bytes, end of line included.
             xref.push_str(&format!("{off:010} 00000 n \n"));
         }
+        // No Info dictionary: the XMP metadata is the file's only description (PDF/A).
+        let id = pdfa::document_id(self.created_nanos, count, xref_at);
         xref.push_str(&format!(
-            "trailer\n<< /Size {count} /Root {CATALOG} 0 R >>\nstartxref\n{xref_at}\n%%EOF\n"
+            "trailer\n<< /Size {count} /Root {CATALOG} 0 R {id} >>\nstartxref\n{xref_at}\n%%EOF\n"
         ));
         self.put(xref.as_bytes())?;
         self.out.flush()?;
@@ -1621,7 +1746,37 @@ impl<'r, W: Write> PdfWriter<'r, W> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Num, N2};
+    use super::{glyph_bytes, Num, N2};
+
+    /// Reads a literal string's bytes back as a PDF reader does (the escapes we write, and a
+    /// bare carriage return turned into a line feed).
+    fn read_literal(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut it = bytes.iter();
+        while let Some(&b) = it.next() {
+            match b {
+                b'\\' => match it.next() {
+                    Some(b'r') => out.push(b'\r'),
+                    Some(&e) => out.push(e),
+                    None => panic!("a lone backslash"),
+                },
+                b'\r' => out.push(b'\n'),
+                b'(' | b')' => panic!("an unescaped parenthesis"),
+                b => out.push(b),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn glyph_ids_read_back_from_literal_strings() {
+        for g in 0..=u16::MAX {
+            let mut tmp = [0u8; 4];
+            let n = glyph_bytes(g, &mut tmp);
+            assert!((2..=4).contains(&n));
+            assert_eq!(read_literal(&tmp[..n]), g.to_be_bytes(), "glyph {g:#06x}");
+        }
+    }
 
     #[test]
     fn numbers_have_two_decimals_like_the_float_formatter() {

@@ -1,7 +1,11 @@
-//! `plico bench …`: measurements against baselines taken in the same run. Benchmarks, not
-//! tests: nothing here is timed by CI.
+//! `plico-bench`: the bench harness, a binary of its own so that the hardened service binary
+//! does not ship it. Measurements against baselines taken in the same run; benchmarks, not
+//! tests: nothing here is timed by CI. It reaches plico through the `plico` library (the
+//! service state, the delivery workers, print runs) and the vault, cards, dispatch and
+//! hsm-sim crates, as the service does. The criterion benches of the vault are in
+//! `benches/benches/` (`cargo bench -p plico-bench --bench NAME`).
 //!
-//! `plico bench import --records N`:
+//! `plico-bench import --records N`:
 //! 1. writes a sorted N-line file of generated test codes (benchmark data, not secrets);
 //! 2. imports it into a fresh sled store under a fresh development HSM, end to end and
 //!    durable (parse, validate, seal, sort, write, flush, commit) — the figure that counts;
@@ -17,8 +21,9 @@
 //! plus raw store write time for the same records): 1.0 means the import costs no more than
 //! the bare work it cannot avoid.
 //!
-//! `plico bench rotate --records N` times a KEK rotation of a vault of N cards (see
-//! `bench/rotate.rs`).
+//! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
+//! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
+//! `mailers.rs`, `dispatch.rs`).
 
 mod dispatch;
 mod mailers;
@@ -28,13 +33,15 @@ mod rotate;
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hsm_sim::{InitOptions, SimulatedHsm};
 use secrecy::SecretString;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing_subscriber::EnvFilter;
 use vault::AuditLog;
 use vault::CodeVault;
 use vault::Hsm;
@@ -43,8 +50,17 @@ use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 use vault::{parse_code_file, ParseRules};
 use vault::{Batch, Store, Tree};
 
-/// `plico bench` arguments.
-#[derive(Debug, Args)]
+/// mimalloc, as in the service binary (`plico`): the figures are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `plico-bench` arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "plico-bench",
+    version,
+    about = "Measure plico against baselines taken in the same run (not part of the tests)"
+)]
 pub struct BenchArgs {
     /// What to measure.
     #[command(subcommand)]
@@ -67,7 +83,7 @@ pub enum BenchCommand {
     Rotate(rotate::RotateBench),
 }
 
-/// `plico bench import` arguments.
+/// `plico-bench import` arguments.
 #[derive(Debug, Args)]
 pub struct ImportBench {
     /// Pairs in the generated file.
@@ -80,6 +96,20 @@ pub struct ImportBench {
     /// Random lookups to time.
     #[arg(long, default_value_t = 200_000)]
     pub lookups: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plico-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs a benchmark.
@@ -96,10 +126,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// A small fast generator for benchmark data (xorshift64*); not for secrets.
-pub(super) struct TestRng(pub(super) u64);
+pub(crate) struct TestRng(pub(crate) u64);
 
 impl TestRng {
-    pub(super) fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -107,11 +137,11 @@ impl TestRng {
     }
 }
 
-pub(super) fn serial(base: u64, i: u64) -> String {
+pub(crate) fn serial(base: u64, i: u64) -> String {
     format!("8039{:015}", base + i)
 }
 
-pub(super) fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
+pub(crate) fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> {
     let mut rng = TestRng(0x9E37_79B9_7F4A_7C15 ^ base);
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(out, "serial;pin;puk")?;
@@ -130,7 +160,7 @@ pub(super) fn write_file(path: &Path, n: u64, base: u64) -> anyhow::Result<u64> 
 }
 
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in MiB.
-pub(super) fn status_mib(field: &str) -> f64 {
+pub(crate) fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -143,7 +173,7 @@ pub(super) fn status_mib(field: &str) -> f64 {
 }
 
 /// The process's peak resident memory so far, in MiB.
-pub(super) fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     status_mib("VmHWM")
 }
 
@@ -161,7 +191,7 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-pub(super) fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
+pub(crate) fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
     std::fs::create_dir_all(dir)?;
     let mut share: Option<SecretString> = None;
     let (hsm, _) = SimulatedHsm::init(
@@ -181,7 +211,7 @@ pub(super) fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
     Ok(Arc::new(hsm))
 }
 
-pub(super) fn per_s(n: u64, d: Duration) -> f64 {
+pub(crate) fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
@@ -197,7 +227,7 @@ fn import(a: &ImportBench) -> anyhow::Result<()> {
 
 /// Runs `f` in `dir`, which must be empty or absent, or else in a fresh directory under the
 /// system temp dir that is removed afterwards.
-pub(super) fn in_work_dir(
+pub(crate) fn in_work_dir(
     dir: Option<&Path>,
     name: &str,
     f: impl FnOnce(&Path) -> anyhow::Result<()>,
@@ -221,7 +251,7 @@ pub(super) fn in_work_dir(
 }
 
 /// Imports `file` (`n` cards) as a manufacturer upload, end to end and durable.
-pub(super) fn import_codes(
+pub(crate) fn import_codes(
     codes: &CodeVault,
     hsm: &dyn Hsm,
     audit: &AuditLog,

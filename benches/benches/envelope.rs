@@ -1,7 +1,7 @@
 //! Criterion benches of the envelope hot path: sealing and opening one PIN/PUK record, against
 //! the raw AES-256-GCM of the same bytes as the baseline, and unwrapping a data key.
 //!
-//! Run with `cargo bench --bench envelope`. Not part of CI.
+//! Run with `cargo bench -p plico-bench --bench envelope`. Not part of CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};

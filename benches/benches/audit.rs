@@ -2,7 +2,7 @@
 //! transaction plus a flush) against the same chain on the in-memory store (hashing, HMAC and
 //! encoding only) as the baseline, one appender and eight at once.
 //!
-//! Run with `cargo bench --bench audit`. Not part of CI.
+//! Run with `cargo bench -p plico-bench --bench audit`. Not part of CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -1,7 +1,7 @@
 //! Criterion benches of the import core: the segment layout (encode, find) and a whole import
 //! of an in-memory file into an in-memory store (parse, seal, sort, encode, commit), beside the
 //! parser alone as its baseline. The durable end-to-end figure on sled, with its baselines, is
-//! `plico bench import --records N`. Run with `cargo bench --bench import`. Not part of CI.
+//! `plico-bench import --records N`. Run with `cargo bench -p plico-bench --bench import`. Not part of CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

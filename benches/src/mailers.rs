@@ -1,4 +1,4 @@
-//! `plico bench mailers --count N`: sealed PIN mailers printed from the vault.
+//! `plico-bench mailers --count N`: sealed PIN mailers printed from the vault.
 //!
 //! 1. Setup (not timed): a fresh sled store under a development HSM; two code batches are
 //!    imported (N cards, and N/4 cards, at least 1,000), a registry of one holder per card
@@ -41,7 +41,7 @@ use vault::SledStore;
 use vault::Store;
 use vault::{BatchId, CodeVault};
 
-/// `plico bench mailers` arguments.
+/// `plico-bench mailers` arguments.
 #[derive(Debug, Args)]
 pub struct MailersBench {
     /// Mailers in the measured run (the one-thread run prints a quarter of that).

@@ -1,4 +1,4 @@
-//! `plico bench dispatch --count N`: codes delivered by e-mail through the whole service path,
+//! `plico-bench dispatch --count N`: codes delivered by e-mail through the whole service path,
 //! against postfix's `smtp-source` into the same `smtp-sink`; and SMS through Kannel.
 //!
 //! 1. Setup (not timed): a fresh sled store under a development HSM; N + M cards' codes are
@@ -21,7 +21,7 @@
 //! It ends with one line:
 //! `dispatch per_s=… baseline_per_s=… baseline_ratio=… requests_per_s=… sms_per_s=… sms_baseline_per_s=… sms_baseline_ratio=…`
 
-#[path = "../../../dispatch/tests/support/peers.rs"]
+#[path = "../../dispatch/tests/support/peers.rs"]
 mod peers;
 
 use super::population::{import, registry};
@@ -45,7 +45,7 @@ use vault::Actor;
 use vault::SledStore;
 use vault::{Store, Tree};
 
-/// `plico bench dispatch` arguments.
+/// `plico-bench dispatch` arguments.
 #[derive(Debug, Args)]
 pub struct DispatchBench {
     /// E-mails sent through the whole path.

@@ -1,4 +1,4 @@
-//! `plico bench rotate --records N [--batch-records M]`: a KEK rotation of a vault of N cards.
+//! `plico-bench rotate --records N [--batch-records M]`: a KEK rotation of a vault of N cards.
 //!
 //! 1. imports N generated cards into a fresh sled store under a fresh development HSM, in
 //!    batches of M (default 2,500): one data key per batch, so `ceil(N / M)` code data keys
@@ -32,7 +32,7 @@ use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 use vault::{Ceremonies, CeremonyPolicy, JobState, Operation};
 use vault::{Hsm, Keyring, TermState};
 
-/// `plico bench rotate` arguments.
+/// `plico-bench rotate` arguments.
 #[derive(Debug, Args)]
 pub struct RotateBench {
     /// Cards in the vault.
@@ -50,7 +50,7 @@ pub struct RotateBench {
     pub dir: Option<PathBuf>,
 }
 
-/// Runs `plico bench rotate`.
+/// Runs `plico-bench rotate`.
 pub fn run(a: &RotateBench) -> anyhow::Result<()> {
     if a.records == 0 || a.batch_records == 0 || a.chunk == 0 {
         bail!("--records, --batch-records and --chunk must be at least 1");
@@ -149,7 +149,7 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
             ..CeremonyPolicy::default()
         },
     );
-    let now = now_ms();
+    let now = audit.clock().now_ms();
     let p = keys.propose(
         &*hsm,
         &officer("officer-a"),
@@ -230,11 +230,4 @@ fn active(hsm: &dyn Hsm) -> anyhow::Result<vault::TermId> {
         .find(|t| t.state == TermState::Active)
         .map(|t| t.id)
         .context("the HSM has no active term")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -3,7 +3,7 @@
 //! `SystemRandom` fills and raw AES-256-GCM over records of the same size and count.
 //!
 //! The goal (issue 4): `generate_and_seal` at ≥ 70 % of the throughput of `baseline`, on one
-//! thread. Run with `cargo bench --bench generate`. Not part of CI.
+//! thread. Run with `cargo bench -p plico-bench --bench generate`. Not part of CI.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
