@@ -55,7 +55,7 @@ use vault::CodeVault;
 use vault::Store;
 use vault::{lock, Clock};
 use vault::{Accounts, Actor};
-use vault::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::{AuditLog, DEFAULT_CHECKPOINT_EVERY};
 use vault::{Ceremonies, CeremonyPolicy};
 use vault::{CodePolicy, Hsm};
 use vault::{ParseRules, SerialRule};
@@ -325,12 +325,8 @@ impl AppState {
     /// cannot audit must not work.
     pub fn unsealed(&self, actor: &Actor, how: &str) -> vault::Result<()> {
         self.audit.unlock(self.hsm.clone())?;
-        self.audit.append(
-            NewEvent::new("hsm.unseal", "hsm")
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
-                .detail("how", how),
-        )?;
+        self.audit
+            .append(actor.event("hsm.unseal", "hsm").detail("how", how))?;
         Ok(())
     }
 

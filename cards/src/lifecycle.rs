@@ -8,10 +8,10 @@ use super::registry::{encode, ActivationRecord, CardRecord, Cards};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use vault::Actor;
-use vault::CardCodes;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
+use vault::{CardCodes, PendingCodes, CODES_RELEASE_ACTION};
 use vault::{Error, Result};
 
 /// Who collects the card, and the documents seen at the counter.
@@ -250,9 +250,8 @@ impl Cards {
         let mut b = Batch::new();
         // The keyring lock, once the keyring is in `b`: held until `b` is committed.
         let mut keyring = None;
-        let mut event = NewEvent::new(m.action(), serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut event = actor
+            .event(m.action(), serial.to_string())
             .detail("from", card.state.to_string())
             .detail("to", to.to_string());
         match change {
@@ -387,13 +386,14 @@ impl Cards {
         actor: &Actor,
     ) -> Result<CardCodes> {
         let _ops = self.ops_lock();
-        let (codes, event) = self.release_locked(hsm, audit, serial, purpose, today, actor)?;
-        audit.append(event)?;
-        Ok(codes)
+        let (pending, event) = self.release_locked(hsm, audit, serial, purpose, today, actor)?;
+        let receipt = audit.commit_release(Batch::new(), vec![event])?;
+        pending.open(&receipt)
     }
 
     /// [`Cards::release_codes`] with the ops lock held by the caller, who commits the returned
-    /// `card.codes_release` event before the codes go anywhere.
+    /// `card.codes_release` event ([`AuditLog::commit_release`]) and opens the codes with its
+    /// receipt: they cannot go anywhere before.
     pub(super) fn release_locked(
         &self,
         hsm: &dyn Hsm,
@@ -402,15 +402,14 @@ impl Cards {
         purpose: &str,
         today: Date,
         actor: &Actor,
-    ) -> Result<(CardCodes, NewEvent)> {
+    ) -> Result<(PendingCodes, NewEvent)> {
         self.active_card(audit, serial, today, actor)?;
         let codes = self
             .codes
-            .find(hsm, serial)?
+            .pending_release(hsm, serial)?
             .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
-        let event = NewEvent::new("card.codes_release", serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let event = actor
+            .event(CODES_RELEASE_ACTION, serial.to_string())
             .detail("for", purpose.to_string());
         Ok((codes, event))
     }

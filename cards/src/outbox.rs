@@ -744,9 +744,7 @@ pub(super) fn job_event(action: &str, job: &Job) -> NewEvent {
 }
 
 pub(super) fn by(event: NewEvent, actor: &Actor) -> NewEvent {
-    event
-        .by(actor.id.clone(), actor.role.clone())
-        .request(actor.request_id.clone())
+    event.by_actor(actor)
 }
 
 impl Cards {

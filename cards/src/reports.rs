@@ -6,8 +6,8 @@
 use super::registry::{decode, encode, Cards};
 use serde::{Deserialize, Serialize};
 use vault::Actor;
+use vault::AuditLog;
 use vault::Hsm;
-use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
 use vault::{Error, Result};
 
@@ -206,9 +206,7 @@ impl Cards {
             (id + 1).to_be_bytes().to_vec(),
         );
         b.put(Tree::Reports, id.to_be_bytes().to_vec(), encode(&r)?);
-        let mut event = NewEvent::new("report.open", subject)
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event("report.open", subject);
         if let Some(c) = card {
             event = event.detail("card", c.to_string());
         }
@@ -252,9 +250,8 @@ impl Cards {
             }
         }
         audit.append(
-            NewEvent::new("report.list", "reports")
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
+            actor
+                .event("report.list", "reports")
                 .detail("count", out.len().to_string()),
         )?;
         Ok(out)
@@ -322,9 +319,7 @@ impl Cards {
         b.put(Tree::Reports, id.to_be_bytes().to_vec(), encode(&r)?);
         // Held until the commit below (see `note_encryptions`).
         let _keys = self.note_encryptions(&mut b)?;
-        let mut event = NewEvent::new(action, subject)
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event(action, subject);
         if let ReportStep::Assign(who) = step {
             event = event.detail("assignee", who.clone());
         }

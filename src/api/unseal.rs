@@ -165,10 +165,7 @@ fn custodian(request_id: &str) -> Actor {
 }
 
 fn event(actor: &Actor, action: &str, outcome: Outcome) -> NewEvent {
-    NewEvent::new(action, "hsm")
-        .by(actor.id.clone(), actor.role.clone())
-        .request(actor.request_id.clone())
-        .outcome(outcome)
+    actor.event(action, "hsm").outcome(outcome)
 }
 
 /// The address as written into logs and audit events.

@@ -216,10 +216,10 @@ impl Actor {
         }
     }
 
-    fn event(&self, action: &str, subject: &str) -> NewEvent {
-        NewEvent::new(action, subject)
-            .by(self.id.clone(), self.role.clone())
-            .request(self.request_id.clone())
+    /// An audit event for `action` on `subject` done by this actor: its id, role and request
+    /// id filled in (the one way to say who did something).
+    pub fn event(&self, action: &str, subject: impl Into<String>) -> NewEvent {
+        NewEvent::new(action, subject).by_actor(self)
     }
 }
 

@@ -72,11 +72,11 @@ pub enum Outcome {
 pub struct NewEvent {
     actor: String,
     role: String,
-    action: String,
-    subject: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
     outcome: Outcome,
     request_id: String,
-    details: BTreeMap<String, String>,
+    pub(crate) details: BTreeMap<String, String>,
     personal: BTreeMap<String, String>,
 }
 
@@ -101,6 +101,12 @@ impl NewEvent {
         self.actor = actor.into();
         self.role = role.into();
         self
+    }
+
+    /// Done by `actor`: its id, role and request id.
+    pub fn by_actor(self, actor: &crate::account::Actor) -> Self {
+        self.by(actor.id.clone(), actor.role.clone())
+            .request(actor.request_id.clone())
     }
 
     /// How it ended.
@@ -393,6 +399,8 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 #[derive(Debug)]
 pub struct Written {
     seq: u64,
+    /// What the events release, handed out once they are durable.
+    release: crate::codes::Release,
     /// The head hash of a checkpoint that fell due, to anchor once durable.
     checkpoint: Option<String>,
 }
@@ -672,6 +680,7 @@ impl AuditLog {
                 "an audited change needs at least one event".into(),
             ));
         }
+        let release = crate::codes::Release::of(&events);
         let mut hmaced = Vec::with_capacity(events.len());
         for event in &events {
             let mut personal = BTreeMap::new();
@@ -741,6 +750,7 @@ impl AuditLog {
         chain.since_checkpoint = since;
         Ok(Written {
             seq,
+            release,
             checkpoint: (due && key.is_some()).then(|| hex::encode(last_hash)),
         })
     }
@@ -761,6 +771,67 @@ impl AuditLog {
             }
         }
         Ok(written.seq)
+    }
+
+    /// [`AuditLog::durable`] that returns the [`Release`](crate::Release) receipt of the
+    /// written events: what they release (a `card.codes_release` event releases that card's
+    /// codes, a `mailers.run_start` event the codes of its print run).
+    ///
+    /// # Errors
+    /// As [`AuditLog::durable`].
+    pub fn durable_release(&self, written: Written) -> Result<crate::codes::Release> {
+        let Written {
+            seq,
+            release,
+            checkpoint,
+        } = written;
+        self.durable(Written {
+            seq,
+            release: crate::codes::Release::of(&[]),
+            checkpoint,
+        })?;
+        Ok(release)
+    }
+
+    /// [`AuditLog::commit_all`] that returns the [`Release`](crate::Release) receipt of
+    /// `events` (see [`AuditLog::durable_release`]): the only way to a receipt.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit_all`].
+    pub fn commit_release(
+        &self,
+        batch: Batch,
+        events: Vec<NewEvent>,
+    ) -> Result<crate::codes::Release> {
+        let written = self.write_all(batch, events)?;
+        self.durable_release(written)
+    }
+
+    /// The audited use of one card's codes when what is handed out is made from them (a
+    /// counter page): `make` turns `pending`'s codes into it *before* anything is written, so
+    /// that a failure of `make` writes nothing (`Ok(Err(e))`); then `batch` and `events` are
+    /// committed ([`AuditLog::commit_all`]) and `make`'s output is returned. `events` must
+    /// release the card ([`crate::CODES_RELEASE_ACTION`] with its serial).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] (nothing written, `make` not called) if `events` do not release the
+    /// card; as [`AuditLog::commit_all`].
+    pub fn commit_release_with<T, E>(
+        &self,
+        batch: Batch,
+        events: Vec<NewEvent>,
+        pending: crate::codes::PendingCodes,
+        make: impl FnOnce(&crate::codes::CardCodes) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>> {
+        let release = crate::codes::Release::of(&events);
+        let codes = pending.open(&release)?;
+        let made = match make(&codes) {
+            Ok(made) => made,
+            Err(e) => return Ok(Err(e)),
+        };
+        drop(codes);
+        self.commit_all(batch, events)?;
+        Ok(Ok(made))
     }
 
     /// Group commit: returns once event `seq` (and everything written before it) is flushed.

@@ -833,9 +833,8 @@ impl Ceremonies {
     }
 
     fn event(&self, actor: &Actor, action: &str, p: &Proposal) -> NewEvent {
-        let mut e = NewEvent::new(action, p.id.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut e = actor
+            .event(action, p.id.to_string())
             .detail("op", p.op.name());
         match p.op {
             Operation::Retire { term } => e = e.detail("term", term.0.to_string()),

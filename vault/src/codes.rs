@@ -32,6 +32,7 @@
 pub mod batch;
 mod check;
 pub mod record;
+mod release;
 pub mod scan;
 pub mod segment;
 pub mod stage;
@@ -39,6 +40,7 @@ pub mod stage;
 pub use batch::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
 pub use check::Repeats;
 pub use record::CardCodes;
+pub use release::{PendingCodes, Release, CODES_RELEASE_ACTION, PRINT_RUN_ACTION};
 pub use scan::BatchScan;
 pub use stage::{Staged, Stager};
 
@@ -717,13 +719,25 @@ impl CodeVault {
         Ok(self.record_of(serial)?.map(|(b, _, _, _)| b))
     }
 
+    /// A card's codes for a release, decrypted but sealed in a [`PendingCodes`] that opens
+    /// only with the [`Release`] receipt of the audited release; `None` if no committed batch
+    /// holds them (or they were deleted).
+    ///
+    /// # Errors
+    /// As [`CodeVault::find`].
+    pub fn pending_release(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<PendingCodes>> {
+        Ok(self
+            .find(hsm, serial)?
+            .map(|codes| PendingCodes::new(serial, codes)))
+    }
+
     /// A card's codes, decrypted, or `None` if no committed batch holds them (or they were
-    /// deleted). For the renderers of mailers and messages only: the caller must audit.
+    /// deleted). Not `pub`: clear codes leave the vault only through [`PendingCodes::open`].
     ///
     /// # Errors
     /// [`Error::Sealed`] while the HSM is sealed; [`Error::Integrity`] for a record that does
     /// not open; store errors.
-    pub fn find(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<CardCodes>> {
+    pub(crate) fn find(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<CardCodes>> {
         let Some((_, key, counter, sealed)) = self.record_of(serial)? else {
             return Ok(None);
         };
@@ -856,11 +870,29 @@ impl CodeVault {
         Ok(out)
     }
 
+    /// The opener of `holder` data key `key`, for the personal data the `cards` crate seals:
+    /// any other purpose (a code key above all) is refused, so that no opener of code records
+    /// leaves the vault.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a key that is not a `holder` key or not in the keyring; as
+    /// [`CodeVault::opener`].
+    pub fn holder_opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+        let purpose = Keyring::load(&*self.store)?.get(key).map(|r| r.purpose);
+        if purpose != Some(crate::hsm::KeyPurpose::Holder) {
+            return Err(Error::Refused(format!(
+                "data key {}: not a holder key",
+                key.0
+            )));
+        }
+        self.opener(hsm, key)
+    }
+
     /// The opener of data key `key` (cached once loaded while the key is in the keyring).
     ///
     /// # Errors
     /// [`Error::Sealed`] and provider errors from the HSM; store errors; an unknown key.
-    pub fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+    pub(crate) fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
         if let Some(o) = read_lock(&self.openers).get(&key) {
             return Ok(o.clone());
         }

@@ -179,7 +179,7 @@ impl Keyring {
     ///
     /// # Errors
     /// As [`Keyring::unwrap`].
-    pub fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
+    pub(crate) fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
         let rec = self
             .keys
             .get(&id)
