@@ -1575,7 +1575,6 @@ request_head_timeout_secs = 0
             store: StoreConfig {
                 cache_mib: Some(4096),
             },
-            hsm: d.hsm,
             keys: KeysConfig {
                 approval_window_secs: d.keys.approval_window_secs,
                 rekey_share_dir: Some(PathBuf::from("/m")),
