@@ -43,7 +43,7 @@
 
 use super::audit::check_serial;
 use super::extract::{parse_json, query, JsonBody};
-use super::{blocking, ApiError, Caller, Endpoint};
+use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
 use crate::mailers::PrintSetup;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -143,8 +143,7 @@ async fn bulk_json<T: serde::de::DeserializeOwned>(
     let (parts, body) = request.into_parts();
     if super::upload::content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body is larger than {limit} bytes"),
         ));
     }
@@ -154,7 +153,7 @@ async fn bulk_json<T: serde::de::DeserializeOwned>(
 
 /// `422 invalid`: the request is well-formed JSON but asks for something impossible.
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    ApiError::invalid(message)
 }
 
 /// The vault's `Invalid` as `422 invalid`; the rest as usual.
@@ -169,8 +168,7 @@ fn unprocessable(e: vault::Error) -> ApiError {
 fn check_recipients(setup: &PrintSetup) -> Result<(), ApiError> {
     if setup.recipients.is_empty() {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
+            ErrorCode::NotConfigured,
             "no print facility recipients configured: set [mailers] recipients",
         ));
     }
@@ -563,8 +561,7 @@ async fn counter_page(
             // dispatch errors name fields and parts, never digits or the name itself.
             if let Some(layout) = e.layout() {
                 return ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprintable",
+                    ErrorCode::Unprintable,
                     format!("card {serial}: the page cannot be laid out: {layout}"),
                 );
             }
