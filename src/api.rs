@@ -27,6 +27,8 @@ pub mod batches;
 pub mod cards;
 pub mod dispatch;
 pub mod dlr;
+#[cfg(test)]
+mod docs;
 pub mod error;
 mod extract;
 mod health;
