@@ -40,6 +40,7 @@ pub mod api;
 pub mod config;
 pub mod delivery;
 pub mod edge;
+pub mod ids;
 pub mod mailers;
 pub mod tls;
 

@@ -48,7 +48,7 @@
 //!
 //! Uploads and generations take a slot of `[import] max_concurrent` (`503 busy` beyond).
 
-use super::extract::{parse_json, query};
+use super::extract::{page_limit, parse_json, query};
 use super::upload::{self, check_upload_type, content_length, too_large};
 use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
 use crate::AppState;
@@ -497,12 +497,7 @@ fn visible(caller: &Caller, record: &BatchRecord) -> bool {
 }
 
 fn batch_id(text: &str) -> Result<BatchId, ApiError> {
-    if text.len() > 24 {
-        return Err(ApiError::bad_request(
-            "batch id: expected b followed by digits",
-        ));
-    }
-    Ok(BatchId::parse(text)?)
+    crate::ids::batch_id(text).map_err(|e| ApiError::bad_request(format!("batch id: {e}")))
 }
 
 async fn list(
@@ -511,15 +506,7 @@ async fn list(
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BatchPage>, ApiError> {
     let p = query(params)?;
-    let limit = match p.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_PAGE}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let after = p.after.as_deref().map(batch_id).transpose()?;
     let codes = state.codes.clone();
     let audit = state.audit.clone();

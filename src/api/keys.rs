@@ -155,7 +155,7 @@ fn now_ms() -> u64 {
 }
 
 fn proposal_id(text: &str) -> Result<ProposalId, ApiError> {
-    ProposalId::parse(text).map_err(ApiError::from)
+    crate::ids::proposal_id(text).map_err(|e| ApiError::bad_request(format!("proposal id: {e}")))
 }
 
 async fn status(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {

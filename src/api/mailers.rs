@@ -41,9 +41,9 @@
 //! the per-account limit of sensitive routes. The PDF is the only place a code appears; it
 //! leaves its zeroizing buffer only as the response body.
 
-use super::audit::check_serial;
-use super::extract::{parse_json, query, JsonBody};
+use super::extract::{id, page_limit, parse_json, query, JsonBody};
 use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
+use crate::ids::Serial;
 use crate::mailers::PrintSetup;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -245,12 +245,8 @@ async fn start_run(
         (Some(b), None) => Selection::Batch(BatchId::parse(b.trim()).map_err(unprocessable)?),
         (None, Some(list)) => {
             for (i, s) in list.iter().enumerate() {
-                check_serial(s).map_err(|_| {
-                    invalid(format!(
-                        "serials item {}: 1 to 64 letters, digits, '-' or '_'",
-                        i + 1
-                    ))
-                })?;
+                s.parse::<Serial>()
+                    .map_err(|e| invalid(format!("serials item {}: {e}", i + 1)))?;
             }
             Selection::Serials(list)
         }
@@ -355,15 +351,7 @@ async fn list_runs(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     let p = query(params)?;
-    let limit = match p.limit {
-        None => DEFAULT_RUNS,
-        Some(n) if (1..=MAX_RUNS).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_RUNS}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(p.limit, DEFAULT_RUNS, MAX_RUNS)?;
     let cms = state.cms.clone();
     let records = blocking(move || cms.print_runs(limit)).await?;
     Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
@@ -470,7 +458,7 @@ async fn card_mailers(
     State(state): State<AppState>,
     Path(serial): Path<String>,
 ) -> Result<Json<Vec<MailerView>>, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let cms = state.cms.clone();
     let found = blocking(move || {
         if cms.card(&serial)?.is_none() {
@@ -530,7 +518,7 @@ async fn counter_page(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<CounterBody>,
 ) -> Result<Response, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
     let name = page_name(&serial);

@@ -8,7 +8,9 @@ use super::time::utc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use plico::api::batches::{BatchAnswer, BatchPage, BatchView};
+use plico::ids::batch_id;
 use reqwest::StatusCode;
+use vault::codes::BatchId;
 
 /// Arguments of `plico batches`.
 #[derive(Debug, Args)]
@@ -111,13 +113,8 @@ fn quarantine_next_step(batch: &str) -> String {
 }
 
 /// A batch id as one path segment: `b` and digits, or digits.
-fn path_segment(id: &str) -> Result<&str> {
-    let digits = id.strip_prefix('b').unwrap_or(id);
-    if !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(id)
-    } else {
-        bail!("{id:?} is not a batch id (b followed by digits, e.g. b000042)")
-    }
+fn path_segment(id: &str) -> Result<BatchId> {
+    batch_id(id).map_err(|e| anyhow::anyhow!("{id:?} is not a batch id ({e})"))
 }
 
 /// Runs `plico batches …`.

@@ -43,6 +43,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::cards::CardView;
 use plico::api::dispatch::{DispatchView, JobView};
+use plico::ids::Serial;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -196,17 +197,10 @@ pub struct ActivateArgs {
 }
 
 /// A card serial as one path segment: 1 to 64 letters, digits, `-` or `_`.
-fn path_segment(serial: &str) -> Result<&str> {
-    let ok = !serial.is_empty()
-        && serial.len() <= 64
-        && serial
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(serial)
-    } else {
-        bail!("the serial must be 1 to 64 letters, digits, '-' or '_'")
-    }
+fn path_segment(serial: &str) -> Result<Serial> {
+    serial
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the serial must be {e}"))
 }
 
 /// `TYPE:NUMBER` of a document option, split.

@@ -176,16 +176,16 @@ struct ApproveBody<'a> {
 }
 
 fn batch_number(text: &str) -> Result<u64> {
-    vault::codes::BatchId::parse(text)
+    plico::ids::batch_id(text)
         .map(|b| b.0)
-        .map_err(|_| anyhow::anyhow!("--batch: expected a batch id such as b000042"))
+        .map_err(|e| anyhow::anyhow!("--batch: {e}"))
 }
 
 /// A proposal id for a path: `kp` and digits only.
 fn proposal_segment(text: &str) -> Result<String> {
-    vault::ceremony::ProposalId::parse(text)
+    plico::ids::proposal_id(text)
         .map(|id| id.to_string())
-        .map_err(|_| anyhow::anyhow!("expected a proposal id such as kp000007"))
+        .map_err(|e| anyhow::anyhow!("proposal id: {e}"))
 }
 
 /// Runs `plico keys …`.

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vault::cms::Reconciliation;
+use vault::codes::BatchId;
 
 /// How often `plico mailers run` asks how far the run is.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -252,13 +253,9 @@ pub fn run(args: MailersArgs) -> Result<()> {
     })
 }
 
-/// A batch id as a query value: letters and digits only.
-fn segment(text: &str) -> Result<&str> {
-    if !text.is_empty() && text.len() <= 32 && text.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(text)
-    } else {
-        bail!("--batch: expected a batch id such as b000001")
-    }
+/// A batch id as a query value.
+fn segment(text: &str) -> Result<BatchId> {
+    plico::ids::batch_id(text).map_err(|e| anyhow::anyhow!("--batch: {e}"))
 }
 
 async fn run_print(client: &Client, a: &RunArgs) -> Result<()> {

@@ -10,6 +10,7 @@ use super::time::utc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use plico::api::reports::{ReportPage, ReportView};
+use plico::ids::ReportId;
 use serde_json::json;
 
 /// Arguments of `plico reports`.
@@ -59,7 +60,7 @@ pub enum ReportsCommand {
     /// Comment on a report (support token).
     Comment {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The comment.
         #[arg(long)]
         text: String,
@@ -70,7 +71,7 @@ pub enum ReportsCommand {
     /// Assign a report to a support account (support token).
     Assign {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The id of the support account that takes it (the API's `assignee`; `--to` is kept as
         /// an alias).
         #[arg(long, value_name = "ACCOUNT", alias = "to")]
@@ -82,7 +83,7 @@ pub enum ReportsCommand {
     /// Close a report with a last comment (support token).
     Close {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The closing comment.
         #[arg(long)]
         text: String,
