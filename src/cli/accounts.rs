@@ -8,7 +8,7 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::files;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use plico::ids::AccountId;
 use secrecy::SecretString;
@@ -126,9 +126,7 @@ pub fn run(args: AccountsArgs) -> Result<()> {
             AccountsCommand::List { json } => {
                 let list: List = client.get("/v1/accounts").await?;
                 if *json {
-                    let text = super::show::json(&serde_json::json!({ "accounts": list.accounts }))
-                        .context("cannot format the list")?;
-                    println!("{text}");
+                    super::show::print_json(&json!({ "accounts": list.accounts }))?;
                 } else {
                     print_table(&list.accounts);
                 }

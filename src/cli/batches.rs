@@ -5,7 +5,7 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::time::utc;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use plico::api::batches::{BatchAnswer, BatchPage, BatchView};
 use plico::ids::batch_id;
@@ -57,10 +57,7 @@ pub fn outcome_statuses() -> [StatusCode; 2] {
 /// quarantined batch, after its problems.
 pub fn print_answer(a: &BatchAnswer, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(a).context("cannot format the answer")?
-        );
+        super::show::print_json(a)?;
     } else {
         match a.outcome.as_str() {
             "committed" => println!(
@@ -130,10 +127,7 @@ pub fn run(args: BatchesArgs) -> Result<()> {
                 }
                 let page: BatchPage = client.get(&path).await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&page).context("cannot format the list")?
-                    );
+                    super::show::print_json(&page)?;
                 } else {
                     print_table(&page.batches);
                     if let Some(next) = &page.next {
@@ -147,10 +141,7 @@ pub fn run(args: BatchesArgs) -> Result<()> {
                     .get(&format!("/v1/batches/{}", path_segment(id)?))
                     .await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&b).context("cannot format the batch")?
-                    );
+                    super::show::print_json(&b)?;
                 } else {
                     print_one(&b);
                 }

@@ -280,7 +280,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
             }
             let d: DispatchView = runtime.block_on(client.post(&path, &body))?;
             if *json {
-                print_json(&d)?;
+                super::show::print_json(&d)?;
             } else {
                 print_dispatch(&d);
             }
@@ -290,7 +290,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
             let path = format!("/v1/cards/{}/resend", path_segment(serial)?);
             let j: JobView = runtime.block_on(client.post(&path, &json!({ "part": part })))?;
             if *json {
-                print_json(&j)?;
+                super::show::print_json(&j)?;
             } else {
                 print_job(&j);
             }
@@ -342,18 +342,10 @@ pub fn run(args: CardsArgs) -> Result<()> {
         })
     })?;
     if json {
-        print_json(&card)?;
+        super::show::print_json(&card)?;
     } else {
         print_card(&card);
     }
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!(
-        "{}",
-        super::show::json(value).context("cannot format the answer")?
-    );
     Ok(())
 }
 

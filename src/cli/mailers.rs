@@ -198,7 +198,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
                     .get(&format!("/v1/mailers/runs?limit={limit}"))
                     .await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&runs)?);
+                    super::show::print_json(&runs)?;
                 } else {
                     println!(
                         "{:>6}  {:<11}  {:<24}  {:>9}  {:>6}  {:>7}",
@@ -222,7 +222,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
             MailersCommand::Show { id, json } => {
                 let r: RunView = client.get(&format!("/v1/mailers/runs/{id}")).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    super::show::print_json(&r)?;
                 } else {
                     print_run(&r);
                 }
@@ -243,7 +243,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
                 };
                 let rows: Vec<Reconciliation> = client.get(&path).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    super::show::print_json(&rows)?;
                 } else {
                     print_reconciliation(&rows);
                 }

@@ -7,7 +7,7 @@
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::show;
 use super::time::utc;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use plico::api::reports::{ReportPage, ReportView};
 use plico::ids::ReportId;
@@ -120,7 +120,7 @@ pub fn run(args: ReportsArgs) -> Result<()> {
                 }
                 let page: ReportPage = client.get(&path).await?;
                 if *json {
-                    println!("{}", show::json(&page).context("cannot format the list")?);
+                    super::show::print_json(&page)?;
                 } else {
                     if page.reports.is_empty() {
                         println!("no report");
@@ -151,10 +151,7 @@ pub fn run(args: ReportsArgs) -> Result<()> {
             }
         };
         if json {
-            println!(
-                "{}",
-                show::json(&report).context("cannot format the report")?
-            );
+            super::show::print_json(&report)?;
         } else {
             print!("{}", render_report(&report));
         }
