@@ -491,7 +491,9 @@ fn release_refused(e: &vault::Error) -> Failure {
         e,
         vault::Error::WrongState { .. }
             | vault::Error::Refused(_)
+            | vault::Error::Refusal(_)
             | vault::Error::NotFound(_)
+            | vault::Error::Missing(_)
             | vault::Error::Invalid(_)
     );
     (!permanent, format!("release refused: {e}"))

@@ -296,10 +296,12 @@ impl From<vault::Error> for ApiError {
             E::Share(why) => Self::new(ErrorCode::ShareRefused, format!("share refused: {why}")),
             E::Invalid(why) => Self::bad_request(why),
             E::Refused(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
+            E::Refusal(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
             // A non-officer asking for a key operation, or an officer approving their own
             // proposal.
-            E::Forbidden(why) => Self::forbidden(why),
+            E::Denied(why) => Self::forbidden(why.to_string()),
             E::NotFound(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
+            E::Missing(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
             E::Code(why) => Self::new(ErrorCode::InvalidCode, why.to_string()),
             E::Integrity => {
                 tracing::warn!("integrity check failed");
@@ -355,9 +357,24 @@ mod tests {
             (vault::Error::Refused("term in use".into()), 409, "refused"),
             (vault::Error::NotFound("term 7".into()), 404, "not_found"),
             (
-                vault::Error::Forbidden("self-approval".into()),
+                vault::Error::Denied(vault::error::Denial::OwnProposal {
+                    proposal: vault::ceremony::ProposalId(7),
+                    account: "a1".into(),
+                }),
                 403,
                 "forbidden",
+            ),
+            (
+                vault::Error::Refusal(vault::error::Refusal::TermActive {
+                    term: vault::TermId(2),
+                }),
+                409,
+                "refused",
+            ),
+            (
+                vault::Error::Missing(vault::error::Missing::Term(vault::TermId(2))),
+                404,
+                "not_found",
             ),
             (vault::Error::Integrity, 500, "integrity"),
             (
