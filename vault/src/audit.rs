@@ -1820,7 +1820,10 @@ mod tests {
         );
         let r = log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"));
         assert!(
-            matches!(r, Err(Error::Refusal(Refusal::PruneOnBroken { seq: 15, .. }))),
+            matches!(
+                r,
+                Err(Error::Refusal(Refusal::PruneOnBroken { seq: 15, .. }))
+            ),
             "{r:?}"
         );
         assert!(store.get(Tree::Audit, &seq_key(1)).unwrap().is_some());
