@@ -4,7 +4,7 @@
 use super::*;
 use crate::codes::tests::{assert_codes_in, file, serial};
 use crate::codes::{BatchId, BatchRecord};
-use crate::error::{Denial, Refusal};
+use crate::error::{Denial, Missing, Refusal};
 use crate::hsm::TermId;
 use crate::hsm_double::DoubleHsm;
 use crate::import::parse::ParseRules;
@@ -242,39 +242,46 @@ fn impossible_operations_are_refused_when_proposed_and_nothing_is_written() {
     f.committed(0..10);
     let t = now();
     let a = officer("alice");
-    let cases: Vec<(Operation, &str)> = vec![
-        (Operation::Retire { term: TermId(9) }, "not found: term 9"),
-        (Operation::Retire { term: TermId(1) }, "active term"),
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(Operation, Check)> = vec![
+        (Operation::Retire { term: TermId(9) }, |e| {
+            matches!(e, Error::Missing(Missing::Term(TermId(9))))
+        }),
+        (Operation::Retire { term: TermId(1) }, |e| {
+            matches!(e, Error::Refusal(Refusal::TermActive { term: TermId(1) }))
+        }),
         (
             Operation::Shred {
                 batch: BatchId(99),
                 force: false,
             },
-            "not found: batch",
+            |e| matches!(e, Error::Missing(Missing::Batch(BatchId(99)))),
         ),
         (
             Operation::DiscardQuarantined { batch: BatchId(1) },
-            "committed; this needs quarantined",
+            |e| matches!(e, Error::WrongState { state, wanted, .. } if state == "committed" && wanted == "quarantined"),
         ),
+        // Share counts are bad input (400), not a refusal of the state: `Invalid` naming the
+        // field.
         (
             Operation::Rekey {
                 shares: 2,
                 threshold: 3,
             },
-            "needs at least 3 shares",
+            |e| matches!(e, Error::Invalid(m) if m.starts_with("rekey:")),
         ),
         (
             Operation::Rekey {
                 shares: 3,
                 threshold: 1,
             },
-            "only in dev mode",
+            |e| matches!(e, Error::Invalid(m) if m.starts_with("rekey:")),
         ),
     ];
     let events = f.store.last(Tree::Audit).unwrap();
-    for (op, want) in cases {
+    for (op, check) in cases {
         let e = f.keys.propose(&*f.hsm, &a, op, "test", t).unwrap_err();
-        assert!(e.to_string().contains(want), "{op}: {e}");
+        assert!(check(&e), "{op}: {e}");
     }
     assert!(f
         .keys
