@@ -10,7 +10,7 @@ use std::fmt;
 use vault::account::Actor;
 use vault::audit::{AuditLog, NewEvent};
 use vault::codes::CardCodes;
-use vault::error::{Error, Result};
+use vault::error::{Error, Missing, Refusal, Result};
 use vault::hsm::Hsm;
 use vault::store::{Batch, Tree};
 
@@ -170,7 +170,7 @@ pub struct CardStatus {
 impl Cards {
     pub(crate) fn required_card(&self, serial: &str) -> Result<CardRecord> {
         self.card(serial)?
-            .ok_or_else(|| Error::NotFound(format!("card {serial}")))
+            .ok_or_else(|| Missing::Card(serial.to_owned()).into())
     }
 
     /// The card, `active` on `today` (an expired card is revoked on the way, as on every
@@ -261,9 +261,10 @@ impl Cards {
                     .holder(&card.holder)?
                     .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;
                 if holder.deceased {
-                    return Err(Error::Refused(format!(
-                        "card {serial}: its holder is registered as deceased"
-                    )));
+                    return Err(Refusal::HolderDeceased {
+                        card: serial.to_owned(),
+                    }
+                    .into());
                 }
                 let clear = zeroize::Zeroizing::new(encode(a)?);
                 let (key, sealed) = self.seal(hsm, audit, serial, &clear)?;
@@ -407,7 +408,9 @@ impl Cards {
         let codes = self
             .codes
             .find(hsm, serial)?
-            .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
+            .ok_or_else(|| Refusal::CodesNotHeld {
+                card: serial.to_string(),
+            })?;
         let event = NewEvent::new("card.codes_release", serial.to_string())
             .by(actor.id.clone(), actor.role.clone())
             .request(actor.request_id.clone())

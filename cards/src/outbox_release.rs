@@ -20,7 +20,7 @@ use std::fmt;
 use vault::account::Actor;
 use vault::audit::{AuditLog, NewEvent};
 use vault::codes::CardCodes;
-use vault::error::{Error, Result};
+use vault::error::{Error, Missing, Result};
 use vault::hsm::Hsm;
 use vault::store::Batch;
 use zeroize::Zeroizing;
@@ -214,7 +214,9 @@ impl Cards {
                 };
                 return Err(Stop::Cancel(format!("card_{state}"), e));
             }
-            Err(e @ Error::NotFound(_)) => return Err(Stop::Cancel("card_unknown".into(), e)),
+            Err(e @ (Error::NotFound(_) | Error::Missing(Missing::Card(_)))) => {
+                return Err(Stop::Cancel("card_unknown".into(), e))
+            }
             Err(e) => return Err(Stop::Fail(e)),
         };
         if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {

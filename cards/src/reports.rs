@@ -7,7 +7,7 @@ use super::registry::{decode, encode, now_ms, Cards};
 use serde::{Deserialize, Serialize};
 use vault::account::Actor;
 use vault::audit::{AuditLog, NewEvent};
-use vault::error::{Error, Result};
+use vault::error::{Error, Missing, Result};
 use vault::hsm::Hsm;
 use vault::store::{Batch, Tree};
 
@@ -128,7 +128,7 @@ impl Cards {
         let b = self
             .store
             .get(Tree::Reports, &id.to_be_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("report {id}")))?;
+            .ok_or(Missing::Report(id))?;
         decode("report", &b)
     }
 
@@ -177,7 +177,7 @@ impl Cards {
         let _ops = self.ops_lock();
         if let Some(c) = card {
             if self.card(c)?.is_none() {
-                return Err(Error::NotFound(format!("card {c}")));
+                return Err(Missing::Card(c.to_string()).into());
             }
         }
         let id = match self.store.get(Tree::Meta, NEXT_REPORT_KEY)? {

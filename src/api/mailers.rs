@@ -462,7 +462,7 @@ async fn card_mailers(
     let cms = state.cms.clone();
     let found = blocking(move || {
         if cms.card(&serial)?.is_none() {
-            return Err(vault::Error::NotFound(format!("card {serial}")));
+            return Err(vault::error::Missing::Card(serial.to_string()).into());
         }
         cms.mailers_of(&serial)
     })

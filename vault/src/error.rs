@@ -258,6 +258,16 @@ pub enum Refusal {
         /// The account id.
         account: String,
     },
+    /// The card's holder is registered as deceased: the card cannot be activated.
+    HolderDeceased {
+        /// The card serial.
+        card: String,
+    },
+    /// The card's codes are not held (never imported, or deleted at revocation).
+    CodesNotHeld {
+        /// The card serial.
+        card: String,
+    },
     /// Only operator and officer accounts may have a password.
     NoPasswordForRole {
         /// The account's role.
@@ -377,6 +387,10 @@ impl fmt::Display for Refusal {
             Refusal::LastAdmin { account } => {
                 write!(f, "account {account} is the last enabled admin")
             }
+            Refusal::HolderDeceased { card } => {
+                write!(f, "card {card}: its holder is registered as deceased")
+            }
+            Refusal::CodesNotHeld { card } => write!(f, "card {card}: its codes are not held"),
             Refusal::NoPasswordForRole { role } => write!(
                 f,
                 "a {role} account cannot have a password (only operator and officer)"
@@ -443,6 +457,10 @@ pub enum Missing {
     Proposal(ProposalId),
     /// An account; `None` when the id given does not have an id's shape (it is not shown).
     Account(Option<String>),
+    /// A card, by serial (the card domain, crate `cards`).
+    Card(String),
+    /// A problem report, by number (crate `cards`).
+    Report(u64),
 }
 
 impl fmt::Display for Missing {
@@ -455,6 +473,8 @@ impl fmt::Display for Missing {
             Missing::Proposal(p) => write!(f, "key proposal {p}"),
             Missing::Account(Some(id)) => write!(f, "account {id}"),
             Missing::Account(None) => f.write_str("account (malformed id)"),
+            Missing::Card(serial) => write!(f, "card {serial}"),
+            Missing::Report(id) => write!(f, "report {id}"),
         }
     }
 }
