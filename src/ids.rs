@@ -4,13 +4,13 @@
 //! Each is a `FromStr` newtype. A refusal ([`BadId`]) says what a valid one looks like and
 //! never repeats the text it was given, so the caller adds the name of its field or option
 //! (`serial: 1 to 64 letters, digits, '-' or '_'`). Batch and proposal ids are vault types
-//! ([`vault::codes::BatchId`], [`vault::ceremony::ProposalId`]) and parse with their own
+//! ([`vault::BatchId`], [`vault::ProposalId`]) and parse with their own
 //! `FromStr`; [`batch_id`] and [`proposal_id`] add the same refusal as here.
 
 use std::fmt;
 use std::str::FromStr;
-use vault::ceremony::ProposalId;
-use vault::codes::BatchId;
+use vault::BatchId;
+use vault::ProposalId;
 
 /// An id that does not have its form; `Display` says what the form is (lower-case, no
 /// field name, never the text given).

@@ -9,15 +9,15 @@ use proptest::prelude::*;
 use registry_parse::{CardEntry, HolderEntry};
 use std::collections::HashMap;
 use std::sync::Arc;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::CodeVault;
-use vault::hsm::Hsm;
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::Actor;
+use vault::AuditLog;
+use vault::CodeVault;
 use vault::Error;
+use vault::Hsm;
+use vault::ParseRules;
+use vault::SledStore;
+use vault::Store;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 
 /// Valid codici fiscali (check characters computed by [`codice_fiscale`]).
 pub(super) fn cf(i: usize) -> String {
@@ -242,7 +242,7 @@ fn a_wrong_transition_is_refused_with_the_state_and_changes_nothing() {
     assert_eq!(w.cms().card(&serial(1)).unwrap(), before);
     assert!(matches!(
         w.change(9, &Change::Reactivate),
-        Err(Error::Missing(vault::error::Missing::Card(s))) if s == serial(9)
+        Err(Error::Missing(vault::Missing::Card(s))) if s == serial(9)
     ));
 }
 
@@ -644,7 +644,7 @@ fn run(ops: &[Op]) {
                 let res = w.change(*c, &change);
                 match m.cards.get_mut(c) {
                     None => assert!(
-                        matches!(res, Err(Error::Missing(vault::error::Missing::Card(_)))),
+                        matches!(res, Err(Error::Missing(vault::Missing::Card(_)))),
                         "step {step}"
                     ),
                     Some((_, s)) if *s == CardState::Issued => {
@@ -678,7 +678,7 @@ fn run(ops: &[Op]) {
                 let res = w.change(*c, &change);
                 match m.cards.get_mut(c) {
                     None => assert!(
-                        matches!(res, Err(Error::Missing(vault::error::Missing::Card(_)))),
+                        matches!(res, Err(Error::Missing(vault::Missing::Card(_)))),
                         "step {step}"
                     ),
                     Some((_, s)) if from.contains(s) => {

@@ -34,8 +34,8 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
 use std::io::Write;
-use vault::audit::{self, Outcome, Page, VerifyReport};
 use vault::Role;
+use vault::{Outcome, Page, Query as AuditQuery, VerifyReport, MAX_PAGE};
 
 /// Longest filter value accepted (an account id, an action, a card serial fit easily).
 const MAX_FILTER: usize = 64;
@@ -78,7 +78,7 @@ struct PageParams {
 }
 
 fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
-    page_limit(asked, DEFAULT_PAGE, audit::MAX_PAGE)
+    page_limit(asked, DEFAULT_PAGE, MAX_PAGE)
 }
 
 async fn query(
@@ -86,7 +86,7 @@ async fn query(
     caller: Caller,
     Query(p): Query<QueryParams>,
 ) -> Result<Json<Page>, ApiError> {
-    let q = audit::Query {
+    let q = AuditQuery {
         from_ms: p.from_ms,
         to_ms: p.to_ms,
         actor: p.actor,
@@ -187,10 +187,7 @@ async fn prune(
             state.retention_days
         )));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let now_ms = state.clock.now_ms();
     let cutoff_ms = now_ms.saturating_sub(u64::from(days) * 86_400_000);
     let audit = state.audit.clone();
     let event = caller
@@ -283,11 +280,11 @@ async fn card_history(
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
     let serial: Serial = id("serial", &serial)?;
-    let q = audit::Query {
+    let q = AuditQuery {
         subject: Some(serial.to_string()),
         after: p.after.unwrap_or(0),
         limit: limit(p.limit)?,
-        ..audit::Query::default()
+        ..AuditQuery::default()
     };
     let audit = state.audit.clone();
     let event = caller.event("card.history", serial);

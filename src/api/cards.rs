@@ -63,7 +63,7 @@ use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
+use cards::Date;
 use cards::{Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason};
 use serde::{Deserialize, Serialize};
 use vault::Role;
@@ -220,8 +220,7 @@ async fn show(
     let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
-    let status =
-        blocking(move || s.cms.status(&s.audit, &serial, Date::today_utc(), &actor)).await?;
+    let status = blocking(move || s.cms.status(&s.audit, &serial, s.cms.today(), &actor)).await?;
     Ok(Json(CardView::from(status)))
 }
 
@@ -236,14 +235,8 @@ async fn change(
     let s = state.clone();
     let actor = caller.actor();
     let status = blocking(move || {
-        s.cms.change(
-            &*s.hsm,
-            &s.audit,
-            &serial,
-            &change,
-            Date::today_utc(),
-            &actor,
-        )
+        s.cms
+            .change(&*s.hsm, &s.audit, &serial, &change, s.cms.today(), &actor)
     })
     .await?;
     tracing::info!(

@@ -59,7 +59,6 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
 use cards::{
     Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
 };
@@ -337,7 +336,7 @@ async fn dispatch(
             &serial,
             &body.plan,
             replace.as_deref(),
-            Date::today_utc(),
+            s.cms.today(),
             &actor,
         )
     })
@@ -371,7 +370,7 @@ async fn resend(
     let actor = caller.actor();
     let job = blocking(move || {
         s.cms
-            .resend_part(&*s.hsm, &s.audit, &serial, part, Date::today_utc(), &actor)
+            .resend_part(&*s.hsm, &s.audit, &serial, part, s.cms.today(), &actor)
     })
     .await?;
     tracing::info!(

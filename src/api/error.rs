@@ -357,22 +357,22 @@ mod tests {
             (vault::Error::Refused("term in use".into()), 409, "refused"),
             (vault::Error::NotFound("term 7".into()), 404, "not_found"),
             (
-                vault::Error::Denied(vault::error::Denial::OwnProposal {
-                    proposal: vault::ceremony::ProposalId(7),
+                vault::Error::Denied(vault::Denial::OwnProposal {
+                    proposal: vault::ProposalId(7),
                     account: "a1".into(),
                 }),
                 403,
                 "forbidden",
             ),
             (
-                vault::Error::Refusal(vault::error::Refusal::TermActive {
+                vault::Error::Refusal(vault::Refusal::TermActive {
                     term: vault::TermId(2),
                 }),
                 409,
                 "refused",
             ),
             (
-                vault::Error::Missing(vault::error::Missing::Term(vault::TermId(2))),
+                vault::Error::Missing(vault::Missing::Term(vault::TermId(2))),
                 404,
                 "not_found",
             ),

@@ -26,10 +26,10 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use cards::date::Date;
-use cards::registry::MAX_SEARCH;
-use cards::registry_parse::normalise_name;
-use cards::{codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
+use cards::normalise_name;
+use cards::Date;
+use cards::MAX_SEARCH;
+use cards::{normalise_codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
 use serde::{Deserialize, Serialize};
 use vault::Role;
 
@@ -123,7 +123,7 @@ fn holder_id(text: &str) -> Result<&str, ApiError> {
 fn search_key(body: &SearchBody) -> Result<SearchKey, ApiError> {
     match (&body.codice_fiscale, &body.surname, &body.birth_date) {
         (Some(cf), None, None) => {
-            let cf = codice_fiscale::normalise(cf)
+            let cf = normalise_codice_fiscale(cf)
                 .map_err(|e| ApiError::bad_request(format!("codice_fiscale: {e}")))?;
             Ok(SearchKey::CodiceFiscale(cf))
         }

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use plico::api::batches::{BatchAnswer, BatchPage, BatchView};
 use plico::ids::batch_id;
 use reqwest::StatusCode;
-use vault::codes::BatchId;
+use vault::BatchId;
 
 /// Arguments of `plico batches`.
 #[derive(Debug, Args)]

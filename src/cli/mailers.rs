@@ -19,7 +19,7 @@ use plico::api::mailers::{OutcomeCounts, RunView, Started};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vault::codes::BatchId;
+use vault::BatchId;
 
 /// How often `plico mailers run` asks how far the run is.
 const POLL_EVERY: Duration = Duration::from_millis(250);
