@@ -40,6 +40,7 @@ pub mod api;
 pub mod config;
 pub mod delivery;
 pub mod edge;
+pub mod ids;
 pub mod mailers;
 pub mod tls;
 
@@ -520,7 +521,10 @@ pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
                 tracing::info!(revoked, %today, "expiry sweep done");
             }
             Err(e) => {
-                tracing::error!(code = e.code(), "expiry sweep failed; retrying later");
+                tracing::error!(
+                    code = e.code().as_str(),
+                    "expiry sweep failed; retrying later"
+                );
             }
         }
     }
@@ -570,7 +574,10 @@ pub async fn recover_outbox(state: AppState, check_every: Duration) -> u64 {
                 return requeued;
             }
             Err(e) => {
-                tracing::error!(code = e.code(), "outbox recovery failed; retrying later");
+                tracing::error!(
+                    code = e.code().as_str(),
+                    "outbox recovery failed; retrying later"
+                );
             }
         }
     }
@@ -610,7 +617,10 @@ pub async fn key_jobs(state: AppState, check_every: Duration) {
                 state.key_runner.spawn(&state);
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(code = e.code(), "cannot read the key jobs; retrying later"),
+            Err(e) => tracing::error!(
+                code = e.code().as_str(),
+                "cannot read the key jobs; retrying later"
+            ),
         }
     }
 }

@@ -12,7 +12,7 @@ use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
 use vault::{CardCodes, PendingCodes, CODES_RELEASE_ACTION};
-use vault::{Error, Result};
+use vault::{Error, Missing, Refusal, Result};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +170,7 @@ pub struct CardStatus {
 impl Cards {
     pub(crate) fn required_card(&self, serial: &str) -> Result<CardRecord> {
         self.card(serial)?
-            .ok_or_else(|| Error::NotFound(format!("card {serial}")))
+            .ok_or_else(|| Missing::Card(serial.to_owned()).into())
     }
 
     /// The card, `active` on `today` (an expired card is revoked on the way, as on every
@@ -260,9 +260,10 @@ impl Cards {
                     .holder(&card.holder)?
                     .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;
                 if holder.deceased {
-                    return Err(Error::Refused(format!(
-                        "card {serial}: its holder is registered as deceased"
-                    )));
+                    return Err(Refusal::HolderDeceased {
+                        card: serial.to_owned(),
+                    }
+                    .into());
                 }
                 let clear = zeroize::Zeroizing::new(encode(a)?);
                 let (key, sealed) = self.seal(hsm, audit, serial, &clear)?;
@@ -407,7 +408,9 @@ impl Cards {
         let codes = self
             .codes
             .pending_release(hsm, serial)?
-            .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
+            .ok_or_else(|| Refusal::CodesNotHeld {
+                card: serial.to_string(),
+            })?;
         let event = actor
             .event(CODES_RELEASE_ACTION, serial.to_string())
             .detail("for", purpose.to_string());

@@ -1463,6 +1463,7 @@ fn check_reason(reason: &str) -> Result<String> {
 fn refusal(e: &Error) -> String {
     match e {
         Error::Refused(m) => m.split_once(": ").map(|(_, w)| w).unwrap_or(m).to_owned(),
+        Error::Refusal(r) => r.to_string(),
         other => other.to_string(),
     }
 }

@@ -22,7 +22,7 @@ use vault::Batch;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{CardCodes, PendingCodes, Release};
-use vault::{Error, Result};
+use vault::{Error, Missing, Result};
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.
@@ -222,7 +222,9 @@ impl Cards {
                 };
                 return Err(Stop::Cancel(format!("card_{state}"), e));
             }
-            Err(e @ Error::NotFound(_)) => return Err(Stop::Cancel("card_unknown".into(), e)),
+            Err(e @ (Error::NotFound(_) | Error::Missing(Missing::Card(_)))) => {
+                return Err(Stop::Cancel("card_unknown".into(), e))
+            }
             Err(e) => return Err(Stop::Fail(e)),
         };
         if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {

@@ -9,7 +9,7 @@ use vault::Actor;
 use vault::AuditLog;
 use vault::Hsm;
 use vault::{Batch, Tree};
-use vault::{Error, Result};
+use vault::{Error, Missing, Result};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.
@@ -128,7 +128,7 @@ impl Cards {
         let b = self
             .store
             .get(Tree::Reports, &id.to_be_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("report {id}")))?;
+            .ok_or(Missing::Report(id))?;
         decode("report", &b)
     }
 
@@ -177,7 +177,7 @@ impl Cards {
         let _ops = self.ops_lock();
         if let Some(c) = card {
             if self.card(c)?.is_none() {
-                return Err(Error::NotFound(format!("card {c}")));
+                return Err(Missing::Card(c.to_string()).into());
             }
         }
         let id = match self.store.get(Tree::Meta, NEXT_REPORT_KEY)? {

@@ -189,7 +189,7 @@ async fn report_rate_refusal(state: &AppState, actor: &Actor, addr: Option<IpAdd
         event(actor, "hsm.unseal_rate_limited", Outcome::Refused).detail("address", address);
     if let Err(e) = blocking(move || audit.append(event).map(|_| ())).await {
         tracing::error!(
-            code = e.code(),
+            code = e.code().as_str(),
             "a rate-limited unseal submission could not be audited"
         );
     }

@@ -23,7 +23,7 @@
 //! [`AuditLog::verify`] walks all of it and names the first broken link.
 
 use crate::clock::Clock;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::hsm::{AuditAnchor, Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::lock::{lock, read_lock, write_lock};
@@ -486,10 +486,12 @@ impl AuditLog {
         let report = verify_chain(&*self.store, Some(&hkey), anchor.as_ref())?;
         if let Some(p) = report.problem {
             *slot = None;
-            return Err(Error::Refused(format!(
-                "the audit chain does not verify ({} at event {}: {}); restore the store",
-                p.damage, p.seq, p.message
-            )));
+            return Err(Refusal::AuditBroken {
+                damage: p.damage,
+                seq: p.seq,
+                detail: p.message.clone(),
+            }
+            .into());
         }
         self.checkpoint_locked(&hkey, &mut chain)?;
         *slot = Some(hkey);
@@ -565,10 +567,7 @@ impl AuditLog {
         let current = hsm.status().generation;
         let seen = self.seen_generation()?;
         if current < seen {
-            return Err(Error::Refused(format!(
-                "the hsm state is at generation {current} but this store has seen generation \
-                 {seen}: an older copy of the hsm state was put back"
-            )));
+            return Err(Refusal::StaleHsmState { current, seen }.into());
         }
         if current > seen {
             self.remember_generation(current)?;
@@ -919,10 +918,11 @@ impl AuditLog {
                 verify_chain(&*self.store, Some(key), anchor.as_ref())?
             };
             if let Some(p) = report.problem {
-                return Err(Error::Refused(format!(
-                    "the audit chain does not verify ({} at event {}); prune refused",
-                    p.damage, p.seq
-                )));
+                return Err(Refusal::PruneOnBroken {
+                    damage: p.damage,
+                    seq: p.seq,
+                }
+                .into());
             }
             let current = load_mark(&*self.store, BASE_KEY)?.map_or(0, |b| b.seq);
             let mut target: Option<Mark> = None;
@@ -1785,7 +1785,7 @@ mod tests {
         let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
         let r = log.unlock(hsm);
         assert!(
-            matches!(r, Err(Error::Refused(ref m)) if m.contains("older copy")),
+            matches!(r, Err(Error::Refusal(Refusal::StaleHsmState { .. }))),
             "{r:?}"
         );
         assert!(!log.has_key());
@@ -1903,7 +1903,10 @@ mod tests {
             NewEvent::new("audit.prune", "audit"),
         );
         assert!(
-            matches!(r, Err(Error::Refused(ref m)) if m.contains("does not verify")),
+            matches!(
+                r,
+                Err(Error::Refusal(Refusal::PruneOnBroken { seq: 15, .. }))
+            ),
             "{r:?}"
         );
         assert!(store.get(Tree::Audit, &seq_key(1)).unwrap().is_some());

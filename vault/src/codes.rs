@@ -46,7 +46,7 @@ pub use stage::{Staged, Stager};
 
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::lock::{lock, read_lock, write_lock};
@@ -412,14 +412,13 @@ impl CodeVault {
     }
 
     fn staging_record(&self, id: BatchId) -> Result<BatchRecord> {
-        let rec = self
-            .batch(id)?
-            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        let rec = self.batch(id)?.ok_or(Missing::Batch(id))?;
         if rec.state != BatchState::Staging {
-            return Err(Error::Refused(format!(
-                "batch {id} is {}, not staging",
-                rec.state
-            )));
+            return Err(Refusal::NotStaging {
+                batch: id,
+                state: rec.state,
+            }
+            .into());
         }
         Ok(rec)
     }
@@ -582,10 +581,7 @@ impl CodeVault {
         content_id: Option<String>,
     ) -> Result<CommitOutcome> {
         if staged.repeats.total > 0 {
-            return Err(Error::Refused(format!(
-                "batch {} repeats serials; reject it",
-                staged.id
-            )));
+            return Err(Refusal::RepeatsSerials { batch: staged.id }.into());
         }
         let _commit = lock(&self.commit_lock);
         let before = self.staging_record(staged.id)?;
@@ -798,9 +794,7 @@ impl CodeVault {
         events: Vec<NewEvent>,
     ) -> Result<BatchRecord> {
         let _commit = lock(&self.commit_lock);
-        let mut rec = self
-            .batch(id)?
-            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        let mut rec = self.batch(id)?.ok_or(Missing::Batch(id))?;
         if rec.state != from {
             return Err(Error::WrongState {
                 subject: format!("batch {id}"),

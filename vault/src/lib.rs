@@ -62,7 +62,7 @@ mod store;
 pub mod text;
 
 // Errors.
-pub use error::{Error, Result};
+pub use error::{Denial, Error, Missing, Refusal, Result};
 
 // Time and locks: the one clock seam and the one poison-tolerant lock helper.
 pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};

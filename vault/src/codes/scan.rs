@@ -12,7 +12,7 @@ use super::record::CardCodes;
 use super::segment::Segment;
 use super::{CodeVault, OVERLAY_DELETED};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::hsm::Hsm;
 use crate::store::Tree;
 use std::sync::Arc;
@@ -73,7 +73,7 @@ impl CodeVault {
         let record = self
             .batch(batch)?
             .filter(|r| r.state == super::BatchState::Committed)
-            .ok_or_else(|| Error::NotFound(format!("committed batch {batch}")))?;
+            .ok_or(Missing::CommittedBatch(batch))?;
         let key = record
             .data_key
             .ok_or_else(|| Error::Storage(format!("batch {batch} names no data key")))?;
