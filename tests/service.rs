@@ -29,6 +29,8 @@ mod cli_conventions;
 #[path = "service/cms.rs"]
 mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
+#[path = "service/console.rs"]
+mod console;
 #[path = "service/delivery.rs"]
 mod delivery;
 #[path = "service/dispatch_crash.rs"]

@@ -283,7 +283,7 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
 }
 
 /// A card serial as it may appear in a path: 1 to 64 letters, digits, `-` or `_`.
-pub(super) fn check_serial(serial: &str) -> Result<(), ApiError> {
+pub(crate) fn check_serial(serial: &str) -> Result<(), ApiError> {
     let ok = !serial.is_empty()
         && serial.len() <= 64
         && serial
@@ -304,11 +304,23 @@ async fn card_history(
     Path(serial): Path<String>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
+    card_events(state, &caller, serial, p.after.unwrap_or(0), p.limit).await
+}
+
+/// A page of a card's audit events, itself audited as `card.history` (the API and the
+/// console).
+pub(crate) async fn card_events(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+    after: u64,
+    asked: Option<usize>,
+) -> Result<Json<Page>, ApiError> {
     check_serial(&serial)?;
     let q = audit::Query {
         subject: Some(serial.clone()),
-        after: p.after.unwrap_or(0),
-        limit: limit(p.limit)?,
+        after,
+        limit: limit(asked)?,
         ..audit::Query::default()
     };
     let audit = state.audit.clone();

@@ -162,25 +162,31 @@ async fn open(
     caller: Caller,
     JsonBody(body): JsonBody<OpenBody>,
 ) -> Result<(StatusCode, Json<ReportView>), ApiError> {
-    if let Some(card) = &body.card {
+    let report = open_report(state, &caller, body.card, body.title, body.text).await?;
+    Ok((StatusCode::CREATED, Json(report)))
+}
+
+/// Opens a problem report, about a card or not (the API and the console).
+pub(crate) async fn open_report(
+    state: AppState,
+    caller: &Caller,
+    card: Option<String>,
+    title: String,
+    text: String,
+) -> Result<ReportView, ApiError> {
+    if let Some(card) = &card {
         super::audit::check_serial(card)
             .map_err(|_| ApiError::bad_request("card: 1 to 64 letters, digits, '-' or '_'"))?;
     }
     let s = state.clone();
     let actor = caller.actor();
     let report = blocking(move || {
-        s.cms.open_report(
-            &*s.hsm,
-            &s.audit,
-            body.card.as_deref(),
-            &body.title,
-            &body.text,
-            &actor,
-        )
+        s.cms
+            .open_report(&*s.hsm, &s.audit, card.as_deref(), &title, &text, &actor)
     })
     .await?;
     tracing::info!(report = report.id, by = %caller.account.id, "problem report opened");
-    Ok((StatusCode::CREATED, Json(ReportView::from(report))))
+    Ok(ReportView::from(report))
 }
 
 async fn list(
