@@ -17,9 +17,10 @@ log() { printf '\n==> %s\n' "$*"; }
 # embedded fonts, pdftoppm draws them), dmtx-utils (dmtxread reads their Data Matrix), postfix (its
 # smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
-# peer), qpdf (`qpdf --check` checks the print files' structure). The tests use none of the packages' services: each starts its own peers on free
+# peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
+# console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf chromium chromium-driver)
 
 install_debian_packages() {
   local missing=()

@@ -31,6 +31,8 @@ mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
 #[path = "service/console.rs"]
 mod console;
+#[path = "service/console_browser.rs"]
+mod console_browser;
 #[path = "service/delivery.rs"]
 mod delivery;
 #[path = "service/dispatch_crash.rs"]
@@ -51,6 +53,8 @@ mod peers;
 mod print_crash;
 #[path = "service/support.rs"]
 mod support;
+#[path = "service/webdriver.rs"]
+mod webdriver;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
