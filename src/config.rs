@@ -353,7 +353,7 @@ pub struct DispatchConfig {
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        let policy = vault::cms::OutboxPolicy::default();
+        let policy = cards::OutboxPolicy::default();
         DispatchConfig {
             email_enabled: true,
             sms_enabled: true,

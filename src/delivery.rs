@@ -5,11 +5,11 @@
 //! loops over the lanes, one a channel with a courier, each with a semaphore capping its jobs
 //! in flight. For a lane with free slots, on the blocking pool, it claims that many due jobs
 //! of the lane's channel and releases them through the audited gate, in one flushed commit
-//! ([`vault::cms::Cms::claim_and_release`]: card `active`, contact registered and not changed
+//! ([`cards::Cards::claim_and_release`]: card `active`, contact registered and not changed
 //! since the last identification, one `card.codes_release` event a job), and renders each
 //! job's part by e-mail or SMS. Then each message is
 //! sent by its own task on tokio, and a marker task records the outcomes: the `sent` jobs
-//! waiting at that moment in one commit ([`vault::cms::Cms::mark_sent_many`]), failures one by
+//! waiting at that moment in one commit ([`cards::Cards::mark_sent_many`]), failures one by
 //! one (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the
 //! vault refuses at release because of the card's state (suspended, revoked, codes gone,
 //! contact missing or changed) comes back already `cancelled` with that reason, in the
@@ -24,7 +24,7 @@
 //! `tests/service/dispatch_crash.rs`).
 //!
 //! # Security
-//! Codes and contacts exist in clear only inside [`vault::cms::outbox_release::JobRelease`]
+//! Codes and contacts exist in clear only inside [`cards::outbox_release::JobRelease`]
 //! and the rendered [`Outgoing`] (zeroizing, redacted `Debug`), for one job, and are dropped
 //! once the courier returns. Logs carry the job id, channel, part and outcome — never a code,
 //! a contact or a serial. Failure reasons kept on the job lose addresses here and digit runs
@@ -35,6 +35,9 @@ use crate::api;
 use crate::config::{DispatchConfig, SmtpTls};
 use crate::mailers::{to_dispatch, PrintSetup};
 use crate::AppState;
+use cards::date::Date;
+use cards::outbox_release::{JobRelease, ReleaseDestination};
+use cards::{Channel, Job, JobState, OutboxPolicy};
 use dispatch::courier::retry::Throttled;
 use dispatch::courier::sms::{KannelConfig, KannelCourier};
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
@@ -50,9 +53,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use vault::cms::date::Date;
-use vault::cms::outbox_release::{JobRelease, ReleaseDestination};
-use vault::cms::{Channel, Job, JobState, OutboxPolicy};
 
 /// How long the claim loop sleeps when nothing is due, by default.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
@@ -444,7 +444,7 @@ pub async fn run_workers(
 }
 
 /// On the blocking pool: claims up to `limit` due jobs of `channel` and releases them through
-/// the audited gate, in one commit ([`vault::cms::Cms::claim_and_release`]), and renders each
+/// the audited gate, in one commit ([`cards::Cards::claim_and_release`]), and renders each
 /// job's message. A job the vault refuses, or whose message cannot be made, comes back with
 /// its failure. If the commit fails, nothing was claimed: the jobs stay due.
 async fn claim_and_prepare(

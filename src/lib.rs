@@ -16,7 +16,7 @@
 //!   declares, for every endpoint, who may call it (public, or a list of roles).
 //! - [`AppState`] holds the HSM, the store (sled in production), the audit chain, the
 //!   accounts, the code vault with its import rules, and the card management side over it
-//!   ([`vault::cms::Cms`]: holder registry, card lifecycle, problem reports), and how mailers
+//!   ([`cards::Cards`]: holder registry, card lifecycle, problem reports), and how mailers
 //!   are printed ([`mailers::PrintSetup`], with the progress of running print runs). When the HSM
 //!   becomes unsealed,
 //!   [`AppState::unsealed`] installs the audit key; [`AppState::seal`] seals it again and drops
@@ -45,6 +45,8 @@ pub mod mailers;
 pub mod tls;
 
 use axum::Router;
+use cards::date::Date;
+use cards::Cards;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -53,8 +55,6 @@ use std::time::Duration;
 use vault::account::{Accounts, Actor};
 use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
 use vault::ceremony::{Ceremonies, CeremonyPolicy};
-use vault::cms::date::Date;
-use vault::cms::Cms;
 use vault::codes::CodeVault;
 use vault::import::parse::{ParseRules, SerialRule};
 use vault::store::Store;
@@ -73,7 +73,7 @@ pub struct AppState {
     /// The card management side over [`AppState::codes`]: holder registry, card lifecycle,
     /// problem reports, and the gate of code delivery. One per process: it serialises every
     /// change it makes.
-    pub cms: Arc<Cms>,
+    pub cms: Arc<Cards>,
     /// What an imported file must satisfy: the code policy (`[codes]`) and the serial rule
     /// (`[import.serial]`); also the rules of generation.
     pub import_rules: Arc<ParseRules>,
@@ -237,7 +237,7 @@ impl AppState {
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
         let codes = Arc::new(codes);
-        let cms = Arc::new(Cms::new(codes.clone()));
+        let cms = Arc::new(Cards::new(codes.clone()));
         let keys = Ceremonies::new(
             codes.clone(),
             audit.clone(),
@@ -250,7 +250,7 @@ impl AppState {
                 ..CeremonyPolicy::default()
             },
         )
-        .with_cms(cms.clone());
+        .with_cards(cms.clone());
         let mut bulk =
             api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports);
         bulk.registry_max_upload_bytes = settings.registry_max_upload_bytes;
@@ -506,7 +506,7 @@ pub const SWEEP_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// The daily expiry sweep: wakes every `check_every`, and when the service is unsealed (the
 /// audit key is installed) and no sweep has run yet on today's UTC date, revokes every card
-/// past its expiry ([`Cms::sweep_expired`], audited there: one `card.revoke` event a card, by
+/// past its expiry ([`Cards::sweep_expired`], audited there: one `card.revoke` event a card, by
 /// the system actor, request id `expiry-sweep`). So the first sweep runs at start, or within
 /// `check_every` of the custodians' unseal, and then once a day. Never returns; [`serve`]
 /// aborts it at shutdown.
@@ -557,7 +557,7 @@ pub const RECOVER_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The outbox's start-up recovery: waits (looking every `check_every`) until the service is
 /// unsealed (the audit key is installed: recovery writes `dispatch.recover` events), then puts
 /// every job found `sending` — its worker died with the previous process — back to `queued`
-/// with the same idempotency key ([`Cms::recover`]), logs how many, and returns that count. A
+/// with the same idempotency key ([`Cards::recover`]), logs how many, and returns that count. A
 /// failed recovery is logged and retried at the next look.
 ///
 /// It runs once per process, before any worker may claim a job: a job claimed by a live

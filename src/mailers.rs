@@ -14,7 +14,7 @@
 //!
 //! # Start-up recovery and file numbers
 //!
-//! A file's vault record is its commit (see [`vault::cms::mailers`] for why it cannot leave a
+//! A file's vault record is its commit (see [`cards::mailers`] for why it cannot leave a
 //! card marked printed with no printable file). Before the service listens, [`recover`]:
 //!
 //! 1. marks every run found `running` as `interrupted`;
@@ -30,6 +30,9 @@
 //! included): the default rerun of a batch works after any crash and never reuses a name the
 //! facility may have seen.
 
+use cards::date::Date;
+use cards::mailers::{MailerItem, RecordedFile};
+use cards::{Cards, PrintJob, PrintRunRecord};
 use dispatch::bulk::{
     file_names, parse_file_name, write_manifest, BoxError, FileKind, FileStep, Manifest,
     OwnedMailer, PrintRun, PrintedFile, StepHook,
@@ -43,9 +46,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use vault::audit::AuditLog;
-use vault::cms::date::Date;
-use vault::cms::mailers::{MailerItem, RecordedFile};
-use vault::cms::{Cms, PrintJob, PrintRunRecord};
 use vault::codes::CardCodes;
 use vault::Hsm;
 
@@ -197,7 +197,7 @@ pub fn print(
 }
 
 /// The one-page PDF of part `part` of `plan` for one card (no mailer number): for the counter.
-/// The caller gets the codes through [`vault::cms::Cms::release_codes`], which audits.
+/// The caller gets the codes through [`cards::Cards::release_codes`], which audits.
 ///
 /// # Errors
 /// A plan that does not fit the card's codes, a name or address the page cannot carry.
@@ -298,7 +298,7 @@ pub struct Recovery {
 /// # Errors
 /// Store errors; [`vault::Error::Storage`] naming a file of the output directory
 /// that cannot be read, removed, moved or written.
-pub fn recover(cms: &Cms, setup: &PrintSetup) -> vault::Result<Recovery> {
+pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
     let mut done = Recovery {
         interrupted: cms.recover_print_runs()?,
         ..Recovery::default()

@@ -372,6 +372,52 @@ impl SimulatedHsm {
         Ok((hsm, report))
     }
 
+    /// Creates a **development** HSM in `dir` (made if missing; it must hold no state file):
+    /// one share, threshold 1, marked `dev` in its state for good, and returns it unsealed.
+    /// The share goes to `keep` before the state is written (so that `serve --dev` can store
+    /// it beside the state); tests and benches pass a closure that drops it. Not for
+    /// production: whoever reads the kept share holds every key.
+    ///
+    /// # Errors
+    /// As [`SimulatedHsm::init`]; [`Error::Storage`] if `dir` cannot be made; whatever `keep`
+    /// returns.
+    pub fn dev_keeping_share(
+        dir: &Path,
+        keep: &mut dyn FnMut(&SecretString) -> Result<()>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("hsm directory {}: {e}", dir.display())))?;
+        let mut share: Option<SecretString> = None;
+        let opts = InitOptions {
+            shares: 1,
+            threshold: 1,
+            dev: true,
+        };
+        let (hsm, _) = Self::init(dir, opts, &mut |shares: &[SecretString]| {
+            let [one] = shares else {
+                return Err(Error::Refused(format!(
+                    "a dev hsm has one share, got {}",
+                    shares.len()
+                )));
+            };
+            keep(one)?;
+            share = Some(one.clone());
+            Ok(())
+        })?;
+        let share = share.ok_or_else(|| Error::Refused("the dev hsm gave no share".into()))?;
+        hsm.unseal(&share)?;
+        Ok(hsm)
+    }
+
+    /// [`SimulatedHsm::dev_keeping_share`] that drops the share: an unsealed development HSM
+    /// for tests and benches, which cannot be unsealed again once dropped.
+    ///
+    /// # Errors
+    /// As [`SimulatedHsm::dev_keeping_share`].
+    pub fn dev(dir: &Path) -> Result<Self> {
+        Self::dev_keeping_share(dir, &mut |_| Ok(()))
+    }
+
     /// Opens an existing HSM, sealed. Removes a temporary file left by an interrupted write.
     ///
     /// # Errors

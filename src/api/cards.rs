@@ -62,11 +62,9 @@ use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::routing::{get, post};
 use axum::Json;
+use cards::date::Date;
+use cards::{Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason};
 use serde::{Deserialize, Serialize};
-use vault::cms::date::Date;
-use vault::cms::{
-    Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason,
-};
 use vault::Role;
 
 const READ: &[Role] = &[Role::Operator, Role::Cms, Role::Support];
@@ -110,7 +108,7 @@ pub struct DeliveryPart {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartView {
     /// `A`, `B` or `whole`.
-    pub part: vault::cms::Part,
+    pub part: cards::Part,
     /// The channel of its latest job: `counter`, `sms`, `email` or `mailer`.
     pub channel: Channel,
     /// The state of its latest job.

@@ -1,5 +1,5 @@
 //! Delivery of a card's codes over HTTP: the service side of the durable outbox
-//! ([`vault::cms::outbox`]). Nothing here sends anything: a request writes jobs, and the
+//! ([`cards::outbox`]). Nothing here sends anything: a request writes jobs, and the
 //! service's workers send them.
 //!
 //! | method and path                    | roles                        | body                | answer                 |
@@ -58,11 +58,11 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use vault::cms::date::Date;
-use vault::cms::{
+use cards::date::Date;
+use cards::{
     Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
 };
+use serde::{Deserialize, Serialize};
 use vault::Role;
 
 const DISPATCH: &[Role] = &[Role::Cms, Role::Operator];

@@ -15,11 +15,11 @@ use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
 use axum::routing::get;
 use axum::Json;
+use cards::ReceiptOutcome;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
-use vault::cms::ReceiptOutcome;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint::new(Method::GET, "/v1/dlr", get(dlr)).public()]

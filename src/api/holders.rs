@@ -26,11 +26,11 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
+use cards::date::Date;
+use cards::registry::MAX_SEARCH;
+use cards::registry_parse::normalise_name;
+use cards::{codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
 use serde::{Deserialize, Serialize};
-use vault::cms::date::Date;
-use vault::cms::registry::MAX_SEARCH;
-use vault::cms::registry_parse::normalise_name;
-use vault::cms::{codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
 use vault::Role;
 
 const SEARCH: &[Role] = &[Role::Operator, Role::Cms, Role::Support];

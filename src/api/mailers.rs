@@ -30,7 +30,7 @@
 //! # The counter page
 //!
 //! `POST /v1/cards/{serial}/counter-page` with `{}` answers part A of the card's split
-//! dispatch in force ([`vault::cms::Cms::print_counter_part`]), as a one-page PDF,
+//! dispatch in force ([`cards::Cards::print_counter_part`]), as a one-page PDF,
 //! `Cache-Control: no-store`, named after the serial's last four characters. A `"plan"` in
 //! the body must be that dispatch's plan, else `409 refused` naming the plan in force; without
 //! a split dispatch in force there is no page (`409 refused`). The first print is recorded on
@@ -52,13 +52,13 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use cards::date::Date;
+use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use dispatch::{Addressee, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use vault::cms::date::Date;
-use vault::cms::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use vault::codes::BatchId;
 use vault::Role;
 
@@ -73,7 +73,7 @@ const DEFAULT_RUNS: usize = 50;
 /// Most runs one list shows.
 const MAX_RUNS: usize = 1000;
 /// Largest body of `POST /v1/mailers/runs`: a list of up to
-/// [`vault::cms::mailers::MAX_LISTED_SERIALS`] serials.
+/// [`cards::mailers::MAX_LISTED_SERIALS`] serials.
 pub const RUN_BODY_LIMIT: usize = 4 << 20;
 /// Largest body of `POST /v1/mailers/outcomes` (about 150,000 outcomes).
 pub const OUTCOMES_BODY_LIMIT: usize = 8 << 20;

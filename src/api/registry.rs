@@ -7,10 +7,10 @@
 //! The file (CSV or JSON lines, `docs/formats.md`) is the raw body (`curl --data-binary
 //! @holders.csv`; any content type but multipart). Like a batch upload it is streamed, never
 //! held whole as bytes: chunks go through a bounded channel to
-//! [`vault::cms::registry_parse::parse_registry`] on the blocking pool, under
+//! [`cards::registry_parse::parse_registry`] on the blocking pool, under
 //! `[registry] max_upload_bytes` (default 64 MiB; checked against `Content-Length`, then on
 //! every chunk: `413 body_too_large`) and the upload idle timeout (`408 timeout`). The parsed
-//! holders are then applied all or nothing by [`vault::cms::Cms::import_registry`], which also
+//! holders are then applied all or nothing by [`cards::Cards::import_registry`], which also
 //! revokes cards implicitly (deceased holder, replaced card, card past expiry). A registry
 //! upload takes one slot of `[import] max_concurrent`, like batch uploads and generations.
 //!
@@ -39,15 +39,15 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
+use cards::date::Date;
+use cards::registry_parse::{
+    parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules,
+};
+use cards::{Reason, RegistryOutcome};
 use serde::{Deserialize, Serialize};
 use std::io::BufReader;
 use std::time::Instant;
 use vault::audit::Outcome;
-use vault::cms::date::Date;
-use vault::cms::registry_parse::{
-    parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules,
-};
-use vault::cms::{Reason, RegistryOutcome};
 use vault::Role;
 
 const IMPORT: &[Role] = &[Role::Cms];

@@ -25,8 +25,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use axum::Json;
+use cards::reports::{Report, ReportState, ReportStep};
 use serde::{Deserialize, Serialize};
-use vault::cms::reports::{Report, ReportState, ReportStep};
 use vault::Role;
 
 const OPEN: &[Role] = &[Role::Operator];

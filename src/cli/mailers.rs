@@ -12,13 +12,13 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use anyhow::{bail, Context, Result};
+use cards::Reconciliation;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plico::api::mailers::{OutcomeCounts, RunView, Started};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vault::cms::Reconciliation;
 
 /// How often `plico mailers run` asks how far the run is.
 const POLL_EVERY: Duration = Duration::from_millis(250);

@@ -17,9 +17,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
+use cards::{Activation, Change, Reason};
 use minijinja::context;
 use serde::Deserialize;
-use vault::cms::{Activation, Change, Reason};
 use vault::Role;
 
 /// Who may search holders and read a card (the API's `holders` and `cards` readers, less
@@ -460,7 +460,7 @@ struct EventRow {
 fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let d = vault::cms::date::Date::from_days_since_epoch(days);
+    let d = cards::date::Date::from_days_since_epoch(days);
     let s = secs % 86_400;
     format!("{d} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }

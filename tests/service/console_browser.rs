@@ -17,11 +17,11 @@ use super::peers::Kannel;
 use super::support::cf;
 use super::webdriver::Driver;
 use super::*;
+use cards::{Channel, Fallback, JobState, OutboxPolicy, Part};
 use dispatch::courier::sms::KannelCourier;
 use dispatch::courier::Courier;
 use plico::console::ConsoleSettings;
 use plico::delivery::Delivery;
-use vault::cms::{Channel, Fallback, JobState, OutboxPolicy, Part};
 
 const SALT: u64 = 0x636f_6e73;
 

@@ -9,11 +9,11 @@ use super::batches::{codes_of, serial};
 use super::peers::{smtp_sink, smtp_sink_on, Kannel};
 use super::support::{cf, cie_state, codes_file, identification, open_with_accounts, Client};
 use super::*;
+use cards::{Channel, Fallback, JobState, OutboxPolicy, Part};
 use dispatch::courier::sms::KannelCourier;
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
 use dispatch::courier::Courier;
 use plico::delivery::Delivery;
-use vault::cms::{Channel, Fallback, JobState, OutboxPolicy, Part};
 
 const SALT: u64 = 0x6465_6c69;
 const TOKEN: &str = "dlr-token-0123456789abcdef";
@@ -115,7 +115,7 @@ impl Running {
     }
 
     /// Waits until card `n`'s latest job for `part` is in `state`.
-    async fn wait_for(&self, n: u64, part: Part, state: JobState) -> vault::cms::Job {
+    async fn wait_for(&self, n: u64, part: Part, state: JobState) -> cards::Job {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let jobs = self.state.cms.jobs_of(&serial(n)).unwrap();

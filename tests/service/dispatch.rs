@@ -153,7 +153,7 @@ impl Desk {
         (status, text)
     }
 
-    fn jobs(&self, n: u64) -> Vec<vault::cms::Job> {
+    fn jobs(&self, n: u64) -> Vec<cards::Job> {
         self.state.cms.jobs_of(&serial(n)).unwrap()
     }
 
@@ -258,14 +258,9 @@ async fn dispatch_resend_and_reidentify_over_http() {
     let second_b = a.json["id"].as_u64().unwrap();
     let jobs = d.jobs(501);
     assert_eq!(jobs.len(), 3);
-    assert_eq!(
-        jobs.iter()
-            .filter(|j| j.part == vault::cms::Part::A)
-            .count(),
-        1
-    );
+    assert_eq!(jobs.iter().filter(|j| j.part == cards::Part::A).count(), 1);
     let old_b = jobs.iter().find(|j| j.id == first_b).unwrap();
-    assert_eq!(old_b.state, vault::cms::JobState::Superseded);
+    assert_eq!(old_b.state, cards::JobState::Superseded);
     let s = d.status(501).await;
     assert_eq!(s["parts"][0]["state"], "handed_over");
     assert_eq!(s["parts"][1]["job"], second_b);
@@ -376,7 +371,7 @@ async fn dispatch_resend_and_reidentify_over_http() {
     let claimed = d
         .state
         .cms
-        .claim_due(u64::MAX / 2, &vault::cms::Channel::REMOTE, 10)
+        .claim_due(u64::MAX / 2, &cards::Channel::REMOTE, 10)
         .unwrap();
     assert_eq!(claimed.len(), 2, "{claimed:?}");
     assert_eq!(d.status(503).await["parts"][1]["state"], "sending");

@@ -22,12 +22,12 @@ use super::batches::{codes_of, mix, serial};
 use super::peers::smtp_sink;
 use super::support::cf;
 use super::*;
+use cards::codice_fiscale::check_character;
+use cards::date::Date;
+use cards::registry_parse::{CardEntry, HolderEntry};
+use cards::{Activation, Change, JobState};
 use std::collections::{BTreeMap, BTreeSet};
 use vault::account::Actor;
-use vault::cms::codice_fiscale::check_character;
-use vault::cms::date::Date;
-use vault::cms::registry_parse::{CardEntry, HolderEntry};
-use vault::cms::{Activation, Change, JobState};
 use vault::import::parse::ParseRules;
 use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
 use vault::store::sled::SledStore;
@@ -309,7 +309,7 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
     let store: Arc<dyn vault::store::Store> =
         Arc::new(SledStore::open(&data.join("store")).unwrap());
     let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
-    let cms = vault::cms::Cms::new(Arc::new(codes));
+    let cms = cards::Cards::new(Arc::new(codes));
     let mut retried = 0;
     for n in 1..=CARDS {
         let jobs = cms.jobs_of(&serial(n)).unwrap();

@@ -838,7 +838,7 @@ async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_code
         )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-    let pending: Vec<vault::cms::Job> = [101, 102]
+    let pending: Vec<cards::Job> = [101, 102]
         .iter()
         .flat_map(|n| k.state.cms.jobs_of(&serial(*n)).unwrap())
         .collect();

@@ -24,8 +24,8 @@
 use super::batches::serial;
 use super::support::{cf, identification};
 use super::*;
+use cards::codice_fiscale::check_character;
 use std::collections::BTreeSet;
-use vault::cms::codice_fiscale::check_character;
 
 const CARDS: u64 = 12;
 const PER_FILE: u64 = 4;

@@ -5,13 +5,13 @@
 
 use super::batches::{codes_of, serial};
 use super::*;
+use cards::codice_fiscale::check_character;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 use vault::account::{Account, Actor};
-use vault::cms::codice_fiscale::check_character;
 use vault::store::sled::SledStore;
 use vault::{CodePolicy, Role};
 

@@ -508,7 +508,7 @@ impl AuditLog {
     ///
     /// # Errors
     /// [`Error::Sealed`] and provider errors from the HSM; store errors.
-    pub(crate) fn create_key(
+    pub fn create_key(
         &self,
         ring: &mut Keyring,
         hsm: &dyn Hsm,

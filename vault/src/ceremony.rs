@@ -22,7 +22,7 @@
 //! A shred of a batch whose cards still need their codes (issued, active, suspended) is
 //! refused unless proposed with `force`; then, in the destroying write, those cards are
 //! revoked with reason `codes_destroyed` and their unsent dispatch jobs cancelled (through the
-//! registry given by [`Ceremonies::with_cms`]).
+//! registry given by [`Ceremonies::with_cards`], a [`CardRegistry`]).
 //!
 //! Retire and rekey are done within the approval call: the HSM first, then the approval and
 //! the outcome in one batch. If the HSM refuses (a share mistyped, the HSM sealed, a term still
@@ -40,11 +40,13 @@
 //! (one thread runs the job), the registry's ops lock (a shred's destroy phase, so that no
 //! card of the batch changes until its write), then the code vault's commit and keyring locks.
 
+pub mod cards;
 pub mod impact;
 pub mod job;
 pub mod proposal;
 pub mod status;
 
+pub use cards::{CardRegistry, CardStanding, RegistryGuard};
 pub use impact::{CardGroup, Impact, JobGroup, JobRef, KeyAction, KeyChange};
 pub use job::{JobPhase, JobState, KeyJob};
 pub use proposal::{Operation, Proposal, ProposalId, ProposalState};
@@ -52,7 +54,6 @@ pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
 
 use crate::account::{Actor, Role};
 use crate::audit::{AuditLog, NewEvent, Outcome};
-use crate::cms::Cms;
 use crate::codes::{BatchState, CodeVault};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
@@ -98,7 +99,7 @@ pub struct Ceremonies {
     audit: Arc<AuditLog>,
     /// The card registry: a shred revokes the cards that lose their codes and cancels their
     /// jobs. `None` only for a vault without cards (benches, some tests).
-    cms: Option<Arc<Cms>>,
+    cards: Option<Arc<dyn CardRegistry>>,
     policy: CeremonyPolicy,
     /// Serialises changes to proposals (ids, approvals, lapses).
     proposals: Mutex<()>,
@@ -139,18 +140,18 @@ impl Ceremonies {
         Ceremonies {
             codes,
             audit,
-            cms: None,
+            cards: None,
             policy,
             proposals: Mutex::new(()),
             runner: Mutex::new(()),
         }
     }
 
-    /// The same ceremonies with the card registry `cms` (the one the service uses, so that
+    /// The same ceremonies with the card registry `cards` (the one the service uses, so that
     /// its lock serialises card changes): a shred then counts, revokes and cancels per card.
     #[must_use]
-    pub fn with_cms(mut self, cms: Arc<Cms>) -> Self {
-        self.cms = Some(cms);
+    pub fn with_cards(mut self, cards: Arc<dyn CardRegistry>) -> Self {
+        self.cards = Some(cards);
         self
     }
 

@@ -845,8 +845,8 @@ impl CodeVault {
         Ok(rec)
     }
 
-    /// Holds the lock that serialises keyring changes (shared with [`crate::cms`]).
-    pub(crate) fn keyring_lock(&self) -> MutexGuard<'_, ()> {
+    /// Holds the lock that serialises keyring changes (shared with the `cards` crate).
+    pub fn keyring_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.keys_lock)
     }
 
@@ -854,12 +854,7 @@ impl CodeVault {
     ///
     /// # Errors
     /// As [`CodeVault::content_id`].
-    pub(crate) fn index_mac(
-        &self,
-        hsm: &dyn Hsm,
-        audit: &AuditLog,
-        msg: &[u8],
-    ) -> Result<[u8; 32]> {
+    pub fn index_mac(&self, hsm: &dyn Hsm, audit: &AuditLog, msg: &[u8]) -> Result<[u8; 32]> {
         let cached = self
             .index_key
             .read()
@@ -878,7 +873,11 @@ impl CodeVault {
         Ok(out)
     }
 
-    pub(crate) fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+    /// The opener of data key `key` (cached once loaded while the key is in the keyring).
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] and provider errors from the HSM; store errors; an unknown key.
+    pub fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
         if let Some(o) = self
             .openers
             .read()

@@ -32,7 +32,6 @@
 pub mod account;
 pub mod audit;
 pub mod ceremony;
-pub mod cms;
 pub mod codes;
 pub mod envelope;
 pub mod error;

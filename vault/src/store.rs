@@ -39,7 +39,7 @@ pub enum Tree {
     ContentIds,
     /// Per-card changes over the committed segments, by serial: codes deleted or replaced.
     CodeOverlay,
-    /// Holders by id: sealed personal data, cards, flags ([`crate::cms`]).
+    /// Holders by id: sealed personal data, cards, flags (the `cards` crate).
     Holders,
     /// Blind indexes of holders: `kind u8 | HMAC (32) | holder id`, empty values.
     HolderIndex,
@@ -49,7 +49,7 @@ pub enum Tree {
     CardExpiry,
     /// Technical problem reports by id (u64 BE).
     Reports,
-    /// Print runs of mailers by id (u64 BE) ([`crate::cms::mailers`]).
+    /// Print runs of mailers by id (u64 BE) (the `cards` crate's `mailers`).
     PrintRuns,
     /// Print files by id (u64 BE): the card serial of every mailer, in page order.
     PrintFiles,
@@ -57,7 +57,7 @@ pub enum Tree {
     /// of every mailer (small; loaded at start).
     PrintFileDirs,
     /// Dispatch jobs by id (u64 BE): one part of a card's codes by one channel
-    /// ([`crate::cms::outbox`]). No code, no contact.
+    /// (the `cards` crate's `outbox`). No code, no contact.
     Outbox,
     /// Jobs by when they are due: `lane u8 | due ms (u64 BE) | job id (u64 BE)`, empty values.
     /// Lane 0: waiting (`queued`, `failed`); lane 1: `sending` (found again at start-up).

@@ -5,7 +5,7 @@
 //!    imported, a registry of one holder per card (with an e-mail address and a mobile number)
 //!    is applied and the cards are made `active` directly (see [`super::population`]).
 //! 2. Requests (timed on their own, `requests_per_s`): one `email` dispatch request for each of
-//!    the N cards through [`vault::cms::Cms::request_dispatch`], as `POST …/dispatch` makes
+//!    the N cards through [`cards::Cards::request_dispatch`], as `POST …/dispatch` makes
 //!    it (one store batch and audit event each).
 //! 3. The measured path: the service's delivery workers ([`plico::delivery::run_workers`])
 //!    over that store, with an SMTP courier (its own pool, TCP_NODELAY) into a local
@@ -28,6 +28,8 @@ use super::population::{import, registry};
 use super::{dev_hsm, in_work_dir, per_s, serial};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use cards::date::Date;
+use cards::{Channel, OutboxPolicy};
 use clap::Args;
 use dispatch::courier::sms::KannelCourier;
 use dispatch::courier::smtp::{mime_message, SmtpConfig, SmtpCourier, SmtpSecurity};
@@ -40,8 +42,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use vault::account::Actor;
-use vault::cms::date::Date;
-use vault::cms::{Channel, OutboxPolicy};
 use vault::store::sled::SledStore;
 use vault::store::{Store, Tree};
 

@@ -24,6 +24,9 @@
 use super::population::{address, import, name, registry};
 use super::{dev_hsm, in_work_dir, peak_rss_mib, per_s, serial, status_mib};
 use anyhow::bail;
+use cards::date::Date;
+use cards::mailers::{Reprint, Selection};
+use cards::Cards;
 use clap::Args;
 use dispatch::bulk::OwnedMailer;
 use dispatch::{Addressee, Codes, Issuer, Layout, Plan, PrintRenderer, Templates};
@@ -34,9 +37,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use vault::account::Actor;
 use vault::audit::AuditLog;
-use vault::cms::date::Date;
-use vault::cms::mailers::{Reprint, Selection};
-use vault::cms::Cms;
 use vault::codes::{BatchId, CodeVault};
 use vault::store::sled::SledStore;
 use vault::store::Store;
@@ -89,7 +89,7 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
     audit.unlock(hsm.clone())?;
     let (codes, _) = CodeVault::open(store.clone())?;
     let codes = Arc::new(codes);
-    let cms = Cms::new(codes.clone());
+    let cms = Cards::new(codes.clone());
     let today = Date::today_utc();
     let actor = Actor {
         id: "bench".into(),
@@ -212,7 +212,7 @@ fn baseline(n: u64, per_file: usize, renderer: &PrintRenderer) -> anyhow::Result
                 OwnedMailer {
                     addressee: Addressee {
                         name: format!("{given} {surname}"),
-                        address: vault::cms::mailers::address_lines(&address(i)),
+                        address: cards::mailers::address_lines(&address(i)),
                     },
                     card_serial: serial(1_000_000_000, i),
                     codes: part.clone(),

@@ -6,14 +6,14 @@
 
 use super::{import_codes, write_file};
 use anyhow::{bail, Context};
+use cards::codice_fiscale::check_character;
+use cards::date::Date;
+use cards::registry::CardRecord;
+use cards::registry_parse::{CardEntry, HolderEntry};
+use cards::{CardState, Cards};
 use std::path::Path;
 use vault::account::Actor;
 use vault::audit::AuditLog;
-use vault::cms::codice_fiscale::check_character;
-use vault::cms::date::Date;
-use vault::cms::registry::CardRecord;
-use vault::cms::registry_parse::{CardEntry, HolderEntry};
-use vault::cms::{CardState, Cms};
 use vault::codes::{BatchId, CodeVault};
 use vault::import::ImportOutcome;
 use vault::store::{Batch, Store, Tree};
@@ -85,7 +85,7 @@ pub(super) fn import(
 /// holder `i` has the e-mail address `holder{i}@example.it` and a mobile number.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn registry(
-    cms: &Cms,
+    cms: &Cards,
     store: &dyn Store,
     hsm: &dyn vault::Hsm,
     audit: &AuditLog,

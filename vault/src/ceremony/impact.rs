@@ -13,8 +13,8 @@
 //! Reading the cards of a batch walks its segments' serials (no record is decrypted) and looks
 //! each serial up in the registry: one read a card, done at proposal, approval and destroy.
 
+use super::CardRegistry;
 use super::Ceremonies;
-use crate::cms::{CardState, Cms, Job};
 use crate::codes::segment::Segment;
 use crate::codes::BatchId;
 use crate::error::Result;
@@ -271,11 +271,6 @@ impl Tally {
     }
 }
 
-/// The jobs of a card that a shred cancels: not gone out yet.
-pub(super) fn cancellable(j: &Job) -> bool {
-    j.cancellable()
-}
-
 impl Ceremonies {
     /// Calls `f` with every serial of batch `batch`, segment by segment (none decrypted).
     pub(super) fn for_each_serial(
@@ -310,47 +305,32 @@ impl Ceremonies {
     }
 
     /// The cards of committed batch `batch` by state, and the jobs a shred would cancel.
-    /// Without a registry ([`Ceremonies::with_cms`]) every card is `not_registered`.
+    /// Without a registry ([`Ceremonies::with_cards`]) every card is `not_registered`.
     pub(super) fn batch_cards(&self, batch: BatchId) -> Result<(Vec<CardGroup>, JobGroup)> {
         let mut tally = Tally::default();
         let mut jobs = JobGroup::default();
-        let cms: Option<&Cms> = self.cms.as_deref();
+        let cards: Option<&dyn CardRegistry> = self.cards.as_deref();
         self.for_each_serial(batch, &mut |serial| {
-            let card = match cms {
-                Some(c) => c.card(serial)?,
+            let standing = match cards {
+                Some(c) => c.standing(serial)?,
                 None => None,
             };
-            let Some(card) = card else {
+            let Some(standing) = standing else {
                 tally.add("not_registered", serial);
                 return Ok(());
             };
-            tally.add(state_name(card.state), serial);
-            if let Some(c) = cms {
-                for j in c.jobs_of(serial)?.into_iter().filter(cancellable) {
+            tally.add(standing.as_str(), serial);
+            if let Some(c) = cards {
+                for j in c.cancellable_jobs(serial)? {
                     jobs.count += 1;
                     if jobs.listed.len() < LISTED_MAX {
-                        jobs.listed.push(JobRef {
-                            job: j.id,
-                            serial: j.serial.clone(),
-                            part: j.part.as_str().to_owned(),
-                            channel: j.channel.as_str().to_owned(),
-                            state: j.state.as_str().to_owned(),
-                        });
+                        jobs.listed.push(j);
                     }
                 }
             }
             Ok(())
         })?;
         Ok((tally.finish(), jobs))
-    }
-}
-
-fn state_name(s: CardState) -> &'static str {
-    match s {
-        CardState::Active => "active",
-        CardState::Suspended => "suspended",
-        CardState::Issued => "issued",
-        CardState::Revoked => "revoked",
     }
 }
 

@@ -32,11 +32,10 @@
 //! it (others return at once with its progress).
 
 use super::proposal::{Operation, Proposal, ProposalId, ProposalState};
+use super::CardStanding;
 use super::{now_ms, Ceremonies};
 use crate::account::Actor;
 use crate::audit::{NewEvent, Outcome};
-use crate::cms::registry::encode;
-use crate::cms::{CardState, Reason};
 use crate::codes::BatchState;
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, HsmStatus, TermId, TermInfo, TermState};
@@ -312,7 +311,7 @@ impl Ceremonies {
         next.save_into(&mut b)?;
         let rec = self.codes.batch(batch)?;
         // The registry's lock, held to the commit: no card of the batch changes meanwhile.
-        let _ops = self.cms.as_ref().map(|c| c.ops_lock());
+        let _ops = self.cards.as_ref().map(|c| c.hold());
         let mut events = Vec::new();
         let (revoked, cancelled) = match job.op {
             Operation::Shred { force, .. } => {
@@ -365,18 +364,16 @@ impl Ceremonies {
         b: &mut Batch,
         events: &mut Vec<NewEvent>,
     ) -> Result<std::result::Result<(u64, u64), String>> {
-        let Some(cms) = self.cms.clone() else {
+        let Some(cards) = self.cards.clone() else {
             return Ok(Ok((0, 0)));
         };
         let mut live = Vec::new();
         let mut registered = Vec::new();
         self.for_each_serial(batch, &mut |serial| {
-            if let Some(card) = cms.card(serial)? {
-                if card.state != CardState::Revoked {
-                    live.push(card);
-                } else {
-                    registered.push(card.serial);
-                }
+            match cards.standing(serial)? {
+                Some(CardStanding::Revoked) => registered.push(serial.to_owned()),
+                Some(_) => live.push(serial.to_owned()),
+                None => {}
             }
             Ok(())
         })?;
@@ -391,15 +388,16 @@ impl Ceremonies {
         let why = format!("codes destroyed: batch {batch} shredded by {}", job.id);
         let actor = Actor::system(job.id.to_string());
         let mut cancelled = 0u64;
-        let revoked = live.len() as u64;
-        for card in live {
-            let (card, event) = cms.revoked(card, Reason::CodesDestroyed, now, &actor);
-            b.put(Tree::Cards, card.serial.as_bytes().to_vec(), encode(&card)?);
-            events.push(event.detail("proposal", job.id.to_string()));
-            registered.push(card.serial);
+        let mut revoked = 0u64;
+        for serial in live {
+            if let Some(event) = cards.revoke_codes_destroyed_into(&serial, now, &actor, b)? {
+                revoked += 1;
+                events.push(event.detail("proposal", job.id.to_string()));
+            }
+            registered.push(serial);
         }
         for serial in registered {
-            for (_, event) in cms.cancel_jobs_into(&serial, &why, now, b)? {
+            for event in cards.cancel_jobs_into(&serial, &why, now, b)? {
                 cancelled += 1;
                 events.push(event.detail("proposal", job.id.to_string()));
             }

@@ -283,7 +283,7 @@ impl fmt::Display for Report {
 
 /// Writes a report: one problem a line, then how many more there were when not all are
 /// listed. Shared by every file report (code files, registry files).
-pub(crate) fn write_problems<P: fmt::Display>(
+pub fn write_problems<P: fmt::Display>(
     f: &mut fmt::Formatter<'_>,
     problems: &[P],
     total: u64,

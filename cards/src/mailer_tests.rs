@@ -4,9 +4,9 @@
 use super::mailers::{MailerItem, MailerOutcome, MailerState, RecordedFile, Reprint, Selection};
 use super::tests::{actor, date, holder_activation, serial, today, World};
 use super::{Change, PrintJob, Reason};
-use crate::codes::BatchId;
-use crate::import::ImportOutcome;
-use crate::Error;
+use vault::codes::BatchId;
+use vault::import::ImportOutcome;
+use vault::Error;
 
 fn batch_of(outcome: ImportOutcome) -> BatchId {
     match outcome {
@@ -48,7 +48,7 @@ fn start<'w>(w: &'w World, selection: Selection, reprint: Reprint) -> PrintJob<'
 fn items(w: &World, job: &PrintJob<'_>) -> Vec<MailerItem> {
     job.mailers(&*w.hsm, today())
         .unwrap()
-        .collect::<crate::Result<Vec<_>>>()
+        .collect::<vault::Result<Vec<_>>>()
         .unwrap()
 }
 

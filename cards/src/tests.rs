@@ -3,21 +3,21 @@
 //! against a plain in-memory model.
 
 use super::*;
-use crate::account::Actor;
-use crate::audit::AuditLog;
-use crate::codes::CodeVault;
-use crate::hsm::Hsm;
-use crate::hsm_double::DoubleHsm;
-use crate::import::parse::ParseRules;
-use crate::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use crate::store::sled::SledStore;
-use crate::store::Store;
-use crate::Error;
 use date::Date;
+use hsm_sim::SimulatedHsm;
 use proptest::prelude::*;
 use registry_parse::{CardEntry, HolderEntry};
 use std::collections::HashMap;
 use std::sync::Arc;
+use vault::account::Actor;
+use vault::audit::AuditLog;
+use vault::codes::CodeVault;
+use vault::hsm::Hsm;
+use vault::import::parse::ParseRules;
+use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::store::sled::SledStore;
+use vault::store::Store;
+use vault::Error;
 
 /// Valid codici fiscali (check characters computed by [`codice_fiscale`]).
 pub(super) fn cf(i: usize) -> String {
@@ -53,18 +53,23 @@ pub(super) fn actor() -> Actor {
 
 pub(super) struct World {
     dir: tempfile::TempDir,
+    /// The development HSM's directory, apart from the store's.
+    _hsm_dir: tempfile::TempDir,
     pub(super) hsm: Arc<dyn Hsm>,
     store: Option<Arc<dyn Store>>,
     audit: Option<AuditLog>,
     pub(super) codes: Option<Arc<CodeVault>>,
-    cms: Option<Cms>,
+    cms: Option<Cards>,
 }
 
 impl World {
     pub(super) fn new() -> World {
+        let hsm_dir = tempfile::tempdir().unwrap();
+        let hsm = Arc::new(SimulatedHsm::dev(hsm_dir.path()).unwrap());
         let mut w = World {
             dir: tempfile::tempdir().unwrap(),
-            hsm: Arc::new(DoubleHsm::new()),
+            _hsm_dir: hsm_dir,
+            hsm,
             store: None,
             audit: None,
             codes: None,
@@ -80,7 +85,7 @@ impl World {
         audit.unlock(self.hsm.clone()).unwrap();
         let (codes, _) = CodeVault::open(store.clone()).unwrap();
         let codes = Arc::new(codes);
-        self.cms = Some(Cms::new(codes.clone()));
+        self.cms = Some(Cards::new(codes.clone()));
         self.codes = Some(codes);
         self.audit = Some(audit);
         self.store = Some(store);
@@ -94,7 +99,7 @@ impl World {
         self.open();
     }
 
-    pub(super) fn cms(&self) -> &Cms {
+    pub(super) fn cms(&self) -> &Cards {
         self.cms.as_ref().unwrap()
     }
 
@@ -130,7 +135,7 @@ impl World {
         holder: usize,
         cards: &[(usize, Date, Option<usize>)],
         deceased: bool,
-    ) -> crate::Result<RegistryOutcome> {
+    ) -> vault::Result<RegistryOutcome> {
         let entry = HolderEntry {
             first_line: 2,
             codice_fiscale: cf(holder),
@@ -155,7 +160,7 @@ impl World {
             .import_registry(&*self.hsm, self.audit(), &[entry], today(), &actor())
     }
 
-    pub(super) fn change(&self, c: usize, change: &Change) -> crate::Result<CardStatus> {
+    pub(super) fn change(&self, c: usize, change: &Change) -> vault::Result<CardStatus> {
         self.cms().change(
             &*self.hsm,
             self.audit(),
@@ -396,7 +401,7 @@ fn search_finds_by_exact_keys_and_leaves_no_clear_personal_data_in_the_store() {
     .map(String::into_bytes)
     .collect();
     let mut scanned = 0;
-    for path in crate::codes::tests::walk(w.dir.path()) {
+    for path in walk(w.dir.path()) {
         let bytes = std::fs::read(&path).unwrap();
         scanned += bytes.len();
         for n in &needles {
@@ -721,4 +726,18 @@ proptest! {
     fn the_vault_follows_the_model(ops in proptest::collection::vec(op(), 1..25)) {
         run(&ops);
     }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -11,9 +11,9 @@
 //! `reidentify` keeps an active card active: it records that the holder was identified again
 //! (rule 13: a changed contact needs a new identification before codes go to it).
 
-use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use vault::error::{Error, Result};
 
 /// Where a card is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //!
 //! # Flow of a print run
 //!
-//! 1. [`Cms::start_print_run`] checks the selection (a committed batch, or a list of serials),
+//! 1. [`Cards::start_print_run`] checks the selection (a committed batch, or a list of serials),
 //!    records the run as `running` with a `mailers.run_start` audit event, and returns a
 //!    [`PrintJob`]. One run at a time.
 //! 2. [`PrintJob::mailers`] yields a [`MailerItem`] (address, codes, number) for every selected
@@ -27,14 +27,14 @@
 //!
 //! - **recorded, no manifest** (killed between the record and the manifest's rename): the
 //!   manifest is written again from the record, which holds every field of it
-//!   ([`Cms::print_file_facts`]: name, label, count, first and last serial, numbers, SHA-256,
+//!   ([`Cards::print_file_facts`]: name, label, count, first and last serial, numbers, SHA-256,
 //!   size), once the sealed file's size matches the record. The cards are printed, and their
 //!   file is printable again before anything else runs;
 //! - **published, not recorded** (killed before or during the record): the file is in no run;
 //!   it is moved aside to a quarantine folder and its cards stay unprinted, so a rerun prints
 //!   them;
 //! - partial outputs (hidden `.partial` files) are removed; runs found `running`
-//!   are marked `interrupted` at once ([`Cms::recover_print_runs`]).
+//!   are marked `interrupted` at once ([`Cards::recover_print_runs`]).
 //!
 //! So a card is marked printed only by a record, a record exists only for a published,
 //! fsynced sealed file, and no record is left without its manifest once start-up is done:
@@ -58,24 +58,24 @@
 //!
 //! Every printed mailer is in exactly one state: `outstanding` (printed, no outcome yet),
 //! `delivered`, `spoiled` (reported by the print facility or the post) or `voided` (a later
-//! reprint of its card replaced it). [`Cms::reconcile`] counts them per batch, so that
+//! reprint of its card replaced it). [`Cards::reconcile`] counts them per batch, so that
 //! printed = delivered + spoiled + voided + outstanding, and a batch is balanced when
 //! nothing is outstanding.
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, now_ms, Cms};
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent, Outcome};
-use crate::codes::{BatchId, BatchScan, CardCodes};
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::{seq_key, Batch, Tree};
+use super::registry::{decode, encode, now_ms, Cards};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent, Outcome};
+use vault::codes::{BatchId, BatchScan, CardCodes};
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::{seq_key, Batch, Tree};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
 const NEXT_FILE_KEY: &[u8] = b"mailers.next_file";
@@ -277,7 +277,7 @@ impl PrintFileDir {
     }
 }
 
-/// A recorded print file and what its manifest needs besides: see [`Cms::print_file_facts`].
+/// A recorded print file and what its manifest needs besides: see [`Cards::print_file_facts`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrintFileFacts {
     /// The directory entry (name, numbers, count, SHA-256, size).
@@ -406,7 +406,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn next_counter(cms: &Cms, key: &[u8], b: &mut Batch, by: u64) -> Result<u64> {
+fn next_counter(cms: &Cards, key: &[u8], b: &mut Batch, by: u64) -> Result<u64> {
     let next = match cms.store.get(Tree::Meta, key)? {
         Some(v) => u64::from_be_bytes(
             v.as_slice()
@@ -438,7 +438,7 @@ pub fn address_lines(address: &str) -> Vec<String> {
         .collect()
 }
 
-impl Cms {
+impl Cards {
     fn book(&self) -> Result<MutexGuard<'_, MailerBook>> {
         let mut book = lock(&self.mailers);
         if !book.loaded {
@@ -575,7 +575,7 @@ impl Cms {
             Selection::Batch(id) => {
                 self.codes
                     .batch(*id)?
-                    .filter(|r| r.state == crate::codes::BatchState::Committed)
+                    .filter(|r| r.state == vault::codes::BatchState::Committed)
                     .ok_or_else(|| Error::NotFound(format!("committed batch {id}")))?;
                 Some(id.to_string())
             }
@@ -882,7 +882,7 @@ struct NumberBlock {
 
 /// A print run in progress. See the module documentation for the flow.
 pub struct PrintJob<'c> {
-    cms: &'c Cms,
+    cms: &'c Cards,
     selection: Selection,
     reprint: Reprint,
     record: Mutex<PrintRunRecord>,

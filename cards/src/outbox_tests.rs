@@ -6,9 +6,9 @@ use super::outbox::{Channel, Fallback, Job, JobState, OutboxPolicy, Part, Receip
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use crate::audit::Query;
-use crate::store::Tree;
-use crate::Error;
+use vault::audit::Query;
+use vault::store::Tree;
+use vault::Error;
 
 const EXPIRY: &str = "2030-01-01";
 
@@ -53,7 +53,7 @@ fn world() -> World {
     w
 }
 
-fn request(w: &World, c: usize, plan: &str) -> crate::Result<super::Dispatched> {
+fn request(w: &World, c: usize, plan: &str) -> vault::Result<super::Dispatched> {
     w.cms()
         .request_dispatch(&*w.hsm, w.audit(), &serial(c), plan, today(), &actor())
 }
@@ -65,7 +65,7 @@ pub(super) fn print_a(
     c: usize,
     plan: Option<&str>,
     reprint: bool,
-) -> crate::Result<super::CounterPrint> {
+) -> vault::Result<super::CounterPrint> {
     w.cms()
         .print_counter_part(
             &*w.hsm,
@@ -87,7 +87,7 @@ pub(super) fn hand_over(w: &World, c: usize) {
 }
 
 /// The events of `action`, oldest first (up to 1,000).
-pub(super) fn events(w: &World, action: &str) -> Vec<crate::audit::Event> {
+pub(super) fn events(w: &World, action: &str) -> Vec<vault::audit::Event> {
     w.audit()
         .query(&Query {
             action: Some(action.into()),
@@ -613,7 +613,7 @@ fn receipts_move_parts_to_delivered() {
 #[test]
 fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
     let w = world();
-    let refused = |r: crate::Result<super::CounterPrint>| match r {
+    let refused = |r: vault::Result<super::CounterPrint>| match r {
         Err(Error::Refused(m)) => m,
         other => panic!("{other:?}"),
     };

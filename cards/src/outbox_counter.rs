@@ -1,7 +1,7 @@
 //! The counter page as part A of the card's dispatch in force (rule 14a): one dispatch, one
 //! plan, one set of digit ranges.
 //!
-//! [`Cms::print_counter_part`] finds the card's dispatch in force; without a split one (its
+//! [`Cards::print_counter_part`] finds the card's dispatch in force; without a split one (its
 //! part A a `counter` job) there is no counter page. A plan named by the caller must be that
 //! dispatch's plan, else the refusal names the plan in force. Under the ops lock it checks the
 //! card (`active`, codes held), releases the codes, lets the caller render the page, and only
@@ -18,13 +18,13 @@
 
 use super::date::Date;
 use super::outbox::{by, job_event, put_job, Channel, DispatchPlan, Job, JobState, Part};
-use super::registry::{now_ms, Cms};
-use crate::account::Actor;
-use crate::audit::AuditLog;
-use crate::codes::CardCodes;
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::Batch;
+use super::registry::{now_ms, Cards};
+use vault::account::Actor;
+use vault::audit::AuditLog;
+use vault::codes::CardCodes;
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::Batch;
 
 /// What the counter page must show: part A of this plan (in `dispatch`'s grammar, with part
 /// B's channel), of this dispatch.
@@ -38,7 +38,7 @@ pub struct CounterSlip {
     pub reprint: bool,
 }
 
-/// What [`Cms::print_counter_part`] recorded.
+/// What [`Cards::print_counter_part`] recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterPrint {
     /// The slip the page was rendered for.
@@ -49,7 +49,7 @@ pub struct CounterPrint {
     pub released: Vec<u64>,
 }
 
-impl Cms {
+impl Cards {
     /// Prints part A of the card's dispatch in force at the counter: see the module docs.
     /// `plan`, if given, must be the dispatch's plan (`counter(N)+remote` matches either
     /// remote channel). `render` gets the codes and the slip and makes the page; if it fails,

@@ -10,7 +10,7 @@
 //!   serial for a holder without cards.
 //!
 //! [`parse_registry`] reads a [`BufRead`] once, line by line, like the manufacturer-file parser
-//! ([`crate::import::parse`]): lines are borrowed from the reader's buffer and only a line that
+//! ([`vault::import::parse`]): lines are borrowed from the reader's buffer and only a line that
 //! straddles two buffer fills is copied, into one reusable buffer capped at
 //! [`MAX_LINE_BYTES`]. Unlike that parser it keeps its output in memory, because the cards of
 //! one holder may be spread over the file: holders are merged by normalised codice fiscale.
@@ -23,7 +23,7 @@
 //! count of all of them. A file is accepted only whole.
 //!
 //! Field rules: the codice fiscale by [`codice_fiscale::normalise`], e-mail and mobile by
-//! [`contact`](crate::cms::contact), dates by [`Date::parse`], serials by the configured
+//! [`contact`](crate::contact), dates by [`Date::parse`], serials by the configured
 //! [`SerialRule`], names and address by [`normalise_name`] and [`normalise_address`]. A birth
 //! date must lie between [`MIN_BIRTH_DATE`] and [`RegistryRules::today`]. A serial may appear
 //! once in the file; the `replaced_by` serial of a card differs from its own serial but may be
@@ -40,17 +40,17 @@
 //! unknown JSON key or CSV column name. [`HolderEntry`]'s `Debug` leaves the personal fields
 //! out.
 
-use crate::cms::codice_fiscale;
-use crate::cms::contact::{normalise_email, normalise_mobile};
-use crate::cms::date::Date;
-use crate::error::Error;
-use crate::import::parse::SerialRule;
+use crate::codice_fiscale;
+use crate::contact::{normalise_email, normalise_mobile};
+use crate::date::Date;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, ErrorKind};
+use vault::error::Error;
+use vault::import::parse::SerialRule;
 
 /// The most lines a registry file may have (blank lines and the header included). The parser
 /// holds the holders of the whole file in memory, so this bounds its memory; a longer file is
@@ -227,7 +227,7 @@ pub struct RegistryReport {
 
 impl fmt::Display for RegistryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::import::parse::write_problems(f, &self.problems, self.total)
+        vault::import::parse::write_problems(f, &self.problems, self.total)
     }
 }
 
@@ -339,7 +339,7 @@ pub fn normalise_address(input: &str) -> Result<Option<String>, AddressError> {
     }
     if let Some(i) = address
         .chars()
-        .position(|c| crate::text::is_unsafe(c, crate::text::Kind::Line))
+        .position(|c| vault::text::is_unsafe(c, vault::text::Kind::Line))
     {
         return Err(AddressError::Control(i + 1));
     }

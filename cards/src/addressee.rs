@@ -2,21 +2,21 @@
 //! counter's single page (the bulk path gets them from [`super::PrintJob`]).
 
 use super::mailers::address_lines;
-use super::registry::Cms;
-use crate::error::Result;
-use crate::hsm::Hsm;
+use super::registry::Cards;
+use vault::error::Result;
+use vault::hsm::Hsm;
 
-impl Cms {
+impl Cards {
     /// The holder of card `serial` as a mailer addresses them: the name (given names and
     /// surname) and the postal address lines (none if no address is registered). `None` when
     /// the card is not in the registry or its holder is missing.
     ///
     /// # Security
     /// Personal data in clear: render it at once and drop it. Not audited here; the caller's
-    /// code release ([`Cms::release_codes`]) is.
+    /// code release ([`Cards::release_codes`]) is.
     ///
     /// # Errors
-    /// [`crate::Error::Sealed`]; store errors; a holder record that does not open.
+    /// [`vault::Error::Sealed`]; store errors; a holder record that does not open.
     pub fn addressee_of(
         &self,
         hsm: &dyn Hsm,

@@ -20,18 +20,18 @@
 use super::card::{CardState, Reason};
 use super::date::Date;
 use super::registry_parse::HolderEntry;
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::codes::CodeVault;
-use crate::envelope::{DataKeyId, Envelope, Sealer};
-use crate::error::{Error, Result};
-use crate::hsm::{Hsm, KeyPurpose};
-use crate::keyring::Keyring;
-use crate::store::{Batch, Store, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::codes::CodeVault;
+use vault::envelope::{DataKeyId, Envelope, Sealer};
+use vault::error::{Error, Result};
+use vault::hsm::{Hsm, KeyPurpose};
+use vault::keyring::Keyring;
+use vault::store::{Batch, Store, Tree};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
 /// Blind index kinds.
@@ -227,7 +227,7 @@ pub struct RegistryOutcome {
 }
 
 /// The card management side of the vault: registry, lifecycle, reports. One per process.
-pub struct Cms {
+pub struct Cards {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) codes: Arc<CodeVault>,
     /// Serialises every change (registry, lifecycle, reports): each reads, checks and writes
@@ -242,9 +242,9 @@ pub struct Cms {
     pub(crate) print_running: std::sync::atomic::AtomicBool,
 }
 
-impl fmt::Debug for Cms {
+impl fmt::Debug for Cards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Cms")
+        f.write_str("Cards")
     }
 }
 
@@ -252,10 +252,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Cms {
+impl Cards {
     /// The registry over `codes`' store.
-    pub fn new(codes: Arc<CodeVault>) -> Cms {
-        Cms {
+    pub fn new(codes: Arc<CodeVault>) -> Cards {
+        Cards {
             store: codes.store().clone(),
             codes,
             ops: Mutex::new(()),
@@ -292,7 +292,7 @@ impl Cms {
     }
 
     /// Seals `clear` for `subject` under this process's holder key, creating the key on first
-    /// use (its own audited commit). The operation then calls [`Cms::note_encryptions`] once,
+    /// use (its own audited commit). The operation then calls [`Cards::note_encryptions`] once,
     /// to put the keyring's count of encryptions into its batch.
     pub(crate) fn seal(
         &self,
@@ -310,7 +310,7 @@ impl Cms {
         let s = sealer
             .as_mut()
             .ok_or_else(|| Error::Storage("no holder key".into()))?;
-        let env = s.seal(subject, &crate::secret::Plaintext::from_slice(clear))?;
+        let env = s.seal(subject, &vault::secret::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
 
@@ -330,7 +330,7 @@ impl Cms {
         Ok(Some(keys))
     }
 
-    /// Opens what [`Cms::seal`] sealed for `subject`.
+    /// Opens what [`Cards::seal`] sealed for `subject`.
     pub(crate) fn open(
         &self,
         hsm: &dyn Hsm,

@@ -7,7 +7,7 @@ use super::outbox_tests::{events, hand_over};
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use crate::Error;
+use vault::Error;
 
 fn holder(w: &World, mobile: &str) {
     let entry = HolderEntry {
@@ -160,13 +160,13 @@ fn claim_and_release_takes_only_its_channel_in_one_commit() {
         .unwrap();
     assert_eq!(got.len(), 1);
     let (job, release) = &got[0];
-    assert_eq!(job.state, crate::cms::JobState::Sending);
+    assert_eq!(job.state, crate::JobState::Sending);
     assert_eq!(job.attempts, 1);
     let release = release.as_ref().unwrap();
     assert_eq!(release.job.id, job.id);
     assert_eq!(
         w.cms().job(job.id).unwrap().unwrap().state,
-        crate::cms::JobState::Sending
+        crate::JobState::Sending
     );
     // One event for the one release, and nothing left to claim.
     assert_eq!(releases(&w), vec![format!("dispatch job {}", job.id)]);
@@ -215,7 +215,7 @@ fn a_job_refused_for_the_cards_state_is_cancelled_and_never_falls_back() {
         }
         // What the delivery worker does with a job that comes back `sending`: a permanent
         // failure, with the policy's fallback.
-        if job.state == crate::cms::JobState::Sending {
+        if job.state == crate::JobState::Sending {
             let _ = w.cms().mark_failed(
                 &*w.hsm,
                 w.audit(),
@@ -223,7 +223,7 @@ fn a_job_refused_for_the_cards_state_is_cancelled_and_never_falls_back() {
                 false,
                 "release refused",
                 now,
-                &crate::cms::OutboxPolicy::default(),
+                &crate::OutboxPolicy::default(),
             );
         }
         let stored = w.cms().job(job.id).unwrap().unwrap();
@@ -256,7 +256,7 @@ fn mark_sent_many_marks_each_in_one_commit_and_refuses_one_alone() {
             &[(job.id, "250-queued-1".into()), (424_242, "x".into())],
         )
         .unwrap();
-    assert_eq!(got[0].as_ref().unwrap().state, crate::cms::JobState::Sent);
+    assert_eq!(got[0].as_ref().unwrap().state, crate::JobState::Sent);
     assert!(matches!(got[1], Err(Error::NotFound(_))), "{:?}", got[1]);
     assert_eq!(count(&w, "dispatch.sent"), 1);
     // Marked again: left as it is, no new event.
@@ -264,6 +264,6 @@ fn mark_sent_many_marks_each_in_one_commit_and_refuses_one_alone() {
         .cms()
         .mark_sent_many(w.audit(), &[(job.id, "250-queued-1".into())])
         .unwrap();
-    assert_eq!(again[0].as_ref().unwrap().state, crate::cms::JobState::Sent);
+    assert_eq!(again[0].as_ref().unwrap().state, crate::JobState::Sent);
     assert_eq!(count(&w, "dispatch.sent"), 1);
 }

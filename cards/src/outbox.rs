@@ -12,20 +12,20 @@
 //!                        └─────────────────────┴── recover (start-up: sending → queued)
 //! ```
 //!
-//! - [`Cms::request_dispatch`] checks the card (`active`, codes held), the holder's registered
+//! - [`Cards::request_dispatch`] checks the card (`active`, codes held), the holder's registered
 //!   contacts and rule 13 (a contact changed after the card's last identification is refused
 //!   until [`super::Change::Reidentify`]), then writes the request, its jobs and one
 //!   `dispatch.request` event in one store batch. The counter part (`A` of `counter(N)+…`) is
 //!   printed at the counter: it gets a job in state `counter`, never claimed, so that the
 //!   card's status shows every part of the plan.
 //! - A job holds no code and no contact: the worker gets the codes through
-//!   [`Cms::release_codes`] and the address from the registry at send time.
+//!   [`Cards::release_codes`] and the address from the registry at send time.
 //! - Each job has an idempotency key (128 random bits, hex), fixed for its life: a job found
-//!   `sending` after a crash ([`Cms::recover`]) is sent again with the same key, so a courier
+//!   `sending` after a crash ([`Cards::recover`]) is sent again with the same key, so a courier
 //!   or gateway that knows the key can drop the duplicate. Receipts find their job by it.
 //! - A job that dies may fall back ([`Fallback`]): SMS → a new e-mail job for the same part;
 //!   otherwise the part is flagged `needs_counter_reprint`.
-//! - [`Cms::resend_part`] makes a new job for one part; the old job stays as history.
+//! - [`Cards::resend_part`] makes a new job for one part; the old job stays as history.
 //!
 //! # Audit
 //!
@@ -47,21 +47,21 @@
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, now_ms, CardRecord, Cms, HolderRecord, PersonalData};
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::{seq_key, Batch, Tree};
+use super::registry::{decode, encode, now_ms, CardRecord, Cards, HolderRecord, PersonalData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::{seq_key, Batch, Tree};
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
 /// Lanes of [`Tree::OutboxDue`]: waiting jobs by channel (`LANE_WAITING | channel tag`), and
 /// `sending` jobs. Lane 0 is the waiting lane of stores written before lanes had channels
-/// ([`Cms::recover`] moves its keys).
+/// ([`Cards::recover`] moves its keys).
 const LANE_OLD_WAITING: u8 = 0;
 const LANE_SENDING: u8 = 1;
 const LANE_WAITING: u8 = 0x10;
@@ -194,7 +194,7 @@ pub enum JobState {
     /// Part A, printed and handed over at the counter (by whom and when on the job).
     HandedOver,
     /// Will not go out: its dispatch was replaced, the card's state refused it, or the card's
-    /// codes were destroyed by a forced shred of its batch ([`crate::ceremony`]); the reason is
+    /// codes were destroyed by a forced shred of its batch ([`vault::ceremony`]); the reason is
     /// on the job. Never falls back to another channel.
     Cancelled,
 }
@@ -471,7 +471,7 @@ pub struct DispatchHistory {
     pub jobs: Vec<Job>,
 }
 
-/// What [`Cms::request_dispatch`] wrote.
+/// What [`Cards::request_dispatch`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatched {
     /// The request.
@@ -621,7 +621,7 @@ fn card_key(serial: &str, id: u64) -> Vec<u8> {
     k
 }
 
-fn counter_value(cms: &Cms, key: &[u8]) -> Result<u64> {
+fn counter_value(cms: &Cards, key: &[u8]) -> Result<u64> {
     match cms.store.get(Tree::Meta, key)? {
         Some(v) => <[u8; 8]>::try_from(v.as_slice())
             .map(u64::from_be_bytes)
@@ -671,7 +671,7 @@ struct JobMaker {
 }
 
 impl JobMaker {
-    fn new(cms: &Cms, now: u64) -> Result<JobMaker> {
+    fn new(cms: &Cards, now: u64) -> Result<JobMaker> {
         Ok(JobMaker {
             next: counter_value(cms, NEXT_JOB_KEY)?,
             now,
@@ -749,7 +749,7 @@ pub(super) fn by(event: NewEvent, actor: &Actor) -> NewEvent {
         .request(actor.request_id.clone())
 }
 
-impl Cms {
+impl Cards {
     /// A job.
     ///
     /// # Errors
@@ -1001,7 +1001,7 @@ impl Cms {
     /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
     /// held, when a contact the plan needs is not registered or changed after the last
     /// identification (rule 13), or when the card has a dispatch in force (under way or
-    /// done: see [`Cms::request_dispatch_with`] to replace it); [`Error::Sealed`]; store and
+    /// done: see [`Cards::request_dispatch_with`] to replace it); [`Error::Sealed`]; store and
     /// audit errors.
     pub fn request_dispatch(
         &self,
@@ -1015,7 +1015,7 @@ impl Cms {
         self.request_dispatch_with(hsm, audit, serial, plan_text, None, today, actor)
     }
 
-    /// [`Cms::request_dispatch`], replacing the card's dispatch in force when `replace` gives
+    /// [`Cards::request_dispatch`], replacing the card's dispatch in force when `replace` gives
     /// a reason: a card has one dispatch in force at a time (rule 14a), so a new one is
     /// refused while one is under way or done, unless it replaces it. The replaced dispatch
     /// is marked superseded and its unsent parts (`counter`, `awaiting_counter`, `queued`,
@@ -1024,7 +1024,7 @@ impl Cms {
     /// refused until it is settled.
     ///
     /// # Errors
-    /// As [`Cms::request_dispatch`]; [`Error::Invalid`] for an empty or over-long reason, or
+    /// As [`Cards::request_dispatch`]; [`Error::Invalid`] for an empty or over-long reason, or
     /// one with control characters.
     #[allow(clippy::too_many_arguments)]
     pub fn request_dispatch_with(
@@ -1215,7 +1215,7 @@ impl Cms {
         Ok(claimed)
     }
 
-    /// [`Cms::claim_due`]'s changes put into `b`. Called with the ops lock held.
+    /// [`Cards::claim_due`]'s changes put into `b`. Called with the ops lock held.
     pub(super) fn claim_into(
         &self,
         now_ms: u64,
@@ -1255,10 +1255,10 @@ impl Cms {
     }
 
     /// Records that the courier accepted job `id` (`sending` → `sent`), with its id for the
-    /// message, and a `dispatch.sent` event, in one batch: [`Cms::mark_sent_many`] for one job.
+    /// message, and a `dispatch.sent` event, in one batch: [`Cards::mark_sent_many`] for one job.
     ///
     /// # Errors
-    /// As [`Cms::mark_sent_many`], for the job or the whole call.
+    /// As [`Cards::mark_sent_many`], for the job or the whole call.
     pub fn mark_sent(&self, audit: &AuditLog, id: u64, peer_id: &str) -> Result<Job> {
         self.mark_sent_many(audit, &[(id, peer_id.to_owned())])?
             .pop()
@@ -1486,12 +1486,12 @@ pub enum ReceiptOutcome {
     Repeat,
 }
 
-impl Cms {
+impl Cards {
     /// Applies a delivery receipt (e.g. an SMS gateway's delivery report) to the job with
     /// `idempotency_key`. `delivered` moves it to `delivered` with a `dispatch.delivered` event
-    /// (from any state but `delivered`: a receipt may come before [`Cms::mark_sent`] is
+    /// (from any state but `delivered`: a receipt may come before [`Cards::mark_sent`] is
     /// recorded, or after the job was given up). A negative receipt of a `sent` (or `sending`)
-    /// job counts as a temporary failure ([`Cms::mark_failed`]); otherwise it is a no-op. A
+    /// job counts as a temporary failure ([`Cards::mark_failed`]); otherwise it is a no-op. A
     /// repeat is a no-op.
     ///
     /// # Errors

@@ -2,27 +2,27 @@
 //! job's channel needs and the holder's name, after the same checks a dispatch request passes
 //! (card `active`, contact registered and not changed after the last identification, rule 13).
 //!
-//! The codes come through the same gate as [`Cms::release_codes`], every check made under the
+//! The codes come through the same gate as [`Cards::release_codes`], every check made under the
 //! ops lock, so every release is audited as `card.codes_release` with purpose
-//! `dispatch job N`. A worker claims and releases a batch together ([`Cms::claim_and_release`]):
+//! `dispatch job N`. A worker claims and releases a batch together ([`Cards::claim_and_release`]):
 //! their events share one commit and one flush. Nothing here renders or sends.
 //!
 //! A release refused because of the card's state (not `active`, codes gone, contact missing or
-//! changed after the last identification) is not a channel failure: [`Cms::claim_and_release`]
+//! changed after the last identification) is not a channel failure: [`Cards::claim_and_release`]
 //! cancels the job in the same commit, under the same lock as the check, with the state read
 //! at that moment as its reason (`card_suspended`, `codes_gone`, `contact_changed`, …) and a
 //! `dispatch.cancel` event. A cancelled job never falls back to another channel.
 
 use super::date::Date;
 use super::outbox::{job_event, put_job, Channel, Job, JobState};
-use super::registry::Cms;
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::codes::CardCodes;
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::Batch;
+use super::registry::Cards;
 use std::fmt;
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::codes::CardCodes;
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::Batch;
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.
@@ -60,7 +60,7 @@ impl fmt::Debug for ReleaseDestination {
 pub struct JobRelease {
     /// The job (in `sending`).
     pub job: Job,
-    /// The card's codes, as [`Cms::release_codes`] gave them.
+    /// The card's codes, as [`Cards::release_codes`] gave them.
     pub codes: CardCodes,
     /// The registered contact the job's channel needs.
     pub destination: ReleaseDestination,
@@ -79,9 +79,9 @@ impl fmt::Debug for JobRelease {
     }
 }
 
-impl Cms {
+impl Cards {
     /// The codes, destination and holder's name for job `job_id`, which must be `sending`
-    /// (claimed by the caller): the release of [`Cms::claim_and_release`] for one job already
+    /// (claimed by the caller): the release of [`Cards::claim_and_release`] for one job already
     /// claimed, audited as one `card.codes_release` event.
     ///
     /// # Errors
@@ -107,7 +107,7 @@ impl Cms {
     }
 
     /// What a delivery worker does for `channel`: claims up to `limit` jobs due at `now_ms`
-    /// ([`Cms::claim_due`]) and releases each: the card must be `active` and the contact the
+    /// ([`Cards::claim_due`]) and releases each: the card must be `active` and the contact the
     /// channel needs registered and not changed after the card's last identification. Every
     /// check is made under the ops lock; the claims and the releases granted (one
     /// `card.codes_release` event a job, purpose `dispatch job N`, by
@@ -119,7 +119,7 @@ impl Cms {
     ///
     /// # Errors
     /// For the whole call: store and audit errors (then nothing is claimed or released). For
-    /// a job: as [`Cms::release_for_job`].
+    /// a job: as [`Cards::release_for_job`].
     pub fn claim_and_release(
         &self,
         hsm: &dyn Hsm,
@@ -186,7 +186,7 @@ impl Cms {
             })
     }
 
-    /// [`Cms::release_one`], telling a refusal for the card's state ([`Stop::Cancel`], with
+    /// [`Cards::release_one`], telling a refusal for the card's state ([`Stop::Cancel`], with
     /// the state read now) from any other error.
     fn release_checked(
         &self,

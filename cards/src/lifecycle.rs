@@ -4,15 +4,15 @@
 
 use super::card::{CardState, Move, Reason};
 use super::date::Date;
-use super::registry::{encode, now_ms, ActivationRecord, CardRecord, Cms};
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::codes::CardCodes;
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::{Batch, Tree};
+use super::registry::{encode, now_ms, ActivationRecord, CardRecord, Cards};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::codes::CardCodes;
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::{Batch, Tree};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl Activation {
             let v = v.trim();
             if v.is_empty()
                 || v.chars().count() > max
-                || crate::text::check(name, v, crate::text::Kind::Line).is_err()
+                || vault::text::check(name, v, vault::text::Kind::Line).is_err()
             {
                 return Err(Error::Invalid(format!(
                     "activation: {name} must be 1 to {max} printable characters"
@@ -167,7 +167,7 @@ pub struct CardStatus {
     pub identified_ms: Option<u64>,
 }
 
-impl Cms {
+impl Cards {
     pub(crate) fn required_card(&self, serial: &str) -> Result<CardRecord> {
         self.card(serial)?
             .ok_or_else(|| Error::NotFound(format!("card {serial}")))
@@ -392,7 +392,7 @@ impl Cms {
         Ok(codes)
     }
 
-    /// [`Cms::release_codes`] with the ops lock held by the caller, who commits the returned
+    /// [`Cards::release_codes`] with the ops lock held by the caller, who commits the returned
     /// `card.codes_release` event before the codes go anywhere.
     pub(super) fn release_locked(
         &self,

@@ -3,13 +3,13 @@
 //! an audit event. Free text may name people, so titles, texts and comments are sealed like
 //! personal data; the list shows them opened.
 
-use super::registry::{decode, encode, now_ms, Cms};
-use crate::account::Actor;
-use crate::audit::{AuditLog, NewEvent};
-use crate::error::{Error, Result};
-use crate::hsm::Hsm;
-use crate::store::{Batch, Tree};
+use super::registry::{decode, encode, now_ms, Cards};
 use serde::{Deserialize, Serialize};
+use vault::account::Actor;
+use vault::audit::{AuditLog, NewEvent};
+use vault::error::{Error, Result};
+use vault::hsm::Hsm;
+use vault::store::{Batch, Tree};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.
@@ -105,15 +105,15 @@ pub enum ReportStep {
 }
 
 /// Checks a free text: 1 to `max` characters, none that could act on a reader's terminal
-/// ([`crate::text::check`]).
-fn text_ok(what: &str, t: &str, max: usize, kind: crate::text::Kind) -> Result<()> {
+/// ([`vault::text::check`]).
+fn text_ok(what: &str, t: &str, max: usize, kind: vault::text::Kind) -> Result<()> {
     if t.trim().is_empty() || t.chars().count() > max {
         return Err(Error::Invalid(format!("{what}: 1 to {max} characters")));
     }
-    crate::text::check(what, t, kind).map_err(|e| Error::Invalid(e.to_string()))
+    vault::text::check(what, t, kind).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-impl Cms {
+impl Cards {
     fn seal_text(&self, hsm: &dyn Hsm, audit: &AuditLog, subject: &str, t: &str) -> Result<Sealed> {
         let (key, hex) = self.seal(hsm, audit, subject, t.as_bytes())?;
         Ok(Sealed { key, hex })
@@ -172,8 +172,8 @@ impl Cms {
         text: &str,
         actor: &Actor,
     ) -> Result<Report> {
-        text_ok("title", title, MAX_TITLE, crate::text::Kind::Line)?;
-        text_ok("text", text, MAX_TEXT, crate::text::Kind::MultiLine)?;
+        text_ok("title", title, MAX_TITLE, vault::text::Kind::Line)?;
+        text_ok("text", text, MAX_TEXT, vault::text::Kind::MultiLine)?;
         let _ops = self.ops_lock();
         if let Some(c) = card {
             if self.card(c)?.is_none() {
@@ -276,9 +276,9 @@ impl Cms {
     ) -> Result<Report> {
         match step {
             ReportStep::Comment(t) | ReportStep::Close(t) => {
-                text_ok("comment", t, MAX_TEXT, crate::text::Kind::MultiLine)?
+                text_ok("comment", t, MAX_TEXT, vault::text::Kind::MultiLine)?
             }
-            ReportStep::Assign(who) => text_ok("assignee", who, 64, crate::text::Kind::Line)?,
+            ReportStep::Assign(who) => text_ok("assignee", who, 64, vault::text::Kind::Line)?,
         }
         let _ops = self.ops_lock();
         let mut r = self.stored_report(id)?;
