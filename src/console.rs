@@ -29,11 +29,14 @@
 //!   made from the session, so it writes the same audit events; the console adds
 //!   `auth.login`, `auth.login_failed`, `auth.logout` and `auth.password_change`.
 
+mod admin;
 pub mod guard;
 mod login;
 pub mod messages;
 mod operator;
+mod oversight;
 pub mod session;
+mod support;
 
 use crate::api::{ApiError, Caller, RequestId, BODY_LIMIT, REQUEST_TIMEOUT};
 use crate::AppState;
@@ -107,32 +110,31 @@ impl fmt::Debug for Console {
     }
 }
 
+/// A template embedded in the binary, by its file name under `console/templates/`.
+macro_rules! template {
+    ($name:literal) => {
+        ($name, include_str!(concat!("console/templates/", $name)))
+    };
+}
+
 /// The templates, embedded in the binary: `(name, source)`.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("base.html", include_str!("console/templates/base.html")),
-    ("login.html", include_str!("console/templates/login.html")),
-    (
-        "password.html",
-        include_str!("console/templates/password.html"),
-    ),
-    ("home.html", include_str!("console/templates/home.html")),
-    (
-        "holders.html",
-        include_str!("console/templates/holders.html"),
-    ),
-    ("card.html", include_str!("console/templates/card.html")),
-    (
-        "confirm.html",
-        include_str!("console/templates/confirm.html"),
-    ),
-    (
-        "history.html",
-        include_str!("console/templates/history.html"),
-    ),
-    (
-        "message.html",
-        include_str!("console/templates/message.html"),
-    ),
+    template!("base.html"),
+    template!("login.html"),
+    template!("password.html"),
+    template!("home.html"),
+    template!("holders.html"),
+    template!("card.html"),
+    template!("confirm.html"),
+    template!("history.html"),
+    template!("message.html"),
+    template!("reports.html"),
+    template!("overdue.html"),
+    template!("accounts.html"),
+    template!("secret.html"),
+    template!("audit.html"),
+    template!("verify.html"),
+    template!("keys.html"),
 ];
 
 const STYLE: &str = include_str!("console/static/console.css");
@@ -252,6 +254,9 @@ impl Console {
 struct RoleFlags {
     counter: bool,
     support: bool,
+    admin: bool,
+    auditor: bool,
+    officer: bool,
 }
 
 impl RoleFlags {
@@ -259,6 +264,9 @@ impl RoleFlags {
         RoleFlags {
             counter: role == Role::Operator,
             support: role == Role::Support,
+            admin: role == Role::Admin,
+            auditor: role == Role::Auditor,
+            officer: role == Role::Officer,
         }
     }
 }
@@ -416,6 +424,9 @@ pub fn router(state: AppState) -> Router {
         .route("/lang/{code}", get(login::set_lang))
         .route("/static/console.css", get(style))
         .merge(operator::routes())
+        .merge(support::routes())
+        .merge(admin::routes())
+        .merge(oversight::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -457,4 +468,93 @@ async fn headers(mut req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     res
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a time in ms since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let d = cards::date::Date::from_days_since_epoch(days);
+    let s = secs % 86_400;
+    format!("{d} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Letters and digits of a generated initial password: no `0`/`O`, `1`/`l`/`I`, so that it
+/// can be read out and typed without mistakes.
+const PASSWORD_ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// A random initial password of 16 characters (about 93 bits), by rejection sampling.
+/// `None` if the random generator failed.
+fn initial_password() -> Option<SecretString> {
+    use aws_lc_rs::rand::SecureRandom;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let n = PASSWORD_ALPHABET.len();
+    // The largest multiple of the alphabet's size below 256: bytes at or above it are drawn
+    // again, so every character is equally likely.
+    let limit = 256 - 256 % n;
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(16));
+    let mut buf = zeroize::Zeroizing::new([0u8; 64]);
+    while out.len() < 16 {
+        rng.fill(&mut *buf).ok()?;
+        for b in buf.iter().map(|b| usize::from(*b)).filter(|b| *b < limit) {
+            if out.len() == 16 {
+                break;
+            }
+            out.push(char::from(PASSWORD_ALPHABET[b % n]));
+        }
+    }
+    Some(SecretString::from(out.as_str().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn times_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(86_400_000 + 3_723_000), "1970-01-02 01:02:03");
+    }
+
+    #[test]
+    fn initial_passwords_are_random_and_readable() {
+        let a = initial_password().unwrap_or_else(|| SecretString::from(String::new()));
+        let b = initial_password().unwrap_or_else(|| SecretString::from(String::new()));
+        assert_eq!(a.expose_secret().len(), 16);
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert!(a
+            .expose_secret()
+            .bytes()
+            .all(|c| PASSWORD_ALPHABET.contains(&c)));
+    }
+
+    #[test]
+    fn the_report_queue_renders() {
+        let c = Console::new(ConsoleSettings::default()).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = context! {
+            m => messages::catalogue(Lang::It),
+            me => context! { csrf => "x", id => "a1", roles => RoleFlags::of(Role::Support) },
+            reports => vec![context! { id => 1, state => "open", title => "t", text => "x",
+                opened_by => "o", comments => Vec::<String>::new() }],
+        };
+        let html = c
+            .env
+            .get_template("reports.html")
+            .and_then(|t| t.render(ctx));
+        assert!(html.is_ok(), "{html:?}");
+    }
+
+    #[test]
+    fn templates_parse() {
+        assert!(Console::new(ConsoleSettings::default()).is_ok());
+    }
 }

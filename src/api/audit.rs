@@ -57,16 +57,17 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-#[derive(Debug, Deserialize)]
+/// The filters of an audit query (the API's query string; the console's form).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct QueryParams {
-    from_ms: Option<u64>,
-    to_ms: Option<u64>,
-    actor: Option<String>,
-    action: Option<String>,
-    subject: Option<String>,
-    after: Option<u64>,
-    limit: Option<usize>,
+pub(crate) struct QueryParams {
+    pub(crate) from_ms: Option<u64>,
+    pub(crate) to_ms: Option<u64>,
+    pub(crate) actor: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) after: Option<u64>,
+    pub(crate) limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +88,8 @@ fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-async fn query(
+/// An audited query of the chain (the API and the console).
+pub(crate) async fn query(
     State(state): State<AppState>,
     caller: Caller,
     Query(p): Query<QueryParams>,
@@ -140,7 +142,8 @@ async fn query(
     Ok(Json(page))
 }
 
-async fn verify(
+/// Verifies the chain, audited (the API and the console).
+pub(crate) async fn verify(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<VerifyReport>, ApiError> {
@@ -245,7 +248,11 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+/// The whole chain as NDJSON, audited (the API and the console).
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let audit = state.audit.clone();
     let event = caller.event("audit.export", "audit");
     blocking(move || audit.append(event).map(|_| ())).await?;

@@ -204,17 +204,31 @@ async fn list(
             )))
         }
     };
+    let page = list_reports(
+        state,
+        &caller,
+        p.after.unwrap_or(0),
+        limit,
+        p.closed.unwrap_or(false),
+    )
+    .await?;
+    Ok(Json(page))
+}
+
+/// A page of reports after number `after`, at most `limit` (checked by the caller), closed
+/// ones too if `closed`; the listing is audited by the vault (the API and the console).
+pub(crate) async fn list_reports(
+    state: AppState,
+    caller: &Caller,
+    after: u64,
+    limit: usize,
+    closed: bool,
+) -> Result<ReportPage, ApiError> {
     let s = state.clone();
     let actor = caller.actor();
     let reports = blocking(move || {
-        s.cms.reports(
-            &*s.hsm,
-            &s.audit,
-            p.after.unwrap_or(0),
-            limit,
-            p.closed.unwrap_or(false),
-            &actor,
-        )
+        s.cms
+            .reports(&*s.hsm, &s.audit, after, limit, closed, &actor)
     })
     .await?;
     let next = if reports.len() == limit {
@@ -222,14 +236,14 @@ async fn list(
     } else {
         None
     };
-    Ok(Json(ReportPage {
+    Ok(ReportPage {
         reports: reports.into_iter().map(ReportView::from).collect(),
         next,
-    }))
+    })
 }
 
-/// Applies `step` to report `id`.
-async fn step(
+/// Applies `step` to report `id` (the API and the console).
+pub(crate) async fn step(
     state: AppState,
     caller: &Caller,
     id: &str,
@@ -272,7 +286,18 @@ async fn assign(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AssignBody>,
 ) -> Result<Json<ReportView>, ApiError> {
-    let assignee = body.assignee.trim().to_owned();
+    assign_report(state, &caller, &id, &body.assignee).await
+}
+
+/// Assigns report `id` to `assignee`, the id of an enabled support account (the API and the
+/// console).
+pub(crate) async fn assign_report(
+    state: AppState,
+    caller: &Caller,
+    id: &str,
+    assignee: &str,
+) -> Result<Json<ReportView>, ApiError> {
+    let assignee = assignee.trim().to_owned();
     let accounts = state.accounts.clone();
     let who = assignee.clone();
     let account = blocking(move || {
@@ -290,7 +315,7 @@ async fn assign(
             ))
         }
     }
-    step(state, &caller, &id, ReportStep::Assign(assignee)).await
+    step(state, caller, id, ReportStep::Assign(assignee)).await
 }
 
 #[cfg(test)]

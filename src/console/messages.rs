@@ -68,7 +68,7 @@ pub const MESSAGES: &[(&str, &str, &str)] = &[
     ("err_password_invalid", "La nuova password non è accettabile", "The new password is not acceptable"),
     ("done_password", "Password cambiata.", "Password changed."),
     ("home_title", "Inizio", "Home"),
-    ("home_no_pages", "Il tuo ruolo non ha ancora pagine nella console.", "Your role has no console pages yet."),
+
     ("search_title", "Cerca un titolare", "Find a holder"),
     ("search_or", "oppure", "or"),
     ("search_button", "Cerca", "Search"),
@@ -180,6 +180,58 @@ pub const MESSAGES: &[(&str, &str, &str)] = &[
     ("done_changed", "Stato della carta cambiato.", "Card state changed."),
     ("done_resent", "Parte inviata di nuovo.", "Part sent again."),
     ("done_reported", "Segnalazione aperta.", "Report opened."),
+    ("reports_title", "Segnalazioni", "Problem reports"),
+    ("reports_open_only", "Solo aperte e assegnate", "Open and assigned only"),
+    ("reports_all", "Anche le chiuse", "Closed ones too"),
+    ("reports_none", "Nessuna segnalazione.", "No report."),
+    ("report_open", "aperta", "open"),
+    ("report_assigned", "assegnata", "assigned"),
+    ("report_closed", "chiusa", "closed"),
+    ("opened_by", "Aperta da", "Opened by"),
+    ("assignee", "Assegnata a", "Assigned to"),
+    ("assignee_id", "Assegna a (id; vuoto: a me)", "Assign to (id; empty: me)"),
+    ("assign_button", "Assegna", "Assign"),
+    ("comment", "Commento", "Comment"),
+    ("comment_button", "Commenta", "Comment"),
+    ("closing_note", "Nota di chiusura", "Closing note"),
+    ("close_button", "Chiudi", "Close"),
+    ("done_assigned", "Segnalazione assegnata.", "Report assigned."),
+    ("done_commented", "Commento aggiunto.", "Comment added."),
+    ("done_closed", "Segnalazione chiusa.", "Report closed."),
+    ("overdue_title", "Consegne in ritardo", "Overdue deliveries"),
+    ("overdue_after", "Parti non consegnate dopo", "Parts not delivered after"),
+    ("overdue_none", "Nessuna consegna in ritardo.", "No overdue delivery."),
+    ("since", "Dal", "Since"),
+    ("accounts_title", "Utenze", "Accounts"),
+    ("account_new", "Nuova utenza", "New account"),
+    ("account_name", "Nome", "Name"),
+    ("account_role", "Ruolo", "Role"),
+    ("account_create", "Crea", "Create"),
+    ("actions", "Azioni", "Actions"),
+    ("account_enabled", "attiva", "enabled"),
+    ("account_disabled", "disattivata", "disabled"),
+    ("account_must_change", "deve cambiare la password", "must change the password"),
+    ("account_disable", "Disattiva", "Disable"),
+    ("account_rotate", "Nuovo token", "New token"),
+    ("account_reset", "Reimposta password", "Reset password"),
+    ("secret_title", "Da comunicare una sola volta", "Shown only once"),
+    ("secret_password", "Password iniziale dell'utenza", "Initial password of the account"),
+    ("secret_token", "Token dell'utenza", "Token of the account"),
+    ("secret_once", "Non sarà più mostrato: consegnalo ora alla persona, che dovrà cambiare la password al primo accesso.", "It will not be shown again: hand it over now; a password must be changed at the first login."),
+    ("audit_title", "Registro di audit", "Audit chain"),
+    ("subject", "Oggetto", "Subject"),
+    ("from_day", "Dal giorno", "From day"),
+    ("to_day", "Al giorno", "To day"),
+    ("audit_verify", "Verifica la catena", "Verify the chain"),
+    ("audit_export", "Esporta (NDJSON)", "Export (NDJSON)"),
+    ("verify_ok", "Catena integra", "The chain is intact"),
+    ("verify_broken", "Catena interrotta all'evento", "The chain is broken at event"),
+    ("keys_title", "Stato delle chiavi", "Key status"),
+    ("keys_cli", "Sola lettura: le cerimonie si fanno con la riga di comando (plico keys).", "Read only: ceremonies are done on the command line (plico keys)."),
+    ("home_reports", "Segnalazioni", "Problem reports"),
+    ("home_accounts", "Utenze", "Accounts"),
+    ("home_audit", "Registro di audit", "Audit chain"),
+    ("home_keys", "Stato delle chiavi", "Key status"),
     ("err_generic", "Operazione non riuscita", "The operation failed"),
     ("err_bad_request", "Dati non validi", "Invalid data"),
     ("err_invalid", "Dati non accettabili", "Data not acceptable"),
@@ -247,8 +299,12 @@ mod tests {
         for (name, source) in super::super::TEMPLATES {
             // `m.key` and `m["key"]`; `m["prefix_" ~ value]` is checked by the values' own
             // lists below.
-            for part in source.split("m.").skip(1) {
-                let key: String = part
+            for (at, _) in source.match_indices("m.") {
+                let before = source[..at].chars().last().unwrap_or(' ');
+                if before.is_ascii_alphanumeric() || before == '_' {
+                    continue;
+                }
+                let key: String = source[at + 2..]
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();

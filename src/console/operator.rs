@@ -456,15 +456,6 @@ struct EventRow {
     details: std::collections::BTreeMap<String, String>,
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of a time in ms since the Unix epoch.
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let d = cards::date::Date::from_days_since_epoch(days);
-    let s = secs % 86_400;
-    format!("{d} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
 async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -485,7 +476,7 @@ async fn history(
                 .into_iter()
                 .map(|e| EventRow {
                     seq: e.seq,
-                    when: utc(e.time_ms),
+                    when: super::utc(e.time_ms),
                     action: e.action,
                     actor: e.actor,
                     role: e.role,
@@ -499,16 +490,5 @@ async fn history(
                 .render(StatusCode::OK, "history.html", me.lang, Some(&me), ctx)
         }
         Err(e) => state.console.error(&me, &e, &card_url(&serial)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_in_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(86_400_000 + 3_723_000), "1970-01-02 01:02:03");
     }
 }

@@ -550,3 +550,141 @@ async fn counter_search_activate_dispatch_part_a_and_state_changes() {
     let page = s.post(&format!("{card}/part-a"), &[("csrf", &scsrf)]).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
 }
+
+/// Gives `name`'s account the password [`PASSWORD`], set by itself (no change required).
+fn own_password(state: &AppState, staff: &Staff, name: &str) {
+    let a = state.accounts.get(&staff.ids[name]).unwrap().unwrap();
+    state
+        .accounts
+        .set_password(
+            &a.id,
+            &SecretString::from(PASSWORD),
+            &Actor::account(&a, "test"),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn support_works_a_report_admin_makes_an_operator_auditor_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, staff, client) = counter_state(dir.path(), ConsoleSettings::default());
+    registry(&client).await;
+    let a = state
+        .accounts
+        .create("auditor", vault::Role::Auditor, &Actor::system("t"))
+        .unwrap()
+        .0;
+    let staff = Staff {
+        ids: {
+            let mut ids = staff.ids.clone();
+            ids.insert("auditor", a.id);
+            ids
+        },
+        tokens: staff.tokens.clone(),
+    };
+    for name in ["admin", "operator", "auditor"] {
+        own_password(&state, &staff, name);
+    }
+
+    // The counter opens a report about card 701.
+    let mut op = Browser::new(&state);
+    op.login("operator", PASSWORD).await;
+    let csrf = op.csrf().await;
+    let page = op
+        .post(
+            &format!("/cards/{}/report", serial(701)),
+            &[
+                ("csrf", &csrf),
+                ("title", "lettore <b>"),
+                ("text", "non si legge"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+
+    // Support takes it and closes it.
+    let mut sup = Browser::new(&state);
+    sup.login("support", PASSWORD).await;
+    let page = sup.get("/reports").await;
+    assert!(page.text.contains("lettore &lt;b&gt;"), "{}", page.text);
+    let csrf = page.csrf();
+    let page = sup.post("/reports/1/assign", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        page.location(),
+        "/reports?done=done_assigned",
+        "{}",
+        page.text
+    );
+    let page = sup.get("/reports").await;
+    assert!(page.text.contains(&staff.ids["support"]) && page.text.contains("assegnata"));
+    let page = sup
+        .post(
+            "/reports/1/close",
+            &[("csrf", &csrf), ("text", "sostituita")],
+        )
+        .await;
+    assert_eq!(page.location(), "/reports?done=done_closed");
+    assert!(sup.get("/reports").await.text.contains("id=\"none\""));
+    assert!(sup.get("/reports?closed=1").await.text.contains("chiusa"));
+    assert_eq!(sup.get("/overdue").await.status, StatusCode::OK);
+    // Support has no admin page.
+    assert_eq!(sup.get("/accounts").await.status, StatusCode::FORBIDDEN);
+
+    // Admin makes an operator: its initial password is shown once and must be changed.
+    let mut adm = Browser::new(&state);
+    adm.login("Amministratrice", PASSWORD).await;
+    let page = adm.get("/accounts").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let csrf = page.csrf();
+    let page = adm
+        .post(
+            "/accounts",
+            &[
+                ("csrf", &csrf),
+                ("name", "sportello2"),
+                ("role", "operator"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let at = page.text.find("id=\"secret\">").unwrap() + 12;
+    let initial = page.text[at..].split('<').next().unwrap().to_owned();
+    assert_eq!(initial.len(), 16);
+    let mut op2 = Browser::new(&state);
+    let page = op2.login("sportello2", &initial).await;
+    assert_eq!(page.location(), "/password");
+    // Reset by the admin: the new operator's session ends.
+    let id = state
+        .accounts
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.name == "sportello2")
+        .unwrap()
+        .id;
+    let page = adm
+        .post(
+            &format!("/accounts/{id}/reset-password"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert!(page.text.contains("id=\"secret\""));
+    assert_eq!(op2.get("/password").await.location(), "/login?expired=1");
+
+    // The auditor browses, filters, verifies and exports the chain.
+    let mut aud = Browser::new(&state);
+    aud.login("auditor", PASSWORD).await;
+    let page = aud.get("/audit").await;
+    assert!(page.text.contains("auth.login"), "{}", page.text);
+    let csrf = page.csrf();
+    let page = aud
+        .post("/audit", &[("csrf", &csrf), ("action", "report.close")])
+        .await;
+    assert!(page.text.contains("report.close") && !page.text.contains("auth.login<"));
+    let page = aud.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert!(page.text.contains("id=\"verify-ok\""), "{}", page.text);
+    let page = aud.post("/audit/export", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.lines().count() > 10 && page.text.contains("\"auth.login\""));
+    assert_eq!(aud.get("/keys").await.status, StatusCode::OK);
+}
