@@ -39,6 +39,19 @@ install_debian_packages() {
 
 install_debian_packages
 
+# axe-core (npm; Debian does not package it): the console's browser tests inject it into each
+# page and fail on serious or critical accessibility violations.
+AXE_CORE="axe-core@4.14.1"
+install_axe_core() {
+  [ -f target/axe/node_modules/axe-core/axe.min.js ] && return 0
+  command -v npm >/dev/null || { local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo";
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm; }
+  log "installing $AXE_CORE into target/axe"
+  npm install --no-audit --no-fund --prefix target/axe "$AXE_CORE"
+}
+
+install_axe_core
+
 filter=()
 if [ "${1:-}" = "--" ]; then
   shift

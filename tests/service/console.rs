@@ -552,7 +552,7 @@ async fn counter_search_activate_dispatch_part_a_and_state_changes() {
 }
 
 /// Gives `name`'s account the password [`PASSWORD`], set by itself (no change required).
-fn own_password(state: &AppState, staff: &Staff, name: &str) {
+pub(super) fn own_password(state: &AppState, staff: &Staff, name: &str) {
     let a = state.accounts.get(&staff.ids[name]).unwrap().unwrap();
     state
         .accounts

@@ -12,7 +12,7 @@
 //! `target/console-screenshots/` (not committed).
 
 use super::batches::{codes_of, serial};
-use super::console::{counter_state, registry, HOSTILE, INITIAL, PASSWORD};
+use super::console::{counter_state, own_password, registry, HOSTILE, INITIAL, PASSWORD};
 use super::peers::Kannel;
 use super::support::cf;
 use super::webdriver::Driver;
@@ -41,6 +41,41 @@ fn sms_delivery(state: &AppState, kannel: &Kannel) -> Delivery {
     delivery.poll = Duration::from_millis(50);
     let courier = KannelCourier::new(kannel.config("s3cret")).unwrap();
     delivery.with_courier(Channel::Sms, Arc::new(courier) as Arc<dyn Courier>, 4)
+}
+
+/// axe-core's script: npm's `axe-core` in `target/axe` (installed there by `scripts/test.sh`,
+/// or here when missing).
+fn axe_source() -> String {
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axe");
+    let js = prefix.join("node_modules/axe-core/axe.min.js");
+    if !js.exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(AXE_CORE)
+            .status()
+            .unwrap();
+        assert!(status.success(), "npm install {AXE_CORE}");
+    }
+    std::fs::read_to_string(js).unwrap()
+}
+
+/// The axe-core release the accessibility checks use.
+const AXE_CORE: &str = "axe-core@4.14.1";
+
+/// Runs axe-core on the page and fails on any serious or critical violation.
+async fn accessible(web: &Driver, axe: &str, page: &str) {
+    web.execute(axe).await;
+    let found = web
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run().then(r => done(r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))));",
+        )
+        .await;
+    let found = found.as_array().unwrap();
+    assert!(found.is_empty(), "axe-core on the {page} page: {found:#?}");
 }
 
 fn screenshots() -> PathBuf {
@@ -89,7 +124,8 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
         idle,
         ..ConsoleSettings::default()
     };
-    let (state, _staff, client) = counter_state(dir.path(), settings);
+    let (state, staff, client) = counter_state(dir.path(), settings);
+    own_password(&state, &staff, "admin");
     registry(&client).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -116,6 +152,8 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.goto(&format!("{base}/")).await;
     assert!(web.url().await.ends_with("/login"));
     web.screenshot(&shots.join("login.png")).await;
+    let axe = axe_source();
+    accessible(&web, &axe, "login").await;
     web.fill("#login", "operator").await;
     web.fill("#password", INITIAL).await;
     web.click("#do-login").await;
@@ -133,11 +171,13 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     // Search by codice fiscale: the markup in the address is text, and ran nothing.
     web.goto(&format!("{base}/")).await;
     assert!(web.text("#who").await.contains("operatore di sportello"));
+    accessible(&web, &axe, "home").await;
     web.fill("#codice_fiscale", &cf("DNGNCL80A01F839")).await;
     web.click("#do-search").await;
     assert_eq!(web.text(".address").await, HOSTILE);
     assert_eq!(web.count("main script").await, 0);
     web.screenshot(&shots.join("holders.png")).await;
+    accessible(&web, &axe, "holders").await;
     web.click("a.card-link").await;
     assert_eq!(web.text("#card-state").await, "emessa");
 
@@ -151,6 +191,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.fill("#d_codice_fiscale", &cf("BNCNNA70A41F839")).await;
     web.fill("#delegation_ref", "delega-77").await;
     web.screenshot(&shots.join("activate.png")).await;
+    accessible(&web, &axe, "card (issued)").await;
     web.click("#do-activate").await;
     assert_eq!(web.text("#card-state").await, "attiva");
 
@@ -174,6 +215,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     }
     web.goto(&format!("{base}/cards/{}", serial(701))).await;
     web.screenshot(&shots.join("card.png")).await;
+    accessible(&web, &axe, "card (active)").await;
 
     // A form without its CSRF token is refused and changes nothing.
     web.execute("document.querySelector('form[action$=\"/change\"] input[name=csrf]').remove()")
@@ -193,10 +235,58 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
         web.click("#reason option[value='lost']").await;
         web.click("#do-change").await;
         assert!(web.text("#confirm-text").await.contains(&serial(701)));
+        accessible(&web, &axe, "confirmation").await;
         web.click("#do-confirm").await;
     }
     assert_eq!(web.text("#current-state").await, "Stato attuale: sospesa");
     web.screenshot(&shots.join("conflict.png")).await;
+    accessible(&web, &axe, "conflict").await;
+
+    // A problem report from the counter, worked by the service centre.
+    web.goto(&format!("{base}/cards/{}", serial(701))).await;
+    web.fill("#report_title", "carta smarrita").await;
+    web.fill("#report_text", "il titolare chiede una nuova carta")
+        .await;
+    web.click("#do-report").await;
+    web.click("#logout").await;
+    web.fill("#login", "support").await;
+    web.fill("#password", PASSWORD).await;
+    web.click("#do-login").await;
+    web.click("#go-reports").await;
+    accessible(&web, &axe, "reports").await;
+    web.click("#report-1 .do-assign").await;
+    assert!(web
+        .text("#report-1 .report-state")
+        .await
+        .contains("assegnata"));
+    web.fill("#close-1", "nuova carta richiesta").await;
+    web.screenshot(&shots.join("reports.png")).await;
+    web.click("#report-1 .do-close").await;
+    assert_eq!(web.count("#report-1").await, 0);
+    web.click("#logout").await;
+
+    // The administrator makes an operator, whose first login asks for a new password.
+    web.fill("#login", "Amministratrice").await;
+    web.fill("#password", PASSWORD).await;
+    web.click("#do-login").await;
+    web.click("#go-accounts").await;
+    accessible(&web, &axe, "accounts").await;
+    web.fill("#name", "sportello2").await;
+    web.click("#role option[value='operator']").await;
+    web.click("#do-create").await;
+    let initial = web.text("#secret").await;
+    accessible(&web, &axe, "initial password").await;
+    web.click("#logout").await;
+    web.fill("#login", "sportello2").await;
+    web.fill("#password", &initial).await;
+    web.click("#do-login").await;
+    assert_eq!(web.count("#must-change").await, 1);
+    web.fill("#current", &initial).await;
+    web.fill("#new", PASSWORD).await;
+    web.fill("#repeat", PASSWORD).await;
+    web.click("#do-change").await;
+    web.goto(&format!("{base}/")).await;
+    assert!(web.text("#who").await.contains("sportello2"));
 
     // Idle too long: back to the login page.
     tokio::time::sleep(idle + Duration::from_millis(500)).await;

@@ -144,6 +144,13 @@ impl Driver {
             .await
     }
 
+    /// Runs `script` in the page and waits for it to call its last argument (a callback)
+    /// with the result.
+    pub(super) async fn execute_async(&self, script: &str) -> Value {
+        self.post("/execute/async", json!({"script": script, "args": []}))
+            .await
+    }
+
     /// Saves a screenshot of the page as `path` (PNG).
     pub(super) async fn screenshot(&self, path: &Path) {
         use base64::Engine;
