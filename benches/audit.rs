@@ -7,11 +7,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
-use vault::audit::{AuditLog, NewEvent};
-use vault::store::memory::MemoryStore;
-use vault::store::sled::SledStore;
-use vault::store::Store;
 use vault::DataKey;
+use vault::MemoryStore;
+use vault::SledStore;
+use vault::Store;
+use vault::{AuditLog, NewEvent};
 
 fn event(i: u64) -> NewEvent {
     NewEvent::new("card.activate", format!("8039{i:015}"))

@@ -10,8 +10,8 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use vault::codes::record::MAX_RECORD_LEN;
-use vault::generate::{
+use vault::bench::MAX_RECORD_LEN;
+use vault::bench::{
     generate_for, system_fill, CodeGenerator, DigitStream, WeakFilter, RANDOM_BUFFER_LEN,
 };
 use vault::{CodePolicy, DataKey, DataKeyId, FreshDataKey, KeyPurpose, Sealer};

@@ -115,8 +115,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use vault::import::parse::{SerialCharset, SerialRule};
 use vault::{CodePolicy, LengthBounds};
+use vault::{SerialCharset, SerialRule};
 
 /// Where the service listens when nothing says otherwise (loopback: plain HTTP is allowed
 /// there).
@@ -302,7 +302,7 @@ pub struct KeysConfig {
 impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
-            approval_window_secs: vault::ceremony::DEFAULT_WINDOW_MS / 1000,
+            approval_window_secs: vault::DEFAULT_WINDOW_MS / 1000,
             rekey_share_dir: None,
             rewrap_chunk: crate::DEFAULT_REWRAP_CHUNK,
             rewrap_pause_ms: 0,
@@ -640,7 +640,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
-            checkpoint_every: vault::audit::DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_every: vault::DEFAULT_CHECKPOINT_EVERY,
             retention_days: crate::DEFAULT_RETENTION_DAYS,
         }
     }

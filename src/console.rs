@@ -57,7 +57,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use vault::account::Account;
+use vault::Account;
 use vault::Role;
 
 /// How the console's sessions and logins behave.
@@ -474,7 +474,7 @@ async fn headers(mut req: Request, next: Next) -> Response {
 fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let d = cards::date::Date::from_days_since_epoch(days);
+    let d = cards::Date::from_days_since_epoch(days);
     let s = secs % 86_400;
     format!("{d} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }

@@ -24,7 +24,7 @@
 //! `tests/service/dispatch_crash.rs`).
 //!
 //! # Security
-//! Codes and contacts exist in clear only inside [`cards::outbox_release::JobRelease`]
+//! Codes and contacts exist in clear only inside [`cards::JobRelease`]
 //! and the rendered [`Outgoing`] (zeroizing, redacted `Debug`), for one job, and are dropped
 //! once the courier returns. Logs carry the job id, channel, part and outcome — never a code,
 //! a contact or a serial. Failure reasons kept on the job lose addresses here and digit runs
@@ -35,9 +35,8 @@ use crate::api;
 use crate::config::{DispatchConfig, SmtpTls};
 use crate::mailers::{to_dispatch, PrintSetup};
 use crate::AppState;
-use cards::date::Date;
-use cards::outbox_release::{JobRelease, ReleaseDestination};
 use cards::{Channel, Job, JobState, OutboxPolicy};
+use cards::{JobRelease, ReleaseDestination};
 use dispatch::courier::retry::Throttled;
 use dispatch::courier::sms::{KannelConfig, KannelCourier};
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
@@ -50,7 +49,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -296,12 +295,6 @@ impl Delivery {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Resolves when `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -459,9 +452,9 @@ async fn claim_and_prepare(
             &*st.hsm,
             &st.audit,
             channel,
-            now_ms(),
+            st.clock.now_ms(),
             limit,
-            Date::today_utc(),
+            st.cms.today(),
         )?;
         Ok(released
             .into_iter()
@@ -561,11 +554,20 @@ async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) 
 /// Marks `job` failed (temporary with backoff, or `dead` with the policy's fallback).
 async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: Failure) {
     let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
+    let clock = state.clock.clone();
     let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
     let (temporary, reason) = failure;
     let policy = delivery.policy;
     let marked = api::blocking(move || {
-        cms.mark_failed(&*hsm, &audit, id, temporary, &reason, now_ms(), &policy)
+        cms.mark_failed(
+            &*hsm,
+            &audit,
+            id,
+            temporary,
+            &reason,
+            clock.now_ms(),
+            &policy,
+        )
     })
     .await;
     match marked {
@@ -599,13 +601,15 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
 /// The overdue alert: counts the parts not delivered after the configured time into the
 /// `overdue` gauge, and logs a warning when there are any.
 async fn overdue_alert(state: &AppState, delivery: &Delivery) {
-    let cms = state.cms.clone();
+    let (cms, clock) = (state.cms.clone(), state.clock.clone());
     let older = u64::try_from(delivery.overdue_after.as_millis()).unwrap_or(u64::MAX);
-    match api::blocking(move || cms.overdue(now_ms(), older, 1000)).await {
+    match api::blocking(move || cms.overdue(clock.now_ms(), older, 1000)).await {
         Ok(jobs) => {
             let stats = &delivery.stats;
             stats.overdue.store(jobs.len() as u64, Ordering::Relaxed);
-            stats.overdue_checked_ms.store(now_ms(), Ordering::Relaxed);
+            stats
+                .overdue_checked_ms
+                .store(state.clock.now_ms(), Ordering::Relaxed);
             if !jobs.is_empty() {
                 tracing::warn!(
                     overdue = jobs.len(),

@@ -51,13 +51,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+use vault::lock;
 
 /// The limits of the edge, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,9 +153,6 @@ fn descriptor_limit() -> u64 {
 }
 
 /// Takes a lock whose data stays consistent at every step (counters): poison is harmless.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Connection caps

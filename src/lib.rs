@@ -28,7 +28,7 @@
 //! - [`delivery`] the workers that send the outbox's jobs by e-mail and SMS (after that
 //!   recovery), when [`AppState::delivery`] has couriers; [`serve`] runs them and stops them
 //!   at shutdown. `/v1/dlr` takes the SMS gateway's delivery reports.
-//! - [`AppState::keys`] the key ceremonies under dual control ([`vault::ceremony`]); their
+//! - [`AppState::keys`] the key ceremonies under dual control ([`vault::Ceremonies`]); their
 //!   durable jobs (rotate, shred, discard) run on a blocking thread through
 //!   [`api::keys::KeyRunner`], started by an approval and, after a restart, by [`key_jobs`]
 //!   once the service is unsealed; [`serve`] runs it beside the listener.
@@ -45,20 +45,21 @@ pub mod mailers;
 pub mod tls;
 
 use axum::Router;
-use cards::date::Date;
 use cards::Cards;
+use cards::Date;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vault::account::{Accounts, Actor};
-use vault::audit::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
-use vault::ceremony::{Ceremonies, CeremonyPolicy};
-use vault::codes::CodeVault;
-use vault::import::parse::{ParseRules, SerialRule};
-use vault::store::Store;
+use vault::CodeVault;
+use vault::Store;
+use vault::{lock, Clock};
+use vault::{Accounts, Actor};
+use vault::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::{Ceremonies, CeremonyPolicy};
 use vault::{CodePolicy, Hsm};
+use vault::{ParseRules, SerialRule};
 
 /// What every request handler can reach.
 ///
@@ -112,6 +113,10 @@ pub struct AppState {
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
+    /// Wall-clock time for everything this state times: the clock of [`AppState::audit`]
+    /// (and so of the records written with its events), of the approval windows and
+    /// cryptoperiods of [`AppState::keys`], and of the delivery workers.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Settings of an [`AppState`] that come from the configuration.
@@ -185,7 +190,7 @@ impl Default for Settings {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_concurrent_imports: DEFAULT_MAX_CONCURRENT_IMPORTS,
             registry_max_upload_bytes: DEFAULT_REGISTRY_MAX_UPLOAD_BYTES,
-            key_approval_window_ms: vault::ceremony::DEFAULT_WINDOW_MS,
+            key_approval_window_ms: vault::DEFAULT_WINDOW_MS,
             rewrap_chunk: DEFAULT_REWRAP_CHUNK,
             rewrap_pause_ms: 0,
             edge: edge::EdgeLimits::default(),
@@ -219,13 +224,29 @@ impl AppState {
         store: Arc<dyn Store>,
         settings: &Settings,
     ) -> vault::Result<Self> {
+        Self::with_clock(hsm, store, settings, vault::system_clock())
+    }
+
+    /// [`AppState::with_settings`] timed by `clock` (tests move a
+    /// [`vault::ManualClock`] instead of waiting).
+    ///
+    /// # Errors
+    /// As [`AppState::with_settings`].
+    pub fn with_clock(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn Store>,
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> vault::Result<Self> {
         let import_rules = ParseRules {
             policy: settings.codes,
             serial: settings.serial,
             ..ParseRules::default()
         };
         import_rules.validate()?;
-        let audit = Arc::new(AuditLog::open(store.clone(), settings.checkpoint_every)?);
+        let audit = Arc::new(
+            AuditLog::open(store.clone(), settings.checkpoint_every)?.with_clock(clock.clone()),
+        );
         let accounts = Arc::new(Accounts::new(store.clone(), audit.clone()));
         let (codes, recovery) = CodeVault::open(store.clone())?;
         if !recovery.removed.is_empty() {
@@ -237,7 +258,7 @@ impl AppState {
         }
         tracing::info!(committed = recovery.committed, "code vault opened");
         let codes = Arc::new(codes);
-        let cms = Arc::new(Cards::new(codes.clone()));
+        let cms = Arc::new(Cards::new(codes.clone()).with_clock(clock.clone()));
         let keys = Ceremonies::new(
             codes.clone(),
             audit.clone(),
@@ -276,6 +297,7 @@ impl AppState {
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             console: Arc::new(new_console(console::ConsoleSettings::default())?),
             unseal_lock: Arc::new(Mutex::new(())),
+            clock,
         })
     }
 
@@ -328,7 +350,7 @@ impl AppState {
     /// Runs `f` while no other unseal submission runs.
     pub(crate) fn with_unseal_lock<T>(&self, f: impl FnOnce() -> T) -> T {
         // The lock guards no data, only the ordering of submissions: poison is harmless.
-        let _guard = self.unseal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&self.unseal_lock);
         f()
     }
 
@@ -522,7 +544,7 @@ pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
         if !state.audit.has_key() {
             continue;
         }
-        let today = Date::today_utc();
+        let today = state.cms.today();
         if swept_on == Some(today) {
             continue;
         }

@@ -1,6 +1,6 @@
 //! Bulk print runs and the counter's page: where the vault's codes meet the renderers.
 //!
-//! This is the one place where a card's codes cross from `vault` ([`vault::codes::CardCodes`])
+//! This is the one place where a card's codes cross from `vault` ([`vault::CardCodes`])
 //! to `dispatch` ([`dispatch::Codes`]), for print:
 //!
 //! - [`print`] runs a [`PrintJob`] through a sealed [`PrintRun`]: the job yields the selected
@@ -30,9 +30,9 @@
 //! included): the default rerun of a batch works after any crash and never reuses a name the
 //! facility may have seen.
 
-use cards::date::Date;
-use cards::mailers::{MailerItem, RecordedFile};
+use cards::Date;
 use cards::{Cards, PrintJob, PrintRunRecord};
+use cards::{MailerItem, RecordedFile};
 use dispatch::bulk::{
     file_names, parse_file_name, write_manifest, BoxError, FileKind, FileStep, Manifest,
     OwnedMailer, PrintRun, PrintedFile, StepHook,
@@ -45,8 +45,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use vault::audit::AuditLog;
-use vault::codes::CardCodes;
+use vault::AuditLog;
+use vault::CardCodes;
 use vault::Hsm;
 
 /// How print files are made: renderer settings, where they go, whom they are sealed to.

@@ -17,7 +17,9 @@
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
 //! `service/print_crash.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
-//! rewrap job resumed after the binary is killed) are in `service/keys.rs`.
+//! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
+//! written by an older `plico` (a committed fixture) opened and served by today's binary, the
+//! guard of the persisted layout, is in `service/persisted_layout.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -49,6 +51,8 @@ mod keys;
 mod mailers;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
+#[path = "service/persisted_layout.rs"]
+mod persisted_layout;
 #[path = "service/print_crash.rs"]
 mod print_crash;
 #[path = "service/support.rs"]
@@ -96,7 +100,7 @@ fn init_hsm(dir: &Path, shares: u8, threshold: u8) -> (Arc<SimulatedHsm>, Vec<Se
 }
 
 fn router(hsm: Arc<SimulatedHsm>) -> Router {
-    app(AppState::new(hsm, Arc::new(vault::store::memory::MemoryStore::new())).unwrap())
+    app(AppState::new(hsm, Arc::new(vault::MemoryStore::new())).unwrap())
 }
 
 struct Answer {
@@ -871,8 +875,8 @@ async fn serve_unseal_over_http_then_sigterm_exits_cleanly() {
     // chain before installing the audit key, refuses, names the damage, and the service stays
     // sealed (nothing may be appended, and MAC'd, over a damaged chain).
     {
-        use vault::store::{seq_key, Batch, Store, Tree};
-        let store = vault::store::sled::SledStore::open(&data.join("store")).unwrap();
+        use vault::{seq_key, Batch, Store, Tree};
+        let store = vault::SledStore::open(&data.join("store")).unwrap();
         let raw = store.get(Tree::Audit, &seq_key(2)).unwrap().unwrap();
         let changed = String::from_utf8(raw)
             .unwrap()

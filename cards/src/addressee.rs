@@ -3,8 +3,8 @@
 
 use super::mailers::address_lines;
 use super::registry::Cards;
-use vault::error::Result;
-use vault::hsm::Hsm;
+use vault::Hsm;
+use vault::Result;
 
 impl Cards {
     /// The holder of card `serial` as a mailer addresses them: the name (given names and

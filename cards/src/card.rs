@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use vault::error::{Error, Result};
+use vault::{Error, Result};
 
 /// Where a card is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

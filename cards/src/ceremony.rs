@@ -1,15 +1,15 @@
 //! The registry as key ceremonies see it: [`Cards`] implements the vault's
-//! [`vault::ceremony::CardRegistry`], so that a forced shred revokes the cards that lose their
+//! [`vault::CardRegistry`], so that a forced shred revokes the cards that lose their
 //! codes (reason `codes_destroyed`) and cancels their unsent jobs in the destroying write, and a
 //! proposal's impact counts the batch's cards by state.
 
 use crate::card::{CardState, Reason};
 use crate::registry::{encode, Cards};
-use vault::account::Actor;
-use vault::audit::NewEvent;
-use vault::ceremony::{CardRegistry, CardStanding, JobRef, RegistryGuard};
-use vault::error::Result;
-use vault::store::{Batch, Tree};
+use vault::Actor;
+use vault::NewEvent;
+use vault::Result;
+use vault::{Batch, Tree};
+use vault::{CardRegistry, CardStanding, JobRef, RegistryGuard};
 
 fn standing(s: CardState) -> CardStanding {
     match s {

@@ -147,6 +147,7 @@ pub fn normalise(input: &str) -> Result<String, CodiceFiscaleError> {
 }
 
 /// Whether `input` is a valid codice fiscale (see [`normalise`]).
+#[cfg(test)]
 pub fn is_valid(input: &str) -> bool {
     normalise(input).is_ok()
 }

@@ -156,6 +156,13 @@ impl Date {
         Date::from_system_time(SystemTime::now())
     }
 
+    /// Today's date in UTC by `clock` (saturating as [`Date::today_utc`]).
+    pub fn today(clock: &dyn vault::Clock) -> Date {
+        Date::from_system_time(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(clock.now_ms()),
+        )
+    }
+
     /// The UTC date of an instant; saturates at [`Date::MIN`] and [`Date::MAX`].
     pub fn from_system_time(t: SystemTime) -> Date {
         let days = match t.duration_since(UNIX_EPOCH) {

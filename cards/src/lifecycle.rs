@@ -4,15 +4,15 @@
 
 use super::card::{CardState, Move, Reason};
 use super::date::Date;
-use super::registry::{encode, now_ms, ActivationRecord, CardRecord, Cards};
+use super::registry::{encode, ActivationRecord, CardRecord, Cards};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::codes::CardCodes;
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{Batch, Tree};
+use vault::Actor;
+use vault::CardCodes;
+use vault::Hsm;
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Tree};
+use vault::{Error, Result};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +206,7 @@ impl Cards {
         if card.state == CardState::Revoked || card.expiry.is_none_or(|e| e >= today) {
             return Ok(card);
         }
-        let (card, event) = self.revoked(card, Reason::Expired, now_ms(), actor);
+        let (card, event) = self.revoked(card, Reason::Expired, self.now_ms(), actor);
         let mut b = Batch::new();
         self.codes.delete_codes_into(&card.serial, &mut b);
         b.put(Tree::Cards, card.serial.as_bytes().to_vec(), encode(&card)?);
@@ -246,7 +246,7 @@ impl Cards {
                 wanted: m.needs().to_string(),
             });
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let mut b = Batch::new();
         // The keyring lock, once the keyring is in `b`: held until `b` is committed.
         let mut keyring = None;
@@ -437,7 +437,7 @@ impl Cards {
             let _ops = self.ops_lock();
             let mut b = Batch::new();
             let mut events = Vec::new();
-            let now = now_ms();
+            let now = self.now_ms();
             for k in &keys {
                 let Some(bar) = k.iter().position(|&c| c == b'|') else {
                     continue;

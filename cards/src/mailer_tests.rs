@@ -4,9 +4,9 @@
 use super::mailers::{MailerItem, MailerOutcome, MailerState, RecordedFile, Reprint, Selection};
 use super::tests::{actor, date, holder_activation, serial, today, World};
 use super::{Change, PrintJob, Reason};
-use vault::codes::BatchId;
-use vault::import::ImportOutcome;
+use vault::BatchId;
 use vault::Error;
+use vault::ImportOutcome;
 
 fn batch_of(outcome: ImportOutcome) -> BatchId {
     match outcome {

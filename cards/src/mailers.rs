@@ -64,18 +64,19 @@
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, now_ms, Cards};
+use super::registry::{decode, encode, Cards};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent, Outcome};
-use vault::codes::{BatchId, BatchScan, CardCodes};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{seq_key, Batch, Tree};
+use vault::lock;
+use vault::Actor;
+use vault::Hsm;
+use vault::{seq_key, Batch, Tree};
+use vault::{AuditLog, NewEvent, Outcome};
+use vault::{BatchId, BatchScan, CardCodes};
+use vault::{Error, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
 const NEXT_FILE_KEY: &[u8] = b"mailers.next_file";
@@ -402,10 +403,6 @@ impl MailerBook {
 /// Counting cards left out of a run, by reason.
 type Skips = BTreeMap<&'static str, u64>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn next_counter(cms: &Cards, key: &[u8], b: &mut Batch, by: u64) -> Result<u64> {
     let next = match cms.store.get(Tree::Meta, key)? {
         Some(v) => u64::from_be_bytes(
@@ -575,7 +572,7 @@ impl Cards {
             Selection::Batch(id) => {
                 self.codes
                     .batch(*id)?
-                    .filter(|r| r.state == vault::codes::BatchState::Committed)
+                    .filter(|r| r.state == vault::BatchState::Committed)
                     .ok_or_else(|| Error::NotFound(format!("committed batch {id}")))?;
                 Some(id.to_string())
             }
@@ -636,7 +633,7 @@ impl Cards {
             error: None,
             actor: actor.id.clone(),
             request_id: actor.request_id.clone(),
-            started_ms: now_ms(),
+            started_ms: self.now_ms(),
             finished_ms: 0,
             set_aside: Vec::new(),
         };
@@ -692,7 +689,7 @@ impl Cards {
     fn mark_interrupted_runs(&self) -> Result<Vec<u64>> {
         let mut b = Batch::new();
         let mut ids = Vec::new();
-        let now = now_ms();
+        let now = self.now_ms();
         for (k, v) in self.store.range(Tree::PrintRuns, &[], None, usize::MAX)? {
             let mut r: PrintRunRecord = decode("print run", &v)?;
             if r.state == "running" {
@@ -1133,7 +1130,7 @@ impl<'c> PrintJob<'c> {
             max_serial: max.clone(),
             sha256_clear_pdf: file.sha256_clear_pdf.to_owned(),
             sealed_bytes: file.sealed_bytes,
-            created_ms: now_ms(),
+            created_ms: self.cms.now_ms(),
             states: "o".repeat(count),
         };
         b.put(
@@ -1219,7 +1216,7 @@ impl<'c> PrintJob<'c> {
         record.state = if error.is_some() { "failed" } else { "done" }.into();
         record.error = error;
         record.skipped = self.skipped();
-        record.finished_ms = now_ms();
+        record.finished_ms = self.cms.now_ms();
         let mut b = Batch::new();
         let block = lock(&self.numbers);
         if block.end > 0 {

@@ -47,15 +47,15 @@
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, now_ms, CardRecord, Cards, HolderRecord, PersonalData};
+use super::registry::{decode, encode, CardRecord, Cards, HolderRecord, PersonalData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{seq_key, Batch, Tree};
+use vault::Actor;
+use vault::Hsm;
+use vault::{seq_key, Batch, Tree};
+use vault::{AuditLog, NewEvent};
+use vault::{Error, Result};
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
@@ -194,7 +194,7 @@ pub enum JobState {
     /// Part A, printed and handed over at the counter (by whom and when on the job).
     HandedOver,
     /// Will not go out: its dispatch was replaced, the card's state refused it, or the card's
-    /// codes were destroyed by a forced shred of its batch ([`vault::ceremony`]); the reason is
+    /// codes were destroyed by a forced shred of its batch ([`vault::Ceremonies`]); the reason is
     /// on the job. Never falls back to another channel.
     Cancelled,
 }
@@ -1097,7 +1097,7 @@ impl Cards {
                 ]
             }
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let id = counter_value(self, NEXT_REQUEST_KEY)?;
         let mut maker = JobMaker::new(self, now)?;
         let mut b = Batch::new();
@@ -1280,7 +1280,7 @@ impl Cards {
         sent: &[(u64, String)],
     ) -> Result<Vec<Result<Job>>> {
         let ops = self.ops_lock();
-        let now = now_ms();
+        let now = self.now_ms();
         let mut b = Batch::new();
         let mut events = Vec::new();
         let mut out = Vec::with_capacity(sent.len());
@@ -1556,7 +1556,7 @@ impl Cards {
     pub fn recover(&self, audit: &AuditLog) -> Result<u64> {
         let _ops = self.ops_lock();
         self.move_old_waiting_keys()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut count = 0u64;
         loop {
             let keys = self.store.keys(
@@ -1618,7 +1618,7 @@ impl Cards {
         {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let mut events = Vec::new();
         for (serial, number) in serials.iter().zip(numbers) {
             for old in self.jobs_of(serial)? {
@@ -1714,7 +1714,7 @@ impl Cards {
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
         self.check_contact(&card, &holder, &personal, old.channel)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut maker = JobMaker::new(self, now)?;
         let new = maker.make(
             old.request,

@@ -18,13 +18,13 @@
 
 use super::date::Date;
 use super::outbox::{by, job_event, put_job, Channel, DispatchPlan, Job, JobState, Part};
-use super::registry::{now_ms, Cards};
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::CardCodes;
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::Batch;
+use super::registry::Cards;
+use vault::Actor;
+use vault::AuditLog;
+use vault::Batch;
+use vault::CardCodes;
+use vault::Hsm;
+use vault::{Error, Result};
 
 /// What the counter page must show: part A of this plan (in `dispatch`'s grammar, with part
 /// B's channel), of this dispatch.
@@ -155,7 +155,7 @@ impl Cards {
             Err(e) => return Ok(Err(e)),
         };
         drop(codes);
-        let now = now_ms();
+        let now = self.now_ms();
         let mut b = Batch::new();
         let mut job = a.clone();
         job.prints += 1;

@@ -17,12 +17,12 @@ use super::date::Date;
 use super::outbox::{job_event, put_job, Channel, Job, JobState};
 use super::registry::Cards;
 use std::fmt;
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::codes::CardCodes;
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::Batch;
+use vault::Actor;
+use vault::Batch;
+use vault::CardCodes;
+use vault::Hsm;
+use vault::{AuditLog, NewEvent};
+use vault::{Error, Result};
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.

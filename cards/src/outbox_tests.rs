@@ -6,9 +6,9 @@ use super::outbox::{Channel, Fallback, Job, JobState, OutboxPolicy, Part, Receip
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use vault::audit::Query;
-use vault::store::Tree;
 use vault::Error;
+use vault::Query;
+use vault::Tree;
 
 const EXPIRY: &str = "2030-01-01";
 
@@ -87,7 +87,7 @@ pub(super) fn hand_over(w: &World, c: usize) {
 }
 
 /// The events of `action`, oldest first (up to 1,000).
-pub(super) fn events(w: &World, action: &str) -> Vec<vault::audit::Event> {
+pub(super) fn events(w: &World, action: &str) -> Vec<vault::Event> {
     w.audit()
         .query(&Query {
             action: Some(action.into()),
@@ -155,7 +155,8 @@ fn verify(w: &World) {
 }
 
 fn now() -> u64 {
-    super::registry::now_ms()
+    use vault::Clock;
+    vault::SystemClock.now_ms()
 }
 
 #[test]

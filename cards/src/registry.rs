@@ -24,14 +24,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::codes::CodeVault;
-use vault::envelope::{DataKeyId, Envelope, Sealer};
-use vault::error::{Error, Result};
-use vault::hsm::{Hsm, KeyPurpose};
-use vault::keyring::Keyring;
-use vault::store::{Batch, Store, Tree};
+use vault::Actor;
+use vault::CodeVault;
+use vault::Keyring;
+use vault::{lock, Clock};
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Store, Tree};
+use vault::{DataKeyId, Envelope, Sealer};
+use vault::{Error, Result};
+use vault::{Hsm, KeyPurpose};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
 /// Blind index kinds.
@@ -151,13 +152,6 @@ impl CardRecord {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::Storage(format!("a stored {what} is damaged: {e}")))
@@ -240,16 +234,14 @@ pub struct Cards {
     pub(crate) mailers: Mutex<super::mailers::MailerBook>,
     /// Set while a print run is going (one at a time).
     pub(crate) print_running: std::sync::atomic::AtomicBool,
+    /// The time of every record and deadline (the audit log's clock in the service).
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for Cards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cards")
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Cards {
@@ -262,7 +254,24 @@ impl Cards {
             sealer: Mutex::new(None),
             mailers: Mutex::default(),
             print_running: std::sync::atomic::AtomicBool::new(false),
+            clock: vault::system_clock(),
         }
+    }
+
+    /// The same registry timed by `clock` (give it the clock of the audit log it writes to).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Cards {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, in milliseconds since the epoch, by this registry's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Today's UTC date by this registry's clock.
+    pub fn today(&self) -> Date {
+        Date::today(&*self.clock)
     }
 
     pub(crate) fn ops_lock(&self) -> MutexGuard<'_, ()> {
@@ -310,7 +319,7 @@ impl Cards {
         let s = sealer
             .as_mut()
             .ok_or_else(|| Error::Storage("no holder key".into()))?;
-        let env = s.seal(subject, &vault::secret::Plaintext::from_slice(clear))?;
+        let env = s.seal(subject, &vault::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
 
@@ -511,7 +520,7 @@ impl Cards {
         let mut cards: BTreeMap<String, CardRecord> = BTreeMap::new();
         let mut next = self.next_holder_id()?;
         let mut contacts_changed = 0u64;
-        let now = now_ms();
+        let now = self.now_ms();
         for (entry, personal, keys) in keyed {
             let existing = self.ids_under(&keys[0], None, 2)?;
             let mut rec = match existing.first() {

@@ -10,7 +10,7 @@
 //!   serial for a holder without cards.
 //!
 //! [`parse_registry`] reads a [`BufRead`] once, line by line, like the manufacturer-file parser
-//! ([`vault::import::parse`]): lines are borrowed from the reader's buffer and only a line that
+//! ([`vault::parse`]): lines are borrowed from the reader's buffer and only a line that
 //! straddles two buffer fills is copied, into one reusable buffer capped at
 //! [`MAX_LINE_BYTES`]. Unlike that parser it keeps its output in memory, because the cards of
 //! one holder may be spread over the file: holders are merged by normalised codice fiscale.
@@ -49,8 +49,8 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, ErrorKind};
-use vault::error::Error;
-use vault::import::parse::SerialRule;
+use vault::Error;
+use vault::SerialRule;
 
 /// The most lines a registry file may have (blank lines and the header included). The parser
 /// holds the holders of the whole file in memory, so this bounds its memory; a longer file is
@@ -227,7 +227,7 @@ pub struct RegistryReport {
 
 impl fmt::Display for RegistryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        vault::import::parse::write_problems(f, &self.problems, self.total)
+        vault::write_problems(f, &self.problems, self.total)
     }
 }
 

@@ -3,13 +3,13 @@
 //! an audit event. Free text may name people, so titles, texts and comments are sealed like
 //! personal data; the list shows them opened.
 
-use super::registry::{decode, encode, now_ms, Cards};
+use super::registry::{decode, encode, Cards};
 use serde::{Deserialize, Serialize};
-use vault::account::Actor;
-use vault::audit::{AuditLog, NewEvent};
-use vault::error::{Error, Result};
-use vault::hsm::Hsm;
-use vault::store::{Batch, Tree};
+use vault::Actor;
+use vault::Hsm;
+use vault::{AuditLog, NewEvent};
+use vault::{Batch, Tree};
+use vault::{Error, Result};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.
@@ -193,7 +193,7 @@ impl Cards {
             card: card.map(str::to_string),
             state: ReportState::Open,
             opened_by: actor.id.clone(),
-            opened_ms: now_ms(),
+            opened_ms: self.now_ms(),
             assignee: None,
             closed_ms: None,
             title: self.seal_text(hsm, audit, &subject, title)?,
@@ -291,7 +291,7 @@ impl Cards {
         }
         let subject = format!("report {id}");
         let mut b = Batch::new();
-        let now = now_ms();
+        let now = self.now_ms();
         let action = match step {
             ReportStep::Comment(t) => {
                 let text = self.seal_text(hsm, audit, &subject, t)?;

@@ -9,15 +9,15 @@ use proptest::prelude::*;
 use registry_parse::{CardEntry, HolderEntry};
 use std::collections::HashMap;
 use std::sync::Arc;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::CodeVault;
-use vault::hsm::Hsm;
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::Actor;
+use vault::AuditLog;
+use vault::CodeVault;
 use vault::Error;
+use vault::Hsm;
+use vault::ParseRules;
+use vault::SledStore;
+use vault::Store;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 
 /// Valid codici fiscali (check characters computed by [`codice_fiscale`]).
 pub(super) fn cf(i: usize) -> String {

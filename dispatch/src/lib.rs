@@ -32,6 +32,7 @@
 pub mod bulk;
 pub mod courier;
 pub mod error;
+mod lock;
 pub mod plan;
 pub mod render;
 pub mod secret;

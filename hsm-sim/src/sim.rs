@@ -29,6 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+use vault::lock;
 use vault::{
     AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
     Result, ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
@@ -277,7 +278,7 @@ impl SimulatedHsm {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-changed: every change is
         // built on a copy and swapped in after the write. So a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     fn fault_hook(&self) -> impl Fn(FaultPoint) + '_ {

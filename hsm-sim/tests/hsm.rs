@@ -197,8 +197,14 @@ fn rotation_rewrap_and_retire() {
     let (hsm, shares) = init(dir.path(), 3, 2);
     unseal(&hsm, &[&shares[0], &shares[2]]);
     let mut ring = Keyring::new();
-    let code = ring.create(&hsm, KeyPurpose::Code).unwrap().key_id();
-    let index = ring.create(&hsm, KeyPurpose::Index).unwrap().key_id();
+    let code = ring
+        .create(&hsm, KeyPurpose::Code, &vault::SystemClock)
+        .unwrap()
+        .key_id();
+    let index = ring
+        .create(&hsm, KeyPurpose::Index, &vault::SystemClock)
+        .unwrap()
+        .key_id();
     let kcv = ring.unwrap(&hsm, code).unwrap().kcv();
 
     let t2 = hsm.rotate().unwrap();
@@ -649,8 +655,8 @@ fn the_audit_anchor_persists_and_only_moves_forward() {
 
 #[test]
 fn an_older_copy_of_the_hsm_state_is_refused_by_the_store_that_saw_a_newer_one() {
-    use vault::audit::{AuditLog, NewEvent};
-    use vault::store::{memory::MemoryStore, Store};
+    use vault::{AuditLog, NewEvent};
+    use vault::{MemoryStore, Store};
     let dir = tempfile::tempdir().unwrap();
     let (hsm, shares) = init(dir.path(), 2, 2);
     let state = dir.path().join(SimulatedHsm::STATE_FILE);

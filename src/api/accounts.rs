@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use vault::account::AccountView;
+use vault::AccountView;
 use vault::Role;
 
 use crate::AppState;
@@ -102,7 +102,7 @@ async fn create(
     let role: Role = req
         .role
         .parse()
-        .map_err(|e: vault::account::UnknownRole| ApiError::bad_request(format!("role: {e}")))?;
+        .map_err(|e: vault::UnknownRole| ApiError::bad_request(format!("role: {e}")))?;
     let accounts = state.accounts.clone();
     let actor = caller.actor();
     let (account, token) = blocking(move || accounts.create(&req.name, role, &actor)).await?;

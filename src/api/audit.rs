@@ -33,8 +33,8 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
 use std::io::Write;
-use vault::audit::{self, Outcome, Page, VerifyReport};
 use vault::Role;
+use vault::{Outcome, Page, Query as AuditQuery, VerifyReport, MAX_PAGE};
 
 /// Longest filter value accepted (an account id, an action, a card serial fit easily).
 const MAX_FILTER: usize = 64;
@@ -80,10 +80,10 @@ struct PageParams {
 fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
     match asked {
         None => Ok(DEFAULT_PAGE),
-        Some(n) if (1..=audit::MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::bad_request(format!(
             "limit: between 1 and {}, got {n}",
-            audit::MAX_PAGE
+            MAX_PAGE
         ))),
     }
 }
@@ -94,7 +94,7 @@ pub(crate) async fn query(
     caller: Caller,
     Query(p): Query<QueryParams>,
 ) -> Result<Json<Page>, ApiError> {
-    let q = audit::Query {
+    let q = AuditQuery {
         from_ms: p.from_ms,
         to_ms: p.to_ms,
         actor: p.actor,
@@ -196,10 +196,7 @@ async fn prune(
             state.retention_days
         )));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let now_ms = state.clock.now_ms();
     let cutoff_ms = now_ms.saturating_sub(u64::from(days) * 86_400_000);
     let audit = state.audit.clone();
     let event = caller
@@ -324,11 +321,11 @@ pub(crate) async fn card_events(
     asked: Option<usize>,
 ) -> Result<Json<Page>, ApiError> {
     check_serial(&serial)?;
-    let q = audit::Query {
+    let q = AuditQuery {
         subject: Some(serial.clone()),
         after,
         limit: limit(asked)?,
-        ..audit::Query::default()
+        ..AuditQuery::default()
     };
     let audit = state.audit.clone();
     let event = caller.event("card.history", serial);

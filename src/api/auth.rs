@@ -32,9 +32,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::SecretString;
 use std::fmt;
 use std::num::NonZeroU32;
-use vault::account::{Account, Actor};
-use vault::audit::{NewEvent, Outcome};
 use vault::Role;
+use vault::{Account, Actor};
+use vault::{NewEvent, Outcome};
 
 /// The id of one request: written into its audit events and returned as `x-request-id`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@
 //! raw body (`curl --data-binary @file`; any content type but multipart; age-encrypted files
 //! are recognised and decrypted by the vault). The body is never held whole: chunks go
 //! from axum's body stream through a bounded channel (16 chunks; the streaming is shared with
-//! registry uploads) to a blocking reader that feeds [`vault::import::import_file`] on tokio's
+//! registry uploads) to a blocking reader that feeds [`vault::import_file`] on tokio's
 //! blocking pool. The size limit (`[import] max_upload_bytes`) is checked against
 //! `Content-Length` before anything is read, and again on every chunk (`413 body_too_large`);
 //! a body that stalls for [`super::UPLOAD_IDLE_TIMEOUT`] is abandoned (`408 timeout`). A body
@@ -61,11 +61,11 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-use vault::codes::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
-use vault::generate::WeakFilter;
-use vault::import::generation::{generate_batch, GenerateRequest, SerialSet};
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
 use vault::Role;
+use vault::WeakFilter;
+use vault::{generate_batch, GenerateRequest, SerialSet};
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
 
 const UPLOAD: &[Role] = &[Role::Manufacturer];
 const READ: &[Role] = &[
@@ -291,7 +291,7 @@ async fn upload(
             "manufacturer: required (query parameter `manufacturer`)",
         ));
     };
-    vault::import::check_manufacturer(&manufacturer)?;
+    vault::check_manufacturer(&manufacturer)?;
     let expected_sha256 = params.sha256.as_deref().map(parse_sha256).transpose()?;
     check_upload_type(request.headers())?;
     let limit = state.bulk.max_upload_bytes;

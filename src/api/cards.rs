@@ -62,7 +62,7 @@ use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
+use cards::Date;
 use cards::{Activation, CardState, CardStatus, Change, Channel, JobState, PartDelivery, Reason};
 use serde::{Deserialize, Serialize};
 use vault::Role;
@@ -228,8 +228,7 @@ pub(crate) async fn card_status(
     check_serial(&serial)?;
     let s = state.clone();
     let actor = caller.actor();
-    let status =
-        blocking(move || s.cms.status(&s.audit, &serial, Date::today_utc(), &actor)).await?;
+    let status = blocking(move || s.cms.status(&s.audit, &serial, s.cms.today(), &actor)).await?;
     Ok(Json(CardView::from(status)))
 }
 
@@ -244,14 +243,8 @@ pub(crate) async fn change(
     let s = state.clone();
     let actor = caller.actor();
     let status = blocking(move || {
-        s.cms.change(
-            &*s.hsm,
-            &s.audit,
-            &serial,
-            &change,
-            Date::today_utc(),
-            &actor,
-        )
+        s.cms
+            .change(&*s.hsm, &s.audit, &serial, &change, s.cms.today(), &actor)
     })
     .await?;
     tracing::info!(

@@ -58,7 +58,6 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
 use cards::{
     Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
 };
@@ -347,7 +346,7 @@ pub(crate) async fn request_dispatch(
             &serial,
             &body.plan,
             replace.as_deref(),
-            Date::today_utc(),
+            s.cms.today(),
             &actor,
         )
     })
@@ -392,7 +391,7 @@ pub(crate) async fn resend_part(
     let actor = caller.actor();
     let job = blocking(move || {
         s.cms
-            .resend_part(&*s.hsm, &s.audit, &serial, part, Date::today_utc(), &actor)
+            .resend_part(&*s.hsm, &s.audit, &serial, part, s.cms.today(), &actor)
     })
     .await?;
     tracing::info!(

@@ -19,7 +19,6 @@ use cards::ReceiptOutcome;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint::new(Method::GET, "/v1/dlr", get(dlr)).public()]
@@ -82,9 +81,7 @@ async fn dlr(
     }
     let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
     let policy = delivery.policy;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = state.clock.now_ms();
     let (job, outcome) =
         blocking(move || cms.mark_delivered_by_key(&*hsm, &audit, &key, delivered, now, &policy))
             .await?;

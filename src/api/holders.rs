@@ -26,10 +26,10 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use cards::date::Date;
-use cards::registry::MAX_SEARCH;
-use cards::registry_parse::normalise_name;
-use cards::{codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
+use cards::normalise_name;
+use cards::Date;
+use cards::MAX_SEARCH;
+use cards::{normalise_codice_fiscale, CardState, HolderView, PersonalData, SearchKey};
 use serde::{Deserialize, Serialize};
 use vault::Role;
 
@@ -137,7 +137,7 @@ pub(crate) fn search_key_of(
 ) -> Result<SearchKey, ApiError> {
     match (codice_fiscale, surname, birth_date) {
         (Some(cf), None, None) => {
-            let cf = codice_fiscale::normalise(cf)
+            let cf = normalise_codice_fiscale(cf)
                 .map_err(|e| ApiError::bad_request(format!("codice_fiscale: {e}")))?;
             Ok(SearchKey::CodiceFiscale(cf))
         }

@@ -53,8 +53,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vault::ceremony::{Ceremonies, JobPhase, KeyJob, KeyStatus, Operation, Proposal, ProposalId};
-use vault::kcv::Kcv;
+use vault::lock;
+use vault::Kcv;
+use vault::{Ceremonies, JobPhase, KeyJob, KeyStatus, Operation, Proposal, ProposalId};
 use vault::{Hsm, Role};
 use zeroize::Zeroize;
 
@@ -147,21 +148,15 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
     res
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn proposal_id(text: &str) -> Result<ProposalId, ApiError> {
     ProposalId::parse(text).map_err(ApiError::from)
 }
 
 async fn status(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
-    let report: KeyStatus = blocking(move || keys.status(&*hsm, now_ms())).await?;
+    let report: KeyStatus = blocking(move || keys.status(&*hsm, clock.now_ms())).await?;
     Ok(no_store(StatusCode::OK, report))
 }
 
@@ -233,16 +228,18 @@ async fn propose(
         ));
     }
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
     let actor = caller.actor();
-    let p = blocking(move || keys.propose(&*hsm, &actor, op, &reason, now_ms())).await?;
+    let p = blocking(move || keys.propose(&*hsm, &actor, op, &reason, clock.now_ms())).await?;
     tracing::info!(proposal = %p.id, op = p.op.name(), by = %caller.account.id, "key operation proposed");
     Ok(no_store(StatusCode::CREATED, ProposalView { proposal: p }))
 }
 
 async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let keys = state.keys.clone();
-    let proposals = blocking(move || keys.list(now_ms())).await?;
+    let clock = state.clock.clone();
+    let proposals = blocking(move || keys.list(clock.now_ms())).await?;
     Ok(no_store(StatusCode::OK, ProposalList { proposals }))
 }
 
@@ -253,8 +250,9 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let id = proposal_id(&id)?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let p = blocking(move || {
-        keys.lapse_expired(now_ms())?;
+        keys.lapse_expired(clock.now_ms())?;
         keys.get(id)?
             .ok_or_else(|| vault::Error::NotFound(format!("key proposal {id}")))
     })
@@ -269,8 +267,9 @@ async fn withdraw(
 ) -> Result<Response, ApiError> {
     let id = proposal_id(&id)?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let actor = caller.actor();
-    let p = blocking(move || keys.withdraw(&actor, id, now_ms())).await?;
+    let p = blocking(move || keys.withdraw(&actor, id, clock.now_ms())).await?;
     tracing::info!(proposal = %p.id, by = %caller.account.id, "key proposal withdrawn");
     Ok(no_store(StatusCode::OK, ProposalView { proposal: p }))
 }
@@ -292,6 +291,7 @@ async fn approve(
         })
         .transpose()?;
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let actor = caller.actor();
     let rekey = blocking({
         let keys = keys.clone();
@@ -311,8 +311,8 @@ async fn approve(
         )));
     }
     let hsm = state.hsm.clone();
-    let p =
-        blocking(move || keys.approve_expecting(&*hsm, &actor, id, expect_kcv, now_ms())).await?;
+    let p = blocking(move || keys.approve_expecting(&*hsm, &actor, id, expect_kcv, clock.now_ms()))
+        .await?;
     tracing::info!(proposal = %p.id, op = p.op.name(), by = %caller.account.id, state = %p.state, "key operation approved");
     if p.op.is_job() {
         state.key_runner.spawn(&state);
@@ -371,6 +371,7 @@ async fn approve_rekey(
         ));
     };
     let keys = state.keys.clone();
+    let clock = state.clock.clone();
     let hsm = state.hsm.clone();
     let actor = caller.actor();
     let dir = root.join(id.to_string());
@@ -402,7 +403,7 @@ async fn approve_rekey(
             &shares,
             &mut deliver,
             expect_kcv,
-            now_ms(),
+            clock.now_ms(),
         );
         drop(shares);
         if res.is_err() && hsm.status().share_set == before {
@@ -637,7 +638,7 @@ impl KeyRunner {
 
     /// False while a job interrupted by an error waits before it is tried again.
     pub fn retry_due(&self) -> bool {
-        let at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        let at = lock(&self.retry_at);
         at.is_none_or(|t| Instant::now() >= t)
     }
 
@@ -656,11 +657,10 @@ impl KeyRunner {
             let _guard = guard;
             match run_job(&keys, &*hsm, &runner) {
                 Ok(_) => {
-                    *runner.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *lock(&runner.retry_at) = None;
                 }
                 Err(e) => {
-                    *runner.retry_at.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Instant::now() + RETRY_AFTER);
+                    *lock(&runner.retry_at) = Some(Instant::now() + RETRY_AFTER);
                     let sealed = matches!(e, vault::Error::Sealed);
                     tracing::warn!(
                         error = %e,

@@ -52,14 +52,14 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use cards::date::Date;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
 use dispatch::{Addressee, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use vault::codes::BatchId;
+use vault::lock;
+use vault::BatchId;
 use vault::Role;
 
 const RUN: &[Role] = &[Role::Cms];
@@ -73,7 +73,7 @@ const DEFAULT_RUNS: usize = 50;
 /// Most runs one list shows.
 const MAX_RUNS: usize = 1000;
 /// Largest body of `POST /v1/mailers/runs`: a list of up to
-/// [`cards::mailers::MAX_LISTED_SERIALS`] serials.
+/// [`cards::MAX_LISTED_SERIALS`] serials.
 pub const RUN_BODY_LIMIT: usize = 4 << 20;
 /// Largest body of `POST /v1/mailers/outcomes` (about 150,000 outcomes).
 pub const OUTCOMES_BODY_LIMIT: usize = 8 << 20;
@@ -115,7 +115,7 @@ pub struct RunProgress {
 impl RunProgress {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
         // Guards a plain map: a panic while it was held leaves it usable.
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.runs)
     }
 
     fn start(&self, id: u64) -> Arc<AtomicU64> {
@@ -297,7 +297,7 @@ async fn start_run(
         let counter = s.print_runs.start(id);
         let _ = tx.send(Ok(id));
         let progress = |n: u64| counter.store(n, Ordering::Relaxed);
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let out = crate::mailers::print(
             &*s.hsm, &s.audit, job, &s.print, &plan, part, today, &progress,
         );
@@ -564,7 +564,7 @@ pub(crate) async fn counter_pdf(
             &serial,
             plan.as_deref(),
             reprint,
-            Date::today_utc(),
+            s.cms.today(),
             &actor,
             |codes, slip| {
                 let plan = Plan::parse(&slip.courier_plan)?;

@@ -7,7 +7,7 @@
 //! The file (CSV or JSON lines, `docs/formats.md`) is the raw body (`curl --data-binary
 //! @holders.csv`; any content type but multipart). Like a batch upload it is streamed, never
 //! held whole as bytes: chunks go through a bounded channel to
-//! [`cards::registry_parse::parse_registry`] on the blocking pool, under
+//! [`cards::parse_registry`] on the blocking pool, under
 //! `[registry] max_upload_bytes` (default 64 MiB; checked against `Content-Length`, then on
 //! every chunk: `413 body_too_large`) and the upload idle timeout (`408 timeout`). The parsed
 //! holders are then applied all or nothing by [`cards::Cards::import_registry`], which also
@@ -39,15 +39,12 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use cards::date::Date;
-use cards::registry_parse::{
-    parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules,
-};
+use cards::{parse_registry, RegistryFailure, RegistryProblem, RegistryReport, RegistryRules};
 use cards::{Reason, RegistryOutcome};
 use serde::{Deserialize, Serialize};
 use std::io::BufReader;
 use std::time::Instant;
-use vault::audit::Outcome;
+use vault::Outcome;
 use vault::Role;
 
 const IMPORT: &[Role] = &[Role::Cms];
@@ -167,7 +164,7 @@ async fn import(
     let job = blocking(move || {
         let _slot = slot;
         let s = &job_state;
-        let today = Date::today_utc();
+        let today = s.cms.today();
         let rules = RegistryRules {
             serial: s.import_rules.serial,
             today,

@@ -25,7 +25,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use axum::Json;
-use cards::reports::{Report, ReportState, ReportStep};
+use cards::{Report, ReportState, ReportStep};
 use serde::{Deserialize, Serialize};
 use vault::Role;
 

@@ -36,9 +36,9 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use vault::account::Actor;
-use vault::audit::{NewEvent, Outcome};
+use vault::Actor;
 use vault::UnsealProgress;
+use vault::{NewEvent, Outcome};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint::new(Method::POST, "/v1/sys/unseal", post(unseal)).public()]

@@ -12,7 +12,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use vault::audit::VerifyReport;
+use vault::VerifyReport;
 
 /// Arguments of `plico audit`.
 #[derive(Debug, Args)]

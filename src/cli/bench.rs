@@ -35,13 +35,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vault::audit::AuditLog;
-use vault::codes::CodeVault;
-use vault::import::parse::{parse, ParseRules};
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::{Batch, Store, Tree};
+use vault::AuditLog;
+use vault::CodeVault;
 use vault::Hsm;
+use vault::SledStore;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::{parse_code_file, ParseRules};
+use vault::{Batch, Store, Tree};
 
 /// `plico bench` arguments.
 #[derive(Debug, Args)]
@@ -292,7 +292,7 @@ fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
     // Baseline 1: the parser alone.
     let started = Instant::now();
     let mut cards = 0u64;
-    parse(
+    parse_code_file(
         std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?),
         &rules,
         |_| {

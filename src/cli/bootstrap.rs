@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use plico::AppState;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::SledStore;
+use vault::Store;
 
 /// The admin token's file name in the data directory, by default.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token.txt";

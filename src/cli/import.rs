@@ -19,7 +19,7 @@ use plico::api::batches::{BatchAnswer, Recipient};
 use reqwest::Url;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use vault::import::age::{is_age, SNIFF_LEN};
+use vault::{is_age, SNIFF_LEN};
 
 /// Bytes read from the file per chunk sent.
 pub const CHUNK: usize = 256 * 1024;
@@ -68,7 +68,7 @@ pub fn run_recipient(args: RecipientArgs) -> Result<()> {
 
 /// Runs `plico import`.
 pub fn run(args: ImportArgs) -> Result<()> {
-    vault::import::check_manufacturer(&args.manufacturer)
+    vault::check_manufacturer(&args.manufacturer)
         .map_err(|e| anyhow::anyhow!("--manufacturer: {e}"))?;
     let path = &args.file;
     let meta =

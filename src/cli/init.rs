@@ -18,9 +18,9 @@ use plico::AppState;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vault::account::Actor;
-use vault::audit::NewEvent;
+use vault::Actor;
 use vault::Hsm;
+use vault::NewEvent;
 
 /// Arguments of `plico init`.
 #[derive(Debug, Args)]

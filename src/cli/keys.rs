@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
-use vault::ceremony::{JobState, KeyJob, KeyStatus, Proposal};
+use vault::{JobState, KeyJob, KeyStatus, Proposal};
 
 /// How often `approve --wait` asks how far the job is.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -176,14 +176,14 @@ struct ApproveBody<'a> {
 }
 
 fn batch_number(text: &str) -> Result<u64> {
-    vault::codes::BatchId::parse(text)
+    vault::BatchId::parse(text)
         .map(|b| b.0)
         .map_err(|_| anyhow::anyhow!("--batch: expected a batch id such as b000042"))
 }
 
 /// A proposal id for a path: `kp` and digits only.
 fn proposal_segment(text: &str) -> Result<String> {
-    vault::ceremony::ProposalId::parse(text)
+    vault::ProposalId::parse(text)
         .map(|id| id.to_string())
         .map_err(|_| anyhow::anyhow!("expected a proposal id such as kp000007"))
 }
@@ -343,13 +343,13 @@ fn read_hidden_line() -> Result<SecretString> {
 async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
     let id = proposal_segment(&a.id)?;
     let shown: ProposalView = client.get(&format!("/v1/keys/proposals/{id}")).await?;
-    let is_rekey = matches!(shown.proposal.op, vault::ceremony::Operation::Rekey { .. });
+    let is_rekey = matches!(shown.proposal.op, vault::Operation::Rekey { .. });
     if !is_rekey && !a.share_files.is_empty() {
         bail!("{id} is not a rekey: it needs no shares");
     }
     let expect = a.expect_kcv.as_deref().map(str::trim);
     if let Some(k) = expect {
-        k.parse::<vault::kcv::Kcv>()
+        k.parse::<vault::Kcv>()
             .map_err(|_| anyhow::anyhow!("--expect-kcv: expected 6 hex digits, e.g. DC95C0"))?;
     }
     if !a.json {
@@ -503,7 +503,7 @@ fn print_impact(p: &Proposal) {
     for k in &i.keys {
         println!("  {k}");
     }
-    if p.op.batch().is_some() && matches!(p.op, vault::ceremony::Operation::Shred { .. }) {
+    if p.op.batch().is_some() && matches!(p.op, vault::Operation::Shred { .. }) {
         if i.cards.is_empty() {
             println!("  cards that lose their codes: none");
         }
@@ -520,9 +520,7 @@ fn print_impact(p: &Proposal) {
                 println!("    … and {more} more");
             }
         }
-        if matches!(p.op, vault::ceremony::Operation::Shred { force: true, .. })
-            && i.live_cards() > 0
-        {
+        if matches!(p.op, vault::Operation::Shred { force: true, .. }) && i.live_cards() > 0 {
             println!(
                 "  revoke {} card(s) that still need their codes (reason codes_destroyed)",
                 i.live_cards()

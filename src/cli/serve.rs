@@ -28,7 +28,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vault::account::Actor;
+use vault::Actor;
 use vault::Hsm;
 
 /// Data directory of `--dev`.

@@ -3,7 +3,7 @@
 //! The API carries instants as milliseconds (or seconds) since the Unix epoch; a person reads
 //! dates. Every command that prints a stored instant goes through [`utc`] or [`utc_secs`].
 
-use cards::date::Date;
+use cards::Date;
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
 pub fn utc(ms: u64) -> String {

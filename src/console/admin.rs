@@ -2,7 +2,7 @@
 //! initial password, shown once and to be changed at the first login; a machine account gets
 //! its bearer token, shown once), disable, rotate a token, reset a password.
 //!
-//! Each action calls the same [`vault::account::Accounts`] method as the API's handler, with
+//! Each action calls the same [`vault::Accounts`] method as the API's handler, with
 //! the admin's actor, so the audit events are the same; creating and rotating are rate-limited
 //! like the API's. A disabled account's sessions end at once, and so do those of an account
 //! whose password is reset.
@@ -105,9 +105,12 @@ async fn create(
         Err(res) => return res,
     };
     let made = async {
-        let role: Role = f.role.as_deref().unwrap_or_default().parse().map_err(
-            |e: vault::account::UnknownRole| ApiError::bad_request(format!("role: {e}")),
-        )?;
+        let role: Role = f
+            .role
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: vault::UnknownRole| ApiError::bad_request(format!("role: {e}")))?;
         sensitive(&state, &me)?;
         let name = f.name.clone().unwrap_or_default();
         let password = if role.may_have_password() {

@@ -17,8 +17,8 @@ use axum::{Extension, Form};
 use minijinja::context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use vault::account::Actor;
-use vault::audit::{NewEvent, Outcome};
+use vault::Actor;
+use vault::{NewEvent, Outcome};
 
 /// The cookie of the login form's double-submit token.
 const LOGIN_COOKIE: &str = "plico_login";
@@ -363,6 +363,14 @@ pub(super) async fn change_password(
             )
         }
         Err(e) => {
+            if e.code() == "refused" {
+                // A wrong current password counts as a failed login: a borrowed session
+                // cannot be used to guess the password.
+                if state.console.guard.failed(&me.account.id) {
+                    state.console.sessions.end_others(&me.account.id, None);
+                    return see_other("/login");
+                }
+            }
             let key = match e.code() {
                 "refused" => "err_password_current",
                 _ => "err_password_invalid",

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Form, Router};
-use cards::date::Date;
+use cards::Date;
 use minijinja::context;
 use serde::Deserialize;
 use vault::Role;
@@ -106,7 +106,7 @@ async fn audit_page(
     // The last 24 hours, as a start.
     let params = QueryParams {
         from_ms: Some(super::now_ms().saturating_sub(86_400_000)),
-        limit: Some(vault::audit::MAX_PAGE),
+        limit: Some(vault::MAX_PAGE),
         ..QueryParams::default()
     };
     render_events(&state, &me, params, &AuditForm::default()).await
@@ -133,7 +133,7 @@ async fn audit_query(
             action: text(&f.action),
             subject: text(&f.subject),
             after: None,
-            limit: Some(vault::audit::MAX_PAGE),
+            limit: Some(vault::MAX_PAGE),
         },
         (Err(e), _) | (_, Err(e)) => return state.console.error(&me, &e, "/audit"),
     };

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use cards::reports::ReportStep;
+use cards::ReportStep;
 use minijinja::context;
 use serde::Deserialize;
 use vault::Role;

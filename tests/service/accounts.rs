@@ -8,10 +8,10 @@ use plico::api::{check_rules, endpoints, router_from, Access, Endpoint};
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use vault::audit::Query;
-use vault::store::memory::{FailingStore, MemoryStore};
-use vault::store::Store;
+use vault::Query;
 use vault::Role;
+use vault::Store;
+use vault::{FailingStore, MemoryStore};
 
 /// An unsealed service with one account per role, plus a disabled one.
 struct Fixture {
@@ -800,7 +800,7 @@ async fn audit_prune_keeps_the_retention_period_and_is_audited() {
     let page = f
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("audit.prune".into()),
             limit: 10,
             ..Default::default()

@@ -11,8 +11,8 @@ use super::support::{open_with_accounts, serve_dev, sled_state};
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
-use vault::audit::Query;
 use vault::CodePolicy;
+use vault::Query;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -82,7 +82,7 @@ impl Bulk {
     }
 
     /// Every batch record in the store, whatever its state.
-    fn records(&self) -> Vec<vault::codes::BatchRecord> {
+    fn records(&self) -> Vec<vault::BatchRecord> {
         self.state.codes.batches(None, 10_000).unwrap()
     }
 
@@ -270,7 +270,7 @@ async fn a_rejected_file_reports_lines_and_stores_nothing() {
     }
     let records = b.records();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].state, vault::codes::BatchState::Rejected);
+    assert_eq!(records[0].state, vault::BatchState::Rejected);
     assert_eq!(records[0].data_key, None);
     let shown = b.get("acme", "/v1/batches").await;
     assert_eq!(shown.json["batches"][0]["state"], "rejected");
@@ -631,7 +631,7 @@ async fn each_kind_of_bad_line_is_rejected_with_line_and_field() {
     assert!(b
         .records()
         .iter()
-        .all(|r| r.state == vault::codes::BatchState::Rejected));
+        .all(|r| r.state == vault::BatchState::Rejected));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@
 use super::batches::serial;
 use super::support::{cf, open_with_accounts, serve_dev, sled_state, Staff};
 use super::*;
-use cards::date::Date;
+use cards::Date;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use vault::audit::Query;
+use vault::Query;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

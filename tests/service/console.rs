@@ -9,7 +9,7 @@ use super::support::{cf, cie_state, codes_file, open_with_accounts, Client, Staf
 use super::*;
 use plico::console::ConsoleSettings;
 use std::collections::BTreeMap;
-use vault::account::Actor;
+use vault::Actor;
 
 pub(super) const PASSWORD: &str = "una password lunga 1";
 pub(super) const INITIAL: &str = "iniziale provvisoria";
@@ -190,8 +190,8 @@ pub(super) async fn registry(client: &Client) {
 fn actions(state: &AppState) -> Vec<(String, String, String)> {
     let page = state
         .audit
-        .query(&vault::audit::Query {
-            limit: vault::audit::MAX_PAGE,
+        .query(&vault::Query {
+            limit: vault::MAX_PAGE,
             ..Default::default()
         })
         .unwrap();
@@ -334,7 +334,7 @@ async fn login_forced_password_change_logout_and_the_audit_events() {
         "{:?}",
         state
             .audit
-            .query(&vault::audit::Query {
+            .query(&vault::Query {
                 limit: 1000,
                 ..Default::default()
             })

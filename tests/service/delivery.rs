@@ -222,10 +222,10 @@ async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
     let events = running
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("card.codes_release".into()),
             limit: 100,
-            ..vault::audit::Query::default()
+            ..vault::Query::default()
         })
         .unwrap()
         .events;

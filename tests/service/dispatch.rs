@@ -477,10 +477,10 @@ async fn the_counter_page_is_part_a_of_the_dispatch_and_a_new_dispatch_replaces_
     let count = |action: &str| {
         d.state
             .audit
-            .query(&vault::audit::Query {
+            .query(&vault::Query {
                 action: Some(action.into()),
                 limit: 100,
-                ..vault::audit::Query::default()
+                ..vault::Query::default()
             })
             .unwrap()
             .events

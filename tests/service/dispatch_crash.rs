@@ -22,15 +22,15 @@ use super::batches::{codes_of, mix, serial};
 use super::peers::smtp_sink;
 use super::support::cf;
 use super::*;
-use cards::codice_fiscale::check_character;
-use cards::date::Date;
-use cards::registry_parse::{CardEntry, HolderEntry};
+use cards::check_character;
+use cards::Date;
 use cards::{Activation, Change, JobState};
+use cards::{CardEntry, HolderEntry};
 use std::collections::{BTreeMap, BTreeSet};
-use vault::account::Actor;
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
+use vault::Actor;
+use vault::ParseRules;
+use vault::SledStore;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 
 const CARDS: u64 = 10_000;
 const MAX_IN_FLIGHT: usize = 64;
@@ -64,8 +64,7 @@ fn populate(data: &Path) {
     let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
     hsm.unseal(&SecretString::from(share.trim().to_owned()))
         .unwrap();
-    let store: Arc<dyn vault::store::Store> =
-        Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let store: Arc<dyn vault::Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let state = AppState::new(hsm.clone(), store.clone()).unwrap();
     state.unsealed(&actor(), "crash test setup").unwrap();
     let file: String = (1..=CARDS)
@@ -306,9 +305,8 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
     }
 
     // The store: every job `sent`, after one attempt or two (the ones cut by the kill).
-    let store: Arc<dyn vault::store::Store> =
-        Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let store: Arc<dyn vault::Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     let cms = cards::Cards::new(Arc::new(codes));
     let mut retried = 0;
     for n in 1..=CARDS {

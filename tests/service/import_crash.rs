@@ -21,8 +21,8 @@
 
 use super::batches::{codes_of, mix, serial};
 use super::*;
-use vault::codes::{BatchState, CodeVault};
-use vault::store::sled::SledStore;
+use vault::SledStore;
+use vault::{BatchState, CodeVault};
 
 const CARDS: u64 = 1_000_000;
 const ROUNDS: u64 = 20;

@@ -11,8 +11,9 @@ use super::support::{cf, codes_file, identification, open_with_accounts, Client}
 use super::*;
 use plico::Settings;
 use std::collections::BTreeMap;
-use vault::store::sled::SledStore;
 use vault::CodePolicy;
+use vault::SledStore;
+use vault::{Clock, ManualClock};
 
 const SALT: u64 = 0x4B3E;
 
@@ -32,13 +33,22 @@ impl Keys {
     }
 
     fn with_hsm(settings: Settings, shares: u8, threshold: u8) -> Keys {
+        Self::timed(settings, shares, threshold, vault::system_clock())
+    }
+
+    /// A service timed by `clock`, which the test moves instead of waiting.
+    fn with_clock(settings: Settings, clock: Arc<ManualClock>) -> Keys {
+        Self::timed(settings, 1, 1, clock)
+    }
+
+    fn timed(settings: Settings, shares: u8, threshold: u8, clock: Arc<dyn Clock>) -> Keys {
         let dir = tempfile::tempdir().unwrap();
         let (hsm, issued) = init_hsm(dir.path(), shares, threshold);
         for s in issued.iter().take(usize::from(threshold)) {
             hsm.unseal(s).unwrap();
         }
         let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
-        let state = AppState::with_settings(hsm, store, &settings)
+        let state = AppState::with_clock(hsm, store, &settings, clock)
             .unwrap()
             .with_rekey_share_dir(dir.path().join("ceremony"));
         let staff = open_with_accounts(
@@ -240,7 +250,7 @@ async fn dual_control_refuses_self_approval_and_non_officers() {
     let audited: Vec<String> = k
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             action: Some("key.".to_owned()),
             limit: 100,
             ..Default::default()
@@ -265,16 +275,32 @@ async fn dual_control_refuses_self_approval_and_non_officers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_not_approved_in_its_window_lapses() {
-    let k = Keys::new(Settings {
-        key_approval_window_ms: 50,
-        ..cie()
-    });
+    let clock = Arc::new(ManualClock::starting_now());
+    let k = Keys::with_clock(
+        Settings {
+            key_approval_window_ms: 60_000,
+            ..cie()
+        },
+        clock.clone(),
+    );
     let a = k
         .propose("officer", json!({"op": "rotate", "reason": "x"}))
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let id = format!("kp{:06}", a.json["proposal"]["id"].as_u64().unwrap());
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        a.json["proposal"]["expires_ms"].as_u64().unwrap(),
+        clock.now_ms() + 60_000,
+        "{}",
+        a.text
+    );
+    // The last millisecond of the window: still open.
+    clock.advance(Duration::from_millis(59_999));
+    let a =
+        k.c.get("auditor", &format!("/v1/keys/proposals/{id}"))
+            .await;
+    assert_eq!(a.json["proposal"]["state"], "open", "{}", a.text);
+    clock.advance(Duration::from_millis(1));
     let a = k.approve("officer2", &id, json!({})).await;
     assert_error(&a, StatusCode::CONFLICT, "refused");
     assert!(a.text.contains("lapsed"), "{}", a.text);
@@ -286,6 +312,68 @@ async fn a_proposal_not_approved_in_its_window_lapses() {
     assert_eq!(k.state.hsm.status().terms.len(), 1);
     let a = k.approve("officer2", &id, json!({})).await;
     assert_error(&a, StatusCode::CONFLICT, "wrong_state");
+}
+
+/// The warnings and recommendations of `GET /v1/sys/keys` that name the active term.
+async fn term_advice(k: &Keys) -> (Vec<String>, Vec<String>) {
+    let a = k.c.get("officer", "/v1/sys/keys").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let term = &a.json["terms"][0];
+    assert_eq!(term["state"], "active", "{}", a.text);
+    let name = format!("{} (KCV {})", term["id"], term["kcv"].as_str().unwrap());
+    let recommendations = strings(&a.json["recommendations"])
+        .into_iter()
+        .filter(|r| r.contains(&name))
+        .collect();
+    (strings(&term["warnings"]), recommendations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_status_warns_as_the_active_term_nears_then_passes_its_cryptoperiod() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let k = Keys::with_clock(cie(), clock.clone());
+    let day = Duration::from_secs(86_400);
+    // The default term period is 365 days, warned about from 30 days before its end.
+    let (warnings, recommendations) = term_advice(&k).await;
+    assert!(
+        warnings.is_empty() && recommendations.is_empty(),
+        "{warnings:?}"
+    );
+
+    clock.advance(day * 334);
+    let (warnings, _) = term_advice(&k).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    clock.advance(day);
+    let (warnings, recommendations) = term_advice(&k).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("335 days old, near the end of its 365-day period"),
+        "{warnings:?}"
+    );
+    assert!(
+        recommendations[0].starts_with("rotate: "),
+        "{recommendations:?}"
+    );
+
+    clock.advance(day * 30);
+    let (warnings, recommendations) = term_advice(&k).await;
+    assert!(
+        warnings[0].contains("365 days old, past its 365-day period"),
+        "{warnings:?}"
+    );
+    assert_eq!(recommendations.len(), 1, "{recommendations:?}");
+    assert!(
+        recommendations[0].starts_with("rotate: "),
+        "{recommendations:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,7 +607,7 @@ async fn shred_over_http_makes_a_batch_codes_gone() {
     let record = k
         .state
         .codes
-        .batch(vault::codes::BatchId(number))
+        .batch(vault::BatchId(number))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -756,7 +844,7 @@ async fn a_rewrap_job_killed_with_sigkill_finishes_after_restart() {
 
     // Offline: every card of every batch still opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
     let share = SecretString::from(share.trim().to_owned());
@@ -894,7 +982,7 @@ async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_code
     let record = k
         .state
         .codes
-        .batch(vault::codes::BatchId(number))
+        .batch(vault::BatchId(number))
         .unwrap()
         .unwrap();
     let term1 = k.state.hsm.status().terms[0].clone();
@@ -1003,7 +1091,7 @@ async fn a_shred_says_what_it_will_do_and_revokes_the_cards_that_lose_their_code
     let events = k
         .state
         .audit
-        .query(&vault::audit::Query {
+        .query(&vault::Query {
             limit: 1000,
             ..Default::default()
         })
@@ -1261,7 +1349,7 @@ async fn a_dev_hsm_rekeyed_to_two_of_three_opens_as_a_production_one() {
 
     // Offline: the codes still open under the new shares.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let (codes, _) = vault::codes::CodeVault::open(store).unwrap();
+    let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     assert!(!hsm.status().dev);
     for f in [&files[1], &files[2]] {

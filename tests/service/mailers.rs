@@ -13,7 +13,7 @@ use super::support::{
 };
 use super::*;
 use plico::config::Config;
-use vault::audit::Query;
+use vault::Query;
 
 const SALT: u64 = 0x6d61_696c_6572;
 

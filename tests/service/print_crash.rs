@@ -24,7 +24,7 @@
 use super::batches::serial;
 use super::support::{cf, identification};
 use super::*;
-use cards::codice_fiscale::check_character;
+use cards::check_character;
 use std::collections::BTreeSet;
 
 const CARDS: u64 = 12;
@@ -476,8 +476,8 @@ async fn a_print_run_killed_at_each_file_step_recovers_and_reruns_with_the_defau
 
 /// Sets run `run` of a stopped data directory back to `running`, as a kill leaves it.
 fn set_run_running(data: &Path, run: u64) {
-    use vault::store::{seq_key, Batch, Store, Tree};
-    let store = vault::store::sled::SledStore::open(&data.join("store")).unwrap();
+    use vault::{seq_key, Batch, Store, Tree};
+    let store = vault::SledStore::open(&data.join("store")).unwrap();
     let bytes = store.get(Tree::PrintRuns, &seq_key(run)).unwrap().unwrap();
     let mut record: Value = serde_json::from_slice(&bytes).unwrap();
     record["state"] = json!("running");

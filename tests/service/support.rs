@@ -5,14 +5,14 @@
 
 use super::batches::{codes_of, serial};
 use super::*;
-use cards::codice_fiscale::check_character;
+use cards::check_character;
 use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use vault::account::{Account, Actor};
-use vault::store::sled::SledStore;
+use vault::SledStore;
+use vault::{Account, Actor};
 use vault::{CodePolicy, Role};
 
 /// A codice fiscale from its first 15 characters, with its check character.

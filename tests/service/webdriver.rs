@@ -63,6 +63,18 @@ impl Driver {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("webdriver {path}: {e}"),
+        }
+    }
+
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.session);
         let mut req = self.http.request(method, &url);
         if let Some(body) = body {
@@ -70,9 +82,27 @@ impl Driver {
         }
         let res: Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(e) = res["value"]["error"].as_str() {
-            panic!("webdriver {path}: {e}: {}", res["value"]["message"]);
+            return Err(format!("{e}: {}", res["value"]["message"]));
         }
-        res["value"].clone()
+        Ok(res["value"].clone())
+    }
+
+    /// Runs `f` until it succeeds, while the page is still changing (a click's navigation not
+    /// yet done: the element is stale or not there yet), for up to 10 s.
+    async fn settled<T>(&self, what: &str, mut f: impl AsyncFnMut() -> Result<T, String>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match f().await {
+                Ok(v) => return v,
+                Err(e)
+                    if (e.starts_with("stale element") || e.starts_with("no such element"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("webdriver {what}: {e}"),
+            }
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -93,12 +123,16 @@ impl Driver {
         self.get("/url").await.as_str().unwrap().to_owned()
     }
 
-    /// The element matching `css` (panics if none).
-    pub(super) async fn find(&self, css: &str) -> String {
+    /// The element matching `css`, if the page has it now.
+    async fn try_find(&self, css: &str) -> Result<String, String> {
         let v = self
-            .post("/element", json!({"using": "css selector", "value": css}))
-            .await;
-        v[ELEMENT].as_str().unwrap().to_owned()
+            .try_call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await?;
+        Ok(v[ELEMENT].as_str().unwrap().to_owned())
     }
 
     /// How many elements match `css`.
@@ -111,25 +145,35 @@ impl Driver {
 
     /// Clicks the element matching `css`.
     pub(super) async fn click(&self, css: &str) {
-        let el = self.find(css).await;
-        self.post(&format!("/element/{el}/click"), json!({})).await;
+        self.settled(css, async || {
+            let el = self.try_find(css).await?;
+            let path = format!("/element/{el}/click");
+            self.try_call(reqwest::Method::POST, &path, Some(json!({})))
+                .await
+        })
+        .await;
     }
 
     /// Types `text` into the element matching `css`.
     pub(super) async fn fill(&self, css: &str, text: &str) {
-        let el = self.find(css).await;
-        self.post(&format!("/element/{el}/value"), json!({ "text": text }))
-            .await;
+        self.settled(css, async || {
+            let el = self.try_find(css).await?;
+            let path = format!("/element/{el}/value");
+            self.try_call(reqwest::Method::POST, &path, Some(json!({ "text": text })))
+                .await
+        })
+        .await;
     }
 
     /// The visible text of the element matching `css`.
     pub(super) async fn text(&self, css: &str) -> String {
-        let el = self.find(css).await;
-        self.get(&format!("/element/{el}/text"))
-            .await
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.settled(css, async || {
+            let el = self.try_find(css).await?;
+            let path = format!("/element/{el}/text");
+            let v = self.try_call(reqwest::Method::GET, &path, None).await?;
+            Ok(v.as_str().unwrap().to_owned())
+        })
+        .await
     }
 
     /// The page's source.

@@ -23,6 +23,7 @@
 
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -33,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Text every token starts with, so a leaked token is recognisable (secret scanners).
@@ -301,13 +301,6 @@ impl fmt::Debug for Accounts {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn hash_secret(secret: &str) -> String {
     hex::encode(digest(&SHA256, secret.as_bytes()).as_ref())
 }
@@ -356,7 +349,7 @@ impl Accounts {
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The guarded data is the store itself; a poisoned lock guards nothing half-written.
-        self.write.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.write)
     }
 
     fn random_hex(&self, n: usize) -> Result<Zeroizing<String>> {
@@ -440,7 +433,7 @@ impl Accounts {
             name: name.to_owned(),
             role,
             disabled: false,
-            created_ms: now_ms(),
+            created_ms: self.audit.clock().now_ms(),
             token_hash,
             password: None,
             password_change_required: false,
@@ -565,7 +558,7 @@ impl Accounts {
     /// ([`Account::password_change_required`]).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a password outside [`validate_password`]'s bounds;
+    /// [`Error::Invalid`] for a password outside the bounds (12 to 1,024 characters);
     /// [`Error::Refused`] for another role or a disabled account; [`Error::NotFound`]; store errors.
     pub fn set_password(&self, id: &str, password: &SecretString, actor: &Actor) -> Result<()> {
         validate_password(password).map_err(|e| Error::Invalid(e.0))?;

@@ -22,9 +22,11 @@
 //!
 //! [`AuditLog::verify`] walks all of it and names the first broken link.
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hsm::{AuditAnchor, Hsm, KeyPurpose};
 use crate::keyring::Keyring;
+use crate::lock::{lock, read_lock, write_lock};
 use crate::secret::DataKey;
 use crate::store::{seq_key, Batch, Store, Tree};
 use aws_lc_rs::digest::{digest, SHA256};
@@ -33,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Key of the head mark in [`Tree::Meta`]: the last event appended *with* the audit key, MAC'd
 /// under its own label (a checkpoint's MAC does not make a head).
@@ -292,6 +293,8 @@ pub struct AuditLog {
     hsm: RwLock<Option<Arc<dyn Hsm>>>,
     key: RwLock<Option<hmac::Key>>,
     checkpoint_every: u64,
+    /// The time of every event.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -302,13 +305,6 @@ impl std::fmt::Debug for AuditLog {
             self.checkpoint_every
         )
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -435,16 +431,28 @@ impl AuditLog {
             hsm: RwLock::new(None),
             key: RwLock::new(None),
             checkpoint_every: checkpoint_every.max(1),
+            clock: crate::clock::system(),
         })
+    }
+
+    /// The same log timing its events (and the data keys it creates) by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock of this log's events: the one clock of the components built over it.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     fn lock(&self) -> MutexGuard<'_, Chain> {
         // Chain is updated only after a successful write, in one assignment block.
-        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.chain)
     }
 
     fn key(&self) -> std::sync::RwLockReadGuard<'_, Option<hmac::Key>> {
-        self.key.read().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.key)
     }
 
     /// Installs the audit key (at unseal) or removes it (`None`, at seal).
@@ -459,7 +467,7 @@ impl AuditLog {
     /// [`Error::Refused`] naming the damage; HSM errors reading the anchor; store errors.
     pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
         // Lock order everywhere: key slot, then chain.
-        let mut slot = self.key.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = write_lock(&self.key);
         let Some(key) = key else {
             *slot = None;
             return Ok(());
@@ -497,7 +505,7 @@ impl AuditLog {
     /// the HSM if the chain is behind its anchor; HSM and store errors.
     pub fn unlock(&self, hsm: Arc<dyn Hsm>) -> Result<()> {
         self.check_hsm_generation(&*hsm)?;
-        *self.hsm.write().unwrap_or_else(|p| p.into_inner()) = Some(hsm.clone());
+        *write_lock(&self.hsm) = Some(hsm.clone());
         let key = self.purpose_key(&*hsm, KeyPurpose::Audit)?;
         self.set_key(Some(&key))
     }
@@ -514,7 +522,7 @@ impl AuditLog {
         hsm: &dyn Hsm,
         purpose: KeyPurpose,
     ) -> Result<crate::envelope::Sealer> {
-        let sealer = ring.create(hsm, purpose)?;
+        let sealer = ring.create(hsm, purpose, &*self.clock)?;
         let id = sealer.key_id();
         let kcv = ring
             .get(id)
@@ -593,7 +601,7 @@ impl AuditLog {
     }
 
     fn anchor_hsm(&self) -> Option<Arc<dyn Hsm>> {
-        self.hsm.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read_lock(&self.hsm).clone()
     }
 
     /// The HSM's anchor, if an unsealed HSM holds one (a sealed HSM tells nothing; any other
@@ -683,7 +691,7 @@ impl AuditLog {
             seq = chain.next_seq + i as u64;
             let stored = Event {
                 seq,
-                time_ms: now_ms(),
+                time_ms: self.clock.now_ms(),
                 actor: event.actor,
                 role: event.role,
                 action: event.action,
@@ -759,7 +767,7 @@ impl AuditLog {
     /// Appenders that wrote while another was flushing wait for that flush to end, and the first
     /// of them then flushes for all of them at once.
     fn make_durable(&self, seq: u64) -> Result<()> {
-        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut durable = lock(&self.durable);
         if *durable >= seq {
             return Ok(());
         }
@@ -827,7 +835,7 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Sealed`] without the audit key; store errors.
     pub fn prune(&self, cutoff_ms: u64, event: NewEvent) -> Result<u64> {
-        let _one_at_a_time = self.prune_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = lock(&self.prune_lock);
         let base = {
             let key = self.key();
             let key = key.as_ref().ok_or(Error::Sealed)?;
@@ -1433,6 +1441,7 @@ fn verify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
     use crate::hsm_double::DoubleHsm;
     use crate::store::memory::{FailingStore, MemoryStore};
     use crate::store::sled::SledStore;
@@ -1818,7 +1827,10 @@ mod tests {
             15,
             text.replace("SERIAL0015", "SERIAL9999").into_bytes(),
         );
-        let r = log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"));
+        let r = log.prune(
+            SystemClock.now_ms() + 1000,
+            NewEvent::new("audit.prune", "audit"),
+        );
         assert!(
             matches!(r, Err(Error::Refused(ref m)) if m.contains("does not verify")),
             "{r:?}"
@@ -1999,7 +2011,7 @@ mod tests {
         // (event 20), never into the unfinished segment.
         let through = log
             .prune(
-                now_ms() + 1000,
+                SystemClock.now_ms() + 1000,
                 NewEvent::new("audit.prune", "audit").by("acc_admin", "admin"),
             )
             .unwrap();
@@ -2046,8 +2058,11 @@ mod tests {
         // And deleting the base of a real prune shows the pruned events as missing.
         let dir = tempfile::tempdir().unwrap();
         let (store, log) = chain(dir.path(), 25, 10);
-        log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"))
-            .unwrap();
+        log.prune(
+            SystemClock.now_ms() + 1000,
+            NewEvent::new("audit.prune", "audit"),
+        )
+        .unwrap();
         let mut b = Batch::new();
         b.delete(Tree::Meta, BASE_KEY.to_vec());
         store.apply(&b).unwrap();
@@ -2096,8 +2111,11 @@ mod tests {
             })
             .unwrap();
         assert!(short.events.is_empty());
-        log.prune(now_ms() + 1000, NewEvent::new("audit.prune", "audit"))
-            .unwrap();
+        log.prune(
+            SystemClock.now_ms() + 1000,
+            NewEvent::new("audit.prune", "audit"),
+        )
+        .unwrap();
         let after = log.query(&q(0)).unwrap();
         assert_eq!(
             after.events.iter().map(|e| e.seq).collect::<Vec<_>>(),

@@ -59,10 +59,11 @@ use crate::error::{Error, Result};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
 use crate::kcv::Kcv;
 use crate::keyring::Keyring;
+use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
 use job::active_term;
 use secrecy::SecretString;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Default approval window: 8 hours.
 pub const DEFAULT_WINDOW_MS: u64 = 8 * 60 * 60 * 1000;
@@ -113,17 +114,6 @@ impl std::fmt::Debug for Ceremonies {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What checking an operation found: the KCV of the key it names, details for the event, and

@@ -47,6 +47,7 @@ use crate::envelope::{DataKeyId, Opener};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
+use crate::lock::{lock, read_lock, write_lock};
 use crate::store::{Batch, Store, Tree};
 use aws_lc_rs::hmac;
 use batch::{run_key, segment_key, SegmentDir};
@@ -179,17 +180,6 @@ impl std::fmt::Debug for CodeVault {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl CodeVault {
     /// Opens the vault over `store`: removes batches a crash left staging (their segments and
     /// their data keys, which sealed nothing that survives), and loads the directories of the
@@ -230,11 +220,11 @@ impl CodeVault {
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, RunIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        read_lock(&self.index)
     }
 
     fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, RunIndex> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        write_lock(&self.index)
     }
 
     fn all_records(&self) -> Result<Vec<BatchRecord>> {
@@ -352,7 +342,7 @@ impl CodeVault {
         };
         let id = BatchId(id);
         let mut ring = Keyring::load(&*self.store)?;
-        let sealer = ring.create(hsm, KeyPurpose::Code)?;
+        let sealer = ring.create(hsm, KeyPurpose::Code, &**audit.clock())?;
         let kcv = ring.get(sealer.key_id()).map(|r| r.kcv().to_string());
         let record = BatchRecord {
             id,
@@ -369,7 +359,7 @@ impl CodeVault {
             actor: meta.actor.clone(),
             role: meta.role.clone(),
             request_id: meta.request_id.clone(),
-            started_ms: now_ms(),
+            started_ms: audit.clock().now_ms(),
             finished_ms: 0,
             problems: Vec::new(),
             problems_total: 0,
@@ -453,7 +443,7 @@ impl CodeVault {
         rec.data_key = None;
         rec.data_key_kcv = None;
         rec.runs.clear();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         rec.problems = problems.into_iter().take(MAX_LISTED).collect();
         rec.problems_total = total;
         let event = NewEvent::new("batch.reject", id.to_string())
@@ -500,7 +490,7 @@ impl CodeVault {
         rec.data_key = None;
         rec.data_key_kcv = None;
         rec.runs.clear();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         rec.duplicate_of = Some(first.id.to_string());
         let event = NewEvent::new("batch.duplicate_upload", first.id.to_string())
             .by(staged.actor.clone(), staged.role.clone())
@@ -610,7 +600,7 @@ impl CodeVault {
         rec.bytes = bytes;
         rec.runs = staged.runs.iter().map(|(i, _)| i.clone()).collect();
         rec.content_id = content_id.clone();
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         let quarantined = clashes.total > 0;
         let action = if quarantined {
             rec.state = BatchState::Quarantined;
@@ -816,7 +806,7 @@ impl CodeVault {
             }
         }
         rec.state = to;
-        rec.finished_ms = now_ms();
+        rec.finished_ms = audit.clock().now_ms();
         b.put(Tree::Batches, id.key().to_vec(), rec.encode()?);
         let _keys = lock(&self.keys_lock);
         let mut ring = Keyring::load(&*self.store)?;
@@ -837,10 +827,7 @@ impl CodeVault {
             return Err(e);
         }
         if let Some(k) = rec.data_key {
-            self.openers
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&DataKeyId(k));
+            write_lock(&self.openers).remove(&DataKeyId(k));
         }
         Ok(rec)
     }
@@ -855,16 +842,12 @@ impl CodeVault {
     /// # Errors
     /// As [`CodeVault::content_id`].
     pub fn index_mac(&self, hsm: &dyn Hsm, audit: &AuditLog, msg: &[u8]) -> Result<[u8; 32]> {
-        let cached = self
-            .index_key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cached = read_lock(&self.index_key).clone();
         let key = match cached {
             Some(k) => k,
             None => {
                 let k = self.load_index_key(hsm, audit)?;
-                *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = Some(k.clone());
+                *write_lock(&self.index_key) = Some(k.clone());
                 k
             }
         };
@@ -878,12 +861,7 @@ impl CodeVault {
     /// # Errors
     /// [`Error::Sealed`] and provider errors from the HSM; store errors; an unknown key.
     pub fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
-        if let Some(o) = self
-            .openers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(o) = read_lock(&self.openers).get(&key) {
             return Ok(o.clone());
         }
         let ring = Keyring::load(&*self.store)?;
@@ -891,7 +869,7 @@ impl CodeVault {
         // Cached only if the key is still in the keyring, checked under the cache's lock: a
         // batch destroyed meanwhile (`destroy_batch` takes its key out of the cache after its
         // commit, under the same lock) must not leave its clear key cached.
-        let mut openers = self.openers.write().unwrap_or_else(|p| p.into_inner());
+        let mut openers = write_lock(&self.openers);
         if Keyring::load(&*self.store)?.get(key).is_some() {
             openers.insert(key, opener.clone());
         }
@@ -911,11 +889,8 @@ impl CodeVault {
 
     /// Drops every unwrapped key held in memory (call when the HSM is sealed).
     pub fn forget_keys(&self) {
-        self.openers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        *self.index_key.write().unwrap_or_else(|p| p.into_inner()) = None;
+        write_lock(&self.openers).clear();
+        *write_lock(&self.index_key) = None;
     }
 
     /// The store this vault writes to.

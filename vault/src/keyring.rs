@@ -5,6 +5,7 @@
 //! Terms themselves live in the HSM; the keyring knows which term wraps each data key, so it can
 //! rewrap the stragglers after a rotation and refuse to retire a term that still wraps a key.
 
+use crate::clock::Clock;
 use crate::envelope::{DataKeyId, Opener, Sealer};
 use crate::error::{Error, Result};
 use crate::hsm::{Hsm, KeyPurpose, TermId, TermState, WrappedKey};
@@ -13,7 +14,6 @@ use crate::secret::DataKey;
 use crate::store::{Batch, Store, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One data key as the keyring records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,13 +55,6 @@ pub struct RewrapReport {
     pub unchanged: usize,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Key of the keyring in [`Tree::Meta`].
 const KEYRING_KEY: &[u8] = b"keyring";
 
@@ -99,13 +92,18 @@ impl Keyring {
         self.keys.values().rev().find(|r| r.purpose == purpose)
     }
 
-    /// Asks the HSM for a new data key, records its wrapped form and returns the only sealer that
-    /// will ever encrypt under it.
+    /// Asks the HSM for a new data key, records its wrapped form (created at `clock`'s time)
+    /// and returns the only sealer that will ever encrypt under it.
     ///
     /// # Errors
     /// [`Error::Sealed`] and provider errors from the HSM; [`Error::Refused`] when the id space
     /// is exhausted.
-    pub fn create(&mut self, hsm: &dyn Hsm, purpose: KeyPurpose) -> Result<Sealer> {
+    pub fn create(
+        &mut self,
+        hsm: &dyn Hsm,
+        purpose: KeyPurpose,
+        clock: &dyn Clock,
+    ) -> Result<Sealer> {
         let id =
             DataKeyId(self.next_id.checked_add(1).ok_or_else(|| {
                 Error::Refused("the keyring has used every data key id".to_string())
@@ -118,7 +116,7 @@ impl Keyring {
                 id,
                 purpose,
                 wrapped,
-                created_unix: now_unix(),
+                created_unix: clock.now_unix(),
                 encryptions: 0,
             },
         );
@@ -287,6 +285,7 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
     use crate::hsm_double::DoubleHsm;
     use crate::secret::Plaintext;
 
@@ -294,7 +293,7 @@ mod tests {
     fn create_seal_open_through_the_keyring() {
         let hsm = DoubleHsm::new();
         let mut ring = Keyring::new();
-        let mut sealer = ring.create(&hsm, KeyPurpose::Code).unwrap();
+        let mut sealer = ring.create(&hsm, KeyPurpose::Code, &SystemClock).unwrap();
         let e = sealer
             .seal("S1", &Plaintext::from_slice(b"11111|22222222"))
             .unwrap();
@@ -313,8 +312,14 @@ mod tests {
     fn rewrap_then_retire() {
         let hsm = DoubleHsm::new();
         let mut ring = Keyring::new();
-        let a = ring.create(&hsm, KeyPurpose::Code).unwrap().key_id();
-        let b = ring.create(&hsm, KeyPurpose::Index).unwrap().key_id();
+        let a = ring
+            .create(&hsm, KeyPurpose::Code, &SystemClock)
+            .unwrap()
+            .key_id();
+        let b = ring
+            .create(&hsm, KeyPurpose::Index, &SystemClock)
+            .unwrap()
+            .key_id();
         let kcv_a = ring.unwrap(&hsm, a).unwrap().kcv();
         let old = hsm.status().terms[0].id;
         hsm.rotate().unwrap();
@@ -334,7 +339,7 @@ mod tests {
     fn keyring_round_trips_through_json() {
         let hsm = DoubleHsm::new();
         let mut ring = Keyring::new();
-        ring.create(&hsm, KeyPurpose::Audit).unwrap();
+        ring.create(&hsm, KeyPurpose::Audit, &SystemClock).unwrap();
         let json = serde_json::to_string(&ring).unwrap();
         let back: Keyring = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ring);

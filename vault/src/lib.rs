@@ -2,59 +2,132 @@
 //!
 //! The vault owns everything that touches a code or a key on the host side:
 //!
-//! - [`secret`]: the secret carriers [`Pin`], [`Puk`], [`DataKey`], [`Plaintext`] — zeroized on
+//! - `secret`: the secret carriers [`Pin`], [`Puk`], [`DataKey`], [`Plaintext`] — zeroized on
 //!   drop, redacted in `Debug`, never `Display` or `Serialize`;
-//! - [`policy`]: the code policy (digits only, lengths by configuration);
-//! - [`hsm`]: the [`Hsm`] trait, the custody seam; root key and KEK terms stay behind it;
-//! - [`keyring`]: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
-//! - [`envelope`]: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
+//! - `policy`: the code policy (digits only, lengths by configuration);
+//! - `hsm`: the [`Hsm`] trait, the custody seam; root key and KEK terms stay behind it;
+//! - `keyring`: data keys, stored wrapped under a KEK term, each with a [`Kcv`];
+//! - `envelope`: the stored layout of one encrypted record (AES-256-GCM, AAD bound to the card
 //!   serial, the data-key id and the purpose);
-//! - [`store`]: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
+//! - `clock`: the one seam for wall-clock time ([`Clock`]; a [`ManualClock`] for tests);
+//! - `lock`: the one poison-tolerant lock helper ([`lock()`]);
+//! - `store`: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
 //!   multi-tree batches;
-//! - [`account`]: accounts, roles, bearer tokens and passwords;
-//! - [`audit`]: the tamper-evident audit chain, written in the same batch as each change;
-//! - [`ceremony`]: key ceremonies under dual control — proposals, approvals, the rotate /
+//! - `account`: accounts, roles, bearer tokens and passwords;
+//! - `audit`: the tamper-evident audit chain, written in the same batch as each change;
+//! - `ceremony`: key ceremonies under dual control — proposals, approvals, the rotate /
 //!   rewrap / retire / shred jobs, rekey, cryptoperiods and the key status report;
-//! - [`codes`]: the code vault — batches laid out as sorted encrypted segments, committed all
+//! - `codes`: the code vault — batches laid out as sorted encrypted segments, committed all
 //!   or nothing, found by serial;
-//! - [`import`]: manufacturer files (parsing, age decryption) into the code vault;
-//! - [`generate`]: uniform code generation by rejection sampling, in parallel.
+//! - `import`: manufacturer files (parsing, age decryption) into the code vault;
+//! - `generate`: uniform code generation by rejection sampling, in parallel.
 //!
 //! ```text
 //! custodian shares ─▶ unseal key ─▶ root key ─▶ KEK terms ─▶ data keys ─▶ records
 //! └──────────────── inside the Hsm ────────────────────────┘   (wrapped)   (envelopes)
 //! ```
 //!
+//! The modules are private; what other crates may use is re-exported below, grouped as in
+//! the list above. The card-management domain (holders, cards, outbox, mailers) is not here:
+//! it is the `cards` crate, which depends on this one; key ceremonies reach it through
+//! [`CardRegistry`].
+//!
 //! What it does not do: networking, async, HTTP, configuration files. It is synchronous and is
 //! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
 //! software HSM lives in the `hsm-sim` crate, which depends on this one.
 
-pub mod account;
-pub mod audit;
-pub mod ceremony;
-pub mod codes;
-pub mod envelope;
-pub mod error;
-pub mod generate;
-pub mod hsm;
+mod account;
+mod audit;
+mod ceremony;
+mod clock;
+mod codes;
+mod envelope;
+mod error;
+// The one-pair-at-a-time generator API (`CodeGenerator::pair`, `generate_for`, `DigitStream`
+// digit by digit) is used by the unit tests and measured by the benches (`bench`); the service
+// draws packed batches only.
+#[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
+mod generate;
+mod hsm;
 #[cfg(test)]
 mod hsm_double;
-pub mod import;
-pub mod kcv;
-pub mod keyring;
-pub mod policy;
-pub mod secret;
-pub mod store;
+mod import;
+mod kcv;
+mod keyring;
+mod lock;
+mod policy;
+mod secret;
+mod store;
 pub mod text;
 
-pub use account::{Account, AccountView, Accounts, Actor, Role};
-pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
+// Errors.
 pub use error::{Error, Result};
+
+// Time and locks: the one clock seam and the one poison-tolerant lock helper.
+pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};
+pub use lock::{lock, read_lock, try_lock, write_lock};
+
+// Secret carriers and the code policy.
+pub use policy::{CodeError, CodeKind, CodePolicy, LengthBounds};
+pub use secret::{DataKey, FreshDataKey, Pin, Plaintext, Puk, KEY_LEN};
+
+// The custody seam: the HSM, its terms and key check values.
 pub use hsm::{
     AuditAnchor, Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo,
     TermState, UnsealProgress, WrappedKey,
 };
 pub use kcv::Kcv;
+
+// Data keys and envelopes.
+pub use envelope::{DataKeyId, Envelope, Opener, Sealer};
 pub use keyring::{DataKeyRecord, Keyring, RewrapReport};
-pub use policy::{CodeError, CodeKind, CodePolicy, LengthBounds};
-pub use secret::{DataKey, FreshDataKey, Pin, Plaintext, Puk, KEY_LEN};
+
+// The store seam and its implementations.
+pub use store::memory::{FailingStore, MemoryStore};
+pub use store::sled::SledStore;
+pub use store::{seq_key, Batch, Entries, Op, Store, Tree};
+
+// The code vault: batches, segments, the audited release.
+pub use codes::{
+    BatchId, BatchMeta, BatchRecord, BatchScan, BatchSource, BatchState, CardCodes, CodeVault,
+    CommitOutcome, Recovery, Repeats, RunInfo, Staged, Stager,
+};
+
+// Manufacturer files and generated batches.
+pub use generate::WeakFilter;
+pub use import::age::{is_age, SNIFF_LEN};
+pub use import::generation::{generate_batch, GenerateRequest, SerialSet};
+pub use import::parse::{
+    parse as parse_code_file, write_problems, CardLine, LineProblem, ParseFailure, ParseRules,
+    ParseSummary, Report, SerialCharset, SerialRule,
+};
+pub use import::{check_manufacturer, import_file, ImportContext, ImportOutcome, ImportRequest};
+
+// The audit chain.
+pub use audit::{
+    AuditLog, Damage, Event, Mark, NewEvent, Outcome, Page, Problem, Query, VerifyReport, Written,
+    DEFAULT_CHECKPOINT_EVERY, MAX_PAGE,
+};
+
+// Accounts and roles.
+pub use account::{Account, AccountView, Accounts, Actor, Role, UnknownRole};
+
+// Key ceremonies under dual control, and the card registry they reach.
+pub use ceremony::{
+    CardGroup, CardRegistry, CardStanding, Ceremonies, CeremonyPolicy, DataKeyStatus, Impact,
+    JobGroup, JobPhase, JobRef, JobState, KeyAction, KeyChange, KeyJob, KeyPolicy, KeyStatus,
+    Operation, Proposal, ProposalId, ProposalState, RegistryGuard, TermStatus, DEFAULT_CHUNK,
+    DEFAULT_WINDOW_MS,
+};
+
+/// Internals for the criterion benches only (feature `bench`): segment encoding, code
+/// generation and the manufacturer-file parser measured on their own. Not for the service.
+#[cfg(feature = "bench")]
+pub mod bench {
+    pub use crate::codes::record::MAX_RECORD_LEN;
+    pub use crate::codes::segment::{encode, SealedRecord, Segment, SEGMENT_RECORDS};
+    pub use crate::generate::{
+        generate_for, system_fill, CodeGenerator, DigitStream, WeakFilter, RANDOM_BUFFER_LEN,
+    };
+    pub use crate::import::parse::{parse, ParseRules};
+}

@@ -217,7 +217,7 @@ impl SmtpCourier {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // A poisoned lock only means another send panicked while pushing or popping a
         // connection; the list itself is still a valid list of connections.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.idle)
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {

@@ -29,6 +29,7 @@
 //!
 //! A prepared text holds no digit and no personal data.
 
+use crate::lock::{read_lock, write_lock};
 use crate::plan::{Part, PartCodes};
 use crate::render::templates::{
     code_digits, Issuer, Templates, LAST4_TAG, MARK, MASKED_TAG, NAME_TAG, NUMBER_TAG, PIN_TAG,
@@ -39,7 +40,7 @@ use crate::secret::SecretText;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// Shapes cached by a renderer; more (never seen in practice) are rendered the direct way.
 const MAX_SHAPES: usize = 64;
@@ -137,7 +138,7 @@ impl<T> Default for ShapeCache<T> {
 
 impl<T> fmt::Debug for ShapeCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.read().unwrap_or_else(PoisonError::into_inner).len();
+        let n = read_lock(&self.0).len();
         write!(f, "ShapeCache({n} shapes)")
     }
 }
@@ -152,7 +153,7 @@ impl<T> ShapeCache<T> {
     ) -> Option<Arc<T>> {
         let key = ShapeKey::of(mailer);
         {
-            let cache = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            let cache = read_lock(&self.0);
             if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
                 return p.clone();
             }
@@ -162,7 +163,7 @@ impl<T> ShapeCache<T> {
         }
         // Prepared outside the lock; two threads may prepare the same shape, the first wins.
         let prepared = prepare().map(Arc::new);
-        let mut cache = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = write_lock(&self.0);
         if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
             return p.clone();
         }

@@ -28,7 +28,7 @@ use super::population::{import, registry};
 use super::{dev_hsm, in_work_dir, per_s, serial};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
-use cards::date::Date;
+use cards::Date;
 use cards::{Channel, OutboxPolicy};
 use clap::Args;
 use dispatch::courier::sms::KannelCourier;
@@ -41,9 +41,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use vault::account::Actor;
-use vault::store::sled::SledStore;
-use vault::store::{Store, Tree};
+use vault::Actor;
+use vault::SledStore;
+use vault::{Store, Tree};
 
 /// `plico bench dispatch` arguments.
 #[derive(Debug, Args)]

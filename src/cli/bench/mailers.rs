@@ -24,9 +24,9 @@
 use super::population::{address, import, name, registry};
 use super::{dev_hsm, in_work_dir, peak_rss_mib, per_s, serial, status_mib};
 use anyhow::bail;
-use cards::date::Date;
-use cards::mailers::{Reprint, Selection};
 use cards::Cards;
+use cards::Date;
+use cards::{Reprint, Selection};
 use clap::Args;
 use dispatch::bulk::OwnedMailer;
 use dispatch::{Addressee, Codes, Issuer, Layout, Plan, PrintRenderer, Templates};
@@ -35,11 +35,11 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::{BatchId, CodeVault};
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::Actor;
+use vault::AuditLog;
+use vault::SledStore;
+use vault::Store;
+use vault::{BatchId, CodeVault};
 
 /// `plico bench mailers` arguments.
 #[derive(Debug, Args)]
@@ -212,7 +212,7 @@ fn baseline(n: u64, per_file: usize, renderer: &PrintRenderer) -> anyhow::Result
                 OwnedMailer {
                     addressee: Addressee {
                         name: format!("{given} {surname}"),
-                        address: cards::mailers::address_lines(&address(i)),
+                        address: cards::address_lines(&address(i)),
                     },
                     card_serial: serial(1_000_000_000, i),
                     codes: part.clone(),

@@ -6,17 +6,17 @@
 
 use super::{import_codes, write_file};
 use anyhow::{bail, Context};
-use cards::codice_fiscale::check_character;
-use cards::date::Date;
-use cards::registry::CardRecord;
-use cards::registry_parse::{CardEntry, HolderEntry};
+use cards::check_character;
+use cards::CardRecord;
+use cards::Date;
+use cards::{CardEntry, HolderEntry};
 use cards::{CardState, Cards};
 use std::path::Path;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::codes::{BatchId, CodeVault};
-use vault::import::ImportOutcome;
-use vault::store::{Batch, Store, Tree};
+use vault::Actor;
+use vault::AuditLog;
+use vault::ImportOutcome;
+use vault::{Batch, Store, Tree};
+use vault::{BatchId, CodeVault};
 
 const NAMES: [&str; 6] = [
     "Niccolò",

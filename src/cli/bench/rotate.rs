@@ -22,14 +22,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use vault::account::Actor;
-use vault::audit::AuditLog;
-use vault::ceremony::{Ceremonies, CeremonyPolicy, JobState, Operation};
-use vault::codes::CodeVault;
-use vault::import::parse::ParseRules;
-use vault::import::{import_file, ImportContext, ImportOutcome, ImportRequest};
-use vault::store::sled::SledStore;
-use vault::store::Store;
+use vault::Actor;
+use vault::AuditLog;
+use vault::CodeVault;
+use vault::ParseRules;
+use vault::SledStore;
+use vault::Store;
+use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
+use vault::{Ceremonies, CeremonyPolicy, JobState, Operation};
 use vault::{Hsm, Keyring, TermState};
 
 /// `plico bench rotate` arguments.
@@ -149,7 +149,7 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
             ..CeremonyPolicy::default()
         },
     );
-    let now = now_ms();
+    let now = audit.clock().now_ms();
     let p = keys.propose(
         &*hsm,
         &officer("officer-a"),
@@ -230,11 +230,4 @@ fn active(hsm: &dyn Hsm) -> anyhow::Result<vault::TermId> {
         .find(|t| t.state == TermState::Active)
         .map(|t| t.id)
         .context("the HSM has no active term")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

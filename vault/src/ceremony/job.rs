@@ -33,7 +33,7 @@
 
 use super::proposal::{Operation, Proposal, ProposalId, ProposalState};
 use super::CardStanding;
-use super::{now_ms, Ceremonies};
+use super::Ceremonies;
 use crate::account::Actor;
 use crate::audit::{NewEvent, Outcome};
 use crate::codes::BatchState;
@@ -43,7 +43,6 @@ use crate::kcv::Kcv;
 use crate::keyring::Keyring;
 use crate::store::{Batch, Tree};
 use serde::{Deserialize, Serialize};
-use std::sync::TryLockError;
 
 /// Where a job is. The names are persisted: never rename them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,10 +219,8 @@ impl Ceremonies {
         max_chunks: usize,
         progress: &mut dyn FnMut(&KeyJob),
     ) -> Result<Option<KeyJob>> {
-        let _runner = match self.runner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return self.job(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        let Some(_runner) = crate::lock::try_lock(&self.runner) else {
+            return self.job();
         };
         let Some(mut job) = self.jobs()?.into_iter().find(|j| j.unfinished()) else {
             return self.job();
@@ -384,7 +381,7 @@ impl Ceremonies {
                 live.len()
             )));
         }
-        let now = now_ms();
+        let now = self.audit.clock().now_ms();
         let why = format!("codes destroyed: batch {batch} shredded by {}", job.id);
         let actor = Actor::system(job.id.to_string());
         let mut cancelled = 0u64;
@@ -530,7 +527,7 @@ impl Ceremonies {
 
     /// Ends the job and its proposal with the `key.done` (or `key.failed`) event, in one batch.
     fn finish(&self, job: &mut KeyJob, state: JobState, error: Option<String>) -> Result<()> {
-        let now = now_ms();
+        let now = self.audit.clock().now_ms();
         let mut next = job.clone();
         next.phase = JobPhase::Done;
         next.state = state;

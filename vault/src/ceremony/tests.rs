@@ -117,7 +117,8 @@ fn actions(store: &dyn Store) -> Vec<String> {
 }
 
 fn now() -> u64 {
-    super::now_ms()
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 #[test]

@@ -191,11 +191,13 @@ impl<'a> Segment<'a> {
     }
 
     /// Number of records.
+    #[cfg(any(test, feature = "bench"))]
     pub fn len(&self) -> usize {
         self.count
     }
 
     /// Never true for a parsed segment.
+    #[cfg(any(test, feature = "bench"))]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -3,6 +3,7 @@
 
 use super::{Batch, Entries, Op, Store, Tree};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -31,7 +32,7 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
         // A batch is applied under the lock without any step that can panic midway.
-        self.trees.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.trees)
     }
 }
 
