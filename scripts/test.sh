@@ -17,9 +17,10 @@ log() { printf '\n==> %s\n' "$*"; }
 # embedded fonts, pdftoppm draws them), dmtx-utils (dmtxread reads their Data Matrix), postfix (its
 # smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
-# peer), qpdf (`qpdf --check` checks the print files' structure). The tests use none of the packages' services: each starts its own peers on free
+# peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
+# console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver)
 
 install_debian_packages() {
   local missing=()
@@ -37,6 +38,19 @@ install_debian_packages() {
 }
 
 install_debian_packages
+
+# axe-core (npm; Debian does not package it): the console's browser tests inject it into each
+# page and fail on serious or critical accessibility violations.
+AXE_CORE="axe-core@4.14.1"
+install_axe_core() {
+  [ -f target/axe/node_modules/axe-core/axe.min.js ] && return 0
+  command -v npm >/dev/null || { local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo";
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm; }
+  log "installing $AXE_CORE into target/axe"
+  npm install --no-audit --no-fund --prefix target/axe "$AXE_CORE"
+}
+
+install_axe_core
 
 filter=()
 if [ "${1:-}" = "--" ]; then

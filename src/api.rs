@@ -258,9 +258,11 @@ pub fn check_rules(endpoints: &[Endpoint]) -> Vec<String> {
         .collect()
 }
 
-/// Builds the router from [`endpoints`] and applies the limits to every route.
+/// Builds the router from [`endpoints`] and applies the limits to every route; the browser
+/// console ([`crate::console::router`]) is mounted beside it, under `/`, with its own layers
+/// (it never reads a bearer token, and the API never reads its session cookie).
 pub fn router(state: AppState) -> Router {
-    router_from(state, endpoints())
+    router_from(state.clone(), endpoints()).merge(crate::console::router(state))
 }
 
 /// Builds a router from the given rows (the route table, or a test's own): each route gets

@@ -38,6 +38,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod edge;
 pub mod ids;
@@ -108,6 +109,8 @@ pub struct AppState {
     pub edge: edge::EdgeLimits,
     /// The unseal route's rate limits: per client address, and a global ceiling.
     pub unseal_rate: Arc<api::UnsealRate>,
+    /// The browser console: its sessions, failed-login counts and templates.
+    pub console: Arc<console::Console>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -293,6 +296,7 @@ impl AppState {
             ))),
             edge: settings.edge,
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
+            console: Arc::new(new_console(console::ConsoleSettings::default())?),
             unseal_lock: Arc::new(Mutex::new(())),
             clock,
         })
@@ -302,6 +306,15 @@ impl AppState {
     pub fn with_print(mut self, setup: mailers::PrintSetup) -> Self {
         self.print = Arc::new(setup);
         self
+    }
+
+    /// The same state with a console of these settings (and no session yet).
+    ///
+    /// # Errors
+    /// [`vault::Error::Invalid`] if an embedded template does not parse.
+    pub fn with_console(mut self, settings: console::ConsoleSettings) -> vault::Result<Self> {
+        self.console = Arc::new(new_console(settings)?);
+        Ok(self)
     }
 
     /// The same state with these delivery workers' settings (from `[dispatch]`).
@@ -359,6 +372,11 @@ impl AppState {
     }
 }
 
+fn new_console(settings: console::ConsoleSettings) -> vault::Result<console::Console> {
+    console::Console::new(settings)
+        .map_err(|e| vault::Error::Invalid(format!("console templates: {e}")))
+}
+
 /// The print setup of a state made without `[mailers]`: built-in templates and texts, and no
 /// recipient, so print runs are refused until [`AppState::with_print`] gives one.
 fn default_print_setup() -> vault::Result<mailers::PrintSetup> {
@@ -375,7 +393,7 @@ fn default_print_setup() -> vault::Result<mailers::PrintSetup> {
 }
 
 /// The whole HTTP API as a router, with its limits (body size, timeout, authentication, rate)
-/// applied to every route.
+/// applied to every route, and the browser console beside it ([`console`]).
 pub fn app(state: AppState) -> Router {
     api::router(state)
 }
@@ -459,6 +477,18 @@ where
         ),
     };
     let limits = state.edge;
+    // Behind TLS the console's cookies are `Secure`.
+    let state = if tls.is_some() && !state.console.settings.secure_cookies {
+        let settings = console::ConsoleSettings {
+            secure_cookies: true,
+            ..state.console.settings
+        };
+        state
+            .with_console(settings)
+            .map_err(std::io::Error::other)?
+    } else {
+        state
+    };
     let router = app(state);
     match &tls {
         Some(_) => tracing::info!(%addr, "serving https"),

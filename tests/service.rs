@@ -34,6 +34,10 @@ mod cli_conventions;
 #[path = "service/cms.rs"]
 mod cms;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
+#[path = "service/console.rs"]
+mod console;
+#[path = "service/console_browser.rs"]
+mod console_browser;
 #[path = "service/delivery.rs"]
 mod delivery;
 #[path = "service/dispatch_crash.rs"]
@@ -60,6 +64,8 @@ mod print_crash;
 mod seal;
 #[path = "service/support.rs"]
 mod support;
+#[path = "service/webdriver.rs"]
+mod webdriver;
 
 use support::*;
 #[path = "../dispatch/tests/support/tools.rs"]

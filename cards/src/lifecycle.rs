@@ -405,12 +405,12 @@ impl Cards {
         actor: &Actor,
     ) -> Result<(PendingCodes, NewEvent)> {
         self.active_card(audit, serial, today, actor)?;
-        let codes = self
-            .codes
-            .pending_release(hsm, serial)?
-            .ok_or_else(|| Refusal::CodesNotHeld {
-                card: serial.to_string(),
-            })?;
+        let codes =
+            self.codes
+                .pending_release(hsm, serial)?
+                .ok_or_else(|| Refusal::CodesNotHeld {
+                    card: serial.to_string(),
+                })?;
         let event = actor
             .event(CODES_RELEASE_ACTION, serial.to_string())
             .detail("for", purpose.to_string());

@@ -58,16 +58,17 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-#[derive(Debug, Deserialize)]
+/// The filters of an audit query (the API's query string; the console's form).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct QueryParams {
-    from_ms: Option<u64>,
-    to_ms: Option<u64>,
-    actor: Option<String>,
-    action: Option<String>,
-    subject: Option<String>,
-    after: Option<u64>,
-    limit: Option<usize>,
+pub(crate) struct QueryParams {
+    pub(crate) from_ms: Option<u64>,
+    pub(crate) to_ms: Option<u64>,
+    pub(crate) actor: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) after: Option<u64>,
+    pub(crate) limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +82,8 @@ fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
     page_limit(asked, DEFAULT_PAGE, MAX_PAGE)
 }
 
-async fn query(
+/// An audited query of the chain (the API and the console).
+pub(crate) async fn query(
     State(state): State<AppState>,
     caller: Caller,
     Query(p): Query<QueryParams>,
@@ -134,7 +136,8 @@ async fn query(
     Ok(Json(page))
 }
 
-async fn verify(
+/// Verifies the chain, audited (the API and the console).
+pub(crate) async fn verify(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<VerifyReport>, ApiError> {
@@ -236,7 +239,11 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+/// The whole chain as NDJSON, audited (the API and the console).
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     let audit = state.audit.clone();
     let event = caller.event("audit.export", "audit");
     blocking(move || audit.append(event).map(|_| ())).await?;
@@ -273,17 +280,34 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
     Ok(res)
 }
 
+/// A card serial as it may appear in a path (the console's check; the API parses a [`Serial`]).
+pub(crate) fn check_serial(serial: &str) -> Result<(), ApiError> {
+    id::<Serial>("serial", serial).map(|_| ())
+}
+
 async fn card_history(
     State(state): State<AppState>,
     caller: Caller,
     Path(serial): Path<String>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
+    card_events(state, &caller, serial, p.after.unwrap_or(0), p.limit).await
+}
+
+/// A page of a card's audit events, itself audited as `card.history` (the API and the
+/// console).
+pub(crate) async fn card_events(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+    after: u64,
+    asked: Option<usize>,
+) -> Result<Json<Page>, ApiError> {
     let serial: Serial = id("serial", &serial)?;
     let q = AuditQuery {
         subject: Some(serial.to_string()),
-        after: p.after.unwrap_or(0),
-        limit: limit(p.limit)?,
+        after,
+        limit: limit(asked)?,
         ..AuditQuery::default()
     };
     let audit = state.audit.clone();

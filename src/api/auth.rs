@@ -155,7 +155,7 @@ fn new_request_id() -> String {
 
 /// Gives every request a fresh id (replacing any `x-request-id` the client sent) and returns
 /// it in the response.
-pub(super) async fn request_id(mut req: Request, next: Next) -> Response {
+pub(crate) async fn request_id(mut req: Request, next: Next) -> Response {
     let id = new_request_id();
     req.headers_mut().remove("x-request-id");
     req.extensions_mut().insert(RequestId(id.clone()));

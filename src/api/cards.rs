@@ -217,6 +217,15 @@ async fn show(
     caller: Caller,
     Path(serial): Path<String>,
 ) -> Result<Json<CardView>, ApiError> {
+    card_status(state, &caller, serial).await
+}
+
+/// A card's status (the API and the console).
+pub(crate) async fn card_status(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+) -> Result<Json<CardView>, ApiError> {
     let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
@@ -224,8 +233,8 @@ async fn show(
     Ok(Json(CardView::from(status)))
 }
 
-/// Applies `change` to the card and answers its new status.
-async fn change(
+/// Applies `change` to the card and answers its new status (the API and the console).
+pub(crate) async fn change(
     state: AppState,
     caller: &Caller,
     serial: String,

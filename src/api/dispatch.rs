@@ -269,13 +269,13 @@ impl From<DispatchHistory> for DispatchView {
 #[serde(deny_unknown_fields)]
 pub struct DispatchBody {
     /// The plan.
-    plan: String,
+    pub(crate) plan: String,
     /// Replaces the card's dispatch in force.
     #[serde(default)]
-    replace: bool,
+    pub(crate) replace: bool,
     /// Why (required with `replace`).
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// The body of a resend.
@@ -307,6 +307,17 @@ async fn dispatch(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<DispatchBody>,
 ) -> Result<(StatusCode, Json<DispatchView>), ApiError> {
+    let view = request_dispatch(state, &caller, serial, body).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Checks and records a dispatch of the card's codes (the API and the console).
+pub(crate) async fn request_dispatch(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+    body: DispatchBody,
+) -> Result<DispatchView, ApiError> {
     let serial: Serial = id("serial", &serial)?;
     check_plan(&state, &body.plan)?;
     let replace = match (body.replace, body.reason) {
@@ -348,7 +359,7 @@ async fn dispatch(
         by = %caller.account.id,
         "dispatch requested"
     );
-    Ok((StatusCode::CREATED, Json(DispatchView::from(done))))
+    Ok(DispatchView::from(done))
 }
 
 async fn resend(
@@ -357,9 +368,20 @@ async fn resend(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<ResendBody>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let job = resend_part(state, &caller, serial, &body.part).await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Resends one part of the card's dispatch in force (the API and the console).
+pub(crate) async fn resend_part(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+    part: &str,
+) -> Result<JobView, ApiError> {
     let serial: Serial = id("serial", &serial)?;
     // `a`/`b`/`WHOLE` are the same parts as `A`/`B`/`whole`.
-    let name = body.part.trim();
+    let name = part.trim();
     let name = if name.len() == 1 {
         name.to_ascii_uppercase()
     } else {
@@ -381,5 +403,5 @@ async fn resend(
         by = %caller.account.id,
         "part resent"
     );
-    Ok((StatusCode::CREATED, Json(JobView::from(job))))
+    Ok(JobView::from(job))
 }

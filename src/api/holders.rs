@@ -121,7 +121,21 @@ fn holder_id(text: &str) -> Result<&str, ApiError> {
 
 /// The search key of a body, checked. Errors name the field, never its value.
 fn search_key(body: &SearchBody) -> Result<SearchKey, ApiError> {
-    match (&body.codice_fiscale, &body.surname, &body.birth_date) {
+    search_key_of(
+        body.codice_fiscale.as_deref(),
+        body.surname.as_deref(),
+        body.birth_date.as_deref(),
+    )
+}
+
+/// The search key of a codice fiscale, or a surname and a birth date (`YYYY-MM-DD`), checked
+/// (the API and the console). Errors name the field, never its value.
+pub(crate) fn search_key_of(
+    codice_fiscale: Option<&str>,
+    surname: Option<&str>,
+    birth_date: Option<&str>,
+) -> Result<SearchKey, ApiError> {
+    match (codice_fiscale, surname, birth_date) {
         (Some(cf), None, None) => {
             let cf = normalise_codice_fiscale(cf)
                 .map_err(|e| ApiError::bad_request(format!("codice_fiscale: {e}")))?;
@@ -152,6 +166,23 @@ async fn search(
     let limit = page_limit(body.limit, DEFAULT_PAGE, MAX_SEARCH)?;
     let after = body.after.as_deref().map(holder_id).transpose()?;
     let after = after.map(str::to_owned);
+    let page = search_holders(state, &caller, key, after, limit).await?;
+    let mut res = Json(page).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// A page of the holders matching `key` after the holder id `after`, at most `limit`
+/// (checked by the caller), audited by the vault as `holder.search` (the API and the
+/// console).
+pub(crate) async fn search_holders(
+    state: AppState,
+    caller: &Caller,
+    key: SearchKey,
+    after: Option<String>,
+    limit: usize,
+) -> Result<HolderPage, ApiError> {
     let s = state.clone();
     let actor = caller.actor();
     let found = blocking(move || {
@@ -165,14 +196,10 @@ async fn search(
         None
     };
     tracing::info!(found = found.len(), by = %caller.account.id, "holder search");
-    let page = HolderPage {
+    Ok(HolderPage {
         holders: found.into_iter().map(HolderMatch::from).collect(),
         next,
-    };
-    let mut res = Json(page).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(res)
+    })
 }
 
 #[cfg(test)]

@@ -518,6 +518,18 @@ async fn counter_page(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<CounterBody>,
 ) -> Result<Response, ApiError> {
+    counter_pdf(state, &caller, serial, body.plan, body.reprint).await
+}
+
+/// Part A of the card's split dispatch in force as a PDF download (the API and the console;
+/// see the module docs).
+pub(crate) async fn counter_pdf(
+    state: AppState,
+    caller: &Caller,
+    serial: String,
+    plan: Option<String>,
+    reprint: bool,
+) -> Result<Response, ApiError> {
     let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
@@ -536,8 +548,8 @@ async fn counter_page(
             &*s.hsm,
             &s.audit,
             &serial,
-            body.plan.as_deref(),
-            body.reprint,
+            plan.as_deref(),
+            reprint,
             s.cms.today(),
             &actor,
             |codes, slip| {

@@ -160,24 +160,30 @@ async fn open(
     caller: Caller,
     JsonBody(body): JsonBody<OpenBody>,
 ) -> Result<(StatusCode, Json<ReportView>), ApiError> {
-    if let Some(card) = &body.card {
+    let report = open_report(state, &caller, body.card, body.title, body.text).await?;
+    Ok((StatusCode::CREATED, Json(report)))
+}
+
+/// Opens a problem report, about a card or not (the API and the console).
+pub(crate) async fn open_report(
+    state: AppState,
+    caller: &Caller,
+    card: Option<String>,
+    title: String,
+    text: String,
+) -> Result<ReportView, ApiError> {
+    if let Some(card) = &card {
         id::<Serial>("card", card)?;
     }
     let s = state.clone();
     let actor = caller.actor();
     let report = blocking(move || {
-        s.cms.open_report(
-            &*s.hsm,
-            &s.audit,
-            body.card.as_deref(),
-            &body.title,
-            &body.text,
-            &actor,
-        )
+        s.cms
+            .open_report(&*s.hsm, &s.audit, card.as_deref(), &title, &text, &actor)
     })
     .await?;
     tracing::info!(report = report.id, by = %caller.account.id, "problem report opened");
-    Ok((StatusCode::CREATED, Json(ReportView::from(report))))
+    Ok(ReportView::from(report))
 }
 
 async fn list(
@@ -187,17 +193,31 @@ async fn list(
 ) -> Result<Json<ReportPage>, ApiError> {
     let p = query(params)?;
     let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let page = list_reports(
+        state,
+        &caller,
+        p.after.unwrap_or(0),
+        limit,
+        p.closed.unwrap_or(false),
+    )
+    .await?;
+    Ok(Json(page))
+}
+
+/// A page of reports after number `after`, at most `limit` (checked by the caller), closed
+/// ones too if `closed`; the listing is audited by the vault (the API and the console).
+pub(crate) async fn list_reports(
+    state: AppState,
+    caller: &Caller,
+    after: u64,
+    limit: usize,
+    closed: bool,
+) -> Result<ReportPage, ApiError> {
     let s = state.clone();
     let actor = caller.actor();
     let reports = blocking(move || {
-        s.cms.reports(
-            &*s.hsm,
-            &s.audit,
-            p.after.unwrap_or(0),
-            limit,
-            p.closed.unwrap_or(false),
-            &actor,
-        )
+        s.cms
+            .reports(&*s.hsm, &s.audit, after, limit, closed, &actor)
     })
     .await?;
     let next = if reports.len() == limit {
@@ -205,14 +225,14 @@ async fn list(
     } else {
         None
     };
-    Ok(Json(ReportPage {
+    Ok(ReportPage {
         reports: reports.into_iter().map(ReportView::from).collect(),
         next,
-    }))
+    })
 }
 
-/// Applies `step` to report `id`.
-async fn step(
+/// Applies `step` to report `id` (the API and the console).
+pub(crate) async fn step(
     state: AppState,
     caller: &Caller,
     id: &str,
@@ -255,7 +275,18 @@ async fn assign(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AssignBody>,
 ) -> Result<Json<ReportView>, ApiError> {
-    let assignee = body.assignee.trim().to_owned();
+    assign_report(state, &caller, &id, &body.assignee).await
+}
+
+/// Assigns report `id` to `assignee`, the id of an enabled support account (the API and the
+/// console).
+pub(crate) async fn assign_report(
+    state: AppState,
+    caller: &Caller,
+    id: &str,
+    assignee: &str,
+) -> Result<Json<ReportView>, ApiError> {
+    let assignee = assignee.trim().to_owned();
     let accounts = state.accounts.clone();
     let who = assignee.clone();
     let account = blocking(move || {
@@ -273,7 +304,7 @@ async fn assign(
             ))
         }
     }
-    step(state, &caller, &id, ReportStep::Assign(assignee)).await
+    step(state, caller, id, ReportStep::Assign(assignee)).await
 }
 
 #[cfg(test)]

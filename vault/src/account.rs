@@ -94,9 +94,14 @@ impl Role {
         }
     }
 
-    /// True for the roles that may also have a password (for a later web console).
+    /// True for the roles of people, who may have a password to log in to the console:
+    /// operator, support, admin, auditor and officer. Machine roles (manufacturer, cms) use
+    /// their bearer token only.
     pub fn may_have_password(self) -> bool {
-        matches!(self, Role::Operator | Role::Officer)
+        matches!(
+            self,
+            Role::Operator | Role::Officer | Role::Support | Role::Admin | Role::Auditor
+        )
     }
 }
 
@@ -137,9 +142,18 @@ pub struct Account {
     pub created_ms: u64,
     /// Hex SHA-256 of the token's secret part.
     pub token_hash: String,
-    /// argon2id PHC string, for operators and officers who were given a password.
+    /// argon2id PHC string, for the people's roles ([`Role::may_have_password`]) who were
+    /// given a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// The password was set by someone else (an initial or reset password): the console
+    /// accepts it only to change it. Absent in records written before the console (`false`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub password_change_required: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl fmt::Debug for Account {
@@ -151,6 +165,7 @@ impl fmt::Debug for Account {
             .field("created_ms", &self.created_ms)
             .field("token_hash", &"<redacted>")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_change_required", &self.password_change_required)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +180,7 @@ impl Account {
             disabled: self.disabled,
             created_ms: self.created_ms,
             has_password: self.password.is_some(),
+            password_change_required: self.password_change_required,
         }
     }
 }
@@ -184,6 +200,9 @@ pub struct AccountView {
     pub created_ms: u64,
     /// Whether a password is set.
     pub has_password: bool,
+    /// Whether the password must be changed at the next console login.
+    #[serde(default)]
+    pub password_change_required: bool,
 }
 
 /// Who is making a change, for its audit event.
@@ -417,6 +436,7 @@ impl Accounts {
             created_ms: self.audit.clock().now_ms(),
             token_hash,
             password: None,
+            password_change_required: false,
         };
         let mut batch = Batch::new();
         batch.put(Tree::Accounts, id.as_bytes().to_vec(), encode(&account)?);
@@ -538,7 +558,10 @@ impl Accounts {
         Ok(token)
     }
 
-    /// Sets (or replaces) the password of an operator or officer, as an argon2id hash.
+    /// Sets (or replaces) the password of a person's account ([`Role::may_have_password`]), as
+    /// an argon2id hash. A password set by another account (an admin's initial or reset
+    /// password) must be changed at the next console login
+    /// ([`Account::password_change_required`]).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a password outside [`validate_password`]'s bounds;
@@ -565,18 +588,89 @@ impl Accounts {
                 },
             ));
         }
+        account.password = Some(self.hash_password(password)?);
+        account.password_change_required = actor.id != id;
+        self.save(&account, actor.event("account.set_password", id))
+    }
+
+    fn hash_password(&self, password: &SecretString) -> Result<String> {
         let mut salt = [0u8; 16];
         self.rng
             .fill(&mut salt)
             .map_err(|_| Error::Provider("random generator"))?;
         let salt =
             SaltString::encode_b64(&salt).map_err(|_| Error::Provider("password salt encoding"))?;
-        let phc = Argon2::default()
+        Ok(Argon2::default()
             .hash_password(password.expose_secret().as_bytes(), &salt)
             .map_err(|_| Error::Provider("argon2id hashing"))?
-            .to_string();
-        account.password = Some(phc);
-        self.save(&account, actor.event("account.set_password", id))
+            .to_string())
+    }
+
+    /// A person changes their own password (console): `current` must be their password, and
+    /// `new` differ from it. Clears [`Account::password_change_required`]. Audited as
+    /// `auth.password_change` (refused attempts too), never with a password.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a new password outside [`validate_password`]'s bounds or equal
+    /// to the current one; [`Error::Refused`] for a wrong current password, a disabled
+    /// account or one without a password; [`Error::NotFound`]; store and audit errors — then
+    /// nothing changed.
+    pub fn change_own_password(
+        &self,
+        id: &str,
+        current: &SecretString,
+        new: &SecretString,
+        actor: &Actor,
+    ) -> Result<()> {
+        validate_password(new).map_err(|e| Error::Invalid(e.0))?;
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if !self.verify_password(id, current)? {
+            return Err(self.refuse(
+                "auth.password_change",
+                id,
+                actor,
+                Refusal::CurrentPasswordMismatch {
+                    account: id.to_owned(),
+                },
+            ));
+        }
+        if self.verify_password(id, new)? {
+            return Err(Error::Invalid(
+                "new password: must differ from the current one".to_owned(),
+            ));
+        }
+        account.password = Some(self.hash_password(new)?);
+        account.password_change_required = false;
+        self.save(&account, actor.event("auth.password_change", id))
+    }
+
+    /// The enabled account that a person logs in as: `login` is its id, or its name when
+    /// exactly one enabled account with a password bears it (a name shared by several
+    /// accounts logs in to none: use the id).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Storage`] for an unreadable record.
+    pub fn find_login(&self, login: &str) -> Result<Option<Account>> {
+        let login = login.trim();
+        if login.is_empty() {
+            return Ok(None);
+        }
+        if let Some(a) = self.get(login)? {
+            return Ok((!a.disabled && a.password.is_some()).then_some(a));
+        }
+        let mut found = None;
+        for (k, v) in self.store.range(Tree::Accounts, &[], None, usize::MAX)? {
+            let a = decode(&k, &v)?;
+            if a.disabled || a.password.is_none() || a.name.trim() != login {
+                continue;
+            }
+            if found.is_some() {
+                return Ok(None);
+            }
+            found = Some(a);
+        }
+        Ok(found)
     }
 
     /// True if `password` is the password of the enabled account `id`.

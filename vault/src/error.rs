@@ -273,6 +273,11 @@ pub enum Refusal {
         /// The account's role.
         role: Role,
     },
+    /// A password change whose current password does not match the account's.
+    CurrentPasswordMismatch {
+        /// The account id.
+        account: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -393,8 +398,11 @@ impl fmt::Display for Refusal {
             Refusal::CodesNotHeld { card } => write!(f, "card {card}: its codes are not held"),
             Refusal::NoPasswordForRole { role } => write!(
                 f,
-                "a {role} account cannot have a password (only operator and officer)"
+                "a {role} account cannot have a password (machine accounts use a token)"
             ),
+            Refusal::CurrentPasswordMismatch { account } => {
+                write!(f, "account {account}: current password: does not match")
+            }
         }
     }
 }

@@ -1,0 +1,494 @@
+//! The counter's and the service centre's pages: holder search, a card with its parts and
+//! dispatches, and the actions on it (identify and activate, choose the delivery, part A as a
+//! PDF, suspend / reactivate / revoke after a confirmation step, resend a part, the card's
+//! history, a problem report).
+//!
+//! Each action calls the API's own function for it ([`crate::api::cards::change`],
+//! [`crate::api::dispatch::request_dispatch`], [`crate::api::mailers::counter_pdf`], …) with
+//! the session's account as the [`crate::api::Caller`], so the checks, the audit events and
+//! the errors are the API's. The roles are the API's too; the rate limit of sensitive calls
+//! (search, dispatch, resend, part A) is the same per-account quota.
+
+use super::{check_csrf, me, see_other, Me};
+use crate::api::{self, ApiError, RateClass, RequestId};
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use cards::{Activation, Change, Reason};
+use minijinja::context;
+use serde::Deserialize;
+use vault::Role;
+
+/// Who may search holders and read a card (the API's `holders` and `cards` readers, less
+/// the CMS, which has no console).
+const READ: &[Role] = &[Role::Operator, Role::Support];
+/// Who may work a card at the counter.
+const COUNTER: &[Role] = &[Role::Operator];
+
+/// The plans offered at the counter.
+const PLANS: &[&str] = &[
+    "counter(2)+sms",
+    "counter(2)+email",
+    "mailer",
+    "sms",
+    "email",
+];
+
+/// The reasons a person may give (`expired` is the service's own).
+const REASONS: &[&str] = &[
+    "lost",
+    "stolen",
+    "damaged",
+    "malfunction",
+    "code_compromised",
+    "puk_blocked",
+    "data_error",
+    "deceased",
+    "replaced",
+    "other",
+];
+
+/// The notices a card page may show after an action (`?done=`).
+const DONE: &[&str] = &[
+    "done_activated",
+    "done_dispatched",
+    "done_changed",
+    "done_resent",
+    "done_reported",
+];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/search", post(search))
+        .route("/cards", post(open_card))
+        .route("/cards/{serial}", get(card))
+        .route("/cards/{serial}/activate", post(activate))
+        .route("/cards/{serial}/dispatch", post(dispatch))
+        .route("/cards/{serial}/part-a", post(part_a))
+        .route("/cards/{serial}/change", post(change))
+        .route("/cards/{serial}/resend", post(resend))
+        .route("/cards/{serial}/report", post(report))
+        .route("/cards/{serial}/history", get(history))
+}
+
+/// A form's fields, all optional text. No `Debug`: they hold personal data.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Fields {
+    csrf: Option<String>,
+    codice_fiscale: Option<String>,
+    surname: Option<String>,
+    birth_date: Option<String>,
+    serial: Option<String>,
+    by: Option<String>,
+    document_type: Option<String>,
+    document_number: Option<String>,
+    consent_ref: Option<String>,
+    d_given_names: Option<String>,
+    d_surname: Option<String>,
+    d_codice_fiscale: Option<String>,
+    delegation_ref: Option<String>,
+    plan: Option<String>,
+    replace: Option<String>,
+    replace_reason: Option<String>,
+    reprint: Option<String>,
+    action: Option<String>,
+    reason: Option<String>,
+    confirmed: Option<String>,
+    part: Option<String>,
+    title: Option<String>,
+    text: Option<String>,
+}
+
+/// A field's text, trimmed; `None` when empty.
+fn text(field: &Option<String>) -> Option<&str> {
+    field.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn owned(field: &Option<String>) -> String {
+    text(field).unwrap_or_default().to_owned()
+}
+
+/// The session and the CSRF check of a POST.
+async fn posted(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+    roles: &[Role],
+    f: &Fields,
+) -> Result<Me, Response> {
+    let me = me(state, headers, request_id, roles, false).await?;
+    check_csrf(state, &me, f.csrf.as_deref())?;
+    Ok(me)
+}
+
+/// The per-account quota of sensitive calls, shared with the API.
+fn sensitive(state: &AppState, me: &Me) -> Result<(), ApiError> {
+    state
+        .limits
+        .check(RateClass::Sensitive, &me.account.id)
+        .map_err(ApiError::rate_limited)
+}
+
+fn card_url(serial: &str) -> String {
+    format!("/cards/{serial}")
+}
+
+async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, READ, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let console = &state.console;
+    let found = async {
+        let key = api::holders::search_key_of(
+            text(&f.codice_fiscale),
+            text(&f.surname),
+            text(&f.birth_date),
+        )?;
+        sensitive(&state, &me)?;
+        api::holders::search_holders(
+            state.clone(),
+            &me.caller,
+            key,
+            None,
+            api::holders::DEFAULT_PAGE,
+        )
+        .await
+    }
+    .await;
+    match found {
+        Ok(page) => console.render(
+            StatusCode::OK,
+            "holders.html",
+            me.lang,
+            Some(&me),
+            context! { holders => page.holders },
+        ),
+        Err(e) => console.error(&me, &e, "/"),
+    }
+}
+
+async fn open_card(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, READ, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let serial = owned(&f.serial);
+    match api::audit::check_serial(&serial) {
+        Ok(()) => see_other(&card_url(&serial)),
+        Err(e) => state.console.error(&me, &e, "/"),
+    }
+}
+
+/// `?done=` on a card page.
+#[derive(Debug, Deserialize)]
+pub(super) struct CardQuery {
+    done: Option<String>,
+}
+
+async fn card(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Query(q): Query<CardQuery>,
+) -> Response {
+    let me = match me(&state, &headers, &rid, READ, false).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let console = &state.console;
+    let view = match api::cards::card_status(state.clone(), &me.caller, serial).await {
+        Ok(v) => v.0,
+        Err(e) => return console.error(&me, &e, "/"),
+    };
+    let in_force = view
+        .dispatches
+        .iter()
+        .rev()
+        .find(|d| d.superseded_by.is_none())
+        .map(|d| d.plan.clone());
+    let split = in_force
+        .as_deref()
+        .is_some_and(|p| p.starts_with("counter("));
+    let actions: &[&str] = if me.account.role == Role::Operator {
+        &["suspend", "reactivate", "revoke"]
+    } else {
+        &["suspend"]
+    };
+    let done = q
+        .done
+        .as_deref()
+        .and_then(|d| DONE.iter().find(|k| **k == d).copied());
+    let ctx = context! {
+        card => view,
+        plan => in_force,
+        split => split,
+        plans => PLANS,
+        actions => actions,
+        reasons => REASONS,
+        done => done,
+    };
+    console.render(StatusCode::OK, "card.html", me.lang, Some(&me), ctx)
+}
+
+/// The activation of a form: by the holder, or by a delegate.
+fn activation(f: &Fields) -> Activation {
+    let document_type = owned(&f.document_type);
+    let document_number = owned(&f.document_number);
+    let consent_ref = owned(&f.consent_ref);
+    if text(&f.by) == Some("delegate") {
+        Activation::Delegate {
+            given_names: owned(&f.d_given_names),
+            surname: owned(&f.d_surname),
+            codice_fiscale: owned(&f.d_codice_fiscale),
+            document_type,
+            document_number,
+            delegation_ref: owned(&f.delegation_ref),
+            consent_ref,
+        }
+    } else {
+        Activation::Holder {
+            document_type,
+            document_number,
+            consent_ref,
+        }
+    }
+}
+
+/// After an action: back to the card with a notice, or its error as a page.
+fn after(
+    state: &AppState,
+    me: &Me,
+    serial: &str,
+    done: Result<(), ApiError>,
+    key: &str,
+) -> Response {
+    match done {
+        Ok(()) => see_other(&format!("{}?done={key}", card_url(serial))),
+        Err(e) => state.console.error(me, &e, &card_url(serial)),
+    }
+}
+
+async fn activate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let change = Change::Activate(activation(&f));
+    let done = api::cards::change(state.clone(), &me.caller, serial.clone(), change)
+        .await
+        .map(|_| ());
+    after(&state, &me, &serial, done, "done_activated")
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let body = api::dispatch::DispatchBody {
+        plan: owned(&f.plan),
+        replace: text(&f.replace) == Some("yes"),
+        reason: text(&f.replace_reason).map(str::to_owned),
+    };
+    let done = match sensitive(&state, &me) {
+        Ok(()) => api::dispatch::request_dispatch(state.clone(), &me.caller, serial.clone(), body)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    after(&state, &me, &serial, done, "done_dispatched")
+}
+
+async fn part_a(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let reprint = text(&f.reprint) == Some("yes");
+    let pdf = match sensitive(&state, &me) {
+        Ok(()) => {
+            api::mailers::counter_pdf(state.clone(), &me.caller, serial.clone(), None, reprint)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match pdf {
+        Ok(res) => res,
+        Err(e) => state.console.error(&me, &e, &card_url(&serial)),
+    }
+}
+
+async fn change(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, READ, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let console = &state.console;
+    let back = card_url(&serial);
+    let action = text(&f.action).unwrap_or_default();
+    let reason =
+        || -> Result<Reason, ApiError> { Ok(Reason::parse(text(&f.reason).unwrap_or_default())?) };
+    // Support may only suspend (the API's rule); the API function checks no role itself.
+    let allowed = me.account.role == Role::Operator || action == "suspend";
+    if !allowed {
+        let e = ApiError::forbidden(format!("role {} may not {action} a card", me.account.role));
+        return console.error(&me, &e, &back);
+    }
+    let change = match action {
+        "suspend" => reason().map(Change::Suspend),
+        "revoke" => reason().map(Change::Revoke),
+        "reactivate" => Ok(Change::Reactivate),
+        _ => Err(ApiError::bad_request(
+            "action: one of suspend, reactivate, revoke",
+        )),
+    };
+    let change = match change {
+        Ok(c) => c,
+        Err(e) => return console.error(&me, &e, &back),
+    };
+    if text(&f.confirmed) != Some("yes") {
+        let reason = match action {
+            "reactivate" => None,
+            _ => text(&f.reason),
+        };
+        let ctx = context! { serial => serial, action => action, reason => reason };
+        return console.render(StatusCode::OK, "confirm.html", me.lang, Some(&me), ctx);
+    }
+    let done = api::cards::change(state.clone(), &me.caller, serial.clone(), change)
+        .await
+        .map(|_| ());
+    after(&state, &me, &serial, done, "done_changed")
+}
+
+async fn resend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let part = owned(&f.part);
+    let done = match sensitive(&state, &me) {
+        Ok(()) => api::dispatch::resend_part(state.clone(), &me.caller, serial.clone(), &part)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    after(&state, &me, &serial, done, "done_resent")
+}
+
+async fn report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let done = api::reports::open_report(
+        state.clone(),
+        &me.caller,
+        Some(serial.clone()),
+        owned(&f.title),
+        owned(&f.text),
+    )
+    .await
+    .map(|_| ());
+    after(&state, &me, &serial, done, "done_reported")
+}
+
+/// One audit event as the history page shows it.
+#[derive(Debug, serde::Serialize)]
+struct EventRow {
+    seq: u64,
+    when: String,
+    action: String,
+    actor: String,
+    role: String,
+    outcome: String,
+    details: std::collections::BTreeMap<String, String>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+) -> Response {
+    let me = match me(&state, &headers, &rid, READ, false).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let page =
+        api::audit::card_events(state.clone(), &me.caller, serial.clone(), 0, Some(100)).await;
+    match page {
+        Ok(page) => {
+            let events: Vec<EventRow> = page
+                .0
+                .events
+                .into_iter()
+                .map(|e| EventRow {
+                    seq: e.seq,
+                    when: super::utc(e.time_ms),
+                    action: e.action,
+                    actor: e.actor,
+                    role: e.role,
+                    outcome: format!("{:?}", e.outcome).to_lowercase(),
+                    details: e.details,
+                })
+                .collect();
+            let ctx = context! { serial => serial, events => events };
+            state
+                .console
+                .render(StatusCode::OK, "history.html", me.lang, Some(&me), ctx)
+        }
+        Err(e) => state.console.error(&me, &e, &card_url(&serial)),
+    }
+}

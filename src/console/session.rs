@@ -1,0 +1,243 @@
+//! Console sessions: server-side, in memory, keyed by the SHA-256 of a 256-bit random id.
+//!
+//! ```text
+//! cookie  plico_session = <64 hex digits: 256 random bits>        (HttpOnly, SameSite=Strict)
+//! kept    SHA-256(id) → Session { account, role, csrf, created, last_seen }
+//! ```
+//!
+//! - The id itself is never kept: a dump of the process's sessions gives nobody a cookie. A
+//!   lookup hashes the presented id; the map is keyed by that hash, so nothing is compared by
+//!   secret byte by byte.
+//! - A session ends after [`Sessions::idle`] without a request, after [`Sessions::absolute`]
+//!   whatever happens, at logout, and when its account's password changes (the other sessions
+//!   of that account end). A restart ends every session: people log in again.
+//! - Each session has its own CSRF token (256 bits), carried by every form.
+//!
+//! What it does not do: check passwords or roles (the console's login does), or persist.
+
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use vault::Role;
+use zeroize::Zeroizing;
+
+/// Random bytes of a session id and of a CSRF token.
+const ID_BYTES: usize = 32;
+
+/// One logged-in person's session.
+#[derive(Clone)]
+pub struct Session {
+    /// The account id.
+    pub account: String,
+    /// Its role at login.
+    pub role: Role,
+    /// The CSRF token every form of this session carries.
+    pub csrf: String,
+    created: Instant,
+    last_seen: Instant,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("account", &self.account)
+            .field("role", &self.role)
+            .field("csrf", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// True if `presented` is this session's CSRF token (compared in constant time).
+    pub fn csrf_ok(&self, presented: &str) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            presented.as_bytes(),
+            self.csrf.as_bytes(),
+        )
+        .is_ok()
+    }
+}
+
+/// The sessions of this process.
+pub struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+    /// A session ends after this long without a request.
+    pub idle: Duration,
+    /// A session ends this long after login, whatever happens.
+    pub absolute: Duration,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Sessions(idle {:?}, absolute {:?})",
+            self.idle, self.absolute
+        )
+    }
+}
+
+fn key_of(id: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest(&SHA256, id.as_bytes()).as_ref());
+    key
+}
+
+/// Random bytes as hex, or `None` if the generator failed.
+pub(crate) fn random_hex(rng: &SystemRandom) -> Option<Zeroizing<String>> {
+    let mut buf = Zeroizing::new([0u8; ID_BYTES]);
+    rng.fill(&mut *buf).ok()?;
+    Some(Zeroizing::new(hex::encode(*buf)))
+}
+
+impl Sessions {
+    /// No sessions yet, with these timeouts.
+    pub fn new(idle: Duration, absolute: Duration) -> Self {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            idle,
+            absolute,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        // A panic while holding the lock leaves a whole map: no half-written session.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a session for `account`; returns its id (for the cookie, never kept) and the
+    /// session. `None` if the random generator failed.
+    pub fn start(&self, account: &str, role: Role) -> Option<(SecretString, Session)> {
+        self.start_at(account, role, Instant::now())
+    }
+
+    fn start_at(&self, account: &str, role: Role, now: Instant) -> Option<(SecretString, Session)> {
+        let id = random_hex(&self.rng)?;
+        let csrf = random_hex(&self.rng)?;
+        let session = Session {
+            account: account.to_owned(),
+            role,
+            csrf: csrf.to_string(),
+            created: now,
+            last_seen: now,
+        };
+        let mut map = self.map();
+        // Expired sessions go when new ones come: the map stays as small as the people working.
+        let (idle, absolute) = (self.idle, self.absolute);
+        map.retain(|_, s| !expired(s, now, idle, absolute));
+        map.insert(key_of(&id), session.clone());
+        Some((SecretString::from(id.to_string()), session))
+    }
+
+    /// The live session of this id, seen now (its idle time starts again). An expired one is
+    /// ended and `None`.
+    pub fn get(&self, id: &SecretString) -> Option<Session> {
+        self.get_at(id, Instant::now())
+    }
+
+    fn get_at(&self, id: &SecretString, now: Instant) -> Option<Session> {
+        let key = key_of(id.expose_secret());
+        let mut map = self.map();
+        let s = map.get_mut(&key)?;
+        if expired(s, now, self.idle, self.absolute) {
+            map.remove(&key);
+            return None;
+        }
+        s.last_seen = now;
+        Some(s.clone())
+    }
+
+    /// Ends the session of this id (logout). True if there was one.
+    pub fn end(&self, id: &SecretString) -> bool {
+        self.map().remove(&key_of(id.expose_secret())).is_some()
+    }
+
+    /// Ends every session of `account` but the one of `keep` (after a password change, or when
+    /// the account is disabled).
+    pub fn end_others(&self, account: &str, keep: Option<&SecretString>) {
+        let keep = keep.map(|k| key_of(k.expose_secret()));
+        self.map()
+            .retain(|k, s| s.account != account || Some(*k) == keep);
+    }
+
+    /// Sessions alive now.
+    pub fn count(&self) -> usize {
+        let now = Instant::now();
+        self.map()
+            .values()
+            .filter(|s| !expired(s, now, self.idle, self.absolute))
+            .count()
+    }
+}
+
+fn expired(s: &Session, now: Instant, idle: Duration, absolute: Duration) -> bool {
+    now.saturating_duration_since(s.last_seen) >= idle
+        || now.saturating_duration_since(s.created) >= absolute
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(15 * 60);
+    const ABSOLUTE: Duration = Duration::from_secs(8 * 3600);
+
+    #[test]
+    fn ids_are_random_and_only_their_hash_is_kept() {
+        let s = Sessions::new(IDLE, ABSOLUTE);
+        let (a, sa) = s.start("acc1", Role::Operator).unwrap();
+        let (b, _) = s.start("acc1", Role::Operator).unwrap();
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_eq!(a.expose_secret().len(), 64);
+        assert_eq!(s.get(&a).unwrap().account, "acc1");
+        let keys: Vec<String> = s.map().keys().map(hex::encode).collect();
+        assert!(!keys.iter().any(|k| k == a.expose_secret()));
+        assert!(sa.csrf_ok(&sa.csrf));
+        assert!(!sa.csrf_ok("x"));
+        assert!(s.get(&SecretString::from("0".repeat(64))).is_none());
+        assert!(!format!("{sa:?}").contains(&sa.csrf));
+    }
+
+    #[test]
+    fn idle_and_absolute_timeouts() {
+        let s = Sessions::new(IDLE, ABSOLUTE);
+        let t0 = Instant::now();
+        let (id, _) = s.start_at("a", Role::Operator, t0).unwrap();
+        // Seen within the idle time, again and again: alive until the absolute limit.
+        let mut t = t0;
+        while t + IDLE < t0 + ABSOLUTE {
+            t += IDLE - Duration::from_secs(1);
+            if t >= t0 + ABSOLUTE {
+                break;
+            }
+            assert!(s.get_at(&id, t).is_some(), "{:?}", t - t0);
+        }
+        assert!(s.get_at(&id, t0 + ABSOLUTE).is_none());
+        // Idle too long: gone, and stays gone.
+        let (id, _) = s.start_at("b", Role::Operator, t0).unwrap();
+        assert!(s.get_at(&id, t0 + IDLE).is_none());
+        assert!(s.get_at(&id, t0).is_none());
+    }
+
+    #[test]
+    fn logout_and_ending_an_accounts_other_sessions() {
+        let s = Sessions::new(IDLE, ABSOLUTE);
+        let (a, _) = s.start("acc", Role::Support).unwrap();
+        let (b, _) = s.start("acc", Role::Support).unwrap();
+        let (c, _) = s.start("other", Role::Support).unwrap();
+        s.end_others("acc", Some(&a));
+        assert!(s.get(&a).is_some());
+        assert!(s.get(&b).is_none());
+        assert!(s.get(&c).is_some());
+        assert!(s.end(&a));
+        assert!(!s.end(&a));
+        assert!(s.get(&a).is_none());
+    }
+}

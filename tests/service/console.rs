@@ -1,0 +1,690 @@
+//! The browser console through `app(state).oneshot(..)`, as a browser would use it (a cookie
+//! jar, forms posted as `application/x-www-form-urlencoded`): login and sessions, the CSRF
+//! tokens, the headers, the lockout, the forced password change, the split between the
+//! console's session and the API's bearer tokens, escaping, and the counter's actions. The
+//! same flows in a real browser are in `service/console_browser.rs`.
+
+use super::batches::{codes_of, serial};
+use super::support::{cf, cie_state, codes_file, open_with_accounts, Client, Staff};
+use super::*;
+use plico::console::ConsoleSettings;
+use std::collections::BTreeMap;
+use vault::Actor;
+
+pub(super) const PASSWORD: &str = "una password lunga 1";
+pub(super) const INITIAL: &str = "iniziale provvisoria";
+const SALT: u64 = 0x636f_6e73;
+pub(super) const REGISTRY_HEADER: &str = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
+/// A holder address that is markup: it must show as text.
+pub(super) const HOSTILE: &str = "<script>alert(1)</script> Via Roma 1";
+
+/// An answer of the console, with its headers.
+pub(super) struct Page {
+    pub(super) status: StatusCode,
+    pub(super) headers: axum::http::HeaderMap,
+    pub(super) text: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the hidden field `csrf` of the page's first form.
+    fn csrf(&self) -> String {
+        let at = self
+            .text
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field")
+            + 19;
+        self.text[at..].split('"').next().unwrap().to_owned()
+    }
+}
+
+/// A browser without a socket: the console's router and a cookie jar.
+pub(super) struct Browser {
+    app: Router,
+    jar: BTreeMap<String, String>,
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Browser {
+    pub(super) fn new(state: &AppState) -> Browser {
+        Browser {
+            app: app(state.clone()),
+            jar: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, req: axum::http::request::Builder, body: Body) -> Page {
+        let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let req = if cookies.is_empty() {
+            req
+        } else {
+            req.header(header::COOKIE, cookies.join("; "))
+        };
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        for c in res.headers().get_all(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(k);
+            } else {
+                self.jar.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Page {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    pub(super) async fn get(&mut self, uri: &str) -> Page {
+        self.send(Request::get(uri), Body::empty()).await
+    }
+
+    pub(super) async fn post(&mut self, uri: &str, fields: &[(&str, &str)]) -> Page {
+        let req =
+            Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        self.send(req, Body::from(form(fields))).await
+    }
+
+    /// Logs in as `login` with `password`: the login page's answer to the POST.
+    pub(super) async fn login(&mut self, login: &str, password: &str) -> Page {
+        let page = self.get("/login").await;
+        let csrf = page.csrf();
+        self.post(
+            "/login",
+            &[("login", login), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+
+    /// The CSRF token of the session (from the home page).
+    pub(super) async fn csrf(&mut self) -> String {
+        self.get("/").await.csrf()
+    }
+}
+
+/// A state with an operator (password [`INITIAL`], to be changed) and a support account
+/// (password [`PASSWORD`]), holder cards 701 (an address that is markup) and 702 issued
+/// with codes.
+pub(super) fn counter_state(dir: &Path, settings: ConsoleSettings) -> (AppState, Staff, Client) {
+    let state = cie_state(&dir.join("data"), plico::DEFAULT_SENSITIVE_PER_MINUTE)
+        .with_console(settings)
+        .unwrap();
+    let staff = open_with_accounts(&state, &["operator", "support", "cms", "manufacturer"]);
+    let admin = state.accounts.get(&staff.ids["admin"]).unwrap().unwrap();
+    let by = Actor::account(&admin, "test");
+    state
+        .accounts
+        .set_password(&staff.ids["operator"], &SecretString::from(INITIAL), &by)
+        .unwrap();
+    let support = state.accounts.get(&staff.ids["support"]).unwrap().unwrap();
+    state
+        .accounts
+        .set_password(
+            &staff.ids["support"],
+            &SecretString::from(PASSWORD),
+            &Actor::account(&support, "test"),
+        )
+        .unwrap();
+    let client = Client::new(&state, staff.tokens.clone());
+    (state, staff, client)
+}
+
+/// Imports the registry (cards 701, 702) and their codes.
+pub(super) async fn registry(client: &Client) {
+    let csv = format!(
+        "{REGISTRY_HEADER}{};Nicolò;D'Angelo;1980-01-01;n@example.it;+393331112201;{HOSTILE};false;{};2032-12-31;\n\
+         {};Zoe;Milli;1992-08-05;z@example.it;+393331112202;Via Po 2, Torino;false;{};2032-12-31;\n",
+        cf("DNGNCL80A01F839"),
+        serial(701),
+        cf("MLLZOE92M45F205"),
+        serial(702),
+    );
+    let a = client
+        .post_raw("cms", "/v1/registry", "text/csv", csv)
+        .await;
+    assert_eq!(a.json["outcome"], "applied", "{}", a.text);
+    let a = client
+        .post_raw(
+            "manufacturer",
+            "/v1/batches?manufacturer=ACME",
+            "text/plain",
+            codes_file(701..=702, SALT),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+}
+
+fn actions(state: &AppState) -> Vec<(String, String, String)> {
+    let page = state
+        .audit
+        .query(&vault::Query {
+            limit: vault::MAX_PAGE,
+            ..Default::default()
+        })
+        .unwrap();
+    page.events
+        .into_iter()
+        .map(|e| {
+            (
+                e.action,
+                e.subject,
+                e.details.get("reason").cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn login_forced_password_change_logout_and_the_audit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, staff, _) = counter_state(dir.path(), ConsoleSettings::default());
+    let op = staff.ids["operator"].clone();
+    let mut b = Browser::new(&state);
+
+    // Without a session every page leads to the login page.
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/login");
+    let page = b.get("/login").await;
+    assert_eq!(page.status, StatusCode::OK);
+    for (h, v) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'",
+        ),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        let got = page.headers.get(h).unwrap().to_str().unwrap();
+        assert!(got.starts_with(v), "{h}: {got}");
+    }
+    assert!(!page.text.contains("<script"), "a script in the page");
+    assert!(page.text.contains("Accesso"), "Italian by default");
+
+    // A wrong password: refused, no session.
+    let page = b.login("operator", "not the password!").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(!b.jar.contains_key("plico_session"));
+    // A login form without its token: refused before any password check.
+    let page = b
+        .post("/login", &[("login", "operator"), ("password", INITIAL)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(!b.jar.contains_key("plico_session"));
+
+    // The initial password logs in, to the password page only.
+    let page = b.login("operator", INITIAL).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    assert_eq!(page.location(), "/password");
+    let cookie = page
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("plico_session="))
+        .unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let sid = b.jar["plico_session"].clone();
+    assert_eq!(sid.len(), 64);
+    let page = b.get("/").await;
+    assert_eq!(page.location(), "/password");
+    let page = b.get("/password").await;
+    assert!(page.text.contains("id=\"must-change\""));
+    let csrf = page.csrf();
+    let page = b
+        .post(
+            "/password",
+            &[
+                ("current", INITIAL),
+                ("new", PASSWORD),
+                ("repeat", PASSWORD),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains(&op) && page.text.contains("operatore di sportello"));
+
+    // English by the switch.
+    b.get("/lang/en").await;
+    assert!(b.get("/").await.text.contains("counter operator"));
+
+    // The session cookie does not open the API; a bearer token does not open the console.
+    let req = Request::get(format!("/v1/cards/{}", serial(701)))
+        .header(header::COOKIE, format!("plico_session={sid}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app(state.clone()), req).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let req = Request::get("/")
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", staff.tokens["operator"]),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+
+    // Logout without the token changes nothing; with it the session is gone server-side.
+    let page = b.post("/logout", &[]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    let csrf = b.csrf().await;
+    let page = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(page.location(), "/login");
+    let req = Request::get("/")
+        .header(header::COOKIE, format!("plico_session={sid}"))
+        .body(Body::empty())
+        .unwrap();
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.headers()[header::LOCATION], "/login?expired=1");
+
+    let events = actions(&state);
+    let has = |action: &str, reason: &str| {
+        events
+            .iter()
+            .any(|(a, s, r)| a == action && s == &op && (reason.is_empty() || r == reason))
+    };
+    assert!(has("auth.login_failed", "wrong_password"), "{events:?}");
+    assert!(has("auth.login", ""));
+    assert!(has("auth.password_change", ""));
+    assert!(has("auth.logout", ""));
+    let all = format!(
+        "{:?}",
+        state
+            .audit
+            .query(&vault::Query {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap()
+            .events
+    );
+    for secret in [PASSWORD, INITIAL, "not the password!", sid.as_str()] {
+        assert!(!all.contains(secret), "a secret in the audit chain");
+    }
+}
+
+#[tokio::test]
+async fn five_wrong_passwords_lock_the_account_and_an_idle_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ConsoleSettings {
+        idle: Duration::from_millis(300),
+        ..ConsoleSettings::default()
+    };
+    let (state, staff, _) = counter_state(dir.path(), settings);
+    let mut b = Browser::new(&state);
+    for _ in 0..5 {
+        let page = b.login("support", "wrong password!!").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    // Locked: the right password is refused too, with the same page.
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(!b.jar.contains_key("plico_session"));
+    let events = actions(&state);
+    assert!(events
+        .iter()
+        .any(|(a, s, r)| a == "auth.login_failed" && s == &staff.ids["support"] && r == "locked"));
+
+    // Another account is not locked; its session ends when idle.
+    state.console.guard.clear(&staff.ids["support"]);
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.location(), "/");
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let page = b.get("/").await;
+    assert_eq!(page.location(), "/login?expired=1");
+    let page = b.get("/login?expired=1").await;
+    assert!(page.text.contains("id=\"expired\""));
+}
+
+#[tokio::test]
+async fn counter_search_activate_dispatch_part_a_and_state_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _staff, client) = counter_state(dir.path(), ConsoleSettings::default());
+    registry(&client).await;
+    let mut b = Browser::new(&state);
+    b.login("operator", INITIAL).await;
+    let csrf = b.get("/password").await.csrf();
+    b.post(
+        "/password",
+        &[
+            ("current", INITIAL),
+            ("new", PASSWORD),
+            ("repeat", PASSWORD),
+            ("csrf", &csrf),
+        ],
+    )
+    .await;
+    let csrf = b.csrf().await;
+
+    // A search without the token changes nothing and shows nothing.
+    let cf1 = cf("DNGNCL80A01F839");
+    let page = b.post("/search", &[("codice_fiscale", &cf1)]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(!page.text.contains("D'Angelo") && !page.text.contains("D&#x27;Angelo"));
+    // The holder whose address is markup: shown as text.
+    let page = b
+        .post("/search", &[("codice_fiscale", &cf1), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains(&serial(701)));
+    assert!(
+        !page.text.contains("<script>alert(1)</script>"),
+        "markup not escaped"
+    );
+    assert!(page.text.contains("&lt;script&gt;alert(1)&lt;"));
+    // A malformed codice fiscale: the field is named, the value is not echoed.
+    let page = b
+        .post("/search", &[("codice_fiscale", "XXXBAD"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.text.contains("codice_fiscale") && !page.text.contains("XXXBAD"));
+
+    // Activation by a delegate, then counter(2)+sms.
+    let card = format!("/cards/{}", serial(701));
+    let page = b
+        .post(
+            &format!("{card}/activate"),
+            &[
+                ("csrf", &csrf),
+                ("by", "delegate"),
+                ("document_type", "passaporto"),
+                ("document_number", "YA1234567"),
+                ("consent_ref", "consenso-701"),
+                ("d_given_names", "Anna"),
+                ("d_surname", "Bianchi"),
+                ("d_codice_fiscale", &cf("BNCNNA70A41F839")),
+                ("delegation_ref", "delega-77"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.location(),
+        format!("{card}?done=done_activated"),
+        "{}",
+        page.text
+    );
+    let status = client
+        .get("cms", &format!("/v1/cards/{}", serial(701)))
+        .await;
+    assert_eq!(status.json["state"], "active");
+    assert_eq!(status.json["activated_by"], "delegate");
+    let page = b
+        .post(
+            &format!("{card}/dispatch"),
+            &[("csrf", &csrf), ("plan", "counter(2)+sms")],
+        )
+        .await;
+    assert_eq!(
+        page.location(),
+        format!("{card}?done=done_dispatched"),
+        "{}",
+        page.text
+    );
+    let page = b.get(&card).await;
+    assert!(page.text.contains("counter(2)+sms") && page.text.contains("id=\"do-part-a\""));
+    let (pin, puk) = codes_of(701, SALT);
+    assert!(!page.text.contains(&pin[..5]) && !page.text.contains(&puk));
+
+    // Part A: a PDF, never a page.
+    let res = b.post(&format!("{card}/part-a"), &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.headers[header::CONTENT_TYPE], "application/pdf");
+    assert!(res.text.starts_with("%PDF"));
+
+    // Suspend: a confirmation first, then the change; a second one is a conflict that
+    // names the current state.
+    let change = format!("{card}/change");
+    let page = b
+        .post(
+            &change,
+            &[("csrf", &csrf), ("action", "suspend"), ("reason", "lost")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("id=\"do-confirm\""));
+    assert_eq!(
+        client
+            .get("cms", &format!("/v1/cards/{}", serial(701)))
+            .await
+            .json["state"],
+        "active"
+    );
+    let confirm = [
+        ("csrf", csrf.as_str()),
+        ("action", "suspend"),
+        ("reason", "lost"),
+        ("confirmed", "yes"),
+    ];
+    let page = b.post(&change, &confirm).await;
+    assert_eq!(page.location(), format!("{card}?done=done_changed"));
+    let page = b.post(&change, &confirm).await;
+    assert_eq!(page.status, StatusCode::CONFLICT);
+    assert!(page.text.contains("id=\"current-state\""));
+    assert!(page.text.contains("sospesa"));
+
+    // History and a problem report.
+    let page = b.get(&format!("{card}/history")).await;
+    assert!(
+        page.text.contains("card.suspend") && page.text.contains("card.activate"),
+        "{}",
+        page.text
+    );
+    let page = b
+        .post(
+            &format!("{card}/report"),
+            &[
+                ("csrf", &csrf),
+                ("title", "lettore"),
+                ("text", "la carta non si legge"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.location(),
+        format!("{card}?done=done_reported"),
+        "{}",
+        page.text
+    );
+
+    // Support may suspend but not revoke.
+    let mut s = Browser::new(&state);
+    s.login("support", PASSWORD).await;
+    let scsrf = s.csrf().await;
+    let page = s
+        .post(
+            &change,
+            &[
+                ("csrf", &scsrf),
+                ("action", "revoke"),
+                ("reason", "lost"),
+                ("confirmed", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // A support session is not a counter one.
+    let page = s.post(&format!("{card}/part-a"), &[("csrf", &scsrf)]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+}
+
+/// Gives `name`'s account the password [`PASSWORD`], set by itself (no change required).
+pub(super) fn own_password(state: &AppState, staff: &Staff, name: &str) {
+    let a = state.accounts.get(&staff.ids[name]).unwrap().unwrap();
+    state
+        .accounts
+        .set_password(
+            &a.id,
+            &SecretString::from(PASSWORD),
+            &Actor::account(&a, "test"),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn support_works_a_report_admin_makes_an_operator_auditor_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, staff, client) = counter_state(dir.path(), ConsoleSettings::default());
+    registry(&client).await;
+    let a = state
+        .accounts
+        .create("auditor", vault::Role::Auditor, &Actor::system("t"))
+        .unwrap()
+        .0;
+    let staff = Staff {
+        ids: {
+            let mut ids = staff.ids.clone();
+            ids.insert("auditor", a.id);
+            ids
+        },
+        tokens: staff.tokens.clone(),
+    };
+    for name in ["admin", "operator", "auditor"] {
+        own_password(&state, &staff, name);
+    }
+
+    // The counter opens a report about card 701.
+    let mut op = Browser::new(&state);
+    op.login("operator", PASSWORD).await;
+    let csrf = op.csrf().await;
+    let page = op
+        .post(
+            &format!("/cards/{}/report", serial(701)),
+            &[
+                ("csrf", &csrf),
+                ("title", "lettore <b>"),
+                ("text", "non si legge"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+
+    // Support takes it and closes it.
+    let mut sup = Browser::new(&state);
+    sup.login("support", PASSWORD).await;
+    let page = sup.get("/reports").await;
+    assert!(page.text.contains("lettore &lt;b&gt;"), "{}", page.text);
+    let csrf = page.csrf();
+    let page = sup.post("/reports/1/assign", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        page.location(),
+        "/reports?done=done_assigned",
+        "{}",
+        page.text
+    );
+    let page = sup.get("/reports").await;
+    assert!(page.text.contains(&staff.ids["support"]) && page.text.contains("assegnata"));
+    let page = sup
+        .post(
+            "/reports/1/close",
+            &[("csrf", &csrf), ("text", "sostituita")],
+        )
+        .await;
+    assert_eq!(page.location(), "/reports?done=done_closed");
+    assert!(sup.get("/reports").await.text.contains("id=\"none\""));
+    assert!(sup.get("/reports?closed=1").await.text.contains("chiusa"));
+    assert_eq!(sup.get("/overdue").await.status, StatusCode::OK);
+    // Support has no admin page.
+    assert_eq!(sup.get("/accounts").await.status, StatusCode::FORBIDDEN);
+
+    // Admin makes an operator: its initial password is shown once and must be changed.
+    let mut adm = Browser::new(&state);
+    adm.login("Amministratrice", PASSWORD).await;
+    let page = adm.get("/accounts").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let csrf = page.csrf();
+    let page = adm
+        .post(
+            "/accounts",
+            &[
+                ("csrf", &csrf),
+                ("name", "sportello2"),
+                ("role", "operator"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let at = page.text.find("id=\"secret\">").unwrap() + 12;
+    let initial = page.text[at..].split('<').next().unwrap().to_owned();
+    assert_eq!(initial.len(), 16);
+    let mut op2 = Browser::new(&state);
+    let page = op2.login("sportello2", &initial).await;
+    assert_eq!(page.location(), "/password");
+    // Reset by the admin: the new operator's session ends.
+    let id = state
+        .accounts
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.name == "sportello2")
+        .unwrap()
+        .id;
+    let page = adm
+        .post(
+            &format!("/accounts/{id}/reset-password"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert!(page.text.contains("id=\"secret\""));
+    assert_eq!(op2.get("/password").await.location(), "/login?expired=1");
+
+    // The auditor browses, filters, verifies and exports the chain.
+    let mut aud = Browser::new(&state);
+    aud.login("auditor", PASSWORD).await;
+    let page = aud.get("/audit").await;
+    assert!(page.text.contains("auth.login"), "{}", page.text);
+    let csrf = page.csrf();
+    let page = aud
+        .post("/audit", &[("csrf", &csrf), ("action", "report.close")])
+        .await;
+    assert!(page.text.contains("report.close") && !page.text.contains("auth.login<"));
+    let page = aud.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert!(page.text.contains("id=\"verify-ok\""), "{}", page.text);
+    let page = aud.post("/audit/export", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.lines().count() > 10 && page.text.contains("\"auth.login\""));
+    assert_eq!(aud.get("/keys").await.status, StatusCode::OK);
+}
