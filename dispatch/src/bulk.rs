@@ -4,12 +4,14 @@
 //! ## Design
 //!
 //! [`PrintRun::run`] pulls mailers from an iterator in chunks (512 by default). Each chunk's
-//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]); while one chunk
-//! renders, the previous one is appended **in input order** to the current [`PdfWriter`] and
-//! then the next one is pulled from the input, on one thread (a three-stage pipeline through
-//! `rayon::join`; the input iterator must be `Send` for it). So at most three chunks of
-//! mailers, and two of pages, are alive at any time, whatever the size of the batch: memory
-//! is flat in the batch size.
+//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]) while the next chunk is
+//! pulled from the input (`rayon::join`; the input iterator must be `Send` for it). Rendered
+//! chunks go, in input order, through a channel of one slot to a sealing thread, which appends
+//! them to the current [`PdfWriter`] (encryption, hashing, writes) and seals full files. So
+//! pulling and rendering chunk k+1 overlap sealing chunk k, and at most four chunks of mailers
+//! (pulled, rendering, waiting, sealing) are alive at any time, whatever the size of the batch:
+//! memory is flat in the batch size. Mailer numbers keep their input order in the files; a
+//! file's recorder and manifest run on the sealing thread, in file order, as before.
 //!
 //! The sink of each `PdfWriter` is a small hashing adaptor (SHA-256 of the **clear** PDF, via
 //! aws-lc-rs) in front of an age [`age::stream::StreamWriter`] encrypting to the
