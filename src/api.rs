@@ -27,6 +27,8 @@ pub mod batches;
 pub mod cards;
 pub mod dispatch;
 pub mod dlr;
+#[cfg(test)]
+mod docs;
 pub mod error;
 mod extract;
 mod health;
@@ -41,7 +43,7 @@ mod unseal;
 mod upload;
 
 pub use auth::{Caller, RateLimits, RequestId};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use unseal::{UnsealLimits, UnsealRate};
 
 use crate::AppState;
@@ -146,8 +148,7 @@ impl BulkLimits {
     pub fn slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.slots.clone().try_acquire_owned().map_err(|_| {
             let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
+                ErrorCode::Busy,
                 "as many imports, generations and registry uploads as allowed are running; retry \
                  later",
             );
@@ -341,7 +342,7 @@ where
 }
 
 async fn no_such_endpoint() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 /// Gives error responses made outside the handlers (body limit, timeout, method not allowed)

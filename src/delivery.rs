@@ -472,7 +472,7 @@ async fn claim_and_prepare(
     .await;
     prepared.unwrap_or_else(|e| {
         tracing::error!(
-            code = e.code(),
+            code = e.code().as_str(),
             channel = channel.as_str(),
             "claiming dispatch jobs failed"
         );
@@ -487,7 +487,9 @@ fn release_refused(e: &vault::Error) -> Failure {
         e,
         vault::Error::WrongState { .. }
             | vault::Error::Refused(_)
+            | vault::Error::Refusal(_)
             | vault::Error::NotFound(_)
+            | vault::Error::Missing(_)
             | vault::Error::Invalid(_)
     );
     (!permanent, format!("release refused: {e}"))
@@ -540,7 +542,7 @@ async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) 
                         job = id,
                         channel,
                         part,
-                        code = api::ApiError::from(e).code(),
+                        code = api::ApiError::from(e).code().as_str(),
                         "sent, but the job could not be marked sent"
                     ),
                 }
@@ -548,7 +550,7 @@ async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) 
         }
         Err(e) => tracing::error!(
             jobs = sent.len(),
-            code = e.code(),
+            code = e.code().as_str(),
             "sent, but the jobs could not be marked sent; they are sent again after restart"
         ),
     }
@@ -595,7 +597,7 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
             job = id,
             channel,
             part,
-            code = e.code(),
+            code = e.code().as_str(),
             "the failed job could not be marked failed"
         ),
     }
@@ -621,7 +623,7 @@ async fn overdue_alert(state: &AppState, delivery: &Delivery) {
                 );
             }
         }
-        Err(e) => tracing::error!(code = e.code(), "overdue check failed"),
+        Err(e) => tracing::error!(code = e.code().as_str(), "overdue check failed"),
     }
 }
 

@@ -35,7 +35,7 @@
 //! accept loop, lets idle connections close and in-flight requests finish, within a grace
 //! period the caller bounds.
 
-use crate::api::{ApiError, BODY_LIMIT};
+use crate::api::{ApiError, ErrorCode, BODY_LIMIT};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
@@ -644,8 +644,7 @@ async fn handle(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, 
 async fn answer(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Body> {
     if ctx.reserved && !reserved_path(req.uri().path()) {
         let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+            ErrorCode::Busy,
             "the service has as many connections as allowed; retry later",
         );
         e.set_retry_after(1);

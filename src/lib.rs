@@ -40,6 +40,7 @@ pub mod api;
 pub mod config;
 pub mod delivery;
 pub mod edge;
+pub mod ids;
 pub mod mailers;
 pub mod tls;
 
@@ -55,7 +56,7 @@ use vault::CodeVault;
 use vault::Store;
 use vault::{lock, Clock};
 use vault::{Accounts, Actor};
-use vault::{AuditLog, NewEvent, DEFAULT_CHECKPOINT_EVERY};
+use vault::{AuditLog, DEFAULT_CHECKPOINT_EVERY};
 use vault::{Ceremonies, CeremonyPolicy};
 use vault::{CodePolicy, Hsm};
 use vault::{ParseRules, SerialRule};
@@ -325,12 +326,8 @@ impl AppState {
     /// cannot audit must not work.
     pub fn unsealed(&self, actor: &Actor, how: &str) -> vault::Result<()> {
         self.audit.unlock(self.hsm.clone())?;
-        self.audit.append(
-            NewEvent::new("hsm.unseal", "hsm")
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
-                .detail("how", how),
-        )?;
+        self.audit
+            .append(actor.event("hsm.unseal", "hsm").detail("how", how))?;
         Ok(())
     }
 
@@ -524,7 +521,10 @@ pub async fn expiry_sweeps(state: AppState, check_every: Duration) {
                 tracing::info!(revoked, %today, "expiry sweep done");
             }
             Err(e) => {
-                tracing::error!(code = e.code(), "expiry sweep failed; retrying later");
+                tracing::error!(
+                    code = e.code().as_str(),
+                    "expiry sweep failed; retrying later"
+                );
             }
         }
     }
@@ -574,7 +574,10 @@ pub async fn recover_outbox(state: AppState, check_every: Duration) -> u64 {
                 return requeued;
             }
             Err(e) => {
-                tracing::error!(code = e.code(), "outbox recovery failed; retrying later");
+                tracing::error!(
+                    code = e.code().as_str(),
+                    "outbox recovery failed; retrying later"
+                );
             }
         }
     }
@@ -614,7 +617,10 @@ pub async fn key_jobs(state: AppState, check_every: Duration) {
                 state.key_runner.spawn(&state);
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(code = e.code(), "cannot read the key jobs; retrying later"),
+            Err(e) => tracing::error!(
+                code = e.code().as_str(),
+                "cannot read the key jobs; retrying later"
+            ),
         }
     }
 }

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hsm_sim::{InitOptions, SimulatedHsm};
-use secrecy::SecretString;
+use hsm_sim::SimulatedHsm;
 use std::hint::black_box;
 use std::sync::Arc;
 use vault::bench::{encode, SealedRecord, Segment, SEGMENT_RECORDS};
@@ -80,22 +79,7 @@ fn segments(c: &mut Criterion) {
 }
 
 fn dev_hsm(dir: &std::path::Path) -> Arc<SimulatedHsm> {
-    let mut share = None;
-    let (hsm, _) = SimulatedHsm::init(
-        dir,
-        InitOptions {
-            shares: 1,
-            threshold: 1,
-            dev: true,
-        },
-        &mut |s: &[SecretString]| {
-            share = s.first().cloned();
-            Ok(())
-        },
-    )
-    .unwrap();
-    hsm.unseal(&share.unwrap()).unwrap();
-    Arc::new(hsm)
+    Arc::new(SimulatedHsm::dev(dir).unwrap())
 }
 
 fn import(c: &mut Criterion) {

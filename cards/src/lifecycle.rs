@@ -8,11 +8,11 @@ use super::registry::{encode, ActivationRecord, CardRecord, Cards};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use vault::Actor;
-use vault::CardCodes;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
-use vault::{Error, Result};
+use vault::{CardCodes, PendingCodes, CODES_RELEASE_ACTION};
+use vault::{Error, Missing, Refusal, Result};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +170,7 @@ pub struct CardStatus {
 impl Cards {
     pub(crate) fn required_card(&self, serial: &str) -> Result<CardRecord> {
         self.card(serial)?
-            .ok_or_else(|| Error::NotFound(format!("card {serial}")))
+            .ok_or_else(|| Missing::Card(serial.to_owned()).into())
     }
 
     /// The card, `active` on `today` (an expired card is revoked on the way, as on every
@@ -250,9 +250,8 @@ impl Cards {
         let mut b = Batch::new();
         // The keyring lock, once the keyring is in `b`: held until `b` is committed.
         let mut keyring = None;
-        let mut event = NewEvent::new(m.action(), serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut event = actor
+            .event(m.action(), serial.to_string())
             .detail("from", card.state.to_string())
             .detail("to", to.to_string());
         match change {
@@ -261,9 +260,10 @@ impl Cards {
                     .holder(&card.holder)?
                     .ok_or_else(|| Error::Storage(format!("holder {} is missing", card.holder)))?;
                 if holder.deceased {
-                    return Err(Error::Refused(format!(
-                        "card {serial}: its holder is registered as deceased"
-                    )));
+                    return Err(Refusal::HolderDeceased {
+                        card: serial.to_owned(),
+                    }
+                    .into());
                 }
                 let clear = zeroize::Zeroizing::new(encode(a)?);
                 let (key, sealed) = self.seal(hsm, audit, serial, &clear)?;
@@ -387,13 +387,14 @@ impl Cards {
         actor: &Actor,
     ) -> Result<CardCodes> {
         let _ops = self.ops_lock();
-        let (codes, event) = self.release_locked(hsm, audit, serial, purpose, today, actor)?;
-        audit.append(event)?;
-        Ok(codes)
+        let (pending, event) = self.release_locked(hsm, audit, serial, purpose, today, actor)?;
+        let receipt = audit.commit_release(Batch::new(), vec![event])?;
+        pending.open(&receipt)
     }
 
     /// [`Cards::release_codes`] with the ops lock held by the caller, who commits the returned
-    /// `card.codes_release` event before the codes go anywhere.
+    /// `card.codes_release` event ([`AuditLog::commit_release`]) and opens the codes with its
+    /// receipt: they cannot go anywhere before.
     pub(super) fn release_locked(
         &self,
         hsm: &dyn Hsm,
@@ -402,15 +403,16 @@ impl Cards {
         purpose: &str,
         today: Date,
         actor: &Actor,
-    ) -> Result<(CardCodes, NewEvent)> {
+    ) -> Result<(PendingCodes, NewEvent)> {
         self.active_card(audit, serial, today, actor)?;
         let codes = self
             .codes
-            .find(hsm, serial)?
-            .ok_or_else(|| Error::Refused(format!("card {serial}: its codes are not held")))?;
-        let event = NewEvent::new("card.codes_release", serial.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+            .pending_release(hsm, serial)?
+            .ok_or_else(|| Refusal::CodesNotHeld {
+                card: serial.to_string(),
+            })?;
+        let event = actor
+            .event(CODES_RELEASE_ACTION, serial.to_string())
             .detail("for", purpose.to_string());
         Ok((codes, event))
     }

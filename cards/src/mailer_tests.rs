@@ -263,11 +263,19 @@ fn bad_selections_are_refused_before_anything_is_written() {
 fn the_batch_scan_skips_cards_whose_codes_were_deleted() {
     let (w, batch) = world();
     let codes = w.codes.as_ref().unwrap();
-    let count = || codes.scan_batch(&*w.hsm, batch).unwrap().count();
+    let receipt = w
+        .audit()
+        .commit_release(
+            vault::Batch::new(),
+            vec![vault::NewEvent::new(vault::PRINT_RUN_ACTION, "print run 0")
+                .detail("batch", batch.to_string())],
+        )
+        .unwrap();
+    let count = || codes.scan_batch(&*w.hsm, batch, &receipt).unwrap().count();
     assert_eq!(count(), 7);
     w.change(3, &Change::Revoke(Reason::Stolen)).unwrap();
     let serials: Vec<String> = codes
-        .scan_batch(&*w.hsm, batch)
+        .scan_batch(&*w.hsm, batch, &receipt)
         .unwrap()
         .map(|r| r.unwrap().0)
         .collect();

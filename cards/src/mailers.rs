@@ -74,8 +74,8 @@ use vault::lock;
 use vault::Actor;
 use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
-use vault::{AuditLog, NewEvent, Outcome};
-use vault::{BatchId, BatchScan, CardCodes};
+use vault::{AuditLog, Outcome};
+use vault::{BatchId, BatchScan, CardCodes, Release, PRINT_RUN_ACTION};
 use vault::{Error, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
@@ -638,18 +638,18 @@ impl Cards {
             set_aside: Vec::new(),
         };
         b.put(Tree::PrintRuns, seq_key(id).to_vec(), encode(&record)?);
-        audit.commit(
+        let receipt = audit.commit_release(
             b,
-            NewEvent::new("mailers.run_start", format!("print run {id}"))
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
+            vec![actor
+                .event(PRINT_RUN_ACTION, format!("print run {id}"))
                 .detail("label", label.to_owned())
                 .detail("batch", batch.unwrap_or_else(|| "mixed".into()))
                 .detail("plan", plan.to_owned())
-                .detail("reprint", format!("{reprint:?}").to_lowercase()),
+                .detail("reprint", format!("{reprint:?}").to_lowercase())],
         )?;
         Ok(PrintJob {
             cms: self,
+            receipt,
             selection,
             reprint,
             record: Mutex::new(record),
@@ -804,9 +804,7 @@ impl Cards {
             outcomes.iter().map(|o| o.0).min().unwrap_or_default(),
             outcomes.iter().map(|o| o.0).max().unwrap_or_default(),
         );
-        let mut event = NewEvent::new("mailers.outcome", format!("mailers {first}-{last}"))
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event("mailers.outcome", format!("mailers {first}-{last}"));
         for (k, v) in &counts {
             event = event.detail(k, v.to_string());
         }
@@ -880,6 +878,8 @@ struct NumberBlock {
 /// A print run in progress. See the module documentation for the flow.
 pub struct PrintJob<'c> {
     cms: &'c Cards,
+    /// The receipt of the run's audited start: what lets it read the codes it prints.
+    receipt: Release,
     selection: Selection,
     reprint: Reprint,
     record: Mutex<PrintRunRecord>,
@@ -918,11 +918,14 @@ impl<'c> PrintJob<'c> {
         let source: Box<dyn Iterator<Item = Result<(String, Option<CardCodes>)>> + Send + 'j> =
             match &self.selection {
                 Selection::Batch(id) => {
-                    let scan: BatchScan<'j> = self.cms.codes.scan_batch(hsm, *id)?;
+                    let scan: BatchScan<'j> = self.cms.codes.scan_batch(hsm, *id, &self.receipt)?;
                     Box::new(scan.map(|r| r.map(|(s, c)| (s, Some(c)))))
                 }
                 Selection::Serials(list) => Box::new(list.iter().map(move |s| {
-                    let codes = self.cms.codes.find(hsm, s)?;
+                    let codes = match self.cms.codes.pending_release(hsm, s)? {
+                        Some(p) => Some(p.open(&self.receipt)?),
+                        None => None,
+                    };
                     Ok((s.clone(), codes))
                 })),
             };
@@ -1150,9 +1153,9 @@ impl<'c> PrintJob<'c> {
             seq_key(record.id).to_vec(),
             encode(&record)?,
         );
-        let mut events = vec![NewEvent::new("mailers.print_file", file.name.to_owned())
-            .by(self.actor.id.clone(), self.actor.role.clone())
-            .request(self.actor.request_id.clone())
+        let mut events = vec![self
+            .actor
+            .event("mailers.print_file", file.name.to_owned())
             .detail("run", record.id.to_string())
             .detail("count", count.to_string())
             .detail("first_serial", file.serials[0].clone())
@@ -1235,9 +1238,9 @@ impl<'c> PrintJob<'c> {
             seq_key(record.id).to_vec(),
             encode(&record)?,
         );
-        let mut event = NewEvent::new("mailers.run_end", format!("print run {}", record.id))
-            .by(self.actor.id.clone(), self.actor.role.clone())
-            .request(self.actor.request_id.clone())
+        let mut event = self
+            .actor
+            .event("mailers.run_end", format!("print run {}", record.id))
             .outcome(if record.error.is_some() {
                 Outcome::Failed
             } else {

@@ -744,9 +744,7 @@ pub(super) fn job_event(action: &str, job: &Job) -> NewEvent {
 }
 
 pub(super) fn by(event: NewEvent, actor: &Actor) -> NewEvent {
-    event
-        .by(actor.id.clone(), actor.role.clone())
-        .request(actor.request_id.clone())
+    event.by_actor(actor)
 }
 
 impl Cards {
@@ -1465,6 +1463,7 @@ fn check_reason(reason: &str) -> Result<String> {
 fn refusal(e: &Error) -> String {
     match e {
         Error::Refused(m) => m.split_once(": ").map(|(_, w)| w).unwrap_or(m).to_owned(),
+        Error::Refusal(r) => r.to_string(),
         other => other.to_string(),
     }
 }

@@ -149,12 +149,7 @@ impl Cards {
         } else {
             format!("counter part A, dispatch {}", slip.dispatch)
         };
-        let (codes, release) = self.release_locked(hsm, audit, serial, &purpose, today, actor)?;
-        let page = match render(&codes, &slip) {
-            Ok(page) => page,
-            Err(e) => return Ok(Err(e)),
-        };
-        drop(codes);
+        let (pending, release) = self.release_locked(hsm, audit, serial, &purpose, today, actor)?;
         let now = self.now_ms();
         let mut b = Batch::new();
         let mut job = a.clone();
@@ -192,7 +187,14 @@ impl Cards {
                 by(job_event("dispatch.handover", &job), actor).detail("released", ids.join(",")),
             );
         }
-        audit.commit_all(b, events)?;
+        // The page is made from the codes before anything is written (a page that cannot be
+        // made records nothing), and handed back only once the release and the handover are
+        // one durable commit.
+        let page =
+            match audit.commit_release_with(b, events, pending, |codes| render(codes, &slip))? {
+                Ok(page) => page,
+                Err(e) => return Ok(Err(e)),
+            };
         Ok(Ok((
             page,
             CounterPrint {

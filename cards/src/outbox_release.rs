@@ -19,10 +19,10 @@ use super::registry::Cards;
 use std::fmt;
 use vault::Actor;
 use vault::Batch;
-use vault::CardCodes;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
-use vault::{Error, Result};
+use vault::{CardCodes, PendingCodes, Release};
+use vault::{Error, Missing, Result};
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.
@@ -101,9 +101,9 @@ impl Cards {
         let job = self
             .job(job_id)?
             .ok_or_else(|| Error::NotFound(format!("dispatch job {job_id}")))?;
-        let release = self.release_one(hsm, audit, job, today, actor)?;
-        audit.append(release.1)?;
-        Ok(release.0)
+        let (pending, event) = self.release_one(hsm, audit, job, today, actor)?;
+        let receipt = audit.commit_release(Batch::new(), vec![event])?;
+        pending.open(&receipt)
     }
 
     /// What a delivery worker does for `channel`: claims up to `limit` jobs due at `now_ms`
@@ -137,9 +137,9 @@ impl Cards {
         for job in jobs {
             let actor = Actor::system(format!("dispatch-job-{}", job.id));
             match self.release_checked(hsm, audit, job.clone(), today, &actor) {
-                Ok((release, event)) => {
+                Ok((pending, event)) => {
                     events.push(event);
-                    out.push((job, Ok(release)));
+                    out.push((job, Ok(pending)));
                 }
                 Err(Stop::Fail(e @ Error::Storage(_))) => return Err(e),
                 Err(Stop::Fail(e)) => out.push((job, Err(e))),
@@ -162,12 +162,20 @@ impl Cards {
             if !b.is_empty() {
                 self.store.apply(&b)?;
             }
-            return Ok(out);
+            // No release was granted (each granted one has its event): every job here failed
+            // or was cancelled, and comes back with its error.
+            return Ok(out
+                .into_iter()
+                .filter_map(|(job, r)| r.err().map(|e| (job, Err(e))))
+                .collect());
         }
         let written = audit.write_all(b, events)?;
         drop(ops);
-        audit.durable(written)?;
-        Ok(out)
+        let receipt = audit.durable_release(written)?;
+        Ok(out
+            .into_iter()
+            .map(|(job, r)| (job, r.and_then(|p| p.open(&receipt))))
+            .collect())
     }
 
     /// One job's release and its event, not yet committed. Called with the ops lock held, with
@@ -179,7 +187,7 @@ impl Cards {
         job: Job,
         today: Date,
         actor: &Actor,
-    ) -> Result<(JobRelease, NewEvent)> {
+    ) -> Result<(PendingJobRelease, NewEvent)> {
         self.release_checked(hsm, audit, job, today, actor)
             .map_err(|stop| match stop {
                 Stop::Fail(e) | Stop::Cancel(_, e) => e,
@@ -195,7 +203,7 @@ impl Cards {
         job: Job,
         today: Date,
         actor: &Actor,
-    ) -> std::result::Result<(JobRelease, NewEvent), Stop> {
+    ) -> std::result::Result<(PendingJobRelease, NewEvent), Stop> {
         let job_id = job.id;
         if job.state != JobState::Sending {
             return Err(Stop::Fail(Error::WrongState {
@@ -214,7 +222,9 @@ impl Cards {
                 };
                 return Err(Stop::Cancel(format!("card_{state}"), e));
             }
-            Err(e @ Error::NotFound(_)) => return Err(Stop::Cancel("card_unknown".into(), e)),
+            Err(e @ (Error::NotFound(_) | Error::Missing(Missing::Card(_)))) => {
+                return Err(Stop::Cancel("card_unknown".into(), e))
+            }
             Err(e) => return Err(Stop::Fail(e)),
         };
         if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {
@@ -249,7 +259,7 @@ impl Cards {
         })?;
         let name = Zeroizing::new(format!("{} {}", personal.given_names, personal.surname));
         drop(personal);
-        let (codes, event) = self
+        let (pending, event) = self
             .release_locked(
                 hsm,
                 audit,
@@ -260,14 +270,35 @@ impl Cards {
             )
             .map_err(Stop::Fail)?;
         Ok((
-            JobRelease {
+            PendingJobRelease {
                 job,
-                codes,
+                pending,
                 destination,
                 name,
             },
             event,
         ))
+    }
+}
+
+/// A [`JobRelease`] whose codes are not readable until its `card.codes_release` event is
+/// durable: [`PendingJobRelease::open`] with the receipt of that write.
+struct PendingJobRelease {
+    job: Job,
+    pending: PendingCodes,
+    destination: ReleaseDestination,
+    name: Zeroizing<String>,
+}
+
+impl PendingJobRelease {
+    /// The release, given the receipt of the audit write that recorded it.
+    fn open(self, receipt: &Release) -> Result<JobRelease> {
+        Ok(JobRelease {
+            job: self.job,
+            codes: self.pending.open(receipt)?,
+            destination: self.destination,
+            name: self.name,
+        })
     }
 }
 

@@ -245,7 +245,10 @@ fn a_refused_request_writes_nothing() {
     assert_eq!(state(2), "suspended");
     assert_eq!(state(3), "revoked");
     assert_eq!(state(6), "issued");
-    assert!(matches!(request(&w, 9, "sms"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        request(&w, 9, "sms"),
+        Err(Error::Missing(vault::Missing::Card(_)))
+    ));
     let refused = |c: usize, plan: &str| match request(&w, c, plan) {
         Err(Error::Refused(m)) => m,
         other => panic!("card {c} {plan}: {other:?}"),

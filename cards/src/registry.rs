@@ -348,7 +348,7 @@ impl Cards {
         sealed: &str,
     ) -> Result<Vec<u8>> {
         let bytes = hex::decode(sealed).map_err(|_| Error::Integrity)?;
-        let opener = self.codes.opener(hsm, DataKeyId(key))?;
+        let opener = self.codes.holder_opener(hsm, DataKeyId(key))?;
         let clear = opener.open(subject, &Envelope::from_bytes(bytes))?;
         Ok(clear.expose_secret().to_vec())
     }
@@ -474,8 +474,7 @@ impl Cards {
             });
         }
         event = event
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+            .by_actor(actor)
             .detail(
                 "by",
                 match key {
@@ -668,9 +667,8 @@ impl Cards {
             NEXT_HOLDER_KEY.to_vec(),
             next.to_be_bytes().to_vec(),
         );
-        let mut summary = NewEvent::new("registry.import", "registry")
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut summary = actor
+            .event("registry.import", "registry")
             .detail("holders_created", out.holders_created.to_string())
             .detail("holders_updated", out.holders_updated.to_string())
             .detail("cards_created", out.cards_created.to_string())
@@ -697,9 +695,8 @@ impl Cards {
         card.state = CardState::Revoked;
         card.reason = Some(reason);
         card.changed_ms = now;
-        let event = NewEvent::new("card.revoke", card.serial.clone())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let event = actor
+            .event("card.revoke", card.serial.clone())
             .detail("from", from.to_string())
             .detail("reason", reason.as_str())
             .detail("codes", "deleted");

@@ -6,10 +6,10 @@
 use super::registry::{decode, encode, Cards};
 use serde::{Deserialize, Serialize};
 use vault::Actor;
+use vault::AuditLog;
 use vault::Hsm;
-use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
-use vault::{Error, Result};
+use vault::{Error, Missing, Result};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.
@@ -128,7 +128,7 @@ impl Cards {
         let b = self
             .store
             .get(Tree::Reports, &id.to_be_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("report {id}")))?;
+            .ok_or(Missing::Report(id))?;
         decode("report", &b)
     }
 
@@ -177,7 +177,7 @@ impl Cards {
         let _ops = self.ops_lock();
         if let Some(c) = card {
             if self.card(c)?.is_none() {
-                return Err(Error::NotFound(format!("card {c}")));
+                return Err(Missing::Card(c.to_string()).into());
             }
         }
         let id = match self.store.get(Tree::Meta, NEXT_REPORT_KEY)? {
@@ -206,9 +206,7 @@ impl Cards {
             (id + 1).to_be_bytes().to_vec(),
         );
         b.put(Tree::Reports, id.to_be_bytes().to_vec(), encode(&r)?);
-        let mut event = NewEvent::new("report.open", subject)
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event("report.open", subject);
         if let Some(c) = card {
             event = event.detail("card", c.to_string());
         }
@@ -252,9 +250,8 @@ impl Cards {
             }
         }
         audit.append(
-            NewEvent::new("report.list", "reports")
-                .by(actor.id.clone(), actor.role.clone())
-                .request(actor.request_id.clone())
+            actor
+                .event("report.list", "reports")
                 .detail("count", out.len().to_string()),
         )?;
         Ok(out)
@@ -322,9 +319,7 @@ impl Cards {
         b.put(Tree::Reports, id.to_be_bytes().to_vec(), encode(&r)?);
         // Held until the commit below (see `note_encryptions`).
         let _keys = self.note_encryptions(&mut b)?;
-        let mut event = NewEvent::new(action, subject)
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone());
+        let mut event = actor.event(action, subject);
         if let ReportStep::Assign(who) = step {
             event = event.detail("assignee", who.clone());
         }

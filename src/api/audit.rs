@@ -22,8 +22,9 @@
 //! recorded is not served. Events hold personal data only as HMACs, so nothing here shows a
 //! name or a codice fiscale in clear.
 
-use super::extract::JsonBody;
+use super::extract::{id, page_limit, JsonBody};
 use super::{blocking, ApiError, Caller, Endpoint};
+use crate::ids::Serial;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -77,14 +78,7 @@ struct PageParams {
 }
 
 fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
-    match asked {
-        None => Ok(DEFAULT_PAGE),
-        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!(
-            "limit: between 1 and {}, got {n}",
-            MAX_PAGE
-        ))),
-    }
+    page_limit(asked, DEFAULT_PAGE, MAX_PAGE)
 }
 
 async fn query(
@@ -279,31 +273,15 @@ async fn export(State(state): State<AppState>, caller: Caller) -> Result<Respons
     Ok(res)
 }
 
-/// A card serial as it may appear in a path: 1 to 64 letters, digits, `-` or `_`.
-pub(super) fn check_serial(serial: &str) -> Result<(), ApiError> {
-    let ok = !serial.is_empty()
-        && serial.len() <= 64
-        && serial
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "serial: 1 to 64 letters, digits, '-' or '_'",
-        ))
-    }
-}
-
 async fn card_history(
     State(state): State<AppState>,
     caller: Caller,
     Path(serial): Path<String>,
     Query(p): Query<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let q = AuditQuery {
-        subject: Some(serial.clone()),
+        subject: Some(serial.to_string()),
         after: p.after.unwrap_or(0),
         limit: limit(p.limit)?,
         ..AuditQuery::default()

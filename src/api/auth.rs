@@ -210,7 +210,7 @@ pub(super) async fn authorize(State(rule): State<Rule>, mut req: Request, next: 
             .detail("method", req.method().as_str());
         if let Err(e) = blocking(move || audit.append(event)).await {
             // The call is refused either way; the failure itself is logged by the mapping.
-            tracing::error!(code = e.code(), "could not audit a refused call");
+            tracing::error!(code = e.code().as_str(), "could not audit a refused call");
         }
         let allowed: Vec<&str> = rule.roles.iter().map(|r| r.as_str()).collect();
         return ApiError::forbidden(format!(
@@ -238,8 +238,7 @@ pub(super) async fn authorize(State(rule): State<Rule>, mut req: Request, next: 
 pub(super) async fn no_rule(_req: Request, _next: Next) -> Response {
     tracing::error!("refused: the endpoint declares no access rule");
     ApiError::new(
-        axum::http::StatusCode::FORBIDDEN,
-        "no_access_rule",
+        super::ErrorCode::NoAccessRule,
         "this endpoint declares no access rule and is refused to everyone",
     )
     .into_response()

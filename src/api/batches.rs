@@ -48,9 +48,9 @@
 //!
 //! Uploads and generations take a slot of `[import] max_concurrent` (`503 busy` beyond).
 
-use super::extract::{parse_json, query};
+use super::extract::{page_limit, parse_json, query};
 use super::upload::{self, check_upload_type, content_length, too_large};
-use super::{blocking, ApiError, Caller, Endpoint};
+use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -214,21 +214,27 @@ fn answer(outcome: &ImportOutcome, started: Instant) -> Response {
         ImportOutcome::Committed(_) => (StatusCode::CREATED, None),
         ImportOutcome::AlreadyStored(_) => (StatusCode::OK, None),
         ImportOutcome::Quarantined(_) => (
-            StatusCode::CONFLICT,
-            Some(format!(
-                "batch {} is quarantined: {} of its serials are already in the vault; nothing \
+            ErrorCode::Quarantined.status(),
+            Some((
+                ErrorCode::Quarantined,
+                format!(
+                    "batch {} is quarantined: {} of its serials are already in the vault; nothing \
                  was overwritten. Next step: check the listed serials with the manufacturer; \
                  for a corrected file an officer proposes discarding this batch (`plico keys \
                  propose discard --batch {}`), a second officer approves, then upload the \
                  corrected file",
-                r.id, r.problems_total, r.id
+                    r.id, r.problems_total, r.id
+                ),
             )),
         ),
         ImportOutcome::Rejected(_) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(format!(
-                "batch {} is rejected: {} problem(s); nothing was stored",
-                r.id, r.problems_total
+            ErrorCode::Rejected.status(),
+            Some((
+                ErrorCode::Rejected,
+                format!(
+                    "batch {} is rejected: {} problem(s); nothing was stored",
+                    r.id, r.problems_total
+                ),
             )),
         ),
     };
@@ -242,8 +248,8 @@ fn answer(outcome: &ImportOutcome, started: Instant) -> Response {
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         problems: r.problems.clone(),
         problems_total: r.problems_total,
-        error: error.map(|message| OutcomeError {
-            code: kind.to_owned(),
+        error: error.map(|(code, message)| OutcomeError {
+            code: code.as_str().to_owned(),
             message,
         }),
     };
@@ -385,8 +391,7 @@ pub(super) async fn read_body(
                 chunk.map_err(|_| ApiError::bad_request("could not read the request body"))?;
             if out.len() + chunk.len() > limit {
                 return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("request body is larger than {limit} bytes"),
                 ));
             }
@@ -408,8 +413,7 @@ async fn generate(
     let (parts, body) = request.into_parts();
     if content_length(&parts.headers).is_some_and(|n| n > GENERATE_BODY_LIMIT as u64) {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body is larger than {GENERATE_BODY_LIMIT} bytes"),
         ));
     }
@@ -493,12 +497,7 @@ fn visible(caller: &Caller, record: &BatchRecord) -> bool {
 }
 
 fn batch_id(text: &str) -> Result<BatchId, ApiError> {
-    if text.len() > 24 {
-        return Err(ApiError::bad_request(
-            "batch id: expected b followed by digits",
-        ));
-    }
-    Ok(BatchId::parse(text)?)
+    crate::ids::batch_id(text).map_err(|e| ApiError::bad_request(format!("batch id: {e}")))
 }
 
 async fn list(
@@ -507,15 +506,7 @@ async fn list(
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BatchPage>, ApiError> {
     let p = query(params)?;
-    let limit = match p.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_PAGE}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let after = p.after.as_deref().map(batch_id).transpose()?;
     let codes = state.codes.clone();
     let audit = state.audit.clone();

@@ -53,10 +53,11 @@
 //! contact it goes to or its job's idempotency key; `dispatches` lists every dispatch of the
 //! card with all its parts' jobs (superseded ones too), in the same form.
 
-use super::audit::check_serial;
 use super::dispatch::DispatchView;
+use super::extract::id;
 use super::extract::JsonBody;
 use super::{blocking, ApiError, Caller, Endpoint};
+use crate::ids::Serial;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -216,7 +217,7 @@ async fn show(
     caller: Caller,
     Path(serial): Path<String>,
 ) -> Result<Json<CardView>, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
     let status = blocking(move || s.cms.status(&s.audit, &serial, s.cms.today(), &actor)).await?;
@@ -230,7 +231,7 @@ async fn change(
     serial: String,
     change: Change,
 ) -> Result<Json<CardView>, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
     let status = blocking(move || {

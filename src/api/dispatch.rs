@@ -49,9 +49,10 @@
 //! [`JobView`], which leaves out the key, the courier's message id, the account and the last
 //! courier error (a courier may quote an address in it).
 
-use super::audit::check_serial;
+use super::extract::id;
 use super::extract::JsonBody;
 use super::{blocking, ApiError, Caller, Endpoint};
+use crate::ids::Serial;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode};
@@ -306,7 +307,7 @@ async fn dispatch(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<DispatchBody>,
 ) -> Result<(StatusCode, Json<DispatchView>), ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     check_plan(&state, &body.plan)?;
     let replace = match (body.replace, body.reason) {
         (true, Some(r)) => {
@@ -356,7 +357,7 @@ async fn resend(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<ResendBody>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     // `a`/`b`/`WHOLE` are the same parts as `A`/`B`/`whole`.
     let name = body.part.trim();
     let name = if name.len() == 1 {

@@ -8,11 +8,11 @@
 //! time; without it, or when none is configured, 401. The answer says only whether the
 //! report was applied.
 
-use super::{blocking, ApiError, Endpoint};
+use super::{blocking, ApiError, Endpoint, ErrorCode};
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::routing::get;
 use axum::Json;
 use cards::ReceiptOutcome;
@@ -33,8 +33,7 @@ struct DlrQuery {
 
 fn unauthorized() -> ApiError {
     ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "a valid delivery report token is required",
     )
 }

@@ -16,11 +16,114 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+/// Declares [`ErrorCode`]: each variant with its wire name and HTTP status, and the list of
+/// all of them ([`ErrorCode::ALL`]), from one table so that they cannot drift apart.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $status:ident;)*) => {
+        /// Every stable error code the API emits, in `error.code` of an error answer.
+        ///
+        /// The serialized names are part of the API contract (clients branch on them) and
+        /// never change meaning; `docs/api.md` lists each with its status and meaning, and a
+        /// test keeps that list and this enum equal.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum ErrorCode {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $name)]
+                $variant,
+            )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The code as it appears on the wire (`wrong_state`).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+
+            /// The HTTP status an answer with this code has (a bare status rewritten by
+            /// [`ApiError::from_status`] keeps its own).
+            pub const fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The request is malformed; the message says what and where.
+    BadRequest = "bad_request", BAD_REQUEST;
+    /// A custodian share was refused (corrupted, foreign, duplicate…).
+    ShareRefused = "share_refused", BAD_REQUEST;
+    /// A PIN or PUK does not satisfy the code policy.
+    InvalidCode = "invalid_code", BAD_REQUEST;
+    /// No bearer token, or one that is unknown, wrong or of a disabled account.
+    Unauthorized = "unauthorized", UNAUTHORIZED;
+    /// The account's role may not do this, or an officer approves their own proposal.
+    Forbidden = "forbidden", FORBIDDEN;
+    /// The route declares no access rule and is refused to everyone.
+    NoAccessRule = "no_access_rule", FORBIDDEN;
+    /// No such endpoint, or no such resource (or one the caller may not see).
+    NotFound = "not_found", NOT_FOUND;
+    /// The method is not allowed on this endpoint.
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+    /// The request took too long, or an upload stalled.
+    Timeout = "timeout", REQUEST_TIMEOUT;
+    /// The operation is not allowed in the current state (a term in use, a limit reached…).
+    Refused = "refused", CONFLICT;
+    /// A card or report is in a state that does not allow the change; `error.state` names it.
+    WrongState = "wrong_state", CONFLICT;
+    /// A registry file contradicts what the vault holds; nothing was applied.
+    RegistryConflict = "registry_conflict", CONFLICT;
+    /// A batch upload holds serials already in the vault: held back, nothing overwritten.
+    Quarantined = "quarantined", CONFLICT;
+    /// The request body or upload is larger than its limit.
+    BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
+    /// The content type is not one the endpoint reads.
+    UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
+    /// Well-formed but impossible (a plan or part that does not parse or split).
+    Invalid = "invalid", UNPROCESSABLE_ENTITY;
+    /// A batch or registry file with bad lines (or count/hash mismatch): nothing was stored.
+    Rejected = "rejected", UNPROCESSABLE_ENTITY;
+    /// A counter page that cannot be laid out.
+    Unprintable = "unprintable", UNPROCESSABLE_ENTITY;
+    /// Too many requests from this account or address; see `Retry-After`.
+    RateLimited = "rate_limited", TOO_MANY_REQUESTS;
+    /// An internal failure; details are in the server log.
+    Internal = "internal", INTERNAL_SERVER_ERROR;
+    /// Stored data did not verify; deliberately says nothing more.
+    Integrity = "integrity", INTERNAL_SERVER_ERROR;
+    /// The HSM is sealed: unseal it with custodian shares first.
+    Sealed = "sealed", SERVICE_UNAVAILABLE;
+    /// As many connections or bulk jobs as allowed are running; see `Retry-After`.
+    Busy = "busy", SERVICE_UNAVAILABLE;
+    /// A facility the request needs is not configured on the server.
+    NotConfigured = "not_configured", SERVICE_UNAVAILABLE;
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// Seconds for `Retry-After` (rate limits).
     retry_after: Option<u64>,
@@ -35,17 +138,17 @@ struct Body<'a> {
 
 #[derive(Serialize)]
 struct Inner<'a> {
-    code: &'a str,
+    code: ErrorCode,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'a str>,
 }
 
 impl ApiError {
-    /// An error with an explicit status, stable code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a stable code (which sets the status) and a message for people.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
@@ -57,8 +160,7 @@ impl ApiError {
     /// answer names the current state in `error.state`.
     pub fn wrong_state(subject: &str, state: &str, wanted: &str) -> Self {
         let mut e = Self::new(
-            StatusCode::CONFLICT,
-            "wrong_state",
+            ErrorCode::WrongState,
             format!("{subject} is {state}; this needs {wanted}"),
         );
         e.state = Some(state.to_owned());
@@ -69,23 +171,21 @@ impl ApiError {
     /// wrong or of a disabled account. The message does not say which.
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid bearer token is required (Authorization: Bearer <token>)",
         )
     }
 
     /// `403 forbidden`: the account's role may not call this endpoint.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// `429 rate_limited`, with `Retry-After` in whole seconds (at least 1).
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let secs = retry_after_secs.max(1);
         let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!("too many requests; retry in {secs} s"),
         );
         e.retry_after = Some(secs);
@@ -99,59 +199,67 @@ impl ApiError {
 
     /// `400 bad_request`: the request is malformed; the message says what and where.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     /// `422 invalid`: the request is well-formed but asks for something impossible (a
     /// delivery plan or a part that does not parse, a plan the code policy cannot split).
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        Self::new(ErrorCode::Invalid, message)
     }
 
     /// `500 internal`, with details left to the server log.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
     }
 
     /// The error for a bare status produced outside a handler (a limit, the router).
     pub fn from_status(status: StatusCode) -> Self {
         let (code, message) = match status {
             StatusCode::PAYLOAD_TOO_LARGE => (
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("request body is larger than {} bytes", super::BODY_LIMIT),
             ),
             StatusCode::REQUEST_TIMEOUT => (
-                "timeout",
+                ErrorCode::Timeout,
                 format!(
                     "request took longer than {} seconds",
                     super::REQUEST_TIMEOUT.as_secs()
                 ),
             ),
-            StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such endpoint".to_owned()),
             StatusCode::UNAUTHORIZED => (
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "a valid bearer token is required".to_owned(),
             ),
-            StatusCode::FORBIDDEN => ("forbidden", "not allowed".to_owned()),
+            StatusCode::FORBIDDEN => (ErrorCode::Forbidden, "not allowed".to_owned()),
             StatusCode::METHOD_NOT_ALLOWED => (
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this endpoint".to_owned(),
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "expected content-type application/json".to_owned(),
             ),
-            s if s.is_server_error() => ("internal", "internal error; see the server log".into()),
+            s if s.is_server_error() => (
+                ErrorCode::Internal,
+                "internal error; see the server log".into(),
+            ),
             s => (
-                "bad_request",
+                ErrorCode::BadRequest,
                 s.canonical_reason().unwrap_or("bad request").to_lowercase(),
             ),
         };
-        Self::new(status, code, message)
+        let mut e = Self::new(code, message);
+        // A bare status keeps its own number (a 411 is still a 411, a 502 a 502).
+        e.status = status;
+        e
+    }
+
+    /// The same error with another message (the code and status stay).
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
     }
 
     /// The HTTP status.
@@ -160,7 +268,7 @@ impl ApiError {
     }
 
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -184,36 +292,20 @@ impl From<vault::Error> for ApiError {
                 state,
                 wanted,
             } => Self::wrong_state(&subject, &state, &wanted),
-            E::Sealed => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "sealed",
-                "the hsm is sealed",
-            ),
-            E::Share(why) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "share_refused",
-                format!("share refused: {why}"),
-            ),
+            E::Sealed => Self::new(ErrorCode::Sealed, "the hsm is sealed"),
+            E::Share(why) => Self::new(ErrorCode::ShareRefused, format!("share refused: {why}")),
             E::Invalid(why) => Self::bad_request(why),
-            E::Refused(why) => {
-                Self::new(StatusCode::CONFLICT, "refused", format!("refused: {why}"))
-            }
+            E::Refused(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
+            E::Refusal(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
             // A non-officer asking for a key operation, or an officer approving their own
             // proposal.
-            E::Forbidden(why) => Self::forbidden(why),
-            E::NotFound(what) => Self::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("not found: {what}"),
-            ),
-            E::Code(why) => Self::new(StatusCode::BAD_REQUEST, "invalid_code", why.to_string()),
+            E::Denied(why) => Self::forbidden(why.to_string()),
+            E::NotFound(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
+            E::Missing(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
+            E::Code(why) => Self::new(ErrorCode::InvalidCode, why.to_string()),
             E::Integrity => {
                 tracing::warn!("integrity check failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "integrity",
-                    "integrity check failed",
-                )
+                Self::new(ErrorCode::Integrity, "integrity check failed")
             }
             other => {
                 // Storage and provider failures (and any variant added later): the details
@@ -265,9 +357,24 @@ mod tests {
             (vault::Error::Refused("term in use".into()), 409, "refused"),
             (vault::Error::NotFound("term 7".into()), 404, "not_found"),
             (
-                vault::Error::Forbidden("self-approval".into()),
+                vault::Error::Denied(vault::Denial::OwnProposal {
+                    proposal: vault::ProposalId(7),
+                    account: "a1".into(),
+                }),
                 403,
                 "forbidden",
+            ),
+            (
+                vault::Error::Refusal(vault::Refusal::TermActive {
+                    term: vault::TermId(2),
+                }),
+                409,
+                "refused",
+            ),
+            (
+                vault::Error::Missing(vault::Missing::Term(vault::TermId(2))),
+                404,
+                "not_found",
             ),
             (vault::Error::Integrity, 500, "integrity"),
             (

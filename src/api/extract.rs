@@ -68,6 +68,33 @@ where
     }
 }
 
+/// An id from a path segment, a query parameter or a body field named `field` (a card serial,
+/// a report or account id: [`crate::ids`]), or `400 bad_request` saying `field` and what it
+/// should look like, never the text given.
+pub(crate) fn id<T>(field: &str, text: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr<Err = crate::ids::BadId>,
+{
+    text.parse()
+        .map_err(|e: crate::ids::BadId| ApiError::bad_request(format!("{field}: {e}")))
+}
+
+/// The `limit` of a page: `default` when not asked, else 1 to `max`, or `400 bad_request`
+/// naming the range.
+pub(crate) fn page_limit(
+    asked: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit: between 1 and {max}, got {n}"
+        ))),
+    }
+}
+
 /// The parameters of a query string, or `400 bad_request` naming what is wrong with it.
 pub(crate) fn query<T>(
     q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,

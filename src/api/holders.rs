@@ -18,7 +18,7 @@
 //! (a codice fiscale with a wrong check character, a date that does not exist) gets a `400`
 //! naming the field and what is wrong, never quoting the value.
 
-use super::extract::JsonBody;
+use super::extract::{page_limit, JsonBody};
 use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
 use axum::extract::State;
@@ -149,15 +149,7 @@ async fn search(
     JsonBody(body): JsonBody<SearchBody>,
 ) -> Result<Response, ApiError> {
     let key = search_key(&body)?;
-    let limit = match body.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_SEARCH).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_SEARCH}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(body.limit, DEFAULT_PAGE, MAX_SEARCH)?;
     let after = body.after.as_deref().map(holder_id).transpose()?;
     let after = after.map(str::to_owned);
     let s = state.clone();

@@ -39,7 +39,7 @@
 //! `Cache-Control: no-store`.
 
 use super::extract::parse_json;
-use super::{blocking, ApiError, Caller, Endpoint};
+use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -149,7 +149,7 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
 }
 
 fn proposal_id(text: &str) -> Result<ProposalId, ApiError> {
-    ProposalId::parse(text).map_err(ApiError::from)
+    crate::ids::proposal_id(text).map_err(|e| ApiError::bad_request(format!("proposal id: {e}")))
 }
 
 async fn status(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
@@ -221,8 +221,7 @@ async fn propose(
     let (op, reason) = parse_proposal(body)?;
     if matches!(op, Operation::Rekey { .. }) && state.key_runner.share_dir.is_none() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "refused",
+            ErrorCode::Refused,
             "refused: a rekey needs a directory for the new shares: configure [keys] \
              rekey_share_dir (PLICO_KEYS_REKEY_SHARE_DIR) on the server",
         ));
@@ -364,8 +363,7 @@ async fn approve_rekey(
     }
     let Some(root) = state.key_runner.share_dir.clone() else {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "refused",
+            ErrorCode::Refused,
             "refused: a rekey needs a directory for the new shares: configure [keys] \
              rekey_share_dir on the server",
         ));
@@ -546,7 +544,7 @@ fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
 /// of `shares` (a last guard: the HSM's messages are built not to).
 fn scrub(e: ApiError, shares: &[SecretString]) -> ApiError {
     if shares.iter().any(|s| echoes(e.message(), s)) {
-        return ApiError::new(e.status(), e.code(), "share refused: a share is not valid");
+        return e.with_message("share refused: a share is not valid");
     }
     e
 }
@@ -780,17 +778,12 @@ mod tests {
                 .to_owned(),
         );
         let e = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "share_refused",
+            ErrorCode::ShareRefused,
             "share refused: 33445566778899aabbccddeeff is odd",
         );
         let s = scrub(e, std::slice::from_ref(&share));
         assert!(!s.message().contains("33445566"));
-        let fine = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "share_refused",
-            "set 0011223344556677",
-        );
+        let fine = ApiError::new(ErrorCode::ShareRefused, "set 0011223344556677");
         assert_eq!(scrub(fine.clone(), &[share]), fine);
     }
 }

@@ -41,9 +41,9 @@
 //! the per-account limit of sensitive routes. The PDF is the only place a code appears; it
 //! leaves its zeroizing buffer only as the response body.
 
-use super::audit::check_serial;
-use super::extract::{parse_json, query, JsonBody};
-use super::{blocking, ApiError, Caller, Endpoint};
+use super::extract::{id, page_limit, parse_json, query, JsonBody};
+use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
+use crate::ids::Serial;
 use crate::mailers::PrintSetup;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -143,8 +143,7 @@ async fn bulk_json<T: serde::de::DeserializeOwned>(
     let (parts, body) = request.into_parts();
     if super::upload::content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body is larger than {limit} bytes"),
         ));
     }
@@ -154,7 +153,7 @@ async fn bulk_json<T: serde::de::DeserializeOwned>(
 
 /// `422 invalid`: the request is well-formed JSON but asks for something impossible.
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    ApiError::invalid(message)
 }
 
 /// The vault's `Invalid` as `422 invalid`; the rest as usual.
@@ -169,8 +168,7 @@ fn unprocessable(e: vault::Error) -> ApiError {
 fn check_recipients(setup: &PrintSetup) -> Result<(), ApiError> {
     if setup.recipients.is_empty() {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_configured",
+            ErrorCode::NotConfigured,
             "no print facility recipients configured: set [mailers] recipients",
         ));
     }
@@ -247,12 +245,8 @@ async fn start_run(
         (Some(b), None) => Selection::Batch(BatchId::parse(b.trim()).map_err(unprocessable)?),
         (None, Some(list)) => {
             for (i, s) in list.iter().enumerate() {
-                check_serial(s).map_err(|_| {
-                    invalid(format!(
-                        "serials item {}: 1 to 64 letters, digits, '-' or '_'",
-                        i + 1
-                    ))
-                })?;
+                s.parse::<Serial>()
+                    .map_err(|e| invalid(format!("serials item {}: {e}", i + 1)))?;
             }
             Selection::Serials(list)
         }
@@ -357,15 +351,7 @@ async fn list_runs(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     let p = query(params)?;
-    let limit = match p.limit {
-        None => DEFAULT_RUNS,
-        Some(n) if (1..=MAX_RUNS).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_RUNS}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(p.limit, DEFAULT_RUNS, MAX_RUNS)?;
     let cms = state.cms.clone();
     let records = blocking(move || cms.print_runs(limit)).await?;
     Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
@@ -472,11 +458,11 @@ async fn card_mailers(
     State(state): State<AppState>,
     Path(serial): Path<String>,
 ) -> Result<Json<Vec<MailerView>>, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let cms = state.cms.clone();
     let found = blocking(move || {
         if cms.card(&serial)?.is_none() {
-            return Err(vault::Error::NotFound(format!("card {serial}")));
+            return Err(vault::Missing::Card(serial.to_string()).into());
         }
         cms.mailers_of(&serial)
     })
@@ -532,7 +518,7 @@ async fn counter_page(
     Path(serial): Path<String>,
     JsonBody(body): JsonBody<CounterBody>,
 ) -> Result<Response, ApiError> {
-    check_serial(&serial)?;
+    let serial: Serial = id("serial", &serial)?;
     let s = state.clone();
     let actor = caller.actor();
     let name = page_name(&serial);
@@ -563,8 +549,7 @@ async fn counter_page(
             // dispatch errors name fields and parts, never digits or the name itself.
             if let Some(layout) = e.layout() {
                 return ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprintable",
+                    ErrorCode::Unprintable,
                     format!("card {serial}: the page cannot be laid out: {layout}"),
                 );
             }

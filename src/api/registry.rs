@@ -32,10 +32,10 @@
 
 use super::batches::OutcomeError;
 use super::upload::{self, check_upload_type, content_length, too_large};
-use super::{blocking, ApiError, Caller, Endpoint};
+use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
 use crate::AppState;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
@@ -124,7 +124,7 @@ fn rejected(report: RegistryReport, started: Instant) -> RegistryAnswer {
         cards_created: 0,
         revoked: Vec::new(),
         error: Some(OutcomeError {
-            code: "rejected".to_owned(),
+            code: ErrorCode::Rejected.as_str().to_owned(),
             message: format!(
                 "registry file rejected: {} problem(s); nothing was applied",
                 report.total
@@ -228,7 +228,7 @@ async fn import(
                 "registry file rejected"
             );
             Ok((
-                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::Rejected.status(),
                 Json(rejected(report, started)),
             )
                 .into_response())
@@ -236,8 +236,7 @@ async fn import(
         Job::Conflict(why) => {
             tracing::info!(by = %caller.account.id, "registry file contradicts the vault");
             Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "registry_conflict",
+                ErrorCode::RegistryConflict,
                 format!("the registry file contradicts the vault: {why}; nothing was applied"),
             ))
         }

@@ -18,8 +18,9 @@
 //! Titles, texts and comments are free text and may name people: the vault keeps them sealed,
 //! and this module never logs them.
 
-use super::extract::{query, JsonBody};
+use super::extract::{id, page_limit, query, JsonBody};
 use super::{blocking, ApiError, Caller, Endpoint};
+use crate::ids::{ReportId, Serial};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -151,10 +152,7 @@ pub struct ReportPage {
 
 /// A report number from the path.
 fn report_id(text: &str) -> Result<u64, ApiError> {
-    text.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0 && text.len() <= 20)
-        .ok_or_else(|| ApiError::bad_request("report id: a positive number"))
+    id::<ReportId>("report id", text).map(|r| r.0)
 }
 
 async fn open(
@@ -163,8 +161,7 @@ async fn open(
     JsonBody(body): JsonBody<OpenBody>,
 ) -> Result<(StatusCode, Json<ReportView>), ApiError> {
     if let Some(card) = &body.card {
-        super::audit::check_serial(card)
-            .map_err(|_| ApiError::bad_request("card: 1 to 64 letters, digits, '-' or '_'"))?;
+        id::<Serial>("card", card)?;
     }
     let s = state.clone();
     let actor = caller.actor();
@@ -189,15 +186,7 @@ async fn list(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ReportPage>, ApiError> {
     let p = query(params)?;
-    let limit = match p.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: between 1 and {MAX_PAGE}, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let s = state.clone();
     let actor = caller.actor();
     let reports = blocking(move || {

@@ -165,10 +165,7 @@ fn custodian(request_id: &str) -> Actor {
 }
 
 fn event(actor: &Actor, action: &str, outcome: Outcome) -> NewEvent {
-    NewEvent::new(action, "hsm")
-        .by(actor.id.clone(), actor.role.clone())
-        .request(actor.request_id.clone())
-        .outcome(outcome)
+    actor.event(action, "hsm").outcome(outcome)
 }
 
 /// The address as written into logs and audit events.
@@ -192,7 +189,7 @@ async fn report_rate_refusal(state: &AppState, actor: &Actor, addr: Option<IpAdd
         event(actor, "hsm.unseal_rate_limited", Outcome::Refused).detail("address", address);
     if let Err(e) = blocking(move || audit.append(event).map(|_| ())).await {
         tracing::error!(
-            code = e.code(),
+            code = e.code().as_str(),
             "a rate-limited unseal submission could not be audited"
         );
     }

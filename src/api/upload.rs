@@ -12,9 +12,9 @@
 //! ([`content_length`]), refuses multipart forms ([`check_upload_type`]), and maps a failed
 //! pump to its answer ([`PumpError::answer`]).
 
-use super::ApiError;
+use super::{ApiError, ErrorCode};
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use futures_util::StreamExt;
 use std::io::Read;
 use std::time::Duration;
@@ -97,8 +97,7 @@ impl PumpError {
         match self {
             PumpError::TooLarge => too_large(limit, setting),
             PumpError::Stalled => ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
+                ErrorCode::Timeout,
                 format!(
                     "the upload sent nothing for {} seconds and was abandoned",
                     idle.as_secs()
@@ -160,8 +159,7 @@ pub(super) async fn pump(
 /// `413 body_too_large` for an upload over `limit`, naming the `setting` that sets it.
 pub(super) fn too_large(limit: u64, setting: &str) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         format!("the upload is larger than the limit of {limit} bytes ({setting})"),
     )
 }
@@ -188,8 +186,7 @@ pub(super) fn check_upload_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or_default();
     if mime.starts_with("multipart/") {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "content-type {mime}: send the file itself as the body, not a form (with curl, \
                  --data-binary @FILE)"

@@ -8,8 +8,9 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::files;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
+use plico::ids::AccountId;
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
@@ -125,9 +126,7 @@ pub fn run(args: AccountsArgs) -> Result<()> {
             AccountsCommand::List { json } => {
                 let list: List = client.get("/v1/accounts").await?;
                 if *json {
-                    let text = super::show::json(&serde_json::json!({ "accounts": list.accounts }))
-                        .context("cannot format the list")?;
-                    println!("{text}");
+                    super::show::print_json(&json!({ "accounts": list.accounts }))?;
                 } else {
                     print_table(&list.accounts);
                 }
@@ -173,12 +172,9 @@ pub fn run(args: AccountsArgs) -> Result<()> {
 }
 
 /// An id as one path segment: ids are hex, so anything else is refused rather than escaped.
-fn path_segment(id: &str) -> Result<&str> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(id)
-    } else {
-        anyhow::bail!("account id {id:?} is not an account id (hex digits)")
-    }
+fn path_segment(id: &str) -> Result<AccountId> {
+    id.parse()
+        .map_err(|e| anyhow::anyhow!("account id {id:?} is not {e}"))
 }
 
 fn hand_over(token: &SecretString, out: Option<&Path>) -> Result<()> {

@@ -64,10 +64,7 @@ pub fn run(args: AuditArgs) -> Result<()> {
             AuditCommand::Verify { json } => {
                 let r: VerifyReport = client.get("/v1/audit/verify").await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&r).context("cannot format the report")?
-                    );
+                    super::show::print_json(&r)?;
                 } else {
                     println!("events:      {}", r.events);
                     println!("checkpoints: {}", r.checkpoints);

@@ -5,10 +5,12 @@
 
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::time::utc;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use plico::api::batches::{BatchAnswer, BatchPage, BatchView};
+use plico::ids::batch_id;
 use reqwest::StatusCode;
+use vault::BatchId;
 
 /// Arguments of `plico batches`.
 #[derive(Debug, Args)]
@@ -55,10 +57,7 @@ pub fn outcome_statuses() -> [StatusCode; 2] {
 /// quarantined batch, after its problems.
 pub fn print_answer(a: &BatchAnswer, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(a).context("cannot format the answer")?
-        );
+        super::show::print_json(a)?;
     } else {
         match a.outcome.as_str() {
             "committed" => println!(
@@ -111,13 +110,8 @@ fn quarantine_next_step(batch: &str) -> String {
 }
 
 /// A batch id as one path segment: `b` and digits, or digits.
-fn path_segment(id: &str) -> Result<&str> {
-    let digits = id.strip_prefix('b').unwrap_or(id);
-    if !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(id)
-    } else {
-        bail!("{id:?} is not a batch id (b followed by digits, e.g. b000042)")
-    }
+fn path_segment(id: &str) -> Result<BatchId> {
+    batch_id(id).map_err(|e| anyhow::anyhow!("{id:?} is not a batch id ({e})"))
 }
 
 /// Runs `plico batches …`.
@@ -133,10 +127,7 @@ pub fn run(args: BatchesArgs) -> Result<()> {
                 }
                 let page: BatchPage = client.get(&path).await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&page).context("cannot format the list")?
-                    );
+                    super::show::print_json(&page)?;
                 } else {
                     print_table(&page.batches);
                     if let Some(next) = &page.next {
@@ -150,10 +141,7 @@ pub fn run(args: BatchesArgs) -> Result<()> {
                     .get(&format!("/v1/batches/{}", path_segment(id)?))
                     .await?;
                 if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&b).context("cannot format the batch")?
-                    );
+                    super::show::print_json(&b)?;
                 } else {
                     print_one(&b);
                 }

@@ -43,6 +43,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::cards::CardView;
 use plico::api::dispatch::{DispatchView, JobView};
+use plico::ids::Serial;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -196,17 +197,10 @@ pub struct ActivateArgs {
 }
 
 /// A card serial as one path segment: 1 to 64 letters, digits, `-` or `_`.
-fn path_segment(serial: &str) -> Result<&str> {
-    let ok = !serial.is_empty()
-        && serial.len() <= 64
-        && serial
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(serial)
-    } else {
-        bail!("the serial must be 1 to 64 letters, digits, '-' or '_'")
-    }
+fn path_segment(serial: &str) -> Result<Serial> {
+    serial
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the serial must be {e}"))
 }
 
 /// `TYPE:NUMBER` of a document option, split.
@@ -286,7 +280,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
             }
             let d: DispatchView = runtime.block_on(client.post(&path, &body))?;
             if *json {
-                print_json(&d)?;
+                super::show::print_json(&d)?;
             } else {
                 print_dispatch(&d);
             }
@@ -296,7 +290,7 @@ pub fn run(args: CardsArgs) -> Result<()> {
             let path = format!("/v1/cards/{}/resend", path_segment(serial)?);
             let j: JobView = runtime.block_on(client.post(&path, &json!({ "part": part })))?;
             if *json {
-                print_json(&j)?;
+                super::show::print_json(&j)?;
             } else {
                 print_job(&j);
             }
@@ -348,18 +342,10 @@ pub fn run(args: CardsArgs) -> Result<()> {
         })
     })?;
     if json {
-        print_json(&card)?;
+        super::show::print_json(&card)?;
     } else {
         print_card(&card);
     }
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!(
-        "{}",
-        super::show::json(value).context("cannot format the answer")?
-    );
     Ok(())
 }
 

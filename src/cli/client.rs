@@ -268,21 +268,34 @@ impl Client {
         Ok((url, res))
     }
 
-    /// `POST path` with `body` streamed as `application/octet-stream`, without an overall
-    /// timeout. An answer whose status is in `outcomes` (or any success) is parsed as `T` and
-    /// returned with its status; any other is the API's error.
-    pub async fn upload<T: DeserializeOwned>(
+    /// `POST path` with a bulk [`Payload`] (a file streamed as it is read, or a JSON value),
+    /// without an overall timeout. An answer whose status is in `outcomes` (or any success)
+    /// is parsed as `T` and returned with its status; any other is the API's error.
+    pub async fn post_bulk<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: reqwest::Body,
-        length: Option<u64>,
+        payload: Payload,
         outcomes: &[StatusCode],
     ) -> Result<(StatusCode, T)> {
         let url = self.base.join(path).context("bad request path")?;
+        let (content_type, body, length, failed) = match payload {
+            Payload::Stream { body, length } => (
+                "application/octet-stream",
+                body,
+                length,
+                format!("upload to {url} failed"),
+            ),
+            Payload::Json(bytes) => (
+                "application/json",
+                reqwest::Body::from(bytes),
+                None,
+                format!("cannot reach {}", self.base),
+            ),
+        };
         let mut req = self
             .http
             .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         if let Some(n) = length {
             req = req.header(reqwest::header::CONTENT_LENGTH, n);
@@ -293,37 +306,7 @@ impl Client {
         let res = req
             .send()
             .await
-            .map_err(|e| self.transport_error(e, format!("upload to {url} failed")))?;
-        let status = res.status();
-        let bytes = res
-            .bytes()
-            .await
-            .with_context(|| format!("reading the answer of {url}"))?;
-        if status.is_success() || outcomes.contains(&status) {
-            let parsed = serde_json::from_slice(&bytes)
-                .with_context(|| format!("unexpected answer from {url}"))?;
-            return Ok((status, parsed));
-        }
-        Err(Self::error(&url, status, &bytes))
-    }
-
-    /// `POST path` with a JSON body, without an overall timeout; as [`Client::upload`] for the
-    /// answer.
-    pub async fn post_bulk<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-        outcomes: &[StatusCode],
-    ) -> Result<(StatusCode, T)> {
-        let url = self.base.join(path).context("bad request path")?;
-        let mut req = self.http.post(url.clone()).json(body);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token.expose_secret());
-        }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e, format!("cannot reach {}", self.base)))?;
+            .map_err(|e| self.transport_error(e, failed))?;
         let status = res.status();
         let bytes = res
             .bytes()
@@ -378,6 +361,32 @@ impl Client {
             }
             Err(_) => anyhow::anyhow!("{url}: HTTP {status}"),
         }
+    }
+}
+
+/// The body of a bulk request ([`Client::post_bulk`]).
+pub enum Payload {
+    /// A file streamed as `application/octet-stream` as it is read (batch and registry
+    /// uploads), with its length when known.
+    Stream {
+        /// The bytes, as they are read.
+        body: reqwest::Body,
+        /// `Content-Length`, when known.
+        length: Option<u64>,
+    },
+    /// A JSON value, already serialized (generation).
+    Json(Vec<u8>),
+}
+
+impl Payload {
+    /// `value` as a JSON body.
+    ///
+    /// # Errors
+    /// When `value` cannot be serialized.
+    pub fn json<B: Serialize + ?Sized>(value: &B) -> Result<Payload> {
+        Ok(Payload::Json(
+            serde_json::to_vec(value).context("cannot encode the request")?,
+        ))
     }
 }
 

@@ -4,7 +4,7 @@
 //! mailers and messages to holders.
 
 use super::batches::{outcome_statuses, print_answer};
-use super::client::{AuthArgs, Client, ServerArgs};
+use super::client::{AuthArgs, Client, Payload, ServerArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use plico::api::batches::BatchAnswer;
@@ -64,7 +64,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let client = Client::with_token(&args.server, &args.auth)?;
     let runtime = super::unseal::client_runtime()?;
-    let (_, answer): (_, BatchAnswer) =
-        runtime.block_on(client.post_bulk("/v1/generate", &body, &outcome_statuses()))?;
+    let (_, answer): (_, BatchAnswer) = runtime.block_on(client.post_bulk(
+        "/v1/generate",
+        Payload::json(&body)?,
+        &outcome_statuses(),
+    ))?;
     print_answer(&answer, args.json)
 }

@@ -9,7 +9,7 @@
 //! command runs, in the process list of this machine.
 
 use super::client::{AuthArgs, Client, ServerArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use plico::api::holders::{HolderMatch, HolderPage};
 use serde_json::{json, Value};
@@ -77,10 +77,7 @@ pub fn run(args: HoldersArgs) -> Result<()> {
     let runtime = super::unseal::client_runtime()?;
     let page: HolderPage = runtime.block_on(client.post("/v1/holders/search", &body))?;
     if *json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&page).context("cannot format the answer")?
-        );
+        super::show::print_json(&page)?;
         return Ok(());
     }
     if page.holders.is_empty() {

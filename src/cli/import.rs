@@ -11,7 +11,7 @@
 //! only the server sees), so `auto` is refused there: age authenticates the payload anyway.
 
 use super::batches::{outcome_statuses, print_answer};
-use super::client::{AuthArgs, Client, ServerArgs};
+use super::client::{AuthArgs, Client, Payload, ServerArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -116,10 +116,12 @@ pub fn run(args: ImportArgs) -> Result<()> {
     let bar = progress_bar(size);
     let body = file_body(path, bar.clone())?;
     let runtime = super::unseal::client_runtime()?;
-    let sent = runtime.block_on(client.upload::<BatchAnswer>(
+    let sent = runtime.block_on(client.post_bulk::<BatchAnswer>(
         &path_and_query,
-        body,
-        Some(size),
+        Payload::Stream {
+            body,
+            length: Some(size),
+        },
         &outcome_statuses(),
     ));
     bar.finish_and_clear();

@@ -176,16 +176,16 @@ struct ApproveBody<'a> {
 }
 
 fn batch_number(text: &str) -> Result<u64> {
-    vault::BatchId::parse(text)
+    plico::ids::batch_id(text)
         .map(|b| b.0)
-        .map_err(|_| anyhow::anyhow!("--batch: expected a batch id such as b000042"))
+        .map_err(|e| anyhow::anyhow!("--batch: {e}"))
 }
 
 /// A proposal id for a path: `kp` and digits only.
 fn proposal_segment(text: &str) -> Result<String> {
-    vault::ProposalId::parse(text)
+    plico::ids::proposal_id(text)
         .map(|id| id.to_string())
-        .map_err(|_| anyhow::anyhow!("expected a proposal id such as kp000007"))
+        .map_err(|e| anyhow::anyhow!("proposal id: {e}"))
 }
 
 /// Runs `plico keys …`.
@@ -200,7 +200,7 @@ pub fn run(args: KeysArgs) -> Result<()> {
                 let path = format!("/v1/keys/proposals/{}/withdraw", proposal_segment(id)?);
                 let v: ProposalView = client.post(&path, &json!({})).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    super::show::print_json(&v)?;
                 } else {
                     println!("{} withdrawn", v.proposal.id);
                 }
@@ -209,7 +209,7 @@ pub fn run(args: KeysArgs) -> Result<()> {
             KeysCommand::List { json } => {
                 let v: ProposalList = client.get("/v1/keys/proposals").await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    super::show::print_json(&v)?;
                 } else {
                     print_list(&v.proposals);
                 }
@@ -219,7 +219,7 @@ pub fn run(args: KeysArgs) -> Result<()> {
                 let path = format!("/v1/keys/proposals/{}", proposal_segment(id)?);
                 let v: ProposalView = client.get(&path).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    super::show::print_json(&v)?;
                 } else {
                     print_proposal(&v.proposal);
                 }
@@ -228,7 +228,7 @@ pub fn run(args: KeysArgs) -> Result<()> {
             KeysCommand::Status { json } => {
                 let v: Value = client.get("/v1/sys/keys").await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    super::show::print_json(&v)?;
                 } else {
                     let s: KeyStatus =
                         serde_json::from_value(v).context("unexpected answer from /v1/sys/keys")?;
@@ -272,7 +272,7 @@ async fn propose(client: &Client, op: &ProposeOp) -> Result<()> {
     body["reason"] = json!(why.reason);
     let v: ProposalView = client.post("/v1/keys/proposals", &body).await?;
     if why.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::show::print_json(&v)?;
         return Ok(());
     }
     let p = &v.proposal;
@@ -382,7 +382,7 @@ async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
         client.post(&path, &body).await?
     };
     if a.json && !a.wait {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::show::print_json(&v)?;
         return Ok(());
     }
     let p = &v.proposal;
@@ -407,7 +407,7 @@ async fn approve(client: &Client, a: &ApproveArgs) -> Result<()> {
         if a.wait {
             let last = follow(client, job).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&last)?);
+                super::show::print_json(&last)?;
             } else {
                 print_job(&last);
             }

@@ -19,6 +19,7 @@ use plico::api::mailers::{OutcomeCounts, RunView, Started};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vault::BatchId;
 
 /// How often `plico mailers run` asks how far the run is.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -197,7 +198,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
                     .get(&format!("/v1/mailers/runs?limit={limit}"))
                     .await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&runs)?);
+                    super::show::print_json(&runs)?;
                 } else {
                     println!(
                         "{:>6}  {:<11}  {:<24}  {:>9}  {:>6}  {:>7}",
@@ -221,7 +222,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
             MailersCommand::Show { id, json } => {
                 let r: RunView = client.get(&format!("/v1/mailers/runs/{id}")).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    super::show::print_json(&r)?;
                 } else {
                     print_run(&r);
                 }
@@ -242,7 +243,7 @@ pub fn run(args: MailersArgs) -> Result<()> {
                 };
                 let rows: Vec<Reconciliation> = client.get(&path).await?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    super::show::print_json(&rows)?;
                 } else {
                     print_reconciliation(&rows);
                 }
@@ -252,13 +253,9 @@ pub fn run(args: MailersArgs) -> Result<()> {
     })
 }
 
-/// A batch id as a query value: letters and digits only.
-fn segment(text: &str) -> Result<&str> {
-    if !text.is_empty() && text.len() <= 32 && text.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(text)
-    } else {
-        bail!("--batch: expected a batch id such as b000001")
-    }
+/// A batch id as a query value.
+fn segment(text: &str) -> Result<BatchId> {
+    plico::ids::batch_id(text).map_err(|e| anyhow::anyhow!("--batch: {e}"))
 }
 
 async fn run_print(client: &Client, a: &RunArgs) -> Result<()> {

@@ -5,7 +5,7 @@
 //! file is applied (all or nothing); the command prints what changed, or the problems of a
 //! rejected file (line, field and what is wrong: never a value of the file) and exits 1.
 
-use super::client::{AuthArgs, Client, ServerArgs};
+use super::client::{AuthArgs, Client, Payload, ServerArgs};
 use super::import::{file_body, progress_bar};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -55,10 +55,12 @@ fn import(args: &RegistryArgs, path: &PathBuf, json: bool) -> Result<()> {
     let bar = progress_bar(size);
     let body = file_body(path, bar.clone())?;
     let runtime = super::unseal::client_runtime()?;
-    let sent = runtime.block_on(client.upload::<RegistryAnswer>(
+    let sent = runtime.block_on(client.post_bulk::<RegistryAnswer>(
         "/v1/registry",
-        body,
-        Some(size),
+        Payload::Stream {
+            body,
+            length: Some(size),
+        },
         &[StatusCode::UNPROCESSABLE_ENTITY],
     ));
     bar.finish_and_clear();
@@ -70,10 +72,7 @@ fn import(args: &RegistryArgs, path: &PathBuf, json: bool) -> Result<()> {
 /// problems.
 fn print_answer(a: &RegistryAnswer, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(a).context("cannot format the answer")?
-        );
+        super::show::print_json(a)?;
     } else if a.outcome == "applied" {
         println!(
             "registry applied: {} holder(s) created, {} updated, {} card(s) created, {} revoked \

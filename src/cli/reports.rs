@@ -7,9 +7,10 @@
 use super::client::{AuthArgs, Client, ServerArgs};
 use super::show;
 use super::time::utc;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use plico::api::reports::{ReportPage, ReportView};
+use plico::ids::ReportId;
 use serde_json::json;
 
 /// Arguments of `plico reports`.
@@ -59,7 +60,7 @@ pub enum ReportsCommand {
     /// Comment on a report (support token).
     Comment {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The comment.
         #[arg(long)]
         text: String,
@@ -70,7 +71,7 @@ pub enum ReportsCommand {
     /// Assign a report to a support account (support token).
     Assign {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The id of the support account that takes it (the API's `assignee`; `--to` is kept as
         /// an alias).
         #[arg(long, value_name = "ACCOUNT", alias = "to")]
@@ -82,7 +83,7 @@ pub enum ReportsCommand {
     /// Close a report with a last comment (support token).
     Close {
         /// The report number.
-        id: u64,
+        id: ReportId,
         /// The closing comment.
         #[arg(long)]
         text: String,
@@ -119,7 +120,7 @@ pub fn run(args: ReportsArgs) -> Result<()> {
                 }
                 let page: ReportPage = client.get(&path).await?;
                 if *json {
-                    println!("{}", show::json(&page).context("cannot format the list")?);
+                    super::show::print_json(&page)?;
                 } else {
                     if page.reports.is_empty() {
                         println!("no report");
@@ -150,10 +151,7 @@ pub fn run(args: ReportsArgs) -> Result<()> {
             }
         };
         if json {
-            println!(
-                "{}",
-                show::json(&report).context("cannot format the report")?
-            );
+            super::show::print_json(&report)?;
         } else {
             print!("{}", render_report(&report));
         }

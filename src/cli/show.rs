@@ -30,6 +30,13 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> serde_json::Result<String>
     serde_json::to_string_pretty(&v)
 }
 
+/// Prints `value` as pretty JSON ([`json`]) on stdout: the `--json` output of every command.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    use anyhow::Context;
+    println!("{}", json(value).context("cannot format the answer")?);
+    Ok(())
+}
+
 fn clean_value(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {

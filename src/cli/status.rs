@@ -4,7 +4,7 @@
 
 use super::client::{Client, ServerArgs, Status};
 use super::time::utc_secs;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 /// Arguments of `plico status`.
@@ -23,10 +23,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let runtime = super::unseal::client_runtime()?;
     let status = runtime.block_on(client.status())?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).context("cannot format the status")?
-        );
+        super::show::print_json(&status)?;
     } else {
         print_status(&status);
     }

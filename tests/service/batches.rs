@@ -223,10 +223,7 @@ async fn upload_commits_and_lists_without_codes() {
 
     // Stored, and correct.
     for n in [1, 250, 500] {
-        let c = b
-            .state
-            .codes
-            .find(&*b.state.hsm, &serial(n))
+        let c = super::support::released_codes(&b.state, &serial(n))
             .unwrap()
             .unwrap();
         let (pin, puk) = codes_of(n, 1);
@@ -341,10 +338,7 @@ async fn known_serials_quarantine_the_batch() {
     );
     assert_no_code(&a, &second);
     // Nothing overwritten, nothing of the second batch visible.
-    let c = b
-        .state
-        .codes
-        .find(&*b.state.hsm, &serial(95))
+    let c = super::support::released_codes(&b.state, &serial(95))
         .unwrap()
         .unwrap();
     assert_eq!(c.pin.expose_secret(), codes_of(95, 4).0.as_bytes());
@@ -544,10 +538,7 @@ async fn crlf_and_bom_files_import() {
     assert_outcome(&a, StatusCode::CREATED, "committed");
     assert_eq!(a.json["cards"], 50);
     for n in [1, 50, 51, 100] {
-        let c = b
-            .state
-            .codes
-            .find(&*b.state.hsm, &serial(n))
+        let c = super::support::released_codes(&b.state, &serial(n))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -636,10 +627,7 @@ async fn generation_over_http() {
         .await;
     assert_outcome(&a, StatusCode::CREATED, "committed");
     assert_eq!(a.json["cards"], 10);
-    let c = b
-        .state
-        .codes
-        .find(&*b.state.hsm, &serial(2005))
+    let c = super::support::released_codes(&b.state, &serial(2005))
         .unwrap()
         .unwrap();
     assert_eq!(c.pin.len(), 8);
@@ -766,10 +754,7 @@ async fn a_file_encrypted_with_the_age_tool_imports() {
         }
         assert_no_code(&a, &file);
     }
-    let c = b
-        .state
-        .codes
-        .find(&*b.state.hsm, &serial(150))
+    let c = super::support::released_codes(&b.state, &serial(150))
         .unwrap()
         .unwrap();
     assert_eq!(c.pin.expose_secret(), codes_of(150, 14).0.as_bytes());

@@ -144,6 +144,7 @@ async fn batches(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value>
 /// file's codes.
 fn verify_offline(data: &Path, rng: &mut Rng) {
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let audit = vault::AuditLog::open(store.clone(), vault::DEFAULT_CHECKPOINT_EVERY).unwrap();
     let (codes, recovery) = CodeVault::open(store).unwrap();
     assert!(
         recovery.removed.is_empty(),
@@ -169,15 +170,17 @@ fn verify_offline(data: &Path, rng: &mut Rng) {
     let mut picks: Vec<u64> = (0..SAMPLES).map(|_| rng.next() % CARDS + 1).collect();
     picks.extend([1, CARDS]);
     for n in picks {
-        let c = codes
-            .find(&hsm, &serial(n))
+        let c = super::support::release_from(&codes, &audit, &hsm, &serial(n))
             .unwrap()
             .unwrap_or_else(|| panic!("card {n} is missing"));
         let (pin, puk) = codes_of(n, SALT);
         assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5], "card {n}");
         assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {n}");
     }
-    assert!(codes.find(&hsm, &serial(CARDS + 1)).unwrap().is_none());
+    assert!(codes
+        .pending_release(&hsm, &serial(CARDS + 1))
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

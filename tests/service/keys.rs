@@ -104,7 +104,7 @@ impl Keys {
 
     /// Card `n` opens to its codes (checked in the vault: no endpoint returns codes).
     fn opens(&self, n: u64) -> bool {
-        match self.state.codes.find(&*self.state.hsm, &serial(n)) {
+        match super::support::released_codes(&self.state, &serial(n)) {
             Ok(Some(c)) => {
                 let (pin, puk) = codes_of(n, SALT);
                 assert_eq!(c.pin.expose_secret(), pin.as_bytes(), "card {n}");
@@ -844,6 +844,7 @@ async fn a_rewrap_job_killed_with_sigkill_finishes_after_restart() {
 
     // Offline: every card of every batch still opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let audit = vault::AuditLog::open(store.clone(), vault::DEFAULT_CHECKPOINT_EVERY).unwrap();
     let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
@@ -851,7 +852,9 @@ async fn a_rewrap_job_killed_with_sigkill_finishes_after_restart() {
     hsm.unseal(&share).unwrap();
     for b in 1..=CRASH_BATCHES {
         for n in 100 * b + 1..=100 * b + 10 {
-            let c = codes.find(&hsm, &serial(n)).unwrap().unwrap();
+            let c = super::support::release_from(&codes, &audit, &hsm, &serial(n))
+                .unwrap()
+                .unwrap();
             let (pin, puk) = codes_of(n, SALT);
             assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5], "card {n}");
             assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {n}");
@@ -1349,6 +1352,7 @@ async fn a_dev_hsm_rekeyed_to_two_of_three_opens_as_a_production_one() {
 
     // Offline: the codes still open under the new shares.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let audit = vault::AuditLog::open(store.clone(), vault::DEFAULT_CHECKPOINT_EVERY).unwrap();
     let (codes, _) = vault::CodeVault::open(store).unwrap();
     let hsm = SimulatedHsm::open(&data).unwrap();
     assert!(!hsm.status().dev);
@@ -1357,7 +1361,9 @@ async fn a_dev_hsm_rekeyed_to_two_of_three_opens_as_a_production_one() {
         hsm.unseal(&SecretString::from(share.trim().to_owned()))
             .unwrap();
     }
-    let c = codes.find(&hsm, &serial(101)).unwrap().unwrap();
+    let c = super::support::release_from(&codes, &audit, &hsm, &serial(101))
+        .unwrap()
+        .unwrap();
     let (pin, _) = codes_of(101, SALT);
     assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5]);
 }

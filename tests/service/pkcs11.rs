@@ -324,6 +324,7 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
 
     // Offline, on the token: every card of every batch opens to its codes.
     let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let audit = vault::AuditLog::open(store.clone(), vault::DEFAULT_CHECKPOINT_EVERY).unwrap();
     let (codes, _) = vault::CodeVault::open(store).unwrap();
     // This process initialised the token before `plico init` changed its pin: reload it.
     hsm_pkcs11::token::reload(&token.config.module).unwrap();
@@ -333,7 +334,9 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
     assert_eq!(hsm.status().terms.len(), 2);
     for b in 1..=BATCHES {
         for n in 100 * b + 1..=100 * b + 10 {
-            let c = codes.find(&hsm, &serial(n)).unwrap().unwrap();
+            let c = super::support::release_from(&codes, &audit, &hsm, &serial(n))
+                .unwrap()
+                .unwrap();
             let (pin, puk) = codes_of(n, SALT);
             assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5], "card {n}");
             assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {n}");

@@ -23,11 +23,9 @@ pub(super) fn cf(first15: &str) -> String {
     format!("{first15}{}", check_character(first15).unwrap())
 }
 
-/// A one-share HSM initialised in `dir`, unsealed.
+/// A one-share development HSM initialised in `dir`, unsealed ([`SimulatedHsm::dev`]).
 pub(super) fn unsealed_hsm(dir: &Path) -> Arc<SimulatedHsm> {
-    let (hsm, shares) = init_hsm(dir, 1, 1);
-    hsm.unseal(&shares[0]).unwrap();
-    hsm
+    Arc::new(SimulatedHsm::dev(dir).unwrap())
 }
 
 /// A state over an unsealed HSM in `dir` and a sled store in `dir/store`; not yet marked
@@ -196,6 +194,33 @@ pub(super) fn cns_codes_file(cards: RangeInclusive<u64>, salt: u64) -> String {
 pub(super) fn identification(n: u64) -> Value {
     json!({"by": "holder", "document_type": "carta_identita",
            "document_number": format!("CA{n}00AB"), "consent_ref": "consenso-1"})
+}
+
+/// Card `serial`'s codes as the vault holds them, through the audited release (a
+/// `card.codes_release` event by a test actor, then the codes opened with its receipt):
+/// `None` if no committed batch holds them. No endpoint returns codes.
+pub(crate) fn released_codes(
+    state: &plico::AppState,
+    serial: &str,
+) -> vault::Result<Option<vault::CardCodes>> {
+    release_from(&state.codes, &state.audit, &*state.hsm, serial)
+}
+
+/// [`released_codes`] over a vault opened offline (its store's audit chain opened beside it).
+pub(crate) fn release_from(
+    codes: &vault::CodeVault,
+    audit: &vault::AuditLog,
+    hsm: &dyn vault::Hsm,
+    serial: &str,
+) -> vault::Result<Option<vault::CardCodes>> {
+    let Some(pending) = codes.pending_release(hsm, serial)? else {
+        return Ok(None);
+    };
+    let receipt = audit.commit_release(
+        vault::Batch::new(),
+        vec![vault::NewEvent::new(vault::CODES_RELEASE_ACTION, serial).detail("for", "test")],
+    )?;
+    pending.open(&receipt).map(Some)
 }
 
 /// The actions of the audit events of `state` whose action starts with `prefix`, oldest first

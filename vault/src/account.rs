@@ -22,7 +22,7 @@
 //! service's route table does that).
 
 use crate::audit::{AuditLog, NewEvent, Outcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -216,10 +216,10 @@ impl Actor {
         }
     }
 
-    fn event(&self, action: &str, subject: &str) -> NewEvent {
-        NewEvent::new(action, subject)
-            .by(self.id.clone(), self.role.clone())
-            .request(self.request_id.clone())
+    /// An audit event for `action` on `subject` done by this actor: its id, role and request
+    /// id filled in (the one way to say who did something).
+    pub fn event(&self, action: &str, subject: impl Into<String>) -> NewEvent {
+        NewEvent::new(action, subject).by_actor(self)
     }
 }
 
@@ -310,9 +310,9 @@ fn decode(id: &[u8], bytes: &[u8]) -> Result<Account> {
 fn not_found(id: &str) -> Error {
     // The id came from a caller: show it only if it has an id's shape.
     if id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Error::NotFound(format!("account {id}"))
+        Missing::Account(Some(id.to_owned())).into()
     } else {
-        Error::NotFound("account (malformed id)".to_owned())
+        Missing::Account(None).into()
     }
 }
 
@@ -450,13 +450,13 @@ impl Accounts {
     }
 
     /// Appends a refused event and returns the refusal (or the append's own error).
-    fn refuse(&self, action: &str, id: &str, actor: &Actor, reason: String) -> Error {
+    fn refuse(&self, action: &str, id: &str, actor: &Actor, reason: Refusal) -> Error {
         let event = actor
             .event(action, id)
             .outcome(Outcome::Refused)
-            .detail("reason", reason.clone());
+            .detail("reason", reason.to_string());
         match self.audit.append(event) {
-            Ok(_) => Error::Refused(reason),
+            Ok(_) => Error::Refusal(reason),
             Err(e) => e,
         }
     }
@@ -476,7 +476,7 @@ impl Accounts {
     /// be disabled (nobody could manage accounts any more).
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::Refused`] if already disabled or the last admin; store
+    /// [`Missing::Account`]; [`Refusal::AlreadyDisabled`] or [`Refusal::LastAdmin`]; store
     /// errors — then nothing changed.
     pub fn disable(&self, id: &str, actor: &Actor) -> Result<AccountView> {
         let _guard = self.lock();
@@ -486,7 +486,9 @@ impl Accounts {
                 "account.disable",
                 id,
                 actor,
-                format!("account {id} is already disabled"),
+                Refusal::AlreadyDisabled {
+                    account: id.to_owned(),
+                },
             ));
         }
         if account.role == Role::Admin {
@@ -500,7 +502,9 @@ impl Accounts {
                     "account.disable",
                     id,
                     actor,
-                    format!("account {id} is the last enabled admin"),
+                    Refusal::LastAdmin {
+                        account: id.to_owned(),
+                    },
                 ));
             }
         }
@@ -513,7 +517,7 @@ impl Accounts {
     /// working at once.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::Refused`] for a disabled account; store errors — then
+    /// [`Missing::Account`]; [`Refusal::AccountDisabled`] for a disabled account; store errors — then
     /// the old token still works.
     pub fn rotate_token(&self, id: &str, actor: &Actor) -> Result<SecretString> {
         let _guard = self.lock();
@@ -523,7 +527,9 @@ impl Accounts {
                 "account.rotate_token",
                 id,
                 actor,
-                format!("account {id} is disabled"),
+                Refusal::AccountDisabled {
+                    account: id.to_owned(),
+                },
             ));
         }
         let (token, hash) = self.new_token(id)?;
@@ -535,8 +541,8 @@ impl Accounts {
     /// Sets (or replaces) the password of an operator or officer, as an argon2id hash.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a password outside the bounds (12 to 1,024 characters);
-    /// [`Error::Refused`] for another role or a disabled account; [`Error::NotFound`]; store errors.
+    /// [`Error::Invalid`] for a password outside [`validate_password`]'s bounds;
+    /// [`Refusal::NoPasswordForRole`] or [`Refusal::AccountDisabled`]; [`Missing::Account`]; store errors.
     pub fn set_password(&self, id: &str, password: &SecretString, actor: &Actor) -> Result<()> {
         validate_password(password).map_err(|e| Error::Invalid(e.0))?;
         let _guard = self.lock();
@@ -546,10 +552,7 @@ impl Accounts {
                 "account.set_password",
                 id,
                 actor,
-                format!(
-                    "a {} account cannot have a password (only operator and officer)",
-                    account.role
-                ),
+                Refusal::NoPasswordForRole { role: account.role },
             ));
         }
         if account.disabled {
@@ -557,7 +560,9 @@ impl Accounts {
                 "account.set_password",
                 id,
                 actor,
-                format!("account {id} is disabled"),
+                Refusal::AccountDisabled {
+                    account: id.to_owned(),
+                },
             ));
         }
         let mut salt = [0u8; 16];
@@ -686,7 +691,7 @@ mod tests {
         assert!(acc.authenticate(&new).unwrap().is_none());
         assert!(matches!(
             acc.disable(&a.id, &admin()),
-            Err(Error::Refused(_))
+            Err(Error::Refusal(Refusal::AlreadyDisabled { account })) if account == a.id
         ));
 
         // Audited: subject the account id, actor and request id, the name only as an HMAC.
@@ -755,7 +760,9 @@ mod tests {
         let good = SecretString::from("twelve chars");
         assert!(matches!(
             acc.set_password(&cms.id, &good, &admin()),
-            Err(Error::Refused(_))
+            Err(Error::Refusal(Refusal::NoPasswordForRole {
+                role: Role::Cms
+            }))
         ));
         acc.set_password(&op.id, &good, &admin()).unwrap();
         let phc = acc.get(&op.id).unwrap().unwrap().password.unwrap();
@@ -786,12 +793,15 @@ mod tests {
         assert_eq!(ev.events[0].actor, "system");
 
         let me = Actor::account(&a, "r");
-        assert!(matches!(acc.disable(&a.id, &me), Err(Error::Refused(_))));
+        assert!(matches!(
+            acc.disable(&a.id, &me),
+            Err(Error::Refusal(Refusal::LastAdmin { account })) if account == a.id
+        ));
         let (b, _) = acc.create("second", Role::Admin, &me).unwrap();
         acc.disable(&a.id, &Actor::account(&b, "r2")).unwrap();
         assert!(matches!(
             acc.disable(&b.id, &Actor::account(&b, "r3")),
-            Err(Error::Refused(_))
+            Err(Error::Refusal(Refusal::LastAdmin { .. }))
         ));
     }
 

@@ -23,7 +23,7 @@
 //! [`AuditLog::verify`] walks all of it and names the first broken link.
 
 use crate::clock::Clock;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::hsm::{AuditAnchor, Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::lock::{lock, read_lock, write_lock};
@@ -72,11 +72,11 @@ pub enum Outcome {
 pub struct NewEvent {
     actor: String,
     role: String,
-    action: String,
-    subject: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
     outcome: Outcome,
     request_id: String,
-    details: BTreeMap<String, String>,
+    pub(crate) details: BTreeMap<String, String>,
     personal: BTreeMap<String, String>,
 }
 
@@ -101,6 +101,12 @@ impl NewEvent {
         self.actor = actor.into();
         self.role = role.into();
         self
+    }
+
+    /// Done by `actor`: its id, role and request id.
+    pub fn by_actor(self, actor: &crate::account::Actor) -> Self {
+        self.by(actor.id.clone(), actor.role.clone())
+            .request(actor.request_id.clone())
     }
 
     /// How it ended.
@@ -393,6 +399,8 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 #[derive(Debug)]
 pub struct Written {
     seq: u64,
+    /// What the events release, handed out once they are durable.
+    release: crate::codes::Release,
     /// The head hash of a checkpoint that fell due, to anchor once durable.
     checkpoint: Option<String>,
 }
@@ -478,10 +486,12 @@ impl AuditLog {
         let report = verify_chain(&*self.store, Some(&hkey), anchor.as_ref())?;
         if let Some(p) = report.problem {
             *slot = None;
-            return Err(Error::Refused(format!(
-                "the audit chain does not verify ({} at event {}: {}); restore the store",
-                p.damage, p.seq, p.message
-            )));
+            return Err(Refusal::AuditBroken {
+                damage: p.damage,
+                seq: p.seq,
+                detail: p.message.clone(),
+            }
+            .into());
         }
         self.checkpoint_locked(&hkey, &mut chain)?;
         *slot = Some(hkey);
@@ -557,10 +567,7 @@ impl AuditLog {
         let current = hsm.status().generation;
         let seen = self.seen_generation()?;
         if current < seen {
-            return Err(Error::Refused(format!(
-                "the hsm state is at generation {current} but this store has seen generation \
-                 {seen}: an older copy of the hsm state was put back"
-            )));
+            return Err(Refusal::StaleHsmState { current, seen }.into());
         }
         if current > seen {
             self.remember_generation(current)?;
@@ -672,6 +679,7 @@ impl AuditLog {
                 "an audited change needs at least one event".into(),
             ));
         }
+        let release = crate::codes::Release::of(&events);
         let mut hmaced = Vec::with_capacity(events.len());
         for event in &events {
             let mut personal = BTreeMap::new();
@@ -741,6 +749,7 @@ impl AuditLog {
         chain.since_checkpoint = since;
         Ok(Written {
             seq,
+            release,
             checkpoint: (due && key.is_some()).then(|| hex::encode(last_hash)),
         })
     }
@@ -761,6 +770,67 @@ impl AuditLog {
             }
         }
         Ok(written.seq)
+    }
+
+    /// [`AuditLog::durable`] that returns the [`Release`](crate::Release) receipt of the
+    /// written events: what they release (a `card.codes_release` event releases that card's
+    /// codes, a `mailers.run_start` event the codes of its print run).
+    ///
+    /// # Errors
+    /// As [`AuditLog::durable`].
+    pub fn durable_release(&self, written: Written) -> Result<crate::codes::Release> {
+        let Written {
+            seq,
+            release,
+            checkpoint,
+        } = written;
+        self.durable(Written {
+            seq,
+            release: crate::codes::Release::of(&[]),
+            checkpoint,
+        })?;
+        Ok(release)
+    }
+
+    /// [`AuditLog::commit_all`] that returns the [`Release`](crate::Release) receipt of
+    /// `events` (see [`AuditLog::durable_release`]): the only way to a receipt.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit_all`].
+    pub fn commit_release(
+        &self,
+        batch: Batch,
+        events: Vec<NewEvent>,
+    ) -> Result<crate::codes::Release> {
+        let written = self.write_all(batch, events)?;
+        self.durable_release(written)
+    }
+
+    /// The audited use of one card's codes when what is handed out is made from them (a
+    /// counter page): `make` turns `pending`'s codes into it *before* anything is written, so
+    /// that a failure of `make` writes nothing (`Ok(Err(e))`); then `batch` and `events` are
+    /// committed ([`AuditLog::commit_all`]) and `make`'s output is returned. `events` must
+    /// release the card ([`crate::CODES_RELEASE_ACTION`] with its serial).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] (nothing written, `make` not called) if `events` do not release the
+    /// card; as [`AuditLog::commit_all`].
+    pub fn commit_release_with<T, E>(
+        &self,
+        batch: Batch,
+        events: Vec<NewEvent>,
+        pending: crate::codes::PendingCodes,
+        make: impl FnOnce(&crate::codes::CardCodes) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>> {
+        let release = crate::codes::Release::of(&events);
+        let codes = pending.open(&release)?;
+        let made = match make(&codes) {
+            Ok(made) => made,
+            Err(e) => return Ok(Err(e)),
+        };
+        drop(codes);
+        self.commit_all(batch, events)?;
+        Ok(Ok(made))
     }
 
     /// Group commit: returns once event `seq` (and everything written before it) is flushed.
@@ -848,10 +918,11 @@ impl AuditLog {
                 verify_chain(&*self.store, Some(key), anchor.as_ref())?
             };
             if let Some(p) = report.problem {
-                return Err(Error::Refused(format!(
-                    "the audit chain does not verify ({} at event {}); prune refused",
-                    p.damage, p.seq
-                )));
+                return Err(Refusal::PruneOnBroken {
+                    damage: p.damage,
+                    seq: p.seq,
+                }
+                .into());
             }
             let current = load_mark(&*self.store, BASE_KEY)?.map_or(0, |b| b.seq);
             let mut target: Option<Mark> = None;
@@ -1714,7 +1785,7 @@ mod tests {
         let hsm: Arc<dyn Hsm> = Arc::new(DoubleHsm::new());
         let r = log.unlock(hsm);
         assert!(
-            matches!(r, Err(Error::Refused(ref m)) if m.contains("older copy")),
+            matches!(r, Err(Error::Refusal(Refusal::StaleHsmState { .. }))),
             "{r:?}"
         );
         assert!(!log.has_key());
@@ -1832,7 +1903,10 @@ mod tests {
             NewEvent::new("audit.prune", "audit"),
         );
         assert!(
-            matches!(r, Err(Error::Refused(ref m)) if m.contains("does not verify")),
+            matches!(
+                r,
+                Err(Error::Refusal(Refusal::PruneOnBroken { seq: 15, .. }))
+            ),
             "{r:?}"
         );
         assert!(store.get(Tree::Audit, &seq_key(1)).unwrap().is_some());

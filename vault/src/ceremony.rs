@@ -55,7 +55,7 @@ pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
 use crate::account::{Actor, Role};
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::codes::{BatchState, CodeVault};
-use crate::error::{Error, Result};
+use crate::error::{Denial, Error, Missing, Refusal, Result};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
 use crate::kcv::Kcv;
 use crate::keyring::Keyring;
@@ -257,10 +257,11 @@ impl Ceremonies {
         }
         // A job: rotate, shred or discard.
         if let Some(j) = self.jobs()?.into_iter().find(KeyJob::unfinished) {
-            return Err(Error::Refused(format!(
-                "the job of {} ({}) is not finished; approve once it is",
-                j.id, j.op
-            )));
+            return Err(Refusal::JobUnfinished {
+                proposal: j.id,
+                op: j.op.to_string(),
+            }
+            .into());
         }
         self.recheck(hsm, &p)?;
         let active = active_term(&hsm.status())?;
@@ -472,8 +473,7 @@ impl Ceremonies {
     }
 
     fn load(&self, id: ProposalId) -> Result<Proposal> {
-        self.get(id)?
-            .ok_or_else(|| Error::NotFound(format!("key proposal {id}")))
+        self.get(id)?.ok_or_else(|| Missing::Proposal(id).into())
     }
 
     /// Every proposal, newest first, after marking lapsed the open ones whose window has
@@ -566,23 +566,23 @@ impl Ceremonies {
         }
         if now_ms >= p.expires_ms {
             self.lapse(p, now_ms)?;
-            return Err(Error::Refused(format!(
-                "{id} lapsed: it was not approved within its window; propose it again"
-            )));
+            return Err(Refusal::Lapsed { proposal: id }.into());
         }
         if p.proposer == actor.id {
-            return Err(Error::Forbidden(format!(
-                "{id} was proposed by account {}; a different officer must approve it",
-                actor.id
-            )));
+            return Err(Denial::OwnProposal {
+                proposal: id,
+                account: actor.id.clone(),
+            }
+            .into());
         }
         if let Some(want) = expect_kcv {
             if p.kcv != Some(want) {
-                return Err(Error::Refused(format!(
-                    "{id}: the key it names has KCV {}, not the expected {want}; nothing was \
-                     approved",
-                    p.kcv.map_or("none".to_owned(), |k| k.to_string())
-                )));
+                return Err(Refusal::KcvMismatch {
+                    proposal: id,
+                    expected: want,
+                    found: p.kcv,
+                }
+                .into());
             }
         }
         Ok(p)
@@ -594,21 +594,19 @@ impl Ceremonies {
     fn recheck(&self, hsm: &dyn Hsm, p: &Proposal) -> Result<()> {
         let named = self.check(hsm, &p.op, false)?;
         if named.kcv != p.kcv {
-            let shown = |k: Option<crate::kcv::Kcv>| k.map_or("none".to_owned(), |k| k.to_string());
-            return Err(Error::Refused(format!(
-                "{}: the key it names changed since it was proposed (KCV {} then, {} now); \
-                 propose again",
-                p.id,
-                shown(p.kcv),
-                shown(named.kcv)
-            )));
+            return Err(Refusal::KeyChanged {
+                proposal: p.id,
+                then: p.kcv,
+                now: named.kcv,
+            }
+            .into());
         }
         if let Some(more) = p.impact.as_ref().and_then(|was| named.impact.widened(was)) {
-            return Err(Error::Refused(format!(
-                "{}: it would now do more than it says: {more}; propose it again so that the \
-                 approver sees it",
-                p.id
-            )));
+            return Err(Refusal::ImpactGrew {
+                proposal: p.id,
+                more: more.to_string(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -644,16 +642,10 @@ impl Ceremonies {
                     .terms
                     .iter()
                     .find(|t| t.id == term)
-                    .ok_or_else(|| Error::NotFound(term.to_string()))?;
+                    .ok_or(Missing::Term(term))?;
                 match t.state {
-                    TermState::Active => {
-                        return Err(Error::Refused(format!(
-                            "{term} is the active term; rotate first, then retire it"
-                        )))
-                    }
-                    TermState::Retired => {
-                        return Err(Error::Refused(format!("{term} is already retired")))
-                    }
+                    TermState::Active => return Err(Refusal::TermActive { term }.into()),
+                    TermState::Retired => return Err(Refusal::TermRetired { term }.into()),
                     TermState::DecryptOnly => {}
                 }
                 let in_use = Keyring::load(&**self.store())?
@@ -663,10 +655,11 @@ impl Ceremonies {
                     .unwrap_or(0);
                 let rewrapping = self.jobs()?.iter().any(KeyJob::unfinished);
                 if in_use > 0 && !(proposing && rewrapping) {
-                    return Err(Error::Refused(format!(
-                        "{term} still wraps {in_use} data key(s); rotate so that they are \
-                         rewrapped, then retire it"
-                    )));
+                    return Err(Refusal::TermInUse {
+                        term,
+                        data_keys: in_use as u64,
+                    }
+                    .into());
                 }
                 Ok(Named {
                     kcv: Some(t.kcv),
@@ -735,10 +728,7 @@ impl Ceremonies {
                 } else {
                     BatchState::Quarantined
                 };
-                let rec = self
-                    .codes
-                    .batch(batch)?
-                    .ok_or_else(|| Error::NotFound(format!("batch {batch}")))?;
+                let rec = self.codes.batch(batch)?.ok_or(Missing::Batch(batch))?;
                 if rec.state != want {
                     return Err(Error::WrongState {
                         subject: format!("batch {batch}"),
@@ -754,16 +744,14 @@ impl Ceremonies {
                 if let Operation::Shred { force: false, .. } = op {
                     let live = impact.live_cards();
                     if live > 0 {
-                        return Err(Error::Refused(format!(
-                            "batch {batch}: {live} card(s) still need their codes ({} active, \
-                             {} suspended, {} issued); a shred would leave them with none. \
-                             Propose it with force to revoke them (reason codes_destroyed) and \
-                             cancel their {} unsent dispatch job(s) in the same write",
-                            impact.count("active"),
-                            impact.count("suspended"),
-                            impact.count("issued"),
-                            impact.jobs.count
-                        )));
+                        return Err(Refusal::CardsNeedCodes {
+                            batch,
+                            active: impact.count("active"),
+                            suspended: impact.count("suspended"),
+                            issued: impact.count("issued"),
+                            jobs: impact.jobs.count,
+                        }
+                        .into());
                     }
                 }
                 let mut details = vec![
@@ -833,9 +821,8 @@ impl Ceremonies {
     }
 
     fn event(&self, actor: &Actor, action: &str, p: &Proposal) -> NewEvent {
-        let mut e = NewEvent::new(action, p.id.to_string())
-            .by(actor.id.clone(), actor.role.clone())
-            .request(actor.request_id.clone())
+        let mut e = actor
+            .event(action, p.id.to_string())
             .detail("op", p.op.name());
         match p.op {
             Operation::Retire { term } => e = e.detail("term", term.0.to_string()),
@@ -860,14 +847,16 @@ impl Ceremonies {
     }
 }
 
-fn officer(actor: &Actor, what: &str) -> Result<()> {
+fn officer(actor: &Actor, what: &'static str) -> Result<()> {
     if actor.role == Role::Officer.as_str() {
         Ok(())
     } else {
-        Err(Error::Forbidden(format!(
-            "only an officer may {what} a key operation; account {} is {}",
-            actor.id, actor.role
-        )))
+        Err(Denial::NotOfficer {
+            account: actor.id.clone(),
+            role: actor.role.clone(),
+            what,
+        }
+        .into())
     }
 }
 

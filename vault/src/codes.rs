@@ -32,6 +32,7 @@
 pub mod batch;
 mod check;
 pub mod record;
+mod release;
 pub mod scan;
 pub mod segment;
 pub mod stage;
@@ -39,12 +40,13 @@ pub mod stage;
 pub use batch::{BatchId, BatchRecord, BatchSource, BatchState, RunInfo};
 pub use check::Repeats;
 pub use record::CardCodes;
+pub use release::{PendingCodes, Release, CODES_RELEASE_ACTION, PRINT_RUN_ACTION};
 pub use scan::BatchScan;
 pub use stage::{Staged, Stager};
 
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::lock::{lock, read_lock, write_lock};
@@ -410,14 +412,13 @@ impl CodeVault {
     }
 
     fn staging_record(&self, id: BatchId) -> Result<BatchRecord> {
-        let rec = self
-            .batch(id)?
-            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        let rec = self.batch(id)?.ok_or(Missing::Batch(id))?;
         if rec.state != BatchState::Staging {
-            return Err(Error::Refused(format!(
-                "batch {id} is {}, not staging",
-                rec.state
-            )));
+            return Err(Refusal::NotStaging {
+                batch: id,
+                state: rec.state,
+            }
+            .into());
         }
         Ok(rec)
     }
@@ -580,10 +581,7 @@ impl CodeVault {
         content_id: Option<String>,
     ) -> Result<CommitOutcome> {
         if staged.repeats.total > 0 {
-            return Err(Error::Refused(format!(
-                "batch {} repeats serials; reject it",
-                staged.id
-            )));
+            return Err(Refusal::RepeatsSerials { batch: staged.id }.into());
         }
         let _commit = lock(&self.commit_lock);
         let before = self.staging_record(staged.id)?;
@@ -717,13 +715,25 @@ impl CodeVault {
         Ok(self.record_of(serial)?.map(|(b, _, _, _)| b))
     }
 
+    /// A card's codes for a release, decrypted but sealed in a [`PendingCodes`] that opens
+    /// only with the [`Release`] receipt of the audited release; `None` if no committed batch
+    /// holds them (or they were deleted).
+    ///
+    /// # Errors
+    /// As [`CodeVault::find`].
+    pub fn pending_release(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<PendingCodes>> {
+        Ok(self
+            .find(hsm, serial)?
+            .map(|codes| PendingCodes::new(serial, codes)))
+    }
+
     /// A card's codes, decrypted, or `None` if no committed batch holds them (or they were
-    /// deleted). For the renderers of mailers and messages only: the caller must audit.
+    /// deleted). Not `pub`: clear codes leave the vault only through [`PendingCodes::open`].
     ///
     /// # Errors
     /// [`Error::Sealed`] while the HSM is sealed; [`Error::Integrity`] for a record that does
     /// not open; store errors.
-    pub fn find(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<CardCodes>> {
+    pub(crate) fn find(&self, hsm: &dyn Hsm, serial: &str) -> Result<Option<CardCodes>> {
         let Some((_, key, counter, sealed)) = self.record_of(serial)? else {
             return Ok(None);
         };
@@ -784,9 +794,7 @@ impl CodeVault {
         events: Vec<NewEvent>,
     ) -> Result<BatchRecord> {
         let _commit = lock(&self.commit_lock);
-        let mut rec = self
-            .batch(id)?
-            .ok_or_else(|| Error::NotFound(format!("batch {id}")))?;
+        let mut rec = self.batch(id)?.ok_or(Missing::Batch(id))?;
         if rec.state != from {
             return Err(Error::WrongState {
                 subject: format!("batch {id}"),
@@ -856,11 +864,29 @@ impl CodeVault {
         Ok(out)
     }
 
+    /// The opener of `holder` data key `key`, for the personal data the `cards` crate seals:
+    /// any other purpose (a code key above all) is refused, so that no opener of code records
+    /// leaves the vault.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a key that is not a `holder` key or not in the keyring; as
+    /// [`CodeVault::opener`].
+    pub fn holder_opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+        let purpose = Keyring::load(&*self.store)?.get(key).map(|r| r.purpose);
+        if purpose != Some(crate::hsm::KeyPurpose::Holder) {
+            return Err(Error::Refused(format!(
+                "data key {}: not a holder key",
+                key.0
+            )));
+        }
+        self.opener(hsm, key)
+    }
+
     /// The opener of data key `key` (cached once loaded while the key is in the keyring).
     ///
     /// # Errors
     /// [`Error::Sealed`] and provider errors from the HSM; store errors; an unknown key.
-    pub fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
+    pub(crate) fn opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
         if let Some(o) = read_lock(&self.openers).get(&key) {
             return Ok(o.clone());
         }

@@ -28,7 +28,7 @@
 //! those of a full envelope with the same key, counter and subject: the two forms are one
 //! encryption stored two ways. The counter fits in 32 bits because of [`SEALER_LIMIT`].
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::hsm::KeyPurpose;
 use crate::secret::{DataKey, FreshDataKey, Plaintext};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -98,11 +98,8 @@ const AAD_PREFIX_LEN: usize = AAD_LABEL.len() + 1 + 1 + 4;
 /// Rewrites only the subject part of an AAD that [`aad_into`] built for the same purpose and
 /// key (the sealer's hot path: the prefix is the same for every record).
 fn aad_subject_into(a: &mut Vec<u8>, subject: &str) -> Result<()> {
-    let subject_len = u16::try_from(subject.len()).map_err(|_| {
-        Error::Refused(format!(
-            "record subject is {} bytes, at most 65535",
-            subject.len()
-        ))
+    let subject_len = u16::try_from(subject.len()).map_err(|_| Refusal::SubjectTooLong {
+        bytes: subject.len(),
     })?;
     a.truncate(AAD_PREFIX_LEN);
     a.extend_from_slice(&subject_len.to_be_bytes());
@@ -113,11 +110,8 @@ fn aad_subject_into(a: &mut Vec<u8>, subject: &str) -> Result<()> {
 /// Writes the AAD of a record into `a` (cleared first), so a sealer can reuse one buffer for
 /// every record instead of allocating per record.
 fn aad_into(a: &mut Vec<u8>, purpose: KeyPurpose, key: DataKeyId, subject: &str) -> Result<()> {
-    let subject_len = u16::try_from(subject.len()).map_err(|_| {
-        Error::Refused(format!(
-            "record subject is {} bytes, at most 65535",
-            subject.len()
-        ))
+    let subject_len = u16::try_from(subject.len()).map_err(|_| Refusal::SubjectTooLong {
+        bytes: subject.len(),
     })?;
     a.clear();
     a.extend_from_slice(AAD_LABEL);
@@ -214,8 +208,8 @@ impl Sealer {
         out: &mut Vec<u8>,
     ) -> Result<u32> {
         // SEALER_LIMIT is 2^31, so a counter below it fits in 32 bits.
-        let counter = u32::try_from(self.next)
-            .map_err(|_| Error::Refused(format!("{} has no 32-bit counter left", self.id)))?;
+        let counter =
+            u32::try_from(self.next).map_err(|_| Refusal::CounterExhausted { key: self.id })?;
         let nonce = self.nonce()?;
         self.seal_appended(subject, nonce, plaintext, out)?;
         Ok(counter)
@@ -224,10 +218,11 @@ impl Sealer {
     /// The next nonce: 4 zero bytes and the counter; refuses past [`SEALER_LIMIT`].
     fn nonce(&self) -> Result<[u8; NONCE_LEN]> {
         if self.next >= SEALER_LIMIT {
-            return Err(Error::Refused(format!(
-                "{} reached its limit of {} encryptions; use a new data key",
-                self.id, SEALER_LIMIT
-            )));
+            return Err(Refusal::EncryptionLimit {
+                key: self.id,
+                limit: SEALER_LIMIT,
+            }
+            .into());
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());

@@ -1,10 +1,25 @@
-//! The vault's one error type.
+//! The vault's one error type, and the typed refusals inside it.
 //!
 //! Messages are lower-case and name the thing at fault (a field, a key id, a term), never
 //! secret bytes. Every cryptographic failure is the single opaque [`Error::Integrity`]: a caller
 //! learns that a blob did not verify, never which check failed.
+//!
+//! A refusal carries the facts a caller branches on, as values: [`Refusal`] (why the state does
+//! not allow the operation: the term and how many data keys it still wraps, the proposal that
+//! lapsed, the key and its limit…), [`Denial`] (who may not do it), [`Missing`] (what does not
+//! exist). Tests match these variants, never message text. The string-carrying
+//! [`Error::Refused`] and [`Error::NotFound`] remain for the code not converted yet (the card
+//! domain and the simulated HSM); new code uses the typed variants.
 
+use crate::account::Role;
+use crate::audit::Damage;
+use crate::ceremony::ProposalId;
+use crate::codes::{BatchId, BatchState};
+use crate::envelope::DataKeyId;
+use crate::hsm::TermId;
+use crate::kcv::Kcv;
 use crate::policy::CodeError;
+use std::fmt;
 
 /// Errors of the vault and of [`crate::Hsm`] providers.
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +43,23 @@ pub enum Error {
     #[error("invalid: {0}")]
     Invalid(String),
 
-    /// The operation is not allowed in the current state (a term still in use, a threshold
-    /// below 2 without dev mode, an encryption limit reached…).
+    /// The operation is not allowed in the current state: why, with its facts.
+    #[error("refused: {0}")]
+    Refusal(Refusal),
+
+    /// The caller may not do this, whatever the state (a role without the right, or dual
+    /// control).
+    #[error("forbidden: {0}")]
+    Denied(Denial),
+
+    /// Something named does not exist.
+    #[error("not found: {0}")]
+    Missing(Missing),
+
+    /// Transitional: a refusal of code not converted to [`Refusal`] yet; the message names the
+    /// reason.
     #[error("refused: {0}")]
     Refused(String),
-
-    /// The caller may not do this, whatever the state: a role that does not hold the right, or
-    /// an officer approving their own key-ceremony proposal (dual control).
-    #[error("forbidden: {0}")]
-    Forbidden(String),
 
     /// A change that the current state of its subject does not allow (a card's lifecycle).
     /// Nothing was changed; the message names the current state.
@@ -50,7 +73,8 @@ pub enum Error {
         wanted: String,
     },
 
-    /// A named key term or data key does not exist.
+    /// Transitional: something named does not exist, in code not converted to [`Missing`]
+    /// yet.
     #[error("not found: {0}")]
     NotFound(String),
 
@@ -70,3 +94,405 @@ pub enum Error {
 
 /// Result alias for the vault.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the current state does not allow an operation. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The keyring has allocated every data key id.
+    KeyringFull,
+    /// The HSM has no active term (nothing to wrap new keys under).
+    NoActiveTerm,
+    /// The HSM answered a rewrap of `key` under `got` instead of the asked `want`.
+    RewrapMismatch {
+        /// The data key.
+        key: DataKeyId,
+        /// The term the answer is under.
+        got: TermId,
+        /// The term asked for.
+        want: TermId,
+    },
+    /// `term` still wraps `data_keys` data keys, so it cannot be retired.
+    TermInUse {
+        /// The term.
+        term: TermId,
+        /// How many data keys it still wraps.
+        data_keys: u64,
+    },
+    /// `term` is the active term: rotate first.
+    TermActive {
+        /// The term.
+        term: TermId,
+    },
+    /// `term` is retired already.
+    TermRetired {
+        /// The term.
+        term: TermId,
+    },
+    /// A custodian threshold that the HSM does not accept (below 2 outside dev mode, or above
+    /// the number of shares).
+    Threshold {
+        /// The threshold asked for.
+        threshold: u8,
+        /// The number of shares.
+        shares: u8,
+    },
+    /// The HSM provider holds no custodian shares (a test double).
+    NoShares,
+    /// A state anchor older than the one held (an older copy of the HSM state).
+    AnchorBackwards,
+    /// An envelope's subject (the record identity in the AAD) is longer than 65535 bytes.
+    SubjectTooLong {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// `key` has no 32-bit nonce counter left.
+    CounterExhausted {
+        /// The data key.
+        key: DataKeyId,
+    },
+    /// `key` reached its limit of encryptions (NIST SP 800-38D): use a new data key.
+    EncryptionLimit {
+        /// The data key.
+        key: DataKeyId,
+        /// The limit.
+        limit: u64,
+    },
+    /// A batch that is not being staged was asked to commit.
+    NotStaging {
+        /// The batch.
+        batch: BatchId,
+        /// Its state.
+        state: BatchState,
+    },
+    /// A staged batch repeats serials; it can only be rejected.
+    RepeatsSerials {
+        /// The batch.
+        batch: BatchId,
+    },
+    /// The audit chain does not verify; the service does not start on it.
+    AuditBroken {
+        /// The damage found.
+        damage: Damage,
+        /// The event where it was found.
+        seq: u64,
+        /// What was found there.
+        detail: String,
+    },
+    /// The audit chain does not verify, so nothing is pruned.
+    PruneOnBroken {
+        /// The damage found.
+        damage: Damage,
+        /// The event where it was found.
+        seq: u64,
+    },
+    /// The HSM state is older than one this store has seen (a backup put back).
+    StaleHsmState {
+        /// The generation of the HSM state.
+        current: u64,
+        /// The latest generation the store has seen.
+        seen: u64,
+    },
+    /// A key job is still running; one job at a time.
+    JobUnfinished {
+        /// The proposal whose job runs.
+        proposal: ProposalId,
+        /// Its operation, as shown.
+        op: String,
+    },
+    /// The proposal was not approved within its window.
+    Lapsed {
+        /// The proposal.
+        proposal: ProposalId,
+    },
+    /// The approver expected another KCV than the key the proposal names.
+    KcvMismatch {
+        /// The proposal.
+        proposal: ProposalId,
+        /// The KCV the approver expected.
+        expected: Kcv,
+        /// The KCV of the key named (none for an operation without one).
+        found: Option<Kcv>,
+    },
+    /// The key the proposal names changed since it was proposed.
+    KeyChanged {
+        /// The proposal.
+        proposal: ProposalId,
+        /// The KCV when proposed.
+        then: Option<Kcv>,
+        /// The KCV now.
+        now: Option<Kcv>,
+    },
+    /// The proposal would now do more than it said when proposed.
+    ImpactGrew {
+        /// The proposal.
+        proposal: ProposalId,
+        /// What it would do more.
+        more: String,
+    },
+    /// A shred without force of a batch whose cards still need their codes.
+    CardsNeedCodes {
+        /// The batch.
+        batch: BatchId,
+        /// Its active cards.
+        active: u64,
+        /// Its suspended cards.
+        suspended: u64,
+        /// Its issued cards.
+        issued: u64,
+        /// Their unsent dispatch jobs.
+        jobs: u64,
+    },
+    /// A disable of an account that is disabled already.
+    AlreadyDisabled {
+        /// The account id.
+        account: String,
+    },
+    /// The account is disabled.
+    AccountDisabled {
+        /// The account id.
+        account: String,
+    },
+    /// The account is the last enabled admin: disabling it would lock everyone out.
+    LastAdmin {
+        /// The account id.
+        account: String,
+    },
+    /// The card's holder is registered as deceased: the card cannot be activated.
+    HolderDeceased {
+        /// The card serial.
+        card: String,
+    },
+    /// The card's codes are not held (never imported, or deleted at revocation).
+    CodesNotHeld {
+        /// The card serial.
+        card: String,
+    },
+    /// Only operator and officer accounts may have a password.
+    NoPasswordForRole {
+        /// The account's role.
+        role: Role,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kcv = |k: &Option<Kcv>| k.map_or("none".to_owned(), |k| k.to_string());
+        match self {
+            Refusal::KeyringFull => f.write_str("the keyring has used every data key id"),
+            Refusal::NoActiveTerm => f.write_str("the hsm has no active term"),
+            Refusal::RewrapMismatch { key, got, want } => {
+                write!(f, "the hsm rewrapped {key} under {got}, not {want}")
+            }
+            Refusal::TermInUse { term, data_keys } => write!(
+                f,
+                "{term} still wraps {data_keys} data key(s); rotate so that they are rewrapped, \
+                 then retire it"
+            ),
+            Refusal::TermActive { term } => {
+                write!(f, "{term} is the active term; rotate first, then retire it")
+            }
+            Refusal::TermRetired { term } => write!(f, "{term} is already retired"),
+            Refusal::Threshold { threshold, shares } => {
+                write!(f, "threshold {threshold} of {shares} shares")
+            }
+            Refusal::NoShares => f.write_str("the hsm provider holds no custodian shares"),
+            Refusal::AnchorBackwards => f.write_str("anchor goes backwards"),
+            Refusal::SubjectTooLong { bytes } => {
+                write!(f, "record subject is {bytes} bytes, at most 65535")
+            }
+            Refusal::CounterExhausted { key } => {
+                write!(f, "{key} has no 32-bit counter left")
+            }
+            Refusal::EncryptionLimit { key, limit } => write!(
+                f,
+                "{key} reached its limit of {limit} encryptions; use a new data key"
+            ),
+            Refusal::NotStaging { batch, state } => {
+                write!(f, "batch {batch} is {state}, not staging")
+            }
+            Refusal::RepeatsSerials { batch } => {
+                write!(f, "batch {batch} repeats serials; reject it")
+            }
+            Refusal::AuditBroken {
+                damage,
+                seq,
+                detail,
+            } => write!(
+                f,
+                "the audit chain does not verify ({damage} at event {seq}: {detail}); restore \
+                 the store"
+            ),
+            Refusal::PruneOnBroken { damage, seq } => write!(
+                f,
+                "the audit chain does not verify ({damage} at event {seq}); prune refused"
+            ),
+            Refusal::StaleHsmState { current, seen } => write!(
+                f,
+                "the hsm state is at generation {current} but this store has seen generation \
+                 {seen}: an older copy of the hsm state was put back"
+            ),
+            Refusal::JobUnfinished { proposal, op } => write!(
+                f,
+                "the job of {proposal} ({op}) is not finished; approve once it is"
+            ),
+            Refusal::Lapsed { proposal } => write!(
+                f,
+                "{proposal} lapsed: it was not approved within its window; propose it again"
+            ),
+            Refusal::KcvMismatch {
+                proposal,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{proposal}: the key it names has KCV {}, not the expected {expected}; nothing \
+                 was approved",
+                kcv(found)
+            ),
+            Refusal::KeyChanged {
+                proposal,
+                then,
+                now,
+            } => write!(
+                f,
+                "{proposal}: the key it names changed since it was proposed (KCV {} then, {} \
+                 now); propose again",
+                kcv(then),
+                kcv(now)
+            ),
+            Refusal::ImpactGrew { proposal, more } => write!(
+                f,
+                "{proposal}: it would now do more than it says: {more}; propose it again so \
+                 that the approver sees it"
+            ),
+            Refusal::CardsNeedCodes {
+                batch,
+                active,
+                suspended,
+                issued,
+                jobs,
+            } => write!(
+                f,
+                "batch {batch}: {} card(s) still need their codes ({active} active, \
+                 {suspended} suspended, {issued} issued); a shred would leave them with none. \
+                 Propose it with force to revoke them (reason codes_destroyed) and cancel their \
+                 {jobs} unsent dispatch job(s) in the same write",
+                active + suspended + issued
+            ),
+            Refusal::AlreadyDisabled { account } => {
+                write!(f, "account {account} is already disabled")
+            }
+            Refusal::AccountDisabled { account } => write!(f, "account {account} is disabled"),
+            Refusal::LastAdmin { account } => {
+                write!(f, "account {account} is the last enabled admin")
+            }
+            Refusal::HolderDeceased { card } => {
+                write!(f, "card {card}: its holder is registered as deceased")
+            }
+            Refusal::CodesNotHeld { card } => write!(f, "card {card}: its codes are not held"),
+            Refusal::NoPasswordForRole { role } => write!(
+                f,
+                "a {role} account cannot have a password (only operator and officer)"
+            ),
+        }
+    }
+}
+
+/// Who may not do an operation, whatever the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    /// Only an officer may propose, approve or withdraw a key operation.
+    NotOfficer {
+        /// The account.
+        account: String,
+        /// Its role, as the actor carries it.
+        role: String,
+        /// What it tried (`propose`, `approve`, `withdraw`).
+        what: &'static str,
+    },
+    /// Dual control: the proposer may not approve their own proposal.
+    OwnProposal {
+        /// The proposal.
+        proposal: ProposalId,
+        /// The proposer's account.
+        account: String,
+    },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::NotOfficer {
+                account,
+                role,
+                what,
+            } => write!(
+                f,
+                "only an officer may {what} a key operation; account {account} is {role}"
+            ),
+            Denial::OwnProposal { proposal, account } => write!(
+                f,
+                "{proposal} was proposed by account {account}; a different officer must \
+                 approve it"
+            ),
+        }
+    }
+}
+
+/// What was named and does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// A KEK term.
+    Term(TermId),
+    /// A data key.
+    DataKey(DataKeyId),
+    /// A batch.
+    Batch(BatchId),
+    /// A committed batch (a batch in another state does not count).
+    CommittedBatch(BatchId),
+    /// A key proposal.
+    Proposal(ProposalId),
+    /// An account; `None` when the id given does not have an id's shape (it is not shown).
+    Account(Option<String>),
+    /// A card, by serial (the card domain, crate `cards`).
+    Card(String),
+    /// A problem report, by number (crate `cards`).
+    Report(u64),
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Term(t) => write!(f, "{t}"),
+            Missing::DataKey(k) => write!(f, "{k}"),
+            Missing::Batch(b) => write!(f, "batch {b}"),
+            Missing::CommittedBatch(b) => write!(f, "committed batch {b}"),
+            Missing::Proposal(p) => write!(f, "key proposal {p}"),
+            Missing::Account(Some(id)) => write!(f, "account {id}"),
+            Missing::Account(None) => f.write_str("account (malformed id)"),
+            Missing::Card(serial) => write!(f, "card {serial}"),
+            Missing::Report(id) => write!(f, "report {id}"),
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        Error::Refusal(r)
+    }
+}
+
+impl From<Denial> for Error {
+    fn from(d: Denial) -> Error {
+        Error::Denied(d)
+    }
+}
+
+impl From<Missing> for Error {
+    fn from(m: Missing) -> Error {
+        Error::Missing(m)
+    }
+}

@@ -3,7 +3,7 @@
 //! persistence; a rekey checks a quorum of the current tokens, hands out new ones and refuses
 //! the old ones from then on. The real simulator is the `hsm-sim` crate.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::hsm::{
     AuditAnchor, Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo,
     TermState, UnsealProgress, WrappedKey,
@@ -95,7 +95,7 @@ impl DoubleHsm {
             .iter()
             .find(|(t, _)| t.id == term)
             .and_then(|(_, k)| *k)
-            .ok_or_else(|| Error::NotFound(term.to_string()))
+            .ok_or_else(|| Missing::Term(term).into())
     }
 
     fn active(&self) -> (TermId, [u8; 32]) {
@@ -149,7 +149,7 @@ impl Hsm for DoubleHsm {
         }
     }
     fn unseal(&self, _share: &SecretString) -> Result<UnsealProgress> {
-        Err(Error::Refused("the test double has no shares".into()))
+        Err(Refusal::NoShares.into())
     }
     fn reset_unseal(&self) {}
     fn seal(&self) {}
@@ -202,9 +202,9 @@ impl Hsm for DoubleHsm {
         let (t, k) = terms
             .iter_mut()
             .find(|(t, _)| t.id == term)
-            .ok_or_else(|| Error::NotFound(term.to_string()))?;
+            .ok_or(Missing::Term(term))?;
         if t.state == TermState::Active {
-            return Err(Error::Refused("active".into()));
+            return Err(Refusal::TermActive { term }.into());
         }
         t.state = TermState::Retired;
         *k = None;
@@ -218,9 +218,7 @@ impl Hsm for DoubleHsm {
         deliver: &mut ShareDelivery<'_>,
     ) -> Result<RekeyOutcome> {
         if threshold == 0 || threshold > shares {
-            return Err(Error::Refused(format!(
-                "threshold {threshold} of {shares} shares"
-            )));
+            return Err(Refusal::Threshold { threshold, shares }.into());
         }
         let mut held = self.shares.lock().unwrap();
         let mut seen = Vec::new();
@@ -268,7 +266,7 @@ impl Hsm for DoubleHsm {
             .as_ref()
             .is_some_and(|h| h.seq > anchor.seq || (h.seq == anchor.seq && h != anchor))
         {
-            return Err(Error::Refused("anchor goes backwards".into()));
+            return Err(Refusal::AnchorBackwards.into());
         }
         *held = Some(anchor.clone());
         Ok(())

@@ -138,6 +138,7 @@ impl<R: Read> Read for Counting<'_, R> {
 fn message(e: &Error) -> String {
     match e {
         Error::Invalid(m) | Error::Refused(m) => m.clone(),
+        Error::Refusal(r) => r.to_string(),
         other => other.to_string(),
     }
 }

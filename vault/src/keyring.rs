@@ -7,7 +7,7 @@
 
 use crate::clock::Clock;
 use crate::envelope::{DataKeyId, Opener, Sealer};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::hsm::{Hsm, KeyPurpose, TermId, TermState, WrappedKey};
 use crate::kcv::Kcv;
 use crate::secret::DataKey;
@@ -96,18 +96,15 @@ impl Keyring {
     /// and returns the only sealer that will ever encrypt under it.
     ///
     /// # Errors
-    /// [`Error::Sealed`] and provider errors from the HSM; [`Error::Refused`] when the id space
-    /// is exhausted.
+    /// [`Error::Sealed`] and provider errors from the HSM; [`Refusal::KeyringFull`] when the id
+    /// space is exhausted.
     pub fn create(
         &mut self,
         hsm: &dyn Hsm,
         purpose: KeyPurpose,
         clock: &dyn Clock,
     ) -> Result<Sealer> {
-        let id =
-            DataKeyId(self.next_id.checked_add(1).ok_or_else(|| {
-                Error::Refused("the keyring has used every data key id".to_string())
-            })?);
+        let id = DataKeyId(self.next_id.checked_add(1).ok_or(Refusal::KeyringFull)?);
         let (key, wrapped) = hsm.generate_data_key(purpose)?;
         let sealer = Sealer::new(id, purpose, key)?;
         self.keys.insert(
@@ -127,12 +124,12 @@ impl Keyring {
     /// Adds a sealer's count of encryptions to its key's record.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown key.
+    /// [`Missing::DataKey`] for an unknown key.
     pub fn record_encryptions(&mut self, sealer: &Sealer) -> Result<()> {
         let rec = self
             .keys
             .get_mut(&sealer.key_id())
-            .ok_or_else(|| Error::NotFound(sealer.key_id().to_string()))?;
+            .ok_or(Missing::DataKey(sealer.key_id()))?;
         rec.encryptions = rec.encryptions.max(sealer.encryptions());
         Ok(())
     }
@@ -166,12 +163,9 @@ impl Keyring {
     /// Unwraps a data key (for HMAC purposes or to build an opener).
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown key; HSM errors from unwrapping.
+    /// [`Missing::DataKey`] for an unknown key; HSM errors from unwrapping.
     pub fn unwrap(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<DataKey> {
-        let rec = self
-            .keys
-            .get(&id)
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let rec = self.keys.get(&id).ok_or(Missing::DataKey(id))?;
         hsm.unwrap_data_key(&rec.wrapped)
     }
 
@@ -179,11 +173,8 @@ impl Keyring {
     ///
     /// # Errors
     /// As [`Keyring::unwrap`].
-    pub fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
-        let rec = self
-            .keys
-            .get(&id)
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    pub(crate) fn opener(&self, hsm: &dyn Hsm, id: DataKeyId) -> Result<Opener> {
+        let rec = self.keys.get(&id).ok_or(Missing::DataKey(id))?;
         let key = hsm.unwrap_data_key(&rec.wrapped)?;
         Opener::new(id, rec.purpose, &key)
     }
@@ -212,7 +203,7 @@ impl Keyring {
             .iter()
             .find(|t| t.state == TermState::Active)
             .map(|t| t.id)
-            .ok_or_else(|| Error::Refused("the hsm has no active term".to_string()))?;
+            .ok_or(Refusal::NoActiveTerm)?;
         let mut report = RewrapReport {
             active,
             rewrapped: 0,
@@ -256,10 +247,12 @@ impl Keyring {
             }
             let wrapped = hsm.rewrap_data_key(&rec.wrapped)?;
             if wrapped.term != term {
-                return Err(Error::Refused(format!(
-                    "the hsm rewrapped {} under {}, not {term}",
-                    rec.id, wrapped.term
-                )));
+                return Err(Refusal::RewrapMismatch {
+                    key: rec.id,
+                    got: wrapped.term,
+                    want: term,
+                }
+                .into());
             }
             rec.wrapped = wrapped;
             n += 1;
@@ -270,13 +263,15 @@ impl Keyring {
     /// Retires `term` in the HSM once no data key of this keyring is wrapped under it.
     ///
     /// # Errors
-    /// [`Error::Refused`] naming how many data keys still use the term; HSM errors.
+    /// [`Refusal::TermInUse`] with how many data keys still use the term; HSM errors.
     pub fn retire_term(&self, hsm: &dyn Hsm, term: TermId) -> Result<()> {
         let in_use = self.count_by_term().get(&term).copied().unwrap_or(0);
         if in_use > 0 {
-            return Err(Error::Refused(format!(
-                "{term} still wraps {in_use} data key(s); rewrap them first"
-            )));
+            return Err(Refusal::TermInUse {
+                term,
+                data_keys: in_use as u64,
+            }
+            .into());
         }
         hsm.retire_term(term)
     }

@@ -30,7 +30,8 @@
 //! The modules are private; what other crates may use is re-exported below, grouped as in
 //! the list above. The card-management domain (holders, cards, outbox, mailers) is not here:
 //! it is the `cards` crate, which depends on this one; key ceremonies reach it through
-//! [`CardRegistry`].
+//! [`CardRegistry`]. Clear codes leave the vault only through the audited release: a
+//! [`Release`] receipt that only the audit chain makes.
 //!
 //! What it does not do: networking, async, HTTP, configuration files. It is synchronous and is
 //! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
@@ -61,7 +62,7 @@ mod store;
 pub mod text;
 
 // Errors.
-pub use error::{Error, Result};
+pub use error::{Denial, Error, Missing, Refusal, Result};
 
 // Time and locks: the one clock seam and the one poison-tolerant lock helper.
 pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};
@@ -90,7 +91,8 @@ pub use store::{seq_key, Batch, Entries, Op, Store, Tree};
 // The code vault: batches, segments, the audited release.
 pub use codes::{
     BatchId, BatchMeta, BatchRecord, BatchScan, BatchSource, BatchState, CardCodes, CodeVault,
-    CommitOutcome, Recovery, Repeats, RunInfo, Staged, Stager,
+    CommitOutcome, PendingCodes, Recovery, Release, Repeats, RunInfo, Staged, Stager,
+    CODES_RELEASE_ACTION, PRINT_RUN_ACTION,
 };
 
 // Manufacturer files and generated batches.

@@ -37,7 +37,7 @@ use super::Ceremonies;
 use crate::account::Actor;
 use crate::audit::{NewEvent, Outcome};
 use crate::codes::BatchState;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::hsm::{Hsm, HsmStatus, TermId, TermInfo, TermState};
 use crate::kcv::Kcv;
 use crate::keyring::Keyring;
@@ -166,7 +166,7 @@ pub(super) fn active_term(st: &HsmStatus) -> Result<TermInfo> {
         .iter()
         .find(|t| t.state == TermState::Active)
         .cloned()
-        .ok_or_else(|| Error::Refused("the hsm has no active term".into()))
+        .ok_or_else(|| Refusal::NoActiveTerm.into())
 }
 
 fn term_kcv(st: &HsmStatus, term: TermId) -> String {
@@ -342,7 +342,7 @@ impl Ceremonies {
                 *job = next;
                 Ok(())
             }
-            Err(e @ (Error::NotFound(_) | Error::WrongState { .. })) => {
+            Err(e @ (Error::NotFound(_) | Error::Missing(_) | Error::WrongState { .. })) => {
                 self.finish(job, JobState::Failed, Some(e.to_string()))
             }
             Err(e) => Err(e),
@@ -507,7 +507,7 @@ impl Ceremonies {
                     *job = next;
                 }
                 if let Err(e) = ring.retire_term(hsm, t.id) {
-                    if matches!(e, Error::Refused(_)) {
+                    if matches!(e, Error::Refusal(Refusal::TermInUse { .. })) {
                         // A data key is still wrapped under the term (written back after the
                         // rewrap): rewrap again before retiring.
                         let mut next = job.clone();

@@ -48,6 +48,15 @@ impl ProposalId {
     }
 }
 
+impl std::str::FromStr for ProposalId {
+    type Err = Error;
+
+    /// The same as [`ProposalId::parse`].
+    fn from_str(text: &str) -> Result<Self> {
+        Self::parse(text)
+    }
+}
+
 impl fmt::Display for ProposalId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "kp{:06}", self.0)

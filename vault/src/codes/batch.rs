@@ -28,6 +28,15 @@ impl BatchId {
     }
 }
 
+impl std::str::FromStr for BatchId {
+    type Err = Error;
+
+    /// The same as [`BatchId::parse`].
+    fn from_str(text: &str) -> Result<Self> {
+        Self::parse(text)
+    }
+}
+
 impl fmt::Display for BatchId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "b{:06}", self.0)

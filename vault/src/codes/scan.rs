@@ -12,7 +12,7 @@ use super::record::CardCodes;
 use super::segment::Segment;
 use super::{CodeVault, OVERLAY_DELETED};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::hsm::Hsm;
 use crate::store::Tree;
 use std::sync::Arc;
@@ -51,17 +51,29 @@ impl std::fmt::Debug for BatchScan<'_> {
 }
 
 impl CodeVault {
-    /// Scans committed batch `batch` in serial order. For bulk renderers only: the caller
-    /// checks each card's state and audits what it prints.
+    /// Scans committed batch `batch` in serial order, with `receipt` of the audited start of
+    /// a print run of that batch ([`super::PRINT_RUN_ACTION`]). For bulk renderers only: the
+    /// caller checks each card's state and audits what it prints.
     ///
     /// # Errors
+    /// [`Error::Refused`] for a receipt that records no print run of `batch`;
     /// [`Error::NotFound`] for a batch that is not committed (staging, quarantined, rejected
     /// or unknown); [`Error::Sealed`]; store errors.
-    pub fn scan_batch<'v>(&'v self, hsm: &'v dyn Hsm, batch: BatchId) -> Result<BatchScan<'v>> {
+    pub fn scan_batch<'v>(
+        &'v self,
+        hsm: &'v dyn Hsm,
+        batch: BatchId,
+        receipt: &super::Release,
+    ) -> Result<BatchScan<'v>> {
+        if !receipt.covers_batch(batch) {
+            return Err(Error::Refused(format!(
+                "batch {batch}: its codes are read only for an audited print run of it"
+            )));
+        }
         let record = self
             .batch(batch)?
             .filter(|r| r.state == super::BatchState::Committed)
-            .ok_or_else(|| Error::NotFound(format!("committed batch {batch}")))?;
+            .ok_or(Missing::CommittedBatch(batch))?;
         let key = record
             .data_key
             .ok_or_else(|| Error::Storage(format!("batch {batch} names no data key")))?;

@@ -198,6 +198,7 @@ impl<'a> Segment<'a> {
 
     /// Never true for a parsed segment.
     #[cfg(any(test, feature = "bench"))]
+    #[cfg_attr(test, allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

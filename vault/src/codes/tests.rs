@@ -592,3 +592,74 @@ fn a_batch_record_written_before_duplicates_were_recorded_still_reads() {
         .unwrap()
         .contains("duplicate_of"));
 }
+
+/// Clear codes leave the vault only with the receipt of their audited release: pending codes
+/// open with the receipt of a `card.codes_release` event of their card (written to the chain
+/// by the same call), and not with a receipt of another card's release; a batch is scanned
+/// only with the receipt of a print run of it.
+#[test]
+fn codes_open_only_with_the_receipt_of_their_audited_release() {
+    use crate::audit::{NewEvent, Query};
+    use crate::codes::{CODES_RELEASE_ACTION, PRINT_RUN_ACTION};
+    use crate::store::Batch;
+    let f = Fixture::memory();
+    let rec = committed(f.import(&file(0..10)));
+    let release = |serial: &str| {
+        f.audit
+            .commit_release(
+                Batch::new(),
+                vec![NewEvent::new(CODES_RELEASE_ACTION, serial).detail("for", "test")],
+            )
+            .unwrap()
+    };
+    let released = |serial: &str| {
+        let page = f
+            .audit
+            .query(&Query {
+                action: Some(CODES_RELEASE_ACTION.into()),
+                subject: Some(serial.into()),
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap();
+        page.events.len()
+    };
+    // Another card's receipt opens nothing.
+    let other = release(&serial(2));
+    let pending = f
+        .vault
+        .pending_release(&*f.hsm, &serial(1))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(pending.open(&other), Err(Error::Refused(_))));
+    assert_eq!(released(&serial(1)), 0);
+    // Its own receipt: the event is in the chain, and the codes are the card's.
+    let pending = f
+        .vault
+        .pending_release(&*f.hsm, &serial(1))
+        .unwrap()
+        .unwrap();
+    let receipt = release(&serial(1));
+    assert_eq!(released(&serial(1)), 1);
+    let c = pending.open(&receipt).unwrap();
+    let (pin, puk) = codes_of(1);
+    assert_eq!(c.pin.expose_secret(), pin.as_bytes());
+    assert_eq!(c.puk.expose_secret(), puk.as_bytes());
+    // A whole batch: only for a print run of it.
+    assert!(matches!(
+        f.vault.scan_batch(&*f.hsm, rec.id, &receipt).map(|_| ()),
+        Err(Error::Refused(_))
+    ));
+    let run =
+        f.audit
+            .commit_release(
+                Batch::new(),
+                vec![NewEvent::new(PRINT_RUN_ACTION, "print run 1")
+                    .detail("batch", rec.id.to_string())],
+            )
+            .unwrap();
+    assert_eq!(
+        f.vault.scan_batch(&*f.hsm, rec.id, &run).unwrap().count(),
+        10
+    );
+}
