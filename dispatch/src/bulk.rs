@@ -4,12 +4,14 @@
 //! ## Design
 //!
 //! [`PrintRun::run`] pulls mailers from an iterator in chunks (512 by default). Each chunk's
-//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]); while one chunk
-//! renders, the previous one is appended **in input order** to the current [`PdfWriter`] and
-//! then the next one is pulled from the input, on one thread (a three-stage pipeline through
-//! `rayon::join`; the input iterator must be `Send` for it). So at most three chunks of
-//! mailers, and two of pages, are alive at any time, whatever the size of the batch: memory
-//! is flat in the batch size.
+//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]) while the next chunk is
+//! pulled from the input (`rayon::join`; the input iterator must be `Send` for it). Rendered
+//! chunks go, in input order, through a channel of one slot to a sealing thread, which appends
+//! them to the current [`PdfWriter`] (encryption, hashing, writes) and seals full files. So
+//! pulling and rendering chunk k+1 overlap sealing chunk k, and at most four chunks of mailers
+//! (pulled, rendering, waiting, sealing) are alive at any time, whatever the size of the batch:
+//! memory is flat in the batch size. Mailer numbers keep their input order in the files; a
+//! file's recorder and manifest run on the sealing thread, in file order, as before.
 //!
 //! The sink of each `PdfWriter` is a small hashing adaptor (SHA-256 of the **clear** PDF, via
 //! aws-lc-rs) in front of an age [`age::stream::StreamWriter`] encrypting to the
@@ -58,6 +60,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 /// Mailers a print file holds unless [`PrintRun::per_file`] says otherwise.
 pub const DEFAULT_PER_FILE: usize = 10_000;
@@ -601,7 +604,7 @@ impl PrintRun {
             pulled: 0,
             chunk: self.chunk,
         };
-        let mut state = RunState {
+        let state = RunState {
             run: self,
             on_file,
             on_set_aside,
@@ -610,20 +613,43 @@ impl PrintRun {
             next_file: self.first_file,
             appended: 0,
         };
-        // Three stages overlap: while chunk k renders on the pool, chunk k-1 is appended (and
-        // sealed) and chunk k+1 is pulled from the input, in that order, on this thread.
+        // Three stages overlap. This thread pulls chunk k+1 from the input while chunk k renders
+        // on the pool (`rayon::join`), then hands chunk k's pages, in input order, to a sealing
+        // thread that appends them to the open file and seals full files. The hand-off is a
+        // channel of one slot, so at most four chunks are alive: one pulled, one rendering, one
+        // waiting and one being sealed, whatever the size of the batch.
+        let (to_sealer, from_renderer) = std::sync::mpsc::sync_channel::<Stage>(1);
+        std::thread::scope(|scope| {
+            let sealer = scope.spawn(move || state.seal_stage(from_renderer, progress));
+            let fed = self.feed(&mut input, &to_sealer);
+            // A closed channel without `Stage::Done` tells the sealer to drop its open file
+            // (its partial is removed), as a failed run does.
+            drop(to_sealer);
+            let sealed = sealer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            match (fed, sealed) {
+                // The sealer's error comes first: it is why the feeder found the channel closed.
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(manifests)) => Ok(manifests),
+            }
+        })
+    }
+
+    /// The pull and render stages: every chunk, rendered, goes to the sealer in input order;
+    /// then [`Stage::Done`]. Stops early (without `Done`) when the input fails or the sealer
+    /// has stopped.
+    fn feed<J, E>(&self, input: &mut Input<J>, to_sealer: &SyncSender<Stage>) -> Result<()>
+    where
+        J: Iterator<Item = std::result::Result<OwnedMailer, E>> + Send,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
         let mut next = input.pull()?;
-        let mut pending: Option<(Vec<OwnedMailer>, Vec<crate::Result<PageStream>>)> = None;
-        while !next.is_empty() || pending.is_some() {
+        while !next.is_empty() {
             let current = next;
-            let previous = pending.take();
             let (pulled, pages) = rayon::join(
-                || {
-                    if let Some((mailers, pages)) = previous {
-                        state.append(&mailers, pages, progress)?;
-                    }
-                    input.pull()
-                },
+                || input.pull(),
                 || {
                     current
                         .par_iter()
@@ -631,16 +657,17 @@ impl PrintRun {
                         .collect::<Vec<_>>()
                 },
             );
+            // On an input error chunk k is not handed over: as before the pipeline, the chunks
+            // before it are appended and the open file is dropped.
             next = pulled?;
-            if !current.is_empty() {
-                pending = Some((current, pages));
+            if to_sealer.send(Stage::Chunk(current, pages)).is_err() {
+                // The sealer stopped on an error; it reports it.
+                return Ok(());
             }
         }
-        if let Some(open) = state.current.take() {
-            let manifest = self.seal(open, on_file)?;
-            state.manifests.push(manifest);
-        }
-        Ok(state.manifests)
+        // If the sealer already stopped, its error is reported by the caller.
+        let _ = to_sealer.send(Stage::Done);
+        Ok(())
     }
 
     fn names(&self, n: u32) -> (String, String) {
@@ -766,6 +793,14 @@ where
     }
 }
 
+/// What the render stage hands the sealing stage.
+enum Stage {
+    /// A chunk's mailers and their pages (or render errors), in input order.
+    Chunk(Vec<OwnedMailer>, Vec<crate::Result<PageStream>>),
+    /// The input is exhausted and every chunk was handed over: seal the open file.
+    Done,
+}
+
 /// The appending stage's state: the open file and the manifests of the files sealed so far.
 struct RunState<'r> {
     run: &'r PrintRun,
@@ -778,6 +813,31 @@ struct RunState<'r> {
 }
 
 impl RunState<'_> {
+    /// The sealing stage, on its own thread: appends every chunk it receives, and seals the
+    /// open file on [`Stage::Done`]. A channel closed without `Done` (the input failed) drops
+    /// the open file, which removes its partial; on an error it stops and drops the receiver,
+    /// so the feeder stops too.
+    fn seal_stage(
+        mut self,
+        chunks: Receiver<Stage>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Manifest>> {
+        while let Ok(stage) = chunks.recv() {
+            match stage {
+                Stage::Chunk(mailers, pages) => self.append(&mailers, pages, progress)?,
+                Stage::Done => {
+                    if let Some(open) = self.current.take() {
+                        let manifest = self.run.seal(open, self.on_file)?;
+                        self.manifests.push(manifest);
+                    }
+                    return Ok(self.manifests);
+                }
+            }
+        }
+        // The feeder stopped on an input error: it reports it; the open file is dropped here.
+        Ok(Vec::new())
+    }
+
     fn append(
         &mut self,
         mailers: &[OwnedMailer],

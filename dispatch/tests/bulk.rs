@@ -501,3 +501,52 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+/// The sealing stage runs on its own thread: when it stops (here its recorder refuses the
+/// second file), the run stops with that error instead of waiting or printing on, the first
+/// file keeps its manifest, the refused one has none, no partial is left and the input is
+/// not read to its end.
+#[test]
+fn a_recorder_failure_on_the_sealing_thread_stops_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let run = PrintRun::new(renderer(), &[id.to_public().to_string()], out.path(), "rec")
+        .unwrap()
+        .per_file(4)
+        .chunk(2);
+    let pulled = AtomicU64::new(0);
+    let input = mailers(1_000).inspect(|_| {
+        pulled.fetch_add(1, Ordering::SeqCst);
+    });
+    let files = AtomicU64::new(0);
+    let err = run
+        .run_with_files(input, &|_| {}, &|file| {
+            assert_eq!(file.numbers.len(), 4);
+            if files.fetch_add(1, Ordering::SeqCst) == 0 {
+                assert_eq!(file.numbers, &[1000, 1001, 1002, 1003][..]);
+                Ok(())
+            } else {
+                Err("refused".into())
+            }
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, BulkError::Recorded { file, .. } if file == "rec-0002.pdf.age"),
+        "{err}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "rec-0001.manifest.json",
+            "rec-0001.pdf.age",
+            "rec-0002.pdf.age"
+        ]
+    );
+    // Bounded: a few chunks past the refused file, never the whole input.
+    assert!(pulled.load(Ordering::SeqCst) < 100, "input read on");
+}
