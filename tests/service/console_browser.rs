@@ -156,7 +156,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     accessible(&web, &axe, "login").await;
     web.fill("#login", "operator").await;
     web.fill("#password", INITIAL).await;
-    web.click("#do-login").await;
+    web.submit("#do-login").await;
     assert!(
         web.url().await.ends_with("/password"),
         "{}",
@@ -165,7 +165,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.fill("#current", INITIAL).await;
     web.fill("#new", PASSWORD).await;
     web.fill("#repeat", PASSWORD).await;
-    web.click("#do-change").await;
+    web.submit("#do-change").await;
     assert_eq!(web.text("#message-title").await, "Password cambiata.");
 
     // Search by codice fiscale: the markup in the address is text, and ran nothing.
@@ -173,12 +173,12 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     assert!(web.text("#who").await.contains("operatore di sportello"));
     accessible(&web, &axe, "home").await;
     web.fill("#codice_fiscale", &cf("DNGNCL80A01F839")).await;
-    web.click("#do-search").await;
+    web.submit("#do-search").await;
     assert_eq!(web.text(".address").await, HOSTILE);
     assert_eq!(web.count("main script").await, 0);
     web.screenshot(&shots.join("holders.png")).await;
     accessible(&web, &axe, "holders").await;
-    web.click("a.card-link").await;
+    web.submit("a.card-link").await;
     assert_eq!(web.text("#card-state").await, "emessa");
 
     // Activation by a delegate.
@@ -192,13 +192,13 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.fill("#delegation_ref", "delega-77").await;
     web.screenshot(&shots.join("activate.png")).await;
     accessible(&web, &axe, "card (issued)").await;
-    web.click("#do-activate").await;
+    web.submit("#do-activate").await;
     assert_eq!(web.text("#card-state").await, "attiva");
 
     // counter(2)+sms, then part A as a PDF.
     web.click("#plan-select option[value='counter(2)+sms']")
         .await;
-    web.click("#do-dispatch").await;
+    web.submit("#do-dispatch").await;
     assert_eq!(web.text("#plan").await, "counter(2)+sms");
     let (pin, puk) = codes_of(701, SALT);
     let html = web.source().await;
@@ -220,7 +220,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     // A form without its CSRF token is refused and changes nothing.
     web.execute("document.querySelector('form[action$=\"/change\"] input[name=csrf]').remove()")
         .await;
-    web.click("#do-change").await;
+    web.submit("#do-change").await;
     assert_eq!(
         web.text("#message-title").await,
         "Richiesta rifiutata: modulo non valido o scaduto"
@@ -233,10 +233,10 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
         web.goto(&format!("{base}/cards/{}", serial(701))).await;
         web.click("#action option[value='suspend']").await;
         web.click("#reason option[value='lost']").await;
-        web.click("#do-change").await;
+        web.submit("#do-change").await;
         assert!(web.text("#confirm-text").await.contains(&serial(701)));
         accessible(&web, &axe, "confirmation").await;
-        web.click("#do-confirm").await;
+        web.submit("#do-confirm").await;
     }
     assert_eq!(web.text("#current-state").await, "Stato attuale: sospesa");
     web.screenshot(&shots.join("conflict.png")).await;
@@ -247,44 +247,44 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.fill("#report_title", "carta smarrita").await;
     web.fill("#report_text", "il titolare chiede una nuova carta")
         .await;
-    web.click("#do-report").await;
-    web.click("#logout").await;
+    web.submit("#do-report").await;
+    web.submit("#logout").await;
     web.fill("#login", "support").await;
     web.fill("#password", PASSWORD).await;
-    web.click("#do-login").await;
-    web.click("#go-reports").await;
+    web.submit("#do-login").await;
+    web.submit("#go-reports").await;
     accessible(&web, &axe, "reports").await;
-    web.click("#report-1 .do-assign").await;
+    web.submit("#report-1 .do-assign").await;
     assert!(web
         .text("#report-1 .report-state")
         .await
         .contains("assegnata"));
     web.fill("#close-1", "nuova carta richiesta").await;
     web.screenshot(&shots.join("reports.png")).await;
-    web.click("#report-1 .do-close").await;
+    web.submit("#report-1 .do-close").await;
     assert_eq!(web.count("#report-1").await, 0);
-    web.click("#logout").await;
+    web.submit("#logout").await;
 
     // The administrator makes an operator, whose first login asks for a new password.
     web.fill("#login", "Amministratrice").await;
     web.fill("#password", PASSWORD).await;
-    web.click("#do-login").await;
-    web.click("#go-accounts").await;
+    web.submit("#do-login").await;
+    web.submit("#go-accounts").await;
     accessible(&web, &axe, "accounts").await;
     web.fill("#name", "sportello2").await;
     web.click("#role option[value='operator']").await;
-    web.click("#do-create").await;
+    web.submit("#do-create").await;
     let initial = web.text("#secret").await;
     accessible(&web, &axe, "initial password").await;
-    web.click("#logout").await;
+    web.submit("#logout").await;
     web.fill("#login", "sportello2").await;
     web.fill("#password", &initial).await;
-    web.click("#do-login").await;
+    web.submit("#do-login").await;
     assert_eq!(web.count("#must-change").await, 1);
     web.fill("#current", &initial).await;
     web.fill("#new", PASSWORD).await;
     web.fill("#repeat", PASSWORD).await;
-    web.click("#do-change").await;
+    web.submit("#do-change").await;
     web.goto(&format!("{base}/")).await;
     assert!(web.text("#who").await.contains("sportello2"));
 

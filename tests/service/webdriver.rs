@@ -154,6 +154,47 @@ impl Driver {
         .await;
     }
 
+    /// Clicks the link or submit button matching `css` and waits until the browser shows the
+    /// page that answers it (the old document gone, the new one loaded), for up to 10 s: a
+    /// plain click can return while a form's answer is still on its way, and what is read
+    /// next would be the old page.
+    pub(super) async fn submit(&self, css: &str) {
+        let old = self
+            .settled("html", async || self.try_find("html").await)
+            .await;
+        self.click(css).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let path = format!("/element/{old}/name");
+            match self.try_call(reqwest::Method::GET, &path, None).await {
+                Err(e) if e.starts_with("stale element") || e.starts_with("no such element") => {
+                    break
+                }
+                Err(e) => panic!("webdriver {css}: {e}"),
+                Ok(_) if std::time::Instant::now() >= deadline => {
+                    panic!("clicking {css} did not load a new page within 10 s")
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        loop {
+            let state = self
+                .try_call(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    Some(json!({"script": "return document.readyState", "args": []})),
+                )
+                .await;
+            match state {
+                Ok(v) if v == "complete" => return,
+                _ if std::time::Instant::now() >= deadline => {
+                    panic!("the page after {css} did not finish loading within 10 s")
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Types `text` into the element matching `css`.
     pub(super) async fn fill(&self, css: &str, text: &str) {
         self.settled(css, async || {
