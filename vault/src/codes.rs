@@ -56,6 +56,7 @@ use batch::{run_key, segment_key, SegmentDir};
 use check::{RunCursor, MAX_LISTED};
 use segment::Segment;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 const NEXT_BATCH_KEY: &[u8] = b"codes.next_batch";
@@ -169,6 +170,10 @@ pub struct CodeVault {
     index: RwLock<RunIndex>,
     openers: RwLock<HashMap<DataKeyId, Arc<Opener>>>,
     index_key: RwLock<Option<hmac::Key>>,
+    /// Bumped by [`CodeVault::forget_keys`] under the caches' locks. A key unwrapped before a
+    /// seal is neither cached nor used after it: the unwrap may have started before the HSM
+    /// was sealed and finished after the caches were cleared.
+    seal_epoch: AtomicU64,
     /// Serialises commits (the duplicate check and the commit record).
     commit_lock: Mutex<()>,
     /// Serialises changes to the keyring and the batch counter.
@@ -195,6 +200,7 @@ impl CodeVault {
             index: RwLock::new(RunIndex::default()),
             openers: RwLock::new(HashMap::new()),
             index_key: RwLock::new(None),
+            seal_epoch: AtomicU64::new(0),
             commit_lock: Mutex::new(()),
             keys_lock: Mutex::new(()),
         };
@@ -854,8 +860,11 @@ impl CodeVault {
         let key = match cached {
             Some(k) => k,
             None => {
+                let epoch = self.seal_epoch.load(Ordering::Acquire);
                 let k = self.load_index_key(hsm, audit)?;
-                *write_lock(&self.index_key) = Some(k.clone());
+                let mut slot = write_lock(&self.index_key);
+                self.unsealed_since(epoch)?;
+                *slot = Some(k.clone());
                 k
             }
         };
@@ -890,12 +899,15 @@ impl CodeVault {
         if let Some(o) = read_lock(&self.openers).get(&key) {
             return Ok(o.clone());
         }
+        let epoch = self.seal_epoch.load(Ordering::Acquire);
         let ring = Keyring::load(&*self.store)?;
         let opener = Arc::new(ring.opener(hsm, key)?);
         // Cached only if the key is still in the keyring, checked under the cache's lock: a
         // batch destroyed meanwhile (`destroy_batch` takes its key out of the cache after its
-        // commit, under the same lock) must not leave its clear key cached.
+        // commit, under the same lock) must not leave its clear key cached. Nor cached, nor
+        // used, if the HSM was sealed while it was unwrapped.
         let mut openers = write_lock(&self.openers);
+        self.unsealed_since(epoch)?;
         if Keyring::load(&*self.store)?.get(key).is_some() {
             openers.insert(key, opener.clone());
         }
@@ -913,10 +925,24 @@ impl CodeVault {
         );
     }
 
-    /// Drops every unwrapped key held in memory (call when the HSM is sealed).
+    /// Drops every unwrapped key held in memory (call after the HSM is sealed). A key being
+    /// unwrapped meanwhile is not cached, and its lookup answers [`Error::Sealed`].
     pub fn forget_keys(&self) {
-        write_lock(&self.openers).clear();
-        *write_lock(&self.index_key) = None;
+        let mut openers = write_lock(&self.openers);
+        let mut index_key = write_lock(&self.index_key);
+        self.seal_epoch.fetch_add(1, Ordering::AcqRel);
+        openers.clear();
+        *index_key = None;
+    }
+
+    /// [`Error::Sealed`] if [`CodeVault::forget_keys`] ran since `epoch` was read. Called
+    /// under a cache's write lock, which `forget_keys` also takes.
+    fn unsealed_since(&self, epoch: u64) -> Result<()> {
+        if self.seal_epoch.load(Ordering::Acquire) == epoch {
+            Ok(())
+        } else {
+            Err(Error::Sealed)
+        }
     }
 
     /// The store this vault writes to.

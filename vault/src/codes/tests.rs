@@ -663,3 +663,112 @@ fn codes_open_only_with_the_receipt_of_their_audited_release() {
         10
     );
 }
+
+/// The unit tests' HSM, with something run inside each unwrap: a seal that lands while a
+/// key is being unwrapped.
+struct SealedMidUnwrap {
+    inner: DoubleHsm,
+    during_unwrap: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    unwraps: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for SealedMidUnwrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedMidUnwrap({:?})", self.inner)
+    }
+}
+
+impl Hsm for SealedMidUnwrap {
+    fn status(&self) -> crate::hsm::HsmStatus {
+        self.inner.status()
+    }
+    fn unseal(&self, share: &secrecy::SecretString) -> Result<crate::hsm::UnsealProgress> {
+        self.inner.unseal(share)
+    }
+    fn reset_unseal(&self) {
+        self.inner.reset_unseal()
+    }
+    fn seal(&self) {
+        self.inner.seal()
+    }
+    fn generate_data_key(
+        &self,
+        purpose: KeyPurpose,
+    ) -> Result<(crate::secret::FreshDataKey, crate::hsm::WrappedKey)> {
+        self.inner.generate_data_key(purpose)
+    }
+    fn unwrap_data_key(&self, wrapped: &crate::hsm::WrappedKey) -> Result<crate::secret::DataKey> {
+        let key = self.inner.unwrap_data_key(wrapped);
+        self.unwraps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(seal) = lock(&self.during_unwrap).take() {
+            seal();
+        }
+        key
+    }
+    fn rewrap_data_key(&self, wrapped: &crate::hsm::WrappedKey) -> Result<crate::hsm::WrappedKey> {
+        self.inner.rewrap_data_key(wrapped)
+    }
+    fn rotate(&self) -> Result<crate::hsm::TermInfo> {
+        self.inner.rotate()
+    }
+    fn retire_term(&self, term: crate::hsm::TermId) -> Result<()> {
+        self.inner.retire_term(term)
+    }
+    fn rekey(
+        &self,
+        current: &[secrecy::SecretString],
+        shares: u8,
+        threshold: u8,
+        deliver: &mut crate::hsm::ShareDelivery<'_>,
+    ) -> Result<crate::hsm::RekeyOutcome> {
+        self.inner.rekey(current, shares, threshold, deliver)
+    }
+    fn audit_anchor(&self) -> Result<Option<crate::hsm::AuditAnchor>> {
+        self.inner.audit_anchor()
+    }
+    fn set_audit_anchor(&self, anchor: &crate::hsm::AuditAnchor) -> Result<()> {
+        self.inner.set_audit_anchor(anchor)
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
+        self.inner.fill_random(buf)
+    }
+}
+
+/// A seal that lands while a data key is being unwrapped (the HSM answered before it was
+/// sealed, the caches were cleared before the key was cached) leaves no clear key behind:
+/// the lookup answers `Sealed`, and the next lookup unwraps again instead of finding the key
+/// cached. Before the seal epoch, the key was cached after the seal had cleared the cache.
+#[test]
+fn a_seal_during_an_unwrap_leaves_no_key_cached() {
+    let hsm = Arc::new(SealedMidUnwrap {
+        inner: DoubleHsm::new(),
+        during_unwrap: Mutex::new(None),
+        unwraps: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let unwraps = || hsm.unwraps.load(std::sync::atomic::Ordering::SeqCst);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let audit = AuditLog::open(store.clone(), 50).unwrap();
+    audit.unlock(hsm.clone()).unwrap();
+    let vault = Arc::new(CodeVault::open(store).unwrap().0);
+    let ctx = ImportContext {
+        vault: &vault,
+        hsm: &*hsm,
+        audit: &audit,
+        rules: &ParseRules::default(),
+    };
+    committed(import_file(ctx, file(0..10).as_bytes(), &request(), &|_| {}).unwrap());
+    vault.forget_keys();
+
+    let sealing = vault.clone();
+    *lock(&hsm.during_unwrap) = Some(Box::new(move || sealing.forget_keys()));
+    let before = unwraps();
+    assert!(matches!(vault.find(&*hsm, &serial(3)), Err(Error::Sealed)));
+    assert_eq!(unwraps(), before + 1);
+
+    // Nothing was cached: the next lookup unwraps the key again (and then caches it).
+    assert_codes_in(&vault, &*hsm, 3);
+    assert_eq!(unwraps(), before + 2);
+    assert_codes_in(&vault, &*hsm, 4);
+    assert_eq!(unwraps(), before + 2);
+}
