@@ -220,8 +220,8 @@ impl Cards {
     /// State, code deletion and audit event are one store batch.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown card; [`Error::WrongState`]; [`Error::Invalid`] for
-    /// a bad activation; [`Error::Refused`] to activate a card of a deceased holder;
+    /// [`Error::Missing`] for an unknown card; [`Error::WrongState`]; [`Error::Invalid`] for
+    /// a bad activation; [`Error::Refusal`] to activate a card of a deceased holder;
     /// [`Error::Sealed`]; store and audit errors.
     pub fn change(
         &self,
@@ -334,7 +334,7 @@ impl Cards {
     /// A card's status (expired cards are revoked on the way, as on every access).
     ///
     /// # Errors
-    /// [`Error::NotFound`]; store and audit errors.
+    /// [`Error::Missing`]; store and audit errors.
     pub fn status(
         &self,
         audit: &AuditLog,
@@ -375,8 +375,8 @@ impl Cards {
     /// are held. Audited as `card.codes_release` (the caller renders and sends at once).
     ///
     /// # Errors
-    /// [`Error::WrongState`] for a card that is not active; [`Error::Refused`] when its codes
-    /// are gone; [`Error::NotFound`]; [`Error::Sealed`]; store and audit errors.
+    /// [`Error::WrongState`] for a card that is not active; [`Error::Refusal`] when its codes
+    /// are gone; [`Error::Missing`]; [`Error::Sealed`]; store and audit errors.
     pub fn release_codes(
         &self,
         hsm: &dyn Hsm,

@@ -5,8 +5,8 @@ use super::mailers::{MailerItem, MailerOutcome, MailerState, RecordedFile, Repri
 use super::tests::{actor, date, holder_activation, serial, today, World};
 use super::{Change, PrintJob, Reason};
 use vault::BatchId;
-use vault::Error;
 use vault::ImportOutcome;
+use vault::{Error, Missing, Refusal};
 
 fn batch_of(outcome: ImportOutcome) -> BatchId {
     match outcome {
@@ -133,7 +133,11 @@ fn a_reprint_voids_the_earlier_mailer_and_numbers_are_never_reused() {
         )
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Invalid(m) if m.contains("mailer 2") && m.contains("voided")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::MailerNotOutstanding { outcome: 2, mailer: 2, state, .. })
+                if state == "voided"
+        ),
         "{err}"
     );
     assert_eq!(
@@ -141,15 +145,22 @@ fn a_reprint_voids_the_earlier_mailer_and_numbers_are_never_reused() {
         MailerState::Outstanding,
         "nothing applied"
     );
-    for bad in [
-        vec![(99, MailerOutcome::Spoiled)],
-        vec![(1, MailerOutcome::Spoiled); 2],
-    ] {
-        assert!(matches!(
-            w.cms().record_mailer_outcomes(w.audit(), &bad, &actor()),
-            Err(Error::Invalid(_))
-        ));
-    }
+    assert!(matches!(
+        w.cms()
+            .record_mailer_outcomes(w.audit(), &[(99, MailerOutcome::Spoiled)], &actor()),
+        Err(Error::Refusal(Refusal::MailerUnknown {
+            outcome: 1,
+            mailer: 99
+        }))
+    ));
+    assert!(matches!(
+        w.cms()
+            .record_mailer_outcomes(w.audit(), &[(1, MailerOutcome::Spoiled); 2], &actor()),
+        Err(Error::Refusal(Refusal::MailerRepeats {
+            outcome: 2,
+            mailer: 1
+        }))
+    ));
     w.cms()
         .record_mailer_outcomes(
             w.audit(),
@@ -199,7 +210,10 @@ fn one_run_at_a_time_and_a_stopped_run_reads_interrupted() {
             "whole",
             &actor(),
         );
-        assert!(matches!(refused, Err(Error::Refused(_))));
+        assert!(matches!(
+            refused,
+            Err(Error::Refusal(Refusal::PrintRunGoing))
+        ));
         let got = items(&w, &job);
         assert_eq!(got.len(), 4);
         // The process "stops": no file recorded, no finish.
@@ -250,7 +264,7 @@ fn bad_selections_are_refused_before_anything_is_written() {
     ));
     assert!(matches!(
         run(Selection::Batch(BatchId(999)), "x"),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::CommittedBatch(BatchId(999))))
     ));
     assert!(matches!(
         run(Selection::Batch(BatchId(1)), "../etc"),
@@ -365,7 +379,7 @@ fn start_up_marks_a_stopped_run_interrupted_and_a_file_can_be_told_from_its_reco
     let job = start(&w, Selection::Batch(batch), Reprint::Unprinted);
     assert!(matches!(
         w.cms().recover_print_runs(),
-        Err(Error::Refused(_))
+        Err(Error::Refusal(Refusal::RecoverWhileRunning))
     ));
     job.finish(w.audit(), None).unwrap();
     w.audit().verify().unwrap();

@@ -76,7 +76,7 @@ use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
 use vault::{AuditLog, Outcome};
 use vault::{BatchId, BatchScan, CardCodes, Release, PRINT_RUN_ACTION};
-use vault::{Error, Result};
+use vault::{Error, Missing, Refusal, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
 const NEXT_FILE_KEY: &[u8] = b"mailers.next_file";
@@ -537,20 +537,20 @@ impl Cards {
     /// One print run.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; store errors.
+    /// [`Error::Missing`]; store errors.
     pub fn print_run(&self, id: u64) -> Result<PrintRunRecord> {
         self.store
             .get(Tree::PrintRuns, &seq_key(id))?
             .map(|v| decode("print run", &v))
             .transpose()?
-            .ok_or_else(|| Error::NotFound(format!("print run {id}")))
+            .ok_or(Missing::PrintRun(id).into())
     }
 
     /// Starts a print run. `plan` and `part` only label the run (the caller renders).
     ///
     /// # Errors
-    /// [`Error::Refused`] while another run is going; [`Error::Invalid`]
-    /// for a bad label or list; [`Error::NotFound`] for a batch that is not committed; store
+    /// [`Error::Refusal`] while another run is going; [`Error::Invalid`]
+    /// for a bad label or list; [`Error::Missing`] for a batch that is not committed; store
     /// and audit errors.
     #[allow(clippy::too_many_arguments)]
     pub fn start_print_run<'c>(
@@ -573,7 +573,7 @@ impl Cards {
                 self.codes
                     .batch(*id)?
                     .filter(|r| r.state == vault::BatchState::Committed)
-                    .ok_or_else(|| Error::NotFound(format!("committed batch {id}")))?;
+                    .ok_or(Missing::CommittedBatch(*id))?;
                 Some(id.to_string())
             }
             Selection::Serials(list) => {
@@ -606,9 +606,7 @@ impl Cards {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return Err(Error::Refused(
-                "another print run is going; wait for it to end".into(),
-            ));
+            return Err(Refusal::PrintRunGoing.into());
         }
         let guard = RunningFlag(&self.print_running);
         self.mark_interrupted_runs()?;
@@ -669,16 +667,14 @@ impl Cards {
     /// `mailers.print_file` events are in the chain).
     ///
     /// # Errors
-    /// [`Error::Refused`] while a run goes in this process; store errors.
+    /// [`Error::Refusal`] while a run goes in this process; store errors.
     pub fn recover_print_runs(&self) -> Result<Vec<u64>> {
         if self
             .print_running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return Err(Error::Refused(
-                "a print run is going; runs are recovered only at start-up".into(),
-            ));
+            return Err(Refusal::RecoverWhileRunning.into());
         }
         let _guard = RunningFlag(&self.print_running);
         self.mark_interrupted_runs()
@@ -756,8 +752,10 @@ impl Cards {
     /// audit event. Reporting the same outcome again changes nothing.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the first unknown number, repeated number, or mailer not
-    /// outstanding (e.g. voided, or reported the other way before); store and audit errors.
+    /// [`Error::Invalid`] for an empty list; [`Error::Refusal`] naming the first repeated
+    /// number ([`vault::Refusal::MailerRepeats`]), unknown number
+    /// ([`vault::Refusal::MailerUnknown`]) or mailer not outstanding, e.g. voided or reported
+    /// the other way before ([`vault::Refusal::MailerNotOutstanding`]); store and audit errors.
     pub fn record_mailer_outcomes(
         &self,
         audit: &AuditLog,
@@ -772,13 +770,18 @@ impl Cards {
         let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for (i, (number, outcome)) in outcomes.iter().enumerate() {
-            let at = || format!("outcome {} (mailer {number})", i + 1);
+            let (outcome_at, mailer) = (i + 1, *number);
             if !seen.insert(*number) {
-                return Err(Error::Invalid(format!("{}: the number repeats", at())));
+                return Err(Refusal::MailerRepeats {
+                    outcome: outcome_at,
+                    mailer,
+                }
+                .into());
             }
-            let d = book
-                .by_number(*number)
-                .ok_or_else(|| Error::Invalid(format!("{}: no such mailer", at())))?;
+            let d = book.by_number(*number).ok_or(Refusal::MailerUnknown {
+                outcome: outcome_at,
+                mailer,
+            })?;
             let dir = changed.entry(d).or_insert_with(|| book.dirs[d].clone());
             let index = (number - dir.first_number) as usize;
             let state = dir.state(index)?;
@@ -788,10 +791,13 @@ impl Cards {
                 continue;
             }
             if state != MailerState::Outstanding {
-                return Err(Error::Invalid(format!(
-                    "{}: it is {state}, only an outstanding mailer can become {wanted}",
-                    at()
-                )));
+                return Err(Refusal::MailerNotOutstanding {
+                    outcome: outcome_at,
+                    mailer,
+                    state: state.to_string(),
+                    wanted: wanted.to_string(),
+                }
+                .into());
             }
             dir.set_state(index, wanted);
             *counts.entry(wanted.as_str().into()).or_default() += 1;

@@ -55,7 +55,7 @@ use vault::Actor;
 use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
 use vault::{AuditLog, NewEvent};
-use vault::{Error, Result};
+use vault::{Error, Missing, Refusal, Result};
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
@@ -760,8 +760,7 @@ impl Cards {
     }
 
     fn required_job(&self, id: u64) -> Result<Job> {
-        self.job(id)?
-            .ok_or_else(|| Error::NotFound(format!("dispatch job {id}")))
+        self.job(id)?.ok_or(Missing::Job(id).into())
     }
 
     /// A dispatch request.
@@ -908,7 +907,7 @@ impl Cards {
         holder: &HolderRecord,
         personal: &PersonalData,
         channel: Channel,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Refusal> {
         self.contact_problem(card, holder, personal, channel)
             .map_or(Ok(()), |(_, e)| Err(e))
     }
@@ -921,7 +920,7 @@ impl Cards {
         holder: &HolderRecord,
         personal: &PersonalData,
         channel: Channel,
-    ) -> Option<(&'static str, Error)> {
+    ) -> Option<(&'static str, Refusal)> {
         let serial = &card.serial;
         let (registered, changed, what) = match channel {
             Channel::Counter => return None,
@@ -940,19 +939,20 @@ impl Cards {
         if !registered {
             return Some((
                 "contact_missing",
-                Error::Refused(format!(
-                    "card {serial}: the holder has no registered {what}"
-                )),
+                Refusal::NoContact {
+                    card: serial.clone(),
+                    contact: what,
+                },
             ));
         }
         if let Some(changed) = changed {
             if card.identified_ms().is_none_or(|at| changed >= at) {
                 return Some((
                     "contact_changed",
-                    Error::Refused(format!(
-                        "card {serial}: the holder's {what} changed after the last \
-                         identification; identify the holder again at the counter first"
-                    )),
+                    Refusal::ContactChanged {
+                        card: serial.clone(),
+                        contact: what,
+                    },
                 ));
             }
         }
@@ -970,9 +970,10 @@ impl Cards {
     ) -> Result<CardRecord> {
         let card = self.active_card(audit, serial, today, actor)?;
         if self.codes.locate(serial)?.is_none() {
-            return Err(Error::Refused(format!(
-                "card {serial}: its codes are not held"
-            )));
+            return Err(Refusal::CodesNotHeld {
+                card: serial.to_owned(),
+            }
+            .into());
         }
         Ok(card)
     }
@@ -995,8 +996,8 @@ impl Cards {
     /// access).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad plan; [`Error::NotFound`] for an unknown card;
-    /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
+    /// [`Error::Invalid`] for a bad plan; [`Error::Missing`] for an unknown card;
+    /// [`Error::WrongState`] for a card not `active`; [`Error::Refusal`] when its codes are not
     /// held, when a contact the plan needs is not registered or changed after the last
     /// identification (rule 13), or when the card has a dispatch in force (under way or
     /// done: see [`Cards::request_dispatch_with`] to replace it); [`Error::Sealed`]; store and
@@ -1042,23 +1043,25 @@ impl Cards {
         let in_force = self.dispatch_in_force(serial)?;
         if let Some(old) = &in_force {
             if let Some(j) = old.jobs.iter().find(|j| j.state == JobState::Sending) {
-                return Err(Error::Refused(format!(
-                    "card {serial}: part {} of dispatch {} is being sent now (job {}); try \
-                     again later",
-                    j.part, old.request.id, j.id
-                )));
+                return Err(Refusal::PartSending {
+                    card: serial.to_owned(),
+                    part: j.part.to_string(),
+                    dispatch: Some(old.request.id),
+                    job: j.id,
+                }
+                .into());
             }
             if reason.is_none() {
                 let under_way = old.jobs.iter().any(|j| {
                     j.superseded_by.is_none() && (j.state.unsent() || j.state.in_progress())
                 });
-                return Err(Error::Refused(format!(
-                    "card {serial}: dispatch {} ({}) is {}; a new dispatch must replace it \
-                     (replace, with a reason), or resend a part instead",
-                    old.request.id,
-                    old.request.plan,
-                    if under_way { "under way" } else { "done" }
-                )));
+                return Err(Refusal::DispatchInForce {
+                    card: serial.to_owned(),
+                    dispatch: old.request.id,
+                    plan: old.request.plan.clone(),
+                    under_way,
+                }
+                .into());
             }
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
@@ -1080,11 +1083,12 @@ impl Cards {
                             (Ok(()), _) => Channel::Sms,
                             (_, Ok(())) => Channel::Email,
                             (Err(sms), Err(email)) => {
-                                return Err(Error::Refused(format!(
-                                    "card {serial}: no remote channel: {}; {}",
-                                    refusal(&sms),
-                                    refusal(&email)
-                                )))
+                                return Err(Refusal::NoRemoteChannel {
+                                    card: serial.to_owned(),
+                                    sms: Box::new(sms),
+                                    email: Box::new(email),
+                                }
+                                .into())
                             }
                         }
                     }
@@ -1260,7 +1264,7 @@ impl Cards {
     pub fn mark_sent(&self, audit: &AuditLog, id: u64, peer_id: &str) -> Result<Job> {
         self.mark_sent_many(audit, &[(id, peer_id.to_owned())])?
             .pop()
-            .unwrap_or_else(|| Err(Error::NotFound(format!("dispatch job {id}"))))
+            .unwrap_or_else(|| Err(Missing::Job(id).into()))
     }
 
     /// Records that the courier accepted each job of `sent` (`sending` → `sent`), with its
@@ -1270,7 +1274,7 @@ impl Cards {
     ///
     /// # Errors
     /// For the whole call: store and audit errors (then nothing is marked). For a job:
-    /// [`Error::NotFound`]; [`Error::Invalid`] for a bad peer id; [`Error::WrongState`] for a
+    /// [`Error::Missing`]; [`Error::Invalid`] for a bad peer id; [`Error::WrongState`] for a
     /// job in another state.
     pub fn mark_sent_many(
         &self,
@@ -1325,7 +1329,7 @@ impl Cards {
     /// `dispatch.fallback` event), in one batch. `reason` is kept cleaned (no digit runs).
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::WrongState`] for a job that is not `sending`;
+    /// [`Error::Missing`]; [`Error::WrongState`] for a job that is not `sending`;
     /// [`Error::Sealed`] (the fallback reads the holder's contacts); store and audit errors.
     #[allow(clippy::too_many_arguments)]
     pub fn mark_failed(
@@ -1430,7 +1434,7 @@ impl Cards {
                             .detail("new_job", new.id.to_string()),
                     ));
                 }
-                Err(e) => why_not = Some(refusal(&e)),
+                Err(e) => why_not = Some(e.without_card()),
             }
         }
         if !policy.fallback.counter_reprint {
@@ -1460,14 +1464,6 @@ fn check_reason(reason: &str) -> Result<String> {
     Ok(r.to_owned())
 }
 
-fn refusal(e: &Error) -> String {
-    match e {
-        Error::Refused(m) => m.split_once(": ").map(|(_, w)| w).unwrap_or(m).to_owned(),
-        Error::Refusal(r) => r.to_string(),
-        other => other.to_string(),
-    }
-}
-
 fn wrong_job_state(job: &Job, state: JobState, wanted: &str) -> Error {
     Error::WrongState {
         subject: format!("dispatch job {}", job.id),
@@ -1494,7 +1490,7 @@ impl Cards {
     /// repeat is a no-op.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a key that is not 32 hex digits; [`Error::NotFound`] for an
+    /// [`Error::Invalid`] for a key that is not 32 hex digits; [`Error::Missing`] for an
     /// unknown key; [`Error::Sealed`] (a fallback); store and audit errors.
     pub fn mark_delivered_by_key(
         &self,
@@ -1513,7 +1509,7 @@ impl Cards {
         let id = self
             .store
             .get(Tree::OutboxKeys, &key)?
-            .ok_or_else(|| Error::NotFound("no dispatch job has this idempotency key".into()))?;
+            .ok_or(Missing::JobKey)?;
         let old = self.required_job(seq_of(&id)?)?;
         if !delivered {
             if !matches!(old.state, JobState::Sent | JobState::Sending) {
@@ -1673,8 +1669,8 @@ impl Cards {
     /// (marked `superseded` if it had not gone out yet). The rate limit is the service's.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown card or a part never dispatched;
-    /// [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when its codes are not
+    /// [`Error::Missing`] for an unknown card or a part never dispatched;
+    /// [`Error::WrongState`] for a card not `active`; [`Error::Refusal`] when its codes are not
     /// held, for the counter part, for a part being sent at this moment, or when the contact is
     /// missing or changed after the last identification (rule 13); [`Error::Sealed`]; store and
     /// audit errors.
@@ -1692,24 +1688,33 @@ impl Cards {
         let old = self
             .latest_jobs(serial)?
             .remove(&part)
-            .ok_or_else(|| Error::NotFound(format!("card {serial}: no dispatch of part {part}")))?;
+            .ok_or_else(|| Missing::PartDispatch {
+                card: serial.to_owned(),
+                part: part.to_string(),
+            })?;
         if old.channel == Channel::Counter {
-            return Err(Error::Refused(format!(
-                "card {serial}: part {part} is printed at the counter"
-            )));
+            return Err(Refusal::CounterPart {
+                card: serial.to_owned(),
+                part: part.to_string(),
+            }
+            .into());
         }
         if old.state == JobState::Sending {
-            return Err(Error::Refused(format!(
-                "card {serial}: part {part} is being sent now (job {}); try again later",
-                old.id
-            )));
+            return Err(Refusal::PartSending {
+                card: serial.to_owned(),
+                part: part.to_string(),
+                dispatch: None,
+                job: old.id,
+            }
+            .into());
         }
         if old.state == JobState::AwaitingCounter {
-            return Err(Error::Refused(format!(
-                "card {serial}: part {part} waits until part A is handed over at the counter \
-                 (job {})",
-                old.id
-            )));
+            return Err(Refusal::AwaitingCounter {
+                card: serial.to_owned(),
+                part: part.to_string(),
+                job: old.id,
+            }
+            .into());
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
         self.check_contact(&card, &holder, &personal, old.channel)?;

@@ -24,7 +24,7 @@ use vault::AuditLog;
 use vault::Batch;
 use vault::CardCodes;
 use vault::Hsm;
-use vault::{Error, Result};
+use vault::{Error, Refusal, Result};
 
 /// What the counter page must show: part A of this plan (in `dispatch`'s grammar, with part
 /// B's channel), of this dispatch.
@@ -56,8 +56,8 @@ impl Cards {
     /// nothing is recorded and its error comes back as the inner `Err`.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a plan that does not parse; [`Error::NotFound`] for an unknown
-    /// card; [`Error::WrongState`] for a card not `active`; [`Error::Refused`] when the card
+    /// [`Error::Invalid`] for a plan that does not parse; [`Error::Missing`] for an unknown
+    /// card; [`Error::WrongState`] for a card not `active`; [`Error::Refusal`] when the card
     /// has no split dispatch in force, when `plan` is not its plan (the message names the plan
     /// in force), when part A was already handed over and `reprint` is not set, when part A
     /// was cancelled, or when the codes are not held; [`Error::Sealed`]; store and audit
@@ -78,10 +78,9 @@ impl Cards {
         let _ops = self.ops_lock();
         self.active_card(audit, serial, today, actor)?;
         let no_split = || {
-            Error::Refused(format!(
-                "card {serial}: no split dispatch in force, so no counter page; dispatch the \
-                 card with a `counter(N)+…` plan first"
-            ))
+            Error::from(Refusal::NoSplitDispatch {
+                card: serial.to_owned(),
+            })
         };
         let dispatch = self.dispatch_in_force(serial)?.ok_or_else(no_split)?;
         let DispatchPlan::Split { digits, remote } = DispatchPlan::parse(&dispatch.request.plan)?
@@ -113,30 +112,34 @@ impl Cards {
                 DispatchPlan::Whole(_) => false,
             };
             if !fits {
-                return Err(Error::Refused(format!(
-                    "card {serial}: the plan in force is {in_force} (dispatch {}); the counter \
-                     page prints part A of that plan only",
-                    dispatch.request.id
-                )));
+                return Err(Refusal::PlanInForce {
+                    card: serial.to_owned(),
+                    plan: in_force,
+                    dispatch: dispatch.request.id,
+                }
+                .into());
             }
         }
         let reprint = match a.state {
             JobState::Counter => false,
             JobState::HandedOver if reprint => true,
             JobState::HandedOver => {
-                return Err(Error::Refused(format!(
-                    "card {serial}: part A of dispatch {} was already handed over (job {}, by \
-                     {}); print it again only as a reprint",
-                    dispatch.request.id,
-                    a.id,
-                    a.handed_over_by.as_deref().unwrap_or("?")
-                )))
+                return Err(Refusal::HandedOver {
+                    card: serial.to_owned(),
+                    dispatch: dispatch.request.id,
+                    job: a.id,
+                    by: a.handed_over_by.clone().unwrap_or_else(|| "?".to_owned()),
+                }
+                .into())
             }
             other => {
-                return Err(Error::Refused(format!(
-                    "card {serial}: part A of dispatch {} is {other} (job {})",
-                    dispatch.request.id, a.id
-                )))
+                return Err(Refusal::CounterPartState {
+                    card: serial.to_owned(),
+                    dispatch: dispatch.request.id,
+                    job: a.id,
+                    state: other.to_string(),
+                }
+                .into())
             }
         };
         let slip = CounterSlip {

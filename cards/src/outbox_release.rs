@@ -22,7 +22,7 @@ use vault::Batch;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{CardCodes, PendingCodes, Release};
-use vault::{Error, Missing, Result};
+use vault::{Error, Missing, Refusal, Result};
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.
@@ -85,8 +85,8 @@ impl Cards {
     /// claimed, audited as one `card.codes_release` event.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown job or card; [`Error::WrongState`] for a job not
-    /// `sending` or a card not `active`; [`Error::Refused`] for a contact not registered or
+    /// [`Error::Missing`] for an unknown job or card; [`Error::WrongState`] for a job not
+    /// `sending` or a card not `active`; [`Error::Refusal`] for a contact not registered or
     /// changed since the last identification, a channel without a remote destination, or codes
     /// no longer held; [`Error::Sealed`]; store and audit errors.
     pub fn release_for_job(
@@ -98,9 +98,7 @@ impl Cards {
         actor: &Actor,
     ) -> Result<JobRelease> {
         let _ops = self.ops_lock();
-        let job = self
-            .job(job_id)?
-            .ok_or_else(|| Error::NotFound(format!("dispatch job {job_id}")))?;
+        let job = self.job(job_id)?.ok_or(Missing::Job(job_id))?;
         let (pending, event) = self.release_one(hsm, audit, job, today, actor)?;
         let receipt = audit.commit_release(Batch::new(), vec![event])?;
         pending.open(&receipt)
@@ -222,7 +220,7 @@ impl Cards {
                 };
                 return Err(Stop::Cancel(format!("card_{state}"), e));
             }
-            Err(e @ (Error::NotFound(_) | Error::Missing(Missing::Card(_)))) => {
+            Err(e @ Error::Missing(Missing::Card(_))) => {
                 return Err(Stop::Cancel("card_unknown".into(), e))
             }
             Err(e) => return Err(Stop::Fail(e)),
@@ -230,12 +228,15 @@ impl Cards {
         if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {
             return Err(Stop::Cancel(
                 "codes_gone".into(),
-                Error::Refused(format!("card {serial}: its codes are not held")),
+                Refusal::CodesNotHeld {
+                    card: serial.clone(),
+                }
+                .into(),
             ));
         }
         let (holder, personal) = self.holder_of(hsm, &card).map_err(Stop::Fail)?;
         if let Some((reason, e)) = self.contact_problem(&card, &holder, &personal, job.channel) {
-            return Err(Stop::Cancel(reason.to_owned(), e));
+            return Err(Stop::Cancel(reason.to_owned(), e.into()));
         }
         let destination = match job.channel {
             Channel::Sms => personal
@@ -251,10 +252,11 @@ impl Cards {
         .ok_or_else(|| {
             Stop::Cancel(
                 "contact_missing".into(),
-                Error::Refused(format!(
-                    "dispatch job {job_id}: channel {} has no remote destination",
-                    job.channel
-                )),
+                Refusal::NoRemoteDestination {
+                    job: job_id,
+                    channel: job.channel.to_string(),
+                }
+                .into(),
             )
         })?;
         let name = Zeroizing::new(format!("{} {}", personal.given_names, personal.surname));

@@ -7,7 +7,7 @@ use super::outbox_tests::{events, hand_over};
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use vault::Error;
+use vault::{Error, Missing, Refusal};
 
 fn holder(w: &World, mobile: &str) {
     let entry = HolderEntry {
@@ -118,7 +118,13 @@ fn a_changed_contact_is_refused_and_a_job_not_sending_too() {
         .release_for_job(&*w.hsm, w.audit(), job.id, today(), &actor())
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("changed after the last identification")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::ContactChanged {
+                contact: "mobile number",
+                ..
+            })
+        ),
         "{err}"
     );
     assert!(releases(&w).is_empty());
@@ -257,7 +263,11 @@ fn mark_sent_many_marks_each_in_one_commit_and_refuses_one_alone() {
         )
         .unwrap();
     assert_eq!(got[0].as_ref().unwrap().state, crate::JobState::Sent);
-    assert!(matches!(got[1], Err(Error::NotFound(_))), "{:?}", got[1]);
+    assert!(
+        matches!(got[1], Err(Error::Missing(Missing::Job(424_242)))),
+        "{:?}",
+        got[1]
+    );
     assert_eq!(count(&w, "dispatch.sent"), 1);
     // Marked again: left as it is, no new event.
     let again = w

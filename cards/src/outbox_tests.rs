@@ -6,9 +6,9 @@ use super::outbox::{Channel, Fallback, Job, JobState, OutboxPolicy, Part, Receip
 use super::registry_parse::{CardEntry, HolderEntry};
 use super::tests::{actor, cf, date, holder_activation, serial, today, World};
 use super::{Change, Reason};
-use vault::Error;
 use vault::Query;
 use vault::Tree;
+use vault::{Error, Missing, Refusal};
 
 const EXPIRY: &str = "2030-01-01";
 
@@ -201,7 +201,13 @@ fn a_request_writes_its_jobs_and_its_event_together() {
     let before = outbox_rows(&w);
     let err = request(&w, 1, "email").unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("is under way") && m.contains("replace")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::DispatchInForce {
+                under_way: true,
+                ..
+            })
+        ),
         "{err}"
     );
     assert_eq!(outbox_rows(&w), before);
@@ -250,13 +256,24 @@ fn a_refused_request_writes_nothing() {
         Err(Error::Missing(vault::Missing::Card(_)))
     ));
     let refused = |c: usize, plan: &str| match request(&w, c, plan) {
-        Err(Error::Refused(m)) => m,
+        Err(Error::Refusal(r)) => r,
         other => panic!("card {c} {plan}: {other:?}"),
     };
-    assert!(refused(5, "sms").contains("codes are not held"));
-    assert!(refused(4, "counter(2)+sms").contains("no registered mobile number"));
-    assert!(refused(4, "email").contains("no registered e-mail address"));
-    assert!(refused(4, "counter(2)+remote").contains("no remote channel"));
+    assert_eq!(refused(5, "sms"), Refusal::CodesNotHeld { card: serial(5) });
+    let none = |contact| Refusal::NoContact {
+        card: serial(4),
+        contact,
+    };
+    assert_eq!(refused(4, "counter(2)+sms"), none("mobile number"));
+    assert_eq!(refused(4, "email"), none("e-mail address"));
+    assert_eq!(
+        refused(4, "counter(2)+remote"),
+        Refusal::NoRemoteChannel {
+            card: serial(4),
+            sms: Box::new(none("mobile number")),
+            email: Box::new(none("e-mail address")),
+        }
+    );
     assert_eq!(outbox_rows(&w), before);
     assert!(events(&w, "dispatch.").is_empty());
     verify(&w);
@@ -278,7 +295,13 @@ fn rule_13_a_changed_number_needs_a_new_identification() {
     assert!(h.mobile_changed_ms.is_some() && h.email_changed_ms.is_none());
     let err = request(&w, 1, "counter(2)+sms").unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("mobile number changed after the last identification")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::ContactChanged {
+                contact: "mobile number",
+                ..
+            })
+        ),
         "{err}"
     );
     // E-mail did not change: it may be used; `remote` picks it.
@@ -521,7 +544,10 @@ fn resend_makes_exactly_one_job_for_the_named_part() {
         w.cms()
             .resend_part(&*w.hsm, w.audit(), &serial(1), part, today(), &actor())
     };
-    assert!(matches!(resend(Part::B), Err(Error::Refused(m)) if m.contains("being sent")));
+    assert!(matches!(
+        resend(Part::B),
+        Err(Error::Refusal(Refusal::PartSending { dispatch: None, job, .. })) if job == b.id
+    ));
     w.cms().mark_sent(w.audit(), b.id, "smsc-1").unwrap();
     let before = w.cms().jobs_of(&serial(1)).unwrap();
     let new = resend(Part::B).unwrap();
@@ -545,8 +571,14 @@ fn resend_makes_exactly_one_job_for_the_named_part() {
     );
     let due = w.cms().claim_due(now(), &Channel::REMOTE, 100).unwrap();
     assert_eq!(due.iter().map(|j| j.id).collect::<Vec<_>>(), vec![newer.id]);
-    assert!(matches!(resend(Part::A), Err(Error::Refused(m)) if m.contains("counter")));
-    assert!(matches!(resend(Part::Whole), Err(Error::NotFound(_))));
+    assert!(matches!(
+        resend(Part::A),
+        Err(Error::Refusal(Refusal::CounterPart { part, .. })) if part == "A"
+    ));
+    assert!(matches!(
+        resend(Part::Whole),
+        Err(Error::Missing(Missing::PartDispatch { part, .. })) if part == "whole"
+    ));
     let ev = events(&w, "dispatch.resend");
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[0].details["part"], "B");
@@ -591,7 +623,7 @@ fn receipts_move_parts_to_delivered() {
     assert!(w.cms().overdue(t + 10_000, 1_000, 10).unwrap().is_empty());
     assert!(matches!(
         receipt(&"ab".repeat(16), true),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::JobKey))
     ));
     assert!(matches!(receipt("nope", true), Err(Error::Invalid(_))));
     // A negative receipt counts as a failed attempt.
@@ -618,13 +650,19 @@ fn receipts_move_parts_to_delivered() {
 fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
     let w = world();
     let refused = |r: vault::Result<super::CounterPrint>| match r {
-        Err(Error::Refused(m)) => m,
+        Err(Error::Refusal(r)) => r,
         other => panic!("{other:?}"),
     };
     // No dispatch, or a dispatch without a counter part: no counter page.
-    assert!(refused(print_a(&w, 1, None, false)).contains("no split dispatch in force"));
+    assert_eq!(
+        refused(print_a(&w, 1, None, false)),
+        Refusal::NoSplitDispatch { card: serial(1) }
+    );
     request(&w, 2, "email").unwrap();
-    assert!(refused(print_a(&w, 2, Some("counter(2)+sms"), false)).contains("no split dispatch"));
+    assert_eq!(
+        refused(print_a(&w, 2, Some("counter(2)+sms"), false)),
+        Refusal::NoSplitDispatch { card: serial(2) }
+    );
     // A split dispatch: part B waits for part A, and no worker claims it.
     let d = request(&w, 1, "counter(2)+email").unwrap();
     let (a, b) = (&d.jobs[0], &d.jobs[1]);
@@ -644,10 +682,15 @@ fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
         "counter(3)+email",
         "whole",
     ] {
-        let m = refused(print_a(&w, 1, Some(other), false));
-        assert!(
-            m.contains("the plan in force is counter(2)+email"),
-            "{other}: {m}"
+        let r = refused(print_a(&w, 1, Some(other), false));
+        assert_eq!(
+            r,
+            Refusal::PlanInForce {
+                card: serial(1),
+                plan: "counter(2)+email".into(),
+                dispatch: d.request.id,
+            },
+            "{other}"
         );
     }
     assert!(matches!(
@@ -696,7 +739,10 @@ fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
     // Now part B goes.
     assert_eq!(claim(&w, now(), 1).id, b.id);
     // A second print only as a reprint, audited.
-    assert!(refused(print_a(&w, 1, None, false)).contains("only as a reprint"));
+    assert!(matches!(
+        refused(print_a(&w, 1, None, false)),
+        Refusal::HandedOver { dispatch, job, .. } if dispatch == d.request.id && job == a.id
+    ));
     let again = print_a(&w, 1, None, true).unwrap();
     assert!(again.slip.reprint && again.released.is_empty());
     assert_eq!(again.job.prints, 2);
@@ -734,7 +780,13 @@ fn a_new_dispatch_replaces_the_one_in_force_only_when_asked() {
     let before = outbox_rows(&w);
     let err = request(&w, 1, "counter(2)+sms").unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("is done") && m.contains("replace")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::DispatchInForce {
+                under_way: false,
+                ..
+            })
+        ),
         "{err}"
     );
     for bad in ["", "  ", "a\u{7}b"] {
@@ -794,7 +846,10 @@ fn a_new_dispatch_replaces_the_one_in_force_only_when_asked() {
     let b = claim(&w, now(), 1);
     let err = replace(1, "email", "again").unwrap_err();
     assert!(
-        matches!(&err, Error::Refused(m) if m.contains("being sent now")),
+        matches!(
+            &err,
+            Error::Refusal(Refusal::PartSending { dispatch: Some(_), job, .. }) if *job == b.id
+        ),
         "{err}"
     );
     w.cms().mark_sent(w.audit(), b.id, "250-ok").unwrap();

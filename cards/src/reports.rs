@@ -161,7 +161,7 @@ impl Cards {
     /// Opens a report (`report.open`).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for an empty or over-long title or text; [`Error::NotFound`] for an
+    /// [`Error::Invalid`] for an empty or over-long title or text; [`Error::Missing`] for an
     /// unknown card; [`Error::Sealed`]; store and audit errors.
     pub fn open_report(
         &self,
@@ -261,7 +261,7 @@ impl Cards {
     /// `report.close`). A closed report takes no step.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::WrongState`] for a closed report; [`Error::Invalid`] for
+    /// [`Error::Missing`]; [`Error::WrongState`] for a closed report; [`Error::Invalid`] for
     /// a bad text; [`Error::Sealed`]; store and audit errors.
     pub fn report_step(
         &self,

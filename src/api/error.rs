@@ -296,7 +296,10 @@ impl From<vault::Error> for ApiError {
             E::Share(why) => Self::new(ErrorCode::ShareRefused, format!("share refused: {why}")),
             E::Invalid(why) => Self::bad_request(why),
             E::Refused(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
-            E::Refusal(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
+            E::Refusal(why) => match refusal_code(&why) {
+                ErrorCode::Refused => Self::new(ErrorCode::Refused, format!("refused: {why}")),
+                code => Self::new(code, why.to_string()),
+            },
             // A non-officer asking for a key operation, or an officer approving their own
             // proposal.
             E::Denied(why) => Self::forbidden(why.to_string()),
@@ -314,6 +317,18 @@ impl From<vault::Error> for ApiError {
                 Self::internal()
             }
         }
+    }
+}
+
+/// The stable code of a refusal: `refused` (409), except a mailer outcome that names no
+/// outstanding mailer, which is an impossible request (`invalid`, 422).
+fn refusal_code(why: &vault::Refusal) -> ErrorCode {
+    use vault::Refusal as R;
+    match why {
+        R::MailerRepeats { .. } | R::MailerUnknown { .. } | R::MailerNotOutstanding { .. } => {
+            ErrorCode::Invalid
+        }
+        _ => ErrorCode::Refused,
     }
 }
 
@@ -389,6 +404,43 @@ mod tests {
             assert_eq!(api.status().as_u16(), status);
             assert_eq!(api.code(), code);
         }
+    }
+
+    #[test]
+    fn card_refusals_keep_their_status_and_code() {
+        let card = || "80390001".to_owned();
+        let conflict = [
+            vault::Refusal::DispatchInForce {
+                card: card(),
+                dispatch: 3,
+                plan: "email".into(),
+                under_way: true,
+            },
+            vault::Refusal::NoSplitDispatch { card: card() },
+            vault::Refusal::PrintRunGoing,
+        ];
+        for r in conflict {
+            let api = ApiError::from(vault::Error::Refusal(r));
+            assert_eq!(
+                (api.status(), api.code()),
+                (StatusCode::CONFLICT, ErrorCode::Refused)
+            );
+        }
+        // A mailer outcome that names no outstanding mailer stays a 422, without a prefix.
+        let api = ApiError::from(vault::Error::Refusal(vault::Refusal::MailerUnknown {
+            outcome: 1,
+            mailer: 99,
+        }));
+        assert_eq!(
+            (api.status(), api.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid)
+        );
+        assert_eq!(api.message(), "outcome 1 (mailer 99): no such mailer");
+        let api = ApiError::from(vault::Error::Missing(vault::Missing::Job(7)));
+        assert_eq!(
+            (api.status(), api.code()),
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+        );
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! not allow the operation: the term and how many data keys it still wraps, the proposal that
 //! lapsed, the key and its limit…), [`Denial`] (who may not do it), [`Missing`] (what does not
 //! exist). Tests match these variants, never message text. The string-carrying
-//! [`Error::Refused`] and [`Error::NotFound`] remain for the code not converted yet (the card
-//! domain and the simulated HSM); new code uses the typed variants.
+//! [`Error::Refused`] and [`Error::NotFound`] remain for the code not converted yet (the
+//! registry import of crate `cards`, and the simulated HSM); new code uses the typed variants.
+//! Bad input stays [`Error::Invalid`] (its message names the field), and damaged storage
+//! [`Error::Storage`] (its message names the record, for the operator's log).
 
 use crate::account::Role;
 use crate::audit::Damage;
@@ -278,6 +280,142 @@ pub enum Refusal {
         /// The account id.
         account: String,
     },
+    // cards: outbox, mailers, reports, lifecycle
+    /// The card's holder has no registered contact of this kind (rule 13).
+    NoContact {
+        /// The card serial.
+        card: String,
+        /// The contact (`mobile number`, `e-mail address`, `postal address`).
+        contact: &'static str,
+    },
+    /// The holder's contact changed after the card's last identification (rule 13): identify
+    /// the holder again at the counter first.
+    ContactChanged {
+        /// The card serial.
+        card: String,
+        /// The contact (`mobile number`, `e-mail address`).
+        contact: &'static str,
+    },
+    /// A `counter(N)+remote` plan, and neither SMS nor e-mail can be used.
+    NoRemoteChannel {
+        /// The card serial.
+        card: String,
+        /// Why not by SMS.
+        sms: Box<Refusal>,
+        /// Why not by e-mail.
+        email: Box<Refusal>,
+    },
+    /// A part of the card's dispatch is being sent at this moment; try again later.
+    PartSending {
+        /// The card serial.
+        card: String,
+        /// The part (`A`, `B`, `whole`).
+        part: String,
+        /// The dispatch (request) it belongs to, when a new dispatch was asked for.
+        dispatch: Option<u64>,
+        /// The job sending it.
+        job: u64,
+    },
+    /// The card has a dispatch in force (rule 14a): a new one must replace it.
+    DispatchInForce {
+        /// The card serial.
+        card: String,
+        /// The dispatch (request) in force.
+        dispatch: u64,
+        /// Its plan.
+        plan: String,
+        /// Whether some part is still under way (else it is done).
+        under_way: bool,
+    },
+    /// The part is printed at the counter: it cannot be resent remotely.
+    CounterPart {
+        /// The card serial.
+        card: String,
+        /// The part.
+        part: String,
+    },
+    /// The part waits until part A is handed over at the counter.
+    AwaitingCounter {
+        /// The card serial.
+        card: String,
+        /// The part.
+        part: String,
+        /// Its job.
+        job: u64,
+    },
+    /// The card has no split dispatch in force, so no counter page.
+    NoSplitDispatch {
+        /// The card serial.
+        card: String,
+    },
+    /// The counter page was asked for another plan than the one in force.
+    PlanInForce {
+        /// The card serial.
+        card: String,
+        /// The plan in force.
+        plan: String,
+        /// Its dispatch (request).
+        dispatch: u64,
+    },
+    /// Part A was handed over already; print it again only as a reprint.
+    HandedOver {
+        /// The card serial.
+        card: String,
+        /// The dispatch (request).
+        dispatch: u64,
+        /// Part A's job.
+        job: u64,
+        /// Who handed it over (`?` if not recorded).
+        by: String,
+    },
+    /// Part A is in a state the counter page cannot print from (e.g. cancelled).
+    CounterPartState {
+        /// The card serial.
+        card: String,
+        /// The dispatch (request).
+        dispatch: u64,
+        /// Part A's job.
+        job: u64,
+        /// Its state.
+        state: String,
+    },
+    /// A job's channel has no remote destination (counter and mailer parts are not sent).
+    NoRemoteDestination {
+        /// The job.
+        job: u64,
+        /// Its channel.
+        channel: String,
+    },
+    /// Another print run is going; one at a time.
+    PrintRunGoing,
+    /// Print runs are recovered only at start-up, not while one is going.
+    RecoverWhileRunning,
+    /// A mailer outcome names a mailer number that repeats in the same call.
+    MailerRepeats {
+        /// The outcome's position (1-based).
+        outcome: usize,
+        /// The mailer number.
+        mailer: u64,
+    },
+    /// A mailer outcome names a number no print file has.
+    MailerUnknown {
+        /// The outcome's position (1-based).
+        outcome: usize,
+        /// The mailer number.
+        mailer: u64,
+    },
+    /// A mailer outcome for a mailer that is not outstanding (voided, or reported the other
+    /// way before).
+    MailerNotOutstanding {
+        /// The outcome's position (1-based).
+        outcome: usize,
+        /// The mailer number.
+        mailer: u64,
+        /// Its state.
+        state: String,
+        /// The state asked for.
+        wanted: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -403,6 +541,127 @@ impl fmt::Display for Refusal {
             Refusal::CurrentPasswordMismatch { account } => {
                 write!(f, "account {account}: current password: does not match")
             }
+            Refusal::NoContact { card, contact } => {
+                write!(f, "card {card}: the holder has no registered {contact}")
+            }
+            Refusal::ContactChanged { card, contact } => write!(
+                f,
+                "card {card}: the holder's {contact} changed after the last identification; \
+                 identify the holder again at the counter first"
+            ),
+            Refusal::NoRemoteChannel { card, sms, email } => write!(
+                f,
+                "card {card}: no remote channel: {}; {}",
+                sms.without_card(),
+                email.without_card()
+            ),
+            Refusal::PartSending {
+                card,
+                part,
+                dispatch: Some(dispatch),
+                job,
+            } => write!(
+                f,
+                "card {card}: part {part} of dispatch {dispatch} is being sent now (job {job}); \
+                 try again later"
+            ),
+            Refusal::PartSending {
+                card,
+                part,
+                dispatch: None,
+                job,
+            } => write!(
+                f,
+                "card {card}: part {part} is being sent now (job {job}); try again later"
+            ),
+            Refusal::DispatchInForce {
+                card,
+                dispatch,
+                plan,
+                under_way,
+            } => write!(
+                f,
+                "card {card}: dispatch {dispatch} ({plan}) is {}; a new dispatch must replace \
+                 it (replace, with a reason), or resend a part instead",
+                if *under_way { "under way" } else { "done" }
+            ),
+            Refusal::CounterPart { card, part } => {
+                write!(f, "card {card}: part {part} is printed at the counter")
+            }
+            Refusal::AwaitingCounter { card, part, job } => write!(
+                f,
+                "card {card}: part {part} waits until part A is handed over at the counter \
+                 (job {job})"
+            ),
+            Refusal::NoSplitDispatch { card } => write!(
+                f,
+                "card {card}: no split dispatch in force, so no counter page; dispatch the \
+                 card with a `counter(N)+…` plan first"
+            ),
+            Refusal::PlanInForce {
+                card,
+                plan,
+                dispatch,
+            } => write!(
+                f,
+                "card {card}: the plan in force is {plan} (dispatch {dispatch}); the counter \
+                 page prints part A of that plan only"
+            ),
+            Refusal::HandedOver {
+                card,
+                dispatch,
+                job,
+                by,
+            } => write!(
+                f,
+                "card {card}: part A of dispatch {dispatch} was already handed over (job {job}, \
+                 by {by}); print it again only as a reprint"
+            ),
+            Refusal::CounterPartState {
+                card,
+                dispatch,
+                job,
+                state,
+            } => write!(
+                f,
+                "card {card}: part A of dispatch {dispatch} is {state} (job {job})"
+            ),
+            Refusal::NoRemoteDestination { job, channel } => write!(
+                f,
+                "dispatch job {job}: channel {channel} has no remote destination"
+            ),
+            Refusal::PrintRunGoing => f.write_str("another print run is going; wait for it to end"),
+            Refusal::RecoverWhileRunning => {
+                f.write_str("a print run is going; runs are recovered only at start-up")
+            }
+            Refusal::MailerRepeats { outcome, mailer } => {
+                write!(f, "outcome {outcome} (mailer {mailer}): the number repeats")
+            }
+            Refusal::MailerUnknown { outcome, mailer } => {
+                write!(f, "outcome {outcome} (mailer {mailer}): no such mailer")
+            }
+            Refusal::MailerNotOutstanding {
+                outcome,
+                mailer,
+                state,
+                wanted,
+            } => write!(
+                f,
+                "outcome {outcome} (mailer {mailer}): it is {state}, only an outstanding \
+                 mailer can become {wanted}"
+            ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal's text without its leading `card {serial}: ` (to list several refusals of
+    /// one card after it).
+    pub fn without_card(&self) -> String {
+        let text = self.to_string();
+        match text.split_once(": ") {
+            Some((head, rest)) if head.starts_with("card ") => rest.to_owned(),
+            _ => text,
         }
     }
 }
@@ -469,6 +728,20 @@ pub enum Missing {
     Card(String),
     /// A problem report, by number (crate `cards`).
     Report(u64),
+    // cards: outbox, mailers, reports, lifecycle
+    /// A dispatch job, by id.
+    Job(u64),
+    /// The dispatch job with an idempotency key (the key is not shown).
+    JobKey,
+    /// A card's part that was never dispatched.
+    PartDispatch {
+        /// The card serial.
+        card: String,
+        /// The part.
+        part: String,
+    },
+    /// A print run, by id.
+    PrintRun(u64),
 }
 
 impl fmt::Display for Missing {
@@ -483,6 +756,12 @@ impl fmt::Display for Missing {
             Missing::Account(None) => f.write_str("account (malformed id)"),
             Missing::Card(serial) => write!(f, "card {serial}"),
             Missing::Report(id) => write!(f, "report {id}"),
+            Missing::Job(id) => write!(f, "dispatch job {id}"),
+            Missing::JobKey => f.write_str("no dispatch job has this idempotency key"),
+            Missing::PartDispatch { card, part } => {
+                write!(f, "card {card}: no dispatch of part {part}")
+            }
+            Missing::PrintRun(id) => write!(f, "print run {id}"),
         }
     }
 }
