@@ -72,49 +72,9 @@ const MAX_PEER_ID: usize = 128;
 /// Entries read at a time by scans.
 const PAGE: usize = 512;
 
-/// A part of a card's codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Part {
-    /// The first N digits, printed at the counter.
-    #[serde(rename = "A")]
-    A,
-    /// The remaining digits, sent remotely.
-    #[serde(rename = "B")]
-    B,
-    /// Every digit in one part.
-    #[serde(rename = "whole")]
-    Whole,
-}
-
-impl Part {
-    /// `A`, `B` or `whole` (persisted, and the name `dispatch` uses).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Part::A => "A",
-            Part::B => "B",
-            Part::Whole => "whole",
-        }
-    }
-
-    /// Parses a part name.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] listing the names.
-    pub fn parse(text: &str) -> Result<Part> {
-        match text {
-            "A" => Ok(Part::A),
-            "B" => Ok(Part::B),
-            "whole" => Ok(Part::Whole),
-            _ => Err(Error::Invalid("part: expected A, B or whole".into())),
-        }
-    }
-}
-
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A part of a card's codes: `dispatch`'s part vocabulary ([`dispatch::PartName`]), stored
+/// on each job as `"A"`, `"B"` or `"whole"`.
+pub use dispatch::PartName as Part;
 
 /// The channel a job goes by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -41,7 +41,7 @@ pub use courier::{
     ConfigError, Courier, Destination, IdempotencyKey, Message, Outgoing, SendError, Sent,
 };
 pub use error::{Error, LayoutError, Result};
-pub use plan::{Channel, Part, PartCodes, PartName, Plan};
+pub use plan::{Channel, Part, PartCodes, PartName, Plan, UnknownPart};
 pub use render::email::{EmailMessage, EmailRenderer};
 pub use render::layout::Layout;
 pub use render::pdf::{PageStream, PdfWriter, PrintRenderer};

@@ -23,15 +23,46 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-/// The name of a part of a split delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The name of a part of a delivery: the one part vocabulary of plico (the outbox of crate
+/// `cards` stores it on each dispatch job, as `"A"`, `"B"` or `"whole"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum PartName {
     /// The first digits (at the counter).
+    #[serde(rename = "A")]
     A,
     /// The remaining digits (remote).
+    #[serde(rename = "B")]
     B,
     /// All digits in one part.
+    #[serde(rename = "whole")]
     Whole,
+}
+
+/// A part name that is not `A`, `B` or `whole`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("part: expected A, B or whole")]
+pub struct UnknownPart;
+
+impl FromStr for PartName {
+    type Err = UnknownPart;
+
+    /// Parses `A`, `B` or `whole` (exactly: the caller normalises case).
+    fn from_str(text: &str) -> std::result::Result<PartName, UnknownPart> {
+        match text {
+            "A" => Ok(PartName::A),
+            "B" => Ok(PartName::B),
+            "whole" => Ok(PartName::Whole),
+            _ => Err(UnknownPart),
+        }
+    }
+}
+
+impl fmt::Display for PartName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl PartName {
@@ -311,6 +342,25 @@ mod tests {
 
     fn cns() -> Codes {
         Codes::new(b"12345", b"87654321").unwrap()
+    }
+
+    #[test]
+    fn plan_part_names_parse_print_and_serialize_as_stored() {
+        for (text, part) in [
+            ("A", PartName::A),
+            ("B", PartName::B),
+            ("whole", PartName::Whole),
+        ] {
+            assert_eq!(text.parse::<PartName>(), Ok(part));
+            assert_eq!(part.to_string(), text);
+            let json = format!("\"{text}\"");
+            assert_eq!(serde_json::to_string(&part).unwrap(), json);
+            assert_eq!(serde_json::from_str::<PartName>(&json).unwrap(), part);
+        }
+        for bad in ["a", "Whole", "C", ""] {
+            assert_eq!(bad.parse::<PartName>(), Err(UnknownPart), "{bad}");
+        }
+        assert!(PartName::A < PartName::B && PartName::B < PartName::Whole);
     }
 
     #[test]

@@ -387,7 +387,9 @@ pub(crate) async fn resend_part(
     } else {
         name.to_ascii_lowercase()
     };
-    let part = Part::parse(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let part: Part = name
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("invalid: {e}")))?;
     let s = state.clone();
     let actor = caller.actor();
     let job = blocking(move || {
