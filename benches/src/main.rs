@@ -110,7 +110,7 @@ pub struct ImportBench {
 pub enum BenchHsm {
     /// `SimulatedHsm`, in development mode (1-of-1).
     Sim,
-    /// `Pkcs11Hsm` on a fresh SoftHSM2 token (1-of-1 shares).
+    /// `Pkcs11Hsm` on a fresh SoftHSM2 token (2-of-2 shares).
     Pkcs11,
 }
 
@@ -144,23 +144,28 @@ pub(crate) fn bench_hsm(kind: BenchHsm, dir: &Path) -> anyhow::Result<BenchHsmIn
                     hsm_pkcs11::testing::SOFTHSM_MODULE
                 );
             }
+            // 2 of 2 custodian shares: a token is never a development HSM.
             let token = hsm_pkcs11::testing::new_token()?;
-            let mut share: Option<SecretString> = None;
+            let mut shares: Vec<SecretString> = Vec::new();
             let (hsm, _) = hsm_pkcs11::Pkcs11Hsm::init(
                 &token.config,
                 &token.pin,
                 hsm_pkcs11::InitOptions {
-                    shares: 1,
-                    threshold: 1,
+                    shares: 2,
+                    threshold: 2,
                     dev: false,
                 },
                 &mut |s: &[SecretString]| {
-                    share = s.first().cloned();
+                    shares = s.to_vec();
                     Ok(())
                 },
             )?;
-            let share = share.context("the PKCS#11 HSM gave no share")?;
-            hsm.unseal(&share)?;
+            if shares.len() != 2 {
+                bail!("the PKCS#11 HSM gave {} shares, not 2", shares.len());
+            }
+            for share in &shares {
+                hsm.unseal(share)?;
+            }
             Ok(BenchHsmInstance {
                 hsm: Arc::new(hsm),
                 _token: Some(token),
