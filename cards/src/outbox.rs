@@ -76,55 +76,21 @@ const PAGE: usize = 512;
 /// on each job as `"A"`, `"B"` or `"whole"`.
 pub use dispatch::PartName as Part;
 
-/// The channel a job goes by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// Printed at the counter (never claimed by a worker).
-    Counter,
-    /// SMS to the holder's registered mobile number.
-    Sms,
-    /// E-mail to the holder's registered address.
-    Email,
-    /// A printed mailer to the holder's postal address.
-    Mailer,
-}
+/// The channel a job goes by: `dispatch`'s channel vocabulary ([`dispatch::Channel`]). A job
+/// goes by `counter`, `sms`, `email` or `mailer` (stored under these names), never by the plan
+/// placeholders `remote` and `any`.
+pub use dispatch::Channel;
 
-impl Channel {
-    /// `counter`, `sms`, `email` or `mailer` (persisted).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Counter => "counter",
-            Channel::Sms => "sms",
-            Channel::Email => "email",
-            Channel::Mailer => "mailer",
-        }
-    }
-
-    /// The channels a delivery worker sends by (the counter part is printed at the counter,
-    /// the mailer part by a print run).
-    pub const REMOTE: [Channel; 2] = [Channel::Sms, Channel::Email];
-
-    /// Its tag in the waiting lanes' keys.
-    fn tag(self) -> u8 {
-        match self {
-            Channel::Counter => 0,
-            Channel::Sms => 1,
-            Channel::Email => 2,
-            Channel::Mailer => 3,
-        }
-    }
-
-    /// Whether a delivery receipt is expected after `sent` (SMS: the gateway's delivery
-    /// report). Without one, `sent` is as far as the part goes.
-    pub fn receipt_expected(self) -> bool {
-        self == Channel::Sms
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// A channel's tag in the waiting lanes' keys (persisted: the lanes of [`Tree::OutboxDue`]).
+/// The plan placeholders get tags of their own, never written (no job goes by them).
+fn channel_tag(channel: Channel) -> u8 {
+    match channel {
+        Channel::Counter => 0,
+        Channel::Sms => 1,
+        Channel::Email => 2,
+        Channel::Mailer => 3,
+        Channel::Remote => 4,
+        Channel::Any => 5,
     }
 }
 
@@ -368,9 +334,10 @@ impl Job {
 
     fn due_key(&self) -> Option<Vec<u8>> {
         let (lane, at) = match self.state {
-            JobState::Queued | JobState::Failed => {
-                (LANE_WAITING | self.channel.tag(), self.next_attempt_ms)
-            }
+            JobState::Queued | JobState::Failed => (
+                LANE_WAITING | channel_tag(self.channel),
+                self.next_attempt_ms,
+            ),
             JobState::Sending => (LANE_SENDING, self.claimed_ms.unwrap_or(0)),
             _ => return None,
         };
@@ -895,6 +862,8 @@ impl Cards {
                 "e-mail address",
             ),
             Channel::Mailer => (personal.address.is_some(), None, "postal address"),
+            // No job goes by a plan placeholder: refused as a contact that cannot exist.
+            Channel::Remote | Channel::Any => (false, None, "destination for that channel"),
         };
         if !registered {
             return Some((
@@ -1187,7 +1156,7 @@ impl Cards {
     ) -> Result<Vec<Job>> {
         let mut claimed = Vec::with_capacity(limit);
         for channel in channels {
-            let lane = LANE_WAITING | channel.tag();
+            let lane = LANE_WAITING | channel_tag(*channel);
             let mut to = vec![lane];
             to.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
             let want = limit.saturating_sub(claimed.len());
@@ -1565,7 +1534,7 @@ impl Cards {
         numbers: &[u64],
         b: &mut Batch,
     ) -> Result<Vec<NewEvent>> {
-        let lane = LANE_WAITING | Channel::Mailer.tag();
+        let lane = LANE_WAITING | channel_tag(Channel::Mailer);
         if self
             .store
             .keys(Tree::OutboxDue, &[lane], Some(&[lane + 1]), 1)?
@@ -1747,6 +1716,20 @@ impl Cards {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_waiting_lanes_keep_their_channel_tags() {
+        // Persisted in the keys of Tree::OutboxDue: the tags of the old `cards` channel type.
+        for (channel, tag) in [
+            (Channel::Counter, 0),
+            (Channel::Sms, 1),
+            (Channel::Email, 2),
+            (Channel::Mailer, 3),
+        ] {
+            assert_eq!(channel_tag(channel), tag, "{channel}");
+        }
+        assert!(Channel::Counter < Channel::Sms && Channel::Email < Channel::Mailer);
+    }
 
     #[test]
     fn plans_parse_to_their_parts() {

@@ -247,7 +247,7 @@ impl Cards {
                 .email
                 .clone()
                 .map(|e| ReleaseDestination::Email(e.into())),
-            Channel::Counter | Channel::Mailer => None,
+            Channel::Counter | Channel::Mailer | Channel::Remote | Channel::Any => None,
         }
         .ok_or_else(|| {
             Stop::Cancel(

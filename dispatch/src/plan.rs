@@ -76,31 +76,59 @@ impl PartName {
     }
 }
 
-/// The channel a part travels by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The channel a part travels by: the one channel vocabulary of plico.
+///
+/// A dispatch job of crate `cards` goes by a concrete channel (`counter`, `sms`, `email` or
+/// `mailer`, stored on the job under these names). [`Channel::Remote`] and [`Channel::Any`]
+/// appear only in a plan and its [`Part`]s (and in templates): the choice left to the
+/// dispatcher, and the one part of a `whole` plan.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Printed at the counter for the holder in person.
     Counter,
-    /// SMS or e-mail, chosen by the dispatcher's policy.
+    /// SMS or e-mail, chosen by the dispatcher's policy (a plan's part B only).
     Remote,
     /// SMS.
     Sms,
     /// E-mail.
     Email,
-    /// Any channel (a `whole` plan: typically a mailer by post).
+    /// A printed mailer to the holder's postal address (a print run).
+    Mailer,
+    /// Any channel (the part of a `whole` plan: typically a mailer by post).
     Any,
 }
 
 impl Channel {
-    /// `"counter"`, `"remote"`, `"sms"`, `"email"` or `"any"` (the persisted and templated name).
+    /// `"counter"`, `"remote"`, `"sms"`, `"email"`, `"mailer"` or `"any"` (the persisted and
+    /// templated name).
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Counter => "counter",
             Channel::Remote => "remote",
             Channel::Sms => "sms",
             Channel::Email => "email",
+            Channel::Mailer => "mailer",
             Channel::Any => "any",
         }
+    }
+
+    /// The channels a delivery worker sends by (the counter part is printed at the counter,
+    /// the mailer part by a print run).
+    pub const REMOTE: [Channel; 2] = [Channel::Sms, Channel::Email];
+
+    /// Whether a delivery receipt is expected after `sent` (SMS: the gateway's delivery
+    /// report). Without one, `sent` is as far as the part goes.
+    pub fn receipt_expected(self) -> bool {
+        self == Channel::Sms
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
