@@ -75,6 +75,9 @@ pub struct ConsoleSettings {
     pub logins_per_minute: NonZeroU32,
     /// Cookies are `Secure` (the listener speaks TLS).
     pub secure_cookies: bool,
+    /// Every account must log in with a second factor (TOTP): one without it is sent to
+    /// enrolment right after its password (false).
+    pub require_totp: bool,
 }
 
 impl Default for ConsoleSettings {
@@ -86,6 +89,7 @@ impl Default for ConsoleSettings {
             lockout: Duration::from_secs(15 * 60),
             logins_per_minute: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             secure_cookies: false,
+            require_totp: false,
         }
     }
 }
