@@ -642,6 +642,24 @@ impl AuditLog {
         Ok(hex::encode(hmac::sign(key, &msg).as_ref()))
     }
 
+    /// A 32-byte key derived from the audit key for another use, named by `label`:
+    /// HKDF-Expand-SHA256 (RFC 5869) with the audit key as the PRK — one HMAC block,
+    /// `HMAC(audit key, label | 0x01)`. The label binds the purpose (no label may start like
+    /// the chain's own `plico-audit-` messages); the account layer's TOTP sealing key is one.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] without the audit key.
+    pub(crate) fn derived_key(&self, label: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        debug_assert!(!label.starts_with(b"plico-audit-"));
+        let key = self.key();
+        let key = key.as_ref().ok_or(Error::Sealed)?;
+        let mut info = label.to_vec();
+        info.push(1);
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(hmac::sign(key, &info).as_ref());
+        Ok(out)
+    }
+
     /// Appends `event` to `batch` and applies both atomically, then flushes. Returns the event's
     /// sequence number once both are durable. If the write fails, neither the change nor the
     /// event is stored; if only the flush fails (a failing disk), both are in the store's

@@ -60,6 +60,7 @@ mod policy;
 mod secret;
 mod store;
 pub mod text;
+mod totp;
 
 // Errors.
 pub use error::{Denial, Error, Missing, Refusal, Result};
@@ -113,6 +114,7 @@ pub use audit::{
 
 // Accounts and roles.
 pub use account::{Account, AccountView, Accounts, Actor, Role, UnknownRole};
+pub use totp::{code_from_base32 as totp_code_from_base32, TotpRecord, TotpSecret};
 
 // Key ceremonies under dual control, and the card registry they reach.
 pub use ceremony::{
