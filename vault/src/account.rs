@@ -765,7 +765,7 @@ impl Accounts {
         };
         let key = self.totp_key()?;
         account.totp = Some(TotpRecord {
-            sealed: secret.seal(&*key, id)?,
+            sealed: secret.seal(&key, id)?,
             enrolled_ms: clock.now_ms(),
             last_step: step,
         });

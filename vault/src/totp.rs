@@ -158,7 +158,7 @@ impl TotpSecret {
         let mut buf = Zeroizing::new(rest.to_vec());
         let key = aead_key(key)?;
         let plain = key
-            .open_in_place(nonce, Aad::from(aad(id)), &mut *buf)
+            .open_in_place(nonce, Aad::from(aad(id)), &mut buf)
             .map_err(|_| Error::Integrity)?;
         let mut secret = Zeroizing::new([0u8; SECRET_BYTES]);
         secret.copy_from_slice(plain);
