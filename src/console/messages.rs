@@ -253,6 +253,7 @@ pub const MESSAGES: &[(&str, &str, &str)] = &[
     ("totp_new_again", "Genera un nuovo segreto", "Make a new secret"),
     ("totp_secret_title", "Il tuo segreto", "Your secret"),
     ("totp_secret", "Segreto da inserire nell'app", "Secret to type into the app"),
+    ("totp_qr", "Codice QR da inquadrare con l'app", "QR code to scan with the app"),
     ("totp_uri", "Oppure questo indirizzo otpauth", "Or this otpauth address"),
     ("totp_once", "Il segreto è mostrato solo ora: inseriscilo nell'app, poi conferma con il codice che l'app mostra.", "The secret is shown only now: put it into the app, then confirm with the code the app shows."),
     ("totp_code", "Codice di 6 cifre", "6-digit code"),

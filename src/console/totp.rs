@@ -13,6 +13,8 @@
 //! - The secret is made, checked and sealed by the vault (`vault::TotpSecret`,
 //!   `Accounts::enrol_totp`); this module keeps a secret shown and not yet confirmed in memory
 //!   only ([`Pending`], ten minutes, zeroized), and never puts one in a URL or a log.
+//! - The enrolment page shows the `otpauth://` URI as a QR code too: inline SVG rendered by the
+//!   `qrcode` crate, attributes only, so the CSP (no inline style or script) holds.
 //! - Enrolling again needs an admin's reset first: a borrowed session cannot replace the
 //!   second factor of its account.
 //! - Tokens (machine accounts) never reach these pages: the console does not read them.
@@ -28,7 +30,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use minijinja::context;
+use minijinja::{context, Value};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -218,17 +220,34 @@ fn enrol_form(
     error: Option<&str>,
 ) -> Response {
     let pending = shown.is_some() || state.console.totp.get(&me.account.id).is_some();
+    let uri = shown.map(|s| s.expose_uri(&me.account.name));
     let ctx = context! {
+        qr => uri.as_deref().and_then(|u| qr_svg(u)).map(Value::from_safe_string),
         enrolled => me.account.totp.is_some(),
         required => state.console.settings.require_totp,
         pending => pending,
         secret => shown.map(|s| s.expose_base32().to_string()),
-        uri => shown.map(|s| s.expose_uri(&me.account.name).to_string()),
+        uri => uri.as_deref().map(String::as_str),
         error => error,
     };
     state
         .console
         .render(status, "totp.html", me.lang, Some(me), ctx)
+}
+
+/// The `otpauth://` URI as a QR code: an inline SVG made of attributes only (no style, no
+/// script, so the page's CSP holds), with nothing taken from input but the URI's modules.
+/// `None` if the URI does not fit a QR code (it always does: a name is at most 100 characters).
+fn qr_svg(uri: &str) -> Option<String> {
+    let code =
+        qrcode::QrCode::with_error_correction_level(uri.as_bytes(), qrcode::EcLevel::M).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
+    // Inline in HTML: without the XML declaration.
+    svg.find("<svg").map(|at| svg[at..].to_owned())
 }
 
 async fn enrol_page(
@@ -355,5 +374,20 @@ async fn reset(
             )
         }
         Err(e) => state.console.error(&me, &e, "/accounts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qr_code_is_inline_svg_without_style_or_script() {
+        let uri = "otpauth://totp/plico:Mario%20Rossi?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=plico";
+        let svg = qr_svg(uri).unwrap_or_default();
+        assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>"), "{svg}");
+        for bad in ["style", "script", "<?xml", "secret", "href"] {
+            assert!(!svg.contains(bad), "{bad} in {svg}");
+        }
     }
 }

@@ -720,6 +720,9 @@ async fn enrol(b: &mut Browser) -> String {
     let csrf = page.csrf();
     let page = b.post("/totp/new", &[("csrf", &csrf)]).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    // The QR code of the URI, inline SVG.
+    let qr = page.text.find("id=\"totp-qr\"").expect("a QR code");
+    assert!(page.text[qr..].contains("<svg "), "{}", page.text);
     let secret = element_text(&page, "totp-secret");
     assert_eq!(secret.len(), 32, "{secret}");
     // As the page shows it (the template escapes `/` and `&`).

@@ -293,11 +293,16 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.goto(&format!("{base}/totp")).await;
     web.submit("#do-new-totp").await;
     let secret = web.text("#totp-secret").await;
-    assert!(web
-        .text("#totp-uri")
-        .await
-        .starts_with("otpauth://totp/plico:sportello2?secret="));
+    let uri = web.text("#totp-uri").await;
+    assert!(uri.starts_with("otpauth://totp/plico:sportello2?secret="));
     web.screenshot(&shots.join("totp.png")).await;
+    // The QR code on the page reads back as the same URI (zbarimg, package zbar-tools).
+    let read = Command::new("zbarimg")
+        .args(["-q", "--raw"])
+        .arg(shots.join("totp.png"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), uri);
     accessible(&web, &axe, "second factor").await;
     let app_code = |ahead: u64| {
         let now = std::time::SystemTime::now()
