@@ -2,9 +2,8 @@
 //!
 //! [`parse`] reads a [`BufRead`] once, line by line, checks every line against the
 //! [`CodePolicy`] and the [`SerialRule`], and hands each good card to a callback as a
-//! [`CardLine`]. It never holds the file: lines are borrowed straight from the reader's buffer,
-//! and only a line that straddles two buffer fills is copied, into one reusable zeroizing buffer
-//! capped at [`MAX_LINE_BYTES`]. Per line nothing is allocated beyond the fixed buffers of
+//! [`CardLine`]. It never holds the file: lines come from the vault's one bounded, zeroizing
+//! line reader ([`read_lines`], capped here at [`MAX_LINE_BYTES`]). Per line nothing is allocated beyond the fixed buffers of
 //! [`Pin`] and [`Puk`]. The SHA-256 of the raw bytes is computed over whole buffer fills.
 //!
 //! Any problem rejects the file. After the first one the parser stops calling the callback but
@@ -20,13 +19,14 @@
 //! with its columns swapped would put a code where the serial belongs — and never the raw line.
 
 use crate::error::Error;
+use crate::lines::{read_lines, Line};
 use crate::policy::{CodeError, CodePolicy};
 use crate::secret::{Pin, Puk};
 use aws_lc_rs::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{BufRead, ErrorKind};
-use zeroize::Zeroizing;
+use std::io::BufRead;
+use std::ops::ControlFlow;
 
 /// The most problems a [`Report`] lists; the rest are only counted.
 pub const MAX_REPORTED: usize = 100;
@@ -37,8 +37,6 @@ pub const MAX_LINE_BYTES: usize = 1024;
 
 /// The longest serial a [`SerialRule`] may allow.
 pub const MAX_SERIAL_LEN: u8 = 64;
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Which characters a serial may contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +346,7 @@ impl From<ParseFailure> for Error {
 /// `on_card` may be called for cards of a file that is rejected later; treat every card as
 /// staged until this returns `Ok`. Messages never contain a field's content.
 pub fn parse<R: BufRead>(
-    mut reader: R,
+    reader: R,
     rules: &ParseRules,
     mut on_card: impl FnMut(CardLine<'_>) -> Result<(), Error>,
 ) -> Result<ParseSummary, ParseFailure> {
@@ -356,57 +354,30 @@ pub fn parse<R: BufRead>(
     let mut state = State::new(rules);
     let mut hasher = Context::new(&SHA256);
     let mut bytes: u64 = 0;
-    // A line split across two buffer fills; it may hold codes, so it is zeroized on drop.
-    // Sized once: a line is refused before it outgrows this, so the buffer never reallocates
-    // (a reallocation would leave pieces of codes in freed memory).
-    let mut carry: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(MAX_LINE_BYTES));
-    // True while skipping the rest of a line longer than MAX_LINE_BYTES.
-    let mut overlong = false;
-
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ParseFailure::Io(e.to_string())),
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        hasher.update(chunk);
-        bytes += n as u64;
-        let mut start = 0;
-        while let Some(off) = chunk[start..].iter().position(|&b| b == b'\n') {
-            let piece = &chunk[start..start + off];
-            start += off + 1;
-            if overlong || carry.len() + piece.len() >= MAX_LINE_BYTES {
-                state.overlong_line();
-                overlong = false;
-                carry.clear();
-            } else if carry.is_empty() {
-                state.line(piece, &mut on_card)?;
-            } else {
-                carry.extend_from_slice(piece);
-                state.line(&carry, &mut on_card)?;
-                carry.clear();
+    let end = read_lines(
+        reader,
+        MAX_LINE_BYTES,
+        |chunk| {
+            hasher.update(chunk);
+            bytes += chunk.len() as u64;
+        },
+        |line| {
+            let done = match line {
+                Line::Text { number, bytes } => state.line(number, bytes, &mut on_card),
+                Line::TooLong { number } => {
+                    state.overlong_line(number);
+                    Ok(())
+                }
+            };
+            match done {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => ControlFlow::Break(e),
             }
-        }
-        let rest = &chunk[start..];
-        if !overlong {
-            if carry.len() + rest.len() >= MAX_LINE_BYTES {
-                overlong = true;
-                carry.clear();
-            } else {
-                carry.extend_from_slice(rest);
-            }
-        }
-        reader.consume(n);
-    }
-    // A last line without a newline.
-    if overlong {
-        state.overlong_line();
-    } else if !carry.is_empty() {
-        state.line(&carry, &mut on_card)?;
+        },
+    )
+    .map_err(|e| ParseFailure::Io(e.to_string()))?;
+    if let Some(e) = end.stopped {
+        return Err(e);
     }
 
     let mut sha256 = [0u8; 32];
@@ -463,25 +434,22 @@ impl<'r> State<'r> {
         }
     }
 
-    fn overlong_line(&mut self) {
-        self.line_no += 1;
+    fn overlong_line(&mut self, number: u64) {
+        self.line_no = number;
         self.data_lines += 1;
         self.problem(Field::Line, || {
             format!("longer than {MAX_LINE_BYTES} bytes")
         });
     }
 
-    /// One physical line, without its `\n`.
+    /// Physical line `number`, without its line ending (and BOM).
     fn line(
         &mut self,
+        number: u64,
         raw: &[u8],
         on_card: &mut impl FnMut(CardLine<'_>) -> Result<(), Error>,
     ) -> Result<(), ParseFailure> {
-        self.line_no += 1;
-        let mut raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if self.line_no == 1 {
-            raw = raw.strip_prefix(BOM).unwrap_or(raw);
-        }
+        self.line_no = number;
         if raw.is_empty() || raw[0] == b'#' {
             return Ok(());
         }
