@@ -385,6 +385,43 @@ pub fn parse<R: BufRead>(
     state.finish(rules, bytes, sha256)
 }
 
+/// The fields of a line, in order.
+const FIELDS: [Field; 5] = [
+    Field::Serial,
+    Field::Pin,
+    Field::Puk,
+    Field::SigPin,
+    Field::SigPuk,
+];
+
+/// Which separators a line holds.
+#[derive(Clone, Copy, Default)]
+struct Separators {
+    semi: bool,
+    comma: bool,
+}
+
+/// A card line's fields after their checks (`None`: the field was refused).
+struct CardFields<'t> {
+    serial: &'t str,
+    pin: Option<Pin>,
+    puk: Option<Puk>,
+    signature: Option<(Option<Pin>, Option<Puk>)>,
+}
+
+/// Splits a line into at most 5 fields, counting any beyond.
+fn split_fields(text: &str, sep: char) -> ([&str; 5], usize) {
+    let mut fields = [""; 5];
+    let mut count = 0usize;
+    for f in text.split(sep) {
+        if count < fields.len() {
+            fields[count] = f;
+        }
+        count += 1;
+    }
+    (fields, count)
+}
+
 /// Parser state across lines.
 struct State<'r> {
     rules: &'r ParseRules,
@@ -442,7 +479,8 @@ impl<'r> State<'r> {
         });
     }
 
-    /// Physical line `number`, without its line ending (and BOM).
+    /// Physical line `number`, without its line ending (and BOM): comment, blank, header or
+    /// card. Each step below records its own problems and says whether the line goes on.
     fn line(
         &mut self,
         number: u64,
@@ -456,37 +494,66 @@ impl<'r> State<'r> {
         // A data line unless it turns out to be the header; bad lines count too, as they would
         // in the manufacturer's count.
         self.data_lines += 1;
+        let Some((text, seps)) = self.text(raw) else {
+            return Ok(());
+        };
+        let Some(sep) = self.separator(seps) else {
+            return Ok(());
+        };
+        let (fields, count) = split_fields(text, sep);
+        // Header: the first structured line, when its first field is `serial`.
+        if fields[0].eq_ignore_ascii_case("serial") {
+            self.data_lines -= 1;
+            self.header_line(&fields, count);
+            return Ok(());
+        }
+        self.seen_structured = true;
+        let Some(with_sig) = self.field_count(count, sep) else {
+            return Ok(());
+        };
+        if self.padded(&fields, count) {
+            return Ok(());
+        }
+        let card = self.card_fields(&fields, with_sig);
+        self.deliver(card, on_card)
+    }
 
-        // One pass for NUL bytes and separators.
-        let (mut nul, mut semi, mut comma) = (false, false, false);
+    /// The line as text: no NUL byte, UTF-8, not only whitespace. Also which separators it
+    /// holds (one pass with the NUL check).
+    fn text<'a>(&mut self, raw: &'a [u8]) -> Option<(&'a str, Separators)> {
+        let (mut nul, mut seps) = (false, Separators::default());
         for &b in raw {
             match b {
                 0 => nul = true,
-                b';' => semi = true,
-                b',' => comma = true,
+                b';' => seps.semi = true,
+                b',' => seps.comma = true,
                 _ => {}
             }
         }
         if nul {
             self.problem(Field::Line, || "binary data (NUL byte)".to_owned());
-            return Ok(());
+            return None;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
             self.problem(Field::Line, || "not UTF-8 text".to_owned());
-            return Ok(());
+            return None;
         };
         if text.bytes().all(|b| b == b' ' || b == b'\t') {
             self.problem(Field::Line, || {
                 "only whitespace (blank lines must be empty)".to_owned()
             });
-            return Ok(());
+            return None;
         }
+        Some((text, seps))
+    }
 
-        // Separator: one per file, fixed by the first header or data line.
-        let sep = match (semi, comma) {
+    /// The separator to split on: one per file, fixed by the first header or data line that
+    /// has one; `;` until then.
+    fn separator(&mut self, seps: Separators) -> Option<char> {
+        let sep = match (seps.semi, seps.comma) {
             (true, true) => {
                 self.problem(Field::Line, || "mixes ';' and ',' separators".to_owned());
-                return Ok(());
+                return None;
             }
             (true, false) => Some(b';'),
             (false, true) => Some(b','),
@@ -501,50 +568,38 @@ impl<'r> State<'r> {
                         char::from(file_sep)
                     )
                 });
-                return Ok(());
+                return None;
             }
             (Some(s), None) => self.sep = Some((s, self.line_no)),
             _ => {}
         }
-        let sep_char = char::from(self.sep.map_or(b';', |(s, _)| s));
+        Some(char::from(self.sep.map_or(b';', |(s, _)| s)))
+    }
 
-        // Split into at most 5 fields, counting any beyond.
-        let mut fields = [""; 5];
-        let mut count = 0usize;
-        for f in text.split(sep_char) {
-            if count < fields.len() {
-                fields[count] = f;
-            }
-            count += 1;
+    /// A header line: allowed only before the first card, then checked.
+    fn header_line(&mut self, fields: &[&str; 5], count: usize) {
+        if self.seen_structured {
+            self.problem(Field::Line, || {
+                "a header is allowed only before the first card".to_owned()
+            });
+        } else {
+            self.seen_structured = true;
+            self.header(fields, count);
         }
+    }
 
-        // Header: the first structured line, when its first field is `serial`.
-        if fields[0].eq_ignore_ascii_case("serial") {
-            self.data_lines -= 1;
-            if self.seen_structured {
-                self.problem(Field::Line, || {
-                    "a header is allowed only before the first card".to_owned()
-                });
-            } else {
-                self.seen_structured = true;
-                self.header(&fields, count);
-            }
-            return Ok(());
-        }
-        self.seen_structured = true;
-
+    /// 3 fields, or 5 with the signature pair, the same on every line of the file. Returns
+    /// whether this line carries the signature pair.
+    fn field_count(&mut self, count: usize, sep: char) -> Option<bool> {
         let with_sig = match count {
             3 => false,
             5 => true,
             _ => {
                 let plural = if count == 1 { "field" } else { "fields" };
                 self.problem(Field::Line, || {
-                    format!(
-                        "{count} {plural}, expected 3 (serial{s}pin{s}puk) or 5",
-                        s = sep_char
-                    )
+                    format!("{count} {plural}, expected 3 (serial{sep}pin{sep}puk) or 5")
                 });
-                return Ok(());
+                return None;
             }
         };
         match self.sig {
@@ -562,22 +617,19 @@ impl<'r> State<'r> {
                         )
                     }
                 });
-                return Ok(());
+                return None;
             }
             Some(_) => {}
             None => self.sig = Some((with_sig, self.line_no)),
         }
+        Some(with_sig)
+    }
 
-        // Fields: strict, no padding.
-        let names = [
-            Field::Serial,
-            Field::Pin,
-            Field::Puk,
-            Field::SigPin,
-            Field::SigPuk,
-        ];
+    /// Records a problem for every field with whitespace around it (fields are strict, no
+    /// padding); true if there was one.
+    fn padded(&mut self, fields: &[&str; 5], count: usize) -> bool {
         let mut padded = false;
-        for (f, name) in fields.iter().zip(names).take(count) {
+        for (f, name) in fields.iter().zip(FIELDS).take(count) {
             if f.starts_with(|c: char| c.is_ascii_whitespace())
                 || f.ends_with(|c: char| c.is_ascii_whitespace())
             {
@@ -587,35 +639,51 @@ impl<'r> State<'r> {
                 });
             }
         }
-        if padded {
-            return Ok(());
-        }
+        padded
+    }
 
-        let serial = fields[0];
+    /// Every field of a card line checked, in order, each recording its own problem.
+    fn card_fields<'t>(&mut self, fields: &[&'t str; 5], with_sig: bool) -> CardFields<'t> {
+        let rules = self.rules;
+        let sig_policy = self.sig_policy;
+        self.serial(fields[0]);
+        CardFields {
+            serial: fields[0],
+            pin: self.pin(Field::Pin, fields[1], &rules.policy),
+            puk: self.puk(Field::Puk, fields[2], &rules.policy),
+            signature: with_sig.then(|| {
+                (
+                    self.pin(Field::SigPin, fields[3], sig_policy),
+                    self.puk(Field::SigPuk, fields[4], sig_policy),
+                )
+            }),
+        }
+    }
+
+    /// The serial, against the [`SerialRule`].
+    fn serial(&mut self, serial: &str) {
         if let Err(message) = self.rules.serial.check(serial) {
             self.problem(Field::Serial, || message);
         }
-        let policy = &self.rules.policy;
-        let pin = Pin::parse(fields[1], policy);
-        let puk = Puk::parse(fields[2], policy);
-        let signature = if with_sig {
-            Some((
-                Pin::parse(fields[3], self.sig_policy),
-                Puk::parse(fields[4], self.sig_policy),
-            ))
-        } else {
-            None
-        };
-        let pin = self.code(Field::Pin, pin);
-        let puk = self.code(Field::Puk, puk);
-        let signature = match signature {
-            Some((sp, sk)) => {
-                let sp = self.code(Field::SigPin, sp);
-                let sk = self.code(Field::SigPuk, sk);
-                Some((sp, sk))
-            }
-            None => None,
-        };
+    }
+
+    /// A PIN field (`pin` or `sig_pin`) against `policy`.
+    fn pin(&mut self, field: Field, text: &str, policy: &CodePolicy) -> Option<Pin> {
+        self.code(field, Pin::parse(text, policy))
+    }
+
+    /// A PUK field (`puk` or `sig_puk`) against `policy`.
+    fn puk(&mut self, field: Field, text: &str, policy: &CodePolicy) -> Option<Puk> {
+        self.code(field, Puk::parse(text, policy))
+    }
+
+    /// Hands a good card to the callback while the file is still without problems and within
+    /// the announced line count.
+    fn deliver(
+        &mut self,
+        card: CardFields<'_>,
+        on_card: &mut impl FnMut(CardLine<'_>) -> Result<(), Error>,
+    ) -> Result<(), ParseFailure> {
         if self
             .rules
             .expected_lines
@@ -628,18 +696,18 @@ impl<'r> State<'r> {
         if !self.deliver {
             return Ok(());
         }
-        let signature = match signature {
+        let signature = match card.signature {
             None => None,
             Some((Some(sp), Some(sk))) => Some((sp, sk)),
             // A bad signature code was recorded as a problem, which cleared `deliver`.
             Some(_) => return Ok(()),
         };
-        let (Some(pin), Some(puk)) = (pin, puk) else {
+        let (Some(pin), Some(puk)) = (card.pin, card.puk) else {
             return Ok(());
         };
         on_card(CardLine {
             line: self.line_no,
-            serial,
+            serial: card.serial,
             pin,
             puk,
             signature,
