@@ -31,7 +31,7 @@ use vault::{lock, Clock};
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Store, Tree};
 use vault::{DataKeyId, Envelope, Sealer};
-use vault::{Error, Result};
+use vault::{Error, Refusal, Result};
 use vault::{Hsm, KeyPurpose};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
@@ -316,9 +316,10 @@ impl Cards {
             let mut ring = Keyring::load(&*self.store)?;
             *sealer = Some(audit.create_key(&mut ring, hsm, KeyPurpose::Holder)?);
         }
-        let s = sealer
-            .as_mut()
-            .ok_or_else(|| Error::Storage("no holder key".into()))?;
+        let s = sealer.as_mut().ok_or(Error::RegistryDamaged {
+            what: "no holder key after creating one",
+            holder: None,
+        })?;
         let env = s.seal(subject, &vault::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
@@ -415,7 +416,7 @@ impl Cards {
     /// only as an HMAC, and the number of holders found.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad limit; [`Error::Sealed`]; store and audit errors.
+    /// [`Error::SearchLimit`] for a bad limit; [`Error::Sealed`]; store and audit errors.
     pub fn search(
         &self,
         hsm: &dyn Hsm,
@@ -426,7 +427,7 @@ impl Cards {
         actor: &Actor,
     ) -> Result<Vec<HolderView>> {
         if limit == 0 || limit > MAX_SEARCH {
-            return Err(Error::Invalid(format!("limit: 1 to {MAX_SEARCH}")));
+            return Err(Error::SearchLimit { max: MAX_SEARCH });
         }
         let (prefix, mut event) = match key {
             SearchKey::CodiceFiscale(cf) => {
@@ -493,9 +494,10 @@ impl Cards {
     /// `card.revoke` event each and a `registry.import` event, in one store batch.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the line for an entry that contradicts the vault (a card of
-    /// another holder, a replaced card that is the replacement); nothing is applied then.
-    /// [`Error::Sealed`]; store and audit errors.
+    /// [`Refusal::CardOfAnotherHolder`] naming the line for an entry that contradicts the
+    /// vault (a card the vault holds for another holder); nothing is applied then.
+    /// [`Error::RegistryDamaged`] for damaged registry records; [`Error::Sealed`]; store and
+    /// audit errors.
     pub fn import_registry(
         &self,
         hsm: &dyn Hsm,
@@ -547,7 +549,10 @@ impl Cards {
         match self.store.get(Tree::Meta, NEXT_HOLDER_KEY)? {
             Some(b) => <[u8; 8]>::try_from(b.as_slice())
                 .map(u64::from_be_bytes)
-                .map_err(|_| Error::Storage("the holder counter is damaged".into())),
+                .map_err(|_| Error::RegistryDamaged {
+                    what: "the holder counter is damaged",
+                    holder: None,
+                }),
             None => Ok(1),
         }
     }
@@ -625,9 +630,10 @@ impl<'a> RegistryImport<'a> {
     /// The holder the codice fiscale index (`keys[0]`) finds — as this import left it, or as
     /// stored — or a new one with the next id.
     fn holder_for(&mut self, keys: &[Vec<u8>]) -> Result<HolderRecord> {
-        let cf_key = keys
-            .first()
-            .ok_or_else(|| Error::Storage("no codice fiscale index key".into()))?;
+        let cf_key = keys.first().ok_or(Error::RegistryDamaged {
+            what: "no codice fiscale index key",
+            holder: None,
+        })?;
         let existing = self.cards_domain.ids_under(cf_key, None, 2)?;
         let Some(id) = existing.first() else {
             let id = format!("h{:06}", self.next);
@@ -652,7 +658,10 @@ impl<'a> RegistryImport<'a> {
             None => self
                 .cards_domain
                 .holder(id)?
-                .ok_or_else(|| Error::Storage(format!("holder {id} is indexed but missing"))),
+                .ok_or_else(|| Error::RegistryDamaged {
+                    what: "indexed but missing",
+                    holder: Some(id.clone()),
+                }),
         }
     }
 
@@ -691,7 +700,10 @@ impl<'a> RegistryImport<'a> {
         rec.key = key;
         rec.sealed = sealed;
         for old in &rec.index {
-            let mut k = hex::decode(old).map_err(|_| Error::Storage("bad index key".into()))?;
+            let mut k = hex::decode(old).map_err(|_| Error::RegistryDamaged {
+                what: "bad index key",
+                holder: Some(rec.id.clone()),
+            })?;
             k.extend_from_slice(rec.id.as_bytes());
             self.batch.delete(Tree::HolderIndex, k);
         }
@@ -729,10 +741,7 @@ impl<'a> RegistryImport<'a> {
             },
         };
         if card.holder != rec.id {
-            return Err(Error::Invalid(format!(
-                "line {}: the card belongs to another holder",
-                c.line
-            )));
+            return Err(Refusal::CardOfAnotherHolder { line: c.line }.into());
         }
         if let Some(old) = card.expiry {
             self.batch

@@ -246,7 +246,16 @@ impl From<RegistryFailure> for Error {
     fn from(f: RegistryFailure) -> Self {
         match f {
             RegistryFailure::Rejected(report) => {
-                Error::Invalid(format!("registry file rejected: {report}"))
+                let (first_line, first_field) = report
+                    .problems
+                    .first()
+                    .map_or((0, String::new()), |p| (p.line, p.field.clone()));
+                Error::RegistryRejected {
+                    problems: report.total,
+                    first_line,
+                    first_field,
+                    report: report.to_string(),
+                }
             }
             RegistryFailure::Io(e) => Error::Storage(format!("reading the registry file: {e}")),
         }
@@ -2438,7 +2447,17 @@ mod tests {
         let r = report(b"");
         let e = Error::from(RegistryFailure::Rejected(r));
         assert!(
-            matches!(&e, Error::Invalid(m) if m == "registry file rejected: the file is empty")
+            matches!(&e, Error::RegistryRejected { problems: 1, first_line: 0, first_field, report }
+                if first_field == "file" && report == "the file is empty"),
+            "{e:?}"
+        );
+        let e = Error::from(RegistryFailure::Rejected(report(
+            csv_with("serial", "x").as_bytes(),
+        )));
+        assert!(
+            matches!(&e, Error::RegistryRejected { problems: 1, first_line: 2, first_field, report }
+                if first_field == "serial" && report.starts_with("line 2, serial: ")),
+            "{e:?}"
         );
         let e = Error::from(RegistryFailure::Io("broken pipe".into()));
         assert!(matches!(&e, Error::Storage(m) if m.contains("broken pipe")));
