@@ -20,7 +20,7 @@ log() { printf '\n==> %s\n' "$*"; }
 # peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
 # console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools)
 
 install_debian_packages() {
   local missing=()

@@ -61,6 +61,13 @@
 //!
 //! [mailers.layout]                   # page geometry in mm; set only what changes
 //!
+//! [console]                          # the browser console's logins and sessions
+//! idle_minutes = 15                  # a session ends after this long without a request
+//! absolute_hours = 8                 # and this long after login, whatever happens
+//! lockout_failures = 5               # failed logins (passwords or codes) in a row lock the account
+//! lockout_minutes = 15               # for this long
+//! require_totp = false               # true: every console account must enrol a second factor
+//!
 //! [keys]                             # key ceremonies under dual control
 //! approval_window_secs = 28800       # a proposal lapses unless approved within 8 hours
 //! rekey_share_dir = "/media/ceremony"  # new rekey shares are written here; no rekey without it
@@ -102,7 +109,9 @@
 //! `PLICO_REGISTRY_MAX_UPLOAD_BYTES`, `PLICO_MAILERS_OUT_DIR`, `PLICO_MAILERS_PER_FILE`,
 //! `PLICO_MAILERS_TEMPLATES_DIR`, `PLICO_MAILERS_RECIPIENTS` (comma-separated), and
 //! `PLICO_MAILERS_ISSUER_NAME`, `_CARD_NAME`, `_HELPLINE`, `_WEB`,
-//! `PLICO_KEYS_APPROVAL_WINDOW_SECS`, `PLICO_KEYS_REKEY_SHARE_DIR`, `PLICO_KEYS_REWRAP_CHUNK`,
+//! `PLICO_CONSOLE_IDLE_MINUTES`, `PLICO_CONSOLE_ABSOLUTE_HOURS`,
+//! `PLICO_CONSOLE_LOCKOUT_FAILURES`, `PLICO_CONSOLE_LOCKOUT_MINUTES`,
+//! `PLICO_CONSOLE_REQUIRE_TOTP`, `PLICO_KEYS_APPROVAL_WINDOW_SECS`, `PLICO_KEYS_REKEY_SHARE_DIR`, `PLICO_KEYS_REWRAP_CHUNK`,
 //! `PLICO_KEYS_REWRAP_PAUSE_MS`, `PLICO_HSM_KIND`, `PLICO_HSM_MODULE`, `PLICO_HSM_TOKEN_LABEL`,
 //! `PLICO_HSM_MECHANISM`, `PLICO_HSM_PIN_FILE`, and `PLICO_DISPATCH_*`
 //! (`PLICO_DISPATCH_MAX_ATTEMPTS`, `PLICO_DISPATCH_SMTP_HOST`, `PLICO_DISPATCH_SMS_PASSWORD`,
@@ -195,6 +204,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "keys.approval_window_secs",
     ),
     ("PLICO_KEYS_REKEY_SHARE_DIR", "keys.rekey_share_dir"),
+    ("PLICO_CONSOLE_IDLE_MINUTES", "console.idle_minutes"),
+    ("PLICO_CONSOLE_ABSOLUTE_HOURS", "console.absolute_hours"),
+    ("PLICO_CONSOLE_LOCKOUT_FAILURES", "console.lockout_failures"),
+    ("PLICO_CONSOLE_LOCKOUT_MINUTES", "console.lockout_minutes"),
+    ("PLICO_CONSOLE_REQUIRE_TOTP", "console.require_totp"),
     ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
     ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
     ("PLICO_HSM_KIND", "hsm.kind"),
@@ -262,6 +276,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Key ceremonies.
     pub keys: KeysConfig,
+    /// The browser console: sessions, lockout, second factor.
+    pub console: ConsoleConfig,
     /// Which HSM holds the keys: the simulator in the data directory, or a PKCS#11 token.
     pub hsm: HsmConfig,
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
@@ -284,6 +300,7 @@ impl Default for Config {
             mailers: MailersConfig::default(),
             store: StoreConfig::default(),
             keys: KeysConfig::default(),
+            console: ConsoleConfig::default(),
             hsm: HsmConfig::default(),
             dispatch: None,
         }
@@ -375,6 +392,76 @@ impl Default for KeysConfig {
             rewrap_chunk: crate::DEFAULT_REWRAP_CHUNK,
             rewrap_pause_ms: 0,
         }
+    }
+}
+
+/// The `[console]` table: the browser console's sessions, lockout and second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// A session ends after this many minutes without a request (default 15); at least 1.
+    pub idle_minutes: u64,
+    /// A session ends this many hours after login, whatever happens (default 8); at least 1,
+    /// and not shorter than `idle_minutes`.
+    pub absolute_hours: u64,
+    /// Failed logins in a row (wrong passwords and wrong second-factor codes) that lock an
+    /// account (default 5); at least 1.
+    pub lockout_failures: u32,
+    /// Minutes a locked account stays locked (default 15); at least 1.
+    pub lockout_minutes: u64,
+    /// Every console account must log in with a TOTP code: one without a second factor is
+    /// sent to enrolment right after its password and can do nothing else (default false;
+    /// accounts that enrolled give a code either way).
+    pub require_totp: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        let d = crate::console::ConsoleSettings::default();
+        ConsoleConfig {
+            idle_minutes: d.idle.as_secs() / 60,
+            absolute_hours: d.absolute.as_secs() / 3600,
+            lockout_failures: d.max_failures,
+            lockout_minutes: d.lockout.as_secs() / 60,
+            require_totp: d.require_totp,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The console's settings (cookies not `Secure`: the listener decides that).
+    pub fn settings(&self) -> crate::console::ConsoleSettings {
+        let minutes = |m: u64| std::time::Duration::from_secs(m.max(1).saturating_mul(60));
+        crate::console::ConsoleSettings {
+            idle: minutes(self.idle_minutes),
+            absolute: minutes(self.absolute_hours.saturating_mul(60)),
+            max_failures: self.lockout_failures.max(1),
+            lockout: minutes(self.lockout_minutes),
+            require_totp: self.require_totp,
+            ..crate::console::ConsoleSettings::default()
+        }
+    }
+
+    /// The first problem of this table, if any.
+    fn problem(&self) -> Option<String> {
+        let zero = [
+            ("idle_minutes", self.idle_minutes),
+            ("absolute_hours", self.absolute_hours),
+            ("lockout_failures", u64::from(self.lockout_failures)),
+            ("lockout_minutes", self.lockout_minutes),
+        ]
+        .into_iter()
+        .find(|(_, v)| *v == 0);
+        if let Some((key, _)) = zero {
+            return Some(format!("`{key}` must be at least 1"));
+        }
+        if self.idle_minutes > self.absolute_hours.saturating_mul(60) {
+            return Some(format!(
+                "`idle_minutes` ({}) must not exceed `absolute_hours` ({}) in minutes",
+                self.idle_minutes, self.absolute_hours
+            ));
+        }
+        None
     }
 }
 
@@ -1005,6 +1092,9 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = self.console.problem() {
+            return Err(ConfigError(format!("{origin}: [console]: {p}")));
+        }
         if self.keys.approval_window_secs == 0 || self.keys.rewrap_chunk == 0 {
             return Err(ConfigError(format!(
                 "{origin}: [keys]: `approval_window_secs` and `rewrap_chunk` must be at least 1"
@@ -1233,6 +1323,51 @@ request_head_timeout_secs = 0
             .unwrap_err()
             .to_string();
         assert!(e.contains("approval_window_secs"), "{e}");
+    }
+
+    #[test]
+    fn console_table() {
+        let c = Config::load_from(None, no_env()).unwrap();
+        assert_eq!(
+            c.console.settings(),
+            crate::console::ConsoleSettings::default()
+        );
+        let f = file("[console]\nidle_minutes = 5\nlockout_failures = 3\nrequire_totp = true\n");
+        std::env::set_var("PLICO_T_CONSOLE_CONSOLE_ABSOLUTE_HOURS", "2");
+        std::env::set_var("PLICO_T_CONSOLE_CONSOLE_LOCKOUT_MINUTES", "30");
+        let s = Config::load_from(Some(f.path()), Env::prefixed("PLICO_T_CONSOLE_"))
+            .unwrap()
+            .console
+            .settings();
+        assert_eq!(s.idle, std::time::Duration::from_secs(5 * 60));
+        assert_eq!(s.absolute, std::time::Duration::from_secs(2 * 3600));
+        assert_eq!(s.max_failures, 3);
+        assert_eq!(s.lockout, std::time::Duration::from_secs(30 * 60));
+        assert!(s.require_totp);
+        for (text, key) in [
+            (
+                "[console]\nlockout_failures = 0\n",
+                "`lockout_failures` must be at least 1",
+            ),
+            (
+                "[console]\nidle_minutes = 0\n",
+                "`idle_minutes` must be at least 1",
+            ),
+            (
+                "[console]\nidle_minutes = 61\nabsolute_hours = 1\n",
+                "`idle_minutes` (61)",
+            ),
+        ] {
+            let e = Config::load_from(Some(file(text).path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("[console]") && e.contains(key), "{e}");
+        }
+        let f = file("[console]\nrequire_totp = \"yes\"\n");
+        let e = Config::load_from(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("console.require_totp"), "{e}");
     }
 
     #[test]
@@ -1580,6 +1715,13 @@ request_head_timeout_secs = 0
                 rekey_share_dir: Some(PathBuf::from("/m")),
                 rewrap_chunk: d.keys.rewrap_chunk,
                 rewrap_pause_ms: d.keys.rewrap_pause_ms,
+            },
+            console: ConsoleConfig {
+                idle_minutes: d.console.idle_minutes,
+                absolute_hours: d.console.absolute_hours,
+                lockout_failures: d.console.lockout_failures,
+                lockout_minutes: d.console.lockout_minutes,
+                require_totp: d.console.require_totp,
             },
             hsm: HsmConfig {
                 kind: HsmKind::Pkcs11,

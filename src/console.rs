@@ -8,6 +8,9 @@
 //! GET  /cards/{serial}       a card: state, parts, dispatches, the actions allowed  operator.rs
 //! POST /cards/{serial}/…     activate, dispatch, part-a (PDF), change, resend,     operator.rs
 //!                            report; GET …/history
+//! GET  /login/code  POST /login/code      the second factor's code after the password  totp.rs
+//! GET  /totp  POST /totp/new  POST /totp/confirm   enrol a second factor (TOTP)      totp.rs
+//! POST /accounts/{id}/totp-reset          an admin removes an account's second factor totp.rs
 //! GET  /static/console.css   the one style sheet (no script at all)
 //! ```
 //!
@@ -15,6 +18,9 @@
 //!   a session is kept server-side ([`session`]), its cookie is `HttpOnly`, `SameSite=Strict`,
 //!   `Secure` (and named `__Host-…`) when the listener speaks TLS. Failed logins are counted
 //!   ([`guard`]). A password set by someone else must be changed before anything else.
+//! - An account with a second factor (TOTP) gives its code after the password; until then its
+//!   session reaches the code page and logout only. With `[console] require_totp`, an account
+//!   without one is sent to enrolment (after any password change) and can do nothing else.
 //! - The console never reads a bearer token and the API never reads the session cookie: a
 //!   session cannot call `/v1`, a token cannot open a page.
 //! - Every form carries the session's CSRF token (the login form a double-submit one); a POST
@@ -37,6 +43,7 @@ mod operator;
 mod oversight;
 pub mod session;
 mod support;
+mod totp;
 
 use crate::api::{ApiError, Caller, RequestId, BODY_LIMIT, REQUEST_TIMEOUT};
 use crate::AppState;
@@ -75,6 +82,9 @@ pub struct ConsoleSettings {
     pub logins_per_minute: NonZeroU32,
     /// Cookies are `Secure` (the listener speaks TLS).
     pub secure_cookies: bool,
+    /// Every account must log in with a second factor (TOTP): one without it is sent to
+    /// enrolment right after its password (false).
+    pub require_totp: bool,
 }
 
 impl Default for ConsoleSettings {
@@ -86,6 +96,7 @@ impl Default for ConsoleSettings {
             lockout: Duration::from_secs(15 * 60),
             logins_per_minute: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             secure_cookies: false,
+            require_totp: false,
         }
     }
 }
@@ -98,6 +109,8 @@ pub struct Console {
     pub sessions: Sessions,
     /// Failed-login counts and the per-address login rate.
     pub guard: LoginGuard,
+    /// Second-factor secrets shown for enrolment and not yet confirmed.
+    totp: totp::Pending,
     env: Environment<'static>,
 }
 
@@ -135,6 +148,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     template!("audit.html"),
     template!("verify.html"),
     template!("keys.html"),
+    template!("totp.html"),
+    template!("totp_code.html"),
 ];
 
 const STYLE: &str = include_str!("console/static/console.css");
@@ -158,6 +173,7 @@ impl Console {
                 settings.lockout,
                 settings.logins_per_minute,
             ),
+            totp: totp::Pending::default(),
             env,
         })
     }
@@ -328,6 +344,39 @@ async fn me(
     roles: &[Role],
     for_password: bool,
 ) -> Result<Me, Response> {
+    let gate = if for_password {
+        Gate::Password
+    } else {
+        Gate::Page
+    };
+    me_at(state, headers, request_id, roles, gate).await
+}
+
+/// Which sessions a route accepts besides fully logged-in ones with nothing pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Any page: a session awaiting its code goes to the code page, a password to change
+    /// to the password page, a required second factor to enrolment.
+    Page,
+    /// The password pages: also with a password to change, or a second factor to enrol.
+    Password,
+    /// The enrolment pages: also with a second factor still to enrol.
+    Enrol,
+    /// The code page: only a session awaiting its code.
+    Code,
+    /// Logout: any live session.
+    Any,
+}
+
+/// [`me`] for a route of `gate`.
+#[allow(clippy::result_large_err)] // a page, built once per refused request
+async fn me_at(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+    roles: &[Role],
+    gate: Gate,
+) -> Result<Me, Response> {
     let console = &state.console;
     let lang = lang_of(headers);
     let Some(raw) = cookie(headers, console.cookie_name()) else {
@@ -377,8 +426,20 @@ async fn me(
             "/",
         ));
     }
-    if me.account.password_change_required && !for_password {
+    let awaiting = me.session.stage == session::Stage::AwaitingCode;
+    match gate {
+        Gate::Any => return Ok(me),
+        Gate::Code if awaiting => return Ok(me),
+        Gate::Code => return Err(see_other("/")),
+        _ if awaiting => return Err(see_other("/login/code")),
+        _ => {}
+    }
+    if me.account.password_change_required && gate != Gate::Password {
         return Err(see_other("/password"));
+    }
+    let must_enrol = console.settings.require_totp && me.account.totp.is_none();
+    if must_enrol && gate == Gate::Page {
+        return Err(see_other("/totp"));
     }
     if !roles.is_empty() && !roles.contains(&me.account.role) {
         return Err(console.message(
@@ -422,6 +483,8 @@ pub fn router(state: AppState) -> Router {
             get(login::password_page).post(login::change_password),
         )
         .route("/lang/{code}", get(login::set_lang))
+        // second factor
+        .merge(totp::routes())
         .route("/static/console.css", get(style))
         .merge(operator::routes())
         .merge(support::routes())

@@ -19,7 +19,7 @@
 
 use super::card::{CardState, Reason};
 use super::date::Date;
-use super::registry_parse::HolderEntry;
+use super::registry_parse::{CardEntry, HolderEntry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,7 +31,7 @@ use vault::{lock, Clock};
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Store, Tree};
 use vault::{DataKeyId, Envelope, Sealer};
-use vault::{Error, Result};
+use vault::{Error, Refusal, Result};
 use vault::{Hsm, KeyPurpose};
 
 const NEXT_HOLDER_KEY: &[u8] = b"cms.next_holder";
@@ -316,9 +316,10 @@ impl Cards {
             let mut ring = Keyring::load(&*self.store)?;
             *sealer = Some(audit.create_key(&mut ring, hsm, KeyPurpose::Holder)?);
         }
-        let s = sealer
-            .as_mut()
-            .ok_or_else(|| Error::Storage("no holder key".into()))?;
+        let s = sealer.as_mut().ok_or(Error::RegistryDamaged {
+            what: "no holder key after creating one",
+            holder: None,
+        })?;
         let env = s.seal(subject, &vault::Plaintext::from_slice(clear))?;
         Ok((s.key_id().0, hex::encode(env.as_bytes())))
     }
@@ -415,7 +416,7 @@ impl Cards {
     /// only as an HMAC, and the number of holders found.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad limit; [`Error::Sealed`]; store and audit errors.
+    /// [`Error::SearchLimit`] for a bad limit; [`Error::Sealed`]; store and audit errors.
     pub fn search(
         &self,
         hsm: &dyn Hsm,
@@ -426,7 +427,7 @@ impl Cards {
         actor: &Actor,
     ) -> Result<Vec<HolderView>> {
         if limit == 0 || limit > MAX_SEARCH {
-            return Err(Error::Invalid(format!("limit: 1 to {MAX_SEARCH}")));
+            return Err(Error::SearchLimit { max: MAX_SEARCH });
         }
         let (prefix, mut event) = match key {
             SearchKey::CodiceFiscale(cf) => {
@@ -493,9 +494,10 @@ impl Cards {
     /// `card.revoke` event each and a `registry.import` event, in one store batch.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the line for an entry that contradicts the vault (a card of
-    /// another holder, a replaced card that is the replacement); nothing is applied then.
-    /// [`Error::Sealed`]; store and audit errors.
+    /// [`Refusal::CardOfAnotherHolder`] naming the line for an entry that contradicts the
+    /// vault (a card the vault holds for another holder); nothing is applied then.
+    /// [`Error::RegistryDamaged`] for damaged registry records; [`Error::Sealed`]; store and
+    /// audit errors.
     pub fn import_registry(
         &self,
         hsm: &dyn Hsm,
@@ -505,181 +507,21 @@ impl Cards {
         actor: &Actor,
     ) -> Result<RegistryOutcome> {
         // Blind-index keys first: they may create the index key (its own commit).
-        let mut keyed = Vec::with_capacity(entries.len());
-        for e in entries {
-            let p = personal_of(e);
-            let keys = self.index_keys(hsm, audit, &p)?;
-            keyed.push((e, p, keys));
-        }
+        let keyed = entries
+            .iter()
+            .map(|e| {
+                let personal = personal_of(e);
+                let keys = self.index_keys(hsm, audit, &personal)?;
+                Ok((e, personal, keys))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let _ops = self.ops_lock();
-        let mut batch = Batch::new();
-        let mut events = Vec::new();
-        let mut out = RegistryOutcome::default();
-        let mut holders: BTreeMap<String, HolderRecord> = BTreeMap::new();
-        let mut cards: BTreeMap<String, CardRecord> = BTreeMap::new();
-        let mut next = self.next_holder_id()?;
-        let mut contacts_changed = 0u64;
-        let now = self.now_ms();
+        let mut run = RegistryImport::new(self, hsm, audit, actor)?;
         for (entry, personal, keys) in keyed {
-            let existing = self.ids_under(&keys[0], None, 2)?;
-            let mut rec = match existing.first() {
-                Some(id) => match holders.remove(id) {
-                    Some(r) => r,
-                    None => self.holder(id)?.ok_or_else(|| {
-                        Error::Storage(format!("holder {id} is indexed but missing"))
-                    })?,
-                },
-                None => {
-                    let id = format!("h{next:06}");
-                    next += 1;
-                    out.holders_created += 1;
-                    HolderRecord {
-                        id,
-                        key: 0,
-                        sealed: String::new(),
-                        deceased: false,
-                        cards: Vec::new(),
-                        index: Vec::new(),
-                        created_ms: now,
-                        updated_ms: now,
-                        mobile_changed_ms: None,
-                        email_changed_ms: None,
-                    }
-                }
-            };
-            if !existing.is_empty() {
-                out.holders_updated += 1;
-            }
-            // Rule 13: remember when a contact changed (compared with the data in force).
-            if !rec.sealed.is_empty() {
-                let old = self.personal(hsm, &rec)?;
-                if old.mobile != personal.mobile {
-                    rec.mobile_changed_ms = Some(now);
-                    contacts_changed += 1;
-                }
-                if old.email != personal.email {
-                    rec.email_changed_ms = Some(now);
-                    contacts_changed += 1;
-                }
-            }
-            // Personal data and indexes, replaced whole by the file's.
-            let clear = zeroize::Zeroizing::new(encode(&personal)?);
-            let (key, sealed) = self.seal(hsm, audit, &rec.id, &clear)?;
-            rec.key = key;
-            rec.sealed = sealed;
-            for old in &rec.index {
-                let mut k = hex::decode(old).map_err(|_| Error::Storage("bad index key".into()))?;
-                k.extend_from_slice(rec.id.as_bytes());
-                batch.delete(Tree::HolderIndex, k);
-            }
-            rec.index = keys.iter().map(hex::encode).collect();
-            for k in &keys {
-                let mut k = k.clone();
-                k.extend_from_slice(rec.id.as_bytes());
-                batch.put(Tree::HolderIndex, k, Vec::new());
-            }
-            rec.deceased |= entry.deceased;
-            rec.updated_ms = now;
-            for c in &entry.cards {
-                let mut card = match cards.remove(&c.serial) {
-                    Some(card) => card,
-                    None => match self.card(&c.serial)? {
-                        Some(card) => card,
-                        None => {
-                            out.cards_created += 1;
-                            CardRecord {
-                                serial: c.serial.clone(),
-                                holder: rec.id.clone(),
-                                state: CardState::Issued,
-                                expiry: None,
-                                replaced_by: None,
-                                reason: None,
-                                activation: None,
-                                reidentified: None,
-                                created_ms: now,
-                                changed_ms: now,
-                            }
-                        }
-                    },
-                };
-                if card.holder != rec.id {
-                    return Err(Error::Invalid(format!(
-                        "line {}: the card belongs to another holder",
-                        c.line
-                    )));
-                }
-                if let Some(old) = card.expiry {
-                    batch.delete(Tree::CardExpiry, expiry_key(old, &card.serial));
-                }
-                card.expiry = Some(c.expiry);
-                batch.put(
-                    Tree::CardExpiry,
-                    expiry_key(c.expiry, &card.serial),
-                    Vec::new(),
-                );
-                if c.replaced_by.is_some() {
-                    card.replaced_by = c.replaced_by.clone();
-                }
-                if !rec.cards.contains(&card.serial) {
-                    rec.cards.push(card.serial.clone());
-                }
-                cards.insert(card.serial.clone(), card);
-            }
-            holders.insert(rec.id.clone(), rec);
+            run.apply_holder(entry, &personal, &keys)?;
         }
-        // Implicit revocations, now that every holder and card of the file is known.
-        for rec in holders.values() {
-            for serial in &rec.cards {
-                let card = match cards.remove(serial) {
-                    Some(c) => c,
-                    None => match self.card(serial)? {
-                        Some(c) => c,
-                        None => continue,
-                    },
-                };
-                let reason = if rec.deceased {
-                    Some(Reason::Deceased)
-                } else if card.replaced_by.is_some() {
-                    Some(Reason::Replaced)
-                } else if card.expiry.is_some_and(|e| e < today) {
-                    Some(Reason::Expired)
-                } else {
-                    None
-                };
-                let card = match reason {
-                    Some(r) if card.state != CardState::Revoked => {
-                        out.revoked.push((serial.clone(), r));
-                        let (card, event) = self.revoked(card, r, now, actor);
-                        self.codes.delete_codes_into(serial, &mut batch);
-                        events.push(event.detail("implicit", "registry"));
-                        card
-                    }
-                    _ => card,
-                };
-                batch.put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
-            }
-        }
-        for rec in holders.values() {
-            batch.put(Tree::Holders, rec.id.as_bytes().to_vec(), encode(rec)?);
-        }
-        batch.put(
-            Tree::Meta,
-            NEXT_HOLDER_KEY.to_vec(),
-            next.to_be_bytes().to_vec(),
-        );
-        let mut summary = actor
-            .event("registry.import", "registry")
-            .detail("holders_created", out.holders_created.to_string())
-            .detail("holders_updated", out.holders_updated.to_string())
-            .detail("cards_created", out.cards_created.to_string())
-            .detail("revoked", out.revoked.len().to_string())
-            .detail("contacts_changed", contacts_changed.to_string());
-        if entries.is_empty() {
-            summary = summary.detail("empty", "true");
-        }
-        events.insert(0, summary);
-        audit.commit_all(batch, events)?;
-        Ok(out)
+        run.revoke_implied(today)?;
+        run.commit(entries.is_empty())
     }
 
     /// A revoked copy of `card` and its `card.revoke` event (the caller deletes the codes and
@@ -707,9 +549,297 @@ impl Cards {
         match self.store.get(Tree::Meta, NEXT_HOLDER_KEY)? {
             Some(b) => <[u8; 8]>::try_from(b.as_slice())
                 .map(u64::from_be_bytes)
-                .map_err(|_| Error::Storage("the holder counter is damaged".into())),
+                .map_err(|_| Error::RegistryDamaged {
+                    what: "the holder counter is damaged",
+                    holder: None,
+                }),
             None => Ok(1),
         }
+    }
+}
+
+/// One registry import under way ([`Cards::import_registry`]): the holders and cards it
+/// touched, kept here until the file is applied whole, and the batch and events it will commit.
+///
+/// Phases: [`RegistryImport::apply_holder`] for each entry (holder found or created, personal
+/// data and indexes replaced, cards created or updated), then
+/// [`RegistryImport::revoke_implied`] once every holder and card of the file is known, then
+/// [`RegistryImport::commit`].
+struct RegistryImport<'a> {
+    cards_domain: &'a Cards,
+    hsm: &'a dyn Hsm,
+    audit: &'a AuditLog,
+    actor: &'a Actor,
+    /// The time of every record written.
+    now: u64,
+    batch: Batch,
+    events: Vec<NewEvent>,
+    out: RegistryOutcome,
+    /// Holders touched, by id.
+    holders: BTreeMap<String, HolderRecord>,
+    /// Cards touched, by serial, until the revocation phase writes them.
+    cards: BTreeMap<String, CardRecord>,
+    /// The next holder id to hand out.
+    next: u64,
+    contacts_changed: u64,
+}
+
+impl<'a> RegistryImport<'a> {
+    fn new(
+        cards_domain: &'a Cards,
+        hsm: &'a dyn Hsm,
+        audit: &'a AuditLog,
+        actor: &'a Actor,
+    ) -> Result<Self> {
+        Ok(RegistryImport {
+            cards_domain,
+            hsm,
+            audit,
+            actor,
+            now: cards_domain.now_ms(),
+            batch: Batch::new(),
+            events: Vec::new(),
+            out: RegistryOutcome::default(),
+            holders: BTreeMap::new(),
+            cards: BTreeMap::new(),
+            next: cards_domain.next_holder_id()?,
+            contacts_changed: 0,
+        })
+    }
+
+    /// Phase 1, one entry: its holder (found by the codice fiscale index, or new), the
+    /// personal data and indexes replaced whole by the file's, its cards.
+    fn apply_holder(
+        &mut self,
+        entry: &HolderEntry,
+        personal: &PersonalData,
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut rec = self.holder_for(keys)?;
+        self.note_contact_changes(&mut rec, personal)?;
+        self.reseal(&mut rec, personal, keys)?;
+        rec.deceased |= entry.deceased;
+        rec.updated_ms = self.now;
+        for c in &entry.cards {
+            self.apply_card(&mut rec, c)?;
+        }
+        self.holders.insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
+    /// The holder the codice fiscale index (`keys[0]`) finds — as this import left it, or as
+    /// stored — or a new one with the next id.
+    fn holder_for(&mut self, keys: &[Vec<u8>]) -> Result<HolderRecord> {
+        let cf_key = keys.first().ok_or(Error::RegistryDamaged {
+            what: "no codice fiscale index key",
+            holder: None,
+        })?;
+        let existing = self.cards_domain.ids_under(cf_key, None, 2)?;
+        let Some(id) = existing.first() else {
+            let id = format!("h{:06}", self.next);
+            self.next += 1;
+            self.out.holders_created += 1;
+            return Ok(HolderRecord {
+                id,
+                key: 0,
+                sealed: String::new(),
+                deceased: false,
+                cards: Vec::new(),
+                index: Vec::new(),
+                created_ms: self.now,
+                updated_ms: self.now,
+                mobile_changed_ms: None,
+                email_changed_ms: None,
+            });
+        };
+        self.out.holders_updated += 1;
+        match self.holders.remove(id) {
+            Some(r) => Ok(r),
+            None => self
+                .cards_domain
+                .holder(id)?
+                .ok_or_else(|| Error::RegistryDamaged {
+                    what: "indexed but missing",
+                    holder: Some(id.clone()),
+                }),
+        }
+    }
+
+    /// Rule 13: remembers when a contact changed (compared with the data in force).
+    fn note_contact_changes(
+        &mut self,
+        rec: &mut HolderRecord,
+        personal: &PersonalData,
+    ) -> Result<()> {
+        if rec.sealed.is_empty() {
+            return Ok(());
+        }
+        let old = self.cards_domain.personal(self.hsm, rec)?;
+        if old.mobile != personal.mobile {
+            rec.mobile_changed_ms = Some(self.now);
+            self.contacts_changed += 1;
+        }
+        if old.email != personal.email {
+            rec.email_changed_ms = Some(self.now);
+            self.contacts_changed += 1;
+        }
+        Ok(())
+    }
+
+    /// Seals the file's personal data for the holder and swaps its blind indexes for `keys`.
+    fn reseal(
+        &mut self,
+        rec: &mut HolderRecord,
+        personal: &PersonalData,
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        let clear = zeroize::Zeroizing::new(encode(personal)?);
+        let (key, sealed) = self
+            .cards_domain
+            .seal(self.hsm, self.audit, &rec.id, &clear)?;
+        rec.key = key;
+        rec.sealed = sealed;
+        for old in &rec.index {
+            let mut k = hex::decode(old).map_err(|_| Error::RegistryDamaged {
+                what: "bad index key",
+                holder: Some(rec.id.clone()),
+            })?;
+            k.extend_from_slice(rec.id.as_bytes());
+            self.batch.delete(Tree::HolderIndex, k);
+        }
+        rec.index = keys.iter().map(hex::encode).collect();
+        for k in keys {
+            let mut k = k.clone();
+            k.extend_from_slice(rec.id.as_bytes());
+            self.batch.put(Tree::HolderIndex, k, Vec::new());
+        }
+        Ok(())
+    }
+
+    /// One card of the holder's entry: found (as this import left it, or as stored) or
+    /// created; its expiry (and index) and replacement from the file.
+    fn apply_card(&mut self, rec: &mut HolderRecord, c: &CardEntry) -> Result<()> {
+        let mut card = match self.cards.remove(&c.serial) {
+            Some(card) => card,
+            None => match self.cards_domain.card(&c.serial)? {
+                Some(card) => card,
+                None => {
+                    self.out.cards_created += 1;
+                    CardRecord {
+                        serial: c.serial.clone(),
+                        holder: rec.id.clone(),
+                        state: CardState::Issued,
+                        expiry: None,
+                        replaced_by: None,
+                        reason: None,
+                        activation: None,
+                        reidentified: None,
+                        created_ms: self.now,
+                        changed_ms: self.now,
+                    }
+                }
+            },
+        };
+        if card.holder != rec.id {
+            return Err(Refusal::CardOfAnotherHolder { line: c.line }.into());
+        }
+        if let Some(old) = card.expiry {
+            self.batch
+                .delete(Tree::CardExpiry, expiry_key(old, &card.serial));
+        }
+        card.expiry = Some(c.expiry);
+        self.batch.put(
+            Tree::CardExpiry,
+            expiry_key(c.expiry, &card.serial),
+            Vec::new(),
+        );
+        if c.replaced_by.is_some() {
+            card.replaced_by = c.replaced_by.clone();
+        }
+        if !rec.cards.contains(&card.serial) {
+            rec.cards.push(card.serial.clone());
+        }
+        self.cards.insert(card.serial.clone(), card);
+        Ok(())
+    }
+
+    /// Phase 2: every card of every holder touched, revoked when the holder is deceased, the
+    /// card replaced or past its expiry on `today` (its codes deleted, a `card.revoke` event
+    /// each), and written.
+    fn revoke_implied(&mut self, today: Date) -> Result<()> {
+        let holders = std::mem::take(&mut self.holders);
+        for rec in holders.values() {
+            for serial in &rec.cards {
+                self.settle_card(serial, rec.deceased, today)?;
+            }
+        }
+        self.holders = holders;
+        Ok(())
+    }
+
+    /// One card in the revocation phase: revoked if its holder is deceased, it was replaced
+    /// or it is past its expiry on `today` (and not revoked already); then written.
+    fn settle_card(&mut self, serial: &str, deceased: bool, today: Date) -> Result<()> {
+        let card = match self.cards.remove(serial) {
+            Some(c) => c,
+            None => match self.cards_domain.card(serial)? {
+                Some(c) => c,
+                None => return Ok(()),
+            },
+        };
+        let reason = if deceased {
+            Some(Reason::Deceased)
+        } else if card.replaced_by.is_some() {
+            Some(Reason::Replaced)
+        } else if card.expiry.is_some_and(|e| e < today) {
+            Some(Reason::Expired)
+        } else {
+            None
+        };
+        let card = match reason {
+            Some(r) if card.state != CardState::Revoked => {
+                self.out.revoked.push((serial.to_owned(), r));
+                let (card, event) = self.cards_domain.revoked(card, r, self.now, self.actor);
+                self.cards_domain
+                    .codes
+                    .delete_codes_into(serial, &mut self.batch);
+                self.events.push(event.detail("implicit", "registry"));
+                card
+            }
+            _ => card,
+        };
+        self.batch
+            .put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
+        Ok(())
+    }
+
+    /// Phase 3: the holders and the holder counter into the batch, the `registry.import`
+    /// summary first among the events, all committed at once.
+    fn commit(mut self, empty: bool) -> Result<RegistryOutcome> {
+        for rec in self.holders.values() {
+            self.batch
+                .put(Tree::Holders, rec.id.as_bytes().to_vec(), encode(rec)?);
+        }
+        self.batch.put(
+            Tree::Meta,
+            NEXT_HOLDER_KEY.to_vec(),
+            self.next.to_be_bytes().to_vec(),
+        );
+        let out = self.out;
+        let mut summary = self
+            .actor
+            .event("registry.import", "registry")
+            .detail("holders_created", out.holders_created.to_string())
+            .detail("holders_updated", out.holders_updated.to_string())
+            .detail("cards_created", out.cards_created.to_string())
+            .detail("revoked", out.revoked.len().to_string())
+            .detail("contacts_changed", self.contacts_changed.to_string());
+        if empty {
+            summary = summary.detail("empty", "true");
+        }
+        self.events.insert(0, summary);
+        self.audit.commit_all(self.batch, self.events)?;
+        Ok(out)
     }
 }
 

@@ -10,9 +10,8 @@
 //!   serial for a holder without cards.
 //!
 //! [`parse_registry`] reads a [`BufRead`] once, line by line, like the manufacturer-file parser
-//! ([`vault::parse`]): lines are borrowed from the reader's buffer and only a line that
-//! straddles two buffer fills is copied, into one reusable buffer capped at
-//! [`MAX_LINE_BYTES`]. Unlike that parser it keeps its output in memory, because the cards of
+//! ([`vault::parse_code_file`]), through the vault's one bounded, zeroizing line reader
+//! ([`vault::read_lines`], capped here at [`MAX_LINE_BYTES`]). Unlike that parser it keeps its output in memory, because the cards of
 //! one holder may be spread over the file: holders are merged by normalised codice fiscale.
 //! Registry files are far smaller than code files; to bound memory a file may have at most
 //! [`MAX_REGISTRY_LINES`] lines, and a longer one is refused with one problem, without being
@@ -48,8 +47,10 @@ use serde::Serialize;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, ErrorKind};
+use std::io::BufRead;
+use std::ops::ControlFlow;
 use vault::Error;
+use vault::Line;
 use vault::SerialRule;
 
 /// The most lines a registry file may have (blank lines and the header included). The parser
@@ -109,8 +110,6 @@ pub const JSON_HOLDER_FIELDS: [&str; 9] = [
 
 /// The keys of a card object in JSON lines.
 pub const JSON_CARD_FIELDS: [&str; 3] = ["serial", "expiry", "replaced_by"];
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What a registry file must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +246,16 @@ impl From<RegistryFailure> for Error {
     fn from(f: RegistryFailure) -> Self {
         match f {
             RegistryFailure::Rejected(report) => {
-                Error::Invalid(format!("registry file rejected: {report}"))
+                let (first_line, first_field) = report
+                    .problems
+                    .first()
+                    .map_or((0, String::new()), |p| (p.line, p.field.clone()));
+                Error::RegistryRejected {
+                    problems: report.total,
+                    first_line,
+                    first_field,
+                    report: report.to_string(),
+                }
             }
             RegistryFailure::Io(e) => Error::Storage(format!("reading the registry file: {e}")),
         }
@@ -377,66 +385,28 @@ pub fn parse_registry<R: BufRead>(
 
 /// [`parse_registry`] with a line cap of `max_lines` (tests use a small one).
 fn parse_capped<R: BufRead>(
-    mut reader: R,
+    reader: R,
     rules: &RegistryRules,
     max_lines: u64,
 ) -> Result<Vec<HolderEntry>, RegistryFailure> {
     let mut state = State::new(rules, max_lines);
-    // A line split across two buffer fills. Sized once: a line is refused before it outgrows
-    // this, so the buffer never reallocates.
-    let mut carry: Vec<u8> = Vec::with_capacity(MAX_LINE_BYTES);
-    // True while skipping the rest of a line longer than MAX_LINE_BYTES.
-    let mut overlong = false;
-
-    'read: loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(RegistryFailure::Io(e.to_string())),
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        let mut start = 0;
-        while let Some(off) = chunk[start..].iter().position(|&b| b == b'\n') {
-            let piece = &chunk[start..start + off];
-            start += off + 1;
-            let go_on = if overlong || carry.len() + piece.len() >= MAX_LINE_BYTES {
-                overlong = false;
-                carry.clear();
-                state.overlong_line()
-            } else if carry.is_empty() {
-                state.line(piece)
-            } else {
-                carry.extend_from_slice(piece);
-                let go_on = state.line(&carry);
-                carry.clear();
-                go_on
+    vault::read_lines(
+        reader,
+        MAX_LINE_BYTES,
+        |_| {},
+        |line| {
+            let go_on = match line {
+                Line::Text { number, bytes } => state.line(number, bytes),
+                Line::TooLong { number } => state.overlong_line(number),
             };
-            if !go_on {
-                break 'read;
-            }
-        }
-        let rest = &chunk[start..];
-        if !overlong {
-            if carry.len() + rest.len() >= MAX_LINE_BYTES {
-                overlong = true;
-                carry.clear();
+            if go_on {
+                ControlFlow::Continue(())
             } else {
-                carry.extend_from_slice(rest);
+                ControlFlow::Break(())
             }
-        }
-        reader.consume(n);
-    }
-    // A last line without a newline (unless reading stopped at the line cap).
-    if !state.too_many {
-        if overlong {
-            state.overlong_line();
-        } else if !carry.is_empty() {
-            state.line(&carry);
-        }
-    }
+        },
+    )
+    .map_err(|e| RegistryFailure::Io(e.to_string()))?;
     state.finish()
 }
 
@@ -598,19 +568,19 @@ impl<'r> State<'r> {
         }
     }
 
-    /// Counts a new line; false (and reading stops) when it is over the cap.
-    fn next_line(&mut self) -> bool {
-        if self.line_no >= self.max_lines {
+    /// Takes line `number`; false (and reading stops) when it is over the cap.
+    fn next_line(&mut self, number: u64) -> bool {
+        if number > self.max_lines {
             self.too_many = true;
             return false;
         }
-        self.line_no += 1;
+        self.line_no = number;
         true
     }
 
-    /// A line longer than MAX_LINE_BYTES, skipped unread. False when reading must stop.
-    fn overlong_line(&mut self) -> bool {
-        if !self.next_line() {
+    /// Line `number`, longer than MAX_LINE_BYTES, skipped unread. False when reading must stop.
+    fn overlong_line(&mut self, number: u64) -> bool {
+        if !self.next_line(number) {
             return false;
         }
         self.data_lines += 1;
@@ -618,14 +588,10 @@ impl<'r> State<'r> {
         true
     }
 
-    /// One physical line, without its `\n`. False when reading must stop.
-    fn line(&mut self, raw: &[u8]) -> bool {
-        if !self.next_line() {
+    /// Physical line `number`, without its line ending (and BOM). False when reading must stop.
+    fn line(&mut self, number: u64, raw: &[u8]) -> bool {
+        if !self.next_line(number) {
             return false;
-        }
-        let mut raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if self.line_no == 1 {
-            raw = raw.strip_prefix(BOM).unwrap_or(raw);
         }
         if raw.contains(&0) {
             self.data_lines += 1;
@@ -2481,7 +2447,17 @@ mod tests {
         let r = report(b"");
         let e = Error::from(RegistryFailure::Rejected(r));
         assert!(
-            matches!(&e, Error::Invalid(m) if m == "registry file rejected: the file is empty")
+            matches!(&e, Error::RegistryRejected { problems: 1, first_line: 0, first_field, report }
+                if first_field == "file" && report == "the file is empty"),
+            "{e:?}"
+        );
+        let e = Error::from(RegistryFailure::Rejected(report(
+            csv_with("serial", "x").as_bytes(),
+        )));
+        assert!(
+            matches!(&e, Error::RegistryRejected { problems: 1, first_line: 2, first_field, report }
+                if first_field == "serial" && report.starts_with("line 2, serial: ")),
+            "{e:?}"
         );
         let e = Error::from(RegistryFailure::Io("broken pipe".into()));
         assert!(matches!(&e, Error::Storage(m) if m.contains("broken pipe")));

@@ -286,6 +286,10 @@ impl ApiError {
 impl From<vault::Error> for ApiError {
     fn from(e: vault::Error) -> Self {
         use vault::Error as E;
+        let e = match registry_import(e) {
+            Ok(api) => return api,
+            Err(e) => e,
+        };
         match e {
             E::WrongState {
                 subject,
@@ -330,6 +334,25 @@ fn refusal_code(why: &vault::Refusal) -> ErrorCode {
         }
         _ => ErrorCode::Refused,
     }
+}
+
+// registry import
+/// The errors of a registry import, each to its one code; any other error comes back.
+fn registry_import(e: vault::Error) -> Result<ApiError, vault::Error> {
+    use vault::Error as E;
+    Ok(match e {
+        E::Refusal(why @ vault::Refusal::CardOfAnotherHolder { .. }) => ApiError::new(
+            ErrorCode::RegistryConflict,
+            format!("the registry file contradicts the vault: {why}; nothing was applied"),
+        ),
+        E::RegistryRejected { .. } => ApiError::new(ErrorCode::Rejected, e.to_string()),
+        E::SearchLimit { .. } => ApiError::bad_request(e.to_string()),
+        E::RegistryDamaged { .. } => {
+            tracing::error!(error = %e, "registry record damaged");
+            ApiError::internal()
+        }
+        other => return Err(other),
+    })
 }
 
 impl IntoResponse for ApiError {
@@ -441,6 +464,51 @@ mod tests {
             (api.status(), api.code()),
             (StatusCode::NOT_FOUND, ErrorCode::NotFound)
         );
+    }
+
+    #[test]
+    fn registry_import_errors_map_to_one_code_each() {
+        let cases = [
+            (
+                vault::Error::Refusal(vault::Refusal::CardOfAnotherHolder { line: 3 }),
+                409,
+                "registry_conflict",
+                "the registry file contradicts the vault: line 3: the card belongs to another \
+                 holder; nothing was applied",
+            ),
+            (
+                vault::Error::RegistryRejected {
+                    problems: 1,
+                    first_line: 0,
+                    first_field: "file".into(),
+                    report: "the file is empty".into(),
+                },
+                422,
+                "rejected",
+                "invalid: registry file rejected: the file is empty",
+            ),
+            (
+                vault::Error::SearchLimit { max: 50 },
+                400,
+                "bad_request",
+                "invalid: limit: 1 to 50",
+            ),
+            (
+                vault::Error::RegistryDamaged {
+                    what: "indexed but missing",
+                    holder: Some("h000007".into()),
+                },
+                500,
+                "internal",
+                "internal error; see the server log",
+            ),
+        ];
+        for (e, status, code, message) in cases {
+            let api = ApiError::from(e);
+            assert_eq!(api.status().as_u16(), status, "{code}");
+            assert_eq!(api.code(), code);
+            assert_eq!(api.message(), message);
+        }
     }
 
     #[test]

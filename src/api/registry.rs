@@ -142,8 +142,8 @@ enum Job {
     Rejected(RegistryReport),
     /// The body could not be read whole (the pump says why).
     Unread,
-    /// An entry contradicts the vault; the message names the line.
-    Conflict(String),
+    /// An entry contradicts the vault ([`vault::Refusal::CardOfAnotherHolder`]).
+    Conflict(vault::Error),
 }
 
 async fn import(
@@ -188,8 +188,8 @@ async fn import(
             .import_registry(&*s.hsm, &s.audit, &entries, today, &job_caller.actor())
         {
             Ok(outcome) => Ok(Job::Applied(outcome)),
-            // The vault's only `Invalid` here: an entry that contradicts what it holds.
-            Err(vault::Error::Invalid(why)) => {
+            // An entry that contradicts what the vault holds.
+            Err(e @ vault::Error::Refusal(vault::Refusal::CardOfAnotherHolder { .. })) => {
                 s.audit.append(
                     job_caller
                         .event("registry.import", "registry")
@@ -197,7 +197,7 @@ async fn import(
                         .detail("refused", "conflict")
                         .detail("holders", entries.len().to_string()),
                 )?;
-                Ok(Job::Conflict(why))
+                Ok(Job::Conflict(e))
             }
             Err(e) => Err(e),
         }
@@ -233,12 +233,9 @@ async fn import(
             )
                 .into_response())
         }
-        Job::Conflict(why) => {
+        Job::Conflict(e) => {
             tracing::info!(by = %caller.account.id, "registry file contradicts the vault");
-            Err(ApiError::new(
-                ErrorCode::RegistryConflict,
-                format!("the registry file contradicts the vault: {why}; nothing was applied"),
-            ))
+            Err(ApiError::from(e))
         }
         Job::Unread => Err(ApiError::bad_request(
             "the upload broke off before its end; nothing was applied",

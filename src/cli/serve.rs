@@ -134,7 +134,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let store = bootstrap::open_store(&data_dir, config.store.cache_mib)?;
     let mut state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
-        .with_print(print);
+        .with_print(print)
+        .with_console(config.console.settings())
+        .context("cannot build the console")?;
     if let Some(delivery) = delivery {
         state = state.with_delivery(delivery);
     }

@@ -5,9 +5,15 @@
 //! with `reason`), naming the account only when it exists — a name typed by mistake could be
 //! a password, so an unknown one is not recorded. The login form carries a double-submit
 //! token (a random cookie repeated in a hidden field) since there is no session yet.
+//!
+//! An account with a second factor gets, for its right password, a session that reaches only
+//! the code page (`totp.rs`); `auth.login` is written when the code is right too, and the
+//! failed-login count is forgotten only then, so a known password does not reset the count of
+//! wrong codes.
 
 use super::messages::Lang;
-use super::{cookie, lang_of, me, see_other, Me, PeerIp};
+use super::session::Stage;
+use super::{cookie, lang_of, me, me_at, see_other, Gate, Me, PeerIp};
 use crate::api::{blocking, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -51,11 +57,11 @@ pub(super) struct PasswordForm {
 /// A form with only the CSRF token (logout).
 #[derive(Debug, Deserialize)]
 pub(super) struct CsrfForm {
-    csrf: Option<String>,
+    pub(super) csrf: Option<String>,
 }
 
 /// The login page, with a fresh double-submit token.
-fn login_form(
+pub(super) fn login_form(
     state: &AppState,
     status: StatusCode,
     lang: Lang,
@@ -86,14 +92,14 @@ pub(super) async fn login_page(
 }
 
 /// An audit event of the console's login flow, by `who` (an account id, or `unknown`).
-fn auth_event(action: &str, who: &str, role: &str, request_id: &RequestId) -> NewEvent {
+pub(super) fn auth_event(action: &str, who: &str, role: &str, request_id: &RequestId) -> NewEvent {
     NewEvent::new(action, who)
         .by(who.to_owned(), role.to_owned())
         .request(request_id.0.clone())
         .detail("via", "console")
 }
 
-async fn append(state: &AppState, event: NewEvent) -> Result<(), crate::api::ApiError> {
+pub(super) async fn append(state: &AppState, event: NewEvent) -> Result<(), crate::api::ApiError> {
     let audit = state.audit.clone();
     blocking(move || audit.append(event).map(|_| ())).await
 }
@@ -222,8 +228,18 @@ pub(super) async fn login(
         }
         Err(e) => return console.message(e.status(), lang, None, "err_internal", None, "/login"),
     }
-    console.guard.clear(&account.id);
-    let Some((sid, _session)) = console.sessions.start(&account.id, account.role) else {
+    // With a second factor the password opens only the code page; the failures are
+    // forgotten, and `auth.login` written, once the code is right too.
+    let stage = if account.totp.is_some() {
+        Stage::AwaitingCode
+    } else {
+        console.guard.clear(&account.id);
+        Stage::Full
+    };
+    let Some((sid, _session)) = console
+        .sessions
+        .start_stage(&account.id, account.role, stage)
+    else {
         return console.message(
             StatusCode::INTERNAL_SERVER_ERROR,
             lang,
@@ -233,17 +249,22 @@ pub(super) async fn login(
             "/login",
         );
     };
-    let event = auth_event("auth.login", &account.id, &role, &request_id);
-    if let Err(e) = append(&state, event).await {
-        // No audit, no session.
-        console.sessions.end(&sid);
-        return console.message(e.status(), lang, None, "err_internal", None, "/login");
-    }
-    tracing::info!(account = %account.id, "console login");
-    let to = if account.password_change_required {
-        "/password"
+    let to = if stage == Stage::AwaitingCode {
+        "/login/code"
     } else {
-        "/"
+        let event =
+            auth_event("auth.login", &account.id, &role, &request_id).detail("factor", "password");
+        if let Err(e) = append(&state, event).await {
+            // No audit, no session.
+            console.sessions.end(&sid);
+            return console.message(e.status(), lang, None, "err_internal", None, "/login");
+        }
+        tracing::info!(account = %account.id, "console login");
+        if account.password_change_required {
+            "/password"
+        } else {
+            "/"
+        }
     };
     let mut res = see_other(to);
     let h = res.headers_mut();
@@ -261,7 +282,8 @@ pub(super) async fn logout(
     Extension(request_id): Extension<RequestId>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let me = match me(&state, &headers, &request_id, &[], true).await {
+    // Any live session may log out, one awaiting its code too.
+    let me = match me_at(&state, &headers, &request_id, &[], Gate::Any).await {
         Ok(me) => me,
         Err(res) => return res,
     };

@@ -12,6 +12,9 @@
 //!   whatever happens, at logout, and when its account's password changes (the other sessions
 //!   of that account end). A restart ends every session: people log in again.
 //! - Each session has its own CSRF token (256 bits), carried by every form.
+//! - A session of an account with a second factor starts [`Stage::AwaitingCode`]: the
+//!   password was right, the TOTP code is still to come; the console lets it reach the code
+//!   page and logout only, and promotes it with [`Sessions::promote`].
 //!
 //! What it does not do: check passwords or roles (the console's login does), or persist.
 
@@ -28,6 +31,15 @@ use zeroize::Zeroizing;
 /// Random bytes of a session id and of a CSRF token.
 const ID_BYTES: usize = 32;
 
+/// How far a session's login has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The password was right; the second factor's code is still to be given.
+    AwaitingCode,
+    /// Logged in with every factor the account has.
+    Full,
+}
+
 /// One logged-in person's session.
 #[derive(Clone)]
 pub struct Session {
@@ -35,6 +47,8 @@ pub struct Session {
     pub account: String,
     /// Its role at login.
     pub role: Role,
+    /// How far its login has come.
+    pub stage: Stage,
     /// The CSRF token every form of this session carries.
     pub csrf: String,
     created: Instant,
@@ -46,6 +60,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("account", &self.account)
             .field("role", &self.role)
+            .field("stage", &self.stage)
             .field("csrf", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -114,15 +129,45 @@ impl Sessions {
     /// Starts a session for `account`; returns its id (for the cookie, never kept) and the
     /// session. `None` if the random generator failed.
     pub fn start(&self, account: &str, role: Role) -> Option<(SecretString, Session)> {
-        self.start_at(account, role, Instant::now())
+        self.start_at(account, role, Stage::Full, Instant::now())
     }
 
-    fn start_at(&self, account: &str, role: Role, now: Instant) -> Option<(SecretString, Session)> {
+    /// [`Sessions::start`] at `stage`: [`Stage::AwaitingCode`] after the password of an
+    /// account with a second factor.
+    pub fn start_stage(
+        &self,
+        account: &str,
+        role: Role,
+        stage: Stage,
+    ) -> Option<(SecretString, Session)> {
+        self.start_at(account, role, stage, Instant::now())
+    }
+
+    /// Marks the session of this id fully logged in (its code was right). False if it has
+    /// ended meanwhile.
+    pub fn promote(&self, id: &SecretString) -> bool {
+        match self.map().get_mut(&key_of(id.expose_secret())) {
+            Some(s) => {
+                s.stage = Stage::Full;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn start_at(
+        &self,
+        account: &str,
+        role: Role,
+        stage: Stage,
+        now: Instant,
+    ) -> Option<(SecretString, Session)> {
         let id = random_hex(&self.rng)?;
         let csrf = random_hex(&self.rng)?;
         let session = Session {
             account: account.to_owned(),
             role,
+            stage,
             csrf: csrf.to_string(),
             created: now,
             last_seen: now,
@@ -164,6 +209,13 @@ impl Sessions {
         let keep = keep.map(|k| key_of(k.expose_secret()));
         self.map()
             .retain(|k, s| s.account != account || Some(*k) == keep);
+    }
+
+    /// Ends every session of `account` at `stage` (those awaiting a code, when the second
+    /// factor they wait for is removed).
+    pub fn end_stage(&self, account: &str, stage: Stage) {
+        self.map()
+            .retain(|_, s| s.account != account || s.stage != stage);
     }
 
     /// Sessions alive now.
@@ -209,7 +261,7 @@ mod tests {
     fn idle_and_absolute_timeouts() {
         let s = Sessions::new(IDLE, ABSOLUTE);
         let t0 = Instant::now();
-        let (id, _) = s.start_at("a", Role::Operator, t0).unwrap();
+        let (id, _) = s.start_at("a", Role::Operator, Stage::Full, t0).unwrap();
         // Seen within the idle time, again and again: alive until the absolute limit.
         let mut t = t0;
         while t + IDLE < t0 + ABSOLUTE {
@@ -221,7 +273,7 @@ mod tests {
         }
         assert!(s.get_at(&id, t0 + ABSOLUTE).is_none());
         // Idle too long: gone, and stays gone.
-        let (id, _) = s.start_at("b", Role::Operator, t0).unwrap();
+        let (id, _) = s.start_at("b", Role::Operator, Stage::Full, t0).unwrap();
         assert!(s.get_at(&id, t0 + IDLE).is_none());
         assert!(s.get_at(&id, t0).is_none());
     }
@@ -238,6 +290,13 @@ mod tests {
         assert!(s.get(&c).is_some());
         assert!(s.end(&a));
         assert!(!s.end(&a));
+        assert!(!s.promote(&a));
+        let (d, sd) = s
+            .start_stage("acc", Role::Support, Stage::AwaitingCode)
+            .unwrap();
+        assert_eq!(sd.stage, Stage::AwaitingCode);
+        assert!(s.promote(&d));
+        assert_eq!(s.get(&d).unwrap().stage, Stage::Full);
         assert!(s.get(&a).is_none());
     }
 }

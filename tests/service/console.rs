@@ -688,3 +688,256 @@ async fn support_works_a_report_admin_makes_an_operator_auditor_verifies() {
     assert!(page.text.lines().count() > 10 && page.text.contains("\"auth.login\""));
     assert_eq!(aud.get("/keys").await.status, StatusCode::OK);
 }
+
+/// The text of the element with this id (`<code id="…">text</code>` and the like).
+fn element_text(page: &Page, id: &str) -> String {
+    let at = page
+        .text
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {}", page.text));
+    let rest = &page.text[at..];
+    let start = rest.find('>').unwrap() + 1;
+    rest[start..].split('<').next().unwrap().to_owned()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The app's code for the secret shown, `ahead` seconds from now.
+fn app_code(secret: &str, ahead: u64) -> String {
+    vault::totp_code_from_base32(secret, now_unix() + ahead).unwrap()
+}
+
+/// Enrols a second factor for the logged-in session; returns the secret shown.
+async fn enrol(b: &mut Browser) -> String {
+    let page = b.get("/totp").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("do-new-totp"), "{}", page.text);
+    let csrf = page.csrf();
+    let page = b.post("/totp/new", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    // The QR code of the URI, inline SVG.
+    let qr = page.text.find("id=\"totp-qr\"").expect("a QR code");
+    assert!(page.text[qr..].contains("<svg "), "{}", page.text);
+    let secret = element_text(&page, "totp-secret");
+    assert_eq!(secret.len(), 32, "{secret}");
+    // As the page shows it (the template escapes `/` and `&`).
+    let uri = element_text(&page, "totp-uri")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&");
+    assert!(
+        uri.starts_with("otpauth://totp/plico:")
+            && uri.ends_with(&format!("?secret={secret}&issuer=plico")),
+        "{uri}"
+    );
+    // Shown once: the page again does not show it.
+    let again = b.get("/totp").await;
+    assert!(!again.text.contains(&secret));
+    assert!(again.text.contains("do-confirm"));
+    // A wrong code enrols nothing.
+    let wrong = app_code(&secret, 600);
+    let page = b
+        .post("/totp/confirm", &[("code", &wrong), ("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains(&secret));
+    let page = b
+        .post(
+            "/totp/confirm",
+            &[("code", &app_code(&secret, 0)), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(
+        element_text(&page, "message-title"),
+        "Secondo fattore attivato."
+    );
+    secret
+}
+
+#[tokio::test]
+async fn totp_enrol_then_log_in_with_a_code_replay_lockout_and_admin_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, staff, _) = counter_state(dir.path(), ConsoleSettings::default());
+    let sup = staff.ids["support"].clone();
+    let mut b = Browser::new(&state);
+
+    // Without a second factor the password alone logs in (require_totp is off).
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.location(), "/", "{}", page.text);
+    let secret = enrol(&mut b).await;
+    let stored = state.accounts.get(&sup).unwrap().unwrap();
+    assert!(stored.totp.is_some());
+    let csrf = b.csrf().await;
+    b.post("/logout", &[("csrf", &csrf)]).await;
+
+    // Now the password opens only the code page.
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/login/code");
+    for path in ["/", "/reports", "/password", "/totp"] {
+        let page = b.get(path).await;
+        assert_eq!(page.location(), "/login/code", "{path}");
+    }
+    let page = b.get("/login/code").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.text.contains("id=\"who\""), "no menu before the code");
+    let csrf = page.csrf();
+    // Without the form's token: refused.
+    let page = b
+        .post("/login/code", &[("code", &app_code(&secret, 0))])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // A wrong code, then the code of the next step (one step ahead: accepted).
+    let page = b
+        .post("/login/code", &[("code", "000000x"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.text.contains("id=\"error\""));
+    let code = app_code(&secret, 30);
+    let page = b
+        .post("/login/code", &[("code", &code), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.text);
+    assert_eq!(page.location(), "/");
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    assert_eq!(b.get("/login/code").await.location(), "/");
+    let csrf = b.csrf().await;
+    b.post("/logout", &[("csrf", &csrf)]).await;
+
+    // The same code again: refused (replay), and wrong codes count towards the lockout (the
+    // right code cleared the count): the replay, three wrong codes and a fifth lock it.
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.location(), "/login/code");
+    let csrf = b.get("/login/code").await.csrf();
+    let page = b
+        .post("/login/code", &[("code", &code), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    for _ in 0..3 {
+        let page = b
+            .post("/login/code", &[("code", "999 999"), ("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+        assert!(b.jar.contains_key("plico_session"));
+    }
+    let page = b
+        .post("/login/code", &[("code", "999999"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.text.contains("do-login"), "back to the login page");
+    assert!(!b.jar.contains_key("plico_session"), "the session ended");
+    // Locked: the right password and a fresh code do not get in.
+    let page = b.login("support", PASSWORD).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(state.console.guard.locked(&sup));
+
+    let events = actions(&state);
+    let has = |action: &str, reason: &str| {
+        events
+            .iter()
+            .any(|(a, s, r)| a == action && s == &sup && r == reason)
+    };
+    assert!(has("auth.totp_enrol", ""));
+    assert!(has("auth.totp_enrol", "wrong_code"));
+    assert!(has("auth.login_failed", "wrong_code"));
+    assert!(has("auth.login_failed", "wrong_code_now_locked"));
+    // No event holds the secret or a code.
+    let all = serde_json::to_string(
+        &state
+            .audit
+            .query(&vault::Query {
+                limit: vault::MAX_PAGE,
+                ..Default::default()
+            })
+            .unwrap()
+            .events,
+    )
+    .unwrap();
+    assert!(!all.contains(&secret) && !all.contains(&code));
+
+    // An admin resets the second factor (a lost phone): the password alone logs in again.
+    let admin = state.accounts.get(&staff.ids["admin"]).unwrap().unwrap();
+    state
+        .accounts
+        .set_password(
+            &admin.id,
+            &SecretString::from(PASSWORD),
+            &Actor::account(&admin, "test"),
+        )
+        .unwrap();
+    let mut a = Browser::new(&state);
+    assert_eq!(a.login(&admin.id, PASSWORD).await.location(), "/");
+    let page = a.get("/accounts").await;
+    assert!(page.text.contains(&format!("/accounts/{sup}/totp-reset")));
+    let csrf = page.csrf();
+    let page = a
+        .post(&format!("/accounts/{sup}/totp-reset"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(state.accounts.get(&sup).unwrap().unwrap().totp.is_none());
+    assert!(actions(&state)
+        .iter()
+        .any(|(a, s, _)| a == "account.reset_totp" && s == &sup));
+    state.console.guard.clear(&sup);
+    assert_eq!(b.login("support", PASSWORD).await.location(), "/");
+}
+
+#[tokio::test]
+async fn require_totp_sends_an_account_without_one_to_enrolment_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ConsoleSettings {
+        require_totp: true,
+        ..ConsoleSettings::default()
+    };
+    let (state, _staff, _) = counter_state(dir.path(), settings);
+    let mut b = Browser::new(&state);
+    // The operator's initial password: first the password change, then enrolment.
+    assert_eq!(b.login("operator", INITIAL).await.location(), "/password");
+    assert_eq!(b.get("/totp").await.location(), "/password");
+    let csrf = b.get("/password").await.csrf();
+    let page = b
+        .post(
+            "/password",
+            &[
+                ("current", INITIAL),
+                ("new", PASSWORD),
+                ("repeat", PASSWORD),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    // Nothing else until the second factor is there.
+    for path in ["/", "/reports", "/accounts"] {
+        assert_eq!(b.get(path).await.location(), "/totp", "{path}");
+    }
+    let page = b.get("/totp").await;
+    assert!(page.text.contains("id=\"totp-required\""));
+    let secret = enrol(&mut b).await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    let csrf = b.csrf().await;
+    b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        b.login("operator", PASSWORD).await.location(),
+        "/login/code"
+    );
+    let csrf = b.get("/login/code").await.csrf();
+    let page = b
+        .post(
+            "/login/code",
+            &[("code", &app_code(&secret, 30)), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(page.location(), "/");
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+}

@@ -288,6 +288,50 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.goto(&format!("{base}/")).await;
     assert!(web.text("#who").await.contains("sportello2"));
 
+    // The operator enrols a second factor: the app's code from the secret shown, then logs
+    // in with the password and a code.
+    web.goto(&format!("{base}/totp")).await;
+    web.submit("#do-new-totp").await;
+    let secret = web.text("#totp-secret").await;
+    let uri = web.text("#totp-uri").await;
+    assert!(uri.starts_with("otpauth://totp/plico:sportello2?secret="));
+    web.screenshot(&shots.join("totp.png")).await;
+    // The QR code on the page reads back as the same URI (zbarimg, package zbar-tools).
+    let read = Command::new("zbarimg")
+        .args(["-q", "--raw"])
+        .arg(shots.join("totp.png"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), uri);
+    accessible(&web, &axe, "second factor").await;
+    let app_code = |ahead: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        vault::totp_code_from_base32(&secret, now + ahead).unwrap()
+    };
+    web.fill("#code", &app_code(0)).await;
+    web.submit("#do-confirm").await;
+    assert_eq!(
+        web.text("#message-title").await,
+        "Secondo fattore attivato."
+    );
+    web.submit("#logout").await;
+    web.fill("#login", "sportello2").await;
+    web.fill("#password", PASSWORD).await;
+    web.submit("#do-login").await;
+    assert!(
+        web.url().await.ends_with("/login/code"),
+        "{}",
+        web.url().await
+    );
+    accessible(&web, &axe, "login code").await;
+    // The enrolment's code is spent: the next step's code (one step ahead) is accepted.
+    web.fill("#code", &app_code(30)).await;
+    web.submit("#do-code").await;
+    assert!(web.text("#who").await.contains("sportello2"));
+
     // Idle too long: back to the login page.
     tokio::time::sleep(idle + Duration::from_millis(500)).await;
     web.goto(&format!("{base}/cards/{}", serial(701))).await;

@@ -3,7 +3,8 @@
 //! ```text
 //! token  = "plico_" <account id> "_" <64 hex digits: 256 random bits>     shown once
 //! stored = Account { id, name, role, disabled, created_ms,
-//!                    token_hash = hex SHA-256(secret part), password = argon2id PHC? }
+//!                    token_hash = hex SHA-256(secret part), password = argon2id PHC?,
+//!                    password_change_required?, totp = TotpRecord? }
 //! ```
 //!
 //! - The token names its account, so authentication is one lookup by id and one constant-time
@@ -18,6 +19,11 @@
 //!   HMAC ([`NewEvent::personal`]), so creating an account needs the audit key (an unsealed
 //!   HSM).
 //!
+//! - A person's account may have a second factor (TOTP, `totp.rs`): its secret sealed in
+//!   the record, enrolled by the person (`auth.totp_enrol`), reset by an admin
+//!   (`account.reset_totp`). Fields added after the first records were written are
+//!   `#[serde(default)]`, so older records still read.
+//!
 //! What it does not do: HTTP, sessions, rate limits, deciding which role may call what (the
 //! service's route table does that).
 
@@ -25,6 +31,7 @@ use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::error::{Error, Missing, Refusal, Result};
 use crate::lock::lock;
 use crate::store::{Batch, Store, Tree};
+use crate::totp::{TotpRecord, TotpSecret};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use aws_lc_rs::digest::{digest, SHA256};
@@ -150,6 +157,10 @@ pub struct Account {
     /// accepts it only to change it. Absent in records written before the console (`false`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub password_change_required: bool,
+    /// The second factor, once enrolled: the TOTP secret sealed, and the last step used.
+    /// Absent in records written before it (none enrolled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpRecord>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -166,6 +177,7 @@ impl fmt::Debug for Account {
             .field("token_hash", &"<redacted>")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_change_required", &self.password_change_required)
+            .field("totp", &self.totp.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +193,7 @@ impl Account {
             created_ms: self.created_ms,
             has_password: self.password.is_some(),
             password_change_required: self.password_change_required,
+            has_totp: self.totp.is_some(),
         }
     }
 }
@@ -203,6 +216,9 @@ pub struct AccountView {
     /// Whether the password must be changed at the next console login.
     #[serde(default)]
     pub password_change_required: bool,
+    /// Whether a second factor (TOTP) is enrolled.
+    #[serde(default)]
+    pub has_totp: bool,
 }
 
 /// Who is making a change, for its audit event.
@@ -437,6 +453,7 @@ impl Accounts {
             token_hash,
             password: None,
             password_change_required: false,
+            totp: None,
         };
         let mut batch = Batch::new();
         batch.put(Tree::Accounts, id.as_bytes().to_vec(), encode(&account)?);
@@ -695,6 +712,114 @@ impl Accounts {
             .is_ok())
     }
 
+    /// The key that seals TOTP secrets (derived from the audit key, `totp.rs`).
+    fn totp_key(&self) -> Result<Zeroizing<[u8; 32]>> {
+        self.audit.derived_key(crate::totp::LABEL)
+    }
+
+    /// Enrols `secret` as the second factor of a person's account `id`, if `code` is its
+    /// current code (one step either side): the secret is sealed into the record and the
+    /// code's step counts as used. Replaces a second factor already enrolled. Audited as
+    /// `auth.totp_enrol` (a wrong code as refused), never with the secret or a code. `false`
+    /// for a wrong code (nothing changed).
+    ///
+    /// # Errors
+    /// [`Missing::Account`]; [`Refusal::NoPasswordForRole`] for a machine account (tokens
+    /// have no second factor) or [`Refusal::AccountDisabled`]; [`Error::Sealed`] without the
+    /// audit key; store and audit errors — then nothing changed.
+    pub fn enrol_totp(
+        &self,
+        id: &str,
+        secret: &TotpSecret,
+        code: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if !account.role.may_have_password() {
+            return Err(self.refuse(
+                "auth.totp_enrol",
+                id,
+                actor,
+                Refusal::NoPasswordForRole { role: account.role },
+            ));
+        }
+        if account.disabled {
+            return Err(self.refuse(
+                "auth.totp_enrol",
+                id,
+                actor,
+                Refusal::AccountDisabled {
+                    account: id.to_owned(),
+                },
+            ));
+        }
+        let clock = self.audit.clock();
+        let Some(step) = secret.matching_step(code, clock.now_unix(), None) else {
+            let event = actor
+                .event("auth.totp_enrol", id)
+                .outcome(Outcome::Refused)
+                .detail("reason", "wrong_code");
+            self.audit.append(event)?;
+            return Ok(false);
+        };
+        let key = self.totp_key()?;
+        account.totp = Some(TotpRecord {
+            sealed: secret.seal(&key, id)?,
+            enrolled_ms: clock.now_ms(),
+            last_step: step,
+        });
+        self.save(&account, actor.event("auth.totp_enrol", id))?;
+        Ok(true)
+    }
+
+    /// True if `code` is a current code (one step either side) of the second factor of the
+    /// enabled account `id`, of a step after the last one accepted; that step is then the
+    /// last one accepted (written and flushed before answering), so the same code never
+    /// passes twice. `false` for anything else: an unknown or disabled account, no second
+    /// factor, a wrong, stale or replayed code. Not audited here: the console's login writes
+    /// `auth.login` or `auth.login_failed`.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] for a sealed secret that does not open; [`Error::Sealed`]
+    /// without the audit key; store errors.
+    pub fn verify_totp(&self, id: &str, code: &str) -> Result<bool> {
+        let _guard = self.lock();
+        let Some(mut account) = self.get(id)? else {
+            return Ok(false);
+        };
+        let Some(record) = account.totp.as_mut().filter(|_| !account.disabled) else {
+            return Ok(false);
+        };
+        let secret = TotpSecret::open(&record.sealed, &*self.totp_key()?, id)?;
+        let now = self.audit.clock().now_unix();
+        let Some(step) = secret.matching_step(code, now, Some(record.last_step)) else {
+            return Ok(false);
+        };
+        record.last_step = step;
+        let mut batch = Batch::new();
+        batch.put(Tree::Accounts, id.as_bytes().to_vec(), encode(&account)?);
+        self.store.apply(&batch)?;
+        Ok(true)
+    }
+
+    /// Removes the second factor of account `id` (an admin's reset, for a lost phone): the
+    /// person logs in with the password alone again, and enrols anew (at once, when the
+    /// console requires a second factor). Audited as `account.reset_totp`. `false` if none
+    /// was enrolled (nothing changed, nothing audited).
+    ///
+    /// # Errors
+    /// [`Missing::Account`]; store and audit errors — then nothing changed.
+    pub fn reset_totp(&self, id: &str, actor: &Actor) -> Result<bool> {
+        let _guard = self.lock();
+        let mut account = self.must_get(id)?;
+        if account.totp.take().is_none() {
+            return Ok(false);
+        }
+        self.save(&account, actor.event("account.reset_totp", id))?;
+        Ok(true)
+    }
+
     /// The enabled account a bearer token belongs to. `None` for anything else: not a token,
     /// an unknown account, a wrong or replaced secret, a disabled account.
     ///
@@ -937,6 +1062,157 @@ mod tests {
             Err(Error::Sealed)
         ));
         assert!(acc.is_empty().unwrap());
+    }
+
+    fn accounts_at(clock: Arc<crate::ManualClock>) -> (Accounts, Arc<AuditLog>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let audit = Arc::new(
+            AuditLog::open(store.clone(), 1000)
+                .unwrap()
+                .with_clock(clock),
+        );
+        audit.set_key(Some(&DataKey::from_bytes([7; 32]))).unwrap();
+        (Accounts::new(store, audit.clone()), audit)
+    }
+
+    fn code(secret: &TotpSecret, unix: u64) -> String {
+        crate::totp_code_from_base32(&secret.expose_base32(), unix).unwrap()
+    }
+
+    #[test]
+    fn totp_enrol_verify_replay_window_and_reset() {
+        let clock = Arc::new(crate::ManualClock::at_ms(1_700_000_010_000));
+        let (acc, audit) = accounts_at(clock.clone());
+        let (op, _) = acc.create("Op", Role::Operator, &admin()).unwrap();
+        let me = Actor::account(&op, "r");
+        let secret = TotpSecret::generate().unwrap();
+        let now = || crate::Clock::now_unix(&*clock);
+
+        // Not enrolled: no code passes.
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now())).unwrap());
+        // A wrong code does not enrol.
+        assert!(!acc
+            .enrol_totp(&op.id, &secret, &code(&secret, now() + 300), &me)
+            .unwrap());
+        assert!(acc.get(&op.id).unwrap().unwrap().totp.is_none());
+        assert!(acc
+            .enrol_totp(&op.id, &secret, &code(&secret, now()), &me)
+            .unwrap());
+        let stored = acc.get(&op.id).unwrap().unwrap();
+        assert!(acc.list().unwrap()[0].has_totp);
+        // Sealed: neither the raw secret nor its base32 is in the record.
+        let raw = serde_json::to_string(&stored).unwrap();
+        assert!(!raw.contains(secret.expose_base32().as_str()), "{raw}");
+        assert!(!format!("{stored:?}").contains(&stored.totp.as_ref().unwrap().sealed));
+
+        // The enrolment's step is used: its code does not log in.
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now())).unwrap());
+        // The next step's code passes now (one step ahead), once.
+        assert!(acc.verify_totp(&op.id, &code(&secret, now() + 30)).unwrap());
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now() + 30)).unwrap());
+        // Two minutes on: one step behind passes, two behind and two ahead do not.
+        clock.advance(std::time::Duration::from_secs(120));
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now() - 60)).unwrap());
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now() + 60)).unwrap());
+        assert!(acc.verify_totp(&op.id, &code(&secret, now() - 30)).unwrap());
+        // Once a step is used, an earlier one is refused even inside the window.
+        clock.advance(std::time::Duration::from_secs(30));
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now() - 60)).unwrap());
+        assert!(acc.verify_totp(&op.id, &code(&secret, now())).unwrap());
+        assert!(!acc.verify_totp(&op.id, "abcdef").unwrap());
+        assert!(!acc.verify_totp("nobody", &code(&secret, now())).unwrap());
+
+        // The sealed secret belongs to its account: copied to another one it does not open.
+        let (other, _) = acc.create("Other", Role::Support, &admin()).unwrap();
+        let mut moved = acc.get(&other.id).unwrap().unwrap();
+        moved.totp = stored.totp.clone();
+        let mut b = Batch::new();
+        b.put(
+            Tree::Accounts,
+            other.id.as_bytes().to_vec(),
+            encode(&moved).unwrap(),
+        );
+        acc.store.apply(&b).unwrap();
+        clock.advance(std::time::Duration::from_secs(30));
+        assert!(matches!(
+            acc.verify_totp(&other.id, &code(&secret, now())),
+            Err(Error::Integrity)
+        ));
+
+        // Machine accounts have no second factor.
+        let (cms, _) = acc.create("Cms", Role::Cms, &admin()).unwrap();
+        assert!(matches!(
+            acc.enrol_totp(&cms.id, &secret, &code(&secret, now()), &admin()),
+            Err(Error::Refusal(Refusal::NoPasswordForRole {
+                role: Role::Cms
+            }))
+        ));
+
+        // An admin's reset removes it; a second reset changes nothing.
+        assert!(acc.reset_totp(&op.id, &admin()).unwrap());
+        assert!(!acc.reset_totp(&op.id, &admin()).unwrap());
+        assert!(acc.get(&op.id).unwrap().unwrap().totp.is_none());
+        clock.advance(std::time::Duration::from_secs(30));
+        assert!(!acc.verify_totp(&op.id, &code(&secret, now())).unwrap());
+
+        let actions: Vec<(String, Outcome)> = audit
+            .query(&Query {
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.action.contains("totp"))
+            .map(|e| (e.action.clone(), e.outcome))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("auth.totp_enrol".to_owned(), Outcome::Refused),
+                ("auth.totp_enrol".to_owned(), Outcome::Ok),
+                ("auth.totp_enrol".to_owned(), Outcome::Refused),
+                ("account.reset_totp".to_owned(), Outcome::Ok),
+            ]
+        );
+        assert!(audit.verify().unwrap().intact());
+    }
+
+    #[test]
+    fn the_totp_key_is_hkdf_expand_of_the_audit_key() {
+        use aws_lc_rs::hkdf::{Prk, HKDF_SHA256};
+        let (acc, _) = accounts_over(Arc::new(MemoryStore::new()));
+        struct Len32;
+        impl aws_lc_rs::hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk = Prk::new_less_safe(HKDF_SHA256, &[7; 32]);
+        let mut want = [0u8; 32];
+        prk.expand(&[crate::totp::LABEL], Len32)
+            .unwrap()
+            .fill(&mut want)
+            .unwrap();
+        assert_eq!(*acc.totp_key().unwrap(), want);
+        assert_ne!(want, [7; 32]);
+    }
+
+    #[test]
+    fn records_written_before_the_second_factor_still_read() {
+        // An account record as stored before `password_change_required` and `totp` existed.
+        let (acc, _) = accounts_over(Arc::new(MemoryStore::new()));
+        let old = br#"{"id":"00000000000000ab","name":"Vecchio","role":"operator","disabled":false,"created_ms":1,"token_hash":"00","password":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"}"#;
+        let mut b = Batch::new();
+        b.put(Tree::Accounts, b"00000000000000ab".to_vec(), old.to_vec());
+        acc.store.apply(&b).unwrap();
+        let a = acc.get("00000000000000ab").unwrap().unwrap();
+        assert!(a.totp.is_none() && !a.password_change_required);
+        assert!(!acc.list().unwrap()[0].has_totp);
+        assert!(!acc.verify_totp(&a.id, "123456").unwrap());
+        // Written back, it has no new keys it did not need.
+        let again = String::from_utf8(encode(&a).unwrap()).unwrap();
+        assert!(!again.contains("totp"), "{again}");
     }
 
     #[test]

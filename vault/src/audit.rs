@@ -36,6 +36,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+mod verify;
+
+use verify::verify_chain;
+
 /// Key of the head mark in [`Tree::Meta`]: the last event appended *with* the audit key, MAC'd
 /// under its own label (a checkpoint's MAC does not make a head).
 const HEAD_KEY: &[u8] = b"audit_head";
@@ -642,6 +646,24 @@ impl AuditLog {
         Ok(hex::encode(hmac::sign(key, &msg).as_ref()))
     }
 
+    /// A 32-byte key derived from the audit key for another use, named by `label`:
+    /// HKDF-Expand-SHA256 (RFC 5869) with the audit key as the PRK — one HMAC block,
+    /// `HMAC(audit key, label | 0x01)`. The label binds the purpose (no label may start like
+    /// the chain's own `plico-audit-` messages); the account layer's TOTP sealing key is one.
+    ///
+    /// # Errors
+    /// [`Error::Sealed`] without the audit key.
+    pub(crate) fn derived_key(&self, label: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        debug_assert!(!label.starts_with(b"plico-audit-"));
+        let key = self.key();
+        let key = key.as_ref().ok_or(Error::Sealed)?;
+        let mut info = label.to_vec();
+        info.push(1);
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(hmac::sign(key, &info).as_ref());
+        Ok(out)
+    }
+
     /// Appends `event` to `batch` and applies both atomically, then flushes. Returns the event's
     /// sequence number once both are durable. If the write fails, neither the change nor the
     /// event is stored; if only the flush fails (a failing disk), both are in the store's
@@ -1147,366 +1169,12 @@ fn matches(q: &Query, e: &Event) -> bool {
         })
 }
 
-fn problem(damage: Damage, seq: u64, message: String) -> Option<Problem> {
-    Some(Problem {
-        damage,
-        seq,
-        message,
-    })
-}
-
-fn check_mark(key: Option<&hmac::Key>, kind: MarkKind, mark: &Mark, what: &str) -> Option<Problem> {
-    let key = key?;
-    match &mark.mac {
-        // Marks without a MAC are written only while sealed, and installing the key MACs the
-        // head at once: with the key installed, a bare mark was not written by plico.
-        None => problem(
-            Damage::BadMac,
-            mark.seq,
-            format!(
-                "the {what} at event {} carries no MAC: it was not written by plico",
-                mark.seq
-            ),
-        ),
-        Some(mac) => {
-            let expected = kind_mac(key, kind, mark.seq, &mark.hash);
-            if aws_lc_rs::constant_time::verify_slices_are_equal(
-                expected.as_bytes(),
-                mac.as_bytes(),
-            )
-            .is_ok()
-            {
-                None
-            } else {
-                problem(
-                    Damage::BadMac,
-                    mark.seq,
-                    format!(
-                        "the {what} MAC at event {} does not verify: the chain was rewritten",
-                        mark.seq
-                    ),
-                )
-            }
-        }
-    }
-}
-
-/// True for an event that may follow the last MAC'd head: appended while sealed, one of
-/// [`SEALED_ACTIONS`], with no personal data.
-fn sealed_time_event(e: &Event) -> bool {
-    e.sealed && e.personal.is_empty() && SEALED_ACTIONS.contains(&e.action.as_str())
-}
-
 /// Reads a mark, keeping "unreadable" (the inner `Err`) apart from a failing store, so
 /// [`verify_chain`] can report it as damage.
 fn read_mark(store: &dyn Store, key: &[u8]) -> Result<Option<std::result::Result<Mark, ()>>> {
     Ok(store
         .get(Tree::Meta, key)?
         .map(|b| serde_json::from_slice::<Mark>(&b).map_err(|_| ())))
-}
-
-/// Walks the chain. The caller holds the chain lock, so no append races the walk.
-fn verify_chain(
-    store: &dyn Store,
-    key: Option<&hmac::Key>,
-    anchor: Option<&AuditAnchor>,
-) -> Result<VerifyReport> {
-    let mut report = VerifyReport {
-        events: 0,
-        checkpoints: 0,
-        macs_checked: key.is_some(),
-        pruned_through: 0,
-        anchor_checked: false,
-        problem: None,
-        warnings: Vec::new(),
-    };
-    if key.is_none() {
-        report.warnings.push(
-            "the audit key is not loaded (hsm sealed): hashes were checked, MACs were not"
-                .to_string(),
-        );
-    }
-    // Checkpoints are few: load them all first and check each as the walk reaches it.
-    let mut checkpoints: BTreeMap<u64, Mark> = BTreeMap::new();
-    for (k, v) in store.range(Tree::AuditCheckpoints, &[], None, usize::MAX)? {
-        let seq = seq_of(&k).unwrap_or(0);
-        match serde_json::from_slice::<Mark>(&v) {
-            Ok(m) if m.seq == seq => {
-                checkpoints.insert(seq, m);
-            }
-            _ => {
-                report.problem = problem(
-                    Damage::Unreadable,
-                    seq,
-                    format!("checkpoint at event {seq} is unreadable"),
-                );
-                return Ok(report);
-            }
-        }
-    }
-
-    // After a prune the chain starts after its base: a MAC'd mark of the last pruned event.
-    let mut expected = 1u64;
-    let mut prev = ZERO_HASH;
-    if let Some(bytes) = store.get(Tree::Meta, BASE_KEY)? {
-        let Ok(base) = serde_json::from_slice::<Mark>(&bytes) else {
-            report.problem = problem(Damage::Unreadable, 0, "the prune base is unreadable".into());
-            return Ok(report);
-        };
-        if let Some(p) = check_mark(key, MarkKind::Base, &base, "prune base") {
-            report.problem = Some(p);
-            return Ok(report);
-        }
-        if hex::decode_to_slice(&base.hash, &mut prev).is_err() {
-            report.problem = problem(
-                Damage::Unreadable,
-                base.seq,
-                "the prune base is unreadable".into(),
-            );
-            return Ok(report);
-        }
-        expected = base.seq.saturating_add(1);
-        checkpoints.retain(|&seq, _| seq > base.seq);
-        report.pruned_through = base.seq;
-    }
-    let (head, tail) = match (read_mark(store, HEAD_KEY)?, read_mark(store, TAIL_KEY)?) {
-        (Some(Err(())), _) | (_, Some(Err(()))) => {
-            report.problem = problem(
-                Damage::Unreadable,
-                0,
-                "the head or tail record is unreadable".to_string(),
-            );
-            return Ok(report);
-        }
-        (h, t) => (h.and_then(|m| m.ok()), t.and_then(|m| m.ok())),
-    };
-    if let Some(h) = &head {
-        if let Some(p) = check_mark(key, MarkKind::Head, h, "head") {
-            report.problem = Some(p);
-            return Ok(report);
-        }
-    }
-    let head_seq = head.as_ref().map_or(0, |h| h.seq);
-    let mut prev_prev: Option<[u8; 32]> = None;
-    let mut from = expected;
-    let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut done = false;
-    loop {
-        if pending.len() < 2 && !done {
-            let chunk = store.range(Tree::Audit, &seq_key(from), None, 1024)?;
-            match chunk.last() {
-                Some((k, _)) => from = seq_of(k).map_or(u64::MAX, |s| s.saturating_add(1)),
-                None => done = true,
-            }
-            if chunk.len() < 1024 {
-                done = true;
-            }
-            pending.extend(chunk);
-        }
-        if pending.is_empty() {
-            break;
-        }
-        let (k, bytes) = pending.remove(0);
-        let at = seq_of(&k).unwrap_or(0);
-        if at != expected {
-            report.problem = if at > expected {
-                problem(
-                    Damage::Missing,
-                    expected,
-                    if at == expected + 1 {
-                        format!("event {expected} is missing (deleted)")
-                    } else {
-                        format!("events {expected} to {} are missing (deleted)", at - 1)
-                    },
-                )
-            } else {
-                problem(
-                    Damage::Unreadable,
-                    at,
-                    format!("a record with a bad key sits before event {expected}"),
-                )
-            };
-            return Ok(report);
-        }
-        let Ok(event) = serde_json::from_slice::<Event>(&bytes) else {
-            report.problem = problem(
-                Damage::Unreadable,
-                at,
-                format!("event {at} is not readable"),
-            );
-            return Ok(report);
-        };
-        let prev_hex = hex::encode(prev);
-        if event.prev != prev_hex {
-            let next_hash = pending.first().map(|(_, b)| hex::encode(sha256(b)));
-            report.problem = if prev_prev.is_some_and(|pp| event.prev == hex::encode(pp)) {
-                problem(
-                    Damage::Inserted,
-                    at - 1,
-                    format!("event {} was inserted: event {at} links past it", at - 1),
-                )
-            } else if next_hash.as_deref() == Some(event.prev.as_str()) {
-                problem(
-                    Damage::Reordered,
-                    at,
-                    format!("events {at} and {} are out of order", at + 1),
-                )
-            } else if at == 1 {
-                problem(
-                    Damage::Changed,
-                    at,
-                    "event 1 does not start the chain: it was changed".to_string(),
-                )
-            } else {
-                problem(
-                    Damage::Changed,
-                    at - 1,
-                    format!(
-                        "event {} does not match the hash recorded in event {at}: it was changed",
-                        at - 1
-                    ),
-                )
-            };
-            return Ok(report);
-        }
-        if event.seq != at {
-            report.problem = problem(
-                Damage::Reordered,
-                at,
-                format!("the event stored as {at} says it is event {}", event.seq),
-            );
-            return Ok(report);
-        }
-        let hash = sha256(&bytes);
-        if let Some(a) = anchor.filter(|a| a.seq == at) {
-            report.anchor_checked = true;
-            if a.hash != hex::encode(hash) {
-                report.problem = problem(
-                    Damage::Changed,
-                    at,
-                    format!("event {at} does not match the hsm's anchor: it was changed"),
-                );
-                return Ok(report);
-            }
-        }
-        if let Some(h) = head.as_ref().filter(|h| h.seq == at) {
-            if h.hash != hex::encode(hash) {
-                report.problem = problem(
-                    Damage::Changed,
-                    at,
-                    format!("event {at} does not match the head: it was changed"),
-                );
-                return Ok(report);
-            }
-        }
-        if at > head_seq && !sealed_time_event(&event) {
-            report.problem = problem(
-                Damage::Inserted,
-                at,
-                format!(
-                    "event {at} follows the last MAC'd head (event {head_seq}) but is not one \
-                     appended while sealed: it was added without the audit key"
-                ),
-            );
-            return Ok(report);
-        }
-        if let Some(cp) = checkpoints.get(&at) {
-            report.checkpoints += 1;
-            if cp.hash != hex::encode(hash) {
-                report.problem = problem(
-                    Damage::Changed,
-                    at,
-                    format!("event {at} does not match its checkpoint: it was changed"),
-                );
-                return Ok(report);
-            }
-            if let Some(p) = check_mark(key, MarkKind::Chain, cp, "checkpoint") {
-                report.problem = Some(p);
-                return Ok(report);
-            }
-        }
-        prev_prev = Some(prev);
-        prev = hash;
-        expected += 1;
-        report.events += 1;
-    }
-    let last = expected - 1;
-
-    if let Some(a) = anchor.filter(|a| a.seq > last && a.seq > report.pruned_through) {
-        report.problem = problem(
-            Damage::Truncated,
-            last + 1,
-            format!(
-                "the chain ends at event {last} but the hsm's anchor records event {}: the store \
-                 was truncated or an older copy of it was put back",
-                a.seq
-            ),
-        );
-        return Ok(report);
-    }
-
-    if let Some((&cp_seq, _)) = checkpoints.range(expected..).next() {
-        report.problem = problem(
-            Damage::Truncated,
-            last + 1,
-            format!("the chain ends at event {last} but a checkpoint covers event {cp_seq}: events were removed from the end"),
-        );
-        return Ok(report);
-    }
-    if head.is_none() && last == 0 && report.pruned_through == 0 {
-        // The audit key's creation is the chain's first event: a store that holds the key but
-        // no event has been wiped.
-        if Keyring::load(store)?.newest(KeyPurpose::Audit).is_some() {
-            report.problem = problem(
-                Damage::Truncated,
-                1,
-                "the chain is empty but the store holds an audit key: its events were removed"
-                    .to_string(),
-            );
-            return Ok(report);
-        }
-    }
-    if head_seq > last {
-        report.problem = problem(
-            Damage::Truncated,
-            last + 1,
-            format!(
-                "the chain ends at event {last} but the head records event {head_seq}: events \
-                 were removed from the end"
-            ),
-        );
-        return Ok(report);
-    }
-    match tail {
-        None if last > report.pruned_through => {
-            report.problem = problem(
-                Damage::Truncated,
-                last,
-                "the chain has no tail record".to_string(),
-            );
-        }
-        None => {}
-        Some(t) if t.seq > last => {
-            report.problem = problem(
-                Damage::Truncated,
-                last + 1,
-                format!(
-                    "the chain ends at event {last} but its tail records event {}: events were \
-                     removed from the end",
-                    t.seq
-                ),
-            );
-        }
-        Some(t) if t.seq < last || t.hash != hex::encode(prev) => {
-            report.problem = problem(
-                Damage::Changed,
-                last,
-                format!("event {last} does not match the chain's tail record"),
-            );
-        }
-        Some(_) => {}
-    }
-    Ok(report)
 }
 
 #[cfg(test)]

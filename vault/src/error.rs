@@ -92,6 +92,36 @@ pub enum Error {
     /// (for example the random generator).
     #[error("crypto provider failure: {0}")]
     Provider(&'static str),
+
+    // registry import
+    /// A holder registry file was rejected: nothing was applied. `report` lists the problems
+    /// by line and field (never a value of the file).
+    #[error("invalid: registry file rejected: {report}")]
+    RegistryRejected {
+        /// How many problems were found in all.
+        problems: u64,
+        /// The line of the first problem listed (0: the file as a whole).
+        first_line: u64,
+        /// The field of the first problem listed (`line`, `file`, `surname`…).
+        first_field: String,
+        /// The problems, one a line, as the registry report writes them.
+        report: String,
+    },
+    /// A holder search asked for more (or fewer) holders at a time than allowed.
+    #[error("invalid: limit: 1 to {max}")]
+    SearchLimit {
+        /// The most holders one search returns.
+        max: usize,
+    },
+    /// A stored registry record is damaged or contradicts another (an index entry without
+    /// its holder, an unreadable holder counter or index key).
+    #[error("storage: {what}{}", holder.as_ref().map_or(String::new(), |h| format!(" (holder {h})")))]
+    RegistryDamaged {
+        /// What is damaged.
+        what: &'static str,
+        /// The holder it concerns, when there is one.
+        holder: Option<String>,
+    },
 }
 
 /// Result alias for the vault.
@@ -416,6 +446,13 @@ pub enum Refusal {
         /// The state asked for.
         wanted: String,
     },
+    // registry import
+    /// A registry file gives a card that the vault holds for another holder (at `line` of
+    /// the file): nothing of the file was applied.
+    CardOfAnotherHolder {
+        /// The line of the file.
+        line: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -650,6 +687,10 @@ impl fmt::Display for Refusal {
                 "outcome {outcome} (mailer {mailer}): it is {state}, only an outstanding \
                  mailer can become {wanted}"
             ),
+            // registry import
+            Refusal::CardOfAnotherHolder { line } => {
+                write!(f, "line {line}: the card belongs to another holder")
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   serial, the data-key id and the purpose);
 //! - `clock`: the one seam for wall-clock time ([`Clock`]; a [`ManualClock`] for tests);
 //! - `lock`: the one poison-tolerant lock helper ([`lock()`]);
+//! - `lines`: the one bounded, zeroizing line reader for untrusted files ([`read_lines`]);
 //! - `store`: the store seam (sled on disk, in-memory and fault-injecting doubles), atomic
 //!   multi-tree batches;
 //! - `account`: accounts, roles, bearer tokens and passwords;
@@ -55,11 +56,13 @@ mod hsm_double;
 mod import;
 mod kcv;
 mod keyring;
+mod lines;
 mod lock;
 mod policy;
 mod secret;
 mod store;
 pub mod text;
+mod totp;
 
 // Errors.
 pub use error::{Denial, Error, Missing, Refusal, Result};
@@ -67,6 +70,9 @@ pub use error::{Denial, Error, Missing, Refusal, Result};
 // Time and locks: the one clock seam and the one poison-tolerant lock helper.
 pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};
 pub use lock::{lock, read_lock, try_lock, write_lock};
+
+// Untrusted files: the one bounded, zeroizing line reader.
+pub use lines::{read_lines, Line, LinesEnd};
 
 // Secret carriers and the code policy.
 pub use policy::{CodeError, CodeKind, CodePolicy, LengthBounds};
@@ -113,6 +119,7 @@ pub use audit::{
 
 // Accounts and roles.
 pub use account::{Account, AccountView, Accounts, Actor, Role, UnknownRole};
+pub use totp::{code_from_base32 as totp_code_from_base32, TotpRecord, TotpSecret};
 
 // Key ceremonies under dual control, and the card registry they reach.
 pub use ceremony::{

@@ -2,9 +2,8 @@
 //!
 //! [`parse`] reads a [`BufRead`] once, line by line, checks every line against the
 //! [`CodePolicy`] and the [`SerialRule`], and hands each good card to a callback as a
-//! [`CardLine`]. It never holds the file: lines are borrowed straight from the reader's buffer,
-//! and only a line that straddles two buffer fills is copied, into one reusable zeroizing buffer
-//! capped at [`MAX_LINE_BYTES`]. Per line nothing is allocated beyond the fixed buffers of
+//! [`CardLine`]. It never holds the file: lines come from the vault's one bounded, zeroizing
+//! line reader ([`read_lines`], capped here at [`MAX_LINE_BYTES`]). Per line nothing is allocated beyond the fixed buffers of
 //! [`Pin`] and [`Puk`]. The SHA-256 of the raw bytes is computed over whole buffer fills.
 //!
 //! Any problem rejects the file. After the first one the parser stops calling the callback but
@@ -20,13 +19,14 @@
 //! with its columns swapped would put a code where the serial belongs — and never the raw line.
 
 use crate::error::Error;
+use crate::lines::{read_lines, Line};
 use crate::policy::{CodeError, CodePolicy};
 use crate::secret::{Pin, Puk};
 use aws_lc_rs::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{BufRead, ErrorKind};
-use zeroize::Zeroizing;
+use std::io::BufRead;
+use std::ops::ControlFlow;
 
 /// The most problems a [`Report`] lists; the rest are only counted.
 pub const MAX_REPORTED: usize = 100;
@@ -37,8 +37,6 @@ pub const MAX_LINE_BYTES: usize = 1024;
 
 /// The longest serial a [`SerialRule`] may allow.
 pub const MAX_SERIAL_LEN: u8 = 64;
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Which characters a serial may contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +346,7 @@ impl From<ParseFailure> for Error {
 /// `on_card` may be called for cards of a file that is rejected later; treat every card as
 /// staged until this returns `Ok`. Messages never contain a field's content.
 pub fn parse<R: BufRead>(
-    mut reader: R,
+    reader: R,
     rules: &ParseRules,
     mut on_card: impl FnMut(CardLine<'_>) -> Result<(), Error>,
 ) -> Result<ParseSummary, ParseFailure> {
@@ -356,62 +354,72 @@ pub fn parse<R: BufRead>(
     let mut state = State::new(rules);
     let mut hasher = Context::new(&SHA256);
     let mut bytes: u64 = 0;
-    // A line split across two buffer fills; it may hold codes, so it is zeroized on drop.
-    // Sized once: a line is refused before it outgrows this, so the buffer never reallocates
-    // (a reallocation would leave pieces of codes in freed memory).
-    let mut carry: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(MAX_LINE_BYTES));
-    // True while skipping the rest of a line longer than MAX_LINE_BYTES.
-    let mut overlong = false;
-
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ParseFailure::Io(e.to_string())),
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        hasher.update(chunk);
-        bytes += n as u64;
-        let mut start = 0;
-        while let Some(off) = chunk[start..].iter().position(|&b| b == b'\n') {
-            let piece = &chunk[start..start + off];
-            start += off + 1;
-            if overlong || carry.len() + piece.len() >= MAX_LINE_BYTES {
-                state.overlong_line();
-                overlong = false;
-                carry.clear();
-            } else if carry.is_empty() {
-                state.line(piece, &mut on_card)?;
-            } else {
-                carry.extend_from_slice(piece);
-                state.line(&carry, &mut on_card)?;
-                carry.clear();
+    let end = read_lines(
+        reader,
+        MAX_LINE_BYTES,
+        |chunk| {
+            hasher.update(chunk);
+            bytes += chunk.len() as u64;
+        },
+        |line| {
+            let done = match line {
+                Line::Text { number, bytes } => state.line(number, bytes, &mut on_card),
+                Line::TooLong { number } => {
+                    state.overlong_line(number);
+                    Ok(())
+                }
+            };
+            match done {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => ControlFlow::Break(e),
             }
-        }
-        let rest = &chunk[start..];
-        if !overlong {
-            if carry.len() + rest.len() >= MAX_LINE_BYTES {
-                overlong = true;
-                carry.clear();
-            } else {
-                carry.extend_from_slice(rest);
-            }
-        }
-        reader.consume(n);
-    }
-    // A last line without a newline.
-    if overlong {
-        state.overlong_line();
-    } else if !carry.is_empty() {
-        state.line(&carry, &mut on_card)?;
+        },
+    )
+    .map_err(|e| ParseFailure::Io(e.to_string()))?;
+    if let Some(e) = end.stopped {
+        return Err(e);
     }
 
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(hasher.finish().as_ref());
     state.finish(rules, bytes, sha256)
+}
+
+/// The fields of a line, in order.
+const FIELDS: [Field; 5] = [
+    Field::Serial,
+    Field::Pin,
+    Field::Puk,
+    Field::SigPin,
+    Field::SigPuk,
+];
+
+/// Which separators a line holds.
+#[derive(Clone, Copy, Default)]
+struct Separators {
+    semi: bool,
+    comma: bool,
+}
+
+/// A card line's fields after their checks (`None`: the field was refused).
+struct CardFields<'t> {
+    serial: &'t str,
+    pin: Option<Pin>,
+    puk: Option<Puk>,
+    signature: Option<(Option<Pin>, Option<Puk>)>,
+}
+
+/// Splits a line into at most 5 fields, counting any beyond.
+fn split_fields(text: &str, sep: char) -> ([&str; 5], usize) {
+    let mut fields = [""; 5];
+    let mut count = 0usize;
+    for f in text.split(sep) {
+        if count < fields.len() {
+            fields[count] = f;
+        }
+        count += 1;
+    }
+    (fields, count)
 }
 
 /// Parser state across lines.
@@ -463,62 +471,89 @@ impl<'r> State<'r> {
         }
     }
 
-    fn overlong_line(&mut self) {
-        self.line_no += 1;
+    fn overlong_line(&mut self, number: u64) {
+        self.line_no = number;
         self.data_lines += 1;
         self.problem(Field::Line, || {
             format!("longer than {MAX_LINE_BYTES} bytes")
         });
     }
 
-    /// One physical line, without its `\n`.
+    /// Physical line `number`, without its line ending (and BOM): comment, blank, header or
+    /// card. Each step below records its own problems and says whether the line goes on.
     fn line(
         &mut self,
+        number: u64,
         raw: &[u8],
         on_card: &mut impl FnMut(CardLine<'_>) -> Result<(), Error>,
     ) -> Result<(), ParseFailure> {
-        self.line_no += 1;
-        let mut raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if self.line_no == 1 {
-            raw = raw.strip_prefix(BOM).unwrap_or(raw);
-        }
+        self.line_no = number;
         if raw.is_empty() || raw[0] == b'#' {
             return Ok(());
         }
         // A data line unless it turns out to be the header; bad lines count too, as they would
         // in the manufacturer's count.
         self.data_lines += 1;
+        let Some((text, seps)) = self.text(raw) else {
+            return Ok(());
+        };
+        let Some(sep) = self.separator(seps) else {
+            return Ok(());
+        };
+        let (fields, count) = split_fields(text, sep);
+        // Header: the first structured line, when its first field is `serial`.
+        if fields[0].eq_ignore_ascii_case("serial") {
+            self.data_lines -= 1;
+            self.header_line(&fields, count);
+            return Ok(());
+        }
+        self.seen_structured = true;
+        let Some(with_sig) = self.field_count(count, sep) else {
+            return Ok(());
+        };
+        if self.padded(&fields, count) {
+            return Ok(());
+        }
+        let card = self.card_fields(&fields, with_sig);
+        self.deliver(card, on_card)
+    }
 
-        // One pass for NUL bytes and separators.
-        let (mut nul, mut semi, mut comma) = (false, false, false);
+    /// The line as text: no NUL byte, UTF-8, not only whitespace. Also which separators it
+    /// holds (one pass with the NUL check).
+    fn text<'a>(&mut self, raw: &'a [u8]) -> Option<(&'a str, Separators)> {
+        let (mut nul, mut seps) = (false, Separators::default());
         for &b in raw {
             match b {
                 0 => nul = true,
-                b';' => semi = true,
-                b',' => comma = true,
+                b';' => seps.semi = true,
+                b',' => seps.comma = true,
                 _ => {}
             }
         }
         if nul {
             self.problem(Field::Line, || "binary data (NUL byte)".to_owned());
-            return Ok(());
+            return None;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
             self.problem(Field::Line, || "not UTF-8 text".to_owned());
-            return Ok(());
+            return None;
         };
         if text.bytes().all(|b| b == b' ' || b == b'\t') {
             self.problem(Field::Line, || {
                 "only whitespace (blank lines must be empty)".to_owned()
             });
-            return Ok(());
+            return None;
         }
+        Some((text, seps))
+    }
 
-        // Separator: one per file, fixed by the first header or data line.
-        let sep = match (semi, comma) {
+    /// The separator to split on: one per file, fixed by the first header or data line that
+    /// has one; `;` until then.
+    fn separator(&mut self, seps: Separators) -> Option<char> {
+        let sep = match (seps.semi, seps.comma) {
             (true, true) => {
                 self.problem(Field::Line, || "mixes ';' and ',' separators".to_owned());
-                return Ok(());
+                return None;
             }
             (true, false) => Some(b';'),
             (false, true) => Some(b','),
@@ -533,50 +568,38 @@ impl<'r> State<'r> {
                         char::from(file_sep)
                     )
                 });
-                return Ok(());
+                return None;
             }
             (Some(s), None) => self.sep = Some((s, self.line_no)),
             _ => {}
         }
-        let sep_char = char::from(self.sep.map_or(b';', |(s, _)| s));
+        Some(char::from(self.sep.map_or(b';', |(s, _)| s)))
+    }
 
-        // Split into at most 5 fields, counting any beyond.
-        let mut fields = [""; 5];
-        let mut count = 0usize;
-        for f in text.split(sep_char) {
-            if count < fields.len() {
-                fields[count] = f;
-            }
-            count += 1;
+    /// A header line: allowed only before the first card, then checked.
+    fn header_line(&mut self, fields: &[&str; 5], count: usize) {
+        if self.seen_structured {
+            self.problem(Field::Line, || {
+                "a header is allowed only before the first card".to_owned()
+            });
+        } else {
+            self.seen_structured = true;
+            self.header(fields, count);
         }
+    }
 
-        // Header: the first structured line, when its first field is `serial`.
-        if fields[0].eq_ignore_ascii_case("serial") {
-            self.data_lines -= 1;
-            if self.seen_structured {
-                self.problem(Field::Line, || {
-                    "a header is allowed only before the first card".to_owned()
-                });
-            } else {
-                self.seen_structured = true;
-                self.header(&fields, count);
-            }
-            return Ok(());
-        }
-        self.seen_structured = true;
-
+    /// 3 fields, or 5 with the signature pair, the same on every line of the file. Returns
+    /// whether this line carries the signature pair.
+    fn field_count(&mut self, count: usize, sep: char) -> Option<bool> {
         let with_sig = match count {
             3 => false,
             5 => true,
             _ => {
                 let plural = if count == 1 { "field" } else { "fields" };
                 self.problem(Field::Line, || {
-                    format!(
-                        "{count} {plural}, expected 3 (serial{s}pin{s}puk) or 5",
-                        s = sep_char
-                    )
+                    format!("{count} {plural}, expected 3 (serial{sep}pin{sep}puk) or 5")
                 });
-                return Ok(());
+                return None;
             }
         };
         match self.sig {
@@ -594,22 +617,19 @@ impl<'r> State<'r> {
                         )
                     }
                 });
-                return Ok(());
+                return None;
             }
             Some(_) => {}
             None => self.sig = Some((with_sig, self.line_no)),
         }
+        Some(with_sig)
+    }
 
-        // Fields: strict, no padding.
-        let names = [
-            Field::Serial,
-            Field::Pin,
-            Field::Puk,
-            Field::SigPin,
-            Field::SigPuk,
-        ];
+    /// Records a problem for every field with whitespace around it (fields are strict, no
+    /// padding); true if there was one.
+    fn padded(&mut self, fields: &[&str; 5], count: usize) -> bool {
         let mut padded = false;
-        for (f, name) in fields.iter().zip(names).take(count) {
+        for (f, name) in fields.iter().zip(FIELDS).take(count) {
             if f.starts_with(|c: char| c.is_ascii_whitespace())
                 || f.ends_with(|c: char| c.is_ascii_whitespace())
             {
@@ -619,35 +639,51 @@ impl<'r> State<'r> {
                 });
             }
         }
-        if padded {
-            return Ok(());
-        }
+        padded
+    }
 
-        let serial = fields[0];
+    /// Every field of a card line checked, in order, each recording its own problem.
+    fn card_fields<'t>(&mut self, fields: &[&'t str; 5], with_sig: bool) -> CardFields<'t> {
+        let rules = self.rules;
+        let sig_policy = self.sig_policy;
+        self.serial(fields[0]);
+        CardFields {
+            serial: fields[0],
+            pin: self.pin(Field::Pin, fields[1], &rules.policy),
+            puk: self.puk(Field::Puk, fields[2], &rules.policy),
+            signature: with_sig.then(|| {
+                (
+                    self.pin(Field::SigPin, fields[3], sig_policy),
+                    self.puk(Field::SigPuk, fields[4], sig_policy),
+                )
+            }),
+        }
+    }
+
+    /// The serial, against the [`SerialRule`].
+    fn serial(&mut self, serial: &str) {
         if let Err(message) = self.rules.serial.check(serial) {
             self.problem(Field::Serial, || message);
         }
-        let policy = &self.rules.policy;
-        let pin = Pin::parse(fields[1], policy);
-        let puk = Puk::parse(fields[2], policy);
-        let signature = if with_sig {
-            Some((
-                Pin::parse(fields[3], self.sig_policy),
-                Puk::parse(fields[4], self.sig_policy),
-            ))
-        } else {
-            None
-        };
-        let pin = self.code(Field::Pin, pin);
-        let puk = self.code(Field::Puk, puk);
-        let signature = match signature {
-            Some((sp, sk)) => {
-                let sp = self.code(Field::SigPin, sp);
-                let sk = self.code(Field::SigPuk, sk);
-                Some((sp, sk))
-            }
-            None => None,
-        };
+    }
+
+    /// A PIN field (`pin` or `sig_pin`) against `policy`.
+    fn pin(&mut self, field: Field, text: &str, policy: &CodePolicy) -> Option<Pin> {
+        self.code(field, Pin::parse(text, policy))
+    }
+
+    /// A PUK field (`puk` or `sig_puk`) against `policy`.
+    fn puk(&mut self, field: Field, text: &str, policy: &CodePolicy) -> Option<Puk> {
+        self.code(field, Puk::parse(text, policy))
+    }
+
+    /// Hands a good card to the callback while the file is still without problems and within
+    /// the announced line count.
+    fn deliver(
+        &mut self,
+        card: CardFields<'_>,
+        on_card: &mut impl FnMut(CardLine<'_>) -> Result<(), Error>,
+    ) -> Result<(), ParseFailure> {
         if self
             .rules
             .expected_lines
@@ -660,18 +696,18 @@ impl<'r> State<'r> {
         if !self.deliver {
             return Ok(());
         }
-        let signature = match signature {
+        let signature = match card.signature {
             None => None,
             Some((Some(sp), Some(sk))) => Some((sp, sk)),
             // A bad signature code was recorded as a problem, which cleared `deliver`.
             Some(_) => return Ok(()),
         };
-        let (Some(pin), Some(puk)) = (pin, puk) else {
+        let (Some(pin), Some(puk)) = (card.pin, card.puk) else {
             return Ok(());
         };
         on_card(CardLine {
             line: self.line_no,
-            serial,
+            serial: card.serial,
             pin,
             puk,
             signature,
