@@ -52,6 +52,7 @@ use std::ops::ControlFlow;
 use vault::Error;
 use vault::Line;
 use vault::SerialRule;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The most lines a registry file may have (blank lines and the header included). The parser
 /// holds the holders of the whole file in memory, so this bounds its memory; a longer file is
@@ -533,8 +534,9 @@ struct State<'r> {
     /// Line problems, up to MAX_REPORTED.
     problems: Vec<RegistryProblem>,
     total: u64,
-    /// Reused for the fields of each CSV line.
-    scratch: Vec<String>,
+    /// Reused for the fields of each CSV line (personal data: wiped before each reuse and
+    /// when the parse ends).
+    scratch: Zeroizing<Vec<String>>,
 }
 
 impl<'r> State<'r> {
@@ -551,7 +553,7 @@ impl<'r> State<'r> {
             serials: HashMap::new(),
             problems: Vec::new(),
             total: 0,
-            scratch: Vec::new(),
+            scratch: Zeroizing::new(Vec::new()),
         }
     }
 
@@ -1327,7 +1329,8 @@ impl CsvError {
 /// Spaces and tabs around a quoted field are ignored; unquoted fields are returned as written
 /// (the caller trims).
 fn split_csv(line: &str, sep: u8, out: &mut Vec<String>) -> Result<(), CsvError> {
-    out.clear();
+    // The previous line's fields are personal data: wiped, not just dropped.
+    out.zeroize();
     let b = line.as_bytes();
     let mut pos = 0;
     loop {
@@ -1338,7 +1341,9 @@ fn split_csv(line: &str, sep: u8, out: &mut Vec<String>) -> Result<(), CsvError>
         }
         if pos < b.len() && b[pos] == b'"' {
             pos += 1;
-            let mut value = String::new();
+            // Room for the rest of the line up front: a growing String would leave copies of
+            // the field behind in freed memory.
+            let mut value = String::with_capacity(b.len() - pos);
             let mut from = pos;
             loop {
                 let Some(off) = b[pos..].iter().position(|&c| c == b'"') else {
