@@ -99,6 +99,9 @@ pub struct Console {
     /// Failed-login counts and the per-address login rate.
     pub guard: LoginGuard,
     env: Environment<'static>,
+    /// The HSM whose seal every page shows (a banner while it is sealed): the state's, set
+    /// by [`router`].
+    sealed_probe: std::sync::OnceLock<std::sync::Arc<dyn vault::Hsm>>,
 }
 
 impl fmt::Debug for Console {
@@ -159,6 +162,7 @@ impl Console {
                 settings.logins_per_minute,
             ),
             env,
+            sealed_probe: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,6 +209,7 @@ impl Console {
             m => messages::catalogue(lang),
             lang => lang.code(),
             me => who,
+            sealed => self.sealed(),
             ..ctx
         };
         let html = self.env.get_template(template).and_then(|t| t.render(full));
@@ -220,6 +225,16 @@ impl Console {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
         }
+    }
+
+    /// Whether the HSM the pages watch is sealed (no HSM watched yet: not sealed).
+    pub fn sealed(&self) -> bool {
+        self.sealed_probe.get().is_some_and(|h| h.status().sealed)
+    }
+
+    /// Watches `hsm`'s seal for the banner of every page (the first HSM given stays).
+    pub fn watch_seal(&self, hsm: std::sync::Arc<dyn vault::Hsm>) {
+        let _ = self.sealed_probe.set(hsm);
     }
 
     /// A page with a headline (a catalogue key) and an optional detail, and a link back.
@@ -328,6 +343,20 @@ async fn me(
     roles: &[Role],
     for_password: bool,
 ) -> Result<Me, Response> {
+    me_checked(state, headers, request_id, roles, for_password, true).await
+}
+
+/// [`me`], for a page that also opens before the first unseal (`audit_key: false`, the
+/// officer's key status page): without the audit key only such pages open.
+#[allow(clippy::result_large_err)] // a page, built once per refused request
+async fn me_checked(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+    roles: &[Role],
+    for_password: bool,
+    audit_key: bool,
+) -> Result<Me, Response> {
     let console = &state.console;
     let lang = lang_of(headers);
     let Some(raw) = cookie(headers, console.cookie_name()) else {
@@ -367,7 +396,7 @@ async fn me(
         caller,
         lang,
     };
-    if !state.audit.has_key() {
+    if audit_key && !state.audit.has_key() {
         return Err(console.message(
             StatusCode::SERVICE_UNAVAILABLE,
             lang,
@@ -413,6 +442,7 @@ fn check_csrf(state: &AppState, me: &Me, presented: Option<&str>) -> Result<(), 
 /// The console's routes, with the request id, body limit, timeout and headers every page
 /// gets.
 pub fn router(state: AppState) -> Router {
+    state.console.watch_seal(state.hsm.clone());
     Router::new()
         .route("/", get(login::home))
         .route("/login", get(login::login_page).post(login::login))
