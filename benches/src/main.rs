@@ -21,6 +21,9 @@
 //! plus raw store write time for the same records): 1.0 means the import costs no more than
 //! the bare work it cannot avoid.
 //!
+//! `--hsm pkcs11` runs the import (and `rotate`) on a throw-away SoftHSM2 token instead of the
+//! simulator, to compare the two in the same figures.
+//!
 //! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
@@ -101,6 +104,79 @@ pub struct ImportBench {
     /// Random lookups to time.
     #[arg(long, default_value_t = 200_000)]
     pub lookups: u64,
+    /// The HSM under the vault: the simulator, or SoftHSM2 through PKCS#11 (a throw-away
+    /// token; needs `softhsm2` installed).
+    #[arg(long, value_enum, default_value_t = BenchHsm::Sim)]
+    pub hsm: BenchHsm,
+}
+
+/// The HSM a bench runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchHsm {
+    /// `SimulatedHsm`, in development mode (1-of-1).
+    Sim,
+    /// `Pkcs11Hsm` on a fresh SoftHSM2 token (2-of-2 shares).
+    Pkcs11,
+}
+
+impl std::fmt::Display for BenchHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BenchHsm::Sim => "sim",
+            BenchHsm::Pkcs11 => "pkcs11",
+        })
+    }
+}
+
+/// An unsealed HSM for a bench, and the SoftHSM2 token behind it (if any), kept while the
+/// bench runs.
+pub(crate) struct BenchHsmInstance {
+    pub(crate) hsm: Arc<dyn Hsm>,
+    _token: Option<hsm_pkcs11::testing::TestToken>,
+}
+
+/// A fresh unsealed HSM of `kind`, its state under `dir`.
+pub(crate) fn bench_hsm(kind: BenchHsm, dir: &Path) -> anyhow::Result<BenchHsmInstance> {
+    match kind {
+        BenchHsm::Sim => Ok(BenchHsmInstance {
+            hsm: dev_hsm(dir)?,
+            _token: None,
+        }),
+        BenchHsm::Pkcs11 => {
+            if !hsm_pkcs11::testing::softhsm_installed() {
+                bail!(
+                    "--hsm pkcs11 needs SoftHSM2 ({} is missing: apt-get install softhsm2)",
+                    hsm_pkcs11::testing::SOFTHSM_MODULE
+                );
+            }
+            // 2 of 2 custodian shares: a token is never a development HSM.
+            let token = hsm_pkcs11::testing::new_token()?;
+            let mut shares: Vec<SecretString> = Vec::new();
+            let (hsm, _) = hsm_pkcs11::Pkcs11Hsm::init(
+                &token.config,
+                &token.pin,
+                hsm_pkcs11::InitOptions {
+                    shares: 2,
+                    threshold: 2,
+                    dev: false,
+                },
+                &mut |s: &[SecretString]| {
+                    shares = s.to_vec();
+                    Ok(())
+                },
+            )?;
+            if shares.len() != 2 {
+                bail!("the PKCS#11 HSM gave {} shares, not 2", shares.len());
+            }
+            for share in &shares {
+                hsm.unseal(share)?;
+            }
+            Ok(BenchHsmInstance {
+                hsm: Arc::new(hsm),
+                _token: Some(token),
+            })
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -227,7 +303,7 @@ fn import(a: &ImportBench) -> anyhow::Result<()> {
         bail!("--records must be at least 1");
     }
     in_work_dir(a.dir.as_deref(), "import", |work| {
-        import_in(work, n, a.lookups)
+        import_in(work, n, a.lookups, a.hsm)
     })
 }
 
@@ -287,14 +363,15 @@ pub(crate) fn import_codes(
     )?)
 }
 
-fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
+fn import_in(work: &Path, n: u64, lookups: u64, hsm_kind: BenchHsm) -> anyhow::Result<()> {
     let base = 1_000_000_000u64;
     let file = work.join("codes.txt");
     eprintln!("writing {n} lines to {}", file.display());
     let file_bytes = write_file(&file, n, base)?;
 
     // The import, end to end and durable.
-    let hsm = dev_hsm(&work.join("hsm"))?;
+    let under = bench_hsm(hsm_kind, &work.join("hsm"))?;
+    let hsm = under.hsm.clone();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
     let audit = AuditLog::open(store.clone(), 1000)?;
     audit.unlock(hsm.clone())?;
@@ -374,6 +451,7 @@ fn import_in(work: &Path, n: u64, lookups: u64) -> anyhow::Result<()> {
     let bare = t_crypto + t_raw;
     let ratio = bare.as_secs_f64() / t_import.as_secs_f64().max(1e-9);
     println!("records             {n}");
+    println!("hsm                 {hsm_kind}");
     println!("file                {file_bytes} bytes");
     println!(
         "import              {:.2} s  {:.0} pairs/s  ({} runs, {} segments)",

@@ -15,7 +15,7 @@
 //! where `baseline_ratio` is the bare rewraps' time over the rotation's: 1.0 would mean the job
 //! costs nothing beyond the HSM's own work. Records are never touched by a rotation.
 
-use super::{dev_hsm, in_work_dir, per_s, serial, TestRng};
+use super::{bench_hsm, in_work_dir, per_s, serial, BenchHsm, TestRng};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::io::Write;
@@ -48,6 +48,9 @@ pub struct RotateBench {
     /// unless given).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The HSM that holds the KEK terms: the simulator, or SoftHSM2 through PKCS#11.
+    #[arg(long, value_enum, default_value_t = BenchHsm::Sim)]
+    pub hsm: BenchHsm,
 }
 
 /// Runs `plico-bench rotate`.
@@ -87,7 +90,8 @@ fn batch_file(first: u64, count: u64, rng: &mut TestRng) -> Vec<u8> {
 fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
     let n = a.records;
     let base = 1_000_000_000u64;
-    let hsm = dev_hsm(&work.join("hsm"))?;
+    let under = bench_hsm(a.hsm, &work.join("hsm"))?;
+    let hsm = under.hsm.clone();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
     let audit = Arc::new(AuditLog::open(store.clone(), 1000)?);
     audit.unlock(hsm.clone())?;
@@ -196,6 +200,7 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
 
     let rate = per_s(data_keys, t_rotate);
     let bare_rate = per_s(data_keys, t_bare);
+    println!("hsm                 {}", a.hsm);
     println!("records             {n}");
     println!(
         "import              {:.2} s  {:.0} cards/s  ({batches} batches)",

@@ -34,7 +34,7 @@ use hsm_sim::share::{Share, PAYLOAD_LEN};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use vault::{
     AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
@@ -584,11 +584,11 @@ impl Pkcs11Hsm {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+        vault::read_lock(&self.inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+        vault::write_lock(&self.inner)
     }
 
     /// The token's label.
@@ -1231,6 +1231,6 @@ impl Hsm for Pkcs11Hsm {
 #[doc(hidden)]
 pub fn serialised<T>(f: impl FnOnce() -> T) -> T {
     static LOCK: Mutex<()> = Mutex::new(());
-    let _g: MutexGuard<'_, ()> = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let _g: MutexGuard<'_, ()> = vault::lock(&LOCK);
     f()
 }

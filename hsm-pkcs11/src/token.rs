@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use vault::{Error, Result};
 
 /// PKCS#11 3.x's number for RFC 5649 (`CKM_AES_KEY_WRAP_KWP`).
@@ -125,10 +125,7 @@ pub struct Pkcs11Config {
 
 fn contexts() -> MutexGuard<'static, HashMap<PathBuf, Pkcs11>> {
     static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    CONTEXTS
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    vault::lock(CONTEXTS.get_or_init(|| Mutex::new(HashMap::new())))
 }
 
 /// The process's context for `module`, loaded and initialised on first use.
@@ -216,7 +213,7 @@ impl Pool {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Session>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        vault::lock(&self.idle)
     }
 
     /// Runs `f` on a session of its own; the session goes back to the pool after.

@@ -339,7 +339,7 @@ async fn delivery_reports_need_the_token() {
 }
 
 /// The messages in a sink's dump directory, as text.
-fn sink_messages(sink_dir: &Path) -> Vec<String> {
+pub(super) fn sink_messages(sink_dir: &Path) -> Vec<String> {
     std::fs::read_dir(sink_dir.join("mail"))
         .map(|d| {
             d.map(|e| {

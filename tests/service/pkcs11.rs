@@ -1,9 +1,12 @@
 //! The service on a PKCS#11 token (SoftHSM2), end to end with the real binary: `plico init
 //! --hsm pkcs11`, `serve` with `[hsm] kind = "pkcs11"`, unseal with the custodians' shares,
-//! imports, a rotation whose rewrap job is killed with SIGKILL and resumes after restart, the
-//! old term retired, and every card still opening to its codes under the token.
+//! imports, a card's codes delivered by e-mail into smtp-sink, a rotation whose rewrap job is
+//! killed with SIGKILL and resumes after restart, the old term retired, and every card still
+//! opening to its codes under the token.
 
 use super::batches::{codes_of, serial};
+use super::delivery::sink_messages;
+use super::peers::smtp_sink;
 use super::*;
 use hsm_pkcs11::Pkcs11Hsm;
 use std::collections::BTreeMap;
@@ -180,10 +183,17 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
             SecretString::from(t.trim().to_owned())
         })
         .collect();
+    let sink_dir = tmp.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, smtp_port) = smtp_sink(&sink_dir, true, &[]).await;
     let config = tmp.path().join("plico.toml");
     std::fs::write(
         &config,
-        format!("[hsm]\nkind = \"pkcs11\"\nmodule = {module:?}\ntoken_label = {label:?}\nmechanism = \"pad\"\n"),
+        format!(
+            "[hsm]\nkind = \"pkcs11\"\nmodule = {module:?}\ntoken_label = {label:?}\nmechanism = \"pad\"\n\n\
+             [dispatch.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+             from = \"pin@regione.esempio.it\"\n"
+        ),
     )
     .unwrap();
 
@@ -211,6 +221,8 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
         ("officer2", "officer"),
         ("auditor", "auditor"),
         ("acme", "manufacturer"),
+        ("cms", "cms"),
+        ("operator", "operator"),
     ] {
         let (status, v) = api
             .call(
@@ -235,6 +247,7 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
             .unwrap();
         assert_eq!(res.status().as_u16(), 201, "{}", res.text().await.unwrap());
     }
+    deliver_by_email(&api, &sink_dir).await;
     let (exit, stderr) = server.terminate();
     assert!(exit.success(), "{stderr}");
 
@@ -343,4 +356,58 @@ async fn init_serve_unseal_import_rotate_killed_retire_restart_on_softhsm() {
         }
     }
     hsm.seal();
+}
+
+/// Card 101 gets a holder from the registry, is activated at the counter, and its codes go out
+/// by e-mail: the message at the sink holds them, released under the token's keys.
+async fn deliver_by_email(api: &Api, sink_dir: &Path) {
+    let card = serial(101);
+    let registry = format!(
+        "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n\
+         {};Maria;Rossi;1980-01-01;maria.rossi@example.it;;Via Roma 1, 00100 Roma;false;{card};2032-12-31;\n",
+        cf("RSSMRA80A41H501")
+    );
+    let res = api
+        .http
+        .post(format!("{}/v1/registry", api.url))
+        .bearer_auth(&api.tokens["cms"])
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(registry)
+        .send()
+        .await
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert!(text.contains("\"applied\""), "{text}");
+    let activate = format!("/v1/cards/{card}/activate");
+    let (status, v) = api
+        .call(
+            "operator",
+            reqwest::Method::POST,
+            &activate,
+            Some(identification(101)),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let dispatch = format!("/v1/cards/{card}/dispatch");
+    let (status, v) = api
+        .call(
+            "cms",
+            reqwest::Method::POST,
+            &dispatch,
+            Some(json!({"plan": "email"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (pin, puk) = codes_of(101, SALT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sink_messages(sink_dir)
+        .iter()
+        .any(|m| m.contains(&pin[..5]) && m.contains(&puk))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "card 101's codes did not reach the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
