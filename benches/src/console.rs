@@ -303,7 +303,9 @@ fn bench(work: &Path, a: &ConsoleBench) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = client_rt.block_on(async {
+        // No redirects: the login's answer (a 303) carries the session cookie.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?;
