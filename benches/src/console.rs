@@ -12,7 +12,9 @@
 //!    session cookie and the CSRF token: the holder with their cards), and the card page
 //!    (`GET /cards/{serial}`). The generator is open-loop: request k is sent at `k / rate`
 //!    seconds whatever the answers before it, and its latency is measured from that moment
-//!    (so a slow answer is not hidden by a request sent late). Each answer must be `200`.
+//!    (so a slow answer is not hidden by a request sent late). At most [`MAX_IN_FLIGHT`]
+//!    requests are in flight (one client address, under the listener's per-address cap).
+//!    Each answer must be `200`.
 //!
 //! The per-account quota of sensitive calls (searches) is raised for the bench: it limits a
 //! person at the counter, not the page's cost.
@@ -53,6 +55,10 @@ pub struct ConsoleBench {
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
+
+/// Requests in flight at once (so connections from the one client address): half the
+/// listener's default cap per address ([`plico::edge::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`]).
+const MAX_IN_FLIGHT: usize = 128;
 
 /// The operator's password (benchmark data).
 const PASSWORD: &str = "una password per il banco";
@@ -226,11 +232,16 @@ async fn drive(
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    // One client address: stay under the listener's per-address connection cap (a request
+    // waiting for a permit is late, and its latency says so).
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     for k in 0..total {
         let due = start + interval.mul_f64(k as f64);
         tokio::time::sleep_until(due).await;
         let req = make();
+        let permits = permits.clone();
         tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
             let res = req.send().await;
             let status = match res {
                 Ok(r) => {
