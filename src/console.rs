@@ -112,6 +112,9 @@ pub struct Console {
     /// Second-factor secrets shown for enrolment and not yet confirmed.
     totp: totp::Pending,
     env: Environment<'static>,
+    /// The HSM whose seal every page shows (a banner while it is sealed): the state's, set
+    /// by [`router`].
+    sealed_probe: std::sync::OnceLock<std::sync::Arc<dyn vault::Hsm>>,
 }
 
 impl fmt::Debug for Console {
@@ -175,6 +178,7 @@ impl Console {
             ),
             totp: totp::Pending::default(),
             env,
+            sealed_probe: std::sync::OnceLock::new(),
         })
     }
 
@@ -221,6 +225,7 @@ impl Console {
             m => messages::catalogue(lang),
             lang => lang.code(),
             me => who,
+            sealed => self.sealed(),
             ..ctx
         };
         let html = self.env.get_template(template).and_then(|t| t.render(full));
@@ -236,6 +241,16 @@ impl Console {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
         }
+    }
+
+    /// Whether the HSM the pages watch is sealed (no HSM watched yet: not sealed).
+    pub fn sealed(&self) -> bool {
+        self.sealed_probe.get().is_some_and(|h| h.status().sealed)
+    }
+
+    /// Watches `hsm`'s seal for the banner of every page (the first HSM given stays).
+    pub fn watch_seal(&self, hsm: std::sync::Arc<dyn vault::Hsm>) {
+        let _ = self.sealed_probe.set(hsm);
     }
 
     /// A page with a headline (a catalogue key) and an optional detail, and a link back.
@@ -377,6 +392,20 @@ async fn me_at(
     roles: &[Role],
     gate: Gate,
 ) -> Result<Me, Response> {
+    me_checked(state, headers, request_id, roles, gate, true).await
+}
+
+/// [`me_at`], for a page that also opens before the first unseal (`audit_key: false`, the
+/// officer's key status page): without the audit key only such pages open.
+#[allow(clippy::result_large_err)] // a page, built once per refused request
+async fn me_checked(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+    roles: &[Role],
+    gate: Gate,
+    audit_key: bool,
+) -> Result<Me, Response> {
     let console = &state.console;
     let lang = lang_of(headers);
     let Some(raw) = cookie(headers, console.cookie_name()) else {
@@ -416,7 +445,7 @@ async fn me_at(
         caller,
         lang,
     };
-    if !state.audit.has_key() {
+    if audit_key && !state.audit.has_key() {
         return Err(console.message(
             StatusCode::SERVICE_UNAVAILABLE,
             lang,
@@ -474,6 +503,7 @@ fn check_csrf(state: &AppState, me: &Me, presented: Option<&str>) -> Result<(), 
 /// The console's routes, with the request id, body limit, timeout and headers every page
 /// gets.
 pub fn router(state: AppState) -> Router {
+    state.console.watch_seal(state.hsm.clone());
     Router::new()
         .route("/", get(login::home))
         .route("/login", get(login::login_page).post(login::login))

@@ -352,11 +352,12 @@ impl AppState {
     }
 
     /// Seals the HSM and drops every key the service holds in memory (the code vault's
-    /// unwrapped data keys and index key). The audit key stays until [`AppState::shut_down`]
+    /// unwrapped data keys and index key, the registry's holder key). The audit key stays until [`AppState::shut_down`]
     /// or the next unseal: sealing is itself audited by the callers that may.
     pub fn seal(&self) {
         self.hsm.seal();
         self.codes.forget_keys();
+        self.cms.forget_keys();
     }
 
     /// At shutdown: a MAC'd checkpoint of the audit chain, then the audit key and the code
@@ -368,6 +369,7 @@ impl AppState {
         let checkpoint = self.audit.checkpoint();
         let dropped = self.audit.set_key(None);
         self.codes.forget_keys();
+        self.cms.forget_keys();
         checkpoint.and(dropped)
     }
 }

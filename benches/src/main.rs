@@ -26,8 +26,10 @@
 //!
 //! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
-//! `mailers.rs`, `dispatch.rs`).
+//! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
+//! pages against `/healthz` (see `console.rs`).
 
+mod console;
 mod dispatch;
 mod mailers;
 mod population;
@@ -84,6 +86,9 @@ pub enum BenchCommand {
     /// Rotate the KEK of a vault of N cards (propose, approve, rewrap every data key), with
     /// bare HSM rewraps as the baseline.
     Rotate(rotate::RotateBench),
+    /// The console's holder and card pages at a fixed offered load (p50/p99, requests/s),
+    /// against `/healthz` with the same load generator.
+    Console(console::ConsoleBench),
 }
 
 /// `plico-bench import` arguments.
@@ -198,6 +203,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Mailers(a) => mailers::run(&a),
         BenchCommand::Dispatch(a) => dispatch::run(&a),
         BenchCommand::Rotate(a) => rotate::run(&a),
+        BenchCommand::Console(a) => console::run(&a),
     }
 }
 

@@ -32,6 +32,7 @@ mod addressee;
 mod card;
 mod ceremony;
 mod codice_fiscale;
+mod consent;
 mod contact;
 mod date;
 mod lifecycle;
@@ -59,6 +60,8 @@ pub use registry_parse::{
 // Cards and their lifecycle.
 pub use card::{CardState, Move, Reason};
 pub use lifecycle::{Activation, CardStatus, Change};
+// The consent form printed at the counter.
+pub use consent::{ConsentPurpose, ConsentSubject};
 
 // The outbox of code deliveries.
 pub use outbox::{

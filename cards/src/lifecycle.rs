@@ -56,7 +56,7 @@ impl fmt::Debug for Activation {
 }
 
 impl Activation {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let field = |name: &str, v: &str, max: usize| -> Result<()> {
             let v = v.trim();
             if v.is_empty()

@@ -274,6 +274,13 @@ impl Cards {
         Date::today(&*self.clock)
     }
 
+    /// Drops the `holder` key this process seals personal data with, as a seal drops every
+    /// key: from then on a write of personal data needs the HSM again (and, once it is
+    /// unsealed, creates a new key, as a new process would).
+    pub fn forget_keys(&self) {
+        *lock(&self.sealer) = None;
+    }
+
     pub(crate) fn ops_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.ops)
     }

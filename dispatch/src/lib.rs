@@ -42,6 +42,7 @@ pub use courier::{
 };
 pub use error::{Error, LayoutError, Result};
 pub use plan::{Channel, Part, PartCodes, PartName, Plan, UnknownPart};
+pub use render::consent::{render_consent_form, ConsentForm, FormLang, FormPurpose, Identified};
 pub use render::email::{EmailMessage, EmailRenderer};
 pub use render::layout::Layout;
 pub use render::pdf::{PageStream, PdfWriter, PrintRenderer};

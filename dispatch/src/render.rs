@@ -21,6 +21,7 @@
 //! [`crate::secret::SecretText`] sized once, putting the digits in place of the placeholders. So minijinja's
 //! own buffers and values never hold a digit, and a template error cannot echo one.
 
+pub mod consent;
 pub mod email;
 mod font;
 pub mod layout;

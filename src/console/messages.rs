@@ -267,6 +267,21 @@ pub const MESSAGES: &[(&str, &str, &str)] = &[
     ("totp_none", "L'utenza non aveva un secondo fattore", "The account had no second factor"),
     ("account_totp_reset", "Azzera secondo fattore", "Reset second factor"),
     ("account_totp", "secondo fattore attivo", "second factor active"),
+    // consent, re-identify, seal state
+    ("consent_form_button", "Stampa il modulo di consenso (PDF)", "Print the consent form (PDF)"),
+    ("consent_ref_hint", "Vuoto: il modulo stampato ne riceve uno nuovo.", "Empty: the printed form gets a new one."),
+    ("reidentify_title", "Nuova identificazione", "New identification"),
+    ("reidentify_intro", "Dopo un cambio di cellulare o e-mail nel registro, i codici vanno ai nuovi recapiti solo dopo una nuova identificazione del titolare.", "After the registry changes the mobile number or e-mail address, codes go to the new contacts only once the holder is identified again."),
+    ("reidentify_button", "Registra la nuova identificazione", "Record the new identification"),
+    ("done_reidentified", "Nuova identificazione registrata.", "New identification recorded."),
+    ("sealed_banner", "Il servizio è sigillato: nessuna operazione che richiede le chiavi (ricerche, attivazioni, consegne dei codici, moduli) è possibile finché i custodi non lo sbloccano.", "The service is sealed: nothing that needs the keys (searches, activations, code deliveries, forms) can be done until the custodians unseal it."),
+    ("hsm_title", "Stato dell'HSM", "HSM state"),
+    ("hsm_state", "Stato", "State"),
+    ("hsm_sealed", "sigillato", "sealed"),
+    ("hsm_unsealed", "sbloccato", "unsealed"),
+    ("hsm_progress", "Quote di sblocco presentate", "Unseal shares submitted"),
+    ("hsm_of", "di", "of"),
+    ("hsm_provider", "Fornitore", "Provider"),
 ];
 
 /// The catalogue key of the headline for an API error code.

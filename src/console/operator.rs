@@ -1,7 +1,8 @@
 //! The counter's and the service centre's pages: holder search, a card with its parts and
 //! dispatches, and the actions on it (identify and activate, choose the delivery, part A as a
 //! PDF, suspend / reactivate / revoke after a confirmation step, resend a part, the card's
-//! history, a problem report).
+//! history, a problem report), and for a card at the counter the printable consent form (a PDF
+//! for the citizen to sign) and the re-identification after a contact change.
 //!
 //! Each action calls the API's own function for it ([`crate::api::cards::change`],
 //! [`crate::api::dispatch::request_dispatch`], [`crate::api::mailers::counter_pdf`], …) with
@@ -10,14 +11,15 @@
 //! (search, dispatch, resend, part A) is the same per-account quota.
 
 use super::{check_csrf, me, see_other, Me};
-use crate::api::{self, ApiError, RateClass, RequestId};
+use crate::api::{self, blocking, ApiError, ErrorCode, RateClass, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use cards::{Activation, Change, Reason};
+use cards::{Activation, Change, ConsentPurpose, Reason};
+use dispatch::{ConsentForm, FormLang, FormPurpose, Identified};
 use minijinja::context;
 use serde::Deserialize;
 use vault::Role;
@@ -54,6 +56,7 @@ const REASONS: &[&str] = &[
 /// The notices a card page may show after an action (`?done=`).
 const DONE: &[&str] = &[
     "done_activated",
+    "done_reidentified",
     "done_dispatched",
     "done_changed",
     "done_resent",
@@ -72,6 +75,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/cards/{serial}/resend", post(resend))
         .route("/cards/{serial}/report", post(report))
         .route("/cards/{serial}/history", get(history))
+        // consent, re-identify
+        .route("/cards/{serial}/consent-form", post(consent_form))
+        .route("/cards/{serial}/reidentify", post(reidentify))
 }
 
 /// A form's fields, all optional text. No `Debug`: they hold personal data.
@@ -491,4 +497,180 @@ async fn history(
         }
         Err(e) => state.console.error(&me, &e, &card_url(&serial)),
     }
+}
+
+/// A new consent reference, for a form printed without one: `consenso-YYYYMMDD-` and six
+/// random hex digits (`None` if the random generator failed).
+fn new_consent_ref(today: cards::Date) -> Option<String> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut r = [0u8; 3];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut r).ok()?;
+    Some(format!(
+        "consenso-{:04}{:02}{:02}-{}",
+        today.year(),
+        today.month(),
+        today.day(),
+        hex::encode(r)
+    ))
+}
+
+/// The consent form's file name: never the whole serial.
+fn consent_file_name(serial: &str) -> String {
+    let tail: String = serial
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("consenso-{tail}.pdf")
+}
+
+/// `POST /cards/{serial}/consent-form`: the consent form for the identification typed into
+/// the card's form, as a PDF download (`card.consent_form` audited by the cards domain). A
+/// form without a consent reference gets a new one, printed on it and recorded in the event.
+async fn consent_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    match consent_pdf(&state, &me, &serial, &f).await {
+        Ok(pdf) => {
+            let mut res = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/pdf")],
+                pdf,
+            )
+                .into_response();
+            let h = res.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            let name = consent_file_name(&serial);
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            res
+        }
+        Err(e) => state.console.error(&me, &e, &card_url(&serial)),
+    }
+}
+
+/// The consent form's PDF (see [`consent_form`]).
+async fn consent_pdf(
+    state: &AppState,
+    me: &Me,
+    serial: &str,
+    f: &Fields,
+) -> Result<Vec<u8>, ApiError> {
+    api::audit::check_serial(serial)?;
+    let serial = serial.to_owned();
+    let today = state.cms.today();
+    let mut who = activation(f);
+    let (Activation::Holder { consent_ref, .. } | Activation::Delegate { consent_ref, .. }) =
+        &mut who;
+    if consent_ref.is_empty() {
+        *consent_ref = new_consent_ref(today).ok_or_else(ApiError::internal)?;
+    }
+    let lang = match me.lang {
+        super::messages::Lang::It => FormLang::It,
+        super::messages::Lang::En => FormLang::En,
+    };
+    let date = match lang {
+        FormLang::It => format!(
+            "{:02}/{:02}/{:04}",
+            today.day(),
+            today.month(),
+            today.year()
+        ),
+        FormLang::En => today.to_string(),
+    };
+    let operator = me.account.name.clone();
+    let s = state.clone();
+    let actor = me.caller.actor();
+    let made = blocking(move || {
+        s.cms
+            .print_consent_form(&*s.hsm, &s.audit, &serial, &who, today, &actor, |subject| {
+                let identified = match &who {
+                    Activation::Holder {
+                        document_type,
+                        document_number,
+                        ..
+                    } => Identified::InPerson {
+                        document_type,
+                        document_number,
+                    },
+                    Activation::Delegate {
+                        given_names,
+                        surname,
+                        codice_fiscale,
+                        document_type,
+                        document_number,
+                        delegation_ref,
+                        ..
+                    } => Identified::Delegate {
+                        given_names,
+                        surname,
+                        codice_fiscale,
+                        document_type,
+                        document_number,
+                        delegation_ref,
+                    },
+                };
+                let (Activation::Holder { consent_ref, .. }
+                | Activation::Delegate { consent_ref, .. }) = &who;
+                dispatch::render_consent_form(&ConsentForm {
+                    lang,
+                    purpose: match subject.purpose {
+                        ConsentPurpose::Activation => FormPurpose::Activation,
+                        ConsentPurpose::Reidentification => FormPurpose::Reidentification,
+                    },
+                    issuer: &s.print.issuer,
+                    holder_name: &subject.holder_name,
+                    codice_fiscale: &subject.codice_fiscale,
+                    card_serial: &subject.serial,
+                    identified,
+                    consent_ref,
+                    date: &date,
+                    operator: &operator,
+                })
+            })
+    })
+    .await?;
+    made.map_err(|e| match e.layout() {
+        // Names the field and the character's code, never the text.
+        Some(layout) => ApiError::new(
+            ErrorCode::Unprintable,
+            format!("the consent form cannot be laid out: {layout}"),
+        ),
+        None => {
+            tracing::error!(error = %e, "consent form could not be rendered");
+            ApiError::internal()
+        }
+    })
+}
+
+/// `POST /cards/{serial}/reidentify`: the holder (or a delegate) identified again at the
+/// counter, through the API's own change ([`api::cards::change`], `card.reidentify`).
+async fn reidentify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(rid): Extension<RequestId>,
+    Path(serial): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
+        Ok(me) => me,
+        Err(res) => return res,
+    };
+    let change = Change::Reidentify(activation(&f));
+    let done = api::cards::change(state.clone(), &me.caller, serial.clone(), change)
+        .await
+        .map(|_| ());
+    after(&state, &me, &serial, done, "done_reidentified")
 }

@@ -1,13 +1,15 @@
 //! The auditor's and the officer's read-only pages: the audit chain browsed with filters
 //! (actor, action, subject, days), verified (showing the first broken link, if any) and
-//! exported as NDJSON; and the key status (terms, data keys, ages, warnings, the key job).
+//! exported as NDJSON; and the key status (the HSM sealed or not, with the unseal progress
+//! as counts, never a share; terms, data keys, ages, warnings, the key job), which opens
+//! before the first unseal too.
 //!
 //! Filters travel in POST forms, never in URLs (a subject may be a card serial). Each view
 //! calls the API's own function ([`crate::api::audit::query`], `verify`, `export`) or the
 //! same domain call ([`vault::ceremony::Ceremonies::status`]), so it is audited as through the
 //! API. Ceremonies themselves stay on the CLI.
 
-use super::{check_csrf, me, Me};
+use super::{check_csrf, me, me_checked, Me};
 use crate::api::audit::QueryParams;
 use crate::api::{self, blocking, ApiError, RequestId};
 use crate::AppState;
@@ -199,12 +201,31 @@ async fn keys(
     headers: HeaderMap,
     Extension(rid): Extension<RequestId>,
 ) -> Response {
-    let me = match me(&state, &headers, &rid, KEY_READERS, false).await {
+    // Opens before the first unseal too: that is when the officers need it most.
+    let me = match me_checked(
+        &state,
+        &headers,
+        &rid,
+        KEY_READERS,
+        super::Gate::Page,
+        false,
+    )
+    .await
+    {
         Ok(me) => me,
         Err(res) => return res,
     };
     let keys = state.keys.clone();
     let hsm = state.hsm.clone();
+    // The seal and the unseal progress: counts only, never a share.
+    let h = state.hsm.status();
+    let seal = context! {
+        sealed => h.sealed,
+        progress => h.progress,
+        threshold => h.threshold,
+        shares => h.shares,
+        provider => h.provider,
+    };
     match blocking(move || keys.status(&*hsm, super::now_ms())).await {
         Ok(status) => {
             let text = serde_json::to_string_pretty(&status).unwrap_or_default();
@@ -213,7 +234,7 @@ async fn keys(
                 "keys.html",
                 me.lang,
                 Some(&me),
-                context! { status => text },
+                context! { status => text, hsm => seal },
             )
         }
         Err(e) => state.console.error(&me, &e, "/"),

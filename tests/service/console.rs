@@ -23,6 +23,8 @@ pub(super) struct Page {
     pub(super) status: StatusCode,
     pub(super) headers: axum::http::HeaderMap,
     pub(super) text: String,
+    /// The body as it came (a PDF).
+    pub(super) bytes: Vec<u8>,
 }
 
 impl Page {
@@ -105,6 +107,7 @@ impl Browser {
             status,
             headers,
             text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes: bytes.to_vec(),
         }
     }
 
@@ -940,4 +943,340 @@ async fn require_totp_sends_an_account_without_one_to_enrolment_first() {
         .await;
     assert_eq!(page.location(), "/");
     assert_eq!(b.get("/").await.status, StatusCode::OK);
+}
+
+// consent, re-identify, seal state
+
+/// A holder whose names are Romanian and Greek, card 703 issued with codes: the registry
+/// accepts them, so the consent form must print them.
+const STEFAN: &str = "Ștefan";
+const GREEK: &str = "Παπαδόπουλος";
+
+/// The counter state of [`counter_state`] with the registry, holder 703 ([`STEFAN`]
+/// [`GREEK`]) and its codes, and an operator's browser with its CSRF token.
+async fn counter_with_703(dir: &Path) -> (AppState, Staff, Client, Browser, String) {
+    let (state, staff, client) = counter_state(dir, ConsoleSettings::default());
+    registry(&client).await;
+    let csv = format!(
+        "{REGISTRY_HEADER}{};{STEFAN};{GREEK};1975-03-04;s@example.ro;+393331112203;Strada Lungă 3, Iași;false;{};2032-12-31;\n",
+        cf("PPDSFN75C04Z129"),
+        serial(703),
+    );
+    let a = client
+        .post_raw("cms", "/v1/registry", "text/csv", csv)
+        .await;
+    assert_eq!(a.json["outcome"], "applied", "{}", a.text);
+    let a = client
+        .post_raw(
+            "manufacturer",
+            "/v1/batches?manufacturer=ACME",
+            "text/plain",
+            codes_file(703..=703, SALT),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    own_password(&state, &staff, "operator");
+    let mut b = Browser::new(&state);
+    b.login("operator", PASSWORD).await;
+    let csrf = b.csrf().await;
+    (state, staff, client, b, csrf)
+}
+
+/// The text of a PDF, by `pdftotext` (poppler-utils).
+fn pdf_text(pdf: &[u8], dir: &Path) -> String {
+    let path = dir.join("form.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .args(["-q", "-enc", "UTF-8"])
+        .arg(&path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils)");
+    assert!(out.status.success(), "pdftotext: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn count(state: &AppState, action: &str) -> usize {
+    actions(state).iter().filter(|a| a.0 == action).count()
+}
+
+#[tokio::test]
+async fn the_consent_form_prints_the_holder_and_the_masked_serial_and_no_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _staff, _client, mut b, csrf) = counter_with_703(dir.path()).await;
+    let card = format!("/cards/{}", serial(703));
+    let in_person = [
+        ("by", "holder"),
+        ("document_type", "carta_identita"),
+        ("document_number", "CA12345AB"),
+        ("consent_ref", ""),
+    ];
+
+    // The card page offers it; without the token nothing is printed nor recorded.
+    let page = b.get(&card).await;
+    assert!(page.text.contains("id=\"do-consent\""), "{}", page.text);
+    let page = b.post(&format!("{card}/consent-form"), &in_person).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert_eq!(count(&state, "card.consent_form"), 0);
+
+    // With it: a PDF download, never cached.
+    let mut fields = in_person.to_vec();
+    fields.push(("csrf", &csrf));
+    let res = b.post(&format!("{card}/consent-form"), &fields).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.headers[header::CONTENT_TYPE], "application/pdf");
+    assert_eq!(res.headers[header::CACHE_CONTROL], "no-store");
+    let disposition = res.headers[header::CONTENT_DISPOSITION].to_str().unwrap();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert!(!disposition.contains(&serial(703)));
+    let pdf = res.bytes;
+    assert!(pdf.starts_with(b"%PDF"));
+    let text = pdf_text(&pdf, dir.path());
+    assert!(text.contains(STEFAN) && text.contains(GREEK), "{text}");
+    assert!(text.contains(&cf("PPDSFN75C04Z129")), "{text}");
+    assert!(
+        text.contains(&dispatch::mask_serial(&serial(703))),
+        "{text}"
+    );
+    assert!(!text.contains(&serial(703)), "the whole serial printed");
+    assert!(
+        text.contains("CA12345AB") && text.contains("consenso-"),
+        "{text}"
+    );
+    assert!(text.contains("attivazione"), "{text}");
+    let (pin, puk) = codes_of(703, SALT);
+    assert!(
+        !text.contains(&pin) && !text.contains(&puk),
+        "a code on the form"
+    );
+    let events = actions(&state);
+    let printed: Vec<_> = events
+        .iter()
+        .filter(|e| e.0 == "card.consent_form")
+        .collect();
+    assert_eq!(printed.len(), 1, "{events:?}");
+    assert_eq!(printed[0].1, serial(703));
+    assert_eq!(
+        count(&state, "card.activate"),
+        0,
+        "a form activates nothing"
+    );
+
+    // In English when the console is.
+    b.get("/lang/en").await;
+    let pdf = b.post(&format!("{card}/consent-form"), &fields).await.bytes;
+    let text = pdf_text(&pdf, dir.path());
+    assert!(
+        text.contains("Consent to the activation of the card"),
+        "{text}"
+    );
+    assert!(text.contains(STEFAN), "{text}");
+
+    // A delegate without a surname: the field is named, nothing is printed or recorded.
+    let res = b
+        .post(
+            &format!("{card}/consent-form"),
+            &[
+                ("csrf", &csrf),
+                ("by", "delegate"),
+                ("document_type", "passaporto"),
+                ("document_number", "YA1234567"),
+                ("d_given_names", "Anna"),
+                ("d_codice_fiscale", &cf("BNCNNA70A41F839")),
+                ("delegation_ref", "delega-77"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text);
+    assert!(res.text.contains("surname"), "{}", res.text);
+    assert_eq!(count(&state, "card.consent_form"), 2);
+}
+
+#[tokio::test]
+async fn the_counter_reidentifies_a_holder_from_the_card_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _staff, client, mut b, csrf) = counter_with_703(dir.path()).await;
+    let card = format!("/cards/{}", serial(703));
+    let delegate = [
+        ("csrf", csrf.as_str()),
+        ("by", "delegate"),
+        ("document_type", "passaporto"),
+        ("document_number", "YA1234567"),
+        ("consent_ref", "consenso-703-bis"),
+        ("d_given_names", "Anna"),
+        ("d_surname", "Bianchi"),
+        ("d_codice_fiscale", &cf("BNCNNA70A41F839")),
+        ("delegation_ref", "delega-78"),
+    ];
+    // Not before the card is active: the conflict names the current state.
+    let page = b.post(&format!("{card}/reidentify"), &delegate).await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+    assert!(page.text.contains("id=\"current-state\""));
+    assert_eq!(count(&state, "card.reidentify"), 0);
+
+    let page = b
+        .post(
+            &format!("{card}/activate"),
+            &[
+                ("csrf", &csrf),
+                ("by", "holder"),
+                ("document_type", "carta_identita"),
+                ("document_number", "CA12345AB"),
+                ("consent_ref", "consenso-703"),
+            ],
+        )
+        .await;
+    assert_eq!(page.location(), format!("{card}?done=done_activated"));
+    let before = client
+        .get("cms", &format!("/v1/cards/{}", serial(703)))
+        .await;
+    let page = b.get(&card).await;
+    assert!(page.text.contains("id=\"do-reidentify\""), "{}", page.text);
+
+    // The form of an active card prints the re-identification's consent.
+    let pdf = b
+        .post(&format!("{card}/consent-form"), &delegate)
+        .await
+        .bytes;
+    let text = pdf_text(&pdf, dir.path());
+    assert!(text.contains("nuova identificazione"), "{text}");
+    assert!(
+        text.contains("Anna Bianchi") && text.contains("delega-78"),
+        "{text}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let page = b.post(&format!("{card}/reidentify"), &delegate).await;
+    assert_eq!(
+        page.location(),
+        format!("{card}?done=done_reidentified"),
+        "{}",
+        page.text
+    );
+    let events = state
+        .audit
+        .query(&vault::Query {
+            action: Some("card.reidentify".into()),
+            limit: vault::MAX_PAGE,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.subject, serial(703));
+    assert_eq!(e.details["by"], "delegate");
+    assert_eq!(e.details["delegation_ref"], "delega-78");
+    assert_eq!(e.details["consent_ref"], "consenso-703-bis");
+    let after = client
+        .get("cms", &format!("/v1/cards/{}", serial(703)))
+        .await;
+    assert_eq!(after.json["state"], "active");
+    assert!(
+        after.json["identified_ms"].as_u64() > before.json["identified_ms"].as_u64(),
+        "{} {}",
+        before.text,
+        after.text
+    );
+    // Bad input names the field and changes nothing.
+    let page = b
+        .post(
+            &format!("{card}/reidentify"),
+            &[
+                ("csrf", &csrf),
+                ("by", "holder"),
+                ("document_type", "patente"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.text);
+    assert!(page.text.contains("document_number"));
+    assert_eq!(count(&state, "card.reidentify"), 1);
+}
+
+#[tokio::test]
+async fn a_sealed_service_shows_a_banner_on_every_page_and_refuses_what_needs_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, staff, client, mut b, csrf) = counter_with_703(dir.path()).await;
+    let admin = state.accounts.get(&staff.ids["admin"]).unwrap().unwrap();
+    let (officer, _) = state
+        .accounts
+        .create(
+            "officer",
+            vault::Role::Officer,
+            &Actor::account(&admin, "test"),
+        )
+        .unwrap();
+    state
+        .accounts
+        .set_password(
+            &officer.id,
+            &SecretString::from(PASSWORD),
+            &Actor::account(&officer, "test"),
+        )
+        .unwrap();
+    let card = format!("/cards/{}", serial(703));
+    let banner = "id=\"sealed-banner\"";
+    let page = b.get(&card).await;
+    assert!(!page.text.contains(banner));
+
+    let sealed = client.post("admin", "/v1/sys/seal", json!({})).await;
+    assert_eq!(sealed.status, StatusCode::OK, "{}", sealed.text);
+
+    // Every page says so: the login page, the home page, a card.
+    let mut anon = Browser::new(&state);
+    assert!(anon.get("/login").await.text.contains(banner));
+    for uri in ["/", card.as_str(), &format!("{card}/history")] {
+        let page = b.get(uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}: {}", page.text);
+        assert!(page.text.contains(banner), "{uri}: {}", page.text);
+    }
+    // What needs keys is refused with the sealed message, not an internal error, and
+    // changes nothing.
+    let in_person = [
+        ("csrf", csrf.as_str()),
+        ("by", "holder"),
+        ("document_type", "carta_identita"),
+        ("document_number", "CA12345AB"),
+        ("consent_ref", "consenso-703"),
+    ];
+    let forms: [(String, Vec<(&str, &str)>); 3] = [
+        (
+            "/search".to_owned(),
+            vec![("csrf", &csrf), ("codice_fiscale", "PPDSFN75C04Z129X")],
+        ),
+        (format!("{card}/consent-form"), in_person.to_vec()),
+        (format!("{card}/activate"), in_person.to_vec()),
+    ];
+    let sealed_text = "Il servizio è sigillato: attendere lo sblocco dei custodi";
+    for (uri, fields) in &forms {
+        let page = b.post(uri, fields).await;
+        assert_eq!(
+            page.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{uri}: {}",
+            page.text
+        );
+        assert!(page.text.contains(sealed_text), "{uri}: {}", page.text);
+        assert!(page.text.contains(banner), "{uri}");
+    }
+    assert_eq!(count(&state, "card.consent_form"), 0);
+    assert_eq!(count(&state, "card.activate"), 0);
+    let status = client
+        .get("cms", &format!("/v1/cards/{}", serial(703)))
+        .await;
+    assert_eq!(status.json["state"], "issued");
+
+    // The officer's key status: sealed, and the unseal progress as counts.
+    let mut o = Browser::new(&state);
+    o.login("officer", PASSWORD).await;
+    let page = o.get("/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("data-sealed=\"true\""), "{}", page.text);
+    assert!(
+        page.text.contains("id=\"hsm-progress\">0 di 1<"),
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains(banner));
 }

@@ -3,10 +3,11 @@
 //! a real socket, with the delivery workers sending SMS through Kannel and its fake SMSC.
 //!
 //! An operator logs in with the initial password an administrator set and must change it;
-//! searches a holder by codice fiscale (an address that is markup shows as text); activates a
-//! card by a delegate; chooses `counter(2)+sms`; downloads part A, whose text (`pdftotext`)
-//! holds the first two digits of the PIN and the PUK and nothing more, while part B reaches
-//! the fake SMSC with the other digits only; suspends the card, and a second suspension shows
+//! searches a holder by codice fiscale (an address that is markup shows as text); downloads
+//! the consent form for the citizen to sign and activates the card by a delegate; chooses
+//! `counter(2)+sms`; downloads part A, whose text (`pdftotext`) holds the first two digits of
+//! the PIN and the PUK and nothing more, while part B reaches the fake SMSC with the other
+//! digits only; suspends the card, and a second suspension shows
 //! the conflict with the current state; a form without its CSRF token is refused; an idle
 //! session goes back to the login page. Screenshots of the main pages are saved under
 //! `target/console-screenshots/` (not committed).
@@ -192,6 +193,17 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     web.fill("#delegation_ref", "delega-77").await;
     web.screenshot(&shots.join("activate.png")).await;
     accessible(&web, &axe, "card (issued)").await;
+    // The consent form for the citizen to sign: a PDF with the names, never a code.
+    web.click("#do-consent").await;
+    let form = downloaded_pdf(&downloads).await;
+    let text = pdftotext(&form, dir.path());
+    assert!(
+        text.contains("Nicolò D'Angelo") && text.contains("Anna Bianchi"),
+        "{text}"
+    );
+    for entry in std::fs::read_dir(&downloads).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
     web.submit("#do-activate").await;
     assert_eq!(web.text("#card-state").await, "attiva");
 

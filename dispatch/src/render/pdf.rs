@@ -101,7 +101,7 @@ const FONTS: [(usize, Font); 3] = [(3, Font::Regular), (4, Font::Bold), (5, Font
 
 /// The font objects of every print file (numbers 3–5 and 7–18), built once a process: the
 /// subset font files are the same in every file.
-fn font_objects() -> &'static [(usize, Vec<u8>)] {
+pub(super) fn font_objects() -> &'static [(usize, Vec<u8>)] {
     static OBJECTS: std::sync::OnceLock<Vec<(usize, Vec<u8>)>> = std::sync::OnceLock::new();
     OBJECTS.get_or_init(|| {
         let mut out = Vec::new();
@@ -168,7 +168,7 @@ fn font_objects() -> &'static [(usize, Vec<u8>)] {
 }
 
 /// The output intent's profile object, built once a process.
-fn output_profile() -> &'static [u8] {
+pub(super) fn output_profile() -> &'static [u8] {
     static OBJECT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     OBJECT.get_or_init(pdfa::output_profile_object)
 }
@@ -198,7 +198,7 @@ fn to_unicode_cmap(face: &Face) -> String {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Font {
+pub(super) enum Font {
     Regular,
     Bold,
     Code,
@@ -919,7 +919,7 @@ fn put_encoded(buf: &mut SecretBuf, face: &Face, s: &str) -> std::result::Result
 }
 
 /// Prints `s` with its baseline `top` points below the top of a page `height` points high.
-fn put_text(
+pub(super) fn put_text(
     buf: &mut SecretBuf,
     height: f32,
     font: Font,
@@ -1467,7 +1467,7 @@ fn footer(d: &mut impl Draw, l: &Layout, height: f32, lines: &[&str]) -> Result<
 }
 
 /// Greedy word wrap of `line` into slices no wider than `width` (a longer word stands alone).
-fn wrap(line: &str, size: f32, width: f32) -> Vec<&str> {
+pub(super) fn wrap(line: &str, size: f32, width: f32) -> Vec<&str> {
     let mut out = Vec::new();
     let space = text_width(" ", size);
     let (mut start, mut end, mut w) = (0usize, 0usize, 0.0f32);
