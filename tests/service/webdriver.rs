@@ -94,10 +94,7 @@ impl Driver {
         loop {
             match f().await {
                 Ok(v) => return v,
-                Err(e)
-                    if (e.starts_with("stale element") || e.starts_with("no such element"))
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if gone(&e) && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("webdriver {what}: {e}"),
@@ -167,9 +164,7 @@ impl Driver {
         loop {
             let path = format!("/element/{old}/name");
             match self.try_call(reqwest::Method::GET, &path, None).await {
-                Err(e) if e.starts_with("stale element") || e.starts_with("no such element") => {
-                    break
-                }
+                Err(e) if gone(&e) => break,
                 Err(e) => panic!("webdriver {css}: {e}"),
                 Ok(_) if std::time::Instant::now() >= deadline => {
                     panic!("clicking {css} did not load a new page within 10 s")
@@ -262,4 +257,13 @@ impl Drop for Driver {
         })
         .join();
     }
+}
+
+/// Whether a WebDriver error says the element is not (or no longer) in the page: stale, not
+/// found yet, or, as chromedriver sometimes words it while a navigation replaces the
+/// document, an inspector error about a node that "does not belong to the document".
+fn gone(e: &str) -> bool {
+    e.starts_with("stale element")
+        || e.starts_with("no such element")
+        || e.contains("does not belong to the document")
 }
