@@ -350,6 +350,26 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     assert!(web.url().await.contains("/login"), "{}", web.url().await);
     assert!(web.count("#expired").await == 1);
 
+    // Five wrong passwords lock the account: then its right password is refused too, with
+    // the same message (which says nothing of which it was).
+    for attempt in 0..6 {
+        web.goto(&format!("{base}/login")).await;
+        web.fill("#login", "support").await;
+        let password = if attempt < 5 {
+            "non è la password"
+        } else {
+            PASSWORD
+        };
+        web.fill("#password", password).await;
+        web.submit("#do-login").await;
+        assert!(web.url().await.ends_with("/login"), "{}", web.url().await);
+        assert_eq!(
+            web.text("#error").await,
+            "Nome utente o password errati, oppure utenza bloccata."
+        );
+    }
+    assert!(state.console.guard.locked(&staff.ids["support"]));
+
     // Part B went through Kannel before the suspension, with the other digits only.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
