@@ -483,6 +483,54 @@ async fn me_checked(
     Ok(me)
 }
 
+/// The roles a [`Posted`] form is accepted from (a marker type per set of roles).
+pub(crate) trait Roles: Send {
+    /// The roles.
+    const ROLES: &'static [Role];
+}
+
+/// A console form that carries the session's CSRF token.
+pub(crate) trait CsrfForm {
+    /// The token the form presented, if any.
+    fn csrf(&self) -> Option<&str>;
+}
+
+/// A form posted by a logged-in account of one of `R`'s roles, with its session's CSRF token:
+/// the account and the form. Anything else is answered by the rejection (the login page, a
+/// refused or forbidden page; a body that is not the form, as axum's `Form` answers it).
+pub(crate) struct Posted<F, R> {
+    /// Who posted it.
+    pub me: Me,
+    /// The form.
+    pub form: F,
+    roles: std::marker::PhantomData<R>,
+}
+
+impl<F, R> axum::extract::FromRequest<AppState> for Posted<F, R>
+where
+    F: serde::de::DeserializeOwned + CsrfForm + Send,
+    R: Roles,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let Some(rid) = req.extensions().get::<RequestId>().cloned() else {
+            return Err(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        };
+        let axum::Form(form) = axum::Form::<F>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let me = me(state, &headers, &rid, R::ROLES, false).await?;
+        check_csrf(state, &me, form.csrf())?;
+        Ok(Posted {
+            me,
+            form,
+            roles: std::marker::PhantomData,
+        })
+    }
+}
+
 /// Refuses a POST whose form does not carry the session's CSRF token (403; nothing changes).
 #[allow(clippy::result_large_err)] // a page, built once per refused request
 fn check_csrf(state: &AppState, me: &Me, presented: Option<&str>) -> Result<(), Response> {

@@ -7,14 +7,14 @@
 //! like the API's. A disabled account's sessions end at once, and so do those of an account
 //! whose password is reset.
 
-use super::{check_csrf, initial_password, me, Me};
+use super::{initial_password, me, CsrfForm, Me, Posted, Roles};
 use crate::api::{blocking, ApiError, RateClass, RequestId};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use minijinja::context;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -68,15 +68,17 @@ async fn list(
     }
 }
 
-async fn posted(
-    state: &AppState,
-    headers: &HeaderMap,
-    rid: &RequestId,
-    f: &AccountForm,
-) -> Result<Me, Response> {
-    let me = me(state, headers, rid, ADMIN, false).await?;
-    check_csrf(state, &me, f.csrf.as_deref())?;
-    Ok(me)
+/// Administrators: [`Posted`] forms of the account pages.
+struct Admins;
+
+impl Roles for Admins {
+    const ROLES: &'static [Role] = ADMIN;
+}
+
+impl CsrfForm for AccountForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 /// A secret shown once: an initial password or a token.
@@ -96,14 +98,8 @@ fn sensitive(state: &AppState, me: &Me) -> Result<(), ApiError> {
 
 async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<AccountForm>,
+    Posted { me, form: f, .. }: Posted<AccountForm, Admins>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let made = async {
         let role: Role = f
             .role
@@ -151,15 +147,9 @@ async fn create(
 
 async fn disable(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<AccountForm>,
+    Posted { me, .. }: Posted<AccountForm, Admins>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let accounts = state.accounts.clone();
     let actor = me.caller.actor();
     let who = id.clone();
@@ -174,15 +164,9 @@ async fn disable(
 
 async fn rotate_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<AccountForm>,
+    Posted { me, .. }: Posted<AccountForm, Admins>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let accounts = state.accounts.clone();
     let actor = me.caller.actor();
     let who = id.clone();
@@ -198,15 +182,9 @@ async fn rotate_token(
 
 async fn reset_password(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<AccountForm>,
+    Posted { me, .. }: Posted<AccountForm, Admins>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let Some(password) = initial_password() else {
         return state.console.error(&me, &ApiError::internal(), "/accounts");
     };

@@ -10,14 +10,14 @@
 //! the errors are the API's. The roles are the API's too; the rate limit of sensitive calls
 //! (search, dispatch, resend, part A) is the same per-account quota.
 
-use super::{check_csrf, me, see_other, Me};
+use super::{me, see_other, CsrfForm, Me, Posted, Roles};
 use crate::api::{self, blocking, ApiError, ErrorCode, RateClass, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use cards::{Activation, Change, ConsentPurpose, Reason};
 use dispatch::{ConsentForm, FormLang, FormPurpose, Identified};
 use minijinja::context;
@@ -119,16 +119,24 @@ fn owned(field: &Option<String>) -> String {
 }
 
 /// The session and the CSRF check of a POST.
-async fn posted(
-    state: &AppState,
-    headers: &HeaderMap,
-    request_id: &RequestId,
-    roles: &[Role],
-    f: &Fields,
-) -> Result<Me, Response> {
-    let me = me(state, headers, request_id, roles, false).await?;
-    check_csrf(state, &me, f.csrf.as_deref())?;
-    Ok(me)
+/// The counter's operators: [`Posted`] forms of the counter's actions.
+struct Counter;
+
+impl Roles for Counter {
+    const ROLES: &'static [Role] = COUNTER;
+}
+
+/// Operators and the service centre: [`Posted`] forms that look cards up or change their state.
+struct Readers;
+
+impl Roles for Readers {
+    const ROLES: &'static [Role] = READ;
+}
+
+impl CsrfForm for Fields {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 /// The per-account quota of sensitive calls, shared with the API.
@@ -145,14 +153,8 @@ fn card_url(serial: &str) -> String {
 
 async fn search(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Readers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, READ, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let console = &state.console;
     let found = async {
         let key = api::holders::search_key_of(
@@ -185,14 +187,8 @@ async fn search(
 
 async fn open_card(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Readers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, READ, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let serial = owned(&f.serial);
     match api::audit::check_serial(&serial) {
         Ok(()) => see_other(&card_url(&serial)),
@@ -292,15 +288,9 @@ fn after(
 
 async fn activate(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let change = Change::Activate(activation(&f));
     let done = api::cards::change(state.clone(), &me.caller, serial.clone(), change)
         .await
@@ -310,15 +300,9 @@ async fn activate(
 
 async fn dispatch(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let body = api::dispatch::DispatchBody {
         plan: owned(&f.plan),
         replace: text(&f.replace) == Some("yes"),
@@ -335,15 +319,9 @@ async fn dispatch(
 
 async fn part_a(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let reprint = text(&f.reprint) == Some("yes");
     let pdf = match sensitive(&state, &me) {
         Ok(()) => {
@@ -360,15 +338,9 @@ async fn part_a(
 
 async fn change(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Readers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, READ, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let console = &state.console;
     let back = card_url(&serial);
     let action = text(&f.action).unwrap_or_default();
@@ -408,15 +380,9 @@ async fn change(
 
 async fn resend(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let part = owned(&f.part);
     let done = match sensitive(&state, &me) {
         Ok(()) => api::dispatch::resend_part(state.clone(), &me.caller, serial.clone(), &part)
@@ -429,15 +395,9 @@ async fn resend(
 
 async fn report(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let done = api::reports::open_report(
         state.clone(),
         &me.caller,
@@ -532,15 +492,9 @@ fn consent_file_name(serial: &str) -> String {
 /// form without a consent reference gets a new one, printed on it and recorded in the event.
 async fn consent_form(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     match consent_pdf(&state, &me, &serial, &f).await {
         Ok(pdf) => {
             let mut res = (
@@ -659,15 +613,9 @@ async fn consent_pdf(
 /// counter, through the API's own change ([`api::cards::change`], `card.reidentify`).
 async fn reidentify(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(serial): Path<String>,
-    Form(f): Form<Fields>,
+    Posted { me, form: f, .. }: Posted<Fields, Counter>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, COUNTER, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let change = Change::Reidentify(activation(&f));
     let done = api::cards::change(state.clone(), &me.caller, serial.clone(), change)
         .await

@@ -6,14 +6,14 @@
 //! The steps call the API's functions ([`crate::api::reports`]); the listing is audited by the
 //! vault, as through the API.
 
-use super::{check_csrf, me, see_other, Me};
+use super::{me, see_other, CsrfForm, Me, Posted, Roles};
 use crate::api::{self, ApiError, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use cards::ReportStep;
 use minijinja::context;
 use serde::Deserialize;
@@ -79,15 +79,17 @@ async fn queue(
     }
 }
 
-async fn posted(
-    state: &AppState,
-    headers: &HeaderMap,
-    rid: &RequestId,
-    f: &StepForm,
-) -> Result<Me, Response> {
-    let me = me(state, headers, rid, WORK, false).await?;
-    check_csrf(state, &me, f.csrf.as_deref())?;
-    Ok(me)
+/// The service centre: [`Posted`] forms of the report queue.
+struct Workers;
+
+impl Roles for Workers {
+    const ROLES: &'static [Role] = WORK;
+}
+
+impl CsrfForm for StepForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 fn after(state: &AppState, me: &Me, done: Result<(), ApiError>, key: &str) -> Response {
@@ -99,15 +101,9 @@ fn after(state: &AppState, me: &Me, done: Result<(), ApiError>, key: &str) -> Re
 
 async fn assign(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<StepForm>,
+    Posted { me, form: f, .. }: Posted<StepForm, Workers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     // Without an assignee the report is taken by whoever assigns it.
     let assignee = f
         .assignee
@@ -124,15 +120,9 @@ async fn assign(
 
 async fn comment(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<StepForm>,
+    Posted { me, form: f, .. }: Posted<StepForm, Workers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let text = f.text.clone().unwrap_or_default();
     let done = api::reports::step(state.clone(), &me.caller, &id, ReportStep::Comment(text))
         .await
@@ -142,15 +132,9 @@ async fn comment(
 
 async fn close(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(f): Form<StepForm>,
+    Posted { me, form: f, .. }: Posted<StepForm, Workers>,
 ) -> Response {
-    let me = match posted(&state, &headers, &rid, &f).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
     let text = f.text.clone().unwrap_or_default();
     let done = api::reports::step(state.clone(), &me.caller, &id, ReportStep::Close(text))
         .await
