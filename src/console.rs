@@ -483,14 +483,16 @@ async fn me_checked(
     Ok(me)
 }
 
-/// The roles a [`Posted`] form is accepted from (a marker type per set of roles).
+/// Who a [`Posted`] form is accepted from (a marker type per set of roles and gate).
 pub(crate) trait Roles: Send {
-    /// The roles.
+    /// The roles (empty: any role).
     const ROLES: &'static [Role];
+    /// Which sessions besides fully logged-in ones (see [`Gate`]).
+    const GATE: Gate = Gate::Page;
 }
 
 /// A console form that carries the session's CSRF token.
-pub(crate) trait CsrfForm {
+pub(crate) trait WithCsrf {
     /// The token the form presented, if any.
     fn csrf(&self) -> Option<&str>;
 }
@@ -508,7 +510,7 @@ pub(crate) struct Posted<F, R> {
 
 impl<F, R> axum::extract::FromRequest<AppState> for Posted<F, R>
 where
-    F: serde::de::DeserializeOwned + CsrfForm + Send,
+    F: serde::de::DeserializeOwned + WithCsrf + Send,
     R: Roles,
 {
     type Rejection = Response;
@@ -521,7 +523,7 @@ where
         let axum::Form(form) = axum::Form::<F>::from_request(req, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let me = me(state, &headers, &rid, R::ROLES, false).await?;
+        let me = me_at(state, &headers, &rid, R::ROLES, R::GATE).await?;
         check_csrf(state, &me, form.csrf())?;
         Ok(Posted {
             me,

@@ -7,7 +7,7 @@
 //! like the API's. A disabled account's sessions end at once, and so do those of an account
 //! whose password is reset.
 
-use super::{initial_password, me, CsrfForm, Me, Posted, Roles};
+use super::{initial_password, me, Me, Posted, Roles, WithCsrf};
 use crate::api::{blocking, ApiError, RateClass, RequestId};
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -69,13 +69,13 @@ async fn list(
 }
 
 /// Administrators: [`Posted`] forms of the account pages.
-struct Admins;
+pub(super) struct Admins;
 
 impl Roles for Admins {
     const ROLES: &'static [Role] = ADMIN;
 }
 
-impl CsrfForm for AccountForm {
+impl WithCsrf for AccountForm {
     fn csrf(&self) -> Option<&str> {
         self.csrf.as_deref()
     }

@@ -13,7 +13,7 @@
 
 use super::messages::Lang;
 use super::session::Stage;
-use super::{cookie, lang_of, me, me_at, see_other, Gate, Me, PeerIp};
+use super::{cookie, lang_of, me, see_other, Gate, Me, PeerIp, Posted, Roles, WithCsrf};
 use crate::api::{blocking, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -24,6 +24,7 @@ use minijinja::context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use vault::Actor;
+use vault::Role;
 use vault::{NewEvent, Outcome};
 
 /// The cookie of the login form's double-submit token.
@@ -54,10 +55,38 @@ pub(super) struct PasswordForm {
     csrf: Option<String>,
 }
 
+impl WithCsrf for PasswordForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 /// A form with only the CSRF token (logout).
 #[derive(Debug, Deserialize)]
 pub(super) struct CsrfForm {
     pub(super) csrf: Option<String>,
+}
+
+impl WithCsrf for CsrfForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+/// Any live session, one awaiting its code too: the logout form.
+pub(super) struct AnySession;
+
+impl Roles for AnySession {
+    const ROLES: &'static [Role] = &[];
+    const GATE: Gate = Gate::Any;
+}
+
+/// Any role, also with a password to change or a second factor to enrol: the password form.
+pub(super) struct PasswordPage;
+
+impl Roles for PasswordPage {
+    const ROLES: &'static [Role] = &[];
+    const GATE: Gate = Gate::Password;
 }
 
 /// The login page, with a fresh double-submit token.
@@ -180,29 +209,26 @@ pub(super) async fn login(
             }
         }
     };
-    let Some(account) = account else {
-        failed("unknown".to_owned(), "-".to_owned(), "unknown_account").await;
-        return login_form(
+    // One answer for an unknown account, a locked one and a wrong password.
+    let refused = || {
+        login_form(
             &state,
             StatusCode::UNAUTHORIZED,
             lang,
             Some("err_login"),
             false,
             echo,
-        );
+        )
+    };
+    let Some(account) = account else {
+        failed("unknown".to_owned(), "-".to_owned(), "unknown_account").await;
+        return refused();
     };
     let role = account.role.as_str().to_owned();
     if console.guard.locked(&account.id) {
         console.guard.failed(&account.id);
         failed(account.id.clone(), role, "locked").await;
-        return login_form(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            lang,
-            Some("err_login"),
-            false,
-            echo,
-        );
+        return refused();
     }
     let accounts = state.accounts.clone();
     let id = account.id.clone();
@@ -217,14 +243,7 @@ pub(super) async fn login(
                 "wrong_password"
             };
             failed(account.id.clone(), role, reason).await;
-            return login_form(
-                &state,
-                StatusCode::UNAUTHORIZED,
-                lang,
-                Some("err_login"),
-                false,
-                echo,
-            );
+            return refused();
         }
         Err(e) => return console.message(e.status(), lang, None, "err_internal", None, "/login"),
     }
@@ -278,18 +297,10 @@ pub(super) async fn login(
 
 pub(super) async fn logout(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Extension(request_id): Extension<RequestId>,
-    Form(form): Form<CsrfForm>,
+    Posted { me, .. }: Posted<CsrfForm, AnySession>,
 ) -> Response {
     // Any live session may log out, one awaiting its code too.
-    let me = match me_at(&state, &headers, &request_id, &[], Gate::Any).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = super::check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     state.console.sessions.end(&me.sid);
     let event = auth_event(
         "auth.logout",
@@ -342,17 +353,9 @@ pub(super) async fn password_page(
 
 pub(super) async fn change_password(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Extension(request_id): Extension<RequestId>,
-    Form(form): Form<PasswordForm>,
+    Posted { me, form, .. }: Posted<PasswordForm, PasswordPage>,
 ) -> Response {
-    let me = match me(&state, &headers, &request_id, &[], true).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = super::check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     let empty = || SecretString::from(String::new());
     let current = form.current.unwrap_or_else(empty);
     let new = form.new.unwrap_or_else(empty);

@@ -10,7 +10,7 @@
 //! the errors are the API's. The roles are the API's too; the rate limit of sensitive calls
 //! (search, dispatch, resend, part A) is the same per-account quota.
 
-use super::{me, see_other, CsrfForm, Me, Posted, Roles};
+use super::{me, see_other, Me, Posted, Roles, WithCsrf};
 use crate::api::{self, blocking, ApiError, ErrorCode, RateClass, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -133,7 +133,7 @@ impl Roles for Readers {
     const ROLES: &'static [Role] = READ;
 }
 
-impl CsrfForm for Fields {
+impl WithCsrf for Fields {
     fn csrf(&self) -> Option<&str> {
         self.csrf.as_deref()
     }

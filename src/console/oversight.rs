@@ -9,7 +9,7 @@
 //! same domain call ([`vault::ceremony::Ceremonies::status`]), so it is audited as through the
 //! API. Ceremonies themselves stay on the CLI.
 
-use super::{check_csrf, me, me_checked, Me};
+use super::{me, me_checked, Me, Posted, Roles, WithCsrf};
 use crate::api::audit::QueryParams;
 use crate::api::{self, blocking, ApiError, RequestId};
 use crate::AppState;
@@ -17,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use cards::Date;
 use minijinja::context;
 use serde::Deserialize;
@@ -44,6 +44,19 @@ pub(super) struct AuditForm {
     subject: Option<String>,
     from: Option<String>,
     to: Option<String>,
+}
+
+impl WithCsrf for AuditForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+/// Auditors: the [`Posted`] forms of the audit pages.
+struct Auditors;
+
+impl Roles for Auditors {
+    const ROLES: &'static [Role] = AUDITOR;
 }
 
 fn text(v: &Option<String>) -> Option<String> {
@@ -116,17 +129,8 @@ async fn audit_page(
 
 async fn audit_query(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<AuditForm>,
+    Posted { me, form: f, .. }: Posted<AuditForm, Auditors>,
 ) -> Response {
-    let me = match me(&state, &headers, &rid, AUDITOR, false).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, f.csrf.as_deref()) {
-        return res;
-    }
     let params = match (day_ms("from", &f.from, false), day_ms("to", &f.to, true)) {
         (Ok(from_ms), Ok(to_ms)) => QueryParams {
             from_ms,
@@ -144,17 +148,8 @@ async fn audit_query(
 
 async fn verify(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<AuditForm>,
+    Posted { me, .. }: Posted<AuditForm, Auditors>,
 ) -> Response {
-    let me = match me(&state, &headers, &rid, AUDITOR, false).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, f.csrf.as_deref()) {
-        return res;
-    }
     match api::audit::verify(State(state.clone()), me.caller.clone()).await {
         Ok(report) => {
             let r = report.0;
@@ -173,17 +168,8 @@ async fn verify(
 
 async fn export(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(f): Form<AuditForm>,
+    Posted { me, .. }: Posted<AuditForm, Auditors>,
 ) -> Response {
-    let me = match me(&state, &headers, &rid, AUDITOR, false).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, f.csrf.as_deref()) {
-        return res;
-    }
     match api::audit::export(State(state.clone()), me.caller.clone()).await {
         Ok(mut res) => {
             res.headers_mut().insert(

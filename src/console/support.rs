@@ -6,7 +6,7 @@
 //! The steps call the API's functions ([`crate::api::reports`]); the listing is audited by the
 //! vault, as through the API.
 
-use super::{me, see_other, CsrfForm, Me, Posted, Roles};
+use super::{me, see_other, Me, Posted, Roles, WithCsrf};
 use crate::api::{self, ApiError, RequestId};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -86,7 +86,7 @@ impl Roles for Workers {
     const ROLES: &'static [Role] = WORK;
 }
 
-impl CsrfForm for StepForm {
+impl WithCsrf for StepForm {
     fn csrf(&self) -> Option<&str> {
         self.csrf.as_deref()
     }

@@ -19,17 +19,18 @@
 //!   second factor of its account.
 //! - Tokens (machine accounts) never reach these pages: the console does not read them.
 
+use super::admin::Admins;
 use super::login::{append, auth_event, login_form, CsrfForm};
 use super::messages::Lang;
 use super::session::Stage;
-use super::{check_csrf, me_at, see_other, Gate, Me, PeerIp};
+use super::{me_at, see_other, Gate, Me, PeerIp, Posted, Roles, WithCsrf};
 use crate::api::{blocking, RequestId};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use minijinja::{context, Value};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -92,6 +93,28 @@ pub(super) struct CodeForm {
     csrf: Option<String>,
 }
 
+impl WithCsrf for CodeForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
+/// A session awaiting its second-factor code: the code form.
+struct AwaitingCode;
+
+impl Roles for AwaitingCode {
+    const ROLES: &'static [Role] = &[];
+    const GATE: Gate = Gate::Code;
+}
+
+/// Any role, also with a second factor still to enrol: the enrolment forms.
+struct Enrolling;
+
+impl Roles for Enrolling {
+    const ROLES: &'static [Role] = &[];
+    const GATE: Gate = Gate::Enrol;
+}
+
 /// The code page of a session awaiting its code (no menu: nothing else is open to it).
 fn code_form(state: &AppState, me: &Me, status: StatusCode, error: Option<&str>) -> Response {
     let ctx = context! { error => error, csrf => me.session.csrf.clone() };
@@ -132,18 +155,10 @@ fn back_to_login(state: &AppState, lang: Lang) -> Response {
 
 async fn code(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Extension(peer): Extension<PeerIp>,
     Extension(rid): Extension<RequestId>,
-    Form(form): Form<CodeForm>,
+    Posted { me, form, .. }: Posted<CodeForm, AwaitingCode>,
 ) -> Response {
-    let me = match me_at(&state, &headers, &rid, &[], Gate::Code).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     let console = state.console.clone();
     if !console.guard.address_ok(peer.0) {
         tracing::warn!("console: login attempts from one address over the limit");
@@ -263,17 +278,8 @@ async fn enrol_page(
 
 async fn enrol_new(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(form): Form<CsrfForm>,
+    Posted { me, .. }: Posted<CsrfForm, Enrolling>,
 ) -> Response {
-    let me = match me_at(&state, &headers, &rid, &[], Gate::Enrol).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     if me.account.totp.is_some() {
         return see_other("/totp");
     }
@@ -291,17 +297,8 @@ async fn enrol_new(
 
 async fn enrol_confirm(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
-    Form(form): Form<CodeForm>,
+    Posted { me, form, .. }: Posted<CodeForm, Enrolling>,
 ) -> Response {
-    let me = match me_at(&state, &headers, &rid, &[], Gate::Enrol).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     if me.account.totp.is_some() {
         return see_other("/totp");
     }
@@ -344,18 +341,9 @@ async fn enrol_confirm(
 
 async fn reset(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(rid): Extension<RequestId>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { me, .. }: Posted<CsrfForm, Admins>,
 ) -> Response {
-    let me = match me_at(&state, &headers, &rid, &[Role::Admin], Gate::Page).await {
-        Ok(me) => me,
-        Err(res) => return res,
-    };
-    if let Err(res) = check_csrf(&state, &me, form.csrf.as_deref()) {
-        return res;
-    }
     let accounts = state.accounts.clone();
     let actor = me.caller.actor();
     let who = id.clone();
