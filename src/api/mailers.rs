@@ -501,15 +501,13 @@ impl AsRef<[u8]> for PdfBytes {
 
 /// What a counter page's file is called: never the whole serial.
 fn page_name(serial: &str) -> String {
-    let tail: String = serial
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("counter-page-{tail}.pdf")
+    format!("counter-page-{}.pdf", serial_tail(serial))
+}
+
+/// The last four characters of `serial`: what a downloaded file's name may show of it.
+pub(crate) fn serial_tail(serial: &str) -> &str {
+    let start = serial.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    &serial[start..]
 }
 
 async fn counter_page(

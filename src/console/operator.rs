@@ -476,15 +476,7 @@ fn new_consent_ref(today: cards::Date) -> Option<String> {
 
 /// The consent form's file name: never the whole serial.
 fn consent_file_name(serial: &str) -> String {
-    let tail: String = serial
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("consenso-{tail}.pdf")
+    format!("consenso-{}.pdf", api::mailers::serial_tail(serial))
 }
 
 /// `POST /cards/{serial}/consent-form`: the consent form for the identification typed into
