@@ -289,7 +289,9 @@ pub enum FailureReason {
     RejectedRecipient,
     /// SMTP: a 4xx on `RCPT` (mailbox busy, greylisting): try this recipient later.
     RecipientDeferred,
-    /// SMTP: a 5xx on `MAIL` or after the data (message refused: size, content, policy).
+    /// SMTP: a 5xx on `MAIL`: the relay refuses the envelope sender (a setting, not the job).
+    RejectedSender,
+    /// SMTP: a 5xx after the data (message refused: size, content, policy).
     RejectedMessage,
     /// SMTP: the relay lacks a needed extension (8BITMIME / SMTPUTF8) for this message.
     No8bitmime,
@@ -311,7 +313,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every code, for tables and metrics.
-    pub const ALL: [FailureReason; 19] = [
+    pub const ALL: [FailureReason; 20] = [
         FailureReason::TlsUntrusted,
         FailureReason::TlsUnavailable,
         FailureReason::TlsFailed,
@@ -322,6 +324,7 @@ impl FailureReason {
         FailureReason::RelayBusy,
         FailureReason::RejectedRecipient,
         FailureReason::RecipientDeferred,
+        FailureReason::RejectedSender,
         FailureReason::RejectedMessage,
         FailureReason::No8bitmime,
         FailureReason::BadAddress,
@@ -346,6 +349,7 @@ impl FailureReason {
             FailureReason::RelayBusy => "relay_busy",
             FailureReason::RejectedRecipient => "rejected_recipient",
             FailureReason::RecipientDeferred => "recipient_deferred",
+            FailureReason::RejectedSender => "rejected_sender",
             FailureReason::RejectedMessage => "rejected_message",
             FailureReason::No8bitmime => "no_8bitmime",
             FailureReason::BadAddress => "bad_address",
@@ -374,6 +378,7 @@ impl FailureReason {
             | FailureReason::ConnectionLost
             | FailureReason::Timeout
             | FailureReason::No8bitmime
+            | FailureReason::RejectedSender
             | FailureReason::GatewayAuth => FailureScope::Lane,
             FailureReason::RelayBusy
             | FailureReason::RecipientDeferred
