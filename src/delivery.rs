@@ -242,6 +242,7 @@ impl Delivery {
                         SmtpTls::Tls => SmtpSecurity::Tls,
                     };
                     sc.max_connections = s.max_connections.max(1);
+                    smtp_settings(s, &mut sc)?;
                     if s.tls == SmtpTls::None {
                         tracing::warn!(
                             "[dispatch.smtp] tls = \"none\": e-mails cross the network in clear"
@@ -293,6 +294,43 @@ impl Delivery {
         }
         Ok(Some(d))
     }
+}
+
+/// The optional `[dispatch.smtp]` keys into the courier's configuration: the CA file and the
+/// password file are read here, at start (a missing or empty file is an error naming the key).
+fn smtp_settings(s: &crate::config::SmtpSection, sc: &mut SmtpConfig) -> Result<(), DeliveryError> {
+    if let Some(path) = &s.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            DeliveryError(format!(
+                "[dispatch.smtp] `ca_file` {}: {}",
+                path.display(),
+                e.kind()
+            ))
+        })?;
+        sc.tls_ca_pem = Some(pem);
+    }
+    if let (Some(user), Some(path)) = (&s.username, &s.password_file) {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            DeliveryError(format!(
+                "[dispatch.smtp] `password_file` {}: {}",
+                path.display(),
+                e.kind()
+            ))
+        })?);
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(DeliveryError(format!(
+                "[dispatch.smtp] `password_file` {}: empty",
+                path.display()
+            )));
+        }
+        sc.auth = Some((user.clone(), SecretString::from(password.to_owned())));
+    }
+    if let Some(name) = &s.ehlo_name {
+        sc.hello_name = name.clone();
+    }
+    sc.return_path = s.return_path.clone();
+    Ok(())
 }
 
 /// Resolves when `shutdown` turns true (or its sender is gone).
@@ -739,6 +777,12 @@ mod tests {
                 tls: SmtpTls::None,
                 from: "pin@example.it".into(),
                 max_connections: 2,
+                ca_file: None,
+                username: None,
+                password_file: None,
+                ehlo_name: None,
+                return_path: None,
+                insecure_plaintext_to_remote: false,
             }),
             max_attempts: 2,
             ..DispatchConfig::default()
