@@ -495,6 +495,8 @@ pub struct PartDelivery {
     pub needs_counter_reprint: bool,
     /// Its last change (Unix ms).
     pub updated_ms: u64,
+    /// The reason code of its last failure (`tls_untrusted`, `rejected_recipient`, …).
+    pub failure_reason: Option<String>,
 }
 
 impl PartDelivery {
@@ -827,6 +829,7 @@ impl Cards {
                 attempts: j.attempts,
                 needs_counter_reprint: j.needs_counter_reprint,
                 updated_ms: j.updated_ms,
+                failure_reason: j.failure_reason,
             })
             .collect())
     }

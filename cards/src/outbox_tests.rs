@@ -447,7 +447,13 @@ fn a_paused_lane_gives_the_attempt_back_and_never_kills_the_job() {
         assert_eq!(job.attempts, 1);
         let paused = w
             .cms()
-            .mark_paused(job.id, "gateway_auth", "kannel sendsms: http 403", t, t + 500)
+            .mark_paused(
+                job.id,
+                "gateway_auth",
+                "kannel sendsms: http 403",
+                t,
+                t + 500,
+            )
             .unwrap();
         assert_eq!(paused.state, JobState::Queued);
         assert_eq!(paused.attempts, 0);
@@ -480,7 +486,12 @@ fn a_paused_lane_gives_the_attempt_back_and_never_kills_the_job() {
     assert_eq!(failed.state, JobState::Dead);
     assert_eq!(failed.failure_reason.as_deref(), Some("rejected_number"));
     assert_eq!(
-        w.cms().job(job.id).unwrap().unwrap().failure_reason.as_deref(),
+        w.cms()
+            .job(job.id)
+            .unwrap()
+            .unwrap()
+            .failure_reason
+            .as_deref(),
         Some("rejected_number")
     );
     assert!(matches!(
