@@ -20,7 +20,11 @@ log() { printf '\n==> %s\n' "$*"; }
 # peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
 # console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools)
+# postfix also runs as a private instance for the relay tests (tests/service/relay_support.rs:
+# its own config directory, STARTTLS, implicit TLS, AUTH on a submission port), whose logins
+# are checked by Cyrus SASL against a sasldb made by saslpasswd2 (sasl2-bin; the sasldb plugin
+# is libsasl2-modules-db, which libsasl2 pulls in).
+DEBIAN_PACKAGES=(age poppler-utils postfix sasl2-bin kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools)
 
 install_debian_packages() {
   local missing=()

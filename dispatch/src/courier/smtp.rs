@@ -554,7 +554,9 @@ fn classify(stage: Stage, e: &lettre::transport::smtp::Error) -> SendError {
     let code = e.status().map(u16::from);
     let status = code.map_or_else(|| "no status".to_owned(), |c| c.to_string());
     let name = stage.as_str();
-    let reason = if e.is_tls() {
+    // lettre reports a failed STARTTLS handshake as a network error: look for rustls's
+    // error in the chain first.
+    let reason = if e.is_tls() || rustls_error(e).is_some() {
         return tls_failure(name, e);
     } else if e.is_timeout() {
         FailureReason::Timeout
@@ -591,28 +593,35 @@ fn classify(stage: Stage, e: &lettre::transport::smtp::Error) -> SendError {
 /// A TLS failure: `tls_untrusted` when the certificate was refused (unknown CA, wrong name,
 /// expired), `tls_failed` otherwise. Only rustls's error kind is quoted.
 fn tls_failure(stage: &str, e: &(dyn std::error::Error + 'static)) -> SendError {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(c)) => SendError::failed(
+            FailureReason::TlsUntrusted,
+            format!("{stage}: certificate refused ({})", certificate_error(c)),
+        ),
+        Some(rustls::Error::AlertReceived(a)) => {
+            SendError::failed(FailureReason::TlsFailed, format!("{stage}: alert {a:?}"))
+        }
+        _ => SendError::failed(FailureReason::TlsFailed, format!("{stage}: tls error")),
+    }
+}
+
+/// rustls's error in `e`'s source chain (directly, or inside an `io::Error`).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        let rustls_error = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = rustls_error {
-            return match r {
-                rustls::Error::InvalidCertificate(c) => SendError::failed(
-                    FailureReason::TlsUntrusted,
-                    format!("{stage}: certificate refused ({})", certificate_error(c)),
-                ),
-                rustls::Error::AlertReceived(a) => {
-                    SendError::failed(FailureReason::TlsFailed, format!("{stage}: alert {a:?}"))
-                }
-                _ => SendError::failed(FailureReason::TlsFailed, format!("{stage}: tls error")),
-            };
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(r) = err
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
         }
         source = err.source();
     }
-    SendError::failed(FailureReason::TlsFailed, format!("{stage}: tls error"))
+    None
 }
 
 fn certificate_error(e: &rustls::CertificateError) -> &'static str {
