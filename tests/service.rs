@@ -52,6 +52,8 @@ mod import_crash;
 mod keys;
 #[path = "service/mailers.rs"]
 mod mailers;
+#[path = "service/observe.rs"]
+mod observe;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
 #[path = "service/persisted_layout.rs"]
