@@ -573,7 +573,8 @@ fn dispatch_registry(r: &mut Registry, state: &AppState) -> vault::Result<()> {
     }
     r.register(
         "plico_dispatch_jobs_open",
-        "the latest job of each part not yet done with, by channel and state",
+        "jobs of parts still to be delivered by a courier (queued, sending, failed, dead, \
+         sent awaiting a receipt), by channel and state",
         jobs,
     );
     r.register(
