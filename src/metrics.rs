@@ -165,11 +165,19 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let lifecycle = Family::default();
+        // Every kind is shown from the start, at 0, so that a rate over it has a series.
+        for kind in LIFECYCLE_KINDS {
+            let _ = lifecycle.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+                outcome: AuditOutcome::ok,
+            });
+        }
         Metrics {
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(latency_histogram),
             audit_events: Family::default(),
-            lifecycle: Family::default(),
+            lifecycle,
             tail: Arc::new(Mutex::new(AuditTail { after: None })),
             token_sha256: None,
             store_dir: None,
@@ -627,8 +635,14 @@ fn key_metrics(r: &mut Registry, state: &AppState) {
     for t in &status.terms {
         terms
             .get_or_create(&TermLabels {
-                term: t.id.to_string(),
-                state: format!("{:?}", t.state).to_lowercase(),
+                term: t.id.0.to_string(),
+                // The names of the key status report (`GET /v1/sys/keys`).
+                state: match t.state {
+                    vault::TermState::Active => "active",
+                    vault::TermState::DecryptOnly => "decrypt_only",
+                    vault::TermState::Retired => "retired",
+                }
+                .to_owned(),
             })
             .set(i64::try_from(now_s.saturating_sub(t.created_unix)).unwrap_or(i64::MAX));
     }
@@ -684,6 +698,8 @@ fn key_metrics(r: &mut Registry, state: &AppState) {
     );
 }
 
+// `fsblkcnt_t` and `c_ulong` are u64 here but u32 on some targets: the conversions stay.
+#[allow(clippy::useless_conversion)]
 fn disk_metrics(r: &mut Registry, state: &AppState) {
     let Some(dir) = &state.metrics.store_dir else {
         return;
@@ -694,7 +710,7 @@ fn disk_metrics(r: &mut Registry, state: &AppState) {
         gauge(dir_size(dir)),
     );
     if let Ok(fs) = nix::sys::statvfs::statvfs(dir.as_path()) {
-        let block = fs.fragment_size();
+        let block = u64::from(fs.fragment_size());
         r.register(
             "plico_store_filesystem_avail_bytes",
             "bytes available to plico on the store's file system",

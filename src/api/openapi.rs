@@ -233,8 +233,7 @@ fn operation(e: &Endpoint) -> utoipa::openapi::path::Operation {
     let tag = e
         .path
         .split('/')
-        .filter(|s| !s.is_empty() && *s != "v1")
-        .next()
+        .find(|s| !s.is_empty() && *s != "v1")
         .unwrap_or("probes");
     // `/healthz`, `/readyz`: the probes.
     let tag = if tag.ends_with('z') { "probes" } else { tag };
