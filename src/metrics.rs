@@ -290,7 +290,13 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .get::<MatchedPath>()
         .map_or(UNMATCHED, |p| p.as_str())
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    // A client may send any token as a method: only the standard ones become labels, so that
+    // nobody can grow the series without bound.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let start = Instant::now();
     let response = next.run(request).await;
     let elapsed = start.elapsed().as_secs_f64();

@@ -327,6 +327,30 @@ async fn metrics_count_imports_lifecycle_and_dispatch_for_the_scrape_token_only(
     for n in 801..=803 {
         assert!(!a.text.contains(&serial(n)), "a serial in the metrics");
     }
+    // Neither an unknown path nor a made-up method becomes a label of its own.
+    let req = Request::builder()
+        .method("MADEUP")
+        .uri("/v1/no/such/card-zz-unique-zz")
+        .body(Body::empty())
+        .unwrap();
+    send(&c.app, req).await;
+    let text = scrape(&c.app, Some(SCRAPE_TOKEN)).await.text;
+    assert!(
+        !text.contains("MADEUP") && !text.contains("zz-unique"),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &parse(&text),
+            "plico_http_requests_total",
+            &[
+                ("method", "other"),
+                ("route", "unmatched"),
+                ("status", "404")
+            ]
+        ),
+        1.0
+    );
     // The audit chain grew; the store has a size; the keys are reported.
     assert!(moved("plico_audit_chain_events", &[]) >= 9.0);
     assert!(value(&after, "plico_store_size_bytes", &[]) > 0.0);
