@@ -130,32 +130,13 @@ impl DeliveryStats {
         *map.entry(code.as_str()).or_default() += 1;
     }
 
-    /// The failure counters by reason and the lane pauses, in the Prometheus text format
-    /// (`plico_dispatch_failures_total{reason="tls_untrusted"} 3`).
-    pub fn prometheus_reasons(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::from(
-            "# HELP plico_dispatch_failures_total send failures since start-up, by reason code\n\
-             # TYPE plico_dispatch_failures_total counter\n",
-        );
+    /// The failure counts by reason code, in code order.
+    pub fn failures_by_reason(&self) -> Vec<(&'static str, u64)> {
         let map = self
             .by_reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (reason, n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "plico_dispatch_failures_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP plico_dispatch_lane_pauses_total lanes paused by a relay-wide failure since \
-             start-up\n# TYPE plico_dispatch_lane_pauses_total counter\n\
-             plico_dispatch_lane_pauses_total {}\n",
-            self.lane_pauses.load(Ordering::Relaxed)
-        );
-        out
+        map.iter().map(|(r, n)| (*r, *n)).collect()
     }
 }
 
