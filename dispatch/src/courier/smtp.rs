@@ -15,9 +15,15 @@
 //!
 //! Security modes: [`SmtpSecurity::StartTls`] (lettre's rustls upgrade), [`SmtpSecurity::Tls`]
 //! (implicit TLS, port 465: tokio-rustls before the greeting) and
-//! [`SmtpSecurity::InsecurePlaintext`]. Only the last is exercised by the tests (smtp-sink has no
-//! TLS); the TLS paths are built from the same rustls/aws-lc-rs stack as the service's listener,
-//! verify the server's certificate against webpki's roots or a configured CA, and are untested.
+//! [`SmtpSecurity::InsecurePlaintext`]. The TLS paths verify the relay's certificate against
+//! webpki's roots plus the configured CAs, and are tested against a private postfix
+//! (`tests/service/relay.rs`); `AUTH` is only sent inside TLS.
+//!
+//! Each failure carries a [`FailureReason`] by the stage it came at (`rcpt` 5xx:
+//! `rejected_recipient`; a refused certificate: `tls_untrusted`; a refused login:
+//! `auth_failed`; …). `MAIL`, `RCPT` and `DATA` are driven here (not `conn.send`) to know the
+//! stage and to add DSN parameters (`RET=HDRS`, `ENVID`, `NOTIFY=FAILURE`) when the relay
+//! offers DSN; without 8BITMIME the bodies are quoted-printable.
 //!
 //! # Security
 //! The MIME message is written by this module straight into a [`SecretBuf`] (no
