@@ -55,7 +55,7 @@ pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
 use crate::account::{Actor, Role};
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::codes::{BatchState, CodeVault};
-use crate::error::{Denial, Error, Missing, Refusal, Result};
+use crate::error::{Denial, Error, Missing, Quorum, Refusal, Result};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
 use crate::kcv::Kcv;
 use crate::keyring::Keyring;
@@ -676,22 +676,16 @@ impl Ceremonies {
             }
             Operation::Rekey { shares, threshold } => {
                 if shares == 0 || threshold == 0 {
-                    return Err(Error::Invalid(
-                        "rekey: shares and threshold must be at least 1".into(),
-                    ));
+                    return Err(Error::Quorum(Quorum::Zero));
                 }
                 if threshold > shares {
-                    return Err(Error::Invalid(format!(
-                        "rekey: a threshold of {threshold} needs at least {threshold} shares, \
-                         not {shares}"
-                    )));
+                    return Err(Error::Quorum(Quorum::ThresholdAboveShares {
+                        threshold,
+                        shares,
+                    }));
                 }
                 if threshold < 2 && !self.policy.insecure_allow_single_share {
-                    return Err(Error::Invalid(
-                        "rekey: a threshold below 2 lets one custodian unseal alone; it is \
-                         allowed only in dev mode"
-                            .into(),
-                    ));
+                    return Err(Error::Quorum(Quorum::SingleCustodian));
                 }
                 Ok(Named {
                     kcv: Some(st.root_kcv),

@@ -262,21 +262,29 @@ fn impossible_operations_are_refused_when_proposed_and_nothing_is_written() {
             Operation::DiscardQuarantined { batch: BatchId(1) },
             |e| matches!(e, Error::WrongState { state, wanted, .. } if state == "committed" && wanted == "quarantined"),
         ),
-        // Share counts are bad input (400), not a refusal of the state: `Invalid` naming the
-        // field.
+        // Share counts are bad input (400), not a refusal of the state: `Quorum` with the
+        // counts.
         (
             Operation::Rekey {
                 shares: 2,
                 threshold: 3,
             },
-            |e| matches!(e, Error::Invalid(m) if m.starts_with("rekey:")),
+            |e| {
+                matches!(
+                    e,
+                    Error::Quorum(Quorum::ThresholdAboveShares {
+                        threshold: 3,
+                        shares: 2
+                    })
+                )
+            },
         ),
         (
             Operation::Rekey {
                 shares: 3,
                 threshold: 1,
             },
-            |e| matches!(e, Error::Invalid(m) if m.starts_with("rekey:")),
+            |e| matches!(e, Error::Quorum(Quorum::SingleCustodian)),
         ),
     ];
     let events = f.store.last(Tree::Audit).unwrap();
