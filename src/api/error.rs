@@ -391,13 +391,15 @@ impl From<vault::Missing> for ApiError {
 }
 
 /// The stable code of a refusal: `refused` (409), except a mailer outcome that names no
-/// outstanding mailer, which is an impossible request (`invalid`, 422).
+/// outstanding mailer, which is an impossible request (`invalid`, 422), and the token of a
+/// person's account with a second factor (`unauthorized`, 401).
 fn refusal_code(why: &vault::Refusal) -> ErrorCode {
     use vault::Refusal as R;
     match why {
         R::MailerRepeats { .. } | R::MailerUnknown { .. } | R::MailerNotOutstanding { .. } => {
             ErrorCode::Invalid
         }
+        R::TokenOfPerson { .. } => ErrorCode::Unauthorized,
         _ => ErrorCode::Refused,
     }
 }

@@ -39,13 +39,24 @@ pub(super) fn sled_state(dir: &Path, settings: &Settings) -> AppState {
 /// [`sled_state`] in `data`, a new folder, with 8-digit codes (the CIE policy) and this
 /// limit of sensitive calls per account and minute.
 pub(super) fn cie_state(data: &Path, sensitive_per_minute: NonZeroU32) -> AppState {
+    cie_state_timed(data, sensitive_per_minute, vault::system_clock())
+}
+
+/// [`cie_state`] timed by `clock` (a [`vault::ManualClock`] the test moves).
+pub(super) fn cie_state_timed(
+    data: &Path,
+    sensitive_per_minute: NonZeroU32,
+    clock: Arc<dyn vault::Clock>,
+) -> AppState {
     std::fs::create_dir(data).unwrap();
     let settings = Settings {
         codes: CodePolicy::CIE,
         sensitive_per_minute,
         ..Settings::default()
     };
-    sled_state(data, &settings)
+    let hsm = unsealed_hsm(data);
+    let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    AppState::with_clock(hsm, store, &settings, clock).unwrap()
 }
 
 /// The accounts of a test, by name: `admin` and those given to [`open_with_accounts`].

@@ -475,6 +475,13 @@ pub enum Refusal {
     },
     /// A rekey, and the server has no directory configured for the new shares.
     NoShareDir,
+    /// A bearer token of a person's account that logs in with a second factor (TOTP): such
+    /// an account works in the console only; programs use a machine account (a token, no
+    /// password).
+    TokenOfPerson {
+        /// The account id.
+        account: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -720,6 +727,12 @@ impl fmt::Display for Refusal {
             Refusal::ShareFileUnwritable { path, error } => {
                 write!(f, "cannot write the share file {path}: {error}")
             }
+            Refusal::TokenOfPerson { account } => write!(
+                f,
+                "account {account} logs in with a second factor: its bearer token is not \
+                 accepted on the API; use the console, or a machine account (a token, no \
+                 password) for programs"
+            ),
             Refusal::NoShareDir => f.write_str(
                 "a rekey needs a directory for the new shares: configure [keys] \
                  rekey_share_dir (PLICO_KEYS_REKEY_SHARE_DIR) on the server",
@@ -784,6 +797,7 @@ impl Refusal {
             Refusal::ShareCount { .. } => "share_count",
             Refusal::ShareFileUnwritable { .. } => "share_file_unwritable",
             Refusal::NoShareDir => "no_share_dir",
+            Refusal::TokenOfPerson { .. } => "token_of_person",
         }
     }
 
@@ -876,7 +890,8 @@ impl Refusal {
             Refusal::AlreadyDisabled { account }
             | Refusal::AccountDisabled { account }
             | Refusal::LastAdmin { account }
-            | Refusal::CurrentPasswordMismatch { account } => vec![("account", account.clone())],
+            | Refusal::CurrentPasswordMismatch { account }
+            | Refusal::TokenOfPerson { account } => vec![("account", account.clone())],
             Refusal::HolderDeceased { card }
             | Refusal::CodesNotHeld { card }
             | Refusal::NoSplitDispatch { card } => vec![("card", card.clone())],
