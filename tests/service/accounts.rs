@@ -160,10 +160,13 @@ async fn route_by_role_matrix() {
             }
             Access::ScrapeToken => {
                 // Only the scrape token (none is configured here): no account's token opens it.
-                let a = call(&f.app, e.method.clone(), &uri, None).await;
+                let a = f.client.call(e.method.clone(), &uri, None).await;
                 assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                 for role in Role::ALL {
-                    let a = call(&f.app, e.method.clone(), &uri, Some(f.token(role))).await;
+                    let a = f
+                        .client
+                        .call(e.method.clone(), &uri, Some(f.token(role)))
+                        .await;
                     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                 }
             }
