@@ -41,6 +41,7 @@ mod login;
 pub mod messages;
 mod operator;
 mod oversight;
+pub mod refusals;
 pub mod session;
 mod support;
 mod totp;
@@ -158,11 +159,14 @@ const TEMPLATES: &[(&str, &str)] = &[
 const STYLE: &str = include_str!("console/static/console.css");
 
 impl Console {
-    /// A console with no session yet.
+    /// A console with no session yet, its sessions timed by `clock` (the state's).
     ///
     /// # Errors
     /// A template that does not parse (a bug caught by the tests).
-    pub fn new(settings: ConsoleSettings) -> Result<Self, minijinja::Error> {
+    pub fn new(
+        settings: ConsoleSettings,
+        clock: std::sync::Arc<dyn vault::Clock>,
+    ) -> Result<Self, minijinja::Error> {
         let mut env = Environment::new();
         // `.html` templates are auto-escaped: every value a page shows is text.
         for (name, source) in TEMPLATES {
@@ -170,7 +174,7 @@ impl Console {
         }
         Ok(Console {
             settings,
-            sessions: Sessions::new(settings.idle, settings.absolute),
+            sessions: Sessions::new(settings.idle, settings.absolute, clock),
             guard: LoginGuard::new(
                 settings.max_failures,
                 settings.lockout,
@@ -270,9 +274,17 @@ impl Console {
     /// An API error as a page: the catalogue's text for its code, its message as detail, and
     /// for a conflict the subject's current state.
     fn error(&self, me: &Me, e: &ApiError, back: &str) -> Response {
+        // A typed refusal in the reader's language, from its facts; a change the state does
+        // not allow shows the current state (below the headline) and nothing in English;
+        // anything else the API's message (a field and what is wrong with it).
+        let detail = match (e.refused(), e.state()) {
+            (Some(r), _) => refusals::text(me.lang, r).unwrap_or_else(|| e.message().to_owned()),
+            (None, Some(_)) => String::new(),
+            (None, None) => e.message().to_owned(),
+        };
         let ctx = context! {
             title => messages::error_key(e.code().as_str()),
-            detail => e.message(),
+            detail => detail,
             state => e.state(),
             back => back,
         };
@@ -682,7 +694,8 @@ mod tests {
 
     #[test]
     fn the_report_queue_renders() {
-        let c = Console::new(ConsoleSettings::default()).unwrap_or_else(|e| panic!("{e}"));
+        let c = Console::new(ConsoleSettings::default(), vault::system_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
         let ctx = context! {
             m => messages::catalogue(Lang::It),
             me => context! { csrf => "x", id => "a1", roles => RoleFlags::of(Role::Support) },
@@ -698,6 +711,6 @@ mod tests {
 
     #[test]
     fn templates_parse() {
-        assert!(Console::new(ConsoleSettings::default()).is_ok());
+        assert!(Console::new(ConsoleSettings::default(), vault::system_clock()).is_ok());
     }
 }

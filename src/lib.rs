@@ -301,7 +301,10 @@ impl AppState {
             ))),
             edge: settings.edge,
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
-            console: Arc::new(new_console(console::ConsoleSettings::default())?),
+            console: Arc::new(new_console(
+                console::ConsoleSettings::default(),
+                clock.clone(),
+            )?),
             unseal_lock: Arc::new(Mutex::new(())),
             clock,
         })
@@ -318,7 +321,7 @@ impl AppState {
     /// # Errors
     /// [`vault::Error::Invalid`] if an embedded template does not parse.
     pub fn with_console(mut self, settings: console::ConsoleSettings) -> vault::Result<Self> {
-        self.console = Arc::new(new_console(settings)?);
+        self.console = Arc::new(new_console(settings, self.clock.clone())?);
         Ok(self)
     }
 
@@ -386,8 +389,11 @@ impl AppState {
     }
 }
 
-fn new_console(settings: console::ConsoleSettings) -> vault::Result<console::Console> {
-    console::Console::new(settings)
+fn new_console(
+    settings: console::ConsoleSettings,
+    clock: Arc<dyn Clock>,
+) -> vault::Result<console::Console> {
+    console::Console::new(settings, clock)
         .map_err(|e| vault::Error::Invalid(format!("console templates: {e}")))
 }
 

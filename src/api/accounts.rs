@@ -169,7 +169,7 @@ async fn set_password(
         accounts.set_password(&id, &req.password, &actor)?;
         accounts
             .get(&id)?
-            .ok_or_else(|| vault::Error::NotFound(format!("account {id}")))
+            .ok_or_else(|| vault::Error::Missing(vault::Missing::Account(Some(id.to_string()))))
     })
     .await?;
     Ok(Json(One {

@@ -4,6 +4,7 @@
 //! ```text
 //! every request      request_id: a fresh random id in the extensions and in `x-request-id`
 //! Access::Roles      authorize:  Authorization: Bearer <token> → enabled account?   else 401
+//!                                no second factor enrolled (not a person's)?          else 401
 //!                                its role in the row's roles?                         else 403
 //!                                the audit key installed (HSM unsealed)?              else 503
 //!                                RateClass::Sensitive: within the account's quota?   else 429
@@ -13,7 +14,9 @@
 //! ```
 //!
 //! A 401 says nothing about why (missing, malformed, unknown, replaced or disabled token look
-//! the same). The token is never logged: the `Authorization` header is removed from the
+//! the same), except for the valid token of an account with a second factor (TOTP): a person
+//! who logs in with a second factor cannot skip it with a token, so the API refuses that token
+//! with `reason: token_of_person`; programs use machine accounts (a token, no password). The token is never logged: the `Authorization` header is removed from the
 //! request once it has been checked, and tracing records no headers. A 403 is an audit event
 //! (`auth.forbidden`: an account tried something outside its role).
 //!
@@ -196,6 +199,19 @@ pub(super) async fn authorize(State(rule): State<Rule>, mut req: Request, next: 
         }
         Err(e) => return e.into_response(),
     };
+    if account.totp.is_some() {
+        // A person who logs in with a second factor: a bearer token would skip it. Such an
+        // account works in the console only (docs/console.md, "Tokens and people").
+        tracing::warn!(
+            account = %account.id,
+            path = rule.path,
+            "refused: bearer token of an account with a second factor"
+        );
+        return ApiError::from(vault::Refusal::TokenOfPerson {
+            account: account.id,
+        })
+        .into_response();
+    }
     if !rule.roles.contains(&account.role) {
         tracing::warn!(
             account = %account.id,

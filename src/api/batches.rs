@@ -390,10 +390,7 @@ pub(super) async fn read_body(
             let chunk =
                 chunk.map_err(|_| ApiError::bad_request("could not read the request body"))?;
             if out.len() + chunk.len() > limit {
-                return Err(ApiError::new(
-                    ErrorCode::BodyTooLarge,
-                    format!("request body is larger than {limit} bytes"),
-                ));
+                return Err(ApiError::body_too_large(limit));
             }
             out.extend_from_slice(&chunk);
         }
@@ -412,10 +409,7 @@ async fn generate(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     if content_length(&parts.headers).is_some_and(|n| n > GENERATE_BODY_LIMIT as u64) {
-        return Err(ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("request body is larger than {GENERATE_BODY_LIMIT} bytes"),
-        ));
+        return Err(ApiError::body_too_large(GENERATE_BODY_LIMIT));
     }
     let bytes = read_body(body, GENERATE_BODY_LIMIT, super::REQUEST_TIMEOUT).await?;
     let req: GenerateBody = parse_json(&parts.headers, &bytes)?;
@@ -551,7 +545,7 @@ async fn show(
     let record = blocking(move || {
         let record = codes.batch(id)?.filter(|r| visible(&caller, r));
         let Some(record) = record else {
-            return Err(vault::Error::NotFound(format!("batch {id}")));
+            return Err(vault::Missing::Batch(id).into());
         };
         audit.append(event)?;
         Ok(record)

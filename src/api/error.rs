@@ -4,7 +4,9 @@
 //! The code is part of the API contract and never changes meaning; the message is for people.
 //! A `409 wrong_state` (a card or report whose state does not allow the change) also carries
 //! the subject's current state, for programs: `{"error": {"code": "wrong_state", "message":
-//! "...", "state": "suspended"}}`.
+//! "...", "state": "suspended"}}`. A typed refusal or denial of the vault names its variant in
+//! `error.reason` (`{"code": "refused", "reason": "dispatch_in_force", ...}`): programs and
+//! tests branch on `code` and `reason`, never on the message.
 //!
 //! What a client may learn is decided here. Storage and provider failures are logged in full
 //! and answered with a plain `internal` message; an integrity failure says only that a check
@@ -129,6 +131,12 @@ pub struct ApiError {
     retry_after: Option<u64>,
     /// The subject's current state, for `wrong_state`.
     state: Option<String>,
+    /// The refusal's or denial's variant in snake_case (`dispatch_in_force`).
+    reason: Option<&'static str>,
+    /// The typed refusal itself, for the console's texts in the reader's language.
+    refusal: Option<Box<vault::Refusal>>,
+    /// The `wrong_state` facts (subject, wanted), for the console's texts.
+    wanted: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -142,6 +150,8 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -153,7 +163,20 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             state: None,
+            reason: None,
+            refusal: None,
+            wanted: None,
         }
+    }
+
+    /// The answer to a typed refusal: `code` (409 `refused`, or another the refusal maps to)
+    /// with the refusal's text, its variant in `error.reason`, and the refusal kept for the
+    /// console.
+    pub fn refusal(code: ErrorCode, message: impl Into<String>, why: vault::Refusal) -> Self {
+        let mut e = Self::new(code, message);
+        e.reason = Some(why.reason());
+        e.refusal = Some(Box::new(why));
+        e
     }
 
     /// `409 wrong_state`: `subject` is in `state`, and the change needs one of `wanted`. The
@@ -164,6 +187,7 @@ impl ApiError {
             format!("{subject} is {state}; this needs {wanted}"),
         );
         e.state = Some(state.to_owned());
+        e.wanted = Some(wanted.to_owned());
         e
     }
 
@@ -195,6 +219,14 @@ impl ApiError {
     /// Adds `Retry-After` (whole seconds, at least 1) to the answer.
     pub fn set_retry_after(&mut self, secs: u64) {
         self.retry_after = Some(secs.max(1));
+    }
+
+    /// `413 body_too_large`: the body is larger than `limit` bytes (a bulk route's own limit).
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::BodyTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
     }
 
     /// `400 bad_request`: the request is malformed; the message says what and where.
@@ -281,6 +313,21 @@ impl ApiError {
     pub fn state(&self) -> Option<&str> {
         self.state.as_deref()
     }
+
+    /// The states a `wrong_state` change starts from (`active`, `issued or suspended`).
+    pub fn wanted(&self) -> Option<&str> {
+        self.wanted.as_deref()
+    }
+
+    /// The refusal's or denial's variant in snake_case, as `error.reason` says it.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
+    }
+
+    /// The typed refusal this answer was made from, if any.
+    pub fn refused(&self) -> Option<&vault::Refusal> {
+        self.refusal.as_deref()
+    }
 }
 
 impl From<vault::Error> for ApiError {
@@ -299,14 +346,21 @@ impl From<vault::Error> for ApiError {
             E::Sealed => Self::new(ErrorCode::Sealed, "the hsm is sealed"),
             E::Share(why) => Self::new(ErrorCode::ShareRefused, format!("share refused: {why}")),
             E::Invalid(why) => Self::bad_request(why),
+            E::Quorum(why) => Self::bad_request(format!("rekey: {why}")),
             E::Refused(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
             E::Refusal(why) => match refusal_code(&why) {
-                ErrorCode::Refused => Self::new(ErrorCode::Refused, format!("refused: {why}")),
-                code => Self::new(code, why.to_string()),
+                ErrorCode::Refused => {
+                    Self::refusal(ErrorCode::Refused, format!("refused: {why}"), why)
+                }
+                code => Self::refusal(code, why.to_string(), why),
             },
             // A non-officer asking for a key operation, or an officer approving their own
             // proposal.
-            E::Denied(why) => Self::forbidden(why.to_string()),
+            E::Denied(why) => {
+                let mut e = Self::forbidden(why.to_string());
+                e.reason = Some(why.reason());
+                e
+            }
             E::NotFound(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
             E::Missing(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
             E::Code(why) => Self::new(ErrorCode::InvalidCode, why.to_string()),
@@ -324,14 +378,28 @@ impl From<vault::Error> for ApiError {
     }
 }
 
+impl From<vault::Refusal> for ApiError {
+    fn from(why: vault::Refusal) -> Self {
+        vault::Error::from(why).into()
+    }
+}
+
+impl From<vault::Missing> for ApiError {
+    fn from(what: vault::Missing) -> Self {
+        vault::Error::from(what).into()
+    }
+}
+
 /// The stable code of a refusal: `refused` (409), except a mailer outcome that names no
-/// outstanding mailer, which is an impossible request (`invalid`, 422).
+/// outstanding mailer, which is an impossible request (`invalid`, 422), and the token of a
+/// person's account with a second factor (`unauthorized`, 401).
 fn refusal_code(why: &vault::Refusal) -> ErrorCode {
     use vault::Refusal as R;
     match why {
         R::MailerRepeats { .. } | R::MailerUnknown { .. } | R::MailerNotOutstanding { .. } => {
             ErrorCode::Invalid
         }
+        R::TokenOfPerson { .. } => ErrorCode::Unauthorized,
         _ => ErrorCode::Refused,
     }
 }
@@ -341,9 +409,10 @@ fn refusal_code(why: &vault::Refusal) -> ErrorCode {
 fn registry_import(e: vault::Error) -> Result<ApiError, vault::Error> {
     use vault::Error as E;
     Ok(match e {
-        E::Refusal(why @ vault::Refusal::CardOfAnotherHolder { .. }) => ApiError::new(
+        E::Refusal(why @ vault::Refusal::CardOfAnotherHolder { .. }) => ApiError::refusal(
             ErrorCode::RegistryConflict,
             format!("the registry file contradicts the vault: {why}; nothing was applied"),
+            why,
         ),
         E::RegistryRejected { .. } => ApiError::new(ErrorCode::Rejected, e.to_string()),
         E::SearchLimit { .. } => ApiError::bad_request(e.to_string()),
@@ -362,6 +431,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 state: self.state.as_deref(),
+                reason: self.reason,
             },
         };
         let mut res = (self.status, Json(body)).into_response();
@@ -522,6 +592,79 @@ mod tests {
         assert_eq!(api.code(), "wrong_state");
         assert_eq!(api.state(), Some("suspended"));
         assert_eq!(api.message(), "card 8039 is suspended; this needs active");
+    }
+
+    /// The body of an answer, as JSON.
+    fn body(e: ApiError) -> serde_json::Value {
+        let res = e.into_response();
+        let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            res.into_body(),
+            usize::MAX,
+        ))
+        .unwrap()
+        .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn refusals_and_denials_name_their_variant_in_error_reason() {
+        let cases = [
+            (
+                vault::Error::Refusal(vault::Refusal::TermInUse {
+                    term: vault::TermId(2),
+                    data_keys: 5,
+                }),
+                "refused",
+                "term_in_use",
+            ),
+            (
+                vault::Error::Refusal(vault::Refusal::MailerUnknown {
+                    outcome: 1,
+                    mailer: 9,
+                }),
+                "invalid",
+                "mailer_unknown",
+            ),
+            (
+                vault::Error::Refusal(vault::Refusal::CardOfAnotherHolder { line: 3 }),
+                "registry_conflict",
+                "card_of_another_holder",
+            ),
+            (
+                vault::Error::Denied(vault::Denial::OwnProposal {
+                    proposal: vault::ProposalId(7),
+                    account: "a1".into(),
+                }),
+                "forbidden",
+                "own_proposal",
+            ),
+        ];
+        for (e, code, reason) in cases {
+            let api = ApiError::from(e);
+            assert_eq!(api.reason(), Some(reason));
+            let v = body(api);
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert_eq!(v["error"]["reason"], reason, "{v}");
+        }
+        // The typed refusal stays with the answer (the console words it from its facts).
+        let api = ApiError::from(vault::Refusal::TermActive {
+            term: vault::TermId(4),
+        });
+        assert!(matches!(
+            api.refused(),
+            Some(vault::Refusal::TermActive {
+                term: vault::TermId(4)
+            })
+        ));
+        // Answers that are not refusals have no reason at all.
+        let v = body(ApiError::from(vault::Error::Sealed));
+        assert!(v["error"].get("reason").is_none(), "{v}");
+        let v = body(ApiError::from(vault::Error::Quorum(vault::Quorum::Zero)));
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        assert_eq!(
+            v["error"]["message"],
+            "rekey: shares and threshold must be at least 1"
+        );
     }
 
     #[test]

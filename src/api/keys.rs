@@ -39,7 +39,7 @@
 //! `Cache-Control: no-store`.
 
 use super::extract::parse_json;
-use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
+use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -220,11 +220,7 @@ async fn propose(
     let body: serde_json::Value = parse_json(&headers, &body)?;
     let (op, reason) = parse_proposal(body)?;
     if matches!(op, Operation::Rekey { .. }) && state.key_runner.share_dir.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::Refused,
-            "refused: a rekey needs a directory for the new shares: configure [keys] \
-             rekey_share_dir (PLICO_KEYS_REKEY_SHARE_DIR) on the server",
-        ));
+        return Err(vault::Refusal::NoShareDir.into());
     }
     let keys = state.keys.clone();
     let clock = state.clock.clone();
@@ -253,7 +249,7 @@ async fn show(
     let p = blocking(move || {
         keys.lapse_expired(clock.now_ms())?;
         keys.get(id)?
-            .ok_or_else(|| vault::Error::NotFound(format!("key proposal {id}")))
+            .ok_or(vault::Error::Missing(vault::Missing::Proposal(id)))
     })
     .await?;
     Ok(no_store(StatusCode::OK, ProposalView { proposal: p }))
@@ -297,7 +293,7 @@ async fn approve(
         move || {
             keys.get(id)?
                 .map(|p| matches!(p.op, Operation::Rekey { .. }))
-                .ok_or_else(|| vault::Error::NotFound(format!("key proposal {id}")))
+                .ok_or(vault::Error::Missing(vault::Missing::Proposal(id)))
         }
     })
     .await?;
@@ -362,11 +358,7 @@ async fn approve_rekey(
         )));
     }
     let Some(root) = state.key_runner.share_dir.clone() else {
-        return Err(ApiError::new(
-            ErrorCode::Refused,
-            "refused: a rekey needs a directory for the new shares: configure [keys] \
-             rekey_share_dir on the server",
-        ));
+        return Err(vault::Refusal::NoShareDir.into());
     };
     let keys = state.keys.clone();
     let clock = state.clock.clone();
@@ -469,10 +461,10 @@ fn write_share_files(
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |what: &std::path::Path, e: std::io::Error| {
-        vault::Error::Refused(format!(
-            "cannot write new share file {}: {e}",
-            what.display()
-        ))
+        vault::Error::from(vault::Refusal::ShareFileUnwritable {
+            path: what.display().to_string(),
+            error: e.to_string(),
+        })
     };
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -514,10 +506,10 @@ fn write_dev_share(path: &std::path::Path, share: &SecretString) -> vault::Resul
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| {
-        vault::Error::Refused(format!(
-            "cannot write the new dev share {}: {e}",
-            path.display()
-        ))
+        vault::Error::from(vault::Refusal::ShareFileUnwritable {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -746,6 +738,7 @@ fn run_job(keys: &Ceremonies, hsm: &dyn Hsm, runner: &KeyRunner) -> vault::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorCode;
 
     #[test]
     fn proposals_parse_with_their_reason_and_nothing_else() {

@@ -142,10 +142,7 @@ async fn bulk_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let (parts, body) = request.into_parts();
     if super::upload::content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("request body is larger than {limit} bytes"),
-        ));
+        return Err(ApiError::body_too_large(limit));
     }
     let bytes = super::batches::read_body(body, limit, super::REQUEST_TIMEOUT).await?;
     parse_json(&parts.headers, &bytes)
@@ -537,7 +534,7 @@ pub(crate) async fn counter_pdf(
         let (holder_name, address) = s
             .cms
             .addressee_of(&*s.hsm, &serial)?
-            .ok_or_else(|| vault::Error::NotFound(format!("card {serial} or its holder")))?;
+            .ok_or_else(|| vault::Missing::CardHolder(serial.to_string()))?;
         let addressee = Addressee {
             name: holder_name,
             address,

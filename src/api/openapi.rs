@@ -108,6 +108,14 @@ pub fn document(endpoints: &[Endpoint]) -> OpenApi {
                     ObjectBuilder::new()
                         .schema_type(Type::String)
                         .description(Some("the subject's current state (wrong_state only)")),
+                )
+                .property(
+                    "reason",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(
+                        "a refusal's cause in snake_case (dispatch_in_force…), stable like code",
+                    )),
                 ),
         )
         .required("error")

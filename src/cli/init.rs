@@ -368,11 +368,11 @@ fn write_shares(
     written: &mut Vec<PathBuf>,
 ) -> vault::Result<()> {
     if shares.len() != paths.len() {
-        return Err(vault::Error::Refused(format!(
-            "expected {} shares, the hsm produced {}",
-            paths.len(),
-            shares.len()
-        )));
+        return Err(vault::Refusal::ShareCount {
+            expected: paths.len(),
+            produced: shares.len(),
+        }
+        .into());
     }
     let outcome = paths.iter().zip(shares).try_for_each(|(path, share)| {
         files::write_secret_line(path, share.expose_secret())

@@ -356,10 +356,11 @@ fn open_dev(dir: &Path) -> Result<SimulatedHsm> {
         };
         let (hsm, report) = SimulatedHsm::init(dir, opts, &mut |shares: &[SecretString]| {
             let [share] = shares else {
-                return Err(vault::Error::Refused(format!(
-                    "a dev hsm has one share, got {}",
-                    shares.len()
-                )));
+                return Err(vault::Refusal::ShareCount {
+                    expected: 1,
+                    produced: shares.len(),
+                }
+                .into());
             };
             files::write_secret_line(&share_path, share.expose_secret())
                 .and_then(|()| files::sync_dir(dir))

@@ -396,14 +396,16 @@ pub(super) async fn change_password(
                     return see_other("/login");
                 }
             }
-            let key = match e.code().as_str() {
-                "refused" => "err_password_current",
-                _ => "err_password_invalid",
-            };
-            let detail = if e.code().as_str() == "refused" {
-                String::new()
-            } else {
-                e.message().to_owned()
+            // By the refusal's variant, never its text.
+            let (key, detail) = match e.refused() {
+                Some(vault::Refusal::CurrentPasswordMismatch { .. }) => {
+                    ("err_password_current", String::new())
+                }
+                Some(r) => (
+                    "err_password_invalid",
+                    super::refusals::text(me.lang, r).unwrap_or_else(|| e.message().to_owned()),
+                ),
+                None => ("err_password_invalid", e.message().to_owned()),
             };
             password_form(&state, &me, e.status(), Some((key, detail)))
         }

@@ -196,6 +196,15 @@ async fn open_card(
     }
 }
 
+/// The name (given names and surname) of the holder of card `serial`, or `None` for a card
+/// without a holder record.
+async fn holder_name(state: &AppState, serial: &str) -> Result<Option<String>, ApiError> {
+    let s = state.clone();
+    let serial = serial.to_owned();
+    let found = blocking(move || s.cms.addressee_of(&*s.hsm, &serial)).await?;
+    Ok(found.map(|(name, _address)| name))
+}
+
 /// `?done=` on a card page.
 #[derive(Debug, Deserialize)]
 pub(super) struct CardQuery {
@@ -218,6 +227,13 @@ async fn card(
         Ok(v) => v.0,
         Err(e) => return console.error(&me, &e, "/"),
     };
+    // The holder by name, as the holder page shows them (the card view is audited above).
+    // Sealed, the name cannot be decrypted: the page says so and shows the rest.
+    let (holder_name, name_sealed) = match holder_name(&state, &view.serial).await {
+        Ok(name) => (name, false),
+        Err(e) if e.code() == ErrorCode::Sealed => (None, true),
+        Err(e) => return console.error(&me, &e, "/"),
+    };
     let in_force = view
         .dispatches
         .iter()
@@ -238,6 +254,8 @@ async fn card(
         .and_then(|d| DONE.iter().find(|k| **k == d).copied());
     let ctx = context! {
         card => view,
+        holder_name => holder_name,
+        name_sealed => name_sealed,
         plan => in_force,
         split => split,
         plans => PLANS,

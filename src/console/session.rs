@@ -16,6 +16,10 @@
 //!   password was right, the TOTP code is still to come; the console lets it reach the code
 //!   page and logout only, and promotes it with [`Sessions::promote`].
 //!
+//! - Time is the state's [`vault::Clock`] (milliseconds of wall-clock time), the seam every
+//!   expiry of plico reads: a test moves a [`vault::ManualClock`] past the idle limit instead
+//!   of sleeping. A clock set back never ends a session early (the ages saturate at 0).
+//!
 //! What it does not do: check passwords or roles (the console's login does), or persist.
 
 use aws_lc_rs::digest::{digest, SHA256};
@@ -23,9 +27,9 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use vault::Role;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vault::{Clock, Role};
 use zeroize::Zeroizing;
 
 /// Random bytes of a session id and of a CSRF token.
@@ -51,8 +55,10 @@ pub struct Session {
     pub stage: Stage,
     /// The CSRF token every form of this session carries.
     pub csrf: String,
-    created: Instant,
-    last_seen: Instant,
+    /// When it started, in ms of the clock.
+    created_ms: u64,
+    /// When it was last seen, in ms of the clock.
+    last_seen_ms: u64,
 }
 
 impl fmt::Debug for Session {
@@ -85,6 +91,7 @@ pub struct Sessions {
     /// A session ends this long after login, whatever happens.
     pub absolute: Duration,
     rng: SystemRandom,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for Sessions {
@@ -111,13 +118,14 @@ pub(crate) fn random_hex(rng: &SystemRandom) -> Option<Zeroizing<String>> {
 }
 
 impl Sessions {
-    /// No sessions yet, with these timeouts.
-    pub fn new(idle: Duration, absolute: Duration) -> Self {
+    /// No sessions yet, with these timeouts, timed by `clock`.
+    pub fn new(idle: Duration, absolute: Duration, clock: Arc<dyn Clock>) -> Self {
         Sessions {
             map: Mutex::new(HashMap::new()),
             idle,
             absolute,
             rng: SystemRandom::new(),
+            clock,
         }
     }
 
@@ -129,7 +137,7 @@ impl Sessions {
     /// Starts a session for `account`; returns its id (for the cookie, never kept) and the
     /// session. `None` if the random generator failed.
     pub fn start(&self, account: &str, role: Role) -> Option<(SecretString, Session)> {
-        self.start_at(account, role, Stage::Full, Instant::now())
+        self.start_at(account, role, Stage::Full)
     }
 
     /// [`Sessions::start`] at `stage`: [`Stage::AwaitingCode`] after the password of an
@@ -140,7 +148,7 @@ impl Sessions {
         role: Role,
         stage: Stage,
     ) -> Option<(SecretString, Session)> {
-        self.start_at(account, role, stage, Instant::now())
+        self.start_at(account, role, stage)
     }
 
     /// Marks the session of this id fully logged in (its code was right). False if it has
@@ -155,13 +163,8 @@ impl Sessions {
         }
     }
 
-    fn start_at(
-        &self,
-        account: &str,
-        role: Role,
-        stage: Stage,
-        now: Instant,
-    ) -> Option<(SecretString, Session)> {
+    fn start_at(&self, account: &str, role: Role, stage: Stage) -> Option<(SecretString, Session)> {
+        let now = self.clock.now_ms();
         let id = random_hex(&self.rng)?;
         let csrf = random_hex(&self.rng)?;
         let session = Session {
@@ -169,8 +172,8 @@ impl Sessions {
             role,
             stage,
             csrf: csrf.to_string(),
-            created: now,
-            last_seen: now,
+            created_ms: now,
+            last_seen_ms: now,
         };
         let mut map = self.map();
         // Expired sessions go when new ones come: the map stays as small as the people working.
@@ -183,10 +186,7 @@ impl Sessions {
     /// The live session of this id, seen now (its idle time starts again). An expired one is
     /// ended and `None`.
     pub fn get(&self, id: &SecretString) -> Option<Session> {
-        self.get_at(id, Instant::now())
-    }
-
-    fn get_at(&self, id: &SecretString, now: Instant) -> Option<Session> {
+        let now = self.clock.now_ms();
         let key = key_of(id.expose_secret());
         let mut map = self.map();
         let s = map.get_mut(&key)?;
@@ -194,7 +194,7 @@ impl Sessions {
             map.remove(&key);
             return None;
         }
-        s.last_seen = now;
+        s.last_seen_ms = s.last_seen_ms.max(now);
         Some(s.clone())
     }
 
@@ -220,7 +220,7 @@ impl Sessions {
 
     /// Sessions alive now.
     pub fn count(&self) -> usize {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         self.map()
             .values()
             .filter(|s| !expired(s, now, self.idle, self.absolute))
@@ -228,9 +228,9 @@ impl Sessions {
     }
 }
 
-fn expired(s: &Session, now: Instant, idle: Duration, absolute: Duration) -> bool {
-    now.saturating_duration_since(s.last_seen) >= idle
-        || now.saturating_duration_since(s.created) >= absolute
+fn expired(s: &Session, now_ms: u64, idle: Duration, absolute: Duration) -> bool {
+    let age = |since: u64| Duration::from_millis(now_ms.saturating_sub(since));
+    age(s.last_seen_ms) >= idle || age(s.created_ms) >= absolute
 }
 
 #[cfg(test)]
@@ -241,9 +241,15 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(15 * 60);
     const ABSOLUTE: Duration = Duration::from_secs(8 * 3600);
 
+    /// Sessions timed by a clock the test moves.
+    fn sessions() -> (Sessions, Arc<vault::ManualClock>) {
+        let clock = Arc::new(vault::ManualClock::at_ms(1_700_000_000_000));
+        (Sessions::new(IDLE, ABSOLUTE, clock.clone()), clock)
+    }
+
     #[test]
     fn ids_are_random_and_only_their_hash_is_kept() {
-        let s = Sessions::new(IDLE, ABSOLUTE);
+        let s = sessions().0;
         let (a, sa) = s.start("acc1", Role::Operator).unwrap();
         let (b, _) = s.start("acc1", Role::Operator).unwrap();
         assert_ne!(a.expose_secret(), b.expose_secret());
@@ -259,28 +265,43 @@ mod tests {
 
     #[test]
     fn idle_and_absolute_timeouts() {
-        let s = Sessions::new(IDLE, ABSOLUTE);
-        let t0 = Instant::now();
-        let (id, _) = s.start_at("a", Role::Operator, Stage::Full, t0).unwrap();
+        let (s, clock) = sessions();
+        let (id, _) = s.start("a", Role::Operator).unwrap();
         // Seen within the idle time, again and again: alive until the absolute limit.
-        let mut t = t0;
-        while t + IDLE < t0 + ABSOLUTE {
-            t += IDLE - Duration::from_secs(1);
-            if t >= t0 + ABSOLUTE {
-                break;
-            }
-            assert!(s.get_at(&id, t).is_some(), "{:?}", t - t0);
+        let step = IDLE - Duration::from_secs(1);
+        let mut elapsed = Duration::ZERO;
+        while elapsed + step < ABSOLUTE {
+            clock.advance(step);
+            elapsed += step;
+            assert!(s.get(&id).is_some(), "{elapsed:?}");
         }
-        assert!(s.get_at(&id, t0 + ABSOLUTE).is_none());
-        // Idle too long: gone, and stays gone.
-        let (id, _) = s.start_at("b", Role::Operator, Stage::Full, t0).unwrap();
-        assert!(s.get_at(&id, t0 + IDLE).is_none());
-        assert!(s.get_at(&id, t0).is_none());
+        clock.advance(ABSOLUTE - elapsed);
+        assert!(s.get(&id).is_none());
+        // Idle too long: gone, and stays gone (even if the clock is set back).
+        let (id, _) = s.start("b", Role::Operator).unwrap();
+        clock.advance(IDLE - Duration::from_millis(1));
+        assert!(s.get(&id).is_some(), "just inside the idle time");
+        clock.advance(IDLE);
+        assert!(s.get(&id).is_none());
+        clock.set_ms(1_700_000_000_000);
+        assert!(s.get(&id).is_none());
+        assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn a_clock_set_back_never_ends_a_session_early() {
+        let (s, clock) = sessions();
+        let (id, _) = s.start("a", Role::Operator).unwrap();
+        clock.set_ms(1_600_000_000_000);
+        assert!(s.get(&id).is_some());
+        clock.set_ms(1_700_000_000_000);
+        clock.advance(IDLE - Duration::from_secs(1));
+        assert!(s.get(&id).is_some());
     }
 
     #[test]
     fn logout_and_ending_an_accounts_other_sessions() {
-        let s = Sessions::new(IDLE, ABSOLUTE);
+        let s = sessions().0;
         let (a, _) = s.start("acc", Role::Support).unwrap();
         let (b, _) = s.start("acc", Role::Support).unwrap();
         let (c, _) = s.start("other", Role::Support).unwrap();

@@ -1,7 +1,7 @@
 //! Accounts, roles, rate limits and the audit chain through `app(state).oneshot(..)`: the route
 //! × role matrix, the accounts API, the audit API, a failed store write, and unseal auditing.
 
-use super::support::{open, unsealed_hsm};
+use super::support::{bearer_request, open_with_every_role, unsealed_hsm, Client};
 use super::*;
 use axum::routing::get as get_route;
 use plico::api::{check_rules, endpoints, router_from, Access, Endpoint};
@@ -9,18 +9,18 @@ use plico::Settings;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use vault::Query;
-use vault::Role;
 use vault::Store;
+use vault::{Actor, Role};
 use vault::{FailingStore, MemoryStore};
 
-/// An unsealed service with one account per role, plus a disabled one.
+/// An unsealed service with one account per role ([`open_with_every_role`]), plus a disabled
+/// one, and the shared [`Client`] to call it.
 struct Fixture {
     _dir: tempfile::TempDir,
     hsm: Arc<SimulatedHsm>,
     state: AppState,
-    app: Router,
-    tokens: BTreeMap<Role, SecretString>,
-    ids: BTreeMap<Role, String>,
+    client: Client,
+    ids: BTreeMap<&'static str, String>,
     disabled: SecretString,
 }
 
@@ -33,63 +33,31 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let hsm = unsealed_hsm(dir.path());
         let state = AppState::with_settings(hsm.clone(), store, &settings).unwrap();
-        let (admin, admin_token, by) = open(&state, "Prima Amministratrice");
-        let mut tokens = BTreeMap::from([(Role::Admin, admin_token)]);
-        let mut ids = BTreeMap::from([(Role::Admin, admin.id.clone())]);
-        for role in Role::ALL.into_iter().filter(|r| *r != Role::Admin) {
-            let (a, t) = state
-                .accounts
-                .create(&format!("Utente {role}"), role, &by)
-                .unwrap();
-            tokens.insert(role, t);
-            ids.insert(role, a.id);
-        }
+        let staff = open_with_every_role(&state, "Prima Amministratrice", "Utente");
+        let admin = state.accounts.get(&staff.ids["admin"]).unwrap().unwrap();
+        let by = Actor::account(&admin, "test");
         let (gone, disabled) = state
             .accounts
             .create("Ex Operatore", Role::Operator, &by)
             .unwrap();
         state.accounts.disable(&gone.id, &by).unwrap();
-        let app = app(state.clone());
         Fixture {
             _dir: dir,
             hsm,
+            client: Client::new(&state, staff.tokens),
             state,
-            app,
-            tokens,
-            ids,
+            ids: staff.ids,
             disabled,
         }
     }
 
     fn token(&self, role: Role) -> &str {
-        self.tokens[&role].expose_secret()
+        &self.client.tokens[role.as_str()]
     }
-}
 
-fn request(method: &Method, uri: &str, token: Option<&str>, body: Option<Value>) -> Request<Body> {
-    let mut b = Request::builder().method(method.clone()).uri(uri);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    fn id(&self, role: Role) -> &str {
+        &self.ids[role.as_str()]
     }
-    match body {
-        Some(v) => b
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap(),
-        None if *method == Method::POST => b
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from("{}"))
-            .unwrap(),
-        None => b.body(Body::empty()).unwrap(),
-    }
-}
-
-async fn call(app: &Router, method: Method, uri: &str, token: Option<&str>) -> Answer {
-    send(app, request(&method, uri, token, None)).await
-}
-
-async fn call_json(app: &Router, method: Method, uri: &str, token: &str, body: Value) -> Answer {
-    send(app, request(&method, uri, Some(token), Some(body))).await
 }
 
 /// The public routes, and why each may be: a change here needs a reason in `api::Access`.
@@ -131,7 +99,7 @@ async fn route_by_role_matrix() {
                     PUBLIC.contains(&(e.method.as_str(), e.path)),
                     "{what} is public but not in the list of public routes"
                 );
-                let a = call(&f.app, e.method.clone(), &uri, None).await;
+                let a = f.client.call(e.method.clone(), &uri, None).await;
                 if OWN_SECRET.contains(&(e.method.as_str(), e.path)) {
                     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                     continue;
@@ -145,9 +113,10 @@ async fn route_by_role_matrix() {
             }
             Access::Roles(roles) => {
                 let res = f
+                    .client
                     .app
                     .clone()
-                    .oneshot(request(&e.method, &uri, None, None))
+                    .oneshot(bearer_request(&e.method, &uri, None, None))
                     .await
                     .unwrap();
                 assert_eq!(
@@ -167,12 +136,15 @@ async fn route_by_role_matrix() {
                     ("an unknown token", bad.as_str()),
                     ("a disabled account's token", f.disabled.expose_secret()),
                 ] {
-                    let a = call(&f.app, e.method.clone(), &uri, Some(token)).await;
+                    let a = f.client.call(e.method.clone(), &uri, Some(token)).await;
                     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                     assert!(!a.text.contains(token), "{what} with {label} echoes it");
                 }
                 for role in Role::ALL {
-                    let a = call(&f.app, e.method.clone(), &uri, Some(f.token(role))).await;
+                    let a = f
+                        .client
+                        .call(e.method.clone(), &uri, Some(f.token(role)))
+                        .await;
                     if roles.contains(&role) {
                         assert!(
                             a.status != StatusCode::UNAUTHORIZED
@@ -188,10 +160,13 @@ async fn route_by_role_matrix() {
             }
             Access::ScrapeToken => {
                 // Only the scrape token (none is configured here): no account's token opens it.
-                let a = call(&f.app, e.method.clone(), &uri, None).await;
+                let a = f.client.call(e.method.clone(), &uri, None).await;
                 assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                 for role in Role::ALL {
-                    let a = call(&f.app, e.method.clone(), &uri, Some(f.token(role))).await;
+                    let a = f
+                        .client
+                        .call(e.method.clone(), &uri, Some(f.token(role)))
+                        .await;
                     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                 }
             }
@@ -238,7 +213,7 @@ async fn an_endpoint_without_a_rule_is_caught_and_refused() {
             Some(f.token(Role::Admin)),
             Some(f.token(Role::Auditor)),
         ] {
-            let a = call(&app, Method::GET, path, token).await;
+            let a = send(&app, bearer_request(&Method::GET, path, token, None)).await;
             assert_error(&a, StatusCode::FORBIDDEN, "no_access_rule");
             assert!(!a.text.contains("never be served"));
         }
@@ -251,9 +226,10 @@ async fn accounts_over_http() {
     let admin = f.token(Role::Admin);
 
     let res = f
+        .client
         .app
         .clone()
-        .oneshot(request(
+        .oneshot(bearer_request(
             &Method::POST,
             "/v1/accounts",
             Some(admin),
@@ -271,14 +247,18 @@ async fn accounts_over_http() {
     assert!(token.starts_with(&format!("plico_{id}_")));
     let history = "/v1/cards/CARD0001/history";
     assert_eq!(
-        call(&f.app, Method::GET, history, Some(&token))
+        f.client
+            .call(Method::GET, history, Some(&token))
             .await
             .status,
         StatusCode::OK
     );
 
     // Listing never shows a token or a hash.
-    let list = call(&f.app, Method::GET, "/v1/accounts", Some(admin)).await;
+    let list = f
+        .client
+        .call(Method::GET, "/v1/accounts", Some(admin))
+        .await;
     assert_eq!(list.status, StatusCode::OK, "{}", list.text);
     let accounts = list.json["accounts"].as_array().unwrap();
     assert_eq!(accounts.len(), Role::ALL.len() + 2);
@@ -292,113 +272,118 @@ async fn accounts_over_http() {
     assert!(!list.text.contains(&stored.token_hash));
 
     // Rotation: the old token stops working, the new one works.
-    let r = call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{id}/rotate-token"),
-        Some(admin),
-    )
-    .await;
+    let r = f
+        .client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{id}/rotate-token"),
+            Some(admin),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let new = r.json["token"].as_str().unwrap().to_owned();
     assert_ne!(new, token);
     assert_eq!(
-        call(&f.app, Method::GET, history, Some(&token))
+        f.client
+            .call(Method::GET, history, Some(&token))
             .await
             .status,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        call(&f.app, Method::GET, history, Some(&new)).await.status,
+        f.client.call(Method::GET, history, Some(&new)).await.status,
         StatusCode::OK
     );
 
     // Passwords: at least 12 characters, only operators and officers.
     let pw = format!("/v1/accounts/{id}/password");
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        &pw,
-        admin,
-        json!({"password": "short-11-ch"}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(Method::POST, &pw, admin, json!({"password": "short-11-ch"}))
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
     assert!(a.text.contains("12"), "{}", a.text);
     assert!(!a.text.contains("short-11-ch"));
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        &pw,
-        admin,
-        json!({"password": "twelve chars"}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            &pw,
+            admin,
+            json!({"password": "twelve chars"}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["account"]["has_password"], true);
-    let cms_pw = format!("/v1/accounts/{}/password", f.ids[&Role::Cms]);
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        &cms_pw,
-        admin,
-        json!({"password": "twelve chars"}),
-    )
-    .await;
+    let cms_pw = format!("/v1/accounts/{}/password", f.id(Role::Cms));
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            &cms_pw,
+            admin,
+            json!({"password": "twelve chars"}),
+        )
+        .await;
     assert_error(&a, StatusCode::CONFLICT, "refused");
 
     // Bad input.
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        "/v1/accounts",
-        admin,
-        json!({"name": "X", "role": "root"}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            "/v1/accounts",
+            admin,
+            json!({"name": "X", "role": "root"}),
+        )
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
     assert!(a.text.contains("role"), "{}", a.text);
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        "/v1/accounts",
-        admin,
-        json!({"name": "", "role": "cms"}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            "/v1/accounts",
+            admin,
+            json!({"name": "", "role": "cms"}),
+        )
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
-    let a = call(
-        &f.app,
-        Method::POST,
-        "/v1/accounts/0000000000000000/disable",
-        Some(admin),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::POST,
+            "/v1/accounts/0000000000000000/disable",
+            Some(admin),
+        )
+        .await;
     assert_error(&a, StatusCode::NOT_FOUND, "not_found");
 
     // Disable: the token stops working at once.
-    let a = call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{id}/disable"),
-        Some(admin),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{id}/disable"),
+            Some(admin),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["account"]["disabled"], true);
     assert_error(
-        &call(&f.app, Method::GET, history, Some(&new)).await,
+        &f.client.call(Method::GET, history, Some(&new)).await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
     // The last admin cannot be disabled.
-    let a = call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{}/disable", f.ids[&Role::Admin]),
-        Some(admin),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{}/disable", f.id(Role::Admin)),
+            Some(admin),
+        )
+        .await;
     assert_error(&a, StatusCode::CONFLICT, "refused");
 }
 
@@ -409,9 +394,10 @@ async fn audit_over_http() {
     let auditor = f.token(Role::Auditor);
 
     let res = f
+        .client
         .app
         .clone()
-        .oneshot(request(
+        .oneshot(bearer_request(
             &Method::POST,
             "/v1/accounts",
             Some(admin),
@@ -425,22 +411,23 @@ async fn audit_over_http() {
     let body: Value =
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     let id = body["account"]["id"].as_str().unwrap().to_owned();
-    call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{id}/rotate-token"),
-        Some(admin),
-    )
-    .await;
-    call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{id}/disable"),
-        Some(admin),
-    )
-    .await;
+    f.client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{id}/rotate-token"),
+            Some(admin),
+        )
+        .await;
+    f.client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{id}/disable"),
+            Some(admin),
+        )
+        .await;
     // A client's own request id is replaced by the server's.
     let res = f
+        .client
         .app
         .clone()
         .oneshot(
@@ -454,13 +441,14 @@ async fn audit_over_http() {
     assert_ne!(res.headers()["x-request-id"], "client-chosen");
 
     // The account's events, by subject: actor, role, request id; the name only as an HMAC.
-    let a = call(
-        &f.app,
-        Method::GET,
-        &format!("/v1/audit?subject={id}"),
-        Some(auditor),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::GET,
+            &format!("/v1/audit?subject={id}"),
+            Some(auditor),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let events = a.json["events"].as_array().unwrap();
     let actions: Vec<&str> = events
@@ -472,7 +460,7 @@ async fn audit_over_http() {
         ["account.create", "account.rotate_token", "account.disable"]
     );
     let create = &events[0];
-    assert_eq!(create["actor"], f.ids[&Role::Admin].as_str());
+    assert_eq!(create["actor"], f.id(Role::Admin));
     assert_eq!(create["role"], "admin");
     assert_eq!(create["request_id"], request_id.as_str());
     assert_eq!(create["details"]["role"], "support");
@@ -490,13 +478,14 @@ async fn audit_over_http() {
     let mut seen = Vec::new();
     let mut after = 0u64;
     loop {
-        let a = call(
-            &f.app,
-            Method::GET,
-            &format!("/v1/audit?action=account.&limit=2&after={after}"),
-            Some(auditor),
-        )
-        .await;
+        let a = f
+            .client
+            .call(
+                Method::GET,
+                &format!("/v1/audit?action=account.&limit=2&after={after}"),
+                Some(auditor),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text);
         let page = a.json["events"].as_array().unwrap();
         assert!(page.len() <= 2);
@@ -511,16 +500,14 @@ async fn audit_over_http() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 
     // Actor and time filters.
-    let a = call(
-        &f.app,
-        Method::GET,
-        &format!(
-            "/v1/audit?actor={}&action=audit.query",
-            f.ids[&Role::Auditor]
-        ),
-        Some(auditor),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::GET,
+            &format!("/v1/audit?actor={}&action=audit.query", f.id(Role::Auditor)),
+            Some(auditor),
+        )
+        .await;
     let n = a.json["events"].as_array().unwrap().len();
     assert!(n >= 3, "{}", a.text);
     assert!(a.json["events"]
@@ -528,22 +515,32 @@ async fn audit_over_http() {
         .unwrap()
         .iter()
         .all(|e| e["role"] == "auditor"));
-    let a = call(&f.app, Method::GET, "/v1/audit?to_ms=1", Some(auditor)).await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/audit?to_ms=1", Some(auditor))
+        .await;
     assert_eq!(a.json["events"].as_array().unwrap().len(), 0);
-    let a = call(&f.app, Method::GET, "/v1/audit?limit=0", Some(auditor)).await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/audit?limit=0", Some(auditor))
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
 
     // Verify: intact, with MACs.
-    let a = call(&f.app, Method::GET, "/v1/audit/verify", Some(auditor)).await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/audit/verify", Some(auditor))
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["problem"], Value::Null);
     assert_eq!(a.json["macs_checked"], true);
 
     // Export: JSON lines, every event, no name in clear.
     let res = f
+        .client
         .app
         .clone()
-        .oneshot(request(
+        .oneshot(bearer_request(
             &Method::GET,
             "/v1/audit/export",
             Some(auditor),
@@ -575,16 +572,22 @@ async fn audit_over_http() {
 
     // A card's history, for the counter.
     let op = f.token(Role::Operator);
-    let a = call(&f.app, Method::GET, "/v1/cards/CARD0042/history", Some(op)).await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/cards/CARD0042/history", Some(op))
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let events = a.json["events"].as_array().unwrap();
     assert!(events.iter().all(|e| e["subject"] == "CARD0042"));
     assert_eq!(events.last().unwrap()["action"], "card.history");
-    let a = call(&f.app, Method::GET, "/v1/cards/..%2Fx/history", Some(op)).await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/cards/..%2Fx/history", Some(op))
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
 
     // A refused role is itself an event.
-    call(&f.app, Method::GET, "/v1/audit", Some(op)).await;
+    f.client.call(Method::GET, "/v1/audit", Some(op)).await;
     let q = f
         .state
         .audit
@@ -595,7 +598,7 @@ async fn audit_over_http() {
         })
         .unwrap();
     assert_eq!(q.events.len(), 1);
-    assert_eq!(q.events[0].actor, f.ids[&Role::Operator]);
+    assert_eq!(q.events[0].actor, f.id(Role::Operator));
     assert!(f.state.audit.verify().unwrap().intact());
 }
 
@@ -607,44 +610,44 @@ async fn a_failed_store_write_fails_the_change() {
     let before = f.state.accounts.list().unwrap();
 
     store.fail_writes(true);
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        "/v1/accounts",
-        admin,
-        json!({"name": "Bruno Verdi", "role": "cms"}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            "/v1/accounts",
+            admin,
+            json!({"name": "Bruno Verdi", "role": "cms"}),
+        )
+        .await;
     assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!a.text.contains("injected"), "{}", a.text);
-    let cms = &f.ids[&Role::Cms];
-    let a = call(
-        &f.app,
-        Method::POST,
-        &format!("/v1/accounts/{cms}/disable"),
-        Some(admin),
-    )
-    .await;
+    let cms = &f.id(Role::Cms);
+    let a = f
+        .client
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{cms}/disable"),
+            Some(admin),
+        )
+        .await;
     assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
     // A read that cannot be audited is not served either.
-    let a = call(
-        &f.app,
-        Method::GET,
-        "/v1/audit",
-        Some(f.token(Role::Auditor)),
-    )
-    .await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/audit", Some(f.token(Role::Auditor)))
+        .await;
     assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
     store.fail_writes(false);
 
     assert_eq!(f.state.accounts.list().unwrap(), before);
-    let a = call(
-        &f.app,
-        Method::GET,
-        "/v1/cards/C1/history",
-        Some(f.token(Role::Cms)),
-    )
-    .await;
+    let a = f
+        .client
+        .call(
+            Method::GET,
+            "/v1/cards/C1/history",
+            Some(f.token(Role::Cms)),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert!(f.state.audit.verify().unwrap().intact());
 }
@@ -658,22 +661,24 @@ async fn sensitive_routes_are_rate_limited_per_account() {
     let f = Fixture::with(Arc::new(MemoryStore::new()), settings);
     let admin = f.token(Role::Admin);
     for i in 0..3 {
-        let a = call_json(
-            &f.app,
-            Method::POST,
-            "/v1/accounts",
-            admin,
-            json!({"name": format!("n{i}"), "role": "cms"}),
-        )
-        .await;
+        let a = f
+            .client
+            .call_json(
+                Method::POST,
+                "/v1/accounts",
+                admin,
+                json!({"name": format!("n{i}"), "role": "cms"}),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "{i}: {}", a.text);
     }
     let res = f
+        .client
         .app
         .clone()
-        .oneshot(request(
+        .oneshot(bearer_request(
             &Method::POST,
-            &format!("/v1/accounts/{}/rotate-token", f.ids[&Role::Cms]),
+            &format!("/v1/accounts/{}/rotate-token", f.id(Role::Cms)),
             Some(admin),
             None,
         ))
@@ -690,11 +695,12 @@ async fn sensitive_routes_are_rate_limited_per_account() {
     assert!(f
         .state
         .accounts
-        .authenticate(&f.tokens[&Role::Cms])
+        .authenticate(&SecretString::from(f.token(Role::Cms)))
         .unwrap()
         .is_some());
     assert_eq!(
-        call(&f.app, Method::GET, "/v1/accounts", Some(admin))
+        f.client
+            .call(Method::GET, "/v1/accounts", Some(admin))
             .await
             .status,
         StatusCode::OK
@@ -706,23 +712,17 @@ async fn sealed_means_503_after_authentication() {
     let f = Fixture::new();
     f.state.shut_down().unwrap();
     f.hsm.seal();
-    let a = call(
-        &f.app,
-        Method::GET,
-        "/v1/accounts",
-        Some(f.token(Role::Admin)),
-    )
-    .await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/accounts", Some(f.token(Role::Admin)))
+        .await;
     assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "sealed");
-    let a = call(&f.app, Method::GET, "/v1/accounts", None).await;
+    let a = f.client.call(Method::GET, "/v1/accounts", None).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
-    let a = call(
-        &f.app,
-        Method::GET,
-        "/v1/accounts",
-        Some(f.token(Role::Cms)),
-    )
-    .await;
+    let a = f
+        .client
+        .call(Method::GET, "/v1/accounts", Some(f.token(Role::Cms)))
+        .await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
 }
 
@@ -792,18 +792,22 @@ async fn audit_prune_keeps_the_retention_period_and_is_audited() {
     let f = Fixture::new();
     let admin = f.token(Role::Admin);
     // Shorter than the retention period (730 days by default): refused, nothing removed.
-    let a = call_json(
-        &f.app,
-        Method::POST,
-        "/v1/audit/prune",
-        admin,
-        json!({"older_than_days": 30}),
-    )
-    .await;
+    let a = f
+        .client
+        .call_json(
+            Method::POST,
+            "/v1/audit/prune",
+            admin,
+            json!({"older_than_days": 30}),
+        )
+        .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
     assert!(a.text.contains("730"), "{}", a.text);
     // The default age: every event is younger, so nothing goes, and the prune is an event.
-    let a = call_json(&f.app, Method::POST, "/v1/audit/prune", admin, json!({})).await;
+    let a = f
+        .client
+        .call_json(Method::POST, "/v1/audit/prune", admin, json!({}))
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let body: Value = serde_json::from_str(&a.text).unwrap();
     assert_eq!(body["pruned_through"], 0);
@@ -818,7 +822,7 @@ async fn audit_prune_keeps_the_retention_period_and_is_audited() {
         })
         .unwrap();
     assert_eq!(page.events.len(), 1);
-    assert_eq!(page.events[0].actor, f.ids[&Role::Admin]);
+    assert_eq!(page.events[0].actor, f.id(Role::Admin));
     assert!(f.state.audit.verify().unwrap().intact());
 }
 
@@ -829,7 +833,7 @@ async fn share_submissions_are_rate_limited_per_address() {
         .per_address_per_minute
         .get();
     let from = |ip: [u8; 4]| {
-        let mut r = request(
+        let mut r = bearer_request(
             &Method::POST,
             "/v1/sys/unseal",
             None,
@@ -845,7 +849,7 @@ async fn share_submissions_are_rate_limited_per_address() {
     // The quota refills evenly over the minute: on a loaded machine a refill may land during
     // the burst, so allow a few extra calls, but the limit must bite.
     for i in 0..per_minute + 10 {
-        let a = send(&f.app, from([127, 0, 0, 2])).await;
+        let a = send(&f.client.app, from([127, 0, 0, 2])).await;
         if a.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(i);
             break;
@@ -857,6 +861,6 @@ async fn share_submissions_are_rate_limited_per_address() {
         "limited at call {at}"
     );
     // Another address is not held back by the first one's flood.
-    let a = send(&f.app, from([127, 0, 0, 3])).await;
+    let a = send(&f.client.app, from([127, 0, 0, 3])).await;
     assert_ne!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
 }

@@ -5,7 +5,9 @@
 //! same flows in a real browser are in `service/console_browser.rs`.
 
 use super::batches::{codes_of, serial};
-use super::support::{cf, cie_state, codes_file, open_with_accounts, Client, Staff};
+use super::support::{
+    assert_refusal, cf, cie_state_timed, codes_file, open_with_accounts, Client, Staff,
+};
 use super::*;
 use plico::console::ConsoleSettings;
 use std::collections::BTreeMap;
@@ -142,9 +144,22 @@ impl Browser {
 /// (password [`PASSWORD`]), holder cards 701 (an address that is markup) and 702 issued
 /// with codes.
 pub(super) fn counter_state(dir: &Path, settings: ConsoleSettings) -> (AppState, Staff, Client) {
-    let state = cie_state(&dir.join("data"), plico::DEFAULT_SENSITIVE_PER_MINUTE)
-        .with_console(settings)
-        .unwrap();
+    counter_state_timed(dir, settings, vault::system_clock())
+}
+
+/// [`counter_state`] timed by `clock` (sessions, audit events: everything wall-clock).
+fn counter_state_timed(
+    dir: &Path,
+    settings: ConsoleSettings,
+    clock: Arc<dyn vault::Clock>,
+) -> (AppState, Staff, Client) {
+    let state = cie_state_timed(
+        &dir.join("data"),
+        plico::DEFAULT_SENSITIVE_PER_MINUTE,
+        clock,
+    )
+    .with_console(settings)
+    .unwrap();
     let staff = open_with_accounts(&state, &["operator", "support", "cms", "manufacturer"]);
     let admin = state.accounts.get(&staff.ids["admin"]).unwrap().unwrap();
     let by = Actor::account(&admin, "test");
@@ -270,6 +285,23 @@ async fn login_forced_password_change_logout_and_the_audit_events() {
     let page = b.get("/password").await;
     assert!(page.text.contains("id=\"must-change\""));
     let csrf = page.csrf();
+    // A wrong current password: the page says so (by the refusal's variant), nothing changes.
+    let page = b
+        .post(
+            "/password",
+            &[
+                ("current", "not the password"),
+                ("new", PASSWORD),
+                ("repeat", PASSWORD),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert!(
+        page.text.contains("La password attuale non è corretta"),
+        "{}",
+        page.text
+    );
     let page = b
         .post(
             "/password",
@@ -352,11 +384,10 @@ async fn login_forced_password_change_logout_and_the_audit_events() {
 #[tokio::test]
 async fn five_wrong_passwords_lock_the_account_and_an_idle_session_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = ConsoleSettings {
-        idle: Duration::from_millis(300),
-        ..ConsoleSettings::default()
-    };
-    let (state, staff, _) = counter_state(dir.path(), settings);
+    // The default idle limit (15 minutes), on a clock the test moves instead of waiting.
+    let clock = Arc::new(vault::ManualClock::starting_now());
+    let settings = ConsoleSettings::default();
+    let (state, staff, _) = counter_state_timed(dir.path(), settings, clock.clone());
     let mut b = Browser::new(&state);
     for _ in 0..5 {
         let page = b.login("support", "wrong password!!").await;
@@ -376,7 +407,13 @@ async fn five_wrong_passwords_lock_the_account_and_an_idle_session_ends() {
     let page = b.login("support", PASSWORD).await;
     assert_eq!(page.location(), "/");
     assert_eq!(b.get("/").await.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(settings.idle - Duration::from_secs(1));
+    assert_eq!(
+        b.get("/").await.status,
+        StatusCode::OK,
+        "seen within the idle time"
+    );
+    clock.advance(settings.idle);
     let page = b.get("/").await;
     assert_eq!(page.location(), "/login?expired=1");
     let page = b.get("/login?expired=1").await;
@@ -467,8 +504,38 @@ async fn counter_search_activate_dispatch_part_a_and_state_changes() {
         "{}",
         page.text
     );
+    // A second delivery is refused: in Italian, from the refusal's facts (the plan in force),
+    // not the API's English message.
+    let page = b
+        .post(
+            &format!("{card}/dispatch"),
+            &[("csrf", &csrf), ("plan", "sms")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.text);
+    assert!(
+        page.text.contains("è già in vigore la consegna") && page.text.contains("(counter(2)+sms)"),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains("refused") && !page.text.contains("under way"));
     let page = b.get(&card).await;
     assert!(page.text.contains("counter(2)+sms") && page.text.contains("id=\"do-part-a\""));
+    // The holder by name (as the holder page shows them), not by the registry's id.
+    let holder = client
+        .get("cms", &format!("/v1/cards/{}", serial(701)))
+        .await
+        .json["holder"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        page.text
+            .contains("id=\"holder-name\">Nicolò D&#x27;Angelo<"),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains(&holder), "{holder} on the card page");
     let (pin, puk) = codes_of(701, SALT);
     assert!(!page.text.contains(&pin[..5]) && !page.text.contains(&puk));
 
@@ -770,16 +837,32 @@ async fn enrol(b: &mut Browser) -> String {
 #[tokio::test]
 async fn totp_enrol_then_log_in_with_a_code_replay_lockout_and_admin_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let (state, staff, _) = counter_state(dir.path(), ConsoleSettings::default());
+    let (state, staff, api) = counter_state(dir.path(), ConsoleSettings::default());
     let sup = staff.ids["support"].clone();
     let mut b = Browser::new(&state);
 
     // Without a second factor the password alone logs in (require_totp is off).
     let page = b.login("support", PASSWORD).await;
     assert_eq!(page.location(), "/", "{}", page.text);
+    // Until then the account's token works on the API...
+    assert_eq!(
+        api.get("support", "/v1/reports").await.status,
+        StatusCode::OK
+    );
     let secret = enrol(&mut b).await;
     let stored = state.accounts.get(&sup).unwrap().unwrap();
     assert!(stored.totp.is_some());
+    // ...and no longer once the person logs in with a second factor: the token would skip it.
+    let a = api.get("support", "/v1/reports").await;
+    assert_refusal(
+        &a,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "token_of_person",
+    );
+    // A machine account's token is untouched (no such card here: past authentication).
+    let card = format!("/v1/cards/{}", serial(701));
+    assert_eq!(api.get("cms", &card).await.status, StatusCode::NOT_FOUND);
     let csrf = b.csrf().await;
     b.post("/logout", &[("csrf", &csrf)]).await;
 

@@ -39,13 +39,24 @@ pub(super) fn sled_state(dir: &Path, settings: &Settings) -> AppState {
 /// [`sled_state`] in `data`, a new folder, with 8-digit codes (the CIE policy) and this
 /// limit of sensitive calls per account and minute.
 pub(super) fn cie_state(data: &Path, sensitive_per_minute: NonZeroU32) -> AppState {
+    cie_state_timed(data, sensitive_per_minute, vault::system_clock())
+}
+
+/// [`cie_state`] timed by `clock` (a [`vault::ManualClock`] the test moves).
+pub(super) fn cie_state_timed(
+    data: &Path,
+    sensitive_per_minute: NonZeroU32,
+    clock: Arc<dyn vault::Clock>,
+) -> AppState {
     std::fs::create_dir(data).unwrap();
     let settings = Settings {
         codes: CodePolicy::CIE,
         sensitive_per_minute,
         ..Settings::default()
     };
-    sled_state(data, &settings)
+    let hsm = unsealed_hsm(data);
+    let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    AppState::with_clock(hsm, store, &settings, clock).unwrap()
 }
 
 /// The accounts of a test, by name: `admin` and those given to [`open_with_accounts`].
@@ -94,6 +105,48 @@ pub(super) fn open_with_accounts(state: &AppState, names: &[&'static str]) -> St
     Staff { tokens, ids }
 }
 
+/// [`open`]s `state` with the administrator `admin_name` and makes one account of every other
+/// role, named `{prefix} {role}`; [`Staff`] keys them by the role's name (`operator`).
+pub(super) fn open_with_every_role(state: &AppState, admin_name: &str, prefix: &str) -> Staff {
+    let (admin, admin_token, by) = open(state, admin_name);
+    let mut tokens = BTreeMap::from([("admin", admin_token.expose_secret().to_owned())]);
+    let mut ids = BTreeMap::from([("admin", admin.id.clone())]);
+    for role in Role::ALL.into_iter().filter(|r| *r != Role::Admin) {
+        let (a, t) = state
+            .accounts
+            .create(&format!("{prefix} {role}"), role, &by)
+            .unwrap();
+        tokens.insert(role.as_str(), t.expose_secret().to_owned());
+        ids.insert(role.as_str(), a.id);
+    }
+    Staff { tokens, ids }
+}
+
+/// A request with this bearer token (none: no `Authorization`) and this JSON body; a POST
+/// without a body sends `{}`.
+pub(super) fn bearer_request(
+    method: &Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Body> {
+    let mut b = Request::builder().method(method.clone()).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None if *method == Method::POST => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
 /// `plico serve --dev` on a loopback port with its data in `data`.
 pub(super) fn serve_dev(data: &Path) -> Server {
     let mut cmd = plico();
@@ -138,6 +191,24 @@ impl Client {
         let a = send(&self.app, req).await;
         self.bodies.lock().unwrap().push(a.text.clone());
         a
+    }
+
+    /// A call with this bearer token as it is (none, a disabled account's, a forged one),
+    /// not an account's by name.
+    pub(super) async fn call(&self, method: Method, uri: &str, token: Option<&str>) -> Answer {
+        self.keep(bearer_request(&method, uri, token, None)).await
+    }
+
+    /// [`Client::call`] with a JSON body.
+    pub(super) async fn call_json(
+        &self,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: Value,
+    ) -> Answer {
+        self.keep(bearer_request(&method, uri, Some(token), Some(body)))
+            .await
     }
 
     pub(super) async fn get(&self, who: &str, uri: &str) -> Answer {
@@ -303,6 +374,19 @@ pub(super) fn assert_error(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "body: {}", a.text);
     assert_eq!(a.json["error"]["code"], code, "body: {}", a.text);
     assert!(a.json["error"]["message"].is_string(), "body: {}", a.text);
+}
+
+/// Asserts a typed refusal: `status`, `error.code` and the refusal's variant in
+/// `error.reason` (tests match variants, never message text).
+pub(super) fn assert_refusal(a: &Answer, status: StatusCode, code: &str, reason: &str) {
+    assert_error(a, status, code);
+    assert_eq!(a.json["error"]["reason"], reason, "body: {}", a.text);
+}
+
+/// The error reason (`error.reason`) of an answer's body text, or `None`.
+pub(super) fn reason_of(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v["error"]["reason"].as_str().map(str::to_owned)
 }
 
 /// The payload-bearing part of a share: what must never show up anywhere.

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("invalid: {0}")]
     Invalid(String),
 
+    /// Bad input: a share count and threshold that make no share set (a rekey's). Nothing
+    /// was proposed.
+    #[error("invalid: rekey: {0}")]
+    Quorum(Quorum),
+
     /// The operation is not allowed in the current state: why, with its facts.
     #[error("refused: {0}")]
     Refusal(Refusal),
@@ -453,6 +458,30 @@ pub enum Refusal {
         /// The line of the file.
         line: u64,
     },
+    // share files written by plico itself (rekey, init, --dev)
+    /// The HSM made another number of custodian shares than there are files to write.
+    ShareCount {
+        /// The number of share files asked for.
+        expected: usize,
+        /// The number of shares the HSM made.
+        produced: usize,
+    },
+    /// A new custodian share file (or its directory) could not be written; nothing is kept.
+    ShareFileUnwritable {
+        /// The file or directory.
+        path: String,
+        /// What the operating system said.
+        error: String,
+    },
+    /// A rekey, and the server has no directory configured for the new shares.
+    NoShareDir,
+    /// A bearer token of a person's account that logs in with a second factor (TOTP): such
+    /// an account works in the console only; programs use a machine account (a token, no
+    /// password).
+    TokenOfPerson {
+        /// The account id.
+        account: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -691,11 +720,293 @@ impl fmt::Display for Refusal {
             Refusal::CardOfAnotherHolder { line } => {
                 write!(f, "line {line}: the card belongs to another holder")
             }
+            Refusal::ShareCount { expected, produced } => write!(
+                f,
+                "expected {expected} share(s), the hsm produced {produced}"
+            ),
+            Refusal::ShareFileUnwritable { path, error } => {
+                write!(f, "cannot write the share file {path}: {error}")
+            }
+            Refusal::TokenOfPerson { account } => write!(
+                f,
+                "account {account} logs in with a second factor: its bearer token is not \
+                 accepted on the API; use the console, or a machine account (a token, no \
+                 password) for programs"
+            ),
+            Refusal::NoShareDir => f.write_str(
+                "a rekey needs a directory for the new shares: configure [keys] \
+                 rekey_share_dir (PLICO_KEYS_REKEY_SHARE_DIR) on the server",
+            ),
         }
     }
 }
 
 impl Refusal {
+    /// The refusal's name in snake_case (`term_in_use`): stable, for programs (the API's
+    /// `error.reason`) and for the console's message catalogue (`refusal_term_in_use`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::KeyringFull => "keyring_full",
+            Refusal::NoActiveTerm => "no_active_term",
+            Refusal::RewrapMismatch { .. } => "rewrap_mismatch",
+            Refusal::TermInUse { .. } => "term_in_use",
+            Refusal::TermActive { .. } => "term_active",
+            Refusal::TermRetired { .. } => "term_retired",
+            Refusal::Threshold { .. } => "threshold",
+            Refusal::NoShares => "no_shares",
+            Refusal::AnchorBackwards => "anchor_backwards",
+            Refusal::SubjectTooLong { .. } => "subject_too_long",
+            Refusal::CounterExhausted { .. } => "counter_exhausted",
+            Refusal::EncryptionLimit { .. } => "encryption_limit",
+            Refusal::NotStaging { .. } => "not_staging",
+            Refusal::RepeatsSerials { .. } => "repeats_serials",
+            Refusal::AuditBroken { .. } => "audit_broken",
+            Refusal::PruneOnBroken { .. } => "prune_on_broken",
+            Refusal::StaleHsmState { .. } => "stale_hsm_state",
+            Refusal::JobUnfinished { .. } => "job_unfinished",
+            Refusal::Lapsed { .. } => "lapsed",
+            Refusal::KcvMismatch { .. } => "kcv_mismatch",
+            Refusal::KeyChanged { .. } => "key_changed",
+            Refusal::ImpactGrew { .. } => "impact_grew",
+            Refusal::CardsNeedCodes { .. } => "cards_need_codes",
+            Refusal::AlreadyDisabled { .. } => "already_disabled",
+            Refusal::AccountDisabled { .. } => "account_disabled",
+            Refusal::LastAdmin { .. } => "last_admin",
+            Refusal::HolderDeceased { .. } => "holder_deceased",
+            Refusal::CodesNotHeld { .. } => "codes_not_held",
+            Refusal::NoPasswordForRole { .. } => "no_password_for_role",
+            Refusal::CurrentPasswordMismatch { .. } => "current_password_mismatch",
+            Refusal::NoContact { .. } => "no_contact",
+            Refusal::ContactChanged { .. } => "contact_changed",
+            Refusal::NoRemoteChannel { .. } => "no_remote_channel",
+            Refusal::PartSending { .. } => "part_sending",
+            Refusal::DispatchInForce { .. } => "dispatch_in_force",
+            Refusal::CounterPart { .. } => "counter_part",
+            Refusal::AwaitingCounter { .. } => "awaiting_counter",
+            Refusal::NoSplitDispatch { .. } => "no_split_dispatch",
+            Refusal::PlanInForce { .. } => "plan_in_force",
+            Refusal::HandedOver { .. } => "handed_over",
+            Refusal::CounterPartState { .. } => "counter_part_state",
+            Refusal::NoRemoteDestination { .. } => "no_remote_destination",
+            Refusal::PrintRunGoing => "print_run_going",
+            Refusal::RecoverWhileRunning => "recover_while_running",
+            Refusal::MailerRepeats { .. } => "mailer_repeats",
+            Refusal::MailerUnknown { .. } => "mailer_unknown",
+            Refusal::MailerNotOutstanding { .. } => "mailer_not_outstanding",
+            Refusal::CardOfAnotherHolder { .. } => "card_of_another_holder",
+            Refusal::ShareCount { .. } => "share_count",
+            Refusal::ShareFileUnwritable { .. } => "share_file_unwritable",
+            Refusal::NoShareDir => "no_share_dir",
+            Refusal::TokenOfPerson { .. } => "token_of_person",
+        }
+    }
+
+    /// The refusal's facts by name (`("term", "term 2"), ("data_keys", "5")`), as text: what
+    /// a message in another language is filled from. Never a code or key bytes (no refusal
+    /// holds one). A nested refusal ([`Refusal::NoRemoteChannel`]) gives its own reason
+    /// (`sms`, `email`); [`Refusal::nested`] hands out the refusals themselves.
+    pub fn facts(&self) -> Vec<(&'static str, String)> {
+        fn s(v: &impl fmt::Display) -> String {
+            v.to_string()
+        }
+        let kcv = |k: &Option<Kcv>| k.map_or("-".to_owned(), |k| k.to_string());
+        match self {
+            Refusal::KeyringFull
+            | Refusal::NoActiveTerm
+            | Refusal::NoShares
+            | Refusal::AnchorBackwards
+            | Refusal::PrintRunGoing
+            | Refusal::RecoverWhileRunning
+            | Refusal::NoShareDir => vec![],
+            Refusal::RewrapMismatch { key, got, want } => {
+                vec![("key", s(key)), ("got", s(got)), ("want", s(want))]
+            }
+            Refusal::TermInUse { term, data_keys } => {
+                vec![("term", s(term)), ("data_keys", s(data_keys))]
+            }
+            Refusal::TermActive { term } | Refusal::TermRetired { term } => {
+                vec![("term", s(term))]
+            }
+            Refusal::Threshold { threshold, shares } => {
+                vec![("threshold", s(threshold)), ("shares", s(shares))]
+            }
+            Refusal::SubjectTooLong { bytes } => vec![("bytes", s(bytes))],
+            Refusal::CounterExhausted { key } => vec![("key", s(key))],
+            Refusal::EncryptionLimit { key, limit } => vec![("key", s(key)), ("limit", s(limit))],
+            Refusal::NotStaging { batch, state } => vec![("batch", s(batch)), ("state", s(state))],
+            Refusal::RepeatsSerials { batch } => vec![("batch", s(batch))],
+            Refusal::AuditBroken {
+                damage,
+                seq,
+                detail,
+            } => vec![
+                ("damage", s(damage)),
+                ("seq", s(seq)),
+                ("detail", detail.clone()),
+            ],
+            Refusal::PruneOnBroken { damage, seq } => vec![("damage", s(damage)), ("seq", s(seq))],
+            Refusal::StaleHsmState { current, seen } => {
+                vec![("current", s(current)), ("seen", s(seen))]
+            }
+            Refusal::JobUnfinished { proposal, op } => {
+                vec![("proposal", s(proposal)), ("op", op.clone())]
+            }
+            Refusal::Lapsed { proposal } => vec![("proposal", s(proposal))],
+            Refusal::KcvMismatch {
+                proposal,
+                expected,
+                found,
+            } => vec![
+                ("proposal", s(proposal)),
+                ("expected", s(expected)),
+                ("found", kcv(found)),
+            ],
+            Refusal::KeyChanged {
+                proposal,
+                then,
+                now,
+            } => vec![
+                ("proposal", s(proposal)),
+                ("then", kcv(then)),
+                ("now", kcv(now)),
+            ],
+            Refusal::ImpactGrew { proposal, more } => {
+                vec![("proposal", s(proposal)), ("more", more.clone())]
+            }
+            Refusal::CardsNeedCodes {
+                batch,
+                active,
+                suspended,
+                issued,
+                jobs,
+            } => vec![
+                ("batch", s(batch)),
+                ("cards", s(&(active + suspended + issued))),
+                ("active", s(active)),
+                ("suspended", s(suspended)),
+                ("issued", s(issued)),
+                ("jobs", s(jobs)),
+            ],
+            Refusal::AlreadyDisabled { account }
+            | Refusal::AccountDisabled { account }
+            | Refusal::LastAdmin { account }
+            | Refusal::CurrentPasswordMismatch { account }
+            | Refusal::TokenOfPerson { account } => vec![("account", account.clone())],
+            Refusal::HolderDeceased { card }
+            | Refusal::CodesNotHeld { card }
+            | Refusal::NoSplitDispatch { card } => vec![("card", card.clone())],
+            Refusal::NoPasswordForRole { role } => vec![("role", s(role))],
+            Refusal::NoContact { card, contact } | Refusal::ContactChanged { card, contact } => {
+                vec![
+                    ("card", card.clone()),
+                    ("contact", contact_key(contact).to_owned()),
+                ]
+            }
+            Refusal::NoRemoteChannel { card, sms, email } => vec![
+                ("card", card.clone()),
+                ("sms", sms.reason().to_owned()),
+                ("email", email.reason().to_owned()),
+            ],
+            Refusal::PartSending {
+                card,
+                part,
+                dispatch,
+                job,
+            } => vec![
+                ("card", card.clone()),
+                ("part", part.clone()),
+                (
+                    "dispatch",
+                    dispatch.map_or("-".to_owned(), |d| d.to_string()),
+                ),
+                ("job", s(job)),
+            ],
+            Refusal::DispatchInForce {
+                card,
+                dispatch,
+                plan,
+                under_way,
+            } => vec![
+                ("card", card.clone()),
+                ("dispatch", s(dispatch)),
+                ("plan", plan.clone()),
+                ("under_way", s(under_way)),
+            ],
+            Refusal::CounterPart { card, part } => {
+                vec![("card", card.clone()), ("part", part.clone())]
+            }
+            Refusal::AwaitingCounter { card, part, job } => vec![
+                ("card", card.clone()),
+                ("part", part.clone()),
+                ("job", s(job)),
+            ],
+            Refusal::PlanInForce {
+                card,
+                plan,
+                dispatch,
+            } => vec![
+                ("card", card.clone()),
+                ("plan", plan.clone()),
+                ("dispatch", s(dispatch)),
+            ],
+            Refusal::HandedOver {
+                card,
+                dispatch,
+                job,
+                by,
+            } => vec![
+                ("card", card.clone()),
+                ("dispatch", s(dispatch)),
+                ("job", s(job)),
+                ("by", by.clone()),
+            ],
+            Refusal::CounterPartState {
+                card,
+                dispatch,
+                job,
+                state,
+            } => vec![
+                ("card", card.clone()),
+                ("dispatch", s(dispatch)),
+                ("job", s(job)),
+                ("state", state.clone()),
+            ],
+            Refusal::NoRemoteDestination { job, channel } => {
+                vec![("job", s(job)), ("channel", channel.clone())]
+            }
+            Refusal::MailerRepeats { outcome, mailer }
+            | Refusal::MailerUnknown { outcome, mailer } => {
+                vec![("outcome", s(outcome)), ("mailer", s(mailer))]
+            }
+            Refusal::MailerNotOutstanding {
+                outcome,
+                mailer,
+                state,
+                wanted,
+            } => vec![
+                ("outcome", s(outcome)),
+                ("mailer", s(mailer)),
+                ("state", state.clone()),
+                ("wanted", wanted.clone()),
+            ],
+            Refusal::CardOfAnotherHolder { line } => vec![("line", s(line))],
+            Refusal::ShareCount { expected, produced } => {
+                vec![("expected", s(expected)), ("produced", s(produced))]
+            }
+            Refusal::ShareFileUnwritable { path, error } => {
+                vec![("path", path.clone()), ("error", error.clone())]
+            }
+        }
+    }
+
+    /// The refusals inside this one (why neither SMS nor e-mail can be used), by fact name.
+    pub fn nested(&self) -> Vec<(&'static str, &Refusal)> {
+        match self {
+            Refusal::NoRemoteChannel { sms, email, .. } => vec![("sms", sms), ("email", email)],
+            _ => Vec::new(),
+        }
+    }
+
     /// The refusal's text without its leading `card {serial}: ` (to list several refusals of
     /// one card after it).
     pub fn without_card(&self) -> String {
@@ -703,6 +1014,49 @@ impl Refusal {
         match text.split_once(": ") {
             Some((head, rest)) if head.starts_with("card ") => rest.to_owned(),
             _ => text,
+        }
+    }
+}
+
+/// A contact's name (`mobile number`) as a fact: one word (`mobile`, `email`, `postal`).
+fn contact_key(contact: &str) -> &'static str {
+    match contact {
+        "mobile number" => "mobile",
+        "e-mail address" => "email",
+        "postal address" => "postal",
+        _ => "other",
+    }
+}
+
+/// Share counts and a threshold that make no share set. Nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Quorum {
+    /// No shares, or a threshold of 0.
+    Zero,
+    /// A threshold above the number of shares.
+    ThresholdAboveShares {
+        /// The threshold asked for.
+        threshold: u8,
+        /// The number of shares asked for.
+        shares: u8,
+    },
+    /// A threshold of 1 outside dev mode: one custodian could unseal alone.
+    SingleCustodian,
+}
+
+impl fmt::Display for Quorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quorum::Zero => f.write_str("shares and threshold must be at least 1"),
+            Quorum::ThresholdAboveShares { threshold, shares } => write!(
+                f,
+                "a threshold of {threshold} needs at least {threshold} shares, not {shares}"
+            ),
+            Quorum::SingleCustodian => f.write_str(
+                "a threshold below 2 lets one custodian unseal alone; it is allowed only in dev \
+                 mode",
+            ),
         }
     }
 }
@@ -727,6 +1081,16 @@ pub enum Denial {
         /// The proposer's account.
         account: String,
     },
+}
+
+impl Denial {
+    /// The denial's name in snake_case (`own_proposal`), like [`Refusal::reason`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::NotOfficer { .. } => "not_officer",
+            Denial::OwnProposal { .. } => "own_proposal",
+        }
+    }
 }
 
 impl fmt::Display for Denial {
@@ -783,6 +1147,9 @@ pub enum Missing {
     },
     /// A print run, by id.
     PrintRun(u64),
+    /// A card, or the holder it belongs to, by serial (nothing is released for a card
+    /// without a holder).
+    CardHolder(String),
 }
 
 impl fmt::Display for Missing {
@@ -803,6 +1170,7 @@ impl fmt::Display for Missing {
                 write!(f, "card {card}: no dispatch of part {part}")
             }
             Missing::PrintRun(id) => write!(f, "print run {id}"),
+            Missing::CardHolder(serial) => write!(f, "card {serial} or its holder"),
         }
     }
 }

@@ -65,7 +65,7 @@ pub mod text;
 mod totp;
 
 // Errors.
-pub use error::{Denial, Error, Missing, Refusal, Result};
+pub use error::{Denial, Error, Missing, Quorum, Refusal, Result};
 
 // Time and locks: the one clock seam and the one poison-tolerant lock helper.
 pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};
