@@ -275,6 +275,7 @@ impl Delivery {
                         s.from.clone(),
                     );
                     kc.dlr_url = s.dlr_url.clone();
+                    kc.tls_ca_pem = s.ca_file.as_ref().map(read_ca_file).transpose()?;
                     kc.max_in_flight = c.max_in_flight.max(1);
                     Some(Arc::new(KannelCourier::new(kc).map_err(bad)?))
                 }
@@ -628,6 +629,17 @@ async fn overdue_alert(state: &AppState, delivery: &Delivery) {
 }
 
 /// The message of a released job's part, addressed.
+/// A `ca_file`'s PEM bytes (parsed by the courier); the error names the setting and the path.
+fn read_ca_file(path: &std::path::PathBuf) -> Result<Vec<u8>, DeliveryError> {
+    std::fs::read(path).map_err(|e| {
+        DeliveryError(format!(
+            "[dispatch.sms] ca_file {}: cannot read: {}",
+            path.display(),
+            e.kind()
+        ))
+    })
+}
+
 fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure> {
     let job = &release.job;
     let render_failed = |e: dispatch::Error| (false, format!("render: {e}"));

@@ -1471,6 +1471,93 @@ impl Cards {
         Ok((job, ReceiptOutcome::Applied))
     }
 
+    /// Applies a bounce (a DSN whose recipient block says `Action: failed`) to the e-mail job
+    /// whose `Message-ID` carries `message_digest`: the 32 hex digits of
+    /// `<…​.plico@domain>`, the first half of SHA-256 of the job's idempotency key
+    /// ([`dispatch::courier::smtp::message_id`]). A `sent` job becomes `dead` as a permanent
+    /// failure with the reason `bounced <status>` (e.g. `bounced 5.1.1`), audited as
+    /// `dispatch.dead`, and falls back by `policy` like any permanent refusal; a job in another
+    /// state is left alone ([`ReceiptOutcome::Repeat`]): the same DSN twice changes nothing the
+    /// second time.
+    ///
+    /// The job is found by walking the idempotency keys (no index maps a `Message-ID` to a
+    /// job): bounces are rare, and the walk reads only the 16-byte keys.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a digest that is not 32 hex digits or a status that is not
+    /// `class.subject.detail`; [`Error::Missing`] when no e-mail job has that `Message-ID`;
+    /// store and audit errors.
+    pub fn mark_bounced(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        message_digest: &str,
+        status: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<(Job, ReceiptOutcome)> {
+        let wanted = hex::decode(message_digest)
+            .ok()
+            .filter(|d| d.len() == 16)
+            .ok_or_else(|| Error::Invalid("message-id: expected 32 hex digits".into()))?;
+        let status_ok = status.len() <= 11
+            && status.split('.').count() == 3
+            && status
+                .split('.')
+                .all(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()));
+        if !status_ok {
+            return Err(Error::Invalid(
+                "bounce status: expected class.subject.detail".into(),
+            ));
+        }
+        let _ops = self.ops_lock();
+        let id = self.job_id_by_message_digest(&wanted)?;
+        let old = self.required_job(id)?;
+        if old.channel != Channel::Email {
+            return Err(Missing::JobKey.into());
+        }
+        if old.state != JobState::Sent {
+            return Ok((old, ReceiptOutcome::Repeat));
+        }
+        let job = self.fail_locked(
+            hsm,
+            audit,
+            old,
+            false,
+            &format!("bounced {status}"),
+            now_ms,
+            policy,
+        )?;
+        Ok((job, ReceiptOutcome::Applied))
+    }
+
+    /// The job whose idempotency key hashes to `digest` (SHA-256 of the key's hex, first 16
+    /// bytes), by walking [`Tree::OutboxKeys`].
+    fn job_id_by_message_digest(&self, digest: &[u8]) -> Result<u64> {
+        let mut from = Vec::new();
+        loop {
+            let entries = self.store.range(Tree::OutboxKeys, &from, None, PAGE)?;
+            let Some((last, _)) = entries.last() else {
+                return Err(Missing::JobKey.into());
+            };
+            let mut next = last.clone();
+            next.push(0);
+            for (key, id) in &entries {
+                let hashed = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    hex::encode(key).as_bytes(),
+                );
+                if hashed.as_ref().get(..16) == Some(digest) {
+                    return seq_of(id);
+                }
+            }
+            if entries.len() < PAGE {
+                return Err(Missing::JobKey.into());
+            }
+            from = next;
+        }
+    }
+
     /// At start-up, before any worker runs: every job found `sending` (its worker died with
     /// the process) goes back to `queued`, due at once, with the same idempotency key. One
     /// `dispatch.recover` event per page of jobs, in its batch. Returns how many.

@@ -646,6 +646,61 @@ fn receipts_move_parts_to_delivered() {
     verify(&w);
 }
 
+/// The `Message-ID` digest of a job, as the SMTP courier writes it.
+fn message_digest(job: &Job) -> String {
+    let key = dispatch::IdempotencyKey::new(job.idempotency_key.clone()).unwrap();
+    let id = dispatch::courier::smtp::message_id(&key, "example.it");
+    dispatch::dsn::plico_message_digest(&id).unwrap()
+}
+
+#[test]
+fn a_bounce_makes_a_sent_email_dead_once() {
+    let w = world();
+    let p = policy(5, NO_FALLBACK);
+    request(&w, 1, "email").unwrap();
+    // More jobs, so that the walk over the keys does not find it first by chance.
+    request(&w, 2, "sms").unwrap();
+    request(&w, 3, "email").unwrap();
+    let t = now();
+    let claimed = w.cms().claim_due(t, &Channel::REMOTE, 100).unwrap();
+    let of = |c: usize| {
+        claimed
+            .iter()
+            .find(|j| j.serial == serial(c))
+            .unwrap()
+            .clone()
+    };
+    let (job, other) = (of(1), of(3));
+    w.cms().mark_sent(w.audit(), job.id, "<id@mx>").unwrap();
+    let digest = message_digest(&job);
+    let bounce = |digest: &str, status: &str| {
+        w.cms()
+            .mark_bounced(&*w.hsm, w.audit(), digest, status, t, &p)
+    };
+    let (j, o) = bounce(&digest, "5.1.1").unwrap();
+    assert_eq!((j.state, o), (JobState::Dead, ReceiptOutcome::Applied));
+    assert_eq!(j.last_error.as_deref(), Some("bounced 5.1.1"));
+    assert_eq!(j.attempts, job.attempts);
+    let dead = events(&w, "dispatch.dead");
+    assert_eq!(dead.len(), 1);
+    // The same DSN again: nothing changes, no second event.
+    let (again, o) = bounce(&digest, "5.1.1").unwrap();
+    assert_eq!((again, o), (j, ReceiptOutcome::Repeat));
+    assert_eq!(events(&w, "dispatch.dead").len(), 1);
+    assert_eq!(delivery(&w, 1), vec![pair("whole", "dead")]);
+    // Unknown message, a bad digest or status: errors, nothing written.
+    assert!(matches!(
+        bounce(&"ab".repeat(16), "5.1.1"),
+        Err(Error::Missing(Missing::JobKey))
+    ));
+    assert!(matches!(bounce("nope", "5.1.1"), Err(Error::Invalid(_))));
+    assert!(matches!(bounce(&digest, "5.1"), Err(Error::Invalid(_))));
+    // A job not sent (card 3's e-mail is still being sent) is left alone.
+    let (j, o) = bounce(&message_digest(&other), "5.1.1").unwrap();
+    assert_eq!((j.state, o), (JobState::Sending, ReceiptOutcome::Repeat));
+    verify(&w);
+}
+
 #[test]
 fn the_counter_page_is_part_a_of_the_dispatch_in_force() {
     let w = world();

@@ -7,6 +7,11 @@
 //! by the report's status (1 delivered, 2 failed, 4 buffered, 8 accepted by the SMSC, 16
 //! rejected by the SMSC). That callback belongs to the service, not to this crate.
 //!
+//! HTTPS: an `https` `sendsms_url` is verified against webpki's public roots plus, when
+//! [`KannelConfig::tls_ca_pem`] is set, the given CA certificates (a gateway with a leaf from a
+//! private CA). A certificate that chains to neither fails as `tls_untrusted`, a temporary
+//! failure: a gateway's certificate is not a verdict on one message.
+//!
 //! Answers: 2xx accepted; 400 (bad request), 403 (bad credentials) and other 4xx permanent;
 //! 408, 429, 5xx (503: queue full) and connection errors or timeouts temporary.
 //!
@@ -46,6 +51,9 @@ pub struct KannelConfig {
     pub max_in_flight: usize,
     /// Limit on one request.
     pub timeout: Duration,
+    /// PEM CA certificates trusted for an `https` `sendsms_url` in addition to webpki's public
+    /// roots (`[dispatch.sms] ca_file`). `None`: the public roots only.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl KannelConfig {
@@ -65,6 +73,7 @@ impl KannelConfig {
             dlr_mask: 31,
             max_in_flight: 16,
             timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
         }
     }
 }
@@ -78,6 +87,7 @@ impl fmt::Debug for KannelConfig {
             .field("from", &self.from)
             .field("dlr_url", &self.dlr_url)
             .field("dlr_mask", &self.dlr_mask)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -95,8 +105,8 @@ impl KannelCourier {
     /// A courier for this smsbox.
     ///
     /// # Errors
-    /// [`ConfigError`] for a URL that does not parse, a `dlr_url` without `%KEY%`, or an HTTP
-    /// client that cannot be built.
+    /// [`ConfigError`] for a URL that does not parse, a `dlr_url` without `%KEY%`, a
+    /// `tls_ca_pem` without a PEM certificate, or an HTTP client that cannot be built.
     pub fn new(config: KannelConfig) -> Result<KannelCourier, ConfigError> {
         let url = reqwest::Url::parse(&config.sendsms_url)
             .map_err(|_| ConfigError::new("sms.sendsms_url", "not a URL"))?;
@@ -111,7 +121,18 @@ impl KannelCourier {
         if config.max_in_flight == 0 {
             return Err(ConfigError::new("sms.max_in_flight", "must be at least 1"));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.tls_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| ConfigError::new("sms.ca_file", "not PEM certificates"))?;
+            if certs.is_empty() {
+                return Err(ConfigError::new("sms.ca_file", "no certificate"));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -190,6 +211,14 @@ impl Courier for KannelCourier {
 
 /// A reqwest error as a reason, without its text (which names the URL, query included).
 fn request_error(e: &reqwest::Error) -> SendError {
+    if let Some(tls) = tls_error(e) {
+        return SendError::Temporary(match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "kannel sendsms: tls_untrusted (the gateway's certificate is not trusted)".into()
+            }
+            _ => "kannel sendsms: tls handshake failed".into(),
+        });
+    }
     if e.is_timeout() {
         SendError::temporary("kannel sendsms: timed out")
     } else if e.is_connect() {
@@ -199,6 +228,30 @@ fn request_error(e: &reqwest::Error) -> SendError {
     } else {
         SendError::temporary("kannel sendsms: request failed")
     }
+}
+
+/// The rustls error under a request error, if the TLS handshake failed.
+///
+/// hyper wraps it in an `io::Error`, whose `source()` skips the wrapped error itself, so each
+/// `io::Error` in the chain is opened with `get_ref`.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(tls);
+                }
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Kannel's answer (`0: Accepted for delivery`) on one line, ≤ 200 bytes.
@@ -228,8 +281,14 @@ mod tests {
         let mut bad = c.clone();
         bad.dlr_url = Some("http://127.0.0.1/dlr?status=%d".into());
         assert!(KannelCourier::new(bad).is_err());
-        let mut bad = c;
+        let mut bad = c.clone();
         bad.sendsms_url = "ftp://x".into();
         assert!(KannelCourier::new(bad).is_err());
+        for pem in [&b"not pem"[..], b""] {
+            let mut bad = c.clone();
+            bad.tls_ca_pem = Some(pem.to_vec());
+            let err = KannelCourier::new(bad).unwrap_err();
+            assert_eq!(err.field, "sms.ca_file");
+        }
     }
 }
