@@ -24,6 +24,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod batches;
+pub mod bounces;
 pub mod cards;
 pub mod dispatch;
 pub mod dlr;
@@ -228,6 +229,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         cards::endpoints(),
         dispatch::endpoints(),
         dlr::endpoints(),
+        bounces::endpoints(),
         mailers::endpoints(),
         reports::endpoints(),
         keys::endpoints(),
