@@ -133,6 +133,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    if let Some(stats) = &stats {
+        out.push_str(&stats.prometheus_reasons());
+    }
     (
         [(
             header::CONTENT_TYPE,
