@@ -1509,6 +1509,9 @@ fn wrong_job_state(job: &Job, state: JobState, wanted: &str) -> Error {
     }
 }
 
+/// The failure reason code of a job ended by a bounce ([`Cards::mark_bounced`]).
+pub const BOUNCED: &str = "bounced";
+
 /// What a delivery receipt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -1583,7 +1586,8 @@ impl Cards {
     /// whose `Message-ID` carries `message_digest`: the 32 hex digits of
     /// `<…​.plico@domain>`, the first half of SHA-256 of the job's idempotency key
     /// ([`dispatch::courier::smtp::message_id`]). A `sent` job becomes `dead` as a permanent
-    /// failure with the reason `bounced <status>` (e.g. `bounced 5.1.1`), audited as
+    /// failure with the reason code [`BOUNCED`] and the reason `bounced <status>` (e.g.
+    /// `bounced 5.1.1`), audited as
     /// `dispatch.dead`, and falls back by `policy` like any permanent refusal; a job in another
     /// state is left alone ([`ReceiptOutcome::Repeat`]): the same DSN twice changes nothing the
     /// second time.
@@ -1627,10 +1631,13 @@ impl Cards {
         if old.state != JobState::Sent {
             return Ok((old, ReceiptOutcome::Repeat));
         }
-        let job = self.fail_locked(
+        let mut bounced = old.clone();
+        bounced.failure_reason = Some(BOUNCED.to_owned());
+        let job = self.fail_locked_from(
             hsm,
             audit,
-            old,
+            &old,
+            bounced,
             false,
             &format!("bounced {status}"),
             now_ms,

@@ -746,6 +746,7 @@ fn a_bounce_makes_a_sent_email_dead_once() {
     let (j, o) = bounce(&digest, "5.1.1").unwrap();
     assert_eq!((j.state, o), (JobState::Dead, ReceiptOutcome::Applied));
     assert_eq!(j.last_error.as_deref(), Some("bounced 5.1.1"));
+    assert_eq!(j.failure_reason.as_deref(), Some("bounced"));
     assert_eq!(j.attempts, job.attempts);
     let dead = events(&w, "dispatch.dead");
     assert_eq!(dead.len(), 1);

@@ -348,7 +348,7 @@ async fn wait_for_delivered(dlrs: &mut tokio::sync::mpsc::UnboundedReceiver<Stri
 
 /// Kannel's smsbox serving sendsms over HTTPS with a leaf from the test's own CA: with the CA
 /// in `tls_ca_pem` the SMS goes out and its delivery report comes back; without it (public
-/// roots only) the send fails as `tls_untrusted`, temporary (the gateway's certificate is not
+/// roots only) the send fails as `tls_untrusted`, lane-wide (the gateway's certificate is not
 /// a verdict on the message), and nothing reaches the SMSC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kannel_over_https_with_a_private_ca() {
@@ -367,8 +367,8 @@ async fn kannel_over_https_with_a_private_ca() {
 
     let untrusting = KannelCourier::new(kannel.config("s3cret")).unwrap();
     let err = untrusting.send(&out).await.unwrap_err();
-    assert!(err.is_temporary(), "{err}");
-    assert!(err.reason().contains("tls_untrusted"), "{err}");
+    assert_eq!(err.code(), FailureReason::TlsUntrusted, "{err}");
+    assert!(err.is_lane_wide(), "{err}");
     assert!(!kannel.fakesmsc_log().contains("Got message"));
 
     let mut config = kannel.config("s3cret");
@@ -387,7 +387,7 @@ async fn kannel_over_https_with_a_private_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
+async fn kannel_bad_credentials_pause_a_denied_number_ends_and_a_dead_gateway_is_temporary() {
     let tmp = tempfile::tempdir().unwrap();
     let kannel = Kannel::start(tmp.path()).await;
     let courier = KannelCourier::new(kannel.config("wrong")).unwrap();
@@ -398,8 +398,24 @@ async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
     )
     .unwrap();
     let err = courier.send(&out).await.unwrap_err();
-    assert!(!err.is_temporary(), "{err}");
+    // Bad credentials are the gateway's problem, not this message's: the lane pauses.
+    assert_eq!(err.code(), FailureReason::GatewayAuth, "{err}");
+    assert!(err.is_lane_wide() && err.is_temporary(), "{err}");
     assert_eq!(err.reason(), "kannel sendsms: http 403");
+    // A number the gateway refuses (Kannel's 400) ends that job only.
+    let denied = Outgoing::sms(
+        IdempotencyKey::new("job-8b:sms").unwrap(),
+        Destination::phone(format!("{}1234567", Kannel::DENIED_PREFIX)).unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+    let err = KannelCourier::new(kannel.config("s3cret"))
+        .unwrap()
+        .send(&denied)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), FailureReason::RejectedNumber, "{err}");
+    assert_eq!(err.scope(), FailureScope::Final, "{err}");
 
     // Throttled around the real courier: same answer, through the rate limiter.
     let throttled = Throttled::new(
@@ -424,6 +440,7 @@ async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
+    assert_eq!(err.code(), FailureReason::ConnectRefused, "{err}");
     assert!(!err.reason().contains("s3cret") && !err.reason().contains("680"));
 }
 

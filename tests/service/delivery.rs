@@ -365,6 +365,14 @@ async fn a_bounce_marks_the_sent_email_dead_once() {
     );
     assert!(!a.text.contains("rossi"), "{}", a.text);
     assert_eq!(part_state().await, "dead");
+    let card = client
+        .get("cms", &format!("/v1/cards/{}", serial(601)))
+        .await;
+    assert_eq!(
+        card.json["parts"][0]["failure_reason"], "bounced",
+        "{}",
+        card.text
+    );
     let job = running.wait_for(601, Part::Whole, JobState::Dead).await;
     assert_eq!(job.last_error.as_deref(), Some("bounced 5.1.1"));
     let a = post("cms", bounce).await;

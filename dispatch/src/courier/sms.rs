@@ -9,11 +9,16 @@
 //!
 //! HTTPS: an `https` `sendsms_url` is verified against webpki's public roots plus, when
 //! [`KannelConfig::tls_ca_pem`] is set, the given CA certificates (a gateway with a leaf from a
-//! private CA). A certificate that chains to neither fails as `tls_untrusted`, a temporary
-//! failure: a gateway's certificate is not a verdict on one message.
+//! private CA). A certificate that chains to neither fails as `tls_untrusted`, lane-wide: a
+//! gateway's certificate is not a verdict on one message.
 //!
-//! Answers: 2xx accepted; 400 (bad request), 403 (bad credentials) and other 4xx permanent;
-//! 408, 429, 5xx (503: queue full) and connection errors or timeouts temporary.
+//! Answers and their [`FailureReason`]s: 2xx accepted; 401/403 (the gateway refused the
+//! `sendsms-user`'s credentials) `gateway_auth`, which pauses the whole SMS lane (a password
+//! rotation is not a verdict on any job); 400 (Kannel refuses the request: the receiver number,
+//! denied or malformed) `rejected_number`, which ends that job; 408, 429 and 5xx (503: queue
+//! full) `gateway_busy`, retried; other 4xx `other_permanent`. A refused or unreachable
+//! connection is `connect_refused`, a timeout `timeout`, an untrusted certificate
+//! `tls_untrusted`, another TLS failure `tls_failed`: all lane-wide.
 //!
 //! # Security
 //! Kannel's `GET` interface puts the text (with its code) and the password in the query
@@ -23,7 +28,7 @@
 //! module never formats one: reasons are built from the HTTP status or the error's kind.
 //! Redirects are not followed.
 
-use super::{ConfigError, Courier, Destination, Message, Outgoing, SendError, Sent};
+use super::{ConfigError, Courier, Destination, FailureReason, Message, Outgoing, SendError, Sent};
 use crate::plan::Channel;
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
@@ -201,32 +206,51 @@ impl Courier for KannelCourier {
                 at: SystemTime::now(),
             });
         }
-        let reason = format!("kannel sendsms: http {}", status.as_u16());
-        match status.as_u16() {
-            408 | 429 | 500..=599 => Err(SendError::Temporary(reason)),
-            _ => Err(SendError::Permanent(reason)),
-        }
+        Err(SendError::failed(
+            status_reason(status.as_u16()),
+            format!("kannel sendsms: http {}", status.as_u16()),
+        ))
     }
 }
 
 /// A reqwest error as a reason, without its text (which names the URL, query included).
 fn request_error(e: &reqwest::Error) -> SendError {
     if let Some(tls) = tls_error(e) {
-        return SendError::Temporary(match tls {
-            rustls::Error::InvalidCertificate(_) => {
-                "kannel sendsms: tls_untrusted (the gateway's certificate is not trusted)".into()
-            }
-            _ => "kannel sendsms: tls handshake failed".into(),
-        });
+        return match tls {
+            rustls::Error::InvalidCertificate(_) => SendError::failed(
+                FailureReason::TlsUntrusted,
+                "kannel sendsms: the gateway's certificate is not trusted",
+            ),
+            _ => SendError::failed(
+                FailureReason::TlsFailed,
+                "kannel sendsms: tls handshake failed",
+            ),
+        };
     }
     if e.is_timeout() {
-        SendError::temporary("kannel sendsms: timed out")
+        SendError::failed(FailureReason::Timeout, "kannel sendsms: timed out")
     } else if e.is_connect() {
-        SendError::temporary("kannel sendsms: cannot connect")
+        SendError::failed(
+            FailureReason::ConnectRefused,
+            "kannel sendsms: cannot connect",
+        )
     } else if e.is_builder() {
-        SendError::permanent("kannel sendsms: bad request")
+        SendError::failed(FailureReason::BadMessage, "kannel sendsms: bad request")
     } else {
-        SendError::temporary("kannel sendsms: request failed")
+        SendError::failed(
+            FailureReason::ConnectionLost,
+            "kannel sendsms: request failed",
+        )
+    }
+}
+
+/// The reason code of a sendsms answer that is not 2xx.
+fn status_reason(status: u16) -> FailureReason {
+    match status {
+        401 | 403 => FailureReason::GatewayAuth,
+        400 => FailureReason::RejectedNumber,
+        408 | 429 | 500..=599 => FailureReason::GatewayBusy,
+        _ => FailureReason::OtherPermanent,
     }
 }
 
@@ -267,6 +291,20 @@ fn peer_text(body: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::courier::FailureScope;
+
+    #[test]
+    fn answers_are_classified() {
+        let scope = |s| status_reason(s).scope();
+        assert_eq!(status_reason(403), FailureReason::GatewayAuth);
+        assert_eq!(scope(403), FailureScope::Lane);
+        assert_eq!(status_reason(400), FailureReason::RejectedNumber);
+        assert_eq!(scope(400), FailureScope::Final);
+        for s in [408, 429, 500, 503] {
+            assert_eq!(scope(s), FailureScope::Retry, "{s}");
+        }
+        assert_eq!(scope(404), FailureScope::Final);
+    }
 
     #[test]
     fn config_is_checked_and_redacted() {

@@ -144,7 +144,9 @@ pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
-/// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports.
+/// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports. Its
+/// `sendsms-user` denies numbers starting `+39000` ([`Kannel::DENIED_PREFIX`]: Kannel answers
+/// 400, as for a number it refuses).
 ///
 /// Configured as docs/delivery.md ("Kannel without codes in its logs") says, so that no SMS
 /// text reaches its logs: smsbox at `log-level = 2` (its INFO line `sendsms … msg:<…>` holds
@@ -164,6 +166,9 @@ pub struct Kannel {
 pub const KANNEL_ACCESS_LOG_FORMAT: &str = "%t %l [SMSC:%i] [SVC:%n] [ACT:%A] [BINF:%B] [FID:%F] [from:%p] [to:%P] [flags:%m:%c:%M:%C:%d] [len:%L] [udh:%U]";
 
 impl Kannel {
+    /// Numbers with this prefix are refused by the `sendsms-user`'s `black-list-regex`.
+    pub const DENIED_PREFIX: &'static str = "+39000";
+
     /// Kannel with sendsms over plain HTTP.
     pub async fn start(dir: &Path) -> Kannel {
         Kannel::start_with(dir, None).await
@@ -225,6 +230,7 @@ username = plico
 password = s3cret
 max-messages = 1
 concatenation = false
+black-list-regex = ^\\+39000
 "
         );
         let conf_path = dir.join("kannel.conf");
