@@ -1583,35 +1583,45 @@ impl Cards {
     }
 
     /// Applies a bounce (a DSN whose recipient block says `Action: failed`) to the e-mail job
-    /// whose `Message-ID` carries `message_digest`: the 32 hex digits of
-    /// `<…​.plico@domain>`, the first half of SHA-256 of the job's idempotency key
-    /// ([`dispatch::courier::smtp::message_id`]). A `sent` job becomes `dead` as a permanent
-    /// failure with the reason code [`BOUNCED`] and the reason `bounced <status>` (e.g.
-    /// `bounced 5.1.1`), audited as
-    /// `dispatch.dead`, and falls back by `policy` like any permanent refusal; a job in another
-    /// state is left alone ([`ReceiptOutcome::Repeat`]): the same DSN twice changes nothing the
-    /// second time.
+    /// it names: by its `Original-Envelope-Id` when that is one of plico's (the SMTP courier
+    /// sends the job's idempotency key as `ENVID`), else by the returned `Message-ID`'s
+    /// `message_digest`, the 32 hex digits of `<…​.plico@domain>` (the first half of SHA-256 of
+    /// the job's key, [`dispatch::courier::smtp::message_id`]). A `sent` job becomes `dead` as
+    /// a permanent failure with the reason code [`BOUNCED`] and the reason `bounced <status>`
+    /// (e.g. `bounced 5.1.1`), audited as `dispatch.dead`, and falls back by `policy` like any
+    /// permanent refusal; a job in another state is left alone ([`ReceiptOutcome::Repeat`]):
+    /// the same DSN twice changes nothing the second time.
     ///
-    /// The job is found by walking the idempotency keys (no index maps a `Message-ID` to a
-    /// job): bounces are rare, and the walk reads only the 16-byte keys.
+    /// No index maps a `Message-ID` to a job: that lookup walks the idempotency keys (bounces
+    /// are rare, and the walk reads only the 16-byte keys); the envelope id is one read.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a digest that is not 32 hex digits or a status that is not
-    /// `class.subject.detail`; [`Error::Missing`] when no e-mail job has that `Message-ID`;
-    /// store and audit errors.
+    /// `class.subject.detail`; [`Error::Missing`] when no e-mail job is named; store and audit
+    /// errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn mark_bounced(
         &self,
         hsm: &dyn Hsm,
         audit: &AuditLog,
-        message_digest: &str,
+        envelope_id: Option<&str>,
+        message_digest: Option<&str>,
         status: &str,
         now_ms: u64,
         policy: &OutboxPolicy,
     ) -> Result<(Job, ReceiptOutcome)> {
-        let wanted = hex::decode(message_digest)
-            .ok()
-            .filter(|d| d.len() == 16)
-            .ok_or_else(|| Error::Invalid("message-id: expected 32 hex digits".into()))?;
+        let wanted = message_digest
+            .map(|d| {
+                hex::decode(d)
+                    .ok()
+                    .filter(|d| d.len() == 16)
+                    .ok_or_else(|| Error::Invalid("message-id: expected 32 hex digits".into()))
+            })
+            .transpose()?;
+        // Another sender's envelope id is not an error: it is just not one of plico's.
+        let envelope_key = envelope_id
+            .and_then(|e| hex::decode(e.trim()).ok())
+            .filter(|k| k.len() == 16);
         let status_ok = status.len() <= 11
             && status.split('.').count() == 3
             && status
@@ -1623,7 +1633,15 @@ impl Cards {
             ));
         }
         let _ops = self.ops_lock();
-        let id = self.job_id_by_message_digest(&wanted)?;
+        let by_envelope = match &envelope_key {
+            Some(key) => self.store.get(Tree::OutboxKeys, key)?,
+            None => None,
+        };
+        let id = match (by_envelope, &wanted) {
+            (Some(id), _) => seq_of(&id)?,
+            (None, Some(digest)) => self.job_id_by_message_digest(digest)?,
+            (None, None) => return Err(Missing::JobKey.into()),
+        };
         let old = self.required_job(id)?;
         if old.channel != Channel::Email {
             return Err(Missing::JobKey.into());

@@ -741,7 +741,7 @@ fn a_bounce_makes_a_sent_email_dead_once() {
     let digest = message_digest(&job);
     let bounce = |digest: &str, status: &str| {
         w.cms()
-            .mark_bounced(&*w.hsm, w.audit(), digest, status, t, &p)
+            .mark_bounced(&*w.hsm, w.audit(), None, Some(digest), status, t, &p)
     };
     let (j, o) = bounce(&digest, "5.1.1").unwrap();
     assert_eq!((j.state, o), (JobState::Dead, ReceiptOutcome::Applied));
@@ -765,6 +765,24 @@ fn a_bounce_makes_a_sent_email_dead_once() {
     // A job not sent (card 3's e-mail is still being sent) is left alone.
     let (j, o) = bounce(&message_digest(&other), "5.1.1").unwrap();
     assert_eq!((j.state, o), (JobState::Sending, ReceiptOutcome::Repeat));
+    // The envelope id (the job's key, sent as ENVID) names the job without the Message-ID,
+    // and wins over a Message-ID of another job; another sender's envelope id is passed over.
+    let by_envelope = |envid: &str, digest: Option<&str>| {
+        w.cms()
+            .mark_bounced(&*w.hsm, w.audit(), Some(envid), digest, "5.1.1", t, &p)
+    };
+    w.cms().mark_sent(w.audit(), other.id, "<id2@mx>").unwrap();
+    let (j, o) = by_envelope(&other.idempotency_key, Some(&digest)).unwrap();
+    assert_eq!(
+        (j.id, j.state, o),
+        (other.id, JobState::Dead, ReceiptOutcome::Applied)
+    );
+    assert!(matches!(
+        by_envelope("QQ314159", None),
+        Err(Error::Missing(Missing::JobKey))
+    ));
+    let (j, o) = by_envelope("QQ314159", Some(&digest)).unwrap();
+    assert_eq!((j.id, o), (job.id, ReceiptOutcome::Repeat));
     verify(&w);
 }
 

@@ -7,7 +7,8 @@
 //! | `POST /v1/bounces` | cms   | [`BounceAnswer`] |
 //!
 //! The body is the whole DSN message (at most [`super::BODY_LIMIT`], 64 KiB: `413` above).
-//! [`dispatch::dsn::parse`] reads it; the job is the e-mail job whose `Message-ID` the DSN
+//! [`dispatch::dsn::parse`] reads it; the job is the e-mail job its `Original-Envelope-Id`
+//! names (plico sends the job's key as `ENVID`), else the one whose `Message-ID` the DSN
 //! returns (plico's `<…​.plico@domain>`). A recipient block with `Action: failed` makes a
 //! `sent` job `dead` with the reason `bounced <status>` (e.g. `bounced 5.1.1`), audited, and
 //! its fallback by policy ([`cards::Cards::mark_bounced`]):
@@ -19,9 +20,9 @@
 //! | `ignored` | 200    | no recipient failed (`delayed`, `delivered`, `relayed`): unchanged |
 //!
 //! A body that is not a DSN is `400 bad_request` naming why (no `multipart/report`, no
-//! `message/delivery-status` part, a recipient block without `Status`…); a DSN that returns no
-//! `Message-ID` is `400` too; one whose `Message-ID` is not one of plico's, or names no e-mail
-//! job, is `404 not_found`.
+//! `message/delivery-status` part, a recipient block without `Status`…); a DSN with neither an
+//! envelope id nor a returned `Message-ID` is `400` too; one that names no e-mail job of plico's
+//! is `404 not_found`.
 //!
 //! # Security
 //! A DSN returns the original message's header (`RET=HDRS`) or, from a relay that ignores it,
@@ -30,7 +31,7 @@
 //! names, the `Action` and the status code: neither the recipient's address nor the
 //! diagnostic text (which names the address).
 
-use super::{blocking, ApiError, Caller, Endpoint, ErrorCode};
+use super::{blocking, ApiError, Caller, Endpoint};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -96,17 +97,16 @@ async fn bounce(
         }));
     };
     let status = failed.status.to_string();
-    let message_id = parsed.message_id.as_deref().ok_or_else(|| {
-        ApiError::bad_request(
-            "the dsn returns no message-id (no text/rfc822-headers or message/rfc822 part with one)",
-        )
-    })?;
-    let digest = dsn::plico_message_digest(message_id).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            "not found: the dsn's message-id is not one of plico's",
-        )
-    })?;
+    let envelope_id = parsed.envelope_id.clone();
+    let digest =
+        match parsed.message_id.as_deref() {
+            Some(id) => dsn::plico_message_digest(id),
+            None if envelope_id.is_some() => None,
+            None => return Err(ApiError::bad_request(
+                "the dsn names no message: no original-envelope-id, and no text/rfc822-headers \
+                 or message/rfc822 part with a message-id",
+            )),
+        };
     let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
     let policy = state
         .delivery
@@ -115,9 +115,18 @@ async fn bounce(
         .unwrap_or_default();
     let now = state.clock.now_ms();
     let status_for_job = status.clone();
-    let (job, outcome) =
-        blocking(move || cms.mark_bounced(&*hsm, &audit, &digest, &status_for_job, now, &policy))
-            .await?;
+    let (job, outcome) = blocking(move || {
+        cms.mark_bounced(
+            &*hsm,
+            &audit,
+            envelope_id.as_deref(),
+            digest.as_deref(),
+            &status_for_job,
+            now,
+            &policy,
+        )
+    })
+    .await?;
     let outcome = match outcome {
         ReceiptOutcome::Applied => "applied",
         ReceiptOutcome::Repeat => "repeat",
