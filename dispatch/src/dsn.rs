@@ -599,6 +599,26 @@ mod tests {
         assert!(!bad.to_string().contains("1234"));
     }
 
+    /// Untrusted bytes: every truncation of the fixtures, and each with one byte changed at
+    /// every third position, parses or is refused, never panics.
+    #[test]
+    fn damaged_messages_never_panic() {
+        for fixture in [POSTFIX_RCPT, POSTFIX_DELAYED, RFC3464_FULL] {
+            for end in 0..fixture.len() {
+                let _ = parse(&fixture[..end]);
+            }
+            let mut damaged = fixture.to_vec();
+            for at in (0..damaged.len()).step_by(3) {
+                let keep = damaged[at];
+                for b in [b'\n', b':', b'-', 0xff] {
+                    damaged[at] = b;
+                    let _ = parse(&damaged);
+                }
+                damaged[at] = keep;
+            }
+        }
+    }
+
     #[test]
     fn status_codes() {
         assert_eq!(Status::parse("5.1.1").unwrap().to_string(), "5.1.1");

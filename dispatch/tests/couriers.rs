@@ -17,7 +17,7 @@ use dispatch::courier::sms::{KannelConfig, KannelCourier};
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
 use dispatch::courier::spool::InsecureSpoolCourier;
 use dispatch::*;
-use peers::{ca_and_leaf, free_ports, smtp_sink, Kannel};
+use peers::{free_ports, smtp_sink, Kannel};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -344,6 +344,38 @@ async fn wait_for_delivered(dlrs: &mut tokio::sync::mpsc::UnboundedReceiver<Stri
         statuses.iter().all(|s| s == "1" || s == "8"),
         "{statuses:?}"
     );
+}
+
+/// A private CA and a leaf for 127.0.0.1 and localhost, written as PEM files into `dir`:
+/// `(ca, cert, key)`.
+pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "plico peers test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "plico peers test server");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    paths
 }
 
 /// Kannel's smsbox serving sendsms over HTTPS with a leaf from the test's own CA: with the CA

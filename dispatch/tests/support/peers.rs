@@ -112,38 +112,6 @@ pub async fn smtp_sink_on(port: u16, dir: &Path, dump: bool, extra: &[&str]) -> 
     peer
 }
 
-/// A private CA and a leaf for 127.0.0.1 and localhost, written as PEM files into `dir`:
-/// `(ca, cert, key)`.
-pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name
-        .push(DnType::CommonName, "plico peers test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "plico peers test server");
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
-    paths
-}
-
 /// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports. Its
 /// `sendsms-user` denies numbers starting `+39000` ([`Kannel::DENIED_PREFIX`]: Kannel answers
 /// 400, as for a number it refuses).
