@@ -24,6 +24,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod batches;
+pub mod bounces;
 pub mod cards;
 pub mod dispatch;
 pub mod dlr;
@@ -241,6 +242,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         cards::endpoints(),
         dispatch::endpoints(),
         dlr::endpoints(),
+        bounces::endpoints(),
         mailers::endpoints(),
         reports::endpoints(),
         keys::endpoints(),

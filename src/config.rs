@@ -92,7 +92,8 @@
 //! max_connections = 8
 //!
 //! [dispatch.sms]                     # Kannel's sendsms interface
-//! sendsms_url = "http://127.0.0.1:13013/cgi-bin/sendsms"
+//! sendsms_url = "http://127.0.0.1:13013/cgi-bin/sendsms"   # or https://… (see ca_file)
+//! # ca_file = "/etc/plico/gateway-ca.pem"   # PEM CAs trusted besides the public roots (https)
 //! username = "plico"
 //! password = "…"
 //! from = "PLICO"
@@ -260,6 +261,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "dispatch.smtp.max_connections",
     ),
     ("PLICO_DISPATCH_SMS_SENDSMS_URL", "dispatch.sms.sendsms_url"),
+    ("PLICO_DISPATCH_SMS_CA_FILE", "dispatch.sms.ca_file"),
     ("PLICO_DISPATCH_SMS_USERNAME", "dispatch.sms.username"),
     ("PLICO_DISPATCH_SMS_PASSWORD", "dispatch.sms.password"),
     ("PLICO_DISPATCH_SMS_FROM", "dispatch.sms.from"),
@@ -665,8 +667,13 @@ fn default_smtp_connections() -> usize {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsSection {
-    /// The smsbox's sendsms URL.
+    /// The smsbox's sendsms URL (`http://` on loopback, `https://` across a network).
     pub sendsms_url: String,
+    /// PEM file of one or more CA certificates trusted for an `https` `sendsms_url` in
+    /// addition to the public (webpki) roots: a gateway whose certificate comes from a
+    /// private CA. Only with an `https` URL.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// A `sendsms-user`.
     pub username: String,
     /// Its password.
@@ -685,6 +692,7 @@ impl std::fmt::Debug for SmsSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmsSection")
             .field("sendsms_url", &self.sendsms_url)
+            .field("ca_file", &self.ca_file)
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("from", &self.from)
@@ -1243,6 +1251,11 @@ impl Config {
                         "{origin}: [dispatch.sms]: `dlr_url` must contain %KEY% and %d"
                     )));
                 }
+                if sms.ca_file.is_some() && !sms.sendsms_url.starts_with("https://") {
+                    return Err(ConfigError(format!(
+                        "{origin}: [dispatch.sms]: `ca_file` needs an https `sendsms_url`"
+                    )));
+                }
             }
         }
         if let Some(tls) = &self.tls {
@@ -1600,6 +1613,7 @@ request_head_timeout_secs = 0
         for (bad, field) in [
             ("[dispatch.sms]\nsendsms_url = \"x\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"f\"\ndlr_token = \"short\"\n", "dlr_token"),
             ("[dispatch.sms]\nsendsms_url = \"x\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"f\"\ndlr_url = \"http://x/\"\n", "dlr_url"),
+            ("[dispatch.sms]\nsendsms_url = \"http://k/\"\nca_file = \"/ca.pem\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"f\"\n", "ca_file"),
             ("[dispatch]\nmax_in_flight = 0\n", "max_in_flight"),
             ("[dispatch]\nrate = 1\n", "rate"),
         ] {
@@ -1899,6 +1913,7 @@ request_head_timeout_secs = 0
                 }),
                 sms: Some(SmsSection {
                     sendsms_url: "u".into(),
+                    ca_file: Some(PathBuf::from("/ca.pem")),
                     username: "n".into(),
                     password: "p".into(),
                     from: "f".into(),

@@ -329,6 +329,7 @@ impl Delivery {
                         s.from.clone(),
                     );
                     kc.dlr_url = s.dlr_url.clone();
+                    kc.tls_ca_pem = s.ca_file.as_ref().map(read_ca_file).transpose()?;
                     kc.max_in_flight = c.max_in_flight.max(1);
                     Some(Arc::new(KannelCourier::new(kc).map_err(bad)?))
                 }
@@ -837,6 +838,17 @@ async fn overdue_alert(state: &AppState, delivery: &Delivery) {
 }
 
 /// The message of a released job's part, addressed.
+/// A `ca_file`'s PEM bytes (parsed by the courier); the error names the setting and the path.
+fn read_ca_file(path: &PathBuf) -> Result<Vec<u8>, DeliveryError> {
+    std::fs::read(path).map_err(|e| {
+        DeliveryError(format!(
+            "[dispatch.sms] ca_file {}: cannot read: {}",
+            path.display(),
+            e.kind()
+        ))
+    })
+}
+
 fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure> {
     let job = &release.job;
     let render_failed =
@@ -973,6 +985,37 @@ mod tests {
         assert!(d.sends(Channel::Email) && !d.sends(Channel::Sms));
         assert_eq!(d.policy.max_attempts, 2);
         assert!(!format!("{d:?}").is_empty());
+    }
+
+    #[test]
+    fn a_gateway_ca_file_is_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = |ca_file: PathBuf| DispatchConfig {
+            sms: Some(crate::config::SmsSection {
+                sendsms_url: "https://127.0.0.1:13013/cgi-bin/sendsms".into(),
+                ca_file: Some(ca_file),
+                username: "plico".into(),
+                password: "p".into(),
+                from: "PLICO".into(),
+                dlr_url: None,
+                dlr_token: None,
+            }),
+            ..DispatchConfig::default()
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = Delivery::from_config(Some(&gateway(missing)), false, dir.path(), &print())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[dispatch.sms] ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let e = Delivery::from_config(Some(&gateway(not_pem)), false, dir.path(), &print())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sms.ca_file"), "{e}");
     }
 
     #[test]

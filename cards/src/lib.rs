@@ -66,7 +66,7 @@ pub use consent::{ConsentPurpose, ConsentSubject};
 // The outbox of code deliveries.
 pub use outbox::{
     Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Fallback, Job, JobState,
-    OutboxPolicy, Part, PartDelivery, ReceiptOutcome,
+    OutboxPolicy, Part, PartDelivery, ReceiptOutcome, BOUNCED,
 };
 pub use outbox_counter::{CounterPrint, CounterSlip};
 pub use outbox_release::{JobRelease, ReleaseDestination};

@@ -1509,6 +1509,9 @@ fn wrong_job_state(job: &Job, state: JobState, wanted: &str) -> Error {
     }
 }
 
+/// The failure reason code of a job ended by a bounce ([`Cards::mark_bounced`]).
+pub const BOUNCED: &str = "bounced";
+
 /// What a delivery receipt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -1577,6 +1580,115 @@ impl Cards {
             job_event("dispatch.delivered", &job).detail("from", old.state.as_str()),
         )?;
         Ok((job, ReceiptOutcome::Applied))
+    }
+
+    /// Applies a bounce (a DSN whose recipient block says `Action: failed`) to the e-mail job
+    /// it names: by its `Original-Envelope-Id` when that is one of plico's (the SMTP courier
+    /// sends the job's idempotency key as `ENVID`), else by the returned `Message-ID`'s
+    /// `message_digest`, the 32 hex digits of `<…​.plico@domain>` (the first half of SHA-256 of
+    /// the job's key, [`dispatch::courier::smtp::message_id`]). A `sent` job becomes `dead` as
+    /// a permanent failure with the reason code [`BOUNCED`] and the reason `bounced <status>`
+    /// (e.g. `bounced 5.1.1`), audited as `dispatch.dead`, and falls back by `policy` like any
+    /// permanent refusal; a job in another state is left alone ([`ReceiptOutcome::Repeat`]):
+    /// the same DSN twice changes nothing the second time.
+    ///
+    /// No index maps a `Message-ID` to a job: that lookup walks the idempotency keys (bounces
+    /// are rare, and the walk reads only the 16-byte keys); the envelope id is one read.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a digest that is not 32 hex digits or a status that is not
+    /// `class.subject.detail`; [`Error::Missing`] when no e-mail job is named; store and audit
+    /// errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mark_bounced(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        envelope_id: Option<&str>,
+        message_digest: Option<&str>,
+        status: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<(Job, ReceiptOutcome)> {
+        let wanted = message_digest
+            .map(|d| {
+                hex::decode(d)
+                    .ok()
+                    .filter(|d| d.len() == 16)
+                    .ok_or_else(|| Error::Invalid("message-id: expected 32 hex digits".into()))
+            })
+            .transpose()?;
+        // Another sender's envelope id is not an error: it is just not one of plico's.
+        let envelope_key = envelope_id
+            .and_then(|e| hex::decode(e.trim()).ok())
+            .filter(|k| k.len() == 16);
+        let status_ok = status.len() <= 11
+            && status.split('.').count() == 3
+            && status
+                .split('.')
+                .all(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()));
+        if !status_ok {
+            return Err(Error::Invalid(
+                "bounce status: expected class.subject.detail".into(),
+            ));
+        }
+        let _ops = self.ops_lock();
+        let by_envelope = match &envelope_key {
+            Some(key) => self.store.get(Tree::OutboxKeys, key)?,
+            None => None,
+        };
+        let id = match (by_envelope, &wanted) {
+            (Some(id), _) => seq_of(&id)?,
+            (None, Some(digest)) => self.job_id_by_message_digest(digest)?,
+            (None, None) => return Err(Missing::JobKey.into()),
+        };
+        let old = self.required_job(id)?;
+        if old.channel != Channel::Email {
+            return Err(Missing::JobKey.into());
+        }
+        if old.state != JobState::Sent {
+            return Ok((old, ReceiptOutcome::Repeat));
+        }
+        let mut bounced = old.clone();
+        bounced.failure_reason = Some(BOUNCED.to_owned());
+        let job = self.fail_locked_from(
+            hsm,
+            audit,
+            &old,
+            bounced,
+            false,
+            &format!("bounced {status}"),
+            now_ms,
+            policy,
+        )?;
+        Ok((job, ReceiptOutcome::Applied))
+    }
+
+    /// The job whose idempotency key hashes to `digest` (SHA-256 of the key's hex, first 16
+    /// bytes), by walking [`Tree::OutboxKeys`].
+    fn job_id_by_message_digest(&self, digest: &[u8]) -> Result<u64> {
+        let mut from = Vec::new();
+        loop {
+            let entries = self.store.range(Tree::OutboxKeys, &from, None, PAGE)?;
+            let Some((last, _)) = entries.last() else {
+                return Err(Missing::JobKey.into());
+            };
+            let mut next = last.clone();
+            next.push(0);
+            for (key, id) in &entries {
+                let hashed = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    hex::encode(key).as_bytes(),
+                );
+                if hashed.as_ref().get(..16) == Some(digest) {
+                    return seq_of(id);
+                }
+            }
+            if entries.len() < PAGE {
+                return Err(Missing::JobKey.into());
+            }
+            from = next;
+        }
     }
 
     /// At start-up, before any worker runs: every job found `sending` (its worker died with
@@ -2535,6 +2647,80 @@ pub(crate) mod tests {
             .unwrap()
             .iter()
             .all(|j| j.serial != serial(3)));
+        verify(&w);
+    }
+
+    /// The `Message-ID` digest of a job, as the SMTP courier writes it.
+    fn message_digest(job: &Job) -> String {
+        let key = dispatch::IdempotencyKey::new(job.idempotency_key.clone()).unwrap();
+        let id = dispatch::courier::smtp::message_id(&key, "example.it");
+        dispatch::dsn::plico_message_digest(&id).unwrap()
+    }
+
+    #[test]
+    fn a_bounce_makes_a_sent_email_dead_once() {
+        let w = world();
+        let p = policy(5, NO_FALLBACK);
+        request(&w, 1, "email").unwrap();
+        // More jobs, so that the walk over the keys does not find it first by chance.
+        request(&w, 2, "sms").unwrap();
+        request(&w, 3, "email").unwrap();
+        let t = now();
+        let claimed = w.cms().claim_due(t, &Channel::REMOTE, 100).unwrap();
+        let of = |c: usize| {
+            claimed
+                .iter()
+                .find(|j| j.serial == serial(c))
+                .unwrap()
+                .clone()
+        };
+        let (job, other) = (of(1), of(3));
+        w.cms().mark_sent(w.audit(), job.id, "<id@mx>").unwrap();
+        let digest = message_digest(&job);
+        let bounce = |digest: &str, status: &str| {
+            w.cms()
+                .mark_bounced(&*w.hsm, w.audit(), None, Some(digest), status, t, &p)
+        };
+        let (j, o) = bounce(&digest, "5.1.1").unwrap();
+        assert_eq!((j.state, o), (JobState::Dead, ReceiptOutcome::Applied));
+        assert_eq!(j.last_error.as_deref(), Some("bounced 5.1.1"));
+        assert_eq!(j.failure_reason.as_deref(), Some("bounced"));
+        assert_eq!(j.attempts, job.attempts);
+        let dead = events(&w, "dispatch.dead");
+        assert_eq!(dead.len(), 1);
+        // The same DSN again: nothing changes, no second event.
+        let (again, o) = bounce(&digest, "5.1.1").unwrap();
+        assert_eq!((again, o), (j, ReceiptOutcome::Repeat));
+        assert_eq!(events(&w, "dispatch.dead").len(), 1);
+        assert_eq!(delivery(&w, 1), vec![pair("whole", "dead")]);
+        // Unknown message, a bad digest or status: errors, nothing written.
+        assert!(matches!(
+            bounce(&"ab".repeat(16), "5.1.1"),
+            Err(Error::Missing(Missing::JobKey))
+        ));
+        assert!(matches!(bounce("nope", "5.1.1"), Err(Error::Invalid(_))));
+        assert!(matches!(bounce(&digest, "5.1"), Err(Error::Invalid(_))));
+        // A job not sent (card 3's e-mail is still being sent) is left alone.
+        let (j, o) = bounce(&message_digest(&other), "5.1.1").unwrap();
+        assert_eq!((j.state, o), (JobState::Sending, ReceiptOutcome::Repeat));
+        // The envelope id (the job's key, sent as ENVID) names the job without the Message-ID,
+        // and wins over a Message-ID of another job; another sender's envelope id is passed over.
+        let by_envelope = |envid: &str, digest: Option<&str>| {
+            w.cms()
+                .mark_bounced(&*w.hsm, w.audit(), Some(envid), digest, "5.1.1", t, &p)
+        };
+        w.cms().mark_sent(w.audit(), other.id, "<id2@mx>").unwrap();
+        let (j, o) = by_envelope(&other.idempotency_key, Some(&digest)).unwrap();
+        assert_eq!(
+            (j.id, j.state, o),
+            (other.id, JobState::Dead, ReceiptOutcome::Applied)
+        );
+        assert!(matches!(
+            by_envelope("QQ314159", None),
+            Err(Error::Missing(Missing::JobKey))
+        ));
+        let (j, o) = by_envelope("QQ314159", Some(&digest)).unwrap();
+        assert_eq!((j.id, o), (job.id, ReceiptOutcome::Repeat));
         verify(&w);
     }
 

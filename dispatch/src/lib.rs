@@ -14,6 +14,8 @@
 //!   insecure spool directory for `--dev`; a retry policy (backoff with full jitter) and a
 //!   per-channel rate limit (governor). Couriers send once; retrying, job state and
 //!   delivery-report callbacks belong to the service and the vault's outbox.
+//! - [`dsn`]: a parser of delivery status notifications (RFC 3464 bounces) that reads the
+//!   per-recipient verdicts and the returned message's `Message-ID`, never its body.
 //!
 //! It never depends on `vault`: codes cross from the vault to this crate in one visible place,
 //! the service crate, by building [`Codes`] from the vault's `expose_secret()` bytes.
@@ -31,6 +33,7 @@
 
 pub mod bulk;
 pub mod courier;
+pub mod dsn;
 pub mod error;
 mod lock;
 pub mod plan;

@@ -305,6 +305,24 @@ async fn kannel_sends_to_the_fake_smsc_and_reports_delivery() {
     }
 
     // Kannel calls the dlr-url with the job's key: 8 (SMSC accepted), then 1 (delivered).
+    wait_for_delivered(&mut dlrs, "job-7:sms").await;
+
+    // Configured as docs/delivery.md says, Kannel wrote the SMS text (PUK part 572468) to
+    // none of its own logs, while its access log did record the send.
+    let logs = kannel.own_logs();
+    assert!(
+        logs.iter()
+            .any(|(name, text)| name == "bearerbox-access.log" && text.contains("Sent SMS")),
+        "{logs:?}"
+    );
+    for (name, text) in &logs {
+        assert!(!text.contains("572468"), "the SMS text in kannel's {name}");
+    }
+}
+
+/// Waits for Kannel's reports on `dlrs` until one says delivered (1): each names `key`, and
+/// all are 8 (SMSC accepted) or 1.
+async fn wait_for_delivered(dlrs: &mut tokio::sync::mpsc::UnboundedReceiver<String>, key: &str) {
     let mut statuses = Vec::new();
     while !statuses.contains(&"1".to_owned()) {
         let line = tokio::time::timeout(Duration::from_secs(10), dlrs.recv())
@@ -319,7 +337,7 @@ async fn kannel_sends_to_the_fake_smsc_and_reports_delivery() {
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .collect();
-        assert_eq!(params.get("key"), Some(&"job-7:sms"), "{line}");
+        assert_eq!(params.get("key"), Some(&key), "{line}");
         statuses.push(params["status"].to_owned());
     }
     assert!(
@@ -328,8 +346,80 @@ async fn kannel_sends_to_the_fake_smsc_and_reports_delivery() {
     );
 }
 
+/// A private CA and a leaf for 127.0.0.1 and localhost, written as PEM files into `dir`:
+/// `(ca, cert, key)`.
+pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "plico peers test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "plico peers test server");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    paths
+}
+
+/// Kannel's smsbox serving sendsms over HTTPS with a leaf from the test's own CA: with the CA
+/// in `tls_ca_pem` the SMS goes out and its delivery report comes back; without it (public
+/// roots only) the send fails as `tls_untrusted`, lane-wide (the gateway's certificate is not
+/// a verdict on the message), and nothing reaches the SMSC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
+async fn kannel_over_https_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_leaf(tmp.path());
+    let kannel_dir = tmp.path().join("kannel");
+    std::fs::create_dir(&kannel_dir).unwrap();
+    let kannel = Kannel::start_tls(&kannel_dir, &cert, &key).await;
+    let (dlr_port, mut dlrs) = dlr_listener().await;
+    let out = Outgoing::sms(
+        IdempotencyKey::new("job-9:sms").unwrap(),
+        Destination::phone("+393331234567").unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+
+    let untrusting = KannelCourier::new(kannel.config("s3cret")).unwrap();
+    let err = untrusting.send(&out).await.unwrap_err();
+    assert_eq!(err.code(), FailureReason::TlsUntrusted, "{err}");
+    assert!(err.is_lane_wide(), "{err}");
+    assert!(!kannel.fakesmsc_log().contains("Got message"));
+
+    let mut config = kannel.config("s3cret");
+    config.tls_ca_pem = Some(std::fs::read(&ca).unwrap());
+    config.dlr_url = Some(format!(
+        "http://127.0.0.1:{dlr_port}/v1/dlr?key=%KEY%&status=%d"
+    ));
+    let sent = KannelCourier::new(config)
+        .unwrap()
+        .send(&out)
+        .await
+        .unwrap();
+    assert!(sent.peer_id.contains("Accepted"), "{}", sent.peer_id);
+    wait_for_delivered(&mut dlrs, "job-9:sms").await;
+    assert!(kannel.fakesmsc_log().contains("PUK 572468"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kannel_bad_credentials_pause_a_denied_number_ends_and_a_dead_gateway_is_temporary() {
     let tmp = tempfile::tempdir().unwrap();
     let kannel = Kannel::start(tmp.path()).await;
     let courier = KannelCourier::new(kannel.config("wrong")).unwrap();
@@ -340,8 +430,24 @@ async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
     )
     .unwrap();
     let err = courier.send(&out).await.unwrap_err();
-    assert!(!err.is_temporary(), "{err}");
+    // Bad credentials are the gateway's problem, not this message's: the lane pauses.
+    assert_eq!(err.code(), FailureReason::GatewayAuth, "{err}");
+    assert!(err.is_lane_wide() && err.is_temporary(), "{err}");
     assert_eq!(err.reason(), "kannel sendsms: http 403");
+    // A number the gateway refuses (Kannel's 400) ends that job only.
+    let denied = Outgoing::sms(
+        IdempotencyKey::new("job-8b:sms").unwrap(),
+        Destination::phone(format!("{}1234567", Kannel::DENIED_PREFIX)).unwrap(),
+        render_sms("24680", "13572468"),
+    )
+    .unwrap();
+    let err = KannelCourier::new(kannel.config("s3cret"))
+        .unwrap()
+        .send(&denied)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), FailureReason::RejectedNumber, "{err}");
+    assert_eq!(err.scope(), FailureScope::Final, "{err}");
 
     // Throttled around the real courier: same answer, through the rate limiter.
     let throttled = Throttled::new(
@@ -366,6 +472,7 @@ async fn kannel_bad_credentials_are_permanent_and_a_dead_gateway_temporary() {
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err}");
+    assert_eq!(err.code(), FailureReason::ConnectRefused, "{err}");
     assert!(!err.reason().contains("s3cret") && !err.reason().contains("680"));
 }
 

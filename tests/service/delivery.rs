@@ -2,7 +2,9 @@
 //! e-mail reaches smtp-sink once, with the card's codes and without its full serial, and the
 //! part becomes `sent`; a card suspended between dispatch and send makes its job `cancelled`
 //! (reason `card_suspended`, no fallback) and nothing is sent; a `counter(2)+sms` dispatch goes through Kannel and its fake SMSC, and
-//! Kannel's delivery report to `/v1/dlr` makes part B `delivered`. `/v1/dlr` without the
+//! Kannel's delivery report to `/v1/dlr` makes part B `delivered`, and none of Kannel's own
+//! logs holds part B's digits. A bounce (RFC 3464 DSN) posted to `/v1/bounces` for a sent
+//! e-mail's `Message-ID` makes its part `dead` (`bounced 5.1.1`) once; a delay warning does not. `/v1/dlr` without the
 //! token, or with a wrong one, is 401. An emergency seal (`POST /v1/sys/seal`) stops the
 //! workers claiming; after the custodians' unseal the job goes out once.
 
@@ -261,6 +263,146 @@ async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
     running.stop().await;
 }
 
+/// A DSN fixture of dispatch's parser tests with its returned `Message-ID` set to `id`.
+fn dsn_for(fixture: &str, id: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dispatch/tests/fixtures/dsn")
+        .join(fixture);
+    let text = std::fs::read_to_string(path).unwrap();
+    let fixture_id = "<0f5c2b7e9a1d4c3b8e6f0a2d4c6e8a0b.plico@example.it>";
+    assert!(text.contains(fixture_id));
+    text.replace(fixture_id, id)
+}
+
+/// An e-mail goes out through smtp-sink; a delay warning for it changes nothing; the bounce
+/// (`Action: failed`, 5.1.1) for its `Message-ID` makes the part `dead` with the reason
+/// `bounced 5.1.1`, once: the same DSN again is a repeat. Not a DSN, a DSN for another message
+/// and another role are refused without a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bounce_marks_the_sent_email_dead_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
+    let running = Running::start(
+        dir,
+        |_| {
+            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
+            c.security = SmtpSecurity::InsecurePlaintext;
+            vec![(
+                Channel::Email,
+                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        async |client, _| dispatch(client, 601, "email").await,
+    )
+    .await;
+    let sent = running.wait_for(601, Part::Whole, JobState::Sent).await;
+    let mail = loop {
+        let files: Vec<PathBuf> = std::fs::read_dir(sink_dir.join("mail"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        if let Some(f) = files.first() {
+            break String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message_id = mail
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .expect("a Message-ID")
+        .trim()
+        .to_owned();
+    let client = &running.client;
+    let post = |who: &'static str, body: String| async move {
+        client
+            .post_raw(who, "/v1/bounces", "message/rfc822", body)
+            .await
+    };
+    let part_state = || async {
+        let a = client
+            .get("cms", &format!("/v1/cards/{}", serial(601)))
+            .await;
+        a.json["parts"][0]["state"].as_str().unwrap().to_owned()
+    };
+
+    // A delay warning: nothing changes.
+    let a = post("cms", dsn_for("postfix-delayed.eml", &message_id)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        (&a.json["outcome"], &a.json["action"], &a.json["status"]),
+        (&json!("ignored"), &json!("delayed"), &json!("4.4.1")),
+        "{}",
+        a.text
+    );
+    assert_eq!(part_state().await, "sent");
+    // Refusals change nothing either: another role, not a DSN, another message's DSN.
+    let bounce = dsn_for("postfix-user-unknown.eml", &message_id);
+    let a = post("operator", bounce.clone()).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let (pin, _) = codes_of(601, SALT);
+    let a = post("cms", format!("Subject: hello\n\nPIN {pin}\n")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(a.text.contains("multipart/report"), "{}", a.text);
+    assert!(!a.text.contains(&pin), "{}", a.text);
+    let other = dsn_for(
+        "postfix-user-unknown.eml",
+        "<ffffffffffffffffffffffffffffffff.plico@example.it>",
+    );
+    let a = post("cms", other).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    let a = post("cms", dsn_for("postfix-user-unknown.eml", "<x@example.it>")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    assert_eq!(part_state().await, "sent");
+
+    // The bounce: dead with its status, once.
+    let a = post("cms", bounce.clone()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        (
+            &a.json["outcome"],
+            &a.json["status"],
+            &a.json["job"],
+            &a.json["state"]
+        ),
+        (
+            &json!("applied"),
+            &json!("5.1.1"),
+            &json!(sent.id),
+            &json!("dead")
+        ),
+        "{}",
+        a.text
+    );
+    assert!(!a.text.contains("rossi"), "{}", a.text);
+    assert_eq!(part_state().await, "dead");
+    let card = client
+        .get("cms", &format!("/v1/cards/{}", serial(601)))
+        .await;
+    assert_eq!(
+        card.json["parts"][0]["failure_reason"], "bounced",
+        "{}",
+        card.text
+    );
+    let job = running.wait_for(601, Part::Whole, JobState::Dead).await;
+    assert_eq!(job.last_error.as_deref(), Some("bounced 5.1.1"));
+    let a = post("cms", bounce).await;
+    assert_eq!(a.json["outcome"], "repeat", "{}", a.text);
+    let dead_events = running
+        .state
+        .audit
+        .query(&vault::Query {
+            action: Some("dispatch.dead".into()),
+            limit: 100,
+            ..vault::Query::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(dead_events.len(), 1, "{dead_events:?}");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sms_through_kannel_is_delivered_by_its_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,9 +437,22 @@ async fn sms_through_kannel_is_delivered_by_its_report() {
     );
     // The SMS carried part B only: the last digits, not the whole PIN.
     let log = kannel.fakesmsc_log();
-    let (pin, _) = codes_of(601, SALT);
+    let (pin, puk) = codes_of(601, SALT);
     assert!(log.contains(&pin[2..]), "part B not at the fake SMSC");
     assert!(!log.contains(&pin), "whole PIN in an SMS");
+    // Kannel, configured as docs/delivery.md says, kept the text out of its own logs (the fake
+    // SMSC's output is the phone's side); its access log recorded the send.
+    let logs = kannel.own_logs();
+    assert!(
+        logs.iter()
+            .any(|(name, text)| name == "bearerbox-access.log" && text.contains("Sent SMS")),
+        "{logs:?}"
+    );
+    for (name, text) in &logs {
+        for digits in [&pin[2..], &puk[2..]] {
+            assert!(!text.contains(digits), "part B's digits in kannel's {name}");
+        }
+    }
     running.stop().await;
 }
 

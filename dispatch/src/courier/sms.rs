@@ -7,8 +7,18 @@
 //! by the report's status (1 delivered, 2 failed, 4 buffered, 8 accepted by the SMSC, 16
 //! rejected by the SMSC). That callback belongs to the service, not to this crate.
 //!
-//! Answers: 2xx accepted; 400 (bad request), 403 (bad credentials) and other 4xx permanent;
-//! 408, 429, 5xx (503: queue full) and connection errors or timeouts temporary.
+//! HTTPS: an `https` `sendsms_url` is verified against webpki's public roots plus, when
+//! [`KannelConfig::tls_ca_pem`] is set, the given CA certificates (a gateway with a leaf from a
+//! private CA). A certificate that chains to neither fails as `tls_untrusted`, lane-wide: a
+//! gateway's certificate is not a verdict on one message.
+//!
+//! Answers and their [`FailureReason`]s: 2xx accepted; 401/403 (the gateway refused the
+//! `sendsms-user`'s credentials) `gateway_auth`, which pauses the whole SMS lane (a password
+//! rotation is not a verdict on any job); 400 (Kannel refuses the request: the receiver number,
+//! denied or malformed) `rejected_number`, which ends that job; 408, 429 and 5xx (503: queue
+//! full) `gateway_busy`, retried; other 4xx `other_permanent`. A refused or unreachable
+//! connection is `connect_refused`, a timeout `timeout`, an untrusted certificate
+//! `tls_untrusted`, another TLS failure `tls_failed`: all lane-wide.
 //!
 //! # Security
 //! Kannel's `GET` interface puts the text (with its code) and the password in the query
@@ -18,7 +28,7 @@
 //! module never formats one: reasons are built from the HTTP status or the error's kind.
 //! Redirects are not followed.
 
-use super::{ConfigError, Courier, Destination, Message, Outgoing, SendError, Sent};
+use super::{ConfigError, Courier, Destination, FailureReason, Message, Outgoing, SendError, Sent};
 use crate::plan::Channel;
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
@@ -46,6 +56,9 @@ pub struct KannelConfig {
     pub max_in_flight: usize,
     /// Limit on one request.
     pub timeout: Duration,
+    /// PEM CA certificates trusted for an `https` `sendsms_url` in addition to webpki's public
+    /// roots (`[dispatch.sms] ca_file`). `None`: the public roots only.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl KannelConfig {
@@ -65,6 +78,7 @@ impl KannelConfig {
             dlr_mask: 31,
             max_in_flight: 16,
             timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
         }
     }
 }
@@ -78,6 +92,7 @@ impl fmt::Debug for KannelConfig {
             .field("from", &self.from)
             .field("dlr_url", &self.dlr_url)
             .field("dlr_mask", &self.dlr_mask)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -95,8 +110,8 @@ impl KannelCourier {
     /// A courier for this smsbox.
     ///
     /// # Errors
-    /// [`ConfigError`] for a URL that does not parse, a `dlr_url` without `%KEY%`, or an HTTP
-    /// client that cannot be built.
+    /// [`ConfigError`] for a URL that does not parse, a `dlr_url` without `%KEY%`, a
+    /// `tls_ca_pem` without a PEM certificate, or an HTTP client that cannot be built.
     pub fn new(config: KannelConfig) -> Result<KannelCourier, ConfigError> {
         let url = reqwest::Url::parse(&config.sendsms_url)
             .map_err(|_| ConfigError::new("sms.sendsms_url", "not a URL"))?;
@@ -111,7 +126,18 @@ impl KannelCourier {
         if config.max_in_flight == 0 {
             return Err(ConfigError::new("sms.max_in_flight", "must be at least 1"));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.tls_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| ConfigError::new("sms.ca_file", "not PEM certificates"))?;
+            if certs.is_empty() {
+                return Err(ConfigError::new("sms.ca_file", "no certificate"));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -180,25 +206,76 @@ impl Courier for KannelCourier {
                 at: SystemTime::now(),
             });
         }
-        let reason = format!("kannel sendsms: http {}", status.as_u16());
-        match status.as_u16() {
-            408 | 429 | 500..=599 => Err(SendError::Temporary(reason)),
-            _ => Err(SendError::Permanent(reason)),
-        }
+        Err(SendError::failed(
+            status_reason(status.as_u16()),
+            format!("kannel sendsms: http {}", status.as_u16()),
+        ))
     }
 }
 
 /// A reqwest error as a reason, without its text (which names the URL, query included).
 fn request_error(e: &reqwest::Error) -> SendError {
-    if e.is_timeout() {
-        SendError::temporary("kannel sendsms: timed out")
-    } else if e.is_connect() {
-        SendError::temporary("kannel sendsms: cannot connect")
-    } else if e.is_builder() {
-        SendError::permanent("kannel sendsms: bad request")
-    } else {
-        SendError::temporary("kannel sendsms: request failed")
+    if let Some(tls) = tls_error(e) {
+        return match tls {
+            rustls::Error::InvalidCertificate(_) => SendError::failed(
+                FailureReason::TlsUntrusted,
+                "kannel sendsms: the gateway's certificate is not trusted",
+            ),
+            _ => SendError::failed(
+                FailureReason::TlsFailed,
+                "kannel sendsms: tls handshake failed",
+            ),
+        };
     }
+    if e.is_timeout() {
+        SendError::failed(FailureReason::Timeout, "kannel sendsms: timed out")
+    } else if e.is_connect() {
+        SendError::failed(
+            FailureReason::ConnectRefused,
+            "kannel sendsms: cannot connect",
+        )
+    } else if e.is_builder() {
+        SendError::failed(FailureReason::BadMessage, "kannel sendsms: bad request")
+    } else {
+        SendError::failed(
+            FailureReason::ConnectionLost,
+            "kannel sendsms: request failed",
+        )
+    }
+}
+
+/// The reason code of a sendsms answer that is not 2xx.
+fn status_reason(status: u16) -> FailureReason {
+    match status {
+        401 | 403 => FailureReason::GatewayAuth,
+        400 => FailureReason::RejectedNumber,
+        408 | 429 | 500..=599 => FailureReason::GatewayBusy,
+        _ => FailureReason::OtherPermanent,
+    }
+}
+
+/// The rustls error under a request error, if the TLS handshake failed.
+///
+/// hyper wraps it in an `io::Error`, whose `source()` skips the wrapped error itself, so each
+/// `io::Error` in the chain is opened with `get_ref`.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(tls);
+                }
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Kannel's answer (`0: Accepted for delivery`) on one line, ≤ 200 bytes.
@@ -214,6 +291,20 @@ fn peer_text(body: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::courier::FailureScope;
+
+    #[test]
+    fn answers_are_classified() {
+        let scope = |s| status_reason(s).scope();
+        assert_eq!(status_reason(403), FailureReason::GatewayAuth);
+        assert_eq!(scope(403), FailureScope::Lane);
+        assert_eq!(status_reason(400), FailureReason::RejectedNumber);
+        assert_eq!(scope(400), FailureScope::Final);
+        for s in [408, 429, 500, 503] {
+            assert_eq!(scope(s), FailureScope::Retry, "{s}");
+        }
+        assert_eq!(scope(404), FailureScope::Final);
+    }
 
     #[test]
     fn config_is_checked_and_redacted() {
@@ -228,8 +319,14 @@ mod tests {
         let mut bad = c.clone();
         bad.dlr_url = Some("http://127.0.0.1/dlr?status=%d".into());
         assert!(KannelCourier::new(bad).is_err());
-        let mut bad = c;
+        let mut bad = c.clone();
         bad.sendsms_url = "ftp://x".into();
         assert!(KannelCourier::new(bad).is_err());
+        for pem in [&b"not pem"[..], b""] {
+            let mut bad = c.clone();
+            bad.tls_ca_pem = Some(pem.to_vec());
+            let err = KannelCourier::new(bad).unwrap_err();
+            assert_eq!(err.field, "sms.ca_file");
+        }
     }
 }

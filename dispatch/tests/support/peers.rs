@@ -112,19 +112,57 @@ pub async fn smtp_sink_on(port: u16, dir: &Path, dump: bool, extra: &[&str]) -> 
     peer
 }
 
-/// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports.
+/// A running Kannel: bearerbox, the fake SMSC and smsbox, on free loopback ports. Its
+/// `sendsms-user` denies numbers starting `+39000` ([`Kannel::DENIED_PREFIX`]: Kannel answers
+/// 400, as for a number it refuses).
+///
+/// Configured as docs/delivery.md ("Kannel without codes in its logs") says, so that no SMS
+/// text reaches its logs: smsbox at `log-level = 2` (its INFO line `sendsms … msg:<…>` holds
+/// the text), no smsbox `access-log` (its fixed format holds the text), bearerbox's
+/// `access-log` with an `access-log-format` without `%a`/`%b` (the text), and both boxes'
+/// console output at `-v 2`.
 pub struct Kannel {
     // Dropped in reverse order of start: smsbox, fakesmsc, bearerbox.
     _peers: Vec<Peer>,
     dir: PathBuf,
     pub sendsms_port: u16,
+    scheme: &'static str,
 }
 
+/// The bearerbox access-log line of docs/delivery.md: everything of Kannel's default but the
+/// text (`%a`/`%b`); `%L` is its length.
+pub const KANNEL_ACCESS_LOG_FORMAT: &str = "%t %l [SMSC:%i] [SVC:%n] [ACT:%A] [BINF:%B] [FID:%F] [from:%p] [to:%P] [flags:%m:%c:%M:%C:%d] [len:%L] [udh:%U]";
+
 impl Kannel {
+    /// Numbers with this prefix are refused by the `sendsms-user`'s `black-list-regex`.
+    pub const DENIED_PREFIX: &'static str = "+39000";
+
+    /// Kannel with sendsms over plain HTTP.
     pub async fn start(dir: &Path) -> Kannel {
+        Kannel::start_with(dir, None).await
+    }
+
+    /// Kannel with sendsms over HTTPS (smsbox's own TLS, `sendsms-port-ssl`) with this leaf
+    /// certificate and key (PEM files).
+    pub async fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Kannel {
+        Kannel::start_with(dir, Some((cert, key))).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> Kannel {
         let p = free_ports(4);
         let (admin, boxc, smsc, sendsms) = (p[0], p[1], p[2], p[3]);
         let d = dir.display();
+        let (core_tls, sendsms_tls) = match tls {
+            Some((cert, key)) => (
+                format!(
+                    "ssl-server-cert-file = {}\nssl-server-key-file = {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+                "sendsms-port-ssl = true\n",
+            ),
+            None => (String::new(), ""),
+        };
         let conf = format!(
             "group = core
 admin-port = {admin}
@@ -137,8 +175,10 @@ smsbox-interface = 127.0.0.1
 box-allow-ip = 127.0.0.1
 log-file = {d}/bearerbox.log
 log-level = 1
+access-log = {d}/bearerbox-access.log
+access-log-format = \"{KANNEL_ACCESS_LOG_FORMAT}\"
 dlr-storage = internal
-
+{core_tls}
 group = smsc
 smsc = fake
 smsc-id = fake
@@ -150,14 +190,15 @@ bearerbox-host = 127.0.0.1
 bearerbox-port = {boxc}
 sendsms-port = {sendsms}
 sendsms-interface = 127.0.0.1
-log-file = {d}/smsbox.log
-log-level = 1
+{sendsms_tls}log-file = {d}/smsbox.log
+log-level = 2
 
 group = sendsms-user
 username = plico
 password = s3cret
 max-messages = 1
 concatenation = false
+black-list-regex = ^\\+39000
 "
         );
         let conf_path = dir.join("kannel.conf");
@@ -165,7 +206,7 @@ concatenation = false
         let mut peers = Vec::new();
         let mut bearerbox = Peer::spawn(
             "bearerbox",
-            Command::new("bearerbox").arg(&conf_path),
+            Command::new("bearerbox").args(["-v", "2"]).arg(&conf_path),
             &dir.join("bearerbox.out"),
         );
         wait_for_port(admin, &mut bearerbox).await;
@@ -188,7 +229,7 @@ concatenation = false
         ));
         peers.push(Peer::spawn(
             "smsbox",
-            Command::new("smsbox").arg(&conf_path),
+            Command::new("smsbox").args(["-v", "2"]).arg(&conf_path),
             &dir.join("smsbox.out"),
         ));
         // Ready when the admin status shows the smsbox on-line and the fake SMSC online.
@@ -212,12 +253,16 @@ concatenation = false
             _peers: peers,
             dir: dir.to_owned(),
             sendsms_port: sendsms,
+            scheme: if tls.is_some() { "https" } else { "http" },
         }
     }
 
     pub fn config(&self, password: &str) -> KannelConfig {
         KannelConfig::new(
-            format!("http://127.0.0.1:{}/cgi-bin/sendsms", self.sendsms_port),
+            format!(
+                "{}://127.0.0.1:{}/cgi-bin/sendsms",
+                self.scheme, self.sendsms_port
+            ),
             "plico",
             SecretString::from(password),
             "PLICO",
@@ -226,5 +271,28 @@ concatenation = false
 
     pub fn fakesmsc_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("fakesmsc.log")).unwrap_or_default()
+    }
+
+    /// Every log Kannel itself writes (log files, access log, console output), by file name:
+    /// all of the directory but the fake SMSC's output (the phone's side, which shows the text
+    /// by design) and the configuration.
+    pub fn own_logs(&self) -> Vec<(String, String)> {
+        let mut logs: Vec<(String, String)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                (name.ends_with(".log") || name.ends_with(".out")) && name != "fakesmsc.log"
+            })
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (
+                    name,
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
+                )
+            })
+            .collect();
+        logs.sort();
+        logs
     }
 }
