@@ -661,28 +661,34 @@ impl CodeVault {
                 .outcome(Outcome::Refused)
                 .detail("conflicts", clashes.total.to_string());
         }
-        audit.commit(b, event)?;
+        let seq = audit.commit(b, event)?;
         drop(_keys);
-        // Anchor the chain in the HSM at this event: a store that later loses this commit
-        // (sled truncates its log at damage without an error) then fails the audit check at
-        // the next unseal instead of serving a vault with a batch silently missing. The batch
-        // is committed whatever happens here; a failed anchor leaves the previous one, which
-        // the next checkpoint moves on.
-        let _ = audit.checkpoint();
+        if !quarantined {
+            let refs = staged
+                .runs
+                .into_iter()
+                .map(|(info, dir)| RunRef {
+                    batch: rec.id,
+                    run: info.run,
+                    first: dir.firsts[0].clone(),
+                    dir,
+                })
+                .collect::<Vec<_>>();
+            // Under the commit lock: the next commit's duplicate check sees these serials.
+            self.write_index().add(refs);
+        }
+        drop(_commit);
+        // Anchor the chain in the HSM at this event before answering: a store that later loses
+        // this commit (sled truncates its log at damage without an error) then fails the audit
+        // check at the next unseal instead of serving a vault with a batch silently missing.
+        // Outside the commit lock, so that concurrent commits share one anchor write
+        // (`anchor_through` returns once the HSM's anchor is at or past `seq`). The batch is
+        // committed whatever happens here; a failed anchor (a seal that just landed) leaves
+        // the previous one, which the next checkpoint moves on.
+        let _ = audit.anchor_through(seq);
         if quarantined {
             return Ok(CommitOutcome::Quarantined(rec));
         }
-        let refs = staged
-            .runs
-            .into_iter()
-            .map(|(info, dir)| RunRef {
-                batch: rec.id,
-                run: info.run,
-                first: dir.firsts[0].clone(),
-                dir,
-            })
-            .collect::<Vec<_>>();
-        self.write_index().add(refs);
         Ok(CommitOutcome::Committed(rec))
     }
 
