@@ -52,6 +52,8 @@ mod import_crash;
 mod keys;
 #[path = "service/mailers.rs"]
 mod mailers;
+#[path = "service/observe.rs"]
+mod observe;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
 #[path = "service/persisted_layout.rs"]
@@ -60,6 +62,10 @@ mod persisted_layout;
 mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/relay.rs"]
+mod relay;
+#[path = "service/relay_support.rs"]
+mod relay_support;
 #[path = "service/seal.rs"]
 mod seal;
 #[path = "service/support.rs"]
@@ -297,6 +303,8 @@ fn every_route_is_in_the_table() {
         ("GET", "/readyz"),
         ("GET", "/v1/sys/status"),
         ("POST", "/v1/sys/unseal"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/metrics"),
         ("POST", "/v1/batches"),
         ("GET", "/v1/batches"),
         ("GET", "/v1/batches/{id}"),
