@@ -27,8 +27,10 @@
 //! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
-//! pages against `/healthz` (see `console.rs`).
+//! pages against `/healthz` (see `console.rs`); `plico-bench audit --appenders N --seconds S`
+//! durable audit appends from N threads against one appender (see `audit.rs`).
 
+mod audit;
 mod console;
 mod dispatch;
 mod mailers;
@@ -89,6 +91,8 @@ pub enum BenchCommand {
     /// The console's holder and card pages at a fixed offered load (p50/p99, requests/s),
     /// against `/healthz` with the same load generator.
     Console(console::ConsoleBench),
+    /// Durable audit appends from N threads at once, against one appender in the same run.
+    Audit(audit::AuditBench),
 }
 
 /// `plico-bench import` arguments.
@@ -204,6 +208,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Dispatch(a) => dispatch::run(&a),
         BenchCommand::Rotate(a) => rotate::run(&a),
         BenchCommand::Console(a) => console::run(&a),
+        BenchCommand::Audit(a) => audit::run(&a),
     }
 }
 

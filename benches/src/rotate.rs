@@ -2,7 +2,9 @@
 //!
 //! 1. imports N generated cards into a fresh sled store under a fresh development HSM, in
 //!    batches of M (default 2,500): one data key per batch, so `ceil(N / M)` code data keys
-//!    (plus the service's own purpose keys, if any);
+//!    (plus the service's own purpose keys, if any); `--importers K` threads import batches at
+//!    once (default 1), each committed batch waiting for the HSM's audit anchor as the service
+//!    does — `import_cards_per_s` is this stage's rate;
 //! 2. officer A proposes a rotation, officer B approves it, and the rewrap job runs to its end
 //!    in chunks of 256 keys (the service's default, `--chunk`), each chunk saved durably with the job's progress — timed from the
 //!    approval to the job's `done`, the figure that counts;
@@ -11,7 +13,8 @@
 //! 4. checks that every data key is under the new term and a sample of cards still opens.
 //!
 //! It ends with one line:
-//! `rotate records=… data_keys=… seconds=… rewraps_per_s=… baseline_rewraps_per_s=… baseline_ratio=…`
+//! `rotate records=… data_keys=… seconds=… rewraps_per_s=… baseline_rewraps_per_s=… baseline_ratio=…
+//! import_cards_per_s=… importers=…`
 //! where `baseline_ratio` is the bare rewraps' time over the rotation's: 1.0 would mean the job
 //! costs nothing beyond the HSM's own work. Records are never touched by a rotation.
 
@@ -20,6 +23,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vault::Actor;
@@ -51,12 +55,16 @@ pub struct RotateBench {
     /// The HSM that holds the KEK terms: the simulator, or SoftHSM2 through PKCS#11.
     #[arg(long, value_enum, default_value_t = BenchHsm::Sim)]
     pub hsm: BenchHsm,
+    /// Threads importing the batches at once (each committed batch waits for the HSM's audit
+    /// anchor; concurrent ones share the anchor's token writes).
+    #[arg(long, default_value_t = 1)]
+    pub importers: u64,
 }
 
 /// Runs `plico-bench rotate`.
 pub fn run(a: &RotateBench) -> anyhow::Result<()> {
-    if a.records == 0 || a.batch_records == 0 || a.chunk == 0 {
-        bail!("--records, --batch-records and --chunk must be at least 1");
+    if a.records == 0 || a.batch_records == 0 || a.chunk == 0 || a.importers == 0 {
+        bail!("--records, --batch-records, --chunk and --importers must be at least 1");
     }
     in_work_dir(a.dir.as_deref(), "rotate", |work| rotate_in(work, a))
 }
@@ -101,43 +109,67 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
     // 1. The vault: N cards in batches of M.
     let batches = n.div_ceil(a.batch_records);
     eprintln!(
-        "importing {n} cards in {batches} batches of up to {}",
-        a.batch_records
+        "importing {n} cards in {batches} batches of up to {}, {} at a time",
+        a.batch_records, a.importers
     );
-    let mut rng = TestRng(0x005E_ED0F_4B1D_CAFE);
     let started = Instant::now();
-    let mut first = 0u64;
-    let mut next_report = n / 10;
-    while first < n {
-        let count = a.batch_records.min(n - first);
-        let file = batch_file(base + first, count, &mut rng);
-        let request = ImportRequest {
-            manufacturer: "bench".into(),
-            expected_cards: Some(count),
-            expected_sha256: None,
-            actor: "bench".into(),
-            role: "manufacturer".into(),
-            request_id: String::new(),
-        };
-        let ctx = ImportContext {
-            vault: &codes,
-            hsm: &*hsm,
-            audit: &audit,
-            rules: &rules,
-        };
-        match import_file(ctx, &file[..], &request, &|_| {})? {
-            ImportOutcome::Committed(r) if r.cards == count => {}
-            other => bail!("a batch did not commit: {:?}", other.record().problems),
+    let done = AtomicU64::new(0);
+    let next_batch = AtomicU64::new(0);
+    let report_every = (n / 10).max(1);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..a.importers)
+            .map(|_| {
+                let (codes, hsm, audit, rules) = (&codes, &hsm, &audit, &rules);
+                let (done, next_batch) = (&done, &next_batch);
+                s.spawn(move || -> anyhow::Result<()> {
+                    loop {
+                        let b = next_batch.fetch_add(1, Ordering::Relaxed);
+                        if b >= batches {
+                            return Ok(());
+                        }
+                        let first = b * a.batch_records;
+                        let count = a.batch_records.min(n - first);
+                        // The same codes whichever thread imports the batch.
+                        let mut rng = TestRng(0x005E_ED0F_4B1D_CAFE ^ b.wrapping_mul(0x9E37));
+                        let file = batch_file(base + first, count, &mut rng);
+                        let request = ImportRequest {
+                            manufacturer: "bench".into(),
+                            expected_cards: Some(count),
+                            expected_sha256: None,
+                            actor: "bench".into(),
+                            role: "manufacturer".into(),
+                            request_id: String::new(),
+                        };
+                        let ctx = ImportContext {
+                            vault: codes,
+                            hsm: &**hsm,
+                            audit,
+                            rules,
+                        };
+                        match import_file(ctx, &file[..], &request, &|_| {})? {
+                            ImportOutcome::Committed(r) if r.cards == count => {}
+                            other => {
+                                bail!("a batch did not commit: {:?}", other.record().problems)
+                            }
+                        }
+                        let before = done.fetch_add(count, Ordering::Relaxed);
+                        if (before + count) / report_every > before / report_every {
+                            eprintln!(
+                                "  {} cards ({:.0} cards/s)",
+                                before + count,
+                                per_s(before + count, started.elapsed())
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("an importer panicked"))??;
         }
-        first += count;
-        if first >= next_report {
-            eprintln!(
-                "  {first} cards ({:.0} cards/s)",
-                per_s(first, started.elapsed())
-            );
-            next_report += (n / 10).max(1);
-        }
-    }
+        Ok(())
+    })?;
     let t_import = started.elapsed();
     let ring = Keyring::load(&*store)?;
     let data_keys = ring.len() as u64;
@@ -203,9 +235,10 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
     println!("hsm                 {}", a.hsm);
     println!("records             {n}");
     println!(
-        "import              {:.2} s  {:.0} cards/s  ({batches} batches)",
+        "import              {:.2} s  {:.0} cards/s  ({batches} batches, {} importers)",
         t_import.as_secs_f64(),
-        per_s(n, t_import)
+        per_s(n, t_import),
+        a.importers
     );
     println!(
         "rotation            {:.3} s  {term_before} -> {term_after}, {data_keys} data keys in chunks of {}",
@@ -219,11 +252,13 @@ fn rotate_in(work: &Path, a: &RotateBench) -> anyhow::Result<()> {
     );
     println!(
         "rotate records={n} data_keys={data_keys} seconds={:.3} rewraps_per_s={:.0} \
-         baseline_rewraps_per_s={:.0} baseline_ratio={:.2}",
+         baseline_rewraps_per_s={:.0} baseline_ratio={:.2} import_cards_per_s={:.0} importers={}",
         t_rotate.as_secs_f64(),
         rate,
         bare_rate,
-        t_bare.as_secs_f64() / t_rotate.as_secs_f64().max(1e-9)
+        t_bare.as_secs_f64() / t_rotate.as_secs_f64().max(1e-9),
+        per_s(n, t_import),
+        a.importers
     );
     Ok(())
 }

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+pub(crate) mod group;
 mod verify;
 
 use verify::verify_chain;
@@ -291,12 +292,51 @@ struct Chain {
     since_checkpoint: u64,
 }
 
+/// An event whose personal fields are HMAC'd, ready to be chained.
+struct Prepared {
+    event: NewEvent,
+    /// `event.personal` as HMACs under the audit key.
+    personal: BTreeMap<String, String>,
+}
+
+/// Where the chain stands while events are put into a batch that is not yet written; saved
+/// into [`Chain`] only once the batch is.
+struct Cursor {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    since_checkpoint: u64,
+    /// The newest checkpoint put into the batch: its event and hash.
+    checkpoint: Option<(u64, String)>,
+}
+
+impl Cursor {
+    fn at(chain: &Chain) -> Cursor {
+        Cursor {
+            next_seq: chain.next_seq,
+            last_hash: chain.last_hash,
+            since_checkpoint: chain.since_checkpoint,
+            checkpoint: None,
+        }
+    }
+
+    fn save(&self, chain: &mut Chain) {
+        chain.next_seq = self.next_seq;
+        chain.last_hash = self.last_hash;
+        chain.since_checkpoint = self.since_checkpoint;
+    }
+}
+
 /// The audit chain over a [`Store`].
 pub struct AuditLog {
     store: Arc<dyn Store>,
     chain: Mutex<Chain>,
     /// The highest sequence number known to be flushed.
     durable: Mutex<u64>,
+    /// The queue of the group commit ([`group`]).
+    group: group::Group,
+    /// The highest sequence number this process anchored in the HSM; its lock makes one
+    /// anchor writer at a time. Lock order: key slot, this, chain.
+    anchored: Mutex<u64>,
     /// Prunes run one at a time, so a base only moves forward.
     prune_lock: Mutex<()>,
     /// The HSM that keeps the chain's anchor, once unlocked.
@@ -405,8 +445,8 @@ pub struct Written {
     seq: u64,
     /// What the events release, handed out once they are durable.
     release: crate::codes::Release,
-    /// The head hash of a checkpoint that fell due, to anchor once durable.
-    checkpoint: Option<String>,
+    /// The event and hash of the newest checkpoint that fell due, to anchor once durable.
+    checkpoint: Option<(u64, String)>,
 }
 
 impl AuditLog {
@@ -439,6 +479,8 @@ impl AuditLog {
                 since_checkpoint: 0,
             }),
             durable: Mutex::new(next_seq - 1),
+            group: group::Group::default(),
+            anchored: Mutex::new(0),
             prune_lock: Mutex::new(()),
             hsm: RwLock::new(None),
             key: RwLock::new(None),
@@ -478,13 +520,14 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Refused`] naming the damage; HSM errors reading the anchor; store errors.
     pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
-        // Lock order everywhere: key slot, then chain.
+        // Lock order everywhere: key slot, then the anchor writer, then chain.
         let mut slot = write_lock(&self.key);
         let Some(key) = key else {
             *slot = None;
             return Ok(());
         };
         let hkey = hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret());
+        let mut anchored = lock(&self.anchored);
         let mut chain = self.lock();
         let anchor = self.anchor()?;
         let report = verify_chain(&*self.store, Some(&hkey), anchor.as_ref())?;
@@ -497,7 +540,7 @@ impl AuditLog {
             }
             .into());
         }
-        self.checkpoint_locked(&hkey, &mut chain)?;
+        self.checkpoint_locked(&hkey, &mut anchored, &mut chain)?;
         *slot = Some(hkey);
         Ok(())
     }
@@ -669,6 +712,9 @@ impl AuditLog {
     /// event is stored; if only the flush fails (a failing disk), both are in the store's
     /// memory but may not survive a crash, and the error says so.
     ///
+    /// Concurrent commits are group-committed ([`group`]): one store write and one flush for
+    /// all of them, each returning once its own event is flushed.
+    ///
     /// # Errors
     /// [`Error::Sealed`] for an event with personal data while the audit key is absent; store
     /// errors.
@@ -683,42 +729,43 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::commit`]; [`Error::Invalid`] for no event.
     pub fn commit_all(&self, batch: Batch, events: Vec<NewEvent>) -> Result<u64> {
-        let written = self.write_all(batch, events)?;
-        self.durable(written)
+        let events = self.prepare(events)?;
+        self.group_commit(group::Request { batch, events })
     }
 
-    /// The first half of [`AuditLog::commit_all`]: the change and its events are written
-    /// (readable, in order in the chain) but not yet flushed. A caller that holds a lock of
-    /// its own writes under it and calls [`AuditLog::durable`] after releasing it, so that
-    /// other writers are not held up by the flush. Nothing the change allows may happen (a
-    /// code sent, an answer given) before `durable` has returned.
-    ///
-    /// # Errors
-    /// As [`AuditLog::commit_all`].
-    pub fn write_all(&self, mut batch: Batch, events: Vec<NewEvent>) -> Result<Written> {
+    /// The events with their personal fields HMAC'd (outside every lock).
+    fn prepare(&self, events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
         if events.is_empty() {
             return Err(Error::Invalid(
                 "an audited change needs at least one event".into(),
             ));
         }
-        let release = crate::codes::Release::of(&events);
-        let mut hmaced = Vec::with_capacity(events.len());
-        for event in &events {
-            let mut personal = BTreeMap::new();
-            for (field, value) in &event.personal {
-                personal.insert(field.clone(), self.personal_hmac(field, value)?);
-            }
-            hmaced.push(personal);
-        }
-        let key = self.key();
-        let mut chain = self.lock();
-        let mut seq = chain.next_seq;
-        let mut last_hash = chain.last_hash;
-        let mut since = chain.since_checkpoint;
+        events
+            .into_iter()
+            .map(|event| {
+                let mut personal = BTreeMap::new();
+                for (field, value) in &event.personal {
+                    personal.insert(field.clone(), self.personal_hmac(field, value)?);
+                }
+                Ok(Prepared { event, personal })
+            })
+            .collect()
+    }
+
+    /// Puts `events` into `batch` as the next events of the chain at `cursor` (each with its
+    /// subject index entry), and a checkpoint after the last one if one fell due. Returns the
+    /// last event's sequence number. The marks (tail, head) are [`AuditLog::put_marks`]'s.
+    fn chain_into(
+        &self,
+        key: Option<&hmac::Key>,
+        cursor: &mut Cursor,
+        batch: &mut Batch,
+        events: Vec<Prepared>,
+    ) -> Result<u64> {
         let mut due = false;
-        let n = events.len();
-        for (i, (event, personal)) in events.into_iter().zip(hmaced).enumerate() {
-            seq = chain.next_seq + i as u64;
+        let mut seq = cursor.next_seq;
+        for Prepared { event, personal } in events {
+            seq = cursor.next_seq;
             let stored = Event {
                 seq,
                 time_ms: self.clock.now_ms(),
@@ -731,48 +778,71 @@ impl AuditLog {
                 details: event.details,
                 personal,
                 sealed: key.is_none(),
-                prev: hex::encode(last_hash),
+                prev: hex::encode(cursor.last_hash),
             };
             let bytes = encode(&stored)?;
-            last_hash = sha256(&bytes);
+            cursor.last_hash = sha256(&bytes);
+            cursor.next_seq = seq + 1;
             batch.put(
                 Tree::AuditSubjects,
                 subject_key(&stored.subject, seq),
                 Vec::new(),
             );
             batch.put(Tree::Audit, seq_key(seq).to_vec(), bytes);
-            since += 1;
-            due |= key.is_some() && since >= self.checkpoint_every;
-            if i + 1 < n {
-                continue;
-            }
-            // The last event carries the marks: the tail, the keyed head, and the checkpoint
-            // if one fell due anywhere in this commit.
-            let hash_hex = hex::encode(last_hash);
-            let tail = Mark {
-                seq,
-                mac: None,
-                hash: hash_hex.clone(),
-            };
-            batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
-            if let Some(k) = key.as_ref() {
-                let head = signed(k, MarkKind::Head, seq, &hash_hex);
-                batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
-                if due {
-                    let cp = signed(k, MarkKind::Chain, seq, &hash_hex);
-                    batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
-                    since = 0;
-                }
-            }
+            cursor.since_checkpoint += 1;
+            due |= key.is_some() && cursor.since_checkpoint >= self.checkpoint_every;
         }
+        // A checkpoint that fell due anywhere in this change goes after its last event.
+        if let (Some(k), true) = (key, due) {
+            let hash_hex = hex::encode(cursor.last_hash);
+            let cp = signed(k, MarkKind::Chain, seq, &hash_hex);
+            batch.put(Tree::AuditCheckpoints, seq_key(seq).to_vec(), encode(&cp)?);
+            cursor.since_checkpoint = 0;
+            cursor.checkpoint = Some((seq, hash_hex));
+        }
+        Ok(seq)
+    }
+
+    /// Puts the marks of the last event at `cursor` into `batch`: the tail, and the keyed head
+    /// when the audit key is installed.
+    fn put_marks(&self, key: Option<&hmac::Key>, cursor: &Cursor, batch: &mut Batch) -> Result<()> {
+        let seq = cursor.next_seq - 1;
+        let hash_hex = hex::encode(cursor.last_hash);
+        let tail = Mark {
+            seq,
+            mac: None,
+            hash: hash_hex.clone(),
+        };
+        batch.put(Tree::Meta, TAIL_KEY.to_vec(), encode(&tail)?);
+        if let Some(k) = key {
+            let head = signed(k, MarkKind::Head, seq, &hash_hex);
+            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
+        }
+        Ok(())
+    }
+
+    /// The first half of [`AuditLog::commit_all`]: the change and its events are written
+    /// (readable, in order in the chain) but not yet flushed. A caller that holds a lock of
+    /// its own writes under it and calls [`AuditLog::durable`] after releasing it, so that
+    /// other writers are not held up by the flush. Nothing the change allows may happen (a
+    /// code sent, an answer given) before `durable` has returned.
+    ///
+    /// # Errors
+    /// As [`AuditLog::commit_all`].
+    pub fn write_all(&self, mut batch: Batch, events: Vec<NewEvent>) -> Result<Written> {
+        let release = crate::codes::Release::of(&events);
+        let events = self.prepare(events)?;
+        let key = self.key();
+        let mut chain = self.lock();
+        let mut cursor = Cursor::at(&chain);
+        let seq = self.chain_into(key.as_ref(), &mut cursor, &mut batch, events)?;
+        self.put_marks(key.as_ref(), &cursor, &mut batch)?;
         self.store.write(&batch)?;
-        chain.next_seq = seq + 1;
-        chain.last_hash = last_hash;
-        chain.since_checkpoint = since;
+        cursor.save(&mut chain);
         Ok(Written {
             seq,
             release,
-            checkpoint: (due && key.is_some()).then(|| hex::encode(last_hash)),
+            checkpoint: cursor.checkpoint,
         })
     }
 
@@ -784,12 +854,10 @@ impl AuditLog {
     /// Store errors from the flush.
     pub fn durable(&self, written: Written) -> Result<u64> {
         self.make_durable(written.seq)?;
-        if let Some(hash) = written.checkpoint {
-            if let Some(hsm) = self.anchor_hsm() {
-                // The events are committed whatever happens here; a failed anchor only leaves
-                // the HSM's anchor at the previous checkpoint, which the next one moves on.
-                let _ = self.anchor_checkpoint(&*hsm, written.seq, hash);
-            }
+        if let Some((seq, hash)) = written.checkpoint {
+            // The events are committed whatever happens here; a failed anchor only leaves the
+            // HSM's anchor at the previous checkpoint, which the next one moves on.
+            let _ = self.anchor_at(seq, hash);
         }
         Ok(written.seq)
     }
@@ -824,8 +892,9 @@ impl AuditLog {
         batch: Batch,
         events: Vec<NewEvent>,
     ) -> Result<crate::codes::Release> {
-        let written = self.write_all(batch, events)?;
-        self.durable_release(written)
+        let release = crate::codes::Release::of(&events);
+        self.commit_all(batch, events)?;
+        Ok(release)
     }
 
     /// The audited use of one card's codes when what is handed out is made from them (a
@@ -855,9 +924,9 @@ impl AuditLog {
         Ok(Ok(made))
     }
 
-    /// Group commit: returns once event `seq` (and everything written before it) is flushed.
-    /// Appenders that wrote while another was flushing wait for that flush to end, and the first
-    /// of them then flushes for all of them at once.
+    /// Returns once event `seq` (and everything written before it) is flushed. Callers that
+    /// wrote while another was flushing wait for that flush to end, and the first of them then
+    /// flushes for all of them at once.
     fn make_durable(&self, seq: u64) -> Result<()> {
         let mut durable = lock(&self.durable);
         if *durable >= seq {
@@ -888,13 +957,91 @@ impl AuditLog {
         let Some(key) = key.as_ref() else {
             return Ok(());
         };
+        let mut anchored = lock(&self.anchored);
         let mut chain = self.lock();
-        self.checkpoint_locked(key, &mut chain)
+        self.checkpoint_locked(key, &mut anchored, &mut chain)
     }
 
-    /// [`AuditLog::checkpoint`] with the key and the chain lock already held, so no append can
-    /// slip between the checkpoint and its anchor.
-    fn checkpoint_locked(&self, key: &hmac::Key, chain: &mut Chain) -> Result<()> {
+    /// Returns once the HSM's anchor is at event `seq` or past it, and everything up to the
+    /// anchored event is flushed: for a change that must not be acknowledged before the HSM
+    /// vouches for it (a committed import batch). One caller at a time writes the anchor: it
+    /// writes a MAC'd checkpoint at the chain's last event (which may be past `seq`), flushes,
+    /// and hands it to the HSM; callers that waited meanwhile and whose event that anchor
+    /// covers return without a token write of their own. Without an HSM or the audit key there
+    /// is nothing to anchor.
+    ///
+    /// # Errors
+    /// Store errors; HSM errors writing the anchor ([`Error::Sealed`] after a seal).
+    pub fn anchor_through(&self, seq: u64) -> Result<()> {
+        let Some(hsm) = self.anchor_hsm() else {
+            return Ok(());
+        };
+        let key = self.key();
+        let Some(k) = key.as_ref() else {
+            return Ok(());
+        };
+        let mut anchored = lock(&self.anchored);
+        if *anchored >= seq {
+            return Ok(());
+        }
+        let (last, hash_hex) = {
+            let mut chain = self.lock();
+            let last = chain.next_seq - 1;
+            if last < seq {
+                return Err(Error::Invalid(format!(
+                    "audit event {seq} is not in the chain (it ends at {last})"
+                )));
+            }
+            let hash_hex = hex::encode(chain.last_hash);
+            let mut batch = Batch::new();
+            let head = signed(k, MarkKind::Head, last, &hash_hex);
+            let checkpoint = signed(k, MarkKind::Chain, last, &hash_hex);
+            batch.put(Tree::Meta, HEAD_KEY.to_vec(), encode(&head)?);
+            batch.put(
+                Tree::AuditCheckpoints,
+                seq_key(last).to_vec(),
+                encode(&checkpoint)?,
+            );
+            self.store.write(&batch)?;
+            chain.since_checkpoint = 0;
+            (last, hash_hex)
+        };
+        // Appends go on while the checkpoint is flushed and the token written. The flush
+        // covers the checkpoint and every event up to it.
+        drop(key);
+        self.store.flush()?;
+        {
+            let mut durable = lock(&self.durable);
+            *durable = (*durable).max(last);
+        }
+        self.anchor_checkpoint(&*hsm, last, hash_hex)?;
+        *anchored = last;
+        Ok(())
+    }
+
+    /// Anchors the checkpoint of event `seq` (hash `hash`) in the HSM, unless an anchor at or
+    /// past it was written already. Called once the checkpoint is flushed.
+    fn anchor_at(&self, seq: u64, hash: String) -> Result<()> {
+        let Some(hsm) = self.anchor_hsm() else {
+            return Ok(());
+        };
+        let mut anchored = lock(&self.anchored);
+        if *anchored >= seq {
+            return Ok(());
+        }
+        self.anchor_checkpoint(&*hsm, seq, hash)?;
+        *anchored = seq;
+        Ok(())
+    }
+
+    /// [`AuditLog::checkpoint`] with the key, the anchor writer and the chain lock already
+    /// held, so no append can slip between the checkpoint and its anchor.
+    fn checkpoint_locked(
+        &self,
+        key: &hmac::Key,
+        anchored: &mut u64,
+        chain: &mut Chain,
+    ) -> Result<()> {
         let seq = chain.next_seq - 1;
         if seq == 0 {
             return Ok(());
@@ -913,6 +1060,7 @@ impl AuditLog {
         chain.since_checkpoint = 0;
         if let Some(hsm) = self.anchor_hsm() {
             self.anchor_checkpoint(&*hsm, seq, hash_hex)?;
+            *anchored = seq;
         }
         Ok(())
     }

@@ -661,28 +661,34 @@ impl CodeVault {
                 .outcome(Outcome::Refused)
                 .detail("conflicts", clashes.total.to_string());
         }
-        audit.commit(b, event)?;
+        let seq = audit.commit(b, event)?;
         drop(_keys);
-        // Anchor the chain in the HSM at this event: a store that later loses this commit
-        // (sled truncates its log at damage without an error) then fails the audit check at
-        // the next unseal instead of serving a vault with a batch silently missing. The batch
-        // is committed whatever happens here; a failed anchor leaves the previous one, which
-        // the next checkpoint moves on.
-        let _ = audit.checkpoint();
+        if !quarantined {
+            let refs = staged
+                .runs
+                .into_iter()
+                .map(|(info, dir)| RunRef {
+                    batch: rec.id,
+                    run: info.run,
+                    first: dir.firsts[0].clone(),
+                    dir,
+                })
+                .collect::<Vec<_>>();
+            // Under the commit lock: the next commit's duplicate check sees these serials.
+            self.write_index().add(refs);
+        }
+        drop(_commit);
+        // Anchor the chain in the HSM at this event before answering: a store that later loses
+        // this commit (sled truncates its log at damage without an error) then fails the audit
+        // check at the next unseal instead of serving a vault with a batch silently missing.
+        // Outside the commit lock, so that concurrent commits share one anchor write
+        // (`anchor_through` returns once the HSM's anchor is at or past `seq`). The batch is
+        // committed whatever happens here; a failed anchor (a seal that just landed) leaves
+        // the previous one, which the next checkpoint moves on.
+        let _ = audit.anchor_through(seq);
         if quarantined {
             return Ok(CommitOutcome::Quarantined(rec));
         }
-        let refs = staged
-            .runs
-            .into_iter()
-            .map(|(info, dir)| RunRef {
-                batch: rec.id,
-                run: info.run,
-                first: dir.firsts[0].clone(),
-                dir,
-            })
-            .collect::<Vec<_>>();
-        self.write_index().add(refs);
         Ok(CommitOutcome::Committed(rec))
     }
 
@@ -1740,5 +1746,54 @@ pub(crate) mod tests {
         assert_eq!(unwraps(), before + 2);
         assert_codes_in(&vault, &*hsm, 4);
         assert_eq!(unwraps(), before + 2);
+    }
+
+    /// Concurrent imports of small batches share the HSM's anchor writes (a token write is slow),
+    /// and none is acknowledged before the HSM's anchor covers its batch's event. Before, every
+    /// committed batch wrote the anchor itself: one token write per batch.
+    #[test]
+    fn concurrent_imports_share_the_anchor_and_none_returns_unanchored() {
+        use crate::audit::group::testing::SlowToken;
+        use std::sync::atomic::Ordering;
+        const BATCHES: u64 = 8;
+        let token = Arc::new(SlowToken::new(std::time::Duration::from_millis(40)));
+        let f = Fixture::over(Arc::new(MemoryStore::new()), token.clone());
+        let before = token.anchor_writes.load(Ordering::SeqCst);
+        let done: Vec<(BatchRecord, u64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..BATCHES)
+                .map(|t| {
+                    let (f, token) = (&f, &token);
+                    s.spawn(move || {
+                        let rec = committed(f.import(&file(t * 100..t * 100 + 20)));
+                        (rec, token.anchored())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rec, anchored_at_return) in &done {
+            let page = f
+                .audit
+                .query(&crate::audit::Query {
+                    subject: Some(rec.id.to_string()),
+                    action: Some("batch.import".into()),
+                    limit: 10,
+                    ..crate::audit::Query::default()
+                })
+                .unwrap();
+            let seq = page.events[0].seq;
+            assert!(
+                *anchored_at_return >= seq,
+                "batch event {seq}, anchor {anchored_at_return}"
+            );
+        }
+        let writes = token.anchor_writes.load(Ordering::SeqCst) - before;
+        assert!(
+            writes < BATCHES,
+            "{writes} anchor writes for {BATCHES} batches"
+        );
+        for t in 0..BATCHES {
+            assert_codes(&f, t * 100 + 19);
+        }
     }
 }
