@@ -27,13 +27,18 @@
 //! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
-//! pages against `/healthz` (see `console.rs`).
+//! pages against `/healthz` (see `console.rs`); `plico-bench registry --holders N` a registry
+//! import over HTTP (see `registry.rs`); `plico-bench api --seconds S` card status and holder
+//! search over HTTP against `/healthz` (see `api.rs`).
 
+mod api;
 mod console;
 mod dispatch;
 mod mailers;
 mod population;
+mod registry;
 mod rotate;
+mod server;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -89,6 +94,12 @@ pub enum BenchCommand {
     /// The console's holder and card pages at a fixed offered load (p50/p99, requests/s),
     /// against `/healthz` with the same load generator.
     Console(console::ConsoleBench),
+    /// Import N holders with a card each over HTTP (`POST /v1/registry`), with the parse,
+    /// crypto and raw store writes of the same records as the baseline.
+    Registry(registry::RegistryBench),
+    /// Card status (`GET /v1/cards/{serial}`) and holder search over HTTP, N connections,
+    /// against `/healthz` with the same load generator.
+    Api(api::ApiBench),
 }
 
 /// `plico-bench import` arguments.
@@ -204,6 +215,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Dispatch(a) => dispatch::run(&a),
         BenchCommand::Rotate(a) => rotate::run(&a),
         BenchCommand::Console(a) => console::run(&a),
+        BenchCommand::Registry(a) => registry::run(&a),
+        BenchCommand::Api(a) => api::run(&a),
     }
 }
 
