@@ -28,14 +28,20 @@
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
 //! pages against `/healthz` (see `console.rs`); `plico-bench audit --appenders N --seconds S`
-//! durable audit appends from N threads against one appender (see `audit.rs`).
+//! durable audit appends from N threads against one appender (see `audit.rs`);
+//! `plico-bench registry --holders N` a registry import over HTTP (see `registry.rs`);
+//! `plico-bench api --seconds S` card status and holder search over HTTP against `/healthz`
+//! (see `api.rs`).
 
+mod api;
 mod audit;
 mod console;
 mod dispatch;
 mod mailers;
 mod population;
+mod registry;
 mod rotate;
+mod server;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -93,6 +99,12 @@ pub enum BenchCommand {
     Console(console::ConsoleBench),
     /// Durable audit appends from N threads at once, against one appender in the same run.
     Audit(audit::AuditBench),
+    /// Import N holders with a card each over HTTP (`POST /v1/registry`), with the parse,
+    /// crypto and raw store writes of the same records as the baseline.
+    Registry(registry::RegistryBench),
+    /// Card status (`GET /v1/cards/{serial}`) and holder search over HTTP, N connections,
+    /// against `/healthz` with the same load generator.
+    Api(api::ApiBench),
 }
 
 /// `plico-bench import` arguments.
@@ -209,6 +221,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Rotate(a) => rotate::run(&a),
         BenchCommand::Console(a) => console::run(&a),
         BenchCommand::Audit(a) => audit::run(&a),
+        BenchCommand::Registry(a) => registry::run(&a),
+        BenchCommand::Api(a) => api::run(&a),
     }
 }
 

@@ -50,7 +50,7 @@ pub(super) fn address(i: u64) -> String {
 }
 
 /// A valid codice fiscale for holder `i` (surname and name letters from `i`).
-fn codice_fiscale(i: u64) -> anyhow::Result<String> {
+pub(super) fn codice_fiscale(i: u64) -> anyhow::Result<String> {
     let mut letters = [b'A'; 6];
     let mut v = i;
     for l in letters.iter_mut().rev() {
