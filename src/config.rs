@@ -248,6 +248,24 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_DISPATCH_SMS_DLR_TOKEN", "dispatch.sms.dlr_token"),
 ];
 
+/// Keys whose values are secrets: `plico config check` prints them redacted. Any key whose
+/// last part is `password`, `token` or `secret`, or ends in `_password`, `_token` or `_secret`,
+/// counts as one too (see [`is_secret_key`]), so a new secret named that way is redacted
+/// without being listed here; list the others. A key naming a *file* that holds a secret
+/// (`tls.key`, `hsm.pin_file`) is not a secret: its path is shown, never its contents.
+pub const SECRET_KEYS: &[&str] = &["dispatch.sms.password", "dispatch.sms.dlr_token"];
+
+/// Whether the value of the key at `path` (`dispatch.sms.password`) is a secret: listed in
+/// [`SECRET_KEYS`], or named like one (`…password`, `…token`, `…secret`, as the whole last
+/// part or after an `_`).
+pub fn is_secret_key(path: &str) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    SECRET_KEYS.contains(&path)
+        || ["password", "token", "secret"]
+            .iter()
+            .any(|s| name == *s || name.ends_with(&format!("_{s}")))
+}
+
 /// The service configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -984,6 +1002,42 @@ impl CodesConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    /// The key the error is about, as a path (`codes.pin_min`, `dispatch.sms.dlr_token`), or
+    /// only its table (`codes`) when the error is about a combination in it; `None` when it
+    /// names no key (a missing file, a TOML syntax error). Read from the message, whose two
+    /// shapes are made in this file: figment's ``field `a.b`: …`` (an unknown key is named in
+    /// its ``unknown field `k` `` text) and [`Config::validate`]'s ``[table]: `key` …``.
+    pub fn key(&self) -> Option<String> {
+        let text = self.0.as_str();
+        let quoted = |s: &str| -> Option<String> {
+            let start = s.find('`')? + 1;
+            let len = s[start..].find('`')?;
+            Some(s[start..start + len].to_owned())
+        };
+        if let Some(at) = text.find("field `") {
+            let field = quoted(&text[at..])?;
+            let rest = &text[at + field.len() + 8..];
+            return match rest.find("unknown field `").map(|i| quoted(&rest[i..])) {
+                Some(Some(unknown)) if field.is_empty() => Some(unknown),
+                Some(Some(unknown)) => Some(format!("{field}.{unknown}")),
+                _ => Some(field),
+            };
+        }
+        if let Some(at) = text.find("unknown field `") {
+            return quoted(&text[at..]);
+        }
+        let open = text.find(": [")? + 3;
+        let len = text[open..].find(']')?;
+        let table = &text[open..open + len];
+        let after = &text[open + len + 1..];
+        match after.strip_prefix(": `").and_then(|_| quoted(after)) {
+            Some(key) => Some(format!("{table}.{key}")),
+            None => Some(table.to_owned()),
+        }
+    }
+}
 
 impl Config {
     /// Reads the defaults, then `file` if given, then the environment.
