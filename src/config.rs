@@ -1879,6 +1879,75 @@ request_head_timeout_secs = 0
     }
 
     #[test]
+    fn every_key_has_its_variable_and_secrets_are_keys() {
+        // The environment table and the configuration name the same keys (the mailer layout's
+        // geometry alone has no variables), and every listed secret is a key.
+        let every = key_paths(
+            &Figment::from(Serialized::defaults(every_option_set()))
+                .extract()
+                .unwrap(),
+        );
+        let with_variable: std::collections::BTreeSet<String> =
+            ENV_VARS.iter().map(|(_, p)| (*p).to_owned()).collect();
+        let without: Vec<_> = every
+            .iter()
+            .filter(|k| !k.starts_with("mailers.layout.") && !with_variable.contains(*k))
+            .collect();
+        let stale: Vec<_> = with_variable.difference(&every).collect();
+        assert!(
+            without.is_empty() && stale.is_empty(),
+            "keys without a PLICO_* variable: {without:?}; variables of no key: {stale:?}"
+        );
+        for (var, path) in ENV_VARS {
+            assert_eq!(
+                *var,
+                format!("PLICO_{}", path.replace('.', "_").to_uppercase())
+            );
+        }
+        for secret in SECRET_KEYS {
+            assert!(every.contains(*secret), "{secret}");
+        }
+        assert!(is_secret_key("dispatch.sms.password") && is_secret_key("metrics.scrape_token"));
+        assert!(!is_secret_key("hsm.token_label") && !is_secret_key("hsm.pin_file"));
+        assert!(!is_secret_key("tls.key") && !is_secret_key("codes.pin_min"));
+    }
+
+    #[test]
+    fn config_errors_name_their_key() {
+        let key = |text: &str, env: Env| {
+            Config::load_from(Some(file(text).path()), env)
+                .unwrap_err()
+                .key()
+        };
+        for (text, want) in [
+            ("[codes]\npin_min = \"five\"\n", Some("codes.pin_min")),
+            ("listn = 1\n", Some("listn")),
+            (
+                "[dispatch.smtp]\nhots = \"h\"\n",
+                Some("dispatch.smtp.hots"),
+            ),
+            (
+                "[dispatch]\nmax_in_flight = 0\n",
+                Some("dispatch.max_in_flight"),
+            ),
+            ("[codes]\npin_min = 9\n", Some("codes")),
+            ("[tls]\ncert = \"/c.pem\"\n", Some("tls.cert")),
+            (
+                "[mailers]\nrecipients = [\"age1nope\"]\n",
+                Some("mailers.recipients"),
+            ),
+            ("this is not toml\n", None),
+        ] {
+            assert_eq!(key(text, no_env()).as_deref(), want, "{text}");
+        }
+        std::env::set_var("PLICO_T_KEY_CODES_PUK_MAX", "many");
+        assert_eq!(
+            key("", Env::prefixed("PLICO_T_KEY_")).as_deref(),
+            Some("codes.puk_max")
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_field() {
         let f = file("[codes]\npin_min = \"five\"\n");
         let e = Config::load_from(Some(f.path()), no_env())
