@@ -18,9 +18,10 @@ log() { printf '\n==> %s\n' "$*"; }
 # smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
 # peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
-# console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
+# console's browser tests drive headless Chromium over WebDriver), systemd (its systemd-analyze
+# checks the Debian package's unit offline in scripts/package-test.sh). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools systemd)
 
 install_debian_packages() {
   local missing=()
@@ -66,3 +67,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --locked -- "${filter[@]}"
+
+# The Debian package of the test build: built, installed, checked, run as its user, removed
+# (skipped when not root, or with a filter).
+if [ ${#filter[@]} -eq 0 ]; then
+  log "Debian package (scripts/package-test.sh)"
+  bash scripts/package-test.sh
+fi
