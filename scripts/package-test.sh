@@ -61,7 +61,7 @@ log "dpkg -i"
 dpkg -i "$deb"
 
 log "files"
-for f in /usr/bin/plico /etc/plico/plico.toml /lib/systemd/system/plico.service \
+for f in /usr/bin/plico /etc/plico/plico.toml /usr/lib/systemd/system/plico.service \
          /usr/share/doc/plico/plico.example.toml /usr/share/doc/plico/operations.md \
          /usr/share/man/man1/plico.1.gz /usr/share/man/man1/plico-serve.1.gz \
          /usr/share/man/man1/plico-config-check.1.gz \
@@ -92,11 +92,11 @@ runuser -u plico -- plico config check /etc/plico/plico.toml >"$tmp/effective.to
 grep -q '^data_dir = "/var/lib/plico"$' "$tmp/effective.toml" || fail "config check: $(cat "$tmp/effective.toml")"
 
 log "systemd-analyze verify"
-systemd-analyze verify /lib/systemd/system/plico.service
+systemd-analyze verify /usr/lib/systemd/system/plico.service
 log "systemd-analyze security"
 # --offline: the unit file as written, no running manager needed.
 # What it still flags (each line with its exposure), then the overall score.
-systemd-analyze security --offline=yes /lib/systemd/system/plico.service | grep -v '✓' || true
+systemd-analyze security --offline=yes /usr/lib/systemd/system/plico.service | grep -v '✓' || true
 
 log "the service as the unit runs it: plico user, /etc/plico/plico.toml"
 install -d -m 0700 -o plico -g plico "$tmp/ceremony"
