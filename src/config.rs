@@ -1277,10 +1277,21 @@ fn describe(errors: figment::Error, file: Option<&Path>) -> ConfigError {
                     _ => origin(file),
                 },
             };
+            // A secret of the wrong type (`password = 12345678`, unquoted) would be echoed by
+            // figment's "found unsigned int `12345678`": say what was expected, not what was found.
+            let kind = match &e.kind {
+                figment::error::Kind::InvalidType(_, expected)
+                | figment::error::Kind::InvalidValue(_, expected)
+                    if is_secret_key(&field) =>
+                {
+                    format!("invalid value (not shown: a secret), expected {expected}")
+                }
+                kind => kind.to_string(),
+            };
             if field.is_empty() {
-                format!("{source}: {}", e.kind)
+                format!("{source}: {kind}")
             } else {
-                format!("{source}: field `{field}`: {}", e.kind)
+                format!("{source}: field `{field}`: {kind}")
             }
         })
         .collect();
@@ -1940,6 +1951,17 @@ request_head_timeout_secs = 0
         ] {
             assert_eq!(key(text, no_env()).as_deref(), want, "{text}");
         }
+        // A secret of the wrong type is named, never shown.
+        let e = Config::load_from(
+            Some(
+                file("[dispatch.sms]\nsendsms_url = \"u\"\nusername = \"u\"\nfrom = \"f\"\npassword = 87654321\n")
+                    .path(),
+            ),
+            no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("dispatch.sms.password"));
+        assert!(!e.to_string().contains("87654321"), "{e}");
         std::env::set_var("PLICO_T_KEY_CODES_PUK_MAX", "many");
         assert_eq!(
             key("", Env::prefixed("PLICO_T_KEY_")).as_deref(),

@@ -189,6 +189,21 @@ fn config_check_names_the_key_and_line_of_an_error() {
     );
     assert!(!err.contains("short-secret"), "{err}");
 
+    // A secret of the wrong type (a numeric password without quotes): named, not shown.
+    let file = write(
+        tmp.path(),
+        "numeric-password.toml",
+        "[dispatch.sms]\nsendsms_url = \"http://127.0.0.1:13013/\"\nusername = \"u\"\n\
+         password = 87654321\nfrom = \"f\"\n",
+    );
+    let (code, _, err) = check(&file, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dispatch.sms.password") && err.contains("line 4"),
+        "{err}"
+    );
+    assert!(!err.contains("87654321"), "{err}");
+
     // Overridden by the environment: the variable is named, not the file's line.
     let file = write(tmp.path(), "env.toml", "[codes]\npin_min = 5\n");
     let (code, _, err) = check(&file, &[("PLICO_CODES_PIN_MIN", "five")]);
