@@ -98,6 +98,10 @@
 //! from = "PLICO"
 //! dlr_url = "https://plico.example.it:8200/v1/dlr?token=TOKEN&key=%KEY%&status=%d"
 //! dlr_token = "TOKEN"                # ≥ 22 random characters; /v1/dlr is 401 without it
+//!
+//! [metrics]
+//! token_file = "/etc/plico/metrics.token"  # the scrape token of GET /metrics (one line, mode
+//!                                     # 0600); without it /metrics answers 401 to everyone
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
@@ -246,6 +250,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_DISPATCH_SMS_FROM", "dispatch.sms.from"),
     ("PLICO_DISPATCH_SMS_DLR_URL", "dispatch.sms.dlr_url"),
     ("PLICO_DISPATCH_SMS_DLR_TOKEN", "dispatch.sms.dlr_token"),
+    ("PLICO_METRICS_TOKEN_FILE", "metrics.token_file"),
 ];
 
 /// Keys whose values are secrets: `plico config check` prints them redacted. Any key whose
@@ -301,6 +306,17 @@ pub struct Config {
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
     /// except under `serve --dev`, which spools messages in clear (insecure).
     pub dispatch: Option<DispatchConfig>,
+    /// Who may scrape `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A file (one line, mode 0600) holding the scrape token `GET /metrics` requires as a
+    /// bearer token. Without it `/metrics` answers 401 to everyone.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -321,6 +337,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             hsm: HsmConfig::default(),
             dispatch: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1822,6 +1839,9 @@ request_head_timeout_secs = 0
                 }),
                 spool_dir: Some(PathBuf::from("/s")),
             }),
+            metrics: MetricsConfig {
+                token_file: Some(PathBuf::from("/m")),
+            },
         }
     }
 

@@ -6,14 +6,16 @@
 //! it opens anything: the TLS certificate and key load and match, plain HTTP only on a
 //! loopback address, the mailer templates load, the couriers of `[dispatch]` can be built
 //! (and `spool_dir` is refused, being for `serve --dev` only), a PKCS#11 module that exists,
-//! and a `[keys] rekey_share_dir` that neither holds nor sits in the data directory. It opens
+//! a `[metrics] token_file` that reads as a token, and a `[keys] rekey_share_dir` that neither
+//! holds nor sits in the data directory. It opens
 //! neither the HSM nor the store (the server may hold them) and writes nothing.
 //!
 //! On success it prints TOML to stdout: comments first (what was checked, which `PLICO_*`
 //! variables applied, what is redacted, notes such as "no [tls]"), then the configuration.
 //! Values of secret keys ([`plico::config::is_secret_key`]) are printed as `"<redacted>"`, and
 //! so are secret query parameters and passwords inside URLs (a `dlr_url`'s `token=`). Paths
-//! of files that hold secrets (`tls.key`, `hsm.pin_file`) are shown; their contents never are.
+//! of files that hold secrets (`tls.key`, `hsm.pin_file`, `metrics.token_file`) are shown;
+//! their contents never are.
 //!
 //! On error it exits 1 and names the key and, when the file sets it, its line.
 
@@ -94,8 +96,8 @@ fn check(file: &Path) -> Result<()> {
         ));
     }
     out.push_str(
-        "# Paths of files that hold secrets (tls.key, hsm.pin_file) are shown, their contents \
-         never.\n",
+        "# Paths of files that hold secrets (tls.key, hsm.pin_file, metrics.token_file) are \
+         shown, their contents never.\n",
     );
     for note in notes {
         out.push_str(&format!("# note: {note}\n"));
@@ -239,6 +241,12 @@ fn serve_checks(config: &Config) -> Result<Vec<String>> {
                 pin.display()
             ));
         }
+    }
+
+    match &config.metrics.token_file {
+        // Read as `serve` reads it (one line, not empty), then dropped: never printed.
+        Some(file) => drop(super::files::read_token(file).context("[metrics] token_file")?),
+        None => notes.push("no [metrics] token_file: GET /metrics answers 401 to everyone".into()),
     }
 
     match &config.keys.rekey_share_dir {

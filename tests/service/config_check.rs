@@ -75,9 +75,15 @@ fn config_check_applies_the_environment_and_redacts_secrets() {
          dlr_url = \"https://plico.example.it:8200/v1/dlr?token=tok-in-url-0123456789abc&key=%KEY%&status=%d\"\n\
          dlr_token = \"tok-from-file-0123456789ab\"\n",
     );
+    let token = write(
+        tmp.path(),
+        "metrics.token",
+        "tok-in-metrics-file-0123456789\n",
+    );
     let (code, out, err) = check(
         &file,
         &[
+            ("PLICO_METRICS_TOKEN_FILE", token.to_str().unwrap()),
             ("PLICO_DISPATCH_SMS_PASSWORD", "pw-from-environment"),
             ("PLICO_LISTEN", "127.0.0.1:8443"),
         ],
@@ -89,6 +95,7 @@ fn config_check_applies_the_environment_and_redacts_secrets() {
         "pw-from-environment",
         "tok-in-url",
         "tok-from-file",
+        "tok-in-metrics-file",
     ] {
         assert!(!out.contains(secret), "{secret} printed:\n{out}");
         assert!(!err.contains(secret), "{secret} printed:\n{err}");
@@ -108,6 +115,10 @@ fn config_check_applies_the_environment_and_redacts_secrets() {
     // What is not secret is shown, the environment applied.
     assert_eq!(sms["username"].as_str(), Some("plico"));
     assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:8443"));
+    assert_eq!(
+        printed["metrics"]["token_file"].as_str(),
+        Some(token.to_str().unwrap())
+    );
     // The header says which variables applied and what was redacted.
     let header: String = out.lines().take_while(|l| l.starts_with('#')).collect();
     assert!(
@@ -151,6 +162,12 @@ fn config_check_names_the_key_and_line_of_an_error() {
         (
             "[dispatch]\nspool_dir = \"/tmp/spool\"\n",
             "spool_dir",
+            None,
+        ),
+        // A scrape token file that is not there.
+        (
+            "[metrics]\ntoken_file = \"/nonexistent/metrics.token\"\n",
+            "[metrics] token_file",
             None,
         ),
         // A certificate that is not there.
