@@ -69,12 +69,14 @@ for f in /usr/bin/plico /etc/plico/plico.toml /usr/lib/systemd/system/plico.serv
          /usr/share/fish/vendor_completions.d/plico.fish; do
   [ -e "$f" ] || fail "$f is not installed"
 done
-dpkg-query -W -f='${Conffiles}\n' plico | grep -q '/etc/plico/plico.toml' \
+# (grep reads captured output: with pipefail, `cmd | grep -q` fails when grep's early exit
+# ends cmd with SIGPIPE.)
+grep -q '/etc/plico/plico.toml' <<<"$(dpkg-query -W -f='${Conffiles}\n' plico)" \
   || fail "/etc/plico/plico.toml is not a conffile"
 echo "package: $(dpkg -L plico | wc -l) paths installed"
 
 log "user and directories"
-getent passwd plico | grep -q ':/var/lib/plico:/usr/sbin/nologin$' || fail "plico user: $(getent passwd plico)"
+grep -q ':/var/lib/plico:/usr/sbin/nologin$' <<<"$(getent passwd plico)" || fail "plico user: $(getent passwd plico)"
 [ "$(id -u plico)" -lt 1000 ] || fail "plico is not a system user"
 expect_stat() {
   local got; got=$(stat -c '%a %U:%G' "$1")
@@ -114,13 +116,13 @@ for _ in $(seq 1 100); do
 done
 url=$(sed -n 's/^plico: listening on //p' "$tmp/serve.out")
 [ -n "$url" ] || fail "serve did not listen: $(cat "$tmp/serve.err")"
-plico status --addr "$url" | grep -q '^sealed: *yes' || fail "not sealed at start"
+grep -q '^sealed: *yes' <<<"$(plico status --addr "$url")" || fail "not sealed at start"
 plico unseal --addr "$url" "$tmp/ceremony/share-1-of-3.txt" >/dev/null
 plico unseal --addr "$url" "$tmp/ceremony/share-3-of-3.txt" >/dev/null
 plico status --addr "$url" >"$tmp/status.txt"
 grep -q '^sealed: *no' "$tmp/status.txt" || fail "not unsealed: $(cat "$tmp/status.txt")"
 kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=""
-find /var/lib/plico ! -user plico | grep -q . && fail "files in /var/lib/plico not owned by plico"
+[ -n "$(find /var/lib/plico ! -user plico)" ] && fail "files in /var/lib/plico not owned by plico"
 echo "package: init, serve, unseal and status ran as the plico user"
 
 log "dpkg -r"
