@@ -19,13 +19,14 @@ log() { printf '\n==> %s\n' "$*"; }
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
 # peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
 # console's browser tests drive headless Chromium over WebDriver), prometheus (its promtool checks
-# the example alert rules docs/alerts.yml). The tests use none of the packages' services: each starts its own peers on free
+# the example alert rules docs/alerts.yml), systemd (its systemd-analyze checks the Debian
+# package's unit offline in scripts/package-test.sh). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
 # postfix also runs as a private instance for the relay tests (tests/service/relay_support.rs:
 # its own config directory, STARTTLS, implicit TLS, AUTH on a submission port), whose logins
 # are checked by Cyrus SASL against a sasldb made by saslpasswd2 (sasl2-bin; the sasldb plugin
 # is libsasl2-modules-db, which libsasl2 pulls in).
-DEBIAN_PACKAGES=(age poppler-utils postfix sasl2-bin kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools prometheus)
+DEBIAN_PACKAGES=(age poppler-utils postfix sasl2-bin kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools prometheus systemd)
 
 install_debian_packages() {
   local missing=()
@@ -85,3 +86,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --locked -- "${filter[@]}"
+
+# The Debian package of the test build: built, installed, checked, run as its user, removed
+# (skipped when not root, or with a filter).
+if [ ${#filter[@]} -eq 0 ]; then
+  log "Debian package (scripts/package-test.sh)"
+  bash scripts/package-test.sh
+fi

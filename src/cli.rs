@@ -8,6 +8,11 @@
 //!   HTTP(S); they never open the data directory, which belongs to the server while it runs
 //!   (sled locks it).
 //!
+//! - `config check` loads and validates a configuration file as `serve` would and prints it,
+//!   secrets redacted; `completions` and the hidden `man` write shell completions and man
+//!   pages from these definitions (the package ships both). None of them opens the data
+//!   directory.
+//!
 //! `anyhow` is the error type here and in `main.rs` only.
 
 mod accounts;
@@ -16,6 +21,8 @@ mod batches;
 mod bootstrap;
 mod cards;
 mod client;
+mod completions;
+mod config;
 mod files;
 mod generate;
 mod holders;
@@ -103,6 +110,13 @@ pub enum Command {
     Reports(reports::ReportsArgs),
     /// Key ceremonies under dual control: propose, approve, withdraw, list, status (officer).
     Keys(keys::KeysArgs),
+    /// Check a configuration file as `serve` would load it, and print it (secrets redacted).
+    Config(config::ConfigArgs),
+    /// Print shell completions for bash, zsh or fish to stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages to a directory (used when packaging).
+    #[command(hide = true)]
+    Man(completions::ManArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -138,5 +152,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Config(a) => config::run(a),
+        Command::Completions(a) => completions::run_completions(a),
+        Command::Man(a) => completions::run_man(a),
     }
 }

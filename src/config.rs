@@ -270,6 +270,24 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_METRICS_TOKEN_FILE", "metrics.token_file"),
 ];
 
+/// Keys whose values are secrets: `plico config check` prints them redacted. Any key whose
+/// last part is `password`, `token` or `secret`, or ends in `_password`, `_token` or `_secret`,
+/// counts as one too (see [`is_secret_key`]), so a new secret named that way is redacted
+/// without being listed here; list the others. A key naming a *file* that holds a secret
+/// (`tls.key`, `hsm.pin_file`) is not a secret: its path is shown, never its contents.
+pub const SECRET_KEYS: &[&str] = &["dispatch.sms.password", "dispatch.sms.dlr_token"];
+
+/// Whether the value of the key at `path` (`dispatch.sms.password`) is a secret: listed in
+/// [`SECRET_KEYS`], or named like one (`…password`, `…token`, `…secret`, as the whole last
+/// part or after an `_`).
+pub fn is_secret_key(path: &str) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    SECRET_KEYS.contains(&path)
+        || ["password", "token", "secret"]
+            .iter()
+            .any(|s| name == *s || name.ends_with(&format!("_{s}")))
+}
+
 /// The service configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1088,6 +1106,42 @@ impl CodesConfig {
 #[error("{0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    /// The key the error is about, as a path (`codes.pin_min`, `dispatch.sms.dlr_token`), or
+    /// only its table (`codes`) when the error is about a combination in it; `None` when it
+    /// names no key (a missing file, a TOML syntax error). Read from the message, whose two
+    /// shapes are made in this file: figment's ``field `a.b`: …`` (an unknown key is named in
+    /// its ``unknown field `k` `` text) and [`Config::validate`]'s ``[table]: `key` …``.
+    pub fn key(&self) -> Option<String> {
+        let text = self.0.as_str();
+        let quoted = |s: &str| -> Option<String> {
+            let start = s.find('`')? + 1;
+            let len = s[start..].find('`')?;
+            Some(s[start..start + len].to_owned())
+        };
+        if let Some(at) = text.find("field `") {
+            let field = quoted(&text[at..])?;
+            let rest = &text[at + field.len() + 8..];
+            return match rest.find("unknown field `").map(|i| quoted(&rest[i..])) {
+                Some(Some(unknown)) if field.is_empty() => Some(unknown),
+                Some(Some(unknown)) => Some(format!("{field}.{unknown}")),
+                _ => Some(field),
+            };
+        }
+        if let Some(at) = text.find("unknown field `") {
+            return quoted(&text[at..]);
+        }
+        let open = text.find(": [")? + 3;
+        let len = text[open..].find(']')?;
+        let table = &text[open..open + len];
+        let after = &text[open + len + 1..];
+        match after.strip_prefix(": `").and_then(|_| quoted(after)) {
+            Some(key) => Some(format!("{table}.{key}")),
+            None => Some(table.to_owned()),
+        }
+    }
+}
+
 impl Config {
     /// Reads the defaults, then `file` if given, then the environment.
     ///
@@ -1334,10 +1388,21 @@ fn describe(errors: figment::Error, file: Option<&Path>) -> ConfigError {
                     _ => origin(file),
                 },
             };
+            // A secret of the wrong type (`password = 12345678`, unquoted) would be echoed by
+            // figment's "found unsigned int `12345678`": say what was expected, not what was found.
+            let kind = match &e.kind {
+                figment::error::Kind::InvalidType(_, expected)
+                | figment::error::Kind::InvalidValue(_, expected)
+                    if is_secret_key(&field) =>
+                {
+                    format!("invalid value (not shown: a secret), expected {expected}")
+                }
+                kind => kind.to_string(),
+            };
             if field.is_empty() {
-                format!("{source}: {}", e.kind)
+                format!("{source}: {kind}")
             } else {
-                format!("{source}: field `{field}`: {}", e.kind)
+                format!("{source}: field `{field}`: {kind}")
             }
         })
         .collect();
@@ -1990,6 +2055,86 @@ request_head_timeout_secs = 0
                 i + 1
             );
         }
+    }
+
+    #[test]
+    fn every_key_has_its_variable_and_secrets_are_keys() {
+        // The environment table and the configuration name the same keys (the mailer layout's
+        // geometry alone has no variables), and every listed secret is a key.
+        let every = key_paths(
+            &Figment::from(Serialized::defaults(every_option_set()))
+                .extract()
+                .unwrap(),
+        );
+        let with_variable: std::collections::BTreeSet<String> =
+            ENV_VARS.iter().map(|(_, p)| (*p).to_owned()).collect();
+        let without: Vec<_> = every
+            .iter()
+            .filter(|k| !k.starts_with("mailers.layout.") && !with_variable.contains(*k))
+            .collect();
+        let stale: Vec<_> = with_variable.difference(&every).collect();
+        assert!(
+            without.is_empty() && stale.is_empty(),
+            "keys without a PLICO_* variable: {without:?}; variables of no key: {stale:?}"
+        );
+        for (var, path) in ENV_VARS {
+            assert_eq!(
+                *var,
+                format!("PLICO_{}", path.replace('.', "_").to_uppercase())
+            );
+        }
+        for secret in SECRET_KEYS {
+            assert!(every.contains(*secret), "{secret}");
+        }
+        assert!(is_secret_key("dispatch.sms.password") && is_secret_key("metrics.scrape_token"));
+        assert!(!is_secret_key("hsm.token_label") && !is_secret_key("hsm.pin_file"));
+        assert!(!is_secret_key("tls.key") && !is_secret_key("codes.pin_min"));
+    }
+
+    #[test]
+    fn config_errors_name_their_key() {
+        let key = |text: &str, env: Env| {
+            Config::load_from(Some(file(text).path()), env)
+                .unwrap_err()
+                .key()
+        };
+        for (text, want) in [
+            ("[codes]\npin_min = \"five\"\n", Some("codes.pin_min")),
+            ("listn = 1\n", Some("listn")),
+            (
+                "[dispatch.smtp]\nhots = \"h\"\n",
+                Some("dispatch.smtp.hots"),
+            ),
+            (
+                "[dispatch]\nmax_in_flight = 0\n",
+                Some("dispatch.max_in_flight"),
+            ),
+            ("[codes]\npin_min = 9\n", Some("codes")),
+            ("[tls]\ncert = \"/c.pem\"\n", Some("tls.cert")),
+            (
+                "[mailers]\nrecipients = [\"age1nope\"]\n",
+                Some("mailers.recipients"),
+            ),
+            ("this is not toml\n", None),
+        ] {
+            assert_eq!(key(text, no_env()).as_deref(), want, "{text}");
+        }
+        // A secret of the wrong type is named, never shown.
+        let e = Config::load_from(
+            Some(
+                file("[dispatch.sms]\nsendsms_url = \"u\"\nusername = \"u\"\nfrom = \"f\"\npassword = 87654321\n")
+                    .path(),
+            ),
+            no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("dispatch.sms.password"));
+        assert!(!e.to_string().contains("87654321"), "{e}");
+        std::env::set_var("PLICO_T_KEY_CODES_PUK_MAX", "many");
+        assert_eq!(
+            key("", Env::prefixed("PLICO_T_KEY_")).as_deref(),
+            Some("codes.puk_max")
+        );
     }
 
     #[test]

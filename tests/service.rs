@@ -22,7 +22,8 @@
 //! guard of the persisted layout, is in `service/persisted_layout.rs`. The service on a
 //! SoftHSM2 token (init, serve, unseal, rotate killed and resumed, retire, pin_file) is in
 //! `service/pkcs11.rs`; the emergency seal in `service/seal.rs` (and its effect on the
-//! delivery workers in `service/delivery.rs`).
+//! delivery workers in `service/delivery.rs`). `plico config check`, the shipped and packaged
+//! configurations, completions and man pages are in `service/config_check.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -33,6 +34,8 @@ mod batches;
 mod cli_conventions;
 #[path = "service/cms.rs"]
 mod cms;
+#[path = "service/config_check.rs"]
+mod config_check;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
 #[path = "service/console.rs"]
 mod console;
