@@ -23,6 +23,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+mod backup;
 pub mod batches;
 pub mod cards;
 pub mod dispatch;
@@ -232,6 +233,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         reports::endpoints(),
         keys::endpoints(),
         seal::endpoints(),
+        backup::endpoints(),
     ]
     .into_iter()
     .flatten()

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod audit;
+mod backup;
 mod batches;
 mod bootstrap;
 mod cards;
@@ -25,6 +26,7 @@ mod keys;
 mod mailers;
 mod registry;
 mod reports;
+mod restore;
 mod seal;
 mod serve;
 mod show;
@@ -103,6 +105,12 @@ pub enum Command {
     Reports(reports::ReportsArgs),
     /// Key ceremonies under dual control: propose, approve, withdraw, list, status (officer).
     Keys(keys::KeysArgs),
+    /// Back up a running server: store and HSM state, sealed to `[backup] recipient` (admin
+    /// or officer).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data directory, offline; then the custodians accept the
+    /// rollback (`--accept-rollback`).
+    Restore(restore::RestoreArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -138,5 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Mailers(a) => mailers::run(a),
         Command::Reports(a) => reports::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Backup(a) => backup::run(a),
+        Command::Restore(a) => restore::run(a),
     }
 }

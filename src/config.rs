@@ -211,6 +211,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_CONSOLE_REQUIRE_TOTP", "console.require_totp"),
     ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
     ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
+    ("PLICO_BACKUP_RECIPIENT", "backup.recipient"),
     ("PLICO_HSM_KIND", "hsm.kind"),
     ("PLICO_HSM_MODULE", "hsm.module"),
     ("PLICO_HSM_TOKEN_LABEL", "hsm.token_label"),
@@ -283,6 +284,17 @@ pub struct Config {
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
     /// except under `serve --dev`, which spools messages in clear (insecure).
     pub dispatch: Option<DispatchConfig>,
+    /// Backups (`plico backup`): who they are sealed to.
+    pub backup: BackupConfig,
+}
+
+/// The `[backup]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The age X25519 recipient (`age1…`) backups are sealed to; its identity is kept offline
+    /// and is needed by `plico restore`. Without it `plico backup` is refused.
+    pub recipient: Option<String>,
 }
 
 impl Default for Config {
@@ -303,6 +315,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             hsm: HsmConfig::default(),
             dispatch: None,
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -1105,6 +1118,13 @@ impl Config {
                 "{origin}: [mailers]: `per_file` must be at least 1"
             )));
         }
+        if let Some(r) = &self.backup.recipient {
+            if r.parse::<age::x25519::Recipient>().is_err() {
+                return Err(ConfigError(format!(
+                    "{origin}: [backup]: `recipient` is not an age x25519 recipient (age1…)"
+                )));
+            }
+        }
         for (i, r) in self.mailers.recipients.iter().enumerate() {
             if r.parse::<age::x25519::Recipient>().is_err() {
                 return Err(ConfigError(format!(
@@ -1757,6 +1777,9 @@ request_head_timeout_secs = 0
                 }),
                 spool_dir: Some(PathBuf::from("/s")),
             }),
+            backup: BackupConfig {
+                recipient: Some(age::x25519::Identity::generate().to_public().to_string()),
+            },
         }
     }
 

@@ -37,6 +37,7 @@
 //! this library.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod console;
 pub mod delivery;
@@ -111,6 +112,8 @@ pub struct AppState {
     pub unseal_rate: Arc<api::UnsealRate>,
     /// The browser console: its sessions, failed-login counts and templates.
     pub console: Arc<console::Console>,
+    /// Backups of the store and HSM state (`POST /v1/sys/backup`); `None`: refused.
+    pub backups: Option<Arc<backup::Backups>>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -297,9 +300,16 @@ impl AppState {
             edge: settings.edge,
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             console: Arc::new(new_console(console::ConsoleSettings::default())?),
+            backups: None,
             unseal_lock: Arc::new(Mutex::new(())),
             clock,
         })
+    }
+
+    /// The same state with backups ([`backup::Backups`]: its store must be the state's store).
+    pub fn with_backups(mut self, backups: backup::Backups) -> Self {
+        self.backups = Some(Arc::new(backups));
+        self
     }
 
     /// The same state with `setup` for print runs and the counter's page (from `[mailers]`).

@@ -131,9 +131,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if delivery.is_none() {
         tracing::warn!("no [dispatch] configured: dispatch jobs are queued but not sent");
     }
-    let store = bootstrap::open_store(&data_dir, config.store.cache_mib)?;
+    if super::restore::pending(&data_dir) {
+        bail!(
+            "{} holds a restored backup the custodians have not accepted ({}): run `plico \
+             restore --accept-rollback --data {} --share FILE... --replaced-anchor \
+             SEQ:HASH|unknown` first",
+            data_dir.display(),
+            super::restore::PENDING_FILE,
+            data_dir.display()
+        );
+    }
+    let store = Arc::new(plico::backup::SnapshotStore::new(bootstrap::open_store(
+        &data_dir,
+        config.store.cache_mib,
+    )?));
+    let hsm_state =
+        matches!(config.hsm.kind, HsmKind::Sim).then(|| data_dir.join(SimulatedHsm::STATE_FILE));
+    let backups = plico::backup::Backups::new(store.clone(), hsm_state, &config.backup)?;
     let mut state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
+        .with_backups(backups)
         .with_print(print)
         .with_console(config.console.settings())
         .context("cannot build the console")?;
