@@ -27,6 +27,8 @@
 
 #[path = "service/accounts.rs"]
 mod accounts;
+#[path = "service/backup.rs"]
+mod backup;
 #[path = "service/batches.rs"]
 mod batches;
 #[path = "service/cli_conventions.rs"]
