@@ -503,8 +503,14 @@ where
     };
     let router = app(state);
     match &tls {
-        Some(_) => tracing::info!(%addr, "serving https"),
-        None => tracing::info!(%addr, "serving plain http on loopback"),
+        Some(t) => {
+            t.reload_on_sighup();
+            tracing::info!(%addr, "serving https (SIGHUP reloads the certificate and key)");
+        }
+        None => {
+            tls::ignore_sighup();
+            tracing::info!(%addr, "serving plain http on loopback");
+        }
     }
     let served = edge::run(
         listener,

@@ -66,6 +66,8 @@ mod print_crash;
 mod seal;
 #[path = "service/support.rs"]
 mod support;
+#[path = "service/tls_reload.rs"]
+mod tls_reload;
 #[path = "service/webdriver.rs"]
 mod webdriver;
 

@@ -24,11 +24,13 @@
 //! `--hsm pkcs11` runs the import (and `rotate`) on a throw-away SoftHSM2 token instead of the
 //! simulator, to compare the two in the same figures.
 //!
-//! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
+//! `plico-bench backup --records N` times a backup and a restore of a store of N cards (see
+//! `backup.rs`); `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
 //! pages against `/healthz` (see `console.rs`).
 
+mod backup;
 mod console;
 mod dispatch;
 mod mailers;
@@ -89,6 +91,9 @@ pub enum BenchCommand {
     /// The console's holder and card pages at a fixed offered load (p50/p99, requests/s),
     /// against `/healthz` with the same load generator.
     Console(console::ConsoleBench),
+    /// Back up a store of N imported cards (sealed archive) and restore it, against a bare
+    /// scan of the store.
+    Backup(backup::BackupBench),
 }
 
 /// `plico-bench import` arguments.
@@ -204,6 +209,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Dispatch(a) => dispatch::run(&a),
         BenchCommand::Rotate(a) => rotate::run(&a),
         BenchCommand::Console(a) => console::run(&a),
+        BenchCommand::Backup(a) => backup::run(&a),
     }
 }
 
@@ -259,7 +265,7 @@ pub(crate) fn peak_rss_mib() -> f64 {
     status_mib("VmHWM")
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
