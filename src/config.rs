@@ -212,6 +212,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
     ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
     ("PLICO_BACKUP_RECIPIENT", "backup.recipient"),
+    ("PLICO_AUDIT_STREAM_FILE", "audit.stream.file"),
+    ("PLICO_AUDIT_STREAM_SYSLOG", "audit.stream.syslog"),
     ("PLICO_HSM_KIND", "hsm.kind"),
     ("PLICO_HSM_MODULE", "hsm.module"),
     ("PLICO_HSM_TOKEN_LABEL", "hsm.token_label"),
@@ -796,13 +798,29 @@ impl SerialConfig {
 }
 
 /// The `[audit]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Events between MAC'd checkpoints (a checkpoint is also written at shutdown); at least 1.
     pub checkpoint_every: u64,
     /// Days an audit event is kept at least; a prune never removes younger ones. At least 1.
     pub retention_days: u32,
+    /// The audit stream for a SIEM ([`crate::audit_stream`]); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<AuditStreamConfig>,
+}
+
+/// The `[audit.stream]` table: exactly one of `file` and `syslog`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditStreamConfig {
+    /// A file every committed event is appended to, one JSON line each (created 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// RFC 5424 syslog: `unix:PATH` (a datagram socket such as `unix:/dev/log`) or
+    /// `udp:HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -810,6 +828,7 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_every: vault::DEFAULT_CHECKPOINT_EVERY,
             retention_days: crate::DEFAULT_RETENTION_DAYS,
+            stream: None,
         }
     }
 }
@@ -1117,6 +1136,10 @@ impl Config {
             return Err(ConfigError(format!(
                 "{origin}: [mailers]: `per_file` must be at least 1"
             )));
+        }
+        if let Some(stream) = &self.audit.stream {
+            crate::audit_stream::check(stream)
+                .map_err(|e| ConfigError(format!("{origin}: [audit.stream]: {e}")))?;
         }
         if let Some(r) = &self.backup.recipient {
             if r.parse::<age::x25519::Recipient>().is_err() {
@@ -1715,7 +1738,13 @@ request_head_timeout_secs = 0
             }),
             log: d.log,
             codes: d.codes,
-            audit: d.audit,
+            audit: AuditConfig {
+                stream: Some(AuditStreamConfig {
+                    file: Some(PathBuf::from("/a")),
+                    syslog: None,
+                }),
+                ..d.audit
+            },
             limits: d.limits,
             import: d.import,
             registry: d.registry,

@@ -37,6 +37,7 @@
 //! this library.
 
 pub mod api;
+pub mod audit_stream;
 pub mod backup;
 pub mod config;
 pub mod console;
@@ -112,6 +113,8 @@ pub struct AppState {
     pub unseal_rate: Arc<api::UnsealRate>,
     /// The browser console: its sessions, failed-login counts and templates.
     pub console: Arc<console::Console>,
+    /// The counts of the audit stream (`[audit.stream]`), for the metrics; `None`: no stream.
+    pub audit_stream: Option<Arc<audit_stream::StreamStats>>,
     /// Backups of the store and HSM state (`POST /v1/sys/backup`); `None`: refused.
     pub backups: Option<Arc<backup::Backups>>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
@@ -301,6 +304,7 @@ impl AppState {
             unseal_rate: Arc::new(api::UnsealRate::new(settings.unseal)),
             console: Arc::new(new_console(console::ConsoleSettings::default())?),
             backups: None,
+            audit_stream: None,
             unseal_lock: Arc::new(Mutex::new(())),
             clock,
         })

@@ -157,6 +157,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(delivery) = delivery {
         state = state.with_delivery(delivery);
     }
+    let audit_stream = match &config.audit.stream {
+        Some(c) => Some(
+            plico::audit_stream::AuditStream::start(c, state.store.clone(), state.audit.clone())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    state.audit_stream = audit_stream.as_ref().map(|s| s.stats());
     if let Some(dir) = rekey_share_dir(&config, &data_dir, args.dev)? {
         state = state.with_rekey_share_dir(dir);
     }
@@ -220,6 +228,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let served = runtime.block_on(plico::serve(listener, state.clone(), tls, shutdown));
     if let Err(e) = state.shut_down() {
         tracing::error!(error = %e, "could not checkpoint the audit chain at shutdown");
+    }
+    if let Some(stream) = audit_stream {
+        stream.stop();
     }
     state.seal();
     tracing::info!("hsm sealed");
