@@ -18,9 +18,10 @@ log() { printf '\n==> %s\n' "$*"; }
 # smtp-sink and smtp-source are the SMTP peer of dispatch's courier tests), kannel and
 # kannel-extras (bearerbox, smsbox and the fake SMSC /usr/lib/kannel/test/fakesmsc: the SMS
 # peer), qpdf (`qpdf --check` checks the print files' structure), chromium and chromium-driver (the
-# console's browser tests drive headless Chromium over WebDriver). The tests use none of the packages' services: each starts its own peers on free
+# console's browser tests drive headless Chromium over WebDriver), prometheus (its promtool checks
+# the example alert rules docs/alerts.yml). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools)
+DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools prometheus)
 
 install_debian_packages() {
   local missing=()
@@ -51,6 +52,20 @@ install_axe_core() {
 }
 
 install_axe_core
+
+# openapi-spec-validator (PyPI), in a venv under target/: an independent check of the OpenAPI
+# document of /v1/openapi.json (tests/service/observe.rs fails under CI without it).
+OPENAPI_VALIDATOR="openapi-spec-validator==0.7.2"
+install_openapi_validator() {
+  [ -x target/openapi-venv/bin/openapi-spec-validator ] && return 0
+  log "installing $OPENAPI_VALIDATOR into target/openapi-venv"
+  python3 -m venv target/openapi-venv || { local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo";
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv;
+    python3 -m venv target/openapi-venv; }
+  target/openapi-venv/bin/pip install -q "$OPENAPI_VALIDATOR"
+}
+
+install_openapi_validator
 
 filter=()
 if [ "${1:-}" = "--" ]; then

@@ -36,6 +36,8 @@ mod health;
 pub mod holders;
 pub mod keys;
 pub mod mailers;
+mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod reports;
 mod seal;
@@ -83,11 +85,16 @@ pub enum Access {
     /// status and unseal: custodians are not accounts (they must be able to unseal before
     /// any account can be checked — the audit key is locked until then), and for unseal the
     /// share itself is the credential. Also the SMS gateway's delivery reports (`/v1/dlr`):
-    /// the gateway has no account, and the route checks a shared secret of its own.
+    /// the gateway has no account, and the route checks a shared secret of its own. And the
+    /// OpenAPI description (`/v1/openapi.json`): the shape of the API, no data.
     Public,
     /// An enabled account with a bearer token and one of these roles. Needs the audit key (an
     /// unsealed HSM): every such call may write audit events.
     Roles(&'static [Role]),
+    /// The metrics scraper: the scrape token of `[metrics] token_file` as a bearer token, no
+    /// account (accounts can be checked only while unsealed, and metrics must be read while
+    /// sealed). Without a configured token, refused to everyone (`401`).
+    ScrapeToken,
 }
 
 /// How a route is rate-limited per account.
@@ -201,6 +208,12 @@ impl Endpoint {
         self
     }
 
+    /// Callable with the metrics scrape token only ([`Access::ScrapeToken`]).
+    pub fn scrape_token(mut self) -> Self {
+        self.access = Access::ScrapeToken;
+        self
+    }
+
     /// Rate-limited per account as [`RateClass::Sensitive`].
     pub fn sensitive(mut self) -> Self {
         self.rate = RateClass::Sensitive;
@@ -234,6 +247,8 @@ pub fn endpoints() -> Vec<Endpoint> {
         keys::endpoints(),
         seal::endpoints(),
         backup::endpoints(),
+        openapi::endpoints(),
+        metrics::endpoints(),
     ]
     .into_iter()
     .flatten()
@@ -250,8 +265,8 @@ pub fn check_rules(endpoints: &[Endpoint]) -> Vec<String> {
             let why = match (e.access, e.rate) {
                 (Access::Undeclared, _) => "declares no access rule",
                 (Access::Roles([]), _) => "allows an empty list of roles",
-                (Access::Public, RateClass::Sensitive) => {
-                    "is sensitive but public: it cannot be rate-limited per account"
+                (Access::Public | Access::ScrapeToken, RateClass::Sensitive) => {
+                    "is sensitive but has no account: it cannot be rate-limited per account"
                 }
                 _ => return None,
             };
@@ -262,9 +277,16 @@ pub fn check_rules(endpoints: &[Endpoint]) -> Vec<String> {
 
 /// Builds the router from [`endpoints`] and applies the limits to every route; the browser
 /// console ([`crate::console::router`]) is mounted beside it, under `/`, with its own layers
-/// (it never reads a bearer token, and the API never reads its session cookie).
+/// (it never reads a bearer token, and the API never reads its session cookie). Every request
+/// of both is counted by its route template ([`crate::metrics::track`]).
 pub fn router(state: AppState) -> Router {
-    router_from(state.clone(), endpoints()).merge(crate::console::router(state))
+    let metrics = state.metrics.clone();
+    router_from(state.clone(), endpoints())
+        .merge(crate::console::router(state))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
 }
 
 /// Builds a router from the given rows (the route table, or a test's own): each route gets
@@ -307,6 +329,9 @@ fn guard(state: &AppState, e: &Endpoint) -> MethodRouter<AppState> {
     let handler = e.handler.clone();
     match (e.access, e.rate) {
         (Access::Public, RateClass::Normal) => handler,
+        (Access::ScrapeToken, RateClass::Normal) => handler.route_layer(
+            axum::middleware::from_fn_with_state(state.clone(), crate::metrics::authorize_scrape),
+        ),
         (Access::Roles(roles), rate) if !roles.is_empty() => {
             let rule = auth::Rule {
                 state: state.clone(),

@@ -98,6 +98,10 @@
 //! from = "PLICO"
 //! dlr_url = "https://plico.example.it:8200/v1/dlr?token=TOKEN&key=%KEY%&status=%d"
 //! dlr_token = "TOKEN"                # ≥ 22 random characters; /v1/dlr is 401 without it
+//!
+//! [metrics]
+//! token_file = "/etc/plico/metrics.token"  # the scrape token of GET /metrics (one line, mode
+//!                                     # 0600); without it /metrics answers 401 to everyone
 //! ```
 //!
 //! Each key has one environment variable, listed in [`ENV_VARS`]: `PLICO_DATA_DIR`,
@@ -249,6 +253,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_DISPATCH_SMS_FROM", "dispatch.sms.from"),
     ("PLICO_DISPATCH_SMS_DLR_URL", "dispatch.sms.dlr_url"),
     ("PLICO_DISPATCH_SMS_DLR_TOKEN", "dispatch.sms.dlr_token"),
+    ("PLICO_METRICS_TOKEN_FILE", "metrics.token_file"),
 ];
 
 /// The service configuration.
@@ -288,6 +293,8 @@ pub struct Config {
     pub dispatch: Option<DispatchConfig>,
     /// Backups (`plico backup`): who they are sealed to.
     pub backup: BackupConfig,
+    /// Who may scrape `/metrics`.
+    pub metrics: MetricsConfig,
 }
 
 /// The `[backup]` table.
@@ -297,6 +304,15 @@ pub struct BackupConfig {
     /// The age X25519 recipient (`age1…`) backups are sealed to; its identity is kept offline
     /// and is needed by `plico restore`. Without it `plico backup` is refused.
     pub recipient: Option<String>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A file (one line, mode 0600) holding the scrape token `GET /metrics` requires as a
+    /// bearer token. Without it `/metrics` answers 401 to everyone.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -318,6 +334,7 @@ impl Default for Config {
             hsm: HsmConfig::default(),
             dispatch: None,
             backup: BackupConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1808,6 +1825,9 @@ request_head_timeout_secs = 0
             }),
             backup: BackupConfig {
                 recipient: Some(age::x25519::Identity::generate().to_public().to_string()),
+            },
+            metrics: MetricsConfig {
+                token_file: Some(PathBuf::from("/m")),
             },
         }
     }

@@ -45,6 +45,7 @@ pub mod delivery;
 pub mod edge;
 pub mod ids;
 pub mod mailers;
+pub mod metrics;
 pub mod tls;
 
 use axum::Router;
@@ -117,6 +118,8 @@ pub struct AppState {
     pub audit_stream: Option<Arc<audit_stream::StreamStats>>,
     /// Backups of the store and HSM state (`POST /v1/sys/backup`); `None`: refused.
     pub backups: Option<Arc<backup::Backups>>,
+    /// The metrics counted as the process runs, and the scrape token (`/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
     /// unseal.
     unseal_lock: Arc<Mutex<()>>,
@@ -282,7 +285,9 @@ impl AppState {
         let mut bulk =
             api::BulkLimits::new(settings.max_upload_bytes, settings.max_concurrent_imports);
         bulk.registry_max_upload_bytes = settings.registry_max_upload_bytes;
+        let metrics = Arc::new(metrics::Metrics::new(&*store));
         Ok(AppState {
+            metrics,
             hsm,
             cms,
             codes,
@@ -334,6 +339,13 @@ impl AppState {
     /// The same state with these delivery workers' settings (from `[dispatch]`).
     pub fn with_delivery(mut self, delivery: delivery::Delivery) -> Self {
         self.delivery = Some(Arc::new(delivery));
+        self
+    }
+
+    /// The same state with these metrics (a scrape token, the store's directory); what was
+    /// counted so far is kept.
+    pub fn with_metrics(mut self, metrics: metrics::Metrics) -> Self {
+        self.metrics = Arc::new(metrics);
         self
     }
 

@@ -54,6 +54,8 @@ mod import_crash;
 mod keys;
 #[path = "service/mailers.rs"]
 mod mailers;
+#[path = "service/observe.rs"]
+mod observe;
 #[path = "../dispatch/tests/support/peers.rs"]
 mod peers;
 #[path = "service/persisted_layout.rs"]
@@ -301,6 +303,8 @@ fn every_route_is_in_the_table() {
         ("GET", "/readyz"),
         ("GET", "/v1/sys/status"),
         ("POST", "/v1/sys/unseal"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/metrics"),
         ("POST", "/v1/batches"),
         ("GET", "/v1/batches"),
         ("GET", "/v1/batches/{id}"),

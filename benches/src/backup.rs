@@ -165,7 +165,7 @@ fn bench_in(work: &Path, n: u64) -> anyhow::Result<()> {
 
     println!(
         "backup records={n} store_bytes={store_bytes} archive_bytes={archive_bytes} \
-         entries={} backup_s={t_backup:.2} backup_cpu_s={c_backup:.2} backup_mb_per_s={:.1} \
+         entries={} scan_s={t_scan:.2} backup_s={t_backup:.2} backup_cpu_s={c_backup:.2} backup_mb_per_s={:.1} \
          backup_mb_per_cpu_s={:.1} scan_mb_per_cpu_s={:.1} scan_ratio={:.2} \
          restore_s={t_restore:.2} restore_cpu_s={c_restore:.2} restore_mb_per_s={:.1} \
          restore_mb_per_cpu_s={:.1}",

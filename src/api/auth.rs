@@ -8,6 +8,7 @@
 //!                                the audit key installed (HSM unsealed)?              else 503
 //!                                RateClass::Sensitive: within the account's quota?   else 429
 //!                                → the handler gets a `Caller`
+//! Access::ScrapeToken  crate::metrics::authorize_scrape: Bearer <scrape token>?    else 401
 //! no usable rule     no_rule:    403 no_access_rule, to everyone
 //! ```
 //!

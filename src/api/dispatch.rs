@@ -81,65 +81,11 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-/// The delivery workers' counters and the overdue gauge, in the Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    use std::fmt::Write as _;
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = String::new();
-    let workers = u8::from(state.delivery.as_ref().is_some_and(|d| d.has_couriers()));
-    let stats = state.delivery.as_ref().map(|d| d.stats.clone());
-    let get = |f: fn(&crate::delivery::DeliveryStats) -> u64| stats.as_deref().map_or(0, f);
-    let lines: [(&str, &str, &str, u64); 6] = [
-        (
-            "plico_dispatch_workers",
-            "gauge",
-            "1 if this process runs delivery workers",
-            u64::from(workers),
-        ),
-        (
-            "plico_dispatch_sent_total",
-            "counter",
-            "jobs marked sent since start-up",
-            get(|s| s.sent.load(Relaxed)),
-        ),
-        (
-            "plico_dispatch_failed_total",
-            "counter",
-            "temporary send failures since start-up",
-            get(|s| s.failed.load(Relaxed)),
-        ),
-        (
-            "plico_dispatch_dead_total",
-            "counter",
-            "jobs given up since start-up",
-            get(|s| s.dead.load(Relaxed)),
-        ),
-        (
-            "plico_dispatch_overdue_parts",
-            "gauge",
-            "parts not delivered after overdue_after_secs, at the last check (at most 1000)",
-            get(|s| s.overdue.load(Relaxed)),
-        ),
-        (
-            "plico_dispatch_overdue_checked_seconds",
-            "gauge",
-            "Unix time of the last overdue check (0: none yet)",
-            get(|s| s.overdue_checked_ms.load(Relaxed) / 1000),
-        ),
-    ];
-    for (name, kind, help, value) in lines {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
+/// The delivery workers' counters, the open jobs and the overdue gauge, in the OpenMetrics
+/// text format: the delivery part of `/metrics`, from the same place ([`crate::metrics`]).
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::metrics::render_dispatch(&state).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }
 
 /// One job of a dispatch, as the API shows it: one part of the codes by one channel. No code,

@@ -68,6 +68,7 @@ fn the_route_table_matches_the_endpoints() {
                     .map(|r| r.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
+                Access::ScrapeToken => "scrape token".to_owned(),
                 Access::Undeclared => "undeclared".to_owned(),
             };
             let mut limits = Vec::new();

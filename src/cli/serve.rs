@@ -165,6 +165,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => None,
     };
     state.audit_stream = audit_stream.as_ref().map(|s| s.stats());
+    let mut metrics = (*state.metrics)
+        .clone()
+        .with_store_dir(bootstrap::store_dir(&data_dir));
+    match &config.metrics.token_file {
+        Some(file) => {
+            let token = files::read_token(file).context("[metrics] token_file")?;
+            metrics = metrics.with_token(&token);
+        }
+        None => tracing::warn!(
+            "no [metrics] token_file configured: GET /metrics answers 401 to every scraper"
+        ),
+    }
+    state = state.with_metrics(metrics);
     if let Some(dir) = rekey_share_dir(&config, &data_dir, args.dev)? {
         state = state.with_rekey_share_dir(dir);
     }

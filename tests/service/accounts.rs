@@ -101,6 +101,8 @@ const PUBLIC: &[(&str, &str)] = &[
     // The SMS gateway's delivery reports: the gateway has no account; the route checks a
     // shared secret of its own (`[dispatch.sms] dlr_token`), see OWN_SECRET.
     ("GET", "/v1/dlr"),
+    // The OpenAPI description: the shape of the API, no data.
+    ("GET", "/v1/openapi.json"),
 ];
 
 /// Public routes that require a shared secret of their own instead of a bearer token: 401
@@ -182,6 +184,15 @@ async fn route_by_role_matrix() {
                     } else {
                         assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
                     }
+                }
+            }
+            Access::ScrapeToken => {
+                // Only the scrape token (none is configured here): no account's token opens it.
+                let a = call(&f.app, e.method.clone(), &uri, None).await;
+                assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+                for role in Role::ALL {
+                    let a = call(&f.app, e.method.clone(), &uri, Some(f.token(role))).await;
+                    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
                 }
             }
             other => panic!("{what} has no usable access rule: {other:?}"),
