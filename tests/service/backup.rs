@@ -280,7 +280,7 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
                 .unwrap()
                 .unwrap_or_else(|| panic!("card {n} has no codes"));
             let (pin, puk) = codes_of(n, SALT);
-            assert_eq!(codes.pin.expose_secret(), pin[..5].as_bytes(), "card {n}");
+            assert_eq!(codes.pin.expose_secret(), &pin.as_bytes()[..5], "card {n}");
             assert_eq!(codes.puk.expose_secret(), puk.as_bytes(), "card {n}");
         }
         // The import is in the backup whole or not at all.
