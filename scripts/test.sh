@@ -21,7 +21,11 @@ log() { printf '\n==> %s\n' "$*"; }
 # console's browser tests drive headless Chromium over WebDriver), prometheus (its promtool checks
 # the example alert rules docs/alerts.yml). The tests use none of the packages' services: each starts its own peers on free
 # loopback ports and kills them by pid.
-DEBIAN_PACKAGES=(age poppler-utils postfix kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools prometheus)
+# postfix also runs as a private instance for the relay tests (tests/service/relay_support.rs:
+# its own config directory, STARTTLS, implicit TLS, AUTH on a submission port), whose logins
+# are checked by Cyrus SASL against a sasldb made by saslpasswd2 (sasl2-bin; the sasldb plugin
+# is libsasl2-modules-db, which libsasl2 pulls in).
+DEBIAN_PACKAGES=(age poppler-utils postfix sasl2-bin kannel kannel-extras dmtx-utils qpdf softhsm2 chromium chromium-driver zbar-tools prometheus)
 
 install_debian_packages() {
   local missing=()

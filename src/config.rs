@@ -243,6 +243,21 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_DISPATCH_SMTP_PORT", "dispatch.smtp.port"),
     ("PLICO_DISPATCH_SMTP_TLS", "dispatch.smtp.tls"),
     ("PLICO_DISPATCH_SMTP_FROM", "dispatch.smtp.from"),
+    ("PLICO_DISPATCH_SMTP_CA_FILE", "dispatch.smtp.ca_file"),
+    ("PLICO_DISPATCH_SMTP_USERNAME", "dispatch.smtp.username"),
+    (
+        "PLICO_DISPATCH_SMTP_PASSWORD_FILE",
+        "dispatch.smtp.password_file",
+    ),
+    ("PLICO_DISPATCH_SMTP_EHLO_NAME", "dispatch.smtp.ehlo_name"),
+    (
+        "PLICO_DISPATCH_SMTP_RETURN_PATH",
+        "dispatch.smtp.return_path",
+    ),
+    (
+        "PLICO_DISPATCH_SMTP_INSECURE_PLAINTEXT_TO_REMOTE",
+        "dispatch.smtp.insecure_plaintext_to_remote",
+    ),
     (
         "PLICO_DISPATCH_SMTP_MAX_CONNECTIONS",
         "dispatch.smtp.max_connections",
@@ -588,6 +603,69 @@ pub struct SmtpSection {
     /// Connections to the relay at most.
     #[serde(default = "default_smtp_connections")]
     pub max_connections: usize,
+    /// PEM file of one or more CA certificates trusted for the relay, in addition to the
+    /// public (webpki) roots: a relay with a certificate from a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Login for `AUTH PLAIN`/`LOGIN` (only over TLS); needs `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the login's password (read at start; one line; never inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Name given in `EHLO`; default: the domain of `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ehlo_name: Option<String>,
+    /// Envelope sender (`MAIL FROM`), where bounces go; default: `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_path: Option<String>,
+    /// Allows `tls = "none"` to a relay that is not on loopback: codes cross the network in
+    /// clear (INSECURE). Default false: refused at start.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_plaintext_to_remote: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl SmtpSection {
+    /// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`).
+    pub fn host_is_loopback(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The first problem of the table's combinations, naming the key.
+    fn problem(&self) -> Option<String> {
+        if self.tls == SmtpTls::None
+            && !self.host_is_loopback()
+            && !self.insecure_plaintext_to_remote
+        {
+            return Some(format!(
+                "`tls = \"none\"` sends codes in clear and is allowed only for a relay on \
+                 loopback, not `host = \"{}\"`; use tls = \"starttls\" or \"tls\" (with \
+                 `ca_file` for a private CA), or set `insecure_plaintext_to_remote = true`",
+                self.host.escape_debug()
+            ));
+        }
+        match (&self.username, &self.password_file) {
+            (Some(_), None) => return Some("`username` needs `password_file`".into()),
+            (None, Some(_)) => return Some("`password_file` needs `username`".into()),
+            (Some(_), Some(_)) if self.tls == SmtpTls::None => {
+                return Some(
+                    "`username` needs tls = \"starttls\" or \"tls\": AUTH would send the \
+                     password in clear"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        None
+    }
 }
 
 fn default_smtp_port() -> u16 {
@@ -1189,6 +1267,9 @@ impl Config {
                      1, and `backoff_cap_ms` at least `backoff_base_ms`"
                 )));
             }
+            if let Some(p) = d.smtp.as_ref().and_then(SmtpSection::problem) {
+                return Err(ConfigError(format!("{origin}: [dispatch.smtp]: {p}")));
+            }
             if let Some(sms) = &d.sms {
                 if sms.dlr_token.as_ref().is_some_and(|t| t.len() < 22) {
                     return Err(ConfigError(format!(
@@ -1573,8 +1654,53 @@ request_head_timeout_secs = 0
     }
 
     #[test]
+    fn smtp_plaintext_to_a_remote_relay_and_a_clear_login_are_refused() {
+        let base = "[dispatch.smtp]\nfrom = \"pin@example.it\"\n";
+        for (extra, wanted) in [
+            (
+                "host = \"smtp.example.it\"\ntls = \"none\"\n",
+                "insecure_plaintext_to_remote",
+            ),
+            ("host = \"10.9.9.9\"\ntls = \"none\"\n", "10.9.9.9"),
+            (
+                "host = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword_file = \"/p\"\n",
+                "`username` needs tls",
+            ),
+            (
+                "host = \"relay\"\nusername = \"u\"\n",
+                "`username` needs `password_file`",
+            ),
+            ("host = \"relay\"\npassword = \"inline\"\n", "password"),
+        ] {
+            let e = Config::load_from(Some(file(&format!("{base}{extra}")).path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("[dispatch.smtp]") || e.contains("dispatch.smtp"),
+                "{e}"
+            );
+            assert!(e.contains(wanted), "{wanted}: {e}");
+            assert!(!e.contains("inline"), "{e}");
+        }
+        for ok in [
+            "host = \"127.0.0.1\"\ntls = \"none\"\n",
+            "host = \"localhost\"\ntls = \"none\"\n",
+            "host = \"::1\"\ntls = \"none\"\n",
+            "host = \"smtp.example.it\"\ntls = \"none\"\ninsecure_plaintext_to_remote = true\n",
+            "host = \"smtp.example.it\"\nusername = \"u\"\npassword_file = \"/p\"\nca_file = \"/ca.pem\"\nehlo_name = \"plico.example.it\"\nreturn_path = \"bounces@example.it\"\n",
+        ] {
+            Config::load_from(Some(file(&format!("{base}{ok}")).path()), no_env())
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
     fn dispatch_environment() {
-        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_HOST", "relay");
+        std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_HOST", "127.0.0.1");
+        std::env::set_var(
+            "PLICO_T_DISPATCH_DISPATCH_SMTP_EHLO_NAME",
+            "plico.example.it",
+        );
         std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_FROM", "a@b.it");
         std::env::set_var("PLICO_T_DISPATCH_DISPATCH_SMTP_TLS", "none");
         std::env::set_var("PLICO_T_DISPATCH_DISPATCH_MAX_ATTEMPTS", "7");
@@ -1584,8 +1710,9 @@ request_head_timeout_secs = 0
         let smtp = d.smtp.unwrap();
         assert_eq!(
             (smtp.host.as_str(), smtp.tls, smtp.port),
-            ("relay", SmtpTls::None, 587)
+            ("127.0.0.1", SmtpTls::None, 587)
         );
+        assert_eq!(smtp.ehlo_name.as_deref(), Some("plico.example.it"));
     }
 
     #[test]
@@ -1812,6 +1939,12 @@ request_head_timeout_secs = 0
                     tls: SmtpTls::default(),
                     from: "f".into(),
                     max_connections: default_smtp_connections(),
+                    ca_file: Some(PathBuf::from("/ca.pem")),
+                    username: Some("u".into()),
+                    password_file: Some(PathBuf::from("/pw")),
+                    ehlo_name: Some("e".into()),
+                    return_path: Some("r".into()),
+                    insecure_plaintext_to_remote: true,
                 }),
                 sms: Some(SmsSection {
                     sendsms_url: "u".into(),

@@ -41,14 +41,17 @@ use dispatch::courier::retry::Throttled;
 use dispatch::courier::sms::{KannelConfig, KannelCourier};
 use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
 use dispatch::courier::spool::InsecureSpoolCourier;
-use dispatch::courier::{Courier, Destination, IdempotencyKey, Outgoing};
+use dispatch::courier::{
+    Courier, Destination, FailureReason, FailureScope, IdempotencyKey, Outgoing, SendError,
+};
 use dispatch::{Addressee, EmailRenderer, Mailer, Plan, SmsRenderer};
 use secrecy::SecretString;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -70,12 +73,30 @@ const OVERDUE_EVERY: Duration = Duration::from_secs(60);
 #[error("[dispatch]: {0}")]
 pub struct DeliveryError(String);
 
+/// First pause of a lane after a relay-wide failure, by default; doubles each failure in a row.
+pub const DEFAULT_PAUSE_BASE: Duration = Duration::from_secs(1);
+
+/// Longest pause of a lane, by default.
+pub const DEFAULT_PAUSE_CAP: Duration = Duration::from_secs(300);
+
 /// One channel's courier and its cap of jobs in flight.
 #[derive(Debug)]
 struct Lane {
     channel: Channel,
     courier: Arc<dyn Courier>,
     slots: Arc<Semaphore>,
+    pause: Mutex<LanePause>,
+}
+
+/// A lane's pause after relay-wide failures (TLS, credentials, connection, capability).
+#[derive(Debug, Default)]
+struct LanePause {
+    /// Claim nothing before this.
+    until: Option<tokio::time::Instant>,
+    /// Relay-wide failures since the last success (the backoff's exponent).
+    in_a_row: u32,
+    /// The pause's end as Unix ms (the paused jobs are due then).
+    resume_ms: u64,
 }
 
 /// What the workers have done since the process started, and the overdue parts found by the
@@ -92,6 +113,31 @@ pub struct DeliveryStats {
     pub overdue: AtomicU64,
     /// When the overdue check last ran (Unix ms; 0: not yet).
     pub overdue_checked_ms: AtomicU64,
+    /// Lane pauses (relay-wide failures that started a pause).
+    pub lane_pauses: AtomicU64,
+    /// Failures by reason code (`tls_untrusted`, `rejected_recipient`, …), lane-wide ones
+    /// included.
+    pub by_reason: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl DeliveryStats {
+    fn count_reason(&self, code: FailureReason) {
+        // A poisoned lock only means a panic while adding one; the map is still a map.
+        let mut map = self
+            .by_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(code.as_str()).or_default() += 1;
+    }
+
+    /// The failure counts by reason code, in code order.
+    pub fn failures_by_reason(&self) -> Vec<(&'static str, u64)> {
+        let map = self
+            .by_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(r, n)| (*r, *n)).collect()
+    }
 }
 
 /// The couriers, renderers and policy of the workers; also the secret of `/v1/dlr`.
@@ -111,6 +157,10 @@ pub struct Delivery {
     pub overdue_after: Duration,
     /// The token `/v1/dlr` requires; `None`: `/v1/dlr` answers 401 to everyone.
     dlr_token: Option<SecretString>,
+    /// First pause of a lane after a relay-wide failure; doubles each one in a row.
+    pub pause_base: Duration,
+    /// Longest pause of a lane.
+    pub pause_cap: Duration,
 }
 
 impl fmt::Debug for Delivery {
@@ -138,6 +188,8 @@ impl Delivery {
             poll: DEFAULT_POLL,
             overdue_after: Duration::from_secs(86_400),
             dlr_token: None,
+            pause_base: DEFAULT_PAUSE_BASE,
+            pause_cap: DEFAULT_PAUSE_CAP,
         }
     }
 
@@ -153,6 +205,7 @@ impl Delivery {
             channel,
             courier,
             slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            pause: Mutex::default(),
         });
         self
     }
@@ -242,6 +295,7 @@ impl Delivery {
                         SmtpTls::Tls => SmtpSecurity::Tls,
                     };
                     sc.max_connections = s.max_connections.max(1);
+                    smtp_settings(s, &mut sc)?;
                     if s.tls == SmtpTls::None {
                         tracing::warn!(
                             "[dispatch.smtp] tls = \"none\": e-mails cross the network in clear"
@@ -295,13 +349,68 @@ impl Delivery {
     }
 }
 
+/// The optional `[dispatch.smtp]` keys into the courier's configuration: the CA file and the
+/// password file are read here, at start (a missing or empty file is an error naming the key).
+fn smtp_settings(s: &crate::config::SmtpSection, sc: &mut SmtpConfig) -> Result<(), DeliveryError> {
+    if let Some(path) = &s.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            DeliveryError(format!(
+                "[dispatch.smtp] `ca_file` {}: {}",
+                path.display(),
+                e.kind()
+            ))
+        })?;
+        sc.tls_ca_pem = Some(pem);
+    }
+    if let (Some(user), Some(path)) = (&s.username, &s.password_file) {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            DeliveryError(format!(
+                "[dispatch.smtp] `password_file` {}: {}",
+                path.display(),
+                e.kind()
+            ))
+        })?);
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(DeliveryError(format!(
+                "[dispatch.smtp] `password_file` {}: empty",
+                path.display()
+            )));
+        }
+        sc.auth = Some((user.clone(), SecretString::from(password.to_owned())));
+    }
+    if let Some(name) = &s.ehlo_name {
+        sc.hello_name = name.clone();
+    }
+    sc.return_path = s.return_path.clone();
+    Ok(())
+}
+
 /// Resolves when `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// A failure: whether it is temporary, and a reason without codes or contacts.
-type Failure = (bool, String);
+/// A failure: its reason code (which decides retry, end or lane pause), and a reason without
+/// codes or contacts.
+#[derive(Debug, Clone)]
+struct Failure {
+    code: FailureReason,
+    reason: String,
+}
+
+impl Failure {
+    fn new(code: FailureReason, reason: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn from_send(e: &SendError) -> Failure {
+        Failure::new(e.code(), without_addresses(e.reason()))
+    }
+}
 
 /// A job's end as the marker records it: the courier's id for the message, or a failure; and
 /// the job's slot in its lane, given back once the outcome is recorded.
@@ -348,7 +457,13 @@ pub async fn run_workers(
         // Sealed (an emergency seal, or not yet unsealed): claim nothing new; sends under way
         // finish and are recorded; claiming resumes after the unseal.
         let sealed = state.hsm.status().sealed;
-        for lane in delivery.lanes.iter().filter(|_| !sealed) {
+        let now = tokio::time::Instant::now();
+        for lane in delivery
+            .lanes
+            .iter()
+            .filter(|_| !sealed)
+            .filter(|l| lock_pause(l).until.is_none_or(|until| until <= now))
+        {
             let mut permits = Vec::new();
             while permits.len() < delivery.batch {
                 match lane.slots.clone().try_acquire_owned() {
@@ -388,9 +503,7 @@ pub async fn run_workers(
                 tasks.spawn(async move {
                     let sent = courier.send(&outgoing).await;
                     drop(outgoing);
-                    let outcome = sent
-                        .map(|s| s.peer_id)
-                        .map_err(|e| (e.is_temporary(), without_addresses(e.reason())));
+                    let outcome = sent.map(|s| s.peer_id).map_err(|e| Failure::from_send(&e));
                     // The slot stays taken until the marker has recorded the outcome: so the
                     // jobs sent and not yet marked `sent` (sent again after a crash) are at
                     // most the lane's cap.
@@ -492,7 +605,12 @@ fn release_refused(e: &vault::Error) -> Failure {
             | vault::Error::Missing(_)
             | vault::Error::Invalid(_)
     );
-    (!permanent, format!("release refused: {e}"))
+    let code = if permanent {
+        FailureReason::OtherPermanent
+    } else {
+        FailureReason::OtherTemporary
+    };
+    Failure::new(code, format!("release refused: {e}"))
 }
 
 /// Records outcomes as they come: every `sent` one waiting at that moment in one commit, each
@@ -509,6 +627,11 @@ async fn mark_outcomes(
         let (sent, failed): (Vec<Outcome>, Vec<Outcome>) =
             waiting.drain(..).partition(|(_, o, _)| o.is_ok());
         if !sent.is_empty() {
+            for lane in &delivery.lanes {
+                if sent.iter().any(|(job, _, _)| job.channel == lane.channel) {
+                    lane_recovered(lane);
+                }
+            }
             mark_sent(&state, &delivery.stats, sent).await;
         }
         for (job, outcome, permit) in failed {
@@ -556,19 +679,104 @@ async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) 
     }
 }
 
-/// Marks `job` failed (temporary with backoff, or `dead` with the policy's fallback).
+fn lock_pause(lane: &Lane) -> std::sync::MutexGuard<'_, LanePause> {
+    // A poisoned lock only means a panic while updating the pause; its fields stay valid.
+    lane.pause
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A send went through on `lane`: its pause backoff starts again from the base.
+fn lane_recovered(lane: &Lane) {
+    let mut pause = lock_pause(lane);
+    if pause.in_a_row > 0 {
+        tracing::info!(
+            channel = lane.channel.as_str(),
+            after = pause.in_a_row,
+            "dispatch lane resumed: the relay accepted a message"
+        );
+    }
+    *pause = LanePause::default();
+}
+
+/// A relay-wide failure on `lane` at `now_ms`: pauses the lane (1 s doubling to the cap, by
+/// default) unless a pause is already running, with one alert line a pause; returns when the
+/// lane's jobs are due again (Unix ms).
+fn pause_lane(delivery: &Delivery, lane: &Lane, failure: &Failure, now_ms: u64) -> u64 {
+    let mut pause = lock_pause(lane);
+    let now = tokio::time::Instant::now();
+    if pause.until.is_some_and(|until| until > now) {
+        return pause.resume_ms;
+    }
+    let shift = pause.in_a_row.min(20);
+    let wait = delivery
+        .pause_base
+        .saturating_mul(1u32 << shift)
+        .min(delivery.pause_cap);
+    pause.in_a_row = pause.in_a_row.saturating_add(1);
+    pause.until = Some(now + wait);
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    pause.resume_ms = now_ms.saturating_add(wait_ms);
+    delivery.stats.lane_pauses.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        channel = lane.channel.as_str(),
+        reason = failure.code.as_str(),
+        detail = %failure.reason,
+        pause_ms = wait_ms,
+        in_a_row = pause.in_a_row,
+        "ALERT dispatch lane paused: the relay or gateway fails for every job; jobs stay queued \
+         with their attempts, nothing falls back"
+    );
+    pause.resume_ms
+}
+
+/// Marks `job` failed: a relay-wide failure pauses its lane and queues the job again with its
+/// attempt given back; otherwise temporary with backoff, or `dead` with the policy's fallback.
 async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: Failure) {
     let (cms, audit, hsm) = (state.cms.clone(), state.audit.clone(), state.hsm.clone());
     let clock = state.clock.clone();
     let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
-    let (temporary, reason) = failure;
+    delivery.stats.count_reason(failure.code);
+    let code = failure.code.as_str();
+    let scope = failure.code.scope();
+    if scope == FailureScope::Lane {
+        if let Some(lane) = delivery.lanes.iter().find(|l| l.channel == job.channel) {
+            let now_ms = clock.now_ms();
+            let resume_ms = pause_lane(delivery, lane, &failure, now_ms);
+            let reason = failure.reason.clone();
+            let marked =
+                api::blocking(move || cms.mark_paused(id, code, &reason, now_ms, resume_ms)).await;
+            match marked {
+                Ok(j) => tracing::warn!(
+                    job = id,
+                    channel,
+                    part,
+                    reason = code,
+                    attempts = j.attempts,
+                    outcome = "paused",
+                    "dispatch failed"
+                ),
+                Err(e) => tracing::error!(
+                    job = id,
+                    channel,
+                    part,
+                    code = e.code().as_str(),
+                    "the paused job could not be queued again"
+                ),
+            }
+            return;
+        }
+    }
+    let temporary = scope != FailureScope::Final;
+    let reason = failure.reason;
     let policy = delivery.policy;
     let marked = api::blocking(move || {
-        cms.mark_failed(
+        cms.mark_failed_coded(
             &*hsm,
             &audit,
             id,
             temporary,
+            code,
             &reason,
             clock.now_ms(),
             &policy,
@@ -588,6 +796,7 @@ async fn mark_failed(state: &AppState, delivery: &Delivery, job: &Job, failure: 
                 channel,
                 part,
                 temporary,
+                reason = code,
                 attempts = j.attempts,
                 outcome = j.state.as_str(),
                 "dispatch failed"
@@ -630,7 +839,8 @@ async fn overdue_alert(state: &AppState, delivery: &Delivery) {
 /// The message of a released job's part, addressed.
 fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure> {
     let job = &release.job;
-    let render_failed = |e: dispatch::Error| (false, format!("render: {e}"));
+    let render_failed =
+        |e: dispatch::Error| Failure::new(FailureReason::BadMessage, format!("render: {e}"));
     let plan = Plan::parse(&job.courier_plan()).map_err(render_failed)?;
     let codes = to_dispatch(&release.codes).map_err(render_failed)?;
     let wanted = job.part.as_str();
@@ -639,7 +849,12 @@ fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure
         .map_err(render_failed)?
         .into_iter()
         .find(|p| p.part.name.as_str().eq_ignore_ascii_case(wanted))
-        .ok_or_else(|| (false, format!("render: plan has no part {wanted}")))?;
+        .ok_or_else(|| {
+            Failure::new(
+                FailureReason::BadMessage,
+                format!("render: plan has no part {wanted}"),
+            )
+        })?;
     let addressee = Addressee {
         name: release.name.to_string(),
         address: Vec::new(),
@@ -650,7 +865,7 @@ fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure
         codes: &part,
         number: None,
     };
-    let permanent = |e: dispatch::courier::SendError| (false, e.reason().to_owned());
+    let permanent = |e: SendError| Failure::new(FailureReason::BadAddress, e.reason());
     let key = IdempotencyKey::new(job.idempotency_key.clone()).map_err(permanent)?;
     match (&release.destination, job.channel) {
         (ReleaseDestination::Email(to), Channel::Email) => {
@@ -666,7 +881,10 @@ fn render(delivery: &Delivery, release: &JobRelease) -> Result<Outgoing, Failure
             let to = Destination::phone(to.as_str()).map_err(permanent)?;
             Outgoing::sms(key, to, message).map_err(permanent)
         }
-        _ => Err((false, "channel and destination differ".to_owned())),
+        _ => Err(Failure::new(
+            FailureReason::BadAddress,
+            "channel and destination differ",
+        )),
     }
 }
 
@@ -739,6 +957,12 @@ mod tests {
                 tls: SmtpTls::None,
                 from: "pin@example.it".into(),
                 max_connections: 2,
+                ca_file: None,
+                username: None,
+                password_file: None,
+                ehlo_name: None,
+                return_path: None,
+                insecure_plaintext_to_remote: false,
             }),
             max_attempts: 2,
             ..DispatchConfig::default()

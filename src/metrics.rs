@@ -67,6 +67,12 @@ struct HttpLabels {
     status: u16,
 }
 
+/// Label of a delivery failure: its reason code (`dispatch::FailureReason`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
 /// Labels of a request's latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -585,6 +591,27 @@ fn dispatch_registry(r: &mut Registry, state: &AppState) -> vault::Result<()> {
         "plico_dispatch_overdue_checked_seconds",
         "Unix time of the last overdue check (0: none yet)",
         gauge(get(|s| s.overdue_checked_ms.load(Relaxed)) / 1000),
+    );
+    let reasons: Family<ReasonLabel, Counter> = Family::default();
+    if let Some(stats) = &stats {
+        for (reason, n) in stats.failures_by_reason() {
+            reasons
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+    r.register(
+        "plico_dispatch_failures",
+        "send failures since start-up, by reason code (tls_untrusted, auth_failed, \
+         rejected_recipient, …; lane-wide ones included)",
+        reasons,
+    );
+    r.register(
+        "plico_dispatch_lane_pauses",
+        "lanes paused by a relay-wide failure (tls, auth, connection, capability) since start-up",
+        counter(get(|s| s.lane_pauses.load(Relaxed))),
     );
     let jobs: Family<JobLabels, Gauge> = Family::default();
     let open = state

@@ -64,6 +64,10 @@ mod persisted_layout;
 mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/relay.rs"]
+mod relay;
+#[path = "service/relay_support.rs"]
+mod relay_support;
 #[path = "service/seal.rs"]
 mod seal;
 #[path = "service/support.rs"]

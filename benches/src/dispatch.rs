@@ -129,6 +129,7 @@ impl Courier for Counting {
                         "<0123456789abcdef0123456789abcdef.plico@regione.esempio.it>",
                         m,
                         SystemTime::now(),
+                        dispatch::courier::smtp::BodyEncoding::EightBit,
                     )?;
                     *first = Some(mime.len());
                 }

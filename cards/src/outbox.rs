@@ -293,6 +293,10 @@ pub struct Job {
     /// `contact_changed`, `contact_missing`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The reason code of the last failure (`tls_untrusted`, `rejected_recipient`, …: the
+    /// `dispatch` crate's `FailureReason` names); absent in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -491,6 +495,8 @@ pub struct PartDelivery {
     pub needs_counter_reprint: bool,
     /// Its last change (Unix ms).
     pub updated_ms: u64,
+    /// The reason code of its last failure (`tls_untrusted`, `rejected_recipient`, …).
+    pub failure_reason: Option<String>,
 }
 
 impl PartDelivery {
@@ -650,6 +656,7 @@ impl JobMaker {
             handed_over_by: None,
             prints: 0,
             cancel_reason: None,
+            failure_reason: None,
         })
     }
 
@@ -822,6 +829,7 @@ impl Cards {
                 attempts: j.attempts,
                 needs_counter_reprint: j.needs_counter_reprint,
                 updated_ms: j.updated_ms,
+                failure_reason: j.failure_reason,
             })
             .collect())
     }
@@ -1279,6 +1287,74 @@ impl Cards {
         self.fail_locked(hsm, audit, old, temporary, reason, now_ms, policy)
     }
 
+    /// [`Cards::mark_failed`] with the failure's reason code (`code`: lower-case letters,
+    /// digits and `_`, at most 40), kept on the job as `failure_reason`.
+    ///
+    /// # Errors
+    /// As [`Cards::mark_failed`]; [`Error::Invalid`] for a malformed code.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mark_failed_coded(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        id: u64,
+        temporary: bool,
+        code: &str,
+        reason: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<Job> {
+        check_failure_code(code)?;
+        let _ops = self.ops_lock();
+        let mut old = self.required_job(id)?;
+        if old.state != JobState::Sending {
+            return Err(wrong_job_state(&old, old.state, "sending"));
+        }
+        // The code goes in with the failure's own write (`fail_locked` copies `old`); the
+        // index keys do not depend on it.
+        let stored = old.clone();
+        old.failure_reason = Some(code.to_owned());
+        let job =
+            self.fail_locked_from(hsm, audit, &stored, old, temporary, reason, now_ms, policy)?;
+        Ok(job)
+    }
+
+    /// Records that job `id` was not sent because its lane is paused by a failure of the
+    /// relay or gateway as a whole (TLS, credentials, connection, a missing capability): not
+    /// a verdict on the job. `sending` → `queued`, due at `resume_ms`, with the claim's attempt
+    /// given back, the failure's `code` and cleaned `reason` kept. Never `dead`, never a
+    /// fallback; not audited (like a temporary failure).
+    ///
+    /// # Errors
+    /// [`Error::Missing`]; [`Error::WrongState`] for a job that is not `sending`;
+    /// [`Error::Invalid`] for a malformed code; store errors.
+    pub fn mark_paused(
+        &self,
+        id: u64,
+        code: &str,
+        reason: &str,
+        now_ms: u64,
+        resume_ms: u64,
+    ) -> Result<Job> {
+        check_failure_code(code)?;
+        let _ops = self.ops_lock();
+        let old = self.required_job(id)?;
+        if old.state != JobState::Sending {
+            return Err(wrong_job_state(&old, old.state, "sending"));
+        }
+        let mut job = old.clone();
+        job.state = JobState::Queued;
+        job.attempts = job.attempts.saturating_sub(1);
+        job.next_attempt_ms = resume_ms;
+        job.last_error = Some(clean_error(reason));
+        job.failure_reason = Some(code.to_owned());
+        job.updated_ms = now_ms;
+        let mut b = Batch::new();
+        put_job(&mut b, Some(&old), &job)?;
+        self.store.apply(&b)?;
+        Ok(job)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn fail_locked(
         &self,
@@ -1290,14 +1366,31 @@ impl Cards {
         now_ms: u64,
         policy: &OutboxPolicy,
     ) -> Result<Job> {
-        let mut job = old.clone();
+        let job = old.clone();
+        self.fail_locked_from(hsm, audit, &old, job, temporary, reason, now_ms, policy)
+    }
+
+    /// [`Cards::fail_locked`] with the stored record `old` and the changed job `job` apart
+    /// (so a caller may set fields such as the reason code first).
+    #[allow(clippy::too_many_arguments)]
+    fn fail_locked_from(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        old: &Job,
+        mut job: Job,
+        temporary: bool,
+        reason: &str,
+        now_ms: u64,
+        policy: &OutboxPolicy,
+    ) -> Result<Job> {
         job.last_error = Some(clean_error(reason));
         job.updated_ms = now_ms;
         let mut b = Batch::new();
         if temporary && job.attempts < policy.max_attempts.max(1) {
             job.state = JobState::Failed;
             job.next_attempt_ms = now_ms.saturating_add(policy.delay(job.attempts)?);
-            put_job(&mut b, Some(&old), &job)?;
+            put_job(&mut b, Some(old), &job)?;
             self.store.apply(&b)?;
             return Ok(job);
         }
@@ -1316,7 +1409,7 @@ impl Cards {
         if let Some(event) = self.fallback(hsm, &mut job, policy, now_ms, &mut b)? {
             events.push(event);
         }
-        put_job(&mut b, Some(&old), &job)?;
+        put_job(&mut b, Some(old), &job)?;
         audit.commit_all(b, events)?;
         Ok(job)
     }
@@ -1376,6 +1469,21 @@ impl Cards {
         }
         Ok(Some(event))
     }
+}
+
+/// A failure's reason code: 1 to 40 of `a-z 0-9 _` (a `dispatch::FailureReason` name).
+fn check_failure_code(code: &str) -> Result<()> {
+    if code.is_empty()
+        || code.len() > 40
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(Error::Invalid(
+            "failure reason code: 1 to 40 characters of a-z, 0-9 and _".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Longest reason for replacing a dispatch.

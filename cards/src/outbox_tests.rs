@@ -436,6 +436,72 @@ fn temporary_failures_back_off_and_end_dead() {
 }
 
 #[test]
+fn a_paused_lane_gives_the_attempt_back_and_never_kills_the_job() {
+    let w = world();
+    request(&w, 1, "sms").unwrap();
+    let p = policy(2, NO_FALLBACK);
+    let mut t = now();
+    // Far more lane-wide failures than attempts: the job stays queued with no attempt spent.
+    for _ in 0..5 {
+        let job = claim(&w, t, 1);
+        assert_eq!(job.attempts, 1);
+        let paused = w
+            .cms()
+            .mark_paused(
+                job.id,
+                "gateway_auth",
+                "kannel sendsms: http 403",
+                t,
+                t + 500,
+            )
+            .unwrap();
+        assert_eq!(paused.state, JobState::Queued);
+        assert_eq!(paused.attempts, 0);
+        assert_eq!(paused.failure_reason.as_deref(), Some("gateway_auth"));
+        assert_eq!(paused.next_attempt_ms, t + 500);
+        assert!(w
+            .cms()
+            .claim_due(t + 499, &Channel::REMOTE, 100)
+            .unwrap()
+            .is_empty());
+        t += 500;
+    }
+    assert!(events(&w, "dispatch.dead").is_empty());
+    assert!(events(&w, "dispatch.fallback").is_empty());
+    // A per-job failure after that keeps its code, and the job's record shows it.
+    let job = claim(&w, t, 1);
+    let failed = w
+        .cms()
+        .mark_failed_coded(
+            &*w.hsm,
+            w.audit(),
+            job.id,
+            false,
+            "rejected_number",
+            "kannel sendsms: http 400",
+            t,
+            &p,
+        )
+        .unwrap();
+    assert_eq!(failed.state, JobState::Dead);
+    assert_eq!(failed.failure_reason.as_deref(), Some("rejected_number"));
+    assert_eq!(
+        w.cms()
+            .job(job.id)
+            .unwrap()
+            .unwrap()
+            .failure_reason
+            .as_deref(),
+        Some("rejected_number")
+    );
+    assert!(matches!(
+        w.cms().mark_paused(job.id, "Bad Code", "x", t, t),
+        Err(Error::Invalid(_))
+    ));
+    verify(&w);
+}
+
+#[test]
 fn a_dead_sms_falls_back_to_email_then_to_a_counter_reprint() {
     let w = world();
     let d = request(&w, 1, "counter(2)+sms").unwrap();
@@ -869,6 +935,8 @@ fn jobs_and_requests_written_before_the_counter_hand_over_still_read() {
     let job: Job = super::registry::decode("dispatch job", job).unwrap();
     assert_eq!((job.id, job.state, job.prints), (7, JobState::Counter, 0));
     assert!(job.handed_over_ms.is_none() && job.cancel_reason.is_none());
+    // Nor, before issue 22, a failure reason code.
+    assert!(job.failure_reason.is_none());
     let request = br#"{"id":3,"serial":"803900000001","plan":"counter(2)+sms","jobs":[7,8],
         "actor":"op1","request_id":"r1","created_ms":1}"#;
     let request: super::DispatchRequest =

@@ -248,6 +248,158 @@ pub struct Sent {
     pub at: SystemTime,
 }
 
+/// What a failure says about the job: try it again, give it up, or pause the whole lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureScope {
+    /// This job may succeed later: retry it with backoff (an attempt is spent).
+    Retry,
+    /// This job will not succeed as is: it ends (`dead`, then the policy's fallback).
+    Final,
+    /// The relay or gateway is broken or misconfigured for every job (TLS, credentials,
+    /// connection, a missing capability): not a verdict on this job. The lane pauses with
+    /// backoff, the job goes back to the queue with its attempt given back, nothing falls back.
+    Lane,
+}
+
+/// The reason code of a failed send: stable, lower-case `snake_case` names that are recorded on
+/// the job, logged, shown by `plico cards show` and the console, and counted in the metrics.
+/// The code, not the free-text detail, decides the [`FailureScope`].
+///
+/// Adding a code is fine; renaming one is not (it is persisted on jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// SMTP: the relay's certificate does not chain to a trusted CA, or names another host.
+    TlsUntrusted,
+    /// SMTP: `tls = "starttls"` and the relay does not offer STARTTLS.
+    TlsUnavailable,
+    /// SMTP: the TLS handshake failed for another reason (protocol, alert).
+    TlsFailed,
+    /// SMTP: the relay refused the login (535), or offers no usable mechanism.
+    AuthFailed,
+    /// The TCP connection was refused or the host is unreachable.
+    ConnectRefused,
+    /// The connection broke during an exchange.
+    ConnectionLost,
+    /// Connect, handshake or exchange took longer than its limit.
+    Timeout,
+    /// SMTP: a 4xx other than on `RCPT` (421 service not available, 451 local error…).
+    RelayBusy,
+    /// SMTP: a 5xx on `RCPT`: this recipient is refused for good.
+    RejectedRecipient,
+    /// SMTP: a 4xx on `RCPT` (mailbox busy, greylisting): try this recipient later.
+    RecipientDeferred,
+    /// SMTP: a 5xx on `MAIL`: the relay refuses the envelope sender (a setting, not the job).
+    RejectedSender,
+    /// SMTP: a 5xx after the data (message refused: size, content, policy).
+    RejectedMessage,
+    /// SMTP: the relay lacks a needed extension (8BITMIME / SMTPUTF8) for this message.
+    No8bitmime,
+    /// The address or number cannot be used (refused before anything was sent).
+    BadAddress,
+    /// The message cannot be made (rendering, a header or line the protocol cannot carry).
+    BadMessage,
+    /// SMS: the gateway refused the credentials (Kannel 403).
+    GatewayAuth,
+    /// SMS: the gateway refused this number for good.
+    RejectedNumber,
+    /// SMS: the gateway is busy or failing (429, 5xx): try later.
+    GatewayBusy,
+    /// A temporary failure without a finer code.
+    OtherTemporary,
+    /// A permanent failure without a finer code.
+    OtherPermanent,
+}
+
+impl FailureReason {
+    /// Every code, for tables and metrics.
+    pub const ALL: [FailureReason; 20] = [
+        FailureReason::TlsUntrusted,
+        FailureReason::TlsUnavailable,
+        FailureReason::TlsFailed,
+        FailureReason::AuthFailed,
+        FailureReason::ConnectRefused,
+        FailureReason::ConnectionLost,
+        FailureReason::Timeout,
+        FailureReason::RelayBusy,
+        FailureReason::RejectedRecipient,
+        FailureReason::RecipientDeferred,
+        FailureReason::RejectedSender,
+        FailureReason::RejectedMessage,
+        FailureReason::No8bitmime,
+        FailureReason::BadAddress,
+        FailureReason::BadMessage,
+        FailureReason::GatewayAuth,
+        FailureReason::RejectedNumber,
+        FailureReason::GatewayBusy,
+        FailureReason::OtherTemporary,
+        FailureReason::OtherPermanent,
+    ];
+
+    /// The persisted, logged name (`tls_untrusted`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::TlsUntrusted => "tls_untrusted",
+            FailureReason::TlsUnavailable => "tls_unavailable",
+            FailureReason::TlsFailed => "tls_failed",
+            FailureReason::AuthFailed => "auth_failed",
+            FailureReason::ConnectRefused => "connect_refused",
+            FailureReason::ConnectionLost => "connection_lost",
+            FailureReason::Timeout => "timeout",
+            FailureReason::RelayBusy => "relay_busy",
+            FailureReason::RejectedRecipient => "rejected_recipient",
+            FailureReason::RecipientDeferred => "recipient_deferred",
+            FailureReason::RejectedSender => "rejected_sender",
+            FailureReason::RejectedMessage => "rejected_message",
+            FailureReason::No8bitmime => "no_8bitmime",
+            FailureReason::BadAddress => "bad_address",
+            FailureReason::BadMessage => "bad_message",
+            FailureReason::GatewayAuth => "gateway_auth",
+            FailureReason::RejectedNumber => "rejected_number",
+            FailureReason::GatewayBusy => "gateway_busy",
+            FailureReason::OtherTemporary => "other_temporary",
+            FailureReason::OtherPermanent => "other_permanent",
+        }
+    }
+
+    /// The code named `name`, if any.
+    pub fn parse(name: &str) -> Option<FailureReason> {
+        FailureReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Whether the job is retried, ended, or the lane paused.
+    pub fn scope(self) -> FailureScope {
+        match self {
+            FailureReason::TlsUntrusted
+            | FailureReason::TlsUnavailable
+            | FailureReason::TlsFailed
+            | FailureReason::AuthFailed
+            | FailureReason::ConnectRefused
+            | FailureReason::ConnectionLost
+            | FailureReason::Timeout
+            | FailureReason::No8bitmime
+            | FailureReason::RejectedSender
+            | FailureReason::GatewayAuth => FailureScope::Lane,
+            FailureReason::RelayBusy
+            | FailureReason::RecipientDeferred
+            | FailureReason::GatewayBusy
+            | FailureReason::OtherTemporary => FailureScope::Retry,
+            FailureReason::RejectedRecipient
+            | FailureReason::RejectedMessage
+            | FailureReason::BadAddress
+            | FailureReason::BadMessage
+            | FailureReason::RejectedNumber
+            | FailureReason::OtherPermanent => FailureScope::Final,
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a send failed, and whether trying again may help.
 ///
 /// # Security
@@ -255,12 +407,21 @@ pub struct Sent {
 /// peer's free text, a request URL or a message, so they hold no code and no address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// May succeed later: retry with backoff, same idempotency key.
+    /// May succeed later: retry with backoff, same idempotency key (code `other_temporary`).
     #[error("temporary failure: {0}")]
     Temporary(String),
-    /// Will not succeed as is: do not retry; fall back to another channel or flag the part.
+    /// Will not succeed as is: do not retry; fall back to another channel or flag the part
+    /// (code `other_permanent`).
     #[error("permanent failure: {0}")]
     Permanent(String),
+    /// A classified failure: its code decides the [`FailureScope`].
+    #[error("{reason}: {detail}")]
+    Failed {
+        /// The reason code.
+        reason: FailureReason,
+        /// What happened, from status codes and error kinds (never a peer's text).
+        detail: String,
+    },
 }
 
 impl SendError {
@@ -274,15 +435,44 @@ impl SendError {
         SendError::Permanent(reason.into())
     }
 
-    /// True for [`SendError::Temporary`].
-    pub fn is_temporary(&self) -> bool {
-        matches!(self, SendError::Temporary(_))
+    /// A failure with reason code `reason` and a `detail` (which must hold no secret).
+    pub fn failed(reason: FailureReason, detail: impl Into<String>) -> SendError {
+        SendError::Failed {
+            reason,
+            detail: detail.into(),
+        }
     }
 
-    /// The reason.
+    /// The reason code.
+    pub fn code(&self) -> FailureReason {
+        match self {
+            SendError::Temporary(_) => FailureReason::OtherTemporary,
+            SendError::Permanent(_) => FailureReason::OtherPermanent,
+            SendError::Failed { reason, .. } => *reason,
+        }
+    }
+
+    /// Retry, end the job, or pause the lane.
+    pub fn scope(&self) -> FailureScope {
+        self.code().scope()
+    }
+
+    /// True unless the failure ends the job ([`FailureScope::Final`]): a lane-wide failure is
+    /// temporary for the job.
+    pub fn is_temporary(&self) -> bool {
+        self.scope() != FailureScope::Final
+    }
+
+    /// True for a failure of the relay or gateway as a whole ([`FailureScope::Lane`]).
+    pub fn is_lane_wide(&self) -> bool {
+        self.scope() == FailureScope::Lane
+    }
+
+    /// The reason text.
     pub fn reason(&self) -> &str {
         match self {
             SendError::Temporary(r) | SendError::Permanent(r) => r,
+            SendError::Failed { detail, .. } => detail,
         }
     }
 }
@@ -323,6 +513,34 @@ mod tests {
         assert_eq!(
             k.digest_hex(),
             IdempotencyKey::new("job-42").unwrap().digest_hex()
+        );
+    }
+
+    #[test]
+    fn reason_codes_round_trip_and_decide_the_scope() {
+        for r in FailureReason::ALL {
+            assert_eq!(FailureReason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(FailureReason::parse("nope"), None);
+        let e = SendError::failed(FailureReason::TlsUntrusted, "smtp starttls: unknown ca");
+        assert!(e.is_lane_wide() && e.is_temporary());
+        assert_eq!(e.code().as_str(), "tls_untrusted");
+        let e = SendError::failed(FailureReason::RejectedRecipient, "smtp rcpt: 550");
+        assert!(!e.is_temporary() && !e.is_lane_wide());
+        let e = SendError::failed(FailureReason::RelayBusy, "smtp mail: 421");
+        assert!(e.is_temporary() && !e.is_lane_wide());
+        assert_eq!(
+            SendError::temporary("x").code(),
+            FailureReason::OtherTemporary
+        );
+        assert_eq!(
+            SendError::permanent("x").code(),
+            FailureReason::OtherPermanent
+        );
+        assert_eq!(
+            FailureReason::GatewayAuth.scope(),
+            FailureScope::Lane,
+            "a gateway password mismatch is not a verdict on one job"
         );
     }
 

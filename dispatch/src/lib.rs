@@ -38,7 +38,8 @@ pub mod render;
 pub mod secret;
 
 pub use courier::{
-    ConfigError, Courier, Destination, IdempotencyKey, Message, Outgoing, SendError, Sent,
+    ConfigError, Courier, Destination, FailureReason, FailureScope, IdempotencyKey, Message,
+    Outgoing, SendError, Sent,
 };
 pub use error::{Error, LayoutError, Result};
 pub use plan::{Channel, Part, PartCodes, PartName, Plan, UnknownPart};

@@ -157,6 +157,7 @@ async fn smtp_421_is_temporary_and_5xx_permanent() {
     let err = courier.send(&out).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert!(err.reason().contains("421"), "{err}");
+    assert_eq!(err.code(), FailureReason::RelayBusy, "{err}");
     assert!(!err.reason().contains(&pin[2..]));
     // The pool dropped the broken connection: the next send opens a new one, fails alike.
     let err = courier.send(&out).await.unwrap_err();
@@ -187,14 +188,16 @@ async fn smtp_421_is_temporary_and_5xx_permanent() {
     let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
     let err = courier.send(&out).await.unwrap_err();
     assert!(!err.is_temporary(), "{err}");
-    assert!(err.reason().starts_with("smtp send: 5"), "{err}");
+    assert!(err.reason().starts_with("smtp rcpt: 5"), "{err}");
+    assert_eq!(err.code(), FailureReason::RejectedRecipient, "{err}");
 
     let tmp = tempfile::tempdir().unwrap();
     let (_sink, port) = smtp_sink(tmp.path(), true, &["-r", "MAIL"]).await;
     let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
     let err = courier.send(&out).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
-    assert!(err.reason().starts_with("smtp send: 4"), "{err}");
+    assert!(err.reason().starts_with("smtp mail: 4"), "{err}");
+    assert_eq!(err.code(), FailureReason::RelayBusy, "{err}");
     assert!(RetryPolicy::default().should_retry(1, &err));
 }
 
@@ -230,6 +233,11 @@ async fn smtp_connection_refused_is_temporary() {
     let err = courier.send(&out).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert!(err.reason().contains("smtp connect"), "{err}");
+    assert_eq!(err.code(), FailureReason::ConnectRefused, "{err}");
+    assert!(
+        err.is_lane_wide(),
+        "a refused connection pauses the lane: {err}"
+    );
 }
 
 /// A minimal HTTP listener standing for the service's delivery-report route: it sends each

@@ -122,6 +122,10 @@ pub struct PartView {
     pub attempts: u32,
     /// Its last change, ms since the Unix epoch.
     pub updated_ms: u64,
+    /// The reason code of its last failure (`tls_untrusted`, `rejected_recipient`, …; the
+    /// table is in docs/delivery.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 impl From<PartDelivery> for PartView {
@@ -134,6 +138,7 @@ impl From<PartDelivery> for PartView {
             job: p.job,
             attempts: p.attempts,
             updated_ms: p.updated_ms,
+            failure_reason: p.failure_reason,
         }
     }
 }

@@ -455,8 +455,13 @@ fn print_card(c: &CardView) {
         } else {
             p.state.as_str()
         };
+        let reason = p
+            .failure_reason
+            .as_deref()
+            .map(|r| format!(", last failure {r}"))
+            .unwrap_or_default();
         println!(
-            "{:<14}{} by {}, {} attempt(s), job {}, at {}",
+            "{:<14}{} by {}, {} attempt(s){reason}, job {}, at {}",
             format!("part {}:", p.part.as_str()),
             state,
             p.channel.as_str(),

@@ -119,6 +119,7 @@ pub const MESSAGES: &[(&str, &str, &str)] = &[
     ("part", "Parte", "Part"),
     ("channel", "Canale", "Channel"),
     ("attempts", "Tentativi", "Attempts"),
+    ("failure_reason", "Ultimo errore", "Last failure"),
     ("channel_counter", "sportello", "counter"),
     ("channel_sms", "SMS", "SMS"),
     ("channel_email", "e-mail", "e-mail"),

@@ -21,7 +21,7 @@ const TOKEN: &str = "dlr-token-0123456789abcdef";
 const HEADER: &str = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
 const HOLDERS: [(&str, u64); 2] = [("DNGNCL80A01F839", 601), ("MLLZOE92M45F205", 602)];
 
-fn policy() -> OutboxPolicy {
+pub(super) fn policy() -> OutboxPolicy {
     OutboxPolicy {
         max_attempts: 3,
         backoff_base_ms: 200,
@@ -36,10 +36,10 @@ fn policy() -> OutboxPolicy {
 
 /// A service over sled with cards 601 and 602 active, and `plico::serve` running its workers
 /// with the couriers `couriers` makes (given the listener's port) until dropped.
-struct Running {
+pub(super) struct Running {
     _dir: tempfile::TempDir,
-    state: AppState,
-    client: Client,
+    pub(super) state: AppState,
+    pub(super) client: Client,
     /// The 2-of-2 custodian shares of the HSM (unsealed at start).
     shares: Vec<SecretString>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -47,7 +47,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(
+    pub(super) async fn start(
         dir: tempfile::TempDir,
         couriers: impl FnOnce(u16) -> Vec<(Channel, Arc<dyn Courier>)>,
         before_workers: impl AsyncFnOnce(&Client, &AppState),
@@ -127,7 +127,7 @@ impl Running {
     }
 
     /// Waits until card `n`'s latest job for `part` is in `state`.
-    async fn wait_for(&self, n: u64, part: Part, state: JobState) -> cards::Job {
+    pub(super) async fn wait_for(&self, n: u64, part: Part, state: JobState) -> cards::Job {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let jobs = self.state.cms.jobs_of(&serial(n)).unwrap();
@@ -147,7 +147,19 @@ impl Running {
         }
     }
 
-    async fn stop(mut self) {
+    /// Stops the server and its workers, and hands back the data directory and the state (to
+    /// serve the same store again, as after a restart with another configuration).
+    pub(super) async fn halt(mut self) -> (tempfile::TempDir, AppState) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap();
+        }
+        (self._dir, self.state)
+    }
+
+    pub(super) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -157,7 +169,7 @@ impl Running {
     }
 }
 
-async fn dispatch(client: &Client, n: u64, plan: &str) {
+pub(super) async fn dispatch(client: &Client, n: u64, plan: &str) {
     let uri = format!("/v1/cards/{}/dispatch", serial(n));
     let a = client.post("cms", &uri, json!({"plan": plan})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);

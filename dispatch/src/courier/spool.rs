@@ -70,7 +70,14 @@ impl Courier for InsecureSpoolCourier {
         let (file, content) = match (&message.message, &message.destination) {
             (Message::Email(email), Destination::Email(to)) => {
                 let id = message_id(&message.key, "plico.invalid");
-                let content = mime_message(&self.from, to, &id, email, SystemTime::now())?;
+                let content = mime_message(
+                    &self.from,
+                    to,
+                    &id,
+                    email,
+                    SystemTime::now(),
+                    super::smtp::BodyEncoding::EightBit,
+                )?;
                 (format!("{name}.eml"), content)
             }
             (Message::Sms(sms), Destination::Phone(to)) => {
