@@ -23,6 +23,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+mod backup;
 pub mod batches;
 pub mod bounces;
 pub mod cards;
@@ -247,6 +248,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         reports::endpoints(),
         keys::endpoints(),
         seal::endpoints(),
+        backup::endpoints(),
         openapi::endpoints(),
         metrics::endpoints(),
     ]

@@ -17,6 +17,7 @@
 
 mod accounts;
 mod audit;
+mod backup;
 mod batches;
 mod bootstrap;
 mod cards;
@@ -32,6 +33,7 @@ mod keys;
 mod mailers;
 mod registry;
 mod reports;
+mod restore;
 mod seal;
 mod serve;
 mod show;
@@ -117,6 +119,12 @@ pub enum Command {
     /// Write the man pages to a directory (used when packaging).
     #[command(hide = true)]
     Man(completions::ManArgs),
+    /// Back up a running server: store and HSM state, sealed to `[backup] recipient` (admin
+    /// or officer).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data directory, offline; then the custodians accept the
+    /// rollback (`--accept-rollback`).
+    Restore(restore::RestoreArgs),
 }
 
 /// The log format: `--log-format` or `PLICO_LOG_FORMAT`, else for `serve` the config file's
@@ -155,5 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Config(a) => config::run(a),
         Command::Completions(a) => completions::run_completions(a),
         Command::Man(a) => completions::run_man(a),
+        Command::Backup(a) => backup::run(a),
+        Command::Restore(a) => restore::run(a),
     }
 }

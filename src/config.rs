@@ -216,6 +216,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PLICO_CONSOLE_REQUIRE_TOTP", "console.require_totp"),
     ("PLICO_KEYS_REWRAP_CHUNK", "keys.rewrap_chunk"),
     ("PLICO_KEYS_REWRAP_PAUSE_MS", "keys.rewrap_pause_ms"),
+    ("PLICO_BACKUP_RECIPIENT", "backup.recipient"),
+    ("PLICO_AUDIT_STREAM_FILE", "audit.stream.file"),
+    ("PLICO_AUDIT_STREAM_SYSLOG", "audit.stream.syslog"),
     ("PLICO_HSM_KIND", "hsm.kind"),
     ("PLICO_HSM_MODULE", "hsm.module"),
     ("PLICO_HSM_TOKEN_LABEL", "hsm.token_label"),
@@ -323,8 +326,19 @@ pub struct Config {
     /// Delivery of codes by e-mail and SMS (the outbox's workers); without it no worker runs,
     /// except under `serve --dev`, which spools messages in clear (insecure).
     pub dispatch: Option<DispatchConfig>,
+    /// Backups (`plico backup`): who they are sealed to.
+    pub backup: BackupConfig,
     /// Who may scrape `/metrics`.
     pub metrics: MetricsConfig,
+}
+
+/// The `[backup]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The age X25519 recipient (`age1…`) backups are sealed to; its identity is kept offline
+    /// and is needed by `plico restore`. Without it `plico backup` is refused.
+    pub recipient: Option<String>,
 }
 
 /// The `[metrics]` table.
@@ -354,6 +368,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             hsm: HsmConfig::default(),
             dispatch: None,
+            backup: BackupConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -904,13 +919,29 @@ impl SerialConfig {
 }
 
 /// The `[audit]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Events between MAC'd checkpoints (a checkpoint is also written at shutdown); at least 1.
     pub checkpoint_every: u64,
     /// Days an audit event is kept at least; a prune never removes younger ones. At least 1.
     pub retention_days: u32,
+    /// The audit stream for a SIEM ([`crate::audit_stream`]); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<AuditStreamConfig>,
+}
+
+/// The `[audit.stream]` table: exactly one of `file` and `syslog`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditStreamConfig {
+    /// A file every committed event is appended to, one JSON line each (created 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// RFC 5424 syslog: `unix:PATH` (a datagram socket such as `unix:/dev/log`) or
+    /// `udp:HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -918,6 +949,7 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_every: vault::DEFAULT_CHECKPOINT_EVERY,
             retention_days: crate::DEFAULT_RETENTION_DAYS,
+            stream: None,
         }
     }
 }
@@ -1261,6 +1293,17 @@ impl Config {
             return Err(ConfigError(format!(
                 "{origin}: [mailers]: `per_file` must be at least 1"
             )));
+        }
+        if let Some(stream) = &self.audit.stream {
+            crate::audit_stream::check(stream)
+                .map_err(|e| ConfigError(format!("{origin}: [audit.stream]: {e}")))?;
+        }
+        if let Some(r) = &self.backup.recipient {
+            if r.parse::<age::x25519::Recipient>().is_err() {
+                return Err(ConfigError(format!(
+                    "{origin}: [backup]: `recipient` is not an age x25519 recipient (age1…)"
+                )));
+            }
         }
         for (i, r) in self.mailers.recipients.iter().enumerate() {
             if r.parse::<age::x25519::Recipient>().is_err() {
@@ -1918,7 +1961,13 @@ request_head_timeout_secs = 0
             }),
             log: d.log,
             codes: d.codes,
-            audit: d.audit,
+            audit: AuditConfig {
+                stream: Some(AuditStreamConfig {
+                    file: Some(PathBuf::from("/a")),
+                    syslog: None,
+                }),
+                ..d.audit
+            },
             limits: d.limits,
             import: d.import,
             registry: d.registry,
@@ -1987,6 +2036,9 @@ request_head_timeout_secs = 0
                 }),
                 spool_dir: Some(PathBuf::from("/s")),
             }),
+            backup: BackupConfig {
+                recipient: Some(age::x25519::Identity::generate().to_public().to_string()),
+            },
             metrics: MetricsConfig {
                 token_file: Some(PathBuf::from("/m")),
             },

@@ -37,6 +37,8 @@
 //! this library.
 
 pub mod api;
+pub mod audit_stream;
+pub mod backup;
 pub mod config;
 pub mod console;
 pub mod delivery;
@@ -112,6 +114,10 @@ pub struct AppState {
     pub unseal_rate: Arc<api::UnsealRate>,
     /// The browser console: its sessions, failed-login counts and templates.
     pub console: Arc<console::Console>,
+    /// The counts of the audit stream (`[audit.stream]`), for the metrics; `None`: no stream.
+    pub audit_stream: Option<Arc<audit_stream::StreamStats>>,
+    /// Backups of the store and HSM state (`POST /v1/sys/backup`); `None`: refused.
+    pub backups: Option<Arc<backup::Backups>>,
     /// The metrics counted as the process runs, and the scrape token (`/metrics`).
     pub metrics: Arc<metrics::Metrics>,
     /// Serialises unseal submissions, so that the audit key is installed exactly once per
@@ -305,9 +311,17 @@ impl AppState {
                 console::ConsoleSettings::default(),
                 clock.clone(),
             )?),
+            backups: None,
+            audit_stream: None,
             unseal_lock: Arc::new(Mutex::new(())),
             clock,
         })
+    }
+
+    /// The same state with backups ([`backup::Backups`]: its store must be the state's store).
+    pub fn with_backups(mut self, backups: backup::Backups) -> Self {
+        self.backups = Some(Arc::new(backups));
+        self
     }
 
     /// The same state with `setup` for print runs and the counter's page (from `[mailers]`).
@@ -511,8 +525,14 @@ where
     };
     let router = app(state);
     match &tls {
-        Some(_) => tracing::info!(%addr, "serving https"),
-        None => tracing::info!(%addr, "serving plain http on loopback"),
+        Some(t) => {
+            t.reload_on_sighup();
+            tracing::info!(%addr, "serving https (SIGHUP reloads the certificate and key)");
+        }
+        None => {
+            tls::ignore_sighup();
+            tracing::info!(%addr, "serving plain http on loopback");
+        }
     }
     let served = edge::run(
         listener,

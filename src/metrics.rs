@@ -484,6 +484,18 @@ fn audit_metrics(r: &mut Registry, state: &AppState) -> vault::Result<()> {
         "audit events after the last MAC'd checkpoint",
         gauge(head.saturating_sub(checkpoint.unwrap_or(0))),
     );
+    let stream = state.audit_stream.as_deref();
+    r.register(
+        "plico_audit_stream_streamed",
+        "audit events written to the audit stream ([audit.stream]) since start-up",
+        counter(stream.map_or(0, |s| s.streamed())),
+    );
+    r.register(
+        "plico_audit_stream_dropped",
+        "audit events the stream dropped since start-up (the sink failed, or the stream fell \
+         behind)",
+        counter(stream.map_or(0, |s| s.dropped())),
+    );
     Ok(())
 }
 

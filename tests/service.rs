@@ -28,6 +28,8 @@
 
 #[path = "service/accounts.rs"]
 mod accounts;
+#[path = "service/backup.rs"]
+mod backup;
 #[path = "service/batches.rs"]
 mod batches;
 #[path = "service/cli_conventions.rs"]
@@ -73,6 +75,8 @@ mod relay_support;
 mod seal;
 #[path = "service/support.rs"]
 mod support;
+#[path = "service/tls_reload.rs"]
+mod tls_reload;
 #[path = "service/webdriver.rs"]
 mod webdriver;
 

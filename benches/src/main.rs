@@ -24,7 +24,8 @@
 //! `--hsm pkcs11` runs the import (and `rotate`) on a throw-away SoftHSM2 token instead of the
 //! simulator, to compare the two in the same figures.
 //!
-//! `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
+//! `plico-bench backup --records N` times a backup and a restore of a store of N cards (see
+//! `backup.rs`); `plico-bench rotate --records N` times a KEK rotation of a vault of N cards (see
 //! `rotate.rs`); `plico-bench mailers|dispatch --count N` print runs and delivery (see
 //! `mailers.rs`, `dispatch.rs`); `plico-bench console --rate R --seconds S` the console's
 //! pages against `/healthz` (see `console.rs`); `plico-bench audit --appenders N --seconds S`
@@ -35,6 +36,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod console;
 mod dispatch;
 mod mailers;
@@ -105,6 +107,9 @@ pub enum BenchCommand {
     /// Card status (`GET /v1/cards/{serial}`) and holder search over HTTP, N connections,
     /// against `/healthz` with the same load generator.
     Api(api::ApiBench),
+    /// Back up a store of N imported cards (sealed archive) and restore it, against a bare
+    /// scan of the store.
+    Backup(backup::BackupBench),
 }
 
 /// `plico-bench import` arguments.
@@ -223,6 +228,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Audit(a) => audit::run(&a),
         BenchCommand::Registry(a) => registry::run(&a),
         BenchCommand::Api(a) => api::run(&a),
+        BenchCommand::Backup(a) => backup::run(&a),
     }
 }
 
@@ -278,7 +284,7 @@ pub(crate) fn peak_rss_mib() -> f64 {
     status_mib("VmHWM")
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

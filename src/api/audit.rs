@@ -206,12 +206,13 @@ async fn prune(
 
 /// Chunks of the export travel from the blocking writer to the response body through this
 /// channel, so the chain is streamed, never held whole in memory.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
+/// Also the backup's (`api/backup.rs`).
+pub(super) struct ChannelWriter {
+    pub(super) tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pub(super) buf: Vec<u8>,
 }
 
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 
 impl ChannelWriter {
     fn send(&mut self) -> std::io::Result<()> {

@@ -198,7 +198,30 @@ impl Client {
 
     /// `GET path`, the answer's body copied to `out` as it arrives. Returns the bytes copied.
     pub async fn download(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
-        let (url, mut res) = self.send(Method::GET, path, None::<&()>).await?;
+        let (url, res) = self.send(Method::GET, path, None::<&()>).await?;
+        Self::copy_body(url, res, out).await
+    }
+
+    /// `POST path` with no body and no overall timeout (long work, such as a backup), the
+    /// answer's body copied to `out` as it arrives. Returns the bytes copied.
+    pub async fn download_post(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let url = self.base.join(path).context("bad request path")?;
+        let mut req = self.http.post(url.clone());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose_secret());
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, format!("cannot reach {}", self.base)))?;
+        Self::copy_body(url, res, out).await
+    }
+
+    async fn copy_body(
+        url: Url,
+        mut res: reqwest::Response,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
         if !res.status().is_success() {
             let status = res.status();
             let bytes = res.bytes().await.unwrap_or_default();

@@ -131,15 +131,40 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if delivery.is_none() {
         tracing::warn!("no [dispatch] configured: dispatch jobs are queued but not sent");
     }
-    let store = bootstrap::open_store(&data_dir, config.store.cache_mib)?;
+    if super::restore::pending(&data_dir) {
+        bail!(
+            "{} holds a restored backup the custodians have not accepted ({}): run `plico \
+             restore --accept-rollback --data {} --share FILE... --replaced-anchor \
+             SEQ:HASH|unknown` first",
+            data_dir.display(),
+            super::restore::PENDING_FILE,
+            data_dir.display()
+        );
+    }
+    let store = Arc::new(plico::backup::SnapshotStore::new(bootstrap::open_store(
+        &data_dir,
+        config.store.cache_mib,
+    )?));
+    let hsm_state =
+        matches!(config.hsm.kind, HsmKind::Sim).then(|| data_dir.join(SimulatedHsm::STATE_FILE));
+    let backups = plico::backup::Backups::new(store.clone(), hsm_state, &config.backup)?;
     let mut state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
+        .with_backups(backups)
         .with_print(print)
         .with_console(config.console.settings())
         .context("cannot build the console")?;
     if let Some(delivery) = delivery {
         state = state.with_delivery(delivery);
     }
+    let audit_stream = match &config.audit.stream {
+        Some(c) => Some(
+            plico::audit_stream::AuditStream::start(c, state.store.clone(), state.audit.clone())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    state.audit_stream = audit_stream.as_ref().map(|s| s.stats());
     let mut metrics = (*state.metrics)
         .clone()
         .with_store_dir(bootstrap::store_dir(&data_dir));
@@ -216,6 +241,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let served = runtime.block_on(plico::serve(listener, state.clone(), tls, shutdown));
     if let Err(e) = state.shut_down() {
         tracing::error!(error = %e, "could not checkpoint the audit chain at shutdown");
+    }
+    if let Some(stream) = audit_stream {
+        stream.stop();
     }
     state.seal();
     tracing::info!("hsm sealed");

@@ -34,7 +34,7 @@ use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 
 const CARDS: u64 = 10_000;
 const MAX_IN_FLIGHT: usize = 64;
-const SALT: u64 = 0xD15B;
+pub(super) const SALT: u64 = 0xD15B;
 
 fn actor() -> Actor {
     Actor {
@@ -57,9 +57,9 @@ fn codice_fiscale(n: u64) -> String {
     cf(&first15)
 }
 
-/// The data directory of a stopped server, made ready: 10,000 active cards, each with one
-/// queued `email` job.
-fn populate(data: &Path) {
+/// The data directory of a stopped server, made ready: `cards` active cards, each with one
+/// queued `email` job (also the backup test's, `service/backup.rs`).
+pub(super) fn populate(data: &Path, cards: u64) {
     let hsm = Arc::new(SimulatedHsm::open(data).unwrap());
     let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
     hsm.unseal(&SecretString::from(share.trim().to_owned()))
@@ -67,7 +67,7 @@ fn populate(data: &Path) {
     let store: Arc<dyn vault::Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let state = AppState::new(hsm.clone(), store.clone()).unwrap();
     state.unsealed(&actor(), "crash test setup").unwrap();
-    let file: String = (1..=CARDS)
+    let file: String = (1..=cards)
         .map(|n| {
             let (pin, puk) = codes_of(n, SALT);
             format!("{};{};{puk}\n", serial(n), &pin[..5])
@@ -82,7 +82,7 @@ fn populate(data: &Path) {
     };
     let request = ImportRequest {
         manufacturer: "crash".into(),
-        expected_cards: Some(CARDS),
+        expected_cards: Some(cards),
         expected_sha256: None,
         actor: "crash-test".into(),
         role: "manufacturer".into(),
@@ -93,7 +93,7 @@ fn populate(data: &Path) {
     let today = Date::today_utc();
     let expiry = Date::parse("2035-12-31").unwrap();
     let birth = Date::parse("1985-12-10").unwrap();
-    let numbers: Vec<u64> = (1..=CARDS).collect();
+    let numbers: Vec<u64> = (1..=cards).collect();
     for chunk in numbers.chunks(2_000) {
         let entries: Vec<HolderEntry> = chunk
             .iter()
@@ -125,7 +125,7 @@ fn populate(data: &Path) {
         document_number: "CA00000AA".into(),
         consent_ref: "consenso-crash".into(),
     });
-    for n in 1..=CARDS {
+    for n in 1..=cards {
         state
             .cms
             .change(
@@ -146,7 +146,7 @@ fn populate(data: &Path) {
 }
 
 /// Every message in the sink's dump directory: (file, Message-ID, To).
-fn messages(mail: &Path) -> Vec<(PathBuf, String, String)> {
+pub(super) fn messages(mail: &Path) -> Vec<(PathBuf, String, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(mail).unwrap() {
         let path = e.unwrap().path();
@@ -163,7 +163,7 @@ fn messages(mail: &Path) -> Vec<(PathBuf, String, String)> {
     out
 }
 
-fn count_files(mail: &Path) -> usize {
+pub(super) fn count_files(mail: &Path) -> usize {
     std::fs::read_dir(mail).map(|d| d.count()).unwrap_or(0)
 }
 
@@ -178,7 +178,7 @@ fn start(data: &Path, config: Option<&Path>) -> Server {
     Server::start(cmd)
 }
 
-fn sigkill(mut server: Server) {
+pub(super) fn sigkill(mut server: Server) {
     let mut child = server.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -192,7 +192,7 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
     let (status, _) = first.terminate();
     assert!(status.success(), "{status}");
     let d = data.clone();
-    tokio::task::spawn_blocking(move || populate(&d))
+    tokio::task::spawn_blocking(move || populate(&d, CARDS))
         .await
         .unwrap();
 

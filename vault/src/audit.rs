@@ -938,6 +938,12 @@ impl AuditLog {
         Ok(())
     }
 
+    /// The highest sequence number known to be durable: every event up to it is committed
+    /// (the audit stream reads no further).
+    pub fn durable_seq(&self) -> u64 {
+        *lock(&self.durable)
+    }
+
     /// Appends an event with no other change.
     ///
     /// # Errors
