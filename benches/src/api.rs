@@ -19,18 +19,16 @@
 //! where `baseline_ratio` is the card status's requests/s over `/healthz`'s.
 
 use super::population::{codice_fiscale, import, registry};
-use super::server::{client_runtime, Server};
-use super::{dev_hsm, in_work_dir, serial, TestRng};
+use super::server::{bench_actor, client_runtime, fresh_unsealed, Fresh, Server};
+use super::{in_work_dir, serial, TestRng};
 use anyhow::bail;
 use cards::Date;
 use clap::Args;
-use plico::{AppState, Settings};
+use plico::Settings;
 use secrecy::ExposeSecret;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vault::{Actor, Role, SledStore, Store};
+use vault::Role;
 
 /// `plico-bench api` arguments.
 #[derive(Debug, Args)]
@@ -155,27 +153,12 @@ async fn drive(
 }
 
 fn bench(work: &Path, a: &ApiBench) -> anyhow::Result<()> {
-    let hsm = dev_hsm(&work.join("hsm"))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
-    let settings = Settings {
-        sensitive_per_minute: NonZeroU32::MAX,
-        ..Settings::default()
-    };
-    let state = AppState::with_settings(hsm.clone(), store.clone(), &settings)?;
-    let admin = Actor {
-        id: "bench".into(),
-        role: "admin".into(),
-        request_id: String::new(),
-    };
-    state.unsealed(&admin, "bench")?;
+    let Fresh { hsm, store, state } = fresh_unsealed(work, Settings::default())?;
+    let admin = bench_actor("admin");
     eprintln!("setup: {} cards' codes and holders, a cms account", a.cards);
     import(work, &state.codes, &*hsm, &state.audit, a.cards, BASE)?;
     let serials: Vec<String> = (0..a.cards).map(|i| serial(BASE, i)).collect();
-    let cms = Actor {
-        id: "bench".into(),
-        role: "cms".into(),
-        request_id: String::new(),
-    };
+    let cms = bench_actor("cms");
     registry(
         &state.cms,
         &*store,

@@ -24,19 +24,18 @@
 //! where a ratio is the page's achieved requests/s over `/healthz`'s. Goal (issue 17): p99
 //! under 10 ms at 500 requests/s on 2 cores, and a ratio of at least 0.5.
 
-use super::population::{import, registry};
-use super::{dev_hsm, in_work_dir, serial};
+use super::population::{codice_fiscale, import, registry};
+use super::server::{bench_actor, client_runtime, fresh_unsealed, Fresh, Server};
+use super::{in_work_dir, serial};
 use anyhow::{bail, Context};
-use cards::check_character;
 use cards::Date;
 use clap::Args;
 use plico::{AppState, Settings};
 use secrecy::SecretString;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use vault::{Actor, Role, SledStore, Store};
+use vault::{Actor, Role};
 
 /// `plico-bench console` arguments.
 #[derive(Debug, Args)]
@@ -76,33 +75,9 @@ pub fn run(a: &ConsoleBench) -> anyhow::Result<()> {
     })
 }
 
-/// The codice fiscale of holder `i` of [`super::population`] (the letters from `i`).
-fn codice_fiscale(i: u64) -> anyhow::Result<String> {
-    let mut letters = [b'A'; 6];
-    let mut v = i;
-    for l in letters.iter_mut().rev() {
-        *l = b'A' + (v % 26) as u8;
-        v /= 26;
-    }
-    let base = format!("{}85T10A562", String::from_utf8_lossy(&letters));
-    let check = check_character(&base).context("codice fiscale check character")?;
-    Ok(format!("{base}{check}"))
-}
-
 fn setup(work: &Path, cards: u64) -> anyhow::Result<(AppState, Vec<String>)> {
-    let hsm = dev_hsm(&work.join("hsm"))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
-    let settings = Settings {
-        sensitive_per_minute: NonZeroU32::MAX,
-        ..Settings::default()
-    };
-    let state = AppState::with_settings(hsm.clone(), store.clone(), &settings)?;
-    let actor = Actor {
-        id: "bench".into(),
-        role: "cms".into(),
-        request_id: String::new(),
-    };
-    state.unsealed(&actor, "bench")?;
+    let Fresh { hsm, store, state } = fresh_unsealed(work, Settings::default())?;
+    let actor = bench_actor("cms");
     let base = 3_000_000_000u64;
     eprintln!("setup: {cards} cards' codes and holders, an operator");
     import(work, &state.codes, &*hsm, &state.audit, cards, base)?;
@@ -118,11 +93,7 @@ fn setup(work: &Path, cards: u64) -> anyhow::Result<(AppState, Vec<String>)> {
         &actor,
         true,
     )?;
-    let admin = Actor {
-        id: "bench".into(),
-        role: "admin".into(),
-        request_id: String::new(),
-    };
+    let admin = bench_actor("admin");
     let (op, _token) = state
         .accounts
         .create("sportello-banco", Role::Operator, &admin)?;
@@ -295,24 +266,10 @@ async fn drive(
 
 fn bench(work: &Path, a: &ConsoleBench) -> anyhow::Result<()> {
     let (state, serials) = setup(work, a.cards)?;
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("plico-server")
-        .enable_all()
-        .build()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = server.spawn(async move {
-        plico::serve(listener, state, None, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let server = Server::start(state)?;
+    let base = server.base.clone();
     // The load generator: one thread of its own.
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let client_rt = client_runtime()?;
     let result = client_rt.block_on(async {
         // No redirects: the login's answer (a 303) carries the session cookie.
         let client = reqwest::Client::builder()
@@ -351,8 +308,7 @@ fn bench(work: &Path, a: &ConsoleBench) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok((healthz, holder, card_run))
     });
-    let _ = stop.send(());
-    let _ = server.block_on(served);
+    server.stop();
     let (healthz, holder, card) = result?;
     println!(
         "console rate={} healthz_per_s={:.0} healthz_p99_ms={:.2} holder_per_s={:.0} holder_p50_ms={:.2} holder_p99_ms={:.2} card_per_s={:.0} card_p50_ms={:.2} card_p99_ms={:.2} holder_ratio={:.2} card_ratio={:.2}",

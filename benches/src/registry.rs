@@ -24,23 +24,21 @@
 //! cannot avoid.
 
 use super::population::{address, codice_fiscale, import, name};
-use super::server::{client_runtime, Server};
-use super::{dev_hsm, in_work_dir, peak_rss_mib, per_s, serial};
+use super::server::{bench_actor, client_runtime, fresh_unsealed, Fresh, Server};
+use super::{in_work_dir, peak_rss_mib, per_s, serial};
 use anyhow::bail;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cards::{parse_registry, HolderEntry, PersonalData, RegistryRules};
 use clap::Args;
-use plico::{AppState, Settings};
+use plico::Settings;
 use secrecy::ExposeSecret;
 use std::fmt::Write as _;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vault::{Actor, Role, SledStore, Store};
 use vault::{Batch, Tree};
+use vault::{Role, SledStore, Store};
 
 /// `plico-bench registry` arguments.
 #[derive(Debug, Args)]
@@ -96,20 +94,14 @@ fn registry_file(from: u64, to: u64) -> anyhow::Result<Vec<u8>> {
 
 fn bench(work: &Path, a: &RegistryBench) -> anyhow::Result<()> {
     let n = a.holders;
-    let hsm = dev_hsm(&work.join("hsm"))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&work.join("store"))?);
-    let settings = Settings {
-        sensitive_per_minute: NonZeroU32::MAX,
-        registry_max_upload_bytes: u64::MAX,
-        ..Settings::default()
-    };
-    let state = AppState::with_settings(hsm.clone(), store.clone(), &settings)?;
-    let admin = Actor {
-        id: "bench".into(),
-        role: "admin".into(),
-        request_id: String::new(),
-    };
-    state.unsealed(&admin, "bench")?;
+    let Fresh { hsm, store, state } = fresh_unsealed(
+        work,
+        Settings {
+            registry_max_upload_bytes: u64::MAX,
+            ..Settings::default()
+        },
+    )?;
+    let admin = bench_actor("admin");
     eprintln!("setup: {n} cards' codes, a cms account, the registry files");
     import(work, &state.codes, &*hsm, &state.audit, n, BASE)?;
     let (_cms, token) = state.accounts.create("cms-banco", Role::Cms, &admin)?;

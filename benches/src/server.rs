@@ -50,3 +50,41 @@ pub(crate) fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// A fresh development vault under `work` (a simulated HSM in `hsm/`, a sled store in
+/// `store/`) with the service's state unsealed by `bench`, with no cap on sensitive calls per
+/// account (a bench drives far more than a person would).
+pub(crate) struct Fresh {
+    /// The simulated HSM.
+    pub(crate) hsm: std::sync::Arc<hsm_sim::SimulatedHsm>,
+    /// The store.
+    pub(crate) store: std::sync::Arc<dyn vault::Store>,
+    /// The service's state, unsealed.
+    pub(crate) state: AppState,
+}
+
+/// Opens a [`Fresh`] vault with `settings` (its `sensitive_per_minute` lifted).
+pub(crate) fn fresh_unsealed(
+    work: &std::path::Path,
+    settings: plico::Settings,
+) -> anyhow::Result<Fresh> {
+    let hsm = super::dev_hsm(&work.join("hsm"))?;
+    let store: std::sync::Arc<dyn vault::Store> =
+        std::sync::Arc::new(vault::SledStore::open(&work.join("store"))?);
+    let settings = plico::Settings {
+        sensitive_per_minute: std::num::NonZeroU32::MAX,
+        ..settings
+    };
+    let state = AppState::with_settings(hsm.clone(), store.clone(), &settings)?;
+    state.unsealed(&bench_actor("admin"), "bench")?;
+    Ok(Fresh { hsm, store, state })
+}
+
+/// The bench's actor in `role` (for the setup's audited calls).
+pub(crate) fn bench_actor(role: &str) -> vault::Actor {
+    vault::Actor {
+        id: "bench".into(),
+        role: role.into(),
+        request_id: String::new(),
+    }
+}

@@ -132,17 +132,7 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     let port = listener.local_addr().unwrap().port();
     let delivery = sms_delivery(&state, &kannel);
     let state = state.with_delivery(delivery);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let state = state.clone();
-        async move {
-            plico::serve(listener, state, None, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }
-    });
+    let served = super::support::Served::start(listener, &state);
     let base = format!("http://127.0.0.1:{port}");
     let downloads = dir.path().join("downloads");
     std::fs::create_dir(&downloads).unwrap();
@@ -385,6 +375,5 @@ async fn an_operator_activates_by_delegate_and_hands_over_part_a_in_a_browser() 
     assert!(log.contains(&pin[2..]), "part B not at the fake SMSC");
     assert!(!log.contains(&pin), "a whole PIN in an SMS");
     drop(web);
-    let _ = stop.send(());
-    served.await.unwrap();
+    served.stop().await;
 }

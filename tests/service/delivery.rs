@@ -44,8 +44,7 @@ pub(super) struct Running {
     pub(super) client: Client,
     /// The 2-of-2 custodian shares of the HSM (unsealed at start).
     shares: Vec<SecretString>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    served: Option<super::support::Served>,
 }
 
 impl Running {
@@ -107,23 +106,12 @@ impl Running {
             assert_eq!(a.status, StatusCode::OK, "{}", a.text);
         }
         before_workers(&client, &state).await;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn({
-            let state = state.clone();
-            async move {
-                plico::serve(listener, state, None, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
+        let served = super::support::Served::start(listener, &state);
         Running {
             _dir: dir,
             state,
             client,
             shares,
-            stop: Some(stop),
             served: Some(served),
         }
     }
@@ -152,22 +140,14 @@ impl Running {
     /// Stops the server and its workers, and hands back the data directory and the state (to
     /// serve the same store again, as after a restart with another configuration).
     pub(super) async fn halt(mut self) -> (tempfile::TempDir, AppState) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
         if let Some(served) = self.served.take() {
-            served.await.unwrap();
+            served.stop().await;
         }
         (self._dir, self.state)
     }
 
-    pub(super) async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(served) = self.served.take() {
-            served.await.unwrap();
-        }
+    pub(super) async fn stop(self) {
+        let _ = self.halt().await;
     }
 }
 

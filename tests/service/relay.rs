@@ -421,17 +421,7 @@ async fn relay_with_an_unknown_ca_pauses_then_every_job_goes_out_once() {
     delivery.poll = Duration::from_millis(50);
     let state = state.with_delivery(delivery);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let state = state.clone();
-        async move {
-            plico::serve(listener, state, None, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }
-    });
+    let served = super::support::Served::start(listener, &state);
     let mut keys = Vec::new();
     for n in [601, 602] {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -447,8 +437,7 @@ async fn relay_with_an_unknown_ca_pauses_then_every_job_goes_out_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let _ = stop.send(());
-    served.await.unwrap();
+    served.stop().await;
     drop(data);
     pf.wait_for_messages("h0", 1).await;
     pf.wait_for_messages("h1", 1).await;

@@ -286,17 +286,7 @@ async fn an_emergency_seal_during_delivery_leaves_nothing_half_done_and_delivery
 
     // The workers start; the seal comes once the first messages are through.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn({
-        let state = state.clone();
-        async move {
-            plico::serve(listener, state, None, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }
-    });
+    let served = super::support::Served::start(listener, &state);
     let deadline = Instant::now() + Duration::from_secs(60);
     while message_ids(&sink_dir).len() < IN_FLIGHT {
         assert!(Instant::now() < deadline, "nothing was sent");
@@ -388,6 +378,5 @@ async fn an_emergency_seal_during_delivery_leaves_nothing_half_done_and_delivery
         ids.len()
     );
     assert!(state.audit.verify().unwrap().intact());
-    let _ = stop.send(());
-    served.await.unwrap();
+    served.stop().await;
 }

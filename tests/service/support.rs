@@ -528,3 +528,32 @@ pub(super) fn http_client(ca: Option<&Path>) -> reqwest::Client {
 pub(super) async fn status_code(client: &reqwest::Client, url: &str) -> u16 {
     client.get(url).send().await.unwrap().status().as_u16()
 }
+
+/// A service serving a state on a listener in the background, until [`Served::stop`] (the
+/// same `plico::serve` the binary runs, with a shutdown signal the test holds).
+pub struct Served {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Serves `state` on `listener` (its workers start with it).
+    pub fn start(listener: std::net::TcpListener, state: &AppState) -> Served {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = state.clone();
+        let task = tokio::spawn(async move {
+            plico::serve(listener, state, None, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Served { stop, task }
+    }
+
+    /// Stops the service and waits until it and its workers have ended.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
