@@ -18,7 +18,7 @@ use dispatch::courier::smtp::{SmtpConfig, SmtpCourier, SmtpSecurity};
 use dispatch::courier::Courier;
 use plico::delivery::Delivery;
 
-const SALT: u64 = 0x6465_6c69;
+pub(super) const SALT: u64 = 0x6465_6c69;
 const TOKEN: &str = "dlr-token-0123456789abcdef";
 const HEADER: &str = "codice_fiscale;given_names;surname;birth_date;email;mobile;address;deceased;serial;expiry;replaced_by\n";
 const HOLDERS: [(&str, u64); 2] = [("DNGNCL80A01F839", 601), ("MLLZOE92M45F205", 602)];

@@ -8,8 +8,8 @@
 //!
 //! Every message is read back with a MIME parser (`mailparse`).
 
-use super::batches::serial;
-use super::delivery::{dispatch, Running};
+use super::batches::{codes_of, serial};
+use super::delivery::{dispatch, Running, SALT};
 use super::peers::smtp_sink;
 use super::relay_support::{Options, Postfix, BOUNCES, PASSWORD, USER};
 use super::*;
@@ -291,6 +291,57 @@ async fn relay_bounce_comes_back_to_the_return_path_without_the_codes() {
         std::fs::create_dir_all(fixture.parent().unwrap()).unwrap();
         std::fs::write(fixture, raw).unwrap();
     }
+}
+
+/// The whole bounce path through the service: card 602's holder has no mailbox at the relay,
+/// so postfix bounces the message to the return path with its headers only (no code comes
+/// back); that DSN, posted to `POST /v1/bounces` as the CMS would, ends card 602's job as
+/// `bounced`, and card 601's delivered message is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bounce_through_postfix_carries_no_code_and_marks_the_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        mailboxes: vec!["h0".into()],
+        ..Options::default()
+    };
+    let pf = Postfix::start(dir.path(), &options).await;
+    let ca = pf.ca_pem.clone();
+    let port = pf.smtp;
+    let running = Running::start(
+        tempfile::tempdir().unwrap(),
+        |_| {
+            let c = config(port, SmtpSecurity::StartTls, Some(&ca));
+            vec![(
+                Channel::Email,
+                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        two_email_jobs,
+    )
+    .await;
+    running.wait_for(601, Part::Whole, JobState::Sent).await;
+    running.wait_for(602, Part::Whole, JobState::Sent).await;
+    let bounces = pf.wait_for_messages("bounces", 1).await;
+    assert_eq!(bounces.len(), 1, "only card 602's message bounces");
+    let text = String::from_utf8_lossy(&bounces[0]);
+    for n in [601, 602] {
+        let (pin, puk) = codes_of(n, SALT);
+        assert!(
+            !text.contains(&pin) && !text.contains(&puk),
+            "a code came back in the bounce"
+        );
+    }
+    let a = running
+        .client
+        .post_raw("cms", "/v1/bounces", "message/rfc822", bounces[0].clone())
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let job = running.wait_for(602, Part::Whole, JobState::Dead).await;
+    assert_eq!(job.failure_reason.as_deref(), Some("bounced"));
+    let kept = running.state.cms.jobs_of(&serial(601)).unwrap();
+    assert!(kept.iter().all(|j| j.state == JobState::Sent), "{kept:?}");
+    assert_eq!(pf.messages("h0").len(), 1);
+    running.stop().await;
 }
 
 /// Dispatches cards 601 and 602 by e-mail before the workers start.
