@@ -151,6 +151,17 @@ impl Running {
     }
 }
 
+/// The e-mail courier to smtp-sink on loopback `port` (plain SMTP, as smtp-sink offers no
+/// STARTTLS), for [`Running::start`].
+fn sink_couriers(port: u16) -> Vec<(Channel, Arc<dyn Courier>)> {
+    let mut c = SmtpConfig::new("127.0.0.1", port, "plico@example.it");
+    c.security = SmtpSecurity::InsecurePlaintext;
+    vec![(
+        Channel::Email,
+        Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+    )]
+}
+
 pub(super) async fn dispatch(client: &Client, n: u64, plan: &str) {
     let uri = format!("/v1/cards/{}/dispatch", serial(n));
     let a = client.post("cms", &uri, json!({"plan": plan})).await;
@@ -177,14 +188,7 @@ async fn email_reaches_smtp_sink_once_and_a_suspended_card_sends_nothing() {
     let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
     let running = Running::start(
         dir,
-        |_| {
-            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
-            c.security = SmtpSecurity::InsecurePlaintext;
-            vec![(
-                Channel::Email,
-                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
-            )]
-        },
+        |_| sink_couriers(sink_port),
         async |client, _| {
             dispatch(client, 601, "email").await;
             dispatch(client, 602, "email").await;
@@ -266,14 +270,7 @@ async fn a_bounce_marks_the_sent_email_dead_once() {
     let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
     let running = Running::start(
         dir,
-        |_| {
-            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
-            c.security = SmtpSecurity::InsecurePlaintext;
-            vec![(
-                Channel::Email,
-                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
-            )]
-        },
+        |_| sink_couriers(sink_port),
         async |client, _| dispatch(client, 601, "email").await,
     )
     .await;
@@ -644,14 +641,7 @@ async fn an_emergency_seal_holds_delivery_until_the_quorum_unseals() {
     let (_sink, sink_port) = smtp_sink(&sink_dir, true, &[]).await;
     let running = Running::start(
         dir,
-        |_| {
-            let mut c = SmtpConfig::new("127.0.0.1", sink_port, "plico@example.it");
-            c.security = SmtpSecurity::InsecurePlaintext;
-            vec![(
-                Channel::Email,
-                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
-            )]
-        },
+        |_| sink_couriers(sink_port),
         async |client, _| {
             dispatch(client, 601, "email").await;
             let a = client.post("admin", "/v1/sys/seal", json!({})).await;
