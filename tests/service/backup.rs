@@ -7,7 +7,7 @@
 //! backup), and never for a job the backup records as sent.
 
 use super::batches::{codes_of, serial};
-use super::dispatch_crash::{count_files, messages, populate, sigkill, SALT};
+use super::dispatch_crash::{cns_codes, count_files, messages, populate, sigkill, SALT};
 use super::peers::smtp_sink;
 use super::*;
 use cards::JobState;
@@ -118,12 +118,7 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
         assert!(Instant::now() < deadline, "the workers did not send");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let batch: String = (CARDS + 1..=CARDS + IMPORTED)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect();
+    let batch = cns_codes(CARDS + 1..=CARDS + IMPORTED);
     let token = std::fs::read_to_string(&maker).unwrap();
     let url = format!("{}/v1/batches?manufacturer=backup-test", server.url);
     let import = tokio::spawn(async move {

@@ -36,6 +36,17 @@ const CARDS: u64 = 10_000;
 const MAX_IN_FLIGHT: usize = 64;
 pub(super) const SALT: u64 = 0xD15B;
 
+/// A manufacturer file of cards `serials` under [`SALT`]: `serial;PIN;PUK` lines with the CNS
+/// policy's 5-digit PIN and 8-digit PUK.
+pub(super) fn cns_codes(serials: std::ops::RangeInclusive<u64>) -> String {
+    serials
+        .map(|n| {
+            let (pin, puk) = codes_of(n, SALT);
+            format!("{};{};{puk}\n", serial(n), &pin[..5])
+        })
+        .collect()
+}
+
 fn actor() -> Actor {
     Actor {
         id: "crash-test".into(),
@@ -67,12 +78,7 @@ pub(super) fn populate(data: &Path, cards: u64) {
     let store: Arc<dyn vault::Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let state = AppState::new(hsm.clone(), store.clone()).unwrap();
     state.unsealed(&actor(), "crash test setup").unwrap();
-    let file: String = (1..=cards)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect();
+    let file = cns_codes(1..=cards);
     let rules = ParseRules::default();
     let ctx = ImportContext {
         vault: &state.codes,
