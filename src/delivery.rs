@@ -2,15 +2,17 @@
 //!
 //! [`run_workers`] waits for the outbox's start-up recovery ([`crate::recover_outbox`]: a job
 //! left `sending` by a dead process must be queued again before any worker claims), then
-//! loops over the lanes, one a channel with a courier, each with a semaphore capping its jobs
-//! in flight. For a lane with free slots, on the blocking pool, it claims that many due jobs
-//! of the lane's channel and releases them through the audited gate, in one flushed commit
-//! ([`cards::Cards::claim_and_release`]: card `active`, contact registered and not changed
-//! since the last identification, one `card.codes_release` event a job), and renders each
-//! job's part by e-mail or SMS. Then each message is
-//! sent by its own task on tokio, and a marker task records the outcomes: the `sent` jobs
-//! waiting at that moment in one commit ([`cards::Cards::mark_sent_many`]), failures one by
-//! one (temporary or permanent, with the policy's backoff, `dead` and fallback). A job the
+//! loops in turns. Each turn is one flushed commit on the blocking pool
+//! ([`cards::Cards::settle_and_claim`]): the jobs the couriers accepted since the last turn are
+//! marked `sent` (one `dispatch.sent` event each), and for each lane (one a channel with a
+//! courier, a semaphore capping its jobs in flight) as many due jobs as it has free slots are
+//! claimed and released through the audited gate (card `active`, contact registered and not
+//! changed since the last identification, one `card.codes_release` event a job); then each
+//! job's part is rendered by e-mail or SMS. Each message is sent by its own task on tokio, and
+//! its outcome comes back to the loop: the `sent` ones wait for the next turn's commit, a
+//! failure is recorded at once (temporary or permanent, with the policy's backoff, `dead` and
+//! fallback). While a turn's flush runs, outcomes queue up: under load one write and one
+//! flush serve the marks of many messages and the releases of as many new ones. A job the
 //! vault refuses at release because of the card's state (suspended, revoked, codes gone,
 //! contact missing or changed) comes back already `cancelled` with that reason, in the
 //! release's commit: it is not a channel failure, is not marked failed and never falls back.
@@ -19,8 +21,10 @@
 //! Only channels with a courier here are claimed: `mailer` jobs wait for a print run, and a
 //! channel turned off keeps its jobs queued (the overdue alert shows them).
 //!
-//! A job keeps its slot in the lane until its outcome is recorded, so a crash sends again at
-//! most a lane's `max_in_flight` messages: those sent but not yet marked `sent` (measured by
+//! A job keeps its slot in the lane until its outcome is recorded, and a sent job's slot goes
+//! to a new job only in the commit that makes its `sent` mark durable (the new job's codes
+//! leave after that flush), so a crash sends again at most a lane's `max_in_flight` messages:
+//! those sent but not yet durably marked `sent` (measured by
 //! `tests/service/dispatch_crash.rs`).
 //!
 //! # Security
@@ -53,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// How long the claim loop sleeps when nothing is due, by default.
@@ -61,9 +65,6 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
 
 /// Jobs claimed at once, at most, by default.
 pub const DEFAULT_BATCH: usize = 64;
-
-/// `sent` outcomes marked in one commit, at most.
-const MARK_BATCH: usize = 512;
 
 /// How often the overdue alert looks.
 const OVERDUE_EVERY: Duration = Duration::from_secs(60);
@@ -85,6 +86,8 @@ struct Lane {
     channel: Channel,
     courier: Arc<dyn Courier>,
     slots: Arc<Semaphore>,
+    /// The lane's cap of jobs in flight (the semaphore's permits).
+    cap: usize,
     pause: Mutex<LanePause>,
 }
 
@@ -205,6 +208,7 @@ impl Delivery {
             channel,
             courier,
             slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            cap: max_in_flight.max(1),
             pause: Mutex::default(),
         });
         self
@@ -413,19 +417,34 @@ impl Failure {
     }
 }
 
-/// A job's end as the marker records it: the courier's id for the message, or a failure; and
+/// A job's end as the worker records it: the courier's id for the message, or a failure; and
 /// the job's slot in its lane, given back once the outcome is recorded.
 type Outcome = (Job, Result<String, Failure>, Option<OwnedSemaphorePermit>);
+
+/// A job the courier accepted, waiting for its mark: the job, the courier's id for the
+/// message, and the job's slot.
+type SentJob = (Job, String, Option<OwnedSemaphorePermit>);
+
+/// What one turn's commit gave back: a result a job marked sent (in order), and the jobs
+/// claimed with their messages (or why not).
+type Turn = (
+    Vec<vault::Result<Job>>,
+    Vec<(Job, Result<Outgoing, Failure>)>,
+);
 
 /// The workers of `delivery` over `state`: waits for the outbox recovery, then claims and
 /// sends until `shutdown` turns true; then claims no more, lets the jobs in flight finish (up
 /// to [`crate::SHUTDOWN_GRACE`]), records their outcomes and returns. Jobs cut short stay
 /// `sending` and are queued again by the next start's recovery, with the same idempotency key.
 ///
-/// Each lane's free slots are claimed, released and rendered together on the blocking pool
-/// (one claim write, one audited and flushed release commit), then sent one task a job; a
-/// marker task records outcomes as they come, the `sent` ones together (one commit each
-/// time it wakes). So a store flush serves a whole batch, not one message.
+/// Each turn is one commit on the blocking pool ([`cards::Cards::settle_and_claim`]): the jobs
+/// the couriers accepted since the last turn are marked `sent`, and each lane's free slots
+/// (the slots of those jobs included) are claimed, released through the audited gate and
+/// rendered: one store write and one flush for all of it. Then each message is sent by its
+/// own task on tokio, and its outcome comes back to the loop; a failure is recorded at once,
+/// one by one (temporary or permanent, with the policy's backoff, `dead` and fallback). While
+/// a turn's flush runs, outcomes queue up, so under load a flush serves many messages; and a
+/// sent job's slot goes to a new job only in the commit that makes its mark durable.
 pub async fn run_workers(
     state: AppState,
     delivery: Arc<Delivery>,
@@ -437,14 +456,10 @@ pub async fn run_workers(
     }
     let channels: Vec<&str> = delivery.lanes.iter().map(|l| l.channel.as_str()).collect();
     tracing::info!(channels = %channels.join(","), "delivery workers started");
-    let (outcomes, received) = mpsc::unbounded_channel::<Outcome>();
-    let freed = Arc::new(Notify::new());
-    let marker = tokio::spawn(mark_outcomes(
-        state.clone(),
-        delivery.clone(),
-        received,
-        freed.clone(),
-    ));
+    let (outcomes, mut received) = mpsc::unbounded_channel::<Outcome>();
+    // Outcomes come back here; the sent ones wait in `to_mark` for the next turn's commit.
+    let mut came: Vec<Outcome> = Vec::new();
+    let mut to_mark: Vec<SentJob> = Vec::new();
     let mut tasks = JoinSet::new();
     let mut overdue_at = tokio::time::Instant::now();
     while !*shutdown.borrow() {
@@ -453,80 +468,76 @@ pub async fn run_workers(
             overdue_at += OVERDUE_EVERY;
             overdue_alert(&state, &delivery).await;
         }
-        let mut claimed_any = false;
-        let mut any_free = false;
-        // Sealed (an emergency seal, or not yet unsealed): claim nothing new; sends under way
-        // finish and are recorded; claiming resumes after the unseal.
-        let sealed = state.hsm.status().sealed;
-        let now = tokio::time::Instant::now();
-        for lane in delivery
-            .lanes
-            .iter()
-            .filter(|_| !sealed)
-            .filter(|l| lock_pause(l).until.is_none_or(|until| until <= now))
-        {
-            let mut permits = Vec::new();
-            while permits.len() < delivery.batch {
-                match lane.slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            if permits.is_empty() {
-                continue;
-            }
-            any_free = true;
-            let prepared = claim_and_prepare(&state, &delivery, lane.channel, permits.len()).await;
-            claimed_any |= !prepared.is_empty();
-            for (job, outgoing) in prepared {
-                let permit = permits.pop();
-                if job.state == JobState::Cancelled {
-                    // Cancelled by the vault for the card's state: nothing to send or mark.
-                    tracing::warn!(
-                        job = job.id,
-                        channel = job.channel.as_str(),
-                        part = job.part.as_str(),
-                        reason = job.cancel_reason.as_deref().unwrap_or(""),
-                        outcome = "cancelled",
-                        "dispatch"
-                    );
-                    drop(permit);
-                    continue;
-                }
-                let outgoing = match outgoing {
-                    Ok(o) => o,
-                    Err(failure) => {
-                        let _ = outcomes.send((job, Err(failure), permit));
-                        continue;
-                    }
-                };
-                let (courier, outcomes) = (lane.courier.clone(), outcomes.clone());
-                tasks.spawn(async move {
-                    let sent = courier.send(&outgoing).await;
-                    drop(outgoing);
-                    let outcome = sent.map(|s| s.peer_id).map_err(|e| Failure::from_send(&e));
-                    // The slot stays taken until the marker has recorded the outcome: so the
-                    // jobs sent and not yet marked `sent` (sent again after a crash) are at
-                    // most the lane's cap.
-                    let _ = outcomes.send((job, outcome, permit));
-                });
-            }
+        while let Ok(outcome) = received.try_recv() {
+            came.push(outcome);
         }
-        if claimed_any {
+        take_outcomes(&state, &delivery, std::mem::take(&mut came), &mut to_mark).await;
+        let (claims, free) = free_slots(&state, &delivery, &to_mark);
+        if claims.is_empty() && to_mark.is_empty() {
+            // Nothing to claim (every lane full, paused or sealed) and nothing to mark: wait
+            // for an outcome (a slot about to be free), or look again after the poll.
+            drop(free);
+            wait_for_outcome(&mut received, &mut came, &delivery, &mut shutdown).await;
             continue;
         }
-        if any_free || tasks.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(delivery.poll) => {}
-                _ = stopped(&mut shutdown) => {}
+        let marking = std::mem::take(&mut to_mark);
+        let claimed_any = match settle_and_prepare(&state, &delivery, &marking, claims).await {
+            Ok((marked, prepared)) => {
+                let mut slots = record_marks(&delivery, marking, marked, free);
+                let claimed_any = !prepared.is_empty();
+                for (job, outgoing) in prepared {
+                    let Some(lane) = delivery.lanes.iter().position(|l| l.channel == job.channel)
+                    else {
+                        continue;
+                    };
+                    let permit = slots.get_mut(lane).and_then(Vec::pop);
+                    if job.state == JobState::Cancelled {
+                        // Cancelled by the vault for the card's state: nothing to send or mark.
+                        tracing::warn!(
+                            job = job.id,
+                            channel = job.channel.as_str(),
+                            part = job.part.as_str(),
+                            reason = job.cancel_reason.as_deref().unwrap_or(""),
+                            outcome = "cancelled",
+                            "dispatch"
+                        );
+                        drop(permit);
+                        continue;
+                    }
+                    let outgoing = match outgoing {
+                        Ok(o) => o,
+                        Err(failure) => {
+                            came.push((job, Err(failure), permit));
+                            continue;
+                        }
+                    };
+                    let (courier, outcomes) =
+                        (delivery.lanes[lane].courier.clone(), outcomes.clone());
+                    tasks.spawn(async move {
+                        let sent = courier.send(&outgoing).await;
+                        drop(outgoing);
+                        let outcome = sent.map(|s| s.peer_id).map_err(|e| Failure::from_send(&e));
+                        // The slot stays taken until the outcome is recorded: so the jobs sent
+                        // and not yet durably marked `sent` (sent again after a crash) are at
+                        // most the lane's cap.
+                        let _ = outcomes.send((job, outcome, permit));
+                    });
+                }
+                claimed_any
             }
-        } else {
-            // Every lane is full: wait for the marker to give slots back (the back-pressure).
-            tokio::select! {
-                _ = freed.notified() => {}
-                _ = tokio::time::sleep(delivery.poll) => {}
-                _ = stopped(&mut shutdown) => {}
+            Err(e) => {
+                tracing::error!(
+                    marked = marking.len(),
+                    code = e.code().as_str(),
+                    "a dispatch turn failed: nothing claimed, and the jobs sent and not yet \
+                     marked are sent again after restart"
+                );
+                false
             }
+        };
+        if !claimed_any && came.is_empty() {
+            // Nothing was due: wait for an outcome to mark, or look again after the poll.
+            wait_for_outcome(&mut received, &mut came, &delivery, &mut shutdown).await;
         }
     }
     let drained = tokio::time::timeout(crate::SHUTDOWN_GRACE, async {
@@ -540,9 +551,27 @@ pub async fn run_workers(
             "delivery workers stopped with jobs in flight; they are sent again after restart"
         );
     }
-    // Every sender is gone now: the marker records what came back and ends.
+    // Every sender is gone now: record what came back.
     drop(outcomes);
-    if tokio::time::timeout(crate::SHUTDOWN_GRACE, marker)
+    let last = async {
+        while let Some(outcome) = received.recv().await {
+            came.push(outcome);
+        }
+        take_outcomes(&state, &delivery, came, &mut to_mark).await;
+        if !to_mark.is_empty() {
+            let marking = std::mem::take(&mut to_mark);
+            match settle_and_prepare(&state, &delivery, &marking, Vec::new()).await {
+                Ok((marked, _)) => drop(record_marks(&delivery, marking, marked, Vec::new())),
+                Err(e) => tracing::error!(
+                    jobs = marking.len(),
+                    code = e.code().as_str(),
+                    "sent, but the jobs could not be marked sent; they are sent again after \
+                     restart"
+                ),
+            }
+        }
+    };
+    if tokio::time::timeout(crate::SHUTDOWN_GRACE, last)
         .await
         .is_err()
     {
@@ -553,27 +582,131 @@ pub async fn run_workers(
     tracing::info!("delivery workers stopped");
 }
 
-/// On the blocking pool: claims up to `limit` due jobs of `channel` and releases them through
-/// the audited gate, in one commit ([`cards::Cards::claim_and_release`]), and renders each
-/// job's message. A job the vault refuses, or whose message cannot be made, comes back with
-/// its failure. If the commit fails, nothing was claimed: the jobs stay due.
-async fn claim_and_prepare(
+/// Each open lane's claim for this turn: its free slots (taken now, up to the batch) plus
+/// the slots of its jobs marked `sent` in this turn (free once the turn commits). A lane
+/// paused, or every lane while the HSM is sealed, claims nothing. A lane whose pause is over
+/// but whose relay has not accepted a message since (a probe) claims one job, and only when
+/// none of its jobs is in flight: while a relay stays down, each pause releases one card's
+/// codes (one `card.codes_release` event), not a lane's worth. Returns the claims and the
+/// slots taken, one list a lane (in lane order).
+fn free_slots(
+    state: &AppState,
+    delivery: &Delivery,
+    to_mark: &[SentJob],
+) -> (Vec<(Channel, usize)>, Vec<Vec<OwnedSemaphorePermit>>) {
+    // Sealed (an emergency seal, or not yet unsealed): claim nothing new; sends under way
+    // finish and are recorded; claiming resumes after the unseal.
+    let sealed = state.hsm.status().sealed;
+    let now = tokio::time::Instant::now();
+    let mut claims = Vec::new();
+    let mut free = Vec::with_capacity(delivery.lanes.len());
+    for lane in &delivery.lanes {
+        let mut permits = Vec::new();
+        let (paused, probing) = {
+            let pause = lock_pause(lane);
+            (
+                pause.until.is_some_and(|until| until > now),
+                pause.in_a_row > 0,
+            )
+        };
+        if sealed || paused {
+            free.push(permits);
+            continue;
+        }
+        if probing {
+            if lane.slots.available_permits() == lane.cap {
+                if let Ok(p) = lane.slots.clone().try_acquire_owned() {
+                    permits.push(p);
+                    claims.push((lane.channel, 1));
+                }
+            }
+        } else {
+            let marked = to_mark
+                .iter()
+                .filter(|(job, _, p)| job.channel == lane.channel && p.is_some())
+                .count();
+            while permits.len() + marked < delivery.batch {
+                match lane.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let limit = (permits.len() + marked).min(delivery.batch);
+            if limit > 0 {
+                claims.push((lane.channel, limit));
+            }
+        }
+        free.push(permits);
+    }
+    (claims, free)
+}
+
+/// Waits until an outcome comes back (into `came`), the poll has passed, or shutdown.
+async fn wait_for_outcome(
+    received: &mut mpsc::UnboundedReceiver<Outcome>,
+    came: &mut Vec<Outcome>,
+    delivery: &Delivery,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    tokio::select! {
+        outcome = received.recv() => came.extend(outcome),
+        _ = tokio::time::sleep(delivery.poll) => {}
+        _ = stopped(shutdown) => {}
+    }
+}
+
+/// Sorts outcomes that came back: a sent job waits in `to_mark` for the next commit (and its
+/// lane's pause backoff starts again from the base); a failure is recorded now, and its slot
+/// given back.
+async fn take_outcomes(
+    state: &AppState,
+    delivery: &Delivery,
+    came: Vec<Outcome>,
+    to_mark: &mut Vec<SentJob>,
+) {
+    for (job, outcome, permit) in came {
+        match outcome {
+            Ok(peer) => {
+                if let Some(lane) = delivery.lanes.iter().find(|l| l.channel == job.channel) {
+                    lane_recovered(lane);
+                }
+                to_mark.push((job, peer, permit));
+            }
+            Err(failure) => {
+                mark_failed(state, delivery, &job, failure).await;
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// On the blocking pool, one turn's commit ([`cards::Cards::settle_and_claim`]): marks the
+/// jobs of `marking` sent, claims for each of `claims` up to its limit of due jobs of its
+/// channel and releases them through the audited gate; then renders each released job's
+/// message. A job the vault refuses, or whose message cannot be made, comes back with its
+/// failure. If the commit fails, nothing was marked or claimed.
+async fn settle_and_prepare(
     state: &AppState,
     delivery: &Arc<Delivery>,
-    channel: Channel,
-    limit: usize,
-) -> Vec<(Job, Result<Outgoing, Failure>)> {
+    marking: &[SentJob],
+    claims: Vec<(Channel, usize)>,
+) -> Result<Turn, api::ApiError> {
+    let peers: Vec<(u64, String)> = marking
+        .iter()
+        .map(|(job, peer, _)| (job.id, peer_id(peer)))
+        .collect();
     let (st, d) = (state.clone(), delivery.clone());
-    let prepared = api::blocking(move || {
-        let released = st.cms.claim_and_release(
+    api::blocking(move || {
+        let settled = st.cms.settle_and_claim(
             &*st.hsm,
             &st.audit,
-            channel,
+            &peers,
+            &claims,
             st.clock.now_ms(),
-            limit,
             st.cms.today(),
         )?;
-        Ok(released
+        let prepared = settled
+            .claimed
             .into_iter()
             .map(|(job, release)| {
                 let outgoing = release
@@ -581,17 +714,10 @@ async fn claim_and_prepare(
                     .and_then(|r| render(&d, &r));
                 (job, outgoing)
             })
-            .collect())
+            .collect();
+        Ok((settled.sent, prepared))
     })
-    .await;
-    prepared.unwrap_or_else(|e| {
-        tracing::error!(
-            code = e.code().as_str(),
-            channel = channel.as_str(),
-            "claiming dispatch jobs failed"
-        );
-        Vec::new()
-    })
+    .await
 }
 
 /// A refused release: permanent when the vault says the job cannot go (card not `active`,
@@ -614,70 +740,37 @@ fn release_refused(e: &vault::Error) -> Failure {
     Failure::new(code, format!("release refused: {e}"))
 }
 
-/// Records outcomes as they come: every `sent` one waiting at that moment in one commit, each
-/// failure with its backoff, `dead` and fallback; then gives their slots back and wakes the
-/// claim loop through `freed`. Ends when every sender has gone.
-async fn mark_outcomes(
-    state: AppState,
-    delivery: Arc<Delivery>,
-    mut received: mpsc::UnboundedReceiver<Outcome>,
-    freed: Arc<Notify>,
-) {
-    let mut waiting = Vec::new();
-    while received.recv_many(&mut waiting, MARK_BATCH).await > 0 {
-        let (sent, failed): (Vec<Outcome>, Vec<Outcome>) =
-            waiting.drain(..).partition(|(_, o, _)| o.is_ok());
-        if !sent.is_empty() {
-            for lane in &delivery.lanes {
-                if sent.iter().any(|(job, _, _)| job.channel == lane.channel) {
-                    lane_recovered(lane);
-                }
+/// Logs and counts the marks of a committed turn, and gives the marked jobs' slots to their
+/// lanes: returns `free` (the slots taken for the turn, one list a lane) with those added.
+fn record_marks(
+    delivery: &Delivery,
+    marking: Vec<SentJob>,
+    marked: Vec<vault::Result<Job>>,
+    mut free: Vec<Vec<OwnedSemaphorePermit>>,
+) -> Vec<Vec<OwnedSemaphorePermit>> {
+    free.resize_with(delivery.lanes.len(), Vec::new);
+    for ((job, _, permit), result) in marking.into_iter().zip(marked) {
+        let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
+        match result {
+            Ok(_) => {
+                delivery.stats.sent.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(job = id, channel, part, outcome = "sent", "dispatch");
             }
-            mark_sent(&state, &delivery.stats, sent).await;
+            Err(e) => tracing::error!(
+                job = id,
+                channel,
+                part,
+                code = api::ApiError::from(e).code().as_str(),
+                "sent, but the job could not be marked sent"
+            ),
         }
-        for (job, outcome, permit) in failed {
-            if let Err(failure) = outcome {
-                mark_failed(&state, &delivery, &job, failure).await;
-            }
-            drop(permit);
+        let lane = delivery.lanes.iter().position(|l| l.channel == job.channel);
+        match (permit, lane.and_then(|i| free.get_mut(i))) {
+            (Some(p), Some(slots)) => slots.push(p),
+            (p, _) => drop(p),
         }
-        // The outcomes' slots went back with them: wake the claim loop.
-        freed.notify_one();
     }
-}
-
-/// Marks `sent` jobs sent, in one commit.
-async fn mark_sent(state: &AppState, stats: &DeliveryStats, sent: Vec<Outcome>) {
-    let peers: Vec<(u64, String)> = sent
-        .iter()
-        .map(|(job, o, _)| (job.id, peer_id(o.as_deref().unwrap_or(""))))
-        .collect();
-    let (cms, audit) = (state.cms.clone(), state.audit.clone());
-    match api::blocking(move || cms.mark_sent_many(&audit, &peers)).await {
-        Ok(results) => {
-            for ((job, _, _), result) in sent.iter().zip(results) {
-                let (id, channel, part) = (job.id, job.channel.as_str(), job.part.as_str());
-                match result {
-                    Ok(_) => {
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(job = id, channel, part, outcome = "sent", "dispatch");
-                    }
-                    Err(e) => tracing::error!(
-                        job = id,
-                        channel,
-                        part,
-                        code = api::ApiError::from(e).code().as_str(),
-                        "sent, but the job could not be marked sent"
-                    ),
-                }
-            }
-        }
-        Err(e) => tracing::error!(
-            jobs = sent.len(),
-            code = e.code().as_str(),
-            "sent, but the jobs could not be marked sent; they are sent again after restart"
-        ),
-    }
+    free
 }
 
 fn lock_pause(lane: &Lane) -> std::sync::MutexGuard<'_, LanePause> {

@@ -69,7 +69,7 @@ pub use outbox::{
     OutboxPolicy, Part, PartDelivery, ReceiptOutcome, BOUNCED,
 };
 pub use outbox_counter::{CounterPrint, CounterSlip};
-pub use outbox_release::{JobRelease, ReleaseDestination};
+pub use outbox_release::{JobRelease, ReleaseDestination, Settled};
 
 // The mailers book.
 pub use mailers::{

@@ -1219,13 +1219,39 @@ impl Cards {
         sent: &[(u64, String)],
     ) -> Result<Vec<Result<Job>>> {
         let ops = self.ops_lock();
-        let now = self.now_ms();
         let mut b = Batch::new();
         let mut events = Vec::new();
+        let out = self.sent_into(sent, &mut b, &mut events)?;
+        if !events.is_empty() {
+            let written = audit.write_all(b, events)?;
+            drop(ops);
+            audit.durable(written)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Cards::mark_sent_many`]'s changes put into `b` and its events into `events`, at the
+    /// cards' clock's now. Called with the ops lock held.
+    ///
+    /// # Errors
+    /// Store errors for the whole call; the per-job refusals come back one a job.
+    pub(super) fn sent_into(
+        &self,
+        sent: &[(u64, String)],
+        b: &mut Batch,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<Vec<Result<Job>>> {
+        let now = self.now_ms();
         let mut out = Vec::with_capacity(sent.len());
+        // Jobs changed earlier in this batch, by id: the same job twice in `sent` must see its
+        // first change (a second mark leaves it `sent`, with no second event).
+        let mut changed: BTreeMap<u64, Job> = BTreeMap::new();
         for (id, peer_id) in sent {
             let marked = check_peer_id(peer_id).and_then(|()| {
-                let old = self.required_job(*id)?;
+                let old = match changed.get(id) {
+                    Some(j) => j.clone(),
+                    None => self.required_job(*id)?,
+                };
                 match old.state {
                     JobState::Sending => {}
                     JobState::Sent | JobState::Delivered => return Ok((old, None)),
@@ -1236,7 +1262,7 @@ impl Cards {
                 job.peer_id = Some(peer_id.clone());
                 job.sent_ms = Some(now);
                 job.updated_ms = now;
-                put_job(&mut b, Some(&old), &job)?;
+                put_job(b, Some(&old), &job)?;
                 let event = job_event("dispatch.sent", &job)
                     .detail("attempt", job.attempts.to_string())
                     .detail("peer_id", peer_id.clone());
@@ -1244,17 +1270,15 @@ impl Cards {
             });
             match marked {
                 Ok((job, event)) => {
+                    if event.is_some() {
+                        changed.insert(job.id, job.clone());
+                    }
                     events.extend(event);
                     out.push(Ok(job));
                 }
                 Err(e @ Error::Storage(_)) => return Err(e),
                 Err(e) => out.push(Err(e)),
             }
-        }
-        if !events.is_empty() {
-            let written = audit.write_all(b, events)?;
-            drop(ops);
-            audit.durable(written)?;
         }
         Ok(out)
     }

@@ -21,7 +21,7 @@ use vault::Actor;
 use vault::Batch;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
-use vault::{CardCodes, PendingCodes, Release};
+use vault::{CardCodes, PendingCodes, Release, CODES_RELEASE_ACTION};
 use vault::{Error, Missing, Refusal, Result};
 use zeroize::Zeroizing;
 
@@ -79,6 +79,17 @@ impl fmt::Debug for JobRelease {
     }
 }
 
+/// What one turn of [`Cards::settle_and_claim`] did.
+#[derive(Debug)]
+pub struct Settled {
+    /// One result a job marked sent, in the order asked, as [`Cards::mark_sent_many`] gives
+    /// them.
+    pub sent: Vec<Result<Job>>,
+    /// The jobs claimed, each with its release or why not, as [`Cards::claim_and_release`]
+    /// gives them.
+    pub claimed: Vec<(Job, Result<JobRelease>)>,
+}
+
 impl Cards {
     /// The codes, destination and holder's name for job `job_id`, which must be `sending`
     /// (claimed by the caller): the release of [`Cards::claim_and_release`] for one job already
@@ -113,7 +124,7 @@ impl Cards {
     /// before this returns. A job refused for the card's state comes back `cancelled` (with
     /// its reason and a `dispatch.cancel` event, in the same commit): nothing more to do. A
     /// job refused otherwise stays `sending` with its error and no event: the caller marks it
-    /// failed.
+    /// failed. [`Cards::settle_and_claim`] with no job to mark sent.
     ///
     /// # Errors
     /// For the whole call: store and audit errors (then nothing is claimed or released). For
@@ -127,32 +138,63 @@ impl Cards {
         limit: usize,
         today: Date,
     ) -> Result<Vec<(Job, Result<JobRelease>)>> {
+        Ok(self
+            .settle_and_claim(hsm, audit, &[], &[(channel, limit)], now_ms, today)?
+            .claimed)
+    }
+
+    /// One turn of a delivery worker in one commit: marks the jobs of `sent` sent (as
+    /// [`Cards::mark_sent_many`]: `sending` → `sent` with the courier's id and a
+    /// `dispatch.sent` event each), then, for each `(channel, limit)` of `claims`, claims and
+    /// releases up to `limit` due jobs of that channel (as [`Cards::claim_and_release`]). The
+    /// marks, the claims, the releases and every event are one store write and one flush,
+    /// durable before this returns: so the outcome of a message already sent is durable no
+    /// later than the release of the next one, and a worker that gives a job's slot to a new
+    /// job in the same turn keeps the number of messages sent but not durably marked within
+    /// its cap.
+    ///
+    /// # Errors
+    /// For the whole call: store and audit errors (then nothing is marked, claimed or
+    /// released). For a job: as [`Cards::mark_sent_many`] and [`Cards::release_for_job`].
+    pub fn settle_and_claim(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        sent: &[(u64, String)],
+        claims: &[(Channel, usize)],
+        now_ms: u64,
+        today: Date,
+    ) -> Result<Settled> {
         let ops = self.ops_lock();
         let mut b = Batch::new();
-        let jobs = self.claim_into(now_ms, &[channel], limit, &mut b)?;
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut events = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let actor = Actor::system(format!("dispatch-job-{}", job.id));
-            match self.release_checked(hsm, audit, job.clone(), today, &actor) {
-                Ok((pending, event)) => {
-                    events.push(event);
-                    out.push((job, Ok(pending)));
-                }
-                Err(Stop::Fail(e @ Error::Storage(_))) => return Err(e),
-                Err(Stop::Fail(e)) => out.push((job, Err(e))),
-                Err(Stop::Cancel(reason, e)) => {
-                    let mut cancelled = job.clone();
-                    cancelled.state = JobState::Cancelled;
-                    cancelled.cancel_reason = Some(reason.clone());
-                    cancelled.updated_ms = now_ms;
-                    put_job(&mut b, Some(&job), &cancelled)?;
-                    events.push(
-                        job_event("dispatch.cancel", &cancelled)
-                            .detail("reason", reason)
-                            .detail("attempt", cancelled.attempts.to_string()),
-                    );
-                    out.push((cancelled, Err(e)));
+        let mut events = Vec::new();
+        let marked = self.sent_into(sent, &mut b, &mut events)?;
+        let mut out = Vec::new();
+        for &(channel, limit) in claims {
+            let jobs = self.claim_into(now_ms, &[channel], limit, &mut b)?;
+            out.reserve(jobs.len());
+            for job in jobs {
+                let actor = Actor::system(format!("dispatch-job-{}", job.id));
+                match self.release_checked(hsm, audit, job.clone(), today, &actor) {
+                    Ok((pending, event)) => {
+                        events.push(event);
+                        out.push((job, Ok(pending)));
+                    }
+                    Err(Stop::Fail(e @ Error::Storage(_))) => return Err(e),
+                    Err(Stop::Fail(e)) => out.push((job, Err(e))),
+                    Err(Stop::Cancel(reason, e)) => {
+                        let mut cancelled = job.clone();
+                        cancelled.state = JobState::Cancelled;
+                        cancelled.cancel_reason = Some(reason.clone());
+                        cancelled.updated_ms = now_ms;
+                        put_job(&mut b, Some(&job), &cancelled)?;
+                        events.push(
+                            job_event("dispatch.cancel", &cancelled)
+                                .detail("reason", reason)
+                                .detail("attempt", cancelled.attempts.to_string()),
+                        );
+                        out.push((cancelled, Err(e)));
+                    }
                 }
             }
         }
@@ -162,18 +204,24 @@ impl Cards {
             }
             // No release was granted (each granted one has its event): every job here failed
             // or was cancelled, and comes back with its error.
-            return Ok(out
-                .into_iter()
-                .filter_map(|(job, r)| r.err().map(|e| (job, Err(e))))
-                .collect());
+            return Ok(Settled {
+                sent: marked,
+                claimed: out
+                    .into_iter()
+                    .filter_map(|(job, r)| r.err().map(|e| (job, Err(e))))
+                    .collect(),
+            });
         }
         let written = audit.write_all(b, events)?;
         drop(ops);
         let receipt = audit.durable_release(written)?;
-        Ok(out
-            .into_iter()
-            .map(|(job, r)| (job, r.and_then(|p| p.open(&receipt))))
-            .collect())
+        Ok(Settled {
+            sent: marked,
+            claimed: out
+                .into_iter()
+                .map(|(job, r)| (job, r.and_then(|p| p.open(&receipt))))
+                .collect(),
+        })
     }
 
     /// One job's release and its event, not yet committed. Called with the ops lock held, with
@@ -225,7 +273,14 @@ impl Cards {
             }
             Err(e) => return Err(Stop::Fail(e)),
         };
-        if self.codes.locate(&serial).map_err(Stop::Fail)?.is_none() {
+        // The codes are found and decrypted once, here (sealed in `PendingCodes` until the
+        // release's event is durable); the card was checked `active` just above, under the
+        // same lock, so the gate's own checks ([`Cards::release_locked`]) are not made twice.
+        let Some(pending) = self
+            .codes
+            .pending_release(hsm, &serial)
+            .map_err(Stop::Fail)?
+        else {
             return Err(Stop::Cancel(
                 "codes_gone".into(),
                 Refusal::CodesNotHeld {
@@ -233,7 +288,7 @@ impl Cards {
                 }
                 .into(),
             ));
-        }
+        };
         let (holder, personal) = self.holder_of(hsm, &card).map_err(Stop::Fail)?;
         if let Some((reason, e)) = self.contact_problem(&card, &holder, &personal, job.channel) {
             return Err(Stop::Cancel(reason.to_owned(), e.into()));
@@ -261,16 +316,9 @@ impl Cards {
         })?;
         let name = Zeroizing::new(format!("{} {}", personal.given_names, personal.surname));
         drop(personal);
-        let (pending, event) = self
-            .release_locked(
-                hsm,
-                audit,
-                &serial,
-                &format!("dispatch job {job_id}"),
-                today,
-                actor,
-            )
-            .map_err(Stop::Fail)?;
+        let event = actor
+            .event(CODES_RELEASE_ACTION, serial)
+            .detail("for", format!("dispatch job {job_id}"));
         Ok((
             PendingJobRelease {
                 job,
@@ -318,7 +366,7 @@ mod tests {
     //! `card.codes_release` event for the job; a suspended card and a changed contact are refused.
 
     use crate::outbox::tests::{events, hand_over};
-    use crate::outbox::{Channel, Job};
+    use crate::outbox::{Channel, Job, JobState};
     use crate::outbox_release::ReleaseDestination;
     use crate::registry_parse::{CardEntry, HolderEntry};
     use crate::tests::{actor, cf, date, holder_activation, serial, today, World};
@@ -566,6 +614,113 @@ mod tests {
             let r = w.audit().verify().unwrap();
             assert!(r.intact(), "{r:?}");
         }
+    }
+
+    /// Issue 20: one delivery turn marks the jobs sent since the last turn and claims and
+    /// releases the next ones in one commit: every change and event lands together (the
+    /// `dispatch.sent` events first, each release's right after), a job named twice is marked
+    /// once, and a refused mark changes nothing else.
+    #[test]
+    fn settle_and_claim_marks_sent_and_releases_the_next_in_one_commit() {
+        let w = World::new();
+        let entry = HolderEntry {
+            first_line: 2,
+            codice_fiscale: cf(0),
+            given_names: "Nicolò".into(),
+            surname: "D'Angelo".into(),
+            birth_date: date("1985-12-10"),
+            email: Some("h0@example.it".into()),
+            mobile: Some("+393331234567".into()),
+            address: None,
+            deceased: false,
+            cards: (1..=3)
+                .map(|c| CardEntry {
+                    line: 2,
+                    serial: serial(c),
+                    expiry: date("2030-01-01"),
+                    replaced_by: None,
+                })
+                .collect(),
+        };
+        w.cms()
+            .import_registry(&*w.hsm, w.audit(), &[entry], today(), &actor())
+            .unwrap();
+        w.import_codes(&[serial(1), serial(2), serial(3)]);
+        for c in 1..=3 {
+            w.change(c, &holder_activation()).unwrap();
+            w.cms()
+                .request_dispatch(&*w.hsm, w.audit(), &serial(c), "email", today(), &actor())
+                .unwrap();
+        }
+        let now = u64::MAX / 2;
+        let first = w
+            .cms()
+            .claim_and_release(&*w.hsm, w.audit(), Channel::Email, now, 1, today())
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        let sent_job = first[0].0.id;
+        let seq_before = w.audit().durable_seq();
+        let turn = w
+            .cms()
+            .settle_and_claim(
+                &*w.hsm,
+                w.audit(),
+                &[
+                    (sent_job, "250-queued-1".into()),
+                    (sent_job, "250-queued-1".into()),
+                    (424_242, "x".into()),
+                ],
+                &[(Channel::Sms, 5), (Channel::Email, 5)],
+                now,
+                today(),
+            )
+            .unwrap();
+        assert_eq!(turn.sent.len(), 3);
+        assert_eq!(turn.sent[0].as_ref().unwrap().state, JobState::Sent);
+        assert_eq!(turn.sent[1].as_ref().unwrap().state, JobState::Sent);
+        assert!(matches!(
+            turn.sent[2],
+            Err(Error::Missing(Missing::Job(424_242)))
+        ));
+        assert_eq!(turn.claimed.len(), 2, "the two other e-mail jobs");
+        for (job, release) in &turn.claimed {
+            assert_eq!(job.state, JobState::Sending);
+            assert_eq!(release.as_ref().unwrap().job.id, job.id);
+            assert_ne!(job.id, sent_job);
+        }
+        assert_eq!(
+            w.cms().job(sent_job).unwrap().unwrap().state,
+            JobState::Sent
+        );
+        // One `dispatch.sent` event (the job named twice is marked once), then the two
+        // releases, all durable when the turn returns.
+        assert_eq!(count(&w, "dispatch.sent"), 1);
+        let sent_event = &events(&w, "dispatch.sent")[0];
+        assert_eq!(sent_event.seq, seq_before + 1);
+        let mut released: Vec<u64> = events(&w, "card.codes_release")
+            .iter()
+            .filter(|e| e.seq > seq_before)
+            .map(|e| e.seq)
+            .collect();
+        released.sort_unstable();
+        assert_eq!(released, [seq_before + 2, seq_before + 3]);
+        assert!(w.audit().durable_seq() >= seq_before + 3);
+        // Nothing is left to claim, and a turn with nothing to do writes nothing.
+        let idle = w
+            .cms()
+            .settle_and_claim(
+                &*w.hsm,
+                w.audit(),
+                &[],
+                &[(Channel::Email, 5)],
+                now,
+                today(),
+            )
+            .unwrap();
+        assert!(idle.sent.is_empty() && idle.claimed.is_empty());
+        assert_eq!(w.audit().durable_seq(), seq_before + 3);
+        let r = w.audit().verify().unwrap();
+        assert!(r.intact(), "{r:?}");
     }
 
     #[test]

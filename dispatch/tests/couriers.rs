@@ -225,6 +225,110 @@ async fn smtp_pool_checks_idle_connections_and_closes_stale_ones() {
     courier.close().await;
 }
 
+/// A relay on loopback that offers `PIPELINING` and answers a message's `MAIL` only once its
+/// `RCPT` and `DATA` have arrived too: a client that waits for each reply before the next
+/// command gets no answer. Records every command line it reads (the data excepted).
+async fn pipelining_only_relay() -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::AsyncBufReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (r, mut w) = socket.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        let mut seen = Vec::new();
+        w.write_all(b"220 relay.test ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            let command = line.trim_end().to_owned();
+            seen.push(command.clone());
+            let verb = command.to_ascii_uppercase();
+            if verb.starts_with("EHLO") {
+                w.write_all(b"250-relay.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                    .await
+                    .unwrap();
+            } else if verb.starts_with("MAIL") {
+                // The envelope's replies only once RCPT and DATA are in.
+                for _ in 0..2 {
+                    line.clear();
+                    r.read_line(&mut line).await.unwrap();
+                    seen.push(line.trim_end().to_owned());
+                }
+                w.write_all(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go on\r\n")
+                    .await
+                    .unwrap();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap() == 0 || line == ".\r\n" {
+                        break;
+                    }
+                }
+                w.write_all(b"250 2.0.0 Ok: queued as PIPE1\r\n")
+                    .await
+                    .unwrap();
+            } else if verb.starts_with("QUIT") {
+                w.write_all(b"221 bye\r\n").await.unwrap();
+                break;
+            } else {
+                w.write_all(b"250 ok\r\n").await.unwrap();
+            }
+        }
+        seen
+    });
+    (port, task)
+}
+
+/// Issue 20: the envelope's three commands go in one write when the relay offers
+/// `PIPELINING` (RFC 2920), halving the round trips of a message. Before, the courier waited
+/// for `MAIL`'s reply before sending `RCPT`, and timed out against this relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_pipelines_the_envelope_when_the_relay_offers_it() {
+    let (port, relay) = pipelining_only_relay().await;
+    let mut config = smtp_config(port, 1);
+    config.send_timeout = Duration::from_secs(3);
+    let courier = SmtpCourier::new(config).unwrap();
+    let (out, _, _) = email_job(7);
+    let sent = courier.send(&out).await.unwrap();
+    assert!(sent.peer_id.contains("PIPE1"), "{}", sent.peer_id);
+    courier.close().await;
+    let seen = relay.await.unwrap();
+    let envelope: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !c.starts_with("EHLO"))
+        .collect();
+    assert_eq!(envelope.len(), 4, "{seen:?}");
+    assert!(envelope[0].starts_with("MAIL FROM:<codici@regione.esempio.it>"));
+    assert_eq!(
+        envelope[1..],
+        ["RCPT TO:<holder7@example.it>", "DATA", "QUIT"]
+    );
+}
+
+/// A relay without `PIPELINING` (`smtp-sink -p`) gets one command at a time, and its
+/// refusals keep their stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_without_pipelining_sends_one_command_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &["-p"]).await;
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let (out, _, _) = email_job(8);
+    courier.send(&out).await.unwrap();
+    courier.close().await;
+    assert_eq!(read_dir_files(&tmp.path().join("mail")).len(), 1);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_sink, port) = smtp_sink(tmp.path(), true, &["-p", "-f", "RCPT"]).await;
+    let courier = SmtpCourier::new(smtp_config(port, 1)).unwrap();
+    let err = courier.send(&out).await.unwrap_err();
+    assert!(err.reason().starts_with("smtp rcpt: 5"), "{err}");
+    assert_eq!(err.code(), FailureReason::RejectedRecipient, "{err}");
+}
+
 #[tokio::test]
 async fn smtp_connection_refused_is_temporary() {
     let port = free_ports(1)[0];

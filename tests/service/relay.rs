@@ -429,6 +429,72 @@ async fn relay_without_starttls_pauses_the_lane_and_keeps_the_jobs() {
     running.stop().await;
 }
 
+/// The releases of dispatch jobs' codes so far (`card.codes_release` events for a job).
+fn job_releases(state: &AppState) -> usize {
+    state
+        .audit
+        .query(&vault::Query {
+            action: Some("card.codes_release".into()),
+            limit: 1000,
+            ..vault::Query::default()
+        })
+        .unwrap()
+        .events
+        .iter()
+        .filter(|e| {
+            e.details
+                .get("for")
+                .is_some_and(|f| f.starts_with("dispatch job"))
+        })
+        .count()
+}
+
+/// Issue 20 (last item): while the relay stays down, each pause of the lane ends with one job
+/// tried (one release of one card's codes), not with every queued job claimed and released
+/// again: the audit chain does not grow by a lane's worth of `card.codes_release` events at
+/// every pause. Before, both jobs were released again after each pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_lane_tries_one_job_after_each_pause_not_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir(&sink_dir).unwrap();
+    let (_sink, port) = smtp_sink(&sink_dir, true, &[]).await;
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::start(
+        data,
+        |_| {
+            let c = config(port, SmtpSecurity::StartTls, None);
+            vec![(
+                Channel::Email,
+                Arc::new(SmtpCourier::new(c).unwrap()) as Arc<dyn Courier>,
+            )]
+        },
+        two_email_jobs,
+    )
+    .await;
+    both_paused(&running, "tls_unavailable").await;
+    let stats = running.state.delivery.clone().unwrap().stats.clone();
+    // Pauses of 1 s, then 2 s: the third starts about 3 s in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats.lane_pauses.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the lane did not pause three times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pauses = stats.lane_pauses.load(std::sync::atomic::Ordering::Relaxed);
+    let releases = job_releases(&running.state);
+    // Both jobs at the start (the lane was not paused yet), then one a pause (and perhaps
+    // one more whose pause has not started yet).
+    assert!(
+        releases <= 2 + pauses as usize,
+        "{releases} releases for {pauses} pauses"
+    );
+    both_paused(&running, "tls_unavailable").await;
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_with_an_unknown_ca_pauses_then_every_job_goes_out_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -161,6 +161,9 @@ struct Conn {
     conn: AsyncSmtpConnection,
     /// The relay announced `DSN` (RFC 3461): `RET=HDRS` and `NOTIFY=FAILURE` are sent.
     dsn: bool,
+    /// The relay announced `PIPELINING` (RFC 2920): `MAIL`, `RCPT` and `DATA` go in one
+    /// write, and their replies are read after it.
+    pipelining: bool,
 }
 
 struct Idle {
@@ -319,10 +322,14 @@ impl SmtpCourier {
                 .command(Ehlo::new(self.hello.clone()))
                 .await
                 .map_err(|e| classify(Stage::Greeting, &e))?;
-            let dsn = ehlo
-                .message()
-                .skip(1)
-                .any(|l| l.split_whitespace().next() == Some("DSN"));
+            let offers = |keyword: &str| {
+                ehlo.message().skip(1).any(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+                })
+            };
+            let (dsn, pipelining) = (offers("DSN"), offers("PIPELINING"));
             if let Some((user, password)) = &self.config.auth {
                 if !conn.is_encrypted() && !matches!(self.tls, TlsMode::Implicit(..)) {
                     conn.abort().await;
@@ -337,7 +344,11 @@ impl SmtpCourier {
                     .await
                     .map_err(|e| classify(Stage::Auth, &e))?;
             }
-            Ok(Conn { conn, dsn })
+            Ok(Conn {
+                conn,
+                dsn,
+                pipelining,
+            })
         };
         let conn = tokio::time::timeout(limit, setup)
             .await
@@ -480,16 +491,34 @@ impl SmtpCourier {
                 value: Some("FAILURE".into()),
             });
         }
+        let mail = Mail::new(Some(self.return_path.clone()), mail_params);
+        let rcpt = Rcpt::new(to_address.clone(), rcpt_params);
         let c = &mut conn.conn;
-        c.command(Mail::new(Some(self.return_path.clone()), mail_params))
-            .await
-            .map_err(|e| classify(Stage::Mail, &e))?;
-        c.command(Rcpt::new(to_address.clone(), rcpt_params))
-            .await
-            .map_err(|e| classify(Stage::Rcpt, &e))?;
-        c.command(Data)
-            .await
-            .map_err(|e| classify(Stage::Data, &e))?;
+        if conn.pipelining {
+            // One write for the three commands, then their replies in order. A refusal ends
+            // the exchange: the caller closes the connection, so the replies not read yet
+            // (RFC 2920 answers `RCPT` and `DATA` after a refused `MAIL` with 503/554) are
+            // never taken for the next message's.
+            c.command(Envelope(&mail, &rcpt))
+                .await
+                .map_err(|e| classify(Stage::Mail, &e))?;
+            c.read_response()
+                .await
+                .map_err(|e| classify(Stage::Rcpt, &e))?;
+            c.read_response()
+                .await
+                .map_err(|e| classify(Stage::Data, &e))?;
+        } else {
+            c.command(mail)
+                .await
+                .map_err(|e| classify(Stage::Mail, &e))?;
+            c.command(rcpt)
+                .await
+                .map_err(|e| classify(Stage::Rcpt, &e))?;
+            c.command(Data)
+                .await
+                .map_err(|e| classify(Stage::Data, &e))?;
+        }
         c.message(mime.expose_secret())
             .await
             .map_err(|e| classify(Stage::Data, &e))
@@ -511,6 +540,16 @@ impl Courier for SmtpCourier {
                 "smtp courier carries e-mails to e-mail addresses only",
             )),
         }
+    }
+}
+
+/// `MAIL`, `RCPT` and `DATA` as one pipelined group (RFC 2920: `DATA` last): each command's
+/// own text (lettre's, with its CRLF), one after the other.
+struct Envelope<'a>(&'a Mail, &'a Rcpt);
+
+impl fmt::Display for Envelope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{}", self.0, self.1, Data)
     }
 }
 
