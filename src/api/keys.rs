@@ -132,7 +132,7 @@ pub struct RekeyHandOut {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ApproveRequest {
+pub(super) struct ApproveRequest {
     #[serde(default)]
     shares: Vec<SecretString>,
     /// The KCV the approver expects the named key to have (from the ceremony log).
@@ -162,7 +162,7 @@ async fn status(State(state): State<AppState>, _caller: Caller) -> Result<Respon
 
 /// Reads `{"op": …, …, "reason": "…"}`: the reason apart, the rest as an [`Operation`]. Errors
 /// name the field, never quote the body.
-fn parse_proposal(body: serde_json::Value) -> Result<(Operation, String), ApiError> {
+pub(super) fn parse_proposal(body: serde_json::Value) -> Result<(Operation, String), ApiError> {
     let serde_json::Value::Object(mut map) = body else {
         return Err(ApiError::bad_request(
             "request body: expected a JSON object {\"op\": …, \"reason\": …}",
