@@ -618,6 +618,17 @@ mod tests {
         );
     }
 
+    /// The fuzz target `api_json`'s echo check: a print run's plan `counter(N)+…` with a long
+    /// N was refused with N repeated (`counter(12345678) leaves nothing for part B`).
+    #[test]
+    fn a_refused_plan_repeats_no_digits() {
+        for text in ["counter(12345678)+sms", "whole 12345678", "counter(99)+sms"] {
+            let e = plan_for_policy(&vault::CodePolicy::CNS, "plan", text).unwrap_err();
+            assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+            assert!(!e.message().contains("345"), "{text}: {}", e.message());
+        }
+    }
+
     #[test]
     fn page_names_show_only_the_last_four() {
         assert_eq!(page_name("80380001234567890123"), "counter-page-0123.pdf");
