@@ -7,6 +7,8 @@
 #   bash scripts/fuzz-replay.sh                          # every target, 20 s each
 #   FUZZ_SECONDS=600 nice -n 19 bash scripts/fuzz-replay.sh plan   # one target, 10 minutes
 #
+# Not yet called by scripts/test.sh (see fuzz/README.md).
+#
 # A crash or a failed property stops the script with libFuzzer's report; the input is kept in
 # fuzz/artifacts/TARGET/ (replay it with `cargo fuzz run -s none TARGET FILE`).
 set -euo pipefail

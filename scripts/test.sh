@@ -87,13 +87,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked -- "${filter[@]}"
 
-# The fuzz targets (fuzz/, outside the workspace): every committed corpus replayed, then each
-# target fuzzed for FUZZ_SECONDS (default 20) (skipped with a filter).
-if [ ${#filter[@]} -eq 0 ]; then
-  log "fuzz targets (scripts/fuzz-replay.sh)"
-  bash scripts/fuzz-replay.sh
-fi
-
 # The Debian package of the test build: built, installed, checked, run as its user, removed
 # (skipped when not root, or with a filter).
 if [ ${#filter[@]} -eq 0 ]; then
