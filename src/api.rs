@@ -33,6 +33,9 @@ pub mod dlr;
 mod docs;
 pub mod error;
 mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 pub mod holders;
 pub mod keys;

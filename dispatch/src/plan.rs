@@ -132,6 +132,9 @@ impl fmt::Display for Channel {
     }
 }
 
+/// Most digits in the N of `counter(N)`.
+const MAX_N_DIGITS: usize = 2;
+
 /// A delivery plan, parsed from its text form (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -155,7 +158,6 @@ impl Plan {
         let lead = text.len() - text.trim_start().len();
         let s = text.trim();
         let syntax = |at: usize, reason: &'static str| Error::PlanSyntax {
-            plan: text.to_owned(),
             at: text[..(lead + at).min(text.len())].chars().count(),
             reason,
         };
@@ -169,6 +171,11 @@ impl Plan {
         let n_len = rest.bytes().take_while(u8::is_ascii_digit).count();
         if n_len == 0 {
             return Err(syntax(at_n, "expected a number of digits"));
+        }
+        // One or two digits, as in the outbox's grammar (`cards::DispatchPlan`): no code is
+        // longer than 16 digits, and a longer N would be repeated back in the errors.
+        if n_len > MAX_N_DIGITS {
+            return Err(syntax(at_n, "number of digits too large (1 to 99)"));
         }
         let digits: usize = rest[..n_len]
             .parse()
@@ -449,6 +456,31 @@ mod tests {
             Plan::parse("counter(0)+sms"),
             Err(Error::CounterDigits { n: 0, .. })
         ));
+    }
+
+    /// The fuzz target `plan`'s echo check: a refused plan was quoted whole, and `counter(N)`
+    /// took any N, which `parts` then repeated (`got N`): a code pasted into the field came
+    /// back in the error. N is now 1 or 2 digits, as in the outbox's grammar.
+    #[test]
+    fn refusals_never_repeat_digits_of_the_plan() {
+        let e = Plan::parse("counter(2)+sms 80380000123456").unwrap_err();
+        assert!(!e.to_string().contains("123456"), "{e}");
+        for text in [
+            "counter(12345678)+sms",
+            "counter(100)+sms",
+            "counter(007)+email",
+        ] {
+            let e = Plan::parse(text).unwrap_err();
+            assert!(matches!(e, Error::PlanSyntax { at: 8, .. }), "{text}: {e}");
+            assert!(!e.to_string().contains("00"), "{text}: {e}");
+        }
+        assert_eq!(
+            Plan::parse("counter(07)+sms").unwrap(),
+            Plan::Counter {
+                digits: 7,
+                remote: Channel::Sms
+            }
+        );
     }
 
     #[test]

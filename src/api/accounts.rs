@@ -54,7 +54,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub(super) struct CreateRequest {
     name: String,
     role: String,
 }
@@ -82,7 +82,7 @@ struct NewToken {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PasswordRequest {
+pub(super) struct PasswordRequest {
     password: SecretString,
 }
 

@@ -165,7 +165,7 @@ pub(crate) async fn verify(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PruneRequest {
+pub(super) struct PruneRequest {
     older_than_days: Option<u32>,
 }
 

@@ -364,7 +364,7 @@ struct RangeBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GenerateBody {
+pub(super) struct GenerateBody {
     #[serde(default)]
     serials: Option<Vec<String>>,
     #[serde(default)]

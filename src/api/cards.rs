@@ -209,11 +209,11 @@ impl From<CardStatus> for CardView {
 /// The body of a suspension or revocation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
+pub(super) struct ReasonBody {
     reason: String,
 }
 
-fn reason(body: &ReasonBody) -> Result<Reason, ApiError> {
+pub(super) fn reason(body: &ReasonBody) -> Result<Reason, ApiError> {
     Ok(Reason::parse(body.reason.trim())?)
 }
 

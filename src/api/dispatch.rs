@@ -227,16 +227,20 @@ pub struct DispatchBody {
 /// The body of a resend.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ResendBody {
+pub(super) struct ResendBody {
     part: String,
 }
 
 /// Checks a plan before the vault sees it: it parses, and a `counter(N)` leaves digits for
 /// part B of the shortest code the policy allows. `422 invalid` otherwise.
 fn check_plan(state: &AppState, text: &str) -> Result<(), ApiError> {
+    check_plan_for(&state.import_rules.policy, text)
+}
+
+/// [`check_plan`] under the code policy `policy`.
+pub(super) fn check_plan_for(policy: &vault::CodePolicy, text: &str) -> Result<(), ApiError> {
     let plan = DispatchPlan::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?;
     if let DispatchPlan::Split { digits, .. } = plan {
-        let policy = state.import_rules.policy;
         let shortest = u32::from(policy.pin.min.min(policy.puk.min));
         if digits >= shortest {
             return Err(ApiError::invalid(format!(

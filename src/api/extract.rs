@@ -60,12 +60,16 @@ where
             }
         })?;
         let mut buf: Vec<u8> = bytes.into();
-        let parsed = serde_json::from_slice::<T>(&buf);
+        let parsed = from_json::<T>(&buf);
         buf.zeroize();
-        parsed
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(describe(&e)))
+        parsed.map(JsonBody)
     }
+}
+
+/// A body parsed from JSON, or `400 bad_request` describing what is wrong by position, never
+/// quoting the body: the one parse of [`JsonBody`] and [`parse_json`].
+pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(bytes).map_err(|e| ApiError::bad_request(describe(&e)))
 }
 
 /// An id from a path segment, a query parameter or a body field named `field` (a card serial,
@@ -117,7 +121,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     if !is_json(headers) {
         return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
-    serde_json::from_slice::<T>(bytes).map_err(|e| ApiError::bad_request(describe(&e)))
+    from_json(bytes)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -49,7 +49,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 /// The body of a search. No `Debug`: it holds personal data.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchBody {
+pub(super) struct SearchBody {
     codice_fiscale: Option<String>,
     surname: Option<String>,
     birth_date: Option<String>,
@@ -120,7 +120,7 @@ fn holder_id(text: &str) -> Result<&str, ApiError> {
 }
 
 /// The search key of a body, checked. Errors name the field, never its value.
-fn search_key(body: &SearchBody) -> Result<SearchKey, ApiError> {
+pub(super) fn search_key(body: &SearchBody) -> Result<SearchKey, ApiError> {
     search_key_of(
         body.codice_fiscale.as_deref(),
         body.surname.as_deref(),

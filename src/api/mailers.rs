@@ -174,9 +174,17 @@ fn check_recipients(setup: &PrintSetup) -> Result<(), ApiError> {
 
 /// A plan's text, parsed, and checked against the shortest codes the policy allows.
 fn parse_plan(state: &AppState, field: &str, text: &str) -> Result<Plan, ApiError> {
+    plan_for_policy(&state.import_rules.policy, field, text)
+}
+
+/// [`parse_plan`] under the code policy `policy`.
+pub(super) fn plan_for_policy(
+    policy: &vault::CodePolicy,
+    field: &str,
+    text: &str,
+) -> Result<Plan, ApiError> {
     let plan = Plan::parse(text).map_err(|e| invalid(format!("{field}: {e}")))?;
     if let Plan::Counter { digits, .. } = plan {
-        let policy = state.import_rules.policy;
         let shortest = usize::from(policy.pin.min.min(policy.puk.min));
         if digits >= shortest {
             return Err(invalid(format!(
@@ -188,7 +196,7 @@ fn parse_plan(state: &AppState, field: &str, text: &str) -> Result<Plan, ApiErro
 }
 
 /// The part name of `plan` that `text` names (`whole`, or `A`/`B` of a split plan).
-fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
+pub(super) fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
     let t = text.trim();
     match plan {
         Plan::Whole if t.eq_ignore_ascii_case("whole") => Ok("whole"),
@@ -202,14 +210,14 @@ fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
 /// The body of `POST /v1/mailers/runs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RunBody {
+pub(super) struct RunBody {
     batch: Option<String>,
     serials: Option<Vec<String>>,
     #[serde(default)]
     reprint: Reprint,
     label: Option<String>,
-    plan: Option<String>,
-    part: Option<String>,
+    pub(super) plan: Option<String>,
+    pub(super) part: Option<String>,
 }
 
 /// `202`'s body.
@@ -376,7 +384,7 @@ struct OutcomeEntry {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OutcomesBody {
+pub(super) struct OutcomesBody {
     outcomes: Vec<OutcomeEntry>,
 }
 
@@ -478,7 +486,7 @@ async fn card_mailers(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CounterBody {
+pub(super) struct CounterBody {
     /// If given, must be the plan of the card's dispatch in force.
     plan: Option<String>,
     /// Prints part A again (it was already handed over).
@@ -608,6 +616,17 @@ mod tests {
             parse_part(&split, "whole").unwrap_err().status(),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    /// The fuzz target `api_json`'s echo check: a print run's plan `counter(N)+…` with a long
+    /// N was refused with N repeated (`counter(12345678) leaves nothing for part B`).
+    #[test]
+    fn a_refused_plan_repeats_no_digits() {
+        for text in ["counter(12345678)+sms", "whole 12345678", "counter(99)+sms"] {
+            let e = plan_for_policy(&vault::CodePolicy::CNS, "plan", text).unwrap_err();
+            assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+            assert!(!e.message().contains("345"), "{text}: {}", e.message());
+        }
     }
 
     #[test]

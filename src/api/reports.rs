@@ -51,7 +51,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 /// The body of a new report. No `Debug`: free text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OpenBody {
+pub(super) struct OpenBody {
     card: Option<String>,
     title: String,
     text: String,
@@ -60,14 +60,14 @@ struct OpenBody {
 /// The body of a comment or a closing.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TextBody {
+pub(super) struct TextBody {
     text: String,
 }
 
 /// The body of an assignment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AssignBody {
+pub(super) struct AssignBody {
     assignee: String,
 }
 

@@ -148,7 +148,7 @@ impl UnsealRate {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UnsealRequest {
+pub(super) struct UnsealRequest {
     #[serde(default)]
     share: Option<SecretString>,
     #[serde(default)]

@@ -778,8 +778,7 @@ impl CodeVault {
                 ))
             })?;
             let seg = Segment::parse(&bytes)?;
-            if let Some(i) = seg.find(s)? {
-                let (counter, sealed) = seg.record(i)?;
+            if let Some((counter, sealed)) = seg.lookup(s)? {
                 return Ok(Some((run.batch, seg.key(), counter, sealed.to_vec())));
             }
         }

@@ -213,6 +213,51 @@ fn sniff<R: Read>(r: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
     Ok(prefix)
 }
 
+/// The bytes of an upload to the parser: an age file (recognised by its first bytes, see
+/// [`age::is_age`]) is decrypted on the way with the identity that `identity` gives, which is
+/// asked for only then; a clear file is read through a [`ZeroizingBufReader`]. Returns how the
+/// parse ended and whether the file was age-encrypted.
+///
+/// A header that does not open is a [`ParseFailure::Rejected`] of the whole file; a failure of
+/// `identity` is a [`ParseFailure::Callback`] (not the file's fault).
+pub(crate) fn parse_upload<R: Read>(
+    mut reader: R,
+    rules: &ParseRules,
+    identity: impl FnOnce() -> Result<age::ImportIdentity>,
+    mut on_card: impl FnMut(parse::CardLine<'_>) -> Result<()>,
+) -> (std::result::Result<parse::ParseSummary, ParseFailure>, bool) {
+    // An age file starts with its header; a clear one with a header line or a card (the
+    // first bytes hold at most part of one serial and, for a very short file, codes: they are
+    // wiped with the prefix).
+    let prefix = match sniff(&mut reader, age::SNIFF_LEN) {
+        Ok(prefix) => zeroize::Zeroizing::new(prefix),
+        Err(e) => return (Err(ParseFailure::Io(e.to_string())), false),
+    };
+    let whole = std::io::Cursor::new(&prefix[..]).chain(reader);
+    if !age::is_age(&prefix) {
+        let clear = ZeroizingBufReader::with_capacity(256 * 1024, whole);
+        return (parse(clear, rules, &mut on_card), false);
+    }
+    let parsed = match identity() {
+        Err(e) => Err(ParseFailure::Callback(e)),
+        Ok(identity) => match identity.decrypt(whole) {
+            Ok(clear) => {
+                drop(identity);
+                parse(clear, rules, &mut on_card)
+            }
+            Err(e) => Err(ParseFailure::Rejected(parse::Report {
+                problems: vec![parse::LineProblem {
+                    line: 0,
+                    field: parse::Field::File,
+                    message: message(&e),
+                }],
+                total: 1,
+            })),
+        },
+    };
+    (parsed, true)
+}
+
 /// Where an import takes its rules and keeps its codes.
 #[derive(Debug, Clone, Copy)]
 pub struct ImportContext<'a> {
@@ -262,8 +307,7 @@ pub fn import_file<R: Read>(
         source_failed: false,
         progress,
     };
-    let mut encrypted = false;
-    let mut on_card = |card: parse::CardLine<'_>| {
+    let on_card = |card: parse::CardLine<'_>| {
         let codes = CardCodes {
             pin: card.pin,
             puk: card.puk,
@@ -271,42 +315,12 @@ pub fn import_file<R: Read>(
         };
         stager.push(card.line, card.serial, &codes)
     };
-    // An age file starts with its header; a clear one with a header line or a card (the
-    // first bytes hold at most part of one serial and, for a very short file, codes: they are
-    // wiped with the prefix).
-    let parsed = match sniff(&mut counting, age::SNIFF_LEN) {
-        Err(e) => Err(ParseFailure::Io(e.to_string())),
-        Ok(prefix) => {
-            let prefix = zeroize::Zeroizing::new(prefix);
-            let whole = std::io::Cursor::new(&prefix[..]).chain(&mut counting);
-            if age::is_age(&prefix) {
-                encrypted = true;
-                match ctx.vault.import_identity(ctx.hsm, ctx.audit) {
-                    Ok(identity) => match identity.decrypt(whole) {
-                        Ok(clear) => {
-                            drop(identity);
-                            parse(clear, &rules, &mut on_card)
-                        }
-                        Err(e) => Err(ParseFailure::Rejected(parse::Report {
-                            problems: vec![parse::LineProblem {
-                                line: 0,
-                                field: parse::Field::File,
-                                message: message(&e),
-                            }],
-                            total: 1,
-                        })),
-                    },
-                    Err(e) => Err(ParseFailure::Callback(e)),
-                }
-            } else {
-                parse(
-                    ZeroizingBufReader::with_capacity(256 * 1024, whole),
-                    &rules,
-                    &mut on_card,
-                )
-            }
-        }
-    };
+    let (parsed, encrypted) = parse_upload(
+        &mut counting,
+        &rules,
+        || ctx.vault.import_identity(ctx.hsm, ctx.audit),
+        on_card,
+    );
     let bytes = counting.read;
     let summary = match parsed {
         Ok(s) => s,

@@ -140,3 +140,57 @@ pub mod bench {
     };
     pub use crate::import::parse::{parse, ParseRules};
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the segment codec, and an
+/// upload's path from its bytes to the parser (age files decrypted on the way) without a store
+/// or an HSM. Not for the service.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::codes::record::MAX_RECORD_LEN;
+    pub use crate::codes::segment::{
+        encode as encode_segment, SealedRecord, Segment, SEGMENT_RECORDS,
+    };
+    pub use crate::import::age::{Decrypted, ImportIdentity};
+
+    use crate::{
+        CardCodes, CardLine, DataKey, Error, Opener, ParseFailure, ParseRules, ParseSummary, Result,
+    };
+
+    /// A card's codes from one stored segment, read as the code vault reads them: the
+    /// segment's lookup, then the record opened and unpacked. `Ok(None)` when the segment does
+    /// not hold `serial`.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a damaged segment, [`Error::Integrity`] for a record that does
+    /// not open (or a segment of another key than `opener`'s).
+    pub fn open_from_segment(
+        bytes: &[u8],
+        serial: &str,
+        opener: &Opener,
+    ) -> Result<Option<CardCodes>> {
+        let seg = Segment::parse(bytes)?;
+        let Some((counter, sealed)) = seg.lookup(serial.as_bytes())? else {
+            return Ok(None);
+        };
+        if seg.key() != opener.key_id() {
+            // The vault opens a record with its segment's key: another key does not open it.
+            return Err(Error::Integrity);
+        }
+        let clear = opener.open_detached(serial, counter, sealed)?;
+        CardCodes::unpack(clear.expose_secret()).map(Some)
+    }
+
+    /// An upload's bytes through the import's own path to the parser ([`crate::import_file`]
+    /// without the store): an age file, recognised by its first bytes, is decrypted with the
+    /// identity of the import key `key`. Returns how the parse ended and whether the file was
+    /// age-encrypted.
+    pub fn parse_upload(
+        bytes: &[u8],
+        key: &DataKey,
+        rules: &ParseRules,
+        on_card: impl FnMut(CardLine<'_>) -> Result<()>,
+    ) -> (std::result::Result<ParseSummary, ParseFailure>, bool) {
+        crate::import::parse_upload(bytes, rules, || ImportIdentity::from_data_key(key), on_card)
+    }
+}

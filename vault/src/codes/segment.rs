@@ -191,13 +191,13 @@ impl<'a> Segment<'a> {
     }
 
     /// Number of records.
-    #[cfg(any(test, feature = "bench"))]
+    #[cfg(any(test, feature = "bench", feature = "fuzzing"))]
     pub fn len(&self) -> usize {
         self.count
     }
 
     /// Never true for a parsed segment.
-    #[cfg(any(test, feature = "bench"))]
+    #[cfg(any(test, feature = "bench", feature = "fuzzing"))]
     #[cfg_attr(test, allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -276,6 +276,18 @@ impl<'a> Segment<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// The nonce counter and `ciphertext | tag` of `serial`, if this segment holds it (the
+    /// code vault's lookup: [`Segment::find`], then [`Segment::record`]).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a damaged segment.
+    pub fn lookup(&self, serial: &[u8]) -> Result<Option<(u32, &'a [u8])>> {
+        match self.find(serial)? {
+            Some(i) => self.record(i).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Record `i`: its nonce counter and `ciphertext | tag`.
