@@ -28,9 +28,7 @@
 //! there was one. It ends with one line:
 //! `soak minutes=… requests=… p99_ms=… unexpected_errors=… rss_start_mib=… rss_end_mib=… rss_growth_pct=…`
 
-#[path = "../../dispatch/tests/support/peers.rs"]
-mod peers;
-
+use super::dispatch::peers;
 use super::population::{address, codice_fiscale, import, name, registry};
 use super::server::{bench_actor, client_runtime, fresh_unsealed, Fresh};
 use super::{in_work_dir, serial, status_mib, TestRng};

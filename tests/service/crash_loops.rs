@@ -383,7 +383,7 @@ async fn step(api: &Api, m: &mut Model, op: Op) -> Result<(), String> {
                 registered: Known::No,
             });
             m.under_way = Some("import");
-            let gen = m.gens.last().map(Gen::cards).unwrap_or(1..=0);
+            let gen = (g - 1) * K + 1..=g * K;
             let reply = api
                 .call(
                     "manufacturer",
