@@ -87,6 +87,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked -- "${filter[@]}"
 
+# A one-minute soak (issue 21): a fixed offered mix of card statuses, holder searches,
+# lifecycle changes and e-mail dispatches (into smtp-sink) against the service on loopback, on
+# the debug build the tests just made; fails on any unexpected error. Skipped with a filter.
+if [ ${#filter[@]} -eq 0 ]; then
+  log "plico-bench soak --minutes 1"
+  cargo run -p plico-bench --locked --quiet -- soak --minutes 1
+fi
+
 # The Debian package of the test build: built, installed, checked, run as its user, removed
 # (skipped when not root, or with a filter).
 if [ ${#filter[@]} -eq 0 ]; then

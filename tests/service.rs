@@ -15,7 +15,9 @@
 //! reports endpoint are in `service/delivery.rs`; the crash test of 10,000 e-mail jobs (the
 //! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`; the
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
-//! `service/print_crash.rs`. Key
+//! `service/print_crash.rs`; the crash loops of a mixed workload (imports, registry, lifecycle,
+//! dispatches through smtp-sink and Kannel, print runs, rotations) killed at random moments and
+//! checked against what was acknowledged in `service/crash_loops.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
 //! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
 //! written by an older `plico` (a committed fixture) opened and served by today's binary, the
@@ -40,6 +42,8 @@ mod cli_conventions;
 mod cms;
 #[path = "service/config_check.rs"]
 mod config_check;
+#[path = "service/crash_loops.rs"]
+mod crash_loops;
 // Not `mod dispatch`: that would hide the `dispatch` crate from the other modules.
 #[path = "service/console.rs"]
 mod console;

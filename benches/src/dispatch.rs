@@ -22,7 +22,7 @@
 //! `dispatch per_s=… baseline_per_s=… baseline_ratio=… requests_per_s=… sms_per_s=… sms_baseline_per_s=… sms_baseline_ratio=…`
 
 #[path = "../../dispatch/tests/support/peers.rs"]
-mod peers;
+pub(crate) mod peers;
 
 use super::population::{import, registry};
 use super::{dev_hsm, in_work_dir, per_s, serial};

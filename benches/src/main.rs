@@ -32,7 +32,9 @@
 //! durable audit appends from N threads against one appender (see `audit.rs`);
 //! `plico-bench registry --holders N` a registry import over HTTP (see `registry.rs`);
 //! `plico-bench api --seconds S` card status and holder search over HTTP against `/healthz`
-//! (see `api.rs`).
+//! (see `api.rs`); `plico-bench soak --minutes M` a fixed offered mix of reads, lifecycle
+//! changes and dispatches for M minutes, with latency, errors and resident memory (see
+//! `soak.rs`).
 
 mod api;
 mod audit;
@@ -44,6 +46,7 @@ mod population;
 mod registry;
 mod rotate;
 mod server;
+mod soak;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -110,6 +113,10 @@ pub enum BenchCommand {
     /// Back up a store of N imported cards (sealed archive) and restore it, against a bare
     /// scan of the store.
     Backup(backup::BackupBench),
+    /// A fixed offered mix of card statuses, holder searches, lifecycle changes and e-mail
+    /// dispatches for M minutes: latency per kind, errors by status, memory after a warm-up
+    /// and at the end.
+    Soak(soak::SoakBench),
 }
 
 /// `plico-bench import` arguments.
@@ -229,6 +236,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Registry(a) => registry::run(&a),
         BenchCommand::Api(a) => api::run(&a),
         BenchCommand::Backup(a) => backup::run(&a),
+        BenchCommand::Soak(a) => soak::run(&a),
     }
 }
 
