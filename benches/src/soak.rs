@@ -15,7 +15,9 @@
 //!    card statuses (`GET /v1/cards/{serial}`, random card), 3 holder searches by codice
 //!    fiscale (`POST /v1/holders/search`, random holder), 6 lifecycle changes (the next card of
 //!    the lifecycle pool, round robin, gets what its state allows: `activate` when issued,
-//!    `suspend` when active, `reactivate` when suspended) and 2 `email` dispatches (the next
+//!    `suspend` when active, `reactivate` when suspended; a card with a request out is
+//!    skipped, and a card whose request failed leaves the pool, its state being unknown) and
+//!    2 `email` dispatches (the next
 //!    card of the dispatch pool). A request is sent on its tick whether or not the earlier
 //!    ones were answered, up to 256 outstanding (beyond that it is skipped and counted: the
 //!    offered rate was not served). The load generator is one thread of its own.
@@ -251,6 +253,11 @@ struct Load {
 const ISSUED: u8 = 0;
 const ACTIVE: u8 = 1;
 const SUSPENDED: u8 = 2;
+/// A request on the card is out: the next round skips it.
+const BUSY: u8 = 3;
+/// A request on the card failed, so its state is unknown: the card leaves the pool (the
+/// failure is already counted; following it with refusals would count it again).
+const UNKNOWN: u8 = 4;
 
 /// Runs the soak.
 ///
@@ -536,6 +543,8 @@ async fn drive(
 /// Sends one request of `slot` and records its latency or error.
 async fn one(l: &Load, slot: Slot, pick: u64) {
     let c = &l.client;
+    // A lifecycle card and the state it moves to when its request succeeds.
+    let mut moves: Option<(&AtomicU8, u8)> = None;
     let (kind, req, want) = match slot {
         Slot::Status => {
             let s = serial(BASE, pick % l.cards);
@@ -556,10 +565,21 @@ async fn one(l: &Load, slot: Slot, pick: u64) {
             (Kind::Search, req, 200)
         }
         Slot::Life => {
-            let i = l.next_life.fetch_add(1, Ordering::Relaxed) % l.lifecycle.len();
+            // The next card of the pool with no request out and a known state.
+            let Some((i, state)) = (0..l.lifecycle.len()).find_map(|_| {
+                let i = l.next_life.fetch_add(1, Ordering::Relaxed) % l.lifecycle.len();
+                let state = l.lifecycle[i].load(Ordering::Relaxed);
+                (state <= SUSPENDED
+                    && l.lifecycle[i]
+                        .compare_exchange(state, BUSY, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok())
+                .then_some((i, state))
+            }) else {
+                return;
+            };
             let s = serial(BASE, l.lifecycle_first + i as u64);
             let card = &l.lifecycle[i];
-            let (kind, path, who, body, next) = match card.load(Ordering::Relaxed) {
+            let (kind, path, who, body, next) = match state {
                 ISSUED => (
                     Kind::Activate,
                     "activate",
@@ -576,7 +596,7 @@ async fn one(l: &Load, slot: Slot, pick: u64) {
                 ),
                 _ => (Kind::Reactivate, "reactivate", &l.cms, "{}", ACTIVE),
             };
-            card.store(next, Ordering::Relaxed);
+            moves = Some((card, next));
             let req = c
                 .post(format!("{}/v1/cards/{s}/{path}", l.base))
                 .header(reqwest::header::AUTHORIZATION, who)
@@ -613,6 +633,12 @@ async fn one(l: &Load, slot: Slot, pick: u64) {
         }
         Err(_) => Err("transport".to_owned()),
     };
+    if let Some((card, next)) = moves {
+        card.store(
+            if outcome.is_ok() { next } else { UNKNOWN },
+            Ordering::Relaxed,
+        );
+    }
     if let Ok(mut stats) = l.stats.lock() {
         if let Some(s) = stats.get_mut(&kind) {
             match outcome {
