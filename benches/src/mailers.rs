@@ -10,7 +10,9 @@
 //!    N-card batch, exactly as the service runs it ([`plico::mailers::print`]): batch scan
 //!    and decryption, holder lookup and decryption, numbering, parallel rendering, age
 //!    sealing to a print facility recipient, SHA-256, one vault record and audit event a file.
-//! 3. The same over the N/4-card batch on a one-thread pool (`threads1_per_s`).
+//! 3. The same over the N/4-card batch on a one-thread pool (`threads1_per_s`). Every CPU
+//!    stage of a run is work of the pool (a thread beside it only syncs, publishes and
+//!    records finished files), so this is the run on one core.
 //! 4. The baseline: the same pages (same names, addresses and serials, fixed digits)
 //!    rendered on the same 2 threads into clear PDF writers that discard their bytes, with no
 //!    vault, no decryption, no sealing and no recording.

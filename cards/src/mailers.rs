@@ -64,7 +64,7 @@
 
 use super::card::CardState;
 use super::date::Date;
-use super::registry::{decode, encode, Cards};
+use super::registry::{decode, encode, CardRecord, Cards, HolderRecord, PersonalData};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -73,9 +73,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vault::lock;
 use vault::Actor;
 use vault::Hsm;
-use vault::{seq_key, Batch, Tree};
+use vault::{seq_key, Batch, Store, Tree};
 use vault::{AuditLog, Outcome};
 use vault::{BatchId, BatchScan, CardCodes, Release, PRINT_RUN_ACTION};
+use vault::{DataKeyId, Envelope, Opener};
 use vault::{Error, Missing, Refusal, Result};
 
 const NEXT_NUMBER_KEY: &[u8] = b"mailers.next_number";
@@ -398,6 +399,59 @@ impl MailerBook {
         let i = self.dirs.partition_point(|d| d.first_number <= number);
         i.checked_sub(1).filter(|&i| self.dirs[i].holds(number))
     }
+}
+
+/// The values at `keys` of `tree`, in the order of `keys` (`None` where there is none).
+///
+/// Keys in ascending order are read by one range read over their span, as long as the span
+/// is dense (at most twice as many entries as keys, plus a little): one pass over the tree's
+/// leaves instead of one descent a key. Keys the range read did not reach, and keys not in
+/// ascending order (a run by list), are read one by one.
+///
+/// # Errors
+/// Store errors.
+fn read_many(store: &dyn Store, tree: Tree, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+    let ascending = keys.windows(2).all(|w| w[0] < w[1]);
+    if let (true, Some(first), Some(last)) = (ascending, keys.first(), keys.last()) {
+        let mut end = last.to_vec();
+        end.push(0);
+        let limit = keys.len() * 2 + 64;
+        let entries = store.range(tree, first, Some(&end), limit)?;
+        // A read cut at the limit says nothing of the keys past its last entry.
+        let complete = entries.len() < limit;
+        let mut entries = entries.into_iter().peekable();
+        for key in keys {
+            while entries.next_if(|(k, _)| k.as_slice() < *key).is_some() {}
+            match entries.peek() {
+                Some((k, _)) if k.as_slice() == *key => out.push(entries.next().map(|(_, v)| v)),
+                Some(_) => out.push(None),
+                None if complete => out.push(None),
+                None => break,
+            }
+        }
+    }
+    for key in &keys[out.len()..] {
+        out.push(store.get(tree, key)?);
+    }
+    Ok(out)
+}
+
+/// A holder's personal data, opened with the run's opener of its key (as the registry opens
+/// it, with the opener the keyring gives for each read).
+///
+/// # Errors
+/// [`Error::Integrity`] for a record that does not open; a damaged record.
+fn personal(openers: &HashMap<u32, Arc<Opener>>, rec: &HolderRecord) -> Result<PersonalData> {
+    let opener = openers.get(&rec.key).ok_or_else(|| {
+        Error::Storage(format!(
+            "holder {}: its data key {} was not loaded",
+            rec.id, rec.key
+        ))
+    })?;
+    let bytes = hex::decode(&rec.sealed).map_err(|_| Error::Integrity)?;
+    let clear = opener.open(&rec.id, &Envelope::from_bytes(bytes))?;
+    decode("holder's personal data", clear.expose_secret())
 }
 
 /// Counting cards left out of a run, by reason.
@@ -872,6 +926,9 @@ struct Chunks<'j> {
     source: Box<dyn Iterator<Item = Result<(String, Option<CardCodes>)>> + Send + 'j>,
     ready: std::collections::VecDeque<MailerItem>,
     failed: bool,
+    /// The openers of the holder keys met so far in this run (one keyring read a key, not
+    /// one a holder).
+    openers: HashMap<u32, Arc<Opener>>,
 }
 
 /// Numbers reserved durably and not yet given out.
@@ -939,6 +996,7 @@ impl<'c> PrintJob<'c> {
             source,
             ready: std::collections::VecDeque::new(),
             failed: false,
+            openers: HashMap::new(),
         };
         Ok(std::iter::from_fn(move || loop {
             if let Some(item) = chunks.ready.pop_front() {
@@ -947,8 +1005,8 @@ impl<'c> PrintJob<'c> {
             if chunks.failed {
                 return None;
             }
-            // Pull a chunk in order, look its cards up in parallel (registry, holder,
-            // earlier mailers), then number the ones that get a mailer, in order.
+            // Pull a chunk in order, read its cards and holders in key order, check and open
+            // them in parallel, then number the ones that get a mailer, in order.
             let mut raw = Vec::with_capacity(PREPARE_CHUNK);
             for item in chunks.source.by_ref().take(PREPARE_CHUNK) {
                 match item {
@@ -962,11 +1020,13 @@ impl<'c> PrintJob<'c> {
             if raw.is_empty() {
                 return None;
             }
-            use rayon::prelude::*;
-            let prepared: Vec<Result<Option<MailerItem>>> = raw
-                .into_par_iter()
-                .map(|(serial, codes)| self.prepare(hsm, today, serial, codes))
-                .collect();
+            let prepared = match self.prepare_chunk(hsm, today, raw, &mut chunks.openers) {
+                Ok(p) => p,
+                Err(e) => {
+                    chunks.failed = true;
+                    return Some(Err(e));
+                }
+            };
             for p in prepared {
                 match p.and_then(|m| {
                     m.map(|mut m| {
@@ -986,65 +1046,151 @@ impl<'c> PrintJob<'c> {
         }))
     }
 
-    fn skip(&self, why: &'static str) -> Result<Option<MailerItem>> {
+    fn skip<T>(&self, why: &'static str) -> Result<Option<T>> {
         *lock(&self.skipped).entry(why).or_default() += 1;
         Ok(None)
     }
 
-    /// The mailer of one card (numbered later, in order), or `None` (counted) when the card
-    /// gets none.
-    fn prepare(
+    /// The mailers of one chunk of cards (numbered later, in order): for each card its
+    /// mailer, or `None` (counted) when it gets none, or the error that stops the run there.
+    ///
+    /// The registry is read for the whole chunk at once, in key order: the cards' records by
+    /// their serials (a batch scan yields them ascending, so one range read covers the chunk),
+    /// then the records of the holders that still matter, sorted by id ([`read_many`]). A
+    /// get a card and a holder made every read descend the tree again and, once the registry
+    /// outgrew sled's cache, rebuild its pages. Decoding, the checks and the decryption of
+    /// personal data then run on the rayon pool.
+    ///
+    /// # Errors
+    /// A store error of the chunk's reads (then no card of the chunk is handed out).
+    fn prepare_chunk(
         &self,
         hsm: &dyn Hsm,
         today: Date,
-        serial: String,
-        codes: Option<CardCodes>,
-    ) -> Result<Option<MailerItem>> {
-        let Some(codes) = codes else {
-            return self.skip("codes_not_held");
+        raw: Vec<(String, Option<CardCodes>)>,
+        openers: &mut HashMap<u32, Arc<Opener>>,
+    ) -> Result<Vec<Result<Option<MailerItem>>>> {
+        use rayon::prelude::*;
+        let store = &*self.cms.store;
+        let keys: Vec<&[u8]> = raw.iter().map(|(s, _)| s.as_bytes()).collect();
+        let card_bytes = read_many(store, Tree::Cards, &keys)?;
+        // Earlier mailers: only files whose serial range meets the chunk's can hold any (none
+        // for a batch printed the first time), so most chunks skip the look-up per card.
+        let earlier_possible = {
+            let lo = raw.iter().map(|(s, _)| s.as_str()).min();
+            let hi = raw.iter().map(|(s, _)| s.as_str()).max();
+            match (lo, hi) {
+                (Some(lo), Some(hi)) => self
+                    .cms
+                    .book()?
+                    .dirs
+                    .iter()
+                    .any(|d| d.min_serial.as_str() <= hi && lo <= d.max_serial.as_str()),
+                _ => false,
+            }
         };
-        let Some(card) = self.cms.card(&serial)? else {
-            return self.skip("not_in_registry");
-        };
-        match card.state {
-            CardState::Active => {}
-            CardState::Issued => return self.skip("issued"),
-            CardState::Suspended => return self.skip("suspended"),
-            CardState::Revoked => return self.skip("revoked"),
-        }
-        if card.expiry.is_some_and(|e| e < today) {
-            return self.skip("expired");
-        }
-        {
-            let mut book = self.cms.book()?;
-            let earlier = self.cms.mailers_in(&mut book, &serial)?;
-            let delivered = earlier.iter().any(|m| m.state == MailerState::Delivered);
-            let outstanding = earlier.iter().any(|m| m.state == MailerState::Outstanding);
-            match self.reprint {
-                Reprint::Unprinted if delivered || outstanding => {
-                    return self.skip("already_printed")
+        // Stage 1: the card's own checks, in the order a card is refused.
+        let checked: Vec<Result<Option<(String, CardCodes, String)>>> = raw
+            .into_par_iter()
+            .zip(card_bytes.into_par_iter())
+            .map(
+                |((serial, codes), bytes)| -> Result<Option<(String, CardCodes, String)>> {
+                    let Some(codes) = codes else {
+                        return self.skip("codes_not_held");
+                    };
+                    let Some(bytes) = bytes else {
+                        return self.skip("not_in_registry");
+                    };
+                    let card: CardRecord = decode("card record", &bytes)?;
+                    match card.state {
+                        CardState::Active => {}
+                        CardState::Issued => return self.skip("issued"),
+                        CardState::Suspended => return self.skip("suspended"),
+                        CardState::Revoked => return self.skip("revoked"),
+                    }
+                    if card.expiry.is_some_and(|e| e < today) {
+                        return self.skip("expired");
+                    }
+                    if earlier_possible {
+                        let mut book = self.cms.book()?;
+                        let earlier = self.cms.mailers_in(&mut book, &serial)?;
+                        let delivered = earlier.iter().any(|m| m.state == MailerState::Delivered);
+                        let outstanding =
+                            earlier.iter().any(|m| m.state == MailerState::Outstanding);
+                        match self.reprint {
+                            Reprint::Unprinted if delivered || outstanding => {
+                                return self.skip("already_printed")
+                            }
+                            Reprint::Undelivered if delivered => return self.skip("delivered"),
+                            _ => {}
+                        }
+                    }
+                    Ok(Some((serial, codes, card.holder)))
+                },
+            )
+            .collect();
+        // Stage 2: the holders of the cards still in, read sorted by id, each once.
+        let mut ids: Vec<String> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().and_then(Option::as_ref))
+            .map(|(_, _, h)| h.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let holder_keys: Vec<&[u8]> = ids.iter().map(|h| h.as_bytes()).collect();
+        let holder_bytes = read_many(store, Tree::Holders, &holder_keys)?;
+        let mut holders: HashMap<String, HolderRecord> = HashMap::with_capacity(ids.len());
+        let mut damaged: Option<Error> = None;
+        for (id, bytes) in ids.into_iter().zip(holder_bytes) {
+            match bytes
+                .map(|b| decode::<HolderRecord>("holder record", &b))
+                .transpose()
+            {
+                Ok(Some(h)) => {
+                    holders.insert(id, h);
                 }
-                Reprint::Undelivered if delivered => return self.skip("delivered"),
-                _ => {}
+                Ok(None) => {}
+                Err(e) => {
+                    damaged.get_or_insert(e);
+                }
             }
         }
-        let Some(holder) = self.cms.holder(&card.holder)? else {
-            return self.skip("holder_missing");
-        };
-        if holder.deceased {
-            return self.skip("holder_deceased");
+        if let Some(e) = damaged {
+            return Err(e);
         }
-        let personal = self.cms.personal(hsm, &holder)?;
-        let Some(address) = personal.address.as_deref() else {
-            return self.skip("no_postal_address");
-        };
-        Ok(Some(MailerItem {
-            name: format!("{} {}", personal.given_names, personal.surname),
-            address: address_lines(address),
-            serial,
-            codes,
-            number: 0,
-        }))
+        for h in holders.values() {
+            if !h.deceased && !openers.contains_key(&h.key) {
+                let opener = self.cms.codes.holder_opener(hsm, DataKeyId(h.key))?;
+                openers.insert(h.key, opener);
+            }
+        }
+        let openers = &*openers;
+        let holders = &holders;
+        Ok(checked
+            .into_par_iter()
+            .map(|c| -> Result<Option<MailerItem>> {
+                let Some((serial, codes, holder)) = c? else {
+                    return Ok(None);
+                };
+                let Some(holder) = holders.get(holder.as_str()) else {
+                    return self.skip("holder_missing");
+                };
+                if holder.deceased {
+                    return self.skip("holder_deceased");
+                }
+                let personal = personal(openers, holder)?;
+                let Some(address) = personal.address.as_deref() else {
+                    return self.skip("no_postal_address");
+                };
+                Ok(Some(MailerItem {
+                    name: format!("{} {}", personal.given_names, personal.surname),
+                    address: address_lines(address),
+                    serial,
+                    codes,
+                    number: 0,
+                }))
+            })
+            .collect())
     }
 
     fn next_number(&self) -> Result<u64> {
@@ -1683,5 +1829,191 @@ mod tests {
         ));
         job.finish(w.audit(), None).unwrap();
         w.audit().verify().unwrap();
+    }
+
+    /// A store that counts point reads of cards and holders.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: vault::MemoryStore,
+        registry_gets: std::sync::atomic::AtomicU64,
+    }
+
+    impl vault::Store for CountingStore {
+        fn get(&self, tree: vault::Tree, key: &[u8]) -> vault::Result<Option<Vec<u8>>> {
+            if matches!(tree, vault::Tree::Cards | vault::Tree::Holders) {
+                self.registry_gets
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.inner.get(tree, key)
+        }
+        fn range(
+            &self,
+            tree: vault::Tree,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> vault::Result<vault::Entries> {
+            self.inner.range(tree, from, to, limit)
+        }
+        fn last(&self, tree: vault::Tree) -> vault::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            self.inner.last(tree)
+        }
+        fn write(&self, batch: &vault::Batch) -> vault::Result<()> {
+            self.inner.write(batch)
+        }
+        fn flush(&self) -> vault::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    /// A codice fiscale for holder `i` (letters from `i`, fixed birth data).
+    fn cf_of(i: usize) -> String {
+        let mut letters = [b'A'; 6];
+        let mut v = i;
+        for l in letters.iter_mut().rev() {
+            *l = b'A' + (v % 26) as u8;
+            v /= 26;
+        }
+        let base = format!("{}85T10A562", String::from_utf8_lossy(&letters));
+        let check = crate::codice_fiscale::check_character(&base).unwrap();
+        format!("{base}{check}")
+    }
+
+    /// Issue 20: a batch print run read every card and its holder with a get each (one tree
+    /// descent, and past sled's cache one page rebuild, a read). It now reads a chunk's cards
+    /// and holders by range reads in key order: not one get for a batch of dense serials.
+    #[test]
+    fn a_batch_run_reads_cards_and_holders_by_range_not_one_get_a_card() {
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+        const N: usize = 700; // more than one chunk of 512
+        let hsm_dir = tempfile::tempdir().unwrap();
+        let hsm = Arc::new(hsm_sim::SimulatedHsm::dev(hsm_dir.path()).unwrap());
+        let counting = Arc::new(CountingStore {
+            inner: vault::MemoryStore::new(),
+            registry_gets: Default::default(),
+        });
+        let store: Arc<dyn vault::Store> = counting.clone();
+        let audit = vault::AuditLog::open(store.clone(), 100).unwrap();
+        audit.unlock(hsm.clone()).unwrap();
+        let codes = Arc::new(vault::CodeVault::open(store.clone()).unwrap().0);
+        let cms = crate::Cards::new(codes.clone());
+        let serials: Vec<String> = (0..N).map(serial).collect();
+        let text: String = serials
+            .iter()
+            .map(|s| format!("{s};12345;12345678\n"))
+            .collect();
+        let rules = vault::ParseRules::default();
+        let ctx = vault::ImportContext {
+            vault: &codes,
+            hsm: &*hsm,
+            audit: &audit,
+            rules: &rules,
+        };
+        let req = vault::ImportRequest {
+            manufacturer: "m".into(),
+            expected_cards: None,
+            expected_sha256: None,
+            actor: "m1".into(),
+            role: "manufacturer".into(),
+            request_id: String::new(),
+        };
+        let batch = batch_of(vault::import_file(ctx, text.as_bytes(), &req, &|_| {}).unwrap());
+        let entries: Vec<crate::HolderEntry> = (0..N)
+            .map(|i| crate::HolderEntry {
+                first_line: i as u64 + 2,
+                codice_fiscale: cf_of(i),
+                given_names: format!("Nicolò {i}"),
+                surname: "D'Angelo".into(),
+                birth_date: date("1985-12-10"),
+                email: None,
+                mobile: None,
+                address: Some(format!("Via Roma {i}, 00100 Roma")),
+                deceased: false,
+                cards: vec![crate::CardEntry {
+                    line: i as u64 + 2,
+                    serial: serial(i),
+                    expiry: date("2030-01-01"),
+                    replaced_by: None,
+                }],
+            })
+            .collect();
+        cms.import_registry(&*hsm, &audit, &entries, today(), &actor())
+            .unwrap();
+        for s in &serials {
+            cms.change(&*hsm, &audit, s, &holder_activation(), today(), &actor())
+                .unwrap();
+        }
+        let job = cms
+            .start_print_run(
+                &audit,
+                Selection::Batch(batch),
+                Reprint::Unprinted,
+                "count",
+                "whole",
+                "whole",
+                &actor(),
+            )
+            .unwrap();
+        counting.registry_gets.store(0, Ordering::SeqCst);
+        let got = job
+            .mailers(&*hsm, today())
+            .unwrap()
+            .collect::<vault::Result<Vec<_>>>()
+            .unwrap();
+        assert_eq!(got.len(), N);
+        assert_eq!(got[N - 1].serial, serial(N - 1));
+        assert_eq!(
+            got[N - 1].address,
+            [format!("Via Roma {}", N - 1), "00100 Roma".into()]
+        );
+        assert_eq!(
+            counting.registry_gets.load(Ordering::SeqCst),
+            0,
+            "cards and holders read one by one"
+        );
+        job.finish(&audit, None).unwrap();
+    }
+
+    #[test]
+    fn read_many_answers_every_key_in_order_by_range_or_one_by_one() {
+        use super::read_many;
+        let store = vault::MemoryStore::new();
+        let mut b = vault::Batch::new();
+        for i in (0..300u32).filter(|i| i % 3 != 0) {
+            b.put(
+                vault::Tree::Cards,
+                format!("k{i:04}").into_bytes(),
+                i.to_be_bytes().to_vec(),
+            );
+        }
+        vault::Store::apply(&store, &b).unwrap();
+        let want = |keys: &[String]| -> Vec<Option<Vec<u8>>> {
+            keys.iter()
+                .map(|k| {
+                    let i: u32 = k[1..].parse().unwrap();
+                    (i % 3 != 0 && i < 300).then(|| i.to_be_bytes().to_vec())
+                })
+                .collect()
+        };
+        let check = |keys: Vec<String>| {
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            assert_eq!(
+                read_many(&store, vault::Tree::Cards, &refs).unwrap(),
+                want(&keys),
+                "{keys:?}"
+            );
+        };
+        // Dense and ascending (one range read), with absent keys inside and past the end.
+        check((0..320).map(|i| format!("k{i:04}")).collect());
+        // Sparse: the range read stops at its limit; the rest is read one by one.
+        check((0..4).map(|i| format!("k{:04}", i * 99 + 1)).collect());
+        // Not ascending (a run by list), repeated keys, none.
+        check(
+            ["k0005", "k0001", "k0002", "k0002"]
+                .map(String::from)
+                .to_vec(),
+        );
+        check(Vec::new());
     }
 }

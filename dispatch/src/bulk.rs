@@ -3,15 +3,22 @@
 //!
 //! ## Design
 //!
-//! [`PrintRun::run`] pulls mailers from an iterator in chunks (512 by default). Each chunk's
-//! pages are rendered on rayon workers ([`PrintRenderer::render_page`]) while the next chunk is
-//! pulled from the input (`rayon::join`; the input iterator must be `Send` for it). Rendered
-//! chunks go, in input order, through a channel of one slot to a sealing thread, which appends
-//! them to the current [`PdfWriter`] (encryption, hashing, writes) and seals full files. So
-//! pulling and rendering chunk k+1 overlap sealing chunk k, and at most four chunks of mailers
-//! (pulled, rendering, waiting, sealing) are alive at any time, whatever the size of the batch:
-//! memory is flat in the batch size. Mailer numbers keep their input order in the files; a
-//! file's recorder and manifest run on the sealing thread, in file order, as before.
+//! [`PrintRun::run`] pulls mailers from an iterator in chunks (512 by default) and runs three
+//! stages side by side on the rayon pool, each step one `rayon::join`: chunk k+2 is pulled
+//! from the input, chunk k+1's pages are rendered ([`PrintRenderer::render_page`], in
+//! parallel), and chunk k's pages are appended, in input order, to the current [`PdfWriter`]
+//! (PDF objects, hashing, encryption). So every CPU stage of a run is work of the pool: a run
+//! uses as many cores as the pool has threads, one thread as well as two (the sealing stage
+//! used to be a thread of its own beside the pool, so a one-thread pool kept two cores busy).
+//! Work stealing balances the three stages; the step ends when all three have.
+//!
+//! What waits on the disk is not on the pool: a full file's age stream is finished on the
+//! pool, then handed, through a channel of one slot, to a publishing thread that syncs it,
+//! publishes it, has the caller record it and writes its manifest, in file order, while the
+//! pool goes on with the next file. At most four chunks of mailers (pulled, rendering,
+//! appending, and the next pulled) and two finished files are alive at any time, whatever
+//! the size of the batch: memory is flat in the batch size. Mailer numbers keep their input
+//! order in the files.
 //!
 //! The sink of each `PdfWriter` is a small hashing adaptor (SHA-256 of the **clear** PDF, via
 //! aws-lc-rs) in front of an age [`age::stream::StreamWriter`] encrypting to the
@@ -60,6 +67,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 /// Mailers a print file holds unless [`PrintRun::per_file`] says otherwise.
@@ -604,32 +612,33 @@ impl PrintRun {
             pulled: 0,
             chunk: self.chunk,
         };
-        let state = RunState {
-            run: self,
-            on_file,
-            on_set_aside,
-            current: None,
-            manifests: Vec::new(),
-            next_file: self.first_file,
-            appended: 0,
-        };
-        // Three stages overlap. This thread pulls chunk k+1 from the input while chunk k renders
-        // on the pool (`rayon::join`), then hands chunk k's pages, in input order, to a sealing
-        // thread that appends them to the open file and seals full files. The hand-off is a
-        // channel of one slot, so at most four chunks are alive: one pulled, one rendering, one
-        // waiting and one being sealed, whatever the size of the batch.
-        let (to_sealer, from_renderer) = std::sync::mpsc::sync_channel::<Stage>(1);
+        // Full files go to the publishing thread through a channel of one slot; it stops at
+        // its first error, and says so through `stopped` so that the pool stops too.
+        let (to_publisher, finished) = std::sync::mpsc::sync_channel::<Finished>(1);
+        let stopped = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let sealer = scope.spawn(move || state.seal_stage(from_renderer, progress));
-            let fed = self.feed(&mut input, &to_sealer);
-            // A closed channel without `Stage::Done` tells the sealer to drop its open file
-            // (its partial is removed), as a failed run does.
-            drop(to_sealer);
-            let sealed = sealer
+            let stopped = &stopped;
+            let publisher = scope.spawn(move || self.publish_stage(finished, on_file, stopped));
+            let mut state = RunState {
+                run: self,
+                on_set_aside,
+                current: None,
+                next_file: self.first_file,
+                appended: 0,
+                to_publisher,
+                stopped,
+            };
+            let fed = self
+                .feed(&mut input, &mut state, progress)
+                .and_then(|()| state.finish_open());
+            // Dropping the state closes the channel (the publisher ends after the files it
+            // has) and drops an open file, which removes its partial, as a failed run does.
+            drop(state);
+            let published = publisher
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            match (fed, sealed) {
-                // The sealer's error comes first: it is why the feeder found the channel closed.
+            match (fed, published) {
+                // The publisher's error comes first: it is why the pool stopped.
                 (_, Err(e)) => Err(e),
                 (Err(e), Ok(_)) => Err(e),
                 (Ok(()), Ok(manifests)) => Ok(manifests),
@@ -637,37 +646,78 @@ impl PrintRun {
         })
     }
 
-    /// The pull and render stages: every chunk, rendered, goes to the sealer in input order;
-    /// then [`Stage::Done`]. Stops early (without `Done`) when the input fails or the sealer
-    /// has stopped.
-    fn feed<J, E>(&self, input: &mut Input<J>, to_sealer: &SyncSender<Stage>) -> Result<()>
+    /// The pool's stages: each step pulls the next chunk, renders the current one and
+    /// appends the one rendered before, side by side (`rayon::join`). Stops at the first
+    /// error of any of them, or once the publisher has stopped.
+    fn feed<'r, J, E>(
+        &'r self,
+        input: &mut Input<J>,
+        state: &mut RunState<'r, '_>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()>
     where
         J: Iterator<Item = std::result::Result<OwnedMailer, E>> + Send,
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
         let mut next = input.pull()?;
-        while !next.is_empty() {
-            let current = next;
-            let (pulled, pages) = rayon::join(
-                || input.pull(),
+        let mut rendered: Option<RenderedChunk> = None;
+        while !next.is_empty() || rendered.is_some() {
+            let current = std::mem::take(&mut next);
+            let to_append = rendered.take();
+            let (appended, (pulled, pages)) = rayon::join(
+                || match to_append {
+                    Some((mailers, pages)) => state.append(&mailers, pages, progress),
+                    None => Ok(()),
+                },
                 || {
-                    current
-                        .par_iter()
-                        .map(|m| self.renderer.render_page(&m.mailer()))
-                        .collect::<Vec<_>>()
+                    rayon::join(
+                        || {
+                            if current.is_empty() {
+                                Ok(Vec::new())
+                            } else {
+                                input.pull()
+                            }
+                        },
+                        || {
+                            current
+                                .par_iter()
+                                .map(|m| self.renderer.render_page(&m.mailer()))
+                                .collect::<Vec<_>>()
+                        },
+                    )
                 },
             );
-            // On an input error chunk k is not handed over: as before the pipeline, the chunks
-            // before it are appended and the open file is dropped.
+            appended?;
+            // On an input error the chunk just rendered is not appended: the chunks before it
+            // are, and the open file is dropped.
             next = pulled?;
-            if to_sealer.send(Stage::Chunk(current, pages)).is_err() {
-                // The sealer stopped on an error; it reports it.
-                return Ok(());
+            if !current.is_empty() {
+                rendered = Some((current, pages));
             }
         }
-        // If the sealer already stopped, its error is reported by the caller.
-        let _ = to_sealer.send(Stage::Done);
         Ok(())
+    }
+
+    /// The publishing thread: each finished file is synced, published, recorded and given
+    /// its manifest, in file order. Stops at the first error (setting `stopped`); files still
+    /// in the channel are dropped then, which removes their partials.
+    fn publish_stage(
+        &self,
+        finished: Receiver<Finished>,
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+        stopped: &AtomicBool,
+    ) -> Result<Vec<Manifest>> {
+        let mut manifests = Vec::new();
+        while let Ok(file) = finished.recv() {
+            match self.publish(file, on_file) {
+                Ok(m) => manifests.push(m),
+                Err(e) => {
+                    stopped.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(manifests)
     }
 
     fn names(&self, n: u32) -> (String, String) {
@@ -701,28 +751,52 @@ impl PrintRun {
         })
     }
 
-    /// Finishes the PDF and the age stream, publishes the sealed file, then its manifest.
-    fn seal(
-        &self,
-        open: OpenFile<'_>,
-        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
-    ) -> Result<Manifest> {
+    /// Finishes the PDF and the age stream of a full file (on the pool): what is left is
+    /// disk work for [`PrintRun::publish`].
+    fn finish_file(&self, open: OpenFile<'_>) -> Result<Finished> {
         let OpenFile {
             pdf,
-            mut partial,
+            partial,
             name,
             numbers,
             serials,
         } = open;
-        let first_serial = serials.first().cloned().unwrap_or_default();
-        let last_serial = serials.last().cloned().unwrap_or_default();
         let hashing = pdf.finish().map_err(|e| io_error(&partial.path, e))?;
         let (sealed, sha256) = hashing.into_parts();
+        let file = sealed.finish().map_err(|source| Error::Io {
+            path: partial.path.clone(),
+            source,
+        })?;
+        Ok(Finished {
+            file,
+            partial,
+            name,
+            numbers,
+            serials,
+            sha256,
+        })
+    }
+
+    /// Syncs a finished file, publishes it, has `on_file` record it, then writes its manifest.
+    fn publish(
+        &self,
+        finished: Finished,
+        on_file: &(dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
+    ) -> Result<Manifest> {
+        let Finished {
+            file,
+            mut partial,
+            name,
+            numbers,
+            serials,
+            sha256,
+        } = finished;
+        let first_serial = serials.first().cloned().unwrap_or_default();
+        let last_serial = serials.last().cloned().unwrap_or_default();
         let io = |source| Error::Io {
             path: partial.path.clone(),
             source,
         };
-        let file = sealed.finish().map_err(io)?;
         file.sync_all().map_err(io)?;
         let sealed_bytes = file.metadata().map_err(io)?.len();
         drop(file);
@@ -793,49 +867,39 @@ where
     }
 }
 
-/// What the render stage hands the sealing stage.
-enum Stage {
-    /// A chunk's mailers and their pages (or render errors), in input order.
-    Chunk(Vec<OwnedMailer>, Vec<crate::Result<PageStream>>),
-    /// The input is exhausted and every chunk was handed over: seal the open file.
-    Done,
-}
+/// A chunk's mailers and their pages (or render errors), in input order.
+type RenderedChunk = (Vec<OwnedMailer>, Vec<crate::Result<PageStream>>);
 
-/// The appending stage's state: the open file and the manifests of the files sealed so far.
-struct RunState<'r> {
+/// The appending stage's state: the open file, and the channel to the publishing thread.
+struct RunState<'r, 's> {
     run: &'r PrintRun,
-    on_file: &'r (dyn Fn(&PrintedFile<'_>) -> std::result::Result<(), BoxError> + Sync),
     on_set_aside: Option<OnSetAside<'r>>,
     current: Option<OpenFile<'r>>,
-    manifests: Vec<Manifest>,
     next_file: u32,
     appended: u64,
+    to_publisher: SyncSender<Finished>,
+    /// Set by the publishing thread when it stopped on an error.
+    stopped: &'s AtomicBool,
 }
 
-impl RunState<'_> {
-    /// The sealing stage, on its own thread: appends every chunk it receives, and seals the
-    /// open file on [`Stage::Done`]. A channel closed without `Done` (the input failed) drops
-    /// the open file, which removes its partial; on an error it stops and drops the receiver,
-    /// so the feeder stops too.
-    fn seal_stage(
-        mut self,
-        chunks: Receiver<Stage>,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Vec<Manifest>> {
-        while let Ok(stage) = chunks.recv() {
-            match stage {
-                Stage::Chunk(mailers, pages) => self.append(&mailers, pages, progress)?,
-                Stage::Done => {
-                    if let Some(open) = self.current.take() {
-                        let manifest = self.run.seal(open, self.on_file)?;
-                        self.manifests.push(manifest);
-                    }
-                    return Ok(self.manifests);
-                }
-            }
+impl RunState<'_, '_> {
+    /// Hands a full (or the last) file to the publishing thread.
+    fn hand_over(&mut self, open: OpenFile<'_>) -> Result<()> {
+        let finished = self.run.finish_file(open)?;
+        // A closed channel means the publisher stopped: it reports why (the file is dropped
+        // with the message, which removes its partial).
+        if self.to_publisher.send(finished).is_err() {
+            return Err(publisher_stopped());
         }
-        // The feeder stopped on an input error: it reports it; the open file is dropped here.
-        Ok(Vec::new())
+        Ok(())
+    }
+
+    /// At the end of the input: hands the open file over.
+    fn finish_open(&mut self) -> Result<()> {
+        match self.current.take() {
+            Some(open) => self.hand_over(open),
+            None => Ok(()),
+        }
     }
 
     fn append(
@@ -844,6 +908,9 @@ impl RunState<'_> {
         pages: Vec<crate::Result<PageStream>>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(publisher_stopped());
+        }
         for (m, page) in mailers.iter().zip(pages) {
             let page = match (page, self.on_set_aside) {
                 (Ok(page), _) => page,
@@ -884,14 +951,34 @@ impl RunState<'_> {
             self.appended += 1;
             if open.numbers.len() >= self.run.per_file {
                 if let Some(full) = self.current.take() {
-                    let manifest = self.run.seal(full, self.on_file)?;
-                    self.manifests.push(manifest);
+                    self.hand_over(full)?;
                 }
             }
         }
         progress(self.appended);
         Ok(())
     }
+}
+
+/// The error the pool stops with when the publishing thread stopped first (the run reports
+/// the publisher's own error instead).
+fn publisher_stopped() -> Error {
+    Error::Io {
+        path: PathBuf::new(),
+        source: io::Error::other("the publishing thread stopped"),
+    }
+}
+
+/// A full file whose age stream is finished, not yet synced: what the publishing thread
+/// takes. Dropped unpublished, its partial is removed.
+struct Finished {
+    file: File,
+    partial: Partial,
+    name: String,
+    numbers: Vec<u64>,
+    serials: Vec<String>,
+    /// SHA-256 of the clear PDF, hex.
+    sha256: String,
 }
 
 /// The file being written: its PDF stream and what its manifest will say.

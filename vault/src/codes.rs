@@ -1119,6 +1119,69 @@ pub(crate) mod tests {
         assert_eq!(list[0].state, BatchState::Committed);
     }
 
+    /// Issue 20: every import held its cards in buffers of a whole run (2^20 cards, about
+    /// 72 MB each, up to three alive), so a 10 M import peaked over 512 MiB. While serials come
+    /// in order, a buffer now goes to the writer at `SORTED_RECORDS` cards, and the batch is
+    /// laid out as before (one run); once one does not, buffers are whole runs again.
+    #[test]
+    fn a_sorted_file_is_staged_in_small_buffers_and_stays_one_run() {
+        use super::stage::SORTED_RECORDS;
+        let f = Fixture::memory();
+        let meta = BatchMeta {
+            source: BatchSource::Import,
+            manufacturer: "m".into(),
+            actor: "a".into(),
+            role: "manufacturer".into(),
+            request_id: String::new(),
+        };
+        let half = SORTED_RECORDS as u64 + 100;
+        let mut st = f.vault.begin(&*f.hsm, &f.audit, &meta).unwrap();
+        let mut most = 0;
+        // Even serials in order: staged in small buffers.
+        for i in 0..half {
+            st.push(i + 1, &serial(2 * i), &card_codes(2 * i)).unwrap();
+            most = most.max(st.buffered());
+        }
+        assert!(most <= SORTED_RECORDS, "{most} cards buffered");
+        // Then the odd ones: out of order with the evens, so buffered as a whole run.
+        for i in 0..half {
+            st.push(half + i + 1, &serial(2 * i + 1), &card_codes(2 * i + 1))
+                .unwrap();
+            most = most.max(st.buffered());
+        }
+        assert!(most > SORTED_RECORDS, "{most} cards buffered");
+        let staged = st.finish().unwrap();
+        assert_eq!(staged.runs.len(), 2, "the first evens' run, then the rest");
+        assert_eq!(staged.repeats.total, 0);
+        assert_eq!(staged.cards, 2 * half);
+        let rec = f.vault.commit(&f.audit, staged, 0, None).unwrap();
+        assert!(matches!(rec, CommitOutcome::Committed(_)));
+        for i in [
+            0,
+            1,
+            2,
+            2 * half - 2,
+            2 * half - 1,
+            SORTED_RECORDS as u64 * 2 + 1,
+        ] {
+            assert_codes(&f, i);
+        }
+
+        // A sorted batch of the same size: one run.
+        let f = Fixture::memory();
+        let mut st = f.vault.begin(&*f.hsm, &f.audit, &meta).unwrap();
+        for i in 0..2 * half {
+            st.push(i + 1, &serial(i), &card_codes(i)).unwrap();
+            assert!(st.buffered() <= SORTED_RECORDS);
+        }
+        let staged = st.finish().unwrap();
+        assert_eq!(staged.runs.len(), 1);
+        f.vault.commit(&f.audit, staged, 0, None).unwrap();
+        for i in [0, SORTED_RECORDS as u64, 2 * half - 1] {
+            assert_codes(&f, i);
+        }
+    }
+
     #[test]
     fn an_unsorted_file_becomes_several_runs_and_is_still_found() {
         let f = Fixture::memory();
