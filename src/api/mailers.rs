@@ -53,7 +53,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
-use dispatch::{Addressee, Plan, SecretBuf};
+use dispatch::{Addressee, Channel, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,6 +175,12 @@ fn check_recipients(setup: &PrintSetup) -> Result<(), ApiError> {
 /// A plan's text, parsed, and checked against the shortest codes the policy allows.
 fn parse_plan(state: &AppState, field: &str, text: &str) -> Result<Plan, ApiError> {
     let plan = Plan::parse(text).map_err(|e| invalid(format!("{field}: {e}")))?;
+    if let Plan::Whole(Some(channel @ (Channel::Sms | Channel::Email))) = plan {
+        return Err(invalid(format!(
+            "{field}: a print run prints mailers, not {channel}: use `whole`, `mailer` or \
+             `counter(N)+…`"
+        )));
+    }
     if let Plan::Counter { digits, .. } = plan {
         let policy = state.import_rules.policy;
         let shortest = usize::from(policy.pin.min.min(policy.puk.min));
@@ -191,10 +197,10 @@ fn parse_plan(state: &AppState, field: &str, text: &str) -> Result<Plan, ApiErro
 fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
     let t = text.trim();
     match plan {
-        Plan::Whole if t.eq_ignore_ascii_case("whole") => Ok("whole"),
+        Plan::Whole(_) if t.eq_ignore_ascii_case("whole") => Ok("whole"),
         Plan::Counter { .. } if t.eq_ignore_ascii_case("a") => Ok("A"),
         Plan::Counter { .. } if t.eq_ignore_ascii_case("b") => Ok("B"),
-        Plan::Whole => Err(invalid("part: a `whole` plan has only the part `whole`")),
+        Plan::Whole(_) => Err(invalid("part: a `whole` plan has only the part `whole`")),
         Plan::Counter { .. } => Err(invalid("part: a `counter(N)+…` plan has parts `A` and `B`")),
     }
 }
