@@ -627,7 +627,7 @@ impl Pkcs11Hsm {
     /// the HSM is unsealed. Running it twice with the same `to` changes nothing the second time.
     ///
     /// # Errors
-    /// [`Error::Refused`] while unsealed; [`Error::Share`] for shares of another set, shares
+    /// [`Refusal::RollbackUnsealed`] while unsealed; [`Error::Share`] for shares of another set, shares
     /// this HSM did not issue, a share given twice, or fewer than the threshold; what `check`
     /// returns; token errors.
     ///
@@ -642,37 +642,33 @@ impl Pkcs11Hsm {
     ) -> Result<Option<AuditAnchor>> {
         let mut inner = self.write();
         if inner.open.is_some() {
-            return Err(Error::Refused(
-                "the hsm is unsealed: a rollback is accepted by the custodians' quorum given to \
-                 it, on a sealed hsm"
-                    .to_string(),
-            ));
+            return Err(Refusal::RollbackUnsealed.into());
         }
         inner.pending.clear();
         let set = inner.state()?.body.share_set.clone();
         let mut admitted: Vec<Share> = Vec::with_capacity(quorum.len());
         for text in quorum {
-            let share = Share::parse(text).map_err(Error::Share)?;
+            let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
             let got = hex::encode(share.set);
             if got != set.id {
-                return Err(Error::Share(format!(
-                    "this share belongs to share set {got}, but the token uses set {}: a \
-                     rollback needs the token's current shares",
-                    set.id
-                )));
+                return Err(ShareRefusal::ForeignSet {
+                    got,
+                    held: set.id.clone(),
+                }
+                .into());
             }
             admit(&set, &share)?;
             if admitted.iter().any(|s| s.x == share.x) {
-                return Err(Error::Share(format!("share {} was given twice", share.x)));
+                return Err(ShareRefusal::GivenTwice { x: share.x }.into());
             }
             admitted.push(share);
         }
         if admitted.len() < usize::from(set.threshold) {
-            return Err(Error::Share(format!(
-                "{} share(s) given, {} needed: the rollback needs the custodians' quorum",
-                admitted.len(),
-                set.threshold
-            )));
+            return Err(ShareRefusal::TooFew {
+                need: usize::from(set.threshold),
+                given: admitted.len(),
+            }
+            .into());
         }
         let pin = combine_to_pin(&admitted, &set.id)?;
         drop(admitted);

@@ -67,6 +67,7 @@ pub const REFUSALS: &[(&str, &str, &str)] = &[
     ("share_count", "Attese {expected} quote, l'HSM ne ha prodotte {produced}.", "Expected {expected} shares, the HSM produced {produced}."),
     ("share_file_unwritable", "Impossibile scrivere il file della quota {path}: {error}", "Cannot write the share file {path}: {error}"),
     ("no_share_dir", "Un rekey richiede una cartella per le nuove quote, non configurata sul server.", "A rekey needs a directory for the new shares, not configured on the server."),
+    ("rollback_unsealed", "L'HSM è aperto: un ritorno indietro si accetta solo a HSM sigillato, con il quorum dei custodi.", "The HSM is unsealed: a rollback is accepted only on a sealed HSM, with the custodians' quorum."),
     ("not_holder_key", "{key} non è una chiave dei dati personali.", "{key} is not a personal-data key."),
     ("release_not_audited", "Carta {card}: i codici si rilasciano solo con un rilascio registrato nell'audit.", "Card {card}: its codes are released only with an audited release."),
     ("print_run_not_audited", "Lotto {batch}: i codici si leggono solo per una sua stampa registrata nell'audit.", "Batch {batch}: its codes are read only for an audited print run of it."),
@@ -303,6 +304,7 @@ mod tests {
                 account: "acc_1".into(),
             },
             Refusal::NotHolderKey { key: DataKeyId(6) },
+            Refusal::RollbackUnsealed,
             Refusal::ReleaseNotAudited { card: card() },
             Refusal::PrintRunNotAudited { batch: BatchId(3) },
             Refusal::HsmExists {

@@ -513,6 +513,9 @@ pub enum Refusal {
         /// What to configure instead.
         instead: &'static str,
     },
+    /// A rollback of the audit anchor asked of an unsealed HSM: the custodians' quorum given
+    /// to it accepts a rollback, on a sealed HSM.
+    RollbackUnsealed,
     /// A bearer token of a person's account that logs in with a second factor (TOTP): such
     /// an account works in the console only; programs use a machine account (a token, no
     /// password).
@@ -559,6 +562,10 @@ impl fmt::Display for Refusal {
                 "the audit anchor already holds another event {seq}: the chain has forked"
             ),
             Refusal::NotHolderKey { key } => write!(f, "{key}: not a holder key"),
+            Refusal::RollbackUnsealed => f.write_str(
+                "the hsm is unsealed: a rollback is accepted by the custodians' quorum given to \
+                 it, on a sealed hsm",
+            ),
             Refusal::ReleaseNotAudited { card } => write!(
                 f,
                 "card {card}: its codes are released only with an audited release"
@@ -879,6 +886,7 @@ impl Refusal {
             Refusal::TokenOfPerson { .. } => "token_of_person",
             Refusal::AnchorForked { .. } => "anchor_forked",
             Refusal::NotHolderKey { .. } => "not_holder_key",
+            Refusal::RollbackUnsealed => "rollback_unsealed",
             Refusal::ReleaseNotAudited { .. } => "release_not_audited",
             Refusal::PrintRunNotAudited { .. } => "print_run_not_audited",
             Refusal::HsmExists { .. } => "hsm_exists",
@@ -901,6 +909,7 @@ impl Refusal {
             Refusal::KeyringFull
             | Refusal::NoActiveTerm
             | Refusal::NoShares
+            | Refusal::RollbackUnsealed
             | Refusal::PrintRunGoing
             | Refusal::RecoverWhileRunning
             | Refusal::NoShareDir => vec![],
