@@ -728,9 +728,7 @@ fn release_refused(e: &vault::Error) -> Failure {
     let permanent = matches!(
         e,
         vault::Error::WrongState { .. }
-            | vault::Error::Refused(_)
             | vault::Error::Refusal(_)
-            | vault::Error::NotFound(_)
             | vault::Error::Missing(_)
             | vault::Error::Invalid(_)
     );

@@ -125,7 +125,7 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
         setup.create_out_dir()?;
         Ok(setup)
     };
-    let plan = Plan::Whole;
+    let plan = Plan::Whole(None);
     reset_peak_rss();
     let rss_at_start = status_mib("VmRSS");
 
@@ -201,7 +201,7 @@ fn run_in(work: &Path, a: &MailersBench) -> anyhow::Result<()> {
 /// 512, appended in order to clear PDF writers over `io::sink`, a new one every `per_file`.
 fn baseline(n: u64, per_file: usize, renderer: &PrintRenderer) -> anyhow::Result<f64> {
     let codes = Codes::new(b"12345", b"12345678")?;
-    let part = Plan::Whole.cut(&codes)?.remove(0);
+    let part = Plan::Whole(None).cut(&codes)?.remove(0);
     let started = Instant::now();
     let mut writer = Some(renderer.writer(std::io::sink())?);
     let mut in_file = 0usize;

@@ -48,11 +48,11 @@ mod rotate;
 mod server;
 mod soak;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use clap::{Args, Parser, Subcommand};
-use hsm_sim::{InitOptions, SimulatedHsm};
+use hsm_sim::SimulatedHsm;
 use secrecy::SecretString;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -306,24 +306,9 @@ pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// An unsealed development HSM in `dir` (the one [`SimulatedHsm::dev`]).
 pub(crate) fn dev_hsm(dir: &Path) -> anyhow::Result<Arc<SimulatedHsm>> {
-    std::fs::create_dir_all(dir)?;
-    let mut share: Option<SecretString> = None;
-    let (hsm, _) = SimulatedHsm::init(
-        dir,
-        InitOptions {
-            shares: 1,
-            threshold: 1,
-            dev: true,
-        },
-        &mut |s: &[SecretString]| {
-            share = s.first().cloned();
-            Ok(())
-        },
-    )?;
-    let share = share.context("the dev HSM gave no share")?;
-    hsm.unseal(&share)?;
-    Ok(Arc::new(hsm))
+    Ok(Arc::new(SimulatedHsm::dev(dir)?))
 }
 
 pub(crate) fn per_s(n: u64, d: Duration) -> f64 {

@@ -14,7 +14,7 @@ use super::date::Date;
 use super::lifecycle::Activation;
 use super::registry::Cards;
 use vault::{Actor, AuditLog, Hsm};
-use vault::{Error, Refusal, Result};
+use vault::{Error, Refusal, Result, Subject};
 
 /// What the form consents to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl Cards {
                 CardState::Active => ConsentPurpose::Reidentification,
                 other => {
                     return Err(Error::WrongState {
-                        subject: format!("card {serial}"),
+                        subject: Subject::Card(serial.to_owned()),
                         state: other.to_string(),
                         wanted: "issued or active".to_string(),
                     })

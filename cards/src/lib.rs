@@ -65,8 +65,8 @@ pub use consent::{ConsentPurpose, ConsentSubject};
 
 // The outbox of code deliveries.
 pub use outbox::{
-    Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Fallback, Job, JobState,
-    OutboxPolicy, Part, PartDelivery, ReceiptOutcome, BOUNCED,
+    parse_plan, Channel, DispatchHistory, DispatchRequest, Dispatched, Fallback, Job, JobState,
+    OutboxPolicy, Part, PartDelivery, Plan, ReceiptOutcome, BOUNCED,
 };
 pub use outbox_counter::{CounterPrint, CounterSlip};
 pub use outbox_release::{JobRelease, ReleaseDestination, Settled};
@@ -320,7 +320,7 @@ mod tests {
         let err = w.change(1, &Change::Reactivate).unwrap_err();
         assert!(
             matches!(&err, Error::WrongState { subject, state, wanted }
-                if *subject == format!("card {}", serial(1)) && state == "issued" && wanted == "suspended"),
+                if *subject == vault::Subject::Card(serial(1)) && state == "issued" && wanted == "suspended"),
             "{err}"
         );
         assert_eq!(w.cms().card(&serial(1)).unwrap(), before);

@@ -12,7 +12,7 @@ use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{Batch, Tree};
 use vault::{CardCodes, PendingCodes, CODES_RELEASE_ACTION};
-use vault::{Error, Missing, Refusal, Result};
+use vault::{Error, Missing, Refusal, Result, Subject};
 
 /// Who collects the card, and the documents seen at the counter.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +186,7 @@ impl Cards {
         let card = self.expire_on_access(audit, card, today, actor)?;
         if card.state != CardState::Active {
             return Err(Error::WrongState {
-                subject: format!("card {serial}"),
+                subject: Subject::Card(serial.to_owned()),
                 state: card.state.to_string(),
                 wanted: "active".to_string(),
             });
@@ -246,7 +246,7 @@ impl Cards {
         let m = change.movement();
         let Some(to) = m.from(card.state) else {
             return Err(Error::WrongState {
-                subject: format!("card {serial}"),
+                subject: Subject::Card(serial.to_owned()),
                 state: card.state.to_string(),
                 wanted: m.needs().to_string(),
             });

@@ -55,7 +55,7 @@ use vault::Actor;
 use vault::Hsm;
 use vault::{seq_key, Batch, Tree};
 use vault::{AuditLog, NewEvent};
-use vault::{Error, Missing, Refusal, Result};
+use vault::{Error, Missing, Refusal, Result, Subject};
 
 const NEXT_JOB_KEY: &[u8] = b"outbox.next_job";
 const NEXT_REQUEST_KEY: &[u8] = b"outbox.next_request";
@@ -168,68 +168,39 @@ impl fmt::Display for JobState {
     }
 }
 
-/// A delivery plan as the vault reads it: which parts exist and by which channel.
+/// A delivery plan: `dispatch`'s plan vocabulary ([`dispatch::Plan`]), as the outbox takes
+/// it ([`parse_plan`]).
 ///
 /// ```text
 /// plan = "counter(" N ")+" ("sms" | "email" | "remote") | "sms" | "email" | "mailer" | "whole"
 /// ```
 ///
-/// The vault parses plans itself (it does not depend on `dispatch`): it must know the parts and
-/// channels to check the holder's contacts and write the jobs in one step, and a caller that
-/// passed parsed parts could leave one out. Cutting the digits stays `dispatch`'s work: a job
-/// carries the N of `counter(N)` and [`Job::courier_plan`] gives the plan in `dispatch`'s
-/// grammar. `remote` is resolved at request time: SMS if the holder has a usable mobile
-/// number, else e-mail. `whole` is an alias of `mailer`, as in `dispatch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DispatchPlan {
-    /// Part A (N digits of each code) at the counter, part B by `remote` (`None`: either).
-    Split {
-        /// N.
-        digits: u32,
-        /// The channel of part B; `None` for `remote`.
-        remote: Option<Channel>,
-    },
-    /// Every digit by one channel (`sms`, `email` or `mailer`).
-    Whole(Channel),
+/// The outbox parses the plan itself: it must know the parts and channels to check the
+/// holder's contacts and write the jobs in one step, and a caller that passed parsed parts
+/// could leave one out. Cutting the digits stays `dispatch`'s work: a job carries the N of
+/// `counter(N)` and [`Job::courier_plan`] gives its plan to cut. `remote` is resolved at
+/// request time: SMS if the holder has a usable mobile number, else e-mail. A whole plan goes
+/// by the channel it names; `whole` (no channel) goes as a printed mailer, like `mailer`.
+pub use dispatch::Plan;
+
+/// Parses a dispatch's plan (surrounding blanks ignored): [`Plan::parse`], with the outbox's
+/// error.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the plan and the position where it stops making sense.
+pub fn parse_plan(text: &str) -> Result<Plan> {
+    Plan::parse(text).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-impl DispatchPlan {
-    /// Parses a plan (surrounding blanks ignored).
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] naming what was expected.
-    pub fn parse(text: &str) -> Result<DispatchPlan> {
-        let s = text.trim();
-        let bad = |why: &str| Error::Invalid(format!("plan: {why}"));
-        match s {
-            "sms" => return Ok(DispatchPlan::Whole(Channel::Sms)),
-            "email" => return Ok(DispatchPlan::Whole(Channel::Email)),
-            "mailer" | "whole" => return Ok(DispatchPlan::Whole(Channel::Mailer)),
-            _ => {}
-        }
-        let rest = s.strip_prefix("counter(").ok_or_else(|| {
-            bad("expected `counter(N)+sms`, `counter(N)+email`, `counter(N)+remote`, `sms`, `email` or `mailer`")
-        })?;
-        let (n, rest) = rest
-            .split_once(")+")
-            .ok_or_else(|| bad("expected `counter(N)+…`"))?;
-        if n.is_empty() || n.len() > 2 || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("N of counter(N) must be a number from 1 to 99"));
-        }
-        let digits: u32 = n
-            .parse()
-            .map_err(|_| bad("N of counter(N) must be a number from 1 to 99"))?;
-        if digits == 0 {
-            return Err(bad("N of counter(N) must be a number from 1 to 99"));
-        }
-        let remote = match rest {
-            "sms" => Some(Channel::Sms),
-            "email" => Some(Channel::Email),
-            "remote" => None,
-            _ => return Err(bad("the remote part goes by `sms`, `email` or `remote`")),
-        };
-        Ok(DispatchPlan::Split { digits, remote })
-    }
+/// The channel of a whole plan's one part: the one it names, else a printed mailer.
+fn whole_channel(channel: Option<Channel>) -> Channel {
+    channel.unwrap_or(Channel::Mailer)
+}
+
+/// N of a `counter(N)` plan as a job stores it.
+fn job_digits(digits: usize) -> Result<u32> {
+    u32::try_from(digits)
+        .map_err(|_| Error::Invalid(format!("plan: counter({digits}): too many digits")))
 }
 
 /// One part of a card's codes by one channel. Holds no code and no contact.
@@ -390,6 +361,18 @@ pub struct DispatchRequest {
     /// The dispatch that replaced this one: no longer in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<u64>,
+}
+
+impl DispatchRequest {
+    /// The plan, parsed from the text the request keeps ([`parse_plan`]): every text the
+    /// outbox ever took still reads back to its plan.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a stored plan that does not parse (a damaged record).
+    pub fn parsed_plan(&self) -> Result<Plan> {
+        Plan::parse(&self.plan)
+            .map_err(|e| Error::Storage(format!("dispatch request {}: stored plan: {e}", self.id)))
+    }
 }
 
 /// One dispatch of a card with every job it made (resends and fallbacks included), for the
@@ -927,7 +910,7 @@ impl Cards {
         Ok((holder, personal))
     }
 
-    /// Asks for a card's codes to be delivered by `plan` ([`DispatchPlan`]): one job per part,
+    /// Asks for a card's codes to be delivered by `plan` ([`Plan`]): one job per part,
     /// written with the request and one `dispatch.request` event in one store batch. A refused
     /// request writes nothing (but a card found past expiry is revoked first, as on every
     /// access).
@@ -973,7 +956,7 @@ impl Cards {
         today: Date,
         actor: &Actor,
     ) -> Result<Dispatched> {
-        let plan = DispatchPlan::parse(plan_text)?;
+        let plan = parse_plan(plan_text)?;
         let reason = replace.map(check_reason).transpose()?;
         let _ops = self.ops_lock();
         let card = self.deliverable_card(audit, serial, today, actor)?;
@@ -1003,17 +986,15 @@ impl Cards {
         }
         let (holder, personal) = self.holder_of(hsm, &card)?;
         let parts: Vec<(Part, Channel, Option<u32>)> = match plan {
-            DispatchPlan::Whole(c) => {
+            Plan::Whole(channel) => {
+                let c = whole_channel(channel);
                 self.check_contact(&card, &holder, &personal, c)?;
                 vec![(Part::Whole, c, None)]
             }
-            DispatchPlan::Split { digits, remote } => {
+            Plan::Counter { digits, remote } => {
+                let digits = job_digits(digits)?;
                 let remote = match remote {
-                    Some(c) => {
-                        self.check_contact(&card, &holder, &personal, c)?;
-                        c
-                    }
-                    None => {
+                    Channel::Remote => {
                         let sms = self.check_contact(&card, &holder, &personal, Channel::Sms);
                         let email = self.check_contact(&card, &holder, &personal, Channel::Email);
                         match (sms, email) {
@@ -1028,6 +1009,10 @@ impl Cards {
                                 .into())
                             }
                         }
+                    }
+                    c => {
+                        self.check_contact(&card, &holder, &personal, c)?;
+                        c
                     }
                 };
                 vec![
@@ -1527,7 +1512,7 @@ fn check_reason(reason: &str) -> Result<String> {
 
 fn wrong_job_state(job: &Job, state: JobState, wanted: &str) -> Error {
     Error::WrongState {
-        subject: format!("dispatch job {}", job.id),
+        subject: Subject::Job(job.id),
         state: state.to_string(),
         wanted: wanted.to_owned(),
     }
@@ -3032,26 +3017,103 @@ pub(crate) mod tests {
         assert!(Channel::Counter < Channel::Sms && Channel::Email < Channel::Mailer);
     }
 
+    /// A dispatch request record with `plan` as the outbox stored it (the trimmed text asked
+    /// for, never rewritten).
+    fn request_bytes(plan: &str) -> String {
+        format!(
+            "{{\"id\":3,\"serial\":\"803900000001\",\"plan\":\"{plan}\",\"jobs\":[7,8],\
+             \"actor\":\"op1\",\"request_id\":\"r1\",\"created_ms\":1}}"
+        )
+    }
+
+    #[test]
+    fn every_stored_plan_text_reads_back_to_its_plan() {
+        // Every plan text the outbox took before it shared `dispatch`'s plan (its own grammar:
+        // N of 1 or 2 digits, `sms`/`email` whole plans, `whole` an alias of `mailer`).
+        let counter = |digits, remote| Plan::Counter { digits, remote };
+        for (text, plan, parts) in [
+            (
+                "counter(2)+sms",
+                counter(2, Channel::Sms),
+                vec![(Part::A, Channel::Counter), (Part::B, Channel::Sms)],
+            ),
+            (
+                "counter(3)+email",
+                counter(3, Channel::Email),
+                vec![(Part::A, Channel::Counter), (Part::B, Channel::Email)],
+            ),
+            (
+                "counter(01)+remote",
+                counter(1, Channel::Remote),
+                vec![(Part::A, Channel::Counter), (Part::B, Channel::Remote)],
+            ),
+            (
+                "counter(99)+sms",
+                counter(99, Channel::Sms),
+                vec![(Part::A, Channel::Counter), (Part::B, Channel::Sms)],
+            ),
+            (
+                "mailer",
+                Plan::Whole(Some(Channel::Mailer)),
+                vec![(Part::Whole, Channel::Mailer)],
+            ),
+            (
+                "whole",
+                Plan::Whole(None),
+                vec![(Part::Whole, Channel::Mailer)],
+            ),
+            (
+                "email",
+                Plan::Whole(Some(Channel::Email)),
+                vec![(Part::Whole, Channel::Email)],
+            ),
+            (
+                "sms",
+                Plan::Whole(Some(Channel::Sms)),
+                vec![(Part::Whole, Channel::Sms)],
+            ),
+        ] {
+            let old = request_bytes(text);
+            let request: crate::DispatchRequest =
+                crate::registry::decode("dispatch request", old.as_bytes()).unwrap();
+            assert_eq!(request.parsed_plan().unwrap(), plan, "{text}");
+            // The parts and channels the outbox makes of it (a `remote` part B is resolved
+            // at request time, from the holder's contacts).
+            let made: Vec<(Part, Channel)> = match plan {
+                Plan::Whole(c) => vec![(Part::Whole, whole_channel(c))],
+                Plan::Counter { remote, .. } => {
+                    vec![(Part::A, Channel::Counter), (Part::B, remote)]
+                }
+            };
+            assert_eq!(made, parts, "{text}");
+            // The stored text is kept as it was: the record encodes to the same bytes.
+            let again = crate::registry::encode(&request).unwrap();
+            assert_eq!(String::from_utf8(again).unwrap(), old);
+        }
+        // A stored plan that does not parse is a damaged record, not a bad request.
+        let odd: crate::DispatchRequest =
+            crate::registry::decode("dispatch request", request_bytes("pigeon").as_bytes())
+                .unwrap();
+        assert!(matches!(odd.parsed_plan(), Err(Error::Storage(_))));
+    }
+
     #[test]
     fn plans_parse_to_their_parts() {
         assert_eq!(
-            DispatchPlan::parse(" counter(2)+sms ").unwrap(),
-            DispatchPlan::Split {
+            parse_plan(" counter(2)+sms ").unwrap(),
+            Plan::Counter {
                 digits: 2,
-                remote: Some(Channel::Sms)
+                remote: Channel::Sms
             }
         );
         assert_eq!(
-            DispatchPlan::parse("counter(3)+remote").unwrap(),
-            DispatchPlan::Split {
+            parse_plan("counter(3)+remote").unwrap(),
+            Plan::Counter {
                 digits: 3,
-                remote: None
+                remote: Channel::Remote
             }
         );
-        assert_eq!(
-            DispatchPlan::parse("whole").unwrap(),
-            DispatchPlan::Whole(Channel::Mailer)
-        );
+        assert_eq!(parse_plan("whole").unwrap(), Plan::Whole(None));
         for bad in [
             "",
             "counter(0)+sms",
@@ -3062,10 +3124,7 @@ pub(crate) mod tests {
             "counter(2)sms",
             "post",
         ] {
-            assert!(
-                matches!(DispatchPlan::parse(bad), Err(Error::Invalid(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse_plan(bad), Err(Error::Invalid(_))), "{bad}");
         }
     }
 

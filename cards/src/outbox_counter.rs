@@ -17,7 +17,7 @@
 //! `mailer`) have no such wait.
 
 use super::date::Date;
-use super::outbox::{by, job_event, put_job, Channel, DispatchPlan, Job, JobState, Part};
+use super::outbox::{by, job_event, parse_plan, put_job, Channel, Job, JobState, Part, Plan};
 use super::registry::Cards;
 use vault::Actor;
 use vault::AuditLog;
@@ -74,7 +74,7 @@ impl Cards {
         actor: &Actor,
         render: impl FnOnce(&CardCodes, &CounterSlip) -> std::result::Result<T, E>,
     ) -> Result<std::result::Result<(T, CounterPrint), E>> {
-        let asked = plan.map(DispatchPlan::parse).transpose()?;
+        let asked = plan.map(parse_plan).transpose()?;
         let _ops = self.ops_lock();
         self.active_card(audit, serial, today, actor)?;
         let no_split = || {
@@ -83,8 +83,7 @@ impl Cards {
             })
         };
         let dispatch = self.dispatch_in_force(serial)?.ok_or_else(no_split)?;
-        let DispatchPlan::Split { digits, remote } = DispatchPlan::parse(&dispatch.request.plan)?
-        else {
+        let Plan::Counter { digits, remote } = dispatch.request.parsed_plan()? else {
             return Err(no_split());
         };
         let latest = |part: Part| {
@@ -100,16 +99,16 @@ impl Cards {
             .clone();
         let b_channel = latest(Part::B)
             .map(|j| j.channel)
-            .or(remote)
+            .or((remote != Channel::Remote).then_some(remote))
             .unwrap_or(Channel::Sms);
         let in_force = format!("counter({digits})+{b_channel}");
         if let Some(asked) = asked {
             let fits = match asked {
-                DispatchPlan::Split {
+                Plan::Counter {
                     digits: d,
                     remote: r,
-                } => d == digits && (r.is_none() || r == Some(b_channel) || r == remote),
-                DispatchPlan::Whole(_) => false,
+                } => d == digits && (r == Channel::Remote || r == b_channel || r == remote),
+                Plan::Whole(_) => false,
             };
             if !fits {
                 return Err(Refusal::PlanInForce {

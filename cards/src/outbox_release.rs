@@ -22,7 +22,7 @@ use vault::Batch;
 use vault::Hsm;
 use vault::{AuditLog, NewEvent};
 use vault::{CardCodes, PendingCodes, Release, CODES_RELEASE_ACTION};
-use vault::{Error, Missing, Refusal, Result};
+use vault::{Error, Missing, Refusal, Result, Subject};
 use zeroize::Zeroizing;
 
 /// Where a job's message goes.
@@ -253,7 +253,7 @@ impl Cards {
         let job_id = job.id;
         if job.state != JobState::Sending {
             return Err(Stop::Fail(Error::WrongState {
-                subject: format!("dispatch job {job_id}"),
+                subject: Subject::Job(job_id),
                 state: job.state.to_string(),
                 wanted: JobState::Sending.to_string(),
             }));

@@ -9,7 +9,7 @@ use vault::Actor;
 use vault::AuditLog;
 use vault::Hsm;
 use vault::{Batch, Tree};
-use vault::{Error, Missing, Result};
+use vault::{Error, Missing, Result, Subject};
 
 const NEXT_REPORT_KEY: &[u8] = b"cms.next_report";
 /// Longest title.
@@ -281,7 +281,7 @@ impl Cards {
         let mut r = self.stored_report(id)?;
         if r.state == ReportState::Closed {
             return Err(Error::WrongState {
-                subject: format!("report {id}"),
+                subject: Subject::Report(id),
                 state: "closed".into(),
                 wanted: "open or assigned".into(),
             });

@@ -19,7 +19,7 @@ fn render(layout: &Layout, pin: &[u8], puk: &[u8], dir: &std::path::Path, name: 
     let templates = Arc::new(Templates::builtin().unwrap());
     let r = PrintRenderer::new(templates, layout.clone(), Issuer::default());
     let codes = Codes::new(pin, puk).unwrap();
-    let part = Plan::Whole.cut(&codes).unwrap().swap_remove(0);
+    let part = Plan::Whole(None).cut(&codes).unwrap().swap_remove(0);
     let who = Addressee {
         name: "Niccolò D’Aragona".into(),
         address: vec!["Via Giuseppe Verdi 12".into(), "00185 Roma RM".into()],

@@ -28,7 +28,7 @@ pub enum Error {
     CounterDigits {
         /// The N of `counter(N)`.
         n: usize,
-        /// Length of the shortest code of the card (0 when checked without a card).
+        /// Length of the shortest code of the card.
         shortest: usize,
     },
     /// A code is not made of ASCII digits, or is empty or too long.

@@ -1,18 +1,25 @@
-//! Delivery plans: which part of a card's codes goes by which channel.
+//! Delivery plans: which part of a card's codes goes by which channel. The one plan vocabulary
+//! of plico: the outbox of crate `cards` parses a dispatch's plan with [`Plan::parse`] (and
+//! keeps its text, as given, on the dispatch request), the renderers cut codes by it.
 //!
 //! ```text
-//! plan    = "whole" | "mailer" | "counter(" N ")+" remote
+//! plan    = whole | "counter(" N ")+" remote
+//! whole   = "whole" | "mailer" | "sms" | "email"
 //! remote  = "remote" | "sms" | "email"
+//! N       = a number from 1 to 99
 //! ```
 //!
-//! `whole` (alias `mailer`) sends every digit in one part. `counter(N)+remote` is the Italian
-//! split: part **A** carries the first N digits of the PIN and of the PUK (and of the signature
-//! pair, if any) and is printed at the counter; part **B** carries the rest and travels by SMS or
-//! e-mail (`remote` leaves the choice to the dispatcher's policy). The holder enters part A's
-//! digits first, then part B's: every rendered message says so.
+//! A whole plan sends every digit in one part: `whole` leaves the channel to the plan's user
+//! (the outbox sends a printed mailer, as for `mailer`; a print run prints one), `sms`,
+//! `email` and `mailer` name it. `counter(N)+remote` is the Italian split: part **A** carries
+//! the first N digits of the PIN and of the PUK (and of the signature pair, if any) and is
+//! printed at the counter; part **B** carries the rest and travels by SMS or e-mail (`remote`
+//! leaves the choice to the dispatcher: SMS if the holder has a usable mobile number, else
+//! e-mail). The holder enters part A's digits first, then part B's: every rendered message
+//! says so.
 //!
 //! N must be at least 1 and less than the card's shortest code, so that neither part is empty;
-//! [`Plan::parse`] checks N ≥ 1 and [`Plan::parts`] checks it against the card.
+//! [`Plan::parse`] checks 1 ≤ N ≤ 99 and [`Plan::parts`] checks it against the card.
 //!
 //! A plan carries no secret. [`PartCodes`] does: it holds its digits in [`Digits`], zeroized on
 //! drop.
@@ -132,14 +139,15 @@ impl fmt::Display for Channel {
     }
 }
 
-/// Most digits in the N of `counter(N)`.
-const MAX_N_DIGITS: usize = 2;
+/// The largest N of `counter(N)`: no code has 100 digits.
+pub const MAX_COUNTER_DIGITS: usize = 99;
 
 /// A delivery plan, parsed from its text form (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// Every digit in one part.
-    Whole,
+    /// Every digit in one part, by the channel named (`sms`, `email`, `mailer`), or `None`
+    /// for `whole`: the plan's user chooses (the outbox sends a printed mailer).
+    Whole(Option<Channel>),
     /// The first `digits` digits at the counter, the rest by `remote`.
     Counter {
         /// N of `counter(N)`: digits of each code in part A.
@@ -150,10 +158,12 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// Parses a plan such as `whole` or `counter(2)+sms`; surrounding blanks are ignored.
+    /// Parses a plan such as `whole`, `sms` or `counter(2)+sms`; surrounding blanks are
+    /// ignored.
     ///
     /// # Errors
-    /// [`Error::PlanSyntax`] naming the position, or [`Error::CounterDigits`] for N = 0.
+    /// [`Error::PlanSyntax`] naming the position (an N of 0 or over [`MAX_COUNTER_DIGITS`]
+    /// included).
     pub fn parse(text: &str) -> Result<Plan> {
         let lead = text.len() - text.trim_start().len();
         let s = text.trim();
@@ -161,25 +171,34 @@ impl Plan {
             at: text[..(lead + at).min(text.len())].chars().count(),
             reason,
         };
-        if s == "whole" || s == "mailer" {
-            return Ok(Plan::Whole);
+        match s {
+            "whole" => return Ok(Plan::Whole(None)),
+            "mailer" => return Ok(Plan::Whole(Some(Channel::Mailer))),
+            "sms" => return Ok(Plan::Whole(Some(Channel::Sms))),
+            "email" => return Ok(Plan::Whole(Some(Channel::Email))),
+            _ => {}
         }
         let Some(rest) = s.strip_prefix("counter(") else {
-            return Err(syntax(0, "expected `whole`, `mailer` or `counter(N)+…`"));
+            return Err(syntax(
+                0,
+                "expected `whole`, `mailer`, `sms`, `email` or `counter(N)+…`",
+            ));
         };
         let at_n = "counter(".len();
         let n_len = rest.bytes().take_while(u8::is_ascii_digit).count();
         if n_len == 0 {
             return Err(syntax(at_n, "expected a number of digits"));
         }
-        // One or two digits, as in the outbox's grammar (`cards::DispatchPlan`): no code is
-        // longer than 16 digits, and a longer N would be repeated back in the errors.
-        if n_len > MAX_N_DIGITS {
-            return Err(syntax(at_n, "number of digits too large (1 to 99)"));
+        // One or two digits, as in the outbox's grammar: a longer N (a code pasted into the
+        // field) is refused before it is read, so no error can repeat it.
+        if n_len > 2 {
+            return Err(syntax(at_n, "expected a number of digits from 1 to 99"));
         }
-        let digits: usize = rest[..n_len]
-            .parse()
-            .map_err(|_| syntax(at_n, "number of digits too large"))?;
+        let digits = rest[..n_len]
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_COUNTER_DIGITS).contains(n))
+            .ok_or_else(|| syntax(at_n, "expected a number of digits from 1 to 99"))?;
         let Some(rest) = rest[n_len..].strip_prefix(")+") else {
             return Err(syntax(at_n + n_len, "expected `)+`"));
         };
@@ -194,9 +213,6 @@ impl Plan {
                 ))
             }
         };
-        if digits == 0 {
-            return Err(Error::CounterDigits { n: 0, shortest: 0 });
-        }
         Ok(Plan::Counter { digits, remote })
     }
 
@@ -226,9 +242,9 @@ impl Plan {
             signature_len: codes.signature.as_ref().map(|(p, k)| (p.len(), k.len())),
         };
         match *self {
-            Plan::Whole => Ok(vec![part(
+            Plan::Whole(channel) => Ok(vec![part(
                 PartName::Whole,
-                Channel::Any,
+                channel.unwrap_or(Channel::Any),
                 0,
                 1,
                 None,
@@ -287,7 +303,8 @@ impl FromStr for Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Plan::Whole => f.write_str("whole"),
+            Plan::Whole(None) => f.write_str("whole"),
+            Plan::Whole(Some(channel)) => f.write_str(channel.as_str()),
             Plan::Counter { digits, remote } => {
                 write!(f, "counter({digits})+{}", remote.as_str())
             }
@@ -401,8 +418,24 @@ mod tests {
     #[test]
     fn plans_parse_and_print() {
         for (text, plan) in [
-            ("whole", Plan::Whole),
-            (" mailer ", Plan::Whole),
+            ("whole", Plan::Whole(None)),
+            (" mailer ", Plan::Whole(Some(Channel::Mailer))),
+            ("sms", Plan::Whole(Some(Channel::Sms))),
+            ("email\n", Plan::Whole(Some(Channel::Email))),
+            (
+                "counter(07)+sms",
+                Plan::Counter {
+                    digits: 7,
+                    remote: Channel::Sms,
+                },
+            ),
+            (
+                "counter(99)+remote",
+                Plan::Counter {
+                    digits: 99,
+                    remote: Channel::Remote,
+                },
+            ),
             (
                 "counter(2)+remote",
                 Plan::Counter {
@@ -427,10 +460,17 @@ mod tests {
         ] {
             assert_eq!(Plan::parse(text).unwrap(), plan, "{text}");
         }
-        assert_eq!(
-            Plan::parse("counter(2)+sms").unwrap().to_string(),
-            "counter(2)+sms"
-        );
+        for text in [
+            "whole",
+            "mailer",
+            "sms",
+            "email",
+            "counter(2)+sms",
+            "counter(3)+email",
+            "counter(1)+remote",
+        ] {
+            assert_eq!(Plan::parse(text).unwrap().to_string(), text);
+        }
     }
 
     #[test]
@@ -441,7 +481,13 @@ mod tests {
             ("counter()+sms", 8, "expected a number"),
             ("counter(2)sms", 9, "expected `)+`"),
             ("counter(2)+fax", 11, "expected `remote`"),
-            ("counter(99999999999999999999999)+sms", 8, "too large"),
+            ("counter(99999999999999999999999)+sms", 8, "from 1 to 99"),
+            ("counter(100)+sms", 8, "from 1 to 99"),
+            ("counter(0)+sms", 8, "from 1 to 99"),
+            ("counter(00)+sms", 8, "from 1 to 99"),
+            ("counter(2)+counter", 11, "expected `remote`"),
+            ("counter(2)+mailer", 11, "expected `remote`"),
+            ("post", 0, "expected `whole`"),
             ("Whole", 0, "expected `whole`"),
         ] {
             let e = Plan::parse(text).unwrap_err();
@@ -452,10 +498,6 @@ mod tests {
             );
             assert!(msg.contains(what), "{text}: {msg}");
         }
-        assert!(matches!(
-            Plan::parse("counter(0)+sms"),
-            Err(Error::CounterDigits { n: 0, .. })
-        ));
     }
 
     /// The fuzz target `plan`'s echo check: a refused plan was quoted whole, and `counter(N)`
@@ -524,11 +566,32 @@ mod tests {
         assert_eq!(sp.expose_secret(), b"1222");
         assert_eq!(sk.expose_secret(), b"344455");
 
-        let whole = Plan::Whole.cut(&codes).unwrap();
+        let whole = Plan::Whole(None).cut(&codes).unwrap();
         assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].part.channel, Channel::Any);
         assert_eq!(whole[0].part.name.as_str(), "whole");
         assert_eq!(whole[0].pin.expose_secret(), b"12345");
         assert_eq!(whole[0].puk.expose_secret(), b"87654321");
+    }
+
+    #[test]
+    fn a_whole_plan_by_a_named_channel_is_one_part_by_that_channel() {
+        for (text, channel) in [
+            ("whole", Channel::Any),
+            ("mailer", Channel::Mailer),
+            ("sms", Channel::Sms),
+            ("email", Channel::Email),
+        ] {
+            let parts = Plan::parse(text).unwrap().parts(&cns()).unwrap();
+            let [whole] = &parts[..] else {
+                panic!("{text}: one part")
+            };
+            assert_eq!((whole.name, whole.channel), (PartName::Whole, channel));
+            assert_eq!(
+                (whole.pin_digits.clone(), whole.other_channel),
+                (0..5, None)
+            );
+        }
     }
 
     #[test]
@@ -548,7 +611,7 @@ mod tests {
 
     #[test]
     fn debug_of_part_codes_is_redacted() {
-        let parts = Plan::Whole.cut(&cns()).unwrap();
+        let parts = Plan::Whole(None).cut(&cns()).unwrap();
         let shown = format!("{parts:?} {:?} {:#?}", cns(), cns());
         assert!(
             !shown.contains("12345") && !shown.contains("8765"),

@@ -40,7 +40,7 @@ fn mailers(count: u64) -> impl Iterator<Item = Result<OwnedMailer>> {
         Ok(OwnedMailer {
             addressee: who.clone(),
             card_serial: serial(i),
-            codes: Plan::Whole.cut(&codes)?.swap_remove(0),
+            codes: Plan::Whole(None).cut(&codes)?.swap_remove(0),
             number: 1000 + i,
         })
     })
@@ -308,7 +308,7 @@ fn every_alphabet_prints_and_a_mailer_that_cannot_be_laid_out_is_set_aside() {
                 address,
             },
             card_serial: serial(i),
-            codes: Plan::Whole.cut(&codes)?.swap_remove(0),
+            codes: Plan::Whole(None).cut(&codes)?.swap_remove(0),
             number: 1000 + i,
         })
     });
@@ -363,7 +363,7 @@ fn every_alphabet_prints_and_a_mailer_that_cannot_be_laid_out_is_set_aside() {
                     address: vec![],
                 },
                 card_serial: serial(9),
-                codes: Plan::Whole
+                codes: Plan::Whole(None)
                     .cut(&Codes::new(b"1234", b"12345678").unwrap())
                     .unwrap()
                     .swap_remove(0),

@@ -429,7 +429,7 @@ fn a_template_error_never_shows_a_digit() {
 fn debug_of_every_type_carrying_codes_is_redacted() {
     let who = addressee();
     let c = codes().with_signature(b"97531", b"86420864").unwrap();
-    let cut = Plan::Whole.cut(&c).unwrap();
+    let cut = Plan::Whole(None).cut(&c).unwrap();
     let m = mailer(&who, &cut[0]);
     let r = print();
     let page = r.render_page(&m).unwrap();

@@ -13,7 +13,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use secrecy::{ExposeSecret, SecretString};
-use vault::{AuditAnchor, Error, Hsm, KeyPurpose, Keyring, TermId, TermState};
+use vault::{
+    AuditAnchor, Error, Hsm, KeyPurpose, Keyring, Missing, Refusal, ShareRefusal, TermId, TermState,
+};
 
 /// How the suite makes and reopens an HSM of one provider.
 pub trait Provider {
@@ -71,7 +73,10 @@ pub fn duplicate_corrupted_and_foreign_shares_are_refused(p: &mut dyn Provider) 
     let (_other, foreign) = p.init(3, 2);
     let (hsm, shares) = p.init(3, 2);
     hsm.unseal(&shares[0]).unwrap();
-    assert!(matches!(hsm.unseal(&shares[0]), Err(Error::Share(_))));
+    assert!(matches!(
+        hsm.unseal(&shares[0]),
+        Err(Error::Share(ShareRefusal::AlreadySubmitted { more: 1, .. }))
+    ));
     let text = shares[1].expose_secret().to_string();
     let payload = text.split(':').nth(6).unwrap().to_string();
     for at in (text.len() - payload.len())..text.len() {
@@ -85,10 +90,14 @@ pub fn duplicate_corrupted_and_foreign_shares_are_refused(p: &mut dyn Provider) 
             "error echoes the share"
         );
     }
-    assert!(matches!(hsm.unseal(&foreign[1]), Err(Error::Share(_))));
-    assert!(hsm
-        .unseal(&SecretString::from("hello".to_string()))
-        .is_err());
+    assert!(matches!(
+        hsm.unseal(&foreign[1]),
+        Err(Error::Share(ShareRefusal::ForeignSet { .. }))
+    ));
+    assert!(matches!(
+        hsm.unseal(&SecretString::from("hello".to_string())),
+        Err(Error::Share(ShareRefusal::Malformed(_)))
+    ));
     let st = hsm.status();
     assert!(st.sealed && st.progress == 1, "a refused share counted");
     assert!(!hsm.unseal(&shares[2]).unwrap().sealed);
@@ -139,7 +148,10 @@ pub fn tampered_wrapped_keys_are_one_integrity_error(p: &mut dyn Provider) {
         t[i] ^= 0x01;
         let r = vault::WrappedKey::from_bytes(&t).and_then(|w| hsm.unwrap_data_key(&w).map(|_| ()));
         assert!(
-            matches!(r, Err(Error::Integrity) | Err(Error::NotFound(_))),
+            matches!(
+                r,
+                Err(Error::Integrity) | Err(Error::Missing(Missing::Term(_)))
+            ),
             "stored byte {i}: {r:?}"
         );
     }
@@ -175,7 +187,7 @@ pub fn tampered_wrapped_keys_are_one_integrity_error(p: &mut dyn Provider) {
     unknown.term = TermId(99);
     assert!(matches!(
         hsm.unwrap_data_key(&unknown),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(99))))
     ));
 }
 
@@ -211,10 +223,13 @@ pub fn rotate_rewrap_and_retire(p: &mut dyn Provider) {
         hsm.generate_data_key(KeyPurpose::Code).unwrap().1.term,
         TermId(2)
     );
-    assert!(matches!(hsm.retire_term(TermId(2)), Err(Error::Refused(_))));
+    assert!(matches!(
+        hsm.retire_term(TermId(2)),
+        Err(Error::Refusal(Refusal::TermActive { term: TermId(2) }))
+    ));
     assert!(matches!(
         hsm.retire_term(TermId(7)),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(7))))
     ));
     assert!(
         ring.retire_term(&*hsm, TermId(1)).is_err(),
@@ -234,16 +249,19 @@ pub fn rotate_rewrap_and_retire(p: &mut dyn Provider) {
     assert_eq!(report.rewrapped, 2);
     ring.retire_term(&*hsm, TermId(1)).unwrap();
     assert_eq!(hsm.status().terms[0].state, TermState::Retired);
-    assert!(matches!(hsm.retire_term(TermId(1)), Err(Error::Refused(_))));
+    assert!(matches!(
+        hsm.retire_term(TermId(1)),
+        Err(Error::Refusal(Refusal::TermRetired { term: TermId(1) }))
+    ));
     assert_eq!(ring.unwrap(&*hsm, code).unwrap().expose_secret(), &clear);
     assert!(ring.unwrap(&*hsm, index).is_ok());
     assert!(matches!(
         hsm.unwrap_data_key(&old_wrapped),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(1))))
     ));
     assert!(matches!(
         hsm.rewrap_data_key(&old_wrapped),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(1))))
     ));
 
     drop(hsm);
@@ -255,7 +273,7 @@ pub fn rotate_rewrap_and_retire(p: &mut dyn Provider) {
     assert_eq!(ring.unwrap(&*hsm, code).unwrap().expose_secret(), &clear);
     assert!(matches!(
         hsm.unwrap_data_key(&old_wrapped),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(1))))
     ));
 }
 
@@ -357,7 +375,10 @@ pub fn rekey_replaces_shares_and_root_and_keeps_data_keys(p: &mut dyn Provider) 
 
     let hsm = p.reopen();
     for s in &old {
-        assert!(matches!(hsm.unseal(s), Err(Error::Share(_))));
+        assert!(matches!(
+            hsm.unseal(s),
+            Err(Error::Share(ShareRefusal::ForeignSet { .. }))
+        ));
     }
     unseal(&*hsm, &[&new[4], &new[1], &new[3]]);
     let st = hsm.status();
@@ -388,7 +409,10 @@ pub fn the_audit_anchor_persists_and_only_moves_forward(p: &mut dyn Provider) {
     };
     assert!(matches!(
         hsm.set_audit_anchor(&back),
-        Err(Error::Refused(_))
+        Err(Error::Refusal(Refusal::AnchorBackwards {
+            held: 10,
+            given: 9
+        }))
     ));
     let fork = AuditAnchor {
         seq: 10,
@@ -396,7 +420,7 @@ pub fn the_audit_anchor_persists_and_only_moves_forward(p: &mut dyn Provider) {
     };
     assert!(matches!(
         hsm.set_audit_anchor(&fork),
-        Err(Error::Refused(_))
+        Err(Error::Refusal(Refusal::AnchorForked { seq: 10 }))
     ));
     assert_eq!(hsm.audit_anchor().unwrap(), Some(a.clone()));
     drop(hsm);

@@ -39,8 +39,9 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use vault::{
-    AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
-    Result, ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
+    AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, Missing, Refusal,
+    RekeyOutcome, Result, ShareDelivery, ShareRefusal, TermId, TermInfo, TermState, UnsealProgress,
+    WrappedKey, KEY_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -151,7 +152,7 @@ fn combine_to_pin(shares: &[Share], set_id_hex: &str) -> Result<SecretString> {
         .iter()
         .map(|s| (s.x, &s.expose_payload()[..]))
         .collect();
-    let secret = shamir::combine(&parts).map_err(Error::Share)?;
+    let secret = shamir::combine(&parts).map_err(ShareRefusal::Malformed)?;
     let set_id = hex::decode(set_id_hex).map_err(|_| Error::Integrity)?;
     pin_from_secret(&secret, &set_id)
 }
@@ -163,15 +164,8 @@ struct NewShareSet {
 }
 
 fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Result<NewShareSet> {
-    if threshold < 2 && !dev {
-        return Err(Error::Refused(format!(
-            "a threshold of {threshold} is only allowed for a development hsm (--dev); use 2 or more"
-        )));
-    }
-    if shares == 0 || threshold == 0 || threshold > shares {
-        return Err(Error::Refused(format!(
-            "threshold {threshold} of {shares} shares: need 1 <= threshold <= shares <= 255"
-        )));
+    if (threshold < 2 && !dev) || shares == 0 || threshold == 0 || threshold > shares {
+        return Err(Refusal::Threshold { threshold, shares }.into());
     }
     let mut set_id = [0u8; 8];
     rng.fill(&mut set_id)
@@ -183,7 +177,8 @@ fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Re
         rng.fill(b)
             .map_err(|_| "random generator failed".to_string())
     })
-    .map_err(Error::Refused)?;
+    // The threshold was checked above: what is left is the random generator.
+    .map_err(|_| Error::Provider("random"))?;
     let mut out = Vec::with_capacity(parts.len());
     let mut digests = BTreeMap::new();
     for (x, y) in &parts {
@@ -208,20 +203,29 @@ fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Re
 /// Checks a share against a share set.
 fn admit(set: &ShareSet, share: &Share) -> Result<()> {
     if share.threshold != set.threshold || share.shares != set.shares {
-        return Err(Error::Share(format!(
-            "share {} says {} of {}, but set {} is {} of {}",
-            share.x, share.threshold, share.shares, set.id, set.threshold, set.shares
-        )));
+        return Err(ShareRefusal::QuorumMismatch {
+            x: share.x,
+            threshold: share.threshold,
+            shares: share.shares,
+            set: set.id.clone(),
+            set_threshold: set.threshold,
+            set_shares: set.shares,
+        }
+        .into());
     }
     let issued = set
         .digests
         .get(&share.x)
-        .ok_or_else(|| Error::Share(format!("set {} has no share {}", set.id, share.x)))?;
+        .ok_or_else(|| ShareRefusal::NoSuchShare {
+            set: set.id.clone(),
+            x: share.x,
+        })?;
     if verify_slices_are_equal(hex::encode(share.digest()).as_bytes(), issued.as_bytes()).is_err() {
-        return Err(Error::Share(format!(
-            "share {} of set {} is not the share this hsm issued",
-            share.x, set.id
-        )));
+        return Err(ShareRefusal::NotIssued {
+            set: set.id.clone(),
+            x: share.x,
+        }
+        .into());
     }
     Ok(())
 }
@@ -345,9 +349,10 @@ impl Pkcs11Hsm {
     /// Opens the plico HSM on the token named by `cfg`, sealed.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when no token has the label; [`Error::Storage`] when the module
+    /// [`Error::Missing`] when no token has the label; [`Error::Storage`] when the module
     /// does not load or the token holds no plico state (run `plico init --hsm pkcs11` first)
-    /// or a damaged one; [`Error::Refused`]/[`Error::Invalid`] for an unusable mechanism.
+    /// or a damaged one; [`Refusal::MechanismUnavailable`]/[`Error::Invalid`] for an unusable
+    /// mechanism.
     pub fn open(cfg: &Pkcs11Config) -> Result<Self> {
         // Checked here so that an unusable mechanism fails at start-up, not at the first key.
         cfg.mechanism.mechanism()?;
@@ -392,7 +397,7 @@ impl Pkcs11Hsm {
     /// this call it no longer opens the token.
     ///
     /// # Errors
-    /// [`Error::Refused`] when the token already holds a plico HSM, the token PIN is refused,
+    /// [`Error::Refusal`] when the token already holds a plico HSM, the token PIN is refused,
     /// or the options are unusable; whatever `deliver` returns (nothing is written then);
     /// token failures as [`Error::Provider`]/[`Error::Storage`].
     ///
@@ -410,10 +415,10 @@ impl Pkcs11Hsm {
         let pool = Pool::new(ctx, slot);
         let rng = SystemRandom::new();
         if !pool.with(load_candidates)?.is_empty() {
-            return Err(Error::Refused(format!(
-                "pkcs#11 token {:?} already holds a plico hsm; use a fresh token",
-                cfg.token_label
-            )));
+            return Err(Refusal::HsmExists {
+                place: format!("pkcs#11 token {:?}", cfg.token_label),
+            }
+            .into());
         }
         let set = new_share_set(&rng, opts.shares, opts.threshold, opts.dev)?;
         let texts: Vec<SecretString> = set.shares.iter().map(Share::to_text).collect();
@@ -422,10 +427,10 @@ impl Pkcs11Hsm {
             match s.login(UserType::User, Some(token_pin)) {
                 Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
                 Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                    return Err(Error::Refused(format!(
-                        "the user pin of pkcs#11 token {:?} was refused",
-                        cfg.token_label
-                    )))
+                    return Err(Refusal::TokenPinRefused {
+                        token: cfg.token_label.clone(),
+                    }
+                    .into())
                 }
                 Err(_) => return Err(Error::Provider("login")),
             }
@@ -622,7 +627,7 @@ impl Pkcs11Hsm {
     /// the HSM is unsealed. Running it twice with the same `to` changes nothing the second time.
     ///
     /// # Errors
-    /// [`Error::Refused`] while unsealed; [`Error::Share`] for shares of another set, shares
+    /// [`Refusal::RollbackUnsealed`] while unsealed; [`Error::Share`] for shares of another set, shares
     /// this HSM did not issue, a share given twice, or fewer than the threshold; what `check`
     /// returns; token errors.
     ///
@@ -637,37 +642,33 @@ impl Pkcs11Hsm {
     ) -> Result<Option<AuditAnchor>> {
         let mut inner = self.write();
         if inner.open.is_some() {
-            return Err(Error::Refused(
-                "the hsm is unsealed: a rollback is accepted by the custodians' quorum given to \
-                 it, on a sealed hsm"
-                    .to_string(),
-            ));
+            return Err(Refusal::RollbackUnsealed.into());
         }
         inner.pending.clear();
         let set = inner.state()?.body.share_set.clone();
         let mut admitted: Vec<Share> = Vec::with_capacity(quorum.len());
         for text in quorum {
-            let share = Share::parse(text).map_err(Error::Share)?;
+            let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
             let got = hex::encode(share.set);
             if got != set.id {
-                return Err(Error::Share(format!(
-                    "this share belongs to share set {got}, but the token uses set {}: a \
-                     rollback needs the token's current shares",
-                    set.id
-                )));
+                return Err(ShareRefusal::ForeignSet {
+                    got,
+                    held: set.id.clone(),
+                }
+                .into());
             }
             admit(&set, &share)?;
             if admitted.iter().any(|s| s.x == share.x) {
-                return Err(Error::Share(format!("share {} was given twice", share.x)));
+                return Err(ShareRefusal::GivenTwice { x: share.x }.into());
             }
             admitted.push(share);
         }
         if admitted.len() < usize::from(set.threshold) {
-            return Err(Error::Share(format!(
-                "{} share(s) given, {} needed: the rollback needs the custodians' quorum",
-                admitted.len(),
-                set.threshold
-            )));
+            return Err(ShareRefusal::TooFew {
+                need: usize::from(set.threshold),
+                given: admitted.len(),
+            }
+            .into());
         }
         let pin = combine_to_pin(&admitted, &set.id)?;
         drop(admitted);
@@ -698,15 +699,11 @@ impl Pkcs11Hsm {
     pub fn insecure_token_pin_from_shares(shares: &[SecretString]) -> Result<SecretString> {
         let parsed: Vec<Share> = shares
             .iter()
-            .map(|t| Share::parse(t).map_err(Error::Share))
+            .map(|t| Share::parse(t).map_err(|why| Error::from(ShareRefusal::Malformed(why))))
             .collect::<Result<_>>()?;
-        let first = parsed
-            .first()
-            .ok_or_else(|| Error::Share("no shares given".to_string()))?;
+        let first = parsed.first().ok_or(ShareRefusal::NoneGiven)?;
         if parsed.iter().any(|s| s.set != first.set) {
-            return Err(Error::Share(
-                "the shares belong to different share sets".to_string(),
-            ));
+            return Err(ShareRefusal::MixedSets.into());
         }
         combine_to_pin(&parsed, &hex::encode(first.set))
     }
@@ -733,15 +730,17 @@ impl Pkcs11Hsm {
             .pool
             .with(|s| match s.login(UserType::User, Some(pin)) {
                 Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-                Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::Share(format!(
-                    "the shares of set {set} do not open pkcs#11 token {:?} (an interrupted rekey \
-                 left this set unused, or its pin was changed outside plico)",
-                    self.cfg.token_label
-                ))),
-                Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::Refused(format!(
-                "the user pin of pkcs#11 token {:?} is locked; its security officer must reset it",
-                self.cfg.token_label
-            ))),
+                Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                    Err(Error::from(ShareRefusal::DoNotOpenToken {
+                        set: set.to_owned(),
+                        token: self.cfg.token_label.clone(),
+                    }))
+                }
+                Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                    Err(Error::from(Refusal::TokenPinLocked {
+                        token: self.cfg.token_label.clone(),
+                    }))
+                }
                 Err(_) => Err(Error::Provider("login")),
             });
         login?;
@@ -884,7 +883,7 @@ impl Pkcs11Hsm {
         open.keys
             .get(&(term, purpose))
             .copied()
-            .ok_or_else(|| Error::NotFound(format!("{} (retired or unknown)", TermId(term))))
+            .ok_or(Error::Missing(Missing::Term(TermId(term))))
     }
 
     /// Unwraps into a session object; `f` uses it; the object is destroyed whatever happens.
@@ -978,35 +977,35 @@ impl Hsm for Pkcs11Hsm {
                 threshold: threshold_now,
             });
         }
-        let share = Share::parse(text).map_err(Error::Share)?;
+        let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
         let got = hex::encode(share.set);
         let set = match inner.candidates.get(&got) {
             Some((_, st)) => st.body.share_set.clone(),
             None => {
-                return Err(Error::Share(format!(
-                    "this share belongs to share set {got}, but this hsm uses set {}: it is from \
-                     another hsm or from before a rekey",
-                    inner.current
-                )))
+                return Err(ShareRefusal::ForeignSet {
+                    got,
+                    held: inner.current.clone(),
+                }
+                .into())
             }
         };
         if let Some(first) = inner.pending.first() {
             if first.set != share.set {
-                return Err(Error::Share(format!(
-                    "this share belongs to share set {got}, but the shares submitted so far \
-                     belong to set {}; reset the unseal to change sets",
-                    hex::encode(first.set)
-                )));
+                return Err(ShareRefusal::OtherSetPending {
+                    got,
+                    pending: hex::encode(first.set),
+                }
+                .into());
             }
         }
         admit(&set, &share)?;
         let threshold = set.threshold;
         if inner.pending.iter().any(|s| s.x == share.x) {
-            return Err(Error::Share(format!(
-                "share {} was already submitted; {} more distinct share(s) needed",
-                share.x,
-                usize::from(threshold).saturating_sub(inner.pending.len())
-            )));
+            return Err(ShareRefusal::AlreadySubmitted {
+                x: share.x,
+                more: usize::from(threshold).saturating_sub(inner.pending.len()),
+            }
+            .into());
         }
         inner.pending.push(share);
         if inner.pending.len() < usize::from(threshold) {
@@ -1156,14 +1155,10 @@ impl Hsm for Pkcs11Hsm {
             .terms
             .iter_mut()
             .find(|t| t.id == term.0)
-            .ok_or_else(|| Error::NotFound(term.to_string()))?;
+            .ok_or(Missing::Term(term))?;
         match t.state {
-            TermState::Active => {
-                return Err(Error::Refused(format!(
-                    "{term} is the active term; rotate to a new term before retiring it"
-                )))
-            }
-            TermState::Retired => return Err(Error::Refused(format!("{term} is already retired"))),
+            TermState::Active => return Err(Refusal::TermActive { term }.into()),
+            TermState::Retired => return Err(Refusal::TermRetired { term }.into()),
             TermState::DecryptOnly => {}
         }
         t.state = TermState::Retired;
@@ -1191,33 +1186,33 @@ impl Hsm for Pkcs11Hsm {
     ) -> Result<RekeyOutcome> {
         let mut inner = self.write();
         if inner.open.is_none() {
-            return Err(Error::Refused("unseal the hsm before a rekey".to_string()));
+            return Err(Error::Sealed);
         }
         let old_body = inner.state()?.body.clone();
         let old_set = old_body.share_set.clone();
         let mut admitted: Vec<Share> = Vec::with_capacity(current.len());
         for text in current {
-            let share = Share::parse(text).map_err(Error::Share)?;
+            let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
             let got = hex::encode(share.set);
             if got != old_set.id {
-                return Err(Error::Share(format!(
-                    "this share belongs to share set {got}, but this hsm uses set {}: it is from \
-                     another hsm or from before a rekey",
-                    old_set.id
-                )));
+                return Err(ShareRefusal::ForeignSet {
+                    got,
+                    held: old_set.id.clone(),
+                }
+                .into());
             }
             admit(&old_set, &share)?;
             if admitted.iter().any(|s| s.x == share.x) {
-                return Err(Error::Share(format!("share {} was given twice", share.x)));
+                return Err(ShareRefusal::GivenTwice { x: share.x }.into());
             }
             admitted.push(share);
         }
         if admitted.len() < usize::from(old_set.threshold) {
-            return Err(Error::Share(format!(
-                "a rekey needs {} current shares, {} given",
-                old_set.threshold,
-                admitted.len()
-            )));
+            return Err(ShareRefusal::TooFew {
+                need: usize::from(old_set.threshold),
+                given: admitted.len(),
+            }
+            .into());
         }
         let old_pin = combine_to_pin(&admitted, &old_set.id)?;
         let dev = old_body.dev;
@@ -1256,9 +1251,9 @@ impl Hsm for Pkcs11Hsm {
             if let Err(e) = s.set_pin(&old_pin, &set.pin) {
                 undo(&[obj, root]);
                 return Err(match e {
-                    CkError::Pkcs11(RvError::PinIncorrect, _) => Error::Share(
-                        "the shares do not reconstruct the token's current pin".to_string(),
-                    ),
+                    CkError::Pkcs11(RvError::PinIncorrect, _) => {
+                        Error::from(ShareRefusal::NotCurrentQuorum)
+                    }
                     _ => Error::Provider("set pin"),
                 });
             }
@@ -1295,19 +1290,17 @@ impl Hsm for Pkcs11Hsm {
         let mut body = inner.state()?.body.clone();
         if let Some(held) = &body.audit_anchor {
             if held.seq > anchor.seq {
-                return Err(Error::Refused(format!(
-                    "the audit anchor is at event {}, refusing to move it back to {}",
-                    held.seq, anchor.seq
-                )));
+                return Err(Refusal::AnchorBackwards {
+                    held: held.seq,
+                    given: anchor.seq,
+                }
+                .into());
             }
             if held == anchor {
                 return Ok(());
             }
             if held.seq == anchor.seq {
-                return Err(Error::Refused(format!(
-                    "the audit anchor already holds another event {}: the chain has forked",
-                    held.seq
-                )));
+                return Err(Refusal::AnchorForked { seq: held.seq }.into());
             }
         }
         body.audit_anchor = Some(anchor.clone());

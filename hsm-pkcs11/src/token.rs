@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use vault::{Error, Result};
+use vault::{Error, Missing, Refusal, Result};
 
 /// PKCS#11 3.x's number for RFC 5649 (`CKM_AES_KEY_WRAP_KWP`).
 pub const CKM_AES_KEY_WRAP_KWP: u64 = 0x210B;
@@ -44,18 +44,19 @@ impl WrapMechanism {
     /// The mechanism to hand to `C_WrapKey`/`C_UnwrapKey`.
     ///
     /// # Errors
-    /// [`Error::Refused`] for [`WrapMechanism::Kwp`]: cryptoki 0.12 has no constructor for
+    /// [`Refusal::MechanismUnavailable`] for [`WrapMechanism::Kwp`]: cryptoki 0.12 has no constructor for
     /// 0x210B (it knows only the 2.40 names), so a 3.x token is configured with its vendor
     /// alias or `pad` until cryptoki names it; [`Error::Invalid`] for a vendor number below
     /// 0x80000000.
     pub fn mechanism(self) -> Result<Mechanism<'static>> {
         match self {
             WrapMechanism::Pad => Ok(Mechanism::AesKeyWrapPad),
-            WrapMechanism::Kwp => Err(Error::Refused(
-                "hsm mechanism \"kwp\" (CKM_AES_KEY_WRAP_KWP 0x210B) cannot be issued through \
-                 cryptoki 0.12; use \"pad\" or the token's vendor number for RFC 5649"
-                    .to_string(),
-            )),
+            WrapMechanism::Kwp => Err(Refusal::MechanismUnavailable {
+                mechanism: "kwp",
+                instead: "\"pad\" or the token's vendor number for RFC 5649 (cryptoki 0.12 \
+                          cannot issue CKM_AES_KEY_WRAP_KWP 0x210B)",
+            }
+            .into()),
             WrapMechanism::Vendor(v) => {
                 let t = MechanismType::new_vendor_defined(v).map_err(|_| {
                     Error::Invalid(format!(
@@ -179,7 +180,7 @@ pub fn reload(module: &Path) -> Result<()> {
 /// The slot holding the initialised token labelled `label`.
 ///
 /// # Errors
-/// [`Error::NotFound`] naming the label when no token has it.
+/// [`Error::Missing`] naming the label when no token has it.
 pub fn find_token(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     let slots = ctx
         .get_slots_with_initialized_token()
@@ -191,9 +192,7 @@ pub fn find_token(ctx: &Pkcs11, label: &str) -> Result<Slot> {
             }
         }
     }
-    Err(Error::NotFound(format!(
-        "no initialised pkcs#11 token is labelled {label:?}"
-    )))
+    Err(Missing::Token(label.to_owned()).into())
 }
 
 /// Read-write sessions on one token, one per concurrent caller.

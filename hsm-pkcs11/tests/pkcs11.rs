@@ -16,7 +16,7 @@ use hsm_pkcs11::testing::{new_token, TestToken};
 use hsm_pkcs11::{token, InitOptions, Pkcs11Config, Pkcs11Hsm};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use vault::{Error, Hsm, KeyPurpose};
+use vault::{Error, Hsm, KeyPurpose, Missing, Refusal, ShareRefusal};
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -222,7 +222,10 @@ fn the_shares_derive_the_token_pin_and_the_initial_pin_is_gone() {
     assert!(hsm.generate_data_key(KeyPurpose::Code).is_ok());
     hsm.seal();
     let wrong = SecretString::from("0".repeat(64));
-    assert!(matches!(hsm.unseal_with_pin(&wrong), Err(Error::Share(_))));
+    assert!(matches!(
+        hsm.unseal_with_pin(&wrong),
+        Err(Error::Share(ShareRefusal::DoNotOpenToken { .. }))
+    ));
     assert!(hsm.status().sealed);
     // Initialising the same token twice is refused and changes nothing.
     let again = Pkcs11Hsm::init(
@@ -235,7 +238,10 @@ fn the_shares_derive_the_token_pin_and_the_initial_pin_is_gone() {
         },
         &mut |_: &[SecretString]| panic!("must not deliver"),
     );
-    assert!(matches!(again, Err(Error::Refused(_))));
+    assert!(matches!(
+        again,
+        Err(Error::Refusal(Refusal::HsmExists { place })) if place.contains(&token.config.token_label)
+    ));
     unseal(&hsm, &[&shares[0], &shares[1]]);
 }
 
@@ -304,7 +310,7 @@ fn a_missing_or_empty_token_is_a_clear_error() {
     other.token_label = "no-such-token".to_string();
     let err = Pkcs11Hsm::open(&other).unwrap_err();
     assert!(
-        matches!(&err, Error::NotFound(m) if m.contains("no-such-token")),
+        matches!(&err, Error::Missing(Missing::Token(label)) if label == "no-such-token"),
         "{err:?}"
     );
     let mut bad = token.config.clone();

@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use vault::lock;
 use vault::{
-    AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, RekeyOutcome,
-    Result, ShareDelivery, TermId, TermInfo, TermState, UnsealProgress, WrappedKey, KEY_LEN,
+    AuditAnchor, DataKey, Error, FreshDataKey, Hsm, HsmStatus, Kcv, KeyPurpose, Missing, Refusal,
+    RekeyOutcome, Result, ShareDelivery, ShareRefusal, TermId, TermInfo, TermState, UnsealProgress,
+    WrappedKey, KEY_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -224,15 +225,8 @@ fn random_key(rng: &SystemRandom) -> Result<Key> {
 
 /// Makes a new share set: id, shares, digests, and the unseal key they combine to.
 fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Result<NewShareSet> {
-    if threshold < 2 && !dev {
-        return Err(Error::Refused(format!(
-            "a threshold of {threshold} is only allowed for a development hsm (--dev); use 2 or more"
-        )));
-    }
-    if shares == 0 || threshold == 0 || threshold > shares {
-        return Err(Error::Refused(format!(
-            "threshold {threshold} of {shares} shares: need 1 <= threshold <= shares <= 255"
-        )));
+    if (threshold < 2 && !dev) || shares == 0 || threshold == 0 || threshold > shares {
+        return Err(Refusal::Threshold { threshold, shares }.into());
     }
     let mut set_id = [0u8; 8];
     rng.fill(&mut set_id)
@@ -242,7 +236,8 @@ fn new_share_set(rng: &SystemRandom, shares: u8, threshold: u8, dev: bool) -> Re
         rng.fill(b)
             .map_err(|_| "random generator failed".to_string())
     })
-    .map_err(Error::Refused)?;
+    // The threshold was checked above: what is left is the random generator.
+    .map_err(|_| Error::Provider("random"))?;
     let mut out = Vec::with_capacity(parts.len());
     let mut digests = BTreeMap::new();
     for (x, y) in parts {
@@ -294,7 +289,7 @@ impl SimulatedHsm {
     /// written. Returns the HSM sealed.
     ///
     /// # Errors
-    /// [`Error::Refused`] for a state that already exists or unusable options; whatever
+    /// [`Error::Refusal`] for a state that already exists or unusable options; whatever
     /// `deliver` returns; [`Error::Storage`] if the state cannot be written.
     pub fn init(
         dir: &Path,
@@ -315,10 +310,10 @@ impl SimulatedHsm {
         fault: Option<FaultHook>,
     ) -> Result<(Self, InitReport)> {
         if Self::exists(dir) {
-            return Err(Error::Refused(format!(
-                "{} already holds an hsm state; refusing to overwrite it",
-                dir.join(Self::STATE_FILE).display()
-            )));
+            return Err(Refusal::HsmExists {
+                place: dir.join(Self::STATE_FILE).display().to_string(),
+            }
+            .into());
         }
         StateFile::remove_leftover(dir, Self::STATE_FILE)?;
         let rng = SystemRandom::new();
@@ -396,16 +391,20 @@ impl SimulatedHsm {
         };
         let (hsm, _) = Self::init(dir, opts, &mut |shares: &[SecretString]| {
             let [one] = shares else {
-                return Err(Error::Refused(format!(
-                    "a dev hsm has one share, got {}",
-                    shares.len()
-                )));
+                return Err(Refusal::ShareCount {
+                    expected: 1,
+                    produced: shares.len(),
+                }
+                .into());
             };
             keep(one)?;
             share = Some(one.clone());
             Ok(())
         })?;
-        let share = share.ok_or_else(|| Error::Refused("the dev hsm gave no share".into()))?;
+        let share = share.ok_or(Refusal::ShareCount {
+            expected: 1,
+            produced: 0,
+        })?;
         hsm.unseal(&share)?;
         Ok(hsm)
     }
@@ -453,31 +452,40 @@ impl SimulatedHsm {
 
     /// Checks a share against the current set; returns it parsed.
     fn admit(file: &StateFile, text: &SecretString) -> Result<Share> {
-        let share = Share::parse(text).map_err(Error::Share)?;
+        let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
         let set = &file.body.share_set;
         let got = hex::encode(share.set);
         if got != set.id {
-            return Err(Error::Share(format!(
-                "this share belongs to share set {got}, but this hsm uses set {}: it is from \
-                 another hsm or from before a rekey",
-                set.id
-            )));
+            return Err(ShareRefusal::ForeignSet {
+                got,
+                held: set.id.clone(),
+            }
+            .into());
         }
         if share.threshold != set.threshold || share.shares != set.shares {
-            return Err(Error::Share(format!(
-                "share {} says {} of {}, but set {} is {} of {}",
-                share.x, share.threshold, share.shares, set.id, set.threshold, set.shares
-            )));
+            return Err(ShareRefusal::QuorumMismatch {
+                x: share.x,
+                threshold: share.threshold,
+                shares: share.shares,
+                set: set.id.clone(),
+                set_threshold: set.threshold,
+                set_shares: set.shares,
+            }
+            .into());
         }
         let issued = set
             .digests
             .get(&share.x)
-            .ok_or_else(|| Error::Share(format!("set {} has no share {}", set.id, share.x)))?;
+            .ok_or_else(|| ShareRefusal::NoSuchShare {
+                set: set.id.clone(),
+                x: share.x,
+            })?;
         if !constant_time_eq(hex::encode(share.digest()).as_bytes(), issued.as_bytes()) {
-            return Err(Error::Share(format!(
-                "share {} of set {} is not the share this hsm issued",
-                share.x, set.id
-            )));
+            return Err(ShareRefusal::NotIssued {
+                set: set.id.clone(),
+                x: share.x,
+            }
+            .into());
         }
         Ok(share)
     }
@@ -488,7 +496,7 @@ impl SimulatedHsm {
             .iter()
             .map(|s| (s.x, &s.expose_payload()[..]))
             .collect();
-        let secret = shamir::combine(&parts).map_err(Error::Share)?;
+        let secret = shamir::combine(&parts).map_err(ShareRefusal::Malformed)?;
         let set_id = hex::decode(&file.body.share_set.id).map_err(|_| Error::Integrity)?;
         let unseal_key = hkdf32(&secret, &set_id, "plico-hsm unseal v1")?;
         let root = gcm_open(
@@ -496,9 +504,7 @@ impl SimulatedHsm {
             &root_aad(&file.body.share_set.id),
             &file.body.sealed_root,
         )
-        .map_err(|_| {
-            Error::Share("the shares do not open the root key (state file damaged?)".to_string())
-        })?;
+        .map_err(|_| ShareRefusal::DoNotOpen)?;
         let mac = state_mac(&root, &file.body)?;
         if !constant_time_eq(mac.as_bytes(), file.mac.as_bytes()) {
             return Err(Error::Integrity);
@@ -546,10 +552,7 @@ impl SimulatedHsm {
     }
 
     fn unwrap_with(keys: &Unsealed, w: &WrappedKey) -> Result<DataKey> {
-        let kek = keys
-            .keks
-            .get(&w.term.0)
-            .ok_or_else(|| Error::NotFound(format!("{} (retired or unknown)", w.term)))?;
+        let kek = keys.keks.get(&w.term.0).ok_or(Missing::Term(w.term))?;
         let wk = wrapping_key(kek, w.purpose)?;
         let mut out = Zeroizing::new([0u8; KEY_LEN + 16]);
         let plain = AesKek::new(&AES_256, &wk[..])
@@ -619,11 +622,11 @@ impl Hsm for SimulatedHsm {
         }
         let share = Self::admit(&inner.file, text)?;
         if inner.pending.iter().any(|s| s.x == share.x) {
-            return Err(Error::Share(format!(
-                "share {} was already submitted; {} more distinct share(s) needed",
-                share.x,
-                usize::from(threshold).saturating_sub(inner.pending.len())
-            )));
+            return Err(ShareRefusal::AlreadySubmitted {
+                x: share.x,
+                more: usize::from(threshold).saturating_sub(inner.pending.len()),
+            }
+            .into());
         }
         inner.pending.push(share);
         if inner.pending.len() < usize::from(threshold) {
@@ -723,14 +726,10 @@ impl Hsm for SimulatedHsm {
             .terms
             .iter_mut()
             .find(|t| t.id == term.0)
-            .ok_or_else(|| Error::NotFound(term.to_string()))?;
+            .ok_or(Missing::Term(term))?;
         match t.state {
-            TermState::Active => {
-                return Err(Error::Refused(format!(
-                    "{term} is the active term; rotate to a new term before retiring it"
-                )))
-            }
-            TermState::Retired => return Err(Error::Refused(format!("{term} is already retired"))),
+            TermState::Active => return Err(Refusal::TermActive { term }.into()),
+            TermState::Retired => return Err(Refusal::TermRetired { term }.into()),
             TermState::DecryptOnly => {}
         }
         t.state = TermState::Retired;
@@ -747,32 +746,26 @@ impl Hsm for SimulatedHsm {
         deliver: &mut ShareDelivery<'_>,
     ) -> Result<RekeyOutcome> {
         let mut inner = self.lock();
-        let held = Self::copy_keys(
-            inner
-                .unsealed
-                .as_ref()
-                .ok_or_else(|| Error::Refused("unseal the hsm before a rekey".to_string()))?,
-        );
+        let held = Self::copy_keys(inner.unsealed.as_ref().ok_or(Error::Sealed)?);
         let need = usize::from(inner.file.body.share_set.threshold);
         let mut admitted: Vec<Share> = Vec::with_capacity(current.len());
         for text in current {
             let share = Self::admit(&inner.file, text)?;
             if admitted.iter().any(|s| s.x == share.x) {
-                return Err(Error::Share(format!("share {} was given twice", share.x)));
+                return Err(ShareRefusal::GivenTwice { x: share.x }.into());
             }
             admitted.push(share);
         }
         if admitted.len() < need {
-            return Err(Error::Share(format!(
-                "a rekey needs {need} current shares, {} given",
-                admitted.len()
-            )));
+            return Err(ShareRefusal::TooFew {
+                need,
+                given: admitted.len(),
+            }
+            .into());
         }
         let opened = Self::open_keys(&inner.file, &admitted)?;
         if !constant_time_eq(&opened.root[..], &held.root[..]) {
-            return Err(Error::Share(
-                "the shares do not reconstruct the current root key".to_string(),
-            ));
+            return Err(ShareRefusal::NotCurrentQuorum.into());
         }
         let dev = inner.file.body.dev;
         let set = new_share_set(&self.rng, shares, threshold, dev)?;
@@ -822,19 +815,17 @@ impl Hsm for SimulatedHsm {
         let keys = Self::copy_keys(inner.unsealed.as_ref().ok_or(Error::Sealed)?);
         if let Some(held) = &inner.file.body.audit_anchor {
             if held.seq > anchor.seq {
-                return Err(Error::Refused(format!(
-                    "the audit anchor is at event {}, refusing to move it back to {}",
-                    held.seq, anchor.seq
-                )));
+                return Err(Refusal::AnchorBackwards {
+                    held: held.seq,
+                    given: anchor.seq,
+                }
+                .into());
             }
             if held == anchor {
                 return Ok(());
             }
             if held.seq == anchor.seq {
-                return Err(Error::Refused(format!(
-                    "the audit anchor already holds another event {}: the chain has forked",
-                    held.seq
-                )));
+                return Err(Refusal::AnchorForked { seq: held.seq }.into());
             }
         }
         let mut file = inner.file.clone();

@@ -9,7 +9,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use vault::{Error, Hsm, KeyPurpose, Keyring, TermId, TermState, WrappedKey};
+use vault::{
+    Error, Hsm, KeyPurpose, Keyring, Missing, Refusal, ShareRefusal, TermId, TermState, WrappedKey,
+};
 
 fn init(dir: &Path, n: u8, m: u8) -> (SimulatedHsm, Vec<SecretString>) {
     let mut shares = Vec::new();
@@ -79,8 +81,14 @@ fn duplicate_corrupted_and_foreign_shares_are_refused() {
     let (_, foreign) = init(other_dir.path(), 3, 2);
 
     hsm.unseal(&shares[0]).unwrap();
-    let dup = hsm.unseal(&shares[0]).unwrap_err().to_string();
-    assert!(dup.contains("already submitted"), "{dup}");
+    let dup = hsm.unseal(&shares[0]).unwrap_err();
+    assert!(
+        matches!(
+            dup,
+            Error::Share(ShareRefusal::AlreadySubmitted { more: 1, .. })
+        ),
+        "{dup}"
+    );
 
     // A flipped character anywhere in a share is refused and names no share content.
     let text = shares[1].expose_secret().to_string();
@@ -94,14 +102,15 @@ fn duplicate_corrupted_and_foreign_shares_are_refused() {
         let payload = text.split(':').nth(6).unwrap();
         assert!(!msg.contains(payload), "error echoes the share: {msg}");
     }
-    let foreign_err = hsm.unseal(&foreign[1]).unwrap_err().to_string();
+    let foreign_err = hsm.unseal(&foreign[1]).unwrap_err();
     assert!(
-        foreign_err.contains("another hsm or from before a rekey"),
+        matches!(&foreign_err, Error::Share(ShareRefusal::ForeignSet { got, held }) if got != held),
         "{foreign_err}"
     );
-    assert!(hsm
-        .unseal(&SecretString::from("hello".to_string()))
-        .is_err());
+    assert!(matches!(
+        hsm.unseal(&SecretString::from("hello".to_string())),
+        Err(Error::Share(ShareRefusal::Malformed(_)))
+    ));
 
     // None of the refused shares counted: still sealed at 1 of 2, and the right share unseals.
     let st = hsm.status();
@@ -121,7 +130,13 @@ fn threshold_one_needs_dev_mode() {
         },
         &mut |_: &[SecretString]| Ok(()),
     );
-    assert!(matches!(r, Err(Error::Refused(m)) if m.contains("--dev")));
+    assert!(matches!(
+        r,
+        Err(Error::Refusal(Refusal::Threshold {
+            threshold: 1,
+            shares: 1
+        }))
+    ));
     assert!(!SimulatedHsm::exists(dir.path()));
     let (hsm, shares) = init(dir.path(), 1, 1);
     assert!(hsm.status().dev);
@@ -171,7 +186,10 @@ fn any_flipped_byte_of_a_wrapped_key_is_an_integrity_error() {
         t[i] ^= 0x01;
         let r = WrappedKey::from_bytes(&t).and_then(|w| hsm.unwrap_data_key(&w).map(|_| ()));
         assert!(
-            matches!(r, Err(Error::Integrity) | Err(Error::NotFound(_))),
+            matches!(
+                r,
+                Err(Error::Integrity) | Err(Error::Missing(Missing::Term(_)))
+            ),
             "stored byte {i}: {r:?}"
         );
     }
@@ -239,7 +257,7 @@ fn rotation_rewrap_and_retire() {
     assert!(ring.unwrap(&hsm, index).is_ok());
     assert!(matches!(
         hsm.unwrap_data_key(&old_wrapped),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(1))))
     ));
 
     let after = std::fs::read_to_string(dir.path().join(SimulatedHsm::STATE_FILE)).unwrap();
@@ -258,7 +276,7 @@ fn rotation_rewrap_and_retire() {
     assert_eq!(ring.unwrap(&hsm, code).unwrap().kcv(), kcv);
     assert!(matches!(
         hsm.unwrap_data_key(&old_wrapped),
-        Err(Error::NotFound(_))
+        Err(Error::Missing(Missing::Term(TermId(1))))
     ));
 }
 
@@ -363,8 +381,11 @@ fn rekey_replaces_shares_and_root_and_keeps_data_keys() {
 
     let hsm = SimulatedHsm::open(dir.path()).unwrap();
     for s in &old {
-        let err = hsm.unseal(s).unwrap_err().to_string();
-        assert!(err.contains("before a rekey"), "{err}");
+        let err = hsm.unseal(s).unwrap_err();
+        assert!(
+            matches!(err, Error::Share(ShareRefusal::ForeignSet { .. })),
+            "{err}"
+        );
     }
     unseal(&hsm, &[&new[4], &new[1], &new[3]]);
     assert_eq!(hsm.status().threshold, 3);
@@ -645,7 +666,18 @@ fn the_audit_anchor_persists_and_only_moves_forward() {
     };
     assert!(matches!(
         hsm.set_audit_anchor(&back),
-        Err(Error::Refused(_))
+        Err(Error::Refusal(Refusal::AnchorBackwards {
+            held: 10,
+            given: 9
+        }))
+    ));
+    let forked = vault::AuditAnchor {
+        seq: 10,
+        hash: "ef".repeat(32),
+    };
+    assert!(matches!(
+        hsm.set_audit_anchor(&forked),
+        Err(Error::Refusal(Refusal::AnchorForked { seq: 10 }))
     ));
     drop(hsm);
     let hsm = SimulatedHsm::open(dir.path()).unwrap();

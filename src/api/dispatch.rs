@@ -59,9 +59,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use cards::{
-    Channel, DispatchHistory, DispatchPlan, DispatchRequest, Dispatched, Job, JobState, Part,
-};
+use cards::{Channel, DispatchHistory, DispatchRequest, Dispatched, Job, JobState, Part, Plan};
 use serde::{Deserialize, Serialize};
 use vault::Role;
 
@@ -239,9 +237,9 @@ fn check_plan(state: &AppState, text: &str) -> Result<(), ApiError> {
 
 /// [`check_plan`] under the code policy `policy`.
 pub(super) fn check_plan_for(policy: &vault::CodePolicy, text: &str) -> Result<(), ApiError> {
-    let plan = DispatchPlan::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if let DispatchPlan::Split { digits, .. } = plan {
-        let shortest = u32::from(policy.pin.min.min(policy.puk.min));
+    let plan = Plan::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Plan::Counter { digits, .. } = plan {
+        let shortest = usize::from(policy.pin.min.min(policy.puk.min));
         if digits >= shortest {
             return Err(ApiError::invalid(format!(
                 "plan: counter({digits}) leaves nothing for part B of a {shortest}-digit code"

@@ -342,12 +342,15 @@ impl From<vault::Error> for ApiError {
                 subject,
                 state,
                 wanted,
-            } => Self::wrong_state(&subject, &state, &wanted),
+            } => Self::wrong_state(&subject.to_string(), &state, &wanted),
             E::Sealed => Self::new(ErrorCode::Sealed, "the hsm is sealed"),
-            E::Share(why) => Self::new(ErrorCode::ShareRefused, format!("share refused: {why}")),
+            E::Share(why) => {
+                let mut e = Self::new(ErrorCode::ShareRefused, format!("share refused: {why}"));
+                e.reason = Some(why.reason());
+                e
+            }
             E::Invalid(why) => Self::bad_request(why),
             E::Quorum(why) => Self::bad_request(format!("rekey: {why}")),
-            E::Refused(why) => Self::new(ErrorCode::Refused, format!("refused: {why}")),
             E::Refusal(why) => match refusal_code(&why) {
                 ErrorCode::Refused => {
                     Self::refusal(ErrorCode::Refused, format!("refused: {why}"), why)
@@ -361,7 +364,6 @@ impl From<vault::Error> for ApiError {
                 e.reason = Some(why.reason());
                 e
             }
-            E::NotFound(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
             E::Missing(what) => Self::new(ErrorCode::NotFound, format!("not found: {what}")),
             E::Code(why) => Self::new(ErrorCode::InvalidCode, why.to_string()),
             E::Integrity => {
@@ -458,12 +460,22 @@ mod tests {
         let cases = [
             (vault::Error::Sealed, 503, "sealed"),
             (
-                vault::Error::Share("duplicate".into()),
+                vault::Error::Share(vault::ShareRefusal::GivenTwice { x: 2 }),
                 400,
                 "share_refused",
             ),
-            (vault::Error::Refused("term in use".into()), 409, "refused"),
-            (vault::Error::NotFound("term 7".into()), 404, "not_found"),
+            (
+                vault::Error::Refusal(vault::Refusal::HsmExists {
+                    place: "/x/hsm-state.json".into(),
+                }),
+                409,
+                "refused",
+            ),
+            (
+                vault::Error::Missing(vault::Missing::Token("plico".into())),
+                404,
+                "not_found",
+            ),
             (
                 vault::Error::Denied(vault::Denial::OwnProposal {
                     proposal: vault::ProposalId(7),
@@ -584,7 +596,7 @@ mod tests {
     #[test]
     fn wrong_state_names_the_current_state() {
         let api = ApiError::from(vault::Error::WrongState {
-            subject: "card 8039".into(),
+            subject: vault::Subject::Card("8039".into()),
             state: "suspended".into(),
             wanted: "active".into(),
         });
@@ -637,6 +649,14 @@ mod tests {
                 }),
                 "forbidden",
                 "own_proposal",
+            ),
+            (
+                vault::Error::Share(vault::ShareRefusal::ForeignSet {
+                    got: "aa".into(),
+                    held: "bb".into(),
+                }),
+                "share_refused",
+                "foreign_set",
             ),
         ];
         for (e, code, reason) in cases {

@@ -53,7 +53,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use cards::{MailerOutcome, MailerState, PrintRunRecord, Reconciliation, Reprint, Selection};
-use dispatch::{Addressee, Plan, SecretBuf};
+use dispatch::{Addressee, Channel, Plan, SecretBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,6 +184,12 @@ pub(super) fn plan_for_policy(
     text: &str,
 ) -> Result<Plan, ApiError> {
     let plan = Plan::parse(text).map_err(|e| invalid(format!("{field}: {e}")))?;
+    if let Plan::Whole(Some(channel @ (Channel::Sms | Channel::Email))) = plan {
+        return Err(invalid(format!(
+            "{field}: a print run prints mailers, not {channel}: use `whole`, `mailer` or \
+             `counter(N)+…`"
+        )));
+    }
     if let Plan::Counter { digits, .. } = plan {
         let shortest = usize::from(policy.pin.min.min(policy.puk.min));
         if digits >= shortest {
@@ -199,10 +205,10 @@ pub(super) fn plan_for_policy(
 pub(super) fn parse_part(plan: &Plan, text: &str) -> Result<&'static str, ApiError> {
     let t = text.trim();
     match plan {
-        Plan::Whole if t.eq_ignore_ascii_case("whole") => Ok("whole"),
+        Plan::Whole(_) if t.eq_ignore_ascii_case("whole") => Ok("whole"),
         Plan::Counter { .. } if t.eq_ignore_ascii_case("a") => Ok("A"),
         Plan::Counter { .. } if t.eq_ignore_ascii_case("b") => Ok("B"),
-        Plan::Whole => Err(invalid("part: a `whole` plan has only the part `whole`")),
+        Plan::Whole(_) => Err(invalid("part: a `whole` plan has only the part `whole`")),
         Plan::Counter { .. } => Err(invalid("part: a `counter(N)+…` plan has parts `A` and `B`")),
     }
 }

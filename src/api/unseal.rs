@@ -305,7 +305,7 @@ fn submit_audited(
             tracing::warn!(%address, reason = %why, "unseal share refused");
             state.audit.append(
                 event(actor, "hsm.unseal_share", Outcome::Refused)
-                    .detail("reason", why.clone())
+                    .detail("reason", why.to_string())
                     .detail("address", address),
             )?;
             Err(vault::Error::Share(why))
@@ -329,8 +329,8 @@ fn submit(hsm: &dyn vault::Hsm, share: &SecretString) -> vault::Result<UnsealPro
             Ok(p)
         }
         Err(vault::Error::Share(why)) => {
-            let why = if echoes(&why, share) {
-                "the share is not valid".to_owned()
+            let why = if echoes(&why.to_string(), share) {
+                vault::ShareRefusal::Malformed("the share is not valid".to_owned())
             } else {
                 why
             };

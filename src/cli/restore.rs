@@ -502,10 +502,10 @@ fn accept_on_token(
     let mut rekeyed = false;
     let mut check = |facts: &hsm_pkcs11::TokenFacts| -> vault::Result<()> {
         rekeyed = plico::backup::check_token(m.token.as_ref(), facts, &used)
-            .map_err(|e| vault::Error::Refused(e.to_string()))?;
+            .map_err(|e| vault::Error::Invalid(e.to_string()))?;
         if let (Some((seq, hash)), Some(held)) = (&reported, &facts.audit_anchor) {
             if *seq < held.seq || (*seq == held.seq && *hash != held.hash) {
-                return Err(vault::Error::Refused(format!(
+                return Err(vault::Error::Invalid(format!(
                     "--replaced-anchor {seq} is behind the anchor the token holds ({}:{})",
                     held.seq, held.hash
                 )));

@@ -23,7 +23,8 @@ pub const REFUSALS: &[(&str, &str, &str)] = &[
     ("term_retired", "{term} è già ritirato.", "{term} is already retired."),
     ("threshold", "Una soglia di {threshold} su {shares} quote non è accettata.", "A threshold of {threshold} of {shares} shares is not accepted."),
     ("no_shares", "Il fornitore dell'HSM non ha quote dei custodi.", "The HSM provider holds no custodian shares."),
-    ("anchor_backwards", "Lo stato dell'HSM presentato è più vecchio di quello in uso.", "The HSM state presented is older than the one in use."),
+    ("anchor_backwards", "L'ancora di audit dell'HSM è all'evento {held}: non torna indietro a {given}.", "The HSM's audit anchor is at event {held}: it does not move back to {given}."),
+    ("anchor_forked", "L'ancora di audit dell'HSM ha già un altro evento {seq}: la catena si è biforcata.", "The HSM's audit anchor already holds another event {seq}: the chain has forked."),
     ("subject_too_long", "L'identità del record è di {bytes} byte, al massimo 65535.", "The record identity is {bytes} bytes, at most 65535."),
     ("counter_exhausted", "{key} non ha più contatori disponibili.", "{key} has no counter left."),
     ("encryption_limit", "{key} ha raggiunto il limite di {limit} cifrature: serve una nuova chiave dati.", "{key} reached its limit of {limit} encryptions: a new data key is needed."),
@@ -66,6 +67,14 @@ pub const REFUSALS: &[(&str, &str, &str)] = &[
     ("share_count", "Attese {expected} quote, l'HSM ne ha prodotte {produced}.", "Expected {expected} shares, the HSM produced {produced}."),
     ("share_file_unwritable", "Impossibile scrivere il file della quota {path}: {error}", "Cannot write the share file {path}: {error}"),
     ("no_share_dir", "Un rekey richiede una cartella per le nuove quote, non configurata sul server.", "A rekey needs a directory for the new shares, not configured on the server."),
+    ("rollback_unsealed", "L'HSM è aperto: un ritorno indietro si accetta solo a HSM sigillato, con il quorum dei custodi.", "The HSM is unsealed: a rollback is accepted only on a sealed HSM, with the custodians' quorum."),
+    ("not_holder_key", "{key} non è una chiave dei dati personali.", "{key} is not a personal-data key."),
+    ("release_not_audited", "Carta {card}: i codici si rilasciano solo con un rilascio registrato nell'audit.", "Card {card}: its codes are released only with an audited release."),
+    ("print_run_not_audited", "Lotto {batch}: i codici si leggono solo per una sua stampa registrata nell'audit.", "Batch {batch}: its codes are read only for an audited print run of it."),
+    ("hsm_exists", "{place} contiene già un HSM di plico: non viene sovrascritto.", "{place} already holds a plico HSM: it is not overwritten."),
+    ("token_pin_refused", "Il PIN utente del token PKCS#11 {token} è stato rifiutato.", "The user PIN of PKCS#11 token {token} was refused."),
+    ("token_pin_locked", "Il PIN utente del token PKCS#11 {token} è bloccato: deve sbloccarlo il suo responsabile della sicurezza.", "The user PIN of PKCS#11 token {token} is locked: its security officer must reset it."),
+    ("mechanism_unavailable", "Il meccanismo HSM {mechanism} non si può usare: usare {instead}.", "HSM mechanism {mechanism} cannot be used: use {instead}."),
     ("token_of_person", "L'utenza {account} accede con un secondo fattore: il suo token non vale sull'API.", "Account {account} logs in with a second factor: its token is not accepted on the API."),
 ];
 
@@ -106,7 +115,9 @@ pub fn text(lang: Lang, refusal: &Refusal) -> Option<String> {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-    use vault::{BatchId, BatchState, DataKeyId, Kcv, ProposalId, Role, TermId};
+    use vault::{
+        BatchId, BatchState, DataKeyId, Denial, Kcv, ProposalId, Role, ShareRefusal, TermId,
+    };
 
     /// One refusal of every variant (a variant added to the vault must be added here, and
     /// given its texts).
@@ -132,7 +143,8 @@ mod tests {
                 shares: 3,
             },
             Refusal::NoShares,
-            Refusal::AnchorBackwards,
+            Refusal::AnchorBackwards { held: 10, given: 9 },
+            Refusal::AnchorForked { seq: 10 },
             Refusal::SubjectTooLong { bytes: 70000 },
             Refusal::CounterExhausted { key: DataKeyId(5) },
             Refusal::EncryptionLimit {
@@ -291,7 +303,123 @@ mod tests {
             Refusal::TokenOfPerson {
                 account: "acc_1".into(),
             },
+            Refusal::NotHolderKey { key: DataKeyId(6) },
+            Refusal::RollbackUnsealed,
+            Refusal::ReleaseNotAudited { card: card() },
+            Refusal::PrintRunNotAudited { batch: BatchId(3) },
+            Refusal::HsmExists {
+                place: "/var/lib/plico/hsm/hsm-state.json".into(),
+            },
+            Refusal::TokenPinRefused {
+                token: "plico".into(),
+            },
+            Refusal::TokenPinLocked {
+                token: "plico".into(),
+            },
+            Refusal::MechanismUnavailable {
+                mechanism: "kwp",
+                instead: "\"pad\"",
+            },
         ]
+    }
+
+    /// One share refusal of every variant.
+    fn every_share_refusal() -> Vec<ShareRefusal> {
+        let set = || "0011223344556677".to_owned();
+        vec![
+            ShareRefusal::Malformed("the share is truncated".into()),
+            ShareRefusal::ForeignSet {
+                got: set(),
+                held: "8899aabbccddeeff".into(),
+            },
+            ShareRefusal::OtherSetPending {
+                got: set(),
+                pending: "8899aabbccddeeff".into(),
+            },
+            ShareRefusal::MixedSets,
+            ShareRefusal::QuorumMismatch {
+                x: 1,
+                threshold: 2,
+                shares: 3,
+                set: set(),
+                set_threshold: 3,
+                set_shares: 5,
+            },
+            ShareRefusal::NoSuchShare { set: set(), x: 4 },
+            ShareRefusal::NotIssued { set: set(), x: 4 },
+            ShareRefusal::NotCurrent,
+            ShareRefusal::AlreadySubmitted { x: 1, more: 1 },
+            ShareRefusal::GivenTwice { x: 1 },
+            ShareRefusal::TooFew { need: 3, given: 2 },
+            ShareRefusal::NoneGiven,
+            ShareRefusal::DoNotOpen,
+            ShareRefusal::DoNotOpenToken {
+                set: set(),
+                token: "plico".into(),
+            },
+            ShareRefusal::NotCurrentQuorum,
+        ]
+    }
+
+    /// The reasons `docs/api.md` lists (between "The reasons:" and "Other answers"), codes
+    /// named there left out.
+    fn documented_reasons() -> BTreeSet<String> {
+        const API_MD: &str = include_str!("../../docs/api.md");
+        let start = API_MD
+            .find("The reasons:")
+            .expect("docs/api.md lists the reasons");
+        let end = start
+            + API_MD[start..]
+                .find("Other answers")
+                .expect("end of the list");
+        let codes: BTreeSet<&str> = crate::api::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        API_MD[start..end]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| {
+                !codes.contains(w) && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_every_reason_of_every_refusal() {
+        let denials = [
+            Denial::NotOfficer {
+                account: "a".into(),
+                role: "operator".into(),
+                what: "propose",
+            },
+            Denial::OwnProposal {
+                proposal: ProposalId(1),
+                account: "a".into(),
+            },
+        ];
+        let mut in_code: BTreeSet<String> = every_refusal()
+            .iter()
+            .map(|r| r.reason().to_owned())
+            .collect();
+        in_code.extend(denials.iter().map(|d| d.reason().to_owned()));
+        in_code.extend(every_share_refusal().iter().map(|r| r.reason().to_owned()));
+        let shares: BTreeSet<&str> = every_share_refusal()
+            .iter()
+            .map(ShareRefusal::reason)
+            .collect();
+        assert_eq!(
+            shares.len(),
+            every_share_refusal().len(),
+            "a share refusal twice"
+        );
+        assert_eq!(
+            documented_reasons(),
+            in_code,
+            "docs/api.md's list of reasons and the refusals differ"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::batches::{codes_of, serial};
 use super::support::{
-    assert_refusal, cf, cie_state_timed, codes_file, open_with_accounts, Client, Staff,
+    assert_refusal, audit_events, cf, cie_state_timed, codes_file, open_with_accounts, Client,
+    Staff,
 };
 use super::*;
 use plico::console::ConsoleSettings;
@@ -205,15 +206,9 @@ pub(super) async fn registry(client: &Client) {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
 }
 
+/// Every audit event as (action, subject, reason).
 fn actions(state: &AppState) -> Vec<(String, String, String)> {
-    let page = state
-        .audit
-        .query(&vault::Query {
-            limit: vault::MAX_PAGE,
-            ..Default::default()
-        })
-        .unwrap();
-    page.events
+    audit_events(state, None)
         .into_iter()
         .map(|e| {
             (

@@ -280,6 +280,12 @@ async fn print_run_seals_every_code_to_the_facility_and_reprints_void() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
+        // A dispatch's whole plan by SMS or e-mail is no print run's plan.
+        (
+            json!({"batch": batch, "plan": "sms"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
         (
             json!({"batch": batch, "label": "../etc"}),
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -294,18 +294,27 @@ pub(crate) fn release_from(
     pending.open(&receipt).map(Some)
 }
 
+/// The audit events of `state`, oldest first (at most [`vault::MAX_PAGE`]): all of them, or
+/// those whose action starts with `prefix`.
+pub(super) fn audit_events(state: &AppState, prefix: Option<&str>) -> Vec<vault::Event> {
+    state
+        .audit
+        .query(&vault::Query {
+            action: prefix.map(str::to_owned),
+            limit: vault::MAX_PAGE,
+            ..vault::Query::default()
+        })
+        .unwrap()
+        .events
+}
+
 /// The actions of the audit events of `state` whose action starts with `prefix`, oldest first
 /// (at most 1,000).
 pub(super) fn audit_actions(state: &AppState, prefix: &str) -> Vec<String> {
-    let page = state
-        .audit
-        .query(&vault::Query {
-            action: Some(prefix.to_owned()),
-            limit: 1000,
-            ..vault::Query::default()
-        })
-        .unwrap();
-    page.events.into_iter().map(|e| e.action).collect()
+    audit_events(state, Some(prefix))
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -683,8 +683,8 @@ impl Accounts {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a new password outside [`validate_password`]'s bounds or equal
-    /// to the current one; [`Error::Refused`] for a wrong current password, a disabled
-    /// account or one without a password; [`Error::NotFound`]; store and audit errors — then
+    /// to the current one; [`Error::Refusal`] for a wrong current password, a disabled
+    /// account or one without a password; [`Error::Missing`]; store and audit errors — then
     /// nothing changed.
     pub fn change_own_password(
         &self,

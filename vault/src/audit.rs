@@ -518,7 +518,7 @@ impl AuditLog {
     /// the service stays unable to work until the store is restored.
     ///
     /// # Errors
-    /// [`Error::Refused`] naming the damage; HSM errors reading the anchor; store errors.
+    /// [`Error::Refusal`] naming the damage; HSM errors reading the anchor; store errors.
     pub fn set_key(&self, key: Option<&DataKey>) -> Result<()> {
         // Lock order everywhere: key slot, then the anchor writer, then chain.
         let mut slot = write_lock(&self.key);
@@ -558,7 +558,7 @@ impl AuditLog {
     /// thing: that needs a counter outside the machine.
     ///
     /// # Errors
-    /// [`Error::Refused`] for an HSM state older than one seen before; [`Error::Refused`] from
+    /// [`Error::Refusal`] for an HSM state older than one seen before; [`Error::Refusal`] from
     /// the HSM if the chain is behind its anchor; HSM and store errors.
     pub fn unlock(&self, hsm: Arc<dyn Hsm>) -> Result<()> {
         self.check_hsm_generation(&*hsm)?;
@@ -904,7 +904,7 @@ impl AuditLog {
     /// release the card ([`crate::CODES_RELEASE_ACTION`] with its serial).
     ///
     /// # Errors
-    /// [`Error::Refused`] (nothing written, `make` not called) if `events` do not release the
+    /// [`Error::Refusal`] (nothing written, `make` not called) if `events` do not release the
     /// card; as [`AuditLog::commit_all`].
     pub fn commit_release_with<T, E>(
         &self,

@@ -55,7 +55,7 @@ pub use status::{DataKeyStatus, KeyPolicy, KeyStatus, TermStatus};
 use crate::account::{Actor, Role};
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::codes::{BatchState, CodeVault};
-use crate::error::{Denial, Error, Missing, Quorum, Refusal, Result};
+use crate::error::{Denial, Error, Missing, Quorum, Refusal, Result, Subject};
 use crate::hsm::{Hsm, ShareDelivery, TermState};
 use crate::kcv::Kcv;
 use crate::keyring::Keyring;
@@ -159,7 +159,7 @@ impl Ceremonies {
     ///
     /// # Errors
     /// [`Error::Forbidden`] for a role other than officer; [`Error::Invalid`] for a bad reason
-    /// or share counts; [`Error::NotFound`] for an unknown term or batch; [`Error::Refused`] or
+    /// or share counts; [`Error::Missing`] for an unknown term or batch; [`Error::Refusal`] or
     /// [`Error::WrongState`] for an operation the current state does not allow. Nothing is
     /// written then. Store and audit errors.
     pub fn propose(
@@ -214,7 +214,7 @@ impl Ceremonies {
     /// blocking thread. Returns the proposal as it then stands.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] for a non-officer or the proposer; [`Error::Refused`] for a lapsed
+    /// [`Error::Forbidden`] for a non-officer or the proposer; [`Error::Refusal`] for a lapsed
     /// proposal (marked lapsed, with its `key.lapse` event), while another job is unfinished,
     /// or for a term that still wraps data keys (naming how many); [`Error::WrongState`] for a
     /// proposal no longer open; [`Error::Sealed`]; HSM, store and audit errors.
@@ -232,7 +232,7 @@ impl Ceremonies {
     /// `expect_kcv` (when given): the approver's own reading of the ceremony log.
     ///
     /// # Errors
-    /// As [`Ceremonies::approve`]; [`Error::Refused`] naming both KCVs on a mismatch (nothing
+    /// As [`Ceremonies::approve`]; [`Error::Refusal`] naming both KCVs on a mismatch (nothing
     /// written).
     pub fn approve_expecting(
         &self,
@@ -343,7 +343,7 @@ impl Ceremonies {
     /// given), before any share is looked at.
     ///
     /// # Errors
-    /// As [`Ceremonies::approve_rekey`]; [`Error::Refused`] naming both KCVs on a mismatch.
+    /// As [`Ceremonies::approve_rekey`]; [`Error::Refusal`] naming both KCVs on a mismatch.
     #[allow(clippy::too_many_arguments)]
     pub fn approve_rekey_expecting(
         &self,
@@ -441,7 +441,7 @@ impl Ceremonies {
     /// with its `key.withdraw` event.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] for a non-officer; [`Error::NotFound`]; [`Error::WrongState`] for a
+    /// [`Error::Forbidden`] for a non-officer; [`Error::Missing`]; [`Error::WrongState`] for a
     /// proposal no longer open; store and audit errors.
     pub fn withdraw(&self, actor: &Actor, id: ProposalId, now_ms: u64) -> Result<Proposal> {
         officer(actor, "withdraw")?;
@@ -725,7 +725,7 @@ impl Ceremonies {
                 let rec = self.codes.batch(batch)?.ok_or(Missing::Batch(batch))?;
                 if rec.state != want {
                     return Err(Error::WrongState {
-                        subject: format!("batch {batch}"),
+                        subject: Subject::Batch(batch),
                         state: rec.state.to_string(),
                         wanted: want.to_string(),
                     });
@@ -856,7 +856,7 @@ fn officer(actor: &Actor, what: &'static str) -> Result<()> {
 
 fn not_open(p: &Proposal) -> Error {
     Error::WrongState {
-        subject: p.id.to_string(),
+        subject: Subject::Proposal(p.id),
         state: p.state.to_string(),
         wanted: "open".into(),
     }
@@ -870,7 +870,7 @@ mod tests {
     use super::*;
     use crate::codes::tests::{assert_codes_in, file, serial};
     use crate::codes::{BatchId, BatchRecord};
-    use crate::error::{Denial, Missing, Refusal};
+    use crate::error::{Denial, Missing, Refusal, ShareRefusal};
     use crate::hsm::TermId;
     use crate::hsm_double::DoubleHsm;
     use crate::import::parse::ParseRules;
@@ -1365,7 +1365,10 @@ mod tests {
                 t,
             )
             .unwrap_err();
-        assert!(matches!(e, Error::Share(_)), "{e}");
+        assert!(
+            matches!(e, Error::Share(ShareRefusal::TooFew { given: 1, .. })),
+            "{e}"
+        );
         assert!(delivered.is_empty());
         assert_eq!(
             f.keys.get(p.id).unwrap().unwrap().state,
@@ -1404,7 +1407,10 @@ mod tests {
             .keys
             .approve_rekey(&*hsm, &officer("alice"), q.id, &old, &mut |_| Ok(()), t)
             .unwrap_err();
-        assert!(matches!(stale, Error::Share(_)), "{stale}");
+        assert!(
+            matches!(stale, Error::Share(ShareRefusal::NotCurrent)),
+            "{stale}"
+        );
         f.keys
             .approve_rekey(
                 &*hsm,

@@ -44,9 +44,10 @@ pub use release::{PendingCodes, Release, CODES_RELEASE_ACTION, PRINT_RUN_ACTION}
 pub use scan::BatchScan;
 pub use stage::{Staged, Stager};
 
+use crate::account::Actor;
 use crate::audit::{AuditLog, NewEvent, Outcome};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Missing, Refusal, Result};
+use crate::error::{Error, Missing, Refusal, Result, Subject};
 use crate::hsm::{Hsm, KeyPurpose};
 use crate::keyring::Keyring;
 use crate::lock::{lock, read_lock, write_lock};
@@ -78,6 +79,17 @@ pub struct BatchMeta {
     pub role: String,
     /// Request id.
     pub request_id: String,
+}
+
+impl BatchMeta {
+    /// The account (with its role and request) that started the batch, for its events.
+    pub(crate) fn started_by(&self) -> Actor {
+        Actor {
+            id: self.actor.clone(),
+            role: self.role.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
 }
 
 /// How a commit ended.
@@ -384,8 +396,7 @@ impl CodeVault {
         audit.commit(
             b,
             NewEvent::new("key.create", sealer.key_id().to_string())
-                .by(meta.actor.clone(), meta.role.clone())
-                .request(meta.request_id.clone())
+                .by_actor(&meta.started_by())
                 .detail("purpose", KeyPurpose::Code.as_str())
                 .detail("kcv", kcv.unwrap_or_default())
                 .detail("batch", id.to_string()),
@@ -454,8 +465,7 @@ impl CodeVault {
         rec.problems = problems.into_iter().take(MAX_LISTED).collect();
         rec.problems_total = total;
         let event = NewEvent::new("batch.reject", id.to_string())
-            .by(rec.actor.clone(), rec.role.clone())
-            .request(rec.request_id.clone())
+            .by_actor(&rec.started_by())
             .outcome(Outcome::Refused)
             .detail("source", source_name(rec.source))
             .detail("manufacturer", rec.manufacturer.clone())
@@ -474,8 +484,7 @@ impl CodeVault {
         self.remove_staged(&staged, None)?;
         audit.append(
             NewEvent::new("batch.abandon", id.to_string())
-                .by(staged.actor.clone(), staged.role.clone())
-                .request(staged.request_id.clone())
+                .by_actor(&staged.started_by())
                 .outcome(Outcome::Failed)
                 .detail("reason", why.to_string()),
         )?;
@@ -500,8 +509,7 @@ impl CodeVault {
         rec.finished_ms = audit.clock().now_ms();
         rec.duplicate_of = Some(first.id.to_string());
         let event = NewEvent::new("batch.duplicate_upload", first.id.to_string())
-            .by(staged.actor.clone(), staged.role.clone())
-            .request(staged.request_id.clone())
+            .by_actor(&staged.started_by())
             .detail("dropped", id.to_string());
         self.remove_staged(&staged, Some((&rec, audit, event)))
     }
@@ -577,7 +585,7 @@ impl CodeVault {
     /// (none for generated batches). Returns once the outcome is durable.
     ///
     /// # Errors
-    /// [`Error::Refused`] for a batch with repeated serials (reject it instead); store and audit
+    /// [`Error::Refusal`] for a batch with repeated serials (reject it instead); store and audit
     /// errors (the batch then stays staging, invisible, and is removed at the next start-up).
     pub fn commit(
         &self,
@@ -636,8 +644,7 @@ impl CodeVault {
             );
         }
         let mut event = NewEvent::new(action, rec.id.to_string())
-            .by(rec.actor.clone(), rec.role.clone())
-            .request(rec.request_id.clone())
+            .by_actor(&rec.started_by())
             .detail("cards", rec.cards.to_string())
             .detail("runs", rec.runs.len().to_string())
             .detail("source", source_name(rec.source))
@@ -793,7 +800,7 @@ impl CodeVault {
     /// The caller must not hold [`CodeVault::keyring_lock`].
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown batch; [`Error::WrongState`] for a batch not in
+    /// [`Error::Missing`] for an unknown batch; [`Error::WrongState`] for a batch not in
     /// `from`; store and audit errors (then nothing is changed).
     pub(crate) fn destroy_batch(
         &self,
@@ -808,7 +815,7 @@ impl CodeVault {
         let mut rec = self.batch(id)?.ok_or(Missing::Batch(id))?;
         if rec.state != from {
             return Err(Error::WrongState {
-                subject: format!("batch {id}"),
+                subject: Subject::Batch(id),
                 state: rec.state.to_string(),
                 wanted: from.to_string(),
             });
@@ -883,15 +890,12 @@ impl CodeVault {
     /// leaves the vault.
     ///
     /// # Errors
-    /// [`Error::Refused`] for a key that is not a `holder` key or not in the keyring; as
+    /// [`Refusal::NotHolderKey`] for a key that is not a `holder` key or not in the keyring; as
     /// [`CodeVault::opener`].
     pub fn holder_opener(&self, hsm: &dyn Hsm, key: DataKeyId) -> Result<Arc<Opener>> {
         let purpose = Keyring::load(&*self.store)?.get(key).map(|r| r.purpose);
         if purpose != Some(crate::hsm::KeyPurpose::Holder) {
-            return Err(Error::Refused(format!(
-                "data key {}: not a holder key",
-                key.0
-            )));
+            return Err(Refusal::NotHolderKey { key }.into());
         }
         self.opener(hsm, key)
     }
@@ -1662,7 +1666,10 @@ pub(crate) mod tests {
             .pending_release(&*f.hsm, &serial(1))
             .unwrap()
             .unwrap();
-        assert!(matches!(pending.open(&other), Err(Error::Refused(_))));
+        assert!(matches!(
+            pending.open(&other),
+            Err(Error::Refusal(Refusal::ReleaseNotAudited { card })) if card == serial(1)
+        ));
         assert_eq!(released(&serial(1)), 0);
         // Its own receipt: the event is in the chain, and the codes are the card's.
         let pending = f
@@ -1679,7 +1686,13 @@ pub(crate) mod tests {
         // A whole batch: only for a print run of it.
         assert!(matches!(
             f.vault.scan_batch(&*f.hsm, rec.id, &receipt).map(|_| ()),
-            Err(Error::Refused(_))
+            Err(Error::Refusal(Refusal::PrintRunNotAudited { batch })) if batch == rec.id
+        ));
+        // A code key is no holder key: no opener of code records leaves the vault.
+        let code_key = DataKeyId(rec.data_key.unwrap());
+        assert!(matches!(
+            f.vault.holder_opener(&*f.hsm, code_key).map(|_| ()),
+            Err(Error::Refusal(Refusal::NotHolderKey { key })) if key == code_key
         ));
         let run = f
             .audit

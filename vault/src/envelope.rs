@@ -172,7 +172,7 @@ impl Sealer {
     /// Encrypts one record bound to `subject` (the card serial).
     ///
     /// # Errors
-    /// [`Error::Refused`] once [`SEALER_LIMIT`] is reached or for a subject over 64 KiB.
+    /// [`Error::Refusal`] once [`SEALER_LIMIT`] is reached or for a subject over 64 KiB.
     pub fn seal(&mut self, subject: &str, plaintext: &Plaintext) -> Result<Envelope> {
         let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         self.seal_into(subject, plaintext.expose_secret(), &mut out)?;

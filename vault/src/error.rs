@@ -6,12 +6,11 @@
 //!
 //! A refusal carries the facts a caller branches on, as values: [`Refusal`] (why the state does
 //! not allow the operation: the term and how many data keys it still wraps, the proposal that
-//! lapsed, the key and its limit…), [`Denial`] (who may not do it), [`Missing`] (what does not
-//! exist). Tests match these variants, never message text. The string-carrying
-//! [`Error::Refused`] and [`Error::NotFound`] remain for the code not converted yet (the
-//! registry import of crate `cards`, and the simulated HSM); new code uses the typed variants.
-//! Bad input stays [`Error::Invalid`] (its message names the field), and damaged storage
-//! [`Error::Storage`] (its message names the record, for the operator's log).
+//! lapsed, the key and its limit…), [`Error::WrongState`] (a [`Subject`] in a state the change
+//! does not start from), [`Denial`] (who may not do it), [`Missing`] (what does not exist),
+//! [`ShareRefusal`] (why a custodian share does not count). Tests match these variants, never
+//! message text. The rule for bad input is in the crate docs ("Errors"): [`Error::Invalid`]
+//! with a message that opens with what is wrong and where.
 
 use crate::account::Role;
 use crate::audit::Damage;
@@ -36,9 +35,10 @@ pub enum Error {
     #[error("the hsm is sealed")]
     Sealed,
 
-    /// A custodian share was refused; the message says why (corrupted, foreign, duplicate…).
+    /// A custodian share was refused: why, with its facts (corrupted, foreign, duplicate…).
+    /// Nothing was unsealed; the shares submitted before it still count.
     #[error("share refused: {0}")]
-    Share(String),
+    Share(ShareRefusal),
 
     /// Bad input: a field that does not satisfy its rules. The message names the field and
     /// what is wrong, never a secret value.
@@ -63,27 +63,17 @@ pub enum Error {
     #[error("not found: {0}")]
     Missing(Missing),
 
-    /// Transitional: a refusal of code not converted to [`Refusal`] yet; the message names the
-    /// reason.
-    #[error("refused: {0}")]
-    Refused(String),
-
     /// A change that the current state of its subject does not allow (a card's lifecycle).
     /// Nothing was changed; the message names the current state.
     #[error("{subject} is {state}; this needs {wanted}")]
     WrongState {
-        /// What was to change (`card 8039…`).
-        subject: String,
+        /// What was to change (the card, batch, proposal, report or dispatch job).
+        subject: Subject,
         /// Its current state.
         state: String,
         /// The states the change starts from.
         wanted: String,
     },
-
-    /// Transitional: something named does not exist, in code not converted to [`Missing`]
-    /// yet.
-    #[error("not found: {0}")]
-    NotFound(String),
 
     /// Persistent state could not be read or written; the message names the file.
     #[error("storage: {0}")]
@@ -176,8 +166,6 @@ pub enum Refusal {
     },
     /// The HSM provider holds no custodian shares (a test double).
     NoShares,
-    /// A state anchor older than the one held (an older copy of the HSM state).
-    AnchorBackwards,
     /// An envelope's subject (the record identity in the AAD) is longer than 65535 bytes.
     SubjectTooLong {
         /// Its length in bytes.
@@ -475,6 +463,59 @@ pub enum Refusal {
     },
     /// A rekey, and the server has no directory configured for the new shares.
     NoShareDir,
+    /// A data key asked for as a `holder` key (personal data) that is not one, or not in the
+    /// keyring: no opener of code records leaves the vault.
+    NotHolderKey {
+        /// The data key.
+        key: DataKeyId,
+    },
+    /// Pending codes of a card opened with a receipt that records no release of it.
+    ReleaseNotAudited {
+        /// The card serial.
+        card: String,
+    },
+    /// A batch's codes read with a receipt that records no print run of it.
+    PrintRunNotAudited {
+        /// The batch.
+        batch: BatchId,
+    },
+    /// An HSM state exists already where a new one was to be made (a state file, a token).
+    HsmExists {
+        /// Where (`/var/lib/plico/hsm/hsm-state.json`, `pkcs#11 token "plico"`).
+        place: String,
+    },
+    /// The audit anchor the HSM holds is at a later event than the one it was asked to hold.
+    AnchorBackwards {
+        /// The event the HSM holds.
+        held: u64,
+        /// The event it was asked to hold.
+        given: u64,
+    },
+    /// The HSM's audit anchor holds another event with the same number: the chain forked.
+    AnchorForked {
+        /// The event number.
+        seq: u64,
+    },
+    /// The token refused its user PIN (at `plico init`: the PIN given is wrong).
+    TokenPinRefused {
+        /// The token label.
+        token: String,
+    },
+    /// The token's user PIN is locked: its security officer must reset it.
+    TokenPinLocked {
+        /// The token label.
+        token: String,
+    },
+    /// A key-wrap mechanism the configuration names that the PKCS#11 binding cannot issue.
+    MechanismUnavailable {
+        /// The mechanism, as configured (`kwp`).
+        mechanism: &'static str,
+        /// What to configure instead.
+        instead: &'static str,
+    },
+    /// A rollback of the audit anchor asked of an unsealed HSM: the custodians' quorum given
+    /// to it accepts a rollback, on a sealed HSM.
+    RollbackUnsealed,
     /// A bearer token of a person's account that logs in with a second factor (TOTP): such
     /// an account works in the console only; programs use a machine account (a token, no
     /// password).
@@ -502,11 +543,56 @@ impl fmt::Display for Refusal {
                 write!(f, "{term} is the active term; rotate first, then retire it")
             }
             Refusal::TermRetired { term } => write!(f, "{term} is already retired"),
-            Refusal::Threshold { threshold, shares } => {
-                write!(f, "threshold {threshold} of {shares} shares")
-            }
+            Refusal::Threshold { threshold, shares } if *threshold == 1 && *shares >= 1 => write!(
+                f,
+                "a threshold of {threshold} is only allowed for a development hsm (--dev); use 2 \
+                 or more"
+            ),
+            Refusal::Threshold { threshold, shares } => write!(
+                f,
+                "threshold {threshold} of {shares} shares: need 1 <= threshold <= shares <= 255"
+            ),
             Refusal::NoShares => f.write_str("the hsm provider holds no custodian shares"),
-            Refusal::AnchorBackwards => f.write_str("anchor goes backwards"),
+            Refusal::AnchorBackwards { held, given } => write!(
+                f,
+                "the audit anchor is at event {held}, refusing to move it back to {given}"
+            ),
+            Refusal::AnchorForked { seq } => write!(
+                f,
+                "the audit anchor already holds another event {seq}: the chain has forked"
+            ),
+            Refusal::NotHolderKey { key } => write!(f, "{key}: not a holder key"),
+            Refusal::RollbackUnsealed => f.write_str(
+                "the hsm is unsealed: a rollback is accepted by the custodians' quorum given to \
+                 it, on a sealed hsm",
+            ),
+            Refusal::ReleaseNotAudited { card } => write!(
+                f,
+                "card {card}: its codes are released only with an audited release"
+            ),
+            Refusal::PrintRunNotAudited { batch } => write!(
+                f,
+                "batch {batch}: its codes are read only for an audited print run of it"
+            ),
+            Refusal::HsmExists { place } => {
+                write!(
+                    f,
+                    "{place} already holds a plico hsm; refusing to overwrite it"
+                )
+            }
+            Refusal::TokenPinRefused { token } => {
+                write!(f, "the user pin of pkcs#11 token {token:?} was refused")
+            }
+            Refusal::TokenPinLocked { token } => write!(
+                f,
+                "the user pin of pkcs#11 token {token:?} is locked; its security officer must \
+                 reset it"
+            ),
+            Refusal::MechanismUnavailable { mechanism, instead } => write!(
+                f,
+                "hsm mechanism {mechanism:?} cannot be issued through this pkcs#11 binding; use \
+                 {instead}"
+            ),
             Refusal::SubjectTooLong { bytes } => {
                 write!(f, "record subject is {bytes} bytes, at most 65535")
             }
@@ -754,7 +840,7 @@ impl Refusal {
             Refusal::TermRetired { .. } => "term_retired",
             Refusal::Threshold { .. } => "threshold",
             Refusal::NoShares => "no_shares",
-            Refusal::AnchorBackwards => "anchor_backwards",
+            Refusal::AnchorBackwards { .. } => "anchor_backwards",
             Refusal::SubjectTooLong { .. } => "subject_too_long",
             Refusal::CounterExhausted { .. } => "counter_exhausted",
             Refusal::EncryptionLimit { .. } => "encryption_limit",
@@ -798,6 +884,15 @@ impl Refusal {
             Refusal::ShareFileUnwritable { .. } => "share_file_unwritable",
             Refusal::NoShareDir => "no_share_dir",
             Refusal::TokenOfPerson { .. } => "token_of_person",
+            Refusal::AnchorForked { .. } => "anchor_forked",
+            Refusal::NotHolderKey { .. } => "not_holder_key",
+            Refusal::RollbackUnsealed => "rollback_unsealed",
+            Refusal::ReleaseNotAudited { .. } => "release_not_audited",
+            Refusal::PrintRunNotAudited { .. } => "print_run_not_audited",
+            Refusal::HsmExists { .. } => "hsm_exists",
+            Refusal::TokenPinRefused { .. } => "token_pin_refused",
+            Refusal::TokenPinLocked { .. } => "token_pin_locked",
+            Refusal::MechanismUnavailable { .. } => "mechanism_unavailable",
         }
     }
 
@@ -814,7 +909,7 @@ impl Refusal {
             Refusal::KeyringFull
             | Refusal::NoActiveTerm
             | Refusal::NoShares
-            | Refusal::AnchorBackwards
+            | Refusal::RollbackUnsealed
             | Refusal::PrintRunGoing
             | Refusal::RecoverWhileRunning
             | Refusal::NoShareDir => vec![],
@@ -996,6 +1091,21 @@ impl Refusal {
             Refusal::ShareFileUnwritable { path, error } => {
                 vec![("path", path.clone()), ("error", error.clone())]
             }
+            Refusal::AnchorBackwards { held, given } => {
+                vec![("held", s(held)), ("given", s(given))]
+            }
+            Refusal::AnchorForked { seq } => vec![("seq", s(seq))],
+            Refusal::NotHolderKey { key } => vec![("key", s(key))],
+            Refusal::ReleaseNotAudited { card } => vec![("card", card.clone())],
+            Refusal::PrintRunNotAudited { batch } => vec![("batch", s(batch))],
+            Refusal::HsmExists { place } => vec![("place", place.clone())],
+            Refusal::TokenPinRefused { token } | Refusal::TokenPinLocked { token } => {
+                vec![("token", token.clone())]
+            }
+            Refusal::MechanismUnavailable { mechanism, instead } => vec![
+                ("mechanism", (*mechanism).to_owned()),
+                ("instead", (*instead).to_owned()),
+            ],
         }
     }
 
@@ -1025,6 +1135,183 @@ fn contact_key(contact: &str) -> &'static str {
         "e-mail address" => "email",
         "postal address" => "postal",
         _ => "other",
+    }
+}
+
+/// Why a custodian share (or a set of them) does not count. No variant holds share bytes:
+/// a share is named by its set id and index, both public.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShareRefusal {
+    /// The text is not a share: the message names the part at fault (the prefix, a field,
+    /// the check value), never the share's content.
+    Malformed(String),
+    /// The share is of another share set than the HSM's (another HSM, or before a rekey).
+    ForeignSet {
+        /// The share's set id.
+        got: String,
+        /// The HSM's set id.
+        held: String,
+    },
+    /// The share is of another set than the shares submitted so far (reset the unseal to
+    /// change sets).
+    OtherSetPending {
+        /// The share's set id.
+        got: String,
+        /// The set of the shares submitted so far.
+        pending: String,
+    },
+    /// The shares given at once belong to different sets.
+    MixedSets,
+    /// The share says another threshold or count than its set.
+    QuorumMismatch {
+        /// The share's index.
+        x: u8,
+        /// The threshold it says.
+        threshold: u8,
+        /// The count it says.
+        shares: u8,
+        /// Its set.
+        set: String,
+        /// The set's threshold.
+        set_threshold: u8,
+        /// The set's count.
+        set_shares: u8,
+    },
+    /// The set has no share with this index.
+    NoSuchShare {
+        /// The set.
+        set: String,
+        /// The index.
+        x: u8,
+    },
+    /// The share is not the one the HSM issued with this index (same set, other payload).
+    NotIssued {
+        /// The set.
+        set: String,
+        /// The index.
+        x: u8,
+    },
+    /// The share is not one of the current set (an HSM that names shares by position).
+    NotCurrent,
+    /// The share was submitted already in this unseal.
+    AlreadySubmitted {
+        /// The index.
+        x: u8,
+        /// Distinct shares still needed.
+        more: usize,
+    },
+    /// The same share was given twice in one call (a rekey's current shares).
+    GivenTwice {
+        /// The index.
+        x: u8,
+    },
+    /// Fewer current shares than the threshold (a rekey's).
+    TooFew {
+        /// The threshold.
+        need: usize,
+        /// The shares given.
+        given: usize,
+    },
+    /// No share was given.
+    NoneGiven,
+    /// The shares do not open the root key (the HSM state is damaged, or the shares are).
+    DoNotOpen,
+    /// The shares do not open the PKCS#11 token (an interrupted rekey left this set unused,
+    /// or its PIN was changed outside plico).
+    DoNotOpenToken {
+        /// The set.
+        set: String,
+        /// The token label.
+        token: String,
+    },
+    /// The shares do not reconstruct the current root key or token PIN (a rekey's current
+    /// shares).
+    NotCurrentQuorum,
+}
+
+impl ShareRefusal {
+    /// The refusal's name in snake_case (`foreign_set`), like [`Refusal::reason`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ShareRefusal::Malformed(_) => "malformed",
+            ShareRefusal::ForeignSet { .. } => "foreign_set",
+            ShareRefusal::OtherSetPending { .. } => "other_set_pending",
+            ShareRefusal::MixedSets => "mixed_sets",
+            ShareRefusal::QuorumMismatch { .. } => "quorum_mismatch",
+            ShareRefusal::NoSuchShare { .. } => "no_such_share",
+            ShareRefusal::NotIssued { .. } => "not_issued",
+            ShareRefusal::NotCurrent => "not_current",
+            ShareRefusal::AlreadySubmitted { .. } => "already_submitted",
+            ShareRefusal::GivenTwice { .. } => "given_twice",
+            ShareRefusal::TooFew { .. } => "too_few",
+            ShareRefusal::NoneGiven => "none_given",
+            ShareRefusal::DoNotOpen => "do_not_open",
+            ShareRefusal::DoNotOpenToken { .. } => "do_not_open_token",
+            ShareRefusal::NotCurrentQuorum => "not_current_quorum",
+        }
+    }
+}
+
+impl fmt::Display for ShareRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShareRefusal::Malformed(why) => f.write_str(why),
+            ShareRefusal::ForeignSet { got, held } => write!(
+                f,
+                "this share belongs to share set {got}, but this hsm uses set {held}: it is from \
+                 another hsm or from before a rekey"
+            ),
+            ShareRefusal::OtherSetPending { got, pending } => write!(
+                f,
+                "this share belongs to share set {got}, but the shares submitted so far belong \
+                 to set {pending}; reset the unseal to change sets"
+            ),
+            ShareRefusal::MixedSets => f.write_str("the shares belong to different share sets"),
+            ShareRefusal::QuorumMismatch {
+                x,
+                threshold,
+                shares,
+                set,
+                set_threshold,
+                set_shares,
+            } => write!(
+                f,
+                "share {x} says {threshold} of {shares}, but set {set} is {set_threshold} of \
+                 {set_shares}"
+            ),
+            ShareRefusal::NoSuchShare { set, x } => write!(f, "set {set} has no share {x}"),
+            ShareRefusal::NotIssued { set, x } => {
+                write!(f, "share {x} of set {set} is not the share this hsm issued")
+            }
+            ShareRefusal::NotCurrent => f.write_str("not a share of the current set"),
+            ShareRefusal::AlreadySubmitted { x, more } => write!(
+                f,
+                "share {x} was already submitted; {more} more distinct share(s) needed"
+            ),
+            ShareRefusal::GivenTwice { x } => write!(f, "share {x} was given twice"),
+            ShareRefusal::TooFew { need, given } => {
+                write!(f, "a rekey needs {need} current shares, {given} given")
+            }
+            ShareRefusal::NoneGiven => f.write_str("no shares given"),
+            ShareRefusal::DoNotOpen => {
+                f.write_str("the shares do not open the root key (state file damaged?)")
+            }
+            ShareRefusal::DoNotOpenToken { set, token } => write!(
+                f,
+                "the shares of set {set} do not open pkcs#11 token {token:?} (an interrupted \
+                 rekey left this set unused, or its pin was changed outside plico)"
+            ),
+            ShareRefusal::NotCurrentQuorum => {
+                f.write_str("the shares do not reconstruct the current root key or token pin")
+            }
+        }
+    }
+}
+
+impl From<ShareRefusal> for Error {
+    fn from(r: ShareRefusal) -> Error {
+        Error::Share(r)
     }
 }
 
@@ -1150,6 +1437,8 @@ pub enum Missing {
     /// A card, or the holder it belongs to, by serial (nothing is released for a card
     /// without a holder).
     CardHolder(String),
+    /// An initialised PKCS#11 token, by label.
+    Token(String),
 }
 
 impl fmt::Display for Missing {
@@ -1171,6 +1460,35 @@ impl fmt::Display for Missing {
             }
             Missing::PrintRun(id) => write!(f, "print run {id}"),
             Missing::CardHolder(serial) => write!(f, "card {serial} or its holder"),
+            Missing::Token(label) => write!(f, "an initialised pkcs#11 token labelled {label:?}"),
+        }
+    }
+}
+
+/// What an [`Error::WrongState`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Subject {
+    /// A card, by serial (crate `cards`).
+    Card(String),
+    /// A batch of codes.
+    Batch(BatchId),
+    /// A key proposal.
+    Proposal(ProposalId),
+    /// A problem report, by number (crate `cards`).
+    Report(u64),
+    /// A dispatch job, by id (crate `cards`).
+    Job(u64),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Card(serial) => write!(f, "card {serial}"),
+            Subject::Batch(b) => write!(f, "batch {b}"),
+            Subject::Proposal(p) => write!(f, "{p}"),
+            Subject::Report(id) => write!(f, "report {id}"),
+            Subject::Job(id) => write!(f, "dispatch job {id}"),
         }
     }
 }

@@ -280,8 +280,8 @@ pub trait Hsm: Send + Sync + fmt::Debug {
     /// Submits one custodian share towards unsealing.
     ///
     /// # Errors
-    /// [`Error::Share`] when the share is malformed, corrupted, from another share set, or a
-    /// duplicate; the HSM stays sealed and keeps the shares it already had. If the share that
+    /// [`Error::Share`] ([`crate::ShareRefusal`]) when the share is malformed, corrupted, from
+    /// another share set, or a duplicate; the HSM stays sealed and keeps the shares it already had. If the share that
     /// completes the threshold still does not open the HSM (a damaged state), the submitted
     /// shares are all dropped and the unseal starts over.
     fn unseal(&self, share: &SecretString) -> Result<UnsealProgress>;
@@ -302,7 +302,7 @@ pub trait Hsm: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`Error::Integrity`] if the wrapped bytes, term, purpose or KCV do not match;
-    /// [`Error::NotFound`] for a retired or unknown term.
+    /// [`Error::Missing`] ([`crate::Missing::Term`]) for a retired or unknown term.
     fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<DataKey>;
 
     /// Rewraps a data key under the active term without the key leaving the HSM.
@@ -318,15 +318,17 @@ pub trait Hsm: Send + Sync + fmt::Debug {
     /// still wrapped under it ([`crate::Keyring::retire_term`] does).
     ///
     /// # Errors
-    /// [`Error::Refused`] for the active term; [`Error::NotFound`] for an unknown one.
+    /// [`crate::Refusal::TermActive`] for the active term, [`crate::Refusal::TermRetired`] for
+    /// a retired one; [`crate::Missing::Term`] for an unknown one.
     fn retire_term(&self, term: TermId) -> Result<()>;
 
     /// Replaces the root key and the custodian shares. Needs `threshold` current shares in
     /// `current`; the new shares go to `deliver` before anything is committed.
     ///
     /// # Errors
-    /// [`Error::Share`] if `current` does not reconstruct the unseal key; [`Error::Refused`]
-    /// for an unusable `shares`/`threshold`; whatever `deliver` returns.
+    /// [`Error::Sealed`] while sealed; [`Error::Share`] if `current` does not reconstruct the
+    /// unseal key; [`crate::Refusal::Threshold`] for an unusable `shares`/`threshold`; whatever
+    /// `deliver` returns.
     fn rekey(
         &self,
         current: &[SecretString],
@@ -344,8 +346,9 @@ pub trait Hsm: Send + Sync + fmt::Debug {
     /// Records the audit chain's newest checkpoint.
     ///
     /// # Errors
-    /// [`Error::Sealed`]; [`Error::Refused`] for an anchor older than the one held (the
-    /// anchor only moves forward); storage errors.
+    /// [`Error::Sealed`]; [`crate::Refusal::AnchorBackwards`] for an anchor older than the one
+    /// held (the anchor only moves forward), [`crate::Refusal::AnchorForked`] for another
+    /// anchor at the same event; storage errors.
     fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()>;
 
     /// Fills `buf` from the HSM's random generator.

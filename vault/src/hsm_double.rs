@@ -3,7 +3,7 @@
 //! persistence; a rekey checks a quorum of the current tokens, hands out new ones and refuses
 //! the old ones from then on. The real simulator is the `hsm-sim` crate.
 
-use crate::error::{Error, Missing, Refusal, Result};
+use crate::error::{Error, Missing, Refusal, Result, ShareRefusal};
 use crate::hsm::{
     AuditAnchor, Hsm, HsmStatus, KeyPurpose, RekeyOutcome, ShareDelivery, TermId, TermInfo,
     TermState, UnsealProgress, WrappedKey,
@@ -227,18 +227,21 @@ impl Hsm for DoubleHsm {
                 .tokens
                 .iter()
                 .position(|t| t == s.expose_secret())
-                .ok_or_else(|| Error::Share("not a share of the current set".into()))?;
+                .ok_or(ShareRefusal::NotCurrent)?;
             if seen.contains(&at) {
-                return Err(Error::Share("a share was given twice".into()));
+                return Err(ShareRefusal::GivenTwice {
+                    x: u8::try_from(at + 1).unwrap_or(u8::MAX),
+                }
+                .into());
             }
             seen.push(at);
         }
         if seen.len() < usize::from(held.threshold) {
-            return Err(Error::Share(format!(
-                "a rekey needs {} current shares, {} given",
-                held.threshold,
-                seen.len()
-            )));
+            return Err(ShareRefusal::TooFew {
+                need: usize::from(held.threshold),
+                given: seen.len(),
+            }
+            .into());
         }
         let tokens = self.new_tokens(shares);
         let secrets: Vec<SecretString> = tokens.iter().cloned().map(SecretString::from).collect();
@@ -262,11 +265,18 @@ impl Hsm for DoubleHsm {
     }
     fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<()> {
         let mut held = self.anchor.lock().unwrap();
-        if held
-            .as_ref()
-            .is_some_and(|h| h.seq > anchor.seq || (h.seq == anchor.seq && h != anchor))
-        {
-            return Err(Refusal::AnchorBackwards.into());
+        match held.as_ref() {
+            Some(h) if h.seq > anchor.seq => {
+                return Err(Refusal::AnchorBackwards {
+                    held: h.seq,
+                    given: anchor.seq,
+                }
+                .into())
+            }
+            Some(h) if h.seq == anchor.seq && h != anchor => {
+                return Err(Refusal::AnchorForked { seq: h.seq }.into())
+            }
+            _ => {}
         }
         *held = Some(anchor.clone());
         Ok(())

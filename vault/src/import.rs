@@ -137,7 +137,7 @@ impl<R: Read> Read for Counting<'_, R> {
 /// The message of an error without its kind's prefix (`invalid: …`), for a report line.
 fn message(e: &Error) -> String {
     match e {
-        Error::Invalid(m) | Error::Refused(m) => m.clone(),
+        Error::Invalid(m) => m.clone(),
         Error::Refusal(r) => r.to_string(),
         other => other.to_string(),
     }

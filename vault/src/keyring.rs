@@ -195,7 +195,7 @@ impl Keyring {
     /// again.
     ///
     /// # Errors
-    /// HSM errors; [`Error::Refused`] if the HSM reports no active term.
+    /// HSM errors; [`Error::Refusal`] if the HSM reports no active term.
     pub fn rewrap_to_active(&mut self, hsm: &dyn Hsm) -> Result<RewrapReport> {
         let active = hsm
             .status()
@@ -234,7 +234,7 @@ impl Keyring {
     /// call; the key material is unchanged, so records keep opening throughout.
     ///
     /// # Errors
-    /// HSM errors; [`Error::Refused`] if the HSM wrapped under another term than `term`
+    /// HSM errors; [`Error::Refusal`] if the HSM wrapped under another term than `term`
     /// (another rotation happened meanwhile) — the keyring is then unchanged for that key.
     pub fn rewrap_some(&mut self, hsm: &dyn Hsm, term: TermId, max: usize) -> Result<usize> {
         let mut n = 0;

@@ -34,6 +34,27 @@
 //! [`CardRegistry`]. Clear codes leave the vault only through the audited release: a
 //! [`Release`] receipt that only the audit chain makes.
 //!
+//! # Errors
+//!
+//! One [`Error`] for this crate, `cards` and the HSM providers. Its rule:
+//!
+//! - **A refusal is a typed value.** Whatever the state, a conflict or a missing thing
+//!   refuses is a variant carrying the facts a caller branches on: [`Refusal`] (the state does
+//!   not allow it: the term, the count, the dispatch in force…), [`Error::WrongState`] (a
+//!   [`Subject`] in a state the change does not start from, with that state),
+//!   [`Denial`] (who may not), [`Missing`] (what does not exist), [`ShareRefusal`] (why a
+//!   custodian share does not count). Each maps to one API code and `error.reason`; callers
+//!   and tests match variants, never text.
+//! - **Bad input is [`Error::Invalid`]** with a message that opens with what is wrong and
+//!   where (`line 3: serial: …`, `plan: …`, `idempotency key: …`), then the rule it breaks.
+//!   Nobody branches on it: the fix is in the input, which the message names. A parser that
+//!   reports many problems gives them as values instead ([`Error::RegistryRejected`], the
+//!   import report).
+//! - Damage is [`Error::Storage`] (naming the record, for the operator), a failed check
+//!   [`Error::Integrity`] (saying nothing more).
+//! - Messages are lower-case, name the field, serial, key or term at fault, and never carry a
+//!   code, a share or key bytes.
+//!
 //! What it does not do: networking, async, HTTP, configuration files. It is synchronous and is
 //! called from the service through one `spawn_blocking` helper. It has no HSM of its own: the
 //! software HSM lives in the `hsm-sim` crate, which depends on this one.
@@ -65,7 +86,7 @@ pub mod text;
 mod totp;
 
 // Errors.
-pub use error::{Denial, Error, Missing, Quorum, Refusal, Result};
+pub use error::{Denial, Error, Missing, Quorum, Refusal, Result, ShareRefusal, Subject};
 
 // Time and locks: the one clock seam and the one poison-tolerant lock helper.
 pub use clock::{system as system_clock, Clock, ManualClock, SystemClock};

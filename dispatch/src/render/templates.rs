@@ -16,7 +16,7 @@
 //! | `card.serial_masked`, `card.serial_last4` | the masked serial, its last four characters (substituted after templating) |
 //! | `issuer.name`, `issuer.card_name`, `issuer.helpline`, `issuer.web` | from [`Issuer`] |
 //! | `part.name` | `"A"`, `"B"` or `"whole"` |
-//! | `part.channel`, `part.other_channel` | `counter`, `remote`, `sms`, `email`, `any` (other: none for `whole`) |
+//! | `part.channel`, `part.other_channel` | `counter`, `remote`, `sms`, `email`, `mailer`, `any` (a `whole` plan: `any`, or the channel it names; other: none for a whole part) |
 //! | `part.is_whole`, `part.is_first`, `part.index`, `part.count` | position in entry order |
 //! | `part.pin`, `part.puk`, `part.sig_pin`, `part.sig_puk` | `{from, to, count, total, before, after, in_a, in_b}`: 1-based digit positions, digits in this part, in the whole code, before and after this part, and in part A and part B of a split plan (for the entry instructions; a whole part has them all in `in_a`) |
 //! | `part.signature` | whether the card has a signature pair |

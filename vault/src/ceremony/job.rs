@@ -342,7 +342,7 @@ impl Ceremonies {
                 *job = next;
                 Ok(())
             }
-            Err(e @ (Error::NotFound(_) | Error::Missing(_) | Error::WrongState { .. })) => {
+            Err(e @ (Error::Missing(_) | Error::WrongState { .. })) => {
                 self.finish(job, JobState::Failed, Some(e.to_string()))
             }
             Err(e) => Err(e),

@@ -156,6 +156,17 @@ pub struct BatchRecord {
 }
 
 impl BatchRecord {
+    /// The account (with its role and request) that started the batch, for its events.
+    pub(crate) fn started_by(&self) -> crate::account::Actor {
+        crate::account::Actor {
+            id: self.actor.clone(),
+            role: self.role.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl BatchRecord {
     /// Serialises the record.
     ///
     /// # Errors

@@ -18,7 +18,7 @@
 use super::record::CardCodes;
 use super::BatchId;
 use crate::audit::NewEvent;
-use crate::error::{Error, Result};
+use crate::error::{Refusal, Result};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -103,16 +103,16 @@ impl PendingCodes {
     /// The codes, given the receipt of the audit write that released them.
     ///
     /// # Errors
-    /// [`Error::Refused`] if `receipt` records no release of this card (the codes are
+    /// [`Refusal::ReleaseNotAudited`] if `receipt` records no release of this card (the codes are
     /// dropped, zeroized).
     pub fn open(self, receipt: &Release) -> Result<CardCodes> {
         if receipt.covers_card(&self.serial) {
             Ok(self.codes)
         } else {
-            Err(Error::Refused(format!(
-                "card {}: its codes are released only with an audited release",
-                self.serial
-            )))
+            Err(Refusal::ReleaseNotAudited {
+                card: self.serial.clone(),
+            }
+            .into())
         }
     }
 }

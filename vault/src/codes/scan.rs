@@ -12,7 +12,7 @@ use super::record::CardCodes;
 use super::segment::Segment;
 use super::{CodeVault, OVERLAY_DELETED};
 use crate::envelope::{DataKeyId, Opener};
-use crate::error::{Error, Missing, Result};
+use crate::error::{Error, Missing, Refusal, Result};
 use crate::hsm::Hsm;
 use crate::store::Tree;
 use std::sync::Arc;
@@ -56,8 +56,8 @@ impl CodeVault {
     /// caller checks each card's state and audits what it prints.
     ///
     /// # Errors
-    /// [`Error::Refused`] for a receipt that records no print run of `batch`;
-    /// [`Error::NotFound`] for a batch that is not committed (staging, quarantined, rejected
+    /// [`Refusal::PrintRunNotAudited`] for a receipt that records no print run of `batch`;
+    /// [`Missing::CommittedBatch`] for a batch that is not committed (staging, quarantined, rejected
     /// or unknown); [`Error::Sealed`]; store errors.
     pub fn scan_batch<'v>(
         &'v self,
@@ -66,9 +66,7 @@ impl CodeVault {
         receipt: &super::Release,
     ) -> Result<BatchScan<'v>> {
         if !receipt.covers_batch(batch) {
-            return Err(Error::Refused(format!(
-                "batch {batch}: its codes are read only for an audited print run of it"
-            )));
+            return Err(Refusal::PrintRunNotAudited { batch }.into());
         }
         let record = self
             .batch(batch)?
