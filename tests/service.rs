@@ -15,9 +15,11 @@
 //! reports endpoint are in `service/delivery.rs`; the crash test of 10,000 e-mail jobs (the
 //! `plico` binary killed while sending, duplicates counted) in `service/dispatch_crash.rs`; the
 //! crash test of print runs (killed at each step of a print file, recovered, rerun) in
-//! `service/print_crash.rs`; the crash loops of a mixed workload (imports, registry, lifecycle,
-//! dispatches through smtp-sink and Kannel, print runs, rotations) killed at random moments and
-//! checked against what was acknowledged in `service/crash_loops.rs`. Key
+//! `service/print_crash.rs`; the crash test of a bulk registry import (killed at random moments:
+//! the file whole or absent) in `service/registry_crash.rs`; the crash loops of a mixed workload
+//! (imports, registry, lifecycle, dispatches through smtp-sink and Kannel, print runs,
+//! rotations) killed at random moments and checked against what was acknowledged in
+//! `service/crash_loops.rs`. Key
 //! ceremonies under dual control (proposals, approvals, rotate, retire, rekey, shred, and the
 //! rewrap job resumed after the binary is killed) are in `service/keys.rs`. A data directory
 //! written by an older `plico` (a committed fixture) opened and served by today's binary, the
@@ -73,6 +75,8 @@ mod persisted_layout;
 mod pkcs11;
 #[path = "service/print_crash.rs"]
 mod print_crash;
+#[path = "service/registry_crash.rs"]
+mod registry_crash;
 #[path = "service/relay.rs"]
 mod relay;
 #[path = "service/relay_support.rs"]

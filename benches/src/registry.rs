@@ -14,8 +14,9 @@
 //!    ([`cards::parse_registry`], no store); for every holder the unavoidable crypto — its
 //!    personal data serialised and sealed with AES-256-GCM, and the two blind-index
 //!    HMAC-SHA256 of its codice fiscale and of surname + birth date; and the very entries the
-//!    import stored (holders, index, cards, expiry index) written raw into a second fresh
-//!    store, one batch per file, flushed.
+//!    import stored (holders, index, cards, expiry index entry by entry, or, for a file of
+//!    `cards::BULK_MIN_HOLDERS` holders or more, the bulk file's segments and commit record)
+//!    written raw into a second fresh store, one batch per file, flushed.
 //!
 //! It ends with one line:
 //! `registry holders=… holders_per_s=… baseline_ratio=… peak_rss_mib=…`
@@ -174,6 +175,8 @@ fn bench(work: &Path, a: &RegistryBench) -> anyhow::Result<()> {
         Tree::HolderIndex,
         Tree::Cards,
         Tree::CardExpiry,
+        Tree::RegistryFiles,
+        Tree::RegistrySegments,
     ] {
         let mut from = Vec::new();
         loop {

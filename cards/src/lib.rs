@@ -41,6 +41,7 @@ mod outbox;
 mod outbox_counter;
 mod outbox_release;
 mod registry;
+mod registry_bulk;
 mod registry_parse;
 mod reports;
 
@@ -50,7 +51,8 @@ pub use codice_fiscale::{
 };
 pub use date::{Date, DateError};
 pub use registry::{
-    CardRecord, Cards, HolderView, PersonalData, RegistryOutcome, SearchKey, MAX_SEARCH,
+    CardRecord, Cards, HolderView, PersonalData, RegistryOutcome, SearchKey, BULK_MIN_HOLDERS,
+    MAX_SEARCH,
 };
 pub use registry_parse::{
     normalise_name, parse_registry, CardEntry, HolderEntry, RegistryFailure, RegistryProblem,
@@ -101,6 +103,7 @@ mod tests {
     use vault::ParseRules;
     use vault::SledStore;
     use vault::Store;
+    use vault::Tree;
     use vault::{import_file, ImportContext, ImportOutcome, ImportRequest};
 
     /// Valid codici fiscali (check characters computed by [`codice_fiscale`]).
@@ -220,28 +223,13 @@ mod tests {
             cards: &[(usize, Date, Option<usize>)],
             deceased: bool,
         ) -> vault::Result<RegistryOutcome> {
-            let entry = HolderEntry {
-                first_line: 2,
-                codice_fiscale: cf(holder),
-                given_names: format!("Nicolò {holder}"),
-                surname: "D'Angelo".into(),
-                birth_date: date("1985-12-10"),
-                email: Some(format!("h{holder}@example.it")),
-                mobile: Some("+393331234567".into()),
-                address: Some("Via Roma 1, 00100 Roma".into()),
-                deceased,
-                cards: cards
-                    .iter()
-                    .map(|&(c, expiry, replaced)| CardEntry {
-                        line: 2,
-                        serial: serial(c),
-                        expiry,
-                        replaced_by: replaced.map(serial),
-                    })
-                    .collect(),
-            };
+            let entry = holder_entry(holder, cards, deceased);
             self.cms()
                 .import_registry(&*self.hsm, self.audit(), &[entry], today(), &actor())
+        }
+
+        pub(super) fn store(&self) -> &dyn Store {
+            &**self.store.as_ref().unwrap()
         }
 
         pub(super) fn change(&self, c: usize, change: &Change) -> vault::Result<CardStatus> {
@@ -253,6 +241,35 @@ mod tests {
                 today(),
                 &actor(),
             )
+        }
+    }
+
+    /// Holder `holder` (surname D'Angelo, born 1985-12-10) with `cards`: (card, expiry,
+    /// replaced by).
+    pub(super) fn holder_entry(
+        holder: usize,
+        cards: &[(usize, Date, Option<usize>)],
+        deceased: bool,
+    ) -> HolderEntry {
+        HolderEntry {
+            first_line: 2,
+            codice_fiscale: cf(holder),
+            given_names: format!("Nicolò {holder}"),
+            surname: "D'Angelo".into(),
+            birth_date: date("1985-12-10"),
+            email: Some(format!("h{holder}@example.it")),
+            mobile: Some("+393331234567".into()),
+            address: Some("Via Roma 1, 00100 Roma".into()),
+            deceased,
+            cards: cards
+                .iter()
+                .map(|&(c, expiry, replaced)| CardEntry {
+                    line: 2,
+                    serial: serial(c),
+                    expiry,
+                    replaced_by: replaced.map(serial),
+                })
+                .collect(),
         }
     }
 
@@ -507,6 +524,159 @@ mod tests {
         assert!(scanned > 10_000, "scanned {scanned} bytes");
     }
 
+    /// The holder ids a search finds, `limit` at a time after `after`.
+    fn found(w: &World, key: &SearchKey, after: Option<&str>, limit: usize) -> Vec<String> {
+        w.cms()
+            .search(&*w.hsm, w.audit(), key, after, limit, &actor())
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    }
+
+    fn surname(s: &str) -> SearchKey {
+        SearchKey::SurnameBirth {
+            surname: s.into(),
+            birth_date: date("1985-12-10"),
+        }
+    }
+
+    #[test]
+    fn a_bulk_file_reads_like_single_entries_and_later_changes_win() {
+        let mut w = World::new();
+        w.import_codes(&[serial(0), serial(1), serial(2)]);
+        w.cms().set_bulk_min(2);
+        let first: Vec<HolderEntry> = (0..3)
+            .map(|h| holder_entry(h, &[(h, date("2030-01-01"), None)], false))
+            .collect();
+        let out = w
+            .cms()
+            .import_registry(&*w.hsm, w.audit(), &first, today(), &actor())
+            .unwrap();
+        assert_eq!((out.holders_created, out.cards_created), (3, 3));
+        // Nothing in the per-entry trees: the holders and cards are in the bulk file.
+        assert_eq!(
+            w.store().get(Tree::Cards, serial(0).as_bytes()).unwrap(),
+            None
+        );
+        assert_eq!(w.store().get(Tree::Holders, b"h000001").unwrap(), None);
+        assert!(w.store().last(Tree::RegistryFiles).unwrap().is_some());
+        let card = w.cms().card(&serial(1)).unwrap().unwrap();
+        assert_eq!(
+            (card.state, card.holder.as_str()),
+            (CardState::Issued, "h000002")
+        );
+        assert_eq!(
+            found(&w, &SearchKey::CodiceFiscale(cf(2)), None, 10),
+            ["h000003"]
+        );
+        assert_eq!(
+            found(&w, &surname("D'Angelo"), None, 10),
+            ["h000001", "h000002", "h000003"]
+        );
+        assert_eq!(
+            found(&w, &surname("D'Angelo"), Some("h000001"), 1),
+            ["h000002"]
+        );
+
+        // A lifecycle change and a small file (per entry) win over the bulk file; the bulk
+        // file's index entry for the old surname no longer finds holder 2.
+        w.change(0, &holder_activation()).unwrap();
+        w.cms().set_bulk_min(usize::MAX);
+        let mut renamed = holder_entry(1, &[(1, date("2030-01-01"), None)], false);
+        renamed.surname = "Rossi".into();
+        let out = w
+            .cms()
+            .import_registry(&*w.hsm, w.audit(), &[renamed], today(), &actor())
+            .unwrap();
+        assert_eq!(out.holders_updated, 1);
+        assert_eq!(
+            w.cms().card(&serial(0)).unwrap().unwrap().state,
+            CardState::Active
+        );
+        assert_eq!(found(&w, &surname("Rossi"), None, 10), ["h000002"]);
+        assert_eq!(
+            found(&w, &surname("D'Angelo"), None, 10),
+            ["h000001", "h000003"]
+        );
+
+        // A second bulk file rewrites holders 0 and 1: it keeps the activation (read from the
+        // per-entry tree), and takes the per-entry copies out so that it wins.
+        w.cms().set_bulk_min(2);
+        let second: Vec<HolderEntry> = (0..2)
+            .map(|h| holder_entry(h, &[(h, date("2031-01-01"), None)], false))
+            .collect();
+        let out = w
+            .cms()
+            .import_registry(&*w.hsm, w.audit(), &second, today(), &actor())
+            .unwrap();
+        assert_eq!((out.holders_created, out.holders_updated), (0, 2));
+        assert_eq!(
+            w.store().get(Tree::Cards, serial(0).as_bytes()).unwrap(),
+            None
+        );
+        assert_eq!(w.store().get(Tree::Holders, b"h000002").unwrap(), None);
+        for round in 0..2 {
+            let card = w.cms().card(&serial(0)).unwrap().unwrap();
+            assert_eq!(card.state, CardState::Active, "round {round}");
+            assert_eq!(card.expiry, Some(date("2031-01-01")), "round {round}");
+            assert!(
+                found(&w, &surname("Rossi"), None, 10).is_empty(),
+                "round {round}"
+            );
+            assert_eq!(
+                found(&w, &surname("D'Angelo"), None, 10),
+                ["h000001", "h000002", "h000003"],
+                "round {round}"
+            );
+            w.restart();
+        }
+
+        // The expiry sweep sees the bulk files' expiry keys, each checked against its card:
+        // card 2 expires on 2030-01-01 (first file); cards 0 and 1 now on 2031-01-01.
+        let revoked = w
+            .cms()
+            .sweep_expired(w.audit(), date("2030-06-01"), &actor())
+            .unwrap();
+        assert_eq!(revoked, [serial(2)]);
+        assert_eq!(
+            w.cms().card(&serial(2)).unwrap().unwrap().state,
+            CardState::Revoked
+        );
+        assert_eq!(
+            w.cms().card(&serial(1)).unwrap().unwrap().state,
+            CardState::Issued
+        );
+        let report = w.audit().verify().unwrap();
+        assert!(report.intact(), "{report:?}");
+    }
+
+    #[test]
+    fn a_refused_bulk_file_writes_nothing() {
+        let w = World::new();
+        w.cms().set_bulk_min(1);
+        w.registry(0, &[(0, date("2030-01-01"), None)], false)
+            .unwrap();
+        // A second file whose card belongs to another holder is refused before any write.
+        let err = w
+            .registry(1, &[(0, date("2030-01-01"), None)], false)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Refusal(vault::Refusal::CardOfAnotherHolder { .. })
+            ),
+            "{err}"
+        );
+        assert!(found(&w, &SearchKey::CodiceFiscale(cf(1)), None, 10).is_empty());
+        let staged = w
+            .store()
+            .keys(Tree::RegistrySegments, &2u64.to_be_bytes(), None, 10)
+            .unwrap();
+        assert!(staged.is_empty(), "{staged:?}");
+        assert_eq!(w.cms().recover_registry().unwrap(), 0);
+    }
+
     #[test]
     fn reports_are_opened_commented_assigned_and_closed() {
         let w = World::new();
@@ -598,6 +768,8 @@ mod tests {
             holder: usize,
             cards: Vec<(usize, bool, Option<usize>)>,
             deceased: bool,
+            /// Written as a bulk file.
+            bulk: bool,
         },
         Activate(usize, bool),
         Suspend(usize),
@@ -620,12 +792,14 @@ mod tests {
                     ),
                     0..3
                 ),
-                proptest::bool::weighted(0.08)
+                proptest::bool::weighted(0.08),
+                any::<bool>()
             )
-                .prop_map(|(holder, cards, deceased)| Op::Registry {
+                .prop_map(|(holder, cards, deceased, bulk)| Op::Registry {
                     holder,
                     cards,
-                    deceased
+                    deceased,
+                    bulk
                 }),
             (card.clone(), any::<bool>()).prop_map(|(c, d)| Op::Activate(c, d)),
             card.clone().prop_map(Op::Suspend),
@@ -677,6 +851,7 @@ mod tests {
                     holder,
                     cards,
                     deceased,
+                    bulk,
                 } => {
                     let mut seen = std::collections::HashSet::new();
                     let entries: Vec<(usize, Date, Option<usize>)> = cards
@@ -697,6 +872,7 @@ mod tests {
                     let conflict = entries
                         .iter()
                         .any(|(c, _, _)| m.cards.get(c).is_some_and(|(h, _)| h != holder));
+                    w.cms().set_bulk_min(if *bulk { 1 } else { usize::MAX });
                     let res = w.registry(*holder, &entries, *deceased);
                     if conflict {
                         assert!(

@@ -446,7 +446,7 @@ impl Cards {
         let end = today.to_string().into_bytes();
         let mut from: Vec<u8> = Vec::new();
         loop {
-            let keys = self.store.keys(Tree::CardExpiry, &from, Some(&end), 500)?;
+            let keys = self.registry_keys(None, Tree::CardExpiry, &from, Some(&end), 500)?;
             let Some(last) = keys.last() else { break };
             from = last.clone();
             from.push(0);

@@ -16,13 +16,22 @@
 //!
 //! Every operation writes its state, registry data, code deletions and audit events in one
 //! store batch ([`AuditLog::commit_all`]).
+//!
+//! A registry file of [`BULK_MIN_HOLDERS`] holders or more is written in bulk instead
+//! ([`super::registry_bulk`]): the same entries, sorted into segments of a file under one
+//! commit record that lands in that one batch. The trees above are then an overlay over the
+//! bulk files: every read goes through [`Cards::card`], [`Cards::holder`] and the merged key
+//! scans here, never to the trees alone.
 
 use super::card::{CardState, Reason};
 use super::date::Date;
+use super::registry_bulk::{self, BulkFiles, BulkView, Stager};
 use super::registry_parse::{CardEntry, HolderEntry};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vault::Actor;
 use vault::CodeVault;
@@ -40,6 +49,11 @@ const INDEX_CF: u8 = 1;
 const INDEX_SURNAME_BIRTH: u8 = 2;
 /// Most holders one search returns.
 pub const MAX_SEARCH: usize = 50;
+/// A registry file of at least this many holders is written as a bulk file (sorted segments
+/// under one commit record); a smaller one entry by entry. A bulk file costs every read that
+/// misses the per-entry trees one directory probe, so small files, the daily changes, stay
+/// out of them.
+pub const BULK_MIN_HOLDERS: usize = 5_000;
 
 /// A holder's personal data, in clear only while it is used. `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +251,10 @@ pub struct Cards {
     pub(crate) print_running: std::sync::atomic::AtomicBool,
     /// The time of every record and deadline (the audit log's clock in the service).
     clock: Arc<dyn Clock>,
+    /// The committed bulk registry files, their directories cached.
+    bulk: BulkFiles,
+    /// The fewest holders a registry file is written in bulk for ([`BULK_MIN_HOLDERS`]).
+    bulk_min: AtomicUsize,
 }
 
 impl fmt::Debug for Cards {
@@ -256,7 +274,102 @@ impl Cards {
             mailers: Mutex::default(),
             print_running: std::sync::atomic::AtomicBool::new(false),
             clock: vault::system_clock(),
+            bulk: BulkFiles::default(),
+            bulk_min: AtomicUsize::new(BULK_MIN_HOLDERS),
         }
+    }
+
+    /// Sets the fewest holders a registry file is written in bulk for (tests: both paths on
+    /// small files).
+    #[cfg(test)]
+    pub(crate) fn set_bulk_min(&self, holders: usize) {
+        self.bulk_min.store(holders, Ordering::Relaxed);
+    }
+
+    /// Removes the segments of a bulk registry import that never committed (the process
+    /// died while writing them). Call it at start-up, before serving; bulk imports also do it
+    /// before they start. Returns how many segments it removed.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn recover_registry(&self) -> Result<u64> {
+        let _ops = self.ops_lock();
+        registry_bulk::recover(&*self.store)
+    }
+
+    /// The bulk files committed now (`view` if the caller holds one: an import, under the
+    /// registry's lock, takes one for all its reads).
+    fn bulk_view(&self, view: Option<&BulkView>) -> Result<BulkView> {
+        match view {
+            Some(v) => Ok(v.clone()),
+            None => self.bulk.view(&*self.store),
+        }
+    }
+
+    /// The value of `key` in one of the registry trees: the per-entry tree first, then the
+    /// bulk files from the newest; and whether it came from the per-entry tree.
+    fn registry_entry(
+        &self,
+        view: Option<&BulkView>,
+        tree: Tree,
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, bool)>> {
+        if let Some(v) = self.store.get(tree, key)? {
+            return Ok(Some((v, true)));
+        }
+        let view = self.bulk_view(view)?;
+        if view.is_empty() {
+            return Ok(None);
+        }
+        Ok(view.get(&*self.store, tree, key)?.map(|v| (v, false)))
+    }
+
+    /// Up to `limit` keys of a registry tree with `from <= key` (and `key < to`), ascending,
+    /// from the per-entry tree and the bulk files together.
+    ///
+    /// # Errors
+    /// Store errors; a damaged bulk file.
+    pub(crate) fn registry_keys(
+        &self,
+        view: Option<&BulkView>,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut keys = self.store.keys(tree, from, to, limit)?;
+        let view = self.bulk_view(view)?;
+        if view.is_empty() {
+            return Ok(keys);
+        }
+        let bulk = view.keys(&*self.store, tree, from, to, limit)?;
+        if !bulk.is_empty() {
+            keys.extend(bulk);
+            keys.sort_unstable();
+            keys.dedup();
+            keys.truncate(limit);
+        }
+        Ok(keys)
+    }
+
+    fn card_located(
+        &self,
+        view: Option<&BulkView>,
+        serial: &str,
+    ) -> Result<Option<(CardRecord, bool)>> {
+        self.registry_entry(view, Tree::Cards, serial.as_bytes())?
+            .map(|(b, o)| Ok((decode("card record", &b)?, o)))
+            .transpose()
+    }
+
+    fn holder_located(
+        &self,
+        view: Option<&BulkView>,
+        id: &str,
+    ) -> Result<Option<(HolderRecord, bool)>> {
+        self.registry_entry(view, Tree::Holders, id.as_bytes())?
+            .map(|(b, o)| Ok((decode("holder record", &b)?, o)))
+            .transpose()
     }
 
     /// The same registry timed by `clock` (give it the clock of the audit log it writes to).
@@ -298,10 +411,7 @@ impl Cards {
     /// # Errors
     /// Store errors.
     pub fn card(&self, serial: &str) -> Result<Option<CardRecord>> {
-        self.store
-            .get(Tree::Cards, serial.as_bytes())?
-            .map(|b| decode("card record", &b))
-            .transpose()
+        Ok(self.card_located(None, serial)?.map(|(c, _)| c))
     }
 
     /// A holder's record.
@@ -309,10 +419,7 @@ impl Cards {
     /// # Errors
     /// Store errors.
     pub fn holder(&self, id: &str) -> Result<Option<HolderRecord>> {
-        self.store
-            .get(Tree::Holders, id.as_bytes())?
-            .map(|b| decode("holder record", &b))
-            .transpose()
+        Ok(self.holder_located(None, id)?.map(|(h, _)| h))
     }
 
     /// Seals `clear` for `subject` under this process's holder key, creating the key on first
@@ -402,28 +509,61 @@ impl Cards {
         ])
     }
 
-    fn ids_under(&self, prefix: &[u8], after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    /// The ids of up to `limit` holders under the index key `prefix`, after the id `after`.
+    /// An index entry counts only while its holder's record still owns the key: an entry of a
+    /// bulk file outlives a later change of the holder's data (see [`super::registry_bulk`]).
+    fn ids_under(
+        &self,
+        view: Option<&BulkView>,
+        prefix: &[u8],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let view = self.bulk_view(view)?;
         let mut from = prefix.to_vec();
         if let Some(a) = after {
             from.extend_from_slice(a.as_bytes());
             from.push(0);
         }
+        // The prefix's successor (none if it is all 0xFF: then the scan stops at the first
+        // key past the prefix).
         let mut to = prefix.to_vec();
-        // The prefix's successor: every index key is kind | 32 bytes | id.
-        if let Some(last) = to.last_mut() {
-            *last = last.wrapping_add(1);
+        while to.last() == Some(&0xFF) {
+            to.pop();
         }
-        let keys = if prefix.last() == Some(&0xFF) {
-            self.store.keys(Tree::HolderIndex, &from, None, limit)?
+        let to = if let Some(last) = to.last_mut() {
+            *last += 1;
+            Some(to)
         } else {
-            self.store
-                .keys(Tree::HolderIndex, &from, Some(&to), limit)?
+            None
         };
-        Ok(keys
-            .into_iter()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
-            .collect())
+        let owned = hex::encode(prefix);
+        let mut ids = Vec::new();
+        loop {
+            let keys =
+                self.registry_keys(Some(&view), Tree::HolderIndex, &from, to.as_deref(), limit)?;
+            let full = keys.len() == limit;
+            let Some(last) = keys.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for k in keys {
+                if !k.starts_with(prefix) {
+                    return Ok(ids);
+                }
+                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let holder = self.holder_located(Some(&view), &id)?;
+                if holder.is_some_and(|(h, _)| h.index.contains(&owned)) {
+                    ids.push(id);
+                    if ids.len() == limit {
+                        return Ok(ids);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(ids)
     }
 
     /// Finds holders by an exact key, `limit` (at most [`MAX_SEARCH`]) at a time after the
@@ -471,7 +611,7 @@ impl Cards {
             }
         };
         let mut found = Vec::new();
-        for id in self.ids_under(&prefix, after, limit)? {
+        for id in self.ids_under(None, &prefix, after, limit)? {
             let Some(rec) = self.holder(&id)? else {
                 continue;
             };
@@ -506,7 +646,9 @@ impl Cards {
     /// Applies a parsed registry file, all or nothing: holders created or updated (found by
     /// codice fiscale), their cards created, and the implicit revocations it implies —
     /// deceased holder (all their cards), replaced card, card past expiry on `today` — with a
-    /// `card.revoke` event each and a `registry.import` event, in one store batch.
+    /// `card.revoke` event each and a `registry.import` event, in one store batch. A file of
+    /// [`BULK_MIN_HOLDERS`] or more is written as a bulk file whose commit record is in that
+    /// batch ([`super::registry_bulk`]).
     ///
     /// # Errors
     /// [`Refusal::CardOfAnotherHolder`] naming the line for an entry that contradicts the
@@ -521,17 +663,25 @@ impl Cards {
         today: Date,
         actor: &Actor,
     ) -> Result<RegistryOutcome> {
-        // Blind-index keys first: they may create the index key (its own commit).
+        // Blind-index keys first: they may create the index key (its own commit), so the first
+        // alone, then the others on every core.
+        let key_of = |e: &'_ HolderEntry| -> Result<_> {
+            let personal = personal_of(e);
+            let keys = self.index_keys(hsm, audit, &personal)?;
+            Ok((personal, keys))
+        };
+        let mut keyed = Vec::with_capacity(entries.len());
+        if let Some((first, rest)) = entries.split_first() {
+            keyed.push(key_of(first)?);
+            keyed.extend(rest.par_iter().map(key_of).collect::<Result<Vec<_>>>()?);
+        }
+        let bulk = entries.len() >= self.bulk_min.load(Ordering::Relaxed);
+        let _ops = self.ops_lock();
+        let mut run = RegistryImport::new(self, hsm, audit, actor, bulk)?;
         let keyed = entries
             .iter()
-            .map(|e| {
-                let personal = personal_of(e);
-                let keys = self.index_keys(hsm, audit, &personal)?;
-                Ok((e, personal, keys))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let _ops = self.ops_lock();
-        let mut run = RegistryImport::new(self, hsm, audit, actor)?;
+            .zip(keyed)
+            .map(|(e, (personal, keys))| (e, personal, keys));
         for (entry, personal, keys) in keyed {
             run.apply_holder(entry, &personal, &keys)?;
         }
@@ -597,6 +747,18 @@ struct RegistryImport<'a> {
     /// The next holder id to hand out.
     next: u64,
     contacts_changed: u64,
+    /// Written as a bulk file: the index and expiry keys and the cards to write go into the
+    /// sets below instead of the batch, which gets their deletions only.
+    bulk: bool,
+    index_puts: BTreeSet<Vec<u8>>,
+    expiry_puts: BTreeSet<Vec<u8>>,
+    card_puts: BTreeMap<String, CardRecord>,
+    /// Holders and cards read from the per-entry trees: a bulk file that rewrites them
+    /// deletes them there, or the older entry would hide the file's.
+    overlay_holders: BTreeSet<String>,
+    overlay_cards: BTreeSet<String>,
+    /// The bulk files committed when the import began (no other can commit meanwhile).
+    view: BulkView,
 }
 
 impl<'a> RegistryImport<'a> {
@@ -605,6 +767,7 @@ impl<'a> RegistryImport<'a> {
         hsm: &'a dyn Hsm,
         audit: &'a AuditLog,
         actor: &'a Actor,
+        bulk: bool,
     ) -> Result<Self> {
         Ok(RegistryImport {
             cards_domain,
@@ -619,6 +782,13 @@ impl<'a> RegistryImport<'a> {
             cards: BTreeMap::new(),
             next: cards_domain.next_holder_id()?,
             contacts_changed: 0,
+            bulk,
+            index_puts: BTreeSet::new(),
+            expiry_puts: BTreeSet::new(),
+            card_puts: BTreeMap::new(),
+            overlay_holders: BTreeSet::new(),
+            overlay_cards: BTreeSet::new(),
+            view: cards_domain.bulk.view(&*cards_domain.store)?,
         })
     }
 
@@ -649,7 +819,9 @@ impl<'a> RegistryImport<'a> {
             what: "no codice fiscale index key",
             holder: None,
         })?;
-        let existing = self.cards_domain.ids_under(cf_key, None, 2)?;
+        let existing = self
+            .cards_domain
+            .ids_under(Some(&self.view), cf_key, None, 2)?;
         let Some(id) = existing.first() else {
             let id = format!("h{:06}", self.next);
             self.next += 1;
@@ -670,13 +842,17 @@ impl<'a> RegistryImport<'a> {
         self.out.holders_updated += 1;
         match self.holders.remove(id) {
             Some(r) => Ok(r),
-            None => self
-                .cards_domain
-                .holder(id)?
-                .ok_or_else(|| Error::RegistryDamaged {
+            None => {
+                let found = self.cards_domain.holder_located(Some(&self.view), id)?;
+                let (rec, overlay) = found.ok_or_else(|| Error::RegistryDamaged {
                     what: "indexed but missing",
                     holder: Some(id.clone()),
-                }),
+                })?;
+                if overlay {
+                    self.overlay_holders.insert(id.clone());
+                }
+                Ok(rec)
+            }
         }
     }
 
@@ -720,13 +896,18 @@ impl<'a> RegistryImport<'a> {
                 holder: Some(rec.id.clone()),
             })?;
             k.extend_from_slice(rec.id.as_bytes());
+            self.index_puts.remove(&k);
             self.batch.delete(Tree::HolderIndex, k);
         }
         rec.index = keys.iter().map(hex::encode).collect();
         for k in keys {
             let mut k = k.clone();
             k.extend_from_slice(rec.id.as_bytes());
-            self.batch.put(Tree::HolderIndex, k, Vec::new());
+            if self.bulk {
+                self.index_puts.insert(k);
+            } else {
+                self.batch.put(Tree::HolderIndex, k, Vec::new());
+            }
         }
         Ok(())
     }
@@ -736,7 +917,7 @@ impl<'a> RegistryImport<'a> {
     fn apply_card(&mut self, rec: &mut HolderRecord, c: &CardEntry) -> Result<()> {
         let mut card = match self.cards.remove(&c.serial) {
             Some(card) => card,
-            None => match self.cards_domain.card(&c.serial)? {
+            None => match self.stored_card(&c.serial)? {
                 Some(card) => card,
                 None => {
                     self.out.cards_created += 1;
@@ -759,15 +940,17 @@ impl<'a> RegistryImport<'a> {
             return Err(Refusal::CardOfAnotherHolder { line: c.line }.into());
         }
         if let Some(old) = card.expiry {
-            self.batch
-                .delete(Tree::CardExpiry, expiry_key(old, &card.serial));
+            let old = expiry_key(old, &card.serial);
+            self.expiry_puts.remove(&old);
+            self.batch.delete(Tree::CardExpiry, old);
         }
         card.expiry = Some(c.expiry);
-        self.batch.put(
-            Tree::CardExpiry,
-            expiry_key(c.expiry, &card.serial),
-            Vec::new(),
-        );
+        let new = expiry_key(c.expiry, &card.serial);
+        if self.bulk {
+            self.expiry_puts.insert(new);
+        } else {
+            self.batch.put(Tree::CardExpiry, new, Vec::new());
+        }
         if c.replaced_by.is_some() {
             card.replaced_by = c.replaced_by.clone();
         }
@@ -797,7 +980,7 @@ impl<'a> RegistryImport<'a> {
     fn settle_card(&mut self, serial: &str, deceased: bool, today: Date) -> Result<()> {
         let card = match self.cards.remove(serial) {
             Some(c) => c,
-            None => match self.cards_domain.card(serial)? {
+            None => match self.stored_card(serial)? {
                 Some(c) => c,
                 None => return Ok(()),
             },
@@ -823,18 +1006,84 @@ impl<'a> RegistryImport<'a> {
             }
             _ => card,
         };
-        self.batch
-            .put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
+        if self.bulk {
+            self.card_puts.insert(serial.to_owned(), card);
+        } else {
+            self.batch
+                .put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
+        }
         Ok(())
+    }
+
+    /// A card as stored, noting whether it came from the per-entry tree.
+    fn stored_card(&mut self, serial: &str) -> Result<Option<CardRecord>> {
+        Ok(self
+            .cards_domain
+            .card_located(Some(&self.view), serial)?
+            .map(|(card, overlay)| {
+                if overlay {
+                    self.overlay_cards.insert(serial.to_owned());
+                }
+                card
+            }))
+    }
+
+    /// Phase 3 of a bulk file: every holder, index key, card and expiry key written as
+    /// sorted segments (records encoded on every core), the per-entry copies of the holders
+    /// and cards it rewrites deleted, and the file's commit record, into the batch.
+    fn stage_bulk(&mut self) -> Result<u64> {
+        let domain = self.cards_domain;
+        let mut stager = Stager::begin(&*domain.store)?;
+        let id = stager.id();
+        let holders: Vec<(&String, &HolderRecord)> = self.holders.iter().collect();
+        let holders = holders
+            .into_par_iter()
+            .map(|(id, rec)| -> Result<(Vec<u8>, Vec<u8>)> {
+                Ok((id.as_bytes().to_vec(), encode(rec)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stager.tree(Tree::Holders, holders)?;
+        let index = std::mem::take(&mut self.index_puts);
+        stager.tree(
+            Tree::HolderIndex,
+            index.into_iter().map(|k| (k, Vec::new())).collect(),
+        )?;
+        let cards: Vec<(String, CardRecord)> =
+            std::mem::take(&mut self.card_puts).into_iter().collect();
+        let cards = cards
+            .into_par_iter()
+            .map(|(serial, card)| -> Result<(Vec<u8>, Vec<u8>)> {
+                Ok((serial.into_bytes(), encode(&card)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stager.tree(Tree::Cards, cards)?;
+        let expiry = std::mem::take(&mut self.expiry_puts);
+        stager.tree(
+            Tree::CardExpiry,
+            expiry.into_iter().map(|k| (k, Vec::new())).collect(),
+        )?;
+        for id in &self.overlay_holders {
+            self.batch.delete(Tree::Holders, id.as_bytes().to_vec());
+        }
+        for serial in &self.overlay_cards {
+            self.batch.delete(Tree::Cards, serial.as_bytes().to_vec());
+        }
+        stager.finish(&mut self.batch, self.now, self.holders.len() as u64)?;
+        Ok(id)
     }
 
     /// Phase 3: the holders and the holder counter into the batch, the `registry.import`
     /// summary first among the events, all committed at once.
     fn commit(mut self, empty: bool) -> Result<RegistryOutcome> {
-        for rec in self.holders.values() {
-            self.batch
-                .put(Tree::Holders, rec.id.as_bytes().to_vec(), encode(rec)?);
-        }
+        let file = if self.bulk {
+            Some(self.stage_bulk()?)
+        } else {
+            for rec in self.holders.values() {
+                self.batch
+                    .put(Tree::Holders, rec.id.as_bytes().to_vec(), encode(rec)?);
+            }
+            None
+        };
         self.batch.put(
             Tree::Meta,
             NEXT_HOLDER_KEY.to_vec(),
@@ -851,6 +1100,9 @@ impl<'a> RegistryImport<'a> {
             .detail("contacts_changed", self.contacts_changed.to_string());
         if empty {
             summary = summary.detail("empty", "true");
+        }
+        if let Some(file) = file {
+            summary = summary.detail("bulk_file", file.to_string());
         }
         self.events.insert(0, summary);
         self.audit.commit_all(self.batch, self.events)?;

@@ -203,6 +203,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // recorded files written, files of no run quarantined).
     plico::mailers::recover(&state.cms, &state.print)
         .context("cannot recover print runs and print files at start-up")?;
+    // The segments of a bulk registry import the process died writing (never visible).
+    let leftovers = state
+        .cms
+        .recover_registry()
+        .context("cannot remove the leftovers of an interrupted registry import")?;
+    if leftovers > 0 {
+        tracing::warn!(
+            segments = leftovers,
+            "removed the staged segments of a registry import that did not commit"
+        );
+    }
     if let (Some(hsm), Some(pin_file)) = (pin_unseal, config.hsm.pin_file.as_deref()) {
         auto_unseal(&state, &hsm, pin_file)?;
     }

@@ -4,10 +4,15 @@
 //! HSM state file and its key terms, the accounts, the cards and their holder, the outbox, the
 //! batches, the code records under a rewrapped data key (term 1 → 2) and under a term-2 key, and
 //! the audit chain, which still verifies after today's code appended to it and restarted.
+//! Then a registry file large enough to be written as a bulk file (a layout a9dd17d did not
+//! have) goes over that store: the old records stay readable beside it, and win or lose as
+//! they should.
 //!
 //! If this test fails, a persisted name, tag, record encoding, key purpose, envelope or state
 //! file changed: keep reading the old form (and say so), do not regenerate the fixture.
 
+use super::batches::serial;
+use super::registry_crash::codice_fiscale;
 use super::support::serve_dev;
 use super::*;
 use std::collections::BTreeSet;
@@ -303,6 +308,112 @@ async fn a_data_directory_of_a9dd17d_opens_and_serves() {
     assert!(events >= events_after, "{events_after} -> {events}");
     let (_, c) = fx.get("operator", &card("201")).await;
     assert_eq!(c["state"], "active", "{c}");
+    bulk_file_over_the_old_layout(&fx, &holder).await;
     let (exit, stderr) = server.terminate();
     assert!(exit.success(), "{stderr}");
+
+    // After a restart the bulk file is read from its directory in the store.
+    let server = serve_dev(&data);
+    let fx = Fixture {
+        url: server.url.clone(),
+        ..fx
+    };
+    let (_, c) = fx.get("operator", &card("103")).await;
+    assert_eq!(
+        (&c["state"], &c["expiry"]),
+        (&json!("issued"), &json!("2031-12-31"))
+    );
+    let (_, c) = fx
+        .get("operator", &format!("/v1/cards/{}", serial(BULK_BASE + 1)))
+        .await;
+    assert_eq!(c["state"], "active", "{c}");
+    let (_, problem) = fx.verify_audit().await;
+    assert!(problem.is_null(), "{problem}");
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+}
+
+/// The first of the bulk file's new cards is `serial(BULK_BASE + 1)`.
+const BULK_BASE: u64 = 1_000_000;
+
+/// A registry file big enough to be written as a bulk file (`cards::BULK_MIN_HOLDERS` new
+/// holders, and the fixture's holder with its issued card …0103), over the store of a9dd17d:
+/// the fixture's records stay readable, its card in the file takes the file's expiry, its
+/// other cards keep their state, and a lifecycle change after the file wins over it.
+async fn bulk_file_over_the_old_layout(fx: &Fixture, holder: &str) {
+    let mut csv =
+        "codice_fiscale;given_names;surname;birth_date;email;mobile;address;serial;expiry\n"
+            .to_owned();
+    csv.push_str(
+        "RSSMRA85T10A562S;Mario;Rossi;1985-12-10;;+393331234567;;80380000000000000103;2031-12-31\n",
+    );
+    let n = cards::BULK_MIN_HOLDERS as u64;
+    for i in 1..=n {
+        csv.push_str(&format!(
+            "{};Lucia;Mondella;1985-12-10;;;Via Manzoni {i}, 20121 Milano;{};2032-12-31\n",
+            codice_fiscale(i),
+            serial(BULK_BASE + i)
+        ));
+    }
+    let res = fx
+        .http
+        .post(format!("{}/v1/registry", fx.url))
+        .bearer_auth(fx.token("cms"))
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    let (status, out) = Fixture::answer(res).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        (&out["holders_created"], &out["holders_updated"]),
+        (&json!(n), &json!(1)),
+        "{out}"
+    );
+    let card = |n: &str| format!("/v1/cards/80380000000000000{n}");
+    let (_, c) = fx.get("operator", &card("103")).await;
+    assert_eq!(
+        (&c["state"], &c["holder"], &c["expiry"]),
+        (&json!("issued"), &json!(holder), &json!("2031-12-31"))
+    );
+    let (_, c) = fx.get("operator", &card("101")).await;
+    assert_eq!(
+        (&c["state"], &c["expiry"]),
+        (&json!("active"), &json!("2030-01-31"))
+    );
+    let found = fx
+        .post_ok(
+            "operator",
+            "/v1/holders/search",
+            json!({"codice_fiscale": "RSSMRA85T10A562S"}),
+        )
+        .await;
+    assert_eq!(found["holders"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["holders"][0]["id"], holder, "{found}");
+    for i in [1, n] {
+        let found = fx
+            .post_ok(
+                "operator",
+                "/v1/holders/search",
+                json!({"codice_fiscale": codice_fiscale(i)}),
+            )
+            .await;
+        assert_eq!(found["holders"].as_array().unwrap().len(), 1, "{found}");
+        let (status, c) = fx
+            .get("operator", &format!("/v1/cards/{}", serial(BULK_BASE + i)))
+            .await;
+        assert_eq!((status, &c["state"]), (200, &json!("issued")), "{c}");
+    }
+    fx.post_ok(
+        "operator",
+        &format!("/v1/cards/{}/activate", serial(BULK_BASE + 1)),
+        json!({"by": "holder", "document_type": "carta_identita",
+               "document_number": "CA12121ZZ", "consent_ref": "consenso-bulk"}),
+    )
+    .await;
+    let (_, c) = fx
+        .get("operator", &format!("/v1/cards/{}", serial(BULK_BASE + 1)))
+        .await;
+    assert_eq!(c["state"], "active", "{c}");
 }

@@ -76,11 +76,19 @@ pub enum Tree {
     /// Key jobs (rewrap after a rotation, shred) by the id (u64 BE) of the proposal that
     /// started them: target term, progress, phase ([`crate::ceremony`]).
     KeyJobs,
+    /// Registry files imported in bulk, by id (u64 BE): the commit record of each file, with
+    /// the directory of its segments (the `cards` crate's `registry_bulk`). A file's segments
+    /// are visible only once this record is written.
+    RegistryFiles,
+    /// Segments of registry files: `file id (u64 BE) | tree tag u8 | segment (u32 BE)` → up
+    /// to 32 KiB of sorted entries of that tree ([`Tree::Holders`], [`Tree::HolderIndex`],
+    /// [`Tree::Cards`], [`Tree::CardExpiry`]), under the entries of the tree itself.
+    RegistrySegments,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 26] = [
+    pub const ALL: [Tree; 28] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Audit,
@@ -107,6 +115,8 @@ impl Tree {
         Tree::DispatchRequests,
         Tree::KeyProposals,
         Tree::KeyJobs,
+        Tree::RegistryFiles,
+        Tree::RegistrySegments,
     ];
 
     /// The persisted name.
@@ -138,6 +148,8 @@ impl Tree {
             Tree::DispatchRequests => "dispatch_requests",
             Tree::KeyProposals => "key_proposals",
             Tree::KeyJobs => "key_jobs",
+            Tree::RegistryFiles => "registry_files",
+            Tree::RegistrySegments => "registry_segments",
         }
     }
 
@@ -171,6 +183,8 @@ impl Tree {
             Tree::DispatchRequests => 24,
             Tree::KeyProposals => 25,
             Tree::KeyJobs => 26,
+            Tree::RegistryFiles => 27,
+            Tree::RegistrySegments => 28,
         }
     }
 }

@@ -1,0 +1,695 @@
+//! Registry files imported in bulk: the entries of a large registry file written as sorted
+//! segments under one commit record, beneath the per-entry registry trees.
+//!
+//! # Why
+//!
+//! A registry file of 100,000 holders is about 500,000 store entries (the holder, its two
+//! blind-index keys, its card, the card's expiry key). Applied as one sled batch they took
+//! 10 s of a 12.9 s import (sled pins its epoch for the whole batch and copies a node on every
+//! insert), and even one insert per entry runs at about 66,000 entries/s. Written as a few
+//! thousand sorted values of 32 KiB, as the code vault writes its segments, they cost a
+//! fraction of that, and the file still lands all or nothing with its audit event.
+//!
+//! # Layout
+//!
+//! - [`Tree::RegistrySegments`]: `file id (u64 BE) | tree tag (u8) | segment (u32 BE)` → a
+//!   segment: `version (1) | count (u32 BE) | count × offset (u32 BE, from the first entry) |
+//!   entries`, each entry `key length (u16 BE) | key | value length (u32 BE) | value`, in
+//!   strictly ascending key order, at most [`SEGMENT_BYTES`] of entries (one entry may be
+//!   larger). The keys and values are exactly those the tree ([`Tree::Holders`],
+//!   [`Tree::HolderIndex`], [`Tree::Cards`], [`Tree::CardExpiry`]) holds per entry: the same
+//!   record encodings.
+//! - [`Tree::RegistryFiles`]: `file id (u64 BE)` → [`FileRecord`] (JSON): when it was
+//!   committed, how many holders and entries, and for each tree its entries, the first key of
+//!   each of its segments and the last key of the last one (hex). It is the commit marker: a segment no
+//!   record names is never read.
+//!
+//! # Reading
+//!
+//! The per-entry trees are an overlay over the files: a key found there wins. Otherwise the
+//! files are searched from the newest, each through its directory, held in memory (loaded when
+//! a new file is seen: every read checks for a file newer than the last one known, one short
+//! key scan). Single changes made later (a lifecycle change, a small registry file) write the
+//! per-entry trees, so they win over every file. A bulk import that rewrites a holder or card
+//! held in the overlay deletes that overlay entry in its commit batch, so the newer file wins.
+//!
+//! Blind-index and expiry entries are never deleted from a file: a reader checks each one
+//! against the record it points to (the holder's `index`, the card's `expiry`), so an entry
+//! left behind by a later change is skipped without a tombstone.
+//!
+//! # Commit and crash
+//!
+//! [`Stager`] writes segments in store batches of [`STAGE_SEGMENTS`], unflushed, then flushes
+//! the store; [`Stager::finish`] puts the commit record into the import's one commit batch,
+//! with the holder counter, the overlay deletions and the audit events (one `commit_all`,
+//! flushed before the answer). A file id is the last committed id plus one (imports hold the
+//! registry's lock), so segments under an id above the last committed one are leftovers of a
+//! crash: invisible, and removed at start-up ([`super::Cards::recover_registry`]) and before
+//! every bulk import.
+
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
+use vault::{read_lock, write_lock};
+use vault::{Batch, Error, Result, Store, Tree};
+
+/// The trees a bulk file holds entries of.
+pub(crate) const BULK_TREES: [Tree; 4] = [
+    Tree::Holders,
+    Tree::HolderIndex,
+    Tree::Cards,
+    Tree::CardExpiry,
+];
+/// Most bytes of entries in one segment: well under sled's off-log blob size (a quarter of
+/// its 512 KiB log segment), about 35 holders, 150 cards or 700 index keys.
+pub const SEGMENT_BYTES: usize = 32 * 1024;
+/// Segments per store write while staging (about 2 MiB).
+pub const STAGE_SEGMENTS: usize = 64;
+/// Segment format version.
+const VERSION: u8 = 1;
+/// Segment keys deleted per store batch when removing leftovers.
+const SWEEP: usize = 1024;
+
+/// The commit record of a bulk file, as stored (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// File id.
+    pub id: u64,
+    /// Committed (Unix ms).
+    pub created_ms: u64,
+    /// Holders written.
+    pub holders: u64,
+    /// Entries written, every tree together.
+    pub entries: u64,
+    /// The directory of each tree that has entries.
+    pub trees: Vec<TreeDirRecord>,
+}
+
+/// One tree's segments in a [`FileRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeDirRecord {
+    /// The tree's persisted name ([`Tree::name`]).
+    pub tree: String,
+    /// Entries of the tree in the file.
+    pub entries: u64,
+    /// The first key of each segment, hex, in segment order.
+    pub first: Vec<String>,
+    /// The last key of the last segment, hex.
+    pub last: String,
+}
+
+/// One tree's segments, in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TreeDir {
+    first: Vec<Vec<u8>>,
+    last: Vec<u8>,
+}
+
+impl TreeDir {
+    /// The first segment that may hold a key `>= key`, or `None` when every key is smaller.
+    fn start_for(&self, key: &[u8]) -> Option<usize> {
+        if self.first.is_empty() || key > self.last.as_slice() {
+            return None;
+        }
+        Some(
+            self.first
+                .partition_point(|f| f.as_slice() <= key)
+                .saturating_sub(1),
+        )
+    }
+
+    /// The one segment that may hold `key`.
+    fn segment_of(&self, key: &[u8]) -> Option<usize> {
+        let first = self.first.first()?;
+        if key < first.as_slice() {
+            return None;
+        }
+        self.start_for(key)
+    }
+}
+
+/// A committed file's directory, in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileDir {
+    id: u64,
+    trees: Vec<(Tree, TreeDir)>,
+}
+
+impl FileDir {
+    fn tree(&self, tree: Tree) -> Option<&TreeDir> {
+        self.trees.iter().find(|(t, _)| *t == tree).map(|(_, d)| d)
+    }
+
+    fn from_record(rec: &FileRecord) -> Result<FileDir> {
+        let mut trees = Vec::new();
+        for t in &rec.trees {
+            let tree = BULK_TREES
+                .into_iter()
+                .find(|b| b.name() == t.tree)
+                .ok_or_else(|| damaged_file(rec.id, "names an unknown tree"))?;
+            let first = t
+                .first
+                .iter()
+                .map(|h| hex::decode(h).map_err(|_| damaged_file(rec.id, "bad key")))
+                .collect::<Result<Vec<_>>>()?;
+            let last = hex::decode(&t.last).map_err(|_| damaged_file(rec.id, "bad key"))?;
+            trees.push((tree, TreeDir { first, last }));
+        }
+        Ok(FileDir { id: rec.id, trees })
+    }
+}
+
+fn damaged_file(id: u64, what: &str) -> Error {
+    Error::Storage(format!("registry file {id}: its record is damaged: {what}"))
+}
+
+fn damaged_segment(id: u64, tree: Tree, segment: usize) -> Error {
+    Error::Storage(format!(
+        "registry file {id}: segment {segment} of {tree} is damaged"
+    ))
+}
+
+/// The key of a segment.
+fn segment_key(file: u64, tree: Tree, segment: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.extend_from_slice(&file.to_be_bytes());
+    k.push(tree.tag());
+    k.extend_from_slice(&(segment as u32).to_be_bytes());
+    k
+}
+
+fn file_id(key: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Storage("a registry file id is damaged".into()))
+}
+
+/// A segment read from the store, parsed in place.
+struct Segment<'a> {
+    offsets: &'a [u8],
+    body: &'a [u8],
+}
+
+impl<'a> Segment<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Segment<'a>> {
+        let (&version, rest) = bytes.split_first()?;
+        if version != VERSION || rest.len() < 4 {
+            return None;
+        }
+        let count = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+        let rest = &rest[4..];
+        let table = count.checked_mul(4)?;
+        if rest.len() < table {
+            return None;
+        }
+        Some(Segment {
+            offsets: &rest[..table],
+            body: &rest[table..],
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() / 4
+    }
+
+    fn entry(&self, i: usize) -> Option<(&'a [u8], &'a [u8])> {
+        let at = u32::from_be_bytes(self.offsets.get(i * 4..i * 4 + 4)?.try_into().ok()?) as usize;
+        let b = self.body.get(at..)?;
+        let klen = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+        let key = b.get(2..2 + klen)?;
+        let vat = 2 + klen;
+        let vlen = u32::from_be_bytes(b.get(vat..vat + 4)?.try_into().ok()?) as usize;
+        let value = b.get(vat + 4..vat + 4 + vlen)?;
+        Some((key, value))
+    }
+
+    /// The index of the first entry whose key is `>= key` (`len()` if none).
+    fn lower_bound(&self, key: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.0 < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+}
+
+/// Encodes sorted entries as one segment.
+fn encode_segment(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let body: usize = entries.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(5 + 4 * entries.len() + body);
+    out.push(VERSION);
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    let mut at = 0u32;
+    for (k, v) in entries {
+        out.extend_from_slice(&at.to_be_bytes());
+        at += (6 + k.len() + v.len()) as u32;
+    }
+    for (k, v) in entries {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The committed bulk files of a store, their directories cached in memory.
+#[derive(Debug, Default)]
+pub(crate) struct BulkFiles {
+    files: RwLock<BulkView>,
+}
+
+/// The directories of the committed files as a reader found them, oldest first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BulkView(Arc<Vec<FileDir>>);
+
+impl BulkFiles {
+    /// The directories of every committed file: the cached ones, reloaded when the store
+    /// holds a file newer than the newest cached (one short key scan).
+    ///
+    /// # Errors
+    /// Store errors; a damaged file record.
+    pub(crate) fn view(&self, store: &dyn Store) -> Result<BulkView> {
+        let cached = read_lock(&self.files).clone();
+        let after = cached.0.last().map_or(0, |f| f.id + 1);
+        if store
+            .keys(Tree::RegistryFiles, &after.to_be_bytes(), None, 1)?
+            .is_empty()
+        {
+            return Ok(cached);
+        }
+        let mut files = Vec::new();
+        for (_, v) in store.range(Tree::RegistryFiles, &[], None, usize::MAX)? {
+            let rec: FileRecord = serde_json::from_slice(&v)
+                .map_err(|e| Error::Storage(format!("a registry file record is damaged: {e}")))?;
+            files.push(FileDir::from_record(&rec)?);
+        }
+        let files = BulkView(Arc::new(files));
+        *write_lock(&self.files) = files.clone();
+        Ok(files)
+    }
+}
+
+impl BulkView {
+    /// True when there is no committed file.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn segment(store: &dyn Store, file: u64, tree: Tree, segment: usize) -> Result<Vec<u8>> {
+        store
+            .get(Tree::RegistrySegments, &segment_key(file, tree, segment))?
+            .ok_or_else(|| damaged_segment(file, tree, segment))
+    }
+
+    /// The value of `key` in `tree` in the newest file holding it.
+    ///
+    /// # Errors
+    /// Store errors; a damaged file record or segment.
+    pub(crate) fn get(&self, store: &dyn Store, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        for f in self.0.iter().rev() {
+            let Some(at) = f.tree(tree).and_then(|d| d.segment_of(key)) else {
+                continue;
+            };
+            let bytes = Self::segment(store, f.id, tree, at)?;
+            let seg = Segment::parse(&bytes).ok_or_else(|| damaged_segment(f.id, tree, at))?;
+            let i = seg
+                .lower_bound(key)
+                .ok_or_else(|| damaged_segment(f.id, tree, at))?;
+            if i < seg.len() {
+                let (k, v) = seg
+                    .entry(i)
+                    .ok_or_else(|| damaged_segment(f.id, tree, at))?;
+                if k == key {
+                    return Ok(Some(v.to_vec()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` keys of `tree` with `from <= key` (and `key < to`), ascending, over every
+    /// file (a key held by several files once).
+    ///
+    /// # Errors
+    /// As [`BulkView::get`].
+    pub(crate) fn keys(
+        &self,
+        store: &dyn Store,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for f in self.0.iter() {
+            let Some(dir) = f.tree(tree) else { continue };
+            let Some(start) = dir.start_for(from) else {
+                continue;
+            };
+            let mut taken = 0;
+            'segments: for at in start..dir.first.len() {
+                if to.is_some_and(|to| dir.first[at].as_slice() >= to) {
+                    break;
+                }
+                let bytes = Self::segment(store, f.id, tree, at)?;
+                let seg = Segment::parse(&bytes).ok_or_else(|| damaged_segment(f.id, tree, at))?;
+                let first = seg
+                    .lower_bound(from)
+                    .ok_or_else(|| damaged_segment(f.id, tree, at))?;
+                for i in first..seg.len() {
+                    let (k, _) = seg
+                        .entry(i)
+                        .ok_or_else(|| damaged_segment(f.id, tree, at))?;
+                    if to.is_some_and(|to| k >= to) || taken == limit {
+                        break 'segments;
+                    }
+                    out.push(k.to_vec());
+                    taken += 1;
+                }
+            }
+        }
+        if self.0.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+/// The id of the newest committed file (0 when there is none).
+fn last_committed(store: &dyn Store) -> Result<u64> {
+    match store.last(Tree::RegistryFiles)? {
+        Some((k, _)) => file_id(&k),
+        None => Ok(0),
+    }
+}
+
+/// Removes the segments of files numbered `from` and above (never committed). Returns how
+/// many segments it removed.
+fn remove_from(store: &dyn Store, from: u64) -> Result<u64> {
+    let mut removed = 0;
+    loop {
+        let keys = store.keys(Tree::RegistrySegments, &from.to_be_bytes(), None, SWEEP)?;
+        if keys.is_empty() {
+            return Ok(removed);
+        }
+        let mut b = Batch::new();
+        for k in &keys {
+            b.delete(Tree::RegistrySegments, k.clone());
+        }
+        store.apply(&b)?;
+        removed += keys.len() as u64;
+    }
+}
+
+/// Removes the segments of a bulk import that never committed (a crash, a failed commit).
+/// Returns how many segments it removed.
+///
+/// # Errors
+/// Store errors.
+pub(crate) fn recover(store: &dyn Store) -> Result<u64> {
+    let next = last_committed(store)? + 1;
+    remove_from(store, next)
+}
+
+/// A bulk file being written: segments staged, invisible until [`Stager::finish`]'s record
+/// is committed.
+#[derive(Debug)]
+pub(crate) struct Stager<'a> {
+    store: &'a dyn Store,
+    id: u64,
+    batch: Batch,
+    pending: usize,
+    entries: u64,
+    trees: Vec<TreeDirRecord>,
+}
+
+impl<'a> Stager<'a> {
+    /// A new file after the last committed one; leftovers of an earlier attempt are removed
+    /// first. The caller holds the registry's lock until the file is committed or dropped.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn begin(store: &'a dyn Store) -> Result<Stager<'a>> {
+        let id = last_committed(store)? + 1;
+        remove_from(store, id)?;
+        Ok(Stager {
+            store,
+            id,
+            batch: Batch::new(),
+            pending: 0,
+            entries: 0,
+            trees: Vec::new(),
+        })
+    }
+
+    /// The file's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Writes `entries` of `tree` (strictly ascending keys) as segments.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for entries out of order or a key longer than 64 KiB; store errors.
+    pub(crate) fn tree(&mut self, tree: Tree, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        let mut dir = TreeDirRecord {
+            tree: tree.name().to_owned(),
+            entries: entries.len() as u64,
+            first: Vec::new(),
+            last: hex::encode(last),
+        };
+        if entries.windows(2).any(|w| w[0].0 >= w[1].0)
+            || entries.iter().any(|(k, _)| k.len() > usize::from(u16::MAX))
+        {
+            return Err(Error::Storage(format!(
+                "registry file {}: entries of {tree} out of order",
+                self.id
+            )));
+        }
+        self.entries += entries.len() as u64;
+        let mut segment: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for (k, v) in entries {
+            bytes += 6 + k.len() + v.len();
+            segment.push((k, v));
+            if bytes >= SEGMENT_BYTES {
+                self.put_segment(tree, &mut dir, &segment)?;
+                segment.clear();
+                bytes = 0;
+            }
+        }
+        if !segment.is_empty() {
+            self.put_segment(tree, &mut dir, &segment)?;
+        }
+        self.trees.push(dir);
+        Ok(())
+    }
+
+    fn put_segment(
+        &mut self,
+        tree: Tree,
+        dir: &mut TreeDirRecord,
+        segment: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
+        let Some((first, _)) = segment.first() else {
+            return Ok(());
+        };
+        let at = dir.first.len();
+        dir.first.push(hex::encode(first));
+        self.batch.put(
+            Tree::RegistrySegments,
+            segment_key(self.id, tree, at),
+            encode_segment(segment),
+        );
+        self.pending += 1;
+        if self.pending >= STAGE_SEGMENTS {
+            self.store.write(&std::mem::take(&mut self.batch))?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, flushes the store (every segment is durable before the record
+    /// that makes it visible), and puts the commit record into `commit`, the import's batch.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn finish(mut self, commit: &mut Batch, now_ms: u64, holders: u64) -> Result<()> {
+        if !self.batch.is_empty() {
+            self.store.write(&self.batch)?;
+        }
+        self.store.flush()?;
+        let record = FileRecord {
+            id: self.id,
+            created_ms: now_ms,
+            holders,
+            entries: self.entries,
+            trees: std::mem::take(&mut self.trees),
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| Error::Storage(format!("encoding a registry file record: {e}")))?;
+        commit.put(Tree::RegistryFiles, self.id.to_be_bytes().to_vec(), bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use vault::MemoryStore;
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("k{i:08}").into_bytes()
+    }
+
+    /// Commits a file of `entries` of [`Tree::Cards`] (sorted by the map).
+    fn commit(store: &MemoryStore, entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> u64 {
+        let mut s = Stager::begin(store).unwrap();
+        let id = s.id();
+        s.tree(
+            Tree::Cards,
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+        .unwrap();
+        let mut b = Batch::new();
+        s.finish(&mut b, 1, 0).unwrap();
+        store.apply(&b).unwrap();
+        id
+    }
+
+    #[test]
+    fn files_read_like_a_sorted_map_newest_file_first() {
+        let store = MemoryStore::new();
+        let files = BulkFiles::default();
+        let view = |store: &MemoryStore| files.view(store).unwrap();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Three files with overlapping key ranges; values big enough for many segments.
+        for (f, step) in [(1u32, 3u32), (2, 5), (3, 7)] {
+            let entries: BTreeMap<Vec<u8>, Vec<u8>> = (0..3000)
+                .filter(|i| i % step == 0)
+                .map(|i| (key(i), format!("{f}:{i}:{}", "x".repeat(200)).into_bytes()))
+                .collect();
+            commit(&store, &entries);
+            model.extend(entries);
+        }
+        for i in 0..3100 {
+            assert_eq!(
+                view(&store).get(&store, Tree::Cards, &key(i)).unwrap(),
+                model.get(&key(i)).cloned(),
+                "key {i}"
+            );
+        }
+        assert_eq!(
+            view(&store).get(&store, Tree::Holders, &key(0)).unwrap(),
+            None
+        );
+        for (from, to, limit) in [
+            (0, None, 10),
+            (7, Some(900), 100_000),
+            (2998, None, 5),
+            (3500, None, 3),
+            (11, Some(12), 4),
+        ] {
+            let want: Vec<Vec<u8>> = model
+                .range(key(from)..)
+                .map(|(k, _)| k.clone())
+                .filter(|k| to.is_none_or(|t| *k < key(t)))
+                .take(limit)
+                .collect();
+            let to_key = to.map(key);
+            let got = view(&store)
+                .keys(&store, Tree::Cards, &key(from), to_key.as_deref(), limit)
+                .unwrap();
+            assert_eq!(got, want, "from {from} to {to:?} limit {limit}");
+        }
+    }
+
+    #[test]
+    fn a_file_not_committed_is_invisible_and_removed() {
+        let store = MemoryStore::new();
+        let files = BulkFiles::default();
+        let view = |store: &MemoryStore| files.view(store).unwrap();
+        let one: BTreeMap<Vec<u8>, Vec<u8>> = (0..500).map(|i| (key(i), vec![1; 300])).collect();
+        assert_eq!(commit(&store, &one), 1);
+        // A second file staged, never committed (a crash before the commit batch): more than
+        // one store write of segments.
+        let mut s = Stager::begin(&store).unwrap();
+        assert_eq!(s.id(), 2);
+        s.tree(
+            Tree::Cards,
+            (500..4000).map(|i| (key(i), vec![2; 1000])).collect(),
+        )
+        .unwrap();
+        drop(s);
+        assert_eq!(
+            view(&store).get(&store, Tree::Cards, &key(600)).unwrap(),
+            None
+        );
+        assert_eq!(
+            view(&store).get(&store, Tree::Cards, &key(10)).unwrap(),
+            Some(vec![1; 300])
+        );
+        let staged = store
+            .keys(
+                Tree::RegistrySegments,
+                &2u64.to_be_bytes(),
+                None,
+                usize::MAX,
+            )
+            .unwrap()
+            .len();
+        assert!(staged >= STAGE_SEGMENTS, "{staged}");
+        assert_eq!(recover(&store).unwrap(), staged as u64);
+        assert_eq!(recover(&store).unwrap(), 0);
+        // The committed file is untouched; the next file takes the id again.
+        assert_eq!(
+            view(&store).get(&store, Tree::Cards, &key(499)).unwrap(),
+            Some(vec![1; 300])
+        );
+        assert_eq!(Stager::begin(&store).unwrap().id(), 2);
+    }
+
+    #[test]
+    fn entries_out_of_order_are_refused() {
+        let store = MemoryStore::new();
+        let mut s = Stager::begin(&store).unwrap();
+        let err = s
+            .tree(Tree::Cards, vec![(key(2), vec![]), (key(1), vec![])])
+            .unwrap_err();
+        assert!(err.to_string().contains("out of order"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_segment_is_an_error_not_a_panic() {
+        let store = MemoryStore::new();
+        let one: BTreeMap<Vec<u8>, Vec<u8>> = (0..10).map(|i| (key(i), vec![1; 3])).collect();
+        commit(&store, &one);
+        let mut b = Batch::new();
+        b.put(
+            Tree::RegistrySegments,
+            segment_key(1, Tree::Cards, 0),
+            vec![VERSION, 0, 0, 0, 9, 1],
+        );
+        store.apply(&b).unwrap();
+        let files = BulkFiles::default();
+        let view = |store: &MemoryStore| files.view(store).unwrap();
+        assert!(view(&store).get(&store, Tree::Cards, &key(3)).is_err());
+        assert!(view(&store)
+            .keys(&store, Tree::Cards, &key(0), None, 5)
+            .is_err());
+    }
+}
