@@ -452,30 +452,38 @@ impl SimulatedHsm {
     }
 
     /// Checks a share against the current set; returns it parsed.
+    ///
+    /// A share that does not match the set in the state file is refused; since the file may be
+    /// what changed, each refusal says so too (the file's path is for the operator's log, not
+    /// for the custodian's answer, so it is not named here).
     fn admit(file: &StateFile, text: &SecretString) -> Result<Share> {
+        /// The other explanation of a share that does not match the state file's set.
+        const OR_DAMAGED: &str = " (or the hsm state file is damaged)";
         let share = Share::parse(text).map_err(Error::Share)?;
         let set = &file.body.share_set;
         let got = hex::encode(share.set);
         if got != set.id {
             return Err(Error::Share(format!(
                 "this share belongs to share set {got}, but this hsm uses set {}: it is from \
-                 another hsm or from before a rekey",
+                 another hsm or from before a rekey{OR_DAMAGED}",
                 set.id
             )));
         }
         if share.threshold != set.threshold || share.shares != set.shares {
             return Err(Error::Share(format!(
-                "share {} says {} of {}, but set {} is {} of {}",
+                "share {} says {} of {}, but set {} is {} of {}{OR_DAMAGED}",
                 share.x, share.threshold, share.shares, set.id, set.threshold, set.shares
             )));
         }
-        let issued = set
-            .digests
-            .get(&share.x)
-            .ok_or_else(|| Error::Share(format!("set {} has no share {}", set.id, share.x)))?;
+        let issued = set.digests.get(&share.x).ok_or_else(|| {
+            Error::Share(format!(
+                "set {} has no share {}{OR_DAMAGED}",
+                set.id, share.x
+            ))
+        })?;
         if !constant_time_eq(hex::encode(share.digest()).as_bytes(), issued.as_bytes()) {
             return Err(Error::Share(format!(
-                "share {} of set {} is not the share this hsm issued",
+                "share {} of set {} is not the share this hsm issued{OR_DAMAGED}",
                 share.x, set.id
             )));
         }
@@ -634,7 +642,16 @@ impl Hsm for SimulatedHsm {
             });
         }
         let pending = std::mem::replace(&mut inner.pending, Vec::with_capacity(MAX_SHARES));
-        let keys = Self::open_keys(&inner.file, &pending)?;
+        // Admitted shares that open the root key are right: a state that then fails its MAC
+        // (or a KEK that does not open under the verified root) is a damaged or edited file.
+        let keys = Self::open_keys(&inner.file, &pending).map_err(|e| match e {
+            Error::Integrity => Error::Storage(format!(
+                "{}: the hsm state does not verify under its mac: the file is damaged or was \
+                 edited",
+                self.dir.join(Self::STATE_FILE).display()
+            )),
+            other => other,
+        })?;
         inner.unsealed = Some(keys);
         Ok(UnsealProgress {
             sealed: false,
