@@ -248,8 +248,7 @@ fn examine(dir: &Path, expected: &Expected) -> Outcome {
     }
     let today = cards::Date::today_utc();
     for card in &expected.cards {
-        match super::support::release_from(&state.codes, &state.audit, &*state.hsm, &card.serial)
-        {
+        match super::support::release_from(&state.codes, &state.audit, &*state.hsm, &card.serial) {
             Err(e) => {
                 return Outcome::new("refused_read", format!("card {}: {e}", card.serial));
             }
@@ -302,10 +301,12 @@ fn damaged_vault_child() {
     ) else {
         return;
     };
-    let expected: Expected =
-        serde_json::from_slice(&std::fs::read(expected).unwrap()).unwrap();
+    let expected: Expected = serde_json::from_slice(&std::fs::read(expected).unwrap()).unwrap();
     let outcome = examine(Path::new(&dir), &expected);
-    println!("{OUTCOME_PREFIX}{}", serde_json::to_string(&outcome).unwrap());
+    println!(
+        "{OUTCOME_PREFIX}{}",
+        serde_json::to_string(&outcome).unwrap()
+    );
 }
 
 /// Runs [`damaged_vault_child`] on `dir`; its outcome, or `panic`, `crash` or `hang`.
@@ -400,7 +401,10 @@ fn damage(file: &Path, rng: &mut Rng) -> String {
     if len == 0 {
         return "empty, left alone".to_owned();
     }
-    let written = bytes.iter().rposition(|b| *b != 0).map_or(len, |i| i as u64 + 1);
+    let written = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(len, |i| i as u64 + 1);
     let offset = |rng: &mut Rng| {
         if rng.next() % 2 == 0 {
             rng.below(written)
@@ -499,7 +503,10 @@ fn names_damage(o: &Outcome, dir: &Path) -> bool {
         "refused_hsm_open" => d.contains("hsm-state.json"),
         "refused_store_open" => named_file && d.contains("store"),
         "refused_state_open" => {
-            named_file || ["tree", "batch", "segment", "audit"].iter().any(|w| d.contains(w))
+            named_file
+                || ["tree", "batch", "segment", "audit"]
+                    .iter()
+                    .any(|w| d.contains(w))
         }
         "refused_unseal" => ["hsm-state.json", "state file", "audit", "store"]
             .iter()
@@ -769,7 +776,9 @@ async fn damaged_print_manifests_and_files_are_reported_never_accepted() {
             Err(e) => {
                 let e = e.to_string();
                 if !e.contains(&dir.display().to_string()) {
-                    bad.push(format!("print {case} ({file} {how}): an error naming nothing: {e}"));
+                    bad.push(format!(
+                        "print {case} ({file} {how}): an error naming nothing: {e}"
+                    ));
                 }
                 "refused"
             }
@@ -803,5 +812,8 @@ async fn damaged_print_manifests_and_files_are_reported_never_accepted() {
     eprintln!("damage print: {cases} cases: {tally:?}");
     assert!(bad.is_empty(), "unacceptable outcomes:\n{}", bad.join("\n"));
     // A manifest cut or flipped is replaced; a sealed file cut is unprintable.
-    assert!(tally.get("manifest_replaced").is_some() || cases < 4, "{tally:?}");
+    assert!(
+        tally.contains_key("manifest_replaced") || cases < 4,
+        "{tally:?}"
+    );
 }

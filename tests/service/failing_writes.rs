@@ -147,7 +147,11 @@ async fn operate(client: &Client, model: &mut Model, pick: u64, step: u64, stric
     let n = cards[(pick >> 8) as usize % cards.len()];
     let card = model.cards[&n].clone();
     // A card whose last change answered an error is left alone until it is read again.
-    let kind = if card.or_before.is_some() { 99 } else { pick % 6 };
+    let kind = if card.or_before.is_some() {
+        99
+    } else {
+        pick % 6
+    };
     let ok = |a: &Answer, what: &str| success_or_internal(a, what, strict);
     match kind {
         0 | 1 if card.state == "issued" => {
@@ -170,12 +174,22 @@ async fn operate(client: &Client, model: &mut Model, pick: u64, step: u64, stric
             let a = client
                 .post("cms", &card_uri(n, "suspend"), json!({"reason": "lost"}))
                 .await;
-            settle(model, n, &card, ok(&a, "suspend"), ("suspended", card.parts));
+            settle(
+                model,
+                n,
+                &card,
+                ok(&a, "suspend"),
+                ("suspended", card.parts),
+            );
         }
         4 => {
             let name = format!("sportello {step}");
             let a = client
-                .post("admin", "/v1/accounts", json!({"name": name, "role": "operator"}))
+                .post(
+                    "admin",
+                    "/v1/accounts",
+                    json!({"name": name, "role": "operator"}),
+                )
                 .await;
             if ok(&a, "account") {
                 model.accounts.insert(name);
@@ -439,11 +453,7 @@ async fn a_store_failing_writes_gets_errors_loses_nothing_and_recovers_by_itself
         .collect();
     assert!(model.accounts.is_subset(&names), "{names:?}");
     let mut coded: Vec<u64> = (FIRST..FIRST + CARDS).collect();
-    coded.extend(
-        uploads
-            .iter()
-            .flat_map(|(first, _)| *first..*first + 5),
-    );
+    coded.extend(uploads.iter().flat_map(|(first, _)| *first..*first + 5));
     for n in coded {
         let c = super::support::released_codes(&state, &serial(n))
             .unwrap()

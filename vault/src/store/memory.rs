@@ -196,9 +196,7 @@ impl FailingStore {
 
     fn refused(&self, what: &str) -> Error {
         self.failures.fetch_add(1, Ordering::SeqCst);
-        Error::Storage(format!(
-            "injected {what} failure: no space left on device"
-        ))
+        Error::Storage(format!("injected {what} failure: no space left on device"))
     }
 }
 
@@ -299,7 +297,10 @@ mod tests {
         assert_eq!(a, run(7), "the same seed fails the same writes");
         assert_ne!(a, run(8));
         let failed = a.iter().filter(|f| **f).count();
-        assert!((8..=56).contains(&failed), "{failed} of 64 failed at p = 0.5");
+        assert!(
+            (8..=56).contains(&failed),
+            "{failed} of 64 failed at p = 0.5"
+        );
 
         let s = FailingStore::new();
         s.fail_randomly(1.0, 1);

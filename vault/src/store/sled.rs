@@ -44,11 +44,9 @@ fn storage(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 /// holding the directory, damaged files, or anything else sled reports.
 fn open_error(dir: &Path, e: &sled::Error) -> Error {
     match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => storage(
-            dir,
-            "cannot open (is a server already using it?)",
-            e,
-        ),
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            storage(dir, "cannot open (is a server already using it?)", e)
+        }
         sled::Error::Corruption { .. } => storage(dir, "cannot open: the store is damaged", e),
         _ => storage(dir, "cannot open", e),
     }
