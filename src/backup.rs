@@ -34,22 +34,31 @@
 //!
 //! ```text
 //! "plico-backup v1\n"
-//! 'H' | len u32 BE | HSM state file bytes         (absent for a PKCS#11 token)
+//! 'H' | len u32 BE | HSM state file bytes         (simulated HSM only)
 //! 'E' | tree tag u8 | klen u32 BE | key | vlen u32 BE | value      (one per store entry)
 //! 'M' | len u32 BE | manifest JSON                (last)
 //! ```
+//!
+//! A vault on a PKCS#11 token has no state file: its keys never leave the token. Its archive
+//! holds the store and, in the manifest, the token's public facts ([`TokenFacts`], read at
+//! the snapshot like the state file): the share set, the root and term KCVs, the generation,
+//! the audit anchor, and the labels and ids of the objects the store's wrapped keys need. A
+//! restore puts the store back and checks, with [`check_token`], that the token it meets is
+//! the one the backup was made on; the custodians then move the token's anchor back
+//! ([`hsm_pkcs11::Pkcs11Hsm::accept_rollback`]). See docs/backup.md.
 //!
 //! age's STREAM authenticates every 64 KiB chunk and marks the last one, so a truncated or
 //! altered archive does not decrypt. Nothing is written in clear: the archive is sealed as it
 //! is produced, and the store's values are themselves records sealed by the vault.
 
 use crate::config::BackupConfig;
+use hsm_pkcs11::{Pkcs11Hsm, TokenFacts};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use vault::{lock, Batch, Entries, Op, Store, Tree};
+use vault::{lock, Batch, Entries, Kcv, Op, Store, TermId, TermState, Tree};
 
 /// The archive's first line.
 pub const MAGIC: &[u8] = b"plico-backup v1\n";
@@ -79,6 +88,107 @@ pub enum BackupError {
     /// The archive did not decrypt with the identity given (or was altered).
     #[error("backup archive: cannot decrypt: {0}")]
     Decrypt(String),
+    /// The PKCS#11 token is not the one the backup was made on, or no longer holds its keys.
+    #[error(transparent)]
+    Token(#[from] TokenMismatch),
+}
+
+/// Why a restored store cannot be served on the token at hand ([`check_token`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenMismatch {
+    /// Same share set, another root key: another token (a rekey changes both together).
+    #[error(
+        "the token's root key has kcv {token}, the backup's token had {archived} under the same \
+         share set: this is another token"
+    )]
+    Root {
+        /// The root KCV in the archive.
+        archived: Kcv,
+        /// The root KCV on the token.
+        token: Kcv,
+    },
+    /// A term that wraps restored keys has another KCV on the token.
+    #[error(
+        "term {term} has kcv {token} on the token, {archived} in the backup: this is another \
+         token"
+    )]
+    TermKcv {
+        /// The term.
+        term: u32,
+        /// Its KCV in the archive.
+        archived: Kcv,
+        /// Its KCV on the token.
+        token: Kcv,
+    },
+    /// A term that wraps restored keys is retired on the token, or unknown to it.
+    #[error(
+        "term {term} wraps {keys} key(s) of the backup but is {state} on the token: those keys, \
+         and every record under them, cannot be opened"
+    )]
+    TermGone {
+        /// The term.
+        term: u32,
+        /// Restored data keys wrapped under it.
+        keys: usize,
+        /// `retired` or `unknown`.
+        state: &'static str,
+    },
+}
+
+/// Checks that `token` (the facts of the token at hand, read after its unseal) is the token
+/// the backup was made on (`archived`, absent in archives made before token facts were
+/// recorded) and still holds every term the restored keyring uses (`used`: keys per term,
+/// [`vault::Keyring::count_by_term`]). Returns true when the token was rekeyed since (its share
+/// set differs from the archive's): its current shares, not the backup's, open it.
+///
+/// The root and term KCVs decide: a rekey replaces the root key and the share set together,
+/// so the root KCV must match under the same set; each term the restored keys use must be on
+/// the token, not retired, with the KCV the archive recorded.
+///
+/// # Errors
+/// [`TokenMismatch`] naming the key and both KCVs.
+pub fn check_token(
+    archived: Option<&TokenFacts>,
+    token: &TokenFacts,
+    used: &BTreeMap<TermId, usize>,
+) -> Result<bool, TokenMismatch> {
+    let rekeyed = archived.is_some_and(|a| a.share_set != token.share_set);
+    if let Some(a) = archived {
+        if !rekeyed && a.root_kcv != token.root_kcv {
+            return Err(TokenMismatch::Root {
+                archived: a.root_kcv,
+                token: token.root_kcv,
+            });
+        }
+    }
+    for (&TermId(term), &keys) in used {
+        let Some(on_token) = token.terms.iter().find(|t| t.id == term) else {
+            return Err(TokenMismatch::TermGone {
+                term,
+                keys,
+                state: "unknown",
+            });
+        };
+        if on_token.state == TermState::Retired {
+            return Err(TokenMismatch::TermGone {
+                term,
+                keys,
+                state: "retired",
+            });
+        }
+        let recorded = archived.and_then(|a| a.terms.iter().find(|t| t.id == term));
+        if let Some(rec) = recorded {
+            if rec.kcv != on_token.kcv {
+                return Err(TokenMismatch::TermKcv {
+                    term,
+                    archived: rec.kcv,
+                    token: on_token.kcv,
+                });
+            }
+        }
+    }
+    Ok(rekeyed)
 }
 
 /// What a backup holds, written last in the archive and printed by `plico restore`.
@@ -90,7 +200,7 @@ pub struct Manifest {
     pub plico_version: String,
     /// When the snapshot was taken (ms since the epoch, UTC).
     pub created_ms: u64,
-    /// The HSM state's generation in the archive (absent for a PKCS#11 token).
+    /// The HSM state's generation in the archive (the state file's, or the token's).
     pub hsm_generation: Option<u64>,
     /// The HSM's audit anchor in the archive, if any.
     pub hsm_anchor: Option<vault::AuditAnchor>,
@@ -108,6 +218,10 @@ pub struct Manifest {
     pub trees: BTreeMap<String, u64>,
     /// Bytes of keys and values in all.
     pub bytes: u64,
+    /// For a vault on a PKCS#11 token: the token's public facts at the snapshot (absent for
+    /// the simulated HSM, whose state file is in the archive, and in older archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenFacts>,
 }
 
 /// An audit chain position: sequence number and hex SHA-256 of the event.
@@ -328,13 +442,15 @@ impl Drop for Snapshot<'_> {
 // ---- making an archive -------------------------------------------------------------------------
 
 /// What the service needs to make backups: the store wrapper, where the HSM state file is
-/// (absent for a PKCS#11 token), and the recipient archives are sealed to.
+/// (simulated HSM) or the token (PKCS#11), and the recipient archives are sealed to.
 #[derive(Debug)]
 pub struct Backups {
     /// The service's store.
     pub store: Arc<SnapshotStore>,
     /// The simulated HSM's state file.
     pub hsm_state: Option<PathBuf>,
+    /// The PKCS#11 token, whose public facts go into the manifest.
+    pub token: Option<Arc<Pkcs11Hsm>>,
     /// `[backup] recipient`; without it backups are refused.
     pub recipient: Option<age::x25519::Recipient>,
 }
@@ -359,8 +475,15 @@ impl Backups {
         Ok(Backups {
             store,
             hsm_state,
+            token: None,
             recipient,
         })
+    }
+
+    /// Records the facts of `token` in every backup (a vault on a PKCS#11 token).
+    pub fn with_token(mut self, token: Arc<Pkcs11Hsm>) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// Writes a sealed archive of the store and the HSM state to `out`; returns its manifest.
@@ -377,7 +500,13 @@ impl Backups {
                 .map_err(|e| BackupError::Format(format!("cannot seal: {e}")))?;
         let sealed = encryptor.wrap_output(out)?;
         let mut w = std::io::BufWriter::with_capacity(256 * 1024, sealed);
-        let manifest = write_archive(&self.store, self.hsm_state.as_deref(), &mut w, now_ms)?;
+        let manifest = write_archive(
+            &self.store,
+            self.hsm_state.as_deref(),
+            self.token.as_deref(),
+            &mut w,
+            now_ms,
+        )?;
         let sealed = w.into_inner().map_err(|e| e.into_error())?;
         let mut out = sealed.finish()?;
         out.flush()?;
@@ -389,14 +518,20 @@ impl Backups {
 fn write_archive(
     store: &SnapshotStore,
     hsm_state: Option<&std::path::Path>,
+    token: Option<&Pkcs11Hsm>,
     w: &mut impl Write,
     now_ms: u64,
 ) -> Result<Manifest, BackupError> {
-    let (mut snap, hsm) = store.begin(|| match hsm_state {
-        Some(p) => std::fs::read(p)
-            .map(Some)
-            .map_err(|e| BackupError::Format(format!("hsm state {}: {e}", p.display()))),
-        None => Ok(None),
+    // Both read at the snapshot: the anchor is never beyond the chain in the archive.
+    let (mut snap, (hsm, token)) = store.begin(|| {
+        let file = match hsm_state {
+            Some(p) => std::fs::read(p)
+                .map(Some)
+                .map_err(|e| BackupError::Format(format!("hsm state {}: {e}", p.display())))?,
+            None => None,
+        };
+        let facts = token.map(Pkcs11Hsm::backup_facts).transpose()?;
+        Ok((file, facts))
     })?;
     let mut manifest = Manifest {
         format: FORMAT.into(),
@@ -411,7 +546,13 @@ fn write_archive(
         entries: 0,
         trees: BTreeMap::new(),
         bytes: 0,
+        token: None,
     };
+    if let Some(facts) = token {
+        manifest.hsm_generation = Some(facts.generation);
+        manifest.hsm_anchor = facts.audit_anchor.clone();
+        manifest.token = Some(facts);
+    }
     w.write_all(MAGIC)?;
     if let Some(hsm) = &hsm {
         let (generation, anchor) = hsm_facts(hsm);
@@ -497,8 +638,8 @@ pub enum Item {
     HsmState(Vec<u8>),
     /// A store entry.
     Entry(Tree, Vec<u8>, Vec<u8>),
-    /// The manifest: the last item.
-    Manifest(Manifest),
+    /// The manifest: the last item (boxed: it is read once, entries millions of times).
+    Manifest(Box<Manifest>),
 }
 
 /// Reads a sealed archive item by item.
@@ -581,7 +722,7 @@ impl ArchiveReader {
                 let m: Manifest = serde_json::from_slice(&json)
                     .map_err(|e| BackupError::Format(format!("manifest: {e}")))?;
                 self.ended = true;
-                Ok(Some(Item::Manifest(m)))
+                Ok(Some(Item::Manifest(Box::new(m))))
             }
             other => Err(BackupError::Format(format!("unknown frame kind {other}"))),
         }
@@ -682,6 +823,99 @@ mod tests {
         }
     }
 
+    fn facts(set: &str, root: u8, terms: &[(u32, u8, TermState)]) -> TokenFacts {
+        use hsm_pkcs11::state::{ShareSet, StateBody, TermRecord};
+        let body = StateBody {
+            format: hsm_pkcs11::state::FORMAT.into(),
+            version: hsm_pkcs11::state::VERSION,
+            generation: 7,
+            dev: false,
+            share_set: ShareSet {
+                id: set.into(),
+                threshold: 2,
+                shares: 3,
+                digests: BTreeMap::new(),
+            },
+            root_kcv: Kcv::from_bytes([root; 3]),
+            terms: terms
+                .iter()
+                .map(|&(id, kcv, state)| TermRecord {
+                    id,
+                    state,
+                    kcv: Kcv::from_bytes([kcv; 3]),
+                    created_unix: 0,
+                })
+                .collect(),
+            audit_anchor: None,
+        };
+        TokenFacts::of("plico-test", &body)
+    }
+
+    /// The token of the backup passes; another token (other root under the same set, other
+    /// term KCVs), a term retired or unknown on the token are refused by name; a rekeyed token
+    /// (new set and root, same terms) passes and says so.
+    #[test]
+    fn check_token_tells_the_backups_token_from_another() {
+        use TermState::{Active, DecryptOnly, Retired};
+        let archived = facts("aa", 1, &[(1, 10, DecryptOnly), (2, 20, Active)]);
+        let used = BTreeMap::from([(TermId(1), 3), (TermId(2), 5)]);
+        assert_eq!(check_token(Some(&archived), &archived, &used), Ok(false));
+        // Rotated since: a new active term, the old ones kept.
+        let rotated = facts(
+            "aa",
+            1,
+            &[(1, 10, DecryptOnly), (2, 20, DecryptOnly), (3, 30, Active)],
+        );
+        assert_eq!(check_token(Some(&archived), &rotated, &used), Ok(false));
+        let rekeyed = facts("bb", 9, &[(1, 10, DecryptOnly), (2, 20, Active)]);
+        assert_eq!(check_token(Some(&archived), &rekeyed, &used), Ok(true));
+        assert!(matches!(
+            check_token(
+                Some(&archived),
+                &facts("aa", 9, &[(1, 10, DecryptOnly), (2, 20, Active)]),
+                &used
+            ),
+            Err(TokenMismatch::Root { .. })
+        ));
+        let other = facts("cc", 4, &[(1, 11, DecryptOnly), (2, 20, Active)]);
+        assert_eq!(
+            check_token(Some(&archived), &other, &used),
+            Err(TokenMismatch::TermKcv {
+                term: 1,
+                archived: Kcv::from_bytes([10; 3]),
+                token: Kcv::from_bytes([11; 3]),
+            })
+        );
+        let retired = facts("aa", 1, &[(1, 10, Retired), (2, 20, Active)]);
+        assert_eq!(
+            check_token(Some(&archived), &retired, &used),
+            Err(TokenMismatch::TermGone {
+                term: 1,
+                keys: 3,
+                state: "retired"
+            })
+        );
+        let fewer = facts("aa", 1, &[(2, 20, Active)]);
+        let e = check_token(Some(&archived), &fewer, &used).unwrap_err();
+        assert!(matches!(
+            e,
+            TokenMismatch::TermGone {
+                term: 1,
+                state: "unknown",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("term 1"), "{e}");
+        // An archive without token facts: only the terms' presence can be checked.
+        assert_eq!(check_token(None, &other, &used), Ok(false));
+        // The facts hold labels, ids and KCVs, nothing else.
+        let json = serde_json::to_string(&archived).unwrap();
+        assert!(
+            json.contains("plico-kek-2-code") && json.contains("plico-root"),
+            "{json}"
+        );
+    }
+
     /// An archive written and read back gives the same entries, the HSM state and a manifest
     /// that counts them; the wrong identity and a truncated archive are refused.
     #[test]
@@ -732,7 +966,7 @@ mod tests {
             match item {
                 Item::HsmState(s) => hsm = Some(s),
                 Item::Entry(..) => entries += 1,
-                Item::Manifest(m) => manifest = Some(m),
+                Item::Manifest(m) => manifest = Some(*m),
             }
         }
         assert_eq!(entries, 10_002);

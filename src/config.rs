@@ -31,7 +31,7 @@
 //! idle_timeout_secs = 60             # a kept-alive connection silent this long is closed
 //! max_connections = 4096             # at once (lowered to fit the limit of open files)
 //! max_connections_per_address = 256  # at once from one client address
-//! reserved_connections = 32          # beyond max_connections, for /healthz, /readyz, /v1/sys/*
+//! reserved_connections = 32          # beyond max_connections, for /healthz, /readyz, /metrics, /v1/sys/*
 //! min_body_bytes_per_sec = 1024      # least request body rate, over each window of waiting
 //! body_rate_window_secs = 10
 //! unseal_per_minute_per_address = 20 # share submissions from one client address
@@ -82,6 +82,8 @@
 //! backoff_base_ms = 30000            # doubles each attempt, with jitter, up to backoff_cap_ms
 //! backoff_cap_ms = 3600000
 //! overdue_after_secs = 86400         # parts not delivered by then are logged
+//! pause_base_ms = 1000               # a lane's pause after a relay-wide failure; doubles
+//! pause_cap_ms = 300000              # each one in a row, up to pause_cap_ms
 //! # spool_dir = "..."                # serve --dev only: codes IN CLEAR in files (insecure)
 //!
 //! [dispatch.smtp]
@@ -124,6 +126,12 @@
 //! variables (such as `PLICO_ADDR`, used by the client commands) are not configuration and are
 //! ignored here. Unknown keys in the file are errors, so a typo is
 //! not silently a default. Errors name the file (or variable) and the field.
+//!
+//! An environment variable's value is text, read by the type of its key: the text itself where
+//! the key is text, a number or a boolean where the key refuses text. So
+//! `PLICO_DISPATCH_SMS_PASSWORD=12345678` or `PLICO_DISPATCH_SMS_FROM=3331234567` set those
+//! texts (figment's own environment provider would read them as numbers and refuse them). The
+//! file's values keep their TOML types, strictly.
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -240,6 +248,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "PLICO_DISPATCH_OVERDUE_AFTER_SECS",
         "dispatch.overdue_after_secs",
     ),
+    ("PLICO_DISPATCH_PAUSE_BASE_MS", "dispatch.pause_base_ms"),
+    ("PLICO_DISPATCH_PAUSE_CAP_MS", "dispatch.pause_cap_ms"),
     ("PLICO_DISPATCH_SMTP_HOST", "dispatch.smtp.host"),
     ("PLICO_DISPATCH_SMTP_PORT", "dispatch.smtp.port"),
     ("PLICO_DISPATCH_SMTP_TLS", "dispatch.smtp.tls"),
@@ -571,6 +581,11 @@ pub struct DispatchConfig {
     pub backoff_cap_ms: u64,
     /// A part not delivered after this many seconds is logged as overdue.
     pub overdue_after_secs: u64,
+    /// First pause of a channel's lane after a relay-wide failure (TLS, login, connection,
+    /// gateway credentials), in ms; doubles with each such failure in a row.
+    pub pause_base_ms: u64,
+    /// Longest pause of a lane, in ms; at least `pause_base_ms`.
+    pub pause_cap_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -589,6 +604,8 @@ impl Default for DispatchConfig {
             backoff_base_ms: policy.backoff_base_ms,
             backoff_cap_ms: policy.backoff_max_ms,
             overdue_after_secs: 86_400,
+            pause_base_ms: crate::delivery::DEFAULT_PAUSE_BASE.as_secs() * 1000,
+            pause_cap_ms: crate::delivery::DEFAULT_PAUSE_CAP.as_secs() * 1000,
         }
     }
 }
@@ -971,7 +988,8 @@ pub struct LimitsConfig {
     pub max_connections: u32,
     /// Connections at once from one client address.
     pub max_connections_per_address: u32,
-    /// Connections beyond `max_connections` that serve only the probes and `/v1/sys/*`.
+    /// Connections beyond `max_connections` that serve only the probes, `/metrics` and
+    /// `/v1/sys/*`.
     pub reserved_connections: u32,
     /// Least request body rate, in bytes a second, over each window of waiting.
     pub min_body_bytes_per_sec: u32,
@@ -1186,6 +1204,19 @@ impl Config {
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let config = Self::extract(file, env)?.map_err(|e| describe(e, file))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Defaults, the file and the environment, extracted: the outer error for a missing file,
+    /// the inner one figment's. Every environment value starts as text; one whose key refuses
+    /// text (a number, a boolean) is read again as figment reads a value (`7`, `true`), and
+    /// the extraction repeated: at most once per variable.
+    fn extract(
+        file: Option<&Path>,
+        env: Env,
+    ) -> Result<Result<Config, figment::Error>, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.is_file() {
@@ -1205,10 +1236,34 @@ impl Config {
                 })
                 .map(|(_, path)| (*path).into())
         });
-        figment = figment.merge(env);
-        let config: Config = figment.extract().map_err(|e| describe(e, file))?;
-        config.validate(file)?;
-        Ok(config)
+        let mut env = EnvText {
+            env,
+            typed: std::collections::BTreeSet::new(),
+        };
+        loop {
+            let errors = match figment.clone().merge(env.clone()).extract::<Config>() {
+                Ok(config) => return Ok(Ok(config)),
+                Err(errors) => errors,
+            };
+            let retry = errors.clone().into_iter().find_map(|e| {
+                let from_env = e
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name.contains("environment"));
+                let text_refused = matches!(
+                    e.kind,
+                    figment::error::Kind::InvalidType(figment::error::Actual::Str(_), _)
+                );
+                let path = e.path.join(".");
+                (from_env && text_refused && !env.typed.contains(&path)).then_some(path)
+            });
+            match retry {
+                Some(path) => {
+                    env.typed.insert(path);
+                }
+                None => return Ok(Err(errors)),
+            }
+        }
     }
 
     /// Checks combinations that types cannot: the code policy's and the serial rule's bounds,
@@ -1329,6 +1384,12 @@ impl Config {
                      1, and `backoff_cap_ms` at least `backoff_base_ms`"
                 )));
             }
+            if d.pause_base_ms == 0 || d.pause_cap_ms < d.pause_base_ms {
+                return Err(ConfigError(format!(
+                    "{origin}: [dispatch]: `pause_base_ms` must be at least 1, and \
+                     `pause_cap_ms` at least `pause_base_ms`"
+                )));
+            }
             if let Some(p) = d.smtp.as_ref().and_then(SmtpSection::problem) {
                 return Err(ConfigError(format!("{origin}: [dispatch.smtp]: {p}")));
             }
@@ -1402,6 +1463,56 @@ impl Config {
     pub fn tls_files(&self) -> Option<(&Path, &Path)> {
         let tls = self.tls.as_ref()?;
         Some((tls.cert.as_deref()?, tls.key.as_deref()?))
+    }
+}
+
+/// The `PLICO_*` environment with every value as text, but for the keys in `typed`, read as
+/// figment's [`Env`] provider reads every value (it guesses a type: `12345678` becomes a
+/// number, which a text key then refuses). [`Config::extract`] fills `typed` with the keys
+/// that refuse text.
+#[derive(Clone)]
+struct EnvText {
+    env: Env,
+    typed: std::collections::BTreeSet<String>,
+}
+
+impl figment::Provider for EnvText {
+    fn metadata(&self) -> figment::Metadata {
+        self.env.metadata()
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, text) in self.env.iter() {
+            let value = if self.typed.contains(key.as_str()) {
+                text.parse::<figment::value::Value>()
+                    .unwrap_or_else(|never| match never {})
+            } else {
+                figment::value::Value::from(text)
+            };
+            if let figment::value::Value::Dict(_, nested) = figment::util::nest(key.as_str(), value)
+            {
+                merge_dict(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// Merges `other` into `dict`, tables key by key.
+fn merge_dict(dict: &mut figment::value::Dict, other: figment::value::Dict) {
+    for (k, v) in other {
+        match (dict.get_mut(&k), v) {
+            (
+                Some(figment::value::Value::Dict(_, mine)),
+                figment::value::Value::Dict(_, theirs),
+            ) => merge_dict(mine, theirs),
+            (_, v) => {
+                dict.insert(k, v);
+            }
+        }
     }
 }
 
@@ -1794,6 +1905,43 @@ request_head_timeout_secs = 0
         assert_eq!(smtp.ehlo_name.as_deref(), Some("plico.example.it"));
     }
 
+    /// The lanes' pause after a relay-wide failure: from the file or the environment, checked
+    /// (`pause_cap_ms` at least `pause_base_ms`), and what the delivery workers use.
+    #[test]
+    fn lane_pause_settings() {
+        let d = DispatchConfig::default();
+        assert_eq!(
+            (d.pause_base_ms, d.pause_cap_ms),
+            (1_000, 300_000),
+            "the documented defaults"
+        );
+        std::env::set_var("PLICO_T_PAUSE_DISPATCH_PAUSE_BASE_MS", "250");
+        std::env::set_var("PLICO_T_PAUSE_DISPATCH_PAUSE_CAP_MS", "4000");
+        let c = Config::load_from(None, Env::prefixed("PLICO_T_PAUSE_")).unwrap();
+        let d = c.dispatch.clone().unwrap();
+        assert_eq!((d.pause_base_ms, d.pause_cap_ms), (250, 4000));
+        let dir = tempfile::tempdir().unwrap();
+        let print = c.mailers.print_setup(dir.path(), None).unwrap();
+        let delivery = crate::delivery::Delivery::from_config(Some(&d), true, dir.path(), &print)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (delivery.pause_base, delivery.pause_cap),
+            (
+                std::time::Duration::from_millis(250),
+                std::time::Duration::from_secs(4)
+            )
+        );
+        for text in [
+            "[dispatch]\npause_base_ms = 0\n",
+            "[dispatch]\npause_base_ms = 5000\npause_cap_ms = 4000\n",
+        ] {
+            let e = Config::load_from(Some(file(text).path()), no_env()).unwrap_err();
+            assert!(e.to_string().contains("pause_cap_ms"), "{e}");
+            assert_eq!(e.key().as_deref(), Some("dispatch.pause_base_ms"), "{e}");
+        }
+    }
+
     #[test]
     fn import_environment() {
         // A prefix of this test's own, so no other test sees the variables.
@@ -2013,6 +2161,8 @@ request_head_timeout_secs = 0
                 backoff_base_ms: 1,
                 backoff_cap_ms: 1,
                 overdue_after_secs: 1,
+                pause_base_ms: 1,
+                pause_cap_ms: 1,
                 smtp: Some(SmtpSection {
                     host: "h".into(),
                     port: default_smtp_port(),
@@ -2194,6 +2344,103 @@ request_head_timeout_secs = 0
             key("", Env::prefixed("PLICO_T_KEY_")).as_deref(),
             Some("codes.puk_max")
         );
+    }
+
+    /// Text settings given numeric-looking values in the environment load as that text (the
+    /// SMS password and sender, the helpline, the token label), numbers and booleans still load
+    /// as such, and a wrong value is named without echoing the secret beside it.
+    #[test]
+    fn numeric_looking_env_values_of_text_settings_are_text() {
+        for (var, value) in [
+            (
+                "DISPATCH_SMS_SENDSMS_URL",
+                "http://127.0.0.1:13013/cgi-bin/sendsms",
+            ),
+            ("DISPATCH_SMS_USERNAME", "4242"),
+            ("DISPATCH_SMS_PASSWORD", "12345678"),
+            ("DISPATCH_SMS_FROM", "3331234567"),
+            ("DISPATCH_SMS_DLR_TOKEN", "1234567890123456789012"),
+            ("DISPATCH_MAX_ATTEMPTS", "7"),
+            ("DISPATCH_SMS_ENABLED", "false"),
+            ("MAILERS_ISSUER_HELPLINE", "800123456"),
+            ("HSM_KIND", "pkcs11"),
+            ("HSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so"),
+            ("HSM_TOKEN_LABEL", "2024"),
+            ("CONSOLE_REQUIRE_TOTP", "true"),
+            ("STORE_CACHE_MIB", "128"),
+        ] {
+            std::env::set_var(format!("PLICO_T_NUMTEXT_{var}"), value);
+        }
+        let c = Config::load_from(None, Env::prefixed("PLICO_T_NUMTEXT_")).unwrap();
+        let d = c.dispatch.as_ref().unwrap();
+        let sms = d.sms.as_ref().unwrap();
+        assert_eq!(sms.password, "12345678");
+        assert_eq!(sms.from, "3331234567");
+        assert_eq!(sms.username, "4242");
+        assert_eq!(sms.dlr_token.as_deref(), Some("1234567890123456789012"));
+        assert_eq!((d.max_attempts, d.sms_enabled), (7, false));
+        assert_eq!(c.mailers.issuer.helpline, "800123456");
+        assert_eq!(c.hsm.token_label.as_deref(), Some("2024"));
+        assert!(c.console.require_totp);
+        assert_eq!(c.store.cache_mib, Some(128));
+
+        // A wrong value beside the secret: the wrong key is named, the secret never shown.
+        std::env::set_var(
+            "PLICO_T_NUMTEXT_BAD_DISPATCH_SMS_SENDSMS_URL",
+            "http://127.0.0.1:1/",
+        );
+        std::env::set_var("PLICO_T_NUMTEXT_BAD_DISPATCH_SMS_USERNAME", "u");
+        std::env::set_var("PLICO_T_NUMTEXT_BAD_DISPATCH_SMS_PASSWORD", "12345678");
+        std::env::set_var("PLICO_T_NUMTEXT_BAD_DISPATCH_SMS_FROM", "3331234567");
+        std::env::set_var("PLICO_T_NUMTEXT_BAD_DISPATCH_MAX_IN_FLIGHT", "many");
+        let e = Config::load_from(None, Env::prefixed("PLICO_T_NUMTEXT_BAD_")).unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("dispatch.max_in_flight"), "{e}");
+        assert!(
+            e.to_string().contains("PLICO_DISPATCH_MAX_IN_FLIGHT"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("12345678"), "{e}");
+        // The file keeps its types: an unquoted number for a text key is still refused.
+        let f = file("[hsm]\nkind = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = 2024\n");
+        let e = Config::load_from(Some(f.path()), no_env()).unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("hsm.token_label"), "{e}");
+    }
+
+    /// No key of [`ENV_VARS`] reads a numeric-looking variable as a number where it wants
+    /// text: each one alone, set to `12345678`, either loads or fails for another reason (a
+    /// number out of range, a section missing its other keys), never as "a number, expected
+    /// a string".
+    #[test]
+    fn no_env_key_reads_digits_as_a_number_where_text_is_wanted() {
+        for (i, (var, path)) in ENV_VARS.iter().enumerate() {
+            let prefix = format!("PLICO_T_DIGITS{i}_");
+            let name = var.replacen("PLICO_", &prefix, 1);
+            std::env::set_var(&name, "12345678");
+            let env = Env::prefixed(&prefix).filter_map(|key| {
+                ENV_VARS
+                    .iter()
+                    .find(|(v, _)| {
+                        v.strip_prefix("PLICO_")
+                            .is_some_and(|v| v.eq_ignore_ascii_case(key.as_str()))
+                    })
+                    .map(|(_, p)| (*p).into())
+            });
+            if let Err(errors) = Config::extract(None, env).unwrap() {
+                for e in errors {
+                    let numeric = matches!(
+                        e.kind,
+                        figment::error::Kind::InvalidType(
+                            figment::error::Actual::Unsigned(_)
+                                | figment::error::Actual::Signed(_)
+                                | figment::error::Actual::Float(_),
+                            _
+                        )
+                    );
+                    assert!(!numeric, "{var} ({path}): {e}");
+                }
+            }
+            std::env::remove_var(&name);
+        }
     }
 
     #[test]

@@ -263,6 +263,8 @@ impl Delivery {
         };
         let mut d = Delivery::new(print, policy);
         d.overdue_after = Duration::from_secs(c.overdue_after_secs.max(1));
+        d.pause_base = Duration::from_millis(c.pause_base_ms.max(1));
+        d.pause_cap = Duration::from_millis(c.pause_cap_ms.max(c.pause_base_ms.max(1)));
         let spool_dir: PathBuf = c
             .spool_dir
             .clone()

@@ -9,10 +9,12 @@
 //!   the service never runs out of descriptors.
 //! - **A reserve for unsealing and probes.** Beyond the total cap, up to
 //!   [`EdgeLimits::reserved_connections`] more connections are accepted, and those serve only
-//!   `/healthz`, `/readyz` and `/v1/sys/*` (unseal, seal status): every other request on them is
+//!   `/healthz`, `/readyz`, `/metrics` and `/v1/sys/*` (unseal, seal status): every other
+//!   request on them is
 //!   `503 busy`, and the connection closes. Only an address holding fewer than two connections
 //!   gets one, so a flood from a few addresses cannot take the reserve. So custodians can
-//!   unseal and the orchestrator can probe while the cap is hit. (A reserved share of one listener, not a second listener: the
+//!   unseal, the orchestrator can probe and Prometheus can scrape (the moment a saturated
+//!   service most needs watching) while the cap is hit. (A reserved share of one listener, not a second listener: the
 //!   custodians and the probes need no other address or port.)
 //! - **Deadlines.** The TLS handshake must end within [`EdgeLimits::handshake_timeout`]. A request
 //!   head must arrive whole within [`EdgeLimits::head_timeout`]: counted from the accept (or the
@@ -608,9 +610,9 @@ where
 // Serving
 // ---------------------------------------------------------------------------------------------
 
-/// Paths a reserved connection serves.
+/// Paths a reserved connection serves: the probes, the scrape, the seal and unseal.
 fn reserved_path(path: &str) -> bool {
-    path == "/healthz" || path == "/readyz" || path.starts_with("/v1/sys/")
+    matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/v1/sys/")
 }
 
 /// What every request of one connection shares.
@@ -959,6 +961,8 @@ mod tests {
     fn reserved_paths() {
         assert!(reserved_path("/v1/sys/unseal"));
         assert!(reserved_path("/healthz"));
+        assert!(reserved_path("/metrics"));
+        assert!(!reserved_path("/metrics/x"));
         assert!(!reserved_path("/v1/cards"));
     }
 }

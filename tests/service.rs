@@ -31,6 +31,8 @@
 
 #[path = "service/accounts.rs"]
 mod accounts;
+#[path = "service/audit_stream.rs"]
+mod audit_stream;
 #[path = "service/backup.rs"]
 mod backup;
 #[path = "service/batches.rs"]

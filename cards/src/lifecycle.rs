@@ -196,6 +196,11 @@ impl Cards {
 
     /// Revokes `card` if it is past expiry on `today` (in its own commit, with its event), and
     /// returns the card as it now is. Called with the ops lock held.
+    /// True for a card not yet revoked whose expiry is before `today`.
+    fn expired_on(card: &CardRecord, today: Date) -> bool {
+        card.state != CardState::Revoked && card.expiry.is_some_and(|e| e < today)
+    }
+
     pub(crate) fn expire_on_access(
         &self,
         audit: &AuditLog,
@@ -203,7 +208,7 @@ impl Cards {
         today: Date,
         actor: &Actor,
     ) -> Result<CardRecord> {
-        if card.state == CardState::Revoked || card.expiry.is_none_or(|e| e >= today) {
+        if !Self::expired_on(&card, today) {
             return Ok(card);
         }
         let (card, event) = self.revoked(card, Reason::Expired, self.now_ms(), actor);
@@ -342,6 +347,15 @@ impl Cards {
         today: Date,
         actor: &Actor,
     ) -> Result<CardStatus> {
+        {
+            // The common case, a read: shared with other reads.
+            let _ops = self.ops_shared();
+            let card = self.required_card(serial)?;
+            if !Self::expired_on(&card, today) {
+                return self.status_of(&card);
+            }
+        }
+        // Past its expiry: revoked now, as on every access, which is a change.
         let _ops = self.ops_lock();
         let card = self.required_card(serial)?;
         let card = self.expire_on_access(audit, card, today, actor)?;

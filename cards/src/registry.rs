@@ -23,7 +23,7 @@ use super::registry_parse::{CardEntry, HolderEntry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vault::Actor;
 use vault::CodeVault;
 use vault::Keyring;
@@ -225,8 +225,9 @@ pub struct Cards {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) codes: Arc<CodeVault>,
     /// Serialises every change (registry, lifecycle, reports): each reads, checks and writes
-    /// in one step.
-    ops: Mutex<()>,
+    /// in one step, holding it exclusively. Reads that span several records (a card's
+    /// status) hold it shared: they see no change half-made, and do not wait for each other.
+    ops: RwLock<()>,
     /// The sealer for personal data written by this process (a fresh `holder` key per
     /// process, created on first use: a sealer's counter cannot outlive its process).
     sealer: Mutex<Option<Sealer>>,
@@ -250,7 +251,7 @@ impl Cards {
         Cards {
             store: codes.store().clone(),
             codes,
-            ops: Mutex::new(()),
+            ops: RwLock::new(()),
             sealer: Mutex::new(None),
             mailers: Mutex::default(),
             print_running: std::sync::atomic::AtomicBool::new(false),
@@ -281,8 +282,15 @@ impl Cards {
         *lock(&self.sealer) = None;
     }
 
-    pub(crate) fn ops_lock(&self) -> MutexGuard<'_, ()> {
-        lock(&self.ops)
+    /// Held by every change (see `ops`). Poison-tolerant: the guarded data is the store,
+    /// whose batches are atomic.
+    pub(crate) fn ops_lock(&self) -> RwLockWriteGuard<'_, ()> {
+        self.ops.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by reads of several records that must not see a change half-made (see `ops`).
+    pub(crate) fn ops_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.ops.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A card's record.

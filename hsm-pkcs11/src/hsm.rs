@@ -20,7 +20,9 @@
 //! `C_SetPIN`, so nobody knows it. `C_Login` is the check; the state's CMAC under the root key
 //! is checked next. Seal is `C_Logout` and closing every session.
 
-use crate::state::{ShareSet, StateBody, StateObject, TermRecord, FORMAT, STATE_LABEL, VERSION};
+use crate::state::{
+    ShareSet, StateBody, StateObject, TermRecord, TokenFacts, FORMAT, STATE_LABEL, VERSION,
+};
 use crate::token::{self, Pkcs11Config, Pool};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hkdf::{KeyType, Salt, HKDF_SHA256};
@@ -117,7 +119,7 @@ fn ck(what: &'static str) -> impl Fn(CkError) -> Error {
     move |_| Error::Provider(what)
 }
 
-fn kek_label(term: u32, purpose: KeyPurpose) -> String {
+pub(crate) fn kek_label(term: u32, purpose: KeyPurpose) -> String {
     format!("plico-kek-{term}-{}", purpose.as_str())
 }
 
@@ -594,6 +596,98 @@ impl Pkcs11Hsm {
     /// The token's label.
     pub fn token_label(&self) -> &str {
         &self.cfg.token_label
+    }
+
+    /// The public facts of the state in force, for a backup (see [`TokenFacts`]): readable
+    /// sealed or unsealed, since the state object is public. Unsealed, it is the state whose
+    /// CMAC the unseal checked, as this process last wrote it.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the token holds no plico state.
+    pub fn backup_facts(&self) -> Result<TokenFacts> {
+        let inner = self.read();
+        Ok(TokenFacts::of(&self.cfg.token_label, &inner.state()?.body))
+    }
+
+    /// The custodians' acceptance of a restored backup: unseals the token with `quorum` (the
+    /// token's current share set), lets `check` look at the token's facts and the anchor it
+    /// holds (both checked by the unseal's CMAC), and then rewrites the state object with the
+    /// audit anchor set to `to` (the anchor the token held when the backup was made) and the
+    /// next generation. Returns the anchor the token held before, which the caller records in
+    /// the audit chain as the gap. The token stays unsealed for the caller to open the
+    /// restored store; on any error it is sealed again and, if `check` failed, unchanged.
+    ///
+    /// The anchor exists to refuse a store older than the token's; this is the one deliberate
+    /// way back, and it needs the quorum itself, not an unsealed service: it is refused while
+    /// the HSM is unsealed. Running it twice with the same `to` changes nothing the second time.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] while unsealed; [`Error::Share`] for shares of another set, shares
+    /// this HSM did not issue, a share given twice, or fewer than the threshold; what `check`
+    /// returns; token errors.
+    ///
+    /// # Security
+    /// Moving the anchor back makes the token accept an older store: only the restore ceremony
+    /// calls this, after the store was put back from a sealed archive.
+    pub fn accept_rollback(
+        &self,
+        quorum: &[SecretString],
+        to: Option<&AuditAnchor>,
+        check: &mut dyn FnMut(&TokenFacts) -> Result<()>,
+    ) -> Result<Option<AuditAnchor>> {
+        let mut inner = self.write();
+        if inner.open.is_some() {
+            return Err(Error::Refused(
+                "the hsm is unsealed: a rollback is accepted by the custodians' quorum given to \
+                 it, on a sealed hsm"
+                    .to_string(),
+            ));
+        }
+        inner.pending.clear();
+        let set = inner.state()?.body.share_set.clone();
+        let mut admitted: Vec<Share> = Vec::with_capacity(quorum.len());
+        for text in quorum {
+            let share = Share::parse(text).map_err(Error::Share)?;
+            let got = hex::encode(share.set);
+            if got != set.id {
+                return Err(Error::Share(format!(
+                    "this share belongs to share set {got}, but the token uses set {}: a \
+                     rollback needs the token's current shares",
+                    set.id
+                )));
+            }
+            admit(&set, &share)?;
+            if admitted.iter().any(|s| s.x == share.x) {
+                return Err(Error::Share(format!("share {} was given twice", share.x)));
+            }
+            admitted.push(share);
+        }
+        if admitted.len() < usize::from(set.threshold) {
+            return Err(Error::Share(format!(
+                "{} share(s) given, {} needed: the rollback needs the custodians' quorum",
+                admitted.len(),
+                set.threshold
+            )));
+        }
+        let pin = combine_to_pin(&admitted, &set.id)?;
+        drop(admitted);
+        self.login_and_open(&mut inner, &set.id, &pin)?;
+        let outcome = (|| -> Result<Option<AuditAnchor>> {
+            let body = inner.state()?.body.clone();
+            check(&TokenFacts::of(&self.cfg.token_label, &body))?;
+            let held = body.audit_anchor.clone();
+            if held.as_ref() != to {
+                let mut body = body;
+                body.audit_anchor = to.cloned();
+                self.pool.with(|s| self.commit(&mut inner, s, body))?;
+            }
+            Ok(held)
+        })();
+        if outcome.is_err() {
+            inner.open = None;
+            self.pool.close_all();
+        }
+        outcome
     }
 
     /// The token PIN that `shares` (a quorum) derive. For an opt-in auto-unseal file

@@ -25,4 +25,5 @@ pub mod testing;
 pub mod token;
 
 pub use hsm::{InitOptions, InitReport, Pkcs11Hsm};
+pub use state::TokenFacts;
 pub use token::{Pkcs11Config, WrapMechanism};

@@ -133,3 +133,79 @@ impl StateObject {
         Ok(s)
     }
 }
+
+/// One token object a vault needs, as a backup records it: how to find it, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenObject {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, hex (empty for the state object, which has none).
+    pub id: String,
+    /// `secret_key` or `data`.
+    pub class: String,
+    /// The key check value on record, for a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kcv: Option<Kcv>,
+}
+
+/// What a backup of a token-backed vault records of the token: the public facts of its state
+/// object (share set id, root and term KCVs, generation, audit anchor) and the labels and ids
+/// of the objects the store's wrapped keys depend on. Never key material, never a PIN: all of
+/// it is readable from the token without logging in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenFacts {
+    /// The token's label.
+    pub token_label: String,
+    /// The state object's generation.
+    pub generation: u64,
+    /// The share set whose quorum opens the token.
+    pub share_set: String,
+    /// KCV of the root key.
+    pub root_kcv: Kcv,
+    /// Every KEK term on record, oldest first.
+    pub terms: Vec<TermRecord>,
+    /// The audit anchor the token held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_anchor: Option<AuditAnchor>,
+    /// The objects the vault uses: the state object, the root key, each live term's keys.
+    pub objects: Vec<TokenObject>,
+}
+
+impl TokenFacts {
+    /// The facts of a state body on the token labelled `token_label`.
+    pub fn of(token_label: &str, body: &StateBody) -> Self {
+        let mut objects = vec![
+            TokenObject {
+                label: STATE_LABEL.to_string(),
+                id: String::new(),
+                class: "data".to_string(),
+                kcv: None,
+            },
+            TokenObject {
+                label: crate::hsm::ROOT_LABEL.to_string(),
+                id: body.share_set.id.clone(),
+                class: "secret_key".to_string(),
+                kcv: Some(body.root_kcv),
+            },
+        ];
+        for t in body.terms.iter().filter(|t| t.state != TermState::Retired) {
+            for purpose in vault::KeyPurpose::ALL {
+                objects.push(TokenObject {
+                    label: crate::hsm::kek_label(t.id, purpose),
+                    id: hex::encode(t.id.to_be_bytes()),
+                    class: "secret_key".to_string(),
+                    kcv: (purpose == vault::KeyPurpose::Code).then_some(t.kcv),
+                });
+            }
+        }
+        TokenFacts {
+            token_label: token_label.to_string(),
+            generation: body.generation,
+            share_set: body.share_set.id.clone(),
+            root_kcv: body.root_kcv,
+            terms: body.terms.clone(),
+            audit_anchor: body.audit_anchor.clone(),
+            objects,
+        }
+    }
+}

@@ -191,7 +191,13 @@ pub(super) async fn authorize(State(rule): State<Rule>, mut req: Request, next: 
     };
     req.headers_mut().remove(header::AUTHORIZATION);
     let accounts = rule.state.accounts.clone();
-    let account = match blocking(move || accounts.authenticate(&token)).await {
+    // Known accounts answer from memory; the store is read (off the async threads) only for
+    // one not seen since the last change of any account.
+    let authenticated = match accounts.authenticate_in_memory(&token) {
+        Some(answer) => Ok(answer),
+        None => blocking(move || accounts.authenticate(&token)).await,
+    };
+    let account = match authenticated {
         Ok(Some(account)) => account,
         Ok(None) => {
             tracing::info!(path = rule.path, "refused: no valid bearer token");

@@ -17,23 +17,37 @@
 //! `backup.restore_accepted` event naming the backup's head and the anchor it replaces (the
 //! gap: the events after the backup that are gone), checkpoints it (which moves the HSM's
 //! anchor to it), seals and removes the marker. See docs/backup.md.
+//!
+//! A vault on a PKCS#11 token has no state file to put back: its keys, and the anchor, stay on
+//! the token, which has moved on since the backup. `--accept-rollback --config FILE` (the
+//! `[hsm]` section names the token) checks with the key check values that the token is the
+//! backup's and still holds every term the restored keys use, and has the token's *current*
+//! quorum rewrite its anchor back to the one it held at the backup
+//! ([`hsm_pkcs11::Pkcs11Hsm::accept_rollback`]); the anchor it replaces is the token's own,
+//! exact (kept in `DIR/restore-token-anchor.json` before the token changes, so a second run
+//! after a crash records the same gap). Then the same event and checkpoint as above.
 
 use super::bootstrap;
 use super::files;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use hsm_pkcs11::Pkcs11Hsm;
 use hsm_sim::SimulatedHsm;
 use plico::backup::{ArchiveReader, Item, Manifest};
 use plico::AppState;
+use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vault::{Actor, Batch, Hsm, Store};
+use vault::{Actor, AuditAnchor, Batch, Hsm, Store};
 
 /// The marker of a restore not yet accepted, in the data directory.
 pub const PENDING_FILE: &str = "restore-pending.json";
+/// The anchor a PKCS#11 token held before the custodians moved it back (a restore of a
+/// token-backed vault), kept until the acceptance is complete.
+pub const TOKEN_ANCHOR_FILE: &str = "restore-token-anchor.json";
 /// Store entries written per batch while restoring.
 const RESTORE_BATCH: usize = 8192;
 
@@ -65,6 +79,10 @@ pub struct RestoreArgs {
     /// `unknown`; with --accept-rollback.
     #[arg(long, value_name = "SEQ:HASH|unknown", requires = "accept_rollback")]
     replaced_anchor: Option<String>,
+    /// With --accept-rollback of a vault on a PKCS#11 token: the configuration whose `[hsm]`
+    /// section names the token.
+    #[arg(long, value_name = "FILE", requires = "accept_rollback")]
+    config: Option<PathBuf>,
 }
 
 /// Runs `plico restore`.
@@ -73,7 +91,12 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         let Some(data) = args.data.as_deref() else {
             bail!("--accept-rollback needs --data DIR");
         };
-        return accept(data, &args.shares, args.replaced_anchor.as_deref());
+        return accept(
+            data,
+            &args.shares,
+            args.replaced_anchor.as_deref(),
+            args.config.as_deref(),
+        );
     }
     let (Some(file), Some(identity)) = (args.file.as_deref(), args.identity.as_deref()) else {
         bail!("restore needs FILE and --identity");
@@ -194,7 +217,7 @@ fn read_all(reader: &mut ArchiveReader, sink: &mut Sink) -> Result<Manifest> {
                 *trees.entry(tree.name().to_owned()).or_default() += 1;
                 sink.entry(tree, key, value)?;
             }
-            Item::Manifest(m) => manifest = Some(m),
+            Item::Manifest(m) => manifest = Some(*m),
         }
     }
     let Some(m) = manifest else {
@@ -206,7 +229,8 @@ fn read_all(reader: &mut ArchiveReader, sink: &mut Sink) -> Result<Manifest> {
             m.entries
         );
     }
-    if m.hsm_generation.is_some() != hsm {
+    // A simulated HSM's archive holds its state file; a token's holds its facts instead.
+    if (m.token.is_none() && m.hsm_generation.is_some()) != hsm {
         bail!("backup archive: the manifest and the hsm state disagree");
     }
     sink.finish()?;
@@ -289,8 +313,11 @@ fn print_manifest(file: &Path, m: &Manifest) {
         m.format,
         m.plico_version,
         m.created_ms,
-        m.hsm_generation
-            .map_or_else(|| "none (pkcs#11)".to_owned(), |g| g.to_string()),
+        match (&m.token, m.hsm_generation) {
+            (Some(t), Some(g)) => format!("{g} (pkcs#11 token {:?})", t.token_label),
+            (_, Some(g)) => g.to_string(),
+            (_, None) => "none (pkcs#11)".to_owned(),
+        },
         m.cards,
         m.batches,
         m.jobs,
@@ -317,7 +344,12 @@ fn parse_anchor(text: &str) -> Result<Option<(u64, String)>> {
     })
 }
 
-fn accept(data: &Path, shares: &[PathBuf], replaced: Option<&str>) -> Result<()> {
+fn accept(
+    data: &Path,
+    shares: &[PathBuf],
+    replaced: Option<&str>,
+    config: Option<&Path>,
+) -> Result<()> {
     let marker = data.join(PENDING_FILE);
     let text = std::fs::read(&marker).with_context(|| {
         format!(
@@ -328,6 +360,13 @@ fn accept(data: &Path, shares: &[PathBuf], replaced: Option<&str>) -> Result<()>
     })?;
     let m: Manifest = serde_json::from_slice(&text)
         .with_context(|| format!("{}: unreadable", marker.display()))?;
+    if shares.is_empty() {
+        bail!("--accept-rollback needs the custodians' quorum: --share FILE, once per share");
+    }
+    if m.token.is_some() || !SimulatedHsm::exists(data) {
+        let replaced = replaced.map(parse_anchor).transpose()?;
+        return accept_on_token(data, &m, shares, replaced.flatten(), config);
+    }
     let Some(replaced) = replaced else {
         bail!(
             "--replaced-anchor is required: the live service's last audit anchor (SEQ:HASH), or \
@@ -335,16 +374,6 @@ fn accept(data: &Path, shares: &[PathBuf], replaced: Option<&str>) -> Result<()>
         );
     };
     let replaced = parse_anchor(replaced)?;
-    if shares.is_empty() {
-        bail!("--accept-rollback needs the custodians' quorum: --share FILE, once per share");
-    }
-    if !SimulatedHsm::exists(data) {
-        bail!(
-            "{} holds no simulated HSM state: a PKCS#11 token keeps its own anchor and is not \
-             rolled back by a restore",
-            data.display()
-        );
-    }
     let hsm = Arc::new(
         SimulatedHsm::open(data)
             .with_context(|| format!("cannot open the restored HSM in {}", data.display()))?,
@@ -418,5 +447,176 @@ fn accept(data: &Path, shares: &[PathBuf], replaced: Option<&str>) -> Result<()>
         data.display(),
         data.display()
     );
+    Ok(())
+}
+
+/// `--accept-rollback` for a vault on a PKCS#11 token (see the module docs). `reported` is an
+/// operator's `--replaced-anchor` (the audit stream's last line, which may be past the token's
+/// last anchor); it may not be behind the anchor the token held.
+fn accept_on_token(
+    data: &Path,
+    m: &Manifest,
+    shares: &[PathBuf],
+    reported: Option<(u64, String)>,
+    config: Option<&Path>,
+) -> Result<()> {
+    let label = m
+        .token
+        .as_ref()
+        .map_or_else(|| "?".to_owned(), |t| t.token_label.clone());
+    let Some(config) = config else {
+        bail!(
+            "the backup is of a vault on pkcs#11 token {label:?}: give --config FILE, whose [hsm] \
+             section names the token"
+        );
+    };
+    let config = plico::config::Config::load(Some(config))?;
+    if config.hsm.kind != plico::config::HsmKind::Pkcs11 {
+        bail!("--config: [hsm] kind is not \"pkcs11\", but the backup is of a vault on a token");
+    }
+    let cfg = config.hsm.pkcs11()?;
+    let hsm = Arc::new(Pkcs11Hsm::open(&cfg).with_context(|| {
+        format!(
+            "cannot open the plico HSM on pkcs#11 token {:?} ({})",
+            cfg.token_label,
+            cfg.module.display()
+        )
+    })?);
+    let threshold = hsm.status().threshold;
+    if shares.len() < usize::from(threshold) {
+        bail!(
+            "{} share(s) given, {threshold} needed: the rollback needs the custodians' quorum",
+            shares.len()
+        );
+    }
+    let quorum: Vec<SecretString> = shares
+        .iter()
+        .map(|p| files::read_share(p))
+        .collect::<Result<_>>()?;
+    let store = bootstrap::open_store(data, None)?;
+    let used = vault::Keyring::load(&*store)
+        .context("cannot read the restored keyring")?
+        .count_by_term();
+    let kept = data.join(TOKEN_ANCHOR_FILE);
+    let to = m.token.as_ref().and_then(|t| t.audit_anchor.clone());
+    let mut rekeyed = false;
+    let mut check = |facts: &hsm_pkcs11::TokenFacts| -> vault::Result<()> {
+        rekeyed = plico::backup::check_token(m.token.as_ref(), facts, &used)
+            .map_err(|e| vault::Error::Refused(e.to_string()))?;
+        if let (Some((seq, hash)), Some(held)) = (&reported, &facts.audit_anchor) {
+            if *seq < held.seq || (*seq == held.seq && *hash != held.hash) {
+                return Err(vault::Error::Refused(format!(
+                    "--replaced-anchor {seq} is behind the anchor the token holds ({}:{})",
+                    held.seq, held.hash
+                )));
+            }
+        }
+        // Kept before the token changes: a second run after a crash finds the anchor moved
+        // back already, and must still record the one it replaced.
+        if !kept.exists() {
+            write_new(
+                &kept,
+                &serde_json::to_vec(&facts.audit_anchor).map_err(|e| {
+                    vault::Error::Storage(format!("cannot encode the token's anchor: {e}"))
+                })?,
+            )
+            .map_err(|e| vault::Error::Storage(format!("{e:#}")))?;
+        }
+        Ok(())
+    };
+    hsm.accept_rollback(&quorum, to.as_ref(), &mut check)
+        .with_context(|| format!("pkcs#11 token {:?} refused the rollback", cfg.token_label))?;
+    let token_held: Option<AuditAnchor> = serde_json::from_slice(
+        &std::fs::read(&kept).with_context(|| format!("cannot read {}", kept.display()))?,
+    )
+    .with_context(|| format!("{}: unreadable", kept.display()))?;
+    let state = AppState::new(hsm.clone(), store).context("cannot open the restored store")?;
+    let actor = Actor::system("restore");
+    let outcome = (|| -> Result<u64> {
+        state
+            .unsealed(&actor, "restore --accept-rollback")
+            .context("the restored store does not open on the token")?;
+        let report = state.audit.verify()?;
+        if let Some(p) = &report.problem {
+            bail!("the restored audit chain does not verify: {p:?}");
+        }
+        let head = m.audit_head.as_ref();
+        let head_seq = head.map_or(0, |h| h.seq);
+        let mut event = actor
+            .event("backup.restore_accepted", "store")
+            .detail("hsm", "pkcs11")
+            .detail("token_label", cfg.token_label.clone())
+            .detail("backup_head_seq", head_seq.to_string())
+            .detail(
+                "backup_head_hash",
+                head.map_or_else(String::new, |h| h.hash.clone()),
+            )
+            .detail("backup_created_ms", m.created_ms.to_string())
+            .detail(
+                "backup_hsm_generation",
+                m.hsm_generation.unwrap_or_default().to_string(),
+            )
+            .detail("token_rekeyed_since", rekeyed.to_string())
+            .detail("shares", shares.len().to_string());
+        if let Some(a) = &token_held {
+            event = event
+                .detail("token_anchor_seq", a.seq.to_string())
+                .detail("token_anchor_hash", a.hash.clone());
+        }
+        let replaced = reported
+            .clone()
+            .map(|r| (r, "operator"))
+            .or_else(|| token_held.clone().map(|a| ((a.seq, a.hash), "token")));
+        event = match replaced {
+            Some(((seq, hash), source)) => event
+                .detail("replaced_anchor_seq", seq.to_string())
+                .detail("replaced_anchor_hash", hash)
+                .detail("replaced_anchor_source", source)
+                .detail("events_lost", seq.saturating_sub(head_seq).to_string()),
+            None => event.detail("replaced_anchor", "unknown"),
+        };
+        let seq = state.audit.append(event)?;
+        state.audit.checkpoint()?;
+        Ok(seq)
+    })();
+    let closed = state.shut_down();
+    state.seal();
+    let seq = outcome?;
+    closed.context("cannot checkpoint the audit chain")?;
+    for f in [data.join(PENDING_FILE), kept] {
+        std::fs::remove_file(&f).with_context(|| format!("cannot remove {}", f.display()))?;
+    }
+    files::sync_dir(data)?;
+    println!(
+        "rollback accepted on pkcs#11 token {:?}: audit event {seq} records the backup's head and \
+         the anchor the token held ({}); {} can be served with the same configuration",
+        cfg.token_label,
+        token_held
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |a| format!("{}:{}", a.seq, a.hash)),
+        data.display()
+    );
+    if rekeyed {
+        println!(
+            "the token was rekeyed since the backup: its current shares unseal it, not the \
+             backup's"
+        );
+    }
+    Ok(())
+}
+
+/// Writes a new file (0600) durably.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        files::sync_dir(dir)?;
+    }
     Ok(())
 }

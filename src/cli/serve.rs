@@ -98,7 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!("no data directory: pass --data DIR, or set data_dir in the config file or PLICO_DATA_DIR");
     };
 
-    let (hsm, pin_unseal): (Arc<dyn Hsm>, Option<Arc<Pkcs11Hsm>>) = match config.hsm.kind {
+    let (hsm, token): (Arc<dyn Hsm>, Option<Arc<Pkcs11Hsm>>) = match config.hsm.kind {
         HsmKind::Sim if args.dev => (Arc::new(open_dev(&data_dir)?), None),
         HsmKind::Sim => (Arc::new(open_production(&data_dir)?), None),
         HsmKind::Pkcs11 => {
@@ -106,10 +106,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 bail!("--dev runs the simulated HSM; remove [hsm] kind = \"pkcs11\" or --dev");
             }
             let hsm = Arc::new(open_pkcs11(&config, &data_dir)?);
-            let auto = config.hsm.pin_file.is_some().then(|| hsm.clone());
-            (hsm, auto)
+            (hsm.clone(), Some(hsm))
         }
     };
+    let pin_unseal = token.clone().filter(|_| config.hsm.pin_file.is_some());
 
     let dev_recipient = if args.dev && config.mailers.recipients.is_empty() {
         Some(vec![dev_print_recipient(&data_dir)?])
@@ -135,7 +135,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!(
             "{} holds a restored backup the custodians have not accepted ({}): run `plico \
              restore --accept-rollback --data {} --share FILE... --replaced-anchor \
-             SEQ:HASH|unknown` first",
+             SEQ:HASH|unknown` first (a PKCS#11 token: `--config FILE` instead of \
+             --replaced-anchor)",
             data_dir.display(),
             super::restore::PENDING_FILE,
             data_dir.display()
@@ -147,7 +148,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     )?));
     let hsm_state =
         matches!(config.hsm.kind, HsmKind::Sim).then(|| data_dir.join(SimulatedHsm::STATE_FILE));
-    let backups = plico::backup::Backups::new(store.clone(), hsm_state, &config.backup)?;
+    let mut backups = plico::backup::Backups::new(store.clone(), hsm_state, &config.backup)?;
+    if let Some(token) = token {
+        backups = backups.with_token(token);
+    }
     let mut state = AppState::with_settings(hsm.clone(), store, &config.settings())
         .context("cannot open the audit chain in the store")?
         .with_backups(backups)

@@ -353,3 +353,336 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
     .await
     .unwrap();
 }
+
+/// A JSON call to a running server with an optional bearer token.
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method, format!("{url}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Submits shares one by one; the status of the last answer.
+async fn unseal_with(http: &reqwest::Client, url: &str, shares: &[&SecretString]) -> u16 {
+    let mut last = 0;
+    for s in shares {
+        let (status, _) = call(
+            http,
+            url,
+            None,
+            reqwest::Method::POST,
+            "/v1/sys/unseal",
+            Some(json!({"share": s.expose_secret()})),
+        )
+        .await;
+        last = status;
+    }
+    last
+}
+
+/// Backup and restore of a vault on a PKCS#11 token (SoftHSM2): the token keeps its keys and
+/// its audit anchor, which moves on after the backup. Restored, the store is refused by the
+/// token (its anchor is ahead of the restored chain) until the custodians accept the rollback
+/// with the token's quorum: one share is refused; two move the token's anchor back (after the
+/// KCV check that it is the backup's token), the chain records the gap with the anchor the
+/// token held, and the restored vault serves: the chain verifies, the batch of the backup is
+/// there, the one imported after it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_backup_restore_moves_the_token_anchor_back_only_with_the_quorum() {
+    let token = hsm_pkcs11::testing::new_token().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let share_dir = tmp.path().join("shares");
+    let pin_file = tmp.path().join("token-pin");
+    std::fs::write(&pin_file, token.pin.expose_secret()).unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let module = token.config.module.display().to_string();
+    let label = token.config.token_label.clone();
+    run_ok(
+        plico()
+            .env("SOFTHSM2_CONF", &token.conf)
+            .args([
+                "init",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+                "--hsm",
+                "pkcs11",
+            ])
+            .args(["--module", &module, "--token-label", &label, "--data"])
+            .arg(&data)
+            .arg("--share-dir")
+            .arg(&share_dir)
+            .arg("--token-pin-file")
+            .arg(&pin_file),
+    );
+    let shares: Vec<SecretString> = (1..=3)
+        .map(|i| {
+            let t = std::fs::read_to_string(share_dir.join(format!("share-{i}-of-3.txt"))).unwrap();
+            SecretString::from(t.trim().to_owned())
+        })
+        .collect();
+    let identity = age::x25519::Identity::generate();
+    let identity_file = tmp.path().join("backup.key");
+    std::fs::write(
+        &identity_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
+    let config = tmp.path().join("plico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hsm]\nkind = \"pkcs11\"\nmodule = {module:?}\ntoken_label = {label:?}\n\n\
+             [backup]\nrecipient = \"{}\"\n",
+            identity.to_public()
+        ),
+    )
+    .unwrap();
+    let serve = |data: &Path| {
+        let mut cmd = plico();
+        cmd.env("RUST_LOG", "warn")
+            .env("SOFTHSM2_CONF", &token.conf)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(data);
+        Server::start(cmd)
+    };
+    let http = http_client(None);
+    let admin_file = data.join("admin-token.txt");
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // Served and unsealed: accounts, one batch, the backup, then a second batch (the token's
+    // anchor moves past the backup's head).
+    let server = serve(&data);
+    assert_eq!(
+        unseal_with(&http, &server.url, &[&shares[0], &shares[1]]).await,
+        200
+    );
+    let mut tokens = BTreeMap::new();
+    for (name, role) in [("acme", "manufacturer"), ("auditor", "auditor")] {
+        let (status, v) = call(
+            &http,
+            &server.url,
+            Some(&admin),
+            reqwest::Method::POST,
+            "/v1/accounts",
+            Some(json!({"name": format!("p11 backup {name}"), "role": role})),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        tokens.insert(name, v["token"].as_str().unwrap().to_owned());
+    }
+    let import = |first: u64| {
+        let http = http.clone();
+        let url = format!("{}/v1/batches?manufacturer=ACME", server.url);
+        let acme = tokens["acme"].clone();
+        async move {
+            let res = http
+                .post(url)
+                .bearer_auth(acme)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(cns_codes(first..=first + 99))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let v: Value = res.json().await.unwrap();
+            assert_eq!(status, 201, "{v}");
+            v["batch"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = import(1).await;
+    let archive = tmp.path().join("p11.backup");
+    run_ok(
+        plico()
+            .args(["backup", "--out"])
+            .arg(&archive)
+            .args(["--addr", &server.url, "--token-file"])
+            .arg(&admin_file),
+    );
+    let after = import(1001).await;
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+
+    // The archive names the token and its keys' labels and KCVs, and holds no state file.
+    let out = run_ok(
+        plico()
+            .arg("restore")
+            .arg(&archive)
+            .arg("--identity")
+            .arg(&identity_file)
+            .arg("--check"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("pkcs#11 token {label:?}")), "{text}");
+    let restored = tmp.path().join("restored");
+    run_ok(
+        plico()
+            .arg("restore")
+            .arg(&archive)
+            .arg("--data")
+            .arg(&restored)
+            .arg("--identity")
+            .arg(&identity_file),
+    );
+    assert!(!restored.join(SimulatedHsm::STATE_FILE).exists());
+    let pending: Value =
+        serde_json::from_slice(&std::fs::read(restored.join("restore-pending.json")).unwrap())
+            .unwrap();
+    let facts = &pending["token"];
+    assert_eq!(facts["token_label"], label.as_str(), "{pending}");
+    let labels: Vec<&str> = facts["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"plico-root") && labels.contains(&"plico-kek-1-code"),
+        "{labels:?}"
+    );
+    let backup_head = pending["audit_head"]["seq"].as_u64().unwrap();
+    std::fs::copy(&admin_file, restored.join("admin-token.txt")).unwrap();
+
+    // Without the ceremony: not served while pending; and, the marker taken away by hand,
+    // the token refuses the older chain at the unseal.
+    let err = run_fails(
+        plico()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&restored),
+    );
+    assert!(err.contains("--accept-rollback"), "{err}");
+    let marker = restored.join("restore-pending.json");
+    let aside = tmp.path().join("pending-aside.json");
+    std::fs::rename(&marker, &aside).unwrap();
+    let server = serve(&restored);
+    let status = unseal_with(&http, &server.url, &[&shares[0], &shares[2]]).await;
+    assert_ne!(status, 200, "the token accepted a store behind its anchor");
+    let (ready, _) = call(
+        &http,
+        &server.url,
+        None,
+        reqwest::Method::GET,
+        "/readyz",
+        None,
+    )
+    .await;
+    assert_eq!(ready, 503);
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    std::fs::rename(&aside, &marker).unwrap();
+
+    // The ceremony: one share, or no --config, is refused; the quorum is accepted.
+    let accept = |shares: &[usize], with_config: bool| {
+        let mut cmd = plico();
+        cmd.env("SOFTHSM2_CONF", &token.conf)
+            .args(["restore", "--accept-rollback", "--data"])
+            .arg(&restored);
+        for i in shares {
+            cmd.arg("--share")
+                .arg(share_dir.join(format!("share-{}-of-3.txt", i + 1)));
+        }
+        if with_config {
+            cmd.arg("--config").arg(&config);
+        }
+        cmd
+    };
+    let err = run_fails(&mut accept(&[1], true));
+    assert!(err.contains("quorum"), "{err}");
+    let err = run_fails(&mut accept(&[1, 2], false));
+    assert!(err.contains("--config"), "{err}");
+    assert!(marker.exists());
+    let out = run_ok(&mut accept(&[1, 2], true));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rollback accepted"), "{text}");
+    assert!(!marker.exists() && !restored.join("restore-token-anchor.json").exists());
+
+    // Served again and unsealed by another pair: the chain verifies against the token's
+    // anchor and records the gap; the backup's batch is there, the later one is not.
+    let server = serve(&restored);
+    assert_eq!(
+        unseal_with(&http, &server.url, &[&shares[2], &shares[0]]).await,
+        200
+    );
+    let auditor = Some(tokens["auditor"].as_str());
+    let (status, report) = call(
+        &http,
+        &server.url,
+        auditor,
+        reqwest::Method::GET,
+        "/v1/audit/verify",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report["problem"].is_null(), "{report}");
+    let (status, page) = call(
+        &http,
+        &server.url,
+        auditor,
+        reqwest::Method::GET,
+        "/v1/audit?action=backup.restore_accepted",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{page}");
+    let event = events[0].to_string();
+    assert!(
+        event.contains("\"token\""),
+        "the token's own anchor: {event}"
+    );
+    let held = event
+        .split("\"token_anchor_seq\"")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start_matches([':', ',', '"', ' '])
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse::<u64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no token_anchor_seq in {event}"));
+    assert!(
+        held > backup_head,
+        "the token's anchor {held} was not past the backup's head {backup_head}: the refused \
+         attempts moved it, or the later import was not anchored"
+    );
+    let (status, batches) = call(
+        &http,
+        &server.url,
+        auditor,
+        reqwest::Method::GET,
+        "/v1/batches",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{batches}");
+    let listed = batches.to_string();
+    assert!(listed.contains(&before), "{before} missing: {listed}");
+    assert!(!listed.contains(&after), "{after} restored: {listed}");
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+}

@@ -464,3 +464,80 @@ async fn keep_alive_survives_routes_that_ignore_their_body() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// The connection reserve serves the scrape: with the general cap held by idle connections,
+/// a new client gets a reserved connection, on which `/v1/batches` is `503 busy` but
+/// `/metrics` answers (with the scrape token), as `/healthz` and `/v1/sys/status` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserve_serves_metrics_while_the_cap_is_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let token_file = tmp.path().join("metrics.token");
+    let scrape = "reserve-scrape-token-0123456789abcdef";
+    std::fs::write(&token_file, format!("{scrape}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = plico();
+    cmd.env("RUST_LOG", "warn")
+        .env("PLICO_LIMITS_MAX_CONNECTIONS", "2")
+        .env("PLICO_LIMITS_RESERVED_CONNECTIONS", "4")
+        .env("PLICO_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "100")
+        .env("PLICO_METRICS_TOKEN_FILE", &token_file)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    let server = Server::start(cmd);
+    let addr: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+
+    // The general cap (2) held by idle connections from 127.0.0.1.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            connect_from(IpAddr::from([127, 0, 0, 1]), addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(held.iter().all(|s| !closed(s)), "the cap was not held");
+
+    // From another address, a new connection per request: each is a reserved one.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .local_address(IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let busy = client
+        .get(format!("{}/v1/batches", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        busy.status(),
+        503,
+        "not a reserved connection: the test proves nothing"
+    );
+    let body: Value = busy.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    let metrics = client
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(scrape)
+        .send()
+        .await
+        .unwrap();
+    let status = metrics.status();
+    let text = metrics.text().await.unwrap();
+    assert_eq!(status, 200, "/metrics on a reserved connection: {text}");
+    assert!(text.contains("plico_sealed"), "{text}");
+    for path in ["/healthz", "/v1/sys/status"] {
+        let r = client
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    drop(held);
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+}

@@ -24,6 +24,12 @@
 //!   (`account.reset_totp`). Fields added after the first records were written are
 //!   `#[serde(default)]`, so older records still read.
 //!
+//! - Authentication answers from an in-memory copy of the records it has read (every request
+//!   carries a token, and a store read per request would cost the API a blocking hop): any
+//!   change of any account empties the copy, so a disabled account or a replaced token stops
+//!   working at once, as before. A reader that read the store while a change was being made
+//!   does not keep what it read (a generation count decides).
+//!
 //! What it does not do: HTTP, sessions, rate limits, deciding which role may call what (the
 //! service's route table does that).
 
@@ -38,9 +44,10 @@ use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use zeroize::Zeroizing;
 
 /// Text every token starts with, so a leaked token is recognisable (secret scanners).
@@ -309,7 +316,20 @@ pub struct Accounts {
     rng: SystemRandom,
     /// Serialises read-modify-write of account records.
     write: Mutex<()>,
+    /// The records authentication has read, emptied on every change (see the module docs).
+    known: RwLock<KnownAccounts>,
 }
+
+/// Account records as last read from the store, for [`Accounts::authenticate`].
+#[derive(Default)]
+struct KnownAccounts {
+    /// Bumped by every change: a record read before a change is not kept after it.
+    generation: u64,
+    by_id: HashMap<String, Account>,
+}
+
+/// More accounts than a region has operators: past it the copy starts afresh.
+const KNOWN_ACCOUNTS_CAP: usize = 10_000;
 
 impl fmt::Debug for Accounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -360,7 +380,39 @@ impl Accounts {
             audit,
             rng: SystemRandom::new(),
             write: Mutex::new(()),
+            known: RwLock::new(KnownAccounts::default()),
         }
+    }
+
+    /// Forgets every record authentication read: called after each write of an account
+    /// (successful or not: forgetting is always safe).
+    fn forget_known(&self) {
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        known.generation = known.generation.wrapping_add(1);
+        known.by_id.clear();
+    }
+
+    /// The account `id` for authentication: from the in-memory copy, else from the store
+    /// (and kept, unless an account changed meanwhile).
+    fn known(&self, id: &str) -> Result<Option<Account>> {
+        let generation = {
+            let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(account) = known.by_id.get(id) {
+                return Ok(Some(account.clone()));
+            }
+            known.generation
+        };
+        let account = self.get(id)?;
+        if let Some(account) = &account {
+            let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+            if known.generation == generation {
+                if known.by_id.len() >= KNOWN_ACCOUNTS_CAP {
+                    known.by_id.clear();
+                }
+                known.by_id.insert(id.to_owned(), account.clone());
+            }
+        }
+        Ok(account)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -505,7 +557,9 @@ impl Accounts {
             account.id.as_bytes().to_vec(),
             encode(account)?,
         );
-        self.audit.commit(batch, event)?;
+        let committed = self.audit.commit(batch, event);
+        self.forget_known();
+        committed?;
         Ok(())
     }
 
@@ -799,7 +853,9 @@ impl Accounts {
         record.last_step = step;
         let mut batch = Batch::new();
         batch.put(Tree::Accounts, id.as_bytes().to_vec(), encode(&account)?);
-        self.store.apply(&batch)?;
+        let applied = self.store.apply(&batch);
+        self.forget_known();
+        applied?;
         Ok(true)
     }
 
@@ -832,16 +888,38 @@ impl Accounts {
         let Some((id, secret)) = parse_token(token.expose_secret()) else {
             return Ok(None);
         };
-        let Some(account) = self.get(id)? else {
+        let Some(account) = self.known(id)? else {
             return Ok(None);
         };
+        Ok(Self::matching(account, secret))
+    }
+
+    /// [`Self::authenticate`] without a store read: `Some(answer)` when the token is no token
+    /// or its account's record is in memory, `None` when only the store can answer (then call
+    /// [`Self::authenticate`] where blocking is allowed).
+    pub fn authenticate_in_memory(&self, token: &SecretString) -> Option<Option<Account>> {
+        let Some((id, secret)) = parse_token(token.expose_secret()) else {
+            return Some(None);
+        };
+        let account = self
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_id
+            .get(id)
+            .cloned()?;
+        Some(Self::matching(account, secret))
+    }
+
+    /// `account` if `secret` is its token's and it is enabled.
+    fn matching(account: Account, secret: &str) -> Option<Account> {
         let presented = hash_secret(secret);
         let same = aws_lc_rs::constant_time::verify_slices_are_equal(
             presented.as_bytes(),
             account.token_hash.as_bytes(),
         )
         .is_ok();
-        Ok((same && !account.disabled).then_some(account))
+        (same && !account.disabled).then_some(account)
     }
 }
 
@@ -877,6 +955,70 @@ mod tests {
             );
         }
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn tokens_answer_from_memory_until_any_account_changes() {
+        let (acc, _audit) = accounts_over(Arc::new(MemoryStore::new()));
+        let (a, token) = acc.create("Mario Rossi", Role::Operator, &admin()).unwrap();
+        let (b, other) = acc.create("Anna Bianchi", Role::Support, &admin()).unwrap();
+        // Not read yet: only the store can answer; a malformed token needs no store.
+        assert!(acc.authenticate_in_memory(&token).is_none());
+        assert_eq!(
+            acc.authenticate_in_memory(&SecretString::from("Bearer x".to_owned())),
+            Some(None)
+        );
+        assert!(acc.authenticate(&token).unwrap().is_some());
+        assert!(acc.authenticate(&other).unwrap().is_some());
+        let known = acc.authenticate_in_memory(&token).expect("kept in memory");
+        assert_eq!(known.map(|k| k.id), Some(a.id.clone()));
+        let mut wrong = token.expose_secret().to_owned();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(
+            acc.authenticate_in_memory(&SecretString::from(wrong)),
+            Some(None)
+        );
+
+        // A change of any account forgets every record: the disabled one is refused at once.
+        acc.disable(&b.id, &admin()).unwrap();
+        assert!(acc.authenticate_in_memory(&token).is_none());
+        assert!(acc.authenticate_in_memory(&other).is_none());
+        assert!(acc.authenticate(&other).unwrap().is_none());
+        assert_eq!(acc.authenticate_in_memory(&other), Some(None));
+        assert!(acc.authenticate(&token).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_token_read_while_its_account_is_disabled_is_not_kept() {
+        // Readers race a disable: once `disable` has returned, no read may answer the old
+        // record, from memory or from the store.
+        for _ in 0..20 {
+            let (acc, _audit) = accounts_over(Arc::new(MemoryStore::new()));
+            let acc = Arc::new(acc);
+            let (a, token) = acc.create("Mario Rossi", Role::Operator, &admin()).unwrap();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (acc, token, done) = (acc.clone(), token.clone(), done.clone());
+                    std::thread::spawn(move || {
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            let _ = acc.authenticate(&token).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            std::thread::yield_now();
+            acc.disable(&a.id, &admin()).unwrap();
+            for _ in 0..200 {
+                assert!(acc.authenticate(&token).unwrap().is_none());
+                assert!(!matches!(acc.authenticate_in_memory(&token), Some(Some(_))));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for r in readers {
+                r.join().unwrap();
+            }
+        }
     }
 
     #[test]
