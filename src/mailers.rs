@@ -19,9 +19,12 @@
 //!
 //! 1. marks every run found `running` as `interrupted`;
 //! 2. removes partial outputs (`.LABEL-NNNN.pdf.age.partial`, `.LABEL-NNNN.manifest.json.partial`);
-//! 3. writes the manifest of every recorded file that has its sealed file but no manifest,
-//!    from the record;
-//! 4. moves every sealed file or manifest of a file that no run recorded into
+//! 3. checks the manifest of every recorded file against the record (and the sealed file's
+//!    size against the recorded one): a manifest that does not match — damaged, cut or edited
+//!    — is moved into `OUT_DIR/.quarantine/` and reported, so the facility never reads it;
+//! 4. writes the manifest of every recorded file that has its sealed file, whole, but no
+//!    manifest, from the record;
+//! 5. moves every sealed file or manifest of a file that no run recorded into
 //!    `OUT_DIR/.quarantine/` (0700, hidden: the print facility reads only `*.manifest.json` at
 //!    the top of `OUT_DIR`), never overwriting what is there.
 //!
@@ -285,6 +288,12 @@ pub struct Recovery {
     /// Recorded files without a manifest whose sealed file does not have its recorded size:
     /// left without a manifest (not printable), logged as errors.
     pub damaged: Vec<String>,
+    /// Manifests of recorded files that did not match their record (unreadable, or saying
+    /// other counts, serials, digest or size), or whose sealed file did not have its recorded
+    /// size: moved to the quarantine folder, logged as errors. A fresh manifest is then
+    /// written from the record if the sealed file is whole (see `finished`), else the file
+    /// stays unprintable (see `damaged`).
+    pub rejected: Vec<String>,
     /// Recorded files with no sealed file in the output directory (collected by the print
     /// facility, or moved away): left alone.
     pub absent: u64,
@@ -324,7 +333,9 @@ pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
         }
     }
 
-    // Recorded files without a manifest: finish them from the record.
+    // Recorded files: a manifest that does not match its record is set aside; a file without
+    // a manifest is finished from the record.
+    let quarantine = out.join(QUARANTINE_DIR);
     let names: BTreeSet<String> = list_names(out)?.into_iter().collect();
     for name in &recorded {
         let Some(parsed) = parse_file_name(name) else {
@@ -335,27 +346,12 @@ pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
             done.absent += 1;
             continue;
         }
-        if names.contains(&manifest_name) {
-            continue;
-        }
         let facts = cms
             .print_file_facts(name)?
             .ok_or_else(|| vault::Error::Storage(format!("print file {name} is not recorded")))?;
         let size = std::fs::metadata(out.join(name))
             .map_err(|e| io_storage(&out.join(name), &e))?
             .len();
-        if size != facts.dir.sealed_bytes {
-            // Not a crash's leftover (a sealed file is fsynced before it is published and
-            // recorded): someone changed it. It stays without a manifest, so unprintable.
-            tracing::error!(
-                file = %name,
-                recorded_bytes = facts.dir.sealed_bytes,
-                bytes = size,
-                "recorded print file does not have its recorded size: left without a manifest"
-            );
-            done.damaged.push(name.clone());
-            continue;
-        }
         let manifest = Manifest {
             file: facts.dir.name.clone(),
             batch_label: facts.label,
@@ -369,13 +365,37 @@ pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
             sha256_clear_pdf: facts.dir.sha256_clear_pdf,
             sealed_bytes: facts.dir.sealed_bytes,
         };
+        if names.contains(&manifest_name) {
+            let Some(why) = manifest_problem(out, &manifest_name, &manifest, size) else {
+                continue;
+            };
+            let to = quarantine_file(&quarantine, &out.join(&manifest_name), &manifest_name)?;
+            tracing::error!(
+                file = %manifest_name,
+                problem = %why,
+                to = %to.display(),
+                "print manifest does not match its record: moved to quarantine"
+            );
+            done.rejected.push(manifest_name.clone());
+        }
+        if size != manifest.sealed_bytes {
+            // Not a crash's leftover (a sealed file is fsynced before it is published and
+            // recorded): someone changed it. It stays without a manifest, so unprintable.
+            tracing::error!(
+                file = %name,
+                recorded_bytes = manifest.sealed_bytes,
+                bytes = size,
+                "recorded print file does not have its recorded size: left without a manifest"
+            );
+            done.damaged.push(name.clone());
+            continue;
+        }
         write_manifest(out, &manifest).map_err(|e| vault::Error::Storage(e.to_string()))?;
         tracing::warn!(file = %name, "print file recorded without a manifest: manifest written at start-up");
         done.finished.push(name.clone());
     }
 
     // Files of no run: moved aside.
-    let quarantine = out.join(QUARANTINE_DIR);
     for name in list_names(out)? {
         let Some(parsed) = parse_file_name(&name) else {
             continue;
@@ -392,10 +412,14 @@ pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
         );
         done.quarantined.push(name);
     }
-    if !done.quarantined.is_empty() {
+    if !done.quarantined.is_empty() || !done.rejected.is_empty() {
         sync_dir(&quarantine)?;
     }
-    if !done.removed.is_empty() || !done.quarantined.is_empty() || !done.finished.is_empty() {
+    if !done.removed.is_empty()
+        || !done.quarantined.is_empty()
+        || !done.finished.is_empty()
+        || !done.rejected.is_empty()
+    {
         sync_dir(out)?;
     }
     if done.absent > 0 {
@@ -405,6 +429,52 @@ pub fn recover(cms: &Cards, setup: &PrintSetup) -> vault::Result<Recovery> {
         );
     }
     Ok(done)
+}
+
+/// What is wrong with the manifest `manifest_name` in `out`, given the manifest `recorded`
+/// that the vault's record makes and the `sealed_size` of the sealed file: `None` when it says
+/// what the record says and the sealed file has the recorded size. (The sealed file's content
+/// is checked by the facility: age authenticates it, and the manifest carries the clear PDF's
+/// SHA-256.)
+fn manifest_problem(
+    out: &Path,
+    manifest_name: &str,
+    recorded: &Manifest,
+    sealed_size: u64,
+) -> Option<String> {
+    let bytes = match std::fs::read(out.join(manifest_name)) {
+        Ok(b) => b,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    let found: Manifest = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("not a manifest: {e}")),
+    };
+    let mut wanted = recorded.clone();
+    // A manifest may list its numbers even when they are consecutive.
+    if let Some(numbers) = &found.numbers {
+        let consecutive = numbers.len() as u64 == wanted.count
+            && numbers
+                .iter()
+                .zip(wanted.first_number..)
+                .all(|(n, want)| *n == want);
+        if consecutive {
+            wanted.numbers = Some(numbers.clone());
+        }
+    }
+    if found != wanted {
+        return Some(format!(
+            "it says other facts than the record of {} (count, serials, numbers, digest or size)",
+            recorded.file
+        ));
+    }
+    if sealed_size != recorded.sealed_bytes {
+        return Some(format!(
+            "the sealed file {} has {sealed_size} bytes, its record {}",
+            recorded.file, recorded.sealed_bytes
+        ));
+    }
+    None
 }
 
 /// Moves `from` into `quarantine` (made 0700 if missing) under `name`, or `name.1`, `name.2`…

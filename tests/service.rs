@@ -27,7 +27,10 @@
 //! SoftHSM2 token (init, serve, unseal, rotate killed and resumed, retire, pin_file) is in
 //! `service/pkcs11.rs`; the emergency seal in `service/seal.rs` (and its effect on the
 //! delivery workers in `service/delivery.rs`). `plico config check`, the shipped and packaged
-//! configurations, completions and man pages are in `service/config_check.rs`.
+//! configurations, completions and man pages are in `service/config_check.rs`. Damaged disks
+//! (store files, the HSM's state file, print manifests flipped and cut, each case in a child
+//! process) are in `service/damaged_store.rs`; a store that fails writes and flushes under a
+//! mixed workload, and the service that recovers by itself, in `service/failing_writes.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]
@@ -51,12 +54,16 @@ mod crash_loops;
 mod console;
 #[path = "service/console_browser.rs"]
 mod console_browser;
+#[path = "service/damaged_store.rs"]
+mod damaged_store;
 #[path = "service/delivery.rs"]
 mod delivery;
 #[path = "service/dispatch_crash.rs"]
 mod dispatch_crash;
 #[path = "service/dispatch.rs"]
 mod dispatches;
+#[path = "service/failing_writes.rs"]
+mod failing_writes;
 #[path = "service/hostile.rs"]
 mod hostile;
 #[path = "service/import_crash.rs"]

@@ -451,6 +451,10 @@ impl SimulatedHsm {
     }
 
     /// Checks a share against the current set; returns it parsed.
+    ///
+    /// A share that does not match the set in the state file is refused; since the file may be
+    /// what changed, each refusal's text says so too ([`ShareRefusal`]'s display; the file's
+    /// path is for the operator's log, not for the custodian's answer, so it is not named).
     fn admit(file: &StateFile, text: &SecretString) -> Result<Share> {
         let share = Share::parse(text).map_err(ShareRefusal::Malformed)?;
         let set = &file.body.share_set;
@@ -637,7 +641,16 @@ impl Hsm for SimulatedHsm {
             });
         }
         let pending = std::mem::replace(&mut inner.pending, Vec::with_capacity(MAX_SHARES));
-        let keys = Self::open_keys(&inner.file, &pending)?;
+        // Admitted shares that open the root key are right: a state that then fails its MAC
+        // (or a KEK that does not open under the verified root) is a damaged or edited file.
+        let keys = Self::open_keys(&inner.file, &pending).map_err(|e| match e {
+            Error::Integrity => Error::Storage(format!(
+                "{}: the hsm state does not verify under its mac: the file is damaged or was \
+                 edited",
+                self.dir.join(Self::STATE_FILE).display()
+            )),
+            other => other,
+        })?;
         inner.unsealed = Some(keys);
         Ok(UnsealProgress {
             sealed: false,

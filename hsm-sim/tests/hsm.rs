@@ -318,7 +318,46 @@ fn an_edited_state_file_is_refused_at_unseal() {
     std::fs::write(&path, edited).unwrap();
     let hsm = SimulatedHsm::open(dir.path()).unwrap();
     hsm.unseal(&shares[0]).unwrap();
-    assert!(matches!(hsm.unseal(&shares[1]), Err(Error::Integrity)));
+    // The shares are right (they open the root key): the refusal names the damaged file.
+    match hsm.unseal(&shares[1]) {
+        Err(Error::Storage(why)) => {
+            assert!(why.contains(&path.display().to_string()), "{why}");
+            assert!(why.contains("damaged or was edited"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(hsm.status().sealed);
+}
+
+#[test]
+fn a_share_refused_for_a_damaged_state_file_says_the_file_may_be_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hsm, shares) = init(dir.path(), 2, 2);
+    drop(hsm);
+    let path = dir.path().join(SimulatedHsm::STATE_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // One hex digit of share 1's digest changed, as a flipped byte on disk would.
+    let digest = state["body"]["share_set"]["digests"]["1"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = if digest.starts_with('0') { "1" } else { "0" };
+    state["body"]["share_set"]["digests"]["1"] = format!("{first}{}", &digest[1..]).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let hsm = SimulatedHsm::open(dir.path()).unwrap();
+    let share_one = shares
+        .iter()
+        .find(|s| hsm.unseal(s).is_err())
+        .expect("the share whose digest changed is refused");
+    match hsm.unseal(share_one) {
+        Err(Error::Share(refusal @ vault::ShareRefusal::NotIssued { .. })) => {
+            let why = refusal.to_string();
+            assert!(why.contains("state file is damaged"), "{why}");
+            assert!(!why.contains(share_one.expose_secret()), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(hsm.status().sealed);
 }
 

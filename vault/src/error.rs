@@ -1253,6 +1253,10 @@ impl ShareRefusal {
     }
 }
 
+/// The other explanation of a share that does not match the HSM's stored share set: the
+/// stored set may be what changed (a damaged state file).
+const OR_DAMAGED: &str = " (or the hsm's state file is damaged)";
+
 impl fmt::Display for ShareRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -1260,7 +1264,7 @@ impl fmt::Display for ShareRefusal {
             ShareRefusal::ForeignSet { got, held } => write!(
                 f,
                 "this share belongs to share set {got}, but this hsm uses set {held}: it is from \
-                 another hsm or from before a rekey"
+                 another hsm or from before a rekey{OR_DAMAGED}"
             ),
             ShareRefusal::OtherSetPending { got, pending } => write!(
                 f,
@@ -1278,11 +1282,16 @@ impl fmt::Display for ShareRefusal {
             } => write!(
                 f,
                 "share {x} says {threshold} of {shares}, but set {set} is {set_threshold} of \
-                 {set_shares}"
+                 {set_shares}{OR_DAMAGED}"
             ),
-            ShareRefusal::NoSuchShare { set, x } => write!(f, "set {set} has no share {x}"),
+            ShareRefusal::NoSuchShare { set, x } => {
+                write!(f, "set {set} has no share {x}{OR_DAMAGED}")
+            }
             ShareRefusal::NotIssued { set, x } => {
-                write!(f, "share {x} of set {set} is not the share this hsm issued")
+                write!(
+                    f,
+                    "share {x} of set {set} is not the share this hsm issued{OR_DAMAGED}"
+                )
             }
             ShareRefusal::NotCurrent => f.write_str("not a share of the current set"),
             ShareRefusal::AlreadySubmitted { x, more } => write!(

@@ -6,6 +6,8 @@
 //! trees (2,700 against 1,500 flushed batches a second). sled writes are durable only after a
 //! flush: [`Store::apply`] flushes before it returns. sled can panic on some damaged files;
 //! opening catches that and reports the directory, so a damaged store is an error at start-up.
+//! sled also trusts a damaged `conf` file (it only logs the bad checksum), so opening checks
+//! that file's checksum first.
 
 use super::{Batch, Entries, Op, Store, Tree};
 use crate::error::{Error, Result};
@@ -36,6 +38,66 @@ fn end_of(tree: Tree) -> Vec<u8> {
 
 fn storage(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("store {}: {what}: {e}", path.display()))
+}
+
+/// The error of a failed open, saying which of the likely causes it is: another process
+/// holding the directory, damaged files, or anything else sled reports.
+fn open_error(dir: &Path, e: &sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            storage(dir, "cannot open (is a server already using it?)", e)
+        }
+        sled::Error::Corruption { .. } => storage(dir, "cannot open: the store is damaged", e),
+        _ => storage(dir, "cannot open", e),
+    }
+}
+
+/// sled's file of storage parameters in a store's directory (segment size, compression,
+/// version), followed by a CRC-32 of them.
+const SLED_CONF: &str = "conf";
+
+/// Checks sled's `conf` file before sled reads it. sled logs a checksum mismatch and carries
+/// on with whatever the damaged file says (a wrong segment size makes it misread the whole
+/// log), and takes a file cut to 8 bytes or fewer as no file at all (its defaults): either
+/// would open a damaged store as if it were sound. A store without a `conf` yet is new.
+///
+/// # Errors
+/// [`Error::Storage`] naming the file when it is unreadable, cut short or fails its checksum.
+fn check_conf(dir: &Path) -> Result<()> {
+    let path = dir.join(SLED_CONF);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(storage(&path, "cannot read", e)),
+    };
+    let damaged = |why: &str| storage(&path, "the store is damaged", why);
+    let Some(split) = bytes.len().checked_sub(4).filter(|n| *n > 4) else {
+        return Err(damaged("the file is cut short"));
+    };
+    let (params, crc) = bytes.split_at(split);
+    // `split_at` left exactly four bytes.
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32(params) != stored {
+        return Err(damaged("its checksum does not match its contents"));
+    }
+    Ok(())
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as sled computes it; bit by bit, for a file of a few dozen
+/// bytes.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 impl SledStore {
@@ -71,6 +133,7 @@ impl SledStore {
     }
 
     fn open_once(dir: &Path, cache_bytes: Option<u64>) -> Result<Self> {
+        check_conf(dir)?;
         let path = dir.to_path_buf();
         let opened = std::panic::catch_unwind(|| -> std::result::Result<_, sled::Error> {
             // No background flusher: every `apply` flushes itself, and without that thread the
@@ -86,11 +149,7 @@ impl SledStore {
         });
         match opened {
             Ok(Ok((db, tree))) => Ok(SledStore { path, db, tree }),
-            Ok(Err(e)) => Err(storage(
-                dir,
-                "cannot open (is a server already using it?)",
-                e,
-            )),
+            Ok(Err(e)) => Err(open_error(dir, &e)),
             Err(_) => Err(storage(
                 dir,
                 "cannot open",
@@ -208,6 +267,38 @@ mod tests {
             let s = SledStore::open(dir.path()).unwrap();
             crate::store::contract::run(&s);
         }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Tree::Meta, b"x").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_checksum() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn a_damaged_conf_file_is_refused_by_name_before_sled_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            crate::store::contract::run(&s);
+        }
+        let conf = dir.path().join(SLED_CONF);
+        let sound = std::fs::read(&conf).unwrap();
+        let text = String::from_utf8_lossy(&sound);
+        assert!(text.starts_with("segment_size: "), "{text}");
+        // A digit of the segment size changed (sled only logs the bad checksum), then the file
+        // cut to 8 bytes (sled takes that for no file and uses its defaults).
+        let mut flipped = sound.clone();
+        flipped[14] = if flipped[14] == b'1' { b'2' } else { b'1' };
+        for damaged in [flipped, sound[..8].to_vec()] {
+            std::fs::write(&conf, &damaged).unwrap();
+            let err = SledStore::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(&conf.display().to_string()), "{err}");
+            assert!(err.contains("the store is damaged"), "{err}");
+        }
+        std::fs::write(&conf, &sound).unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.get(Tree::Meta, b"x").unwrap(), Some(b"2".to_vec()));
     }
