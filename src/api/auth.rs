@@ -73,9 +73,7 @@ impl Caller {
 
     /// An audit event by this caller.
     pub fn event(&self, action: &str, subject: impl Into<String>) -> NewEvent {
-        NewEvent::new(action, subject)
-            .by(self.account.id.clone(), self.account.role.as_str())
-            .request(self.request_id.clone())
+        NewEvent::new(action, subject).by_actor(&self.actor())
     }
 }
 
@@ -227,8 +225,7 @@ pub(super) async fn authorize(State(rule): State<Rule>, mut req: Request, next: 
         );
         let audit = rule.state.audit.clone();
         let event = NewEvent::new("auth.forbidden", rule.path)
-            .by(account.id.clone(), account.role.as_str())
-            .request(request_id.clone())
+            .by_actor(&Actor::account(&account, request_id.clone()))
             .outcome(Outcome::Refused)
             .detail("method", req.method().as_str());
         if let Err(e) = blocking(move || audit.append(event)).await {

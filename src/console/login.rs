@@ -122,9 +122,13 @@ pub(super) async fn login_page(
 
 /// An audit event of the console's login flow, by `who` (an account id, or `unknown`).
 pub(super) fn auth_event(action: &str, who: &str, role: &str, request_id: &RequestId) -> NewEvent {
+    let actor = Actor {
+        id: who.to_owned(),
+        role: role.to_owned(),
+        request_id: request_id.0.clone(),
+    };
     NewEvent::new(action, who)
-        .by(who.to_owned(), role.to_owned())
-        .request(request_id.0.clone())
+        .by_actor(&actor)
         .detail("via", "console")
 }
 
