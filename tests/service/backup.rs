@@ -7,7 +7,7 @@
 //! backup), and never for a job the backup records as sent.
 
 use super::batches::{codes_of, serial};
-use super::dispatch_crash::{cns_codes, count_files, messages, populate, sigkill, SALT};
+use super::dispatch_crash::{cns_codes, count_files, messages, populate, SALT};
 use super::peers::smtp_sink;
 use super::*;
 use cards::JobState;
@@ -17,16 +17,6 @@ use vault::SledStore;
 const CARDS: u64 = 1_000;
 /// Cards of the import that runs during the backup (serials after the dispatched ones).
 const IMPORTED: u64 = 50_000;
-
-fn start(data: &Path, config: &Path) -> Server {
-    let mut cmd = plico();
-    cmd.env("RUST_LOG", "warn")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .arg("--config")
-        .arg(config);
-    Server::start(cmd)
-}
 
 /// The restored store, unsealed offline with the dev share.
 fn open_offline(data: &Path) -> AppState {
@@ -112,7 +102,7 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
     .unwrap();
 
     // Delivering: wait for a fifth of the messages, then an import and the backup at once.
-    let server = start(&data, &config);
+    let server = Server::dev(&data, Some(&config));
     let deadline = Instant::now() + Duration::from_secs(120);
     while count_files(&mail) < (CARDS / 5) as usize {
         assert!(Instant::now() < deadline, "the workers did not send");
@@ -156,7 +146,7 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
     let imported = import.await.unwrap().unwrap();
     eprintln!("backup test: the concurrent import answered {imported}");
     // The disaster: the server dies, with deliveries still going.
-    sigkill(server);
+    server.sigkill();
     let sent_by_original = count_files(&mail);
 
     // Restore: refused into a non-empty directory, and with the wrong identity.
@@ -305,7 +295,7 @@ async fn backup_while_importing_and_delivering_restores_and_resumes() {
     assert!(sent_in_backup.len() <= sent_after_backup);
 
     // Served again: delivery resumes and finishes.
-    let server = start(&restored, &config);
+    let server = Server::dev(&restored, Some(&config));
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let ids: BTreeSet<String> = messages(&mail).into_iter().map(|m| m.1).collect();

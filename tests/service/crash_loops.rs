@@ -42,7 +42,7 @@
 //! duplicates"). Then the server stops cleanly and the chain verifies once more.
 
 use super::batches::{mix, serial};
-use super::dispatch_crash::{messages, sigkill};
+use super::dispatch_crash::messages;
 use super::peers::{free_ports, smtp_sink, Kannel};
 use super::support::{cf, cns_codes_file, identification};
 use super::*;
@@ -1043,7 +1043,7 @@ async fn a_mixed_workload_survives_sigkill_at_random_moments() {
         let job = tokio::spawn(workload(api, model, Rng(rng.next())));
         let delay = Duration::from_millis(rng.below(MAX_DELAY_MS));
         tokio::time::sleep(delay).await;
-        sigkill(server);
+        server.sigkill();
         model = job.await.unwrap();
         let cut = model.under_way.unwrap_or("-");
         server = start(&p);

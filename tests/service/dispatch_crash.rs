@@ -173,28 +173,11 @@ pub(super) fn count_files(mail: &Path) -> usize {
     std::fs::read_dir(mail).map(|d| d.count()).unwrap_or(0)
 }
 
-fn start(data: &Path, config: Option<&Path>) -> Server {
-    let mut cmd = plico();
-    cmd.env("RUST_LOG", "warn")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    Server::start(cmd)
-}
-
-pub(super) fn sigkill(mut server: Server) {
-    let mut child = server.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let first = start(&data, None);
+    let first = Server::dev(&data, None);
     let (status, _) = first.terminate();
     assert!(status.success(), "{status}");
     let d = data.clone();
@@ -219,7 +202,7 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
     .unwrap();
 
     // Killed while sending: between 20 % and 60 % of the messages received.
-    let server = start(&data, Some(&config));
+    let server = Server::dev(&data, Some(&config));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -230,7 +213,7 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
         assert!(Instant::now() < deadline, "the workers did not send");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sigkill(server);
+    server.sigkill();
     let at_kill = count_files(&mail);
     eprintln!(
         "dispatch crash test: killed after {at_kill} of {CARDS} messages (aimed at {kill_at})"
@@ -241,7 +224,7 @@ async fn ten_thousand_jobs_survive_sigkill_with_duplicates_bounded_by_the_window
     );
 
     // Restarted: the rest is sent.
-    let server = start(&data, Some(&config));
+    let server = Server::dev(&data, Some(&config));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if count_files(&mail) >= CARDS as usize {

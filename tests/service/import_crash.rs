@@ -112,20 +112,6 @@ async fn upload(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn start(data: &Path) -> Server {
-    let mut cmd = plico();
-    cmd.env("RUST_LOG", "warn")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
-    Server::start(cmd)
-}
-
-fn sigkill(mut server: Server) {
-    let mut child = server.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 async fn batches(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
     let v: Value = client
         .get(format!("{url}/v1/batches?limit=1000"))
@@ -203,7 +189,7 @@ async fn a_million_line_import_survives_sigkill_at_random_moments() {
 
     // Round 0: uninterrupted, to measure the import.
     let data = tmp.path().join("round-0");
-    let server = start(&data);
+    let server = Server::dev(&data, None);
     let tokens = make_accounts(&client, &server.url, &data).await;
     let began = Instant::now();
     let (status, answer) = upload(
@@ -227,7 +213,7 @@ async fn a_million_line_import_survives_sigkill_at_random_moments() {
     let mut absent = 0;
     for round in 1..=ROUNDS {
         let data = tmp.path().join(format!("round-{round}"));
-        let server = start(&data);
+        let server = Server::dev(&data, None);
         let tokens = make_accounts(&client, &server.url, &data).await;
         let mean = imports.iter().sum::<Duration>() / imports.len() as u32;
         let fraction = 0.02 + 1.23 * ((round - 1) as f64 + rng.unit()) / ROUNDS as f64;
@@ -239,11 +225,11 @@ async fn a_million_line_import_survives_sigkill_at_random_moments() {
             file.clone(),
         ));
         tokio::time::sleep(delay).await;
-        sigkill(server);
+        server.sigkill();
         let answered = job.await.unwrap();
         let answered_201 = matches!(answered, Ok((201, _)));
 
-        let server = start(&data);
+        let server = Server::dev(&data, None);
         let url = server.url.clone();
         let listed = batches(&client, &url, &tokens.admin).await;
         let complete = match listed.as_slice() {

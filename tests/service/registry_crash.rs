@@ -121,20 +121,6 @@ async fn upload(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn start(data: &Path) -> Server {
-    let mut cmd = plico();
-    cmd.env("RUST_LOG", "warn")
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
-    Server::start(cmd)
-}
-
-fn sigkill(mut server: Server) {
-    let mut child = server.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 /// How many of `picks` the server knows (`GET /v1/cards/{serial}`: 200, else 404).
 async fn known_cards(client: &reqwest::Client, url: &str, token: &str, picks: &[u64]) -> usize {
     let mut known = 0;
@@ -224,7 +210,7 @@ async fn a_bulk_registry_import_survives_sigkill_at_random_moments() {
 
     // Round 0: uninterrupted, to measure the import.
     let data = tmp.path().join("round-0");
-    let server = start(&data);
+    let server = Server::dev(&data, None);
     let (cms, _) = make_accounts(&client, &server.url, &data).await;
     let began = Instant::now();
     let (status, answer) = upload(client.clone(), server.url.clone(), cms, file.clone())
@@ -243,7 +229,7 @@ async fn a_bulk_registry_import_survives_sigkill_at_random_moments() {
     let mut absent = 0;
     for round in 1..=rounds {
         let data = tmp.path().join(format!("round-{round}"));
-        let server = start(&data);
+        let server = Server::dev(&data, None);
         let (cms, auditor) = make_accounts(&client, &server.url, &data).await;
         let mean = imports.iter().sum::<Duration>() / imports.len() as u32;
         let fraction = 0.02 + 1.23 * ((round - 1) as f64 + rng.unit()) / rounds as f64;
@@ -255,11 +241,11 @@ async fn a_bulk_registry_import_survives_sigkill_at_random_moments() {
             file.clone(),
         ));
         tokio::time::sleep(delay).await;
-        sigkill(server);
+        server.sigkill();
         let answered = job.await.unwrap();
         let applied = matches!(&answered, Ok((200, a)) if a["outcome"] == "applied");
 
-        let server = start(&data);
+        let server = Server::dev(&data, None);
         let url = server.url.clone();
         let mut picks: Vec<u64> = (0..40).map(|_| rng.next() % holders + 1).collect();
         picks.extend([1, holders]);

@@ -482,6 +482,26 @@ impl Server {
         }
     }
 
+    /// `plico serve --dev` on `data` (with `config`, if given), on a free loopback port,
+    /// logging warnings only.
+    pub(super) fn dev(data: &Path, config: Option<&Path>) -> Server {
+        let mut cmd = plico();
+        cmd.env("RUST_LOG", "warn")
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        Server::start(cmd)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub(super) fn sigkill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// The process id.
     pub(super) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
