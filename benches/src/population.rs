@@ -123,10 +123,11 @@ pub(super) fn registry(
         cms.import_registry(hsm, audit, &entries, today, actor)?;
         let mut b = Batch::new();
         for s in chunk {
-            let bytes = store
-                .get(Tree::Cards, s.as_bytes())?
+            // Read through the registry: a large file lives in bulk segments, and the active
+            // record written below into the per-entry tree wins over it.
+            let mut card: CardRecord = cms
+                .card(s)?
                 .context("card record missing after the registry import")?;
-            let mut card: CardRecord = serde_json::from_slice(&bytes)?;
             card.state = CardState::Active;
             b.put(
                 Tree::Cards,
