@@ -146,12 +146,7 @@ async fn audited_actions(url: &str, admin: &str, round: u64, cf_code: &str) {
         tokens.insert(role, v["token"].as_str().unwrap().to_owned());
     }
     let first = FIRST + round * CARDS / 2;
-    let file: String = (first..first + CARDS / 2)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect();
+    let file = super::support::cns_codes_file(first..=first + CARDS / 2 - 1, SALT);
     let res = call(
         reqwest::Method::POST,
         "/v1/batches?manufacturer=ACME",

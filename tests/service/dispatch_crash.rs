@@ -39,12 +39,7 @@ pub(super) const SALT: u64 = 0xD15B;
 /// A manufacturer file of cards `serials` under [`SALT`]: `serial;PIN;PUK` lines with the CNS
 /// policy's 5-digit PIN and 8-digit PUK.
 pub(super) fn cns_codes(serials: std::ops::RangeInclusive<u64>) -> String {
-    serials
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect()
+    super::support::cns_codes_file(serials, SALT)
 }
 
 fn actor() -> Actor {

@@ -660,12 +660,7 @@ fn start_slow(data: &Path, pause_ms: u64) -> Server {
 
 /// The CNS code file of batch `b` (cards `100 b + 1 ..= 100 b + 10`): 5-digit PINs.
 fn cns_file(b: u64) -> String {
-    (100 * b + 1..=100 * b + 10)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect()
+    super::support::cns_codes_file(100 * b + 1..=100 * b + 10, SALT)
 }
 
 struct Real {

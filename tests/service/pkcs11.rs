@@ -17,12 +17,7 @@ const SALT: u64 = 0x7063_6b73;
 const BATCHES: u64 = 16;
 
 fn cns_file(b: u64) -> String {
-    (100 * b + 1..=100 * b + 10)
-        .map(|n| {
-            let (pin, puk) = codes_of(n, SALT);
-            format!("{};{};{puk}\n", serial(n), &pin[..5])
-        })
-        .collect()
+    super::support::cns_codes_file(100 * b + 1..=100 * b + 10, SALT)
 }
 
 fn start(config: &Path, data: &Path, pause_ms: u64) -> Server {
