@@ -46,6 +46,7 @@ pub mod edge;
 pub mod ids;
 pub mod mailers;
 pub mod metrics;
+pub mod process;
 pub mod tls;
 
 use axum::Router;

@@ -35,8 +35,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Disables core dumps and marks the process non-dumpable. Returns what could not be done:
-/// logging is not set up yet when this runs.
+/// Disables core dumps, marks the process non-dumpable and turns transparent huge pages off
+/// (see `plico::process`). Returns what could not be done: logging is not set up yet when
+/// this runs.
 fn harden_process() -> Vec<String> {
     use nix::sys::resource::{setrlimit, Resource};
     let mut problems = Vec::new();
@@ -46,6 +47,7 @@ fn harden_process() -> Vec<String> {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         problems.push(format!("could not make the process non-dumpable: {e}"));
     }
+    problems.extend(plico::process::disable_transparent_huge_pages());
     problems
 }
 

@@ -208,10 +208,15 @@ pub(crate) fn bench_hsm(kind: BenchHsm, dir: &Path) -> anyhow::Result<BenchHsmIn
 }
 
 fn main() -> ExitCode {
+    // As the service does (see `plico::process`): the figures are the service's.
+    let thp = plico::process::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(problem) = thp {
+        eprintln!("plico-bench: {problem}; continuing");
+    }
     match run(BenchArgs::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
