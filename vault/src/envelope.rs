@@ -300,6 +300,11 @@ impl Opener {
         self.id
     }
 
+    /// The purpose of that key, as the keyring recorded it when the opener was built.
+    pub fn purpose(&self) -> KeyPurpose {
+        self.purpose
+    }
+
     /// Decrypts an envelope that must belong to `subject`.
     ///
     /// # Errors
