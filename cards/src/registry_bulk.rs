@@ -300,10 +300,31 @@ impl BulkView {
         self.0.is_empty()
     }
 
-    fn segment(store: &dyn Store, file: u64, tree: Tree, segment: usize) -> Result<Vec<u8>> {
-        store
-            .get(Tree::RegistrySegments, &segment_key(file, tree, segment))?
-            .ok_or_else(|| damaged_segment(file, tree, segment))
+    /// Runs `read` on segment `segment` of `tree` in `file`, parsed in place in the store's
+    /// copy of it (a read needs one entry or a few keys of up to 32 KiB: nothing is copied
+    /// but what `read` takes). `read` answers `None` when the segment does not hold together.
+    fn with_segment<T>(
+        store: &dyn Store,
+        file: u64,
+        tree: Tree,
+        segment: usize,
+        read: impl FnOnce(&Segment<'_>) -> Option<T>,
+    ) -> Result<T> {
+        let mut read = Some(read);
+        let mut out = None;
+        let found = store.read_with(
+            Tree::RegistrySegments,
+            &segment_key(file, tree, segment),
+            &mut |bytes| {
+                if let Some(read) = read.take() {
+                    out = Segment::parse(bytes).and_then(|seg| read(&seg));
+                }
+            },
+        )?;
+        match out {
+            Some(v) if found => Ok(v),
+            _ => Err(damaged_segment(file, tree, segment)),
+        }
     }
 
     /// The value of `key` in `tree` in the newest file holding it.
@@ -315,18 +336,18 @@ impl BulkView {
             let Some(at) = f.tree(tree).and_then(|d| d.segment_of(key)) else {
                 continue;
             };
-            let bytes = Self::segment(store, f.id, tree, at)?;
-            let seg = Segment::parse(&bytes).ok_or_else(|| damaged_segment(f.id, tree, at))?;
-            let i = seg
-                .lower_bound(key)
-                .ok_or_else(|| damaged_segment(f.id, tree, at))?;
-            if i < seg.len() {
-                let (k, v) = seg
-                    .entry(i)
-                    .ok_or_else(|| damaged_segment(f.id, tree, at))?;
-                if k == key {
-                    return Ok(Some(v.to_vec()));
+            let value = Self::with_segment(store, f.id, tree, at, |seg| {
+                let i = seg.lower_bound(key)?;
+                if i < seg.len() {
+                    let (k, v) = seg.entry(i)?;
+                    if k == key {
+                        return Some(Some(v.to_vec()));
+                    }
                 }
+                Some(None)
+            })?;
+            if value.is_some() {
+                return Ok(value);
             }
         }
         Ok(None)
@@ -352,24 +373,24 @@ impl BulkView {
                 continue;
             };
             let mut taken = 0;
-            'segments: for at in start..dir.first.len() {
+            for at in start..dir.first.len() {
                 if to.is_some_and(|to| dir.first[at].as_slice() >= to) {
                     break;
                 }
-                let bytes = Self::segment(store, f.id, tree, at)?;
-                let seg = Segment::parse(&bytes).ok_or_else(|| damaged_segment(f.id, tree, at))?;
-                let first = seg
-                    .lower_bound(from)
-                    .ok_or_else(|| damaged_segment(f.id, tree, at))?;
-                for i in first..seg.len() {
-                    let (k, _) = seg
-                        .entry(i)
-                        .ok_or_else(|| damaged_segment(f.id, tree, at))?;
-                    if to.is_some_and(|to| k >= to) || taken == limit {
-                        break 'segments;
+                // Whether this file has given all it can: past `to`, or `limit` keys.
+                let done = Self::with_segment(store, f.id, tree, at, |seg| {
+                    for i in seg.lower_bound(from)?..seg.len() {
+                        let (k, _) = seg.entry(i)?;
+                        if to.is_some_and(|to| k >= to) || taken == limit {
+                            return Some(true);
+                        }
+                        out.push(k.to_vec());
+                        taken += 1;
                     }
-                    out.push(k.to_vec());
-                    taken += 1;
+                    Some(false)
+                })?;
+                if done {
+                    break;
                 }
             }
         }

@@ -180,6 +180,21 @@ impl Store for SledStore {
             .map_err(|e| self.err(tree, "read failed", e))
     }
 
+    fn read_with(&self, tree: Tree, key: &[u8], read: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        // sled hands out its cached value (reference counted above 22 bytes): no copy.
+        let value = self
+            .tree
+            .get(prefixed(tree, key))
+            .map_err(|e| self.err(tree, "read failed", e))?;
+        Ok(match value {
+            Some(v) => {
+                read(&v);
+                true
+            }
+            None => false,
+        })
+    }
+
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Entries> {
         let start = prefixed(tree, from);
         let end = to.map_or_else(|| end_of(tree), |to| prefixed(tree, to));
