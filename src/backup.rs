@@ -370,6 +370,10 @@ impl Store for SnapshotStore {
         self.write(batch)?;
         self.flush()
     }
+
+    fn writes(&self) -> vault::Writes {
+        self.inner.writes()
+    }
 }
 
 /// A backup's view of the store as it was at [`SnapshotStore::begin`]. Dropping it ends the

@@ -423,6 +423,16 @@ fn full_registry(state: &AppState) -> vault::Result<Registry> {
     dispatch_registry(&mut r, state)?;
     print_metrics(&mut r, state)?;
     key_metrics(&mut r, state);
+    r.register(
+        "plico_store_writes_refused",
+        "whether the store refuses writes: 0 no, 1 for now (a full or failing disk), 2 until \
+         the service is restarted",
+        gauge(match state.store.writes() {
+            vault::Writes::Working => 0,
+            vault::Writes::Failing => 1,
+            vault::Writes::Stuck => 2,
+        }),
+    );
     disk_metrics(&mut r, state);
     Ok(r)
 }

@@ -30,7 +30,8 @@
 //! configurations, completions and man pages are in `service/config_check.rs`. Damaged disks
 //! (store files, the HSM's state file, print manifests flipped and cut, each case in a child
 //! process) are in `service/damaged_store.rs`; a store that fails writes and flushes under a
-//! mixed workload, and the service that recovers by itself, in `service/failing_writes.rs`.
+//! mixed workload, and the service that recovers by itself (and the `plico` binary on sled under
+//! a file size limit, which answers 503 until it is restarted), in `service/failing_writes.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "service/accounts.rs"]

@@ -22,8 +22,16 @@
 //!    ones were answered, up to 256 outstanding (beyond that it is skipped and counted: the
 //!    offered rate was not served). The load generator is one thread of its own.
 //! 4. Resident memory (`VmRSS` of this process: the service and the load generator, which
-//!    keeps fixed-size histograms only) after the warm-up (a fifth of the run, at most one
-//!    minute) and at the end; a line a minute on stderr.
+//!    keeps fixed-size histograms only) after the warm-up (half the run) and at the end; a
+//!    line a minute on stderr with the threads and the store's size on disk.
+//!
+//! The warm-up is long enough for the bounded caches to fill, so that the growth after it is
+//! growth without a bound: sled's page cache is set to `[store] cache_mib`'s minimum, 64 MiB,
+//! unless `--cache-mib` says otherwise (the store grows by about 8 MiB a minute at the
+//! default rate, so the cache is full within the first quarter hour of a 30-minute run; at
+//! sled's default of 1 GiB it would still be filling at the end, and its growth says nothing
+//! of a leak). The thread of every vault call in flight was such a growth until vault calls
+//! were bounded (`plico::api::MAX_VAULT_CALLS`).
 //!
 //! Every answer is expected to be a success (`200`, `201` for a dispatch): anything else,
 //! or a connection error, is an unexpected error, and the bench fails after its report if
@@ -32,8 +40,8 @@
 
 use super::dispatch::peers;
 use super::population::{address, codice_fiscale, import, name, registry};
-use super::server::{bench_actor, client_runtime, fresh_unsealed, Fresh};
-use super::{in_work_dir, serial, status_mib, TestRng};
+use super::server::{bench_actor, client_runtime, Fresh};
+use super::{dir_bytes, in_work_dir, serial, status_mib, TestRng};
 use anyhow::{bail, Context};
 use cards::Date;
 use cards::{CardEntry, HolderEntry};
@@ -62,10 +70,11 @@ pub struct SoakBench {
     /// Cards of the lifecycle pool.
     #[arg(long, default_value_t = 2_000)]
     pub lifecycle_cards: u64,
-    /// sled's page cache in MiB (`[store] cache_mib`); default sled's own, 1 GiB, as the
-    /// service without the setting.
-    #[arg(long)]
-    pub cache_mib: Option<u64>,
+    /// sled's page cache in MiB (`[store] cache_mib`, at least 64). The default is that
+    /// minimum, so that the cache is full before the warm-up ends and the growth measured
+    /// after it is not the cache filling (with sled's own 1 GiB it fills over hours).
+    #[arg(long, default_value_t = 64)]
+    pub cache_mib: u64,
     /// Work directory (a fresh one under the system temp dir by default; removed at the end
     /// unless given).
     #[arg(long)]
@@ -311,10 +320,7 @@ fn register_issued(
 
 /// A fresh unsealed vault as [`super::server::fresh_unsealed`] makes it, with sled's page
 /// cache set as the service's `[store] cache_mib` sets it.
-fn open_vault(work: &Path, cache_mib: Option<u64>) -> anyhow::Result<Fresh> {
-    let Some(mib) = cache_mib else {
-        return fresh_unsealed(work, Settings::default());
-    };
+fn open_vault(work: &Path, mib: u64) -> anyhow::Result<Fresh> {
     if mib < 64 {
         bail!("--cache-mib must be at least 64, as [store] cache_mib");
     }
@@ -334,7 +340,7 @@ fn open_vault(work: &Path, cache_mib: Option<u64>) -> anyhow::Result<Fresh> {
 
 fn bench(work: &Path, a: &SoakBench) -> anyhow::Result<()> {
     let run_for = Duration::from_secs_f64(a.minutes * 60.0);
-    let warmup = Duration::from_secs_f64((run_for.as_secs_f64() / 5.0).min(60.0));
+    let warmup = run_for / 2;
     let dispatch_cards = (a.rate * run_for.as_secs_f64() * DISPATCH_SHARE).ceil() as u64 + 100;
     let cards = dispatch_cards + a.lifecycle_cards;
 
@@ -441,7 +447,8 @@ fn bench(work: &Path, a: &SoakBench) -> anyhow::Result<()> {
         warmup.as_secs_f64()
     );
     let client_rt = client_runtime()?;
-    let driven = client_rt.block_on(drive(load.clone(), a.rate, run_for, warmup));
+    let store_dir = work.join("store");
+    let driven = client_rt.block_on(drive(load.clone(), a.rate, run_for, warmup, &store_dir));
     let _ = stop.send(());
     let served = runtime.block_on(served);
     drop(sink);
@@ -491,7 +498,9 @@ async fn drive(
     rate: f64,
     run_for: Duration,
     warmup: Duration,
+    store_dir: &Path,
 ) -> anyhow::Result<(u64, u64, f64, f64)> {
+    let store_mib = || dir_bytes(store_dir) as f64 / f64::from(1u32 << 20);
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -507,14 +516,20 @@ async fn drive(
         }
         if rss_start.is_none() && at >= warmup {
             let rss = status_mib("VmRSS");
-            eprintln!("  after the warm-up: rss {rss:.1} MiB, {sent} requests");
+            eprintln!(
+                "  after the warm-up: rss {rss:.1} MiB, store {:.1} MiB, {sent} requests",
+                store_mib()
+            );
             rss_start = Some(rss);
         }
         if at >= next_report {
             eprintln!(
-                "  minute {}: rss {:.1} MiB, {sent} requests",
+                "  minute {}: rss {:.1} MiB, {:.0} threads, store {:.1} MiB, {sent} requests",
                 next_report.as_secs() / 60,
-                status_mib("VmRSS")
+                status_mib("VmRSS"),
+                // `Threads` is a count, not kB: `status_mib` divides by 1024.
+                status_mib("Threads") * 1024.0,
+                store_mib()
             );
             next_report += Duration::from_secs(60);
         }

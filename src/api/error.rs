@@ -9,8 +9,9 @@
 //! tests branch on `code` and `reason`, never on the message.
 //!
 //! What a client may learn is decided here. Storage and provider failures are logged in full
-//! and answered with a plain `internal` message; an integrity failure says only that a check
-//! failed. No variant carries a share, a code or key bytes: vault errors are built not to, and
+//! and answered with a plain `internal` message; a store that refuses writes (no space, an
+//! I/O error) is `503 storage_unavailable` with `Retry-After` and a plain message (the path
+//! and the cause stay in the log); an integrity failure says only that a check failed. No variant carries a share, a code or key bytes: vault errors are built not to, and
 //! handlers that hold a secret check the message before it gets here (see the unseal handler).
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -107,6 +108,9 @@ error_codes! {
     Busy = "busy", SERVICE_UNAVAILABLE;
     /// A facility the request needs is not configured on the server.
     NotConfigured = "not_configured", SERVICE_UNAVAILABLE;
+    /// The store refuses writes (disk full or failing): the change was not acknowledged; see
+    /// `Retry-After`, and the server log for the operators.
+    StorageUnavailable = "storage_unavailable", SERVICE_UNAVAILABLE;
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -120,6 +124,9 @@ impl PartialEq<&str> for ErrorCode {
         self.as_str() == *other
     }
 }
+
+/// `Retry-After` of `storage_unavailable`: freeing space or replacing a disk takes minutes.
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 30;
 
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +250,19 @@ impl ApiError {
     /// `500 internal`, with details left to the server log.
     pub fn internal() -> Self {
         Self::new(ErrorCode::Internal, "internal error; see the server log")
+    }
+
+    /// `503 storage_unavailable` with `Retry-After`: the store refuses writes (disk full or
+    /// failing). Whether it comes back by itself or needs a restart is in `/readyz` and
+    /// `/healthz`; the cause and the path are in the server log only.
+    pub fn storage_unavailable() -> Self {
+        let mut e = Self::new(
+            ErrorCode::StorageUnavailable,
+            "the vault cannot write to its store (disk full or failing), so this change was \
+             not acknowledged; retry later. Operators: see the server log",
+        );
+        e.retry_after = Some(STORAGE_RETRY_AFTER_SECS);
+        e
     }
 
     /// The error for a bare status produced outside a handler (a limit, the router).
@@ -369,6 +389,10 @@ impl From<vault::Error> for ApiError {
             E::Integrity => {
                 tracing::warn!("integrity check failed");
                 Self::new(ErrorCode::Integrity, "integrity check failed")
+            }
+            E::Unwritable(_) => {
+                tracing::error!(error = %e, "the store refused a write");
+                Self::storage_unavailable()
             }
             other => {
                 // Storage and provider failures (and any variant added later): the details
@@ -503,6 +527,11 @@ mod tests {
                 "internal",
             ),
             (vault::Error::Provider("rng"), 500, "internal"),
+            (
+                vault::Error::Unwritable("store /x/store: flush failed: no space".into()),
+                503,
+                "storage_unavailable",
+            ),
         ];
         for (e, status, code) in cases {
             let api = ApiError::from(e);
@@ -691,5 +720,31 @@ mod tests {
     fn storage_details_stay_in_the_log() {
         let api = ApiError::from(vault::Error::Storage("/secret/path: eio".into()));
         assert!(!api.message().contains("/secret/path"));
+    }
+
+    #[test]
+    fn a_refused_write_is_a_503_with_retry_after_and_no_detail() {
+        let api = ApiError::from(vault::Error::Unwritable(
+            "store /var/lib/plico/store: batch failed: No space left on device (os error 28)"
+                .into(),
+        ));
+        let res = api.into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()[header::RETRY_AFTER],
+            STORAGE_RETRY_AFTER_SECS.to_string().as_str()
+        );
+        let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            res.into_body(),
+            usize::MAX,
+        ))
+        .unwrap()
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "storage_unavailable", "{v}");
+        let text = v.to_string();
+        for leak in ["/var", "plico/store", "space", "os error", "28"] {
+            assert!(!text.contains(leak), "{leak}: {text}");
+        }
     }
 }

@@ -211,14 +211,20 @@ fn error_codes(e: &Endpoint) -> Vec<ErrorCode> {
         ErrorCode::Internal,
     ];
     match e.access {
+        // A caller's route can write (its change, or the audit event of a read).
         Access::Roles(_) => codes.extend([
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::Sealed,
+            ErrorCode::StorageUnavailable,
         ]),
         Access::ScrapeToken => codes.push(ErrorCode::Unauthorized),
         Access::Undeclared => codes.push(ErrorCode::NoAccessRule),
         Access::Public => {}
+    }
+    if matches!(e.path, "/healthz" | "/readyz") {
+        // The probes report a store that refuses writes (and `/readyz` a sealed HSM).
+        codes.extend([ErrorCode::Sealed, ErrorCode::StorageUnavailable]);
     }
     if e.rate == RateClass::Sensitive {
         codes.push(ErrorCode::RateLimited);

@@ -619,7 +619,7 @@ async fn a_failed_store_write_fails_the_change() {
             json!({"name": "Bruno Verdi", "role": "cms"}),
         )
         .await;
-    assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
     assert!(!a.text.contains("injected"), "{}", a.text);
     let cms = &f.id(Role::Cms);
     let a = f
@@ -630,13 +630,13 @@ async fn a_failed_store_write_fails_the_change() {
             Some(admin),
         )
         .await;
-    assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
     // A read that cannot be audited is not served either.
     let a = f
         .client
         .call(Method::GET, "/v1/audit", Some(f.token(Role::Auditor)))
         .await;
-    assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
     store.fail_writes(false);
 
     assert_eq!(f.state.accounts.list().unwrap(), before);

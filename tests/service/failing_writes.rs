@@ -5,9 +5,12 @@
 //!
 //! It checks that:
 //!
-//! - every request answers: a success, or `500` with the stable code `internal` and a message
-//!   that says nothing of the store; no panic anywhere in the service (a panic hook counts those
-//!   raised outside the tests' own code);
+//! - every request answers: a success, or `503 storage_unavailable` with `Retry-After` and a
+//!   message that says nothing of the store's error (no path, no cause); no panic anywhere in
+//!   the service (a panic hook counts those raised outside the tests' own code);
+//! - while every flush fails, `/readyz` answers `503 storage_unavailable` and `/healthz` stays
+//!   `200` (the store may come back); once the disk works, `/readyz` answers `200` before any
+//!   change came in (its probe flush saw the disk back);
 //! - a change that was not acknowledged is whole or absent: a card in its old state or its new
 //!   one, a dispatch with both its parts or none, a batch with all its codes or none;
 //! - once writes work again the service takes changes at once, without a restart: the same
@@ -18,6 +21,14 @@
 //!
 //! `FAIL_SEED=N` replays a run (the seed is printed); `FAIL_OPS=N` sets the operations of the
 //! failing phase (120 by default).
+//!
+//! The real disk: the `plico` binary on sled with a file size limit (`ulimit -f`, with
+//! `SIGXFSZ` ignored, so a write past it fails with `EFBIG` as a full disk fails with
+//! `ENOSPC`) takes code batches until the limit stops the store. From the first refused write
+//! every change answers `503 storage_unavailable`, and `/healthz` and `/readyz` answer `503`
+//! too: sled refuses every write until it is opened again (`vault::SledStore`). Restarted
+//! without the limit, the service holds every acknowledged batch, whole, and the audit chain
+//! verifies.
 
 use super::batches::{codes_of, mix, serial};
 use super::support::{cf, codes_file, identification, open_with_accounts, Client};
@@ -120,23 +131,41 @@ impl Rng {
     }
 }
 
-/// An answer is a success, or (unless `strict`) the stable storage failure: `500 internal`,
-/// nothing of the store's error in it. Returns whether it succeeded.
-fn success_or_internal(a: &Answer, what: &str, strict: bool) -> bool {
+/// Whether `a` is the answer to a store that refuses writes: `503 storage_unavailable` with
+/// `Retry-After`, and nothing of the store's error in it (no cause, no path, no library).
+fn storage_unavailable(a: &Answer, what: &str) {
+    assert_eq!(
+        a.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{what}: {}",
+        a.text
+    );
+    assert_eq!(
+        a.json["error"]["code"], "storage_unavailable",
+        "{what}: {}",
+        a.text
+    );
+    assert_eq!(a.retry_after.as_deref(), Some("30"), "{what}: {}", a.text);
+    for leak in [
+        "injected",
+        "no space",
+        "sled",
+        "/tmp",
+        "os error",
+        "too large",
+    ] {
+        assert!(!a.text.contains(leak), "{what}: {leak}: {}", a.text);
+    }
+}
+
+/// An answer is a success, or (unless `strict`) the stable answer to a refused write. Returns
+/// whether it succeeded.
+fn success_or_unavailable(a: &Answer, what: &str, strict: bool) -> bool {
     if a.status.is_success() {
         return true;
     }
     assert!(!strict, "{what} failed once writes work again: {}", a.text);
-    assert_eq!(
-        a.status,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "{what}: {}",
-        a.text
-    );
-    assert_eq!(a.json["error"]["code"], "internal", "{what}: {}", a.text);
-    for leak in ["injected", "no space", "store", "sled"] {
-        assert!(!a.text.contains(leak), "{what}: {}", a.text);
-    }
+    storage_unavailable(a, what);
     false
 }
 
@@ -152,7 +181,7 @@ async fn operate(client: &Client, model: &mut Model, pick: u64, step: u64, stric
     } else {
         pick % 6
     };
-    let ok = |a: &Answer, what: &str| success_or_internal(a, what, strict);
+    let ok = |a: &Answer, what: &str| success_or_unavailable(a, what, strict);
     match kind {
         0 | 1 if card.state == "issued" => {
             let a = client
@@ -340,8 +369,16 @@ async fn a_store_failing_writes_gets_errors_loses_nothing_and_recovers_by_itself
     for step in ops..ops + 12 {
         operate(&client, &mut model, rng.next(), step, false).await;
     }
+    // Not ready (its probe flush fails too), but alive: the disk may come back.
+    let a = client.call(Method::GET, "/readyz", None).await;
+    storage_unavailable(&a, "readyz while flushes fail");
+    let a = client.call(Method::GET, "/healthz", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let failures = store.failures();
     store.heal();
+    // Ready again at once, before any change came in.
+    let a = client.call(Method::GET, "/readyz", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     eprintln!(
         "failing writes test: {failures} writes and flushes refused; {} accounts and {} of {} \
          uploads acknowledged",
@@ -461,5 +498,223 @@ async fn a_store_failing_writes_gets_errors_loses_nothing_and_recovers_by_itself
         let (pin, puk) = codes_of(n, SALT);
         assert_eq!(c.pin.expose_secret(), pin.as_bytes(), "card {n}");
         assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {n}");
+    }
+}
+
+/// Cards of each batch the full-disk test uploads.
+const DISK_BATCH: u64 = 500;
+/// The file size limit of the full-disk test's server: room for its start and some batches.
+const DISK_LIMIT_BYTES: u64 = 3 << 20;
+
+/// Uploads batch `i` of the full-disk test (cards `DISK_BATCH * i + 1 ..`, CNS codes): the
+/// status, `Retry-After` and body.
+async fn disk_upload(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    i: u64,
+) -> (u16, Option<String>, String) {
+    let first = DISK_BATCH * i + 1;
+    let res = client
+        .post(format!("{url}/v1/batches?manufacturer=ACME"))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body(super::support::cns_codes_file(
+            first..=first + DISK_BATCH - 1,
+            SALT,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, res.text().await.unwrap())
+}
+
+/// `GET url` without a token: the status and body.
+async fn probe(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let res = client.get(url).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// The answer to a refused write over the wire: `503 storage_unavailable`, `Retry-After`, and
+/// nothing of the cause or the data directory.
+fn refused_over_the_wire(status: u16, retry: Option<&str>, body: &str, data: &Path, what: &str) {
+    assert_eq!(status, 503, "{what}: {body}");
+    assert_eq!(retry, Some("30"), "{what}: {body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["error"]["code"], "storage_unavailable", "{what}: {body}");
+    let dir = data.display().to_string();
+    for leak in [dir.as_str(), "sled", "os error", "too large", "EFBIG"] {
+        assert!(!body.contains(leak), "{what}: {leak}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_sled_answers_503_until_a_restart_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let client = http_client(None);
+
+    // `plico serve --dev` under a file size limit, SIGXFSZ ignored (inherited through exec):
+    // a write past the limit fails with EFBIG, as a full disk fails with ENOSPC.
+    let blocks = DISK_LIMIT_BYTES / 512;
+    let mut cmd = Command::new("sh");
+    cmd.env("RUST_LOG", "warn")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f \"$1\"; shift; exec \"$@\"")
+        .arg("sh")
+        .arg(blocks.to_string())
+        .arg(env!("CARGO_BIN_EXE_plico"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PLICO_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut server = Server::start(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .unwrap();
+    assert!(
+        line.contains(&DISK_LIMIT_BYTES.to_string()),
+        "the limit did not apply: {line}"
+    );
+    let url = server.url.clone();
+    let admin = std::fs::read_to_string(data.join("admin-token.txt"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut tokens = Vec::new();
+    for (name, role) in [("fabbrica", "manufacturer"), ("revisore", "auditor")] {
+        let res = client
+            .post(format!("{url}/v1/accounts"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": name, "role": role}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        let v: Value = res.json().await.unwrap();
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    let (manufacturer, auditor) = (tokens.remove(0), tokens.remove(0));
+
+    // Batches until the limit stops the store.
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let (status, retry, body) = disk_upload(&client, &url, &manufacturer, i).await;
+        if status == 201 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["cards"], DISK_BATCH, "{body}");
+            acknowledged.push(i);
+            continue;
+        }
+        refused_over_the_wire(status, retry.as_deref(), &body, &data, "the first refusal");
+        refused = Some(i);
+        break;
+    }
+    let refused = refused.expect("the file size limit never stopped the store");
+    assert!(!acknowledged.is_empty(), "no batch fitted under the limit");
+    eprintln!(
+        "full disk test: {} batches of {DISK_BATCH} acknowledged, batch {refused} refused",
+        acknowledged.len()
+    );
+
+    // Stuck until a restart: every change is refused, the probes say so, the process runs.
+    for i in [refused + 1, refused + 2] {
+        let (status, retry, body) = disk_upload(&client, &url, &manufacturer, i).await;
+        refused_over_the_wire(status, retry.as_deref(), &body, &data, "a later change");
+    }
+    for probe_path in ["/healthz", "/readyz"] {
+        let (status, v) = probe(&client, &format!("{url}{probe_path}")).await;
+        assert_eq!(status, 503, "{probe_path}: {v}");
+        assert_eq!(
+            v["error"]["code"], "storage_unavailable",
+            "{probe_path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("restarted"),
+            "{probe_path}: {v}"
+        );
+    }
+    assert!(
+        server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the server exited"
+    );
+    let (_, stderr) = server.terminate();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Restarted without the limit: every acknowledged batch is there, whole; the refused
+    // ones are whole or absent; the audit chain verifies; changes are taken again.
+    let server = Server::dev(&data, None);
+    let url = server.url.clone();
+    let v: Value = client
+        .get(format!("{url}/v1/batches?limit=1000"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = v["batches"].as_array().unwrap();
+    for b in listed {
+        assert_eq!(b["state"], "committed", "{b}");
+        assert_eq!(b["cards"], DISK_BATCH, "{b}");
+    }
+    assert!(
+        listed.len() >= acknowledged.len() && listed.len() <= acknowledged.len() + 3,
+        "{} batches listed, {} acknowledged",
+        listed.len(),
+        acknowledged.len()
+    );
+    let report: Value = client
+        .get(format!("{url}/v1/audit/verify"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(report["problem"].is_null(), "{report}");
+    let (status, v) = probe(&client, &format!("{url}/healthz")).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _, body) = disk_upload(&client, &url, &manufacturer, refused + 3).await;
+    assert_eq!(status, 201, "{body}");
+    let (exit, stderr) = server.terminate();
+    assert!(exit.success(), "{stderr}");
+
+    // Read back offline: the codes of every acknowledged batch.
+    let hsm = Arc::new(SimulatedHsm::open(&data).unwrap());
+    let share = std::fs::read_to_string(data.join("dev-share.txt")).unwrap();
+    hsm.unseal(&SecretString::from(share.trim().to_owned()))
+        .unwrap();
+    let store = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let state = AppState::new(hsm, store).unwrap();
+    state
+        .unsealed(&Actor::system("full disk test"), "test")
+        .unwrap();
+    for i in acknowledged {
+        for n in [DISK_BATCH * i + 1, DISK_BATCH * (i + 1)] {
+            let c = super::support::released_codes(&state, &serial(n))
+                .unwrap()
+                .unwrap_or_else(|| panic!("card {n} of batch {i}: codes lost"));
+            let (pin, puk) = codes_of(n, SALT);
+            assert_eq!(c.pin.expose_secret(), &pin.as_bytes()[..5], "card {n}");
+            assert_eq!(c.puk.expose_secret(), puk.as_bytes(), "card {n}");
+        }
     }
 }

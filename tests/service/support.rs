@@ -351,15 +351,26 @@ pub(super) struct Answer {
     pub(super) status: StatusCode,
     pub(super) json: Value,
     pub(super) text: String,
+    /// The `Retry-After` header, if any.
+    pub(super) retry_after: Option<String>,
 }
 
 pub(super) async fn send(app: &Router, req: Request<Body>) -> Answer {
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
+    let retry_after = res
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer { status, json, text }
+    Answer {
+        status,
+        json,
+        text,
+        retry_after,
+    }
 }
 
 pub(super) async fn get(app: &Router, uri: &str) -> Answer {

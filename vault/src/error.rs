@@ -79,6 +79,13 @@ pub enum Error {
     #[error("storage: {0}")]
     Storage(String),
 
+    /// The store refused a write or a flush (no space, an I/O error): the change is not
+    /// acknowledged, and it is whole or absent, never half. The message names the store (for
+    /// the log, never for a client); whether later writes can work is
+    /// [`crate::Store::writes`].
+    #[error("storage: cannot write: {0}")]
+    Unwritable(String),
+
     /// A PIN or PUK did not satisfy the code policy.
     #[error(transparent)]
     Code(#[from] CodeError),

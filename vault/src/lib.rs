@@ -113,7 +113,7 @@ pub use keyring::{DataKeyRecord, Keyring, RewrapReport};
 // The store seam and its implementations.
 pub use store::memory::{FailingStore, MemoryStore};
 pub use store::sled::SledStore;
-pub use store::{seq_key, Batch, Entries, Op, Store, Tree};
+pub use store::{seq_key, Batch, Entries, Op, Store, Tree, Writes};
 
 // The code vault: batches, segments, the audited release.
 pub use codes::{

@@ -237,6 +237,53 @@ impl Batch {
     }
 }
 
+/// Whether a store takes writes, as its last write or flush found ([`Store::writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// No write or flush has failed since the last one that worked.
+    Working,
+    /// The last write or flush failed ([`crate::Error::Unwritable`]); a later one may work
+    /// (space was freed, the disk came back).
+    Failing,
+    /// A write or flush failed, and the store refuses every write until it is opened again:
+    /// the process must restart (sled after an I/O error, see [`sled::SledStore`]). Reads
+    /// still work.
+    Stuck,
+}
+
+impl Writes {
+    /// Its encoding in a [`WritesCell`].
+    fn code(self) -> u8 {
+        match self {
+            Writes::Working => 0,
+            Writes::Failing => 1,
+            Writes::Stuck => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Writes {
+        match code {
+            0 => Writes::Working,
+            1 => Writes::Failing,
+            _ => Writes::Stuck,
+        }
+    }
+}
+
+/// A [`Writes`] that a store updates after each write and flush, without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct WritesCell(std::sync::atomic::AtomicU8);
+
+impl WritesCell {
+    pub(crate) fn get(&self) -> Writes {
+        Writes::from_code(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    pub(crate) fn set(&self, w: Writes) {
+        self.0.store(w.code(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Key/value pairs read from a tree, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -299,6 +346,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn apply(&self, batch: &Batch) -> Result<()> {
         self.write(batch)?;
         self.flush()
+    }
+
+    /// Whether writes work, as the last write or flush found: the service's readiness and
+    /// health answer from it. A store whose writes cannot fail answers `Working`.
+    fn writes(&self) -> Writes {
+        Writes::Working
     }
 }
 

@@ -58,6 +58,7 @@ struct State {
 fn shared(e: &Error) -> Error {
     match e {
         Error::Storage(m) => Error::Storage(m.clone()),
+        Error::Unwritable(m) => Error::Unwritable(m.clone()),
         Error::Sealed => Error::Sealed,
         other => Error::Storage(other.to_string()),
     }

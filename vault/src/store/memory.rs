@@ -1,7 +1,7 @@
 //! In-memory stores: [`MemoryStore`] for tests and models, [`FailingStore`] to inject write
 //! and flush failures (over memory, or over another store such as sled).
 
-use super::{Batch, Entries, Op, Store, Tree};
+use super::{Batch, Entries, Op, Store, Tree, Writes, WritesCell};
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use std::collections::BTreeMap;
@@ -99,9 +99,11 @@ impl Store for MemoryStore {
 /// A failed write is refused before it reaches the inner store: nothing of it is applied, as
 /// when a disk refuses the write (no space, I/O error). A failed flush comes after the writes
 /// it should have made durable: they stay applied and visible but are not reported durable,
-/// as when the disk fails the sync; the next flush that works makes them durable. (A real sled
-/// store that meets an I/O error refuses every later operation until it is reopened; this
-/// store models the gentler disk that comes back, to test that the service comes back too.)
+/// as when the disk fails the sync; the next flush that works makes them durable. Either
+/// failure is [`Error::Unwritable`], and makes [`Store::writes`] `Failing` until a flush
+/// works. (A real sled store that meets an I/O error refuses every later write until it is
+/// reopened, and says so: `Stuck`; this store models the gentler disk that comes back, to
+/// test that the service comes back too.)
 #[derive(Debug)]
 pub struct FailingStore {
     inner: Arc<dyn Store>,
@@ -113,6 +115,8 @@ pub struct FailingStore {
     random: Mutex<Option<(f64, u64)>>,
     /// Writes and flushes refused so far.
     failures: AtomicU64,
+    /// `Failing` from a refused write or flush until a flush works.
+    writes: WritesCell,
 }
 
 impl Default for FailingStore {
@@ -137,6 +141,7 @@ impl FailingStore {
             nth_write: AtomicU64::new(0),
             random: Mutex::new(None),
             failures: AtomicU64::new(0),
+            writes: WritesCell::default(),
         }
     }
 
@@ -196,7 +201,8 @@ impl FailingStore {
 
     fn refused(&self, what: &str) -> Error {
         self.failures.fetch_add(1, Ordering::SeqCst);
-        Error::Storage(format!("injected {what} failure: no space left on device"))
+        self.writes.set(Writes::Failing);
+        Error::Unwritable(format!("injected {what} failure: no space left on device"))
     }
 }
 
@@ -239,7 +245,17 @@ impl Store for FailingStore {
         if self.fail_flushes.load(Ordering::SeqCst) {
             return Err(self.refused("flush"));
         }
-        self.inner.flush()
+        self.inner.flush()?;
+        // Everything written so far is durable: writes work again.
+        self.writes.set(Writes::Working);
+        Ok(())
+    }
+    fn writes(&self) -> Writes {
+        match (self.writes.get(), self.inner.writes()) {
+            (_, Writes::Stuck) => Writes::Stuck,
+            (Writes::Working, inner) => inner,
+            (own, _) => own,
+        }
     }
 }
 
@@ -260,8 +276,10 @@ mod tests {
         b.put(Tree::Meta, b"k".to_vec(), b"v".to_vec());
         assert!(s.apply(&b).is_err());
         assert_eq!(s.get(Tree::Meta, b"k").unwrap(), None);
+        assert_eq!(s.writes(), Writes::Failing);
         s.fail_writes(false);
         crate::store::contract::run(&s);
+        assert_eq!(s.writes(), Writes::Working, "a flush that works clears it");
     }
 
     fn one_put(k: &[u8]) -> Batch {
@@ -277,8 +295,9 @@ mod tests {
         assert!(s.apply(&one_put(b"1")).is_ok());
         assert!(s.apply(&Batch::new()).is_ok(), "an empty batch is no write");
         assert!(s.apply(&one_put(b"2")).is_ok());
-        let e = s.apply(&one_put(b"3")).unwrap_err().to_string();
-        assert!(e.contains("injected write failure"), "{e}");
+        let e = s.apply(&one_put(b"3")).unwrap_err();
+        assert!(matches!(&e, Error::Unwritable(_)), "{e:?}");
+        assert!(e.to_string().contains("injected write failure"), "{e}");
         assert_eq!(s.get(Tree::Meta, b"3").unwrap(), None);
         assert!(s.apply(&one_put(b"4")).is_ok());
         assert_eq!(s.failures(), 1);
@@ -314,10 +333,13 @@ mod tests {
         let inner = Arc::new(MemoryStore::new());
         let s = FailingStore::over(inner.clone());
         s.fail_flushes(true);
-        let e = s.apply(&one_put(b"k")).unwrap_err().to_string();
-        assert!(e.contains("injected flush failure"), "{e}");
+        let e = s.apply(&one_put(b"k")).unwrap_err();
+        assert!(matches!(&e, Error::Unwritable(_)), "{e:?}");
+        assert!(e.to_string().contains("injected flush failure"), "{e}");
         assert_eq!(inner.get(Tree::Meta, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.writes(), Writes::Failing);
         s.fail_flushes(false);
         assert!(s.flush().is_ok());
+        assert_eq!(s.writes(), Writes::Working);
     }
 }

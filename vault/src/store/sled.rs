@@ -8,8 +8,20 @@
 //! opening catches that and reports the directory, so a damaged store is an error at start-up.
 //! sled also trusts a damaged `conf` file (it only logs the bad checksum), so opening checks
 //! that file's checksum first.
+//!
+//! # After a failed write
+//!
+//! sled stages a batch in memory and writes it to its log when flushed. When that write or its
+//! sync fails (no space left, an I/O error), sled records the error once for the whole
+//! database and refuses every later write and flush with it; only a new open clears it.
+//! Reads go on working, and they still see the writes that were staged but never made
+//! durable (they vanish at the next open). Reopening inside the running service would not be
+//! safe: the service keeps state derived from what it wrote (the audit chain's head, counters)
+//! that would then point past what is on disk. So a failed write or flush makes this store
+//! [`Writes::Stuck`]: every change answers [`Error::Unwritable`], and the service reports
+//! itself unhealthy until it is restarted (docs/operations.md, "A full or failing disk").
 
-use super::{Batch, Entries, Op, Store, Tree};
+use super::{Batch, Entries, Op, Store, Tree, Writes, WritesCell};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -19,6 +31,8 @@ pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    /// Whether writes work: [`Writes::Stuck`] from the first failed write or flush.
+    writes: WritesCell,
 }
 
 /// The sled tree holding every logical tree. Persisted: never rename.
@@ -148,7 +162,12 @@ impl SledStore {
             Ok((db, tree))
         });
         match opened {
-            Ok(Ok((db, tree))) => Ok(SledStore { path, db, tree }),
+            Ok(Ok((db, tree))) => Ok(SledStore {
+                path,
+                db,
+                tree,
+                writes: WritesCell::default(),
+            }),
             Ok(Err(e)) => Err(open_error(dir, &e)),
             Err(_) => Err(storage(
                 dir,
@@ -161,6 +180,13 @@ impl SledStore {
     /// The directory of the store.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A write or flush that sled refused: from now on sled refuses every write (see the
+    /// module docs), so the store is stuck.
+    fn unwritable(&self, what: &str, e: sled::Error) -> Error {
+        self.writes.set(Writes::Stuck);
+        Error::Unwritable(format!("store {}: {what}: {e}", self.path.display()))
     }
 
     fn err(&self, tree: Tree, what: &str, e: impl std::fmt::Display) -> Error {
@@ -259,15 +285,20 @@ impl Store for SledStore {
                 Op::Delete(k) => b.remove(prefixed(*tree, k)),
             }
         }
-        self.tree.apply_batch(b).map_err(|e| {
-            Error::Storage(format!("store {}: batch failed: {e}", self.path.display()))
-        })
+        self.tree
+            .apply_batch(b)
+            .map_err(|e| self.unwritable("batch failed", e))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(|e| {
-            Error::Storage(format!("store {}: flush failed: {e}", self.path.display()))
-        })
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| self.unwritable("flush failed", e))
+    }
+
+    fn writes(&self) -> Writes {
+        self.writes.get()
     }
 }
 
