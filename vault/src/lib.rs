@@ -162,7 +162,8 @@ pub mod bench {
     pub use crate::import::parse::{parse, ParseRules};
 }
 
-/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the segment codec, and an
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the segment codec, a
+/// check of a segment's record against codes the caller has (it hands none out), and an
 /// upload's path from its bytes to the parser (age files decrypted on the way) without a store
 /// or an HSM. Not for the service.
 #[cfg(feature = "fuzzing")]
@@ -177,19 +178,26 @@ pub mod fuzzing {
     use crate::{
         CardCodes, CardLine, DataKey, Error, Opener, ParseFailure, ParseRules, ParseSummary, Result,
     };
+    use zeroize::Zeroizing;
 
-    /// A card's codes from one stored segment, read as the code vault reads them: the
-    /// segment's lookup, then the record opened and unpacked. `Ok(None)` when the segment does
-    /// not hold `serial`.
+    /// Whether one stored segment holds `serial` sealed to exactly `codes`, read as the code
+    /// vault reads a card's codes: the segment's lookup, then the record opened and unpacked.
+    /// `Ok(None)` when the segment does not hold `serial`, `Ok(Some(false))` when its record
+    /// opens to other codes.
+    ///
+    /// # Security
+    /// It confirms codes the caller already has and hands none out: the opened record is
+    /// compared in constant time and zeroized.
     ///
     /// # Errors
     /// [`Error::Storage`] for a damaged segment, [`Error::Integrity`] for a record that does
     /// not open (or a segment of another key than `opener`'s).
-    pub fn open_from_segment(
+    pub fn segment_holds(
         bytes: &[u8],
         serial: &str,
         opener: &Opener,
-    ) -> Result<Option<CardCodes>> {
+        codes: &CardCodes,
+    ) -> Result<Option<bool>> {
         let seg = Segment::parse(bytes)?;
         let Some((counter, sealed)) = seg.lookup(serial.as_bytes())? else {
             return Ok(None);
@@ -199,7 +207,17 @@ pub mod fuzzing {
             return Err(Error::Integrity);
         }
         let clear = opener.open_detached(serial, counter, sealed)?;
-        CardCodes::unpack(clear.expose_secret()).map(Some)
+        let opened = CardCodes::unpack(clear.expose_secret())?;
+        let (mut got, mut want) = (
+            Zeroizing::new([0u8; MAX_RECORD_LEN]),
+            Zeroizing::new([0u8; MAX_RECORD_LEN]),
+        );
+        let got_len = opened.pack(&mut got);
+        let want_len = codes.pack(&mut want);
+        Ok(Some(
+            aws_lc_rs::constant_time::verify_slices_are_equal(&got[..got_len], &want[..want_len])
+                .is_ok(),
+        ))
     }
 
     /// An upload's bytes through the import's own path to the parser ([`crate::import_file`]
