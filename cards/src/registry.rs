@@ -29,7 +29,7 @@ use super::registry_bulk::{self, BulkFiles, BulkView, Stager};
 use super::registry_parse::{CardEntry, HolderEntry};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -443,7 +443,7 @@ impl Cards {
             holder: None,
         })?;
         let env = s.seal(subject, &vault::Plaintext::from_slice(clear))?;
-        Ok((s.key_id().0, hex::encode(env.as_bytes())))
+        Ok((s.key_id().0, to_hex(env.as_bytes())))
     }
 
     /// Puts the holder key's count of encryptions into `batch` (the whole keyring record), and
@@ -492,19 +492,14 @@ impl Cards {
         Ok(k)
     }
 
-    fn index_keys(
-        &self,
-        hsm: &dyn Hsm,
-        audit: &AuditLog,
-        p: &PersonalData,
-    ) -> Result<Vec<Vec<u8>>> {
+    fn index_keys(&self, hsm: &dyn Hsm, audit: &AuditLog, p: &PersonalRef) -> Result<Vec<Vec<u8>>> {
         Ok(vec![
             self.index_key(hsm, audit, INDEX_CF, &p.codice_fiscale.to_uppercase())?,
             self.index_key(
                 hsm,
                 audit,
                 INDEX_SURNAME_BIRTH,
-                &format!("{}|{}", normalise_name(&p.surname), p.birth_date),
+                &format!("{}|{}", normalise_name(p.surname), p.birth_date),
             )?,
         ])
     }
@@ -519,6 +514,22 @@ impl Cards {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
+        Ok(self
+            .holders_under(view, prefix, after, limit)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// As [`Cards::ids_under`], with each holder's record and whether it came from the
+    /// per-entry tree.
+    fn holders_under(
+        &self,
+        view: Option<&BulkView>,
+        prefix: &[u8],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, (HolderRecord, bool))>> {
         let view = self.bulk_view(view)?;
         let mut from = prefix.to_vec();
         if let Some(a) = after {
@@ -537,8 +548,8 @@ impl Cards {
         } else {
             None
         };
-        let owned = hex::encode(prefix);
-        let mut ids = Vec::new();
+        let owned = to_hex(prefix);
+        let mut found = Vec::new();
         loop {
             let keys =
                 self.registry_keys(Some(&view), Tree::HolderIndex, &from, to.as_deref(), limit)?;
@@ -548,22 +559,24 @@ impl Cards {
             from.push(0);
             for k in keys {
                 if !k.starts_with(prefix) {
-                    return Ok(ids);
+                    return Ok(found);
                 }
                 let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let holder = self.holder_located(Some(&view), &id)?;
-                if holder.is_some_and(|(h, _)| h.index.contains(&owned)) {
-                    ids.push(id);
-                    if ids.len() == limit {
-                        return Ok(ids);
+                match self.holder_located(Some(&view), &id)? {
+                    Some(holder) if holder.0.index.contains(&owned) => {
+                        found.push((id, holder));
+                        if found.len() == limit {
+                            return Ok(found);
+                        }
                     }
+                    _ => {}
                 }
             }
             if !full {
                 break;
             }
         }
-        Ok(ids)
+        Ok(found)
     }
 
     /// Finds holders by an exact key, `limit` (at most [`MAX_SEARCH`]) at a time after the
@@ -663,30 +676,90 @@ impl Cards {
         today: Date,
         actor: &Actor,
     ) -> Result<RegistryOutcome> {
-        // Blind-index keys first: they may create the index key (its own commit), so the first
-        // alone, then the others on every core.
-        let key_of = |e: &'_ HolderEntry| -> Result<_> {
-            let personal = personal_of(e);
-            let keys = self.index_keys(hsm, audit, &personal)?;
-            Ok((personal, keys))
-        };
-        let mut keyed = Vec::with_capacity(entries.len());
-        if let Some((first, rest)) = entries.split_first() {
-            keyed.push(key_of(first)?);
-            keyed.extend(rest.par_iter().map(key_of).collect::<Result<Vec<_>>>()?);
-        }
         let bulk = entries.len() >= self.bulk_min.load(Ordering::Relaxed);
         let _ops = self.ops_lock();
         let mut run = RegistryImport::new(self, hsm, audit, actor, bulk)?;
-        let keyed = entries
-            .iter()
-            .zip(keyed)
-            .map(|(e, (personal, keys))| (e, personal, keys));
-        for (entry, personal, keys) in keyed {
-            run.apply_holder(entry, &personal, &keys)?;
+        // Everything an entry needs that does not depend on the entries before it, on every
+        // core: its blind-index keys, its personal data serialised, and what the registry
+        // holds for it (nothing changes the registry meanwhile: the lock is held). The
+        // blind-index keys may create the index key (its own commit): the first entry alone.
+        let view = run.view.clone();
+        let prepare = |e: &HolderEntry| self.prepare_entry(hsm, audit, &view, e);
+        let mut prepared = Vec::with_capacity(entries.len());
+        if let Some((first, rest)) = entries.split_first() {
+            prepared.push(prepare(first)?);
+            prepared.extend(rest.par_iter().map(prepare).collect::<Result<Vec<_>>>()?);
+        }
+        // Then in file order, one after the other.
+        for (entry, p) in entries.iter().zip(prepared) {
+            run.apply_holder(entry, p)?;
         }
         run.revoke_implied(today)?;
         run.commit(entries.is_empty())
+    }
+
+    /// The work on one entry of a registry file that depends on nothing but the entry and the
+    /// registry as the import found it ([`Cards::import_registry`]). An error of the index
+    /// key fails at once; one reading the stored records is kept for the entry's turn, so the
+    /// import fails where the entries, applied in order, first meet it.
+    fn prepare_entry(
+        &self,
+        hsm: &dyn Hsm,
+        audit: &AuditLog,
+        view: &BulkView,
+        entry: &HolderEntry,
+    ) -> Result<Prepared> {
+        let personal = PersonalRef::of(entry);
+        let keys = self.index_keys(hsm, audit, &personal)?;
+        let clear = zeroize::Zeroizing::new(encode(&personal)?);
+        let stored = self.stored_for(hsm, view, entry, &keys);
+        Ok(Prepared {
+            keys,
+            clear,
+            stored,
+        })
+    }
+
+    /// What the registry holds for `entry`: the holder its codice fiscale index key (`keys[0]`)
+    /// finds, and the entry's cards.
+    fn stored_for(
+        &self,
+        hsm: &dyn Hsm,
+        view: &BulkView,
+        entry: &HolderEntry,
+        keys: &[Vec<u8>],
+    ) -> Result<Stored> {
+        let cf_key = keys.first().ok_or(Error::RegistryDamaged {
+            what: "no codice fiscale index key",
+            holder: None,
+        })?;
+        let holder = match self
+            .holders_under(Some(view), cf_key, None, 2)?
+            .into_iter()
+            .next()
+        {
+            None => None,
+            Some((id, (rec, overlay))) => {
+                // Rule 13: the contacts compared with the data in force.
+                let contacts = if rec.sealed.is_empty() {
+                    None
+                } else {
+                    Some(Contacts::between(&self.personal(hsm, &rec)?, entry))
+                };
+                Some(StoredHolder {
+                    id,
+                    rec,
+                    overlay,
+                    contacts,
+                })
+            }
+        };
+        let cards = entry
+            .cards
+            .iter()
+            .map(|c| self.card_located(Some(view), &c.serial))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stored { holder, cards })
     }
 
     /// A revoked copy of `card` and its `card.revoke` event (the caller deletes the codes and
@@ -723,6 +796,56 @@ impl Cards {
     }
 }
 
+/// One entry of a registry file made ready on every core ([`Cards::prepare_entry`]).
+struct Prepared {
+    /// The blind-index keys: codice fiscale first, then surname + birth date.
+    keys: Vec<Vec<u8>>,
+    /// The personal data serialised, to be sealed.
+    clear: zeroize::Zeroizing<Vec<u8>>,
+    /// What the registry held for the entry when the import began, or the error reading it.
+    stored: Result<Stored>,
+}
+
+/// What the registry held for one entry when its import began.
+struct Stored {
+    /// The holder its codice fiscale finds.
+    holder: Option<StoredHolder>,
+    /// Each of the entry's cards, with whether it came from the per-entry tree.
+    cards: Vec<Option<(CardRecord, bool)>>,
+}
+
+/// A stored holder an entry updates.
+struct StoredHolder {
+    id: String,
+    rec: HolderRecord,
+    /// Read from the per-entry tree.
+    overlay: bool,
+    /// How the entry changes the contacts in force (`None`: no personal data stored).
+    contacts: Option<Contacts>,
+}
+
+/// Which contacts an entry changes (rule 13).
+#[derive(Debug, Clone, Copy)]
+struct Contacts {
+    mobile: bool,
+    email: bool,
+}
+
+impl Contacts {
+    const NONE: Contacts = Contacts {
+        mobile: false,
+        email: false,
+    };
+
+    /// How `entry` changes the contacts of `old`.
+    fn between(old: &PersonalData, entry: &HolderEntry) -> Contacts {
+        Contacts {
+            mobile: old.mobile != entry.mobile,
+            email: old.email != entry.email,
+        }
+    }
+}
+
 /// One registry import under way ([`Cards::import_registry`]): the holders and cards it
 /// touched, kept here until the file is applied whole, and the batch and events it will commit.
 ///
@@ -743,16 +866,17 @@ struct RegistryImport<'a> {
     /// Holders touched, by id.
     holders: BTreeMap<String, HolderRecord>,
     /// Cards touched, by serial, until the revocation phase writes them.
-    cards: BTreeMap<String, CardRecord>,
+    cards: HashMap<String, CardRecord>,
     /// The next holder id to hand out.
     next: u64,
     contacts_changed: u64,
     /// Written as a bulk file: the index and expiry keys and the cards to write go into the
     /// sets below instead of the batch, which gets their deletions only.
     bulk: bool,
-    index_puts: BTreeSet<Vec<u8>>,
-    expiry_puts: BTreeSet<Vec<u8>>,
-    card_puts: BTreeMap<String, CardRecord>,
+    index_puts: KeySet,
+    expiry_puts: KeySet,
+    /// Each card once (the revocation phase settles a card once), in any order.
+    card_puts: Vec<(String, CardRecord)>,
     /// Holders and cards read from the per-entry trees: a bulk file that rewrites them
     /// deletes them there, or the older entry would hide the file's.
     overlay_holders: BTreeSet<String>,
@@ -779,13 +903,13 @@ impl<'a> RegistryImport<'a> {
             events: Vec::new(),
             out: RegistryOutcome::default(),
             holders: BTreeMap::new(),
-            cards: BTreeMap::new(),
+            cards: HashMap::new(),
             next: cards_domain.next_holder_id()?,
             contacts_changed: 0,
             bulk,
-            index_puts: BTreeSet::new(),
-            expiry_puts: BTreeSet::new(),
-            card_puts: BTreeMap::new(),
+            index_puts: KeySet::default(),
+            expiry_puts: KeySet::default(),
+            card_puts: Vec::new(),
             overlay_holders: BTreeSet::new(),
             overlay_cards: BTreeSet::new(),
             view: cards_domain.bulk.view(&*cards_domain.store)?,
@@ -794,39 +918,32 @@ impl<'a> RegistryImport<'a> {
 
     /// Phase 1, one entry: its holder (found by the codice fiscale index, or new), the
     /// personal data and indexes replaced whole by the file's, its cards.
-    fn apply_holder(
-        &mut self,
-        entry: &HolderEntry,
-        personal: &PersonalData,
-        keys: &[Vec<u8>],
-    ) -> Result<()> {
-        let mut rec = self.holder_for(keys)?;
-        self.note_contact_changes(&mut rec, personal)?;
-        self.reseal(&mut rec, personal, keys)?;
+    fn apply_holder(&mut self, entry: &HolderEntry, p: Prepared) -> Result<()> {
+        let stored = p.stored?;
+        let (mut rec, contacts) = self.holder_for(stored.holder);
+        match contacts {
+            Some(c) => self.note_contacts(&mut rec, c),
+            None => self.note_contact_changes(&mut rec, entry)?,
+        }
+        self.reseal(&mut rec, &p.clear, &p.keys)?;
         rec.deceased |= entry.deceased;
         rec.updated_ms = self.now;
-        for c in &entry.cards {
-            self.apply_card(&mut rec, c)?;
+        for (c, stored) in entry.cards.iter().zip(stored.cards) {
+            self.apply_card(&mut rec, c, stored)?;
         }
         self.holders.insert(rec.id.clone(), rec);
         Ok(())
     }
 
-    /// The holder the codice fiscale index (`keys[0]`) finds — as this import left it, or as
-    /// stored — or a new one with the next id.
-    fn holder_for(&mut self, keys: &[Vec<u8>]) -> Result<HolderRecord> {
-        let cf_key = keys.first().ok_or(Error::RegistryDamaged {
-            what: "no codice fiscale index key",
-            holder: None,
-        })?;
-        let existing = self
-            .cards_domain
-            .ids_under(Some(&self.view), cf_key, None, 2)?;
-        let Some(id) = existing.first() else {
+    /// The holder the codice fiscale index found (`found`) — as this import left it, or as
+    /// stored — or a new one with the next id; with the entry's contact changes when they
+    /// are known already (`None`: compare with the record now).
+    fn holder_for(&mut self, found: Option<StoredHolder>) -> (HolderRecord, Option<Contacts>) {
+        let Some(found) = found else {
             let id = format!("h{:06}", self.next);
             self.next += 1;
             self.out.holders_created += 1;
-            return Ok(HolderRecord {
+            let rec = HolderRecord {
                 id,
                 key: 0,
                 sealed: String::new(),
@@ -837,57 +954,48 @@ impl<'a> RegistryImport<'a> {
                 updated_ms: self.now,
                 mobile_changed_ms: None,
                 email_changed_ms: None,
-            });
+            };
+            return (rec, Some(Contacts::NONE));
         };
         self.out.holders_updated += 1;
-        match self.holders.remove(id) {
-            Some(r) => Ok(r),
+        match self.holders.remove(&found.id) {
+            Some(r) => (r, None),
             None => {
-                let found = self.cards_domain.holder_located(Some(&self.view), id)?;
-                let (rec, overlay) = found.ok_or_else(|| Error::RegistryDamaged {
-                    what: "indexed but missing",
-                    holder: Some(id.clone()),
-                })?;
-                if overlay {
-                    self.overlay_holders.insert(id.clone());
+                if found.overlay {
+                    self.overlay_holders.insert(found.id);
                 }
-                Ok(rec)
+                (found.rec, Some(found.contacts.unwrap_or(Contacts::NONE)))
             }
         }
     }
 
     /// Rule 13: remembers when a contact changed (compared with the data in force).
-    fn note_contact_changes(
-        &mut self,
-        rec: &mut HolderRecord,
-        personal: &PersonalData,
-    ) -> Result<()> {
+    fn note_contact_changes(&mut self, rec: &mut HolderRecord, entry: &HolderEntry) -> Result<()> {
         if rec.sealed.is_empty() {
             return Ok(());
         }
         let old = self.cards_domain.personal(self.hsm, rec)?;
-        if old.mobile != personal.mobile {
-            rec.mobile_changed_ms = Some(self.now);
-            self.contacts_changed += 1;
-        }
-        if old.email != personal.email {
-            rec.email_changed_ms = Some(self.now);
-            self.contacts_changed += 1;
-        }
+        self.note_contacts(rec, Contacts::between(&old, entry));
         Ok(())
     }
 
+    /// Rule 13: stamps the contacts that changed.
+    fn note_contacts(&mut self, rec: &mut HolderRecord, changed: Contacts) {
+        if changed.mobile {
+            rec.mobile_changed_ms = Some(self.now);
+            self.contacts_changed += 1;
+        }
+        if changed.email {
+            rec.email_changed_ms = Some(self.now);
+            self.contacts_changed += 1;
+        }
+    }
+
     /// Seals the file's personal data for the holder and swaps its blind indexes for `keys`.
-    fn reseal(
-        &mut self,
-        rec: &mut HolderRecord,
-        personal: &PersonalData,
-        keys: &[Vec<u8>],
-    ) -> Result<()> {
-        let clear = zeroize::Zeroizing::new(encode(personal)?);
+    fn reseal(&mut self, rec: &mut HolderRecord, clear: &[u8], keys: &[Vec<u8>]) -> Result<()> {
         let (key, sealed) = self
             .cards_domain
-            .seal(self.hsm, self.audit, &rec.id, &clear)?;
+            .seal(self.hsm, self.audit, &rec.id, clear)?;
         rec.key = key;
         rec.sealed = sealed;
         for old in &rec.index {
@@ -899,7 +1007,7 @@ impl<'a> RegistryImport<'a> {
             self.index_puts.remove(&k);
             self.batch.delete(Tree::HolderIndex, k);
         }
-        rec.index = keys.iter().map(hex::encode).collect();
+        rec.index = keys.iter().map(|k| to_hex(k)).collect();
         for k in keys {
             let mut k = k.clone();
             k.extend_from_slice(rec.id.as_bytes());
@@ -914,10 +1022,15 @@ impl<'a> RegistryImport<'a> {
 
     /// One card of the holder's entry: found (as this import left it, or as stored) or
     /// created; its expiry (and index) and replacement from the file.
-    fn apply_card(&mut self, rec: &mut HolderRecord, c: &CardEntry) -> Result<()> {
+    fn apply_card(
+        &mut self,
+        rec: &mut HolderRecord,
+        c: &CardEntry,
+        stored: Option<(CardRecord, bool)>,
+    ) -> Result<()> {
         let mut card = match self.cards.remove(&c.serial) {
             Some(card) => card,
-            None => match self.stored_card(&c.serial)? {
+            None => match self.note_overlay(&c.serial, stored) {
                 Some(card) => card,
                 None => {
                     self.out.cards_created += 1;
@@ -1007,7 +1120,7 @@ impl<'a> RegistryImport<'a> {
             _ => card,
         };
         if self.bulk {
-            self.card_puts.insert(serial.to_owned(), card);
+            self.card_puts.push((serial.to_owned(), card));
         } else {
             self.batch
                 .put(Tree::Cards, serial.as_bytes().to_vec(), encode(&card)?);
@@ -1017,50 +1130,56 @@ impl<'a> RegistryImport<'a> {
 
     /// A card as stored, noting whether it came from the per-entry tree.
     fn stored_card(&mut self, serial: &str) -> Result<Option<CardRecord>> {
-        Ok(self
-            .cards_domain
-            .card_located(Some(&self.view), serial)?
-            .map(|(card, overlay)| {
-                if overlay {
-                    self.overlay_cards.insert(serial.to_owned());
-                }
-                card
-            }))
+        let stored = self.cards_domain.card_located(Some(&self.view), serial)?;
+        Ok(self.note_overlay(serial, stored))
+    }
+
+    /// The card of a stored `(record, from the per-entry tree)`, noting the latter.
+    fn note_overlay(
+        &mut self,
+        serial: &str,
+        stored: Option<(CardRecord, bool)>,
+    ) -> Option<CardRecord> {
+        stored.map(|(card, overlay)| {
+            if overlay {
+                self.overlay_cards.insert(serial.to_owned());
+            }
+            card
+        })
     }
 
     /// Phase 3 of a bulk file: every holder, index key, card and expiry key written as
-    /// sorted segments (records encoded on every core), the per-entry copies of the holders
-    /// and cards it rewrites deleted, and the file's commit record, into the batch.
+    /// sorted segments (records encoded on every core while the ones before are written),
+    /// the per-entry copies of the holders and cards it rewrites deleted, and the file's commit
+    /// record, into the batch. The records are consumed as they are written.
     fn stage_bulk(&mut self) -> Result<u64> {
         let domain = self.cards_domain;
         let mut stager = Stager::begin(&*domain.store)?;
         let id = stager.id();
-        let holders: Vec<(&String, &HolderRecord)> = self.holders.iter().collect();
-        let holders = holders
-            .into_par_iter()
-            .map(|(id, rec)| -> Result<(Vec<u8>, Vec<u8>)> {
-                Ok((id.as_bytes().to_vec(), encode(rec)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        stager.tree(Tree::Holders, holders)?;
-        let index = std::mem::take(&mut self.index_puts);
-        stager.tree(
+        let holders = std::mem::take(&mut self.holders);
+        let holder_count = holders.len() as u64;
+        stage_records(&mut stager, Tree::Holders, holders.into_iter())?;
+        stage_keys(
+            &mut stager,
             Tree::HolderIndex,
-            index.into_iter().map(|k| (k, Vec::new())).collect(),
+            std::mem::take(&mut self.index_puts).into_sorted(),
         )?;
-        let cards: Vec<(String, CardRecord)> =
-            std::mem::take(&mut self.card_puts).into_iter().collect();
-        let cards = cards
-            .into_par_iter()
-            .map(|(serial, card)| -> Result<(Vec<u8>, Vec<u8>)> {
-                Ok((serial.into_bytes(), encode(&card)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        stager.tree(Tree::Cards, cards)?;
-        let expiry = std::mem::take(&mut self.expiry_puts);
-        stager.tree(
+        let mut cards = std::mem::take(&mut self.card_puts);
+        // Sorted by serial; should a card come twice, its last record counts.
+        cards.par_sort_by(|a, b| a.0.cmp(&b.0));
+        cards.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                std::mem::swap(later, kept);
+                true
+            } else {
+                false
+            }
+        });
+        stage_records(&mut stager, Tree::Cards, cards.into_iter())?;
+        stage_keys(
+            &mut stager,
             Tree::CardExpiry,
-            expiry.into_iter().map(|k| (k, Vec::new())).collect(),
+            std::mem::take(&mut self.expiry_puts).into_sorted(),
         )?;
         for id in &self.overlay_holders {
             self.batch.delete(Tree::Holders, id.as_bytes().to_vec());
@@ -1068,7 +1187,7 @@ impl<'a> RegistryImport<'a> {
         for serial in &self.overlay_cards {
             self.batch.delete(Tree::Cards, serial.as_bytes().to_vec());
         }
-        stager.finish(&mut self.batch, self.now, self.holders.len() as u64)?;
+        stager.finish(&mut self.batch, self.now, holder_count)?;
         Ok(id)
     }
 
@@ -1110,6 +1229,102 @@ impl<'a> RegistryImport<'a> {
     }
 }
 
+/// Records staged per chunk: encoded together on every core while the chunk before is written.
+const STAGE_CHUNK: usize = 2048;
+
+/// Writes `records` (ascending keys) as the entries of `tree` in a bulk file, their JSON
+/// encoded a chunk at a time on every core while the chunk before goes to the stager.
+fn stage_records<K, T>(
+    stager: &mut Stager<'_>,
+    tree: Tree,
+    mut records: impl Iterator<Item = (K, T)>,
+) -> Result<()>
+where
+    K: AsRef<[u8]> + Send + Sync,
+    T: Serialize + Send + Sync,
+{
+    let encode_all = |chunk: &[(K, T)]| -> Result<Vec<Vec<u8>>> {
+        chunk.par_iter().map(|(_, r)| encode(r)).collect()
+    };
+    let mut next_chunk = || -> Vec<(K, T)> { records.by_ref().take(STAGE_CHUNK).collect() };
+    stager.begin_tree(tree)?;
+    let mut chunk = next_chunk();
+    let mut values = encode_all(&chunk)?;
+    while !chunk.is_empty() {
+        let following = next_chunk();
+        let (encoded, written) = rayon::join(
+            || encode_all(&following),
+            || -> Result<()> {
+                for ((k, _), v) in chunk.iter().zip(&values) {
+                    stager.push(k.as_ref(), v)?;
+                }
+                Ok(())
+            },
+        );
+        written?;
+        chunk = following;
+        values = encoded?;
+    }
+    stager.end_tree()
+}
+
+/// Writes `keys` (ascending) with empty values as the entries of `tree` in a bulk file.
+fn stage_keys(stager: &mut Stager<'_>, tree: Tree, keys: Vec<Vec<u8>>) -> Result<()> {
+    stager.begin_tree(tree)?;
+    for k in &keys {
+        stager.push(k, &[])?;
+    }
+    stager.end_tree()
+}
+
+/// Lower-case hex, as [`hex::encode`] writes it, a table lookup a byte (the import writes
+/// every holder's sealed data in hex: `hex::encode` goes a char at a time through an iterator).
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0F)]));
+    }
+    out
+}
+
+/// The keys of one tree a bulk file will hold, gathered in any order and sorted once at the
+/// end. A put appends; a removal (of a key this import may have put before: a holder or card
+/// it touched twice) is remembered apart, and of a put and a removal of one key the later
+/// counts.
+#[derive(Debug, Default)]
+struct KeySet {
+    puts: Vec<Vec<u8>>,
+    removed: HashSet<Vec<u8>>,
+}
+
+impl KeySet {
+    fn insert(&mut self, key: Vec<u8>) {
+        if !self.removed.is_empty() {
+            self.removed.remove(&key);
+        }
+        self.puts.push(key);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if !self.puts.is_empty() {
+            self.removed.insert(key.to_vec());
+        }
+    }
+
+    /// The keys put and not removed since, ascending, each once.
+    fn into_sorted(self) -> Vec<Vec<u8>> {
+        let KeySet { mut puts, removed } = self;
+        puts.par_sort_unstable();
+        puts.dedup();
+        if !removed.is_empty() {
+            puts.retain(|k| !removed.contains(k));
+        }
+        puts
+    }
+}
+
 /// The expiry index key of a card.
 pub(crate) fn expiry_key(expiry: Date, serial: &str) -> Vec<u8> {
     let mut k = expiry.to_string().into_bytes();
@@ -1118,14 +1333,80 @@ pub(crate) fn expiry_key(expiry: Date, serial: &str) -> Vec<u8> {
     k
 }
 
-fn personal_of(e: &HolderEntry) -> PersonalData {
-    PersonalData {
-        codice_fiscale: e.codice_fiscale.clone(),
-        given_names: e.given_names.clone(),
-        surname: e.surname.clone(),
-        birth_date: e.birth_date,
-        email: e.email.clone(),
-        mobile: e.mobile.clone(),
-        address: e.address.clone(),
+/// [`PersonalData`] borrowed from a registry entry: serialised exactly as [`PersonalData`] is
+/// (the same fields in the same order), without copying the entry's strings.
+#[derive(Serialize)]
+struct PersonalRef<'a> {
+    codice_fiscale: &'a str,
+    given_names: &'a str,
+    surname: &'a str,
+    birth_date: Date,
+    email: Option<&'a str>,
+    mobile: Option<&'a str>,
+    address: Option<&'a str>,
+}
+
+impl<'a> PersonalRef<'a> {
+    fn of(e: &'a HolderEntry) -> Self {
+        PersonalRef {
+            codice_fiscale: &e.codice_fiscale,
+            given_names: &e.given_names,
+            surname: &e.surname,
+            birth_date: e.birth_date,
+            email: e.email.as_deref(),
+            mobile: e.mobile.as_deref(),
+            address: e.address.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn personal_of(e: &HolderEntry) -> PersonalData {
+        PersonalData {
+            codice_fiscale: e.codice_fiscale.clone(),
+            given_names: e.given_names.clone(),
+            surname: e.surname.clone(),
+            birth_date: e.birth_date,
+            email: e.email.clone(),
+            mobile: e.mobile.clone(),
+            address: e.address.clone(),
+        }
+    }
+
+    #[test]
+    fn to_hex_writes_what_hex_encode_writes() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(to_hex(&[]), "");
+    }
+
+    /// The import seals the personal data borrowed from the entry: its bytes must be those of
+    /// the owned [`PersonalData`], which every reader decodes.
+    #[test]
+    fn personal_data_borrowed_from_an_entry_encodes_as_the_owned() {
+        let mut e = HolderEntry {
+            first_line: 1,
+            codice_fiscale: "RSSMRA85T10A562S".to_owned(),
+            given_names: "Anna Maria".to_owned(),
+            surname: "D'Angelo".to_owned(),
+            birth_date: Date::parse("1985-12-10").unwrap(),
+            email: Some("anna@example.it".to_owned()),
+            mobile: None,
+            address: Some("Via \"Roma\" 1, Nicolò".to_owned()),
+            deceased: false,
+            cards: Vec::new(),
+        };
+        for _ in 0..2 {
+            let borrowed = encode(&PersonalRef::of(&e)).unwrap();
+            assert_eq!(borrowed, encode(&personal_of(&e)).unwrap());
+            let back: PersonalData = decode("personal data", &borrowed).unwrap();
+            assert_eq!(back, personal_of(&e));
+            e.email = None;
+            e.mobile = Some("+393331234567".to_owned());
+            e.address = None;
+        }
     }
 }

@@ -6,19 +6,20 @@
 //! A registry file of 100,000 holders is about 500,000 store entries (the holder, its two
 //! blind-index keys, its card, the card's expiry key). Applied as one sled batch they took
 //! 10 s of a 12.9 s import (sled pins its epoch for the whole batch and copies a node on every
-//! insert), and even one insert per entry runs at about 66,000 entries/s. Written as a few
-//! thousand sorted values of 32 KiB, as the code vault writes its segments, they cost a
-//! fraction of that, and the file still lands all or nothing with its audit event.
+//! insert), and even one insert per entry runs at about 66,000 entries/s. Written as sorted
+//! values of a few KiB (see [`SEGMENT_BYTES`] for why not larger), as the code vault writes
+//! its segments, they cost a fraction of that, and the file still lands all or nothing with
+//! its audit event.
 //!
 //! # Layout
 //!
 //! - [`Tree::RegistrySegments`]: `file id (u64 BE) | tree tag (u8) | segment (u32 BE)` → a
 //!   segment: `version (1) | count (u32 BE) | count × offset (u32 BE, from the first entry) |
 //!   entries`, each entry `key length (u16 BE) | key | value length (u32 BE) | value`, in
-//!   strictly ascending key order, at most [`SEGMENT_BYTES`] of entries (one entry may be
-//!   larger). The keys and values are exactly those the tree ([`Tree::Holders`],
-//!   [`Tree::HolderIndex`], [`Tree::Cards`], [`Tree::CardExpiry`]) holds per entry: the same
-//!   record encodings.
+//!   strictly ascending key order, ended once it holds [`SEGMENT_BYTES`] of entries (so at
+//!   most that plus one entry; files written before 6 KiB segments have 32 KiB ones). The
+//!   keys and values are exactly those the tree ([`Tree::Holders`], [`Tree::HolderIndex`],
+//!   [`Tree::Cards`], [`Tree::CardExpiry`]) holds per entry: the same record encodings.
 //! - [`Tree::RegistryFiles`]: `file id (u64 BE)` → [`FileRecord`] (JSON): when it was
 //!   committed, how many holders and entries, and for each tree its entries, the first key of
 //!   each of its segments and the last key of the last one (hex). It is the commit marker: a segment no
@@ -59,11 +60,15 @@ pub(crate) const BULK_TREES: [Tree; 4] = [
     Tree::Cards,
     Tree::CardExpiry,
 ];
-/// Most bytes of entries in one segment: well under sled's off-log blob size (a quarter of
-/// its 512 KiB log segment), about 35 holders, 150 cards or 700 index keys.
-pub const SEGMENT_BYTES: usize = 32 * 1024;
-/// Segments per store write while staging (about 2 MiB).
-pub const STAGE_SEGMENTS: usize = 64;
+/// Bytes of entries after which a segment ends (it may exceed them by its last entry): about
+/// 8 holders, 25 cards or 130 index keys. sled keeps up to 16 values in a leaf and rewrites the
+/// leaf whole every few changes; a leaf over its off-log threshold (a quarter of its 512 KiB
+/// log segment, 128 KiB) goes to a file of its own, created, written and later deleted. Leaves
+/// of segments this small stay in the log (with 32 KiB segments every leaf rewrite was a new
+/// file). Readers take segments of any size.
+pub const SEGMENT_BYTES: usize = 6 * 1024;
+/// Segments per store write while staging (about 1.5 MiB).
+pub const STAGE_SEGMENTS: usize = 256;
 /// Segment format version.
 const VERSION: u8 = 1;
 /// Segment keys deleted per store batch when removing leftovers.
@@ -235,26 +240,6 @@ impl<'a> Segment<'a> {
         }
         Some(lo)
     }
-}
-
-/// Encodes sorted entries as one segment.
-fn encode_segment(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let body: usize = entries.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(5 + 4 * entries.len() + body);
-    out.push(VERSION);
-    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    let mut at = 0u32;
-    for (k, v) in entries {
-        out.extend_from_slice(&at.to_be_bytes());
-        at += (6 + k.len() + v.len()) as u32;
-    }
-    for (k, v) in entries {
-        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
-    }
-    out
 }
 
 /// The committed bulk files of a store, their directories cached in memory.
@@ -449,6 +434,20 @@ pub(crate) struct Stager<'a> {
     pending: usize,
     entries: u64,
     trees: Vec<TreeDirRecord>,
+    /// The tree whose entries are being pushed.
+    open: Option<OpenTree>,
+}
+
+/// The tree a [`Stager`] is writing: its directory so far and the segment being filled.
+#[derive(Debug)]
+struct OpenTree {
+    tree: Tree,
+    dir: TreeDirRecord,
+    /// The last key pushed (keys must ascend).
+    last: Option<Vec<u8>>,
+    /// The segment being filled: its entries' offsets (u32 BE) and the entries.
+    offsets: Vec<u8>,
+    body: Vec<u8>,
 }
 
 impl<'a> Stager<'a> {
@@ -467,6 +466,7 @@ impl<'a> Stager<'a> {
             pending: 0,
             entries: 0,
             trees: Vec::new(),
+            open: None,
         })
     }
 
@@ -478,59 +478,124 @@ impl<'a> Stager<'a> {
     /// Writes `entries` of `tree` (strictly ascending keys) as segments.
     ///
     /// # Errors
-    /// [`Error::Storage`] for entries out of order or a key longer than 64 KiB; store errors.
+    /// As [`Stager::push`].
+    #[cfg(test)]
     pub(crate) fn tree(&mut self, tree: Tree, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
-        let Some((last, _)) = entries.last() else {
-            return Ok(());
-        };
-        let mut dir = TreeDirRecord {
-            tree: tree.name().to_owned(),
-            entries: entries.len() as u64,
-            first: Vec::new(),
-            last: hex::encode(last),
-        };
-        if entries.windows(2).any(|w| w[0].0 >= w[1].0)
-            || entries.iter().any(|(k, _)| k.len() > usize::from(u16::MAX))
-        {
-            return Err(Error::Storage(format!(
-                "registry file {}: entries of {tree} out of order",
-                self.id
-            )));
+        self.begin_tree(tree)?;
+        for (k, v) in &entries {
+            self.push(k, v)?;
         }
-        self.entries += entries.len() as u64;
-        let mut segment: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut bytes = 0;
-        for (k, v) in entries {
-            bytes += 6 + k.len() + v.len();
-            segment.push((k, v));
-            if bytes >= SEGMENT_BYTES {
-                self.put_segment(tree, &mut dir, &segment)?;
-                segment.clear();
-                bytes = 0;
-            }
-        }
-        if !segment.is_empty() {
-            self.put_segment(tree, &mut dir, &segment)?;
-        }
-        self.trees.push(dir);
+        self.end_tree()
+    }
+
+    /// Starts the entries of `tree` (the tree before, if any, ends first). Each tree is
+    /// written once per file.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn begin_tree(&mut self, tree: Tree) -> Result<()> {
+        self.end_tree()?;
+        self.open = Some(OpenTree {
+            tree,
+            dir: TreeDirRecord {
+                tree: tree.name().to_owned(),
+                entries: 0,
+                first: Vec::new(),
+                last: String::new(),
+            },
+            last: None,
+            offsets: Vec::new(),
+            body: Vec::with_capacity(SEGMENT_BYTES + SEGMENT_BYTES / 2),
+        });
         Ok(())
     }
 
-    fn put_segment(
-        &mut self,
-        tree: Tree,
-        dir: &mut TreeDirRecord,
-        segment: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<()> {
-        let Some((first, _)) = segment.first() else {
+    /// Adds one entry to the tree begun last; its key must be above the one before. A
+    /// segment is written once it holds [`SEGMENT_BYTES`] of entries.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for no tree begun, a key not above the one before or longer than
+    /// 64 KiB, a value over 4 GiB; store errors.
+    pub(crate) fn push(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let id = self.id;
+        let Some(open) = self.open.as_mut() else {
+            return Err(Error::Storage(format!(
+                "registry file {id}: an entry with no tree begun"
+            )));
+        };
+        let tree = open.tree;
+        if open.last.as_deref().is_some_and(|last| key <= last) {
+            return Err(Error::Storage(format!(
+                "registry file {id}: entries of {tree} out of order"
+            )));
+        }
+        let (Ok(klen), Ok(vlen), Ok(at)) = (
+            u16::try_from(key.len()),
+            u32::try_from(value.len()),
+            u32::try_from(open.body.len()),
+        ) else {
+            return Err(Error::Storage(format!(
+                "registry file {id}: an entry of {tree} is too large for a segment"
+            )));
+        };
+        if open.body.is_empty() {
+            open.dir.first.push(hex::encode(key));
+        }
+        open.offsets.extend_from_slice(&at.to_be_bytes());
+        open.body.extend_from_slice(&klen.to_be_bytes());
+        open.body.extend_from_slice(key);
+        open.body.extend_from_slice(&vlen.to_be_bytes());
+        open.body.extend_from_slice(value);
+        open.dir.entries += 1;
+        match open.last.as_mut() {
+            Some(last) => {
+                last.clear();
+                last.extend_from_slice(key);
+            }
+            None => open.last = Some(key.to_vec()),
+        }
+        if open.body.len() >= SEGMENT_BYTES {
+            self.put_segment()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the tree begun last: its last segment written, its directory kept for the record.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) fn end_tree(&mut self) -> Result<()> {
+        if self.open.as_ref().is_some_and(|o| !o.body.is_empty()) {
+            self.put_segment()?;
+        }
+        if let Some(mut open) = self.open.take() {
+            if let Some(last) = open.last {
+                open.dir.last = hex::encode(last);
+                self.entries += open.dir.entries;
+                self.trees.push(open.dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the segment being filled (the store written every [`STAGE_SEGMENTS`]).
+    fn put_segment(&mut self) -> Result<()> {
+        let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
-        let at = dir.first.len();
-        dir.first.push(hex::encode(first));
+        let count = open.offsets.len() / 4;
+        let mut segment = Vec::with_capacity(5 + open.offsets.len() + open.body.len());
+        segment.push(VERSION);
+        segment.extend_from_slice(&(count as u32).to_be_bytes());
+        segment.extend_from_slice(&open.offsets);
+        segment.extend_from_slice(&open.body);
+        open.offsets.clear();
+        open.body.clear();
+        let at = open.dir.first.len().saturating_sub(1);
         self.batch.put(
             Tree::RegistrySegments,
-            segment_key(self.id, tree, at),
-            encode_segment(segment),
+            segment_key(self.id, open.tree, at),
+            segment,
         );
         self.pending += 1;
         if self.pending >= STAGE_SEGMENTS {
@@ -546,6 +611,7 @@ impl<'a> Stager<'a> {
     /// # Errors
     /// Store errors.
     pub(crate) fn finish(mut self, commit: &mut Batch, now_ms: u64, holders: u64) -> Result<()> {
+        self.end_tree()?;
         if !self.batch.is_empty() {
             self.store.write(&self.batch)?;
         }
@@ -569,6 +635,75 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use vault::MemoryStore;
+
+    /// Encodes sorted entries as one segment, all at once: the layout [`Stager::push`] builds
+    /// entry by entry.
+    fn encode_segment(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let body: usize = entries.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
+        let mut out = Vec::with_capacity(5 + 4 * entries.len() + body);
+        out.push(VERSION);
+        out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        let mut at = 0u32;
+        for (k, v) in entries {
+            out.extend_from_slice(&at.to_be_bytes());
+            at += (6 + k.len() + v.len()) as u32;
+        }
+        for (k, v) in entries {
+            out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    /// The segments [`Stager`] writes entry by entry are byte for byte those of the layout
+    /// (the module docs), cut where an entry brings a segment to [`SEGMENT_BYTES`].
+    #[test]
+    fn segments_are_the_documented_layout() {
+        let store = MemoryStore::new();
+        let mut s = Stager::begin(&store).unwrap();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..500)
+            .map(|i| (key(i), vec![i as u8; (i as usize * 7) % 300]))
+            .collect();
+        s.tree(Tree::Cards, entries.clone()).unwrap();
+        let mut b = Batch::new();
+        s.finish(&mut b, 1, 0).unwrap();
+        store.apply(&b).unwrap();
+        let mut want = Vec::new();
+        let mut segment = Vec::new();
+        let mut bytes = 0;
+        for e in &entries {
+            bytes += 6 + e.0.len() + e.1.len();
+            segment.push(e.clone());
+            if bytes >= SEGMENT_BYTES {
+                want.push(encode_segment(&segment));
+                segment.clear();
+                bytes = 0;
+            }
+        }
+        if !segment.is_empty() {
+            want.push(encode_segment(&segment));
+        }
+        assert!(want.len() > 3, "{}", want.len());
+        let got: Vec<Vec<u8>> = store
+            .range(Tree::RegistrySegments, &[], None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(got, want);
+        let record: FileRecord = serde_json::from_slice(
+            &store
+                .get(Tree::RegistryFiles, &1u64.to_be_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record.entries, 500);
+        assert_eq!(record.trees[0].first.len(), want.len());
+        assert_eq!(record.trees[0].last, hex::encode(key(499)));
+    }
 
     fn key(i: u32) -> Vec<u8> {
         format!("k{i:08}").into_bytes()

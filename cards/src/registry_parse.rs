@@ -17,6 +17,12 @@
 //! [`MAX_REGISTRY_LINES`] lines, and a longer one is refused with one problem, without being
 //! read to the end.
 //!
+//! The work is split in two so that it runs on every core: each line is checked on its own —
+//! encoding, quoting, every field — a few thousand lines at a time in parallel; then what
+//! depends on the lines before it (a serial seen before, a holder's lines merged and compared,
+//! the problems recorded in line order) is done line by line. The outcome does not depend on
+//! how the lines were batched.
+//!
 //! Every line is checked, whatever came before: a rejected file gets a [`RegistryReport`] with
 //! the problems of the whole file first, then the first [`MAX_REPORTED`] line problems, and the
 //! count of all of them. A file is accepted only whole.
@@ -42,6 +48,7 @@
 use crate::codice_fiscale;
 use crate::contact::{normalise_email, normalise_mobile};
 use crate::date::Date;
+use rayon::prelude::*;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use std::collections::hash_map::Entry;
@@ -390,25 +397,107 @@ fn parse_capped<R: BufRead>(
     rules: &RegistryRules,
     max_lines: u64,
 ) -> Result<Vec<HolderEntry>, RegistryFailure> {
+    parse_batched(reader, rules, max_lines, CHECK_BATCH)
+}
+
+/// Lines checked on every core at a time (see [`parse_batched`]).
+const CHECK_BATCH: usize = 4096;
+
+/// Bytes of lines held for checking at a time: allocated once, so that the buffer of personal
+/// data never grows (a growing buffer leaves copies behind in freed memory).
+const PENDING_BYTES: usize = 1 << 20;
+
+/// [`parse_capped`] in two steps. Each line after the first non-blank one is checked on its own
+/// — encoding, quoting, every field — up to `batch` lines at a time on every core
+/// ([`check_line`]); then, one by one in line order, what depends on the lines before it is
+/// done ([`State::take`]): a serial seen before, a holder's lines merged, the problems
+/// recorded. The outcome is that of taking the lines one by one (`batch` 1).
+fn parse_batched<R: BufRead>(
+    reader: R,
+    rules: &RegistryRules,
+    max_lines: u64,
+    batch: usize,
+) -> Result<Vec<HolderEntry>, RegistryFailure> {
     let mut state = State::new(rules, max_lines);
+    let mut pending = Pending::new(batch);
     vault::read_lines(
         reader,
         MAX_LINE_BYTES,
         |_| {},
         |line| {
-            let go_on = match line {
-                Line::Text { number, bytes } => state.line(number, bytes),
-                Line::TooLong { number } => state.overlong_line(number),
+            let (number, bytes) = match line {
+                Line::Text { number, bytes } => (number, Some(bytes)),
+                Line::TooLong { number } => (number, None),
             };
-            if go_on {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
+            if number > max_lines {
+                state.too_many = true;
+                return ControlFlow::Break(());
             }
+            if state.format.is_none() {
+                // Nothing is pending before the format is known.
+                state.first_line(number, bytes);
+            } else {
+                if !pending.has_room(bytes.map_or(0, <[u8]>::len)) {
+                    state.take_pending(&mut pending);
+                }
+                pending.push(number, bytes);
+            }
+            ControlFlow::Continue(())
         },
     )
     .map_err(|e| RegistryFailure::Io(e.to_string()))?;
+    state.take_pending(&mut pending);
     state.finish()
+}
+
+/// Lines read and not yet checked. Their bytes are personal data: one zeroizing buffer, wiped
+/// after each batch.
+struct Pending {
+    bytes: Zeroizing<Vec<u8>>,
+    /// Each line's number and its bytes in `bytes` (`None`: longer than [`MAX_LINE_BYTES`],
+    /// skipped unread).
+    lines: Vec<(u64, Option<std::ops::Range<usize>>)>,
+    batch: usize,
+}
+
+impl Pending {
+    fn new(batch: usize) -> Self {
+        Pending {
+            bytes: Zeroizing::new(Vec::with_capacity(PENDING_BYTES.max(MAX_LINE_BYTES))),
+            lines: Vec::with_capacity(batch.clamp(1, CHECK_BATCH)),
+            batch: batch.max(1),
+        }
+    }
+
+    /// Whether a line of `len` bytes may join without the buffer growing or the batch
+    /// overflowing.
+    fn has_room(&self, len: usize) -> bool {
+        self.lines.len() < self.batch && self.bytes.len() + len <= self.bytes.capacity()
+    }
+
+    fn push(&mut self, number: u64, bytes: Option<&[u8]>) {
+        let range = bytes.map(|b| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        });
+        self.lines.push((number, range));
+    }
+
+    /// Checks every pending line, on every core, and empties the buffer.
+    fn check(&mut self, rules: &RegistryRules, format: Option<&Format>) -> Vec<Checked> {
+        let bytes = &self.bytes;
+        let checked = self
+            .lines
+            .par_iter()
+            .map(|(number, range)| {
+                check_line(rules, format, *number, range.clone().map(|r| &bytes[r]))
+            })
+            .collect();
+        self.lines.clear();
+        self.bytes.zeroize();
+        checked
+    }
 }
 
 /// The two formats.
@@ -534,8 +623,7 @@ struct State<'r> {
     /// Line problems, up to MAX_REPORTED.
     problems: Vec<RegistryProblem>,
     total: u64,
-    /// Reused for the fields of each CSV line (personal data: wiped before each reuse and
-    /// when the parse ends).
+    /// The fields of the header line (wiped when the parse ends).
     scratch: Zeroizing<Vec<String>>,
 }
 
@@ -570,66 +658,187 @@ impl<'r> State<'r> {
         }
     }
 
-    /// Takes line `number`; false (and reading stops) when it is over the cap.
-    fn next_line(&mut self, number: u64) -> bool {
-        if number > self.max_lines {
-            self.too_many = true;
-            return false;
-        }
-        self.line_no = number;
-        true
-    }
-
-    /// Line `number`, longer than MAX_LINE_BYTES, skipped unread. False when reading must stop.
-    fn overlong_line(&mut self, number: u64) -> bool {
-        if !self.next_line(number) {
-            return false;
-        }
-        self.data_lines += 1;
-        self.problem("line", || format!("longer than {MAX_LINE_BYTES} bytes"));
-        true
-    }
-
-    /// Physical line `number`, without its line ending (and BOM). False when reading must stop.
-    fn line(&mut self, number: u64, raw: &[u8]) -> bool {
-        if !self.next_line(number) {
-            return false;
-        }
-        if raw.contains(&0) {
-            self.data_lines += 1;
-            self.problem("line", || "binary data (NUL byte)".to_owned());
-            return true;
-        }
-        let Ok(text) = std::str::from_utf8(raw) else {
-            self.data_lines += 1;
-            self.problem("line", || "not UTF-8 text".to_owned());
-            return true;
-        };
-        if text.trim().is_empty() {
-            return true;
-        }
-        match self.format.take() {
-            None if text.trim_start().starts_with('{') => {
-                self.format = Some(Format::Json);
-                self.data_lines += 1;
-                self.json_line(text);
-            }
-            None => {
-                let format = self.csv_header(text);
+    /// Physical line `number` (`None`: longer than [`MAX_LINE_BYTES`]) while the format is not
+    /// known yet: the first non-blank line fixes it (a CSV header, or the first JSON line).
+    fn first_line(&mut self, number: u64, raw: Option<&[u8]>) {
+        let text = raw
+            .filter(|raw| !raw.contains(&0))
+            .and_then(|raw| std::str::from_utf8(raw).ok());
+        match text {
+            Some(t) if t.trim_start().starts_with('{') => self.format = Some(Format::Json),
+            Some(t) if !t.trim().is_empty() => {
+                self.line_no = number;
+                let format = self.csv_header(t);
                 self.format = Some(format);
+                return;
             }
-            Some(Format::Json) => {
-                self.format = Some(Format::Json);
-                self.data_lines += 1;
-                self.json_line(text);
-            }
-            Some(Format::Csv { header, sep }) => {
-                self.data_lines += 1;
-                self.csv_line(text, header.as_ref(), sep);
-                self.format = Some(Format::Csv { header, sep });
+            _ => {}
+        }
+        let checked = check_line(self.rules, self.format.as_ref(), number, raw);
+        self.take(checked);
+    }
+
+    /// Checks the pending lines and takes them in order.
+    fn take_pending(&mut self, pending: &mut Pending) {
+        for checked in pending.check(self.rules, self.format.as_ref()) {
+            self.take(checked);
+        }
+    }
+
+    /// Takes one checked line, after every line before it: its problems in the order they
+    /// were met, each card's serial against those seen before, its holder merged with the
+    /// holder's earlier lines.
+    fn take(&mut self, checked: Checked) {
+        let Checked {
+            number,
+            data,
+            steps,
+            drafts,
+            holder,
+        } = checked;
+        self.line_no = number;
+        if data {
+            self.data_lines += 1;
+        }
+        let mut drafts: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
+        let mut cards: Vec<Option<CardEntry>> = Vec::with_capacity(drafts.len());
+        cards.resize_with(drafts.len(), || None);
+        for step in steps {
+            match step {
+                Step::Problem { field, message } => self.problem(&field, || message),
+                Step::Serial(i) => {
+                    if let Some(draft) = drafts.get_mut(i).and_then(Option::take) {
+                        cards[i] = self.serial_seen(draft);
+                    }
+                }
             }
         }
-        true
+        match holder {
+            None => {}
+            Some(LineHolder::Csv { cf, person, card }) => {
+                let card = match card {
+                    CsvCard::Bad => None,
+                    CsvCard::Without => Some(None),
+                    CsvCard::Draft(i) => cards.get_mut(i).and_then(Option::take).map(Some),
+                };
+                if let Some(cf) = cf {
+                    self.csv_holder(cf, person, card);
+                }
+            }
+            Some(LineHolder::Json {
+                cf,
+                person,
+                cards: items,
+            }) => {
+                let items = items.and_then(|items| {
+                    let mut ok = true;
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item {
+                            JsonCard::Draft { index, keys_ok } => {
+                                match cards.get_mut(index).and_then(Option::take) {
+                                    Some(card) if keys_ok => out.push(card),
+                                    _ => ok = false,
+                                }
+                            }
+                            JsonCard::Bad => ok = false,
+                        }
+                    }
+                    ok.then_some(out)
+                });
+                if let Some(cf) = cf {
+                    self.json_holder(cf, person, items);
+                }
+            }
+        }
+    }
+
+    /// A card whose serial passed the rule, against the serials of the file so far: the
+    /// first time, it counts as seen (even if another of its fields is bad, so that a repeat
+    /// is found either way) and the card is kept if good; a repeat is a problem.
+    fn serial_seen(&mut self, draft: Draft) -> Option<CardEntry> {
+        let line = self.line_no;
+        match self.serials.entry(draft.serial) {
+            Entry::Occupied(o) => {
+                let (first_line, first_field) = o.get().clone();
+                self.problem(&draft.field, || {
+                    if first_line == line {
+                        format!("the same serial is in {first_field} on this line")
+                    } else {
+                        format!("the same serial is on line {first_line}")
+                    }
+                });
+                None
+            }
+            Entry::Vacant(v) => {
+                v.insert((line, draft.field));
+                draft.card
+            }
+        }
+    }
+
+    /// A CSV line's holder: the first line of a codice fiscale with good personal fields
+    /// makes the holder; later lines must agree with it and add their card.
+    fn csv_holder(&mut self, cf: String, person: Option<Person>, card: Option<Option<CardEntry>>) {
+        let line = self.line_no;
+        let slot = self.by_cf.entry(cf.clone()).or_insert(Slot {
+            first_line: line,
+            holder: None,
+        });
+        match (slot.holder, person, card) {
+            (Some(i), Some(person), card) => {
+                let held = &self.holders[i];
+                let first_line = held.first_line;
+                let differs = differences(held, &person);
+                for field in &differs {
+                    self.problem(field, || {
+                        format!("differs from line {first_line} (same codice_fiscale)")
+                    });
+                }
+                if let (true, Some(Some(card))) = (differs.is_empty(), card) {
+                    self.holders[i].cards.push(card);
+                }
+            }
+            (None, Some(person), card) => {
+                // The first line of this holder with good personal fields (earlier ones, if
+                // any, had problems there): later lines are compared with it, even if its
+                // card part was bad.
+                slot.holder = Some(self.holders.len());
+                let cards = card.flatten().into_iter().collect();
+                self.holders.push(holder(line, cf, person, cards));
+            }
+            _ => {}
+        }
+    }
+
+    /// A JSON line's holder: a codice fiscale has one line.
+    fn json_holder(&mut self, cf: String, person: Option<Person>, cards: Option<Vec<CardEntry>>) {
+        let line = self.line_no;
+        match self.by_cf.entry(cf) {
+            Entry::Occupied(o) => {
+                let first = o.get().first_line;
+                self.problem("codice_fiscale", || {
+                    format!(
+                        "the same holder is on line {first} (in JSON lines a holder has one line)"
+                    )
+                });
+            }
+            Entry::Vacant(v) => {
+                let codice_fiscale = v.key().clone();
+                let index = match (person, cards) {
+                    (Some(person), Some(cards)) => {
+                        self.holders
+                            .push(holder(line, codice_fiscale, person, cards));
+                        Some(self.holders.len() - 1)
+                    }
+                    _ => None,
+                };
+                v.insert(Slot {
+                    first_line: line,
+                    holder: index,
+                });
+            }
+        }
     }
 
     // ---- CSV -------------------------------------------------------------------------------
@@ -737,8 +946,182 @@ impl<'r> State<'r> {
         })
     }
 
-    fn csv_line(&mut self, text: &str, header: Option<&Header>, sep: u8) {
-        let mut fields = std::mem::take(&mut self.scratch);
+    fn finish(mut self) -> Result<Vec<HolderEntry>, RegistryFailure> {
+        // Problems of the whole file go first and are never dropped by the cap.
+        let file = if self.too_many {
+            Some(format!(
+                "the file has more than {} lines, the most a registry file may have \
+                 (reading stopped there; split the file)",
+                self.max_lines
+            ))
+        } else if self.data_lines > 0 {
+            None
+        } else if self.format.is_none() {
+            Some("the file is empty".to_owned())
+        } else {
+            Some("the file has a header but no holders".to_owned())
+        };
+        if let Some(message) = file {
+            self.total += 1;
+            self.problems.insert(
+                0,
+                RegistryProblem {
+                    line: 0,
+                    field: "file".to_owned(),
+                    message,
+                },
+            );
+        }
+        if self.total > 0 {
+            return Err(RegistryFailure::Rejected(RegistryReport {
+                problems: self.problems,
+                total: self.total,
+            }));
+        }
+        Ok(self.holders)
+    }
+}
+
+/// What checking one line on its own found ([`check_line`]), for [`State::take`].
+struct Checked {
+    number: u64,
+    /// Not blank: a line of a holder, good or bad.
+    data: bool,
+    /// The problems, and the points where a card's serial is compared with the file's, in the
+    /// order the checks met them.
+    steps: Vec<Step>,
+    /// The line's cards whose serial passed the rule, by [`Step::Serial`] index.
+    drafts: Vec<Draft>,
+    /// The holder the line names (`None`: a line that could not be read as one).
+    holder: Option<LineHolder>,
+}
+
+enum Step {
+    Problem {
+        field: String,
+        message: String,
+    },
+    /// The serial of draft `i` is compared with those seen before ([`State::serial_seen`]).
+    Serial(usize),
+}
+
+/// A card whose serial passed the rule.
+struct Draft {
+    serial: String,
+    /// The field it came from (`serial`, `cards[2].serial`).
+    field: String,
+    /// The card, `None` when another of its fields is bad.
+    card: Option<CardEntry>,
+}
+
+/// The holder part of a line.
+enum LineHolder {
+    Csv {
+        cf: Option<String>,
+        person: Option<Person>,
+        card: CsvCard,
+    },
+    Json {
+        cf: Option<String>,
+        person: Option<Person>,
+        /// `None` when `cards` is not an array.
+        cards: Option<Vec<JsonCard>>,
+    },
+}
+
+/// The card part of a CSV line.
+enum CsvCard {
+    /// A bad card part.
+    Bad,
+    /// A line without a card.
+    Without,
+    /// A card, pending its serial's check.
+    Draft(usize),
+}
+
+/// One card of a JSON line.
+enum JsonCard {
+    Bad,
+    /// Pending its serial's check; `keys_ok` false when the object had a bad key.
+    Draft {
+        index: usize,
+        keys_ok: bool,
+    },
+}
+
+/// Checks physical line `number` (`raw`: its bytes without the line ending; `None` when it
+/// is longer than [`MAX_LINE_BYTES`]) on its own, in a file of `format` (`None` while the
+/// format is not known: the encoding only). Depends on no other line: runs on every core.
+fn check_line(
+    rules: &RegistryRules,
+    format: Option<&Format>,
+    number: u64,
+    raw: Option<&[u8]>,
+) -> Checked {
+    let mut check = Check {
+        rules,
+        line: number,
+        steps: Vec::new(),
+        drafts: Vec::new(),
+    };
+    let (data, holder) = check.line(format, raw);
+    Checked {
+        number,
+        data,
+        steps: check.steps,
+        drafts: check.drafts,
+        holder,
+    }
+}
+
+/// The checks of one line ([`check_line`]).
+struct Check<'r> {
+    rules: &'r RegistryRules,
+    line: u64,
+    steps: Vec<Step>,
+    drafts: Vec<Draft>,
+}
+
+impl Check<'_> {
+    /// Records a problem of the line.
+    fn problem(&mut self, field: &str, message: impl FnOnce() -> String) {
+        self.steps.push(Step::Problem {
+            field: field.to_owned(),
+            message: message(),
+        });
+    }
+
+    /// Whether the line holds a holder (not blank), and the holder.
+    fn line(&mut self, format: Option<&Format>, raw: Option<&[u8]>) -> (bool, Option<LineHolder>) {
+        let Some(raw) = raw else {
+            self.problem("line", || format!("longer than {MAX_LINE_BYTES} bytes"));
+            return (true, None);
+        };
+        if raw.contains(&0) {
+            self.problem("line", || "binary data (NUL byte)".to_owned());
+            return (true, None);
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            self.problem("line", || "not UTF-8 text".to_owned());
+            return (true, None);
+        };
+        if text.trim().is_empty() {
+            return (false, None);
+        }
+        match format {
+            Some(Format::Json) => (true, self.json_line(text)),
+            Some(Format::Csv { header, sep }) => (true, self.csv_line(text, header.as_ref(), *sep)),
+            // The first non-blank line fixes the format before any line is checked.
+            None => (false, None),
+        }
+    }
+
+    // ---- CSV -------------------------------------------------------------------------------
+
+    fn csv_line(&mut self, text: &str, header: Option<&Header>, sep: u8) -> Option<LineHolder> {
+        // Personal data: wiped when the line is done.
+        let mut fields: Zeroizing<Vec<String>> =
+            Zeroizing::new(Vec::with_capacity(header.map_or(0, |h| h.columns)));
         match (split_csv(text, sep, &mut fields), header) {
             (Err(e), _) => {
                 let field = match (e.column(), header) {
@@ -746,6 +1129,7 @@ impl<'r> State<'r> {
                     _ => "line",
                 };
                 self.problem(field, || e.message());
+                None
             }
             (Ok(()), Some(h)) if fields.len() != h.columns => {
                 let (n, columns) = (fields.len(), h.columns);
@@ -755,14 +1139,14 @@ impl<'r> State<'r> {
                         if n == 1 { "field" } else { "fields" }
                     )
                 });
+                None
             }
-            (Ok(()), Some(h)) => self.csv_record(h, &fields),
-            (Ok(()), None) => {}
+            (Ok(()), Some(h)) => Some(self.csv_record(h, &fields)),
+            (Ok(()), None) => None,
         }
-        self.scratch = fields;
     }
 
-    fn csv_record(&mut self, h: &Header, fields: &[String]) {
+    fn csv_record(&mut self, h: &Header, fields: &[String]) -> LineHolder {
         let get = |c: Col| h.get(fields, c);
         let cf = self.codice_fiscale(get(Col::CodiceFiscale));
         let deceased = match get(Col::Deceased).unwrap_or("") {
@@ -787,12 +1171,14 @@ impl<'r> State<'r> {
             deceased,
         });
 
-        // `None`: a bad card part; `Some(None)`: a line without a card.
         let serial = get(Col::Serial).filter(|s| !s.is_empty());
         let expiry = get(Col::Expiry).filter(|s| !s.is_empty());
         let replaced_by = get(Col::ReplacedBy).filter(|s| !s.is_empty());
         let card = match serial {
-            Some(serial) => self.card("", serial, Some(expiry), replaced_by).map(Some),
+            Some(serial) => match self.card("", serial, Some(expiry), replaced_by) {
+                Some(i) => CsvCard::Draft(i),
+                None => CsvCard::Bad,
+            },
             None => {
                 let mut ok = true;
                 for (name, value) in [("expiry", expiry), ("replaced_by", replaced_by)] {
@@ -801,45 +1187,19 @@ impl<'r> State<'r> {
                         self.problem(name, || "given on a line without a serial".to_owned());
                     }
                 }
-                ok.then_some(None)
+                if ok {
+                    CsvCard::Without
+                } else {
+                    CsvCard::Bad
+                }
             }
         };
-
-        let Some(cf) = cf else { return };
-        let line = self.line_no;
-        let slot = self.by_cf.entry(cf.clone()).or_insert(Slot {
-            first_line: line,
-            holder: None,
-        });
-        match (slot.holder, person, card) {
-            (Some(i), Some(person), card) => {
-                let held = &self.holders[i];
-                let first_line = held.first_line;
-                let differs = differences(held, &person);
-                for field in &differs {
-                    self.problem(field, || {
-                        format!("differs from line {first_line} (same codice_fiscale)")
-                    });
-                }
-                if let (true, Some(Some(card))) = (differs.is_empty(), card) {
-                    self.holders[i].cards.push(card);
-                }
-            }
-            (None, Some(person), card) => {
-                // The first line of this holder with good personal fields (earlier ones, if
-                // any, had problems there): later lines are compared with it, even if its
-                // card part was bad.
-                slot.holder = Some(self.holders.len());
-                let cards = card.flatten().into_iter().collect();
-                self.holders.push(holder(line, cf, person, cards));
-            }
-            _ => {}
-        }
+        LineHolder::Csv { cf, person, card }
     }
 
     // ---- JSON lines ------------------------------------------------------------------------
 
-    fn json_line(&mut self, text: &str) {
+    fn json_line(&mut self, text: &str) -> Option<LineHolder> {
         let value = match serde_json::from_str::<JVal>(text) {
             Ok(v) => v,
             Err(e) => {
@@ -851,7 +1211,7 @@ impl<'r> State<'r> {
                     }
                     _ => format!("not valid JSON (column {column})"),
                 });
-                return;
+                return None;
             }
         };
         let JVal::Object(entries) = value else {
@@ -859,7 +1219,7 @@ impl<'r> State<'r> {
             self.problem("line", || {
                 format!("a holder must be a JSON object, not {kind}")
             });
-            return;
+            return None;
         };
 
         let mut slots: [Option<&JVal>; 9] = [None; 9];
@@ -908,33 +1268,7 @@ impl<'r> State<'r> {
         let person = self.person(raw);
         let cards = self.json_cards(cards);
 
-        let Some(cf) = cf else { return };
-        let line = self.line_no;
-        match self.by_cf.entry(cf) {
-            Entry::Occupied(o) => {
-                let first = o.get().first_line;
-                self.problem("codice_fiscale", || {
-                    format!(
-                        "the same holder is on line {first} (in JSON lines a holder has one line)"
-                    )
-                });
-            }
-            Entry::Vacant(v) => {
-                let codice_fiscale = v.key().clone();
-                let index = match (person, cards) {
-                    (Some(person), Some(cards)) => {
-                        self.holders
-                            .push(holder(line, codice_fiscale, person, cards));
-                        Some(self.holders.len() - 1)
-                    }
-                    _ => None,
-                };
-                v.insert(Slot {
-                    first_line: line,
-                    holder: index,
-                });
-            }
-        }
+        Some(LineHolder::Json { cf, person, cards })
     }
 
     /// A string field of a JSON object: `None` when absent or null (a problem if required) or
@@ -963,7 +1297,7 @@ impl<'r> State<'r> {
 
     /// The `cards` array of a JSON holder; `None` if it or any card is bad (every card is
     /// checked).
-    fn json_cards(&mut self, v: Option<&JVal>) -> Option<Vec<CardEntry>> {
+    fn json_cards(&mut self, v: Option<&JVal>) -> Option<Vec<JsonCard>> {
         let items = match v {
             None | Some(JVal::Null) => return Some(Vec::new()),
             Some(JVal::Array(items)) => items,
@@ -974,13 +1308,13 @@ impl<'r> State<'r> {
             }
         };
         let mut cards = Vec::with_capacity(items.len());
-        let mut ok = true;
         for (i, item) in items.iter().enumerate() {
+            let mut ok = true;
             let prefix = format!("cards[{i}]");
             let JVal::Object(entries) = item else {
-                ok = false;
                 let kind = item.kind();
                 self.problem(&prefix, || format!("must be an object, not {kind}"));
+                cards.push(JsonCard::Bad);
                 continue;
             };
             let mut slots: [Option<&JVal>; 3] = [None; 3];
@@ -1009,19 +1343,19 @@ impl<'r> State<'r> {
             let expiry = self.json_str(&format!("{prefix}.expiry"), expiry, true);
             let replaced_by = self.json_str(&format!("{prefix}.replaced_by"), replaced_by, false);
             let Some(serial) = serial else {
-                ok = false;
+                cards.push(JsonCard::Bad);
                 continue;
             };
             // A missing expiry was reported by json_str (`None`); an empty one is reported by
             // `card`.
             let expiry = expiry.map(|e| Some(e).filter(|e| !e.trim().is_empty()));
             let replaced_by = replaced_by.filter(|r| !r.trim().is_empty());
-            match self.card(&prefix, serial, expiry, replaced_by) {
-                Some(card) => cards.push(card),
-                None => ok = false,
-            }
+            cards.push(match self.card(&prefix, serial, expiry, replaced_by) {
+                Some(index) => JsonCard::Draft { index, keys_ok: ok },
+                None => JsonCard::Bad,
+            });
         }
-        ok.then_some(cards)
+        Some(cards)
     }
 
     // ---- Fields common to both formats -----------------------------------------------------
@@ -1127,7 +1461,7 @@ impl<'r> State<'r> {
         serial: &str,
         expiry: Option<Option<&str>>,
         replaced_by: Option<&str>,
-    ) -> Option<CardEntry> {
+    ) -> Option<usize> {
         let field = |name: &str| {
             if prefix.is_empty() {
                 name.to_owned()
@@ -1181,68 +1515,23 @@ impl<'r> State<'r> {
         if !serial_ok {
             return None;
         }
-        // A good serial counts as seen even on a line with other problems, so that a repeat
-        // is found either way.
-        let line = self.line_no;
-        let serial_field = field("serial");
-        match self.serials.entry(serial.to_owned()) {
-            Entry::Occupied(o) => {
-                let (first_line, first_field) = o.get().clone();
-                self.problem(&serial_field, || {
-                    if first_line == line {
-                        format!("the same serial is in {first_field} on this line")
-                    } else {
-                        format!("the same serial is on line {first_line}")
-                    }
-                });
-                return None;
-            }
-            Entry::Vacant(v) => {
-                v.insert((line, serial_field));
-            }
-        }
-        let expiry = expiry?;
-        ok.then(|| CardEntry {
-            line,
+        // The serial is compared with the file's when the line is taken (`State::serial_seen`).
+        let card = expiry.and_then(|expiry| {
+            ok.then(|| CardEntry {
+                line: self.line,
+                serial: serial.to_owned(),
+                expiry,
+                replaced_by,
+            })
+        });
+        self.drafts.push(Draft {
             serial: serial.to_owned(),
-            expiry,
-            replaced_by,
-        })
-    }
-
-    fn finish(mut self) -> Result<Vec<HolderEntry>, RegistryFailure> {
-        // Problems of the whole file go first and are never dropped by the cap.
-        let file = if self.too_many {
-            Some(format!(
-                "the file has more than {} lines, the most a registry file may have \
-                 (reading stopped there; split the file)",
-                self.max_lines
-            ))
-        } else if self.data_lines > 0 {
-            None
-        } else if self.format.is_none() {
-            Some("the file is empty".to_owned())
-        } else {
-            Some("the file has a header but no holders".to_owned())
-        };
-        if let Some(message) = file {
-            self.total += 1;
-            self.problems.insert(
-                0,
-                RegistryProblem {
-                    line: 0,
-                    field: "file".to_owned(),
-                    message,
-                },
-            );
-        }
-        if self.total > 0 {
-            return Err(RegistryFailure::Rejected(RegistryReport {
-                problems: self.problems,
-                total: self.total,
-            }));
-        }
-        Ok(self.holders)
+            field: field("serial"),
+            card,
+        });
+        let index = self.drafts.len() - 1;
+        self.steps.push(Step::Serial(index));
+        Some(index)
     }
 }
 
@@ -2358,6 +2647,77 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// Lines checked in batches on every core give what taking them one by one gives (a
+    /// batch of 1), for good files and for files whose problems depend on other lines
+    /// (repeated serials, a holder's lines that differ, a holder twice in JSON lines).
+    #[test]
+    fn lines_checked_in_batches_give_the_same_result() {
+        let result = |data: &str, batch: usize| match parse_batched(
+            BufReader::with_capacity(64, data.as_bytes()),
+            &rules(),
+            MAX_REGISTRY_LINES,
+            batch,
+        ) {
+            Ok(holders) => Ok(holders),
+            Err(RegistryFailure::Rejected(r)) => Err(r),
+            Err(other) => panic!("{other:?}"),
+        };
+        let mut rows = Vec::new();
+        for i in 0..40u64 {
+            let cf = [CF1, CF2, CF3, CF4][(i % 4) as usize];
+            rows.push(row(cf, Some(i)));
+        }
+        let good = csv(&rows);
+        let mut bad_rows = rows.clone();
+        bad_rows[5][8] = serial(1); // a serial of an earlier line
+        bad_rows[9][1] = "Maria".to_owned(); // differs from the holder's first line
+        bad_rows[12][0] = "RSSMRA85T10A562".to_owned(); // a bad codice fiscale
+        bad_rows[13][10] = serial(13); // replaced by itself
+        bad_rows[17][9] = String::new(); // no expiry
+        bad_rows[17][8] = serial(2); // and a repeated serial
+        bad_rows[21][3] = "1985-02-30".to_owned();
+        let mut bad = csv(&bad_rows);
+        bad.push_str("\u{0}\n\n\"open,\n");
+        let json_good = (0..30u64)
+            .map(|i| json_holder(&codice(i), &json_card(i)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let json_bad = format!(
+            "{}\n{}\n{}\n{}\n{{\"cards\":[1,{}]}}\n",
+            json_holder(CF1, &format!("{},{}", json_card(1), json_card(2))),
+            json_holder(CF2, &format!("{},{}", json_card(2), json_card(1))),
+            json_holder(CF1, ""),
+            json_holder(
+                CF3,
+                &format!(
+                    r#"{{"serial":"{}","expiry":"2029-01-31","x":1}},{}"#,
+                    serial(3),
+                    json_card(3)
+                )
+            ),
+            json_card(4),
+        );
+        for data in [good, bad, json_good, json_bad] {
+            let one_by_one = result(&data, 1);
+            for batch in [2, 3, 7, CHECK_BATCH] {
+                assert_eq!(result(&data, batch), one_by_one, "batch {batch}");
+            }
+        }
+    }
+
+    /// A valid codice fiscale for `i` (six letters from it, fixed birth data).
+    fn codice(i: u64) -> String {
+        let mut letters = [b'A'; 6];
+        let mut v = i;
+        for l in letters.iter_mut().rev() {
+            *l = b'A' + (v % 26) as u8;
+            v /= 26;
+        }
+        let first15 = format!("{}85T10A562", String::from_utf8_lossy(&letters));
+        let check = crate::check_character(&first15).unwrap();
+        format!("{first15}{check}")
     }
 
     #[test]
