@@ -324,6 +324,30 @@ impl Cards {
         Ok(view.get(&*self.store, tree, key)?.map(|v| (v, false)))
     }
 
+    /// Fills the `None`s of `values`, read for `keys` from the per-entry `tree` (a print run
+    /// reads a chunk of cards or holders in one range read), from the bulk files: what
+    /// [`Cards::card`] and [`Cards::holder`] would answer for each key.
+    ///
+    /// # Errors
+    /// Store errors; a damaged bulk file.
+    pub(crate) fn fill_from_bulk(
+        &self,
+        tree: Tree,
+        keys: &[&[u8]],
+        values: &mut [Option<Vec<u8>>],
+    ) -> Result<()> {
+        let view = self.bulk_view(None)?;
+        if view.is_empty() {
+            return Ok(());
+        }
+        for (key, value) in keys.iter().zip(values.iter_mut()) {
+            if value.is_none() {
+                *value = view.get(&*self.store, tree, key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Up to `limit` keys of a registry tree with `from <= key` (and `key < to`), ascending,
     /// from the per-entry tree and the bulk files together.
     ///
