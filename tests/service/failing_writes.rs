@@ -535,6 +535,12 @@ async fn disk_upload(
 }
 
 /// `GET url` without a token: the status and body.
+/// The JSON answer of `GET url` with `token`.
+async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    let res = client.get(url).bearer_auth(token).send().await.unwrap();
+    res.json().await.unwrap()
+}
+
 async fn probe(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let res = client.get(url).send().await.unwrap();
     let status = res.status().as_u16();
@@ -660,15 +666,7 @@ async fn a_full_disk_under_sled_answers_503_until_a_restart_and_loses_nothing() 
     // ones are whole or absent; the audit chain verifies; changes are taken again.
     let server = Server::dev(&data, None);
     let url = server.url.clone();
-    let v: Value = client
-        .get(format!("{url}/v1/batches?limit=1000"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&client, &format!("{url}/v1/batches?limit=1000"), &admin).await;
     let listed = v["batches"].as_array().unwrap();
     for b in listed {
         assert_eq!(b["state"], "committed", "{b}");
@@ -680,15 +678,7 @@ async fn a_full_disk_under_sled_answers_503_until_a_restart_and_loses_nothing() 
         listed.len(),
         acknowledged.len()
     );
-    let report: Value = client
-        .get(format!("{url}/v1/audit/verify"))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = get_json(&client, &format!("{url}/v1/audit/verify"), &auditor).await;
     assert!(report["problem"].is_null(), "{report}");
     let (status, v) = probe(&client, &format!("{url}/healthz")).await;
     assert_eq!(status, 200, "{v}");
